@@ -1,0 +1,107 @@
+#pragma once
+// Canonical Cap'n Proto encoding and bounded decoding of untrusted bytes.
+//
+// Every hashed or signed byte string in CCAL is a canonical encoding, so one
+// meaning has exactly one byte string. Decoding untrusted bytes goes through
+// decodeMessage(), which bounds size, traversal and nesting, rejects trailing
+// bytes, optionally insists on canonical form, and turns every Cap'n Proto
+// exception raised while reading into an Error value.
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+#include <kj/exception.h>
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "ledger/bytes.h"
+#include "ledger/result.h"
+
+namespace ccal {
+
+struct ReadLimits {
+  size_t message_bytes_max = 16u << 20;       // whole message
+  uint64_t traversal_words_max = 4u << 20;    // 32 MiB of traversal; amplification bound
+  int nesting_depth_max = 24;
+};
+
+inline constexpr ReadLimits default_read_limits{};
+
+// The canonical encoding of a struct (single segment, preorder, no padding).
+template <class Reader>
+Bytes canonicalBytes(Reader reader) {
+  kj::Array<capnp::word> words = capnp::canonicalize(reader);
+  auto chars = words.asChars();
+  return Bytes(reinterpret_cast<const uint8_t*>(chars.begin()),
+               reinterpret_cast<const uint8_t*>(chars.end()));
+}
+
+// Builds a struct of type Schema with fill(builder) and returns its canonical bytes.
+template <class Schema, class Fill>
+Bytes buildCanonical(Fill&& fill) {
+  capnp::MallocMessageBuilder message(256);
+  auto root = message.initRoot<Schema>();
+  fill(root);
+  return canonicalBytes(root.asReader());
+}
+
+inline kj::ArrayPtr<const capnp::word> asWords(ByteView bytes) {
+  return {reinterpret_cast<const capnp::word*>(bytes.data()), bytes.size() / sizeof(capnp::word)};
+}
+
+inline ByteView asByteView(capnp::Data::Reader data) { return {data.begin(), data.size()}; }
+
+enum class Canonical { required, not_required };
+
+// Decodes `bytes` as a single Cap'n Proto message whose root is Schema and
+// passes the root reader to parse(), which returns a Result<T> (or Status).
+// `what` names the thing being decoded in error messages.
+template <class Schema, class Parse>
+auto decodeMessage(ByteView bytes, std::string_view what, Canonical canonical, Parse&& parse,
+                   const ReadLimits& limits = default_read_limits)
+    -> decltype(parse(std::declval<typename Schema::Reader>())) {
+  using Out = decltype(parse(std::declval<typename Schema::Reader>()));
+  auto fail = [&](Errc code, const std::string& why) -> Out {
+    return makeError(code, std::string(what) + ": " + why);
+  };
+  if (bytes.empty()) return fail(Errc::malformed, "empty message");
+  if (bytes.size() > limits.message_bytes_max) {
+    return fail(Errc::too_large, std::to_string(bytes.size()) + " bytes is over the limit of " +
+                                     std::to_string(limits.message_bytes_max));
+  }
+  if (bytes.size() % sizeof(capnp::word) != 0) {
+    return fail(Errc::malformed, "length " + std::to_string(bytes.size()) +
+                                     " is not a whole number of 8-byte words");
+  }
+  // The reader needs word-aligned memory; copy only when the caller's is not.
+  std::vector<capnp::word> aligned;
+  kj::ArrayPtr<const capnp::word> words;
+  if (reinterpret_cast<uintptr_t>(bytes.data()) % alignof(capnp::word) == 0) {
+    words = asWords(bytes);
+  } else {
+    aligned.resize(bytes.size() / sizeof(capnp::word));
+    std::memcpy(aligned.data(), bytes.data(), bytes.size());
+    words = {aligned.data(), aligned.size()};
+  }
+  try {
+    capnp::ReaderOptions options;
+    options.traversalLimitInWords = limits.traversal_words_max;
+    options.nestingLimit = limits.nesting_depth_max;
+    capnp::FlatArrayMessageReader reader(words, options);
+    if (reader.getEnd() != words.end()) return fail(Errc::malformed, "trailing bytes after message");
+    if (canonical == Canonical::required && !reader.isCanonical()) {
+      return fail(Errc::not_canonical, "not the canonical encoding");
+    }
+    return parse(reader.getRoot<Schema>());
+  } catch (const kj::Exception& e) {
+    std::string why(e.getDescription().cStr());
+    if (why.find("traversal limit") != std::string::npos) return fail(Errc::too_large, why);
+    if (why.find("nesting limit") != std::string::npos) return fail(Errc::too_deep, why);
+    return fail(Errc::malformed, why);
+  }
+}
+
+}  // namespace ccal
