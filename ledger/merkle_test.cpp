@@ -1,0 +1,91 @@
+#include "ledger/merkle.h"
+
+#include <doctest/doctest.h>
+
+using namespace ccal;
+
+static std::vector<SecureHash> makeLeaves(uint32_t n) {
+  std::vector<SecureHash> leaves;
+  for (uint32_t i = 0; i < n; ++i) {
+    Bytes b;
+    appendU32(b, i);
+    leaves.push_back(SecureHash::of(b));
+  }
+  return leaves;
+}
+
+TEST_CASE("root shapes: one leaf is itself, two are a node, three split 2+1") {
+  auto l = makeLeaves(3);
+  CHECK(merkle::root(std::span(l).first(1)) == l[0]);
+  CHECK(merkle::root(std::span(l).first(2)) == merkle::node(l[0], l[1]));
+  CHECK(merkle::root(l) == merkle::node(merkle::node(l[0], l[1]), l[2]));
+  CHECK(merkle::root({}) == SecureHash::zero());
+}
+
+TEST_CASE("every subset of every small tree proves and verifies") {
+  for (uint32_t n = 1; n <= 9; ++n) {
+    auto leaves = makeLeaves(n);
+    SecureHash root = merkle::root(leaves);
+    for (uint32_t mask = 0; mask < (1u << n); ++mask) {
+      std::vector<uint32_t> revealed;
+      std::vector<SecureHash> revealed_leaves;
+      for (uint32_t i = 0; i < n; ++i) {
+        if (mask & (1u << i)) {
+          revealed.push_back(i);
+          revealed_leaves.push_back(leaves[i]);
+        }
+      }
+      auto proof = merkle::prove(leaves, revealed);
+      auto got = merkle::rootFromProof(n, revealed, revealed_leaves, proof);
+      REQUIRE(got.ok());
+      CHECK(*got == root);
+      if (!revealed.empty()) {
+        // A changed leaf changes the root.
+        auto bad = revealed_leaves;
+        bad[0] = SecureHash::of(asBytes("other"));
+        CHECK(*merkle::rootFromProof(n, revealed, bad, proof) != root);
+      }
+      if (!proof.empty()) {
+        auto bad = proof;
+        bad.back() = SecureHash::of(asBytes("other"));
+        CHECK(*merkle::rootFromProof(n, revealed, revealed_leaves, bad) != root);
+        bad.pop_back();
+        CHECK(merkle::rootFromProof(n, revealed, revealed_leaves, bad).error().code ==
+              Errc::merkle_proof_invalid);
+      }
+      auto longer = proof;
+      longer.push_back(root);
+      CHECK(merkle::rootFromProof(n, revealed, revealed_leaves, longer).error().code ==
+            Errc::merkle_proof_invalid);
+    }
+  }
+}
+
+TEST_CASE("proof inputs out of range or order are refused") {
+  auto leaves = makeLeaves(4);
+  std::vector<uint32_t> idx{1, 3};
+  std::vector<SecureHash> rl{leaves[1], leaves[3]};
+  auto proof = merkle::prove(leaves, idx);
+  std::vector<uint32_t> unordered{3, 1};
+  CHECK(merkle::rootFromProof(4, unordered, rl, proof).error().code == Errc::merkle_proof_invalid);
+  std::vector<uint32_t> out_of_range{1, 4};
+  CHECK(merkle::rootFromProof(4, out_of_range, rl, proof).error().code ==
+        Errc::merkle_proof_invalid);
+  CHECK(merkle::rootFromProof(4, idx, std::span(rl).first(1), proof).error().code ==
+        Errc::merkle_proof_invalid);
+  // The same leaves claimed at other positions lead elsewhere.
+  std::vector<uint32_t> moved{0, 3};
+  auto other = merkle::rootFromProof(4, moved, rl, proof);
+  CHECK((!other.ok() || *other != merkle::root(leaves)));
+}
+
+TEST_CASE("domain separation: leaf, node, group and nonce hashes differ on equal input") {
+  SecureHash a = SecureHash::of(asBytes("a"));
+  Bytes two(a.view().begin(), a.view().end());
+  append(two, a.view());
+  CHECK(merkle::node(a, a) != SecureHash::of(two));
+  CHECK(merkle::leaf(a, a.view()) != merkle::node(a, a));
+  CHECK(merkle::group(1, a) != a);
+  CHECK(merkle::nonce(a.view(), 0, 0) != merkle::nonce(a.view(), 0, 1));
+  CHECK(merkle::nonce(a.view(), 0, 1) != merkle::nonce(a.view(), 1, 0));
+}
