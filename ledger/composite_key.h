@@ -25,9 +25,9 @@
 namespace ccal {
 
 struct KeyLimits {
-  uint32_t depth_max = 4;         // levels of threshold nodes
-  uint32_t children_max = 128;    // children of one node
-  uint32_t leaves_max = 256;      // public keys in the whole tree
+  uint32_t depth_max = 4;       // levels of threshold nodes
+  uint32_t children_max = 128;  // children of one node
+  uint32_t leaves_max = 256;    // public keys in the whole tree
 };
 
 inline constexpr KeyLimits default_key_limits{};
@@ -69,10 +69,13 @@ class Key {
   Bytes encode() const;
   SecureHash hash() const { return SecureHash::of(encode()); }
   // Short form for logs and messages: the hex prefix of a single key, or
-  // "composite(q of n):<hash prefix>".
+  // "composite(q of n):<hash prefix>", n being the total weight of the children.
   std::string describe() const;
 
   // Decodes untrusted bytes; checks scheme ids, lengths, canonical order and limits.
+  // Errors: malformed (bytes), not_canonical (encoding or child order),
+  // unknown_scheme / bad_length (a leaf), bad_key (threshold, weights,
+  // duplicates), too_deep / too_large (over the limits).
   static Result<Key> decode(ByteView bytes, const KeyLimits& limits = default_key_limits);
   // Reads from / writes into a Cap'n Proto message (for keys embedded in other structs).
   // Call within decodeMessage(), which turns Cap'n Proto read errors into Errors.
@@ -83,6 +86,12 @@ class Key {
   bool operator<(const Key& other) const;  // by canonical encoding
 
  private:
+  static Key fromNode(std::shared_ptr<const Node> node);
+  // Reads one key of a tree with `depth_above` threshold nodes above it;
+  // `leaves` counts the leaves read so far in the whole tree.
+  static Result<Key> readTree(schema::Key::Reader reader, const KeyLimits& limits,
+                              uint32_t depth_above, uint64_t& leaves);
+
   std::variant<PublicKey, std::shared_ptr<const Node>> v_;
 };
 
