@@ -2,13 +2,15 @@
 // Canonical Cap'n Proto encoding and bounded decoding of untrusted bytes.
 //
 // Every hashed or signed byte string in CCAL is a canonical encoding, so one
-// meaning has exactly one byte string. Decoding untrusted bytes goes through
+// meaning has exactly one byte string. Encodings are "flat": the single
+// segment alone, without a segment table (`capnp decode --flat` reads them). Decoding untrusted bytes goes through
 // decodeMessage(), which bounds size, traversal and nesting, rejects trailing
 // bytes, optionally insists on canonical form, and turns every Cap'n Proto
 // exception raised while reading into an Error value.
 
 #include <capnp/message.h>
 #include <capnp/serialize.h>
+#include <capnp/message.h>
 #include <kj/exception.h>
 
 #include <cstdint>
@@ -90,10 +92,11 @@ auto decodeMessage(ByteView bytes, std::string_view what, Canonical canonical, P
     capnp::ReaderOptions options;
     options.traversalLimitInWords = limits.traversal_words_max;
     options.nestingLimit = limits.nesting_depth_max;
-    capnp::FlatArrayMessageReader reader(words, options);
-    if (reader.getEnd() != words.end()) return fail(Errc::malformed, "trailing bytes after message");
+    kj::ArrayPtr<const capnp::word> segments[1] = {words};
+    capnp::SegmentArrayMessageReader reader(kj::arrayPtr(segments, 1), options);
     if (canonical == Canonical::required && !reader.isCanonical()) {
-      return fail(Errc::not_canonical, "not the canonical encoding");
+      return fail(Errc::not_canonical,
+                  "not the canonical encoding (padding, order or trailing bytes)");
     }
     return parse(reader.getRoot<Schema>());
   } catch (const kj::Exception& e) {

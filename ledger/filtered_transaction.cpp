@@ -226,7 +226,7 @@ Result<FilteredTransaction> FilteredTransaction::decode(ByteView bytes,
   ReadLimits read_limits;
   read_limits.message_bytes_max = limits.transaction_bytes_max;
   return decodeMessage<schema::FilteredTransaction>(
-      bytes, "filtered transaction", Canonical::not_required,
+      bytes, "filtered transaction", Canonical::required,
       [&](auto r) { return read(r, limits); }, read_limits);
 }
 

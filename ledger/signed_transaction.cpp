@@ -129,7 +129,7 @@ Result<SignedTransaction> SignedTransaction::decode(ByteView bytes, const Transa
   ReadLimits read_limits;
   read_limits.message_bytes_max = limits.transaction_bytes_max + 64 * 1024;
   return decodeMessage<schema::SignedTransaction>(
-      bytes, "signed transaction", Canonical::not_required,
+      bytes, "signed transaction", Canonical::required,
       [&](auto r) { return read(r, limits); }, read_limits);
 }
 

@@ -234,7 +234,7 @@ Result<WireTransaction> WireTransaction::decode(ByteView bytes, const Transactio
   ReadLimits read_limits;
   read_limits.message_bytes_max = limits.transaction_bytes_max;
   return decodeMessage<schema::WireTransaction>(
-      bytes, "transaction", Canonical::not_required, [&](auto r) { return read(r, limits); },
+      bytes, "transaction", Canonical::required, [&](auto r) { return read(r, limits); },
       read_limits);
 }
 
