@@ -3,9 +3,13 @@
 //
 // Every hashed or signed byte string in CCAL is a canonical encoding, so one
 // meaning has exactly one byte string. Decoding untrusted bytes goes through
-// decodeMessage(), which bounds size, traversal and nesting, rejects trailing
-// bytes, optionally insists on canonical form, and turns every Cap'n Proto
-// exception raised while reading into an Error value.
+// decodeMessage(), which bounds size, traversal and nesting, optionally
+// insists on canonical form (which also rejects trailing bytes), and turns
+// every Cap'n Proto exception raised while reading into an Error value.
+//
+// A canonical encoding is one segment with no segment table in front of it
+// (what capnp::canonicalize() returns, `capnp decode --flat` reads), so that
+// is the form decodeMessage() reads too.
 
 #include <capnp/message.h>
 #include <capnp/serialize.h>
@@ -90,8 +94,10 @@ auto decodeMessage(ByteView bytes, std::string_view what, Canonical canonical, P
     capnp::ReaderOptions options;
     options.traversalLimitInWords = limits.traversal_words_max;
     options.nestingLimit = limits.nesting_depth_max;
-    capnp::FlatArrayMessageReader reader(words, options);
-    if (reader.getEnd() != words.end()) return fail(Errc::malformed, "trailing bytes after message");
+    // One segment, no segment table. isCanonical() also checks that the root
+    // object's content ends exactly at the end of the bytes.
+    kj::ArrayPtr<const capnp::word> segments[1] = {words};
+    capnp::SegmentArrayMessageReader reader(kj::arrayPtr(segments, 1), options);
     if (canonical == Canonical::required && !reader.isCanonical()) {
       return fail(Errc::not_canonical, "not the canonical encoding");
     }
@@ -99,7 +105,8 @@ auto decodeMessage(ByteView bytes, std::string_view what, Canonical canonical, P
   } catch (const kj::Exception& e) {
     std::string why(e.getDescription().cStr());
     if (why.find("traversal limit") != std::string::npos) return fail(Errc::too_large, why);
-    if (why.find("nesting limit") != std::string::npos) return fail(Errc::too_deep, why);
+    // Cap'n Proto says "Message is too deeply-nested or contains cycles".
+    if (why.find("deeply-nested") != std::string::npos) return fail(Errc::too_deep, why);
     return fail(Errc::malformed, why);
   }
 }
