@@ -293,12 +293,13 @@ Result<Key> Key::readTree(schema::Key::Reader reader, const KeyLimits& limits, u
 }
 
 Result<Key> Key::decode(ByteView bytes, const KeyLimits& limits) {
-  // Cap'n Proto spends three nesting levels per threshold node (the node, its
-  // list of children, the child's key) and two for a leaf plus the root. Allow
-  // one level of threshold nodes more than depth_max, so that our own check,
-  // with its clearer message, fires before Cap'n Proto's.
+  // Cap'n Proto 0.9 spends four nesting levels per threshold node (the node,
+  // its list of children, the list element, the child's key) and three on the
+  // root key and a leaf (key, public key, key bytes); measured, not guessed.
+  // Allow one level of threshold nodes more than depth_max, so that our own
+  // check, with its clearer message, fires before Cap'n Proto's.
   ReadLimits read_limits;
-  uint64_t nesting = 3 * (static_cast<uint64_t>(limits.depth_max) + 1) + 3;
+  uint64_t nesting = 4 * (static_cast<uint64_t>(limits.depth_max) + 1) + 3;
   read_limits.nesting_depth_max =
       static_cast<int>(std::min<uint64_t>(nesting, std::numeric_limits<int>::max()));
   return decodeMessage<schema::Key>(
