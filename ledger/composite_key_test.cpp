@@ -6,6 +6,8 @@
 #include <bit>
 #include <limits>
 
+#include <capnp/any.h>
+
 #include "ledger/capnp_io.h"
 
 using namespace ccal;
@@ -315,6 +317,38 @@ TEST_CASE("decode: invalid threshold nodes") {
              "not sorted");
   checkError(Key::decode(handBuiltNode(2, {{1, x}, {1, z}, {1, y}})), Errc::not_canonical,
              "not sorted");
+}
+
+TEST_CASE("decode: data outside the schema is not canonical") {
+  // Canonical Cap'n Proto keeps unused bits of a data word; the key must not.
+  std::vector<PublicKey> keys{key(1), key(2), key(3)};
+  std::sort(keys.begin(), keys.end());
+  Bytes bytes = buildCanonical<schema::Key>([&](schema::Key::Builder root) {
+    auto node = root.initThreshold();
+    node.setThreshold(2);
+    auto list = node.initChildren(3);
+    for (unsigned i = 0; i < 3; ++i) {
+      list[i].setWeight(1);
+      fillPublicKey(list[i].initKey().initSingle(), 1, keys[i].view());
+    }
+    // The upper half of the weight's data word belongs to no field.
+    capnp::AnyStruct::Builder child = list[1];
+    REQUIRE(child.getDataSection().size() == 8);
+    child.getDataSection()[5] = 0x08;
+  });
+  checkError(Key::decode(bytes), Errc::not_canonical, "data outside the key schema");
+
+  // Cap'n Proto ignores the top bit of an inline composite list's element
+  // count (word 5 here: the tag of the children list), and so does its
+  // isCanonical(); the key decoder must not.
+  Bytes good = Key(*Key::anyOf(2, keys)).encode();
+  REQUIRE(Key::decode(good).ok());
+  Bytes tagged = good;
+  REQUIRE(tagged.size() > 5 * 8 + 3);
+  REQUIRE(tagged[5 * 8] == 3 << 2);
+  tagged[5 * 8 + 3] |= 0x80;
+  checkError(Key::decode(tagged), Errc::not_canonical,
+             "not the canonical encoding of composite(2 of 3)");
 }
 
 TEST_CASE("decode: over the limits") {
