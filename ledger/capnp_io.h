@@ -2,15 +2,17 @@
 // Canonical Cap'n Proto encoding and bounded decoding of untrusted bytes.
 //
 // Every hashed or signed byte string in CCAL is a canonical encoding, so one
-// meaning has exactly one byte string. Encodings are "flat": the single
-// segment alone, without a segment table (`capnp decode --flat` reads them). Decoding untrusted bytes goes through
-// decodeMessage(), which bounds size, traversal and nesting, rejects trailing
-// bytes, optionally insists on canonical form, and turns every Cap'n Proto
-// exception raised while reading into an Error value.
+// meaning has exactly one byte string. Decoding untrusted bytes goes through
+// decodeMessage(), which bounds size, traversal and nesting, optionally
+// insists on canonical form (which also rejects trailing bytes), and turns
+// every Cap'n Proto exception raised while reading into an Error value.
+//
+// A canonical encoding is one segment with no segment table in front of it
+// (what capnp::canonicalize() returns, `capnp decode --flat` reads), so that
+// is the form decodeMessage() reads too.
 
 #include <capnp/message.h>
 #include <capnp/serialize.h>
-#include <capnp/message.h>
 #include <kj/exception.h>
 
 #include <cstdint>
@@ -92,17 +94,19 @@ auto decodeMessage(ByteView bytes, std::string_view what, Canonical canonical, P
     capnp::ReaderOptions options;
     options.traversalLimitInWords = limits.traversal_words_max;
     options.nestingLimit = limits.nesting_depth_max;
+    // One segment, no segment table. isCanonical() also checks that the root
+    // object's content ends exactly at the end of the bytes.
     kj::ArrayPtr<const capnp::word> segments[1] = {words};
     capnp::SegmentArrayMessageReader reader(kj::arrayPtr(segments, 1), options);
     if (canonical == Canonical::required && !reader.isCanonical()) {
-      return fail(Errc::not_canonical,
-                  "not the canonical encoding (padding, order or trailing bytes)");
+      return fail(Errc::not_canonical, "not the canonical encoding");
     }
     return parse(reader.getRoot<Schema>());
   } catch (const kj::Exception& e) {
     std::string why(e.getDescription().cStr());
     if (why.find("traversal limit") != std::string::npos) return fail(Errc::too_large, why);
-    if (why.find("nesting limit") != std::string::npos) return fail(Errc::too_deep, why);
+    // Cap'n Proto says "Message is too deeply-nested or contains cycles".
+    if (why.find("deeply-nested") != std::string::npos) return fail(Errc::too_deep, why);
     return fail(Errc::malformed, why);
   }
 }

@@ -79,6 +79,8 @@ class Key {
   static Result<Key> decode(ByteView bytes, const KeyLimits& limits = default_key_limits);
   // Reads from / writes into a Cap'n Proto message (for keys embedded in other structs).
   // Call within decodeMessage(), which turns Cap'n Proto read errors into Errors.
+  // read() refuses (not_canonical) a key that carries data outside the schema;
+  // only decode() can also compare the input bytes with the key's encoding.
   static Result<Key> read(schema::Key::Reader reader, const KeyLimits& limits = default_key_limits);
   void write(schema::Key::Builder builder) const;
 
