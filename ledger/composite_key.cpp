@@ -80,9 +80,12 @@ void collectLeaves(const Key& key, std::vector<PublicKey>& out) {
 
 Key::Key(const PublicKey& key) : v_(key) {}
 
-Key Key::fromNode(std::shared_ptr<const Node> node) {
+Key Key::fromNode(std::shared_ptr<Node> node) {
+  CCAL_ASSERT(node->encoding.empty());
   Key key;
-  key.v_ = std::move(node);
+  key.v_ = node;
+  // Encode once: keys are compared and hashed far more often than made.
+  node->encoding = buildCanonical<schema::Key>([&](schema::Key::Builder root) { key.write(root); });
   return key;
 }
 
@@ -209,6 +212,7 @@ void Key::write(schema::Key::Builder builder) const {
 }
 
 Bytes Key::encode() const {
+  if (!isSingle()) return node().encoding;
   return buildCanonical<schema::Key>([&](schema::Key::Builder root) { write(root); });
 }
 
@@ -328,14 +332,14 @@ Result<Key> Key::decode(ByteView bytes, const KeyLimits& limits) {
 bool Key::operator==(const Key& other) const {
   if (isSingle() && other.isSingle()) return single() == other.single();
   if (isSingle() != other.isSingle()) return false;
-  if (&node() == &other.node()) return true;
-  return encode() == other.encode();
+  return node().encoding == other.node().encoding;
 }
 
 bool Key::operator<(const Key& other) const {
   // Single keys' encodings differ only in the key bytes, at the same offset,
   // so comparing the keys orders them as their encodings would.
   if (isSingle() && other.isSingle()) return single() < other.single();
+  if (!isSingle() && !other.isSingle()) return node().encoding < other.node().encoding;
   return encode() < other.encode();
 }
 

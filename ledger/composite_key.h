@@ -88,7 +88,7 @@ class Key {
   bool operator<(const Key& other) const;  // by canonical encoding
 
  private:
-  static Key fromNode(std::shared_ptr<const Node> node);
+  static Key fromNode(std::shared_ptr<Node> node);
   // Reads one key of a tree with `depth_above` threshold nodes above it;
   // `leaves` counts the leaves read so far in the whole tree.
   static Result<Key> readTree(schema::Key::Reader reader, const KeyLimits& limits,
@@ -105,6 +105,7 @@ struct Key::Child {
 struct Key::Node {
   uint32_t threshold;
   std::vector<Child> children;  // canonical order
+  Bytes encoding;               // canonical encoding of the whole node's key, set once
 };
 
 }  // namespace ccal

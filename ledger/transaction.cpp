@@ -171,19 +171,23 @@ Status WireTransaction::decodeComponents(const TransactionLimits& limits) {
   return {};
 }
 
-void WireTransaction::computeId() {
+SecureHash computeTransactionId(const WireTransaction::Groups& groups, ByteView privacy_salt,
+                                std::array<SecureHash, component_group_count>* group_hashes) {
+  std::array<SecureHash, component_group_count> hashes;
+  std::vector<SecureHash> leaves;
   for (uint32_t g = 0; g < component_group_count; ++g) {
-    const auto& components = groups_[g];
-    std::vector<SecureHash> leaves;
-    leaves.reserve(components.size());
+    const auto& components = groups[g];
+    leaves.clear();
     for (uint32_t i = 0; i < components.size(); ++i) {
-      leaves.push_back(merkle::leaf(merkle::nonce(privacySalt(), g, i), components[i]));
+      leaves.push_back(merkle::leaf(merkle::nonce(privacy_salt, g, i), components[i]));
     }
-    group_hashes_[g] =
-        merkle::group(static_cast<uint32_t>(components.size()), merkle::root(leaves));
+    hashes[g] = merkle::group(static_cast<uint32_t>(components.size()), merkle::root(leaves));
   }
-  id_ = merkle::root(group_hashes_);
+  if (group_hashes != nullptr) *group_hashes = hashes;
+  return merkle::root(hashes);
 }
+
+void WireTransaction::computeId() { id_ = computeTransactionId(groups_, privacySalt(), &group_hashes_); }
 
 void WireTransaction::write(schema::WireTransaction::Builder builder) const {
   unsigned present = 0;

@@ -112,6 +112,11 @@ class WireTransaction {
   std::optional<SecureHash> parameters_hash_;
 };
 
+// The Merkle id of a transaction's component groups under a privacy salt,
+// and each group's hash (see merkle.h for the tree).
+SecureHash computeTransactionId(const WireTransaction::Groups& groups, ByteView privacy_salt,
+                                std::array<SecureHash, component_group_count>* group_hashes = nullptr);
+
 // The exact bytes a transaction signature covers: a domain tag, the
 // signature layout version and the transaction id.
 Bytes signableBytes(const SecureHash& tx_id, uint16_t version = signature_version_current);
