@@ -5,6 +5,8 @@
 
 #include "ledger/capnp_io.h"
 
+#include <capnp/any.h>
+
 namespace ccal {
 
 namespace {
@@ -74,6 +76,20 @@ void collectLeaves(const Key& key, std::vector<PublicKey>& out) {
     return;
   }
   for (const auto& child : key.node().children) collectLeaves(child.key, out);
+}
+
+// True when a struct has no data beyond its first `data_bytes` bytes and no
+// pointers beyond its first `pointers`: nothing a newer schema could have added.
+template <class Reader>
+bool onlyKnownBits(Reader reader, size_t data_bytes, size_t pointers) {
+  capnp::AnyStruct::Reader any(reader);
+  auto data = any.getDataSection();
+  for (size_t i = data_bytes; i < data.size(); ++i)
+    if (data[i] != 0) return false;
+  auto pointer_section = any.getPointerSection();
+  for (size_t i = pointers; i < pointer_section.size(); ++i)
+    if (!pointer_section[i].isNull()) return false;
+  return true;
 }
 
 }  // namespace
@@ -229,6 +245,15 @@ Result<Key> Key::read(schema::Key::Reader reader, const KeyLimits& limits) {
   uint64_t leaves = 0;
   auto key = readTree(reader, limits, 0, leaves);
   if (!key) return key;
+  if (key->isSingle()) {
+    // The common case, checked without re-encoding: a single key's two
+    // structs hold a 16-bit tag or scheme and one pointer each, nothing more.
+    if (!onlyKnownBits(reader, 2, 1) || !onlyKnownBits(reader.getSingle(), 2, 1)) {
+      return makeError(Errc::not_canonical,
+                       "key " + key->describe() + " carries data outside the key schema");
+    }
+    return key;
+  }
   // Cap'n Proto's canonical form knows no schema: it keeps the bits of a data
   // word that no field uses, and the fields of a newer schema. Accept only
   // the bytes this build writes, so that one key has exactly one encoding

@@ -50,4 +50,20 @@ double medianRate(const Options& options, Body&& body, double ops_per_call = 1) 
   return rates[rates.size() / 2];
 }
 
+// The median over trials of rate(a) / rate(b), with a and b measured back to
+// back in each trial, so that load from elsewhere on the machine falls on both.
+template <class A, class B>
+double medianRatio(const Options& options, A&& a, B&& b) {
+  Options one = options;
+  one.trials = 1;
+  std::vector<double> ratios;
+  for (int t = 0; t < options.trials; ++t) {
+    double ra = medianRate(one, a);
+    double rb = medianRate(one, b);
+    ratios.push_back(ra / rb);
+  }
+  std::sort(ratios.begin(), ratios.end());
+  return ratios[ratios.size() / 2];
+}
+
 }  // namespace ccal::bench
