@@ -45,10 +45,13 @@ const char* componentGroupName(ComponentGroup group) {
 }
 
 Bytes signableBytes(const SecureHash& tx_id, uint16_t version) {
-  Bytes out(signature_domain.begin(), signature_domain.end());
-  out.push_back(static_cast<uint8_t>(version));
-  out.push_back(static_cast<uint8_t>(version >> 8));
-  append(out, tx_id.view());
+  // Sized up front (and filled by copy) rather than grown: it is built on
+  // every signature check.
+  Bytes out(signature_domain.size() + 2 + SecureHash::size_bytes);
+  std::copy(signature_domain.begin(), signature_domain.end(), out.begin());
+  out[signature_domain.size()] = static_cast<uint8_t>(version);
+  out[signature_domain.size() + 1] = static_cast<uint8_t>(version >> 8);
+  std::copy(tx_id.bytes().begin(), tx_id.bytes().end(), out.begin() + signature_domain.size() + 2);
   return out;
 }
 
