@@ -1,0 +1,161 @@
+#pragma once
+// The node's LMDB environment: named sub-databases, a schema version stamped
+// in the file and checked at open, read transactions for any thread, and one
+// writer thread that group-commits many callers' writes into one durable
+// LMDB commit, telling each caller when its write is durable.
+//
+// LMDB allows one writer; a durable commit costs an fsync (~3.8k/s here), so
+// every hot writer batches: up to write_batch_max requests share one commit.
+// Each request runs in a nested transaction, so a request that fails rolls
+// back its own changes and no one else's.
+
+#include <lmdb.h>
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <future>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "ledger/bytes.h"
+#include "ledger/result.h"
+
+namespace ccal::vault {
+
+struct StoreConfig {
+  std::string path;                          // a directory; created if missing
+  uint64_t map_size_bytes = 64ull << 30;     // virtual; the file grows only as used
+  uint32_t write_batch_max = 4096;           // requests per durable commit
+  uint32_t write_queue_max = 65536;          // requests waiting; submit() blocks beyond
+  bool durable = true;                       // fsync each commit (off only for tests/benchmarks)
+};
+
+// A sub-database handle, valid for the Store's lifetime.
+struct Db {
+  MDB_dbi dbi = 0;
+  std::string name;
+};
+
+class Cursor;
+
+// A read view. Values returned point into the map and live as long as the
+// transaction. Not shared between threads.
+class ReadTxn {
+ public:
+  ReadTxn(ReadTxn&&) noexcept;
+  ReadTxn& operator=(ReadTxn&&) noexcept;
+  virtual ~ReadTxn();
+
+  std::optional<ByteView> get(const Db& db, ByteView key) const;
+  Cursor cursor(const Db& db) const;
+  uint64_t entries(const Db& db) const;  // number of keys in a sub-database
+  MDB_txn* raw() const { return txn_; }
+
+ protected:
+  explicit ReadTxn(MDB_txn* txn) : txn_(txn) {}
+  friend class Store;
+  MDB_txn* txn_ = nullptr;
+};
+
+// A write view, handed to a request on the writer thread.
+class WriteTxn : public ReadTxn {
+ public:
+  // Errors (map full, a value too large) come back as Status; the request
+  // should return them, which rolls back its changes.
+  Status put(const Db& db, ByteView key, ByteView value);
+  // Fails with not_found-free semantics: deleting a missing key is ok.
+  Status del(const Db& db, ByteView key);
+
+ private:
+  friend class Store;
+  explicit WriteTxn(MDB_txn* txn) : ReadTxn(txn) {}
+};
+
+// Iterates keys in order. Key and value views are valid until the cursor moves.
+class Cursor {
+ public:
+  Cursor(Cursor&&) noexcept;
+  ~Cursor();
+
+  bool seek(ByteView key);   // first key >= key
+  bool first();
+  bool last();
+  bool next();
+  bool prev();
+  bool valid() const { return valid_; }
+  ByteView key() const { return key_; }
+  ByteView value() const { return value_; }
+
+ private:
+  friend class ReadTxn;
+  explicit Cursor(MDB_cursor* cursor) : cursor_(cursor) {}
+  bool op(MDB_cursor_op which, ByteView key = {});
+
+  MDB_cursor* cursor_ = nullptr;
+  bool valid_ = false;
+  ByteView key_, value_;
+};
+
+// A write request: runs on the writer thread inside the group's transaction.
+using WriteFn = std::function<Status(WriteTxn&)>;
+// Called on the writer thread once the request's commit is durable (ok), or
+// with the request's own error, or with the commit's error.
+using DoneFn = std::function<void(const Status&)>;
+
+class Store {
+ public:
+  // Opens (creating if new) the environment at config.path with the given
+  // sub-databases, and checks the stamp: a file made by another program or
+  // another schema version is refused with an error naming both.
+  static Result<std::unique_ptr<Store>> open(const StoreConfig& config,
+                                             std::span<const std::string> db_names,
+                                             std::string_view schema_name, uint32_t schema_version);
+  ~Store();  // drains the queue, stops the writer, closes the environment
+
+  const Db& db(std::string_view name) const;  // asserts the name was opened
+  ReadTxn read() const;
+
+  // Queues a write; done() runs after the durable commit (on the writer
+  // thread: keep it short). Blocks while the queue is full.
+  void submit(WriteFn fn, DoneFn done);
+  // Queues a write and waits until it is durable.
+  Status write(WriteFn fn);
+
+  struct Stats {
+    uint64_t commits = 0;
+    uint64_t requests = 0;
+  };
+  Stats stats() const;
+  const StoreConfig& config() const { return config_; }
+
+ private:
+  Store() = default;
+  void writerLoop();
+
+  struct Request {
+    WriteFn fn;
+    DoneFn done;
+  };
+
+  StoreConfig config_;
+  MDB_env* env_ = nullptr;
+  std::map<std::string, Db, std::less<>> dbs_;
+
+  mutable std::mutex mutex_;  // guards queue_, stopping_, stats_
+  std::condition_variable queue_not_empty_, queue_not_full_;
+  std::deque<Request> queue_;
+  bool stopping_ = false;
+  Stats stats_;
+  std::thread writer_;
+};
+
+}  // namespace ccal::vault
