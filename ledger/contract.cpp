@@ -98,7 +98,18 @@ void ContractRegistry::add(std::unique_ptr<Contract> contract) {
   CCAL_ASSERT(contract != nullptr);
   std::string name(contract->name());
   CCAL_ASSERT_MSG(!contracts_.contains(name), "a contract name is registered twice");
+  for (auto& schema : contract->stateSchemas()) {
+    CCAL_ASSERT(schema != nullptr);
+    std::string type(schema->stateType());
+    CCAL_ASSERT_MSG(!schemas_.contains(type), "a state type is declared by two contracts");
+    schemas_.emplace(std::move(type), std::move(schema));
+  }
   contracts_.emplace(std::move(name), std::move(contract));
+}
+
+const StateSchema* ContractRegistry::schemaFor(std::string_view state_type) const {
+  auto it = schemas_.find(state_type);
+  return it == schemas_.end() ? nullptr : it->second.get();
 }
 
 const Contract* ContractRegistry::find(std::string_view name) const {

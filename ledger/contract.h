@@ -12,6 +12,7 @@
 #include <string_view>
 #include <vector>
 
+#include "ledger/state_schema.h"
 #include "ledger/transaction.h"
 
 namespace ccal {
@@ -93,6 +94,8 @@ class Contract {
   // The constraint hashes this code accepts for states it spends: its own,
   // plus earlier versions it declares compatible.
   virtual std::vector<SecureHash> acceptedIdentities() const { return {codeIdentity()}; }
+  // The state types this contract governs, with their queryable fields.
+  virtual std::vector<std::shared_ptr<const StateSchema>> stateSchemas() const { return {}; }
 };
 
 struct VerificationPolicy {
@@ -106,6 +109,8 @@ class ContractRegistry {
   void add(std::unique_ptr<Contract> contract);
   const Contract* find(std::string_view name) const;
   std::vector<std::string> names() const;
+  // The schema declared for a state type by any registered contract, or null.
+  const StateSchema* schemaFor(std::string_view state_type) const;
 
   // Verifies a resolved transaction: every state's contract is registered,
   // every state's constraint accepted by the code that runs, and every
@@ -115,6 +120,7 @@ class ContractRegistry {
 
  private:
   std::map<std::string, std::unique_ptr<Contract>, std::less<>> contracts_;
+  std::map<std::string, std::shared_ptr<const StateSchema>, std::less<>> schemas_;
 };
 
 }  // namespace ccal

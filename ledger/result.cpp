@@ -26,6 +26,10 @@ const char* errcName(Errc code) {
     case Errc::certificate_revoked: return "certificate_revoked";
     case Errc::name_constraint: return "name_constraint";
     case Errc::not_found: return "not_found";
+    case Errc::conflict: return "conflict";
+    case Errc::locked: return "locked";
+    case Errc::insufficient_balance: return "insufficient_balance";
+    case Errc::bad_query: return "bad_query";
   }
   return "unknown_error";
 }

@@ -34,6 +34,10 @@ enum class Errc : uint16_t {
   certificate_revoked,   // on the issuer's revocation list
   name_constraint,       // issued for a name the issuer may not issue for
   not_found,             // a referenced thing (state, transaction, key) is not known
+  conflict,              // a state already consumed by another transaction
+  locked,                // a state soft-locked by another flow
+  insufficient_balance,  // fungible selection cannot reach the amount
+  bad_query,             // a query naming unknown fields or types, or bad paging
 };
 
 const char* errcName(Errc code);

@@ -1,0 +1,21 @@
+@0xa40512cd304902cb;
+# The vault's stored records (LMDB values). Stored bytes are canonical, like
+# everything hashed or signed, so `capnp decode --flat` reads a dumped value.
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("ccal::schema::vault");
+
+struct StateRecord {
+  status @0 :UInt8;            # 0 unconsumed, 1 consumed
+  relevance @1 :UInt8;         # 0 participant, 1 observed
+  recordedMicros @2 :Int64;
+  consumedMicros @3 :Int64;    # when consumed
+  consumedBy @4 :Data;         # 32-byte id of the consuming transaction, when consumed
+  lock @5 :Data;               # 32-byte soft-lock holder, or empty
+  state @6 :Data;              # the output component: canonical TransactionState bytes
+}
+
+struct TransactionRecord {
+  recordedMicros @0 :Int64;
+  signedTransaction @1 :Data;  # canonical SignedTransaction bytes
+}

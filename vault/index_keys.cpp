@@ -1,0 +1,75 @@
+#include "vault/index_keys.h"
+
+#include "ledger/assert.h"
+
+namespace ccal::vault::keys {
+
+void appendInt(Bytes& out, int64_t v) {
+  uint64_t u = static_cast<uint64_t>(v) ^ (uint64_t{1} << 63);
+  for (int i = 7; i >= 0; --i) out.push_back(static_cast<uint8_t>(u >> (8 * i)));
+}
+
+int64_t readInt(ByteView b) {
+  CCAL_ASSERT(b.size() >= 8);
+  uint64_t u = 0;
+  for (int i = 0; i < 8; ++i) u = u << 8 | b[i];
+  return static_cast<int64_t>(u ^ (uint64_t{1} << 63));
+}
+
+void appendText(Bytes& out, std::string_view text) {
+  for (char c : text) {
+    out.push_back(static_cast<uint8_t>(c));
+    if (c == '\0') out.push_back(0xff);
+  }
+  out.push_back(0x00);
+  out.push_back(0x01);
+}
+
+void appendHash(Bytes& out, const SecureHash& h) { append(out, h.view()); }
+
+void appendRef(Bytes& out, const StateRef& ref) {
+  append(out, ref.txId.view());
+  for (int i = 3; i >= 0; --i) out.push_back(static_cast<uint8_t>(ref.index >> (8 * i)));
+}
+
+void appendField(Bytes& out, const FieldValue& value) {
+  if (auto* i = std::get_if<int64_t>(&value)) {
+    appendInt(out, *i);
+  } else if (auto* s = std::get_if<std::string>(&value)) {
+    appendText(out, *s);
+  } else {
+    appendHash(out, std::get<SecureHash>(value));
+  }
+}
+
+Bytes refKey(const StateRef& ref) {
+  Bytes out;
+  out.reserve(ref_bytes);
+  appendRef(out, ref);
+  return out;
+}
+
+StateRef refFromKeyEnd(ByteView key) {
+  CCAL_ASSERT(key.size() >= ref_bytes);
+  auto tail = key.subspan(key.size() - ref_bytes);
+  StateRef ref;
+  ref.txId = SecureHash::fromBytes(tail.first(SecureHash::size_bytes)).value();
+  uint32_t index = 0;
+  for (size_t i = SecureHash::size_bytes; i < ref_bytes; ++i) index = index << 8 | tail[i];
+  ref.index = index;
+  return ref;
+}
+
+std::optional<Bytes> prefixEnd(ByteView prefix) {
+  Bytes end(prefix.begin(), prefix.end());
+  while (!end.empty()) {
+    if (end.back() != 0xff) {
+      ++end.back();
+      return end;
+    }
+    end.pop_back();
+  }
+  return std::nullopt;
+}
+
+}  // namespace ccal::vault::keys

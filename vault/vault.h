@@ -1,0 +1,227 @@
+#pragma once
+// The vault: a node's store of the transactions and states it is party to
+// (or observes), on LMDB, with indexes, queries, soft locks, fungible
+// selection and tracking. All writes go through the Store's group-committing
+// writer; reads run on any thread.
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "ledger/contract.h"
+#include "ledger/signed_transaction.h"
+#include "ledger/state_schema.h"
+#include "vault/store.h"
+
+namespace ccal::vault {
+
+inline constexpr std::string_view vault_schema_name = "ccal-vault";
+inline constexpr uint32_t vault_schema_version = 1;
+
+enum class StateStatus : uint8_t { unconsumed = 0, consumed = 1 };
+enum class StatusFilter : uint8_t { unconsumed, consumed, all };
+// participant: one of this node's keys is among the state's participants;
+// observed: recorded only because this node observes (e.g. a regulator).
+enum class Relevance : uint8_t { participant = 0, observed = 1 };
+enum class RelevanceFilter : uint8_t { participant, observed, all };
+// only_relevant: record outputs with one of our keys among participants;
+// all_visible: record every output (observers).
+enum class RecordMode : uint8_t { only_relevant, all_visible };
+
+// The holder of a soft lock: a flow's id.
+using LockId = SecureHash;
+
+struct VaultState {
+  StateRef ref;
+  TransactionState state;
+  StateStatus status = StateStatus::unconsumed;
+  Relevance relevance = Relevance::participant;
+  int64_t recordedMicros = 0;
+  std::optional<SecureHash> consumedBy;
+  std::optional<int64_t> consumedMicros;
+  std::optional<LockId> lock;
+};
+
+// --- query criteria -----------------------------------------------------------
+
+enum class FieldOp : uint8_t { eq, lt, le, gt, ge, between, in };
+
+// A tree of conditions composed with && and ||.
+class Criteria {
+ public:
+  enum class Kind : uint8_t {
+    all,          // every state
+    state_type,   // text
+    participant,  // key hash
+    linear_id,    // hash
+    recorded,     // [from, until) in microseconds
+    consumed,     // [from, until) in microseconds
+    field,        // a declared field of `text` (state type) compared by op with values
+    and_,
+    or_,
+  };
+
+  static Criteria all() { return Criteria(Kind::all); }
+  static Criteria stateType(std::string type);
+  static Criteria participant(const Key& key);
+  static Criteria linearId(const SecureHash& id);
+  static Criteria recordedBetween(int64_t from_micros, int64_t until_micros);
+  static Criteria consumedBetween(int64_t from_micros, int64_t until_micros);
+  // A declared field of `state_type`: eq/lt/le/gt/ge take one value, between
+  // two (inclusive), in one or more.
+  static Criteria field(std::string state_type, std::string name, FieldOp op,
+                        std::vector<FieldValue> values);
+
+  friend Criteria operator&&(Criteria a, Criteria b);
+  friend Criteria operator||(Criteria a, Criteria b);
+
+  Kind kind() const { return kind_; }
+  const std::string& text() const { return text_; }
+  const std::string& fieldName() const { return field_; }
+  FieldOp op() const { return op_; }
+  const std::vector<FieldValue>& values() const { return values_; }
+  const SecureHash& hash() const { return hash_; }
+  int64_t from() const { return from_; }
+  int64_t until() const { return until_; }
+  const std::vector<Criteria>& children() const { return children_; }
+
+ private:
+  explicit Criteria(Kind kind) : kind_(kind) {}
+  Kind kind_;
+  std::string text_;
+  std::string field_;
+  FieldOp op_ = FieldOp::eq;
+  std::vector<FieldValue> values_;
+  SecureHash hash_;
+  int64_t from_ = 0, until_ = 0;
+  std::vector<Criteria> children_;
+};
+
+struct Sort {
+  // "recorded" (default), "consumed", "ref", or a declared field of the
+  // state type the criteria name.
+  std::string by = "recorded";
+  bool descending = false;
+};
+
+struct Query {
+  Criteria criteria = Criteria::all();
+  StatusFilter status = StatusFilter::unconsumed;
+  RelevanceFilter relevance = RelevanceFilter::all;
+  Sort sort;
+  uint32_t page_size = 200;  // at most VaultConfig::page_size_max
+  uint32_t page_number = 1;  // 1-based
+};
+
+struct Page {
+  std::vector<VaultState> states;
+  uint64_t total = 0;  // matches over all pages
+  uint32_t page_number = 1;
+  bool has_more = false;
+};
+
+// A change a tracker sees: states produced and consumed by one recorded transaction.
+struct VaultUpdate {
+  SecureHash txId;
+  std::vector<VaultState> produced;
+  std::vector<VaultState> consumed;
+};
+
+struct FungibleSelection {
+  std::vector<VaultState> states;  // locked for the requester
+  int64_t total = 0;               // >= the amount asked for
+};
+
+struct VaultConfig {
+  StoreConfig store;
+  uint32_t page_size_max = 1000;
+  uint32_t query_candidates_max = 2'000'000;  // states one query may examine
+  uint32_t lock_states_max = 4096;           // states in one lock or selection
+  // The clock for recording times; the system clock when empty.
+  std::function<int64_t()> now_micros;
+};
+
+class Vault {
+ public:
+  // Opens the vault in config.store.path. `our_keys` decide relevance.
+  static Result<std::unique_ptr<Vault>> open(const VaultConfig& config,
+                                             const ContractRegistry& registry,
+                                             std::vector<PublicKey> our_keys);
+  ~Vault();
+
+  // --- recording ---
+  // Checks the signatures (all required signers fulfilled) before anything
+  // is written; records the transaction, its relevant (or all) outputs, and
+  // marks inputs this vault holds as consumed, in one durable write. Recording
+  // the same transaction again is a no-op; spending a state that this vault
+  // saw consumed by another transaction is a `conflict` naming both.
+  Status record(const SignedTransaction& stx, RecordMode mode);
+  void recordAsync(const SignedTransaction& stx, RecordMode mode, DoneFn done);
+
+  Result<std::optional<SignedTransaction>> transaction(const SecureHash& id) const;
+  bool hasTransaction(const SecureHash& id) const;
+  Result<std::optional<VaultState>> state(const StateRef& ref) const;
+  // Every recorded transaction in id order, for serving backchains; stop by returning false.
+  Status forEachTransaction(const std::function<bool(const SecureHash&, ByteView)>& fn) const;
+
+  // --- queries ---
+  // Errors name unknown fields, wrong value types and bad paging.
+  Result<Page> query(const Query& query) const;
+
+  // --- soft locks and selection ---
+  // Locks all of `refs` for `holder`, or none: fails naming the first state
+  // that is unknown, consumed or locked by another holder. Re-locking by the
+  // same holder is fine.
+  Status lock(const LockId& holder, std::span<const StateRef> refs);
+  // Releases the holder's locks on `refs` (all its locks when empty).
+  Status release(const LockId& holder, std::span<const StateRef> refs = {});
+  // Crash recovery: releases every lock whose holder is not in `live`.
+  Result<uint64_t> releaseAllExcept(std::span<const LockId> live);
+  // Picks unlocked, unconsumed states of `token` (from `issuer`, when given)
+  // summing to at least `amount`, and locks them for `holder` atomically.
+  // insufficient_balance names the amount available.
+  Result<FungibleSelection> selectFungible(const LockId& holder, std::string_view token,
+                                           const std::optional<SecureHash>& issuer, int64_t amount);
+
+  // --- tracking ---
+  using TrackId = uint64_t;
+  // The query's first page now, and every later recorded update that
+  // touches a state matching the query's criteria (until untrack).
+  Result<std::pair<Page, TrackId>> track(const Query& query,
+                                         std::function<void(const VaultUpdate&)> on_update);
+  void untrack(TrackId id);
+
+  Store& store() { return *store_; }
+  const ContractRegistry& registry() const { return registry_; }
+
+ private:
+  Vault(const VaultConfig& config, const ContractRegistry& registry, std::vector<PublicKey> keys);
+  int64_t now() const;
+  void publish(const VaultUpdate& update);
+
+  friend struct VaultAccess;  // the implementation's helpers
+
+  VaultConfig config_;
+  const ContractRegistry& registry_;
+  std::set<PublicKey> our_keys_;
+  std::unique_ptr<Store> store_;
+
+  struct Tracker {
+    Query query;
+    std::function<void(const VaultUpdate&)> on_update;
+  };
+  mutable std::mutex trackers_mutex_;  // guards trackers_, next_track_id_
+  std::map<TrackId, Tracker> trackers_;
+  TrackId next_track_id_ = 1;
+};
+
+// Names of the sub-databases in the vault's environment (for tools and tests).
+std::vector<std::string> vaultDatabaseNames();
+
+}  // namespace ccal::vault

@@ -1,0 +1,158 @@
+// Soft locks and fungible selection. Every lock change runs on the Store's
+// single writer, so two flows can never lock the same state: the second
+// sees the first's lock in its own write transaction.
+
+#include "vault/vault_internal.h"
+
+namespace ccal::vault {
+
+namespace {
+
+std::string holderName(const LockId& id) { return "flow " + id.shortHex(); }
+
+}  // namespace
+
+Status Vault::lock(const LockId& holder, std::span<const StateRef> refs) {
+  if (refs.size() > config_.lock_states_max) {
+    return makeError(Errc::too_large, "a lock of " + std::to_string(refs.size()) +
+                                          " states is over the limit of " +
+                                          std::to_string(config_.lock_states_max));
+  }
+  std::vector<StateRef> wanted(refs.begin(), refs.end());
+  return store_->write([this, holder, wanted](WriteTxn& w) -> Status {
+    for (const auto& ref : wanted) {
+      auto stored = VaultAccess::load(*this, w, ref);
+      if (!stored) return stored.error();
+      if (!stored->has_value()) {
+        return makeError(Errc::not_found, "cannot lock state " + ref.toString() +
+                                              ": this vault does not hold it");
+      }
+      const Stored& before = **stored;
+      if (before.vs.status == StateStatus::consumed) {
+        return makeError(Errc::conflict, "cannot lock state " + ref.toString() +
+                                             ": consumed by transaction " +
+                                             before.vs.consumedBy->hex());
+      }
+      if (before.vs.lock && *before.vs.lock == holder) continue;
+      if (before.vs.lock) {
+        return makeError(Errc::locked, "cannot lock state " + ref.toString() +
+                                           " for " + holderName(holder) + ": locked by " +
+                                           holderName(*before.vs.lock));
+      }
+      VaultState after = before.vs;
+      after.lock = holder;
+      CCAL_TRY(VaultAccess::rewrite(*this, w, before, after));
+    }
+    return {};
+  });
+}
+
+Status Vault::release(const LockId& holder, std::span<const StateRef> refs) {
+  std::vector<StateRef> wanted(refs.begin(), refs.end());
+  return store_->write([this, holder, wanted](WriteTxn& w) -> Status {
+    std::vector<StateRef> targets = wanted;
+    if (targets.empty()) {
+      Bytes prefix;
+      keys::appendHash(prefix, holder);
+      Cursor c = w.cursor(VaultAccess::db(*this, ix_lock));
+      for (bool ok = c.seek(prefix); ok; ok = c.next()) {
+        if (!std::equal(prefix.begin(), prefix.end(), c.key().begin())) break;
+        targets.push_back(keys::refFromKeyEnd(c.key()));
+      }
+    }
+    for (const auto& ref : targets) {
+      auto stored = VaultAccess::load(*this, w, ref);
+      if (!stored) return stored.error();
+      if (!stored->has_value()) continue;
+      const Stored& before = **stored;
+      if (!before.vs.lock || *before.vs.lock != holder) continue;  // not ours: leave it
+      VaultState after = before.vs;
+      after.lock.reset();
+      CCAL_TRY(VaultAccess::rewrite(*this, w, before, after));
+    }
+    return {};
+  });
+}
+
+Result<uint64_t> Vault::releaseAllExcept(std::span<const LockId> live) {
+  std::set<LockId> keep(live.begin(), live.end());
+  auto released = std::make_shared<uint64_t>(0);
+  Status status = store_->write([this, keep, released](WriteTxn& w) -> Status {
+    *released = 0;
+    std::vector<StateRef> targets;
+    Cursor c = w.cursor(VaultAccess::db(*this, ix_lock));
+    for (bool ok = c.first(); ok; ok = c.next()) {
+      auto holder = SecureHash::fromBytes(c.key().first(SecureHash::size_bytes));
+      CCAL_ASSERT(holder.ok());
+      if (!keep.contains(*holder)) targets.push_back(keys::refFromKeyEnd(c.key()));
+    }
+    for (const auto& ref : targets) {
+      auto stored = VaultAccess::load(*this, w, ref);
+      if (!stored) return stored.error();
+      CCAL_ASSERT_MSG(stored->has_value(), "a lock index entry names a missing state");
+      VaultState after = (*stored)->vs;
+      after.lock.reset();
+      CCAL_TRY(VaultAccess::rewrite(*this, w, **stored, after));
+      ++*released;
+    }
+    return {};
+  });
+  if (!status.ok()) return status.error();
+  return *released;
+}
+
+Result<FungibleSelection> Vault::selectFungible(const LockId& holder, std::string_view token,
+                                                const std::optional<SecureHash>& issuer,
+                                                int64_t amount) {
+  if (amount <= 0) return makeError(Errc::bad_query, "a selection needs a positive amount");
+  auto selection = std::make_shared<FungibleSelection>();
+  std::string token_text(token);
+  Status status = store_->write([this, holder, token_text, issuer, amount,
+                                 selection](WriteTxn& w) -> Status {
+    *selection = {};
+    Bytes prefix;
+    keys::appendText(prefix, token_text);
+    if (issuer) keys::appendHash(prefix, *issuer);
+    std::vector<Stored> chosen;
+    int64_t available = 0;
+    Cursor c = w.cursor(VaultAccess::db(*this, ix_token));
+    for (bool ok = c.seek(prefix); ok; ok = c.next()) {
+      ByteView k = c.key();
+      if (k.size() < prefix.size() || !std::equal(prefix.begin(), prefix.end(), k.begin())) break;
+      auto stored = VaultAccess::load(*this, w, keys::refFromKeyEnd(k));
+      if (!stored) return stored.error();
+      CCAL_ASSERT_MSG(stored->has_value(), "a token index entry names a missing state");
+      const Stored& s = **stored;
+      if (s.vs.lock && *s.vs.lock != holder) continue;  // another flow's
+      auto view = VaultAccess::viewOf(*this, s.vs.state);
+      CCAL_ASSERT(view.ok() && view->fungible.has_value());
+      available += view->fungible->amount;
+      chosen.push_back(s);
+      if (available >= amount) break;
+      if (chosen.size() >= config_.lock_states_max) break;
+    }
+    if (available < amount) {
+      return makeError(Errc::insufficient_balance,
+                       "insufficient balance: " + std::to_string(amount) + " " + token_text +
+                           " asked for, " + std::to_string(available) +
+                           " available unlocked" +
+                           (chosen.size() >= config_.lock_states_max
+                                ? " within " + std::to_string(config_.lock_states_max) + " states"
+                                : ""));
+    }
+    for (const auto& s : chosen) {
+      VaultState after = s.vs;
+      if (!after.lock) {
+        after.lock = holder;
+        CCAL_TRY(VaultAccess::rewrite(*this, w, s, after));
+      }
+      selection->states.push_back(after);
+    }
+    selection->total = available;
+    return {};
+  });
+  if (!status.ok()) return status.error();
+  return *selection;
+}
+
+}  // namespace ccal::vault

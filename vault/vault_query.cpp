@@ -1,0 +1,506 @@
+// Vault queries: validation, planning over the indexes, filtering, sorting,
+// paging, and tracking.
+//
+// Plan: the criteria tree produces candidate state refs from indexes only —
+// a leaf scans its index range; an AND scans its most selective indexable
+// child and filters by the rest; an OR unites its children. Candidates are
+// then loaded and checked against the whole tree, the status and the
+// relevance filters. When the whole query is one index range whose order is
+// the requested order (the common "states of a type, newest first" or "by a
+// declared field"), the page streams from the index without materialising
+// the rest, and the total comes from a maintained count or a key-only scan.
+
+#include <algorithm>
+#include <map>
+
+#include "vault/vault_internal.h"
+
+namespace ccal::vault {
+
+namespace {
+
+using Kind = Criteria::Kind;
+
+Error badQuery(const std::string& why) { return makeError(Errc::bad_query, why); }
+
+const char* opName(FieldOp op) {
+  switch (op) {
+    case FieldOp::eq: return "=";
+    case FieldOp::lt: return "<";
+    case FieldOp::le: return "<=";
+    case FieldOp::gt: return ">";
+    case FieldOp::ge: return ">=";
+    case FieldOp::between: return "between";
+    case FieldOp::in: return "in";
+  }
+  return "?";
+}
+
+int compareValues(const FieldValue& a, const FieldValue& b) {
+  CCAL_ASSERT(a.index() == b.index());
+  if (a < b) return -1;
+  if (b < a) return 1;
+  return 0;
+}
+
+bool fieldMatches(FieldOp op, const std::vector<FieldValue>& values, const FieldValue& v) {
+  switch (op) {
+    case FieldOp::eq: return compareValues(v, values[0]) == 0;
+    case FieldOp::lt: return compareValues(v, values[0]) < 0;
+    case FieldOp::le: return compareValues(v, values[0]) <= 0;
+    case FieldOp::gt: return compareValues(v, values[0]) > 0;
+    case FieldOp::ge: return compareValues(v, values[0]) >= 0;
+    case FieldOp::between:
+      return compareValues(v, values[0]) >= 0 && compareValues(v, values[1]) <= 0;
+    case FieldOp::in:
+      for (const auto& x : values)
+        if (compareValues(v, x) == 0) return true;
+      return false;
+  }
+  return false;
+}
+
+// A half-open key range [begin, end) in one index; end empty means "to the end".
+struct Range {
+  std::string_view db;
+  Bytes begin;
+  std::optional<Bytes> end;
+};
+
+Bytes fieldBase(uint8_t status, const std::string& type, const std::string& name) {
+  Bytes k{status};
+  keys::appendText(k, type);
+  keys::appendText(k, name);
+  return k;
+}
+
+Bytes with(const Bytes& base, const FieldValue& v) {
+  Bytes k = base;
+  keys::appendField(k, v);
+  return k;
+}
+
+Range prefixRange(std::string_view db, Bytes prefix) {
+  auto end = keys::prefixEnd(prefix);
+  return Range{db, std::move(prefix), std::move(end)};
+}
+
+// The index ranges that hold every state a leaf can match (per status).
+std::vector<Range> leafRanges(const Criteria& c, StatusFilter status) {
+  std::vector<Range> out;
+  for (StateStatus s : statusesOf(status)) {
+    uint8_t sb = statusByte(s);
+    switch (c.kind()) {
+      case Kind::all:
+        out.push_back(prefixRange(ix_recorded, Bytes{sb}));
+        break;
+      case Kind::state_type: {
+        Bytes p{sb};
+        keys::appendText(p, c.text());
+        out.push_back(prefixRange(ix_type, std::move(p)));
+        break;
+      }
+      case Kind::participant:
+      case Kind::linear_id: {
+        Bytes p{sb};
+        keys::appendHash(p, c.hash());
+        out.push_back(prefixRange(c.kind() == Kind::participant ? ix_participant : ix_linear, p));
+        break;
+      }
+      case Kind::recorded: {
+        Bytes b{sb}, e{sb};
+        keys::appendInt(b, c.from());
+        keys::appendInt(e, c.until());
+        out.push_back(Range{ix_recorded, b, e});
+        break;
+      }
+      case Kind::consumed: {
+        if (s != StateStatus::consumed) break;
+        Bytes b, e;
+        keys::appendInt(b, c.from());
+        keys::appendInt(e, c.until());
+        out.push_back(Range{ix_consumed, b, e});
+        break;
+      }
+      case Kind::field: {
+        Bytes base = fieldBase(sb, c.text(), c.fieldName());
+        const auto& v = c.values();
+        switch (c.op()) {
+          case FieldOp::eq: out.push_back(prefixRange(ix_field, with(base, v[0]))); break;
+          case FieldOp::in:
+            for (const auto& x : v) out.push_back(prefixRange(ix_field, with(base, x)));
+            break;
+          case FieldOp::lt: out.push_back(Range{ix_field, base, with(base, v[0])}); break;
+          case FieldOp::le: out.push_back(Range{ix_field, base, keys::prefixEnd(with(base, v[0]))}); break;
+          case FieldOp::gt:
+            out.push_back(Range{ix_field, *keys::prefixEnd(with(base, v[0])), keys::prefixEnd(base)});
+            break;
+          case FieldOp::ge: out.push_back(Range{ix_field, with(base, v[0]), keys::prefixEnd(base)}); break;
+          case FieldOp::between:
+            out.push_back(Range{ix_field, with(base, v[0]), keys::prefixEnd(with(base, v[1]))});
+            break;
+        }
+        break;
+      }
+      case Kind::and_:
+      case Kind::or_:
+        CCAL_ASSERT_MSG(false, "leafRanges of a composite criterion");
+    }
+  }
+  return out;
+}
+
+// Lower is more selective, as a rough guide for choosing an AND's driver.
+int selectivityRank(const Criteria& c) {
+  switch (c.kind()) {
+    case Kind::linear_id: return 1;
+    case Kind::field:
+      return c.op() == FieldOp::eq || c.op() == FieldOp::in ? 2 : 4;
+    case Kind::participant: return 3;
+    case Kind::recorded:
+    case Kind::consumed: return 5;
+    case Kind::state_type: return 6;
+    case Kind::or_: return 7;
+    case Kind::and_: return 7;
+    case Kind::all: return 9;
+  }
+  return 9;
+}
+
+template <class Fn>
+void scanRange(const Vault& v, const ReadTxn& r, const Range& range, Fn&& fn) {
+  Cursor c = r.cursor(VaultAccess::db(v, range.db));
+  for (bool ok = c.seek(range.begin); ok; ok = c.next()) {
+    ByteView k = c.key();
+    if (range.end && !std::lexicographical_compare(k.begin(), k.end(), range.end->begin(),
+                                                   range.end->end())) {
+      break;
+    }
+    if (!fn(k)) break;
+  }
+}
+
+}  // namespace
+
+// --- validation ---------------------------------------------------------------
+
+static Status validate(const Vault& v, const Criteria& c, int depth) {
+  if (depth > 16) return badQuery("criteria nested deeper than 16 levels");
+  switch (c.kind()) {
+    case Kind::and_:
+    case Kind::or_:
+      if (c.children().size() > 64) return badQuery("more than 64 criteria in one and/or");
+      for (const auto& child : c.children()) CCAL_TRY(validate(v, child, depth + 1));
+      return {};
+    case Kind::state_type:
+      if (c.text().empty()) return badQuery("an empty state type");
+      return {};
+    case Kind::recorded:
+    case Kind::consumed:
+      if (c.from() > c.until()) return badQuery("a time range whose start is after its end");
+      return {};
+    case Kind::field: {
+      const StateSchema* schema = v.registry().schemaFor(c.text());
+      if (schema == nullptr) {
+        return badQuery("state type '" + c.text() + "' declares no queryable fields (unknown type)");
+      }
+      std::optional<FieldDecl> decl;
+      std::string known;
+      for (const auto& f : schema->fields()) {
+        if (f.name == c.fieldName()) decl = f;
+        known += (known.empty() ? "" : ", ") + f.name;
+      }
+      if (!decl) {
+        return badQuery("state type '" + c.text() + "' has no field '" + c.fieldName() +
+                        "' (it declares: " + known + ")");
+      }
+      size_t n = c.values().size();
+      bool arity_ok = c.op() == FieldOp::between ? n == 2
+                      : c.op() == FieldOp::in    ? n >= 1 && n <= 1024
+                                                 : n == 1;
+      if (!arity_ok) {
+        return badQuery(std::string("operator ") + opName(c.op()) + " on field '" +
+                        c.fieldName() + "' got " + std::to_string(n) + " values");
+      }
+      for (const auto& value : c.values()) {
+        if (!fieldValueMatches(decl->type, value)) {
+          return badQuery("field '" + c.fieldName() + "' is " + fieldTypeName(decl->type) +
+                          ", but the query compares it with " + describeFieldValue(value));
+        }
+      }
+      if (c.op() == FieldOp::between && compareValues(c.values()[0], c.values()[1]) > 0) {
+        return badQuery("between on field '" + c.fieldName() + "' has its bounds reversed");
+      }
+      return {};
+    }
+    default:
+      return {};
+  }
+}
+
+// The state type a query is about, when its criteria pin one (for sorting by a field).
+static std::optional<std::string> pinnedType(const Criteria& c) {
+  if (c.kind() == Kind::state_type || c.kind() == Kind::field) return c.text();
+  if (c.kind() == Kind::and_) {
+    for (const auto& child : c.children())
+      if (auto t = pinnedType(child)) return t;
+  }
+  return std::nullopt;
+}
+
+// --- matching -----------------------------------------------------------------
+
+static bool matchesWith(const Vault& v, const Criteria& c, const VaultState& vs,
+                        std::optional<StateView>& view) {
+  switch (c.kind()) {
+    case Kind::all: return true;
+    case Kind::state_type: return vs.state.stateType == c.text();
+    case Kind::participant:
+      for (const auto& p : vs.state.participants) {
+        if (p.hash() == c.hash()) return true;
+        if (!p.isSingle()) {
+          for (const auto& leaf : p.leafKeys())
+            if (Key(leaf).hash() == c.hash()) return true;
+        }
+      }
+      return false;
+    case Kind::recorded: return vs.recordedMicros >= c.from() && vs.recordedMicros < c.until();
+    case Kind::consumed:
+      return vs.consumedMicros && *vs.consumedMicros >= c.from() && *vs.consumedMicros < c.until();
+    case Kind::linear_id:
+    case Kind::field: {
+      if (c.kind() == Kind::field && vs.state.stateType != c.text()) return false;
+      if (!view) {
+        auto computed = VaultAccess::viewOf(v, vs.state);
+        if (!computed) return false;
+        view = std::move(computed).value();
+      }
+      if (c.kind() == Kind::linear_id) return view->linearId && *view->linearId == c.hash();
+      for (const auto& [name, value] : view->fields) {
+        if (name == c.fieldName() && value.index() == c.values()[0].index() &&
+            fieldMatches(c.op(), c.values(), value)) {
+          return true;
+        }
+      }
+      return false;
+    }
+    case Kind::and_:
+      for (const auto& child : c.children())
+        if (!matchesWith(v, child, vs, view)) return false;
+      return true;
+    case Kind::or_:
+      for (const auto& child : c.children())
+        if (matchesWith(v, child, vs, view)) return true;
+      return false;
+  }
+  return false;
+}
+
+bool VaultAccess::matches(const Vault& v, const Criteria& criteria, const VaultState& vs) {
+  std::optional<StateView> view;
+  return matchesWith(v, criteria, vs, view);
+}
+
+// --- candidates ---------------------------------------------------------------
+
+// Adds to `out` every ref the criteria can match; false when over `limit`.
+static bool candidates(const Vault& v, const ReadTxn& r, const Criteria& c, StatusFilter status,
+                       std::vector<StateRef>& out, size_t limit) {
+  if (c.kind() == Kind::and_) {
+    const Criteria* driver = &c.children()[0];
+    for (const auto& child : c.children())
+      if (selectivityRank(child) < selectivityRank(*driver)) driver = &child;
+    return candidates(v, r, *driver, status, out, limit);
+  }
+  if (c.kind() == Kind::or_) {
+    for (const auto& child : c.children())
+      if (!candidates(v, r, child, status, out, limit)) return false;
+    std::sort(out.begin(), out.end());
+    out.erase(std::unique(out.begin(), out.end()), out.end());
+    return true;
+  }
+  bool within = true;
+  for (const auto& range : leafRanges(c, status)) {
+    scanRange(v, r, range, [&](ByteView key) {
+      if (out.size() >= limit) {
+        within = false;
+        return false;
+      }
+      out.push_back(keys::refFromKeyEnd(key));
+      return true;
+    });
+  }
+  return within;
+}
+
+// --- the query ----------------------------------------------------------------
+
+Result<Page> Vault::query(const Query& q) const {
+  if (q.page_size == 0 || q.page_size > config_.page_size_max) {
+    return badQuery("page size " + std::to_string(q.page_size) + " is outside 1.." +
+                    std::to_string(config_.page_size_max));
+  }
+  if (q.page_number == 0) return badQuery("page numbers start at 1");
+  CCAL_TRY(validate(*this, q.criteria, 0));
+  const std::string& by = q.sort.by;
+  std::optional<FieldType> sort_field_type;
+  if (by != "recorded" && by != "consumed" && by != "ref") {
+    auto type = pinnedType(q.criteria);
+    const StateSchema* schema = type ? registry_.schemaFor(*type) : nullptr;
+    if (schema != nullptr) {
+      for (const auto& f : schema->fields())
+        if (f.name == by) sort_field_type = f.type;
+    }
+    if (!sort_field_type) {
+      return badQuery("cannot sort by '" + by +
+                      "': sort by recorded, consumed, ref, or a declared field of the state type "
+                      "the criteria name");
+    }
+  }
+
+  ReadTxn r = store_->read();
+  const uint64_t skip = static_cast<uint64_t>(q.page_number - 1) * q.page_size;
+  Page page;
+  page.page_number = q.page_number;
+
+  // Streaming: one leaf whose single index range is already in the sort order.
+  const Criteria& c = q.criteria;
+  bool one_status = q.status != StatusFilter::all;
+  bool streams = one_status && q.relevance == RelevanceFilter::all &&
+                 ((c.kind() == Kind::state_type && by == "recorded") ||
+                  (c.kind() == Kind::all && by == "recorded") ||
+                  (c.kind() == Kind::recorded && by == "recorded") ||
+                  (c.kind() == Kind::field && by == c.fieldName() && c.op() != FieldOp::in));
+  if (streams) {
+    auto ranges = leafRanges(c, q.status);
+    CCAL_ASSERT(ranges.size() == 1);
+    const Range& range = ranges[0];
+    // The total: a maintained count for a whole type, else count the keys.
+    if (c.kind() == Kind::state_type) {
+      Bytes k{statusByte(statusesOf(q.status)[0])};
+      keys::appendText(k, c.text());
+      page.total = readCount(r.get(VaultAccess::db(*this, db_counts), k));
+    } else {
+      scanRange(*this, r, range, [&](ByteView) {
+        ++page.total;
+        return true;
+      });
+    }
+    std::vector<StateRef> refs;
+    auto collect = [&](ByteView key) {
+      refs.push_back(keys::refFromKeyEnd(key));
+      return refs.size() < skip + q.page_size + 1;
+    };
+    if (!q.sort.descending) {
+      scanRange(*this, r, range, collect);
+    } else {
+      // Walk the range backwards from its end.
+      Cursor cur = r.cursor(VaultAccess::db(*this, range.db));
+      bool ok = range.end ? cur.seek(*range.end) : false;
+      ok = ok ? cur.prev() : cur.last();
+      for (; ok; ok = cur.prev()) {
+        ByteView k = cur.key();
+        if (std::lexicographical_compare(k.begin(), k.end(), range.begin.begin(),
+                                         range.begin.end())) {
+          break;
+        }
+        if (!collect(k)) break;
+      }
+    }
+    for (size_t i = skip; i < refs.size() && page.states.size() < q.page_size; ++i) {
+      auto stored = VaultAccess::load(*this, r, refs[i]);
+      if (!stored) return stored.error();
+      CCAL_ASSERT_MSG(stored->has_value(), "an index names a state that is not stored");
+      page.states.push_back((*stored)->vs);
+    }
+    page.has_more = skip + page.states.size() < page.total;
+    return page;
+  }
+
+  // General plan: candidates from indexes, then filter, sort and page.
+  std::vector<StateRef> refs;
+  if (!candidates(*this, r, c, q.status, refs, config_.query_candidates_max)) {
+    return badQuery("the query would examine more than " +
+                    std::to_string(config_.query_candidates_max) +
+                    " states; narrow it with a state type, a field or a time range");
+  }
+  std::sort(refs.begin(), refs.end());
+  refs.erase(std::unique(refs.begin(), refs.end()), refs.end());
+  struct Row {
+    VaultState vs;
+    std::optional<FieldValue> sort_value;
+  };
+  std::vector<Row> rows;
+  for (const auto& ref : refs) {
+    auto stored = VaultAccess::load(*this, r, ref);
+    if (!stored) return stored.error();
+    if (!stored->has_value()) continue;
+    const VaultState& vs = (*stored)->vs;
+    if (q.status == StatusFilter::unconsumed && vs.status != StateStatus::unconsumed) continue;
+    if (q.status == StatusFilter::consumed && vs.status != StateStatus::consumed) continue;
+    if (q.relevance == RelevanceFilter::participant && vs.relevance != Relevance::participant) continue;
+    if (q.relevance == RelevanceFilter::observed && vs.relevance != Relevance::observed) continue;
+    std::optional<StateView> view;
+    if (!matchesWith(*this, c, vs, view)) continue;
+    Row row{vs, std::nullopt};
+    if (sort_field_type) {
+      if (!view) {
+        auto computed = VaultAccess::viewOf(*this, vs.state);
+        if (computed) view = std::move(computed).value();
+      }
+      if (view) {
+        for (const auto& [name, value] : view->fields)
+          if (name == by) row.sort_value = value;
+      }
+    }
+    rows.push_back(std::move(row));
+  }
+  auto less = [&](const Row& a, const Row& b) {
+    if (by == "recorded" && a.vs.recordedMicros != b.vs.recordedMicros) {
+      return a.vs.recordedMicros < b.vs.recordedMicros;
+    }
+    if (by == "consumed" && a.vs.consumedMicros != b.vs.consumedMicros) {
+      return a.vs.consumedMicros < b.vs.consumedMicros;  // unconsumed (none) first
+    }
+    if (sort_field_type && a.sort_value != b.sort_value) return a.sort_value < b.sort_value;
+    return a.vs.ref < b.vs.ref;
+  };
+  if (q.sort.descending) {
+    std::sort(rows.begin(), rows.end(), [&](const Row& a, const Row& b) { return less(b, a); });
+  } else {
+    std::sort(rows.begin(), rows.end(), less);
+  }
+  page.total = rows.size();
+  for (size_t i = skip; i < rows.size() && page.states.size() < q.page_size; ++i) {
+    page.states.push_back(std::move(rows[i].vs));
+  }
+  page.has_more = skip + page.states.size() < page.total;
+  return page;
+}
+
+// --- tracking -----------------------------------------------------------------
+
+Result<std::pair<Page, Vault::TrackId>> Vault::track(
+    const Query& q, std::function<void(const VaultUpdate&)> on_update) {
+  // Register first, then take the snapshot: an update that lands in between
+  // is seen twice (in the snapshot and as an update) rather than missed.
+  TrackId id;
+  {
+    std::lock_guard<std::mutex> guard(trackers_mutex_);
+    id = next_track_id_++;
+    trackers_.emplace(id, Tracker{q, std::move(on_update)});
+  }
+  auto page = query(q);
+  if (!page) {
+    untrack(id);
+    return page.error();
+  }
+  return std::make_pair(std::move(page).value(), id);
+}
+
+void Vault::untrack(TrackId id) {
+  std::lock_guard<std::mutex> guard(trackers_mutex_);
+  trackers_.erase(id);
+}
+
+}  // namespace ccal::vault

@@ -1,0 +1,396 @@
+#include "vault/vault.h"
+
+#include <doctest/doctest.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <set>
+#include <thread>
+
+#include "ledger/testing.h"
+
+using namespace ccal;
+using namespace ccal::testing;
+using namespace ccal::vault;
+
+namespace {
+
+struct TempDir {
+  std::string path;
+  TempDir() {
+    static std::atomic<int> n{0};
+    path = "/tmp/ccal-vault-test-" + std::to_string(::getpid()) + "-" + std::to_string(n++);
+    std::filesystem::remove_all(path);
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+};
+
+struct Fixture {
+  TempDir dir;
+  KeyPair alice = testKey(1), bob = testKey(2), bank = testKey(3), notary_key = testKey(9);
+  Party alice_party = testParty("Haikou Fishing Cooperative", alice);
+  Party bob_party = testParty("Sanya Tea Cooperative", bob);
+  Party bank_party = testParty("Hainan Rural Bank", bank);
+  Party notary = testParty("CCAL Notary", notary_key);
+  ContractRegistry registry;
+  int64_t clock = 1'000'000;
+  std::unique_ptr<Vault> vault;
+  int serial = 0;
+
+  Fixture() {
+    registry.add(std::make_unique<TestTokenContract>());
+    registry.add(std::make_unique<DummyContract>());
+    vault = openVault();
+  }
+
+  std::unique_ptr<Vault> openVault() {
+    VaultConfig config;
+    config.store.path = dir.path;
+    config.store.durable = false;  // tests; durability has its own tests
+    config.now_micros = [this] { return clock++; };
+    return Vault::open(config, registry, {alice.publicKey()}).value();
+  }
+
+  TestToken token(const Party& owner, int64_t amount, const std::string& currency = "CNY") {
+    ++serial;
+    return TestToken{owner.owningKey, bank_party.owningKey, amount, currency,
+                     1'700'000'000'000'000 + serial, "REF-" + std::to_string(serial),
+                     SecureHash::of(asBytes("linear-" + std::to_string(serial)))};
+  }
+
+  SignedTransaction issue(std::vector<TestToken> tokens) {
+    TransactionBuilder b(notary);
+    for (const auto& t : tokens) b.addOutput(tokenState(notary, t));
+    b.addCommand(Command{"ccal.test.Token.Issue", {}, {bank_party.owningKey}});
+    SignedTransaction stx(b.build().value());
+    stx.signWith(bank);
+    return stx;
+  }
+
+  SignedTransaction move(std::vector<StateRef> inputs, std::vector<TestToken> outputs) {
+    TransactionBuilder b(notary);
+    for (const auto& r : inputs) b.addInput(r);
+    for (const auto& t : outputs) b.addOutput(tokenState(notary, t));
+    b.addCommand(Command{"ccal.test.Token.Move", {}, {alice_party.owningKey}});
+    SignedTransaction stx(b.build().value());
+    stx.signWith(alice).signWith(notary_key);
+    return stx;
+  }
+
+  Page run(Query q) {
+    auto page = vault->query(q);
+    REQUIRE_MESSAGE(page.ok(), page.error().toString());
+    return std::move(page).value();
+  }
+};
+
+std::vector<int64_t> amounts(const Page& page) {
+  std::vector<int64_t> out;
+  for (const auto& s : page.states) out.push_back(decodeToken(s.state.data)->amountMinor);
+  return out;
+}
+
+Criteria tokens() { return Criteria::stateType(std::string(token_state_type)); }
+Criteria amount(FieldOp op, std::vector<FieldValue> v) {
+  return Criteria::field(std::string(token_state_type), "amount", op, std::move(v));
+}
+
+}  // namespace
+
+TEST_CASE_FIXTURE(Fixture, "recording stores the transaction and its relevant outputs") {
+  auto stx = issue({token(alice_party, 100), token(bob_party, 50)});
+  REQUIRE(vault->record(stx, RecordMode::only_relevant).ok());
+  CHECK(vault->hasTransaction(stx.id()));
+  auto back = vault->transaction(stx.id()).value();
+  REQUIRE(back.has_value());
+  CHECK(back->encode() == stx.encode());
+  auto mine = vault->state({stx.id(), 0}).value();
+  REQUIRE(mine.has_value());
+  CHECK(mine->relevance == Relevance::participant);
+  CHECK(mine->status == StateStatus::unconsumed);
+  CHECK_FALSE(vault->state({stx.id(), 1}).value().has_value());  // Bob's: not relevant
+  // Recording again is a no-op.
+  CHECK(vault->record(stx, RecordMode::only_relevant).ok());
+  CHECK(run(Query{tokens()}).total == 1);
+}
+
+TEST_CASE_FIXTURE(Fixture, "observers record every output as observed") {
+  auto stx = issue({token(alice_party, 100), token(bob_party, 50)});
+  REQUIRE(vault->record(stx, RecordMode::all_visible).ok());
+  auto bobs = vault->state({stx.id(), 1}).value();
+  REQUIRE(bobs.has_value());
+  CHECK(bobs->relevance == Relevance::observed);
+  Query q{tokens()};
+  CHECK(run(q).total == 2);
+  q.relevance = RelevanceFilter::observed;
+  CHECK(amounts(run(q)) == std::vector<int64_t>{50});
+  q.relevance = RelevanceFilter::participant;
+  CHECK(amounts(run(q)) == std::vector<int64_t>{100});
+}
+
+TEST_CASE_FIXTURE(Fixture, "spending consumes held inputs; a second spender is a named conflict") {
+  auto issued = issue({token(alice_party, 100)});
+  REQUIRE(vault->record(issued, RecordMode::only_relevant).ok());
+  auto spend = move({{issued.id(), 0}}, {token(alice_party, 60), token(alice_party, 40)});
+  REQUIRE(vault->record(spend, RecordMode::only_relevant).ok());
+  auto consumed = vault->state({issued.id(), 0}).value();
+  CHECK(consumed->status == StateStatus::consumed);
+  CHECK(consumed->consumedBy == spend.id());
+  Query q{tokens()};
+  CHECK(amounts(run(q)) == std::vector<int64_t>{60, 40});
+  q.status = StatusFilter::consumed;
+  CHECK(amounts(run(q)) == std::vector<int64_t>{100});
+  q.status = StatusFilter::all;
+  CHECK(run(q).total == 3);
+
+  auto double_spend = move({{issued.id(), 0}}, {token(alice_party, 100)});
+  auto r = vault->record(double_spend, RecordMode::only_relevant);
+  CHECK(r.error().code == Errc::conflict);
+  CHECK(r.error().message.find(double_spend.id().hex()) != std::string::npos);
+  CHECK(r.error().message.find(spend.id().hex()) != std::string::npos);
+  CHECK_FALSE(vault->hasTransaction(double_spend.id()));  // nothing of it written
+  q.status = StatusFilter::all;
+  CHECK(run(q).total == 3);
+}
+
+TEST_CASE_FIXTURE(Fixture, "unverifiable or undecodable transactions are refused before writing") {
+  auto unsigned_issue = issue({token(alice_party, 100)});
+  SignedTransaction missing(unsigned_issue.tx());
+  auto r = vault->record(missing, RecordMode::only_relevant);
+  CHECK(r.error().code == Errc::missing_signatures);
+  CHECK_FALSE(vault->hasTransaction(missing.id()));
+
+  // A token state whose data does not decode for its declared schema.
+  auto bad = tokenState(notary, token(alice_party, 1));
+  bad.data = Bytes(16, 0xee);
+  TransactionBuilder b(notary);
+  b.addOutput(bad).addCommand(Command{"ccal.test.Token.Issue", {}, {bank_party.owningKey}});
+  SignedTransaction stx(b.build().value());
+  stx.signWith(bank);
+  auto refused = vault->record(stx, RecordMode::only_relevant);
+  CHECK_FALSE(refused.ok());
+  CHECK(refused.error().message.find("output 0") != std::string::npos);
+  CHECK_FALSE(vault->hasTransaction(stx.id()));
+}
+
+TEST_CASE_FIXTURE(Fixture, "every field operator, and/or, paging and sorting") {
+  std::vector<TestToken> ts;
+  for (int64_t a : {50, 10, 40, 20, 30}) ts.push_back(token(alice_party, a, a >= 30 ? "CNY" : "USD"));
+  auto stx = issue(ts);
+  REQUIRE(vault->record(stx, RecordMode::only_relevant).ok());
+  Sort by_amount{"amount", false};
+  auto q = [&](Criteria c) { return amounts(run(Query{std::move(c), StatusFilter::unconsumed,
+                                                      RelevanceFilter::all, by_amount})); };
+  using V = std::vector<int64_t>;
+  CHECK(q(amount(FieldOp::eq, {int64_t{30}})) == V{30});
+  CHECK(q(amount(FieldOp::lt, {int64_t{30}})) == V{10, 20});
+  CHECK(q(amount(FieldOp::le, {int64_t{30}})) == V{10, 20, 30});
+  CHECK(q(amount(FieldOp::gt, {int64_t{30}})) == V{40, 50});
+  CHECK(q(amount(FieldOp::ge, {int64_t{30}})) == V{30, 40, 50});
+  CHECK(q(amount(FieldOp::between, {int64_t{20}, int64_t{40}})) == V{20, 30, 40});
+  CHECK(q(amount(FieldOp::in, {int64_t{50}, int64_t{10}, int64_t{99}})) == V{10, 50});
+  auto usd = Criteria::field(std::string(token_state_type), "currency", FieldOp::eq,
+                             {std::string("USD")});
+  CHECK(q(usd && amount(FieldOp::gt, {int64_t{10}})) == V{20});
+  CHECK(q(usd || amount(FieldOp::eq, {int64_t{50}})) == V{10, 20, 50});
+  CHECK(q(tokens() && (usd || amount(FieldOp::ge, {int64_t{40}}))) == V{10, 20, 40, 50});
+  CHECK(q(Criteria::participant(alice_party.owningKey)) == V{10, 20, 30, 40, 50});
+  CHECK(q(Criteria::participant(bob_party.owningKey)).empty());
+  CHECK(q(Criteria::linearId(ts[2].linearId)) == V{40});
+  CHECK(q(Criteria::field(std::string(token_state_type), "reference", FieldOp::eq,
+                          {ts[1].reference})) == V{10});
+
+  // Descending, paging, totals.
+  Query paged{tokens(), StatusFilter::unconsumed, RelevanceFilter::all, Sort{"amount", true}, 2, 1};
+  auto p1 = run(paged);
+  CHECK(amounts(p1) == V{50, 40});
+  CHECK(p1.total == 5);
+  CHECK(p1.has_more);
+  paged.page_number = 3;
+  auto p3 = run(paged);
+  CHECK(amounts(p3) == V{10});
+  CHECK_FALSE(p3.has_more);
+  paged.page_number = 4;
+  CHECK(run(paged).states.empty());
+
+  // The streaming path (one index range in sort order) agrees with the general path.
+  for (bool desc : {false, true}) {
+    for (uint32_t size : {1u, 2u, 3u, 5u}) {
+      for (uint32_t page = 1; page <= 6; ++page) {
+        Query streamed{amount(FieldOp::ge, {int64_t{20}}), StatusFilter::unconsumed,
+                       RelevanceFilter::all, Sort{"amount", desc}, size, page};
+        Query general = streamed;
+        general.criteria = amount(FieldOp::ge, {int64_t{20}}) && tokens();
+        auto a = run(streamed), b = run(general);
+        CHECK(amounts(a) == amounts(b));
+        CHECK(a.total == b.total);
+        CHECK(a.has_more == b.has_more);
+      }
+    }
+  }
+  // By type, newest first, streams with the maintained count.
+  Query newest{tokens(), StatusFilter::unconsumed, RelevanceFilter::all, Sort{"recorded", true}, 3};
+  auto np = run(newest);
+  CHECK(np.total == 5);
+  CHECK(np.states.size() == 3);
+}
+
+TEST_CASE_FIXTURE(Fixture, "time ranges select by recording and consumption time") {
+  auto first = issue({token(alice_party, 1)});
+  REQUIRE(vault->record(first, RecordMode::only_relevant).ok());
+  int64_t between = clock;
+  auto second = issue({token(alice_party, 2)});
+  REQUIRE(vault->record(second, RecordMode::only_relevant).ok());
+  CHECK(amounts(run(Query{Criteria::recordedBetween(between, clock + 10)})) ==
+        std::vector<int64_t>{2});
+  int64_t before_spend = clock;
+  REQUIRE(vault->record(move({{first.id(), 0}}, {token(alice_party, 1)}), RecordMode::only_relevant)
+              .ok());
+  Query consumed{Criteria::consumedBetween(before_spend, clock + 10), StatusFilter::consumed};
+  CHECK(amounts(run(consumed)) == std::vector<int64_t>{1});
+}
+
+TEST_CASE_FIXTURE(Fixture, "bad queries get errors naming what is wrong") {
+  auto code = [&](Query q) { return vault->query(q); };
+  auto unknown_field = code(Query{Criteria::field(std::string(token_state_type), "colour",
+                                                  FieldOp::eq, {std::string("red")})});
+  CHECK(unknown_field.error().code == Errc::bad_query);
+  CHECK(unknown_field.error().message.find("'colour'") != std::string::npos);
+  CHECK(unknown_field.error().message.find("amount") != std::string::npos);
+  auto unknown_type = code(Query{Criteria::field("ccal.Nope", "amount", FieldOp::eq, {int64_t{1}})});
+  CHECK(unknown_type.error().message.find("ccal.Nope") != std::string::npos);
+  auto wrong_type = code(Query{amount(FieldOp::eq, {std::string("ten")})});
+  CHECK(wrong_type.error().message.find("int64") != std::string::npos);
+  CHECK(code(Query{amount(FieldOp::between, {int64_t{1}})}).error().code == Errc::bad_query);
+  CHECK(code(Query{amount(FieldOp::between, {int64_t{5}, int64_t{1}})}).error().code ==
+        Errc::bad_query);
+  Query big{tokens()};
+  big.page_size = 5000;
+  CHECK(code(big).error().message.find("page size") != std::string::npos);
+  Query zero{tokens()};
+  zero.page_number = 0;
+  CHECK(code(zero).error().code == Errc::bad_query);
+  Query sort_unknown{tokens()};
+  sort_unknown.sort.by = "colour";
+  CHECK(code(sort_unknown).error().message.find("cannot sort by 'colour'") != std::string::npos);
+}
+
+TEST_CASE_FIXTURE(Fixture, "soft locks: one holder at a time, release, crash recovery") {
+  auto stx = issue({token(alice_party, 10), token(alice_party, 20)});
+  REQUIRE(vault->record(stx, RecordMode::only_relevant).ok());
+  LockId flow_a = SecureHash::of(asBytes("flow a")), flow_b = SecureHash::of(asBytes("flow b"));
+  std::vector<StateRef> both{{stx.id(), 0}, {stx.id(), 1}};
+  REQUIRE(vault->lock(flow_a, std::span(both).first(1)).ok());
+  CHECK(vault->lock(flow_a, std::span(both).first(1)).ok());  // again: fine
+  auto taken = vault->lock(flow_b, both);
+  CHECK(taken.error().code == Errc::locked);
+  CHECK(taken.error().message.find(flow_a.shortHex()) != std::string::npos);
+  // All or nothing: flow b did not get the second state either.
+  CHECK_FALSE(vault->state(both[1]).value()->lock.has_value());
+  CHECK(vault->lock(flow_b, std::span(both).subspan(1)).ok());
+  CHECK(vault->release(flow_a).ok());
+  CHECK_FALSE(vault->state(both[0]).value()->lock.has_value());
+  // Crash recovery keeps live flows' locks only.
+  REQUIRE(vault->lock(flow_a, std::span(both).first(1)).ok());
+  std::vector<LockId> live{flow_b};
+  CHECK(vault->releaseAllExcept(live).value() == 1);
+  CHECK(vault->state(both[1]).value()->lock == flow_b);
+  CHECK_FALSE(vault->state(both[0]).value()->lock.has_value());
+  CHECK(vault->lock(flow_a, std::vector<StateRef>{{stx.id(), 7}}).error().code == Errc::not_found);
+  // Spending clears the lock.
+  REQUIRE(vault->record(move({both[1]}, {token(alice_party, 20)}), RecordMode::only_relevant).ok());
+  CHECK_FALSE(vault->state(both[1]).value()->lock.has_value());
+  CHECK(vault->lock(flow_a, std::span(both).subspan(1)).error().code == Errc::conflict);
+}
+
+TEST_CASE_FIXTURE(Fixture, "fungible selection locks enough, or names the available balance") {
+  std::vector<TestToken> ts;
+  for (int i = 0; i < 10; ++i) ts.push_back(token(alice_party, 10));
+  ts.push_back(token(alice_party, 500, "USD"));
+  REQUIRE(vault->record(issue(ts), RecordMode::only_relevant).ok());
+  LockId f1 = SecureHash::of(asBytes("f1")), f2 = SecureHash::of(asBytes("f2"));
+  auto s1 = vault->selectFungible(f1, "CNY", std::nullopt, 35);
+  REQUIRE(s1.ok());
+  CHECK(s1->total >= 35);
+  CHECK(s1->states.size() == 4);
+  auto s2 = vault->selectFungible(f2, "CNY", bank_party.owningKey.hash(), 60);
+  REQUIRE(s2.ok());
+  CHECK(s2->states.size() == 6);
+  auto none = vault->selectFungible(f2, "CNY", std::nullopt, 1);
+  CHECK(none.error().code == Errc::insufficient_balance);
+  CHECK(none.error().message.find("0 available") != std::string::npos);
+  auto other_issuer = vault->selectFungible(f1, "USD", alice_party.owningKey.hash(), 1);
+  CHECK(other_issuer.error().code == Errc::insufficient_balance);
+  REQUIRE(vault->release(f1).ok());
+  auto after = vault->selectFungible(f2, "CNY", std::nullopt, 50);
+  CHECK(after.error().message.find("40 available") != std::string::npos);
+}
+
+TEST_CASE_FIXTURE(Fixture, "parallel selections never hand out the same state") {
+  std::vector<TestToken> ts;
+  for (int i = 0; i < 200; ++i) ts.push_back(token(alice_party, 1));
+  REQUIRE(vault->record(issue(ts), RecordMode::only_relevant).ok());
+  std::mutex m;
+  std::set<StateRef> handed_out;
+  std::atomic<int> duplicates{0}, successes{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      LockId holder = SecureHash::of(asBytes("flow " + std::to_string(t)));
+      for (int i = 0; i < 10; ++i) {
+        auto s = vault->selectFungible(holder, "CNY", std::nullopt, 3);
+        if (!s) continue;
+        // Each selection takes fresh states: release nothing, so states run out.
+        ++successes;
+        std::lock_guard<std::mutex> g(m);
+        for (const auto& vs : s->states) {
+          if (vs.lock != holder) continue;
+          if (!handed_out.insert(vs.ref).second) ++duplicates;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  CHECK(duplicates == 0);
+  CHECK(successes > 0);
+}
+
+TEST_CASE_FIXTURE(Fixture, "tracking: a snapshot, then the updates that match") {
+  REQUIRE(vault->record(issue({token(alice_party, 5)}), RecordMode::only_relevant).ok());
+  std::vector<VaultUpdate> seen;
+  std::mutex m;
+  auto tracked = vault->track(Query{amount(FieldOp::ge, {int64_t{100}})}, [&](const VaultUpdate& u) {
+    std::lock_guard<std::mutex> g(m);
+    seen.push_back(u);
+  });
+  REQUIRE(tracked.ok());
+  CHECK(tracked->first.total == 0);
+  auto big = issue({token(alice_party, 150), token(alice_party, 7)});
+  REQUIRE(vault->record(big, RecordMode::only_relevant).ok());
+  REQUIRE(vault->record(move({{big.id(), 0}}, {token(alice_party, 150)}), RecordMode::only_relevant)
+              .ok());
+  vault->untrack(tracked->second);
+  REQUIRE(vault->record(issue({token(alice_party, 1000)}), RecordMode::only_relevant).ok());
+  std::lock_guard<std::mutex> g(m);
+  REQUIRE(seen.size() == 2);
+  CHECK(seen[0].produced.size() == 1);  // the 150, not the 7
+  CHECK(seen[1].consumed.size() == 1);
+  CHECK(seen[1].produced.size() == 1);
+}
+
+TEST_CASE_FIXTURE(Fixture, "a reopened vault has everything; indexes agree with states") {
+  auto stx = issue({token(alice_party, 42)});
+  REQUIRE(vault->record(stx, RecordMode::only_relevant).ok());
+  vault.reset();
+  vault = openVault();
+  CHECK(vault->hasTransaction(stx.id()));
+  CHECK(amounts(run(Query{amount(FieldOp::eq, {int64_t{42}})})) == std::vector<int64_t>{42});
+  size_t n = 0;
+  CHECK(vault->forEachTransaction([&](const SecureHash& id, ByteView bytes) {
+    ++n;
+    CHECK(SignedTransaction::decode(bytes)->id() == id);
+    return true;
+  }).ok());
+  CHECK(n == 1);
+}
