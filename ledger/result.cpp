@@ -26,6 +26,9 @@ const char* errcName(Errc code) {
     case Errc::certificate_revoked: return "certificate_revoked";
     case Errc::name_constraint: return "name_constraint";
     case Errc::not_found: return "not_found";
+    case Errc::storage_full: return "storage_full";
+    case Errc::storage_error: return "storage_error";
+    case Errc::schema_mismatch: return "schema_mismatch";
   }
   return "unknown_error";
 }

@@ -34,6 +34,9 @@ enum class Errc : uint16_t {
   certificate_revoked,   // on the issuer's revocation list
   name_constraint,       // issued for a name the issuer may not issue for
   not_found,             // a referenced thing (state, transaction, key) is not known
+  storage_full,          // the store's map, the disk or a file size limit is full
+  storage_error,         // the store failed an operation (I/O error, corruption, a failing request)
+  schema_mismatch,       // a store file made by another program, schema version or LMDB format
 };
 
 const char* errcName(Errc code);
