@@ -30,6 +30,9 @@ const char* errcName(Errc code) {
     case Errc::locked: return "locked";
     case Errc::insufficient_balance: return "insufficient_balance";
     case Errc::bad_query: return "bad_query";
+    case Errc::storage_full: return "storage_full";
+    case Errc::storage_error: return "storage_error";
+    case Errc::schema_mismatch: return "schema_mismatch";
   }
   return "unknown_error";
 }

@@ -38,6 +38,9 @@ enum class Errc : uint16_t {
   locked,                // a state soft-locked by another flow
   insufficient_balance,  // fungible selection cannot reach the amount
   bad_query,             // a query naming unknown fields or types, or bad paging
+  storage_full,          // the store's map, the disk or a file size limit is full
+  storage_error,         // the store failed an operation (I/O error, corruption, a failing request)
+  schema_mismatch,       // a store file made by another program, schema version or LMDB format
 };
 
 const char* errcName(Errc code);

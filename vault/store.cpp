@@ -1,0 +1,686 @@
+#include "vault/store.h"
+
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+
+#include <cerrno>
+#include <cstring>
+#include <exception>
+#include <filesystem>
+#include <stdexcept>
+#include <utility>
+
+namespace ccal::vault {
+namespace {
+
+// Limits of this module, in one place.
+constexpr unsigned int readers_max = 256;            // ReadTxns open at once (one LMDB slot each)
+constexpr size_t db_names_max = 64;                  // sub-databases per environment
+constexpr uint64_t map_size_min_bytes = 1ull << 20;  // below this LMDB cannot hold its own pages
+constexpr uint64_t disk_free_low_bytes = 1ull
+                                         << 20;  // a failed write with less free is "disk full"
+
+// The stamp: which program made the file, and with which schema version.
+constexpr const char* meta_db_name = "meta";
+constexpr std::string_view schema_name_key = "schema_name";
+constexpr std::string_view schema_version_key = "schema_version";
+
+// The LMDB error of the last failed put/del on this thread. The writer thread
+// reads it after a request, to tell "this batch outgrew one transaction"
+// (retry the request in a fresh batch) from the request's own failures.
+thread_local int t_last_write_rc = 0;
+
+// Stores open in this process. LMDB forbids opening one environment twice in
+// a process (its POSIX file locks are per process, so the second close would
+// drop the first one's locks); we refuse it with an error instead.
+struct OpenEnvironment {
+  dev_t device;
+  ino_t inode;
+};
+std::mutex g_open_mutex;                         // guards g_open
+std::map<const Store*, OpenEnvironment> g_open;  // guarded by g_open_mutex
+
+MDB_val toVal(ByteView bytes) {
+  static const uint8_t empty = 0;  // LMDB copies from mv_data even for zero bytes
+  return MDB_val{bytes.size(), const_cast<uint8_t*>(bytes.empty() ? &empty : bytes.data())};
+}
+
+ByteView fromVal(const MDB_val& val) {
+  return ByteView(static_cast<const uint8_t*>(val.mv_data), val.mv_size);
+}
+
+std::string dataFileOf(std::string_view dir) {
+  return std::string(dir) + "/data.mdb";
+}
+
+std::string dataFileOf(MDB_env* env) {
+  const char* dir = nullptr;
+  if (mdb_env_get_path(env, &dir) != 0 || dir == nullptr) return "the store";
+  return dataFileOf(dir);
+}
+
+uint64_t mapSizeOf(MDB_env* env) {
+  MDB_envinfo info{};
+  if (mdb_env_info(env, &info) != 0) return 0;
+  return info.me_mapsize;
+}
+
+Errc errcOf(int rc) {
+  switch (rc) {
+    case MDB_MAP_FULL:
+    case ENOSPC:
+    case EFBIG:
+    case EDQUOT:
+      return Errc::storage_full;
+    case MDB_TXN_FULL:
+    case MDB_BAD_VALSIZE:
+      return Errc::too_large;
+    case MDB_INVALID:
+    case MDB_VERSION_MISMATCH:
+    case MDB_INCOMPATIBLE:
+      return Errc::schema_mismatch;
+    default:
+      return Errc::storage_error;
+  }
+}
+
+// What a person can do about an LMDB failure.
+std::string hintOf(int rc, uint64_t map_size_bytes) {
+  switch (rc) {
+    case MDB_MAP_FULL:
+      return "the store's map of " + std::to_string(map_size_bytes >> 20) +
+             " MiB is full: raise map_size_bytes (node config key vault.map_size_mb) and restart; "
+             "everything committed before is intact";
+    case ENOSPC:
+    case EDQUOT:
+      return "the disk is full: free space and retry; nothing of this commit was written";
+    case EFBIG:
+      return "the file size limit (ulimit -f) was reached: raise it and retry; nothing of this "
+             "commit was written";
+    case MDB_TXN_FULL:
+      return "one request changes too many pages for one LMDB transaction: split it";
+    case MDB_READERS_FULL:
+      return "more than " + std::to_string(readers_max) +
+             " read transactions are open at once: end read transactions sooner";
+    case MDB_INVALID:
+      return "not an LMDB file, or its header is damaged";
+    case MDB_VERSION_MISMATCH:
+      return "made by an incompatible version of LMDB";
+    case MDB_INCOMPATIBLE:
+      return "the file's layout is not the one this program expects";
+    case MDB_CORRUPTED:
+    case MDB_PAGE_NOTFOUND:
+      return "the file is damaged: restore it from a backup";
+    case MDB_PANIC:
+      return "an earlier fatal I/O error: restart the node";
+    default:
+      return {};
+  }
+}
+
+Error lmdbError(int rc, const std::string& what, uint64_t map_size_bytes) {
+  std::string message = what + ": " + mdb_strerror(rc);
+  std::string hint = hintOf(rc, map_size_bytes);
+  if (!hint.empty()) message += " (" + hint + ")";
+  return makeError(errcOf(rc), std::move(message));
+}
+
+// LMDB reports a short write (the disk or a file size limit filled up in the
+// middle of a write) as EIO. Tell the user which limit it was, if one is.
+Error writeFailure(int rc, const std::string& what, MDB_env* env) {
+  if (rc == EIO) {
+    const std::string file = dataFileOf(env);
+    struct statvfs fs {};
+    if (::statvfs(file.c_str(), &fs) == 0 &&
+        static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize < disk_free_low_bytes) {
+      return lmdbError(ENOSPC, what, mapSizeOf(env));
+    }
+    struct rlimit limit {};
+    struct stat st {};
+    if (::getrlimit(RLIMIT_FSIZE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY &&
+        ::stat(file.c_str(), &st) == 0 &&
+        static_cast<uint64_t>(st.st_size) + (1u << 16) >= limit.rlim_cur) {
+      return lmdbError(EFBIG, what, mapSizeOf(env));
+    }
+  }
+  return lmdbError(rc, what, mapSizeOf(env));
+}
+
+// Reads fail only on damage or misuse; both are operational failures for the
+// caller (a write request that throws is turned into an error by the writer).
+[[noreturn]] void throwReadFailure(int rc, MDB_txn* txn, const std::string& what) {
+  CCAL_ASSERT_MSG(rc != EINVAL, "an LMDB read on a closed transaction or a foreign Db");
+  throw std::runtime_error(
+      lmdbError(rc, what + " in " + dataFileOf(mdb_txn_env(txn)), mapSizeOf(mdb_txn_env(txn)))
+          .toString());
+}
+
+void encodeU32(uint8_t out[4], uint32_t v) {
+  for (int i = 0; i < 4; ++i) out[i] = static_cast<uint8_t>(v >> (8 * i));
+}
+
+uint32_t decodeU32(const uint8_t in[4]) {
+  uint32_t v = 0;
+  for (int i = 0; i < 4; ++i) v |= static_cast<uint32_t>(in[i]) << (8 * i);
+  return v;
+}
+
+// Checks the stamp of an existing file, or writes it into a new one, inside
+// the opening write transaction.
+Status checkOrWriteStamp(MDB_txn* txn, const std::string& file, std::string_view schema_name,
+                         uint32_t schema_version, uint64_t map_size) {
+  MDB_dbi meta = 0;
+  int rc = mdb_dbi_open(txn, meta_db_name, 0, &meta);
+  if (rc == MDB_NOTFOUND) {
+    // A new file, or an LMDB file some other program made.
+    MDB_dbi main_db = 0;
+    MDB_stat st{};
+    rc = mdb_dbi_open(txn, nullptr, 0, &main_db);
+    if (rc == 0) rc = mdb_stat(txn, main_db, &st);
+    if (rc != 0) return lmdbError(rc, "read the main database of " + file, map_size);
+    if (st.ms_entries != 0) {
+      return makeError(Errc::schema_mismatch, file + " was made by another program (it holds " +
+                                                  std::to_string(st.ms_entries) +
+                                                  " entries and no CCAL stamp), not '" +
+                                                  std::string(schema_name) + "'");
+    }
+    rc = mdb_dbi_open(txn, meta_db_name, MDB_CREATE, &meta);
+    if (rc != 0) return lmdbError(rc, "create the meta database in " + file, map_size);
+    MDB_val name_key = toVal(asBytes(schema_name_key));
+    MDB_val name_val = toVal(asBytes(schema_name));
+    uint8_t version_bytes[4];
+    encodeU32(version_bytes, schema_version);
+    MDB_val version_key = toVal(asBytes(schema_version_key));
+    MDB_val version_val = toVal(ByteView(version_bytes, 4));
+    rc = mdb_put(txn, meta, &name_key, &name_val, 0);
+    if (rc == 0) rc = mdb_put(txn, meta, &version_key, &version_val, 0);
+    if (rc != 0) return lmdbError(rc, "write the schema stamp into " + file, map_size);
+    return {};
+  }
+  if (rc == MDB_INCOMPATIBLE) {
+    return makeError(Errc::schema_mismatch,
+                     file + " was made by another program ('meta' is not a sub-database), not '" +
+                         std::string(schema_name) + "'");
+  }
+  if (rc != 0) return lmdbError(rc, "open the meta database of " + file, map_size);
+
+  MDB_val name_key = toVal(asBytes(schema_name_key)), name_val{};
+  rc = mdb_get(txn, meta, &name_key, &name_val);
+  if (rc == MDB_NOTFOUND) {
+    return makeError(Errc::schema_mismatch, file + " was made by another program (no schema " +
+                                                "name in its meta database), not '" +
+                                                std::string(schema_name) + "'");
+  }
+  if (rc != 0) return lmdbError(rc, "read the schema name of " + file, map_size);
+  ByteView stored_name_bytes = fromVal(name_val);
+  std::string stored_name(stored_name_bytes.begin(), stored_name_bytes.end());
+  if (stored_name != schema_name) {
+    return makeError(Errc::schema_mismatch, file + " was made by '" + stored_name + "', not '" +
+                                                std::string(schema_name) + "'");
+  }
+
+  MDB_val version_key = toVal(asBytes(schema_version_key)), version_val{};
+  rc = mdb_get(txn, meta, &version_key, &version_val);
+  if (rc == 0 && version_val.mv_size != 4) rc = MDB_CORRUPTED;
+  if (rc == MDB_NOTFOUND || rc == MDB_CORRUPTED) {
+    return makeError(Errc::schema_mismatch,
+                     file + " holds schema '" + stored_name + "' with no valid version stamp");
+  }
+  if (rc != 0) return lmdbError(rc, "read the schema version of " + file, map_size);
+  uint32_t stored_version = decodeU32(static_cast<const uint8_t*>(version_val.mv_data));
+  if (stored_version != schema_version) {
+    return makeError(Errc::schema_mismatch,
+                     file + " holds schema '" + stored_name + "' version " +
+                         std::to_string(stored_version) + ", but this program reads version " +
+                         std::to_string(schema_version) + " (no migration between them exists)");
+  }
+  return {};
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- ReadTxn
+
+ReadTxn::ReadTxn(ReadTxn&& other) noexcept : txn_(std::exchange(other.txn_, nullptr)) {}
+
+ReadTxn& ReadTxn::operator=(ReadTxn&& other) noexcept {
+  if (this != &other) {
+    if (txn_ != nullptr) mdb_txn_abort(txn_);
+    txn_ = std::exchange(other.txn_, nullptr);
+  }
+  return *this;
+}
+
+ReadTxn::~ReadTxn() {
+  // Read transactions are only ever aborted. A WriteTxn's nested transaction
+  // is committed or aborted by the writer, which then clears txn_; reaching
+  // here with one still set means a request's exception unwound past it.
+  if (txn_ != nullptr) mdb_txn_abort(txn_);
+}
+
+std::optional<ByteView> ReadTxn::get(const Db& db, ByteView key) const {
+  CCAL_ASSERT_MSG(txn_ != nullptr, "get() on a moved-from transaction");
+  // Keys LMDB cannot hold are never present.
+  if (key.empty() || key.size() > static_cast<size_t>(mdb_env_get_maxkeysize(mdb_txn_env(txn_)))) {
+    return std::nullopt;
+  }
+  MDB_val k = toVal(key), v{};
+  int rc = mdb_get(txn_, db.dbi, &k, &v);
+  if (rc == MDB_NOTFOUND) return std::nullopt;
+  if (rc != 0) throwReadFailure(rc, txn_, "get from '" + db.name + "'");
+  return fromVal(v);
+}
+
+Cursor ReadTxn::cursor(const Db& db) const {
+  CCAL_ASSERT_MSG(txn_ != nullptr, "cursor() on a moved-from transaction");
+  MDB_cursor* cursor = nullptr;
+  int rc = mdb_cursor_open(txn_, db.dbi, &cursor);
+  if (rc != 0) throwReadFailure(rc, txn_, "open a cursor on '" + db.name + "'");
+  return Cursor(cursor);
+}
+
+uint64_t ReadTxn::entries(const Db& db) const {
+  CCAL_ASSERT_MSG(txn_ != nullptr, "entries() on a moved-from transaction");
+  MDB_stat st{};
+  int rc = mdb_stat(txn_, db.dbi, &st);
+  if (rc != 0) throwReadFailure(rc, txn_, "count the entries of '" + db.name + "'");
+  return st.ms_entries;
+}
+
+// ---------------------------------------------------------------- WriteTxn
+
+Status WriteTxn::put(const Db& db, ByteView key, ByteView value) {
+  CCAL_ASSERT_MSG(txn_ != nullptr, "put() on a moved-from transaction");
+  MDB_env* env = mdb_txn_env(txn_);
+  const auto key_max = static_cast<size_t>(mdb_env_get_maxkeysize(env));
+  if (key.empty()) {
+    return makeError(Errc::malformed, "put into '" + db.name + "': an empty key");
+  }
+  if (key.size() > key_max) {
+    return makeError(Errc::too_large, "put into '" + db.name + "': a key of " +
+                                          std::to_string(key.size()) + " bytes, over LMDB's " +
+                                          std::to_string(key_max));
+  }
+  MDB_val k = toVal(key), v = toVal(value);
+  int rc = mdb_put(txn_, db.dbi, &k, &v, 0);
+  if (rc != 0) {
+    t_last_write_rc = rc;
+    return writeFailure(rc, "put into '" + db.name + "' of " + dataFileOf(env), env);
+  }
+  return {};
+}
+
+Status WriteTxn::del(const Db& db, ByteView key) {
+  CCAL_ASSERT_MSG(txn_ != nullptr, "del() on a moved-from transaction");
+  MDB_env* env = mdb_txn_env(txn_);
+  // Keys LMDB cannot hold are never present: deleting them is a no-op.
+  if (key.empty() || key.size() > static_cast<size_t>(mdb_env_get_maxkeysize(env))) return {};
+  MDB_val k = toVal(key);
+  int rc = mdb_del(txn_, db.dbi, &k, nullptr);
+  if (rc == MDB_NOTFOUND) return {};
+  if (rc != 0) {
+    t_last_write_rc = rc;
+    return writeFailure(rc, "delete from '" + db.name + "' of " + dataFileOf(env), env);
+  }
+  return {};
+}
+
+// ---------------------------------------------------------------- Cursor
+
+Cursor::Cursor(Cursor&& other) noexcept
+    : cursor_(std::exchange(other.cursor_, nullptr)),
+      valid_(std::exchange(other.valid_, false)),
+      key_(std::exchange(other.key_, {})),
+      value_(std::exchange(other.value_, {})) {}
+
+Cursor::~Cursor() {
+  // A cursor of a write request must be destroyed before the request
+  // returns: LMDB frees a write transaction's cursors when it ends.
+  if (cursor_ != nullptr) mdb_cursor_close(cursor_);
+}
+
+bool Cursor::op(MDB_cursor_op which, ByteView key) {
+  CCAL_ASSERT_MSG(cursor_ != nullptr, "a moved-from Cursor");
+  MDB_val k = toVal(key), v{};
+  int rc = mdb_cursor_get(cursor_, &k, &v, which);
+  if (rc == MDB_NOTFOUND) {
+    valid_ = false;
+    key_ = {};
+    value_ = {};
+    return false;
+  }
+  if (rc != 0) {
+    valid_ = false;
+    throwReadFailure(rc, mdb_cursor_txn(cursor_), "move a cursor");
+  }
+  valid_ = true;
+  key_ = fromVal(k);
+  value_ = fromVal(v);
+  return true;
+}
+
+bool Cursor::seek(ByteView key) {
+  if (key.empty()) return first();  // every key is >= the empty key
+  return op(MDB_SET_RANGE, key);
+}
+bool Cursor::first() {
+  return op(MDB_FIRST);
+}
+bool Cursor::last() {
+  return op(MDB_LAST);
+}
+// Stepping from an invalid position (never placed, or run off an end) stays
+// invalid: LMDB would wrap to an end or step from a stale place instead.
+bool Cursor::next() {
+  return valid_ && op(MDB_NEXT);
+}
+bool Cursor::prev() {
+  return valid_ && op(MDB_PREV);
+}
+
+// ---------------------------------------------------------------- Store
+
+Result<std::unique_ptr<Store>> Store::open(const StoreConfig& config,
+                                           std::span<const std::string> db_names,
+                                           std::string_view schema_name, uint32_t schema_version) {
+  // The sub-database names and the schema come from code: a wrong one is a bug.
+  CCAL_ASSERT_MSG(!schema_name.empty(), "a store needs a schema name");
+  CCAL_ASSERT_MSG(db_names.size() <= db_names_max, "too many sub-databases");
+  for (size_t i = 0; i < db_names.size(); ++i) {
+    CCAL_ASSERT_MSG(!db_names[i].empty(), "an empty sub-database name");
+    CCAL_ASSERT_MSG(db_names[i] != meta_db_name, "'meta' is the store's own sub-database");
+    for (size_t j = 0; j < i; ++j) {
+      CCAL_ASSERT_MSG(db_names[i] != db_names[j], "a sub-database name given twice");
+    }
+  }
+  // The configuration comes from a person: a wrong one is an error.
+  if (config.path.empty()) {
+    return makeError(Errc::malformed, "vault store: no directory configured (path is empty)");
+  }
+  if (config.map_size_bytes < map_size_min_bytes) {
+    return makeError(Errc::malformed,
+                     "vault store: map_size_bytes of " + std::to_string(config.map_size_bytes) +
+                         " is below the minimum of " + std::to_string(map_size_min_bytes));
+  }
+  if (config.write_batch_max == 0 || config.write_queue_max == 0) {
+    return makeError(Errc::malformed,
+                     "vault store: write_batch_max and write_queue_max must be at least 1");
+  }
+
+  // The directory, private to the node's user.
+  const std::string& dir = config.path;
+  const std::string file = dataFileOf(dir);
+  std::filesystem::path parent = std::filesystem::path(dir).parent_path();
+  std::error_code ec;
+  if (!parent.empty()) std::filesystem::create_directories(parent, ec);
+  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+    return makeError(Errc::storage_error,
+                     "vault store: cannot create directory " + dir + ": " + std::strerror(errno));
+  }
+  struct stat dir_stat {};
+  if (::stat(dir.c_str(), &dir_stat) != 0) {
+    return makeError(Errc::storage_error,
+                     "vault store: cannot read directory " + dir + ": " + std::strerror(errno));
+  }
+  if (!S_ISDIR(dir_stat.st_mode)) {
+    return makeError(Errc::storage_error, "vault store: " + dir + " is not a directory");
+  }
+
+  auto store = std::unique_ptr<Store>(new Store());
+  store->config_ = config;
+  {
+    std::lock_guard lock(g_open_mutex);
+    for (const auto& [other, where] : g_open) {
+      if (where.device == dir_stat.st_dev && where.inode == dir_stat.st_ino) {
+        return makeError(Errc::storage_error,
+                         "vault store: " + dir + " is already open in this process");
+      }
+    }
+    g_open.emplace(store.get(), OpenEnvironment{dir_stat.st_dev, dir_stat.st_ino});
+  }
+  // From here on, ~Store undoes whatever was done.
+
+  const uint64_t map_size = config.map_size_bytes;
+  int rc = mdb_env_create(&store->env_);
+  if (rc != 0) {
+    store->env_ = nullptr;
+    return lmdbError(rc, "create an LMDB environment for " + file, map_size);
+  }
+  rc = mdb_env_set_mapsize(store->env_, config.map_size_bytes);
+  if (rc == 0) rc = mdb_env_set_maxdbs(store->env_, static_cast<MDB_dbi>(db_names.size() + 1));
+  if (rc == 0) rc = mdb_env_set_maxreaders(store->env_, readers_max);
+  if (rc != 0) return lmdbError(rc, "configure the LMDB environment for " + file, map_size);
+
+  // MDB_NOTLS: a read transaction belongs to its ReadTxn, not to a thread.
+  // Without MDB_NOSYNC every commit is durable when it returns.
+  unsigned int flags = MDB_NOTLS | (config.durable ? 0u : MDB_NOSYNC);
+  rc = mdb_env_open(store->env_, dir.c_str(), flags, 0600);
+  if (rc != 0) {
+    // LMDB: after a failed open the handle must be closed, and nothing else.
+    mdb_env_close(store->env_);
+    store->env_ = nullptr;
+    return lmdbError(rc, "open " + file, map_size);
+  }
+
+  MDB_txn* txn = nullptr;
+  rc = mdb_txn_begin(store->env_, nullptr, 0, &txn);
+  if (rc != 0) return lmdbError(rc, "begin the opening transaction on " + file, map_size);
+  Status stamped = checkOrWriteStamp(txn, file, schema_name, schema_version, map_size);
+  if (!stamped.ok()) {
+    mdb_txn_abort(txn);
+    return stamped.error();
+  }
+  for (const std::string& name : db_names) {
+    MDB_dbi dbi = 0;
+    rc = mdb_dbi_open(txn, name.c_str(), MDB_CREATE, &dbi);
+    if (rc != 0) {
+      mdb_txn_abort(txn);
+      if (rc == MDB_INCOMPATIBLE) {
+        return makeError(Errc::schema_mismatch,
+                         file + ": '" + name + "' exists but is not a sub-database");
+      }
+      return lmdbError(rc, "open sub-database '" + name + "' of " + file, map_size);
+    }
+    store->dbs_.emplace(name, Db{dbi, name});
+  }
+  // The handles stay valid for the environment's lifetime once this commits.
+  rc = mdb_txn_commit(txn);
+  if (rc != 0) return writeFailure(rc, "commit the opening transaction on " + file, store->env_);
+
+  store->writer_ = std::thread([s = store.get()] { s->writerLoop(); });
+  return store;
+}
+
+Store::~Store() {
+  if (writer_.joinable()) {
+    {
+      std::lock_guard lock(mutex_);
+      stopping_ = true;
+    }
+    queue_not_empty_.notify_all();
+    writer_.join();
+    CCAL_ASSERT_MSG(queue_.empty(), "the writer stopped with requests still queued");
+  }
+  if (env_ != nullptr) mdb_env_close(env_);
+  std::lock_guard lock(g_open_mutex);
+  g_open.erase(this);
+}
+
+const Db& Store::db(std::string_view name) const {
+  auto it = dbs_.find(name);
+  CCAL_ASSERT_MSG(it != dbs_.end(), "a sub-database this store was not opened with");
+  return it->second;
+}
+
+ReadTxn Store::read() const {
+  MDB_txn* txn = nullptr;
+  int rc = mdb_txn_begin(env_, nullptr, MDB_RDONLY, &txn);
+  if (rc != 0) {
+    throw std::runtime_error(lmdbError(rc,
+                                       "begin a read transaction on " + dataFileOf(config_.path),
+                                       config_.map_size_bytes)
+                                 .toString());
+  }
+  return ReadTxn(txn);
+}
+
+void Store::submit(WriteFn fn, DoneFn done) {
+  CCAL_ASSERT_MSG(fn != nullptr && done != nullptr, "submit() needs a request and a done()");
+  // The writer would wait for itself: a request or a done() must not submit.
+  CCAL_ASSERT_MSG(std::this_thread::get_id() != writer_.get_id(),
+                  "submit() or write() on the store's writer thread");
+  {
+    std::unique_lock lock(mutex_);
+    CCAL_ASSERT_MSG(!stopping_, "submit() on a store being closed");
+    queue_not_full_.wait(lock, [&] { return queue_.size() < config_.write_queue_max; });
+    queue_.push_back(Request{std::move(fn), std::move(done)});
+  }
+  queue_not_empty_.notify_one();
+}
+
+Status Store::write(WriteFn fn) {
+  // Shared, so that the writer's set_value never touches a promise this
+  // thread has already destroyed after waking.
+  auto promise = std::make_shared<std::promise<Status>>();
+  std::future<Status> result = promise->get_future();
+  submit(std::move(fn), [promise](const Status& status) { promise->set_value(status); });
+  return result.get();
+}
+
+Store::Stats Store::stats() const {
+  std::lock_guard lock(mutex_);
+  return stats_;
+}
+
+void Store::writerLoop() {
+  const std::string file = dataFileOf(config_.path);
+  std::vector<Request> batch;
+  std::vector<Status> results;
+  // Requests taken but not run because their batch outgrew one LMDB
+  // transaction; they go first into the next batch. Writer thread only.
+  std::deque<Request> carried;
+  batch.reserve(config_.write_batch_max);
+  results.reserve(config_.write_batch_max);
+
+  // Runs one request in a transaction nested in `parent`, so that its failure
+  // undoes its own changes only. `lmdb_rc` gets the LMDB failure, if any.
+  auto run_request = [&](MDB_txn* parent, Request& request, int& lmdb_rc) -> Status {
+    MDB_txn* child = nullptr;
+    int rc = mdb_txn_begin(env_, parent, 0, &child);
+    if (rc != 0) {
+      lmdb_rc = rc;
+      return lmdbError(rc, "begin a nested write transaction on " + file, config_.map_size_bytes);
+    }
+    WriteTxn txn(child);
+    t_last_write_rc = 0;
+    Status status;
+    try {
+      status = request.fn(txn);
+    } catch (const std::exception& e) {
+      status = makeError(Errc::storage_error, std::string("a write request threw: ") + e.what() +
+                                                  " (its changes were rolled back)");
+    } catch (...) {
+      status = makeError(Errc::storage_error,
+                         "a write request threw a non-standard exception (its changes were "
+                         "rolled back)");
+    }
+    CCAL_ASSERT_MSG(txn.txn_ == child, "a write request moved its WriteTxn away");
+    txn.txn_ = nullptr;  // ended below, not by ~ReadTxn
+    lmdb_rc = t_last_write_rc;
+    if (!status.ok()) {
+      mdb_txn_abort(child);
+      return status;
+    }
+    // Fails if the request ignored a failed put: LMDB then refuses the commit.
+    rc = mdb_txn_commit(child);
+    if (rc != 0) {
+      if (lmdb_rc == 0) lmdb_rc = rc;
+      return makeError(Errc::storage_error,
+                       "a write request returned ok after a failed change; LMDB refused it: " +
+                           std::string(mdb_strerror(rc)));
+    }
+    return status;
+  };
+
+  for (;;) {
+    batch.clear();
+    {
+      std::unique_lock lock(mutex_);
+      queue_not_empty_.wait(lock, [&] { return stopping_ || !queue_.empty() || !carried.empty(); });
+      if (queue_.empty() && carried.empty()) {
+        CCAL_ASSERT(stopping_);
+        return;  // drained
+      }
+      while (batch.size() < config_.write_batch_max && !carried.empty()) {
+        batch.push_back(std::move(carried.front()));
+        carried.pop_front();
+      }
+      while (batch.size() < config_.write_batch_max && !queue_.empty()) {
+        batch.push_back(std::move(queue_.front()));
+        queue_.pop_front();
+      }
+    }
+    queue_not_full_.notify_all();
+    CCAL_ASSERT(!batch.empty() && batch.size() <= config_.write_batch_max);
+
+    results.assign(batch.size(), Status());
+    size_t processed = batch.size();
+    bool committed = false;
+    MDB_txn* parent = nullptr;
+    int rc = mdb_txn_begin(env_, nullptr, 0, &parent);
+    if (rc != 0) {
+      Error error = lmdbError(rc, "begin a write transaction on " + file, config_.map_size_bytes);
+      for (Status& result : results) result = error;
+    } else {
+      bool any_ok = false;
+      for (size_t i = 0; i < batch.size(); ++i) {
+        int lmdb_rc = 0;
+        results[i] = run_request(parent, batch[i], lmdb_rc);
+        if (!results[i].ok() && lmdb_rc == MDB_TXN_FULL && i > 0) {
+          // Not the request's fault: commit the ones before, retry it alone.
+          processed = i;
+          break;
+        }
+        any_ok = any_ok || results[i].ok();
+      }
+      if (any_ok) {
+        rc = mdb_txn_commit(parent);  // durable unless MDB_NOSYNC
+        if (rc != 0) {
+          // Nothing of the batch is visible. Requests that failed on their own
+          // keep their own error; the others get the commit's.
+          Error error = writeFailure(
+              rc,
+              "commit of " + std::to_string(processed) +
+                  (processed == 1 ? " write request to " : " write requests to ") + file,
+              env_);
+          for (size_t i = 0; i < processed; ++i) {
+            if (results[i].ok()) results[i] = error;
+          }
+        } else {
+          committed = true;
+        }
+      } else {
+        mdb_txn_abort(parent);  // nothing to write: spare the fsync
+      }
+    }
+    for (size_t i = batch.size(); i-- > processed;) carried.push_front(std::move(batch[i]));
+
+    {
+      std::lock_guard lock(mutex_);
+      stats_.requests += processed;
+      if (committed) ++stats_.commits;
+    }
+    for (size_t i = 0; i < processed; ++i) {
+      try {
+        batch[i].done(results[i]);
+      } catch (const std::exception& e) {
+        ::ccal::detail::assertionFailed("done() threw", __FILE__, __LINE__, e.what());
+      } catch (...) {
+        ::ccal::detail::assertionFailed("done() threw", __FILE__, __LINE__, "non-standard");
+      }
+    }
+  }
+}
+
+}  // namespace ccal::vault
