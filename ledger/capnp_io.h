@@ -13,6 +13,7 @@
 
 #include <capnp/message.h>
 #include <capnp/serialize.h>
+#include <kj/array.h>
 #include <kj/exception.h>
 
 #include <cstdint>
@@ -81,14 +82,16 @@ auto decodeMessage(ByteView bytes, std::string_view what, Canonical canonical, P
                                      " is not a whole number of 8-byte words");
   }
   // The reader needs word-aligned memory; copy only when the caller's is not.
-  std::vector<capnp::word> aligned;
+  // (A kj::Array, not a std::vector: under clang capnp::word is not copyable,
+  // so std::vector<capnp::word> does not compile.)
+  kj::Array<capnp::word> aligned;
   kj::ArrayPtr<const capnp::word> words;
   if (reinterpret_cast<uintptr_t>(bytes.data()) % alignof(capnp::word) == 0) {
     words = asWords(bytes);
   } else {
-    aligned.resize(bytes.size() / sizeof(capnp::word));
-    std::memcpy(aligned.data(), bytes.data(), bytes.size());
-    words = {aligned.data(), aligned.size()};
+    aligned = kj::heapArray<capnp::word>(bytes.size() / sizeof(capnp::word));
+    std::memcpy(aligned.begin(), bytes.data(), bytes.size());
+    words = {aligned.begin(), aligned.size()};
   }
   try {
     capnp::ReaderOptions options;

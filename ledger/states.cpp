@@ -11,6 +11,12 @@ Result<std::string> readName(capnp::Text::Reader t, std::string_view field, uint
     return makeError(Errc::too_large, std::string(field) + " is " + std::to_string(t.size()) +
                                           " bytes, over the limit of " + std::to_string(max_bytes));
   }
+  // A NUL inside a name would survive decoding but not encoding (Cap'n Proto
+  // writes a std::string through c_str()), and would let "O=Bank\0..." pass
+  // for "O=Bank" wherever a name is shown as a C string.
+  if (textOf(t).find('\0') != std::string_view::npos) {
+    return makeError(Errc::malformed, std::string(field) + " contains a NUL byte");
+  }
   return std::string(textOf(t));
 }
 

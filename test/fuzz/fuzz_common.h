@@ -1,0 +1,37 @@
+#pragma once
+// Shared by the libFuzzer targets and the seed-corpus generator.
+//
+// Every target decodes untrusted bytes; when decoding succeeds it re-encodes
+// and checks a property that must hold for every decodable input. A broken
+// property is a bug in CCAL, so it aborts (FUZZ_CHECK), which libFuzzer
+// reports as a crash and saves the input. Properties compare decoded values
+// and ids, never the input bytes: Cap'n Proto keeps unknown fields and the
+// canonical check accepts them, so re-encoding may legitimately differ from
+// the input.
+
+#include <cstddef>
+#include <cstdint>
+
+#include "ledger/assert.h"
+#include "ledger/bytes.h"
+
+#define FUZZ_CHECK(expr) CCAL_ASSERT_MSG(expr, "fuzz property")
+
+namespace ccal::fuzz {
+
+inline ByteView input(const uint8_t* data, size_t size) { return {data, size}; }
+
+// fuzz_component: the first input byte (mod component_kind_count) picks the
+// decoder; the rest of the input is the component's bytes.
+enum class ComponentKind : uint8_t {
+  state_ref = 0,
+  transaction_state = 1,
+  command_value = 2,
+  command_signers = 3,
+  party = 4,
+  time_window = 5,
+  hash_component = 6,
+};
+inline constexpr uint8_t component_kind_count = 7;
+
+}  // namespace ccal::fuzz

@@ -1,0 +1,294 @@
+// Writes the seed corpus of the fuzz targets, and fresh work directories.
+//
+//   fuzz_make_corpus <out dir> <regressions dir> <target>...
+//
+// For each named target it recreates, empty, <out>/seeds/<target> and
+// <out>/work/<target>, writes valid encodings for that target into the seeds
+// directory, and copies in the checked-in inputs of
+// <regressions dir>/<target>/ if any (inputs that once crashed a target).
+// libFuzzer then runs with the work directory first (where it adds what it
+// finds) and the seeds directory second (read only), so nothing in the source
+// tree is ever written. Every seed is checked to decode before it is written.
+// It also makes <out>/artifacts, where the tests have libFuzzer save crashes.
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "ledger/filtered_transaction.h"
+#include "ledger/signed_transaction.h"
+#include "ledger/testing.h"
+#include "test/fuzz/fuzz_common.h"
+
+using namespace ccal;
+using namespace ccal::testing;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Seed {
+  std::string name;
+  Bytes bytes;
+};
+
+Key composite(uint32_t threshold, std::vector<std::pair<uint32_t, Key>> children) {
+  return Key::threshold(threshold, std::move(children)).value();
+}
+
+// Deterministic keys, parties and transactions: the same seeds on every run.
+struct World {
+  KeyPair alice = testKey(1);
+  KeyPair bob = testKey(2);
+  KeyPair carol = testKey(3);
+  KeyPair dave = testKey(4);
+  KeyPair notary1 = testKey(9);
+  KeyPair notary2 = testKey(10);
+  KeyPair notary3 = testKey(11);
+  Key single = Key(alice.publicKey());
+  Key two_of_three =
+      Key::anyOf(2, {alice.publicKey(), bob.publicKey(), carol.publicKey()}).value();
+  // Weighted and nested: bob alone (weight 2) and one of carol and dave.
+  Key nested = composite(3, {{2, Key(bob.publicKey())},
+                             {1, Key::anyOf(1, {carol.publicKey(), dave.publicKey()}).value()},
+                             {1, Key(dave.publicKey())}});
+  // The limit: depth_max (4) levels of threshold nodes.
+  Key deep = composite(
+      1, {{1, composite(1, {{1, composite(1, {{1, composite(1, {{1, Key(alice.publicKey())},
+                                                               {1, Key(bob.publicKey())}})},
+                                               {1, Key(carol.publicKey())}})},
+                            {1, Key(dave.publicKey())}})}});
+  Key notary_key = Key::anyOf(2, {notary1.publicKey(), notary2.publicKey(),
+                                  notary3.publicKey()}).value();
+  Party alice_party = testParty("Haikou Fishing Cooperative", alice);
+  Party bob_party = testParty("Sanya Tea Cooperative", bob);
+  Party notary{"O=CCAL Notary, L=Haikou, C=CN", notary_key};
+  SecureHash genesis = SecureHash::of(asBytes("genesis"));
+
+  TransactionState state(const std::string& value) const {
+    return dummyState(notary, {alice_party.owningKey, bob_party.owningKey}, value);
+  }
+
+  // Every one of the nine component groups is present.
+  WireTransaction full() const {
+    TransactionState encumbered = state("alice-100");
+    encumbered.encumbrance = 1;
+    TransactionState lock = state("lock");
+    lock.constraint = ContractConstraint{true, {}};
+    Command issue = dummyCommand("Issue", {nested});
+    issue.data = Bytes{1, 2, 3, 4, 5};
+    TransactionBuilder b(notary);
+    b.addInput({genesis, 0})
+        .addInput({genesis, 1})
+        .addReference({genesis, 5})
+        .addOutput(encumbered)
+        .addOutput(lock)
+        .addCommand(dummyCommand("Move", {alice_party.owningKey, bob_party.owningKey}))
+        .addCommand(issue)
+        .addAttachment(SecureHash::of(asBytes("contract text")))
+        .addAttachment(SecureHash::of(asBytes("invoice")))
+        .setTimeWindow(TimeWindow{1'700'000'000'000'000, 1'700'000'600'000'000})
+        .setNetworkParametersHash(SecureHash::of(asBytes("parameters")))
+        .setPrivacySalt(Bytes(privacy_salt_bytes, 0x42));
+    return b.build().value();
+  }
+
+  // No notary, no inputs: one output and one command.
+  WireTransaction minimal() const {
+    TransactionBuilder b;
+    b.addOutput(dummyState(notary, {alice_party.owningKey}, "issued"))
+        .addCommand(dummyCommand("Issue", {alice_party.owningKey}))
+        .setPrivacySalt(Bytes(privacy_salt_bytes, 0x07));
+    return b.build().value();
+  }
+
+  // Spends many inputs, so filtered proofs have several hidden subtrees.
+  WireTransaction wide() const {
+    TransactionBuilder b(notary);
+    for (uint32_t i = 0; i < 11; ++i) b.addInput({genesis, i});
+    b.addOutput(state("merged"))
+        .addCommand(dummyCommand("Move", {two_of_three}))
+        .setTimeWindow(TimeWindow{std::nullopt, 1'700'000'600'000'000})
+        .setPrivacySalt(Bytes(privacy_salt_bytes, 0x99));
+    return b.build().value();
+  }
+};
+
+using Writer = std::function<std::vector<Seed>(const World&)>;
+
+std::vector<Seed> keySeeds(const World& w) {
+  return {{"single", w.single.encode()},
+          {"two-of-three", w.two_of_three.encode()},
+          {"nested-weighted", w.nested.encode()},
+          {"deepest", w.deep.encode()},
+          {"notary-cluster", w.notary_key.encode()}};
+}
+
+std::vector<Seed> componentSeeds(const World& w) {
+  std::vector<Seed> out;
+  auto add = [&](fuzz::ComponentKind kind, const std::string& name, const Bytes& bytes) {
+    Bytes b{static_cast<uint8_t>(kind)};
+    append(b, bytes);
+    out.push_back({name, std::move(b)});
+  };
+  using K = fuzz::ComponentKind;
+  add(K::state_ref, "state-ref", encodeStateRef({w.genesis, 0}));
+  add(K::state_ref, "state-ref-big-index", encodeStateRef({w.genesis, 0xfffffffe}));
+  WireTransaction full = w.full();
+  for (size_t i = 0; i < full.outputs().size(); ++i) {
+    add(K::transaction_state, "state-" + std::to_string(i),
+        encodeTransactionState(full.outputs()[i]));
+  }
+  TransactionState plain = w.state("");
+  plain.participants = {w.nested, w.deep};
+  add(K::transaction_state, "state-composite-participants", encodeTransactionState(plain));
+  for (size_t i = 0; i < full.commands().size(); ++i) {
+    add(K::command_value, "command-" + std::to_string(i), encodeCommandValue(full.commands()[i]));
+    add(K::command_signers, "signers-" + std::to_string(i),
+        encodeCommandSigners(full.commands()[i]));
+  }
+  add(K::party, "party-single", encodeParty(w.alice_party));
+  add(K::party, "party-notary-cluster", encodeParty(w.notary));
+  add(K::time_window, "window-both", encodeTimeWindow(TimeWindow{-5, 1'700'000'000'000'000}));
+  add(K::time_window, "window-from", encodeTimeWindow(TimeWindow{100, std::nullopt}));
+  add(K::time_window, "window-until", encodeTimeWindow(TimeWindow{std::nullopt, 200}));
+  add(K::hash_component, "hash", encodeHashComponent(SecureHash::of(asBytes("invoice"))));
+  return out;
+}
+
+std::vector<Seed> wireSeeds(const World& w) {
+  return {{"full", w.full().encode()},
+          {"minimal", w.minimal().encode()},
+          {"wide", w.wide().encode()}};
+}
+
+std::vector<Seed> signedSeeds(const World& w) {
+  SignedTransaction all(w.full());
+  for (const auto* k : {&w.alice, &w.bob, &w.dave, &w.notary1, &w.notary3}) all.signWith(*k);
+  CCAL_ASSERT(all.verifyRequiredSignatures().ok());
+  SignedTransaction partial(w.full());
+  partial.signWith(w.alice);
+  SignedTransaction wrong_tx(w.full());
+  wrong_tx.addSignature(w.alice.sign(signableBytes(w.minimal().id())));
+  wrong_tx.signWith(w.bob);
+  SignedTransaction issued(w.minimal());
+  issued.signWith(w.alice);
+  return {{"fully-signed", all.encode()},
+          {"partly-signed", partial.encode()},
+          {"signature-over-another-tx", wrong_tx.encode()},
+          {"unsigned", SignedTransaction(w.wide()).encode()},
+          {"issue-signed", issued.encode()}};
+}
+
+std::vector<Seed> filteredSeeds(const World& w) {
+  WireTransaction full = w.full();
+  WireTransaction wide = w.wide();
+  auto all = [](ComponentGroup, uint32_t) { return true; };
+  auto none = [](ComponentGroup, uint32_t) { return false; };
+  auto odd_inputs = [](ComponentGroup g, uint32_t i) {
+    return g == ComponentGroup::inputs && i % 2 == 1;
+  };
+  return {{"notary-view", FilteredTransaction::forNotary(full).encode()},
+          {"everything", FilteredTransaction::build(full, all).encode()},
+          {"nothing", FilteredTransaction::build(full, none).encode()},
+          {"wide-notary-view", FilteredTransaction::forNotary(wide).encode()},
+          {"wide-odd-inputs", FilteredTransaction::build(wide, odd_inputs).encode()},
+          {"minimal-everything", FilteredTransaction::build(w.minimal(), all).encode()}};
+}
+
+// Every seed must be accepted by its target's decoder, or it seeds nothing.
+bool decodes(const std::string& target, const Bytes& b) {
+  if (target == "fuzz_key") return Key::decode(b).ok();
+  if (target == "fuzz_wire_transaction") return WireTransaction::decode(b).ok();
+  if (target == "fuzz_signed_transaction") return SignedTransaction::decode(b).ok();
+  if (target == "fuzz_filtered_transaction") return FilteredTransaction::decode(b).ok();
+  if (target == "fuzz_component") {
+    ByteView c = ByteView(b).subspan(1);
+    switch (static_cast<fuzz::ComponentKind>(b.at(0))) {
+      case fuzz::ComponentKind::state_ref: return decodeStateRef(c).ok();
+      case fuzz::ComponentKind::transaction_state: return decodeTransactionState(c).ok();
+      case fuzz::ComponentKind::command_value: return decodeCommandValue(c).ok();
+      case fuzz::ComponentKind::command_signers: return decodeCommandSigners(c).ok();
+      case fuzz::ComponentKind::party: return decodeParty(c).ok();
+      case fuzz::ComponentKind::time_window: return decodeTimeWindow(c).ok();
+      case fuzz::ComponentKind::hash_component: return decodeHashComponent(c, "hash").ok();
+    }
+  }
+  return false;
+}
+
+const std::map<std::string, Writer>& writers() {
+  static const std::map<std::string, Writer> w{
+      {"fuzz_key", keySeeds},
+      {"fuzz_component", componentSeeds},
+      {"fuzz_wire_transaction", wireSeeds},
+      {"fuzz_signed_transaction", signedSeeds},
+      {"fuzz_filtered_transaction", filteredSeeds},
+      // PKI (ledger/pki.h): add "fuzz_certificate" / "fuzz_crl" seed writers
+      // here, beside their targets in CMakeLists.txt.
+  };
+  return w;
+}
+
+void freshDirectory(const fs::path& dir) {
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 4) {
+    std::cerr << "usage: fuzz_make_corpus <out dir> <regressions dir> <target>...\n";
+    return 2;
+  }
+  fs::path out = argv[1];
+  fs::path regressions = argv[2];
+  fs::create_directories(out / "artifacts");  // crash inputs; kept across runs
+  World world;
+  int failures = 0;
+  for (int a = 3; a < argc; ++a) {
+    std::string target = argv[a];
+    fs::path seeds = out / "seeds" / target;
+    freshDirectory(seeds);
+    freshDirectory(out / "work" / target);
+    auto it = writers().find(target);
+    if (it == writers().end()) {
+      std::cerr << "fuzz_make_corpus: no seed writer for " << target << "\n";
+      ++failures;
+      continue;
+    }
+    size_t n = 0;
+    for (const auto& seed : it->second(world)) {
+      if (!decodes(target, seed.bytes)) {
+        std::cerr << "fuzz_make_corpus: seed " << target << "/" << seed.name
+                  << " does not decode\n";
+        ++failures;
+      }
+      char prefix[8];
+      std::snprintf(prefix, sizeof prefix, "%02zu-", n++);
+      std::ofstream file(seeds / (prefix + seed.name), std::ios::binary);
+      file.write(reinterpret_cast<const char*>(seed.bytes.data()),
+                 static_cast<std::streamsize>(seed.bytes.size()));
+      if (!file) {
+        std::cerr << "fuzz_make_corpus: cannot write " << (seeds / seed.name) << "\n";
+        return 1;
+      }
+    }
+    size_t copied = 0;
+    if (fs::is_directory(regressions / target)) {
+      for (const auto& entry : fs::directory_iterator(regressions / target)) {
+        if (!entry.is_regular_file()) continue;
+        fs::copy_file(entry.path(), seeds / ("regression-" + entry.path().filename().string()));
+        ++copied;
+      }
+    }
+    std::cout << target << ": " << n << " seeds, " << copied << " regression inputs -> " << seeds
+              << "\n";
+  }
+  return failures == 0 ? 0 : 1;
+}
