@@ -207,3 +207,17 @@ TEST_CASE_FIXTURE(Fixture, "the stock capnp tool decodes a transaction's bytes")
   std::remove(bin.c_str());
   std::remove(txt.c_str());
 }
+
+TEST_CASE_FIXTURE(Fixture, "a NUL byte in any name is refused (it would not survive re-encoding)") {
+  // The builder writes names through c_str(), so put the NUL in by hand.
+  auto good = golden().build().value();
+  auto groups = good.groups();
+  Bytes state = buildCanonical<schema::TransactionState>([&](auto s) {
+    writeTransactionState(s, good.outputs()[0]);
+    s.setStateType(capnp::Text::Reader("ccal.test.Dummy\0State", 21));
+  });
+  groups[static_cast<uint32_t>(ComponentGroup::outputs)][0] = state;
+  auto r = WireTransaction::fromGroups(groups, good.privacySalt());
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().message.find("NUL") != std::string::npos);
+}

@@ -111,6 +111,13 @@ struct Sort {
 };
 
 struct Query {
+  Query() = default;
+  explicit Query(Criteria c, StatusFilter s = StatusFilter::unconsumed,
+                 RelevanceFilter r = RelevanceFilter::all, Sort order = {}, uint32_t size = 200,
+                 uint32_t number = 1)
+      : criteria(std::move(c)), status(s), relevance(r), sort(std::move(order)),
+        page_size(size), page_number(number) {}
+
   Criteria criteria = Criteria::all();
   StatusFilter status = StatusFilter::unconsumed;
   RelevanceFilter relevance = RelevanceFilter::all;

@@ -123,7 +123,9 @@ Result<FungibleSelection> Vault::selectFungible(const LockId& holder, std::strin
       if (!stored) return stored.error();
       CCAL_ASSERT_MSG(stored->has_value(), "a token index entry names a missing state");
       const Stored& s = **stored;
-      if (s.vs.lock && *s.vs.lock != holder) continue;  // another flow's
+      // Locked states are spoken for: another flow's, or this flow's own from
+      // an earlier selection (counting those again would double-spend them).
+      if (s.vs.lock) continue;
       auto view = VaultAccess::viewOf(*this, s.vs.state);
       CCAL_ASSERT(view.ok() && view->fungible.has_value());
       available += view->fungible->amount;
@@ -142,10 +144,8 @@ Result<FungibleSelection> Vault::selectFungible(const LockId& holder, std::strin
     }
     for (const auto& s : chosen) {
       VaultState after = s.vs;
-      if (!after.lock) {
-        after.lock = holder;
-        CCAL_TRY(VaultAccess::rewrite(*this, w, s, after));
-      }
+      after.lock = holder;
+      CCAL_TRY(VaultAccess::rewrite(*this, w, s, after));
       selection->states.push_back(after);
     }
     selection->total = available;

@@ -245,6 +245,16 @@ static std::optional<std::string> pinnedType(const Criteria& c) {
     for (const auto& child : c.children())
       if (auto t = pinnedType(child)) return t;
   }
+  if (c.kind() == Kind::or_) {
+    // Every alternative must pin the same type.
+    std::optional<std::string> common;
+    for (const auto& child : c.children()) {
+      auto t = pinnedType(child);
+      if (!t || (common && *common != *t)) return std::nullopt;
+      common = t;
+    }
+    return common;
+  }
   return std::nullopt;
 }
 

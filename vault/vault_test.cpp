@@ -195,9 +195,9 @@ TEST_CASE_FIXTURE(Fixture, "every field operator, and/or, paging and sorting") {
   CHECK(q(usd && amount(FieldOp::gt, {int64_t{10}})) == V{20});
   CHECK(q(usd || amount(FieldOp::eq, {int64_t{50}})) == V{10, 20, 50});
   CHECK(q(tokens() && (usd || amount(FieldOp::ge, {int64_t{40}}))) == V{10, 20, 40, 50});
-  CHECK(q(Criteria::participant(alice_party.owningKey)) == V{10, 20, 30, 40, 50});
-  CHECK(q(Criteria::participant(bob_party.owningKey)).empty());
-  CHECK(q(Criteria::linearId(ts[2].linearId)) == V{40});
+  CHECK(q(tokens() && Criteria::participant(alice_party.owningKey)) == V{10, 20, 30, 40, 50});
+  CHECK(q(tokens() && Criteria::participant(bob_party.owningKey)).empty());
+  CHECK(q(tokens() && Criteria::linearId(ts[2].linearId)) == V{40});
   CHECK(q(Criteria::field(std::string(token_state_type), "reference", FieldOp::eq,
                           {ts[1].reference})) == V{10});
 
