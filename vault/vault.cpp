@@ -81,7 +81,8 @@ Criteria operator||(Criteria a, Criteria b) {
 std::vector<std::string> vaultDatabaseNames() {
   std::vector<std::string> names;
   for (auto n : {db_tx, db_state, ix_type, ix_participant, ix_linear, ix_field, ix_recorded,
-                 ix_consumed, ix_lock, ix_token, db_counts}) {
+                 ix_consumed, ix_lock, ix_token, db_counts, db_flow_checkpoint, db_flow_journal,
+                 db_msg_outbox, db_msg_inbox, db_msg_dedup}) {
     names.emplace_back(n);
   }
   return names;

@@ -28,6 +28,12 @@ inline constexpr std::string_view ix_consumed = "ix_consumed";   // consumed tim
 inline constexpr std::string_view ix_lock = "ix_lock";           // holder | ref
 inline constexpr std::string_view ix_token = "ix_token";         // token | issuer | ref (unconsumed)
 inline constexpr std::string_view db_counts = "counts";          // s | type -> u64 count
+// For the layers above (see flow_store.h and message_store.h).
+inline constexpr std::string_view db_flow_checkpoint = "flow_checkpoint";
+inline constexpr std::string_view db_flow_journal = "flow_journal";
+inline constexpr std::string_view db_msg_outbox = "msg_outbox";
+inline constexpr std::string_view db_msg_inbox = "msg_inbox";
+inline constexpr std::string_view db_msg_dedup = "msg_dedup";
 
 inline kj::ArrayPtr<const kj::byte> dataOf(ByteView v) { return {v.data(), v.size()}; }
 

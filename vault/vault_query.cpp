@@ -317,9 +317,58 @@ bool VaultAccess::matches(const Vault& v, const Criteria& criteria, const VaultS
 static bool candidates(const Vault& v, const ReadTxn& r, const Criteria& c, StatusFilter status,
                        std::vector<StateRef>& out, size_t limit) {
   if (c.kind() == Kind::and_) {
-    const Criteria* driver = &c.children()[0];
-    for (const auto& child : c.children())
-      if (selectivityRank(child) < selectivityRank(*driver)) driver = &child;
+    // Range conditions on one field narrow each other: intersect their key
+    // ranges (same index, same prefix), so "a <= x && x <= b" scans [a, b].
+    std::map<std::pair<std::string, std::string>, std::vector<Range>> by_field;
+    const Criteria* driver = nullptr;
+    for (const auto& child : c.children()) {
+      if (child.kind() == Kind::field && child.op() != FieldOp::in) {
+        auto ranges = leafRanges(child, status);
+        auto [it, fresh] = by_field.try_emplace({child.text(), child.fieldName()}, ranges);
+        if (!fresh) {
+          for (size_t i = 0; i < ranges.size(); ++i) {
+            Range& have = it->second[i];
+            have.begin = std::max(have.begin, ranges[i].begin);
+            if (ranges[i].end && (!have.end || *ranges[i].end < *have.end)) have.end = ranges[i].end;
+          }
+        }
+      }
+      if (driver == nullptr || selectivityRank(child) < selectivityRank(*driver)) driver = &child;
+    }
+    // Among the intersected field ranges and the best-ranked child, scan the
+    // one with the fewest keys (counted up to a cap, keys only).
+    constexpr size_t estimate_cap = 4096;
+    auto estimate = [&](const std::vector<Range>& ranges) {
+      size_t n = 0;
+      for (const auto& range : ranges) {
+        if (range.end && !(range.begin < *range.end)) continue;
+        scanRange(v, r, range, [&](ByteView) { return ++n < estimate_cap; });
+      }
+      return n;
+    };
+    const std::vector<Range>* best = nullptr;
+    size_t best_n = 0;
+    for (const auto& [field, ranges] : by_field) {
+      size_t n = estimate(ranges);
+      if (best == nullptr || n < best_n) {
+        best = &ranges;
+        best_n = n;
+      }
+    }
+    bool driver_is_leaf = driver->kind() != Kind::and_ && driver->kind() != Kind::or_;
+    if (best != nullptr && !(driver_is_leaf && driver->kind() != Kind::field &&
+                             estimate(leafRanges(*driver, status)) < best_n)) {
+      bool within = true;
+      for (const auto& range : *best) {
+        if (range.end && !(range.begin < *range.end)) continue;
+        scanRange(v, r, range, [&](ByteView key) {
+          if (out.size() >= limit) return within = false;
+          out.push_back(keys::refFromKeyEnd(key));
+          return true;
+        });
+      }
+      return within;
+    }
     return candidates(v, r, *driver, status, out, limit);
   }
   if (c.kind() == Kind::or_) {

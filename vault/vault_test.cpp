@@ -193,6 +193,11 @@ TEST_CASE_FIXTURE(Fixture, "every field operator, and/or, paging and sorting") {
   auto usd = Criteria::field(std::string(token_state_type), "currency", FieldOp::eq,
                              {std::string("USD")});
   CHECK(q(usd && amount(FieldOp::gt, {int64_t{10}})) == V{20});
+  // Ranges on one field intersect: the scan covers [20, 40] only.
+  CHECK(q(amount(FieldOp::ge, {int64_t{20}}) && amount(FieldOp::le, {int64_t{40}})) ==
+        V{20, 30, 40});
+  CHECK(q(amount(FieldOp::gt, {int64_t{20}}) && amount(FieldOp::lt, {int64_t{40}}) && usd).empty());
+  CHECK(q(amount(FieldOp::gt, {int64_t{40}}) && amount(FieldOp::lt, {int64_t{20}})).empty());
   CHECK(q(usd || amount(FieldOp::eq, {int64_t{50}})) == V{10, 20, 50});
   CHECK(q(tokens() && (usd || amount(FieldOp::ge, {int64_t{40}}))) == V{10, 20, 40, 50});
   CHECK(q(tokens() && Criteria::participant(alice_party.owningKey)) == V{10, 20, 30, 40, 50});

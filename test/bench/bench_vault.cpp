@@ -1,0 +1,256 @@
+// scripts/bench vault: the vault on LMDB under load.
+//
+//  1. Transactions recorded per second, durably, with group commit: 2-input,
+//     2-output token moves (each checked for signatures, then recorded by the
+//     one writer that batches many records into one fsync'd commit).
+//  2. Query latency p50/p99 for a 200-row page, by state type and by a
+//     declared field, at 100k and 1M states (1M in the full run).
+//  3. Vault open time at the largest size.
+// Targets (2 cores): >= 20,000 recorded tx/s durably; page p99 <= 5 ms at 1M
+// states; open <= 1 s.
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <filesystem>
+#include <random>
+#include <thread>
+
+#include "ledger/testing.h"
+#include "test/bench/bench.h"
+#include "vault/vault.h"
+
+using namespace ccal;
+using namespace ccal::testing;
+using namespace ccal::vault;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double secondsSince(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+struct Net {
+  KeyPair alice = testKey(1), bank = testKey(3), notary_key = testKey(9);
+  Party alice_party = testParty("Haikou Fishing Cooperative", alice);
+  Party bank_party = testParty("Hainan Rural Bank", bank);
+  Party notary = testParty("CCAL Notary", notary_key);
+  ContractRegistry registry;
+  uint64_t serial = 0;
+  std::mt19937_64 rng{42};
+
+  Net() { registry.add(std::make_unique<TestTokenContract>()); }
+
+  TestToken token(int64_t amount) {
+    ++serial;
+    static const char* currencies[] = {"CNY", "USD", "EUR", "HKD"};
+    return TestToken{alice_party.owningKey, bank_party.owningKey, amount,
+                     currencies[serial % 4], 1'700'000'000'000'000 + int64_t(rng() % 1'000'000'000),
+                     "REF-" + std::to_string(serial),
+                     SecureHash::of(asBytes("linear-" + std::to_string(serial)))};
+  }
+
+  SignedTransaction issue(size_t outputs) {
+    TransactionBuilder b(notary);
+    for (size_t i = 0; i < outputs; ++i) b.addOutput(tokenState(notary, token(1 + rng() % 100000)));
+    b.addCommand(Command{"ccal.test.Token.Issue", {}, {bank_party.owningKey}});
+    SignedTransaction stx(b.build().value());
+    stx.signWith(bank);
+    return stx;
+  }
+
+  SignedTransaction move(const StateRef& a, const StateRef& b) {
+    TransactionBuilder tb(notary);
+    tb.addInput(a).addInput(b);
+    tb.addOutput(tokenState(notary, token(10))).addOutput(tokenState(notary, token(20)));
+    tb.addCommand(Command{"ccal.test.Token.Move", {}, {alice_party.owningKey}});
+    SignedTransaction stx(tb.build().value());
+    stx.signWith(alice).signWith(notary_key);
+    return stx;
+  }
+};
+
+std::unique_ptr<Vault> openVault(Net& net, const std::string& path, bool durable) {
+  VaultConfig config;
+  config.store.path = path;
+  config.store.durable = durable;
+  auto v = Vault::open(config, net.registry, {net.alice.publicKey()});
+  if (!v) {
+    std::fprintf(stderr, "bench: %s\n", v.error().toString().c_str());
+    std::exit(1);
+  }
+  return std::move(v).value();
+}
+
+// Records `txs` with `threads` producers, each keeping up to `window` records
+// in flight; returns records per second.
+double recordAll(Vault& vault, const std::vector<SignedTransaction>& txs, int threads, int window) {
+  std::atomic<size_t> next{0};
+  std::atomic<size_t> failures{0};
+  auto start = Clock::now();
+  std::vector<std::thread> producers;
+  for (int t = 0; t < threads; ++t) {
+    producers.emplace_back([&] {
+      std::mutex m;
+      std::condition_variable cv;
+      int in_flight = 0;
+      for (size_t i = next++; i < txs.size(); i = next++) {
+        {
+          std::unique_lock<std::mutex> lock(m);
+          cv.wait(lock, [&] { return in_flight < window; });
+          ++in_flight;
+        }
+        vault.recordAsync(txs[i], RecordMode::only_relevant, [&](const Status& s) {
+          if (!s.ok()) ++failures;
+          std::lock_guard<std::mutex> lock(m);
+          --in_flight;
+          cv.notify_one();
+        });
+      }
+      std::unique_lock<std::mutex> lock(m);
+      cv.wait(lock, [&] { return in_flight == 0; });
+    });
+  }
+  for (auto& p : producers) p.join();
+  double rate = static_cast<double>(txs.size()) / secondsSince(start);
+  if (failures > 0) {
+    std::fprintf(stderr, "bench: %zu records failed\n", failures.load());
+    std::exit(1);
+  }
+  return rate;
+}
+
+struct Latency {
+  double p50_ms = 0, p99_ms = 0;
+  uint64_t total = 0;
+};
+
+template <class MakeQuery>
+Latency measure(Vault& vault, int runs, MakeQuery&& make) {
+  std::vector<double> ms;
+  uint64_t total = 0;
+  for (int i = 0; i < runs; ++i) {
+    Query q = make(i);
+    auto start = Clock::now();
+    auto page = vault.query(q);
+    ms.push_back(secondsSince(start) * 1000);
+    if (!page) {
+      std::fprintf(stderr, "bench: query failed: %s\n", page.error().toString().c_str());
+      std::exit(1);
+    }
+    total = page->total;
+  }
+  std::sort(ms.begin(), ms.end());
+  return Latency{ms[ms.size() / 2], ms[std::min(ms.size() - 1, ms.size() * 99 / 100)], total};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  auto options = bench::Options::fromArgs(argc, argv);
+  bool quick = options.trials < 7;
+  std::string base = "/tmp/ccal-bench-vault-" + std::to_string(::getpid());
+  std::filesystem::remove_all(base);
+  Net net;
+
+  // 1. Durable recording of 2-in/2-out moves.
+  const size_t moves = quick ? 500 : 20000;
+  std::string rec_path = base + "/record";
+  double record_rate = 0, verify_only_rate = 0;
+  {
+    auto vault = openVault(net, rec_path, /*durable=*/true);
+    std::vector<SignedTransaction> issues;
+    for (size_t i = 0; i < moves * 2 / 100 + 1; ++i) issues.push_back(net.issue(100));
+    recordAll(*vault, issues, 2, 64);
+    std::vector<SignedTransaction> txs;
+    for (size_t i = 0; i < moves; ++i) {
+      const auto& src = issues[(2 * i) / 100];
+      txs.push_back(net.move({src.id(), uint32_t((2 * i) % 100)}, {src.id(), uint32_t((2 * i + 1) % 100)}));
+    }
+    auto start = Clock::now();
+    for (const auto& t : txs) {
+      if (!t.verifyRequiredSignatures().ok()) return 1;
+    }
+    verify_only_rate = static_cast<double>(txs.size()) / secondsSince(start);
+    record_rate = recordAll(*vault, txs, 2, 4096);
+  }
+  auto store_stats_note = "group commit: one fsync per batch of up to 4096 records";
+
+  // 2 and 3. Queries at growing sizes.
+  std::vector<size_t> sizes = quick ? std::vector<size_t>{2000} : std::vector<size_t>{100000, 1000000};
+  std::string q_path = base + "/query";
+  std::vector<std::pair<size_t, std::array<Latency, 3>>> results;
+  double open_seconds = 0;
+  {
+    auto vault = openVault(net, q_path, /*durable=*/false);  // setup speed; reads are the same
+    size_t have = 0;
+    for (size_t target : sizes) {
+      std::vector<SignedTransaction> batch;
+      while (have < target) {
+        batch.push_back(net.issue(200));
+        have += 200;
+      }
+      recordAll(*vault, batch, 2, 256);
+      const int runs = quick ? 50 : 300;
+      std::mt19937_64 rng(7);
+      auto by_type = measure(*vault, runs, [&](int i) {
+        return Query(Criteria::stateType(std::string(token_state_type)), StatusFilter::unconsumed,
+                     RelevanceFilter::all, Sort{"recorded", i % 2 == 0}, 200, 1 + i % 5);
+      });
+      auto by_field_eq = measure(*vault, runs, [&](int) {
+        int64_t amount = 1 + int64_t(rng() % 100000);
+        return Query(Criteria::field(std::string(token_state_type), "amount", FieldOp::ge,
+                                     {amount}) &&
+                         Criteria::field(std::string(token_state_type), "amount", FieldOp::le,
+                                         {amount + 500}),
+                     StatusFilter::unconsumed, RelevanceFilter::all, Sort{"amount", false}, 200);
+      });
+      auto by_field_stream = measure(*vault, runs, [&](int) {
+        int64_t amount = 1 + int64_t(rng() % 99000);
+        return Query(Criteria::field(std::string(token_state_type), "amount", FieldOp::between,
+                                     {amount, amount + 1000}),
+                     StatusFilter::unconsumed, RelevanceFilter::all, Sort{"amount", false}, 200);
+      });
+      results.push_back({target, {by_type, by_field_eq, by_field_stream}});
+    }
+    vault.reset();
+    auto start = Clock::now();
+    auto reopened = openVault(net, q_path, false);
+    auto first = reopened->query(Query(Criteria::stateType(std::string(token_state_type))));
+    open_seconds = secondsSince(start);
+    if (!first) return 1;
+  }
+  std::filesystem::remove_all(base);
+
+  std::printf("CCAL vault benchmark (%s)\n", quick ? "quick smoke run" : "full run");
+  std::printf("  durable recording, 2-in/2-out moves, %zu transactions (%s)\n", moves,
+              store_stats_note);
+  std::printf("    recorded (signature checks + durable write)   %10.0f tx/s   target >= 20000\n",
+              record_rate);
+  std::printf("    signature checks alone, one thread            %10.0f tx/s\n", verify_only_rate);
+  for (const auto& [n, l] : results) {
+    std::printf("  200-row page at %zu states:\n", n);
+    std::printf("    by type (newest/oldest first, pages 1-5)      p50 %6.2f ms  p99 %6.2f ms  (total %llu)\n",
+                l[0].p50_ms, l[0].p99_ms, (unsigned long long)l[0].total);
+    std::printf("    by field, amount >= a && amount <= a+500      p50 %6.2f ms  p99 %6.2f ms\n",
+                l[1].p50_ms, l[1].p99_ms);
+    std::printf("    by field, amount between a and a+1000         p50 %6.2f ms  p99 %6.2f ms\n",
+                l[2].p50_ms, l[2].p99_ms);
+  }
+  std::printf("  open + first query at %zu states                 %6.3f s      target <= 1 s\n",
+              sizes.back(), open_seconds);
+  const auto& last = results.back();
+  std::printf(
+      "{\"bench\":\"vault\",\"record_tx_per_s\":%.0f,\"verify_tx_per_s\":%.0f,\"states\":%zu,"
+      "\"type_p50_ms\":%.3f,\"type_p99_ms\":%.3f,\"field_and_p50_ms\":%.3f,\"field_and_p99_ms\":%.3f,"
+      "\"field_between_p50_ms\":%.3f,\"field_between_p99_ms\":%.3f,\"open_s\":%.3f}\n",
+      record_rate, verify_only_rate, last.first, last.second[0].p50_ms, last.second[0].p99_ms,
+      last.second[1].p50_ms, last.second[1].p99_ms, last.second[2].p50_ms, last.second[2].p99_ms,
+      open_seconds);
+  return 0;
+}
