@@ -11,6 +11,7 @@
 // tree is ever written. Every seed is checked to decode before it is written.
 // It also makes <out>/artifacts, where the tests have libFuzzer save crashes.
 
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -21,6 +22,7 @@
 #include <vector>
 
 #include "ledger/filtered_transaction.h"
+#include "ledger/pki.h"
 #include "ledger/signed_transaction.h"
 #include "ledger/testing.h"
 #include "test/fuzz/fuzz_common.h"
@@ -200,12 +202,65 @@ std::vector<Seed> filteredSeeds(const World& w) {
           {"minimal-everything", FilteredTransaction::build(w.minimal(), all).encode()}};
 }
 
+// A small real hierarchy: root -> node CA -> identity, and a CRL revoking it.
+struct PkiSeeds {
+  std::vector<Seed> certificates, crls;
+};
+
+const PkiSeeds& pkiSeeds() {
+  static const PkiSeeds seeds = [] {
+    PkiSeeds out;
+    auto now = std::chrono::system_clock::time_point(std::chrono::seconds(1'700'000'000));
+    Validity years{now, now + std::chrono::hours(24 * 365)};
+    KeyPair root_key = testKey(40), node_key = testKey(41), id_key = testKey(42);
+    auto root = CertificateAuthority::createRoot(
+                    X500Name::parse("O=CCAL Root, L=Haikou, C=CN").value(), root_key, years)
+                    .value();
+    auto name = X500Name::parse("O=Haikou Fishing Cooperative, L=Haikou, C=CN").value();
+    auto node_ca_cert = root.issueNodeCa(name, node_key.publicKey(), years).value();
+    auto node_ca = CertificateAuthority::fromCertificate(node_ca_cert, node_key).value();
+    auto identity = node_ca.issueLegalIdentity(name, id_key.publicKey(), years).value();
+    auto tls = node_ca.issueTls(name, testKey(43).publicKey(), years).value();
+    auto add = [](std::vector<Seed>& to, const std::string& n, const Bytes& der,
+                  const std::string& pem) {
+      Bytes d{0};
+      append(d, der);
+      to.push_back({n + "-der", d});
+      Bytes p{1};
+      append(p, asBytes(pem));
+      to.push_back({n + "-pem", p});
+    };
+    add(out.certificates, "root", root.certificate().der(), root.certificate().pem());
+    add(out.certificates, "node-ca", node_ca_cert.der(), node_ca_cert.pem());
+    add(out.certificates, "identity", identity.der(), identity.pem());
+    add(out.certificates, "tls", tls.der(), tls.pem());
+    std::vector<Certificate> revoked{identity};
+    auto crl = node_ca.issueCrl(revoked, now, now + std::chrono::hours(24)).value();
+    auto empty = root.issueCrl({}, now, now + std::chrono::hours(24)).value();
+    add(out.crls, "revoking", crl.der(), crl.pem());
+    add(out.crls, "empty", empty.der(), empty.pem());
+    return out;
+  }();
+  return seeds;
+}
+
+std::vector<Seed> certificateSeeds(const World&) { return pkiSeeds().certificates; }
+std::vector<Seed> crlSeeds(const World&) { return pkiSeeds().crls; }
+
 // Every seed must be accepted by its target's decoder, or it seeds nothing.
 bool decodes(const std::string& target, const Bytes& b) {
   if (target == "fuzz_key") return Key::decode(b).ok();
   if (target == "fuzz_wire_transaction") return WireTransaction::decode(b).ok();
   if (target == "fuzz_signed_transaction") return SignedTransaction::decode(b).ok();
   if (target == "fuzz_filtered_transaction") return FilteredTransaction::decode(b).ok();
+  if (target == "fuzz_certificate" || target == "fuzz_crl") {
+    ByteView rest = ByteView(b).subspan(1);
+    std::string_view text(reinterpret_cast<const char*>(rest.data()), rest.size());
+    if (target == "fuzz_certificate") {
+      return b.at(0) == 0 ? Certificate::fromDer(rest).ok() : Certificate::fromPem(text).ok();
+    }
+    return b.at(0) == 0 ? Crl::fromDer(rest).ok() : Crl::fromPem(text).ok();
+  }
   if (target == "fuzz_component") {
     ByteView c = ByteView(b).subspan(1);
     switch (static_cast<fuzz::ComponentKind>(b.at(0))) {
@@ -228,8 +283,8 @@ const std::map<std::string, Writer>& writers() {
       {"fuzz_wire_transaction", wireSeeds},
       {"fuzz_signed_transaction", signedSeeds},
       {"fuzz_filtered_transaction", filteredSeeds},
-      // PKI (ledger/pki.h): add "fuzz_certificate" / "fuzz_crl" seed writers
-      // here, beside their targets in CMakeLists.txt.
+      {"fuzz_certificate", certificateSeeds},
+      {"fuzz_crl", crlSeeds},
   };
   return w;
 }
