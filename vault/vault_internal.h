@@ -153,12 +153,13 @@ struct VaultAccess {
         keys::appendHash(k, *view.linearId);
       });
     }
-    for (const auto& [name, value] : view.fields) {
+    // (A plain loop variable: clang 14 cannot capture structured bindings.)
+    for (const auto& field : view.fields) {
       key(ix_field, [&](Bytes& k) {
         k.push_back(s);
         keys::appendText(k, vs.state.stateType);
-        keys::appendText(k, name);
-        keys::appendField(k, value);
+        keys::appendText(k, field.first);
+        keys::appendField(k, field.second);
       });
     }
     key(ix_recorded, [&](Bytes& k) {
