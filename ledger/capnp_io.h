@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -45,9 +46,38 @@ Bytes canonicalBytes(Reader reader) {
 }
 
 // Builds a struct of type Schema with fill(builder) and returns its canonical bytes.
+// The first segment is a per-thread scratch buffer, kept zeroed by Cap'n
+// Proto, so the many small encodings on hot paths neither allocate nor clear
+// a fresh segment each time; a nested call (fill encoding something else)
+// falls back to a heap segment.
+namespace detail {
+inline constexpr size_t scratch_words = 1024;
+struct ScratchSegment {
+  std::unique_ptr<capnp::word[]> words{new capnp::word[scratch_words]()};
+  bool in_use = false;
+};
+inline ScratchSegment& scratchSegment() {
+  thread_local ScratchSegment scratch;
+  return scratch;
+}
+}  // namespace detail
+
 template <class Schema, class Fill>
 Bytes buildCanonical(Fill&& fill) {
-  capnp::MallocMessageBuilder message(256);
+  auto& scratch = detail::scratchSegment();
+  if (scratch.in_use) {
+    capnp::MallocMessageBuilder message(256);
+    auto root = message.initRoot<Schema>();
+    fill(root);
+    return canonicalBytes(root.asReader());
+  }
+  scratch.in_use = true;
+  struct Release {
+    detail::ScratchSegment& s;
+    ~Release() { s.in_use = false; }
+  } release{scratch};
+  capnp::MallocMessageBuilder message(
+      kj::ArrayPtr<capnp::word>(scratch.words.get(), detail::scratch_words));
   auto root = message.initRoot<Schema>();
   fill(root);
   return canonicalBytes(root.asReader());

@@ -136,11 +136,21 @@ void Vault::recordAsync(const SignedTransaction& stx, RecordMode mode, DoneFn do
     views->push_back(std::move(view).value());
   }
   auto shared = std::make_shared<SignedTransaction>(stx);
+  // The transaction's record is encoded here, on the caller's thread, so the
+  // one writer thread only writes.
   auto update = std::make_shared<VaultUpdate>();
   update->txId = stx.id();
   const int64_t at = now();
+  auto tx_record = std::make_shared<Bytes>();
+  {
+    Bytes encoded = stx.encode();
+    *tx_record = buildCanonical<schema::vault::TransactionRecord>([&](auto b) {
+      b.setRecordedMicros(at);
+      b.setSignedTransaction(dataOf(encoded));
+    });
+  }
 
-  WriteFn fn = [this, shared, views, update, mode, at](WriteTxn& w) -> Status {
+  WriteFn fn = [this, shared, views, update, mode, at, tx_record](WriteTxn& w) -> Status {
     const SignedTransaction& s = *shared;
     const SecureHash& id = s.id();
     update->produced.clear();
@@ -184,12 +194,7 @@ void Vault::recordAsync(const SignedTransaction& stx, RecordMode mode, DoneFn do
       update->produced.push_back(std::move(vs));
     }
 
-    Bytes record = buildCanonical<schema::vault::TransactionRecord>([&](auto b) {
-      b.setRecordedMicros(at);
-      Bytes encoded = s.encode();
-      b.setSignedTransaction(dataOf(encoded));
-    });
-    return w.put(VaultAccess::db(*this, db_tx), id.view(), record);
+    return w.put(VaultAccess::db(*this, db_tx), id.view(), *tx_record);
   };
   store_->submit(std::move(fn), [this, update, done = std::move(done)](const Status& status) {
     if (status.ok() && (!update->produced.empty() || !update->consumed.empty())) publish(*update);
