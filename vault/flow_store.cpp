@@ -15,16 +15,8 @@ namespace {
 constexpr size_t event_key_bytes = SecureHash::size_bytes + 8;
 constexpr size_t head_bytes = 16;
 
-void appendBe64(Bytes& out, uint64_t v) {
-  for (int i = 7; i >= 0; --i) out.push_back(static_cast<uint8_t>(v >> (8 * i)));
-}
-
-uint64_t readBe64(ByteView b) {
-  CCAL_ASSERT(b.size() >= 8);
-  uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v = v << 8 | b[i];
-  return v;
-}
+using keys::appendBe64;
+using keys::readBe64;
 
 Bytes eventKey(const FlowId& id, uint64_t seq) {
   Bytes key;

@@ -1,6 +1,8 @@
 #include "vault/flow_store.h"
 
 #include <doctest/doctest.h>
+
+#include "test/support/temp_dir.h"
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -27,18 +29,6 @@ using namespace ccal::vault;
 
 namespace {
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    static std::atomic<int> n{0};
-    path = "/tmp/ccal-flow-store-test-" + std::to_string(::getpid()) + "-" + std::to_string(n++);
-    std::filesystem::remove_all(path);
-  }
-  ~TempDir() { std::filesystem::remove_all(path); }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-};
-
 FlowId flowId(std::string_view name) {
   return SecureHash::of(asBytes(name));
 }
@@ -48,7 +38,7 @@ Bytes bytesOf(std::string_view s) {
 }
 
 struct Fixture {
-  TempDir dir;
+  ccal::testing::TempDir dir{"ccal-flow-store-test"};
   ContractRegistry registry;
   int64_t clock = 5'000'000;
   std::unique_ptr<Vault> vault;
@@ -704,7 +694,7 @@ TEST_CASE("flow store crash: kill -9 while journaling keeps every acknowledged e
   std::uniform_int_distribution<int> kill_after_ms(crash_kill_after_ms_min,
                                                    crash_kill_after_ms_max);
 
-  TempDir dir;  // kept across iterations: every run also recovers from the earlier crashes
+  ccal::testing::TempDir dir{"ccal-flow-store-test"};  // kept across iterations: every run also recovers from the earlier crashes
   // (thread, generation) -> highest acknowledged seq + 1; finished generations.
   std::map<std::pair<uint32_t, uint32_t>, uint32_t> acked_events;
   std::set<std::pair<uint32_t, uint32_t>> acked_finishes;

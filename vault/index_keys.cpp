@@ -9,6 +9,17 @@ void appendInt(Bytes& out, int64_t v) {
   for (int i = 7; i >= 0; --i) out.push_back(static_cast<uint8_t>(u >> (8 * i)));
 }
 
+void appendBe64(Bytes& out, uint64_t v) {
+  for (int i = 7; i >= 0; --i) out.push_back(static_cast<uint8_t>(v >> (8 * i)));
+}
+
+uint64_t readBe64(ByteView b) {
+  CCAL_ASSERT(b.size() >= 8);
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v = v << 8 | b[i];
+  return v;
+}
+
 int64_t readInt(ByteView b) {
   CCAL_ASSERT(b.size() >= 8);
   uint64_t u = 0;

@@ -21,6 +21,9 @@ namespace ccal::vault::keys {
 inline constexpr size_t ref_bytes = SecureHash::size_bytes + 4;
 
 void appendInt(Bytes& out, int64_t v);
+// Unsigned big-endian (sequence numbers): byte order is numeric order.
+void appendBe64(Bytes& out, uint64_t v);
+uint64_t readBe64(ByteView eight_bytes);
 void appendText(Bytes& out, std::string_view text);
 void appendHash(Bytes& out, const SecureHash& h);
 void appendRef(Bytes& out, const StateRef& ref);

@@ -25,16 +25,8 @@ const Bytes counter_key = {counter_tag};
 constexpr size_t lmdb_key_bytes_max = 511;  // LMDB's default, checked by WriteTxn::put
 static_assert(1 + 8 + 1 + peer_name_bytes_max + 2 + SecureHash::size_bytes <= lmdb_key_bytes_max);
 
-void appendBe64(Bytes& out, uint64_t v) {
-  for (int i = 7; i >= 0; --i) out.push_back(static_cast<uint8_t>(v >> (8 * i)));
-}
-
-uint64_t readBe64(ByteView b) {
-  CCAL_ASSERT(b.size() >= 8);
-  uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v = v << 8 | b[i];
-  return v;
-}
+using keys::appendBe64;
+using keys::readBe64;
 
 Bytes be64(uint64_t v) {
   Bytes out;

@@ -1,6 +1,8 @@
 #include "vault/message_store.h"
 
 #include <doctest/doctest.h>
+
+#include "test/support/temp_dir.h"
 #include <unistd.h>
 
 #include <atomic>
@@ -15,18 +17,6 @@ using namespace ccal;
 using namespace ccal::vault;
 
 namespace {
-
-struct TempDir {
-  std::string path;
-  TempDir() {
-    static std::atomic<int> n{0};
-    path = "/tmp/ccal-message-store-test-" + std::to_string(::getpid()) + "-" + std::to_string(n++);
-    std::filesystem::remove_all(path);
-  }
-  ~TempDir() { std::filesystem::remove_all(path); }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-};
 
 MessageId msgId(std::string_view name) {
   return SecureHash::of(asBytes(name));
@@ -44,7 +34,7 @@ const std::string bob = "O=Sanya Tea Cooperative, L=Sanya, C=CN";
 const std::string bank = "O=Hainan Rural Bank, L=Haikou, C=CN";
 
 struct Fixture {
-  TempDir dir;
+  ccal::testing::TempDir dir{"ccal-message-store-test"};
   ContractRegistry registry;
   std::atomic<int64_t> clock{1'000};
   std::unique_ptr<Vault> vault;

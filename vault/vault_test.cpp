@@ -1,6 +1,8 @@
 #include "vault/vault.h"
 
 #include <doctest/doctest.h>
+
+#include "test/support/temp_dir.h"
 #include <unistd.h>
 
 #include <atomic>
@@ -16,18 +18,8 @@ using namespace ccal::vault;
 
 namespace {
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    static std::atomic<int> n{0};
-    path = "/tmp/ccal-vault-test-" + std::to_string(::getpid()) + "-" + std::to_string(n++);
-    std::filesystem::remove_all(path);
-  }
-  ~TempDir() { std::filesystem::remove_all(path); }
-};
-
 struct Fixture {
-  TempDir dir;
+  ccal::testing::TempDir dir{"ccal-vault-test"};
   KeyPair alice = testKey(1), bob = testKey(2), bank = testKey(3), notary_key = testKey(9);
   Party alice_party = testParty("Haikou Fishing Cooperative", alice);
   Party bob_party = testParty("Sanya Tea Cooperative", bob);
