@@ -253,6 +253,60 @@ Status Vault::forEachTransaction(
   return {};
 }
 
+Status Vault::checkConsistency() const {
+  auto broken = [](const std::string& why) {
+    return makeError(Errc::storage_error, "vault inconsistent: " + why);
+  };
+  ReadTxn r = store_->read();
+  std::map<std::string_view, uint64_t> expected_entries;
+  std::map<Bytes, uint64_t> expected_counts;
+  Cursor c = r.cursor(VaultAccess::db(*this, db_state));
+  for (bool ok = c.first(); ok; ok = c.next()) {
+    if (c.key().size() != keys::ref_bytes) return broken("a state key of the wrong length");
+    StateRef ref = keys::refFromKeyEnd(c.key());
+    auto stored = decodeStateRecord(ref, c.value());
+    if (!stored) return broken(stored.error().message);
+    const VaultState& vs = stored->vs;
+    auto view = VaultAccess::viewOf(*this, vs.state);
+    if (!view) return broken("state " + ref.toString() + ": " + view.error().message);
+    for (const auto& [db, key] : VaultAccess::indexKeys(vs, *view)) {
+      if (!r.get(VaultAccess::db(*this, db), key)) {
+        return broken("state " + ref.toString() + " is missing from index " + std::string(db));
+      }
+      ++expected_entries[db];
+    }
+    Bytes count_key{statusByte(vs.status)};
+    keys::appendText(count_key, vs.state.stateType);
+    ++expected_counts[count_key];
+    if (vs.consumedBy && !r.get(VaultAccess::db(*this, db_tx), vs.consumedBy->view())) {
+      return broken("state " + ref.toString() + " is consumed by transaction " +
+                    vs.consumedBy->hex() + ", which is not recorded");
+    }
+    if (!r.get(VaultAccess::db(*this, db_tx), ref.txId.view())) {
+      return broken("state " + ref.toString() + " has no recorded transaction");
+    }
+  }
+  for (auto db : {ix_type, ix_participant, ix_linear, ix_field, ix_recorded, ix_consumed, ix_lock,
+                  ix_token}) {
+    uint64_t have = r.entries(VaultAccess::db(*this, db));
+    if (have != expected_entries[db]) {
+      return broken("index " + std::string(db) + " has " + std::to_string(have) +
+                    " entries, the states call for " + std::to_string(expected_entries[db]));
+    }
+  }
+  if (r.entries(VaultAccess::db(*this, db_counts)) != expected_counts.size()) {
+    return broken("the counts table has stale entries");
+  }
+  for (const auto& [key, n] : expected_counts) {
+    uint64_t have = readCount(r.get(VaultAccess::db(*this, db_counts), key));
+    if (have != n) {
+      return broken("a type count is " + std::to_string(have) + ", the states call for " +
+                    std::to_string(n));
+    }
+  }
+  return {};
+}
+
 void Vault::publish(const VaultUpdate& update) {
   std::vector<std::pair<Criteria, std::function<void(const VaultUpdate&)>>> trackers;
   {

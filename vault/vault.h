@@ -204,6 +204,12 @@ class Vault {
                                          std::function<void(const VaultUpdate&)> on_update);
   void untrack(TrackId id);
 
+  // Checks that the indexes and counts agree exactly with the stored states
+  // (every expected index key present, no extra ones) and that every consumed
+  // state's consuming transaction is recorded. storage_error names the first
+  // disagreement. For tests, tools and recovery checks: it reads everything.
+  Status checkConsistency() const;
+
   Store& store() { return *store_; }
   const ContractRegistry& registry() const { return registry_; }
 

@@ -144,6 +144,8 @@ TEST_CASE_FIXTURE(Fixture, "spending consumes held inputs; a second spender is a
   CHECK_FALSE(vault->hasTransaction(double_spend.id()));  // nothing of it written
   q.status = StatusFilter::all;
   CHECK(run(q).total == 3);
+  Status consistent = vault->checkConsistency();
+  CHECK_MESSAGE(consistent.ok(), (consistent.ok() ? "" : consistent.error().toString()));
 }
 
 TEST_CASE_FIXTURE(Fixture, "unverifiable or undecodable transactions are refused before writing") {
@@ -299,6 +301,7 @@ TEST_CASE_FIXTURE(Fixture, "soft locks: one holder at a time, release, crash rec
   REQUIRE(vault->record(move({both[1]}, {token(alice_party, 20)}), RecordMode::only_relevant).ok());
   CHECK_FALSE(vault->state(both[1]).value()->lock.has_value());
   CHECK(vault->lock(flow_a, std::span(both).subspan(1)).error().code == Errc::conflict);
+  CHECK(vault->checkConsistency().ok());
 }
 
 TEST_CASE_FIXTURE(Fixture, "fungible selection locks enough, or names the available balance") {
@@ -351,6 +354,7 @@ TEST_CASE_FIXTURE(Fixture, "parallel selections never hand out the same state") 
   for (auto& th : threads) th.join();
   CHECK(duplicates == 0);
   CHECK(successes > 0);
+  CHECK(vault->checkConsistency().ok());
 }
 
 TEST_CASE_FIXTURE(Fixture, "tracking: a snapshot, then the updates that match") {
@@ -390,4 +394,24 @@ TEST_CASE_FIXTURE(Fixture, "a reopened vault has everything; indexes agree with 
     return true;
   }).ok());
   CHECK(n == 1);
+}
+
+TEST_CASE_FIXTURE(Fixture, "the consistency check notices a missing index entry") {
+  auto stx = issue({token(alice_party, 42)});
+  REQUIRE(vault->record(stx, RecordMode::only_relevant).ok());
+  REQUIRE(vault->checkConsistency().ok());
+  // Remove every participant index entry behind the vault's back.
+  REQUIRE(vault->store()
+              .write([&](WriteTxn& w) -> Status {
+                std::vector<Bytes> doomed;
+                const Db& ix = vault->store().db("ix_participant");
+                Cursor c = w.cursor(ix);
+                for (bool ok = c.first(); ok; ok = c.next()) doomed.emplace_back(c.key().begin(), c.key().end());
+                for (const auto& k : doomed) CCAL_TRY(w.del(ix, k));
+                return {};
+              })
+              .ok());
+  auto broken = vault->checkConsistency();
+  CHECK(broken.error().code == Errc::storage_error);
+  CHECK(broken.error().message.find("ix_participant") != std::string::npos);
 }
