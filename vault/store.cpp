@@ -3,7 +3,6 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
-
 #include <unistd.h>
 
 #include <cerrno>
@@ -18,11 +17,10 @@ namespace ccal::vault {
 namespace {
 
 // Limits of this module, in one place.
-constexpr unsigned int readers_max = 256;            // ReadTxns open at once (one LMDB slot each)
-constexpr size_t db_names_max = 64;                  // sub-databases per environment
-constexpr uint64_t map_size_min_bytes = 1ull << 20;  // below this LMDB cannot hold its own pages
-constexpr uint64_t disk_free_low_bytes = 1ull
-                                         << 20;  // a failed write with less free is "disk full"
+constexpr unsigned int readers_max = 256;             // ReadTxns open at once (one LMDB slot each)
+constexpr size_t db_names_max = 64;                   // sub-databases per environment
+constexpr uint64_t map_size_min_bytes = 1ull << 20;   // below this LMDB cannot hold its own pages
+constexpr uint64_t disk_free_low_bytes = 1ull << 20;  // a failed write with less free: disk full
 
 // The stamp: which program made the file, and with which schema version.
 constexpr const char* meta_db_name = "meta";
