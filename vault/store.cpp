@@ -3,8 +3,10 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <exception>
 #include <filesystem>
@@ -15,11 +17,10 @@ namespace ccal::vault {
 namespace {
 
 // Limits of this module, in one place.
-constexpr unsigned int readers_max = 256;            // ReadTxns open at once (one LMDB slot each)
-constexpr size_t db_names_max = 64;                  // sub-databases per environment
-constexpr uint64_t map_size_min_bytes = 1ull << 20;  // below this LMDB cannot hold its own pages
-constexpr uint64_t disk_free_low_bytes = 1ull
-                                         << 20;  // a failed write with less free is "disk full"
+constexpr unsigned int readers_max = 256;             // ReadTxns open at once (one LMDB slot each)
+constexpr size_t db_names_max = 64;                   // sub-databases per environment
+constexpr uint64_t map_size_min_bytes = 1ull << 20;   // below this LMDB cannot hold its own pages
+constexpr uint64_t disk_free_low_bytes = 1ull << 20;  // a failed write with less free: disk full
 
 // The stamp: which program made the file, and with which schema version.
 constexpr const char* meta_db_name = "meta";
@@ -154,6 +155,30 @@ Error writeFailure(int rc, const std::string& what, MDB_env* env) {
   throw std::runtime_error(
       lmdbError(rc, what + " in " + dataFileOf(mdb_txn_env(txn)), mapSizeOf(mdb_txn_env(txn)))
           .toString());
+}
+
+// Read transactions of this process still open on `env`, from LMDB's reader
+// table (MDB_NOTLS releases a slot when its transaction ends).
+int openReadersOfThisProcess(MDB_env* env) {
+  struct Count {
+    int pid;
+    int open;
+  } count{static_cast<int>(::getpid()), 0};
+  mdb_reader_list(
+      env,
+      [](const char* line, void* ctx) -> int {
+        auto* c = static_cast<Count*>(ctx);
+        int pid = 0;
+        size_t thread = 0;
+        char txnid[32] = {};
+        if (std::sscanf(line, "%d %zx %31s", &pid, &thread, txnid) == 3 && pid == c->pid &&
+            std::strcmp(txnid, "-") != 0) {
+          ++c->open;
+        }
+        return 0;
+      },
+      &count);
+  return count.open;
 }
 
 void encodeU32(uint8_t out[4], uint32_t v) {
@@ -463,6 +488,12 @@ Result<std::unique_ptr<Store>> Store::open(const StoreConfig& config,
     return lmdbError(rc, "open " + file, map_size);
   }
 
+  // Free the reader slots of processes that died holding them (kill -9):
+  // they would otherwise keep old pages from being reused.
+  int stale_readers = 0;
+  rc = mdb_reader_check(store->env_, &stale_readers);
+  if (rc != 0) return lmdbError(rc, "clear stale readers of " + file, map_size);
+
   MDB_txn* txn = nullptr;
   rc = mdb_txn_begin(store->env_, nullptr, 0, &txn);
   if (rc != 0) return lmdbError(rc, "begin the opening transaction on " + file, map_size);
@@ -502,7 +533,11 @@ Store::~Store() {
     writer_.join();
     CCAL_ASSERT_MSG(queue_.empty(), "the writer stopped with requests still queued");
   }
-  if (env_ != nullptr) mdb_env_close(env_);
+  if (env_ != nullptr) {
+    // A ReadTxn (or the views it handed out) must not outlive its Store.
+    CCAL_ASSERT_MSG(openReadersOfThisProcess(env_) == 0, "a ReadTxn outlived its Store");
+    mdb_env_close(env_);
+  }
   std::lock_guard lock(g_open_mutex);
   g_open.erase(this);
 }

@@ -714,3 +714,48 @@ TEST_CASE("Store: a full disk (a file size limit, in a child) loses nothing ackn
   auto store = openStore(testConfig(dir.store(), /*durable=*/true));
   checkRecords(*store, acked, value_size);
 }
+
+namespace {
+// Runs `misuse` in a forked child, whose stderr is silenced, and tells
+// whether it died of an assertion (SIGABRT).
+template <class Fn>
+bool abortsInChild(Fn misuse) {
+  pid_t child = ::fork();
+  CCAL_ASSERT(child >= 0);
+  if (child == 0) {
+    std::freopen("/dev/null", "w", stderr);
+    misuse();
+    ::_exit(0);
+  }
+  int wstatus = 0;
+  CCAL_ASSERT(::waitpid(child, &wstatus, 0) == child);
+  return WIFSIGNALED(wstatus) && WTERMSIG(wstatus) == SIGABRT;
+}
+}  // namespace
+
+TEST_CASE("Store: misuse that would corrupt memory or deadlock is an assertion") {
+  TempDir dir;
+  // A read transaction still open when its Store closes.
+  CHECK(abortsInChild([&] {
+    auto store = std::move(Store::open(testConfig(dir.store()), db_names, schema, 1)).value();
+    auto* leaked = new ReadTxn(store->read());
+    (void)leaked;
+    store.reset();
+  }));
+  // write() from inside a write request: the writer would wait for itself.
+  CHECK(abortsInChild([&] {
+    auto store = std::move(Store::open(testConfig(dir.store()), db_names, schema, 1)).value();
+    Store* s = store.get();
+    (void)store->write([s](WriteTxn&) { return s->write([](WriteTxn&) { return Status(); }); });
+  }));
+  // A sub-database the store was not opened with.
+  CHECK(abortsInChild([&] {
+    auto store = std::move(Store::open(testConfig(dir.store()), db_names, schema, 1)).value();
+    (void)store->db("no such db");
+  }));
+  // The control: proper use does not abort.
+  CHECK_FALSE(abortsInChild([&] {
+    auto store = std::move(Store::open(testConfig(dir.store()), db_names, schema, 1)).value();
+    ReadTxn txn = store->read();
+  }));
+}

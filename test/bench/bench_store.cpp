@@ -8,7 +8,8 @@
 // disk's commit rate; with more, the writer puts many requests in one commit.
 // Reported: requests/s and commits/s, each trial's pair taken from the trial
 // with the median request rate. A 16-writer run without fsync is a reference
-// for the CPU side.
+// for the CPU side, and raw LMDB durable commits of one small put, measured
+// in the same run, are the disk's own commit rate (shared machines vary).
 
 #include <algorithm>
 #include <atomic>
@@ -19,6 +20,9 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <lmdb.h>
+#include <sys/stat.h>
 
 #include "test/bench/bench.h"
 #include "vault/store.h"
@@ -160,6 +164,44 @@ Figures measure(const bench::Options& options, int threads, bool durable) {
   return trials[trials.size() / 2];
 }
 
+// Durable commits per second of raw LMDB, one 8-byte key and 300-byte value
+// each: the floor that one writer without group commit cannot beat.
+double rawCommitRate(const bench::Options& options) {
+  std::string pattern = "/tmp/ccal-bench-lmdb-XXXXXX";
+  if (::mkdtemp(pattern.data()) == nullptr) {
+    std::perror("bench: mkdtemp");
+    std::exit(1);
+  }
+  MDB_env* env = nullptr;
+  MDB_txn* txn = nullptr;
+  MDB_dbi dbi = 0;
+  bool ok = mdb_env_create(&env) == 0 && mdb_env_set_mapsize(env, 1ull << 30) == 0 &&
+            mdb_env_open(env, pattern.c_str(), 0, 0600) == 0 &&
+            mdb_txn_begin(env, nullptr, 0, &txn) == 0 && mdb_dbi_open(txn, nullptr, 0, &dbi) == 0 &&
+            mdb_txn_commit(txn) == 0;
+  if (!ok) {
+    std::fprintf(stderr, "bench: raw LMDB setup failed\n");
+    std::exit(1);
+  }
+  uint64_t rng = 1;
+  Bytes value(state_bytes, 0x5a);
+  bench::Options fewer = options;
+  fewer.trial_seconds = options.trial_seconds / 2;
+  double rate = bench::medianRate(fewer, [&] {
+    uint64_t key = splitmix(rng);
+    MDB_val k{sizeof key, &key}, v{value.size(), value.data()};
+    if (mdb_txn_begin(env, nullptr, 0, &txn) != 0 || mdb_put(txn, dbi, &k, &v, 0) != 0 ||
+        mdb_txn_commit(txn) != 0) {
+      std::fprintf(stderr, "bench: raw LMDB commit failed\n");
+      std::exit(1);
+    }
+  });
+  mdb_env_close(env);
+  std::error_code ec;
+  std::filesystem::remove_all(pattern, ec);
+  return rate;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -168,12 +210,14 @@ int main(int argc, char** argv) {
   Figures durable[3];
   for (int i = 0; i < 3; ++i) durable[i] = measure(options, thread_counts[i], true);
   Figures no_fsync = measure(options, 16, false);
+  double raw_commits = rawCommitRate(options);
 
   std::printf("CCAL store benchmark (LMDB, median of %d trials of %.2fs)\n", options.trials,
               options.trial_seconds);
   std::printf("  one request = a 2-in 2-out transaction recorded: %d puts, ~%zu bytes\n",
               puts_per_request,
               transaction_bytes + 4 * state_bytes + index_entries * (1 + 32 + 32));
+  std::printf("  raw LMDB durable commits (1 put each), same run: %.0f /s\n", raw_commits);
   std::printf("  writers   requests/s    commits/s   requests/commit\n");
   for (int i = 0; i < 3; ++i) {
     std::printf("  %7d   %10.0f   %10.0f   %15.1f   durable\n", thread_counts[i],
@@ -188,9 +232,10 @@ int main(int argc, char** argv) {
       "\"w1_requests_per_s\":%.0f,\"w1_commits_per_s\":%.0f,"
       "\"w4_requests_per_s\":%.0f,\"w4_commits_per_s\":%.0f,"
       "\"w16_requests_per_s\":%.0f,\"w16_commits_per_s\":%.0f,"
-      "\"w16_nosync_requests_per_s\":%.0f,\"w16_nosync_commits_per_s\":%.0f}\n",
+      "\"w16_nosync_requests_per_s\":%.0f,\"w16_nosync_commits_per_s\":%.0f,"
+      "\"raw_lmdb_commits_per_s\":%.0f}\n",
       puts_per_request, durable[0].requests_per_s, durable[0].commits_per_s,
       durable[1].requests_per_s, durable[1].commits_per_s, durable[2].requests_per_s,
-      durable[2].commits_per_s, no_fsync.requests_per_s, no_fsync.commits_per_s);
+      durable[2].commits_per_s, no_fsync.requests_per_s, no_fsync.commits_per_s, raw_commits);
   return 0;
 }
