@@ -422,18 +422,43 @@ Result<Page> Vault::query(const Query& q) const {
   Page page;
   page.page_number = q.page_number;
 
-  // Streaming: one leaf whose single index range is already in the sort order.
+  // Streaming: one index range already in the sort order — one leaf, or an
+  // AND of ranges on the field the page is sorted by (intersected).
   const Criteria& c = q.criteria;
   bool one_status = q.status != StatusFilter::all;
-  bool streams = one_status && q.relevance == RelevanceFilter::all &&
-                 ((c.kind() == Kind::state_type && by == "recorded") ||
-                  (c.kind() == Kind::all && by == "recorded") ||
-                  (c.kind() == Kind::recorded && by == "recorded") ||
-                  (c.kind() == Kind::field && by == c.fieldName() && c.op() != FieldOp::in));
-  if (streams) {
-    auto ranges = leafRanges(c, q.status);
-    CCAL_ASSERT(ranges.size() == 1);
-    const Range& range = ranges[0];
+  std::optional<Range> stream;
+  if (one_status && q.relevance == RelevanceFilter::all) {
+    bool leaf_streams = (c.kind() == Kind::state_type && by == "recorded") ||
+                        (c.kind() == Kind::all && by == "recorded") ||
+                        (c.kind() == Kind::recorded && by == "recorded") ||
+                        (c.kind() == Kind::field && by == c.fieldName() && c.op() != FieldOp::in);
+    if (leaf_streams) {
+      auto ranges = leafRanges(c, q.status);
+      CCAL_ASSERT(ranges.size() == 1);
+      stream = ranges[0];
+    } else if (c.kind() == Kind::and_) {
+      bool same_field = true;
+      for (const auto& child : c.children()) {
+        same_field = same_field && child.kind() == Kind::field && child.op() != FieldOp::in &&
+                     child.fieldName() == by && child.text() == c.children()[0].text();
+      }
+      if (same_field) {
+        for (const auto& child : c.children()) {
+          Range range = leafRanges(child, q.status)[0];
+          if (!stream) {
+            stream = range;
+            continue;
+          }
+          stream->begin = std::max(stream->begin, range.begin);
+          if (range.end && (!stream->end || *range.end < *stream->end)) stream->end = range.end;
+        }
+        // An empty intersection streams nothing.
+        if (stream->end && !(stream->begin < *stream->end)) stream->end = stream->begin;
+      }
+    }
+  }
+  if (stream) {
+    const Range& range = *stream;
     // The total: a maintained count for a whole type, else count the keys.
     if (c.kind() == Kind::state_type) {
       Bytes k{statusByte(statusesOf(q.status)[0])};

@@ -225,6 +225,19 @@ TEST_CASE_FIXTURE(Fixture, "every field operator, and/or, paging and sorting") {
         CHECK(amounts(a) == amounts(b));
         CHECK(a.total == b.total);
         CHECK(a.has_more == b.has_more);
+        // Two ranges on the sort field stream as their intersection.
+        Query both = streamed;
+        both.criteria = amount(FieldOp::gt, {int64_t{10}}) && amount(FieldOp::le, {int64_t{40}});
+        Query both_general = both;
+        both_general.criteria = both.criteria && tokens();
+        auto c = run(both), d = run(both_general);
+        CHECK(amounts(c) == amounts(d));
+        CHECK(c.total == d.total);
+        CHECK(c.total == 3);
+        Query none = both;
+        none.criteria = amount(FieldOp::gt, {int64_t{40}}) && amount(FieldOp::lt, {int64_t{20}});
+        CHECK(run(none).total == 0);
+        CHECK(run(none).states.empty());
       }
     }
   }
