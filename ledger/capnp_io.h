@@ -88,6 +88,8 @@ inline kj::ArrayPtr<const capnp::word> asWords(ByteView bytes) {
 }
 
 inline ByteView asByteView(capnp::Data::Reader data) { return {data.begin(), data.size()}; }
+// The reverse: bytes to hand to a Cap'n Proto Data setter.
+inline kj::ArrayPtr<const kj::byte> asData(ByteView bytes) { return {bytes.data(), bytes.size()}; }
 
 enum class Canonical { required, not_required };
 

@@ -6,7 +6,6 @@ namespace ccal {
 
 namespace {
 
-kj::ArrayPtr<const kj::byte> dataOf(ByteView v) { return {v.data(), v.size()}; }
 
 Error groupError(ComponentGroup g, Errc code, const std::string& why) {
   return makeError(code, std::string("filtered ") + componentGroupName(g) + ": " + why);
@@ -142,9 +141,9 @@ Status FilteredTransaction::checkAllVisible(ComponentGroup group) const {
 }
 
 void FilteredTransaction::write(schema::FilteredTransaction::Builder b) const {
-  b.setId(dataOf(id_.view()));
+  b.setId(asData(id_.view()));
   auto hashes = b.initGroupHashes(component_group_count);
-  for (uint32_t g = 0; g < component_group_count; ++g) hashes.set(g, dataOf(group_hashes_[g].view()));
+  for (uint32_t g = 0; g < component_group_count; ++g) hashes.set(g, asData(group_hashes_[g].view()));
   auto groups = b.initGroups(static_cast<unsigned>(groups_.size()));
   for (size_t i = 0; i < groups_.size(); ++i) {
     const auto& in = groups_[i];
@@ -154,11 +153,11 @@ void FilteredTransaction::write(schema::FilteredTransaction::Builder b) const {
     auto indices = out.initIndices(static_cast<unsigned>(in.indices.size()));
     for (size_t j = 0; j < in.indices.size(); ++j) indices.set(j, in.indices[j]);
     auto components = out.initComponents(static_cast<unsigned>(in.components.size()));
-    for (size_t j = 0; j < in.components.size(); ++j) components.set(j, dataOf(in.components[j]));
+    for (size_t j = 0; j < in.components.size(); ++j) components.set(j, asData(in.components[j]));
     auto nonces = out.initNonces(static_cast<unsigned>(in.nonces.size()));
-    for (size_t j = 0; j < in.nonces.size(); ++j) nonces.set(j, dataOf(in.nonces[j].view()));
+    for (size_t j = 0; j < in.nonces.size(); ++j) nonces.set(j, asData(in.nonces[j].view()));
     auto proof = out.initProof(static_cast<unsigned>(in.proof.size()));
-    for (size_t j = 0; j < in.proof.size(); ++j) proof.set(j, dataOf(in.proof[j].view()));
+    for (size_t j = 0; j < in.proof.size(); ++j) proof.set(j, asData(in.proof[j].view()));
   }
 }
 

@@ -4,10 +4,6 @@
 
 namespace ccal {
 
-namespace {
-kj::ArrayPtr<const kj::byte> dataOf(ByteView v) { return {v.data(), v.size()}; }
-}  // namespace
-
 DigitalSignature SignedTransaction::signatureBy(const KeyPair& key) const {
   return key.sign(signableBytes(id()));
 }
@@ -78,10 +74,10 @@ void SignedTransaction::write(schema::SignedTransaction::Builder b) const {
     const auto& s = signatures_[i];
     auto out = sigs[i];
     out.initBy().setScheme(static_cast<uint16_t>(s.by().scheme()));
-    out.getBy().setKey(dataOf(s.by().view()));
+    out.getBy().setKey(asData(s.by().view()));
     out.setScheme(static_cast<uint16_t>(s.scheme()));
     out.setVersion(s.version());
-    out.setSignature(dataOf(s.view()));
+    out.setSignature(asData(s.view()));
   }
 }
 

@@ -48,7 +48,6 @@ void writeKeys(capnp::List<schema::Key>::Builder list, const std::vector<Key>& k
   for (size_t i = 0; i < keys.size(); ++i) keys[i].write(list[i]);
 }
 
-kj::ArrayPtr<const kj::byte> dataOf(ByteView v) { return {v.data(), v.size()}; }
 
 }  // namespace
 
@@ -61,7 +60,7 @@ Result<StateRef> readStateRef(schema::StateRef::Reader reader) {
 }
 
 void writeStateRef(schema::StateRef::Builder builder, const StateRef& ref) {
-  builder.setTxId(dataOf(ref.txId.view()));
+  builder.setTxId(asData(ref.txId.view()));
   builder.setIndex(ref.index);
 }
 
@@ -126,7 +125,7 @@ Result<TransactionState> readTransactionState(schema::TransactionState::Reader r
 void writeTransactionState(schema::TransactionState::Builder b, const TransactionState& s) {
   b.setContract(s.contract);
   b.setStateType(s.stateType);
-  b.setData(dataOf(s.data));
+  b.setData(asData(s.data));
   writeKeys(b.initParticipants(static_cast<unsigned>(s.participants.size())), s.participants);
   writeParty(b.initNotary(), s.notary);
   if (s.encumbrance) {
@@ -136,7 +135,7 @@ void writeTransactionState(schema::TransactionState::Builder b, const Transactio
   if (s.constraint.alwaysAccept) {
     b.initConstraint().setAlwaysAccept();
   } else {
-    b.initConstraint().setHash(dataOf(s.constraint.codeHash.view()));
+    b.initConstraint().setHash(asData(s.constraint.codeHash.view()));
   }
 }
 
@@ -151,7 +150,7 @@ Bytes encodeTransactionState(const TransactionState& state) {
 Bytes encodeCommandValue(const Command& command) {
   return buildCanonical<schema::Command>([&](auto b) {
     b.setType(command.type);
-    b.setData(dataOf(command.data));
+    b.setData(asData(command.data));
   });
 }
 
@@ -180,7 +179,7 @@ Bytes encodeTimeWindow(const TimeWindow& w) {
 
 // Attachment ids and the parameters hash share one layout (a single Data field).
 Bytes encodeHashComponent(const SecureHash& hash) {
-  return buildCanonical<schema::AttachmentId>([&](auto b) { b.setHash(dataOf(hash.view())); });
+  return buildCanonical<schema::AttachmentId>([&](auto b) { b.setHash(asData(hash.view())); });
 }
 
 Result<StateRef> decodeStateRef(ByteView bytes) {

@@ -25,7 +25,6 @@ Status checkCount(ComponentGroup g, size_t count, uint32_t max) {
   return {};
 }
 
-kj::ArrayPtr<const kj::byte> dataOf(ByteView v) { return {v.data(), v.size()}; }
 
 }  // namespace
 
@@ -202,9 +201,9 @@ void WireTransaction::write(schema::WireTransaction::Builder builder) const {
     auto out = groups[at++];
     out.setGroupIndex(g);
     auto components = out.initComponents(static_cast<unsigned>(groups_[g].size()));
-    for (size_t i = 0; i < groups_[g].size(); ++i) components.set(i, dataOf(groups_[g][i]));
+    for (size_t i = 0; i < groups_[g].size(); ++i) components.set(i, asData(groups_[g][i]));
   }
-  builder.setPrivacySalt(dataOf(privacySalt()));
+  builder.setPrivacySalt(asData(privacySalt()));
 }
 
 Bytes WireTransaction::encode() const {

@@ -63,7 +63,7 @@ Result<Head> decodeHead(const FlowId& id, ByteView value) {
 Bytes encodeCheckpoint(const FlowCheckpoint& cp) {
   return buildCanonical<schema::flows::FlowCheckpoint>([&](auto b) {
     b.setFlowName(cp.flowName);
-    b.setArgs(dataOf(cp.args));
+    b.setArgs(asData(cp.args));
     b.setStartedMicros(cp.startedMicros);
     b.setStatus(static_cast<uint8_t>(cp.status));
     if (cp.status == FlowStatus::parked) {
@@ -72,7 +72,7 @@ Bytes encodeCheckpoint(const FlowCheckpoint& cp) {
     }
     if (cp.status == FlowStatus::finished) {
       b.setOutcome(static_cast<uint8_t>(cp.outcome));
-      b.setResult(dataOf(cp.result));
+      b.setResult(asData(cp.result));
       b.setFinishedMicros(cp.finishedMicros);
       b.setJournalLength(cp.journalLength);
     }

@@ -146,7 +146,7 @@ void Vault::recordAsync(const SignedTransaction& stx, RecordMode mode, DoneFn do
     Bytes encoded = stx.encode();
     *tx_record = buildCanonical<schema::vault::TransactionRecord>([&](auto b) {
       b.setRecordedMicros(at);
-      b.setSignedTransaction(dataOf(encoded));
+      b.setSignedTransaction(asData(encoded));
     });
   }
 

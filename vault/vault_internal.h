@@ -35,7 +35,6 @@ inline constexpr std::string_view db_msg_outbox = "msg_outbox";
 inline constexpr std::string_view db_msg_inbox = "msg_inbox";
 inline constexpr std::string_view db_msg_dedup = "msg_dedup";
 
-inline kj::ArrayPtr<const kj::byte> dataOf(ByteView v) { return {v.data(), v.size()}; }
 
 inline uint8_t statusByte(StateStatus s) { return static_cast<uint8_t>(s); }
 
@@ -54,9 +53,9 @@ inline Bytes encodeStateRecord(const VaultState& vs, ByteView state_bytes) {
     b.setRelevance(static_cast<uint8_t>(vs.relevance));
     b.setRecordedMicros(vs.recordedMicros);
     if (vs.consumedMicros) b.setConsumedMicros(*vs.consumedMicros);
-    if (vs.consumedBy) b.setConsumedBy(dataOf(vs.consumedBy->view()));
-    if (vs.lock) b.setLock(dataOf(vs.lock->view()));
-    b.setState(dataOf(state_bytes));
+    if (vs.consumedBy) b.setConsumedBy(asData(vs.consumedBy->view()));
+    if (vs.lock) b.setLock(asData(vs.lock->view()));
+    b.setState(asData(state_bytes));
   });
 }
 
