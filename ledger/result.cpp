@@ -33,6 +33,8 @@ const char* errcName(Errc code) {
     case Errc::storage_full: return "storage_full";
     case Errc::storage_error: return "storage_error";
     case Errc::schema_mismatch: return "schema_mismatch";
+    case Errc::io_error: return "io_error";
+    case Errc::timeout: return "timeout";
   }
   return "unknown_error";
 }

@@ -41,6 +41,8 @@ enum class Errc : uint16_t {
   storage_full,          // the store's map, the disk or a file size limit is full
   storage_error,         // the store failed an operation (I/O error, corruption, a failing request)
   schema_mismatch,       // a store file made by another program, schema version or LMDB format
+  io_error,              // an operating-system operation failed (file, process, socket)
+  timeout,               // something did not happen within its time limit
 };
 
 const char* errcName(Errc code);
