@@ -442,13 +442,14 @@ Result<BootstrapResult> bootstrapNetwork(const NetworkSpec& spec, const fs::path
   auto map_cert = root->issueLegalIdentity(name(spec.network_map_name), map_key.publicKey(),
                                            validity);
   CCAL_TRY(map_cert);
-  // Empty revocation lists of the root and the doorman, valid as long as the certificates:
-  // the operator issues newer ones (from _operator/) to revoke a member.
+  // Empty revocation lists of every CA (root, doorman, each node CA), valid as long as the
+  // certificates, so that a full check (`openssl verify -crl_check_all`) passes: the operator
+  // issues newer ones (keys in _operator/) to revoke a member.
   auto root_crl = root->issueCrl({}, now, validity.not_after);
   CCAL_TRY(root_crl);
   auto doorman_crl = doorman->issueCrl({}, now, validity.not_after);
   CCAL_TRY(doorman_crl);
-  const std::string crls_pem = root_crl->pem() + doorman_crl->pem();
+  std::string crls_pem = root_crl->pem() + doorman_crl->pem();
 
   std::vector<Issued> issued(spec.nodes.size());
   std::map<std::string, const Issued*> by_name;
@@ -464,6 +465,9 @@ Result<BootstrapResult> bootstrapNetwork(const NetworkSpec& spec, const fs::path
     CCAL_TRY(identity);
     auto tls = node_ca->issueTls(n, m.tls_key.publicKey(), validity);
     CCAL_TRY(tls);
+    auto node_crl = node_ca->issueCrl({}, now, validity.not_after);
+    CCAL_TRY(node_crl);
+    crls_pem += node_crl->pem();
     m.identity_chain = {*identity, *ca_cert, *doorman_cert};
     m.tls_chain = {*tls, *ca_cert, *doorman_cert};
     by_name[m.spec->name] = &m;

@@ -38,7 +38,8 @@ int runBootstrap(const std::string& spec_file, const std::string& out_dir, bool 
               << "  " << m["x500"].get<std::string>() << "\n";
   }
   for (const auto& n : result->summary["notaries"]) {
-    std::cout << "  notary " << n["name"].get<std::string>() << ": " << n["threshold"].get<int>()
+    std::cout << "  notary " << n["name"].get<std::string>() << " ("
+              << n["x500"].get<std::string>() << "): " << n["threshold"].get<int>()
               << " of " << n["replicas"].size() << " replicas, f = " << n["f"].get<int>()
               << (n["validating"].get<bool>() ? ", validating" : ", non-validating") << "\n";
   }
