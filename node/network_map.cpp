@@ -155,6 +155,20 @@ ReadLimits limitsOf(size_t bytes_max) {
   return l;
 }
 
+// Cap'n Proto keeps bits of a struct's data section that the schema does not use, and
+// canonical form does not clear them: a decoder that must give one meaning one encoding
+// re-encodes what it read and compares.
+template <class T>
+Result<T> exactly(Result<T> decoded, ByteView bytes, const char* what) {
+  CCAL_TRY(decoded);
+  const Bytes again = decoded->encode();
+  if (!std::equal(again.begin(), again.end(), bytes.begin(), bytes.end())) {
+    return makeError(Errc::not_canonical,
+                     std::string(what) + ": carries data outside the schema");
+  }
+  return decoded;
+}
+
 // Checks a member's certificate chain: the leaf is `name`'s, issued by `name`'s own node CA,
 // with the usages `is_kind` wants, and the path validates at `at`.
 Status checkChain(const std::vector<Certificate>& chain, const std::string& name,
@@ -290,7 +304,7 @@ Bytes NetworkParameters::encode() const {
 }
 
 Result<NetworkParameters> NetworkParameters::decode(ByteView bytes) {
-  return decodeMessage<net::NetworkParameters>(
+  return exactly(decodeMessage<net::NetworkParameters>(
       bytes, "network parameters", Canonical::required,
       [](net::NetworkParameters::Reader r) -> Result<NetworkParameters> {
         NetworkParameters p;
@@ -379,7 +393,8 @@ Result<NetworkParameters> NetworkParameters::decode(ByteView bytes) {
         }
         return p;
       },
-      limitsOf(L::parameters_bytes_max));
+      limitsOf(L::parameters_bytes_max)),
+                 bytes, "network parameters");
 }
 
 // --- SignedNetworkParameters ------------------------------------------------------------
@@ -403,12 +418,12 @@ Bytes SignedNetworkParameters::encode() const {
 }
 
 Result<SignedNetworkParameters> SignedNetworkParameters::decode(ByteView bytes) {
-  return decodeMessage<net::SignedNetworkParameters>(
+  return exactly(decodeMessage<net::SignedNetworkParameters>(
       bytes, "signed network parameters", Canonical::required,
       [](net::SignedNetworkParameters::Reader r) -> Result<SignedNetworkParameters> {
         SignedNetworkParameters s;
-        const auto raw = asByteView(r.getRaw());
-        s.raw.assign(raw.begin(), raw.end());
+        const auto raw_bytes = asByteView(r.getRaw());
+        s.raw.assign(raw_bytes.begin(), raw_bytes.end());
         auto sig = readSignature(r.getSignature());
         if (!sig) return prefixed("signature: ", sig.error());
         s.signature = *sig;
@@ -416,7 +431,8 @@ Result<SignedNetworkParameters> SignedNetworkParameters::decode(ByteView bytes) 
         s.signer_certificate_der.assign(der.begin(), der.end());
         return s;
       },
-      limitsOf(L::parameters_bytes_max + Certificate::encoded_bytes_max + 1024));
+      limitsOf(L::parameters_bytes_max + Certificate::encoded_bytes_max + 1024)),
+                 bytes, "signed network parameters");
 }
 
 Result<NetworkParameters> SignedNetworkParameters::verify(const Certificate& root,
@@ -425,6 +441,16 @@ Result<NetworkParameters> SignedNetworkParameters::verify(const Certificate& roo
   const std::string what = "network parameters: ";
   auto cert = Certificate::fromDer(signer_certificate_der);
   if (!cert) return prefixed(what + "signer certificate: ", cert.error());
+  // The signature first: one verification, before the costlier certificate path.
+  auto cert_key = cert->publicKey();
+  if (!cert_key) return prefixed(what, cert_key.error());
+  if (*cert_key != signature.by()) {
+    return makeError(Errc::bad_signature, what + "signed by key " + signature.by().shortHex() +
+                                              ", not by the signer certificate's key " +
+                                              cert_key->shortHex());
+  }
+  auto ok = signature.verify(signedBytes(parameters_domain, raw));
+  if (!ok) return prefixed(what, ok.error());
   if (cert->issuer() != root.subject()) {
     return makeError(Errc::certificate_invalid,
                      what + "signer certificate " + quote(cert->subject().toString()) +
@@ -439,15 +465,6 @@ Result<NetworkParameters> SignedNetworkParameters::verify(const Certificate& roo
                      what + "signer certificate " + quote(cert->subject().toString()) +
                          " is not a signing (non-repudiation) certificate");
   }
-  auto cert_key = cert->publicKey();
-  if (!cert_key) return prefixed(what, cert_key.error());
-  if (*cert_key != signature.by()) {
-    return makeError(Errc::bad_signature, what + "signed by key " + signature.by().shortHex() +
-                                              ", not by the signer certificate's key " +
-                                              cert_key->shortHex());
-  }
-  auto ok = signature.verify(signedBytes(parameters_domain, raw));
-  if (!ok) return prefixed(what, ok.error());
   return NetworkParameters::decode(raw);
 }
 
@@ -472,13 +489,13 @@ Bytes NodeInfo::encode() const {
 }
 
 Result<NodeInfo> NodeInfo::decode(ByteView bytes) {
-  return decodeMessage<net::NodeInfo>(
+  return exactly(decodeMessage<net::NodeInfo>(
       bytes, "node info", Canonical::required,
       [](net::NodeInfo::Reader r) -> Result<NodeInfo> {
         NodeInfo info;
-        auto name = readName(r.getName(), "name");
-        CCAL_TRY(name);
-        info.name = *name;
+        auto member_name = readName(r.getName(), "name");
+        CCAL_TRY(member_name);
+        info.name = *member_name;
         const std::string what = "member " + quote(info.name) + ": ";
         auto addrs = readAddresses(r.getAddresses(), "node info");
         if (!addrs) return prefixed(what, addrs.error());
@@ -505,7 +522,8 @@ Result<NodeInfo> NodeInfo::decode(ByteView bytes) {
         info.serial = r.getSerial();
         return info;
       },
-      limitsOf(L::node_info_bytes_max));
+      limitsOf(L::node_info_bytes_max)),
+                 bytes, "node info");
 }
 
 SignedNodeInfo SignedNodeInfo::sign(const NodeInfo& info, const KeyPair& identity_key) {
@@ -523,18 +541,19 @@ Bytes SignedNodeInfo::encode() const {
 }
 
 Result<SignedNodeInfo> SignedNodeInfo::decode(ByteView bytes) {
-  return decodeMessage<net::SignedNodeInfo>(
+  return exactly(decodeMessage<net::SignedNodeInfo>(
       bytes, "signed node info", Canonical::required,
       [](net::SignedNodeInfo::Reader r) -> Result<SignedNodeInfo> {
         SignedNodeInfo s;
-        const auto raw = asByteView(r.getRaw());
-        s.raw.assign(raw.begin(), raw.end());
+        const auto raw_bytes = asByteView(r.getRaw());
+        s.raw.assign(raw_bytes.begin(), raw_bytes.end());
         auto sig = readSignature(r.getSignature());
         if (!sig) return prefixed("signed node info: signature: ", sig.error());
         s.signature = *sig;
         return s;
       },
-      limitsOf(L::node_info_bytes_max + 1024));
+      limitsOf(L::node_info_bytes_max + 1024)),
+                 bytes, "signed node info");
 }
 
 Result<NodeInfo> SignedNodeInfo::verify(const Certificate& root, std::span<const Crl> crls,
@@ -542,6 +561,15 @@ Result<NodeInfo> SignedNodeInfo::verify(const Certificate& root, std::span<const
   auto info = NodeInfo::decode(raw);
   CCAL_TRY(info);
   const std::string what = "member " + quote(info->name) + ": ";
+  // The signature first: one verification, before the costlier certificate paths.
+  if (signature.by() != info->legal_identity_key) {
+    return makeError(Errc::bad_signature, what + "node info signed by key " +
+                                              signature.by().shortHex() +
+                                              ", not by the member's legal identity key " +
+                                              info->legal_identity_key.shortHex());
+  }
+  auto ok = signature.verify(signedBytes(node_info_domain, raw));
+  if (!ok) return prefixed(what + "node info: ", ok.error());
   auto ic = checkChain(info->identity_chain, info->name, "legal identity",
                        isLegalIdentityCertificate, root, crls, at);
   if (!ic) return prefixed(what, ic.error());
@@ -554,14 +582,6 @@ Result<NodeInfo> SignedNodeInfo::verify(const Certificate& root, std::span<const
   }
   auto tc = checkChain(info->tls_chain, info->name, "TLS", isTlsCertificate, root, crls, at);
   if (!tc) return prefixed(what, tc.error());
-  if (signature.by() != info->legal_identity_key) {
-    return makeError(Errc::bad_signature, what + "node info signed by key " +
-                                              signature.by().shortHex() +
-                                              ", not by the member's legal identity key " +
-                                              info->legal_identity_key.shortHex());
-  }
-  auto ok = signature.verify(signedBytes(node_info_domain, raw));
-  if (!ok) return prefixed(what + "node info: ", ok.error());
   return info;
 }
 
