@@ -448,7 +448,6 @@ std::vector<ConfigKeyDoc> configKeyDocs() {
     std::string def = s.required ? "(required)"
                       : !s.default_override.empty() ? "same as " + s.default_override
                                                     : s.show(defaults);
-    if (s.key.rfind("notary.", 0) == 0 && s.key != "notary.cluster") def += " (notary replica)";
     if (s.key == "notary.cluster") def = "(required for a notary replica)";
     out.push_back({s.key, s.type, def, s.meaning});
   }

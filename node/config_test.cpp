@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <fstream>
+#include <sstream>
 
 #include "test/support/temp_dir.h"
 
@@ -95,6 +96,13 @@ TEST_CASE("the documentation table lists every key once") {
     CHECK(!d.meaning.empty());
   }
   CHECK_HAS(md, "node \\| notary-replica \\| regulator");  // '|' escaped in cells
+
+  // config/README.md shows this very table.
+  std::ifstream in(fs::path(CCAL_SOURCE_DIR) / "config/README.md");
+  std::stringstream readme;
+  readme << in.rdbuf();
+  CHECK_MESSAGE(has(readme.str(), md),
+                "config/README.md's node.toml table differs from configKeysMarkdown():\n" << md);
 }
 
 TEST_CASE("relative paths resolve against base_dir, itself against the config's folder") {
