@@ -261,11 +261,35 @@ TEST_CASE("re-running onto a network is refused unless forced; a foreign node in
   CHECK_HAS(map.error().message, "harbour-bank/node.toml");
 
   // Tampered network parameters.
+  fs::remove(config.node_infos_dir / "sanya-farmers");
+  fs::copy_file(net.out / "sanya-farmers/node-infos/sanya-farmers",
+                config.node_infos_dir / "sanya-farmers", fs::copy_options::overwrite_existing);
+  REQUIRE(NetworkMap::loadFiles(config).ok());
   auto params = readText(config.network_parameters_file);
   params[40] = static_cast<char>(params[40] ^ 1);
   std::ofstream(config.network_parameters_file, std::ios::binary) << params;
   fs::remove(config.node_infos_dir / "sanya-farmers");
   CHECK(!NetworkMap::loadFiles(config).ok());
+}
+
+TEST_CASE("a member that moves publishes a newer node info its peers accept") {
+  Bootstrapped net;
+  const auto bank_config = must(loadNodeConfig(net.out / "harbour-bank/node.toml"));
+  auto map = must(NetworkMap::loadFiles(bank_config));
+  auto coop_config = must(loadNodeConfig(net.out / "haikou-fishing/node.toml"));
+  coop_config.p2p_advertised = HostPort{"192.0.2.7", 20001};
+  const auto moved = must(signOwnNodeInfo(coop_config, 2));
+  REQUIRE(map->update(moved.encode()).ok());
+  const auto ep = must(map->endpointOf(coop_config.x500));
+  CHECK(ep.host == "192.0.2.7");
+  CHECK(ep.port == 20001);
+  // Replayed, or signed with the same serial: refused.
+  CHECK(map->update(moved.encode()).error().code == Errc::conflict);
+  // Another member cannot publish it: the bank's key signs the coop's files.
+  auto forged_config = coop_config;
+  forged_config.identity_key_file = bank_config.identity_key_file;
+  const auto forged = must(signOwnNodeInfo(forged_config, 3));
+  CHECK(map->update(forged.encode()).error().code == Errc::certificate_invalid);
 }
 
 TEST_CASE("bad specs are refused with the key named") {

@@ -585,6 +585,33 @@ Result<NodeInfo> SignedNodeInfo::verify(const Certificate& root, std::span<const
   return info;
 }
 
+Result<SignedNodeInfo> signOwnNodeInfo(const NodeConfig& config, uint64_t serial) {
+  auto key_pem = readFile(config.identity_key_file, 64 * 1024);
+  CCAL_TRY(key_pem);
+  auto key = keyPairFromPem(*key_pem);
+  if (!key) return prefixed(config.identity_key_file.string() + ": ", key.error());
+  NodeInfo info;
+  info.name = config.x500;
+  info.addresses = {config.p2p_advertised};
+  for (auto [file, chain] : {std::pair{&config.identity_chain_file, &info.identity_chain},
+                             std::pair{&config.tls_chain_file, &info.tls_chain}}) {
+    auto pem = readFile(*file, L::chain_certificates_max * Certificate::encoded_bytes_max * 2);
+    CCAL_TRY(pem);
+    auto certs = certificatesFromPem(*pem);
+    if (!certs) return prefixed(file->string() + ": ", certs.error());
+    *chain = std::move(certs).value();
+  }
+  info.legal_identity_key = key->publicKey();
+  info.role = config.role;
+  info.platform_version = config.platform_version;
+  info.serial = serial;
+  auto signed_info = SignedNodeInfo::sign(info, *key);
+  // What this member signs must pass the checks its peers make (less the network root).
+  auto decoded = NodeInfo::decode(signed_info.raw);
+  if (!decoded) return prefixed(config.source_file.string() + ": own node info: ", decoded.error());
+  return signed_info;
+}
+
 // --- NetworkMap -----------------------------------------------------------------------------
 
 Result<std::unique_ptr<NetworkMap>> NetworkMap::load(const Certificate& root, std::vector<Crl> crls,

@@ -124,6 +124,11 @@ struct SignedNodeInfo {
   Result<NodeInfo> verify(const Certificate& root, std::span<const Crl> crls, TimePoint at) const;
 };
 
+// This member's own node info, from the files its config names (identity key, identity and
+// TLS chains) and its advertised address, role and platform version, signed with its
+// identity key. A node whose address changed publishes one with a serial above its last.
+Result<SignedNodeInfo> signOwnNodeInfo(const NodeConfig& config, uint64_t serial);
+
 class NetworkMap final : public PeerDirectory {
  public:
   using Clock = std::function<TimePoint()>;
