@@ -1,0 +1,649 @@
+#include "node/bootstrap.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <toml++/toml.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "ledger/composite_key.h"
+#include "ledger/crypto.h"
+#include "node/network_map.h"
+
+namespace ccal::node {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr std::string_view operator_dir = "_operator";
+
+// --- reading the spec -----------------------------------------------------------------------
+
+// Reads one TOML table against a list of allowed keys, naming each key by its path.
+class SpecReader {
+ public:
+  SpecReader(const toml::table& table, std::string path, std::string file)
+      : table_(table), path_(std::move(path)), file_(std::move(file)) {}
+
+  std::string key(std::string_view k) const {
+    return path_.empty() ? std::string(k) : path_ + "." + std::string(k);
+  }
+  Error error(std::string_view k, const std::string& why) const {
+    return makeError(Errc::malformed, file_ + ": key '" + key(k) + "': " + why);
+  }
+
+  Status allowOnly(std::initializer_list<std::string_view> allowed) const {
+    for (const auto& [k, v] : table_) {
+      bool known = false;
+      for (auto a : allowed) known = known || k.str() == a;
+      if (!known) {
+        return makeError(Errc::malformed, file_ + ": unknown key '" + key(k.str()) + "'");
+      }
+    }
+    return {};
+  }
+
+  // A string; `required` or else `out` keeps its default.
+  Status text(std::string_view k, std::string& out, bool required) const {
+    const toml::node* n = table_.get(k);
+    if (n == nullptr) return required ? Status(error(k, "missing required key")) : Status();
+    if (!n->is_string()) return error(k, "expected a string");
+    out = *n->value<std::string>();
+    return {};
+  }
+  Status x500(std::string_view k, std::string& out, bool required) const {
+    CCAL_TRY(text(k, out, required));
+    if (out.empty() && !required) return {};
+    auto name = X500Name::parse(out);
+    if (!name) return error(k, name.error().message);
+    out = name->toString();
+    return {};
+  }
+  Status shortName(std::string_view k, std::string& out) const {
+    CCAL_TRY(text(k, out, true));
+    if (out.empty() || out.size() > 64 || out.front() == '-' ||
+        out.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789-") != std::string::npos) {
+      return error(k, "'" + out + "' must be 1 to 64 of a-z, 0-9 and '-', not starting with '-'");
+    }
+    return {};
+  }
+  Status address(std::string_view k, HostPort& out) const {
+    std::string s;
+    CCAL_TRY(text(k, s, true));
+    auto hp = HostPort::parse(s);
+    if (!hp) return error(k, hp.error().message);
+    out = *hp;
+    return {};
+  }
+  Status integer(std::string_view k, uint32_t& out, uint32_t min, uint32_t max) const {
+    const toml::node* n = table_.get(k);
+    if (n == nullptr) return {};
+    if (!n->is_integer()) return error(k, "expected an integer");
+    const int64_t v = *n->value<int64_t>();
+    if (v < min || v > max) {
+      return error(k, std::to_string(v) + " is outside the range " + std::to_string(min) +
+                          " to " + std::to_string(max));
+    }
+    out = static_cast<uint32_t>(v);
+    return {};
+  }
+  Status boolean(std::string_view k, bool& out) const {
+    const toml::node* n = table_.get(k);
+    if (n == nullptr) return {};
+    if (!n->is_boolean()) return error(k, "expected true or false");
+    out = *n->value<bool>();
+    return {};
+  }
+  Status texts(std::string_view k, std::vector<std::string>& out, bool required) const {
+    const toml::node* n = table_.get(k);
+    if (n == nullptr) return required ? Status(error(k, "missing required key")) : Status();
+    const toml::array* a = n->as_array();
+    if (a == nullptr) return error(k, "expected an array of strings");
+    for (size_t i = 0; i < a->size(); ++i) {
+      if (!(*a)[i].is_string()) {
+        return error(std::string(k) + "[" + std::to_string(i) + "]", "expected a string");
+      }
+      out.push_back(*(*a)[i].value<std::string>());
+    }
+    return {};
+  }
+
+ private:
+  const toml::table& table_;
+  std::string path_;
+  std::string file_;
+};
+
+// The tables of an array of tables `k` ([[k]]), or an error naming the key.
+Result<std::vector<const toml::table*>> tablesOf(const toml::table& root, std::string_view k,
+                                                 const std::string& file) {
+  std::vector<const toml::table*> out;
+  const toml::node* n = root.get(k);
+  if (n == nullptr) return out;
+  const toml::array* a = n->as_array();
+  if (a == nullptr || !a->is_array_of_tables()) {
+    return makeError(Errc::malformed,
+                     file + ": key '" + std::string(k) + "' must be an array of tables ([[" +
+                         std::string(k) + "]])");
+  }
+  for (const auto& t : *a) out.push_back(t.as_table());
+  return out;
+}
+
+std::string indexed(std::string_view k, size_t i) {
+  return std::string(k) + "[" + std::to_string(i) + "]";
+}
+
+}  // namespace
+
+Result<NetworkSpec> parseNetworkSpec(std::string_view toml_text, const fs::path& file_path) {
+  const std::string file = file_path.string();
+  toml::table root;
+  try {
+    root = toml::parse(toml_text, file);
+  } catch (const toml::parse_error& e) {
+    const auto& at = e.source().begin;
+    return makeError(Errc::malformed, file + ": line " + std::to_string(at.line) + ", column " +
+                                          std::to_string(at.column) + ": " +
+                                          std::string(e.description()));
+  }
+  NetworkSpec spec;
+  SpecReader top(root, "", file);
+  CCAL_TRY(top.allowOnly({"network", "nodes", "notaries", "observers"}));
+
+  if (const toml::node* n = root.get("network")) {
+    if (!n->is_table()) return top.error("network", "must be a table ([network])");
+    SpecReader r(*n->as_table(), "network", file);
+    CCAL_TRY(r.allowOnly({"root", "doorman", "network_map", "validity_days", "epoch",
+                          "min_platform_version", "max_message_bytes",
+                          "max_transaction_bytes"}));
+    CCAL_TRY(r.x500("root", spec.root_name, false));
+    CCAL_TRY(r.x500("doorman", spec.doorman_name, false));
+    CCAL_TRY(r.x500("network_map", spec.network_map_name, false));
+    CCAL_TRY(r.integer("validity_days", spec.validity_days, 1, SpecLimits::validity_days_max));
+    CCAL_TRY(r.integer("epoch", spec.epoch, 1, UINT32_MAX));
+    CCAL_TRY(r.integer("min_platform_version", spec.min_platform_version, 1, UINT32_MAX));
+    CCAL_TRY(r.integer("max_message_bytes", spec.max_message_bytes, 1024, 1u << 30));
+    CCAL_TRY(r.integer("max_transaction_bytes", spec.max_transaction_bytes, 1024, 1u << 30));
+  }
+
+  // Names, X.500 names and addresses, each unique across the whole network.
+  std::map<std::string, std::string> x500_owner;     // x500 -> key that claimed it
+  std::map<std::string, std::string> address_owner;  // host:port -> key
+  for (const auto* special : {&spec.root_name, &spec.doorman_name, &spec.network_map_name}) {
+    if (!x500_owner.emplace(*special, "network").second) {
+      return top.error("network", "the root, doorman and network map need distinct names");
+    }
+  }
+  auto claim = [&](std::map<std::string, std::string>& owners, const std::string& value,
+                   const std::string& key, const char* what) -> Status {
+    const auto [it, fresh] = owners.emplace(value, key);
+    if (!fresh) {
+      return makeError(Errc::malformed, file + ": key '" + key + "': " + what + " '" + value +
+                                            "' is already used by '" + it->second + "'");
+    }
+    return {};
+  };
+
+  auto node_tables = tablesOf(root, "nodes", file);
+  CCAL_TRY(node_tables);
+  if (node_tables->empty()) return top.error("nodes", "a network needs at least one [[nodes]]");
+  if (node_tables->size() > SpecLimits::nodes_max) {
+    return top.error("nodes", "over the limit of " + std::to_string(SpecLimits::nodes_max));
+  }
+  std::map<std::string, size_t> node_index;
+  for (size_t i = 0; i < node_tables->size(); ++i) {
+    SpecReader r(*(*node_tables)[i], indexed("nodes", i), file);
+    CCAL_TRY(r.allowOnly({"name", "x500", "role", "p2p", "api"}));
+    SpecNode node;
+    CCAL_TRY(r.shortName("name", node.name));
+    CCAL_TRY(r.x500("x500", node.x500, true));
+    std::string role = "node";
+    CCAL_TRY(r.text("role", role, false));
+    auto parsed_role = parseRole(role);
+    if (!parsed_role) return r.error("role", parsed_role.error().message);
+    node.role = *parsed_role;
+    CCAL_TRY(r.address("p2p", node.p2p));
+    CCAL_TRY(r.address("api", node.api));
+    if (node_index.count(node.name)) {
+      return r.error("name", "'" + node.name + "' is already the name of " +
+                                 indexed("nodes", node_index[node.name]));
+    }
+    node_index[node.name] = i;
+    CCAL_TRY(claim(x500_owner, node.x500, r.key("x500"), "X.500 name"));
+    CCAL_TRY(claim(address_owner, node.p2p.toString(), r.key("p2p"), "address"));
+    CCAL_TRY(claim(address_owner, node.api.toString(), r.key("api"), "address"));
+    spec.nodes.push_back(std::move(node));
+  }
+
+  auto notary_tables = tablesOf(root, "notaries", file);
+  CCAL_TRY(notary_tables);
+  std::map<std::string, std::string> replica_of;  // node name -> notaries[i] key
+  std::set<std::string> notary_names;
+  for (size_t i = 0; i < notary_tables->size(); ++i) {
+    SpecReader r(*(*notary_tables)[i], indexed("notaries", i), file);
+    CCAL_TRY(r.allowOnly({"name", "x500", "f", "validating", "replicas"}));
+    SpecNotary notary;
+    CCAL_TRY(r.shortName("name", notary.name));
+    if (!notary_names.insert(notary.name).second) {
+      return r.error("name", "'" + notary.name + "' is already the name of another notary");
+    }
+    CCAL_TRY(r.x500("x500", notary.x500, true));
+    CCAL_TRY(claim(x500_owner, notary.x500, r.key("x500"), "X.500 name"));
+    if (!(*notary_tables)[i]->contains("f")) return r.error("f", "missing required key");
+    CCAL_TRY(r.integer("f", notary.f, 0, SpecLimits::notary_f_max));
+    CCAL_TRY(r.boolean("validating", notary.validating));
+    CCAL_TRY(r.texts("replicas", notary.replicas, true));
+    if (notary.replicas.size() != 3 * notary.f + 1) {
+      return r.error("replicas", std::to_string(notary.replicas.size()) + " replicas, but f = " +
+                                     std::to_string(notary.f) + " needs 3f+1 = " +
+                                     std::to_string(3 * notary.f + 1));
+    }
+    for (size_t j = 0; j < notary.replicas.size(); ++j) {
+      const auto& replica = notary.replicas[j];
+      const std::string k = indexed("replicas", j);
+      const auto it = node_index.find(replica);
+      if (it == node_index.end()) return r.error(k, "no node is named '" + replica + "'");
+      if (spec.nodes[it->second].role != Role::notary_replica) {
+        return r.error(k, "node '" + replica + "' has role " +
+                              roleName(spec.nodes[it->second].role) + ", not notary-replica");
+      }
+      const auto [owner, fresh] = replica_of.emplace(replica, r.key(k));
+      if (!fresh) {
+        return r.error(k, "node '" + replica + "' is already a replica at '" + owner->second + "'");
+      }
+    }
+    spec.notaries.push_back(std::move(notary));
+  }
+  for (size_t i = 0; i < spec.nodes.size(); ++i) {
+    if (spec.nodes[i].role == Role::notary_replica && !replica_of.count(spec.nodes[i].name)) {
+      return makeError(Errc::malformed,
+                       file + ": key '" + indexed("nodes", i) + ".role': node '" +
+                           spec.nodes[i].name +
+                           "' is a notary-replica but no [[notaries]] lists it as a replica");
+    }
+  }
+
+  auto observer_tables = tablesOf(root, "observers", file);
+  CCAL_TRY(observer_tables);
+  for (size_t i = 0; i < observer_tables->size(); ++i) {
+    SpecReader r(*(*observer_tables)[i], indexed("observers", i), file);
+    CCAL_TRY(r.allowOnly({"observer", "contracts", "parties", "all_transactions"}));
+    SpecObserver o;
+    CCAL_TRY(r.text("observer", o.observer, true));
+    const auto it = node_index.find(o.observer);
+    if (it == node_index.end()) return r.error("observer", "no node is named '" + o.observer + "'");
+    if (spec.nodes[it->second].role != Role::regulator) {
+      return r.error("observer", "node '" + o.observer + "' has role " +
+                                     roleName(spec.nodes[it->second].role) + ", not regulator");
+    }
+    CCAL_TRY(r.texts("contracts", o.contracts, false));
+    CCAL_TRY(r.texts("parties", o.parties, false));
+    for (size_t j = 0; j < o.parties.size(); ++j) {
+      if (!node_index.count(o.parties[j])) {
+        return r.error(indexed("parties", j), "no node is named '" + o.parties[j] + "'");
+      }
+    }
+    CCAL_TRY(r.boolean("all_transactions", o.all_transactions));
+    if (o.contracts.empty() && o.parties.empty() && !o.all_transactions) {
+      return r.error("observer", "the rule observes nothing: give contracts, parties or "
+                                 "all_transactions = true");
+    }
+    spec.observers.push_back(std::move(o));
+  }
+  return spec;
+}
+
+Result<NetworkSpec> loadNetworkSpec(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) {
+    return makeError(Errc::not_found, file.string() + ": cannot read the network spec: " +
+                                          std::string(std::strerror(errno)));
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  return parseNetworkSpec(text.str(), file);
+}
+
+// --- writing ----------------------------------------------------------------------------------
+
+namespace {
+
+// Writes `content` to `file` with exactly `mode` (whatever the umask), replacing it.
+Status writeFile(const fs::path& file, std::string_view content, mode_t mode) {
+  auto fail = [&](const char* what) -> Status {
+    return makeError(Errc::storage_error,
+                     file.string() + ": " + what + ": " + std::string(std::strerror(errno)));
+  };
+  const int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+  if (fd < 0) return fail("cannot create");
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  if (::fchmod(fd, mode) != 0) return fail("cannot set the mode");
+  size_t done = 0;
+  while (done < content.size()) {
+    const ssize_t n = ::write(fd, content.data() + done, content.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return fail("cannot write");
+    done += static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0) return fail("cannot sync");
+  return {};
+}
+
+Status writeBytes(const fs::path& file, ByteView bytes, mode_t mode) {
+  return writeFile(file, {reinterpret_cast<const char*>(bytes.data()), bytes.size()}, mode);
+}
+
+Status makeDir(const fs::path& dir, mode_t mode) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return makeError(Errc::storage_error, dir.string() + ": cannot create: " + ec.message());
+  if (::chmod(dir.c_str(), mode) != 0) {
+    return makeError(Errc::storage_error, dir.string() + ": cannot set the mode: " +
+                                              std::string(std::strerror(errno)));
+  }
+  return {};
+}
+
+template <class T>
+T must(Result<T> r, const char* what) {
+  // Everything issued here was checked when the spec was read; a failure is a bug.
+  CCAL_ASSERT_MSG(r.ok(), what);
+  return std::move(r).value();
+}
+
+struct Issued {
+  const SpecNode* spec = nullptr;
+  KeyPair node_ca_key = KeyPair::generate();
+  KeyPair identity_key = KeyPair::generate();
+  KeyPair tls_key = KeyPair::generate();
+  std::vector<Certificate> identity_chain;
+  std::vector<Certificate> tls_chain;
+  Bytes signed_node_info;
+};
+
+std::string apiUsersToml() {
+  std::string out =
+      "# CCAL control API users. Each request carries \"Authorization: Bearer <token>\".\n"
+      "# Roles: admin (everything), operator (run flows, read), read-only (read).\n";
+  const std::pair<const char*, const char*> users[] = {
+      {"admin", "admin"}, {"operator", "operator"}, {"reader", "read-only"}};
+  for (const auto& [name, role] : users) {
+    out += "\n[[users]]\nname = \"" + std::string(name) + "\"\nrole = \"" + role +
+           "\"\ntoken = \"" + toHex(randomBytes(32)) + "\"\n";
+  }
+  return out;
+}
+
+// Removes what an earlier bootstrap wrote into `out`.
+Status clearPrevious(const fs::path& out) {
+  std::error_code ec;
+  std::vector<fs::path> remove;
+  for (fs::directory_iterator it(out, ec), end; !ec && it != end; it.increment(ec)) {
+    const auto& p = it->path();
+    if (p.filename() == operator_dir || p.filename() == "network.json" ||
+        (it->is_directory() && fs::exists(p / "node.toml"))) {
+      remove.push_back(p);
+    }
+  }
+  if (ec) return makeError(Errc::storage_error, out.string() + ": " + ec.message());
+  for (const auto& p : remove) {
+    fs::remove_all(p, ec);
+    if (ec) return makeError(Errc::storage_error, p.string() + ": cannot remove: " + ec.message());
+  }
+  return {};
+}
+
+}  // namespace
+
+Result<BootstrapResult> bootstrapNetwork(const NetworkSpec& spec, const fs::path& out_dir,
+                                         bool force, TimePoint now) {
+  std::error_code ec;
+  const fs::path out = fs::absolute(out_dir, ec).lexically_normal();
+  if (ec) return makeError(Errc::storage_error, out_dir.string() + ": " + ec.message());
+  if (fs::exists(out) && !fs::is_directory(out)) {
+    return makeError(Errc::conflict, out.string() + " exists and is not a folder");
+  }
+  if (fs::exists(out) && !fs::is_empty(out, ec)) {
+    if (!force) {
+      return makeError(Errc::conflict, out.string() +
+                                           " is not empty: refusing to overwrite a network "
+                                           "(use --force to replace it, vaults included)");
+    }
+    CCAL_TRY(clearPrevious(out));
+  }
+
+  // --- the PKI -------------------------------------------------------------------------------
+  now = std::chrono::time_point_cast<std::chrono::seconds>(now);
+  const Validity validity{now - std::chrono::minutes(1),
+                          now + std::chrono::hours(24) * spec.validity_days};
+  const auto name = [](const std::string& x500) { return must(X500Name::parse(x500), "X.500"); };
+  const KeyPair root_key = KeyPair::generate();
+  const KeyPair doorman_key = KeyPair::generate();
+  const KeyPair map_key = KeyPair::generate();
+  auto root = CertificateAuthority::createRoot(name(spec.root_name), root_key, validity);
+  CCAL_TRY(root);
+  auto doorman_cert =
+      root->issueIntermediate(name(spec.doorman_name), doorman_key.publicKey(), validity);
+  CCAL_TRY(doorman_cert);
+  auto doorman = CertificateAuthority::fromCertificate(*doorman_cert, doorman_key);
+  CCAL_TRY(doorman);
+  auto map_cert = root->issueLegalIdentity(name(spec.network_map_name), map_key.publicKey(),
+                                           validity);
+  CCAL_TRY(map_cert);
+  // Empty revocation lists of every CA (root, doorman, each node CA), valid as long as the
+  // certificates, so that a full check (`openssl verify -crl_check_all`) passes: the operator
+  // issues newer ones (keys in _operator/) to revoke a member.
+  auto root_crl = root->issueCrl({}, now, validity.not_after);
+  CCAL_TRY(root_crl);
+  auto doorman_crl = doorman->issueCrl({}, now, validity.not_after);
+  CCAL_TRY(doorman_crl);
+  std::string crls_pem = root_crl->pem() + doorman_crl->pem();
+
+  std::vector<Issued> issued(spec.nodes.size());
+  std::map<std::string, const Issued*> by_name;
+  for (size_t i = 0; i < spec.nodes.size(); ++i) {
+    Issued& m = issued[i];
+    m.spec = &spec.nodes[i];
+    const X500Name n = name(m.spec->x500);
+    auto ca_cert = doorman->issueNodeCa(n, m.node_ca_key.publicKey(), validity);
+    CCAL_TRY(ca_cert);
+    auto node_ca = CertificateAuthority::fromCertificate(*ca_cert, m.node_ca_key);
+    CCAL_TRY(node_ca);
+    auto identity = node_ca->issueLegalIdentity(n, m.identity_key.publicKey(), validity);
+    CCAL_TRY(identity);
+    auto tls = node_ca->issueTls(n, m.tls_key.publicKey(), validity);
+    CCAL_TRY(tls);
+    auto node_crl = node_ca->issueCrl({}, now, validity.not_after);
+    CCAL_TRY(node_crl);
+    crls_pem += node_crl->pem();
+    m.identity_chain = {*identity, *ca_cert, *doorman_cert};
+    m.tls_chain = {*tls, *ca_cert, *doorman_cert};
+    by_name[m.spec->name] = &m;
+  }
+
+  NetworkParameters parameters;
+  parameters.epoch = spec.epoch;
+  parameters.min_platform_version = spec.min_platform_version;
+  parameters.max_message_bytes = spec.max_message_bytes;
+  parameters.max_transaction_bytes = spec.max_transaction_bytes;
+  parameters.modified_micros =
+      std::chrono::duration_cast<std::chrono::microseconds>(now.time_since_epoch()).count();
+  for (const auto& n : spec.notaries) {
+    NotaryInfo info;
+    info.name = n.x500;
+    info.validating = n.validating;
+    info.f = n.f;
+    std::vector<PublicKey> keys;
+    for (const auto& r : n.replicas) {
+      const Issued& m = *by_name.at(r);
+      keys.push_back(m.identity_key.publicKey());
+      info.replicas.push_back({m.spec->x500, m.identity_key.publicKey(), {m.spec->p2p}});
+    }
+    auto key = Key::anyOf(2 * n.f + 1, keys);
+    CCAL_TRY(key);
+    info.service_key = *key;
+    parameters.notaries.push_back(std::move(info));
+  }
+  for (const auto& o : spec.observers) {
+    ObserverRule rule;
+    rule.observer = by_name.at(o.observer)->spec->x500;
+    rule.contracts = o.contracts;
+    for (const auto& p : o.parties) rule.parties.push_back(by_name.at(p)->spec->x500);
+    rule.all_transactions = o.all_transactions;
+    parameters.observers.push_back(std::move(rule));
+  }
+  const Bytes signed_parameters =
+      SignedNetworkParameters::sign(parameters, map_key, *map_cert).encode();
+
+  for (Issued& m : issued) {
+    NodeInfo info;
+    info.name = m.spec->x500;
+    info.addresses = {m.spec->p2p};
+    info.identity_chain = m.identity_chain;
+    info.tls_chain = m.tls_chain;
+    info.legal_identity_key = m.identity_key.publicKey();
+    info.role = m.spec->role;
+    info.platform_version = spec.min_platform_version;
+    info.serial = 1;
+    m.signed_node_info = SignedNodeInfo::sign(info, m.identity_key).encode();
+  }
+
+  // --- the files ------------------------------------------------------------------------------
+  BootstrapResult result;
+  result.out_dir = out;
+  result.spec = spec;
+  CCAL_TRY(makeDir(out, 0755));
+
+  const fs::path op = out / operator_dir;
+  CCAL_TRY(makeDir(op, 0700));
+  CCAL_TRY(writeFile(op / "root.key", privateKeyPem(root_key), 0600));
+  CCAL_TRY(writeFile(op / "doorman.key", privateKeyPem(doorman_key), 0600));
+  CCAL_TRY(writeFile(op / "network-map.key", privateKeyPem(map_key), 0600));
+  CCAL_TRY(writeFile(op / "root.pem", root->certificate().pem(), 0644));
+  CCAL_TRY(writeFile(op / "doorman.pem", doorman_cert->pem(), 0644));
+  CCAL_TRY(writeFile(op / "network-map.pem", map_cert->pem(), 0644));
+  CCAL_TRY(writeFile(op / "crls.pem", crls_pem, 0644));
+  CCAL_TRY(writeBytes(op / "network-parameters", signed_parameters, 0644));
+
+  nlohmann::json members = nlohmann::json::array();
+  for (size_t i = 0; i < issued.size(); ++i) {
+    const Issued& m = issued[i];
+    const fs::path dir = out / m.spec->name;
+    CCAL_TRY(makeDir(dir, 0755));
+    CCAL_TRY(makeDir(dir / "keys", 0700));
+    CCAL_TRY(makeDir(dir / "certs", 0755));
+    CCAL_TRY(makeDir(dir / "node-infos", 0755));
+    CCAL_TRY(writeFile(dir / "keys/identity.key", privateKeyPem(m.identity_key), 0600));
+    CCAL_TRY(writeFile(dir / "keys/tls.key", privateKeyPem(m.tls_key), 0600));
+    CCAL_TRY(writeFile(dir / "keys/node-ca.key", privateKeyPem(m.node_ca_key), 0600));
+    CCAL_TRY(writeFile(dir / "certs/network-root.pem", root->certificate().pem(), 0644));
+    CCAL_TRY(writeFile(dir / "certs/identity-chain.pem", toPem(m.identity_chain), 0644));
+    CCAL_TRY(writeFile(dir / "certs/tls-chain.pem", toPem(m.tls_chain), 0644));
+    CCAL_TRY(writeFile(dir / "certs/crls.pem", crls_pem, 0644));
+    CCAL_TRY(writeBytes(dir / "network-parameters", signed_parameters, 0644));
+    for (const Issued& other : issued) {
+      CCAL_TRY(writeBytes(dir / "node-infos" / other.spec->name, other.signed_node_info, 0644));
+    }
+    CCAL_TRY(writeFile(dir / "api-users.toml", apiUsersToml(), 0600));
+
+    NodeConfig config;
+    config.name = m.spec->name;
+    config.x500 = m.spec->x500;
+    config.role = m.spec->role;
+    config.platform_version = spec.min_platform_version;
+    config.p2p_listen = m.spec->p2p;
+    config.p2p_advertised = m.spec->p2p;
+    config.api_listen = m.spec->api;
+    config.frame_bytes_max = std::min(config.frame_bytes_max, spec.max_message_bytes);
+    nlohmann::json member = {{"name", m.spec->name},
+                             {"x500", m.spec->x500},
+                             {"role", roleName(m.spec->role)},
+                             {"p2p", m.spec->p2p.toString()},
+                             {"api", m.spec->api.toString()},
+                             {"config", (dir / "node.toml").string()},
+                             {"identity_key", m.identity_key.publicKey().hex()}};
+    for (const auto& n : spec.notaries) {
+      for (size_t r = 0; r < n.replicas.size(); ++r) {
+        if (n.replicas[r] != m.spec->name) continue;
+        config.notary_cluster = n.name;
+        config.notary_replica_index = static_cast<uint32_t>(r);
+        member["notary"] = n.name;
+        member["replica_index"] = r;
+      }
+    }
+    const std::string header = "# CCAL node configuration for " + m.spec->x500 +
+                               ", written by `ccal network bootstrap`.\n"
+                               "# Relative paths resolve against this file's folder.\n\n";
+    CCAL_TRY(writeFile(dir / "node.toml", header + renderNodeConfig(config), 0644));
+    result.config_files.push_back(dir / "node.toml");
+    members.push_back(std::move(member));
+  }
+
+  nlohmann::json notaries = nlohmann::json::array();
+  for (size_t i = 0; i < spec.notaries.size(); ++i) {
+    const auto& n = spec.notaries[i];
+    notaries.push_back({{"name", n.name},
+                        {"x500", n.x500},
+                        {"f", n.f},
+                        {"validating", n.validating},
+                        {"threshold", 2 * n.f + 1},
+                        {"replicas", n.replicas},
+                        {"service_key", toHex(parameters.notaries[i].service_key.encode())}});
+  }
+  result.summary = {{"out", out.string()},
+                    {"operator", op.string()},
+                    {"epoch", spec.epoch},
+                    {"network_root", root->certificate().subject().toString()},
+                    {"members", members},
+                    {"notaries", notaries}};
+  CCAL_TRY(writeFile(out / "network.json", result.summary.dump(2) + "\n", 0644));
+  return result;
+}
+
+Result<std::vector<ApiUser>> loadApiUsers(const fs::path& file) {
+  const std::string where = file.string();
+  toml::table root;
+  try {
+    root = toml::parse_file(where);
+  } catch (const toml::parse_error& e) {
+    return makeError(Errc::malformed, where + ": line " + std::to_string(e.source().begin.line) +
+                                          ": " + std::string(e.description()));
+  }
+  SpecReader top(root, "", where);
+  CCAL_TRY(top.allowOnly({"users"}));
+  auto tables = tablesOf(root, "users", where);
+  CCAL_TRY(tables);
+  std::vector<ApiUser> users;
+  std::set<std::string> names;
+  for (size_t i = 0; i < tables->size(); ++i) {
+    SpecReader r(*(*tables)[i], indexed("users", i), where);
+    CCAL_TRY(r.allowOnly({"name", "role", "token"}));
+    ApiUser u;
+    CCAL_TRY(r.text("name", u.name, true));
+    CCAL_TRY(r.text("role", u.role, true));
+    CCAL_TRY(r.text("token", u.token, true));
+    if (!names.insert(u.name).second) return r.error("name", "'" + u.name + "' is listed twice");
+    if (u.role != "admin" && u.role != "operator" && u.role != "read-only") {
+      return r.error("role", "'" + u.role + "' is not one of admin, operator, read-only");
+    }
+    if (u.token.size() != 64 || !fromHex(u.token)) {
+      return r.error("token", "must be 64 hex characters (32 random bytes)");
+    }
+    users.push_back(std::move(u));
+  }
+  return users;
+}
+
+}  // namespace ccal::node

@@ -1,0 +1,113 @@
+#pragma once
+// `ccal network bootstrap`: from a network spec (TOML) to a folder per member holding its
+// node.toml, keys, certificates, API users, the signed network parameters and every member's
+// signed node info.
+//
+// The PKI it makes (all Ed25519, see ledger/pki.h):
+//   network root CA -> doorman CA -> node CA per member (name-constrained) -> identity, TLS
+//   network root CA -> network-map certificate (signs the network parameters)
+// A notary cluster's service key is a composite key "any 2f+1 of the 3f+1 replicas' legal
+// identity keys": 2f+1 honest-or-not signatures include f+1 honest ones, so any two quorums
+// share an honest replica, and f crashed replicas cannot block it.
+//
+// Output (DIR = --out):
+//   DIR/network.json              the members and notaries (what `network start` reads)
+//   DIR/_operator/                root, doorman and network-map keys (0600) and certificates,
+//                                 crls.pem: keep offline; needed to add members or revoke
+//   DIR/<name>/node.toml          the member's config (relative paths)
+//   DIR/<name>/api-users.toml     API users: admin, operator, read-only with random tokens (0600)
+//   DIR/<name>/keys/              identity.key, tls.key, node-ca.key (PKCS#8 PEM, 0600; folder 0700)
+//   DIR/<name>/certs/             network-root.pem, identity-chain.pem, tls-chain.pem, crls.pem
+//   DIR/<name>/network-parameters the signed network parameters (canonical Cap'n Proto)
+//   DIR/<name>/node-infos/<m>     every member m's signed node info
+
+#include <filesystem>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "ledger/pki.h"
+#include "ledger/result.h"
+#include "node/config.h"
+
+namespace ccal::node {
+
+struct SpecNode {
+  std::string name;  // short name, folder name
+  std::string x500;  // canonical
+  Role role = Role::node;
+  HostPort p2p;
+  HostPort api;
+};
+
+struct SpecNotary {
+  std::string name;  // short name
+  std::string x500;  // canonical, the notary service's name
+  uint32_t f = 1;
+  bool validating = false;
+  std::vector<std::string> replicas;  // node names, in replica index order
+};
+
+struct SpecObserver {
+  std::string observer;                // node name (a regulator)
+  std::vector<std::string> contracts;  // contract names
+  std::vector<std::string> parties;    // node names
+  bool all_transactions = false;
+};
+
+struct NetworkSpec {
+  std::string root_name = "O=CCAL Network Root, L=Haikou, C=CN";
+  std::string doorman_name = "O=CCAL Doorman, L=Haikou, C=CN";
+  std::string network_map_name = "O=CCAL Network Map, L=Haikou, C=CN";
+  uint32_t validity_days = 3650;
+  uint32_t epoch = 1;
+  uint32_t min_platform_version = 1;
+  uint32_t max_message_bytes = 10u << 20;
+  uint32_t max_transaction_bytes = 5u << 20;
+  std::vector<SpecNode> nodes;
+  std::vector<SpecNotary> notaries;
+  std::vector<SpecObserver> observers;
+};
+
+// Bounds on a spec.
+struct SpecLimits {
+  static constexpr size_t nodes_max = 1000;
+  static constexpr uint32_t notary_f_max = 21;  // 64 replicas
+  static constexpr uint32_t validity_days_max = 36'500;
+};
+
+// Parses and checks a spec: unknown keys, wrong types, missing keys, duplicate names, X.500
+// names or addresses, a cluster whose replica count is not 3f+1, a replica that is not a
+// notary-replica node or sits in two clusters, a notary-replica node in no cluster, an
+// observer that is not a regulator, an unknown party. Errors (Errc::malformed) start with the
+// file and name the key, e.g. "spec.toml: key 'nodes[2].p2p': ...".
+Result<NetworkSpec> parseNetworkSpec(std::string_view toml_text, const std::filesystem::path& file);
+Result<NetworkSpec> loadNetworkSpec(const std::filesystem::path& file);
+
+struct BootstrapResult {
+  std::filesystem::path out_dir;
+  NetworkSpec spec;
+  std::vector<std::filesystem::path> config_files;  // one per node, in spec order
+  nlohmann::json summary;                            // what network.json holds
+};
+
+// Makes the PKI and writes the folders. A non-empty `out_dir` is refused (Errc::conflict)
+// unless `force`, which first removes what an earlier bootstrap wrote there (network.json,
+// _operator/ and every sub-folder holding a node.toml, with its vault). Certificates are
+// valid from `now` minus a minute for `validity_days`.
+Result<BootstrapResult> bootstrapNetwork(const NetworkSpec& spec,
+                                         const std::filesystem::path& out_dir, bool force,
+                                         TimePoint now);
+
+// Reads DIR/<name>/api-users.toml back (the format the API server reads): errors name the
+// file and the key.
+struct ApiUser {
+  std::string name;
+  std::string role;   // admin | operator | read-only
+  std::string token;  // 64 hex characters
+};
+Result<std::vector<ApiUser>> loadApiUsers(const std::filesystem::path& file);
+
+}  // namespace ccal::node
