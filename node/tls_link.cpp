@@ -341,12 +341,17 @@ struct Conn : std::enable_shared_from_this<Conn> {
       has_refusal = true;
       refusal = refusalFor(who.error().code);
       refusal_detail = who.error().toString();
+      // The error picks the alert the peer gets (else "internal error").
+      X509_STORE_CTX_set_error(ctx, refusal == Refusal::certificate_revoked   ? X509_V_ERR_CERT_REVOKED
+                                    : refusal == Refusal::certificate_expired ? X509_V_ERR_CERT_HAS_EXPIRED
+                                                                              : X509_V_ERR_APPLICATION_VERIFICATION);
       return false;
     }
     if (side == Side::outbound && *who != expected_peer) {
       has_refusal = true;
       refusal = Refusal::wrong_member;
       refusal_detail = "dialled " + expected_peer + " but " + *who + " answered";
+      X509_STORE_CTX_set_error(ctx, X509_V_ERR_APPLICATION_VERIFICATION);
       return false;
     }
     peer = std::move(who.value());

@@ -678,6 +678,28 @@ TEST_CASE("TlsLink: a peer over its rate is disconnected; others are not") {
   CHECK(c.recorder.downs().empty());
 }
 
+TEST_CASE("TlsLink: a peer over its bytes/s budget is disconnected") {
+  TestPki pki;
+  TestDirectory directory(pki.root());
+  Member a(pki, directory, pki.issue("Haikou Fishing Cooperative"));
+  Member b(pki, directory, pki.issue("Hainan Rural Bank"));
+  b.options.frame_bytes_max = 64 * 1024;
+  b.options.peer_bytes_per_second_max = 64 * 1024;
+  b.options.peer_bytes_burst_max = 128 * 1024;
+  a.start();
+  b.start();
+  a.executor.runSync([&] {
+    for (uint32_t i = 0; i < 20; ++i) REQUIRE(a.link->send(b.creds.name, numbered(i, 60 * 1024)).ok());
+  });
+  REQUIRE(eventually([&] { return b.link->counters().disconnected(Disconnect::rate_limited) >= 1; }));
+  a.link->stop();
+  // The burst lets two 60 KiB frames through, not the third.
+  size_t got = b.recorder.frameCount();
+  CHECK(got >= 2);
+  CHECK(got < 20);
+  CHECK(b.logged("bytes/s"));
+}
+
 TEST_CASE("TlsLink: a full send queue drops frames and counts them; dials back off") {
   TestPki pki;
   TestDirectory directory(pki.root());
