@@ -234,7 +234,7 @@ struct TlsLink::Impl : std::enable_shared_from_this<TlsLink::Impl> {
     std::array<std::atomic<uint64_t>, static_cast<size_t>(Disconnect::count_)> disconnects{};
   } counters;
 
-  static void bump(std::atomic<uint64_t>& c, uint64_t n = 1) { c.fetch_add(n, std::memory_order_relaxed); }
+  static void bump(std::atomic<uint64_t>& c, uint64_t n = 1) { c.fetch_add(n, std::memory_order_release); }
 
   Status setUp();
   void startAccept();
@@ -367,7 +367,7 @@ struct Conn : std::enable_shared_from_this<Conn> {
     stream.lowest_layer().close(ignored);
     bool was_established = established;
     if (was_established && why) {
-      TlsLink::Impl::bump(link->counters.disconnects[static_cast<size_t>(*why)]);
+      // Log first, count second: whoever sees the count can find the line.
       bool protocol = *why == Disconnect::oversized_frame || *why == Disconnect::empty_frame ||
                       *why == Disconnect::rate_limited || *why == Disconnect::unexpected_data;
       if (protocol) {
@@ -377,6 +377,7 @@ struct Conn : std::enable_shared_from_this<Conn> {
         link->log->info("tls {}: {} closed: {}{}{}", link->options.self, describe(), disconnectName(*why),
                         detail.empty() ? "" : ": ", detail);
       }
+      TlsLink::Impl::bump(link->counters.disconnects[static_cast<size_t>(*why)]);
     }
     link->connClosed(*this, was_established);
   }
@@ -437,11 +438,16 @@ struct Conn : std::enable_shared_from_this<Conn> {
         }
         break;
       }
-      if (!frames_bucket.take(1) || !bytes_bucket.take(static_cast<double>(whole))) {
+      if (!frames_bucket.take(1)) {
         close(Disconnect::rate_limited,
               "over " + std::to_string(static_cast<uint64_t>(link->options.peer_frames_per_second_max)) +
-                  " frames/s or " + std::to_string(static_cast<uint64_t>(link->options.peer_bytes_per_second_max)) +
-                  " bytes/s");
+                  " frames/s (burst " + std::to_string(static_cast<uint64_t>(link->options.peer_frames_burst_max)) + ")");
+        return;
+      }
+      if (!bytes_bucket.take(static_cast<double>(whole))) {
+        close(Disconnect::rate_limited,
+              "over " + std::to_string(static_cast<uint64_t>(link->options.peer_bytes_per_second_max)) +
+                  " bytes/s (burst " + std::to_string(static_cast<uint64_t>(link->options.peer_bytes_burst_max)) + ")");
         return;
       }
       read_begin += whole;
@@ -564,9 +570,9 @@ void TlsLink::Impl::onAccept(const boost::system::error_code& ec, tcp::socket so
   auto remote_endpoint = socket.remote_endpoint(ignored);
   std::string remote = remote_endpoint.address().to_string() + ":" + std::to_string(remote_endpoint.port());
   if (inbound.size() >= options.inbound_connections_max) {
-    bump(counters.refusals[static_cast<size_t>(Refusal::too_many_connections)]);
     log->warn("tls {}: refused inbound connection from {}: too_many_connections ({} open)", options.self, remote,
               inbound.size());
+    bump(counters.refusals[static_cast<size_t>(Refusal::too_many_connections)]);
     socket.close(ignored);
     startAccept();
     return;
@@ -619,9 +625,9 @@ void TlsLink::Impl::onAccept(const boost::system::error_code& ec, tcp::socket so
 
 void TlsLink::Impl::refuse(Conn& conn, Refusal reason, const std::string& detail) {
   if (conn.closed) return;
-  bump(counters.refusals[static_cast<size_t>(reason)]);
   log->warn("tls {}: refused {}{}: {}: {}", options.self, conn.describe(),
             conn.presented.empty() ? "" : " presenting " + conn.presented, refusalName(reason), detail);
+  bump(counters.refusals[static_cast<size_t>(reason)]);
   conn.close(std::nullopt);
 }
 
@@ -646,8 +652,15 @@ void TlsLink::Impl::dial(Peer& peer) {
   bump(counters.connects);
   auto where = directory.endpointOf(peer.name);
   if (!where) {
-    log->warn("tls {}: cannot dial {}: {}", options.self, peer.name, where.error().toString());
-    scheduleRedial(peer);
+    // No longer in the map: what waits for it is dropped, and nothing is
+    // redialled until something is sent to it again.
+    log->warn("tls {}: cannot dial {}: {}; dropping {} queued frames", options.self, peer.name,
+              where.error().toString(), peer.queue.size());
+    bump(counters.frames_dropped, peer.queue.size());
+    peer.queue.clear();
+    peer.queued_bytes = 0;
+    peer.state = TlsPeerStatus::Outbound::idle;
+    peer.failed_dials = 0;
     return;
   }
   auto conn = std::make_shared<Conn>(shared_from_this(), Conn::Side::outbound, tcp::socket(executor.context()),
@@ -903,7 +916,7 @@ void TlsLink::stop() {
 TlsLinkCounters TlsLink::counters() const {
   const auto& c = impl_->counters;
   TlsLinkCounters out;
-  auto get = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); };
+  auto get = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_acquire); };
   out.frames_in = get(c.frames_in);
   out.bytes_in = get(c.bytes_in);
   out.frames_out = get(c.frames_out);

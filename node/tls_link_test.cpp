@@ -665,7 +665,7 @@ TEST_CASE("TlsLink: a peer over its rate is disconnected; others are not") {
     for (uint32_t i = 0; i < 2000; ++i) REQUIRE(a.link->send(b.creds.name, numbered(i, 16)).ok());
   });
   REQUIRE(eventually([&] { return b.link->counters().disconnected(Disconnect::rate_limited) >= 1; }));
-  CHECK(b.logged("rate_limited"));
+  CHECK(b.logged("rate_limited: over 200 frames/s"));
   CHECK(a.recorder.waitFor([&](Recorder& r) { return r.downCount(b.creds.name) >= 1; }));
   a.link->stop();
   size_t from_a = b.recorder.frames().size() - 1;
@@ -737,6 +737,16 @@ TEST_CASE("TlsLink: a full send queue drops frames and counts them; dials back o
   CHECK(peers[0].failed_dials <= 8);
   CHECK(peers[0].outbound != TlsPeerStatus::Outbound::up);
   CHECK(peers[0].queued_frames == 10);
+
+  // The member leaves the map: what waited for it is dropped and dialling stops.
+  directory.removeMember(down);
+  REQUIRE(eventually([&] { return a.link->counters().frames_dropped == 15; }));
+  peers = a.link->peers();
+  CHECK(peers[0].queued_frames == 0);
+  CHECK(peers[0].outbound == TlsPeerStatus::Outbound::idle);
+  auto dials = a.link->counters().connects;
+  std::this_thread::sleep_for(300ms);
+  CHECK(a.link->counters().connects == dials);
 }
 
 TEST_CASE("TlsLink: bad options and credentials are refused with errors naming them") {

@@ -9,9 +9,10 @@
 //     one message in flight.
 //  3. Small messages per second, pipelined: 64-byte messages, the sender
 //     keeps up to a window in flight, the receiver acknowledges cumulatively.
-//  4. One-way latency p50/p99 at half the measured pipelined rate: paced
-//     sends, each stamped with CLOCK_MONOTONIC (one clock for both processes
-//     on one host), measured from send() to the receiver's handler.
+//  4. One-way latency p50/p99 at half the target rate (25,000 messages/s)
+//     and at half the measured pipelined rate: paced sends, each stamped
+//     with CLOCK_MONOTONIC (one clock for both processes on one host),
+//     measured from send() to the receiver's handler.
 // Targets (2 cores): >= 50,000 messages/s pipelined; p99 <= 5 ms at half load.
 //
 // What runs underneath is a Channel; today the best-effort link. A
@@ -56,6 +57,7 @@ constexpr size_t message_bytes = 64;
 constexpr uint64_t ack_every = 1024;
 constexpr uint64_t window_messages = 16 * 1024;
 constexpr int64_t child_lifetime_seconds_max = 600;
+constexpr double target_msgs_per_s = 50'000;
 
 // Message kinds (first byte).
 enum Kind : uint8_t {
@@ -474,6 +476,7 @@ int main(int argc, char** argv) {
   double frames_per_write = static_cast<double>(after.frames_out - before.frames_out) /
                             static_cast<double>(std::max<uint64_t>(1, after.tls_writes - before.tls_writes));
 
+  auto at_target = driver.atLoad(target_msgs_per_s / 2, load_seconds);
   double load = fixed_rate > 0 ? fixed_rate : rate / 2;
   auto latency = driver.atLoad(load, load_seconds);
 
@@ -495,20 +498,22 @@ int main(int argc, char** argv) {
               " %.0f frames per TLS write)\n",
               message_bytes, (unsigned long long)window_messages, rate, pipelined_trials,
               (unsigned long long)pipelined_count, frames_per_write);
-  std::printf("  one-way latency at %.0f msg/s (%s)       p50 %7.1f us  p99 %7.1f us  target p99 <= 5000 us"
+  std::printf("  one-way latency at %.0f msg/s (half the target)  p50 %7.1f us  p99 %7.1f us  target p99 <= 5000 us"
               "  (%zu messages)\n",
-              load, fixed_rate > 0 ? "--rate" : "half the pipelined rate", latency.p50_us, latency.p99_us,
-              latency.count);
+              target_msgs_per_s / 2, at_target.p50_us, at_target.p99_us, at_target.count);
+  std::printf("  one-way latency at %.0f msg/s (%s)  p50 %7.1f us  p99 %7.1f us  (%zu messages)\n", load,
+              fixed_rate > 0 ? "--rate" : "half the pipelined rate", latency.p50_us, latency.p99_us, latency.count);
   if (counters.frames_dropped > 0 || counters.refusedTotal() > 0)
     std::printf("  WARNING: %llu frames dropped, %llu connections refused\n",
                 (unsigned long long)counters.frames_dropped, (unsigned long long)counters.refusedTotal());
   std::printf(
       "{\"bench\":\"messaging\",\"mode\":\"link\",\"message_bytes\":%zu,\"pipelined_msgs_per_s\":%.0f,"
-      "\"frames_per_tls_write\":%.1f,\"load_msgs_per_s\":%.0f,\"latency_p50_us\":%.1f,\"latency_p99_us\":%.1f,"
+      "\"frames_per_tls_write\":%.1f,\"half_target_p50_us\":%.1f,\"half_target_p99_us\":%.1f,"
+      "\"load_msgs_per_s\":%.0f,\"latency_p50_us\":%.1f,\"latency_p99_us\":%.1f,"
       "\"tls_rtt_p50_us\":%.1f,\"tls_rtt_p99_us\":%.1f,\"tcp_rtt_p50_us\":%.1f,\"tcp_rtt_p99_us\":%.1f,"
       "\"frames_dropped\":%llu}\n",
-      message_bytes, rate, frames_per_write, load, latency.p50_us, latency.p99_us, tls_rtt.p50_us, tls_rtt.p99_us,
+      message_bytes, rate, frames_per_write, at_target.p50_us, at_target.p99_us, load, latency.p50_us, latency.p99_us, tls_rtt.p50_us, tls_rtt.p99_us,
       tcp.p50_us, tcp.p99_us, (unsigned long long)counters.frames_dropped);
-  bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0 && latency.count > 0;
+  bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0 && latency.count > 0 && at_target.count > 0;
   return ok ? 0 : 1;
 }

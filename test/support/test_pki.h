@@ -120,6 +120,10 @@ class TestDirectory final : public node::PeerDirectory {
     std::lock_guard lock(mutex_);
     members_[name] = std::move(endpoint);
   }
+  void removeMember(const std::string& name) {
+    std::lock_guard lock(mutex_);
+    members_.erase(name);
+  }
   void addCrl(Crl crl) {
     std::lock_guard lock(mutex_);
     crls_.push_back(std::move(crl));
