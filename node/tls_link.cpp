@@ -532,7 +532,7 @@ Status TlsLink::Impl::setUp() {
     if (ec) {
       auto found = resolver.resolve(o.listen_host, std::to_string(o.listen_port), ec);
       if (ec || found.empty())
-        return makeError(Errc::unavailable, "cannot resolve listen_host " + o.listen_host + ": " + ec.message());
+        return makeError(Errc::io_error, "cannot resolve listen_host " + o.listen_host + ": " + ec.message());
       endpoint = found.begin()->endpoint();
     } else {
       endpoint = tcp::endpoint(address, o.listen_port);
@@ -542,7 +542,7 @@ Status TlsLink::Impl::setUp() {
     if (!ec) acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
     if (!ec) acceptor.bind(endpoint, ec);
     if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
-    if (ec) return makeError(Errc::unavailable, "cannot listen on " + where + ": " + ec.message());
+    if (ec) return makeError(Errc::io_error, "cannot listen on " + where + ": " + ec.message());
     port = acceptor.local_endpoint().port();
     log->info("tls {}: listening on {}:{}", o.self, o.listen_host, port);
   }
@@ -870,7 +870,7 @@ Status TlsLink::send(std::string_view peer_name, Bytes frame) {
     return makeError(Errc::too_large, "a frame of " + std::to_string(frame.size()) + " bytes to " +
                                           std::string(peer_name) + ", over the limit of " +
                                           std::to_string(link.options.frame_bytes_max));
-  if (link.stopped) return makeError(Errc::unavailable, "the TLS link has stopped");
+  if (link.stopped) return makeError(Errc::io_error, "the TLS link has stopped");
   Status error;
   Peer* peer = link.peerEntry(peer_name, &error);
   if (peer == nullptr) return error;
@@ -898,7 +898,7 @@ Status TlsLink::send(std::string_view peer_name, Bytes frame) {
 Status TlsLink::connect(std::string_view peer_name) {
   auto& link = *impl_;
   CCAL_ASSERT(link.executor.inExecutorThread());
-  if (link.stopped) return makeError(Errc::unavailable, "the TLS link has stopped");
+  if (link.stopped) return makeError(Errc::io_error, "the TLS link has stopped");
   Status error;
   Peer* peer = link.peerEntry(peer_name, &error);
   if (peer == nullptr) return error;
