@@ -13,9 +13,13 @@
 // Topology: each member sends on its own outbound connection to a peer and
 // receives on the connections the peer dials to it, so two members that
 // dial each other at the same moment never race. onPeerUp/onPeerDown follow
-// the outbound connection. A peer is dialled on the first send (or
-// connect()), and redialled with bounded exponential backoff after a failure
-// or a drop, until the link stops.
+// the outbound connection; it counts as up once the accepting member, having
+// identified us, writes one byte (0x01) on it (in TLS 1.3 a server's refusal
+// reaches the client only after the client's side of the handshake is done,
+// so without this a refused dialler would see its peer up for a moment).
+// A peer is dialled on the first send (or connect()), and redialled with
+// bounded exponential backoff after a failure or a drop, until the link
+// stops or the peer leaves the directory.
 //
 // Framing: a 4-byte big-endian length, then that many bytes (1 to
 // frame_bytes_max). A peer that sends a zero or oversized length, more

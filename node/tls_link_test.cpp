@@ -519,7 +519,7 @@ TEST_CASE("TlsLink: a client without a certificate, and silent or surplus connec
   TestPki pki;
   TestDirectory directory(pki.root());
   Member b(pki, directory, pki.issue("Hainan Rural Bank"));
-  b.options.handshake_timeout_micros = 300'000;
+  b.options.handshake_timeout_micros = 1'000'000;
   b.options.inbound_connections_max = 2;
   b.start();
 
