@@ -160,10 +160,10 @@ Result<ApiUsers> ApiUsers::parse(std::string_view toml_text, std::string_view so
     return makeError(Errc::malformed,
                      std::string(source) + ": users: missing (at least one [[users]] table)");
   const toml::array* list = users_node->as_array();
+  if (list != nullptr && list->empty())
+    return keyError(source, users_node, "users", "no users: at least one [[users]] table");
   if (list == nullptr || !list->is_array_of_tables())
     return keyError(source, users_node, "users", "must be an array of tables ([[users]])");
-  if (list->empty())
-    return keyError(source, users_node, "users", "no users: at least one [[users]] table");
   if (list->size() > users_max)
     return keyError(source, users_node, "users",
                     std::to_string(list->size()) + " users, over the limit of " +
