@@ -249,6 +249,9 @@ class Session : public std::enable_shared_from_this<Session> {
         handler_timer_(stream_.get_executor()),
         reject_(reject) {
     (reject_ ? server_->rejecting : server_->connections).fetch_add(1);
+    beast::error_code ec;
+    auto remote = stream_.socket().remote_endpoint(ec);
+    if (!ec) remote_ = remote.address().to_string() + ":" + std::to_string(remote.port());
   }
   ~Session() { (reject_ ? server_->rejecting : server_->connections).fetch_sub(1); }
 
@@ -285,7 +288,35 @@ class Session : public std::enable_shared_from_this<Session> {
     parser_.emplace();
     parser_->header_limit(static_cast<std::uint32_t>(options().header_bytes_max));
     parser_->body_limit(options().body_bytes_max);
+    // One deadline for the whole request, header and body: a slow sender
+    // cannot hold the connection by dripping bytes.
     stream_.expires_after(micros(options().idle_timeout_micros));
+    http::async_read_header(stream_, buffer_, *parser_,
+                            beast::bind_front_handler(&Session::onHeader, shared_from_this()));
+  }
+
+  void onHeader(beast::error_code ec, size_t bytes) {
+    if (ec) return onRead(ec, bytes);
+    request_began_ = std::chrono::steady_clock::now();
+    const auto& header = parser_->get();
+    method_text_ = std::string(header.method_string().data(), header.method_string().size());
+    target_text_ = std::string(header.target().data(), header.target().size());
+    // curl and others wait for "100 Continue" before sending a body.
+    auto expect = header.find(http::field::expect);
+    if (expect != header.end() && beast::iequals(expect->value(), "100-continue") &&
+        !parser_->is_done()) {
+      auto interim = std::make_shared<http::response<http::empty_body>>(http::status::continue_,
+                                                                         header.version());
+      return http::async_write(stream_, *interim,
+                               [self = shared_from_this(), interim](beast::error_code write_ec, size_t) {
+                                 if (write_ec) return self->closeNow();
+                                 self->readBody();
+                               });
+    }
+    readBody();
+  }
+
+  void readBody() {
     http::async_read(stream_, buffer_, *parser_,
                      beast::bind_front_handler(&Session::onRead, shared_from_this()));
   }
@@ -467,6 +498,7 @@ class Session : public std::enable_shared_from_this<Session> {
     for (size_t i = 0; i < segments.size(); ++i)
       if (chosen->segments[i].is_param) request.params[chosen->segments[i].text] = segments[i];
     request.method = chosen->method;
+    user_ = request.user;
     invoke(*chosen, std::move(request));
   }
 
@@ -537,6 +569,7 @@ class Session : public std::enable_shared_from_this<Session> {
     message->body().push_back('\n');
     message->keep_alive(keep_alive_ && !close_after && !server_->stopped);
     message->prepare_payload();
+    logAccess(response.status);
     stream_.expires_after(micros(options().write_timeout_micros));
     http::async_write(stream_, *message,
                       [self = shared_from_this(), message](beast::error_code ec, size_t) {
@@ -544,6 +577,31 @@ class Session : public std::enable_shared_from_this<Session> {
                         if (message->keep_alive()) return self->readRequest();
                         self->lingerAndClose();
                       });
+  }
+
+  void logAccess(unsigned status) {
+    const auto& log = server_->providers.access_log;
+    if (log) {
+      ApiAccessRecord record;
+      record.remote = remote_;
+      record.user = user_;
+      record.method = method_text_;
+      record.target = target_text_;
+      record.status = status;
+      if (request_began_)
+        record.duration_micros = std::chrono::duration_cast<std::chrono::microseconds>(
+                                     std::chrono::steady_clock::now() - *request_began_)
+                                     .count();
+      try {
+        log(record);
+      } catch (const std::exception&) {
+        // A failing log must not take the connection down; the response still goes out.
+      }
+    }
+    user_.clear();
+    method_text_.clear();
+    target_text_.clear();
+    request_began_.reset();
   }
 
   void lingerAndClose() {
@@ -579,6 +637,12 @@ class Session : public std::enable_shared_from_this<Session> {
   bool keep_alive_ = true;
   unsigned version_ = 11;
   size_t drained_bytes_ = 0;
+  // What the access log reports about the request being answered.
+  std::string remote_;
+  std::string user_;
+  std::string method_text_;
+  std::string target_text_;
+  std::optional<std::chrono::steady_clock::time_point> request_began_;
   std::array<char, 4096> drain_buffer_{};
 };
 

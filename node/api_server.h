@@ -27,7 +27,9 @@
 // Threading: the server runs on the owner's io_context (one or more
 // threads); each connection has its own strand. Handlers and providers run
 // on connection strands, possibly concurrently, so what they touch must be
-// thread-safe. The ApiServer must be destroyed before its io_context.
+// thread-safe. The ApiServer must be destroyed before its io_context, and
+// what handlers use must outlive the io_context's threads (a request being
+// served when stop() is called may still run its handler).
 
 #include <cstdint>
 #include <functional>
@@ -110,11 +112,23 @@ struct ApiPeer {
   std::optional<uint64_t> outbox_messages;  // messages waiting to be acknowledged
 };
 
+// One answered request, for the node's access log (who did what).
+struct ApiAccessRecord {
+  std::string remote;  // client ip:port
+  std::string user;    // "" when not authenticated
+  std::string method;  // as sent ("" when the request did not parse)
+  std::string target;  // as sent, with the query string
+  unsigned status = 0;
+  int64_t duration_micros = 0;  // from the complete header to the response
+};
+
 struct ApiProviders {
   std::function<ApiNodeInfo()> node_info;       // GET /api/v1/node
   std::function<std::vector<ApiPeer>()> peers;  // GET /api/v1/peers
   // GET /healthz: ok, or why the node is not healthy (-> 503). Unset: ok.
   std::function<Status()> health;
+  // Called once per response, on the connection's strand. Optional.
+  std::function<void(const ApiAccessRecord&)> access_log;
 };
 
 struct ApiServerOptions {

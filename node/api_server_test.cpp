@@ -556,3 +556,126 @@ TEST_CASE("api server: expected failures map to HTTP statuses") {
   CHECK(response.status == 422);
   CHECK(response.body["error"]["code"] == "insufficient_balance");
 }
+
+TEST_CASE("api server: a client expecting 100-continue gets it before sending the body") {
+  ApiFixture api({}, testProviders());
+  api.server().addRoute(HttpMethod::post, "/api/v1/echo", ApiRole::operator_,
+                        [](const ApiRequest& request) { return ApiResponse::ok({{"got", request.body}}); });
+  api.start();
+  Client client(api.port());
+  std::string body = R"({"amount":1200})";
+  std::string header = "POST /api/v1/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                       api_operator_token + "\r\nContent-Type: application/json\r\nContent-Length: " +
+                       std::to_string(body.size()) + "\r\nExpect: 100-continue\r\n\r\n";
+  net::write(client.socket, net::buffer(header));
+  http::response<http::empty_body> interim;
+  http::read(client.socket, client.buffer, interim);
+  CHECK(interim.result() == http::status::continue_);
+  net::write(client.socket, net::buffer(body));
+  auto reply = client.receive();
+  CHECK(reply.status == 200);
+  CHECK(reply.body["got"]["amount"] == 1200);
+}
+
+TEST_CASE("api server: the access log records who did what, with the status") {
+  std::mutex mutex;
+  std::vector<ApiAccessRecord> records;
+  ApiProviders providers = testProviders();
+  providers.access_log = [&](const ApiAccessRecord& record) {
+    std::lock_guard lock(mutex);
+    records.push_back(record);
+  };
+  ApiFixture api({}, providers);
+  api.start();
+  {
+    Client client(api.port());
+    CHECK(client.send(http::verb::get, "/api/v1/node?x=1", reader).status == 200);
+    CHECK(client.send(http::verb::get, "/api/v1/node", nullptr).status == 401);
+  }
+  {
+    Client client(api.port());
+    CHECK(client.rawExchange("NOT HTTP\r\n\r\n").rfind("HTTP/1.1 400", 0) == 0);
+  }
+  std::lock_guard lock(mutex);
+  REQUIRE(records.size() == 3);
+  CHECK(records[0].user == "viewer");
+  CHECK(records[0].method == "GET");
+  CHECK(records[0].target == "/api/v1/node?x=1");
+  CHECK(records[0].status == 200);
+  CHECK(records[0].remote.rfind("127.0.0.1:", 0) == 0);
+  CHECK(records[1].user.empty());
+  CHECK(records[1].status == 401);
+  CHECK(records[2].method.empty());
+  CHECK(records[2].status == 400);
+}
+
+TEST_CASE("api server: many clients at once on a two-thread io_context") {
+  ApiServerOptions options;
+  options.connections_max = 16;
+  ApiFixture api(options, testProviders());
+  std::atomic<int> served{0};
+  std::mutex workers_mutex;
+  std::vector<std::thread> workers;
+  api.server().addAsyncRoute(HttpMethod::post, "/api/v1/flows", ApiRole::operator_,
+                             [&](ApiRequest request, ApiReply reply) {
+                               ++served;
+                               // Reply from another thread half the time, inline otherwise.
+                               int n = request.body.at("n").get<int>();
+                               if (n % 2) {
+                                 std::lock_guard lock(workers_mutex);
+                                 workers.emplace_back([reply, n] { reply(ApiResponse::ok({{"n", n}})); });
+                               } else {
+                                 reply(ApiResponse::ok({{"n", n}}));
+                               }
+                             });
+  api.start(2);
+  constexpr int clients = 8, requests_each = 40;
+  std::atomic<int> good{0};
+  std::vector<std::thread> threads;
+  for (int c = 0; c < clients; ++c)
+    threads.emplace_back([&, c] {
+      Client client(api.port());
+      for (int i = 0; i < requests_each; ++i) {
+        int n = c * 1000 + i;
+        auto reply = i % 3 == 0 ? client.send(http::verb::get, "/api/v1/peers", reader)
+                                : client.send(http::verb::post, "/api/v1/flows", operator_,
+                                              json{{"n", n}}.dump());
+        if (reply.status == 200 && (i % 3 == 0 || reply.body["n"] == n)) ++good;
+      }
+    });
+  for (auto& thread : threads) thread.join();
+  {
+    std::lock_guard lock(workers_mutex);
+    for (auto& worker : workers) worker.join();
+  }
+  CHECK(good == clients * requests_each);
+  CHECK(served == clients * (requests_each - (requests_each + 2) / 3));
+}
+
+TEST_CASE("api server: stop while an async handler is pending; its late reply is harmless") {
+  ApiFixture api({}, testProviders());
+  std::mutex mutex;
+  std::optional<ApiReply> parked;
+  api.server().addAsyncRoute(HttpMethod::post, "/api/v1/flows", ApiRole::operator_,
+                             [&](ApiRequest, ApiReply reply) {
+                               std::lock_guard lock(mutex);
+                               parked = std::move(reply);
+                             });
+  api.start();
+  Client client(api.port());
+  http::request<http::string_body> request(http::verb::post, "/api/v1/flows", 11);
+  request.set(http::field::authorization, "Bearer " + api_operator_token);
+  request.body() = "{}";
+  request.prepare_payload();
+  http::write(client.socket, request);
+  for (int i = 0; i < 500; ++i) {
+    std::lock_guard lock(mutex);
+    if (parked) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  api.server().stop();
+  CHECK(client.closedByServer());
+  std::lock_guard lock(mutex);
+  REQUIRE(parked.has_value());
+  (*parked)(ApiResponse::ok({{"late", true}}));
+}

@@ -10,6 +10,7 @@
 #include <functional>
 #include <optional>
 #include <thread>
+#include <vector>
 
 #include "node/api_server.h"
 
@@ -39,18 +40,18 @@ class ApiFixture {
   ~ApiFixture() {
     server_->stop();
     work_.reset();
-    if (thread_.joinable()) thread_.join();
+    for (auto& thread : threads_) thread.join();
     server_.reset();
   }
   ApiFixture(const ApiFixture&) = delete;
   ApiFixture& operator=(const ApiFixture&) = delete;
 
   node::ApiServer& server() { return *server_; }
-  // Binds and starts serving; call after adding routes.
-  void start() {
+  // Binds and starts serving on `threads` io_context threads; call after adding routes.
+  void start(int threads = 1) {
     Status started = server_->start();
     CCAL_ASSERT_MSG(started.ok(), "the test API server could not start");
-    thread_ = std::thread([this] { io_.run(); });
+    for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { io_.run(); });
   }
   uint16_t port() const { return server_->port(); }
   boost::asio::io_context& io() { return io_; }
@@ -59,7 +60,7 @@ class ApiFixture {
   boost::asio::io_context io_;
   boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_;
   std::optional<node::ApiServer> server_;
-  std::thread thread_;
+  std::vector<std::thread> threads_;
 };
 
 }  // namespace ccal::testing
