@@ -35,6 +35,9 @@ const char* errcName(Errc code) {
     case Errc::schema_mismatch: return "schema_mismatch";
     case Errc::io_error: return "io_error";
     case Errc::timeout: return "timeout";
+    case Errc::unavailable: return "unavailable";
+    case Errc::unauthorized: return "unauthorized";
+    case Errc::forbidden: return "forbidden";
   }
   return "unknown_error";
 }

@@ -43,6 +43,9 @@ enum class Errc : uint16_t {
   schema_mismatch,       // a store file made by another program, schema version or LMDB format
   io_error,              // an operating-system operation failed (file, process, socket)
   timeout,               // something did not happen within its time limit
+  unavailable,           // a service or peer that cannot be reached or refuses to serve now
+  unauthorized,          // missing or wrong credentials
+  forbidden,             // credentials that are valid but not allowed to do this
 };
 
 const char* errcName(Errc code);
