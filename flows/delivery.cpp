@@ -260,17 +260,12 @@ void Delivery::send(std::string_view peer, const MessageId& id, Bytes payload,
                                                std::to_string(payloadBytesMax())));
   }
   store_.enqueueAsync(peer, id, payload,
-                      [this, ex = &executor_, alive = std::weak_ptr<int>(alive_),
-                       peer = std::string(peer),
-                       done = std::move(done)](const Result<bool>& queued) mutable {
-                        ex->post([this, alive, peer = std::move(peer), done = std::move(done),
-                                  queued] {
-                          if (alive.expired()) return;
-                          if (!queued) return done(queued.error());
-                          if (*queued) scheduleRefill(peer);
-                          done(Status());
-                        });
-                      });
+                      completion([this, peer = std::string(peer),
+                                  done = std::move(done)](const Result<bool>& queued) {
+                        if (!queued) return done(queued.error());
+                        if (*queued) scheduleRefill(peer);
+                        done(Status());
+                      }));
 }
 
 void Delivery::scheduleRefill(const std::string& peer) {
@@ -354,20 +349,14 @@ void Delivery::onAck(const std::string& peer, std::vector<MessageId> ids) {
     out.window.erase(it);
     progress = true;
     ++stats_.messages_acknowledged;
-    store_.acknowledgeAsync(peer, id,
-                            [this, ex = &executor_, alive = std::weak_ptr<int>(alive_), peer,
-                             id](const Result<bool>& removed) {
-                              if (removed) return;
-                              Error error = removed.error();
-                              ex->post([this, alive, peer, id, error] {
-                                if (alive.expired()) return;
-                                // Still in the outbox: sent again after a restart, and
-                                // the peer's dedup drops the copy.
-                                ++stats_.store_failures;
-                                log("removing acknowledged message " + id.hex() + " to '" + peer +
-                                    "' from the outbox failed: " + error.toString());
-                              });
-                            });
+    store_.acknowledgeAsync(peer, id, completion([this, peer, id](const Result<bool>& removed) {
+      if (removed) return;
+      // Still in the outbox: sent again after a restart, and the peer's
+      // dedup drops the copy.
+      ++stats_.store_failures;
+      log("removing acknowledged message " + id.hex() + " to '" + peer +
+          "' from the outbox failed: " + removed.error().toString());
+    }));
   }
   if (!progress) return;
   out.retransmit_delay_micros = config_.retransmit_delay_micros_min;
@@ -460,13 +449,9 @@ void Delivery::onMessageFrame(const std::string& peer, uint64_t seq, uint64_t pr
   Bytes stored_frame = encodeMessageFrame(seq, prev_seq, prev_id, id, payload);
   in.held[seq] = Held{id, prev_seq, prev_id, std::move(payload), HeldState::storing};
   store_.receiveAsync(peer, id, stored_frame,
-                      [this, ex = &executor_, alive = std::weak_ptr<int>(alive_), peer,
-                       seq](const Result<bool>& stored) {
-                        ex->post([this, alive, peer, seq, stored] {
-                          if (alive.expired()) return;
-                          onStored(peer, seq, stored);
-                        });
-                      });
+                      completion([this, peer, seq](const Result<bool>& stored) {
+                        onStored(peer, seq, stored);
+                      }));
 }
 
 void Delivery::onStored(const std::string& peer, uint64_t seq, const Result<bool>& stored) {
@@ -560,13 +545,37 @@ void Delivery::consume(std::string_view peer, const MessageId& id,
                        std::function<void(const Status&)> done) {
   CCAL_ASSERT(done != nullptr);
   store_.consumeAsync(peer, id,
-                      [ex = &executor_, alive = std::weak_ptr<int>(alive_),
-                       done = std::move(done)](const Result<bool>& consumed) mutable {
-                        ex->post([alive, done = std::move(done), consumed] {
-                          if (alive.expired()) return;
-                          done(consumed ? Status() : Status(consumed.error()));
-                        });
-                      });
+                      completion([done = std::move(done)](const Result<bool>& consumed) {
+                        done(consumed ? Status() : Status(consumed.error()));
+                      }));
+}
+
+vault::MessageStore::ChangedFn Delivery::completion(
+    std::function<void(const Result<bool>&)> on_executor) {
+  {
+    std::lock_guard lock(requests_->mutex);
+    ++requests_->in_flight;
+  }
+  // Runs on the store's writer thread (or at once when the store refuses the
+  // request before queueing it): `this` may be gone by the time the posted
+  // function runs, so it checks first.
+  return [ex = &executor_, alive = std::weak_ptr<int>(alive_), requests = requests_,
+          on_executor = std::move(on_executor)](const Result<bool>& result) mutable {
+    ex->post([alive, result, on_executor = std::move(on_executor)] {
+      if (alive.expired()) return;  // destroyed (a restart): the new object reloads the store
+      on_executor(result);
+    });
+    {
+      std::lock_guard lock(requests->mutex);
+      --requests->in_flight;
+    }
+    requests->drained.notify_all();
+  };
+}
+
+void Delivery::waitForStore() const {
+  std::unique_lock lock(requests_->mutex);
+  requests_->drained.wait(lock, [&] { return requests_->in_flight == 0; });
 }
 
 }  // namespace ccal::flows

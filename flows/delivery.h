@@ -32,14 +32,15 @@
 // on the store's writer thread and are posted back to it. The executor must
 // outlive the store's queued requests (close the store before it).
 
+#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
 
 #include "flows/io.h"
@@ -115,6 +116,10 @@ class Delivery final : public Messaging, public LinkHandler {
   const Stats& stats() const { return stats_; }
   // Messages to `peer` sent and not yet acknowledged (in this process's view).
   size_t inFlight(std::string_view peer) const;
+  // Blocks until every store request queued so far has posted its completion
+  // to the executor (they have not necessarily run). The simulator calls it
+  // after each event so that runs are reproducible. Not on the writer thread.
+  void waitForStore() const;
 
  private:
   struct Outgoing {
@@ -151,6 +156,10 @@ class Delivery final : public Messaging, public LinkHandler {
   void log(const std::string& line) const;
   // Runs fn on the executor unless this object is gone by then. Any thread.
   void postBack(std::function<void()> fn);
+  // The done() of a MessageStore request: posts on_executor(result) back to
+  // the executor (dropped if this object is gone) and counts the request in
+  // flight until then.
+  vault::MessageStore::ChangedFn completion(std::function<void(const Result<bool>&)> on_executor);
 
   void scheduleRefill(const std::string& peer);
   void refill(const std::string& peer);
@@ -181,6 +190,14 @@ class Delivery final : public Messaging, public LinkHandler {
   Stats stats_;
   // Expires when this object is destroyed; posted completions check it.
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);
+  // Store requests whose completion has not been posted yet; shared with the
+  // completions, which may outlive this object.
+  struct StoreRequests {
+    std::mutex mutex;  // guards in_flight
+    std::condition_variable drained;
+    size_t in_flight = 0;
+  };
+  std::shared_ptr<StoreRequests> requests_ = std::make_shared<StoreRequests>();
 };
 
 // Frame encodings, exposed for tests and fuzzing.
