@@ -106,8 +106,7 @@ void Scheduler::takeForeign() {
 
 bool Scheduler::step(int64_t deadline_micros, const std::function<void(int member)>& after) {
   takeForeign();
-  if (events_.empty()) return false;
-  if (events_.begin()->first.first > deadline_micros) {
+  if (events_.empty() || events_.begin()->first.first > deadline_micros) {
     now_ = std::max(now_, deadline_micros);
     return false;
   }

@@ -98,7 +98,8 @@ class Scheduler {
   // thread's post when the current event ends (see quiesce).
   void post(int member, std::shared_ptr<const bool> alive, std::function<void()> fn);
 
-  // Runs one event: false when none is due by deadline_micros (virtual, absolute).
+  // Runs one event: false when none is due by deadline_micros (virtual,
+  // absolute), after moving time on to the deadline.
   // `after` runs after the event, before foreign posts are taken in.
   bool step(int64_t deadline_micros, const std::function<void(int member)>& after);
   size_t pending() const { return events_.size(); }
@@ -212,7 +213,7 @@ class Simulation {
   // Runs `fn` (a test action or fault) after delay_micros of virtual time.
   void at(int64_t delay_micros, std::function<void()> fn);
   // Runs events until pred() holds (true) or virtual time reaches now +
-  // deadline_micros, or nothing is left to run (pred() then).
+  // deadline_micros (pred() then).
   bool runUntil(const std::function<bool()>& pred, int64_t deadline_micros);
   void runFor(int64_t micros) { runUntil([] { return false; }, micros); }
 
