@@ -500,9 +500,10 @@ TEST_CASE("delivery: malformed frames are dropped with a reason and harm nothing
   Bytes short_id = encodeMessageFrame(7, 0, MessageId(), id, bytesOf("x"));
   bad.push_back({"truncated", Bytes(short_id.begin(), short_id.begin() + 24)});
   const auto before = d.stats().frames_malformed;
-  for (auto& [what, frame] : bad) {
+  for (const auto& entry : bad) {  // not a structured binding: CAPTURE is a lambda (clang 14)
+    const std::string& what = entry.first;
     CAPTURE(what);
-    d.onFrame(alice, frame);
+    d.onFrame(alice, entry.second);
   }
   p.settle();
   CHECK(d.stats().frames_malformed == before + bad.size());

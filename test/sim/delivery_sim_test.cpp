@@ -4,11 +4,13 @@
 // members crash and restart over their LMDB directories and clocks jump.
 // Every receiver checks, as each message is handed over, that it was sent,
 // that it was not consumed before (exactly once) and that it comes in the
-// sender's order; at the end, after healing, every message sent has been
+// sender's order, skipping only messages whose consumption was asked for
+// before a restart; at the end, after healing, every message sent has been
 // consumed exactly once and every outbox and inbox is empty.
 //
 // Each seed is one run; a failure names its seed, and CCAL_SIM_SEED=<n>
-// replays that run exactly. CCAL_SIM_SEEDS=<count> runs more seeds.
+// replays that run exactly. CCAL_SIM_SEEDS=<count> runs more seeds and
+// CCAL_SIM_MESSAGES=<n> sends more messages per seed.
 
 #include <doctest/doctest.h>
 
@@ -96,6 +98,7 @@ class World {
     uint64_t sent = 0;               // send() called for indexes below this
     std::set<uint64_t> accepted;     // done(ok): durably queued
     std::set<uint64_t> delivered;    // handed over at least once
+    std::set<uint64_t> consume_requested;  // consume() called
     std::set<uint64_t> consumed;     // consume done(ok)
     int receiver_incarnation = -1;   // of the last hand-over
     uint64_t last_index = 0;         // handed over last, in that incarnation
@@ -140,23 +143,38 @@ class World {
     ++delivered_total;
     PairLog& log = pairs[{from, receiver}];
     if (index >= log.sent) return fail(where + ": never sent");
-    if (log.consumed.count(index)) return fail(where + ": handed over again after it was consumed");
-    if (log.receiver_incarnation == incarnation) {
-      if (index != log.last_index + 1) {
-        return fail(where + ": out of order, after " + std::to_string(log.last_index));
-      }
-    } else {
-      // The first in this incarnation: everything before it was handed over before.
-      for (uint64_t j = 0; j < index; ++j) {
-        if (!log.delivered.count(j)) {
-          return fail(where + ": handed over before message " + std::to_string(j));
-        }
+    if (log.consumed.count(index)) fail(where + ": handed over again after it was consumed");
+    // Messages are handed over in the sender's order; only messages whose
+    // consumption was asked for (in an earlier incarnation) may be skipped:
+    // after a restart, every message not consumed comes again, in order.
+    const bool same_incarnation = log.receiver_incarnation == incarnation;
+    if (same_incarnation && index <= log.last_index) {
+      fail(where + ": handed over again or out of order, after " +
+           std::to_string(log.last_index));
+    }
+    for (uint64_t j = same_incarnation ? log.last_index + 1 : 0; j < index; ++j) {
+      if (!log.consume_requested.count(j)) {
+        fail(where + ": handed over before message " + std::to_string(j) +
+             (same_incarnation ? " (after " + std::to_string(log.last_index) + ")" : ""));
+        break;
       }
     }
     if (log.delivered.count(index)) ++redelivered_after_restart;
     log.delivered.insert(index);
     log.receiver_incarnation = incarnation;
     log.last_index = index;
+  }
+
+  void onConsumeRequested(const std::string& receiver, std::string_view peer,
+                          const MessageId& id) {
+    PairLog& log = pairs[{std::string(peer), receiver}];
+    for (uint64_t i : log.delivered) {
+      if (idOf(std::string(peer), receiver, i) == id) {
+        log.consume_requested.insert(i);
+        return;
+      }
+    }
+    fail("asked to consume a message never handed over");
   }
 
   void onConsumed(const std::string& receiver, std::string_view peer, const MessageId& id,
@@ -246,6 +264,7 @@ void DeliveryNode::send(const std::string& to, uint64_t index) {
 void DeliveryNode::onMessage(std::string_view peer, const MessageId& id, ByteView payload) {
   world_.onDelivered(name_, incarnation_, peer, id, payload);
   auto consume = [this, peer = std::string(peer), id] {
+    world_.onConsumeRequested(name_, peer, id);
     delivery_->consume(peer, id, [world = &world_, name = name_, peer, id](const Status& s) {
       world->onConsumed(name, peer, id, s);
     });
@@ -358,9 +377,12 @@ Outcome runSeed(uint64_t seed, const Plan& plan) {
   return out;
 }
 
-uint64_t seedCount() {
-  const char* text = ::getenv("CCAL_SIM_SEEDS");
-  return text ? std::stoull(text) : 60;
+// CI runs 40 seeds of 150 messages (about a second each under ASan, where
+// LMDB's per-request allocations dominate); CCAL_SIM_SEEDS and
+// CCAL_SIM_MESSAGES run more.
+uint64_t envOr(const char* name, uint64_t fallback) {
+  const char* text = ::getenv(name);
+  return text && *text ? std::stoull(text) : fallback;
 }
 
 }  // namespace
@@ -368,11 +390,12 @@ uint64_t seedCount() {
 TEST_CASE("delivery sim: exactly once and in order under loss, duplication, reordering, "
           "partitions, crashes and clock jumps") {
   Plan plan;
+  plan.messages = static_cast<uint32_t>(envOr("CCAL_SIM_MESSAGES", 150));
   std::vector<uint64_t> seeds;
   if (auto one = sim::seedFromEnvironment()) {
     seeds.push_back(*one);
   } else {
-    for (uint64_t s = 1; s <= seedCount(); ++s) seeds.push_back(s);
+    for (uint64_t s = 1; s <= envOr("CCAL_SIM_SEEDS", 40); ++s) seeds.push_back(s);
   }
   uint64_t delivered = 0, redelivered = 0, crashes = 0, events = 0, lost = 0, duplicated = 0;
   for (uint64_t seed : seeds) {
@@ -395,8 +418,11 @@ TEST_CASE("delivery sim: exactly once and in order under loss, duplication, reor
                        << " again after a restart), " << crashes << " crashes, " << lost
                        << " frames lost, " << duplicated << " duplicated, " << events
                        << " events");
-  CHECK(crashes > 0);
-  CHECK(lost > 0);
+  if (seeds.size() >= 10) {  // the faults did happen
+    CHECK(crashes > 0);
+    CHECK(lost > 0);
+    CHECK(redelivered > 0);
+  }
 }
 
 TEST_CASE("delivery sim: one seed replays exactly (same trace hash), another differs") {
