@@ -282,12 +282,13 @@ void Delivery::scheduleRefill(const std::string& peer) {
 void Delivery::refill(const std::string& peer) {
   OutPeer& out = outPeer(peer);
   if (!out.outbox_may_have_more || out.window.size() >= config_.window_messages_max) return;
-  const auto room = static_cast<uint32_t>(config_.window_messages_max - out.window.size());
+  const auto room = static_cast<uint32_t>(std::min<size_t>(
+      config_.window_messages_max - out.window.size(), vault::message_listing_max));
   auto pending = store_.pending(peer, room, out.next_outbox_seq);
   if (!pending) {
     ++stats_.store_failures;
     log("reading the outbox of '" + peer + "' failed: " + pending.error().toString());
-    armRetransmit(peer);  // try again later
+    armRetransmit(peer, /*even_if_idle=*/true);  // the timer tries again
     return;
   }
   if (pending->size() < room) out.outbox_may_have_more = false;
@@ -319,9 +320,9 @@ void Delivery::transmit(const std::string& peer, size_t index, bool retransmissi
   if (!sent) log("sending message " + m.id.hex() + " to '" + peer + "': " + sent.error().toString());
 }
 
-void Delivery::armRetransmit(const std::string& peer) {
+void Delivery::armRetransmit(const std::string& peer, bool even_if_idle) {
   OutPeer& out = outPeer(peer);
-  if (out.window.empty() || out.retransmit_timer != 0) return;
+  if ((out.window.empty() && !even_if_idle) || out.retransmit_timer != 0) return;
   out.retransmit_timer = executor_.runAfter(out.retransmit_delay_micros, [this, peer] {
     outPeer(peer).retransmit_timer = 0;
     onRetransmitTimer(peer);

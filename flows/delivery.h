@@ -164,7 +164,9 @@ class Delivery final : public Messaging, public LinkHandler {
   void scheduleRefill(const std::string& peer);
   void refill(const std::string& peer);
   void transmit(const std::string& peer, size_t index, bool retransmission);
-  void armRetransmit(const std::string& peer);
+  // Starts the retransmission timer unless it runs or nothing is in flight
+  // (and not even_if_idle: a failed outbox read is retried by the timer too).
+  void armRetransmit(const std::string& peer, bool even_if_idle = false);
   void onRetransmitTimer(const std::string& peer);
   void onAck(const std::string& peer, std::vector<MessageId> ids);
 
