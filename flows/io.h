@@ -62,6 +62,8 @@ class LinkHandler {
 // connection arrive in order and at most once, but nothing is promised
 // across connections: after a reconnect the layer above resends what it
 // needs. A link connects on demand and reconnects with bounded backoff.
+// (Delivery, the layer above, is correct under any loss, duplication and
+// reordering of frames; the simulator's link does all three.)
 class Link {
  public:
   virtual ~Link() = default;
@@ -91,6 +93,7 @@ class MessageHandler {
 // Exactly-once, ordered, durable messaging: what flows see. A sent message is
 // in the durable outbox before done() runs, and is retransmitted across
 // reconnects and restarts of either side until the peer has stored it.
+// flows/delivery.h implements it over a Link and the vault's MessageStore.
 class Messaging {
  public:
   virtual ~Messaging() = default;
