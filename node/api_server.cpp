@@ -148,6 +148,8 @@ unsigned httpStatusOf(Errc code) {
     case Errc::name_constraint:
     case Errc::insufficient_balance: return 422;
     case Errc::unavailable: return 503;
+    case Errc::timeout: return 504;
+    case Errc::io_error:
     case Errc::storage_full:
     case Errc::storage_error:
     case Errc::schema_mismatch: return 500;

@@ -612,38 +612,4 @@ Result<BootstrapResult> bootstrapNetwork(const NetworkSpec& spec, const fs::path
   return result;
 }
 
-Result<std::vector<ApiUser>> loadApiUsers(const fs::path& file) {
-  const std::string where = file.string();
-  toml::table root;
-  try {
-    root = toml::parse_file(where);
-  } catch (const toml::parse_error& e) {
-    return makeError(Errc::malformed, where + ": line " + std::to_string(e.source().begin.line) +
-                                          ": " + std::string(e.description()));
-  }
-  SpecReader top(root, "", where);
-  CCAL_TRY(top.allowOnly({"users"}));
-  auto tables = tablesOf(root, "users", where);
-  CCAL_TRY(tables);
-  std::vector<ApiUser> users;
-  std::set<std::string> names;
-  for (size_t i = 0; i < tables->size(); ++i) {
-    SpecReader r(*(*tables)[i], indexed("users", i), where);
-    CCAL_TRY(r.allowOnly({"name", "role", "token"}));
-    ApiUser u;
-    CCAL_TRY(r.text("name", u.name, true));
-    CCAL_TRY(r.text("role", u.role, true));
-    CCAL_TRY(r.text("token", u.token, true));
-    if (!names.insert(u.name).second) return r.error("name", "'" + u.name + "' is listed twice");
-    if (u.role != "admin" && u.role != "operator" && u.role != "read-only") {
-      return r.error("role", "'" + u.role + "' is not one of admin, operator, read-only");
-    }
-    if (u.token.size() != 64 || !fromHex(u.token)) {
-      return r.error("token", "must be 64 hex characters (32 random bytes)");
-    }
-    users.push_back(std::move(u));
-  }
-  return users;
-}
-
 }  // namespace ccal::node

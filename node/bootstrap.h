@@ -101,13 +101,5 @@ Result<BootstrapResult> bootstrapNetwork(const NetworkSpec& spec,
                                          const std::filesystem::path& out_dir, bool force,
                                          TimePoint now);
 
-// Reads DIR/<name>/api-users.toml back (the format the API server reads): errors name the
-// file and the key.
-struct ApiUser {
-  std::string name;
-  std::string role;   // admin | operator | read-only
-  std::string token;  // 64 hex characters
-};
-Result<std::vector<ApiUser>> loadApiUsers(const std::filesystem::path& file);
 
 }  // namespace ccal::node

@@ -1,5 +1,7 @@
 #include "node/bootstrap.h"
 
+#include "node/api_users.h"
+
 #include <doctest/doctest.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -183,11 +185,12 @@ TEST_CASE("bootstrap the demo network: every member's config and map load and ve
             "O=Cooperative Finance Regulator, L=Beijing, C=CN");
     }
 
-    const auto users = must(loadApiUsers(config.api_users_file));
+    const auto loaded = must(ApiUsers::load(config.api_users_file));
+    const auto& users = loaded.users();
     REQUIRE(users.size() == 3);
     std::set<std::string> roles;
     for (const auto& u : users) {
-      roles.insert(u.role);
+      roles.insert(apiRoleName(u.role));
       CHECK(tokens.insert(u.token).second);  // every token is fresh
     }
     CHECK(roles == std::set<std::string>{"admin", "operator", "read-only"});

@@ -4,7 +4,14 @@
 #include <cstdio>
 #include <iostream>
 
+#include <filesystem>
+
+#include "node/api_client.h"
+#include "node/api_users.h"
 #include "node/bootstrap.h"
+#include "node/config.h"
+#include "node/node.h"
+#include "node/process_control.h"
 #include "node/ledger_demo.h"
 
 namespace {
@@ -48,6 +55,90 @@ int runBootstrap(const std::string& spec_file, const std::string& out_dir, bool 
   return 0;
 }
 
+
+// Prints an error (and, with --json, {"error": ...} on stdout); exit code 1.
+int failWith(std::string_view command, const ccal::Error& e, bool json) {
+  std::cerr << "ccal " << command << ": " << e.message << "\n";
+  if (json) {
+    std::cout << nlohmann::json{{"error", {{"code", ccal::errcName(e.code)}, {"message", e.message}}}}
+                     .dump()
+              << "\n";
+  }
+  return 1;
+}
+
+nlohmann::json statusesJson(const std::vector<ccal::node::MemberStatus>& statuses) {
+  auto out = nlohmann::json::array();
+  for (const auto& s : statuses) {
+    out.push_back({{"name", s.name}, {"pid", s.pid}, {"running", s.running}, {"ready", s.ready},
+                   {"detail", s.detail}});
+  }
+  return out;
+}
+
+int printStatuses(std::string_view command,
+                  const ccal::Result<std::vector<ccal::node::MemberStatus>>& statuses, bool json) {
+  if (!statuses) return failWith(command, statuses.error(), json);
+  if (json) {
+    std::cout << nlohmann::json{{"members", statusesJson(*statuses)}}.dump(2) << "\n";
+  } else {
+    for (const auto& s : *statuses) {
+      std::cout << "  " << s.name << "  " << (s.pid ? "pid " + std::to_string(s.pid) : "-") << "  "
+                << s.detail << "\n";
+    }
+  }
+  return 0;
+}
+
+// How the CLI addresses a node: --dir DIR --node NAME (its config gives the
+// API address and the users file an admin token), or --api URL --token T.
+struct NodeAddress {
+  std::string dir, node, api, token;
+
+  void addOptions(CLI::App* command) {
+    command->add_option("--dir", dir, "A bootstrapped network's folder");
+    command->add_option("--node", node, "The member's name (its folder under --dir)");
+    command->add_option("--api", api, "The node's control API URL, e.g. http://127.0.0.1:10001");
+    command->add_option("--token", token, "A bearer token of the node's API (with --api)");
+  }
+
+  ccal::Result<ccal::node::ApiClient> client() const {
+    if (!api.empty()) {
+      if (token.empty()) return ccal::Error{ccal::Errc::malformed, "--api needs --token"};
+      return ccal::node::ApiClient::create(api, token);
+    }
+    if (dir.empty() || node.empty()) {
+      return ccal::Error{ccal::Errc::malformed, "name the node with --dir DIR --node NAME, or --api URL --token T"};
+    }
+    auto config = ccal::node::loadNodeConfig(std::filesystem::path(dir) / node / "node.toml");
+    if (!config) return config.error();
+    auto users = ccal::node::ApiUsers::load(config->api_users_file);
+    if (!users) return users.error();
+    for (const auto& user : users->users()) {
+      if (user.role == ccal::node::ApiRole::admin) {
+        return ccal::node::ApiClient::create("http://" + config->api_listen.toString(), user.token);
+      }
+    }
+    return ccal::Error{ccal::Errc::not_found,
+                       config->api_users_file.string() + " holds no admin user"};
+  }
+
+  // A member named by its folder under --dir, or an X.500 name as it is.
+  std::string memberName(const std::string& name) const {
+    if (!dir.empty() && name.find('=') == std::string::npos) {
+      auto config = ccal::node::loadNodeConfig(std::filesystem::path(dir) / name / "node.toml");
+      if (config) return config->x500;
+    }
+    return name;
+  }
+};
+
+int printJson(std::string_view command, const ccal::Result<nlohmann::json>& result, bool json) {
+  if (!result) return failWith(command, result.error(), json);
+  std::cout << result->dump(2) << "\n";
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -75,8 +166,86 @@ int main(int argc, char** argv) {
                       "Replace an earlier bootstrap in --out (its keys and vaults are lost)");
   bootstrap->add_flag("--json", json, "Print the result as JSON");
 
+  std::string network_dir;
+  bool network_json = false;
+  auto* start = network->add_subcommand(
+      "start", "Start every member of a bootstrapped network in the background and wait until each is ready");
+  auto* stop = network->add_subcommand("stop", "Stop every running member of a network (SIGTERM)");
+  auto* status = network->add_subcommand("status", "Show which members of a network run");
+  for (auto* c : {start, stop, status}) {
+    c->add_option("--dir", network_dir, "The network's folder (from `ccal network bootstrap`)")->required();
+    c->add_flag("--json", network_json, "Print the result as JSON");
+  }
+  int64_t ready_timeout_millis = ccal::node::member_ready_timeout_millis_default;
+  start->add_option("--timeout-ms", ready_timeout_millis, "How long to wait for each member to be ready")
+      ->capture_default_str();
+
+  auto* node_command = app.add_subcommand("node", "Run a member, or ask a running one");
+  node_command->require_subcommand(1);
+  std::string config_file;
+  auto* node_run = node_command->add_subcommand(
+      "run", "Run one member (node, regulator or notary replica) until SIGTERM or SIGINT");
+  node_run->add_option("--config", config_file, "The member's node.toml")->required();
+  NodeAddress address;
+  bool api_json = true;
+  auto* node_info = node_command->add_subcommand("info", "The node's identity, role and uptime (JSON)");
+  auto* node_peers = node_command->add_subcommand("peers", "The node's peers and their connection state (JSON)");
+  for (auto* c : {node_info, node_peers}) {
+    address.addOptions(c);
+    c->add_flag("--json", api_json, "Print JSON (the default)");
+  }
+
+  auto* message = app.add_subcommand("message", "Diagnostics of exactly-once peer messaging");
+  message->require_subcommand(1);
+  std::string message_peer, message_stream = "default", message_text;
+  uint64_t message_count = 1, message_start = 0;
+  auto* message_send = message->add_subcommand("send", "Send a numbered stream of messages to a peer");
+  message_send->add_option("--to", message_peer, "The peer (folder name under --dir, or X.500)")->required();
+  message_send->add_option("--start", message_start, "The first sequence number")->capture_default_str();
+  message_send->add_option("--text", message_text, "Text carried by each message");
+  auto* message_check = message->add_subcommand(
+      "check", "Whether messages 0..count-1 of a stream from a peer are stored once, in order");
+  message_check->add_option("--from", message_peer, "The sender (folder name under --dir, or X.500)")->required();
+  auto* message_status = message->add_subcommand("status", "Streams received and messaging counters");
+  for (auto* c : {message_send, message_check}) {
+    c->add_option("--stream", message_stream, "The stream's name")->capture_default_str();
+    c->add_option("--count", message_count, "How many messages")->capture_default_str();
+  }
+  for (auto* c : {message_send, message_check, message_status}) {
+    address.addOptions(c);
+    c->add_flag("--json", api_json, "Print JSON (the default)");
+  }
+
   CLI11_PARSE(app, argc, argv);
   if (demo->parsed()) return ccal::node::runLedgerDemo(out_dir);
   if (bootstrap->parsed()) return runBootstrap(spec_file, bootstrap_out, force, json);
+  if (start->parsed()) {
+    ccal::node::StartOptions options;
+    options.ready_timeout_millis = ready_timeout_millis;
+    return printStatuses("network start", ccal::node::startNetwork(network_dir, options), network_json);
+  }
+  if (stop->parsed()) return printStatuses("network stop", ccal::node::stopNetwork(network_dir), network_json);
+  if (status->parsed()) return printStatuses("network status", ccal::node::networkStatus(network_dir), network_json);
+  if (node_run->parsed()) return ccal::node::runNode(config_file);
+  auto call = [&](std::string_view command, auto&& fn) {
+    auto client = address.client();
+    if (!client) return failWith(command, client.error(), true);
+    return printJson(command, fn(*client), true);
+  };
+  if (node_info->parsed()) return call("node info", [](auto& c) { return c.get("/api/v1/node"); });
+  if (node_peers->parsed()) return call("node peers", [](auto& c) { return c.get("/api/v1/peers"); });
+  if (message_status->parsed()) {
+    return call("message status", [](auto& c) { return c.get("/api/v1/messages/diagnostic"); });
+  }
+  if (message_send->parsed()) {
+    nlohmann::json body = {{"to", address.memberName(message_peer)}, {"stream", message_stream},
+                           {"count", message_count}, {"start", message_start}, {"text", message_text}};
+    return call("message send", [&](auto& c) { return c.post("/api/v1/messages/diagnostic", body); });
+  }
+  if (message_check->parsed()) {
+    nlohmann::json body = {{"from", address.memberName(message_peer)}, {"stream", message_stream},
+                           {"count", message_count}};
+    return call("message check", [&](auto& c) { return c.post("/api/v1/messages/diagnostic/check", body); });
+  }
   return 0;
 }

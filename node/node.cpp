@@ -1,0 +1,508 @@
+#include "node/node.h"
+
+#include <signal.h>
+
+#include <chrono>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <utility>
+
+#include <nlohmann/json.hpp>
+#include <spdlog/sinks/basic_file_sink.h>
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "flows/delivery.h"
+#include "ledger/assert.h"
+#include "ledger/capnp_io.h"
+#include "ledger/contract.h"
+#include "ledger/pki.h"
+#include "node/api_server.h"
+#include "node/api_users.h"
+#include "node/asio_executor.h"
+#include "node/network_map.h"
+#include "node/process_control.h"
+#include "node/tls_link.h"
+#include "schemas/p2p.capnp.h"
+#include "vault/message_store.h"
+#include "vault/vault.h"
+
+namespace ccal::node {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+constexpr const char* ccal_version = "0.1.0";
+
+std::string readText(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+spdlog::level::level_enum spdlogLevel(LogLevel level) {
+  switch (level) {
+    case LogLevel::trace: return spdlog::level::trace;
+    case LogLevel::debug: return spdlog::level::debug;
+    case LogLevel::info: return spdlog::level::info;
+    case LogLevel::warn: return spdlog::level::warn;
+    case LogLevel::error: return spdlog::level::err;
+    case LogLevel::off: return spdlog::level::off;
+  }
+  return spdlog::level::info;
+}
+
+Result<std::shared_ptr<spdlog::logger>> makeLogger(const NodeConfig& config) {
+  try {
+    std::shared_ptr<spdlog::logger> logger;
+    if (config.log_file.empty()) {
+      logger = std::make_shared<spdlog::logger>(
+          config.name, std::make_shared<spdlog::sinks::stderr_sink_mt>());
+    } else {
+      logger = std::make_shared<spdlog::logger>(
+          config.name,
+          std::make_shared<spdlog::sinks::basic_file_sink_mt>(config.log_file.string()));
+    }
+    logger->set_level(spdlogLevel(config.log_level));
+    logger->flush_on(spdlog::level::info);
+    return logger;
+  } catch (const spdlog::spdlog_ex& e) {
+    return Error{Errc::io_error, "cannot open log file " + config.log_file.string() + ": " + e.what()};
+  }
+}
+
+// The id of diagnostic message `sequence` of a stream from `from` to `to`:
+// deterministic, so sending a stream again is idempotent.
+flows::MessageId diagnosticId(std::string_view from, std::string_view to, std::string_view stream,
+                              uint64_t sequence) {
+  std::string text = "ccal.diagnostic\n";
+  text.append(from).append("\n").append(to).append("\n").append(stream).append("\n");
+  text += std::to_string(sequence);
+  return SecureHash::of(asBytes(text));
+}
+
+// What the receiver saw of one diagnostic stream since it started.
+struct StreamTally {
+  bool started = false;      // a first message was seen (it may follow a restart)
+  uint64_t first = 0;        // the sequence of the first message seen
+  uint64_t delivered = 0;    // handed over in sequence
+  uint64_t next = 0;         // the sequence expected next
+  uint64_t repeated = 0;     // a sequence below `next` (a redelivery)
+  uint64_t gaps = 0;         // a sequence above `next` (an earlier one missing)
+};
+
+}  // namespace
+
+struct Node::Impl final : flows::MessageHandler {
+  NodeConfig config;
+  std::shared_ptr<spdlog::logger> log;
+  std::unique_ptr<NetworkMap> map;
+  ContractRegistry contracts;
+  std::unique_ptr<vault::Vault> vault;
+  std::unique_ptr<vault::MessageStore> messages;
+  AsioExecutor executor;
+  std::unique_ptr<TlsLink> link;
+  std::unique_ptr<flows::Delivery> delivery;
+  std::unique_ptr<ApiServer> api;
+  std::chrono::steady_clock::time_point started_at = std::chrono::steady_clock::now();
+  fs::path ready_file;
+  bool stopped = false;
+  // Executor thread only.
+  std::map<std::pair<std::string, std::string>, StreamTally> tallies;
+  uint64_t messages_malformed = 0;
+
+  Status open();
+  void addRoutes();
+  std::vector<ApiPeer> peers() const;
+  void stop();
+
+  // flows::MessageHandler, on the executor.
+  void onMessage(std::string_view peer, const flows::MessageId& id, ByteView payload) override;
+};
+
+Status Node::Impl::open() {
+  auto logger = makeLogger(config);
+  if (!logger) return logger.error();
+  log = *logger;
+
+  auto loaded_map = NetworkMap::loadFiles(config);
+  if (!loaded_map) return loaded_map.error();
+  map = std::move(*loaded_map);
+  auto self = map->memberByName(config.x500);
+  if (!self) {
+    return Error{Errc::not_found, config.source_file.string() + ": node.x500 '" + config.x500 +
+                                      "' is not a member of the network map"};
+  }
+
+  auto identity = keyPairFromPem(readText(config.identity_key_file));
+  if (!identity) {
+    return Error{identity.error().code,
+                 config.identity_key_file.string() + ": " + identity.error().message};
+  }
+  if (identity->publicKey() != self->legal_identity_key) {
+    return Error{Errc::bad_key, config.identity_key_file.string() +
+                                    " does not hold the legal identity key of " + config.x500 +
+                                    " in the network map"};
+  }
+
+  vault::VaultConfig vault_config;
+  vault_config.store.path = config.vault_dir.string();
+  vault_config.store.map_size_bytes = config.vault_map_size_mb << 20;
+  auto opened = vault::Vault::open(vault_config, contracts, {identity->publicKey()});
+  if (!opened) {
+    return Error{opened.error().code,
+                 "vault " + config.vault_dir.string() + ": " + opened.error().message};
+  }
+  vault = std::move(*opened);
+  messages = std::make_unique<vault::MessageStore>(vault->store());
+
+  executor.start();
+
+  TlsLinkOptions link_options;
+  link_options.self = config.x500;
+  link_options.listen_host = config.p2p_listen.host;
+  link_options.listen_port = config.p2p_listen.port;
+  CCAL_TRY(link_options.loadPemFiles(config.network_root_file.string(),
+                                     config.tls_chain_file.string(),
+                                     config.tls_key_file.string()));
+  link_options.frame_bytes_max =
+      std::min<size_t>(config.frame_bytes_max, map->parameters().max_message_bytes);
+  link_options.peer_frames_per_second_max = config.inbound_messages_per_second_max;
+  link_options.peer_frames_burst_max = config.inbound_burst_messages_max;
+  link_options.reconnect_delay_micros_min = static_cast<int64_t>(config.reconnect_delay_micros_min);
+  link_options.reconnect_delay_micros_max = static_cast<int64_t>(config.reconnect_delay_micros_max);
+  link_options.handshake_timeout_micros = static_cast<int64_t>(config.handshake_timeout_micros);
+  link_options.logger = log;
+  Status result = Status::success();
+  executor.runSync([&] {
+    auto made = TlsLink::create(executor, *map, link_options);
+    if (!made) {
+      result = Error{made.error().code, "p2p listener " + config.p2p_listen.toString() + ": " +
+                                            made.error().message};
+      return;
+    }
+    link = std::move(*made);
+    flows::DeliveryConfig delivery_config;
+    delivery_config.knows_peer = [this](std::string_view peer) {
+      return peer != config.x500 && map->memberByName(peer) != nullptr;
+    };
+    delivery_config.log = [this](std::string_view line) { log->warn("messaging: {}", line); };
+    delivery = std::make_unique<flows::Delivery>(*link, *messages, executor, executor,
+                                                 delivery_config);
+    link->setHandler(delivery.get());
+    delivery->setHandler(this);
+    result = delivery->start();
+    if (!result.ok()) return;
+    // Dial every member now, so that peers show as connected and messages
+    // waiting in the outbox flow at once.
+    for (const auto& member : map->members()) {
+      if (member->name != config.x500) (void)link->connect(member->name);
+    }
+  });
+  CCAL_TRY(result);
+
+  auto users = ApiUsers::load(config.api_users_file);
+  if (!users) return users.error();
+  ApiServerOptions api_options;
+  api_options.host = config.api_listen.host;
+  api_options.port = config.api_listen.port;
+  ApiProviders providers;
+  providers.node_info = [this] {
+    ApiNodeInfo info;
+    info.name = config.name;
+    info.legal_name = config.x500;
+    info.role = roleName(config.role);
+    info.version = ccal_version;
+    info.uptime_micros = std::chrono::duration_cast<std::chrono::microseconds>(
+                             std::chrono::steady_clock::now() - started_at)
+                             .count();
+    return info;
+  };
+  providers.peers = [this] { return peers(); };
+  providers.health = [] { return Status::success(); };
+  providers.access_log = [this](const ApiAccessRecord& r) {
+    log->debug("api {} {} {} {} -> {} in {} us", r.remote, r.user, r.method, r.target, r.status,
+               r.duration_micros);
+  };
+  executor.runSync([&] {
+    api = std::make_unique<ApiServer>(executor.context(), api_options, std::move(*users),
+                                      std::move(providers));
+    addRoutes();
+    result = api->start();
+  });
+  if (!result.ok()) {
+    return Error{result.error().code,
+                 "control API " + config.api_listen.toString() + ": " + result.error().message};
+  }
+
+  ready_file = config.source_file.parent_path() / "run" / "ready";
+  json ready_fields = {{"api", api->address()},
+                       {"p2p", config.p2p_listen.host + ":" + std::to_string(link->listenPort())}};
+  std::string fields = ready_fields.dump();
+  CCAL_TRY(writeReadyFile(ready_file, fields.substr(1, fields.size() - 2)));
+  log->info("{} ({}) ready: p2p {}, api {}", config.name, config.x500, config.p2p_listen.toString(),
+            api->address());
+  return Status::success();
+}
+
+std::vector<ApiPeer> Node::Impl::peers() const {
+  std::map<std::string, TlsPeerStatus, std::less<>> link_peers;
+  for (auto& p : link->peers()) link_peers.emplace(p.peer, p);
+  std::vector<ApiPeer> out;
+  for (const auto& member : map->members()) {
+    if (member->name == config.x500) continue;
+    ApiPeer peer;
+    peer.legal_name = member->name;
+    if (!member->addresses.empty()) peer.address = member->addresses.front().toString();
+    auto it = link_peers.find(member->name);
+    if (it != link_peers.end()) {
+      switch (it->second.outbound) {
+        case TlsPeerStatus::Outbound::up: peer.state = PeerLinkState::connected; break;
+        case TlsPeerStatus::Outbound::connecting:
+        case TlsPeerStatus::Outbound::backoff: peer.state = PeerLinkState::connecting; break;
+        case TlsPeerStatus::Outbound::idle: peer.state = PeerLinkState::disconnected; break;
+      }
+    }
+    auto pending = messages->pending(member->name, vault::message_listing_max);
+    if (pending) peer.outbox_messages = pending->size();
+    out.push_back(std::move(peer));
+  }
+  return out;
+}
+
+void Node::Impl::onMessage(std::string_view peer, const flows::MessageId& id, ByteView payload) {
+  std::string from(peer);
+  auto decoded = decodeMessage<schema::p2p::P2pMessage>(
+      payload, "p2p message", Canonical::not_required,
+      [&](schema::p2p::P2pMessage::Reader message) -> Status {
+        switch (message.which()) {
+          case schema::p2p::P2pMessage::DIAGNOSTIC: {
+            auto d = message.getDiagnostic();
+            if (tallies.size() >= diagnostic_streams_max) tallies.erase(tallies.begin());
+            auto& tally = tallies[{from, std::string(d.getStream().cStr())}];
+            uint64_t sequence = d.getSequence();
+            if (!tally.started) {
+              tally.started = true;
+              tally.first = tally.next = sequence;
+            }
+            if (sequence == tally.next) {
+              ++tally.delivered;
+              ++tally.next;
+            } else if (sequence < tally.next) {
+              ++tally.repeated;
+            } else {
+              ++tally.gaps;
+              tally.next = sequence + 1;
+            }
+            return Status::success();
+          }
+          case schema::p2p::P2pMessage::FLOW_SESSION:
+            return Error{Errc::not_found, "a flow session message, and this node runs no flows yet"};
+        }
+        return Error{Errc::malformed, "unknown message kind"};
+      });
+  if (!decoded.ok()) {
+    ++messages_malformed;
+    log->warn("dropped a message from {}: {}", from, decoded.error().message);
+  }
+  delivery->consume(peer, id, [this, from](const Status& status) {
+    if (!status.ok()) log->error("cannot consume a message from {}: {}", from, status.error().message);
+  });
+}
+
+void Node::Impl::addRoutes() {
+  // Diagnostics of exactly-once messaging: send a numbered stream to a peer,
+  // and see what arrived. `ccal peer send` and the multi-process tests use it.
+  api->addAsyncRoute(
+      HttpMethod::post, "/api/v1/messages/diagnostic", ApiRole::operator_,
+      [this](ApiRequest request, ApiReply reply) {
+        const json& body = request.body;
+        if (!body.is_object() || !body.contains("to") || !body["to"].is_string()) {
+          return reply(ApiResponse::error(400, "bad_request", "'to' (a member's X.500 name) is required"));
+        }
+        std::string to = body["to"];
+        std::string stream = body.value("stream", std::string("default"));
+        std::string text = body.value("text", std::string());
+        uint64_t start = 0, count = 1;
+        try {
+          start = body.value("start", uint64_t{0});
+          count = body.value("count", uint64_t{1});
+        } catch (const json::exception&) {
+          return reply(ApiResponse::error(400, "bad_request", "'start' and 'count' are numbers"));
+        }
+        if (!map->memberByName(to) || to == config.x500) {
+          return reply(ApiResponse::error(404, "not_found", "'" + to + "' is not a peer in the network map"));
+        }
+        if (count == 0 || count > diagnostic_messages_per_request_max) {
+          return reply(ApiResponse::error(
+              400, "bad_request",
+              "'count' must be 1.." + std::to_string(diagnostic_messages_per_request_max)));
+        }
+        if (text.size() > diagnostic_text_bytes_max) {
+          return reply(ApiResponse::error(413, "too_large", "'text' is over " +
+                                                                std::to_string(diagnostic_text_bytes_max) +
+                                                                " bytes"));
+        }
+        struct Pending {
+          uint64_t left;
+          std::optional<Error> error;
+          ApiReply reply;
+          json ids = json::array();
+        };
+        auto pending = std::make_shared<Pending>(Pending{count, std::nullopt, std::move(reply)});
+        for (uint64_t i = 0; i < count; ++i) {
+          uint64_t sequence = start + i;
+          Bytes payload = buildCanonical<schema::p2p::P2pMessage>([&](auto root) {
+            auto d = root.initDiagnostic();
+            d.setStream(stream);
+            d.setSequence(sequence);
+            d.setText(text);
+          });
+          auto id = diagnosticId(config.x500, to, stream, sequence);
+          delivery->send(to, id, std::move(payload), [pending](const Status& status) {
+            if (!status.ok() && !pending->error) pending->error = status.error();
+            if (--pending->left > 0) return;
+            if (pending->error) return pending->reply(ApiResponse::fromError(*pending->error));
+            pending->reply(ApiResponse::ok({{"queued", true}}));
+          });
+        }
+      });
+
+  api->addRoute(HttpMethod::get, "/api/v1/messages/diagnostic", ApiRole::read_only,
+                [this](const ApiRequest&) {
+                  json streams = json::array();
+                  for (const auto& [key, tally] : tallies) {
+                    streams.push_back({{"from", key.first},
+                                       {"stream", key.second},
+                                       {"first", tally.first},
+                                       {"delivered", tally.delivered},
+                                       {"next", tally.next},
+                                       {"repeated", tally.repeated},
+                                       {"gaps", tally.gaps}});
+                  }
+                  const auto& s = delivery->stats();
+                  json stats = {{"messages_sent", s.messages_sent},
+                                {"messages_retransmitted", s.messages_retransmitted},
+                                {"messages_acknowledged", s.messages_acknowledged},
+                                {"messages_stored", s.messages_stored},
+                                {"messages_duplicate", s.messages_duplicate},
+                                {"messages_delivered", s.messages_delivered},
+                                {"frames_malformed", s.frames_malformed},
+                                {"payloads_malformed", messages_malformed}};
+                  return ApiResponse::ok({{"streams", streams}, {"delivery", stats}});
+                });
+
+  // Whether the messages 0..count-1 of a stream from a peer are stored here
+  // (durably, in the dedup table, which survives restarts) and arrived in
+  // sequence order.
+  api->addRoute(
+      HttpMethod::post, "/api/v1/messages/diagnostic/check", ApiRole::read_only,
+      [this](const ApiRequest& request) {
+        const json& body = request.body;
+        if (!body.is_object() || !body.contains("from") || !body["from"].is_string() ||
+            !body.contains("count") || !body["count"].is_number_unsigned()) {
+          return ApiResponse::error(400, "bad_request",
+                                    "'from' (a member's X.500 name) and 'count' are required");
+        }
+        std::string from = body["from"];
+        std::string stream = body.value("stream", std::string("default"));
+        uint64_t count = body["count"];
+        if (count > 10 * diagnostic_messages_per_request_max) {
+          return ApiResponse::error(400, "bad_request", "'count' is too large");
+        }
+        json missing = json::array();
+        uint64_t stored = 0, consumed = 0, out_of_order = 0, last_arrival = 0;
+        for (uint64_t sequence = 0; sequence < count; ++sequence) {
+          auto record = messages->dedup(from, diagnosticId(from, config.x500, stream, sequence));
+          if (!record) return ApiResponse::fromError(record.error());
+          if (!*record) {
+            if (missing.size() < 20) missing.push_back(sequence);
+            continue;
+          }
+          ++stored;
+          if ((*record)->consumed) ++consumed;
+          if (stored > 1 && (*record)->seq <= last_arrival) ++out_of_order;
+          last_arrival = (*record)->seq;
+        }
+        return ApiResponse::ok({{"stored", stored},
+                                {"consumed", consumed},
+                                {"out_of_order", out_of_order},
+                                {"missing_first", missing}});
+      });
+}
+
+void Node::Impl::stop() {
+  if (stopped) return;
+  stopped = true;
+  if (!ready_file.empty()) {
+    std::error_code ec;
+    fs::remove(ready_file, ec);
+  }
+  if (executor.running()) {
+    executor.runSync([&] {
+      if (api) api->stop();
+    });
+  }
+  if (link) link->stop();
+  if (delivery) delivery->waitForStore();
+  executor.stop();
+  delivery.reset();
+  link.reset();
+  api.reset();
+  messages.reset();
+  vault.reset();  // waits for queued writes, closes LMDB
+  if (log) {
+    log->info("{} stopped", config.name);
+    log->flush();
+  }
+}
+
+Node::Node(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Node::~Node() { stop(); }
+void Node::stop() { impl_->stop(); }
+uint16_t Node::p2pPort() const { return impl_->link ? impl_->link->listenPort() : 0; }
+std::string Node::apiAddress() const { return impl_->api ? impl_->api->address() : std::string(); }
+
+Result<std::unique_ptr<Node>> Node::start(const NodeConfig& config) {
+  auto impl = std::make_unique<Impl>();
+  impl->config = config;
+  Status opened = impl->open();
+  if (!opened.ok()) {
+    impl->stop();
+    return opened.error();
+  }
+  return std::unique_ptr<Node>(new Node(std::move(impl)));
+}
+
+int runNode(const fs::path& config_file) {
+  // SIGTERM and SIGINT are taken by sigwait below: block them before any
+  // thread starts, so every thread inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);
+
+  auto config = loadNodeConfig(config_file);
+  if (!config) {
+    std::fprintf(stderr, "ccal node run: %s\n", config.error().message.c_str());
+    return 2;
+  }
+  auto node = Node::start(*config);
+  if (!node) {
+    std::fprintf(stderr, "ccal node run: %s: %s\n", config->name.c_str(),
+                 node.error().message.c_str());
+    return 1;
+  }
+  int received = 0;
+  sigwait(&signals, &received);
+  spdlog::default_logger()->flush();
+  (*node)->stop();
+  return 0;
+}
+
+}  // namespace ccal::node
