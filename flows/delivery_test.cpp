@@ -527,3 +527,53 @@ TEST_CASE("delivery: frame encodings decode back and are canonical") {
   Bytes ack = encodeAckFrame(std::vector<MessageId>(1000, id));
   CHECK(ack.size() <= 64 + 1000 * 40);
 }
+
+TEST_CASE("delivery: thousands of mutated frames from a peer never crash it nor disturb others") {
+  Pair p;
+  const std::string mallory = "O=Mallory Trading, L=Nowhere, C=XX";
+  std::vector<Bytes> seeds = {
+      encodeMessageFrame(3, 2, msgId("p"), msgId("x"), bytesOf("payload")),
+      encodeMessageFrame(1, 0, MessageId(), msgId("y"), bytesOf("")),
+      encodeAckFrame({msgId("a"), msgId("b")}),
+  };
+  uint64_t x = 99;
+  auto next = [&] {
+    x = x * 6364136223846793005ull + 1442695040888963407ull;
+    return x >> 33;
+  };
+  Delivery& d = *p.b->delivery;
+  for (int i = 0; i < 3000; ++i) {
+    Bytes frame = seeds[next() % seeds.size()];
+    switch (next() % 4) {
+      case 0:  // flip bytes
+        for (int k = 0; k < 1 + static_cast<int>(next() % 4); ++k) {
+          frame[next() % frame.size()] ^= static_cast<uint8_t>(1 + next() % 255);
+        }
+        break;
+      case 1:  // truncate
+        frame.resize(next() % frame.size());
+        break;
+      case 2:  // extend
+        for (int k = 0; k < 1 + static_cast<int>(next() % 16); ++k) {
+          frame.push_back(static_cast<uint8_t>(next()));
+        }
+        break;
+      default:  // random bytes
+        frame.assign(next() % 96, 0);
+        for (auto& b : frame) b = static_cast<uint8_t>(next());
+    }
+    d.onFrame(mallory, frame);
+    if (i % 100 == 0) p.settle();
+  }
+  p.settle();
+  CHECK(d.stats().frames_malformed > 1000);
+  // Whatever Mallory's frames did, Alice's messages still arrive in order.
+  for (const auto& m : numbered(0, 5)) REQUIRE(p.send(*p.a, bob, m, m));
+  REQUIRE(p.run([&] { return p.a->delivery->inFlight(bob) == 0; }));
+  p.settle();
+  std::vector<std::string> from_alice;
+  for (const auto& r : p.b->recorder.got) {
+    if (r.peer == alice) from_alice.push_back(r.payload);
+  }
+  CHECK(from_alice == numbered(0, 5));
+}

@@ -33,8 +33,12 @@ http::verb verbOf(HttpMethod method) {
 // The Errc for an HTTP error: the server's own code when it is an Errc name
 // (ApiResponse::fromError), else by status.
 Errc errcOfResponse(unsigned status, std::string_view code) {
-  for (uint16_t i = 1; i <= static_cast<uint16_t>(Errc::forbidden); ++i)
-    if (code == errcName(static_cast<Errc>(i))) return static_cast<Errc>(i);
+  constexpr uint16_t errc_values_max = 256;  // more than Errc will ever hold
+  for (uint16_t i = 1; i < errc_values_max; ++i) {
+    const char* name = errcName(static_cast<Errc>(i));
+    if (std::string_view(name) == "unknown_error") break;
+    if (code == name) return static_cast<Errc>(i);
+  }
   switch (status) {
     case 401: return Errc::unauthorized;
     case 403: return Errc::forbidden;
@@ -42,8 +46,8 @@ Errc errcOfResponse(unsigned status, std::string_view code) {
     case 409: return Errc::conflict;
     case 413:
     case 431: return Errc::too_large;
-    case 503:
-    case 504: return Errc::unavailable;
+    case 503: return Errc::unavailable;
+    case 504: return Errc::timeout;
     default: return status >= 500 ? Errc::storage_error : Errc::malformed;
   }
 }
@@ -176,7 +180,7 @@ Result<ApiHttpResponse> ApiClient::exchange(HttpMethod method, std::string_view 
   }
   if (!done) {
     if (failure == beast::error::timeout)
-      return makeError(Errc::unavailable, "the control API at " + where + " did not answer " + what +
+      return makeError(Errc::timeout, "the control API at " + where + " did not answer " + what +
                                               " within " +
                                               std::to_string(options_.timeout_micros / 1000) + " ms");
     if (failure == http::error::body_limit)

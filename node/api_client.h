@@ -7,8 +7,8 @@
 //   auto node = client->get("/api/v1/node");          // Result<json>
 //   if (!node) fail(node.error().message);  // names the address, or the server's error
 //
-// Errors: unreachable (refused, timed out) is Errc::unavailable naming the
-// address; an HTTP error is an Error whose code the server's error code
+// Errors: unreachable (refused, reset) is Errc::unavailable and no answer in
+// time is Errc::timeout, both naming the address; an HTTP error is an Error whose code the server's error code
 // maps to (401 -> unauthorized, 404 -> not_found, ...) and whose message is
 // "<METHOD> <target>: <status> <code>: <the server's message>".
 

@@ -774,7 +774,7 @@ Status ApiServer::start() {
   auto fail = [&](const char* step) -> Status {
     beast::error_code ignored;
     acceptor.close(ignored);
-    return makeError(Errc::unavailable,
+    return makeError(Errc::io_error,
                      "control API cannot " + std::string(step) + " " + where + ": " + ec.message());
   };
   if (acceptor.open(endpoint.protocol(), ec)) return fail("open a socket for");

@@ -102,7 +102,7 @@ Result<ApiUsers> ApiUsers::load(const std::filesystem::path& file) {
   int fd = ::open(name.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     int err = errno;
-    return makeError(err == ENOENT ? Errc::not_found : Errc::unavailable,
+    return makeError(err == ENOENT ? Errc::not_found : Errc::io_error,
                      "API users file " + name + ": " + std::strerror(err));
   }
   struct FdCloser {
@@ -111,7 +111,7 @@ Result<ApiUsers> ApiUsers::load(const std::filesystem::path& file) {
   } closer{fd};
   struct stat st {};
   if (::fstat(fd, &st) != 0)
-    return makeError(Errc::unavailable, "API users file " + name + ": " + std::strerror(errno));
+    return makeError(Errc::io_error, "API users file " + name + ": " + std::strerror(errno));
   if (!S_ISREG(st.st_mode))
     return makeError(Errc::malformed, "API users file " + name + " is not a regular file");
   if ((st.st_mode & 077) != 0)
@@ -129,7 +129,7 @@ Result<ApiUsers> ApiUsers::load(const std::filesystem::path& file) {
     ssize_t n = ::read(fd, buffer, sizeof buffer);
     if (n < 0) {
       if (errno == EINTR) continue;
-      return makeError(Errc::unavailable, "API users file " + name + ": " + std::strerror(errno));
+      return makeError(Errc::io_error, "API users file " + name + ": " + std::strerror(errno));
     }
     if (n == 0) break;
     text.append(buffer, static_cast<size_t>(n));
@@ -263,7 +263,7 @@ Status ApiUsers::write(const std::filesystem::path& file, const std::vector<ApiU
   ::unlink(temp.c_str());
   int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd < 0)
-    return makeError(Errc::unavailable, "cannot create " + temp + ": " + std::strerror(errno));
+    return makeError(Errc::io_error, "cannot create " + temp + ": " + std::strerror(errno));
   // The umask can only narrow 0600; fchmod makes it exactly 0600 anyway.
   bool ok = ::fchmod(fd, 0600) == 0;
   size_t written = 0;
@@ -279,7 +279,7 @@ Status ApiUsers::write(const std::filesystem::path& file, const std::vector<ApiU
   if (!ok || ::rename(temp.c_str(), file.c_str()) != 0) {
     if (ok) err = errno;
     ::unlink(temp.c_str());
-    return makeError(Errc::unavailable,
+    return makeError(Errc::io_error,
                      "cannot write API users file " + file.string() + ": " + std::strerror(err));
   }
   return Status::success();

@@ -89,8 +89,8 @@ class SpecReader {
     if (!n->is_integer()) return error(k, "expected an integer");
     const int64_t v = *n->value<int64_t>();
     if (v < min || v > max) {
-      return error(k, std::to_string(v) + " is outside the range " + std::to_string(min) +
-                          " to " + std::to_string(max));
+      return error(k, std::to_string(v) + " is outside the range " + std::to_string(min) + " to " +
+                          std::to_string(max));
     }
     out = static_cast<uint32_t>(v);
     return {};
@@ -130,9 +130,9 @@ Result<std::vector<const toml::table*>> tablesOf(const toml::table& root, std::s
   if (n == nullptr) return out;
   const toml::array* a = n->as_array();
   if (a == nullptr || !a->is_array_of_tables()) {
-    return makeError(Errc::malformed,
-                     file + ": key '" + std::string(k) + "' must be an array of tables ([[" +
-                         std::string(k) + "]])");
+    return makeError(Errc::malformed, file + ": key '" + std::string(k) +
+                                          "' must be an array of tables ([[" + std::string(k) +
+                                          "]])");
   }
   for (const auto& t : *a) out.push_back(t.as_table());
   return out;
@@ -163,8 +163,7 @@ Result<NetworkSpec> parseNetworkSpec(std::string_view toml_text, const fs::path&
     if (!n->is_table()) return top.error("network", "must be a table ([network])");
     SpecReader r(*n->as_table(), "network", file);
     CCAL_TRY(r.allowOnly({"root", "doorman", "network_map", "validity_days", "epoch",
-                          "min_platform_version", "max_message_bytes",
-                          "max_transaction_bytes"}));
+                          "min_platform_version", "max_message_bytes", "max_transaction_bytes"}));
     CCAL_TRY(r.x500("root", spec.root_name, false));
     CCAL_TRY(r.x500("doorman", spec.doorman_name, false));
     CCAL_TRY(r.x500("network_map", spec.network_map_name, false));
@@ -243,9 +242,9 @@ Result<NetworkSpec> parseNetworkSpec(std::string_view toml_text, const fs::path&
     CCAL_TRY(r.boolean("validating", notary.validating));
     CCAL_TRY(r.texts("replicas", notary.replicas, true));
     if (notary.replicas.size() != 3 * notary.f + 1) {
-      return r.error("replicas", std::to_string(notary.replicas.size()) + " replicas, but f = " +
-                                     std::to_string(notary.f) + " needs 3f+1 = " +
-                                     std::to_string(3 * notary.f + 1));
+      return r.error("replicas", std::to_string(notary.replicas.size()) +
+                                     " replicas, but f = " + std::to_string(notary.f) +
+                                     " needs 3f+1 = " + std::to_string(3 * notary.f + 1));
     }
     for (size_t j = 0; j < notary.replicas.size(); ++j) {
       const auto& replica = notary.replicas[j];
@@ -294,8 +293,9 @@ Result<NetworkSpec> parseNetworkSpec(std::string_view toml_text, const fs::path&
     }
     CCAL_TRY(r.boolean("all_transactions", o.all_transactions));
     if (o.contracts.empty() && o.parties.empty() && !o.all_transactions) {
-      return r.error("observer", "the rule observes nothing: give contracts, parties or "
-                                 "all_transactions = true");
+      return r.error("observer",
+                     "the rule observes nothing: give contracts, parties or "
+                     "all_transactions = true");
     }
     spec.observers.push_back(std::move(o));
   }
@@ -320,7 +320,7 @@ namespace {
 // Writes `content` to `file` with exactly `mode` (whatever the umask), replacing it.
 Status writeFile(const fs::path& file, std::string_view content, mode_t mode) {
   auto fail = [&](const char* what) -> Status {
-    return makeError(Errc::storage_error,
+    return makeError(Errc::io_error,
                      file.string() + ": " + what + ": " + std::string(std::strerror(errno)));
   };
   const int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
@@ -348,10 +348,10 @@ Status writeBytes(const fs::path& file, ByteView bytes, mode_t mode) {
 Status makeDir(const fs::path& dir, mode_t mode) {
   std::error_code ec;
   fs::create_directories(dir, ec);
-  if (ec) return makeError(Errc::storage_error, dir.string() + ": cannot create: " + ec.message());
+  if (ec) return makeError(Errc::io_error, dir.string() + ": cannot create: " + ec.message());
   if (::chmod(dir.c_str(), mode) != 0) {
-    return makeError(Errc::storage_error, dir.string() + ": cannot set the mode: " +
-                                              std::string(std::strerror(errno)));
+    return makeError(Errc::io_error,
+                     dir.string() + ": cannot set the mode: " + std::string(std::strerror(errno)));
   }
   return {};
 }
@@ -397,10 +397,10 @@ Status clearPrevious(const fs::path& out) {
       remove.push_back(p);
     }
   }
-  if (ec) return makeError(Errc::storage_error, out.string() + ": " + ec.message());
+  if (ec) return makeError(Errc::io_error, out.string() + ": " + ec.message());
   for (const auto& p : remove) {
     fs::remove_all(p, ec);
-    if (ec) return makeError(Errc::storage_error, p.string() + ": cannot remove: " + ec.message());
+    if (ec) return makeError(Errc::io_error, p.string() + ": cannot remove: " + ec.message());
   }
   return {};
 }
@@ -411,7 +411,7 @@ Result<BootstrapResult> bootstrapNetwork(const NetworkSpec& spec, const fs::path
                                          bool force, TimePoint now) {
   std::error_code ec;
   const fs::path out = fs::absolute(out_dir, ec).lexically_normal();
-  if (ec) return makeError(Errc::storage_error, out_dir.string() + ": " + ec.message());
+  if (ec) return makeError(Errc::io_error, out_dir.string() + ": " + ec.message());
   if (fs::exists(out) && !fs::is_directory(out)) {
     return makeError(Errc::conflict, out.string() + " exists and is not a folder");
   }
@@ -439,8 +439,8 @@ Result<BootstrapResult> bootstrapNetwork(const NetworkSpec& spec, const fs::path
   CCAL_TRY(doorman_cert);
   auto doorman = CertificateAuthority::fromCertificate(*doorman_cert, doorman_key);
   CCAL_TRY(doorman);
-  auto map_cert = root->issueLegalIdentity(name(spec.network_map_name), map_key.publicKey(),
-                                           validity);
+  auto map_cert =
+      root->issueLegalIdentity(name(spec.network_map_name), map_key.publicKey(), validity);
   CCAL_TRY(map_cert);
   // Empty revocation lists of every CA (root, doorman, each node CA), valid as long as the
   // certificates, so that a full check (`openssl verify -crl_check_all`) passes: the operator
@@ -602,12 +602,10 @@ Result<BootstrapResult> bootstrapNetwork(const NetworkSpec& spec, const fs::path
                         {"replicas", n.replicas},
                         {"service_key", toHex(parameters.notaries[i].service_key.encode())}});
   }
-  result.summary = {{"out", out.string()},
-                    {"operator", op.string()},
-                    {"epoch", spec.epoch},
-                    {"network_root", root->certificate().subject().toString()},
-                    {"members", members},
-                    {"notaries", notaries}};
+  result.summary = {
+      {"out", out.string()}, {"operator", op.string()},
+      {"epoch", spec.epoch}, {"network_root", root->certificate().subject().toString()},
+      {"members", members},  {"notaries", notaries}};
   CCAL_TRY(writeFile(out / "network.json", result.summary.dump(2) + "\n", 0644));
   return result;
 }

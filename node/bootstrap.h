@@ -11,14 +11,14 @@
 // share an honest replica, and f crashed replicas cannot block it.
 //
 // Output (DIR = --out):
-//   DIR/network.json              the members and notaries (what `network start` reads)
+//   DIR/network.json              the members and notaries, for scripts (= --json output)
 //   DIR/_operator/                root, doorman and network-map keys (0600) and certificates,
 //                                 crls.pem: keep offline; needed to add members or revoke
 //   DIR/<name>/node.toml          the member's config (relative paths)
 //   DIR/<name>/api-users.toml     API users: admin, operator, read-only with random tokens (0600)
-//   DIR/<name>/keys/              identity.key, tls.key, node-ca.key (PKCS#8 PEM, 0600; folder 0700)
-//   DIR/<name>/certs/             network-root.pem, identity-chain.pem, tls-chain.pem, crls.pem
-//   DIR/<name>/network-parameters the signed network parameters (canonical Cap'n Proto)
+//   DIR/<name>/keys/              identity.key, tls.key, node-ca.key (PKCS#8 PEM, 0600; folder
+//   0700) DIR/<name>/certs/             network-root.pem, identity-chain.pem, tls-chain.pem,
+//   crls.pem DIR/<name>/network-parameters the signed network parameters (canonical Cap'n Proto)
 //   DIR/<name>/node-infos/<m>     every member m's signed node info
 
 #include <filesystem>
@@ -90,7 +90,7 @@ struct BootstrapResult {
   std::filesystem::path out_dir;
   NetworkSpec spec;
   std::vector<std::filesystem::path> config_files;  // one per node, in spec order
-  nlohmann::json summary;                            // what network.json holds
+  nlohmann::json summary;                           // what network.json holds
 };
 
 // Makes the PKI and writes the folders. A non-empty `out_dir` is refused (Errc::conflict)

@@ -75,7 +75,10 @@ struct Bootstrapped {
   ccal::testing::TempDir tmp{"ccal-bootstrap"};
   fs::path out = fs::path(tmp.path).parent_path() / "network";
   BootstrapResult result;
-  Bootstrapped() { result = must(bootstrapNetwork(must(loadNetworkSpec(demo_spec)), out, false, std::chrono::system_clock::now())); }
+  Bootstrapped() {
+    result = must(bootstrapNetwork(must(loadNetworkSpec(demo_spec)), out, false,
+                                   std::chrono::system_clock::now()));
+  }
 };
 
 std::string specError(const std::string& text) {
@@ -116,10 +119,10 @@ replicas = ["r1", "r2", "r3", "r4"]
 
 }  // namespace
 
-#define CHECK_HAS(message, part)        \
-  do {                                  \
-    const std::string m_ = (message);   \
-    CHECK_MESSAGE(has(m_, part), m_);   \
+#define CHECK_HAS(message, part)      \
+  do {                                \
+    const std::string m_ = (message); \
+    CHECK_MESSAGE(has(m_, part), m_); \
   } while (false)
 
 TEST_CASE("bootstrap the demo network: every member's config and map load and verify") {
@@ -226,8 +229,9 @@ TEST_CASE("openssl verify accepts every member's identity and TLS chain, with ev
   Bootstrapped other;
   const fs::path dir = net.out / "harbour-bank";
   auto [leaf, rest] = splitChain(dir / "certs/tls-chain.pem", scratch);
-  auto r = run("openssl verify -CAfile " + (other.out / "harbour-bank/certs/network-root.pem").string() +
-               " -untrusted " + rest.string() + " " + leaf.string());
+  auto r =
+      run("openssl verify -CAfile " + (other.out / "harbour-bank/certs/network-root.pem").string() +
+          " -untrusted " + rest.string() + " " + leaf.string());
   CHECK(r.exit_code != 0);
 }
 
@@ -312,7 +316,8 @@ TEST_CASE("bad specs are refused with the key named") {
   CHECK_HAS(specError("[network]\nvalidity_days = 0\n" + two_nodes),
             "key 'network.validity_days': 0 is outside the range");
   CHECK_HAS(specError("nodes = 3\n"), "key 'nodes' must be an array of tables");
-  CHECK_HAS(specError("[[nodes]]\nname = \"a\"\nx500 = \"O=A, L=London, C=GB\"\np2p = \"h:1\"\napi = \"h:2\"\nrole = \"king\"\n"),
+  CHECK_HAS(specError("[[nodes]]\nname = \"a\"\nx500 = \"O=A, L=London, C=GB\"\np2p = \"h:1\"\napi "
+                      "= \"h:2\"\nrole = \"king\"\n"),
             "key 'nodes[0].role': role 'king' is not one of");
   CHECK_HAS(specError("[[nodes\n"), "spec.toml: line 1");
 
@@ -321,10 +326,13 @@ TEST_CASE("bad specs are refused with the key named") {
   CHECK_HAS(specError(dup), "key 'nodes[1].name': 'a' is already the name of nodes[0]");
   dup = two_nodes;
   dup.replace(dup.find("O=B"), 3, "O=A");
-  CHECK_HAS(specError(dup), "key 'nodes[1].x500': X.500 name 'O=A, L=London, C=GB' is already used by 'nodes[0].x500'");
+  CHECK_HAS(
+      specError(dup),
+      "key 'nodes[1].x500': X.500 name 'O=A, L=London, C=GB' is already used by 'nodes[0].x500'");
   dup = two_nodes;
   dup.replace(dup.find("127.0.0.1:1002"), 14, "127.0.0.1:1101");
-  CHECK_HAS(specError(dup), "key 'nodes[1].p2p': address '127.0.0.1:1101' is already used by 'nodes[0].api'");
+  CHECK_HAS(specError(dup),
+            "key 'nodes[1].p2p': address '127.0.0.1:1101' is already used by 'nodes[0].api'");
   dup = two_nodes;
   dup.replace(dup.find("127.0.0.1:1002"), 14, "127.0.0.1:70000");
   CHECK_HAS(specError(dup), "key 'nodes[1].p2p': address '127.0.0.1:70000' has a port");
@@ -334,7 +342,8 @@ TEST_CASE("bad specs are refused with the key named") {
   CHECK_HAS(specError(two_nodes + four_replicas + three),
             "key 'notaries[0].replicas': 3 replicas, but f = 1 needs 3f+1 = 4");
   CHECK_HAS(specError(two_nodes + four_replicas +
-                      "[[notaries]]\nname = \"n\"\nx500 = \"O=N, L=London, C=GB\"\nf = 0\nreplicas = [\"r1\"]\n"),
+                      "[[notaries]]\nname = \"n\"\nx500 = \"O=N, L=London, C=GB\"\nf = 0\nreplicas "
+                      "= [\"r1\"]\n"),
             "key 'nodes[3].role': node 'r2' is a notary-replica but no [[notaries]] lists it");
   auto unknown = notary;
   unknown.replace(unknown.find("\"r4\""), 4, "\"r9\"");
@@ -344,12 +353,15 @@ TEST_CASE("bad specs are refused with the key named") {
   plain.replace(plain.find("\"r4\""), 4, "\"a\"");
   CHECK_HAS(specError(two_nodes + four_replicas + plain),
             "key 'notaries[0].replicas[3]': node 'a' has role node, not notary-replica");
-  CHECK_HAS(specError(two_nodes + four_replicas + notary +
-                      "[[notaries]]\nname = \"n2\"\nx500 = \"O=N2, L=London, C=GB\"\nf = 0\nreplicas = [\"r1\"]\n"),
-            "key 'notaries[1].replicas[0]': node 'r1' is already a replica at 'notaries[0].replicas[0]'");
+  CHECK_HAS(
+      specError(two_nodes + four_replicas + notary +
+                "[[notaries]]\nname = \"n2\"\nx500 = \"O=N2, L=London, C=GB\"\nf = 0\nreplicas = "
+                "[\"r1\"]\n"),
+      "key 'notaries[1].replicas[0]': node 'r1' is already a replica at 'notaries[0].replicas[0]'");
   auto no_f = notary;
   no_f.replace(no_f.find("f = 1\n"), 6, "");
-  CHECK_HAS(specError(two_nodes + four_replicas + no_f), "key 'notaries[0].f': missing required key");
+  CHECK_HAS(specError(two_nodes + four_replicas + no_f),
+            "key 'notaries[0].f': missing required key");
   CHECK_HAS(specError(two_nodes + "[[observers]]\nobserver = \"a\"\nall_transactions = true\n"),
             "key 'observers[0].observer': node 'a' has role node, not regulator");
 }

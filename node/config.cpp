@@ -18,9 +18,12 @@ namespace ccal::node {
 
 const char* roleName(Role role) {
   switch (role) {
-    case Role::node: return "node";
-    case Role::notary_replica: return "notary-replica";
-    case Role::regulator: return "regulator";
+    case Role::node:
+      return "node";
+    case Role::notary_replica:
+      return "notary-replica";
+    case Role::regulator:
+      return "regulator";
   }
   CCAL_ASSERT_MSG(false, "unknown role");
   return "";
@@ -60,7 +63,8 @@ Result<HostPort> HostPort::parse(std::string_view text) {
   if (host.empty()) return bad("has no host");
   if (host.find_first_of(" \t/[]") != std::string_view::npos) return bad("has an invalid host");
   unsigned port = 0;
-  const auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
+  const auto [end, ec] =
+      std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
   if (ec != std::errc() || end != port_text.data() + port_text.size() || port == 0 ||
       port > 65535) {
     return bad("has a port that is not a number from 1 to 65535");
@@ -93,13 +97,20 @@ std::string tomlString(std::string_view s) {
 
 std::string typeOf(const toml::node& n) {
   switch (n.type()) {
-    case toml::node_type::table: return "a table";
-    case toml::node_type::array: return "an array";
-    case toml::node_type::string: return "a string";
-    case toml::node_type::integer: return "an integer";
-    case toml::node_type::floating_point: return "a float";
-    case toml::node_type::boolean: return "a boolean";
-    default: return "a date or time";
+    case toml::node_type::table:
+      return "a table";
+    case toml::node_type::array:
+      return "an array";
+    case toml::node_type::string:
+      return "a string";
+    case toml::node_type::integer:
+      return "an integer";
+    case toml::node_type::floating_point:
+      return "a float";
+    case toml::node_type::boolean:
+      return "a boolean";
+    default:
+      return "a date or time";
   }
 }
 
@@ -126,7 +137,10 @@ const T& constField(const Field<T>& f, const NodeConfig& c) {
 
 KeySpec text(std::string key, bool required, std::string meaning, Field<std::string> f,
              std::function<std::string(std::string&)> check = {}) {
-  return {std::move(key), "string", required, std::move(meaning),
+  return {std::move(key),
+          "string",
+          required,
+          std::move(meaning),
           [f, check](NodeConfig& c, const toml::node& n) -> std::string {
             if (!n.is_string()) return "expected a string, got " + typeOf(n);
             f(c) = *n.value<std::string>();
@@ -138,7 +152,10 @@ KeySpec text(std::string key, bool required, std::string meaning, Field<std::str
 
 template <class T>
 KeySpec integer(std::string key, std::string meaning, Field<T> f, int64_t min, int64_t max) {
-  return {std::move(key), "integer", false, std::move(meaning),
+  return {std::move(key),
+          "integer",
+          false,
+          std::move(meaning),
           [f, min, max](NodeConfig& c, const toml::node& n) -> std::string {
             if (!n.is_integer()) return "expected an integer, got " + typeOf(n);
             const int64_t v = *n.value<int64_t>();
@@ -154,7 +171,10 @@ KeySpec integer(std::string key, std::string meaning, Field<T> f, int64_t min, i
 }
 
 KeySpec address(std::string key, bool required, std::string meaning, Field<HostPort> f) {
-  return {std::move(key), "host:port", required, std::move(meaning),
+  return {std::move(key),
+          "host:port",
+          required,
+          std::move(meaning),
           [f](NodeConfig& c, const toml::node& n) -> std::string {
             if (!n.is_string()) return "expected a string \"host:port\", got " + typeOf(n);
             auto hp = HostPort::parse(*n.value<std::string>());
@@ -167,7 +187,10 @@ KeySpec address(std::string key, bool required, std::string meaning, Field<HostP
 }
 
 KeySpec path(std::string key, std::string meaning, Field<fs::path> f) {
-  return {std::move(key), "path", false, std::move(meaning),
+  return {std::move(key),
+          "path",
+          false,
+          std::move(meaning),
           [f](NodeConfig& c, const toml::node& n) -> std::string {
             if (!n.is_string()) return "expected a string (a path), got " + typeOf(n);
             f(c) = fs::path(*n.value<std::string>());
@@ -183,7 +206,10 @@ KeySpec choice(std::string key, std::string meaning, Field<E> f, const E (&value
   std::vector<E> all(values, values + N);
   std::string listed;
   for (E v : all) listed += std::string(listed.empty() ? "" : " | ") + name(v);
-  return {std::move(key), listed, false, std::move(meaning),
+  return {std::move(key),
+          listed,
+          false,
+          std::move(meaning),
           [f, all, name, listed](NodeConfig& c, const toml::node& n) -> std::string {
             if (!n.is_string()) return "expected a string (" + listed + "), got " + typeOf(n);
             const auto s = *n.value<std::string>();
@@ -224,27 +250,28 @@ std::string checkX500(std::string& s) {
 const std::vector<KeySpec>& keySpecs() {
   static const std::vector<KeySpec> specs = [] {
     std::vector<KeySpec> k;
-    k.push_back(text("node.name", true,
-                     "Short name of this member (a-z, 0-9, '-'); its folder name in a bootstrapped "
-                     "network",
-                     [](NodeConfig& c) -> std::string& { return c.name; }, checkShortName));
-    k.push_back(text("node.x500", true,
-                     "X.500 name, e.g. \"O=Haikou Fishing Cooperative, L=Haikou, C=CN\"; must be the "
-                     "subject of the identity and TLS certificates",
-                     [](NodeConfig& c) -> std::string& { return c.x500; }, checkX500));
+    k.push_back(text(
+        "node.name", true,
+        "Short name of this member (a-z, 0-9, '-'); its folder name in a bootstrapped "
+        "network",
+        [](NodeConfig& c) -> std::string& { return c.name; }, checkShortName));
+    k.push_back(text(
+        "node.x500", true,
+        "X.500 name, e.g. \"O=Haikou Fishing Cooperative, L=Haikou, C=CN\"; must be the "
+        "subject of the identity and TLS certificates",
+        [](NodeConfig& c) -> std::string& { return c.x500; }, checkX500));
     static constexpr Role roles[] = {Role::node, Role::notary_replica, Role::regulator};
     k.push_back(choice("node.role", "What this member is; a notary replica needs [notary]",
                        Field<Role>([](NodeConfig& c) -> Role& { return c.role; }), roles,
                        roleName));
-    k.push_back(integer<uint32_t>("node.platform_version",
-                                  "Platform version advertised in the node info",
-                                  [](NodeConfig& c) -> uint32_t& { return c.platform_version; },
-                                  1, u32_max));
+    k.push_back(integer<uint32_t>(
+        "node.platform_version", "Platform version advertised in the node info",
+        [](NodeConfig& c) -> uint32_t& { return c.platform_version; }, 1, u32_max));
     k.push_back(address("p2p.listen", true, "Address the TLS peer listener binds",
                         [](NodeConfig& c) -> HostPort& { return c.p2p_listen; }));
-    auto adv = address("p2p.advertised", false,
-                       "Address peers connect to, published in the node info",
-                       [](NodeConfig& c) -> HostPort& { return c.p2p_advertised; });
+    auto adv =
+        address("p2p.advertised", false, "Address peers connect to, published in the node info",
+                [](NodeConfig& c) -> HostPort& { return c.p2p_advertised; });
     adv.default_override = "p2p.listen";
     k.push_back(adv);
     k.push_back(address("api.listen", true, "Address of the HTTP control API (keep it local)",
@@ -269,7 +296,8 @@ const std::vector<KeySpec>& keySpecs() {
                      [](NodeConfig& c) -> fs::path& { return c.identity_chain_file; }));
     k.push_back(path("paths.tls_chain", "TLS certificate chain PEM: TLS, node CA, doorman",
                      [](NodeConfig& c) -> fs::path& { return c.tls_chain_file; }));
-    k.push_back(path("paths.network_root", "The network root CA certificate (PEM): the trust anchor",
+    k.push_back(path("paths.network_root",
+                     "The network root CA certificate (PEM): the trust anchor",
                      [](NodeConfig& c) -> fs::path& { return c.network_root_file; }));
     k.push_back(path("paths.crls", "Revocation lists (PEM); \"\" for none",
                      [](NodeConfig& c) -> fs::path& { return c.crls_file; }));
@@ -277,9 +305,9 @@ const std::vector<KeySpec>& keySpecs() {
                      [](NodeConfig& c) -> fs::path& { return c.network_parameters_file; }));
     k.push_back(path("paths.node_infos_dir", "Folder of signed node infos, one file per member",
                      [](NodeConfig& c) -> fs::path& { return c.node_infos_dir; }));
-    k.push_back(integer<uint64_t>("vault.map_size_mb", "LMDB map size (largest vault), MiB",
-                                  [](NodeConfig& c) -> uint64_t& { return c.vault_map_size_mb; },
-                                  1, 16LL << 20));
+    k.push_back(integer<uint64_t>(
+        "vault.map_size_mb", "LMDB map size (largest vault), MiB",
+        [](NodeConfig& c) -> uint64_t& { return c.vault_map_size_mb; }, 1, 16LL << 20));
     static constexpr LogLevel levels[] = {LogLevel::trace, LogLevel::debug, LogLevel::info,
                                           LogLevel::warn,  LogLevel::error, LogLevel::off};
     k.push_back(choice("logging.level", "Least severe level logged",
@@ -294,8 +322,7 @@ const std::vector<KeySpec>& keySpecs() {
     k.push_back(integer<uint32_t>(
         "messaging.inbound_messages_per_second_max",
         "Sustained messages per second accepted from one peer before it is disconnected",
-        [](NodeConfig& c) -> uint32_t& { return c.inbound_messages_per_second_max; }, 1,
-        u32_max));
+        [](NodeConfig& c) -> uint32_t& { return c.inbound_messages_per_second_max; }, 1, u32_max));
     k.push_back(integer<uint32_t>(
         "messaging.inbound_burst_messages_max", "Burst above the sustained rate allowed per peer",
         [](NodeConfig& c) -> uint32_t& { return c.inbound_burst_messages_max; }, 1, u32_max));
@@ -313,13 +340,12 @@ const std::vector<KeySpec>& keySpecs() {
         micros_per_day));
     k.push_back(integer<uint64_t>(
         "messaging.handshake_timeout_micros", "TLS handshake must finish within this",
-        [](NodeConfig& c) -> uint64_t& { return c.handshake_timeout_micros; }, 1000,
-        600'000'000));
-    k.push_back(text("notary.cluster", false,
-                     "Short name of the notary cluster this replica belongs to (required for a "
-                     "notary replica)",
-                     [](NodeConfig& c) -> std::string& { return c.notary_cluster; },
-                     checkShortName));
+        [](NodeConfig& c) -> uint64_t& { return c.handshake_timeout_micros; }, 1000, 600'000'000));
+    k.push_back(text(
+        "notary.cluster", false,
+        "Short name of the notary cluster this replica belongs to (required for a "
+        "notary replica)",
+        [](NodeConfig& c) -> std::string& { return c.notary_cluster; }, checkShortName));
     k.push_back(integer<uint32_t>(
         "notary.replica_index", "This replica's index in the cluster, 0 to 3f",
         [](NodeConfig& c) -> uint32_t& { return c.notary_replica_index; }, 0, 1023));
@@ -370,8 +396,8 @@ Result<NodeConfig> parseNodeConfig(std::string_view toml_text, const fs::path& f
     root = toml::parse(toml_text, where);
   } catch (const toml::parse_error& e) {
     const auto& at = e.source().begin;
-    return fail("line " + std::to_string(at.line) + ", column " + std::to_string(at.column) +
-                ": " + std::string(e.description()));
+    return fail("line " + std::to_string(at.line) + ", column " + std::to_string(at.column) + ": " +
+                std::string(e.description()));
   }
 
   NodeConfig config;
@@ -423,8 +449,7 @@ Result<NodeConfig> parseNodeConfig(std::string_view toml_text, const fs::path& f
   for (fs::path* p : {&config.api_users_file, &config.vault_dir, &config.identity_key_file,
                       &config.tls_key_file, &config.node_ca_key_file, &config.identity_chain_file,
                       &config.tls_chain_file, &config.network_root_file, &config.crls_file,
-                      &config.network_parameters_file, &config.node_infos_dir,
-                      &config.log_file}) {
+                      &config.network_parameters_file, &config.node_infos_dir, &config.log_file}) {
     *p = resolve(*p, config.base_dir);
   }
   return config;
@@ -445,7 +470,7 @@ std::vector<ConfigKeyDoc> configKeyDocs() {
   const NodeConfig defaults;
   std::vector<ConfigKeyDoc> out;
   for (const auto& s : keySpecs()) {
-    std::string def = s.required ? "(required)"
+    std::string def = s.required                    ? "(required)"
                       : !s.default_override.empty() ? "same as " + s.default_override
                                                     : s.show(defaults);
     if (s.key == "notary.cluster") def = "(required for a notary replica)";

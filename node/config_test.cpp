@@ -46,10 +46,10 @@ bool has(const std::string& message, const std::string& part) {
 }  // namespace
 
 // Checks that a message contains a part, printing the message when not.
-#define CHECK_HAS(message, part)                       \
-  do {                                                 \
-    const std::string m_ = (message);                  \
-    CHECK_MESSAGE(has(m_, part), m_);                  \
+#define CHECK_HAS(message, part)      \
+  do {                                \
+    const std::string m_ = (message); \
+    CHECK_MESSAGE(has(m_, part), m_); \
   } while (false)
 
 TEST_CASE("a minimal config gets every documented default") {
@@ -102,7 +102,8 @@ TEST_CASE("the documentation table lists every key once") {
   std::stringstream readme;
   readme << in.rdbuf();
   CHECK_MESSAGE(has(readme.str(), md),
-                "config/README.md's node.toml table differs from configKeysMarkdown():\n" << md);
+                "config/README.md's node.toml table differs from configKeysMarkdown():\n"
+                    << md);
 }
 
 TEST_CASE("relative paths resolve against base_dir, itself against the config's folder") {
@@ -153,9 +154,9 @@ TEST_CASE("wrong types and out-of-range values name the key") {
   CHECK_HAS(failure(minimal + "[vault]\nmap_size_mb = -5\n"), "vault.map_size_mb");
   CHECK_HAS(failure(minimal + "[logging]\nlevel = \"loud\"\n"),
             "key 'logging.level': 'loud' is not one of trace | debug");
-  CHECK_HAS(failure(minimal + "[logging]\nlevel = 3\n"),
-            "key 'logging.level': expected a string");
-  CHECK_HAS(failure(minimal + "[paths]\nvault_dir = 7\n"), "key 'paths.vault_dir': expected a string");
+  CHECK_HAS(failure(minimal + "[logging]\nlevel = 3\n"), "key 'logging.level': expected a string");
+  CHECK_HAS(failure(minimal + "[paths]\nvault_dir = 7\n"),
+            "key 'paths.vault_dir': expected a string");
   auto bad_addr = std::string(minimal);
   bad_addr.replace(bad_addr.find("127.0.0.1:10001"), 15, "127.0.0.1:99999");
   CHECK_HAS(failure(bad_addr), "key 'p2p.listen': address '127.0.0.1:99999' has a port");
@@ -164,7 +165,9 @@ TEST_CASE("wrong types and out-of-range values name the key") {
   CHECK_HAS(failure(bad_addr), "key 'p2p.listen': address 'localhost' has no port");
   bad_addr = minimal;
   bad_addr.replace(bad_addr.find("c=cn"), 4, "c=China");
-  CHECK_HAS(failure(bad_addr), "key 'node.x500': X.500 name 'o=Haikou Fishing Cooperative, l=Haikou, c=China': X.500 attribute C (country)");
+  CHECK_HAS(failure(bad_addr),
+            "key 'node.x500': X.500 name 'o=Haikou Fishing Cooperative, l=Haikou, c=China': X.500 "
+            "attribute C (country)");
   bad_addr = minimal;
   bad_addr.replace(bad_addr.find("coop-a"), 6, "Coop A");
   CHECK_HAS(failure(bad_addr), "key 'node.name': 'Coop A' may contain only");
@@ -177,7 +180,8 @@ TEST_CASE("missing required keys are named") {
   CHECK(failure("[node]\nname = \"a\"\nx500 = \"O=A, L=B, C=GB\"\n[p2p]\nlisten = \"h:1\"\n") ==
         "/etc/ccal/node.toml: missing required key 'api.listen'");
   CHECK_HAS(failure(""), "missing required key 'node.name'");
-  CHECK_HAS(failure(minimal + "[p2p]\n"), "line 11, column 1: ");  // TOML error: table defined twice
+  CHECK_HAS(failure(minimal + "[p2p]\n"),
+            "line 11, column 1: ");  // TOML error: table defined twice
 }
 
 TEST_CASE("notary settings belong to notary replicas only") {

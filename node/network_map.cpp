@@ -37,7 +37,9 @@ Error prefixed(const std::string& prefix, const Error& e) {
   return makeError(e.code, prefix + e.message);
 }
 
-std::string quote(std::string_view s) { return "'" + std::string(s) + "'"; }
+std::string quote(std::string_view s) {
+  return "'" + std::string(s) + "'";
+}
 
 // --- reading ------------------------------------------------------------------------------
 
@@ -57,9 +59,8 @@ Result<std::string> readName(capnp::Text::Reader t, const std::string& what) {
   auto name = X500Name::parse(*text);
   if (!name) return prefixed(what + ": ", name.error());
   if (name->toString() != *text) {
-    return makeError(Errc::not_canonical,
-                     what + " " + quote(*text) + " is not in canonical form " +
-                         quote(name->toString()));
+    return makeError(Errc::not_canonical, what + " " + quote(*text) + " is not in canonical form " +
+                                              quote(name->toString()));
   }
   return *text;
 }
@@ -163,16 +164,15 @@ Result<T> exactly(Result<T> decoded, ByteView bytes, const char* what) {
   CCAL_TRY(decoded);
   const Bytes again = decoded->encode();
   if (!std::equal(again.begin(), again.end(), bytes.begin(), bytes.end())) {
-    return makeError(Errc::not_canonical,
-                     std::string(what) + ": carries data outside the schema");
+    return makeError(Errc::not_canonical, std::string(what) + ": carries data outside the schema");
   }
   return decoded;
 }
 
 // Checks a member's certificate chain: the leaf is `name`'s, issued by `name`'s own node CA,
 // with the usages `is_kind` wants, and the path validates at `at`.
-Status checkChain(const std::vector<Certificate>& chain, const std::string& name,
-                  const char* kind, bool (*is_kind)(const Certificate&), const Certificate& root,
+Status checkChain(const std::vector<Certificate>& chain, const std::string& name, const char* kind,
+                  bool (*is_kind)(const Certificate&), const Certificate& root,
                   std::span<const Crl> crls, TimePoint at) {
   const Certificate& leaf = chain.front();
   const std::string what = std::string(kind) + " certificate ";
@@ -189,8 +189,8 @@ Status checkChain(const std::vector<Certificate>& chain, const std::string& name
     return makeError(Errc::certificate_invalid,
                      what + "does not carry the key usages of a " + kind + " certificate");
   }
-  auto valid = validatePath(leaf, std::span(chain).subspan(1), root, crls, at,
-                            RevocationCheck::if_listed);
+  auto valid =
+      validatePath(leaf, std::span(chain).subspan(1), root, crls, at, RevocationCheck::if_listed);
   if (!valid) return prefixed(what + "chain: ", valid.error());
   return {};
 }
@@ -201,8 +201,7 @@ Result<std::string> readFile(const fs::path& file, size_t bytes_max) {
   if (ec) return makeError(Errc::not_found, file.string() + ": " + ec.message());
   if (size > bytes_max) {
     return makeError(Errc::too_large, file.string() + ": " + std::to_string(size) +
-                                          " bytes, over the limit of " +
-                                          std::to_string(bytes_max));
+                                          " bytes, over the limit of " + std::to_string(bytes_max));
   }
   std::ifstream in(file, std::ios::binary);
   if (!in) return makeError(Errc::not_found, file.string() + ": cannot be read");
@@ -223,8 +222,8 @@ Result<std::vector<Crl>> crlsFromPem(std::string_view pem, const std::string& wh
       return makeError(Errc::malformed, what + ": a PEM block has no end");
     }
     auto crl = Crl::fromPem(pem.substr(begin, end + end_marker.size() - begin));
-    if (!crl) return prefixed(what + ": revocation list " + std::to_string(out.size()) + ": ",
-                              crl.error());
+    if (!crl)
+      return prefixed(what + ": revocation list " + std::to_string(out.size()) + ": ", crl.error());
     out.push_back(*crl);
     pos = end + end_marker.size();
   }
@@ -304,7 +303,7 @@ Bytes NetworkParameters::encode() const {
 }
 
 Result<NetworkParameters> NetworkParameters::decode(ByteView bytes) {
-  return exactly(decodeMessage<net::NetworkParameters>(
+  auto decoded = decodeMessage<net::NetworkParameters>(
       bytes, "network parameters", Canonical::required,
       [](net::NetworkParameters::Reader r) -> Result<NetworkParameters> {
         NetworkParameters p;
@@ -338,12 +337,11 @@ Result<NetworkParameters> NetworkParameters::decode(ByteView bytes) {
           info.validating = n.getValidating();
           info.f = n.getF();
           const auto replicas = n.getReplicas();
-          if (replicas.size() > L::replicas_max ||
-              replicas.size() != 3ull * info.f + 1) {
-            return makeError(Errc::malformed, what + std::to_string(replicas.size()) +
-                                                  " replicas, but f = " +
-                                                  std::to_string(info.f) + " needs 3f+1 = " +
-                                                  std::to_string(3ull * info.f + 1));
+          if (replicas.size() > L::replicas_max || replicas.size() != 3ull * info.f + 1) {
+            return makeError(Errc::malformed,
+                             what + std::to_string(replicas.size()) +
+                                 " replicas, but f = " + std::to_string(info.f) +
+                                 " needs 3f+1 = " + std::to_string(3ull * info.f + 1));
           }
           std::set<PublicKey> replica_keys;
           std::set<std::string> replica_names;
@@ -353,12 +351,14 @@ Result<NetworkParameters> NetworkParameters::decode(ByteView bytes) {
             if (!rname) return prefixed(what, rname.error());
             replica.name = *rname;
             auto rkey = readKey(rr.getKey());
-            if (!rkey) return prefixed(what + "replica " + quote(replica.name) + ": ", rkey.error());
+            if (!rkey)
+              return prefixed(what + "replica " + quote(replica.name) + ": ", rkey.error());
             replica.key = *rkey;
             auto addrs = readAddresses(rr.getAddresses(), "replica " + quote(replica.name));
             if (!addrs) return prefixed(what, addrs.error());
             replica.addresses = *addrs;
-            if (!replica_names.insert(replica.name).second || !replica_keys.insert(replica.key).second) {
+            if (!replica_names.insert(replica.name).second ||
+                !replica_keys.insert(replica.key).second) {
               return makeError(Errc::malformed,
                                what + "replica " + quote(replica.name) + " is listed twice");
             }
@@ -393,8 +393,8 @@ Result<NetworkParameters> NetworkParameters::decode(ByteView bytes) {
         }
         return p;
       },
-      limitsOf(L::parameters_bytes_max)),
-                 bytes, "network parameters");
+      limitsOf(L::parameters_bytes_max));
+  return exactly(std::move(decoded), bytes, "network parameters");
 }
 
 // --- SignedNetworkParameters ------------------------------------------------------------
@@ -418,7 +418,7 @@ Bytes SignedNetworkParameters::encode() const {
 }
 
 Result<SignedNetworkParameters> SignedNetworkParameters::decode(ByteView bytes) {
-  return exactly(decodeMessage<net::SignedNetworkParameters>(
+  auto decoded = decodeMessage<net::SignedNetworkParameters>(
       bytes, "signed network parameters", Canonical::required,
       [](net::SignedNetworkParameters::Reader r) -> Result<SignedNetworkParameters> {
         SignedNetworkParameters s;
@@ -431,8 +431,8 @@ Result<SignedNetworkParameters> SignedNetworkParameters::decode(ByteView bytes) 
         s.signer_certificate_der.assign(der.begin(), der.end());
         return s;
       },
-      limitsOf(L::parameters_bytes_max + Certificate::encoded_bytes_max + 1024)),
-                 bytes, "signed network parameters");
+      limitsOf(L::parameters_bytes_max + Certificate::encoded_bytes_max + 1024));
+  return exactly(std::move(decoded), bytes, "signed network parameters");
 }
 
 Result<NetworkParameters> SignedNetworkParameters::verify(const Certificate& root,
@@ -455,8 +455,7 @@ Result<NetworkParameters> SignedNetworkParameters::verify(const Certificate& roo
     return makeError(Errc::certificate_invalid,
                      what + "signer certificate " + quote(cert->subject().toString()) +
                          " is issued by " + quote(cert->issuer().toString()) +
-                         ", not directly by the network root " +
-                         quote(root.subject().toString()));
+                         ", not directly by the network root " + quote(root.subject().toString()));
   }
   auto valid = validatePath(*cert, {}, root, crls, at, RevocationCheck::if_listed);
   if (!valid) return prefixed(what + "signer certificate: ", valid.error());
@@ -489,7 +488,7 @@ Bytes NodeInfo::encode() const {
 }
 
 Result<NodeInfo> NodeInfo::decode(ByteView bytes) {
-  return exactly(decodeMessage<net::NodeInfo>(
+  auto decoded = decodeMessage<net::NodeInfo>(
       bytes, "node info", Canonical::required,
       [](net::NodeInfo::Reader r) -> Result<NodeInfo> {
         NodeInfo info;
@@ -510,20 +509,26 @@ Result<NodeInfo> NodeInfo::decode(ByteView bytes) {
         if (!key) return prefixed(what + "legal identity key: ", key.error());
         info.legal_identity_key = *key;
         switch (r.getRole()) {
-          case net::Role::NODE: info.role = Role::node; break;
-          case net::Role::NOTARY_REPLICA: info.role = Role::notary_replica; break;
-          case net::Role::REGULATOR: info.role = Role::regulator; break;
+          case net::Role::NODE:
+            info.role = Role::node;
+            break;
+          case net::Role::NOTARY_REPLICA:
+            info.role = Role::notary_replica;
+            break;
+          case net::Role::REGULATOR:
+            info.role = Role::regulator;
+            break;
           default:
-            return makeError(Errc::malformed,
-                             what + "unknown role " +
-                                 std::to_string(static_cast<unsigned>(r.getRole())));
+            return makeError(
+                Errc::malformed,
+                what + "unknown role " + std::to_string(static_cast<unsigned>(r.getRole())));
         }
         info.platform_version = r.getPlatformVersion();
         info.serial = r.getSerial();
         return info;
       },
-      limitsOf(L::node_info_bytes_max)),
-                 bytes, "node info");
+      limitsOf(L::node_info_bytes_max));
+  return exactly(std::move(decoded), bytes, "node info");
 }
 
 SignedNodeInfo SignedNodeInfo::sign(const NodeInfo& info, const KeyPair& identity_key) {
@@ -541,7 +546,7 @@ Bytes SignedNodeInfo::encode() const {
 }
 
 Result<SignedNodeInfo> SignedNodeInfo::decode(ByteView bytes) {
-  return exactly(decodeMessage<net::SignedNodeInfo>(
+  auto decoded = decodeMessage<net::SignedNodeInfo>(
       bytes, "signed node info", Canonical::required,
       [](net::SignedNodeInfo::Reader r) -> Result<SignedNodeInfo> {
         SignedNodeInfo s;
@@ -552,8 +557,8 @@ Result<SignedNodeInfo> SignedNodeInfo::decode(ByteView bytes) {
         s.signature = *sig;
         return s;
       },
-      limitsOf(L::node_info_bytes_max + 1024)),
-                 bytes, "signed node info");
+      limitsOf(L::node_info_bytes_max + 1024));
+  return exactly(std::move(decoded), bytes, "signed node info");
 }
 
 Result<NodeInfo> SignedNodeInfo::verify(const Certificate& root, std::span<const Crl> crls,
@@ -690,10 +695,10 @@ Result<NodeInfo> NetworkMap::verifyMember(const SignedNodeInfo& signed_info, Tim
   CCAL_TRY(info);
   const std::string what = "member " + quote(info->name) + ": ";
   if (info->platform_version < parameters_.min_platform_version) {
-    return makeError(Errc::invalid_transaction,
-                     what + "platform version " + std::to_string(info->platform_version) +
-                         " is below the network's minimum " +
-                         std::to_string(parameters_.min_platform_version));
+    return makeError(Errc::conflict, what + "platform version " +
+                                         std::to_string(info->platform_version) +
+                                         " is below the network's minimum " +
+                                         std::to_string(parameters_.min_platform_version));
   }
   // A notary replica's key is the key the cluster's service key is made of.
   const NotaryReplicaInfo* listed = nullptr;
@@ -702,18 +707,20 @@ Result<NodeInfo> NetworkMap::verifyMember(const SignedNodeInfo& signed_info, Tim
       if (r.name == info->name) listed = &r;
     }
   }
-  if (listed != nullptr && (info->role != Role::notary_replica ||
-                            listed->key != info->legal_identity_key)) {
-    return makeError(Errc::conflict, what + "is a notary replica in the network parameters "
-                                            "with key " + listed->key.shortHex() +
-                                            ", but its node info has role " +
-                                            roleName(info->role) + " and key " +
-                                            info->legal_identity_key.shortHex());
+  if (listed != nullptr &&
+      (info->role != Role::notary_replica || listed->key != info->legal_identity_key)) {
+    return makeError(Errc::conflict, what +
+                                         "is a notary replica in the network parameters "
+                                         "with key " +
+                                         listed->key.shortHex() + ", but its node info has role " +
+                                         roleName(info->role) + " and key " +
+                                         info->legal_identity_key.shortHex());
   }
   if (listed == nullptr && info->role == Role::notary_replica) {
     return makeError(Errc::conflict,
-                     what + "has role notary-replica but no notary in the network parameters "
-                            "lists it");
+                     what +
+                         "has role notary-replica but no notary in the network parameters "
+                         "lists it");
   }
   return info;
 }
@@ -723,12 +730,11 @@ Status NetworkMap::insert(std::shared_ptr<const NodeInfo> info) {
   if (key_it != by_key_.end() && key_it->second->name != info->name) {
     return makeError(Errc::conflict, "member " + quote(info->name) + ": legal identity key " +
                                          info->legal_identity_key.shortHex() +
-                                         " is already the key of " +
-                                         quote(key_it->second->name));
+                                         " is already the key of " + quote(key_it->second->name));
   }
   if (by_name_.size() >= L::members_max && !by_name_.count(info->name)) {
-    return makeError(Errc::too_large, "the network map is full (" +
-                                          std::to_string(L::members_max) + " members)");
+    return makeError(Errc::too_large,
+                     "the network map is full (" + std::to_string(L::members_max) + " members)");
   }
   by_key_[info->legal_identity_key] = info;
   by_name_[info->name] = std::move(info);
@@ -824,9 +830,9 @@ Result<std::string> NetworkMap::identifyPeer(const std::vector<Bytes>& chain_der
   auto member_key = member->tls_chain.front().publicKey();
   CCAL_ASSERT_MSG(member_key.ok(), "a verified node info holds a TLS certificate without a key");
   if (*key != *member_key) {
-    return makeError(Errc::certificate_invalid,
-                     who + "TLS key " + key->shortHex() + " is not the member's TLS key " +
-                         member_key->shortHex() + " in its node info");
+    return makeError(Errc::certificate_invalid, who + "TLS key " + key->shortHex() +
+                                                    " is not the member's TLS key " +
+                                                    member_key->shortHex() + " in its node info");
   }
   return member->name;
 }

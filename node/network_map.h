@@ -170,7 +170,9 @@ class NetworkMap final : public PeerDirectory {
 
  private:
   NetworkMap(Certificate root, std::vector<Crl> crls, NetworkParameters parameters, Clock clock)
-      : root_(std::move(root)), crls_(std::move(crls)), parameters_(std::move(parameters)),
+      : root_(std::move(root)),
+        crls_(std::move(crls)),
+        parameters_(std::move(parameters)),
         clock_(std::move(clock)) {}
   Result<NodeInfo> verifyMember(const SignedNodeInfo& signed_info, TimePoint at) const;
   // Caller holds mutex_ exclusively.

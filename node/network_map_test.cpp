@@ -19,7 +19,9 @@ T must(Result<T> r) {
   return std::move(r).value();
 }
 
-X500Name name(const char* s) { return must(X500Name::parse(s)); }
+X500Name name(const char* s) {
+  return must(X500Name::parse(s));
+}
 
 // A member's keys and certificates, issued like bootstrap issues them.
 struct TestMember {
@@ -77,10 +79,12 @@ struct TestNetwork {
     TestMember m;
     m.x500 = name(x500.c_str()).toString();
     m.role = role;
-    const auto ca_cert = must(doorman.issueNodeCa(name(x500.c_str()), m.ca_key.publicKey(), validity));
+    const auto ca_cert =
+        must(doorman.issueNodeCa(name(x500.c_str()), m.ca_key.publicKey(), validity));
     const auto ca = must(CertificateAuthority::fromCertificate(ca_cert, m.ca_key));
-    m.identity_chain = {must(ca.issueLegalIdentity(name(x500.c_str()), m.identity_key.publicKey(), validity)),
-                        ca_cert, doorman_cert};
+    m.identity_chain = {
+        must(ca.issueLegalIdentity(name(x500.c_str()), m.identity_key.publicKey(), validity)),
+        ca_cert, doorman_cert};
     m.tls_chain = {must(ca.issueTls(name(x500.c_str()), m.tls_key.publicKey(), validity)), ca_cert,
                    doorman_cert};
     return members.insert_or_assign(short_name, std::move(m)).first->second;
@@ -124,10 +128,11 @@ TestNetwork standardNetwork() {
   net.add("bank", "O=Harbour Bank, L=Haikou, C=CN");
   net.add("regulator", "O=Fisheries Regulator, L=Beijing, C=CN", Role::regulator);
   for (int i = 1; i <= 4; ++i) {
-    net.add("notary-" + std::to_string(i), "O=Notary Replica " + std::to_string(i) + ", L=Haikou, C=CN",
-            Role::notary_replica);
+    net.add("notary-" + std::to_string(i),
+            "O=Notary Replica " + std::to_string(i) + ", L=Haikou, C=CN", Role::notary_replica);
   }
-  net.addNotary("O=CCAL Notary, L=Haikou, C=CN", 1, {"notary-1", "notary-2", "notary-3", "notary-4"});
+  net.addNotary("O=CCAL Notary, L=Haikou, C=CN", 1,
+                {"notary-1", "notary-2", "notary-3", "notary-4"});
   ObserverRule rule;
   rule.observer = net.members.at("regulator").x500;
   rule.contracts = {"ccal.demo.Iou"};
@@ -157,10 +162,10 @@ bool has(const std::string& message, const std::string& part) {
 }  // namespace
 
 // Checks that a message contains a part, printing the message when not.
-#define CHECK_HAS(message, part)                       \
-  do {                                                 \
-    const std::string m_ = (message);                  \
-    CHECK_MESSAGE(has(m_, part), m_);                  \
+#define CHECK_HAS(message, part)      \
+  do {                                \
+    const std::string m_ = (message); \
+    CHECK_MESSAGE(has(m_, part), m_); \
   } while (false)
 
 TEST_CASE("a network map of verified members: lookups by name and key, notaries, observers") {
@@ -183,7 +188,8 @@ TEST_CASE("a network map of verified members: lookups by name and key, notaries,
   CHECK(notary->replicas.size() == 4);
   // 3 of 4 replica signatures fulfil the service key, 2 do not.
   std::vector<PublicKey> signers;
-  for (int i = 1; i <= 3; ++i) signers.push_back(net.members.at("notary-" + std::to_string(i)).identity_key.publicKey());
+  for (int i = 1; i <= 3; ++i)
+    signers.push_back(net.members.at("notary-" + std::to_string(i)).identity_key.publicKey());
   CHECK(notary->service_key.isFulfilledBy(signers));
   signers.pop_back();
   CHECK_FALSE(notary->service_key.isFulfilledBy(signers));
@@ -199,7 +205,8 @@ TEST_CASE("a network map of verified members: lookups by name and key, notaries,
   // Encodings round-trip and are canonical.
   const auto info = coop.info();
   CHECK(must(NodeInfo::decode(info.encode())).encode() == info.encode());
-  CHECK(must(NetworkParameters::decode(net.parameters.encode())).encode() == net.parameters.encode());
+  CHECK(must(NetworkParameters::decode(net.parameters.encode())).encode() ==
+        net.parameters.encode());
 }
 
 TEST_CASE("identifyPeer: members' TLS chains pass; foreign, revoked, expired, unknown do not") {
@@ -235,7 +242,8 @@ TEST_CASE("identifyPeer: members' TLS chains pass; foreign, revoked, expired, un
 
   // A self-signed TLS-looking certificate.
   const KeyPair self_key = KeyPair::generate();
-  const auto self = must(CertificateAuthority::createRoot(name("O=Harbour Bank, L=Haikou, C=CN"), self_key, cert_validity));
+  const auto self = must(CertificateAuthority::createRoot(name("O=Harbour Bank, L=Haikou, C=CN"),
+                                                          self_key, cert_validity));
   refused({self.certificate().der()}, Errc::certificate_invalid, "");
 
   // A properly issued member of this PKI without a node info in the map.
@@ -261,9 +269,9 @@ TEST_CASE("identifyPeer: members' TLS chains pass; foreign, revoked, expired, un
   const auto crl_root = must(net.root.issueCrl({}, t0, t0 + days(30)));
   const std::vector<Certificate> revoke = {bank.tls_chain[1]};
   const auto crl_doorman = must(net.doorman.issueCrl(revoke, t0, t0 + days(30)));
-  auto revoked_map = NetworkMap::load(net.root.certificate(), {crl_root, crl_doorman},
-                                      net.signedParameters(), {net.members.at("coop").signedInfo()},
-                                      clock.fn());
+  auto revoked_map =
+      NetworkMap::load(net.root.certificate(), {crl_root, crl_doorman}, net.signedParameters(),
+                       {net.members.at("coop").signedInfo()}, clock.fn());
   REQUIRE(revoked_map.ok());
   auto r = (*revoked_map)->identifyPeer(bank.tlsDer());
   REQUIRE(!r.ok());
@@ -301,12 +309,15 @@ TEST_CASE("forged, foreign and tampered node infos are refused, naming the membe
   const auto& alien = foreign.add("coop", "O=Haikou Fishing Cooperative, L=Haikou, C=CN");
   e = loadError(net, {alien.signedInfo()}, clock);
   CHECK(e.code == Errc::certificate_invalid);
-  CHECK_HAS(e.message, "member 'O=Haikou Fishing Cooperative, L=Haikou, C=CN': legal identity certificate chain");
+  CHECK_HAS(
+      e.message,
+      "member 'O=Haikou Fishing Cooperative, L=Haikou, C=CN': legal identity certificate chain");
 
   // One member's node info claiming another member's name, with its own certificates.
   auto claim = net.members.at("bank").info();
   claim.name = coop.x500;
-  e = loadError(net, {SignedNodeInfo::sign(claim, net.members.at("bank").identity_key).encode()}, clock);
+  e = loadError(net, {SignedNodeInfo::sign(claim, net.members.at("bank").identity_key).encode()},
+                clock);
   CHECK(e.code == Errc::certificate_invalid);
   CHECK_HAS(e.message, "is for 'O=Harbour Bank, L=Haikou, C=CN', not for the member");
 
@@ -329,14 +340,15 @@ TEST_CASE("forged, foreign and tampered node infos are refused, naming the membe
   CHECK_HAS(e.message, "signed node info");
   auto good = coop.signedInfo();
   good.resize(good.size() - 8);
-  CHECK(!NetworkMap::load(net.root.certificate(), {}, net.signedParameters(), {good}, clock.fn()).ok());
+  CHECK(!NetworkMap::load(net.root.certificate(), {}, net.signedParameters(), {good}, clock.fn())
+             .ok());
 
   // A notary replica whose node info has another key than the parameters list.
   auto& replica = net.members.at("notary-2");
   replica.identity_key = KeyPair::generate();
   auto ca = must(CertificateAuthority::fromCertificate(replica.identity_chain[1], replica.ca_key));
-  replica.identity_chain[0] = must(ca.issueLegalIdentity(name("O=Notary Replica 2, L=Haikou, C=CN"),
-                                                         replica.identity_key.publicKey(), cert_validity));
+  replica.identity_chain[0] = must(ca.issueLegalIdentity(
+      name("O=Notary Replica 2, L=Haikou, C=CN"), replica.identity_key.publicKey(), cert_validity));
   e = loadError(net, {replica.signedInfo()}, clock);
   CHECK(e.code == Errc::conflict);
   CHECK_HAS(e.message, "is a notary replica in the network parameters");
@@ -355,19 +367,22 @@ TEST_CASE("network parameters must be signed by the root's network-map certifica
   const auto& coop = net.members.at("coop");
 
   // Signed by a member's legal identity key with its (valid) identity certificate.
-  auto by_member = SignedNetworkParameters::sign(net.parameters, coop.identity_key,
-                                                 coop.identity_chain[0]).encode();
+  auto by_member =
+      SignedNetworkParameters::sign(net.parameters, coop.identity_key, coop.identity_chain[0])
+          .encode();
   auto e = loadError(net, infos, clock, &by_member);
   CHECK(e.code == Errc::certificate_invalid);
   CHECK_HAS(e.message, "not directly by the network root");
 
   // The doorman (a CA issued by the root) may not sign them either.
-  auto by_doorman = SignedNetworkParameters::sign(net.parameters, net.doorman_key, net.doorman_cert).encode();
+  auto by_doorman =
+      SignedNetworkParameters::sign(net.parameters, net.doorman_key, net.doorman_cert).encode();
   e = loadError(net, infos, clock, &by_doorman);
   CHECK_HAS(e.message, "is not a signing (non-repudiation) certificate");
 
   // The network-map certificate with another key's signature.
-  auto wrong_key = SignedNetworkParameters::sign(net.parameters, KeyPair::generate(), net.map_cert).encode();
+  auto wrong_key =
+      SignedNetworkParameters::sign(net.parameters, KeyPair::generate(), net.map_cert).encode();
   e = loadError(net, infos, clock, &wrong_key);
   CHECK(e.code == Errc::bad_signature);
 

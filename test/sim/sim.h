@@ -23,8 +23,12 @@
 // What a crash means: the node's objects are destroyed at once; storage
 // requests already queued still complete (the store drains on close) but
 // their completions are dropped, as if the process died just after the
-// commit. A write whose done() ran is durable. The stores run without fsync:
-// the simulated crash keeps the process (and the page cache) alive.
+// commit. A write whose done() ran is durable. A real crash may also lose a
+// queued write that was not yet committed; to the layers above that is the
+// same as crashing just before queueing it (no done(), nothing stored),
+// which the simulator does too, since a crash can come between any two
+// events. (Torn LMDB writes are the vault's kill -9 tests' business.) The
+// stores run without fsync: the simulated crash keeps the page cache.
 //
 // Not thread-safe, except MemberExecutor::post. Everything runs on the thread
 // that made the Simulation.
