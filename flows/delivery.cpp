@@ -441,9 +441,14 @@ void Delivery::onMessageFrame(const std::string& peer, uint64_t seq, uint64_t pr
     queueAck(peer, id);
     return;
   }
+  // Bounded waiting: beyond the bound, only a message that fills the gap (its
+  // chain of earlier messages reaches one handed over) is taken, up to twice
+  // the bound; the sender sends the others again once earlier ones are
+  // through. Without the exception a retransmitted run of the missing
+  // messages would get in one message per retransmission round.
   if (in.held.size() >= config_.inbox_waiting_messages_max &&
-      !prevDelivered(peer, in, prev_seq, prev_id)) {
-    // Bounded waiting: the sender sends it again once earlier ones are through.
+      (in.held.size() >= 2 * size_t{config_.inbox_waiting_messages_max} ||
+       !anchored(peer, in, prev_seq, prev_id))) {
     ++stats_.messages_over_waiting_max;
     return;
   }
@@ -507,6 +512,17 @@ void Delivery::flushAcks(const std::string& peer) {
     if (!sent) log("sending an ack to '" + peer + "': " + sent.error().toString());
   }
   out.acks_to_send.clear();
+}
+
+bool Delivery::anchored(const std::string& peer, InPeer& in, uint64_t prev_seq,
+                        MessageId prev_id) const {
+  for (size_t steps = 0; steps <= in.held.size(); ++steps) {
+    auto it = in.held.find(prev_seq);
+    if (it == in.held.end()) return prevDelivered(peer, in, prev_seq, prev_id);
+    prev_seq = it->second.prev_seq;
+    prev_id = it->second.prev_id;
+  }
+  return false;  // a cycle of prev links: a malformed sender
 }
 
 bool Delivery::prevDelivered(const std::string& peer, InPeer& in, uint64_t prev_seq,

@@ -176,6 +176,10 @@ class Delivery final : public Messaging, public LinkHandler {
   void queueAck(const std::string& peer, const MessageId& id);
   void flushAcks(const std::string& peer);
   // Whether the message named by (prev_seq, prev_id) has been handed over.
+  // Whether the chain of held messages back from prev_seq reaches one handed
+  // over: a message so anchored is delivered as soon as it is stored.
+  bool anchored(const std::string& peer, InPeer& in, uint64_t prev_seq,
+                MessageId prev_id) const;
   bool prevDelivered(const std::string& peer, InPeer& in, uint64_t prev_seq,
                      const MessageId& prev_id) const;
   void deliverReady(const std::string& peer);

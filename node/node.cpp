@@ -192,7 +192,6 @@ Status Node::Impl::open() {
     delivery_config.log = [this](std::string_view line) { log->warn("messaging: {}", line); };
     delivery = std::make_unique<flows::Delivery>(*link, *messages, executor, executor,
                                                  delivery_config);
-    link->setHandler(delivery.get());
     delivery->setHandler(this);
     result = delivery->start();
     if (!result.ok()) return;
@@ -390,14 +389,19 @@ void Node::Impl::addRoutes() {
                                 {"messages_stored", s.messages_stored},
                                 {"messages_duplicate", s.messages_duplicate},
                                 {"messages_delivered", s.messages_delivered},
+                                {"messages_over_waiting_max", s.messages_over_waiting_max},
+                                {"ack_frames_sent", s.ack_frames_sent},
+                                {"store_failures", s.store_failures},
                                 {"frames_malformed", s.frames_malformed},
                                 {"payloads_malformed", messages_malformed}};
                   return ApiResponse::ok({{"streams", streams}, {"delivery", stats}});
                 });
 
   // Whether the messages 0..count-1 of a stream from a peer are stored here
-  // (durably, in the dedup table, which survives restarts) and arrived in
-  // sequence order.
+  // (durably, in the dedup table, which survives restarts) and consumed.
+  // `arrived_out_of_order` counts messages stored before an earlier one (they
+  // wait in the inbox: the handler still gets them in order, which the
+  // stream tallies of GET show).
   api->addRoute(
       HttpMethod::post, "/api/v1/messages/diagnostic/check", ApiRole::read_only,
       [this](const ApiRequest& request) {
@@ -414,7 +418,7 @@ void Node::Impl::addRoutes() {
           return ApiResponse::error(400, "bad_request", "'count' is too large");
         }
         json missing = json::array();
-        uint64_t stored = 0, consumed = 0, out_of_order = 0, last_arrival = 0;
+        uint64_t stored = 0, consumed = 0, arrived_out_of_order = 0, last_arrival = 0;
         for (uint64_t sequence = 0; sequence < count; ++sequence) {
           auto record = messages->dedup(from, diagnosticId(from, config.x500, stream, sequence));
           if (!record) return ApiResponse::fromError(record.error());
@@ -424,12 +428,12 @@ void Node::Impl::addRoutes() {
           }
           ++stored;
           if ((*record)->consumed) ++consumed;
-          if (stored > 1 && (*record)->seq <= last_arrival) ++out_of_order;
+          if (stored > 1 && (*record)->seq <= last_arrival) ++arrived_out_of_order;
           last_arrival = (*record)->seq;
         }
         return ApiResponse::ok({{"stored", stored},
                                 {"consumed", consumed},
-                                {"out_of_order", out_of_order},
+                                {"arrived_out_of_order", arrived_out_of_order},
                                 {"missing_first", missing}});
       });
 }
