@@ -8,7 +8,14 @@
 // relevance filters. When the whole query is one index range whose order is
 // the requested order (the common "states of a type, newest first" or "by a
 // declared field"), the page streams from the index without materialising
-// the rest, and the total comes from a maintained count or a key-only scan.
+// the rest, and the total comes from a maintained count or a key-only scan
+// (filtered by status through ix_consumed_ref where the index is
+// status-free).
+//
+// Paging by cursor: a page's next_cursor holds a fingerprint of the query
+// and the sort key of its last state (sort value, then ref). The next page
+// seeks to that key in the streamed index, or starts after it in the sorted
+// candidates, so no earlier page is read again.
 
 #include <algorithm>
 #include <map>
