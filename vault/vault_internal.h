@@ -294,6 +294,12 @@ struct VaultAccess {
   static bool isConsumed(const Vault& v, const ReadTxn& r, const StateRef& ref) {
     return r.get(db(v, ix_consumed_ref), keys::refKey(ref)).has_value();
   }
+  // The same for the ref that ends an index key, without decoding it.
+  static bool isConsumedKey(const Vault& v, const ReadTxn& r, ByteView index_key) {
+    CCAL_ASSERT(index_key.size() >= keys::ref_bytes);
+    return r.get(db(v, ix_consumed_ref), index_key.subspan(index_key.size() - keys::ref_bytes))
+        .has_value();
+  }
 
   // True when the state meets the criteria (the query's status and
   // relevance filters are applied separately). Defined in vault_query.cpp.

@@ -615,11 +615,15 @@ Result<Page> Vault::query(const Query& q) const {
   }
   if (stream) {
     const Range& range = *stream;
+    // A status-free index is filtered by the consumed-ref index (not at all
+    // while nothing is consumed, or when every status is asked for).
     const bool filter_status = !statusKeyed(range.db) && q.status != StatusFilter::all;
+    const bool none_consumed = filter_status &&
+                               r.entries(VaultAccess::db(*this, ix_consumed_ref)) == 0;
     auto passes = [&](ByteView key) {
       if (!filter_status) return true;
-      bool consumed = VaultAccess::isConsumed(*this, r, keys::refFromKeyEnd(key));
-      return consumed == (q.status == StatusFilter::consumed);
+      if (none_consumed) return q.status == StatusFilter::unconsumed;
+      return VaultAccess::isConsumedKey(*this, r, key) == (q.status == StatusFilter::consumed);
     };
     // The total: a maintained count for a whole type, else count the keys.
     if (c.kind() == Kind::state_type) {
