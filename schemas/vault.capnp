@@ -13,6 +13,9 @@ struct StateRecord {
   consumedBy @4 :Data;         # 32-byte id of the consuming transaction, when consumed
   lock @5 :Data;               # 32-byte soft-lock holder, or empty
   state @6 :Data;              # the output component: canonical TransactionState bytes
+  stateType @7 :Text;          # the state's type (copied from `state`, so that consuming or
+                               # locking needs no decoding of it)
+  tokenKey @8 :Data;           # the ix_token key prefix (token | issuer) of a fungible state, or empty
 }
 
 struct TransactionRecord {

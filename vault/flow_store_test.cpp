@@ -543,7 +543,7 @@ TEST_CASE_FIXTURE(
   const FlowId id = flowId("full");
   begin(id, "ccal.test.Full");
   // Filled in one raw request: 100k async appends take minutes under the
-  // sanitizers (each request is a nested LMDB transaction).
+  // sanitizers (each request has its own closure and done() round trip).
   const Db& journal = vault->store().db(db_flow_journal);
   REQUIRE(vault->store().write([&](WriteTxn& w) -> Status {
     Bytes key(id.view().begin(), id.view().end());

@@ -1,9 +1,12 @@
 #include "vault/store.h"
 
+#include <pthread.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
+
+#include <time.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -21,16 +24,13 @@ constexpr unsigned int readers_max = 256;             // ReadTxns open at once (
 constexpr size_t db_names_max = 64;                   // sub-databases per environment
 constexpr uint64_t map_size_min_bytes = 1ull << 20;   // below this LMDB cannot hold its own pages
 constexpr uint64_t disk_free_low_bytes = 1ull << 20;  // a failed write with less free: disk full
+constexpr uint32_t batch_reruns_max = 8;              // re-runs of one batch before it is split
+constexpr int64_t map_grow_wait_micros_max = 2'000'000;  // for open readers to end before a grow
 
 // The stamp: which program made the file, and with which schema version.
 constexpr const char* meta_db_name = "meta";
 constexpr std::string_view schema_name_key = "schema_name";
 constexpr std::string_view schema_version_key = "schema_version";
-
-// The LMDB error of the last failed put/del on this thread. The writer thread
-// reads it after a request, to tell "this batch outgrew one transaction"
-// (retry the request in a fresh batch) from the request's own failures.
-thread_local int t_last_write_rc = 0;
 
 // Stores open in this process. LMDB forbids opening one environment twice in
 // a process (its POSIX file locks are per process, so the second close would
@@ -91,8 +91,9 @@ std::string hintOf(int rc, uint64_t map_size_bytes) {
   switch (rc) {
     case MDB_MAP_FULL:
       return "the store's map of " + std::to_string(map_size_bytes >> 20) +
-             " MiB is full: raise map_size_bytes (node config key vault.map_size_mb) and restart; "
-             "everything committed before is intact";
+              " MiB is full and could not grow (it grows up to map_size_max_bytes, while no read "
+             "transaction is open): raise map_size_bytes and map_size_max_bytes (node config key "
+             "vault.map_size_mb) and restart; everything committed before is intact";
     case ENOSPC:
     case EDQUOT:
       return "the disk is full: free space and retry; nothing of this commit was written";
@@ -267,21 +268,28 @@ Status checkOrWriteStamp(MDB_txn* txn, const std::string& file, std::string_view
 
 // ---------------------------------------------------------------- ReadTxn
 
-ReadTxn::ReadTxn(ReadTxn&& other) noexcept : txn_(std::exchange(other.txn_, nullptr)) {}
+ReadTxn::ReadTxn(ReadTxn&& other) noexcept
+    : txn_(std::exchange(other.txn_, nullptr)), store_(std::exchange(other.store_, nullptr)) {}
 
 ReadTxn& ReadTxn::operator=(ReadTxn&& other) noexcept {
   if (this != &other) {
-    if (txn_ != nullptr) mdb_txn_abort(txn_);
+    if (txn_ != nullptr) {
+      mdb_txn_abort(txn_);
+      if (store_ != nullptr) store_->readerEnded();
+    }
     txn_ = std::exchange(other.txn_, nullptr);
+    store_ = std::exchange(other.store_, nullptr);
   }
   return *this;
 }
 
 ReadTxn::~ReadTxn() {
-  // Read transactions are only ever aborted. A WriteTxn's nested transaction
-  // is committed or aborted by the writer, which then clears txn_; reaching
-  // here with one still set means a request's exception unwound past it.
-  if (txn_ != nullptr) mdb_txn_abort(txn_);
+  // Read transactions are only ever aborted. A WriteTxn's transaction is
+  // committed or aborted by the writer, which then clears txn_.
+  if (txn_ != nullptr) {
+    mdb_txn_abort(txn_);
+    if (store_ != nullptr) store_->readerEnded();
+  }
 }
 
 std::optional<ByteView> ReadTxn::get(const Db& db, ByteView key) const {
@@ -328,9 +336,10 @@ Status WriteTxn::put(const Db& db, ByteView key, ByteView value) {
                                           std::to_string(key_max));
   }
   MDB_val k = toVal(key), v = toVal(value);
+  touched_ = true;
   int rc = mdb_put(txn_, db.dbi, &k, &v, 0);
   if (rc != 0) {
-    t_last_write_rc = rc;
+    failed_rc_ = rc;
     return writeFailure(rc, "put into '" + db.name + "' of " + dataFileOf(env), env);
   }
   return {};
@@ -342,10 +351,11 @@ Status WriteTxn::del(const Db& db, ByteView key) {
   // Keys LMDB cannot hold are never present: deleting them is a no-op.
   if (key.empty() || key.size() > static_cast<size_t>(mdb_env_get_maxkeysize(env))) return {};
   MDB_val k = toVal(key);
+  touched_ = true;
   int rc = mdb_del(txn_, db.dbi, &k, nullptr);
   if (rc == MDB_NOTFOUND) return {};
   if (rc != 0) {
-    t_last_write_rc = rc;
+    failed_rc_ = rc;
     return writeFailure(rc, "delete from '" + db.name + "' of " + dataFileOf(env), env);
   }
   return {};
@@ -427,6 +437,12 @@ Result<std::unique_ptr<Store>> Store::open(const StoreConfig& config,
     return makeError(Errc::malformed,
                      "vault store: map_size_bytes of " + std::to_string(config.map_size_bytes) +
                          " is below the minimum of " + std::to_string(map_size_min_bytes));
+  }
+  if (config.map_size_max_bytes < config.map_size_bytes) {
+    return makeError(Errc::malformed,
+                     "vault store: map_size_max_bytes of " +
+                         std::to_string(config.map_size_max_bytes) +
+                         " is below map_size_bytes of " + std::to_string(config.map_size_bytes));
   }
   if (config.write_batch_max == 0 || config.write_queue_max == 0) {
     return makeError(Errc::malformed,
@@ -519,6 +535,8 @@ Result<std::unique_ptr<Store>> Store::open(const StoreConfig& config,
   rc = mdb_txn_commit(txn);
   if (rc != 0) return writeFailure(rc, "commit the opening transaction on " + file, store->env_);
 
+  store->map_size_bytes_ = mapSizeOf(store->env_);
+  store->stats_.map_size_bytes = store->map_size_bytes_;
   store->writer_ = std::thread([s = store.get()] { s->writerLoop(); });
   return store;
 }
@@ -549,15 +567,50 @@ const Db& Store::db(std::string_view name) const {
 }
 
 ReadTxn Store::read() const {
+  {
+    std::unique_lock lock(readers_mutex_);
+    readers_changed_.wait(lock, [&] { return !resizing_; });
+    ++readers_open_;
+  }
   MDB_txn* txn = nullptr;
   int rc = mdb_txn_begin(env_, nullptr, MDB_RDONLY, &txn);
   if (rc != 0) {
+    readerEnded();
     throw std::runtime_error(lmdbError(rc,
                                        "begin a read transaction on " + dataFileOf(config_.path),
                                        config_.map_size_bytes)
                                  .toString());
   }
-  return ReadTxn(txn);
+  return ReadTxn(txn, this);
+}
+
+void Store::readerEnded() const {
+  {
+    std::lock_guard lock(readers_mutex_);
+    CCAL_ASSERT(readers_open_ > 0);
+    --readers_open_;
+  }
+  readers_changed_.notify_all();
+}
+
+bool Store::growMap() {
+  if (map_size_bytes_ >= config_.map_size_max_bytes) return false;
+  const uint64_t grown = std::min(config_.map_size_max_bytes, map_size_bytes_ * 2);
+  std::unique_lock lock(readers_mutex_);
+  resizing_ = true;
+  // New readers wait; open ones get a bounded time to end.
+  bool idle = readers_changed_.wait_for(lock, std::chrono::microseconds(map_grow_wait_micros_max),
+                                        [&] { return readers_open_ == 0; });
+  int rc = idle ? mdb_env_set_mapsize(env_, grown) : -1;
+  resizing_ = false;
+  lock.unlock();
+  readers_changed_.notify_all();
+  if (rc != 0) return false;
+  map_size_bytes_ = mapSizeOf(env_);
+  std::lock_guard stats_lock(mutex_);
+  ++stats_.map_grows;
+  stats_.map_size_bytes = map_size_bytes_;
+  return true;
 }
 
 void Store::submit(WriteFn fn, DoneFn done) {
@@ -589,29 +642,28 @@ Store::Stats Store::stats() const {
 }
 
 void Store::writerLoop() {
+  // Named, so that top, perf and debuggers show which thread is the writer.
+  ::pthread_setname_np(::pthread_self(), "ccal-writer");
   const std::string file = dataFileOf(config_.path);
   std::vector<Request> batch;
   std::vector<Status> results;
+  // Requests with a final outcome before the batch commits: they failed
+  // after writing, so the batch runs again without them.
+  std::vector<bool> settled;
   // Requests taken but not run because their batch outgrew one LMDB
-  // transaction; they go first into the next batch. Writer thread only.
+  // transaction or was split; they go first into the next batch. Writer
+  // thread only.
   std::deque<Request> carried;
   batch.reserve(config_.write_batch_max);
   results.reserve(config_.write_batch_max);
 
-  // Runs one request in a transaction nested in `parent`, so that its failure
-  // undoes its own changes only. `lmdb_rc` gets the LMDB failure, if any.
-  auto run_request = [&](MDB_txn* parent, Request& request, int& lmdb_rc) -> Status {
-    MDB_txn* child = nullptr;
-    int rc = mdb_txn_begin(env_, parent, 0, &child);
-    if (rc != 0) {
-      lmdb_rc = rc;
-      return lmdbError(rc, "begin a nested write transaction on " + file, config_.map_size_bytes);
-    }
-    WriteTxn txn(child);
-    t_last_write_rc = 0;
+  // Runs one request directly in `txn`. `touched` tells whether it reached
+  // LMDB with a change, `lmdb_rc` the LMDB failure of a change, if any.
+  auto run_request = [&](MDB_txn* txn, Request& request, bool& touched, int& lmdb_rc) -> Status {
+    WriteTxn w(txn);
     Status status;
     try {
-      status = request.fn(txn);
+      status = request.fn(w);
     } catch (const std::exception& e) {
       status = makeError(Errc::storage_error, std::string("a write request threw: ") + e.what() +
                                                   " (its changes were rolled back)");
@@ -620,20 +672,15 @@ void Store::writerLoop() {
                          "a write request threw a non-standard exception (its changes were "
                          "rolled back)");
     }
-    CCAL_ASSERT_MSG(txn.txn_ == child, "a write request moved its WriteTxn away");
-    txn.txn_ = nullptr;  // ended below, not by ~ReadTxn
-    lmdb_rc = t_last_write_rc;
-    if (!status.ok()) {
-      mdb_txn_abort(child);
-      return status;
-    }
-    // Fails if the request ignored a failed put: LMDB then refuses the commit.
-    rc = mdb_txn_commit(child);
-    if (rc != 0) {
-      if (lmdb_rc == 0) lmdb_rc = rc;
+    CCAL_ASSERT_MSG(w.txn_ == txn, "a write request moved its WriteTxn away");
+    w.txn_ = nullptr;  // ended by the writer, not by ~ReadTxn
+    touched = w.touched_;
+    lmdb_rc = w.failed_rc_;
+    if (status.ok() && lmdb_rc != 0) {
+      // LMDB refuses to commit a transaction with a failed change.
       return makeError(Errc::storage_error,
                        "a write request returned ok after a failed change; LMDB refused it: " +
-                           std::string(mdb_strerror(rc)));
+                           std::string(mdb_strerror(lmdb_rc)));
     }
     return status;
   };
@@ -660,53 +707,97 @@ void Store::writerLoop() {
     CCAL_ASSERT(!batch.empty() && batch.size() <= config_.write_batch_max);
 
     results.assign(batch.size(), Status());
+    settled.assign(batch.size(), false);
+    // Requests [0, processed) belong to this commit; the rest are carried.
     size_t processed = batch.size();
     bool committed = false;
-    MDB_txn* parent = nullptr;
-    int rc = mdb_txn_begin(env_, nullptr, 0, &parent);
-    if (rc != 0) {
-      Error error = lmdbError(rc, "begin a write transaction on " + file, config_.map_size_bytes);
-      for (Status& result : results) result = error;
-    } else {
+    uint32_t reruns = 0;
+    uint64_t reruns_counted = 0;
+    for (;;) {
+      MDB_txn* txn = nullptr;
+      int rc = mdb_txn_begin(env_, nullptr, 0, &txn);
+      if (rc != 0) {
+        Error error = lmdbError(rc, "begin a write transaction on " + file, map_size_bytes_);
+        for (size_t i = 0; i < processed; ++i)
+          if (!settled[i]) results[i] = error;
+        break;
+      }
       bool any_ok = false;
-      for (size_t i = 0; i < batch.size(); ++i) {
+      bool again = false;
+      for (size_t i = 0; i < processed; ++i) {
+        if (settled[i]) continue;
+        bool touched = false;
         int lmdb_rc = 0;
-        results[i] = run_request(parent, batch[i], lmdb_rc);
-        if (!results[i].ok() && lmdb_rc == MDB_TXN_FULL && i > 0) {
-          // Not the request's fault: commit the ones before, retry it alone.
+        results[i] = run_request(txn, batch[i], touched, lmdb_rc);
+        if (results[i].ok()) {
+          any_ok = true;
+          continue;
+        }
+        if (!touched) continue;  // failed before writing: the transaction is clean
+        // It wrote, then failed: its changes are mixed into the batch's.
+        mdb_txn_abort(txn);
+        txn = nullptr;
+        again = true;
+        if (lmdb_rc == MDB_MAP_FULL && growMap()) break;  // all of it again, with room
+        if (lmdb_rc == MDB_TXN_FULL && any_ok) {
+          // Not the request's fault: commit the ones before, carry it on.
           processed = i;
           break;
         }
-        any_ok = any_ok || results[i].ok();
+        settled[i] = true;  // its own failure is its outcome
+        if (++reruns > batch_reruns_max) {
+          // Bounded: commit the ones before it, carry the rest to a new batch.
+          processed = i;
+        }
+        break;
       }
-      if (any_ok) {
-        rc = mdb_txn_commit(parent);  // durable unless MDB_NOSYNC
-        if (rc != 0) {
-          // Nothing of the batch is visible. Requests that failed on their own
-          // keep their own error; the others get the commit's.
-          Error error = writeFailure(
-              rc,
-              "commit of " + std::to_string(processed) +
-                  (processed == 1 ? " write request to " : " write requests to ") + file,
-              env_);
-          for (size_t i = 0; i < processed; ++i) {
-            if (results[i].ok()) results[i] = error;
-          }
-        } else {
-          committed = true;
+      if (again) {
+        ++reruns_counted;
+        continue;
+      }
+      if (!any_ok) {
+        mdb_txn_abort(txn);  // nothing to write: spare the fsync
+        break;
+      }
+      rc = mdb_txn_commit(txn);  // durable unless MDB_NOSYNC
+      if (rc == MDB_MAP_FULL && growMap()) {
+        ++reruns_counted;
+        continue;
+      }
+      if (rc != 0) {
+        // Nothing of the batch is visible. Requests that failed on their own
+        // keep their own error; the others get the commit's.
+        Error error = writeFailure(
+            rc,
+            "commit of " + std::to_string(processed) +
+                (processed == 1 ? " write request to " : " write requests to ") + file,
+            env_);
+        for (size_t i = 0; i < processed; ++i) {
+          if (results[i].ok()) results[i] = error;
         }
       } else {
-        mdb_txn_abort(parent);  // nothing to write: spare the fsync
+        committed = true;
       }
+      break;
     }
-    for (size_t i = batch.size(); i-- > processed;) carried.push_front(std::move(batch[i]));
+    for (size_t i = batch.size(); i-- > processed;) {
+      if (!settled[i]) carried.push_front(std::move(batch[i]));
+    }
 
+    struct timespec cpu {};
+    ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu);
+    size_t answered = processed;
+    for (size_t i = processed; i < batch.size(); ++i) answered += settled[i] ? 1 : 0;
     {
       std::lock_guard lock(mutex_);
-      stats_.requests += processed;
+      stats_.requests += answered;
+      stats_.reruns += reruns_counted;
+      stats_.writer_cpu_micros = static_cast<uint64_t>(cpu.tv_sec) * 1'000'000 +
+                                 static_cast<uint64_t>(cpu.tv_nsec) / 1000;
       if (committed) ++stats_.commits;
     }
-    for (size_t i = 0; i < processed; ++i) {
+    for (size_t i = 0; i < batch.size(); ++i) {
+      if (i >= processed && !settled[i]) continue;  // carried
       try {
         batch[i].done(results[i]);
       } catch (const std::exception& e) {

@@ -6,8 +6,19 @@
 //
 // LMDB allows one writer; a durable commit costs an fsync (~3.8k/s here), so
 // every hot writer batches: up to write_batch_max requests share one commit.
-// Each request runs in a nested transaction, so a request that fails rolls
-// back its own changes and no one else's.
+// Requests run directly in the batch's transaction (a nested transaction per
+// request costs about half the writer's time). A request should check what
+// it can before it writes: one that fails without having written anything
+// costs nothing; one that fails after writing makes the writer abort the
+// batch's transaction and run the batch again without it (at most
+// batch_reruns_max times, then the batch is split), so every caller still
+// sees exactly its own outcome and no failed request leaves a trace.
+// Therefore a request may run more than once: it must set its outputs anew
+// on every run.
+//
+// When the map is full the writer grows it (doubling, up to
+// map_size_max_bytes) once no read transaction is open, and runs the batch
+// again; beyond the maximum the request gets a storage_full error.
 
 #include <lmdb.h>
 
@@ -34,6 +45,7 @@ namespace ccal::vault {
 struct StoreConfig {
   std::string path;                          // a directory; created if missing
   uint64_t map_size_bytes = 64ull << 30;     // virtual; the file grows only as used
+  uint64_t map_size_max_bytes = 1ull << 40;  // the map grows when full, up to this
   uint32_t write_batch_max = 4096;           // requests per durable commit
   uint32_t write_queue_max = 65536;          // requests waiting; submit() blocks beyond
   bool durable = true;                       // fsync each commit (off only for tests/benchmarks)
@@ -49,6 +61,8 @@ class Cursor;
 
 // A read view. Values returned point into the map and live as long as the
 // transaction. Not shared between threads.
+class Store;
+
 class ReadTxn {
  public:
   ReadTxn(ReadTxn&&) noexcept;
@@ -61,23 +75,32 @@ class ReadTxn {
   MDB_txn* raw() const { return txn_; }
 
  protected:
-  explicit ReadTxn(MDB_txn* txn) : txn_(txn) {}
+  ReadTxn(MDB_txn* txn, const Store* store) : txn_(txn), store_(store) {}
   friend class Store;
   MDB_txn* txn_ = nullptr;
+  const Store* store_ = nullptr;  // set for read transactions the Store counts
 };
 
 // A write view, handed to a request on the writer thread.
 class WriteTxn : public ReadTxn {
  public:
   // Errors (map full, a value too large) come back as Status; the request
-  // should return them, which rolls back its changes.
+  // must return them, which rolls back its changes (and, since it has
+  // written, makes the writer run its batch again without it).
   Status put(const Db& db, ByteView key, ByteView value);
   // Fails with not_found-free semantics: deleting a missing key is ok.
   Status del(const Db& db, ByteView key);
 
  private:
+  // True once put() or del() reached LMDB: a failure from here on costs a
+  // re-run of the batch.
+  bool touched() const { return touched_; }
+
+ private:
   friend class Store;
-  explicit WriteTxn(MDB_txn* txn) : ReadTxn(txn) {}
+  explicit WriteTxn(MDB_txn* txn) : ReadTxn(txn, nullptr) {}
+  bool touched_ = false;
+  int failed_rc_ = 0;  // the LMDB error of the last failed put/del
 };
 
 // Iterates keys in order. Key and value views are valid until the cursor moves.
@@ -133,13 +156,22 @@ class Store {
   struct Stats {
     uint64_t commits = 0;
     uint64_t requests = 0;
+    uint64_t reruns = 0;      // batches run again without a request that failed after writing
+    uint64_t map_grows = 0;   // times the map was grown
+    uint64_t map_size_bytes = 0;  // the map's size now
+    uint64_t writer_cpu_micros = 0;  // CPU time the writer thread has used
   };
   Stats stats() const;
   const StoreConfig& config() const { return config_; }
 
  private:
+  friend class ReadTxn;
   Store() = default;
   void writerLoop();
+  // Writer thread: doubles the map (up to the maximum) once no read
+  // transaction is open; false when it is at the maximum or readers stay.
+  bool growMap();
+  void readerEnded() const;
 
   struct Request {
     WriteFn fn;
@@ -156,6 +188,15 @@ class Store {
   bool stopping_ = false;
   Stats stats_;
   std::thread writer_;
+
+  // Read transactions open now, so that the writer can grow the map when
+  // none is (LMDB remaps the file: a reader would be left pointing at the
+  // old mapping). read() waits while a resize is under way.
+  mutable std::mutex readers_mutex_;  // guards readers_open_, resizing_
+  mutable std::condition_variable readers_changed_;
+  mutable uint64_t readers_open_ = 0;
+  bool resizing_ = false;
+  uint64_t map_size_bytes_ = 0;  // writer thread (and stats(), under mutex_)
 };
 
 }  // namespace ccal::vault

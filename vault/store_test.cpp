@@ -400,6 +400,82 @@ TEST_CASE("Store: a failing request rolls back its own changes, not its batch's"
   CHECK(str(txn.get(records, asBytes("d"))) == "D");
   CHECK(store->stats().requests == 5);
   CHECK(store->stats().commits == 2);  // the gate's, then one for the four
+  CHECK(store->stats().reruns == 2);   // without b, then without b and c
+}
+
+TEST_CASE("Store: a request refused before it writes costs its batch no re-run") {
+  TempDir dir;
+  auto store = openStore(testConfig(dir.store()));
+  const Db& records = store->db("records");
+  std::atomic<int> finished{0};
+  WriterGate gate;
+  gate.close(*store, finished);
+  std::vector<Status> results(3);
+  auto record = [&](size_t i) {
+    return [&results, &finished, i](const Status& status) {
+      results[i] = status;
+      ++finished;
+    };
+  };
+  store->submit([&](WriteTxn& txn) { return txn.put(records, asBytes("a"), asBytes("A")); },
+                record(0));
+  store->submit(
+      [&](WriteTxn& txn) -> Status {
+        if (txn.get(records, asBytes("a"))) return makeError(Errc::conflict, "a is taken");
+        return txn.put(records, asBytes("a"), asBytes("other"));
+      },
+      record(1));
+  store->submit([&](WriteTxn& txn) { return txn.put(records, asBytes("b"), asBytes("B")); },
+                record(2));
+  gate.open();
+  waitFor(finished, 4);
+  CHECK(results[0].ok());
+  CHECK(results[1].error().code == Errc::conflict);
+  CHECK(results[2].ok());
+  CHECK(store->stats().reruns == 0);
+  CHECK(store->stats().commits == 2);
+  CHECK(str(store->read().get(records, asBytes("a"))) == "A");
+}
+
+TEST_CASE("Store: many requests failing after writing: bounded re-runs, each its own outcome") {
+  TempDir dir;
+  auto store = openStore(testConfig(dir.store()));
+  const Db& records = store->db("records");
+  std::atomic<int> finished{0};
+  WriterGate gate;
+  gate.close(*store, finished);
+  constexpr int n = 40;  // every third fails after writing: more than the re-run bound
+  std::vector<Status> results(n);
+  std::vector<int> runs(n, 0);
+  for (int i = 0; i < n; ++i) {
+    store->submit(
+        [&, i](WriteTxn& txn) -> Status {
+          ++runs[i];
+          CCAL_TRY(txn.put(records, be64(i), asBytes("v")));
+          if (i % 3 == 1) return makeError(Errc::invalid_transaction, "request " + std::to_string(i));
+          return {};
+        },
+        [&, i](const Status& status) {
+          results[i] = status;
+          ++finished;
+        });
+  }
+  gate.open();
+  waitFor(finished, n + 1);
+  ReadTxn txn = store->read();
+  for (int i = 0; i < n; ++i) {
+    if (i % 3 == 1) {
+      CHECK(results[i].error().message == "request " + std::to_string(i));
+      CHECK_FALSE(txn.get(records, be64(i)).has_value());
+    } else {
+      CHECK(results[i].ok());
+      CHECK(txn.get(records, be64(i)).has_value());
+    }
+    CHECK(runs[i] <= 9 + 2);  // at most the re-run bound plus a split and its batch
+  }
+  CHECK(txn.entries(records) == n - (n + 1) / 3);
+  CHECK(store->stats().requests == n + 1);
+  CHECK(store->stats().reruns >= 8);
 }
 
 TEST_CASE("Store: an exception thrown by a request is its error, and the writer carries on") {
@@ -577,6 +653,11 @@ TEST_CASE("Store: bad paths and settings are errors") {
   StoreConfig tiny = testConfig(dir.store());
   tiny.map_size_bytes = 4096;
   CHECK(Store::open(tiny, db_names, schema, 1).error().code == Errc::malformed);
+  StoreConfig low_max = testConfig(dir.store());
+  low_max.map_size_max_bytes = low_max.map_size_bytes / 2;
+  auto refused = Store::open(low_max, db_names, schema, 1);
+  CHECK(refused.error().code == Errc::malformed);
+  CHECK(refused.error().message.find("map_size_max_bytes") != std::string::npos);
   StoreConfig no_batch = testConfig(dir.store());
   no_batch.write_batch_max = 0;
   CHECK(Store::open(no_batch, db_names, schema, 1).error().code == Errc::malformed);
@@ -596,10 +677,75 @@ TEST_CASE("Store: one directory is opened once per process") {
   CHECK(Store::open(testConfig(dir.store()), db_names, schema, 1).ok());
 }
 
+TEST_CASE("Store: a full map grows, up to its maximum, and keeps everything") {
+  TempDir dir;
+  StoreConfig config = testConfig(dir.store());
+  config.map_size_bytes = 1ull << 20;
+  config.map_size_max_bytes = 4ull << 20;
+  constexpr size_t value_size = 3000;
+  auto store = openStore(config);
+  uint64_t acked = 0;
+  Status failure;
+  for (uint64_t n = 0; n < 5000; ++n) {
+    Status status =
+        store->write([&](WriteTxn& txn) { return putRecord(*store, txn, n, value_size); });
+    if (!status.ok()) {
+      failure = status;
+      break;
+    }
+    ++acked;
+  }
+  // Far more than 1 MiB holds, then the maximum is reached with a clear error.
+  CHECK(acked * value_size > (2ull << 20));
+  CHECK(store->stats().map_grows == 2);
+  CHECK(store->stats().map_size_bytes == (4ull << 20));
+  REQUIRE_FALSE(failure.ok());
+  CHECK(failure.error().code == Errc::storage_full);
+  CHECK(failure.error().message.find("map_size_max_bytes") != std::string::npos);
+  checkRecords(*store, acked, value_size);
+}
+
+TEST_CASE("Store: the map does not grow under an open read transaction; it says why") {
+  TempDir dir;
+  StoreConfig config = testConfig(dir.store());
+  config.map_size_bytes = 1ull << 20;
+  config.map_size_max_bytes = 4ull << 20;
+  constexpr size_t value_size = 3000;
+  auto store = openStore(config);
+  uint64_t acked = 0;
+  Status failure;
+  {
+    ReadTxn held = store->read();  // e.g. a long query
+    for (uint64_t n = 0; n < 5000; ++n) {
+      Status status =
+          store->write([&](WriteTxn& txn) { return putRecord(*store, txn, n, value_size); });
+      if (!status.ok()) {
+        failure = status;
+        break;
+      }
+      ++acked;
+    }
+  }
+  REQUIRE_FALSE(failure.ok());
+  CHECK(failure.error().code == Errc::storage_full);
+  CHECK(failure.error().message.find("while no read transaction is open") != std::string::npos);
+  CHECK(store->stats().map_grows == 0);
+  // Once the reader is gone, the pages it kept are free again, and when
+  // they are used up the map grows: the writes go on succeeding.
+  uint64_t n = acked;
+  for (; n < acked + 5000 && store->stats().map_grows == 0; ++n) {
+    REQUIRE(store->write([&](WriteTxn& txn) { return putRecord(*store, txn, n, value_size); })
+                .ok());
+  }
+  CHECK(store->stats().map_grows == 1);
+  checkRecords(*store, n, value_size);
+}
+
 TEST_CASE("Store: a full map gives an error naming the setting, and loses nothing") {
   TempDir dir;
   StoreConfig config = testConfig(dir.store());
   config.map_size_bytes = 1ull << 20;
+  config.map_size_max_bytes = 1ull << 20;  // no growth
   constexpr size_t value_size = 3000;
   uint64_t acked = 0;
   Status failure;
@@ -630,6 +776,7 @@ TEST_CASE("Store: a full map gives an error naming the setting, and loses nothin
   }
   // With a bigger map the same file takes more.
   config.map_size_bytes = 8ull << 20;
+  config.map_size_max_bytes = 8ull << 20;
   auto store = openStore(config);
   checkRecords(*store, acked, value_size);
   REQUIRE(

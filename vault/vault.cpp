@@ -81,7 +81,7 @@ Criteria operator||(Criteria a, Criteria b) {
 std::vector<std::string> vaultDatabaseNames() {
   std::vector<std::string> names;
   for (auto n : {db_tx, db_state, ix_type, ix_participant, ix_linear, ix_field, ix_recorded,
-                 ix_consumed, ix_lock, ix_token, db_counts, db_flow_checkpoint, db_flow_journal,
+                 ix_consumed, ix_consumed_ref, ix_lock, ix_token, db_counts, db_flow_checkpoint, db_flow_journal,
                  db_msg_outbox, db_msg_inbox, db_msg_dedup}) {
     names.emplace_back(n);
   }
@@ -114,90 +114,217 @@ int64_t Vault::now() const {
 
 // --- recording ----------------------------------------------------------------
 
+Result<VerifiedTransaction> VerifiedTransaction::verify(SignedTransaction stx) {
+  Status verified = stx.verifyRequiredSignatures();
+  if (!verified.ok()) return verified.error();
+  return VerifiedTransaction(std::make_shared<const SignedTransaction>(std::move(stx)));
+}
+
 void Vault::recordAsync(const SignedTransaction& stx, RecordMode mode, DoneFn done) {
   // Refused before anything is written: a transaction whose signatures do
   // not verify or whose required signers are not all there.
-  Status verified = stx.verifyRequiredSignatures();
-  if (!verified.ok()) {
+  auto verified = VerifiedTransaction::verify(stx);
+  if (!verified) {
     done(makeError(verified.error().code, "not recorded: " + verified.error().message));
     return;
   }
-  // Decode every output's view (schema fields) before queueing, so a state
-  // whose data does not decode is refused up front, off the writer thread.
-  auto views = std::make_shared<std::vector<StateView>>();
+  recordAsync(*verified, mode, std::move(done));
+}
+
+namespace {
+
+// One output to record, prepared on the caller's thread.
+struct OutputPlan {
+  uint32_t index = 0;
+  Bytes ref_key;
+  Bytes record;
+  std::vector<std::pair<const Db*, Bytes>> keys;  // index entries (key-only)
+  Bytes count_key;
+};
+
+// A transaction to record, prepared on the caller's thread, and what its
+// last run on the writer consumed (for trackers).
+struct RecordPlan {
+  explicit RecordPlan(VerifiedTransaction tx) : vtx(std::move(tx)) {}
+  VerifiedTransaction vtx;
+  int64_t at = 0;
+  std::vector<StateRef> inputs;  // distinct
+  std::vector<Bytes> input_keys;
+  std::vector<OutputPlan> outputs;
+  Bytes tx_record;
+  std::vector<std::pair<StateRef, StateRecordFields>> consumed;  // set anew on every run
+};
+
+}  // namespace
+
+void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn done) {
+  const SignedTransaction& stx = vtx.stx();
+  const SecureHash& id = stx.id();
+  // VerifiedTransaction shares its immutable transaction: no copy.
+  auto plan = std::make_shared<RecordPlan>(vtx);
+  plan->at = now();
+  for (const auto& ref : stx.tx().inputs()) {
+    if (std::find(plan->inputs.begin(), plan->inputs.end(), ref) != plan->inputs.end()) continue;
+    plan->inputs.push_back(ref);
+    plan->input_keys.push_back(keys::refKey(ref));
+  }
+  // Decode every output's view (schema fields) and build its record and
+  // index keys here, so a state whose data does not decode is refused up
+  // front, and the one writer thread only writes.
   const auto& outputs = stx.tx().outputs();
-  for (size_t i = 0; i < outputs.size(); ++i) {
+  const auto& output_bytes = stx.tx().group(ComponentGroup::outputs);
+  for (uint32_t i = 0; i < outputs.size(); ++i) {
     auto view = VaultAccess::viewOf(*this, outputs[i]);
     if (!view) {
       done(makeError(view.error().code, "not recorded: output " + std::to_string(i) + " of " +
-                                            stx.id().hex() + ": " + view.error().message));
+                                            id.hex() + ": " + view.error().message));
       return;
     }
-    views->push_back(std::move(view).value());
+    bool ours = false;
+    for (const auto& p : outputs[i].participants) {
+      for (const auto& leaf : p.leafKeys()) ours = ours || our_keys_.contains(leaf);
+    }
+    if (!ours && mode == RecordMode::only_relevant) continue;
+    VaultState vs;
+    vs.ref = StateRef{id, i};
+    vs.relevance = ours ? Relevance::participant : Relevance::observed;
+    vs.recordedMicros = plan->at;
+    vs.state = outputs[i];
+    OutputPlan out;
+    out.index = i;
+    out.ref_key = keys::refKey(vs.ref);
+    StateRecordFields fields;
+    fields.relevance = vs.relevance;
+    fields.recordedMicros = vs.recordedMicros;
+    fields.stateType = outputs[i].stateType;
+    fields.tokenKey = tokenPrefix(*view);
+    fields.state_bytes.assign(output_bytes[i].begin(), output_bytes[i].end());
+    out.record = encodeStateRecord(fields);
+    for (auto& entry : VaultAccess::indexKeys(vs, *view)) {
+      out.keys.emplace_back(&VaultAccess::db(*this, entry.first), std::move(entry.second));
+    }
+    out.count_key = countKey(StateStatus::unconsumed, outputs[i].stateType);
+    plan->outputs.push_back(std::move(out));
   }
-  auto shared = std::make_shared<SignedTransaction>(stx);
-  // The transaction's record is encoded here, on the caller's thread, so the
-  // one writer thread only writes.
-  auto update = std::make_shared<VaultUpdate>();
-  update->txId = stx.id();
-  const int64_t at = now();
-  auto tx_record = std::make_shared<Bytes>();
   {
     Bytes encoded = stx.encode();
-    *tx_record = buildCanonical<schema::vault::TransactionRecord>([&](auto b) {
-      b.setRecordedMicros(at);
+    plan->tx_record = buildCanonical<schema::vault::TransactionRecord>([&](auto b) {
+      b.setRecordedMicros(plan->at);
       b.setSignedTransaction(asData(encoded));
     });
   }
 
-  WriteFn fn = [this, shared, views, update, mode, at, tx_record](WriteTxn& w) -> Status {
-    const SignedTransaction& s = *shared;
-    const SecureHash& id = s.id();
-    update->produced.clear();
-    update->consumed.clear();
-    if (w.get(VaultAccess::db(*this, db_tx), id.view())) return {};  // recorded before
+  WriteFn fn = [this, plan](WriteTxn& w) -> Status {
+    plan->consumed.clear();
+    const SecureHash& tx_id = plan->vtx.id();
+    const Db& tx_db = VaultAccess::db(*this, db_tx);
+    const Db& state_db = VaultAccess::db(*this, db_state);
+    if (w.get(tx_db, tx_id.view())) return {};  // recorded before
 
-    for (const auto& ref : s.tx().inputs()) {
-      auto stored = VaultAccess::load(*this, w, ref);
-      if (!stored) return stored.error();
-      if (!stored->has_value()) continue;  // not a state this vault holds
-      const Stored& before = **stored;
-      if (before.vs.status == StateStatus::consumed) {
-        return makeError(Errc::conflict, "transaction " + id.hex() + " spends state " +
-                                             ref.toString() +
+    // Everything that can refuse the transaction is checked before the
+    // first write, so a refusal leaves the batch's transaction clean.
+    for (size_t i = 0; i < plan->inputs.size(); ++i) {
+      auto value = w.get(state_db, plan->input_keys[i]);
+      if (!value) continue;  // not a state this vault holds
+      auto fields = readStateRecord(*value);
+      if (!fields) {
+        return makeError(fields.error().code,
+                         plan->inputs[i].toString() + ": " + fields.error().message);
+      }
+      if (fields->status == StateStatus::consumed) {
+        return makeError(Errc::conflict, "transaction " + tx_id.hex() + " spends state " +
+                                             plan->inputs[i].toString() +
                                              ", which this vault saw consumed by transaction " +
-                                             before.vs.consumedBy->hex());
+                                             fields->consumedBy->hex());
       }
-      VaultState after = before.vs;
-      after.status = StateStatus::consumed;
-      after.consumedBy = id;
-      after.consumedMicros = at;
-      after.lock.reset();
-      CCAL_TRY(VaultAccess::rewrite(*this, w, before, after));
-      update->consumed.push_back(after);
+      plan->consumed.emplace_back(plan->inputs[i], std::move(fields).value());
     }
 
-    const auto& states = s.tx().outputs();
-    const auto& output_bytes = s.tx().group(ComponentGroup::outputs);
-    for (uint32_t i = 0; i < states.size(); ++i) {
-      bool ours = false;
-      for (const auto& p : states[i].participants) {
-        for (const auto& leaf : p.leafKeys()) ours = ours || our_keys_.contains(leaf);
+    // Count changes per (status, type), applied once each.
+    std::vector<std::pair<Bytes, int64_t>> counts;
+    auto count = [&](Bytes key, int64_t delta) {
+      for (auto& entry : counts) {
+        if (entry.first == key) {
+          entry.second += delta;
+          return;
+        }
       }
-      if (!ours && mode == RecordMode::only_relevant) continue;
-      VaultState vs;
-      vs.ref = StateRef{id, i};
-      vs.state = states[i];
-      vs.relevance = ours ? Relevance::participant : Relevance::observed;
-      vs.recordedMicros = at;
-      CCAL_TRY(VaultAccess::putState(*this, w, vs, (*views)[i], output_bytes[i]));
-      update->produced.push_back(std::move(vs));
+      counts.emplace_back(std::move(key), delta);
+    };
+    const Db& type_db = VaultAccess::db(*this, ix_type);
+    for (auto& [ref, fields] : plan->consumed) {
+      const Bytes ref_key = keys::refKey(ref);
+      CCAL_TRY(w.del(type_db, typeKey(StateStatus::unconsumed, fields.stateType,
+                                      fields.recordedMicros, ref)));
+      CCAL_TRY(w.put(type_db,
+                     typeKey(StateStatus::consumed, fields.stateType, fields.recordedMicros, ref),
+                     {}));
+      if (!fields.tokenKey.empty()) {
+        CCAL_TRY(w.del(VaultAccess::db(*this, ix_token),
+                       tokenKey(fields.tokenKey, fields.recordedMicros, ref)));
+      }
+      if (fields.lock) {
+        Bytes k;
+        keys::appendHash(k, *fields.lock);
+        keys::appendRef(k, ref);
+        CCAL_TRY(w.del(VaultAccess::db(*this, ix_lock), k));
+      }
+      Bytes consumed_key;
+      keys::appendInt(consumed_key, plan->at);
+      keys::appendRef(consumed_key, ref);
+      CCAL_TRY(w.put(VaultAccess::db(*this, ix_consumed), consumed_key, {}));
+      CCAL_TRY(w.put(VaultAccess::db(*this, ix_consumed_ref), ref_key, {}));
+      fields.status = StateStatus::consumed;
+      fields.consumedBy = tx_id;
+      fields.consumedMicros = plan->at;
+      fields.lock.reset();
+      CCAL_TRY(w.put(state_db, ref_key, encodeStateRecord(fields)));
+      count(countKey(StateStatus::unconsumed, fields.stateType), -1);
+      count(countKey(StateStatus::consumed, fields.stateType), +1);
     }
-
-    return w.put(VaultAccess::db(*this, db_tx), id.view(), *tx_record);
+    for (const auto& out : plan->outputs) {
+      CCAL_TRY(w.put(state_db, out.ref_key, out.record));
+      for (const auto& entry : out.keys) CCAL_TRY(w.put(*entry.first, entry.second, {}));
+      count(out.count_key, +1);
+    }
+    for (const auto& entry : counts) {
+      if (entry.second != 0) CCAL_TRY(VaultAccess::adjustCount(*this, w, entry.first, entry.second));
+    }
+    return w.put(tx_db, tx_id.view(), plan->tx_record);
   };
-  store_->submit(std::move(fn), [this, update, done = std::move(done)](const Status& status) {
-    if (status.ok() && (!update->produced.empty() || !update->consumed.empty())) publish(*update);
+  store_->submit(std::move(fn), [this, plan, done = std::move(done)](const Status& status) {
+    if (status.ok() && tracking() && (!plan->outputs.empty() || !plan->consumed.empty())) {
+      // Trackers see full states: decoded here, only when someone tracks.
+      VaultUpdate update;
+      update.txId = plan->vtx.id();
+      const auto& states = plan->vtx.stx().tx().outputs();
+      for (const auto& out : plan->outputs) {
+        VaultState vs;
+        vs.ref = StateRef{update.txId, out.index};
+        vs.state = states[out.index];
+        bool ours = false;
+        for (const auto& p : vs.state.participants) {
+          for (const auto& leaf : p.leafKeys()) ours = ours || our_keys_.contains(leaf);
+        }
+        vs.relevance = ours ? Relevance::participant : Relevance::observed;
+        vs.recordedMicros = plan->at;
+        update.produced.push_back(std::move(vs));
+      }
+      for (const auto& [ref, fields] : plan->consumed) {
+        auto state = decodeTransactionState(fields.state_bytes);
+        CCAL_ASSERT_MSG(state.ok(), "a recorded state no longer decodes");
+        VaultState vs;
+        vs.ref = ref;
+        vs.state = std::move(state).value();
+        vs.status = fields.status;
+        vs.relevance = fields.relevance;
+        vs.recordedMicros = fields.recordedMicros;
+        vs.consumedBy = fields.consumedBy;
+        vs.consumedMicros = fields.consumedMicros;
+        update.consumed.push_back(std::move(vs));
+      }
+      publish(update);
+    }
     done(status);
   });
 }
@@ -207,6 +334,18 @@ Status Vault::record(const SignedTransaction& stx, RecordMode mode) {
   auto future = promise.get_future();
   recordAsync(stx, mode, [&promise](const Status& s) { promise.set_value(s); });
   return future.get();
+}
+
+Status Vault::record(const VerifiedTransaction& tx, RecordMode mode) {
+  std::promise<Status> promise;
+  auto future = promise.get_future();
+  recordAsync(tx, mode, [&promise](const Status& s) { promise.set_value(s); });
+  return future.get();
+}
+
+bool Vault::tracking() const {
+  std::lock_guard<std::mutex> guard(trackers_mutex_);
+  return !trackers_.empty();
 }
 
 Result<std::optional<SignedTransaction>> Vault::transaction(const SecureHash& id) const {
@@ -269,6 +408,10 @@ Status Vault::checkConsistency() const {
     const VaultState& vs = stored->vs;
     auto view = VaultAccess::viewOf(*this, vs.state);
     if (!view) return broken("state " + ref.toString() + ": " + view.error().message);
+    if (stored->fields.stateType != vs.state.stateType ||
+        stored->fields.tokenKey != tokenPrefix(*view)) {
+      return broken("state " + ref.toString() + ": its record's type or token key is not its state's");
+    }
     for (const auto& [db, key] : VaultAccess::indexKeys(vs, *view)) {
       if (!r.get(VaultAccess::db(*this, db), key)) {
         return broken("state " + ref.toString() + " is missing from index " + std::string(db));
@@ -286,8 +429,8 @@ Status Vault::checkConsistency() const {
       return broken("state " + ref.toString() + " has no recorded transaction");
     }
   }
-  for (auto db : {ix_type, ix_participant, ix_linear, ix_field, ix_recorded, ix_consumed, ix_lock,
-                  ix_token}) {
+  for (auto db : {ix_type, ix_participant, ix_linear, ix_field, ix_recorded, ix_consumed,
+                  ix_consumed_ref, ix_lock, ix_token}) {
     uint64_t have = r.entries(VaultAccess::db(*this, db));
     if (have != expected_entries[db]) {
       return broken("index " + std::string(db) + " has " + std::to_string(have) +

@@ -22,7 +22,9 @@
 namespace ccal::vault {
 
 inline constexpr std::string_view vault_schema_name = "ccal-vault";
-inline constexpr uint32_t vault_schema_version = 1;
+// 2: status-free indexes (participant, linear id, field, recorded), a
+// consumed-ref index, state type and token key in the state record.
+inline constexpr uint32_t vault_schema_version = 2;
 
 enum class StateStatus : uint8_t { unconsumed = 0, consumed = 1 };
 enum class StatusFilter : uint8_t { unconsumed, consumed, all };
@@ -110,6 +112,14 @@ struct Sort {
   bool descending = false;
 };
 
+// Paging: by page number (1-based; skipping costs O(offset)), or by cursor:
+// every page carries `next_cursor` (empty on the last page), an opaque
+// string that, passed back in Query::cursor with the same query, gives the
+// page after it by seeking, whatever the offset. A cursor names a position
+// in the sort order (the sort value and the state ref that ends the page),
+// so states recorded meanwhile appear in later pages in their place and
+// nothing is repeated or skipped. A malformed cursor, or one made by a
+// different query (criteria, status, relevance or sort), is a bad_query.
 struct Query {
   Query() = default;
   explicit Query(Criteria c, StatusFilter s = StatusFilter::unconsumed,
@@ -123,7 +133,8 @@ struct Query {
   RelevanceFilter relevance = RelevanceFilter::all;
   Sort sort;
   uint32_t page_size = 200;  // at most VaultConfig::page_size_max
-  uint32_t page_number = 1;  // 1-based
+  uint32_t page_number = 1;  // 1-based; leave at 1 when giving a cursor
+  std::string cursor;        // from Page::next_cursor; empty: page_number decides
 };
 
 struct Page {
@@ -131,6 +142,23 @@ struct Page {
   uint64_t total = 0;  // matches over all pages
   uint32_t page_number = 1;
   bool has_more = false;
+  std::string next_cursor;  // the next page's cursor when has_more, else empty
+};
+
+// A signed transaction whose signatures have been checked: every required
+// signer is fulfilled. Only verify() makes one, so a flow that has already
+// verified a transaction hands it to Vault::record without the vault
+// checking the signatures a second time (they are the costly part).
+class VerifiedTransaction {
+ public:
+  static Result<VerifiedTransaction> verify(SignedTransaction stx);
+  const SignedTransaction& stx() const { return *stx_; }
+  const SecureHash& id() const { return stx_->id(); }
+
+ private:
+  explicit VerifiedTransaction(std::shared_ptr<const SignedTransaction> stx)
+      : stx_(std::move(stx)) {}
+  std::shared_ptr<const SignedTransaction> stx_;
 };
 
 // A change a tracker sees: states produced and consumed by one recorded transaction.
@@ -170,6 +198,11 @@ class Vault {
   // saw consumed by another transaction is a `conflict` naming both.
   Status record(const SignedTransaction& stx, RecordMode mode);
   void recordAsync(const SignedTransaction& stx, RecordMode mode, DoneFn done);
+  // The same for a transaction whose signatures were checked already. The
+  // states' data are decoded and every index key is built on the caller's
+  // thread; the one writer thread only reads the inputs and writes.
+  Status record(const VerifiedTransaction& tx, RecordMode mode);
+  void recordAsync(const VerifiedTransaction& tx, RecordMode mode, DoneFn done);
 
   Result<std::optional<SignedTransaction>> transaction(const SecureHash& id) const;
   bool hasTransaction(const SecureHash& id) const;
@@ -216,6 +249,7 @@ class Vault {
  private:
   Vault(const VaultConfig& config, const ContractRegistry& registry, std::vector<PublicKey> keys);
   int64_t now() const;
+  bool tracking() const;
   void publish(const VaultUpdate& update);
 
   friend struct VaultAccess;  // the implementation's helpers

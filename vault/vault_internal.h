@@ -14,19 +14,24 @@
 namespace ccal::vault {
 
 
-// Sub-databases. Index keys start with the status byte where the index
-// serves both unconsumed and consumed states, so "unconsumed states of a
-// type" is one contiguous range.
+// Sub-databases. Only the indexes that a status change must move carry
+// the status: "unconsumed states of a type, newest first" is one contiguous
+// range of ix_type, and ix_token holds unconsumed states only. The others
+// are written once when a state is recorded and never rewritten; queries
+// filter them by status (ix_consumed_ref answers "is it consumed?" from the
+// key alone). Where no order is asked of an index, the recording time comes
+// before the ref, so new keys cluster at the end of their range.
 inline constexpr std::string_view db_tx = "tx";                  // tx id -> TransactionRecord
 inline constexpr std::string_view db_state = "state";            // ref -> StateRecord
 inline constexpr std::string_view ix_type = "ix_type";           // s | type | recorded | ref
-inline constexpr std::string_view ix_participant = "ix_participant";  // s | key hash | ref
-inline constexpr std::string_view ix_linear = "ix_linear";       // s | linear id | ref
-inline constexpr std::string_view ix_field = "ix_field";         // s | type | field | value | ref
-inline constexpr std::string_view ix_recorded = "ix_recorded";   // s | recorded | ref
+inline constexpr std::string_view ix_participant = "ix_participant";  // key hash | recorded | ref
+inline constexpr std::string_view ix_linear = "ix_linear";       // linear id | recorded | ref
+inline constexpr std::string_view ix_field = "ix_field";         // type | field | value | recorded | ref
+inline constexpr std::string_view ix_recorded = "ix_recorded";   // recorded | ref
 inline constexpr std::string_view ix_consumed = "ix_consumed";   // consumed time | ref
+inline constexpr std::string_view ix_consumed_ref = "ix_consumed_ref";  // ref (consumed states)
 inline constexpr std::string_view ix_lock = "ix_lock";           // holder | ref
-inline constexpr std::string_view ix_token = "ix_token";         // token | issuer | ref (unconsumed)
+inline constexpr std::string_view ix_token = "ix_token";         // token | issuer | recorded | ref (unconsumed)
 inline constexpr std::string_view db_counts = "counts";          // s | type -> u64 count
 // For the layers above (see flow_store.h and message_store.h).
 inline constexpr std::string_view db_flow_checkpoint = "flow_checkpoint";
@@ -35,6 +40,8 @@ inline constexpr std::string_view db_msg_outbox = "msg_outbox";
 inline constexpr std::string_view db_msg_inbox = "msg_inbox";
 inline constexpr std::string_view db_msg_dedup = "msg_dedup";
 
+// The indexes whose keys begin with the status byte.
+inline bool statusKeyed(std::string_view index) { return index == ix_type; }
 
 inline uint8_t statusByte(StateStatus s) { return static_cast<uint8_t>(s); }
 
@@ -47,50 +54,89 @@ inline std::vector<StateStatus> statusesOf(StatusFilter f) {
   return {};
 }
 
-inline Bytes encodeStateRecord(const VaultState& vs, ByteView state_bytes) {
+inline bool statusPasses(StatusFilter f, StateStatus s) {
+  return f == StatusFilter::all || (f == StatusFilter::unconsumed) == (s == StateStatus::unconsumed);
+}
+
+// A stored state record, without decoding the TransactionState it holds:
+// what recording, consuming and locking need.
+struct StateRecordFields {
+  StateStatus status = StateStatus::unconsumed;
+  Relevance relevance = Relevance::participant;
+  int64_t recordedMicros = 0;
+  std::optional<int64_t> consumedMicros;
+  std::optional<SecureHash> consumedBy;
+  std::optional<LockId> lock;
+  std::string stateType;
+  Bytes tokenKey;     // the ix_token prefix (token | issuer), empty when not fungible
+  Bytes state_bytes;  // canonical TransactionState
+};
+
+inline Bytes encodeStateRecord(const StateRecordFields& f) {
   return buildCanonical<schema::vault::StateRecord>([&](auto b) {
-    b.setStatus(statusByte(vs.status));
-    b.setRelevance(static_cast<uint8_t>(vs.relevance));
-    b.setRecordedMicros(vs.recordedMicros);
-    if (vs.consumedMicros) b.setConsumedMicros(*vs.consumedMicros);
-    if (vs.consumedBy) b.setConsumedBy(asData(vs.consumedBy->view()));
-    if (vs.lock) b.setLock(asData(vs.lock->view()));
-    b.setState(asData(state_bytes));
+    b.setStatus(statusByte(f.status));
+    b.setRelevance(static_cast<uint8_t>(f.relevance));
+    b.setRecordedMicros(f.recordedMicros);
+    if (f.consumedMicros) b.setConsumedMicros(*f.consumedMicros);
+    if (f.consumedBy) b.setConsumedBy(asData(f.consumedBy->view()));
+    if (f.lock) b.setLock(asData(f.lock->view()));
+    b.setState(asData(f.state_bytes));
+    b.setStateType(f.stateType);
+    if (!f.tokenKey.empty()) b.setTokenKey(asData(f.tokenKey));
   });
 }
 
-// A stored state with the canonical bytes of its TransactionState.
-struct Stored {
-  VaultState vs;
-  Bytes state_bytes;
-};
-
-inline Result<Stored> decodeStateRecord(const StateRef& ref, ByteView value) {
+inline Result<StateRecordFields> readStateRecord(ByteView value) {
   return decodeMessage<schema::vault::StateRecord>(
-      value, "vault state record " + ref.toString(), Canonical::required,
-      [&](auto r) -> Result<Stored> {
-        Stored out;
-        out.vs.ref = ref;
-        out.vs.status = r.getStatus() == 0 ? StateStatus::unconsumed : StateStatus::consumed;
-        out.vs.relevance = r.getRelevance() == 0 ? Relevance::participant : Relevance::observed;
-        out.vs.recordedMicros = r.getRecordedMicros();
-        if (out.vs.status == StateStatus::consumed) {
-          out.vs.consumedMicros = r.getConsumedMicros();
+      value, "vault state record", Canonical::required,
+      [&](auto r) -> Result<StateRecordFields> {
+        StateRecordFields f;
+        f.status = r.getStatus() == 0 ? StateStatus::unconsumed : StateStatus::consumed;
+        f.relevance = r.getRelevance() == 0 ? Relevance::participant : Relevance::observed;
+        f.recordedMicros = r.getRecordedMicros();
+        if (f.status == StateStatus::consumed) {
+          f.consumedMicros = r.getConsumedMicros();
           auto by = SecureHash::fromBytes(asByteView(r.getConsumedBy()));
           if (!by) return by.error();
-          out.vs.consumedBy = *by;
+          f.consumedBy = *by;
         }
         if (r.hasLock() && r.getLock().size() > 0) {
           auto lock = SecureHash::fromBytes(asByteView(r.getLock()));
           if (!lock) return lock.error();
-          out.vs.lock = *lock;
+          f.lock = *lock;
         }
-        out.state_bytes.assign(r.getState().begin(), r.getState().end());
-        auto state = decodeTransactionState(out.state_bytes);
-        if (!state) return state.error();
-        out.vs.state = std::move(state).value();
-        return out;
+        f.stateType = r.getStateType();
+        f.tokenKey.assign(r.getTokenKey().begin(), r.getTokenKey().end());
+        f.state_bytes.assign(r.getState().begin(), r.getState().end());
+        return f;
       });
+}
+
+// A stored state, decoded, with its record's fields.
+struct Stored {
+  VaultState vs;
+  StateRecordFields fields;
+};
+
+inline Result<Stored> decodeStateRecord(const StateRef& ref, ByteView value) {
+  auto fields = readStateRecord(value);
+  if (!fields) {
+    return makeError(fields.error().code, ref.toString() + ": " + fields.error().message);
+  }
+  Stored out;
+  out.fields = std::move(fields).value();
+  const StateRecordFields& f = out.fields;
+  out.vs.ref = ref;
+  out.vs.status = f.status;
+  out.vs.relevance = f.relevance;
+  out.vs.recordedMicros = f.recordedMicros;
+  out.vs.consumedMicros = f.consumedMicros;
+  out.vs.consumedBy = f.consumedBy;
+  out.vs.lock = f.lock;
+  auto state = decodeTransactionState(f.state_bytes);
+  if (!state) return state.error();
+  out.vs.state = std::move(state).value();
+  return out;
 }
 
 inline uint64_t readCount(std::optional<ByteView> v) {
@@ -106,6 +152,37 @@ inline Bytes countValue(uint64_t n) {
   return b;
 }
 
+inline Bytes countKey(StateStatus s, std::string_view type) {
+  Bytes k{statusByte(s)};
+  keys::appendText(k, type);
+  return k;
+}
+
+inline Bytes typeKey(StateStatus s, std::string_view type, int64_t recorded, const StateRef& ref) {
+  Bytes k{statusByte(s)};
+  keys::appendText(k, type);
+  keys::appendInt(k, recorded);
+  keys::appendRef(k, ref);
+  return k;
+}
+
+// Oldest first within a token and issuer: selection spends the oldest
+// states, and new keys land at the end of their range.
+inline Bytes tokenKey(const Bytes& prefix, int64_t recorded, const StateRef& ref) {
+  Bytes k = prefix;
+  keys::appendInt(k, recorded);
+  keys::appendRef(k, ref);
+  return k;
+}
+
+inline Bytes tokenPrefix(const StateView& view) {
+  Bytes k;
+  if (view.fungible) {
+    keys::appendText(k, view.fungible->token);
+    keys::appendHash(k, view.fungible->issuer);
+  }
+  return k;
+}
 
 // The implementation's access to Vault internals, and the index logic.
 struct VaultAccess {
@@ -121,18 +198,15 @@ struct VaultAccess {
   static std::vector<std::pair<std::string_view, Bytes>> indexKeys(const VaultState& vs,
                                                                    const StateView& view) {
     std::vector<std::pair<std::string_view, Bytes>> out;
-    const uint8_t s = statusByte(vs.status);
+    out.reserve(8 + view.fields.size());
     auto key = [&](std::string_view db, auto&& fill) {
       Bytes k;
+      k.reserve(96);
       fill(k);
       keys::appendRef(k, vs.ref);
       out.emplace_back(db, std::move(k));
     };
-    key(ix_type, [&](Bytes& k) {
-      k.push_back(s);
-      keys::appendText(k, vs.state.stateType);
-      keys::appendInt(k, vs.recordedMicros);
-    });
+    out.emplace_back(ix_type, typeKey(vs.status, vs.state.stateType, vs.recordedMicros, vs.ref));
     std::set<SecureHash> participants;
     for (const auto& p : vs.state.participants) {
       participants.insert(p.hash());
@@ -142,77 +216,89 @@ struct VaultAccess {
     }
     for (const auto& h : participants) {
       key(ix_participant, [&](Bytes& k) {
-        k.push_back(s);
         keys::appendHash(k, h);
+        keys::appendInt(k, vs.recordedMicros);
       });
     }
     if (view.linearId) {
       key(ix_linear, [&](Bytes& k) {
-        k.push_back(s);
         keys::appendHash(k, *view.linearId);
+        keys::appendInt(k, vs.recordedMicros);
       });
     }
     // (A plain loop variable: clang 14 cannot capture structured bindings.)
     for (const auto& field : view.fields) {
       key(ix_field, [&](Bytes& k) {
-        k.push_back(s);
         keys::appendText(k, vs.state.stateType);
         keys::appendText(k, field.first);
         keys::appendField(k, field.second);
+        keys::appendInt(k, vs.recordedMicros);
       });
     }
-    key(ix_recorded, [&](Bytes& k) {
-      k.push_back(s);
-      keys::appendInt(k, vs.recordedMicros);
-    });
+    key(ix_recorded, [&](Bytes& k) { keys::appendInt(k, vs.recordedMicros); });
     if (vs.status == StateStatus::consumed) {
       key(ix_consumed, [&](Bytes& k) { keys::appendInt(k, vs.consumedMicros.value_or(0)); });
+      out.emplace_back(ix_consumed_ref, keys::refKey(vs.ref));
     }
     if (vs.lock) {
       key(ix_lock, [&](Bytes& k) { keys::appendHash(k, *vs.lock); });
     }
     if (view.fungible && vs.status == StateStatus::unconsumed) {
-      key(ix_token, [&](Bytes& k) {
-        keys::appendText(k, view.fungible->token);
-        keys::appendHash(k, view.fungible->issuer);
-      });
+      out.emplace_back(ix_token, tokenKey(tokenPrefix(view), vs.recordedMicros, vs.ref));
     }
     return out;
   }
 
-  static Status adjustCount(const Vault& v, WriteTxn& w, StateStatus s, const std::string& type,
-                            int delta) {
-    Bytes k{statusByte(s)};
-    keys::appendText(k, type);
+  // Adds `delta` to the count of (status, type).
+  static Status adjustCount(const Vault& v, WriteTxn& w, const Bytes& count_key, int64_t delta) {
     const Db& counts = db(v, db_counts);
-    uint64_t n = readCount(w.get(counts, k));
-    CCAL_ASSERT(delta > 0 || n > 0);
-    n = delta > 0 ? n + 1 : n - 1;
-    if (n == 0) return w.del(counts, k);
-    return w.put(counts, k, countValue(n));
+    uint64_t n = readCount(w.get(counts, count_key));
+    CCAL_ASSERT(delta >= 0 || n >= static_cast<uint64_t>(-delta));
+    n = static_cast<uint64_t>(static_cast<int64_t>(n) + delta);
+    if (n == 0) return w.del(counts, count_key);
+    return w.put(counts, count_key, countValue(n));
   }
 
-  // Writes (or removes) a state's record, index entries and count.
-  static Status putState(const Vault& v, WriteTxn& w, const VaultState& vs, const StateView& view,
-                         ByteView state_bytes) {
-    CCAL_TRY(w.put(db(v, db_state), keys::refKey(vs.ref), encodeStateRecord(vs, state_bytes)));
-    for (const auto& [name, key] : indexKeys(vs, view)) CCAL_TRY(w.put(db(v, name), key, {}));
-    return adjustCount(v, w, vs.status, vs.state.stateType, +1);
+  // Rewrites a stored state's record with a new lock holder (or none),
+  // moving only its ix_lock entry: no other index depends on the lock.
+  static Status relock(const Vault& v, WriteTxn& w, const StateRef& ref,
+                       const StateRecordFields& before, const std::optional<LockId>& holder) {
+    StateRecordFields after = before;
+    after.lock = holder;
+    if (before.lock) {
+      Bytes k;
+      keys::appendHash(k, *before.lock);
+      keys::appendRef(k, ref);
+      CCAL_TRY(w.del(db(v, ix_lock), k));
+    }
+    if (holder) {
+      Bytes k;
+      keys::appendHash(k, *holder);
+      keys::appendRef(k, ref);
+      CCAL_TRY(w.put(db(v, ix_lock), k, {}));
+    }
+    return w.put(db(v, db_state), keys::refKey(ref), encodeStateRecord(after));
   }
 
-  static Status removeIndexes(const Vault& v, WriteTxn& w, const VaultState& vs,
-                              const StateView& view) {
-    for (const auto& [name, key] : indexKeys(vs, view)) CCAL_TRY(w.del(db(v, name), key));
-    return adjustCount(v, w, vs.status, vs.state.stateType, -1);
+  static Result<std::optional<StateRecordFields>> loadFields(const Vault& v, const ReadTxn& r,
+                                                             const StateRef& ref) {
+    auto value = r.get(db(v, db_state), keys::refKey(ref));
+    if (!value) return std::optional<StateRecordFields>{};
+    auto fields = readStateRecord(*value);
+    if (!fields) {
+      return makeError(fields.error().code, ref.toString() + ": " + fields.error().message);
+    }
+    return std::optional<StateRecordFields>(std::move(fields).value());
   }
 
-  // Moves a stored state to a new status/lock: old index entries out, new in.
-  static Status rewrite(const Vault& v, WriteTxn& w, const Stored& before, const VaultState& after) {
-    auto view = viewOf(v, before.vs.state);
-    // A stored state's view decoded when it was recorded; the code is the same.
-    CCAL_ASSERT_MSG(view.ok(), "a recorded state no longer decodes for its schema");
-    CCAL_TRY(removeIndexes(v, w, before.vs, *view));
-    return putState(v, w, after, *view, before.state_bytes);
+  static bool isConsumed(const Vault& v, const ReadTxn& r, const StateRef& ref) {
+    return r.get(db(v, ix_consumed_ref), keys::refKey(ref)).has_value();
+  }
+  // The same for the ref that ends an index key, without decoding it.
+  static bool isConsumedKey(const Vault& v, const ReadTxn& r, ByteView index_key) {
+    CCAL_ASSERT(index_key.size() >= keys::ref_bytes);
+    return r.get(db(v, ix_consumed_ref), index_key.subspan(index_key.size() - keys::ref_bytes))
+        .has_value();
   }
 
   // True when the state meets the criteria (the query's status and

@@ -2,6 +2,8 @@
 // single writer, so two flows can never lock the same state: the second
 // sees the first's lock in its own write transaction.
 
+#include <algorithm>
+
 #include "vault/vault_internal.h"
 
 namespace ccal::vault {
@@ -20,28 +22,33 @@ Status Vault::lock(const LockId& holder, std::span<const StateRef> refs) {
   }
   std::vector<StateRef> wanted(refs.begin(), refs.end());
   return store_->write([this, holder, wanted](WriteTxn& w) -> Status {
+    // All checked before the first write (a refusal then costs the batch nothing).
+    std::vector<std::pair<StateRef, StateRecordFields>> to_lock;
     for (const auto& ref : wanted) {
-      auto stored = VaultAccess::load(*this, w, ref);
+      auto stored = VaultAccess::loadFields(*this, w, ref);
       if (!stored) return stored.error();
       if (!stored->has_value()) {
         return makeError(Errc::not_found, "cannot lock state " + ref.toString() +
                                               ": this vault does not hold it");
       }
-      const Stored& before = **stored;
-      if (before.vs.status == StateStatus::consumed) {
+      const StateRecordFields& before = **stored;
+      if (before.status == StateStatus::consumed) {
         return makeError(Errc::conflict, "cannot lock state " + ref.toString() +
                                              ": consumed by transaction " +
-                                             before.vs.consumedBy->hex());
+                                             before.consumedBy->hex());
       }
-      if (before.vs.lock && *before.vs.lock == holder) continue;
-      if (before.vs.lock) {
+      if (before.lock && *before.lock == holder) continue;
+      if (before.lock) {
         return makeError(Errc::locked, "cannot lock state " + ref.toString() +
                                            " for " + holderName(holder) + ": locked by " +
-                                           holderName(*before.vs.lock));
+                                           holderName(*before.lock));
       }
-      VaultState after = before.vs;
-      after.lock = holder;
-      CCAL_TRY(VaultAccess::rewrite(*this, w, before, after));
+      bool twice = false;
+      for (const auto& entry : to_lock) twice = twice || entry.first == ref;
+      if (!twice) to_lock.emplace_back(ref, std::move(stored->value()));
+    }
+    for (const auto& [ref, before] : to_lock) {
+      CCAL_TRY(VaultAccess::relock(*this, w, ref, before, holder));
     }
     return {};
   });
@@ -60,15 +67,15 @@ Status Vault::release(const LockId& holder, std::span<const StateRef> refs) {
         targets.push_back(keys::refFromKeyEnd(c.key()));
       }
     }
+    std::sort(targets.begin(), targets.end());
+    targets.erase(std::unique(targets.begin(), targets.end()), targets.end());
     for (const auto& ref : targets) {
-      auto stored = VaultAccess::load(*this, w, ref);
+      auto stored = VaultAccess::loadFields(*this, w, ref);
       if (!stored) return stored.error();
       if (!stored->has_value()) continue;
-      const Stored& before = **stored;
-      if (!before.vs.lock || *before.vs.lock != holder) continue;  // not ours: leave it
-      VaultState after = before.vs;
-      after.lock.reset();
-      CCAL_TRY(VaultAccess::rewrite(*this, w, before, after));
+      const StateRecordFields& before = **stored;
+      if (!before.lock || *before.lock != holder) continue;  // not ours: leave it
+      CCAL_TRY(VaultAccess::relock(*this, w, ref, before, std::nullopt));
     }
     return {};
   });
@@ -87,12 +94,10 @@ Result<uint64_t> Vault::releaseAllExcept(std::span<const LockId> live) {
       if (!keep.contains(*holder)) targets.push_back(keys::refFromKeyEnd(c.key()));
     }
     for (const auto& ref : targets) {
-      auto stored = VaultAccess::load(*this, w, ref);
+      auto stored = VaultAccess::loadFields(*this, w, ref);
       if (!stored) return stored.error();
       CCAL_ASSERT_MSG(stored->has_value(), "a lock index entry names a missing state");
-      VaultState after = (*stored)->vs;
-      after.lock.reset();
-      CCAL_TRY(VaultAccess::rewrite(*this, w, **stored, after));
+      CCAL_TRY(VaultAccess::relock(*this, w, ref, **stored, std::nullopt));
       ++*released;
     }
     return {};
@@ -143,10 +148,10 @@ Result<FungibleSelection> Vault::selectFungible(const LockId& holder, std::strin
                                 : ""));
     }
     for (const auto& s : chosen) {
+      CCAL_TRY(VaultAccess::relock(*this, w, s.vs.ref, s.fields, holder));
       VaultState after = s.vs;
       after.lock = holder;
-      CCAL_TRY(VaultAccess::rewrite(*this, w, s, after));
-      selection->states.push_back(after);
+      selection->states.push_back(std::move(after));
     }
     selection->total = available;
     return {};

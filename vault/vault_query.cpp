@@ -8,7 +8,14 @@
 // relevance filters. When the whole query is one index range whose order is
 // the requested order (the common "states of a type, newest first" or "by a
 // declared field"), the page streams from the index without materialising
-// the rest, and the total comes from a maintained count or a key-only scan.
+// the rest, and the total comes from a maintained count or a key-only scan
+// (filtered by status through ix_consumed_ref where the index is
+// status-free).
+//
+// Paging by cursor: a page's next_cursor holds a fingerprint of the query
+// and the sort key of its last state (sort value, then ref). The next page
+// seeks to that key in the streamed index, or starts after it in the sorted
+// candidates, so no earlier page is read again.
 
 #include <algorithm>
 #include <map>
@@ -67,8 +74,8 @@ struct Range {
   std::optional<Bytes> end;
 };
 
-Bytes fieldBase(uint8_t status, const std::string& type, const std::string& name) {
-  Bytes k{status};
+Bytes fieldBase(const std::string& type, const std::string& name) {
+  Bytes k;
   keys::appendText(k, type);
   keys::appendText(k, name);
   return k;
@@ -85,67 +92,67 @@ Range prefixRange(std::string_view db, Bytes prefix) {
   return Range{db, std::move(prefix), std::move(end)};
 }
 
-// The index ranges that hold every state a leaf can match (per status).
+// The index ranges that hold every state a leaf can match. Only ix_type
+// has a range per status; the other indexes hold every status in one range
+// (their keys say nothing of it) and the caller filters.
 std::vector<Range> leafRanges(const Criteria& c, StatusFilter status) {
   std::vector<Range> out;
-  for (StateStatus s : statusesOf(status)) {
-    uint8_t sb = statusByte(s);
-    switch (c.kind()) {
-      case Kind::all:
-        out.push_back(prefixRange(ix_recorded, Bytes{sb}));
-        break;
-      case Kind::state_type: {
-        Bytes p{sb};
+  switch (c.kind()) {
+    case Kind::all:
+      out.push_back(prefixRange(ix_recorded, Bytes{}));
+      break;
+    case Kind::state_type:
+      for (StateStatus s : statusesOf(status)) {
+        Bytes p{statusByte(s)};
         keys::appendText(p, c.text());
         out.push_back(prefixRange(ix_type, std::move(p)));
-        break;
       }
-      case Kind::participant:
-      case Kind::linear_id: {
-        Bytes p{sb};
-        keys::appendHash(p, c.hash());
-        out.push_back(prefixRange(c.kind() == Kind::participant ? ix_participant : ix_linear, p));
-        break;
-      }
-      case Kind::recorded: {
-        Bytes b{sb}, e{sb};
-        keys::appendInt(b, c.from());
-        keys::appendInt(e, c.until());
-        out.push_back(Range{ix_recorded, b, e});
-        break;
-      }
-      case Kind::consumed: {
-        if (s != StateStatus::consumed) break;
-        Bytes b, e;
-        keys::appendInt(b, c.from());
-        keys::appendInt(e, c.until());
-        out.push_back(Range{ix_consumed, b, e});
-        break;
-      }
-      case Kind::field: {
-        Bytes base = fieldBase(sb, c.text(), c.fieldName());
-        const auto& v = c.values();
-        switch (c.op()) {
-          case FieldOp::eq: out.push_back(prefixRange(ix_field, with(base, v[0]))); break;
-          case FieldOp::in:
-            for (const auto& x : v) out.push_back(prefixRange(ix_field, with(base, x)));
-            break;
-          case FieldOp::lt: out.push_back(Range{ix_field, base, with(base, v[0])}); break;
-          case FieldOp::le: out.push_back(Range{ix_field, base, keys::prefixEnd(with(base, v[0]))}); break;
-          case FieldOp::gt:
-            out.push_back(Range{ix_field, *keys::prefixEnd(with(base, v[0])), keys::prefixEnd(base)});
-            break;
-          case FieldOp::ge: out.push_back(Range{ix_field, with(base, v[0]), keys::prefixEnd(base)}); break;
-          case FieldOp::between:
-            out.push_back(Range{ix_field, with(base, v[0]), keys::prefixEnd(with(base, v[1]))});
-            break;
-        }
-        break;
-      }
-      case Kind::and_:
-      case Kind::or_:
-        CCAL_ASSERT_MSG(false, "leafRanges of a composite criterion");
+      break;
+    case Kind::participant:
+    case Kind::linear_id: {
+      Bytes p;
+      keys::appendHash(p, c.hash());
+      out.push_back(prefixRange(c.kind() == Kind::participant ? ix_participant : ix_linear, p));
+      break;
     }
+    case Kind::recorded: {
+      Bytes b, e;
+      keys::appendInt(b, c.from());
+      keys::appendInt(e, c.until());
+      out.push_back(Range{ix_recorded, b, e});
+      break;
+    }
+    case Kind::consumed: {
+      if (status == StatusFilter::unconsumed) break;  // only consumed states match
+      Bytes b, e;
+      keys::appendInt(b, c.from());
+      keys::appendInt(e, c.until());
+      out.push_back(Range{ix_consumed, b, e});
+      break;
+    }
+    case Kind::field: {
+      Bytes base = fieldBase(c.text(), c.fieldName());
+      const auto& v = c.values();
+      switch (c.op()) {
+        case FieldOp::eq: out.push_back(prefixRange(ix_field, with(base, v[0]))); break;
+        case FieldOp::in:
+          for (const auto& x : v) out.push_back(prefixRange(ix_field, with(base, x)));
+          break;
+        case FieldOp::lt: out.push_back(Range{ix_field, base, with(base, v[0])}); break;
+        case FieldOp::le: out.push_back(Range{ix_field, base, keys::prefixEnd(with(base, v[0]))}); break;
+        case FieldOp::gt:
+          out.push_back(Range{ix_field, *keys::prefixEnd(with(base, v[0])), keys::prefixEnd(base)});
+          break;
+        case FieldOp::ge: out.push_back(Range{ix_field, with(base, v[0]), keys::prefixEnd(base)}); break;
+        case FieldOp::between:
+          out.push_back(Range{ix_field, with(base, v[0]), keys::prefixEnd(with(base, v[1]))});
+          break;
+      }
+      break;
+    }
+    case Kind::and_:
+    case Kind::or_:
+      CCAL_ASSERT_MSG(false, "leafRanges of a composite criterion");
   }
   return out;
 }
@@ -392,6 +399,132 @@ static bool candidates(const Vault& v, const ReadTxn& r, const Criteria& c, Stat
   return within;
 }
 
+// --- cursors ------------------------------------------------------------------
+
+namespace {
+
+constexpr uint8_t cursor_version = 1;
+constexpr size_t cursor_fingerprint_bytes = 16;
+constexpr size_t cursor_position_bytes_max = 1024;  // a sort key: a field value and a ref
+
+// What a query is, as bytes: a cursor belongs to exactly one.
+void describe(Bytes& out, const Criteria& c) {
+  out.push_back(static_cast<uint8_t>(c.kind()));
+  keys::appendText(out, c.text());
+  keys::appendText(out, c.fieldName());
+  out.push_back(static_cast<uint8_t>(c.op()));
+  keys::appendBe64(out, c.values().size());
+  for (const auto& value : c.values()) {
+    out.push_back(static_cast<uint8_t>(value.index()));
+    keys::appendField(out, value);
+  }
+  keys::appendHash(out, c.hash());
+  keys::appendInt(out, c.from());
+  keys::appendInt(out, c.until());
+  keys::appendBe64(out, c.children().size());
+  for (const auto& child : c.children()) describe(out, child);
+}
+
+Bytes fingerprintOf(const Query& q) {
+  Bytes d{cursor_version, static_cast<uint8_t>(q.status), static_cast<uint8_t>(q.relevance),
+          static_cast<uint8_t>(q.sort.descending ? 1 : 0)};
+  keys::appendText(d, q.sort.by);
+  describe(d, q.criteria);
+  SecureHash h = SecureHash::of(d);
+  return Bytes(h.view().begin(), h.view().begin() + cursor_fingerprint_bytes);
+}
+
+const char* hex_digits = "0123456789abcdef";
+
+std::string encodeCursor(const Bytes& fingerprint, uint32_t page_number, ByteView position) {
+  Bytes raw{cursor_version};
+  append(raw, fingerprint);
+  appendU32(raw, page_number);
+  append(raw, position);
+  std::string out;
+  out.reserve(raw.size() * 2);
+  for (uint8_t b : raw) {
+    out.push_back(hex_digits[b >> 4]);
+    out.push_back(hex_digits[b & 15]);
+  }
+  return out;
+}
+
+struct CursorPosition {
+  uint32_t page_number = 1;
+  Bytes position;  // the sort key of the last state of the page before
+};
+
+Result<CursorPosition> decodeCursor(const std::string& text, const Bytes& fingerprint) {
+  auto malformed = [](const std::string& why) {
+    return makeError(Errc::bad_query, "malformed cursor: " + why +
+                                          " (pass back a Page's next_cursor unchanged)");
+  };
+  const size_t head = 1 + cursor_fingerprint_bytes + 4;
+  if (text.size() % 2 != 0 || text.size() < 2 * head ||
+      text.size() > 2 * (head + cursor_position_bytes_max)) {
+    return malformed("a cursor is " + std::to_string(2 * head) + " to " +
+                     std::to_string(2 * (head + cursor_position_bytes_max)) +
+                     " hex digits, this one has " + std::to_string(text.size()));
+  }
+  Bytes raw;
+  raw.reserve(text.size() / 2);
+  auto digit = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+  };
+  for (size_t i = 0; i < text.size(); i += 2) {
+    int hi = digit(text[i]), lo = digit(text[i + 1]);
+    if (hi < 0 || lo < 0) return malformed("not lower-case hex at character " + std::to_string(i));
+    raw.push_back(static_cast<uint8_t>(hi << 4 | lo));
+  }
+  if (raw[0] != cursor_version) {
+    return malformed("version " + std::to_string(raw[0]) + ", this vault makes version " +
+                     std::to_string(cursor_version));
+  }
+  if (!std::equal(fingerprint.begin(), fingerprint.end(), raw.begin() + 1)) {
+    return makeError(Errc::bad_query,
+                     "the cursor belongs to a different query (its criteria, status, relevance "
+                     "or sort differ): start again from page 1 of this query");
+  }
+  CursorPosition out;
+  const uint8_t* n = raw.data() + 1 + cursor_fingerprint_bytes;
+  out.page_number = static_cast<uint32_t>(n[0]) | static_cast<uint32_t>(n[1]) << 8 |
+                    static_cast<uint32_t>(n[2]) << 16 | static_cast<uint32_t>(n[3]) << 24;
+  if (out.page_number < 2) return malformed("page number " + std::to_string(out.page_number));
+  out.position.assign(raw.begin() + head, raw.end());
+  if (out.position.size() < keys::ref_bytes) return malformed("no position");
+  return out;
+}
+
+// The order-preserving sort key of a state: the sort value, then the ref
+// (so ties in the sort value are ordered, and every key is distinct); for
+// a field, ties go by recording time then ref, as in ix_field. Absent
+// values (an unconsumed state's consumed time, a missing field) sort first.
+Bytes sortKeyOf(const std::string& by, const VaultState& vs,
+                const std::optional<FieldValue>& field_value) {
+  Bytes k;
+  if (by == "recorded") {
+    keys::appendInt(k, vs.recordedMicros);
+  } else if (by == "consumed") {
+    k.push_back(vs.consumedMicros ? 1 : 0);
+    keys::appendInt(k, vs.consumedMicros.value_or(0));
+  } else if (by != "ref") {
+    k.push_back(field_value ? 1 : 0);
+    if (field_value) keys::appendField(k, *field_value);
+    keys::appendInt(k, vs.recordedMicros);
+  }
+  keys::appendRef(k, vs.ref);
+  return k;
+}
+
+bool lessBytes(ByteView a, ByteView b) {
+  return std::lexicographical_compare(a.begin(), a.end(), b.begin(), b.end());
+}
+
+}  // namespace
+
 // --- the query ----------------------------------------------------------------
 
 Result<Page> Vault::query(const Query& q) const {
@@ -400,6 +533,10 @@ Result<Page> Vault::query(const Query& q) const {
                     std::to_string(config_.page_size_max));
   }
   if (q.page_number == 0) return badQuery("page numbers start at 1");
+  if (!q.cursor.empty() && q.page_number != 1) {
+    return badQuery("a query gives a cursor or a page number, not both (page number " +
+                    std::to_string(q.page_number) + " with a cursor)");
+  }
   CCAL_TRY(validate(*this, q.criteria, 0));
   const std::string& by = q.sort.by;
   std::optional<FieldType> sort_field_type;
@@ -416,19 +553,30 @@ Result<Page> Vault::query(const Query& q) const {
                       "the criteria name");
     }
   }
+  const Bytes fingerprint = fingerprintOf(q);
+  std::optional<CursorPosition> after;
+  if (!q.cursor.empty()) {
+    auto decoded = decodeCursor(q.cursor, fingerprint);
+    if (!decoded) return decoded.error();
+    after = std::move(decoded).value();
+  }
 
   ReadTxn r = store_->read();
-  const uint64_t skip = static_cast<uint64_t>(q.page_number - 1) * q.page_size;
+  const uint64_t skip = after ? 0 : static_cast<uint64_t>(q.page_number - 1) * q.page_size;
   Page page;
-  page.page_number = q.page_number;
+  page.page_number = after ? after->page_number : q.page_number;
 
   // Streaming: one index range already in the sort order — one leaf, or an
-  // AND of ranges on the field the page is sorted by (intersected).
+  // AND of ranges on the field the page is sorted by (intersected). Keys in
+  // the range are the range's fixed prefix followed by the sort key (for a
+  // field, without the sort key's presence byte).
   const Criteria& c = q.criteria;
-  bool one_status = q.status != StatusFilter::all;
   std::optional<Range> stream;
-  if (one_status && q.relevance == RelevanceFilter::all) {
-    bool leaf_streams = (c.kind() == Kind::state_type && by == "recorded") ||
+  Bytes stream_prefix;  // what every key of the streamed range begins with
+  const bool field_sort = sort_field_type.has_value();
+  if (q.relevance == RelevanceFilter::all) {
+    bool leaf_streams = (c.kind() == Kind::state_type && by == "recorded" &&
+                         q.status != StatusFilter::all) ||
                         (c.kind() == Kind::all && by == "recorded") ||
                         (c.kind() == Kind::recorded && by == "recorded") ||
                         (c.kind() == Kind::field && by == c.fieldName() && c.op() != FieldOp::in);
@@ -456,48 +604,96 @@ Result<Page> Vault::query(const Query& q) const {
         if (stream->end && !(stream->begin < *stream->end)) stream->end = stream->begin;
       }
     }
+    if (stream) {
+      if (c.kind() == Kind::state_type) {
+        stream_prefix = countKey(statusesOf(q.status)[0], c.text());  // status | type
+      } else if (field_sort) {
+        const Criteria& f = c.kind() == Kind::and_ ? c.children()[0] : c;
+        stream_prefix = fieldBase(f.text(), f.fieldName());
+      }
+    }
   }
   if (stream) {
     const Range& range = *stream;
+    // A status-free index is filtered by the consumed-ref index (not at all
+    // while nothing is consumed, or when every status is asked for).
+    const bool filter_status = !statusKeyed(range.db) && q.status != StatusFilter::all;
+    const bool none_consumed = filter_status &&
+                               r.entries(VaultAccess::db(*this, ix_consumed_ref)) == 0;
+    auto passes = [&](ByteView key) {
+      if (!filter_status) return true;
+      if (none_consumed) return q.status == StatusFilter::unconsumed;
+      return VaultAccess::isConsumedKey(*this, r, key) == (q.status == StatusFilter::consumed);
+    };
     // The total: a maintained count for a whole type, else count the keys.
     if (c.kind() == Kind::state_type) {
-      Bytes k{statusByte(statusesOf(q.status)[0])};
-      keys::appendText(k, c.text());
-      page.total = readCount(r.get(VaultAccess::db(*this, db_counts), k));
+      page.total = readCount(r.get(VaultAccess::db(*this, db_counts),
+                                   countKey(statusesOf(q.status)[0], c.text())));
     } else {
-      scanRange(*this, r, range, [&](ByteView) {
-        ++page.total;
+      scanRange(*this, r, range, [&](ByteView key) {
+        if (passes(key)) ++page.total;
         return true;
       });
     }
-    std::vector<StateRef> refs;
+    // Where the page starts: after the cursor's key, else at the range's end.
+    std::optional<Bytes> from;
+    if (after) {
+      ByteView position = after->position;
+      if (field_sort) {
+        if (position.empty() || position[0] != 1) {
+          return badQuery("malformed cursor: not a position in this query's field order");
+        }
+        position = position.subspan(1);
+      }
+      from = stream_prefix;
+      append(*from, position);
+    }
+    std::vector<Bytes> page_keys;
+    const uint64_t want = skip + q.page_size + 1;
+    uint64_t seen = 0;
     auto collect = [&](ByteView key) {
-      refs.push_back(keys::refFromKeyEnd(key));
-      return refs.size() < skip + q.page_size + 1;
+      if (!passes(key)) return true;
+      if (seen++ >= skip) page_keys.emplace_back(key.begin(), key.end());
+      return seen < want;
     };
+    Cursor cur = r.cursor(VaultAccess::db(*this, range.db));
     if (!q.sort.descending) {
-      scanRange(*this, r, range, collect);
+      bool ok = cur.seek(from && lessBytes(range.begin, *from) ? *from : range.begin);
+      if (ok && from && std::equal(cur.key().begin(), cur.key().end(), from->begin(), from->end())) {
+        ok = cur.next();
+      }
+      for (; ok; ok = cur.next()) {
+        ByteView k = cur.key();
+        if (range.end && !lessBytes(k, *range.end)) break;
+        if (!collect(k)) break;
+      }
     } else {
-      // Walk the range backwards from its end.
-      Cursor cur = r.cursor(VaultAccess::db(*this, range.db));
-      bool ok = range.end ? cur.seek(*range.end) : false;
+      // Walk backwards from the end of the range (or from the cursor's key).
+      std::optional<Bytes> end = range.end;
+      if (from && (!end || lessBytes(*from, *end))) end = from;
+      bool ok = end ? cur.seek(*end) : false;
       ok = ok ? cur.prev() : cur.last();
       for (; ok; ok = cur.prev()) {
         ByteView k = cur.key();
-        if (std::lexicographical_compare(k.begin(), k.end(), range.begin.begin(),
-                                         range.begin.end())) {
-          break;
-        }
+        if (lessBytes(k, range.begin)) break;
+        if (end && !lessBytes(k, *end)) continue;  // seek landed on the end key itself
         if (!collect(k)) break;
       }
     }
-    for (size_t i = skip; i < refs.size() && page.states.size() < q.page_size; ++i) {
-      auto stored = VaultAccess::load(*this, r, refs[i]);
+    for (size_t i = 0; i < page_keys.size() && page.states.size() < q.page_size; ++i) {
+      auto stored = VaultAccess::load(*this, r, keys::refFromKeyEnd(page_keys[i]));
       if (!stored) return stored.error();
       CCAL_ASSERT_MSG(stored->has_value(), "an index names a state that is not stored");
       page.states.push_back((*stored)->vs);
     }
-    page.has_more = skip + page.states.size() < page.total;
+    page.has_more = page_keys.size() > page.states.size();
+    if (page.has_more) {
+      const Bytes& last = page_keys[page.states.size() - 1];
+      Bytes position;
+      if (field_sort) position.push_back(1);
+      position.insert(position.end(), last.begin() + stream_prefix.size(), last.end());
+      page.next_cursor = encodeCursor(fingerprint, page.page_number + 1, position);
+    }
     return page;
   }
 
@@ -512,21 +708,26 @@ Result<Page> Vault::query(const Query& q) const {
   refs.erase(std::unique(refs.begin(), refs.end()), refs.end());
   struct Row {
     VaultState vs;
-    std::optional<FieldValue> sort_value;
+    Bytes sort_key;
   };
   std::vector<Row> rows;
   for (const auto& ref : refs) {
+    // Candidates from status-free indexes: the consumed-ref index answers
+    // the status without decoding the state.
+    if (q.status != StatusFilter::all &&
+        VaultAccess::isConsumed(*this, r, ref) != (q.status == StatusFilter::consumed)) {
+      continue;
+    }
     auto stored = VaultAccess::load(*this, r, ref);
     if (!stored) return stored.error();
     if (!stored->has_value()) continue;
     const VaultState& vs = (*stored)->vs;
-    if (q.status == StatusFilter::unconsumed && vs.status != StateStatus::unconsumed) continue;
-    if (q.status == StatusFilter::consumed && vs.status != StateStatus::consumed) continue;
+    if (!statusPasses(q.status, vs.status)) continue;
     if (q.relevance == RelevanceFilter::participant && vs.relevance != Relevance::participant) continue;
     if (q.relevance == RelevanceFilter::observed && vs.relevance != Relevance::observed) continue;
     std::optional<StateView> view;
     if (!matchesWith(*this, c, vs, view)) continue;
-    Row row{vs, std::nullopt};
+    std::optional<FieldValue> sort_value;
     if (sort_field_type) {
       if (!view) {
         auto computed = VaultAccess::viewOf(*this, vs.state);
@@ -534,31 +735,36 @@ Result<Page> Vault::query(const Query& q) const {
       }
       if (view) {
         for (const auto& [name, value] : view->fields)
-          if (name == by) row.sort_value = value;
+          if (name == by) sort_value = value;
       }
     }
-    rows.push_back(std::move(row));
+    Bytes key = sortKeyOf(by, vs, sort_value);
+    rows.push_back(Row{vs, std::move(key)});
   }
-  auto less = [&](const Row& a, const Row& b) {
-    if (by == "recorded" && a.vs.recordedMicros != b.vs.recordedMicros) {
-      return a.vs.recordedMicros < b.vs.recordedMicros;
-    }
-    if (by == "consumed" && a.vs.consumedMicros != b.vs.consumedMicros) {
-      return a.vs.consumedMicros < b.vs.consumedMicros;  // unconsumed (none) first
-    }
-    if (sort_field_type && a.sort_value != b.sort_value) return a.sort_value < b.sort_value;
-    return a.vs.ref < b.vs.ref;
-  };
+  auto less = [](const Row& a, const Row& b) { return lessBytes(a.sort_key, b.sort_key); };
   if (q.sort.descending) {
     std::sort(rows.begin(), rows.end(), [&](const Row& a, const Row& b) { return less(b, a); });
   } else {
     std::sort(rows.begin(), rows.end(), less);
   }
   page.total = rows.size();
-  for (size_t i = skip; i < rows.size() && page.states.size() < q.page_size; ++i) {
-    page.states.push_back(std::move(rows[i].vs));
+  size_t first = skip;
+  if (after) {
+    // The first row past the cursor's position in the sort order.
+    auto past = std::partition_point(rows.begin(), rows.end(), [&](const Row& row) {
+      return q.sort.descending ? !lessBytes(row.sort_key, after->position)
+                               : !lessBytes(after->position, row.sort_key);
+    });
+    first = static_cast<size_t>(past - rows.begin());
   }
-  page.has_more = skip + page.states.size() < page.total;
+  for (size_t i = first; i < rows.size() && page.states.size() < q.page_size; ++i) {
+    page.states.push_back(rows[i].vs);
+  }
+  page.has_more = first + page.states.size() < rows.size();
+  if (page.has_more) {
+    page.next_cursor = encodeCursor(fingerprint, page.page_number + 1,
+                                    rows[first + page.states.size() - 1].sort_key);
+  }
   return page;
 }
 

@@ -5,6 +5,7 @@
 #include "test/support/temp_dir.h"
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <filesystem>
 #include <set>
@@ -427,4 +428,272 @@ TEST_CASE_FIXTURE(Fixture, "the consistency check notices a missing index entry"
   auto broken = vault->checkConsistency();
   CHECK(broken.error().code == Errc::storage_error);
   CHECK(broken.error().message.find("ix_participant") != std::string::npos);
+}
+
+namespace {
+
+// Every page of `q` by cursor, checking each page's bookkeeping.
+std::vector<VaultState> allByCursor(Fixture& f, Query q, size_t* pages = nullptr) {
+  std::vector<VaultState> out;
+  size_t n = 0;
+  for (;;) {
+    Page page = f.run(q);
+    ++n;
+    CHECK(page.page_number == n);
+    CHECK(page.states.size() <= q.page_size);
+    CHECK(page.has_more == !page.next_cursor.empty());
+    out.insert(out.end(), page.states.begin(), page.states.end());
+    if (!page.has_more) {
+      CHECK(out.size() == page.total);
+      break;
+    }
+    CHECK(page.states.size() == q.page_size);
+    q.cursor = page.next_cursor;
+    REQUIRE(n < 1000);
+  }
+  if (pages) *pages = n;
+  return out;
+}
+
+std::vector<StateRef> refsOf(const std::vector<VaultState>& states) {
+  std::vector<StateRef> out;
+  for (const auto& s : states) out.push_back(s.ref);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE_FIXTURE(Fixture, "cursor paging: every page once, in order, by either plan") {
+  // Ties in the sort field, within one transaction and across two.
+  auto first = issue({token(alice_party, 20), token(alice_party, 10), token(alice_party, 20),
+                      token(alice_party, 40)});
+  auto second = issue({token(alice_party, 20), token(alice_party, 40), token(alice_party, 30)});
+  REQUIRE(vault->record(first, RecordMode::only_relevant).ok());
+  REQUIRE(vault->record(second, RecordMode::only_relevant).ok());
+  const std::vector<Criteria> shapes = {
+      amount(FieldOp::ge, {int64_t{0}}),                        // streams from ix_field
+      amount(FieldOp::ge, {int64_t{0}}) && tokens(),            // the general plan
+      amount(FieldOp::gt, {int64_t{5}}) && amount(FieldOp::le, {int64_t{40}}),  // intersected
+  };
+  for (const auto& criteria : shapes) {
+    for (bool desc : {false, true}) {
+      // One big page is the reference order.
+      Query whole{criteria, StatusFilter::unconsumed, RelevanceFilter::all, Sort{"amount", desc},
+                  100};
+      Page all = run(whole);
+      REQUIRE(all.states.size() == 7);
+      CHECK(all.next_cursor.empty());
+      auto expected = refsOf(all.states);
+      std::vector<int64_t> sorted_amounts = amounts(all);
+      CHECK(std::is_sorted(sorted_amounts.begin(), sorted_amounts.end(),
+                           [&](int64_t a, int64_t b) { return desc ? a > b : a < b; }));
+      for (uint32_t size : {1u, 2u, 3u, 7u, 8u}) {
+        Query q = whole;
+        q.page_size = size;
+        size_t pages = 0;
+        CHECK(refsOf(allByCursor(*this, q, &pages)) == expected);
+        CHECK(pages == std::max<size_t>(1, (7 + size - 1) / size));  // exact multiples: no empty page
+        // Page numbers give the same pages.
+        for (uint32_t number = 1; number <= pages; ++number) {
+          Query numbered = q;
+          numbered.page_number = number;
+          auto page = run(numbered);
+          std::vector<StateRef> want(expected.begin() + (number - 1) * size,
+                                     expected.begin() + std::min<size_t>(7, number * size));
+          CHECK(refsOf(page.states) == want);
+          CHECK(page.has_more == (number < pages));
+        }
+      }
+    }
+  }
+  // By type, newest and oldest first (ix_type), and every state (ix_recorded).
+  for (const Criteria& criteria : {tokens(), Criteria::all()}) {
+    for (bool desc : {false, true}) {
+      Query whole{criteria, StatusFilter::unconsumed, RelevanceFilter::all, Sort{"recorded", desc},
+                  100};
+      auto expected = refsOf(run(whole).states);
+      REQUIRE(expected.size() == 7);
+      Query q = whole;
+      q.page_size = 2;
+      CHECK(refsOf(allByCursor(*this, q)) == expected);
+    }
+  }
+  // Nothing matches: one empty page, no cursor.
+  Query none{amount(FieldOp::gt, {int64_t{1000}}), StatusFilter::unconsumed, RelevanceFilter::all,
+             Sort{"amount", false}, 2};
+  auto empty = run(none);
+  CHECK(empty.states.empty());
+  CHECK(empty.total == 0);
+  CHECK_FALSE(empty.has_more);
+  CHECK(empty.next_cursor.empty());
+}
+
+TEST_CASE_FIXTURE(Fixture, "cursor paging is stable while states are recorded and consumed") {
+  std::vector<TestToken> ts;
+  for (int64_t a : {10, 20, 30, 40, 50, 60}) ts.push_back(token(alice_party, a));
+  auto issued = issue(ts);
+  REQUIRE(vault->record(issued, RecordMode::only_relevant).ok());
+  for (bool streamed : {true, false}) {
+    Criteria criteria = amount(FieldOp::ge, {int64_t{0}});
+    if (!streamed) criteria = std::move(criteria) && tokens();
+    Query q{criteria, StatusFilter::unconsumed, RelevanceFilter::all, Sort{"amount", false}, 2};
+    auto p1 = run(q);
+    std::vector<int64_t> seen = amounts(p1);
+    // Meanwhile: a state before the cursor's position, one after it, and a
+    // spend of a state not yet paged through.
+    auto more = issue({token(alice_party, streamed ? 5 : 6), token(alice_party, streamed ? 45 : 46)});
+    REQUIRE(vault->record(more, RecordMode::only_relevant).ok());
+    StateRef spent{issued.id(), streamed ? 4u : 5u};  // 50, then 60
+    REQUIRE(vault->record(move({spent}, {token(bob_party, 1)}), RecordMode::only_relevant).ok());
+    q.cursor = p1.next_cursor;
+    for (;;) {
+      auto page = run(q);
+      auto a = amounts(page);
+      seen.insert(seen.end(), a.begin(), a.end());
+      if (!page.has_more) break;
+      q.cursor = page.next_cursor;
+    }
+    if (streamed) {
+      CHECK(seen == std::vector<int64_t>{10, 20, 30, 40, 45, 60});
+    } else {
+      // The first round's 5 and 45 are there; the new 6 sorts before the
+      // cursor, the new 46 after it; 60 was spent meanwhile.
+      CHECK(seen == std::vector<int64_t>{5, 10, 20, 30, 40, 45, 46});
+    }
+  }
+}
+
+TEST_CASE_FIXTURE(Fixture, "a malformed or foreign cursor is a named bad_query") {
+  auto issued = issue({token(alice_party, 1), token(alice_party, 2), token(alice_party, 3)});
+  REQUIRE(vault->record(issued, RecordMode::only_relevant).ok());
+  Query q{amount(FieldOp::ge, {int64_t{0}}), StatusFilter::unconsumed, RelevanceFilter::all,
+          Sort{"amount", false}, 1};
+  auto p1 = run(q);
+  REQUIRE_FALSE(p1.next_cursor.empty());
+  auto with = [&](Query other, std::string cursor) {
+    other.cursor = std::move(cursor);
+    return vault->query(other);
+  };
+  // The same query takes it.
+  CHECK(with(q, p1.next_cursor).ok());
+  // Another query does not: other criteria, order, status or sort field.
+  Query other_criteria = q;
+  other_criteria.criteria = amount(FieldOp::ge, {int64_t{1}});
+  Query other_order = q;
+  other_order.sort.descending = true;
+  Query other_status = q;
+  other_status.status = StatusFilter::all;
+  Query other_sort = q;
+  other_sort.sort.by = "recorded";
+  for (const Query& other : {other_criteria, other_order, other_status, other_sort}) {
+    auto refused = with(other, p1.next_cursor);
+    REQUIRE_FALSE(refused.ok());
+    CHECK(refused.error().code == Errc::bad_query);
+    CHECK(refused.error().message.find("different query") != std::string::npos);
+  }
+  // Damaged ones.
+  std::string flipped_version = p1.next_cursor;
+  flipped_version[1] = flipped_version[1] == '1' ? '2' : '1';
+  for (const std::string& bad :
+       {std::string("zz"), p1.next_cursor.substr(0, 20), p1.next_cursor + "0",
+        "X" + p1.next_cursor.substr(1), flipped_version, std::string(5000, 'a')}) {
+    auto refused = with(q, bad);
+    REQUIRE_FALSE(refused.ok());
+    CHECK(refused.error().code == Errc::bad_query);
+    CHECK(refused.error().message.find("cursor") != std::string::npos);
+  }
+  // A cursor with a page number.
+  Query both = q;
+  both.page_number = 2;
+  auto refused = with(both, p1.next_cursor);
+  CHECK(refused.error().message.find("not both") != std::string::npos);
+}
+
+TEST_CASE_FIXTURE(Fixture, "status filters over status-free indexes agree with the general plan") {
+  std::vector<TestToken> ts;
+  for (int64_t a : {10, 20, 30, 40, 50}) ts.push_back(token(alice_party, a));
+  auto issued = issue(ts);
+  REQUIRE(vault->record(issued, RecordMode::only_relevant).ok());
+  REQUIRE(vault->record(move({{issued.id(), 1}, {issued.id(), 3}}, {token(alice_party, 25)}),
+                        RecordMode::only_relevant)
+              .ok());
+  using V = std::vector<int64_t>;
+  for (StatusFilter status : {StatusFilter::unconsumed, StatusFilter::consumed, StatusFilter::all}) {
+    Query streamed{amount(FieldOp::ge, {int64_t{0}}), status, RelevanceFilter::all,
+                   Sort{"amount", false}, 2};
+    Query general = streamed;
+    general.criteria = amount(FieldOp::ge, {int64_t{0}}) && tokens();
+    auto a = allByCursor(*this, streamed), b = allByCursor(*this, general);
+    CHECK(refsOf(a) == refsOf(b));
+    V want = status == StatusFilter::unconsumed ? V{10, 25, 30, 50}
+             : status == StatusFilter::consumed ? V{20, 40}
+                                                : V{10, 20, 25, 30, 40, 50};
+    Page whole = run(Query{streamed.criteria, status, RelevanceFilter::all, Sort{"amount", false}});
+    CHECK(amounts(whole) == want);
+    CHECK(whole.total == want.size());
+    // Participant and linear id (status-free, filtered).
+    CHECK(run(Query{Criteria::participant(alice_party.owningKey), status}).total == want.size());
+    CHECK(run(Query{Criteria::linearId(ts[1].linearId), status}).total ==
+          (status == StatusFilter::unconsumed ? 0u : 1u));
+    CHECK(run(Query{Criteria::all(), status}).total == want.size());
+  }
+  Status consistent = vault->checkConsistency();
+  CHECK_MESSAGE(consistent.ok(), (consistent.ok() ? "" : consistent.error().toString()));
+}
+
+TEST_CASE_FIXTURE(Fixture, "a VerifiedTransaction is recorded without checking it again") {
+  auto stx = issue({token(alice_party, 7)});
+  SignedTransaction unsigned_copy(stx.tx());
+  auto refused = VerifiedTransaction::verify(unsigned_copy);
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.error().code == Errc::missing_signatures);
+  auto verified = VerifiedTransaction::verify(stx);
+  REQUIRE(verified.ok());
+  CHECK(verified->id() == stx.id());
+  REQUIRE(vault->record(*verified, RecordMode::only_relevant).ok());
+  CHECK(vault->record(*verified, RecordMode::only_relevant).ok());  // again: a no-op
+  CHECK(vault->record(stx, RecordMode::only_relevant).ok());
+  CHECK(run(Query{tokens()}).total == 1);
+  auto spend = VerifiedTransaction::verify(move({{stx.id(), 0}}, {token(alice_party, 7)}));
+  REQUIRE(spend.ok());
+  REQUIRE(vault->record(*spend, RecordMode::only_relevant).ok());
+  auto again = VerifiedTransaction::verify(move({{stx.id(), 0}}, {token(alice_party, 7)}));
+  auto conflict = vault->record(*again, RecordMode::only_relevant);
+  CHECK(conflict.error().code == Errc::conflict);
+  CHECK(conflict.error().message.find(spend->id().hex()) != std::string::npos);
+  CHECK(vault->checkConsistency().ok());
+}
+
+TEST_CASE_FIXTURE(Fixture, "a batch with a double spend and good records: each its own outcome") {
+  std::vector<TestToken> ts;
+  for (int i = 0; i < 8; ++i) ts.push_back(token(alice_party, 100 + i));
+  auto issued = issue(ts);
+  REQUIRE(vault->record(issued, RecordMode::only_relevant).ok());
+  // Many records at once (one or a few batches): pairs spending the same state.
+  std::vector<SignedTransaction> spends;
+  for (uint32_t i = 0; i < 8; ++i) {
+    spends.push_back(move({{issued.id(), i}}, {token(alice_party, 1)}));
+    spends.push_back(move({{issued.id(), i}}, {token(alice_party, 2)}));
+  }
+  std::vector<Status> results(spends.size());
+  std::atomic<int> finished{0};
+  for (size_t i = 0; i < spends.size(); ++i) {
+    vault->recordAsync(spends[i], RecordMode::only_relevant, [&, i](const Status& s) {
+      results[i] = s;
+      ++finished;
+    });
+  }
+  while (finished.load() < static_cast<int>(spends.size())) std::this_thread::yield();
+  for (size_t i = 0; i < spends.size(); i += 2) {
+    // The first of each pair wins; the second names it.
+    CHECK(results[i].ok());
+    REQUIRE_FALSE(results[i + 1].ok());
+    CHECK(results[i + 1].error().code == Errc::conflict);
+    CHECK(results[i + 1].error().message.find(spends[i].id().hex()) != std::string::npos);
+    CHECK(vault->hasTransaction(spends[i].id()));
+    CHECK_FALSE(vault->hasTransaction(spends[i + 1].id()));
+  }
+  CHECK(vault->store().stats().reruns == 0);  // refused before writing
+  CHECK(run(Query{tokens()}).total == 8);
+  CHECK(vault->checkConsistency().ok());
 }
