@@ -1,6 +1,7 @@
 #include "node/node.h"
 
 #include <signal.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <fstream>
@@ -113,6 +114,13 @@ struct Node::Impl final : flows::MessageHandler {
   // Executor thread only.
   std::map<std::pair<std::string, std::string>, StreamTally> tallies;
   uint64_t messages_malformed = 0;
+  // The node-info file of each member, by X.500 name (node_infos_dir).
+  std::map<std::string, fs::path, std::less<>> node_info_files;
+  Bytes own_node_info;  // signed, as announced to peers
+
+  Status publishOwnNodeInfo();
+  void announceNodeInfo();
+  void onNodeInfo(const std::string& from, ByteView signed_info);
 
   Status open();
   void addRoutes();
@@ -147,6 +155,8 @@ Status Node::Impl::open() {
                                     " does not hold the legal identity key of " + config.x500 +
                                     " in the network map"};
   }
+
+  CCAL_TRY(publishOwnNodeInfo());
 
   vault::VaultConfig vault_config;
   vault_config.store.path = config.vault_dir.string();
@@ -196,10 +206,11 @@ Status Node::Impl::open() {
     result = delivery->start();
     if (!result.ok()) return;
     // Dial every member now, so that peers show as connected and messages
-    // waiting in the outbox flow at once.
+    // waiting in the outbox flow at once; tell each our node info.
     for (const auto& member : map->members()) {
       if (member->name != config.x500) (void)link->connect(member->name);
     }
+    announceNodeInfo();
   });
   CCAL_TRY(result);
 
@@ -298,6 +309,9 @@ void Node::Impl::onMessage(std::string_view peer, const flows::MessageId& id, By
             }
             return Status::success();
           }
+          case schema::p2p::P2pMessage::NODE_INFO:
+            onNodeInfo(from, asByteView(message.getNodeInfo()));
+            return Status::success();
           case schema::p2p::P2pMessage::FLOW_SESSION:
             return Error{Errc::not_found, "a flow session message, and this node runs no flows yet"};
         }
@@ -310,6 +324,110 @@ void Node::Impl::onMessage(std::string_view peer, const flows::MessageId& id, By
   delivery->consume(peer, id, [this, from](const Status& status) {
     if (!status.ok()) log->error("cannot consume a message from {}: {}", from, status.error().message);
   });
+}
+
+
+// Writes a file atomically (tmp, fsync, rename).
+Status writeFileAtomically(const fs::path& path, ByteView bytes) {
+  fs::path tmp = path;
+  tmp += ".tmp";
+  FILE* f = std::fopen(tmp.c_str(), "wb");
+  if (!f) return Error{Errc::io_error, "cannot write " + tmp.string()};
+  bool ok = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size() && std::fflush(f) == 0 &&
+            ::fsync(::fileno(f)) == 0;
+  ok = (std::fclose(f) == 0) && ok;
+  std::error_code ec;
+  if (ok) fs::rename(tmp, path, ec);
+  if (!ok || ec) return Error{Errc::io_error, "cannot write " + path.string()};
+  return Status::success();
+}
+
+// Finds each member's node-info file and, when this member's advertised
+// address differs from its node info in the map, signs a newer one (serial
+// + 1), takes it into the map and writes it over its file.
+Status Node::Impl::publishOwnNodeInfo() {
+  std::error_code ec;
+  for (fs::directory_iterator it(config.node_infos_dir, ec), end; !ec && it != end;
+       it.increment(ec)) {
+    if (!it->is_regular_file()) continue;
+    std::ifstream in(it->path(), std::ios::binary);
+    Bytes bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    auto signed_info = SignedNodeInfo::decode(bytes);
+    if (!signed_info) continue;  // the map refused such files at load already
+    auto info = NodeInfo::decode(signed_info->raw);
+    if (info) node_info_files[info->name] = it->path();
+  }
+  auto self = map->memberByName(config.x500);
+  CCAL_ASSERT(self != nullptr);
+  auto own_file = node_info_files.find(config.x500);
+  fs::path path = own_file != node_info_files.end() ? own_file->second
+                                                    : config.node_infos_dir / config.name;
+  bool moved = self->addresses.size() != 1 || !(self->addresses.front() == config.p2p_advertised);
+  if (moved) {
+    auto signed_info = signOwnNodeInfo(config, self->serial + 1);
+    if (!signed_info) return signed_info.error();
+    own_node_info = signed_info->encode();
+    auto accepted = map->update(own_node_info);
+    if (!accepted) return accepted.error();
+    CCAL_TRY(writeFileAtomically(path, own_node_info));
+    node_info_files[config.x500] = path;
+    log->info("advertised address is now {} (node info serial {})",
+              config.p2p_advertised.toString(), self->serial + 1);
+  } else {
+    std::ifstream in(path, std::ios::binary);
+    own_node_info.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  return Status::success();
+}
+
+// Sends our node info to every member through exactly-once messaging. The
+// id names the serial, so announcing again after a restart is a duplicate
+// the peer drops, and a newer serial is a new message.
+void Node::Impl::announceNodeInfo() {
+  auto self = map->memberByName(config.x500);
+  Bytes payload = buildCanonical<schema::p2p::P2pMessage>(
+      [&](auto root) { root.setNodeInfo(asData(own_node_info)); });
+  for (const auto& member : map->members()) {
+    if (member->name == config.x500) continue;
+    std::string text = "ccal.node-info\n" + config.x500 + "\n" + member->name + "\n" +
+                       std::to_string(self->serial);
+    delivery->send(member->name, SecureHash::of(asBytes(text)), payload,
+                   [this, to = member->name](const Status& status) {
+                     if (!status.ok()) {
+                       log->warn("cannot queue our node info for {}: {}", to,
+                                 status.error().message);
+                     }
+                   });
+  }
+}
+
+// A peer's node info: taken into the map when it verifies and is newer,
+// and written over the member's file so that a restart keeps it.
+void Node::Impl::onNodeInfo(const std::string& from, ByteView signed_info) {
+  auto accepted = map->update(signed_info);
+  if (!accepted) {
+    if (accepted.error().code != Errc::conflict) {
+      log->warn("refused a node info from {}: {}", from, accepted.error().message);
+    }
+    return;  // an older or equal serial: nothing new
+  }
+  const auto& info = **accepted;
+  if (info.name != from) {
+    log->info("{} forwarded the node info of {}", from, info.name);
+  }
+  auto file = node_info_files.find(info.name);
+  fs::path path = file != node_info_files.end()
+                      ? file->second
+                      : config.node_infos_dir / ("member-" + SecureHash::of(asBytes(info.name)).hex().substr(0, 16));
+  auto written = writeFileAtomically(path, signed_info);
+  if (!written.ok()) {
+    log->error("{}", written.error().message);
+    return;
+  }
+  node_info_files[info.name] = path;
+  log->info("{} is now at {} (node info serial {})", info.name,
+            info.addresses.empty() ? std::string("-") : info.addresses.front().toString(),
+            info.serial);
 }
 
 void Node::Impl::addRoutes() {

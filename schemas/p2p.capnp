@@ -13,6 +13,9 @@ struct P2pMessage {
     diagnostic @0 :DiagnosticMessage;
     # A flow session's message (the flow runtime defines its content).
     flowSession @1 :Data;
+    # A member's SignedNodeInfo (schemas/network.capnp): each member sends
+    # its own to every peer at start, so a changed address propagates.
+    nodeInfo @2 :Data;
   }
 }
 

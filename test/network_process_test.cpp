@@ -174,6 +174,49 @@ TEST_CASE("a real network: messages survive kill -9 of the receiver, once each a
       },
       30s));
 
+  // beta moves to another port: at start it signs a newer node info and
+  // tells its peers, and alpha's messages follow it there.
+  {
+    pid_t old_beta = pidOf(net, "beta");
+    REQUIRE(::kill(old_beta, SIGTERM) == 0);
+    REQUIRE(waitUntil([&] { return ::kill(old_beta, 0) != 0; }, 30s));
+    fs::path toml = net / "beta" / "node.toml";
+    std::ifstream in(toml);
+    std::stringstream text;
+    text << in.rdbuf();
+    in.close();
+    std::string config = text.str();
+    std::string old_port = std::to_string(20000 + static_cast<int>(::getpid() % 4000) * 10 + 1);
+    std::string new_port = std::to_string(20000 + static_cast<int>(::getpid() % 4000) * 10 + 9);
+    for (size_t at; (at = config.find("127.0.0.1:" + old_port)) != std::string::npos;) {
+      config.replace(at, 10 + old_port.size(), "127.0.0.1:" + new_port);
+    }
+    std::ofstream(toml) << config;
+  }
+  REQUIRE(runCcal("network start --dir " + net.string()) == 0);
+  auto moved = alpha.post("/api/v1/messages/diagnostic",
+                          {{"to", beta_x500}, {"stream", "moved"}, {"count", 100}});
+  REQUIRE_MESSAGE(moved, moved.error().message);
+  CHECK(waitUntil(
+      [&] {
+        auto r = beta.post("/api/v1/messages/diagnostic/check",
+                           {{"from", alpha_x500}, {"stream", "moved"}, {"count", 100}});
+        return r && (*r)["consumed"] == 100;
+      },
+      60s));
+  auto peers = alpha.get("/api/v1/peers");
+  REQUIRE(peers);
+  INFO(peers->dump());
+  bool seen_new_address = false;
+  for (const auto& p : (*peers)["peers"]) {
+    if (p["legal_name"] == beta_x500) {
+      seen_new_address = p["address"].get<std::string>().find(
+                             std::to_string(20000 + static_cast<int>(::getpid() % 4000) * 10 + 9)) !=
+                         std::string::npos;
+    }
+  }
+  CHECK(seen_new_address);
+
   REQUIRE(runCcal("network stop --dir " + net.string()) == 0);
   CHECK_FALSE(fs::exists(net / "alpha" / "run" / "node.pid"));
 }
