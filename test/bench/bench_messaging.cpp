@@ -42,6 +42,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -162,13 +163,24 @@ class LinkChannel final : public Channel, public flows::LinkHandler {
 // Exactly-once messaging with the durable outbox (flows/delivery): ids are
 // SHA-256 of this side's name and a counter; every message handed over is
 // consumed at once.
+bool sequential_ids = false;  // --sequential-ids: a diagnostic of the store's page writes
+
 class DurableChannel final : public Channel, public flows::MessageHandler {
  public:
   DurableChannel(flows::Delivery& delivery, std::string self, std::string peer)
       : delivery_(delivery), self_(std::move(self)), peer_(std::move(peer)) {}
   void send(Bytes payload) override {
-    std::string seed = self_ + "/" + std::to_string(next_id_++);
-    auto id = SecureHash::of(ByteView(reinterpret_cast<const uint8_t*>(seed.data()), seed.size()));
+    SecureHash id;
+    if (sequential_ids) {
+      // The counter, big-endian, in the id's first 8 bytes: neighbouring keys.
+      std::array<uint8_t, SecureHash::size_bytes> raw{};
+      for (int i = 0; i < 8; ++i) raw[i] = static_cast<uint8_t>(next_id_ >> (56 - 8 * i));
+      ++next_id_;
+      id = SecureHash::fromBytes(raw).value();
+    } else {
+      std::string seed = self_ + "/" + std::to_string(next_id_++);
+      id = SecureHash::of(ByteView(reinterpret_cast<const uint8_t*>(seed.data()), seed.size()));
+    }
     ++sent_;
     delivery_.send(peer_, id, std::move(payload), [this](const Status& s) {
       if (!s.ok()) std::fprintf(stderr, "bench: durable send refused: %s\n", s.error().toString().c_str());
@@ -193,7 +205,10 @@ class DurableChannel final : public Channel, public flows::MessageHandler {
 };
 
 struct StoreCounts {
-  uint64_t commits = 0, requests = 0;
+  uint64_t commits = 0, requests = 0, writer_cpu_micros = 0;
+  StoreCounts since(const StoreCounts& start) const {
+    return {commits - start.commits, requests - start.requests, writer_cpu_micros - start.writer_cpu_micros};
+  }
 };
 
 // One side of a measurement: its executor, TLS link and channel, and in
@@ -251,7 +266,7 @@ class Side {
   StoreCounts storeCounts() const {
     if (!vault_) return {};
     auto s = vault_->store().stats();
-    return {s.commits, s.requests};
+    return {s.commits, s.requests, s.writer_cpu_micros};
   }
 
   // Link first (no more frames), then Delivery on its executor, then the
@@ -376,9 +391,10 @@ std::vector<int64_t> tcpPingPong(int round_trips) {
           StoreCounts c;
           if (last) {
             StoreCounts now = side.storeCounts();
-            c = {now.commits - trial_start.commits, now.requests - trial_start.requests};
+            c = now.since(trial_start);
           }
-          channel.send(message(ack, {received, static_cast<uint64_t>(nowNanos()), c.commits, c.requests}));
+          channel.send(message(ack, {received, static_cast<uint64_t>(nowNanos()), c.commits, c.requests,
+                                     c.writer_cpu_micros}));
         }
         if (last) received = 0;  // the last of a trial
         break;
@@ -485,7 +501,7 @@ class Driver {
     Pipelined r;
     r.seconds = static_cast<double>(last_arrival_ns_ - t0) / 1e9;
     r.msgs_per_s = static_cast<double>(count) / r.seconds;
-    r.sender = {after.commits - before.commits, after.requests - before.requests};
+    r.sender = after.since(before);
     r.receiver = receiver_counts_;
     return r;
   }
@@ -544,7 +560,7 @@ class Driver {
       case ack:
         acked_ = getU64(m.data() + 1);
         last_arrival_ns_ = static_cast<int64_t>(getU64(m.data() + 9));
-        receiver_counts_ = {getU64(m.data() + 17), getU64(m.data() + 25)};
+        receiver_counts_ = {getU64(m.data() + 17), getU64(m.data() + 25), getU64(m.data() + 33)};
         if (acked_ == total_) acked_done_();
         else fill();
         break;
@@ -600,7 +616,7 @@ ModeResult measure(bool durable, const Run& run, pid_t responder, TestDirectory&
                    uint16_t port) {
   ModeResult r;
   r.ran = true;
-  const int round_trips = durable ? (run.quick ? 50 : 2'000) : (run.quick ? 200 : 10'000);
+  const int round_trips = durable ? (run.quick ? 50 : 500) : (run.quick ? 200 : 10'000);
   const uint64_t count = durable ? (run.quick ? 5'000 : 200'000) : (run.quick ? 20'000 : 400'000);
   const int trials = run.quick ? 1 : (durable ? 3 : 5);
   const double load_seconds = run.quick ? 0.3 : 3.0;
@@ -661,12 +677,17 @@ void printMode(const char* title, const ModeResult& r, const Run& run, bool dura
     auto per = [](const StoreCounts& c) {
       return static_cast<double>(c.requests) / static_cast<double>(std::max<uint64_t>(1, c.commits));
     };
-    std::printf("      sender store:   %8.0f durable commits/s, %6.1f requests per commit, %5.2f messages per commit\n",
+    auto cpu = [](const StoreCounts& c) {
+      return static_cast<double>(c.writer_cpu_micros) / static_cast<double>(std::max<uint64_t>(1, c.requests));
+    };
+    std::printf("      sender store:   %7.0f durable commits/s, %6.1f requests and %6.1f messages per commit,"
+                " writer CPU %5.1f us per request\n",
                 rate(r.pipelined.sender.commits), per(r.pipelined.sender),
-                r.pipelined.msgs_per_s / std::max(1.0, rate(r.pipelined.sender.commits)));
-    std::printf("      receiver store: %8.0f durable commits/s, %6.1f requests per commit, %5.2f messages per commit\n",
+                r.pipelined.msgs_per_s / std::max(1.0, rate(r.pipelined.sender.commits)), cpu(r.pipelined.sender));
+    std::printf("      receiver store: %7.0f durable commits/s, %6.1f requests and %6.1f messages per commit,"
+                " writer CPU %5.1f us per request\n",
                 rate(r.pipelined.receiver.commits), per(r.pipelined.receiver),
-                r.pipelined.msgs_per_s / std::max(1.0, rate(r.pipelined.receiver.commits)));
+                r.pipelined.msgs_per_s / std::max(1.0, rate(r.pipelined.receiver.commits)), cpu(r.pipelined.receiver));
   }
   std::printf("  one-way latency at %.0f msg/s (half the target)  p50 %7.1f us  p99 %7.1f us  target p99 <= 5000 us"
               "  (%zu messages)\n",
@@ -720,6 +741,7 @@ int main(int argc, char** argv) {
     else if (std::strcmp(argv[i], "--rate") == 0 && i + 1 < argc) run.fixed_rate = std::atof(argv[++i]);
     else if (std::strcmp(argv[i], "--durable") == 0) link_mode = false, durable_mode = true;
     else if (std::strcmp(argv[i], "--link") == 0) link_mode = true, durable_mode = false;
+    else if (std::strcmp(argv[i], "--sequential-ids") == 0) sequential_ids = true;
     else if (std::strcmp(argv[i], "--inflight") == 0 && i + 1 < argc)
       run.inflight_max = std::max<uint64_t>(1, std::strtoull(argv[++i], nullptr, 10));
     else if (std::strcmp(argv[i], "--window") == 0 && i + 1 < argc)
