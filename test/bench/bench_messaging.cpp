@@ -254,7 +254,12 @@ class Side {
         return;
       }
       // Delivery sets itself as the link's handler.
-      delivery = std::make_unique<flows::Delivery>(*link, *messages_, executor, executor, delivery_config);
+      flows::DeliveryConfig config = delivery_config;
+      // Sends failing once the link has stopped are expected at the end.
+      config.log = [this](std::string_view line) {
+        if (!closed_) std::fprintf(stderr, "bench delivery: %.*s\n", int(line.size()), line.data());
+      };
+      delivery = std::make_unique<flows::Delivery>(*link, *messages_, executor, executor, config);
       auto c = std::make_unique<DurableChannel>(*delivery, self.name, peer);
       if (on_message) c->on_message = [this, on_message](ByteView m) { on_message(*this, m); };
       delivery->setHandler(c.get());
@@ -294,7 +299,7 @@ class Side {
 
  private:
   bool durable_;
-  bool closed_ = false;
+  std::atomic<bool> closed_{false};
   TempDir dir_;
   ContractRegistry contracts_;
   std::unique_ptr<vault::Vault> vault_;
