@@ -15,12 +15,25 @@
 //     measured from send() to the receiver's handler.
 // Targets (2 cores): >= 50,000 messages/s pipelined; p99 <= 5 ms at half load.
 //
-// What runs underneath is a Channel; today the best-effort link. A
-// `--durable` mode (flows/delivery's exactly-once messaging with its durable
-// outbox over the same link) plugs in as another Channel.
+// What runs underneath is a Channel, measured twice in one run (each with its
+// own pair of processes and links):
+//  - link: the best-effort TLS link itself;
+//  - durable: flows/delivery's exactly-once messaging with its durable outbox
+//    over the same kind of link. Each process opens its own vault (a temp
+//    directory, fsync on every commit) with a MessageStore; every message is
+//    enqueued (durable before it is sent), stored in the receiver's inbox
+//    (durable before it is acknowledged), consumed by the receiver's handler
+//    and removed from the sender's outbox: four durable writes per message,
+//    group-committed. The pipelined sender keeps at most --inflight sends
+//    not yet confirmed durable (Delivery's done()); times run from the first
+//    send() to the last message handed to the receiver's handler.
 //
 // Options: --quick (seconds-long smoke run), --rate N (latency load in
-// messages/s instead of half the measured rate).
+// messages/s instead of half the measured rate), --link / --durable (only
+// that mode), --inflight N (durable sends unconfirmed, default 16384),
+// --window N (Delivery's window_messages_max, default 4096; its
+// retransmit_delay_micros_min is 1 s here), --waiting N (its
+// inbox_waiting_messages_max, default the window), --sequential-ids (counter ids).
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -31,6 +44,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -39,12 +53,18 @@
 #include <cstring>
 #include <future>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "flows/delivery.h"
+#include "ledger/contract.h"
 #include "node/asio_executor.h"
 #include "node/tls_link.h"
+#include "test/support/temp_dir.h"
 #include "test/support/test_pki.h"
+#include "vault/message_store.h"
+#include "vault/vault.h"
 
 using namespace ccal;
 using namespace ccal::node;
@@ -62,7 +82,8 @@ constexpr double target_msgs_per_s = 50'000;
 // Message kinds (first byte).
 enum Kind : uint8_t {
   data = 'D',      // pipelined: counted, acknowledged every ack_every and at the last
-  ack = 'A',       // u64 cumulative count
+  ack = 'A',       // u64 cumulative count, u64 arrival time of the last (ns), and for the
+                   // last of a trial the receiver's store commits and requests in the trial
   timed = 'L',     // latency probe: u64 send time (ns, steady clock)
   report = 'R',    // asks for the latency percentiles, then clears them
   reported = 'r',  // u64 count, u64 p50 ns, u64 p99 ns
@@ -114,7 +135,11 @@ class Channel {
  public:
   virtual ~Channel() = default;
   virtual void send(Bytes payload) = 0;
+  // Sends not yet confirmed (durable mode: not yet in the durable outbox).
+  virtual uint64_t unconfirmed() const { return 0; }
   std::function<void(ByteView)> on_message;
+  std::function<void()> on_confirmed;  // a send was confirmed
+  bool quitting = false;  // the other side is told to exit: its going down is expected
 };
 
 // The best-effort TLS link itself.
@@ -131,11 +156,154 @@ class LinkChannel final : public Channel, public flows::LinkHandler {
     if (!quitting)
       std::fprintf(stderr, "bench: connection to %.*s went down\n", int(peer.size()), peer.data());
   }
-  bool quitting = false;  // the other side is told to exit: its going down is expected
 
  private:
   TlsLink& link_;
   std::string peer_;
+};
+
+// Exactly-once messaging with the durable outbox (flows/delivery): ids are
+// SHA-256 of this side's name and a counter; every message handed over is
+// consumed at once.
+bool sequential_ids = false;  // --sequential-ids: a diagnostic of the store's page writes
+
+class DurableChannel final : public Channel, public flows::MessageHandler {
+ public:
+  DurableChannel(flows::Delivery& delivery, std::string self, std::string peer)
+      : delivery_(delivery), self_(std::move(self)), peer_(std::move(peer)) {}
+  void send(Bytes payload) override {
+    SecureHash id;
+    if (sequential_ids) {
+      // The counter, big-endian, in the id's first 8 bytes: neighbouring keys.
+      std::array<uint8_t, SecureHash::size_bytes> raw{};
+      for (int i = 0; i < 8; ++i) raw[i] = static_cast<uint8_t>(next_id_ >> (56 - 8 * i));
+      ++next_id_;
+      id = SecureHash::fromBytes(raw).value();
+    } else {
+      std::string seed = self_ + "/" + std::to_string(next_id_++);
+      id = SecureHash::of(ByteView(reinterpret_cast<const uint8_t*>(seed.data()), seed.size()));
+    }
+    ++sent_;
+    delivery_.send(peer_, id, std::move(payload), [this](const Status& s) {
+      if (!s.ok()) std::fprintf(stderr, "bench: durable send refused: %s\n", s.error().toString().c_str());
+      ++confirmed_;
+      if (on_confirmed) on_confirmed();
+    });
+  }
+  uint64_t unconfirmed() const override { return sent_ - confirmed_; }
+  void onMessage(std::string_view peer, const flows::MessageId& id, ByteView payload) override {
+    on_message(payload);
+    delivery_.consume(peer, id, [this](const Status& s) {
+      if (!s.ok() && !quitting)
+        std::fprintf(stderr, "bench: consume failed: %s\n", s.error().toString().c_str());
+    });
+  }
+
+ private:
+  flows::Delivery& delivery_;
+  std::string self_, peer_;
+  uint64_t next_id_ = 0;
+  uint64_t sent_ = 0, confirmed_ = 0;  // executor thread
+};
+
+struct StoreCounts {
+  uint64_t commits = 0, requests = 0, writer_cpu_micros = 0;
+  StoreCounts since(const StoreCounts& start) const {
+    return {commits - start.commits, requests - start.requests, writer_cpu_micros - start.writer_cpu_micros};
+  }
+};
+
+// One side of a measurement: its executor, TLS link and channel, and in
+// durable mode its vault (own temp directory), message store and Delivery.
+class Side {
+ public:
+  Side(bool durable, const TlsCredentials& self, const std::string& peer, PeerDirectory& directory,
+       const TlsLinkOptions& base, uint16_t listen_port, const flows::DeliveryConfig& delivery_config,
+       std::function<void(Side&, ByteView)> on_message = {})
+      : durable_(durable), dir_("ccal-bench-messaging") {
+    executor.start();
+    TlsLinkOptions options = base;
+    options.self = self.name;
+    options.certificate_chain_pem = self.chain_pem;
+    options.private_key_pem = self.key_pem;
+    options.listen_port = listen_port;
+    if (durable_) {
+      vault::VaultConfig vault_config;
+      vault_config.store.path = dir_.path;
+      vault_config.store.map_size_bytes = 1ull << 30;
+      auto opened = vault::Vault::open(vault_config, contracts_, {});
+      if (!opened) {
+        error = "vault " + dir_.path + ": " + opened.error().toString();
+        return;
+      }
+      vault_ = std::move(*opened);
+      messages_ = std::make_unique<vault::MessageStore>(vault_->store());
+    }
+    executor.runSync([&] {
+      auto made = TlsLink::create(executor, directory, options);
+      if (!made) {
+        error = made.error().toString();
+        return;
+      }
+      link = std::move(made.value());
+      if (!durable_) {
+        auto c = std::make_unique<LinkChannel>(*link, peer);
+        if (on_message) c->on_message = [this, on_message](ByteView m) { on_message(*this, m); };
+        link->setHandler(c.get());
+        channel = std::move(c);
+        return;
+      }
+      // Delivery sets itself as the link's handler.
+      flows::DeliveryConfig config = delivery_config;
+      // Sends failing once the link has stopped are expected at the end.
+      config.log = [this](std::string_view line) {
+        if (!closed_) std::fprintf(stderr, "bench delivery: %.*s\n", int(line.size()), line.data());
+      };
+      delivery = std::make_unique<flows::Delivery>(*link, *messages_, executor, executor, config);
+      auto c = std::make_unique<DurableChannel>(*delivery, self.name, peer);
+      if (on_message) c->on_message = [this, on_message](ByteView m) { on_message(*this, m); };
+      delivery->setHandler(c.get());
+      channel = std::move(c);
+      Status started = delivery->start();
+      if (!started.ok()) error = "delivery: " + started.error().toString();
+    });
+  }
+  ~Side() { close(); }
+
+  StoreCounts storeCounts() const {
+    if (!vault_) return {};
+    auto s = vault_->store().stats();
+    return {s.commits, s.requests, s.writer_cpu_micros};
+  }
+
+  // Link first (no more frames), then Delivery on its executor, then the
+  // store (its completions post to the executor), then the executor.
+  void close() {
+    if (closed_) return;
+    closed_ = true;
+    if (link) link->stop();
+    executor.runSync([&] {
+      channel.reset();
+      delivery.reset();
+    });
+    messages_.reset();
+    vault_.reset();
+    executor.stop();
+  }
+
+  AsioExecutor executor;
+  std::unique_ptr<TlsLink> link;
+  std::unique_ptr<flows::Delivery> delivery;
+  std::unique_ptr<Channel> channel;
+  std::string error;  // empty when opened
+
+ private:
+  bool durable_;
+  std::atomic<bool> closed_{false};
+  TempDir dir_;
+  ContractRegistry contracts_;
+  std::unique_ptr<vault::Vault> vault_;
+  std::unique_ptr<vault::MessageStore> messages_;
 };
 
 uint16_t freePort() {
@@ -206,35 +374,38 @@ std::vector<int64_t> tcpPingPong(int round_trips) {
 // ---------------------------------------------------------------------------
 // The responder process.
 
-[[noreturn]] void runResponder(const TestPki& pki, TestDirectory& directory, const TlsCredentials& self,
-                               const std::string& driver, const TlsLinkOptions& base) {
-  AsioExecutor executor;
-  executor.start();
-  TlsLinkOptions options = base;
-  options.self = self.name;
-  options.certificate_chain_pem = self.chain_pem;
-  options.private_key_pem = self.key_pem;
-  auto made = TlsLink::create(executor, directory, options);
-  if (!made) {
-    std::fprintf(stderr, "bench responder: %s\n", made.error().toString().c_str());
-    ::_exit(2);
-  }
-  auto link = std::move(made.value());
-  LinkChannel channel(*link, driver);
+[[noreturn]] void runResponder(bool durable, TestDirectory& directory, const TlsCredentials& self,
+                               const std::string& driver, const TlsLinkOptions& base, uint16_t port,
+                               const flows::DeliveryConfig& delivery_config) {
   std::mutex m;
   std::condition_variable cv;
   bool done = false;
   uint64_t received = 0;
+  StoreCounts trial_start;
   std::vector<int64_t> latencies;
   latencies.reserve(1 << 20);
-  channel.on_message = [&](ByteView msg) {
+  // Runs on the side's executor, which handles no frame before the Side's
+  // constructor has set everything up (that runs on the executor too).
+  auto on_message = [&](Side& side, ByteView msg) {
+    Channel& channel = *side.channel;
     if (msg.empty()) return;
     switch (msg[0]) {
-      case data:
+      case data: {
+        if (received == 0) trial_start = side.storeCounts();
         ++received;
-        if (received % ack_every == 0 || msg[1] == 1) channel.send(message(ack, {received}, 16));
-        if (msg[1] == 1) received = 0;  // the last of a trial
+        const bool last = msg[1] == 1;
+        if (received % ack_every == 0 || last) {
+          StoreCounts c;
+          if (last) {
+            StoreCounts now = side.storeCounts();
+            c = now.since(trial_start);
+          }
+          channel.send(message(ack, {received, static_cast<uint64_t>(nowNanos()), c.commits, c.requests,
+                                     c.writer_cpu_micros}));
+        }
+        if (last) received = 0;  // the last of a trial
         break;
+      }
       case timed:
         latencies.push_back(nowNanos() - static_cast<int64_t>(getU64(msg.data() + 1)));
         break;
@@ -252,6 +423,7 @@ std::vector<int64_t> tcpPingPong(int round_trips) {
         break;
       }
       case quit: {
+        channel.quitting = true;
         std::lock_guard lock(m);
         done = true;
         cv.notify_all();
@@ -260,7 +432,12 @@ std::vector<int64_t> tcpPingPong(int round_trips) {
       default: break;
     }
   };
-  executor.runSync([&] { link->setHandler(&channel); });
+  std::optional<Side> side;
+  side.emplace(durable, self, driver, directory, base, port, delivery_config, on_message);
+  if (!side->error.empty()) {
+    std::fprintf(stderr, "bench responder: %s\n", side->error.c_str());
+    ::_exit(2);
+  }
   pid_t parent = ::getppid();
   auto deadline = SteadyClock::now() + std::chrono::seconds(child_lifetime_seconds_max);
   {
@@ -268,8 +445,7 @@ std::vector<int64_t> tcpPingPong(int round_trips) {
     while (!done && ::getppid() == parent && SteadyClock::now() < deadline)
       cv.wait_for(lock, std::chrono::milliseconds(100));
   }
-  link->stop();
-  executor.stop();
+  side.reset();  // closes it and removes its vault's directory (_exit runs no destructors)
   ::_exit(0);
 }
 
@@ -278,9 +454,23 @@ std::vector<int64_t> tcpPingPong(int round_trips) {
 
 class Driver {
  public:
-  Driver(AsioExecutor& executor, Channel& channel) : executor_(executor), channel_(channel) {
-    channel_.on_message = [this](ByteView m) { onMessage(m); };
+  // inflight_max: durable sends not yet confirmed, in the pipelined phase.
+  Driver(Side& side, uint64_t inflight_max)
+      : side_(side), executor_(side.executor), channel_(*side.channel), inflight_max_(inflight_max) {
+    executor_.runSync([this] {
+      channel_.on_message = [this](ByteView m) { onMessage(m); };
+      channel_.on_confirmed = [this] {
+        if (filling_) fill();
+      };
+    });
   }
+
+  struct Pipelined {
+    double msgs_per_s = 0;
+    double seconds = 0;
+    double msgs_per_s_to_ack = 0;  // to the last ack's return to the sender instead
+    StoreCounts sender, receiver;  // store commits and requests in the trial
+  };
 
   std::vector<int64_t> pingPong(int round_trips) {
     std::promise<void> done;
@@ -295,23 +485,35 @@ class Driver {
     return rtts_;
   }
 
-  // Messages per second, `count` messages pipelined.
-  double pipelined(uint64_t count) {
+  // Messages per second, `count` messages pipelined: from the first send to
+  // the last handed to the receiver's handler (its time comes in the ack).
+  Pipelined pipelined(uint64_t count) {
     std::promise<void> done;
     auto finished = done.get_future();
-    int64_t t0 = 0, t1 = 0;
+    int64_t t0 = 0, t_ack = 0;
+    StoreCounts before, after;
     executor_.post([&, count] {
       total_ = count;
       sent_ = acked_ = 0;
+      before = side_.storeCounts();
       t0 = nowNanos();
       acked_done_ = [&] {
-        t1 = nowNanos();
+        t_ack = nowNanos();
+        after = side_.storeCounts();
+        filling_ = false;
         done.set_value();
       };
+      filling_ = true;
       fill();
     });
     finished.wait();
-    return static_cast<double>(count) / (static_cast<double>(t1 - t0) / 1e9);
+    Pipelined r;
+    r.seconds = static_cast<double>(last_arrival_ns_ - t0) / 1e9;
+    r.msgs_per_s = static_cast<double>(count) / r.seconds;
+    r.msgs_per_s_to_ack = static_cast<double>(count) / (static_cast<double>(t_ack - t0) / 1e9);
+    r.sender = after.since(before);
+    r.receiver = receiver_counts_;
+    return r;
   }
 
   // One-way latency at `rate` messages/s for `seconds`: paced on a 1 ms tick.
@@ -336,7 +538,7 @@ class Driver {
 
  private:
   void fill() {
-    while (sent_ < total_ && sent_ - acked_ < window_messages) {
+    while (sent_ < total_ && sent_ - acked_ < window_messages && channel_.unconfirmed() < inflight_max_) {
       ++sent_;
       Bytes m = message(data, {});
       m[1] = sent_ == total_ ? 1 : 0;
@@ -367,6 +569,8 @@ class Driver {
         break;
       case ack:
         acked_ = getU64(m.data() + 1);
+        last_arrival_ns_ = static_cast<int64_t>(getU64(m.data() + 9));
+        receiver_counts_ = {getU64(m.data() + 17), getU64(m.data() + 25), getU64(m.data() + 33)};
         if (acked_ == total_) acked_done_();
         else fill();
         break;
@@ -380,9 +584,14 @@ class Driver {
     }
   }
 
+  Side& side_;
   AsioExecutor& executor_;
   Channel& channel_;
+  const uint64_t inflight_max_;
   // Executor thread only.
+  bool filling_ = false;
+  int64_t last_arrival_ns_ = 0;
+  StoreCounts receiver_counts_;
   int pings_left_ = 0;
   std::vector<int64_t> rtts_;
   std::function<void()> ping_done_, acked_done_, report_done_;
@@ -393,27 +602,184 @@ class Driver {
   Percentiles report_;
 };
 
+struct ModeResult {
+  bool ran = false;
+  Percentiles rtt, at_target, latency;
+  double load = 0;
+  Driver::Pipelined pipelined;  // the median trial
+  double frames_per_write = 0;
+  uint64_t frames_dropped = 0, refused = 0;
+  flows::Delivery::Stats delivery;
+  bool ok = false;
+};
+
+struct Run {
+  bool quick = false;
+  double fixed_rate = 0;
+  uint64_t inflight_max = 16384;
+  flows::DeliveryConfig delivery_config;
+};
+
+// Drives one mode's phases against its responder process, then tells it to quit.
+ModeResult measure(bool durable, const Run& run, pid_t responder, TestDirectory& directory,
+                   const TlsCredentials& self, const std::string& peer, const TlsLinkOptions& base,
+                   uint16_t port) {
+  ModeResult r;
+  r.ran = true;
+  const int round_trips = durable ? (run.quick ? 50 : 500) : (run.quick ? 200 : 10'000);
+  const uint64_t count = durable ? (run.quick ? 5'000 : 200'000) : (run.quick ? 20'000 : 400'000);
+  const int trials = run.quick ? 1 : (durable ? 3 : 5);
+  const double load_seconds = run.quick ? 0.3 : 3.0;
+
+  Side side(durable, self, peer, directory, base, port, run.delivery_config);
+  if (!side.error.empty()) {
+    std::fprintf(stderr, "bench: %s\n", side.error.c_str());
+    ::kill(responder, SIGKILL);
+    ::waitpid(responder, nullptr, 0);
+    return r;
+  }
+  Driver driver(side, run.inflight_max);
+  driver.pingPong(20);  // warm up: both connections up
+  r.rtt = percentiles(driver.pingPong(round_trips));
+
+  std::vector<Driver::Pipelined> results;
+  auto before = side.link->counters();
+  for (int t = 0; t < trials; ++t) results.push_back(driver.pipelined(count));
+  auto after = side.link->counters();
+  std::sort(results.begin(), results.end(), [](auto& a, auto& b) { return a.msgs_per_s < b.msgs_per_s; });
+  r.pipelined = results[results.size() / 2];
+  r.frames_per_write = static_cast<double>(after.frames_out - before.frames_out) /
+                       static_cast<double>(std::max<uint64_t>(1, after.tls_writes - before.tls_writes));
+
+  r.at_target = driver.atLoad(target_msgs_per_s / 2, load_seconds);
+  r.load = run.fixed_rate > 0 ? run.fixed_rate : r.pipelined.msgs_per_s / 2;
+  r.latency = driver.atLoad(r.load, load_seconds);
+
+  side.executor.runSync([&] {
+    side.channel->quitting = true;
+    if (side.delivery) r.delivery = side.delivery->stats();
+  });
+  driver.quit();
+  int status = 0;
+  ::waitpid(responder, &status, 0);  // it exits once the quit message is handed over
+  side.close();
+  auto counters = side.link->counters();
+  r.frames_dropped = counters.frames_dropped;
+  r.refused = counters.refusedTotal();
+  r.ok = WIFEXITED(status) && WEXITSTATUS(status) == 0 && r.latency.count > 0 && r.at_target.count > 0;
+  return r;
+}
+
+void printMode(const char* title, const ModeResult& r, const Run& run, bool durable) {
+  std::printf("%s\n", title);
+  std::printf("  %s ping-pong round trip%s        p50 %7.1f us  p99 %7.1f us  (%zu round trips)\n",
+              durable ? "durable" : "TLS link", durable ? "  " : " ", r.rtt.p50_us, r.rtt.p99_us, r.rtt.count);
+  if (durable)
+    std::printf("  %zu-byte messages pipelined (%llu unconfirmed sends, Delivery window %u)  %10.0f msg/s   target >= 50000\n",
+                message_bytes, (unsigned long long)run.inflight_max, run.delivery_config.window_messages_max,
+                r.pipelined.msgs_per_s);
+  else
+    std::printf("  %zu-byte messages pipelined (window %llu)     %10.0f msg/s   target >= 50000\n", message_bytes,
+                (unsigned long long)window_messages, r.pipelined.msgs_per_s);
+  std::printf("      (first send to last handed over; median trial of %.2f s; to the last ack's return %.0f msg/s;"
+              " %.0f frames per TLS write)\n",
+              r.pipelined.seconds, r.pipelined.msgs_per_s_to_ack, r.frames_per_write);
+  if (durable) {
+    auto rate = [&](uint64_t n) { return static_cast<double>(n) / r.pipelined.seconds; };
+    auto per = [](const StoreCounts& c) {
+      return static_cast<double>(c.requests) / static_cast<double>(std::max<uint64_t>(1, c.commits));
+    };
+    auto cpu = [](const StoreCounts& c) {
+      return static_cast<double>(c.writer_cpu_micros) / static_cast<double>(std::max<uint64_t>(1, c.requests));
+    };
+    std::printf("      sender store:   %7.0f durable commits/s, %6.1f requests and %6.1f messages per commit,"
+                " writer CPU %5.1f us per request\n",
+                rate(r.pipelined.sender.commits), per(r.pipelined.sender),
+                r.pipelined.msgs_per_s / std::max(1.0, rate(r.pipelined.sender.commits)), cpu(r.pipelined.sender));
+    std::printf("      receiver store: %7.0f durable commits/s, %6.1f requests and %6.1f messages per commit,"
+                " writer CPU %5.1f us per request\n",
+                rate(r.pipelined.receiver.commits), per(r.pipelined.receiver),
+                r.pipelined.msgs_per_s / std::max(1.0, rate(r.pipelined.receiver.commits)), cpu(r.pipelined.receiver));
+  }
+  std::printf("  one-way latency at %.0f msg/s (half the target)  p50 %7.1f us  p99 %7.1f us  target p99 <= 5000 us"
+              "  (%zu messages)\n",
+              target_msgs_per_s / 2, r.at_target.p50_us, r.at_target.p99_us, r.at_target.count);
+  std::printf("  one-way latency at %.0f msg/s (%s)  p50 %7.1f us  p99 %7.1f us  (%zu messages)\n", r.load,
+              run.fixed_rate > 0 ? "--rate" : "half the pipelined rate", r.latency.p50_us, r.latency.p99_us,
+              r.latency.count);
+  if (durable)
+    std::printf("  delivery: %llu sent, %llu retransmitted, %llu ack frames, %llu store failures\n",
+                (unsigned long long)r.delivery.messages_sent, (unsigned long long)r.delivery.messages_retransmitted,
+                (unsigned long long)r.delivery.ack_frames_sent, (unsigned long long)r.delivery.store_failures);
+  if (r.frames_dropped > 0 || r.refused > 0)
+    std::printf("  WARNING: %llu frames dropped, %llu connections refused\n", (unsigned long long)r.frames_dropped,
+                (unsigned long long)r.refused);
+}
+
+std::string modeJson(const ModeResult& r, bool durable) {
+  char buf[1024];
+  std::snprintf(buf, sizeof buf,
+                "{\"pipelined_msgs_per_s\":%.0f,\"pipelined_to_ack_msgs_per_s\":%.0f,\"frames_per_tls_write\":%.1f,\"half_target_p50_us\":%.1f,"
+                "\"half_target_p99_us\":%.1f,\"load_msgs_per_s\":%.0f,\"latency_p50_us\":%.1f,"
+                "\"latency_p99_us\":%.1f,\"rtt_p50_us\":%.1f,\"rtt_p99_us\":%.1f,\"frames_dropped\":%llu",
+                r.pipelined.msgs_per_s, r.pipelined.msgs_per_s_to_ack, r.frames_per_write, r.at_target.p50_us, r.at_target.p99_us, r.load,
+                r.latency.p50_us, r.latency.p99_us, r.rtt.p50_us, r.rtt.p99_us,
+                (unsigned long long)r.frames_dropped);
+  std::string out = buf;
+  if (durable) {
+    const double secs = r.pipelined.seconds;
+    std::snprintf(buf, sizeof buf,
+                  ",\"sender_commits_per_s\":%.0f,\"sender_messages_per_commit\":%.2f,"
+                  "\"receiver_commits_per_s\":%.0f,\"receiver_messages_per_commit\":%.2f,"
+                  "\"retransmitted\":%llu",
+                  static_cast<double>(r.pipelined.sender.commits) / secs,
+                  r.pipelined.msgs_per_s * secs / static_cast<double>(std::max<uint64_t>(1, r.pipelined.sender.commits)),
+                  static_cast<double>(r.pipelined.receiver.commits) / secs,
+                  r.pipelined.msgs_per_s * secs / static_cast<double>(std::max<uint64_t>(1, r.pipelined.receiver.commits)),
+                  (unsigned long long)r.delivery.messages_retransmitted);
+    out += buf;
+  }
+  return out + "}";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false;
-  double fixed_rate = 0;
+  Run run;
+  bool link_mode = true, durable_mode = true;
+  // Delivery's defaults (window 256, 512 waiting) are for many peers; one
+  // busy peer pipelines more. The receiver drops arrivals beyond twice
+  // inbox_waiting_messages_max held (stored or being stored) and the sender
+  // retransmits them only on its timer: waiting >= window keeps a full
+  // window of messages being stored from being dropped.
+  // Commits here take 0.1-0.3 s under load (random message ids dirty a page
+  // each): a bigger window makes bigger group commits, and a retransmission
+  // timer below a commit's time only resends what is being stored.
+  run.delivery_config.window_messages_max = 4096;
+  run.delivery_config.inbox_waiting_messages_max = 0;  // 0: the window (set below)
+  run.delivery_config.retransmit_delay_micros_min = 1'000'000;
   for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--quick") == 0) quick = true;
-    else if (std::strcmp(argv[i], "--rate") == 0 && i + 1 < argc) fixed_rate = std::atof(argv[++i]);
-    else if (std::strcmp(argv[i], "--durable") == 0) {
-      std::fprintf(stderr, "bench: --durable needs flows/delivery, which is not built yet\n");
-      return 2;
-    } else {
-      std::fprintf(stderr, "usage: bench_messaging [--quick] [--rate MSGS_PER_S]\n");
+    if (std::strcmp(argv[i], "--quick") == 0) run.quick = true;
+    else if (std::strcmp(argv[i], "--rate") == 0 && i + 1 < argc) run.fixed_rate = std::atof(argv[++i]);
+    else if (std::strcmp(argv[i], "--durable") == 0) link_mode = false, durable_mode = true;
+    else if (std::strcmp(argv[i], "--link") == 0) link_mode = true, durable_mode = false;
+    else if (std::strcmp(argv[i], "--sequential-ids") == 0) sequential_ids = true;
+    else if (std::strcmp(argv[i], "--inflight") == 0 && i + 1 < argc)
+      run.inflight_max = std::max<uint64_t>(1, std::strtoull(argv[++i], nullptr, 10));
+    else if (std::strcmp(argv[i], "--window") == 0 && i + 1 < argc)
+      run.delivery_config.window_messages_max = static_cast<uint32_t>(std::max(1L, std::atol(argv[++i])));
+    else if (std::strcmp(argv[i], "--waiting") == 0 && i + 1 < argc)
+      run.delivery_config.inbox_waiting_messages_max = static_cast<uint32_t>(std::max(1L, std::atol(argv[++i])));
+    else {
+      std::fprintf(stderr,
+                   "usage: bench_messaging [--quick] [--rate MSGS_PER_S] [--link | --durable] [--inflight N] "
+                   "[--window N] [--waiting N] [--sequential-ids]\n");
       return 2;
     }
   }
-  const int tcp_round_trips = quick ? 300 : 20'000;
-  const int tls_round_trips = quick ? 200 : 10'000;
-  const uint64_t pipelined_count = quick ? 20'000 : 400'000;
-  const int pipelined_trials = quick ? 1 : 5;
-  const double load_seconds = quick ? 0.3 : 3.0;
+  if (run.delivery_config.inbox_waiting_messages_max == 0)
+    run.delivery_config.inbox_waiting_messages_max = run.delivery_config.window_messages_max;
+  const int tcp_round_trips = run.quick ? 300 : 20'000;
   spdlog::set_level(spdlog::level::warn);
 
   // Everything both processes need is made before fork (no threads yet).
@@ -429,91 +795,63 @@ int main(int argc, char** argv) {
   base.peer_frames_burst_max = 1e9;
   base.reconnect_delay_micros_min = 10'000;
   base.reconnect_delay_micros_max = 500'000;
-  uint16_t driver_port = freePort(), responder_port = freePort();
-  directory.setMember(driver_creds.name, Endpoint{"127.0.0.1", driver_port});
-  directory.setMember(responder_creds.name, Endpoint{"127.0.0.1", responder_port});
+  // One pair of ports per mode: each mode runs its own pair of processes.
+  uint16_t ports[2][2];
+  for (auto& p : ports) p[0] = freePort(), p[1] = freePort();
 
   auto tcp = percentiles(tcpPingPong(tcp_round_trips));
 
-  pid_t responder = ::fork();
-  if (responder < 0) {
-    std::perror("fork");
-    return 1;
+  // Both responders are forked now, before this process starts any thread.
+  pid_t responders[2] = {-1, -1};
+  for (int mode = 0; mode < 2; ++mode) {
+    if (mode == 0 ? !link_mode : !durable_mode) continue;
+    pid_t pid = ::fork();
+    if (pid < 0) {
+      std::perror("fork");
+      return 1;
+    }
+    if (pid == 0) {
+      directory.setMember(driver_creds.name, Endpoint{"127.0.0.1", ports[mode][0]});
+      directory.setMember(responder_creds.name, Endpoint{"127.0.0.1", ports[mode][1]});
+      runResponder(mode == 1, directory, responder_creds, driver_creds.name, base, ports[mode][1],
+                   run.delivery_config);
+    }
+    responders[mode] = pid;
   }
-  if (responder == 0) {
-    TlsLinkOptions o = base;
-    o.listen_port = responder_port;
-    runResponder(pki, directory, responder_creds, driver_creds.name, o);
+
+  ModeResult link_result, durable_result;
+  if (link_mode) {
+    directory.setMember(driver_creds.name, Endpoint{"127.0.0.1", ports[0][0]});
+    directory.setMember(responder_creds.name, Endpoint{"127.0.0.1", ports[0][1]});
+    link_result = measure(false, run, responders[0], directory, driver_creds, responder_creds.name, base, ports[0][0]);
+  }
+  if (durable_mode) {
+    directory.setMember(driver_creds.name, Endpoint{"127.0.0.1", ports[1][0]});
+    directory.setMember(responder_creds.name, Endpoint{"127.0.0.1", ports[1][1]});
+    durable_result = measure(true, run, responders[1], directory, driver_creds, responder_creds.name, base, ports[1][0]);
   }
 
-  AsioExecutor executor;
-  executor.start();
-  TlsLinkOptions options = base;
-  options.self = driver_creds.name;
-  options.certificate_chain_pem = driver_creds.chain_pem;
-  options.private_key_pem = driver_creds.key_pem;
-  options.listen_port = driver_port;
-  auto made = TlsLink::create(executor, directory, options);
-  if (!made) {
-    std::fprintf(stderr, "bench: %s\n", made.error().toString().c_str());
-    ::kill(responder, SIGKILL);
-    return 1;
-  }
-  auto link = std::move(made.value());
-  LinkChannel channel(*link, responder_creds.name);
-  Driver driver(executor, channel);
-  executor.runSync([&] { link->setHandler(&channel); });
-
-  driver.pingPong(20);  // warm up: both connections up
-  auto tls_rtt = percentiles(driver.pingPong(tls_round_trips));
-
-  std::vector<double> rates;
-  auto before = link->counters();
-  for (int t = 0; t < pipelined_trials; ++t) rates.push_back(driver.pipelined(pipelined_count));
-  auto after = link->counters();
-  std::sort(rates.begin(), rates.end());
-  double rate = rates[rates.size() / 2];
-  double frames_per_write = static_cast<double>(after.frames_out - before.frames_out) /
-                            static_cast<double>(std::max<uint64_t>(1, after.tls_writes - before.tls_writes));
-
-  auto at_target = driver.atLoad(target_msgs_per_s / 2, load_seconds);
-  double load = fixed_rate > 0 ? fixed_rate : rate / 2;
-  auto latency = driver.atLoad(load, load_seconds);
-
-  executor.runSync([&] { channel.quitting = true; });
-  driver.quit();
-  int status = 0;
-  ::waitpid(responder, &status, 0);
-  link->stop();
-  auto counters = link->counters();
-  executor.stop();
-
-  std::printf("CCAL messaging benchmark (%s): two processes, TLS 1.3 on loopback, best-effort link\n",
-              quick ? "quick smoke run" : "full run");
+  std::printf("CCAL messaging benchmark (%s): two processes, TLS 1.3 on loopback\n",
+              run.quick ? "quick smoke run" : "full run");
   std::printf("  raw TCP ping-pong round trip (reference)      p50 %7.1f us  p99 %7.1f us  (%zu round trips)\n",
               tcp.p50_us, tcp.p99_us, tcp.count);
-  std::printf("  TLS link ping-pong round trip                 p50 %7.1f us  p99 %7.1f us  (%zu round trips)\n",
-              tls_rtt.p50_us, tls_rtt.p99_us, tls_rtt.count);
-  std::printf("  %zu-byte messages pipelined (window %llu)     %10.0f msg/s   target >= 50000  (median of %d x %llu;"
-              " %.0f frames per TLS write)\n",
-              message_bytes, (unsigned long long)window_messages, rate, pipelined_trials,
-              (unsigned long long)pipelined_count, frames_per_write);
-  std::printf("  one-way latency at %.0f msg/s (half the target)  p50 %7.1f us  p99 %7.1f us  target p99 <= 5000 us"
-              "  (%zu messages)\n",
-              target_msgs_per_s / 2, at_target.p50_us, at_target.p99_us, at_target.count);
-  std::printf("  one-way latency at %.0f msg/s (%s)  p50 %7.1f us  p99 %7.1f us  (%zu messages)\n", load,
-              fixed_rate > 0 ? "--rate" : "half the pipelined rate", latency.p50_us, latency.p99_us, latency.count);
-  if (counters.frames_dropped > 0 || counters.refusedTotal() > 0)
-    std::printf("  WARNING: %llu frames dropped, %llu connections refused\n",
-                (unsigned long long)counters.frames_dropped, (unsigned long long)counters.refusedTotal());
-  std::printf(
-      "{\"bench\":\"messaging\",\"mode\":\"link\",\"message_bytes\":%zu,\"pipelined_msgs_per_s\":%.0f,"
-      "\"frames_per_tls_write\":%.1f,\"half_target_p50_us\":%.1f,\"half_target_p99_us\":%.1f,"
-      "\"load_msgs_per_s\":%.0f,\"latency_p50_us\":%.1f,\"latency_p99_us\":%.1f,"
-      "\"tls_rtt_p50_us\":%.1f,\"tls_rtt_p99_us\":%.1f,\"tcp_rtt_p50_us\":%.1f,\"tcp_rtt_p99_us\":%.1f,"
-      "\"frames_dropped\":%llu}\n",
-      message_bytes, rate, frames_per_write, at_target.p50_us, at_target.p99_us, load, latency.p50_us, latency.p99_us, tls_rtt.p50_us, tls_rtt.p99_us,
-      tcp.p50_us, tcp.p99_us, (unsigned long long)counters.frames_dropped);
-  bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0 && latency.count > 0 && at_target.count > 0;
+  if (link_result.ran) printMode("best-effort link (node/tls_link):", link_result, run, false);
+  if (durable_result.ran)
+    printMode("exactly-once messaging with the durable outbox (flows/delivery, fsync per commit):", durable_result,
+              run, true);
+  std::string json = "{\"bench\":\"messaging\",\"message_bytes\":" + std::to_string(message_bytes);
+  char buf[256];
+  std::snprintf(buf, sizeof buf, ",\"tcp_rtt_p50_us\":%.1f,\"tcp_rtt_p99_us\":%.1f", tcp.p50_us, tcp.p99_us);
+  json += buf;
+  if (link_result.ran) json += ",\"link\":" + modeJson(link_result, false);
+  if (durable_result.ran) {
+    std::snprintf(buf, sizeof buf, ",\"durable_inflight\":%llu,\"durable_window\":%u",
+                  (unsigned long long)run.inflight_max, run.delivery_config.window_messages_max);
+    json += buf;
+    json += ",\"durable\":" + modeJson(durable_result, true);
+  }
+  std::printf("%s}\n", json.c_str());
+  bool ok = (!link_result.ran || link_result.ok) && (!durable_result.ran || durable_result.ok) &&
+            (link_result.ran || durable_result.ran);
   return ok ? 0 : 1;
 }
