@@ -14,6 +14,8 @@
 #include <sstream>
 #include <toml++/toml.h>
 
+#include "node/file_io.h"
+
 namespace ccal::node {
 
 namespace {
@@ -259,28 +261,9 @@ Status ApiUsers::write(const std::filesystem::path& file, const std::vector<ApiU
   for (size_t i = 0; i < users.size(); ++i) CCAL_TRY(checkUser(users[i], i));
   CCAL_TRY(checkUnique(users));
   const std::string text = format(users);
-  const std::string temp = file.string() + ".tmp";
-  ::unlink(temp.c_str());
-  int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (fd < 0)
-    return makeError(Errc::io_error, "cannot create " + temp + ": " + std::strerror(errno));
-  // The umask can only narrow 0600; fchmod makes it exactly 0600 anyway.
-  bool ok = ::fchmod(fd, 0600) == 0;
-  size_t written = 0;
-  while (ok && written < text.size()) {
-    ssize_t n = ::write(fd, text.data() + written, text.size() - written);
-    if (n < 0 && errno == EINTR) continue;
-    ok = n > 0;
-    if (ok) written += static_cast<size_t>(n);
-  }
-  ok = ok && ::fsync(fd) == 0;
-  int err = errno;
-  ::close(fd);
-  if (!ok || ::rename(temp.c_str(), file.c_str()) != 0) {
-    if (ok) err = errno;
-    ::unlink(temp.c_str());
-    return makeError(Errc::io_error,
-                     "cannot write API users file " + file.string() + ": " + std::strerror(err));
+  auto written = writeFileAtomically(file, text, 0600);
+  if (!written.ok()) {
+    return makeError(Errc::io_error, "cannot write API users file: " + written.error().message);
   }
   return Status::success();
 }

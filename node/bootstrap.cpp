@@ -15,6 +15,7 @@
 
 #include "ledger/composite_key.h"
 #include "ledger/crypto.h"
+#include "node/file_io.h"
 #include "node/network_map.h"
 
 namespace ccal::node {
@@ -317,32 +318,12 @@ Result<NetworkSpec> loadNetworkSpec(const fs::path& file) {
 
 namespace {
 
-// Writes `content` to `file` with exactly `mode` (whatever the umask), replacing it.
 Status writeFile(const fs::path& file, std::string_view content, mode_t mode) {
-  auto fail = [&](const char* what) -> Status {
-    return makeError(Errc::io_error,
-                     file.string() + ": " + what + ": " + std::string(std::strerror(errno)));
-  };
-  const int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-  if (fd < 0) return fail("cannot create");
-  struct Closer {
-    int fd;
-    ~Closer() { ::close(fd); }
-  } closer{fd};
-  if (::fchmod(fd, mode) != 0) return fail("cannot set the mode");
-  size_t done = 0;
-  while (done < content.size()) {
-    const ssize_t n = ::write(fd, content.data() + done, content.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return fail("cannot write");
-    done += static_cast<size_t>(n);
-  }
-  if (::fsync(fd) != 0) return fail("cannot sync");
-  return {};
+  return writeFileAtomically(file, content, mode);
 }
 
 Status writeBytes(const fs::path& file, ByteView bytes, mode_t mode) {
-  return writeFile(file, {reinterpret_cast<const char*>(bytes.data()), bytes.size()}, mode);
+  return writeFileAtomically(file, bytes, mode);
 }
 
 Status makeDir(const fs::path& dir, mode_t mode) {

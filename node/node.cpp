@@ -22,6 +22,7 @@
 #include "node/api_server.h"
 #include "node/api_users.h"
 #include "node/asio_executor.h"
+#include "node/file_io.h"
 #include "node/network_map.h"
 #include "node/process_control.h"
 #include "node/tls_link.h"
@@ -327,20 +328,6 @@ void Node::Impl::onMessage(std::string_view peer, const flows::MessageId& id, By
 }
 
 
-// Writes a file atomically (tmp, fsync, rename).
-Status writeFileAtomically(const fs::path& path, ByteView bytes) {
-  fs::path tmp = path;
-  tmp += ".tmp";
-  FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) return Error{Errc::io_error, "cannot write " + tmp.string()};
-  bool ok = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size() && std::fflush(f) == 0 &&
-            ::fsync(::fileno(f)) == 0;
-  ok = (std::fclose(f) == 0) && ok;
-  std::error_code ec;
-  if (ok) fs::rename(tmp, path, ec);
-  if (!ok || ec) return Error{Errc::io_error, "cannot write " + path.string()};
-  return Status::success();
-}
 
 // Finds each member's node-info file and, when this member's advertised
 // address differs from its node info in the map, signs a newer one (serial

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "ledger/assert.h"
+#include "node/file_io.h"
 
 namespace ccal::node {
 namespace fs = std::filesystem;
@@ -125,20 +126,6 @@ Result<pid_t> spawn(const MemberDir& member, const std::vector<std::string>& arg
   return pid;
 }
 
-Status writeFileAtomically(const fs::path& path, const std::string& text) {
-  fs::path tmp = path;
-  tmp += ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out << text;
-    out.flush();
-    if (!out) return Error{Errc::io_error, "cannot write " + tmp.string()};
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) return Error{Errc::io_error, "cannot rename " + tmp.string() + ": " + ec.message()};
-  return Status::success();
-}
 
 MemberStatus statusOf(const MemberDir& member) {
   MemberStatus status{member.name, 0, false, false, {}};

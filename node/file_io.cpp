@@ -1,0 +1,74 @@
+#include "node/file_io.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <string>
+
+namespace ccal::node {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+Status failure(const fs::path& file, const char* what, int err) {
+  return Error{Errc::io_error, file.string() + ": " + what + ": " + std::strerror(err)};
+}
+
+}  // namespace
+
+Status writeFileAtomically(const fs::path& file, ByteView bytes, mode_t mode) {
+  fs::path temp = file;
+  temp += ".tmp";
+  ::unlink(temp.c_str());  // a leftover of a crash; a symlink there is removed, not followed
+  const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
+  if (fd < 0) return failure(file, "cannot create the temporary file", errno);
+  bool ok = ::fchmod(fd, mode) == 0;  // the umask may have narrowed the mode
+  const char* what = "cannot set the mode";
+  size_t done = 0;
+  while (ok && done < bytes.size()) {
+    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    ok = n > 0;
+    what = "cannot write";
+    if (ok) done += static_cast<size_t>(n);
+  }
+  if (ok) {
+    ok = ::fsync(fd) == 0;
+    what = "cannot sync";
+  }
+  int err = errno;
+  if (::close(fd) != 0 && ok) {
+    ok = false;
+    what = "cannot close";
+    err = errno;
+  }
+  if (ok && ::rename(temp.c_str(), file.c_str()) != 0) {
+    ok = false;
+    what = "cannot replace";
+    err = errno;
+  }
+  if (!ok) {
+    ::unlink(temp.c_str());
+    return failure(file, what, err);
+  }
+  // The rename is durable once the folder is synced.
+  fs::path dir = file.parent_path();
+  if (dir.empty()) dir = ".";
+  const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd < 0) return failure(dir, "cannot open the folder to sync it", errno);
+  const bool synced = ::fsync(dir_fd) == 0;
+  err = errno;
+  ::close(dir_fd);
+  if (!synced) return failure(dir, "cannot sync the folder", err);
+  return Status::success();
+}
+
+Status writeFileAtomically(const fs::path& file, std::string_view text, mode_t mode) {
+  return writeFileAtomically(file, asBytes(text), mode);
+}
+
+}  // namespace ccal::node
