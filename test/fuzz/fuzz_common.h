@@ -34,4 +34,14 @@ enum class ComponentKind : uint8_t {
 };
 inline constexpr uint8_t component_kind_count = 7;
 
+// fuzz_network: the first input byte (mod network_kind_count) picks the
+// network map decoder (node/network_map.h); the rest is its input.
+enum class NetworkKind : uint8_t {
+  network_parameters = 0,
+  signed_network_parameters = 1,
+  node_info = 2,
+  signed_node_info = 3,
+};
+inline constexpr uint8_t network_kind_count = 4;
+
 }  // namespace ccal::fuzz

@@ -25,6 +25,8 @@
 #include "ledger/pki.h"
 #include "ledger/signed_transaction.h"
 #include "ledger/testing.h"
+#include "node/bootstrap.h"
+#include "node/network_map.h"
 #include "test/fuzz/fuzz_common.h"
 
 using namespace ccal;
@@ -244,6 +246,49 @@ const PkiSeeds& pkiSeeds() {
   return seeds;
 }
 
+// The demo network, bootstrapped once into a temporary folder: its signed
+// parameters and node infos, and their raw parts.
+std::vector<Seed> networkSeeds(const World&) {
+  std::vector<Seed> out;
+  auto add = [&](fuzz::NetworkKind kind, const std::string& name, ByteView bytes) {
+    Seed seed{name, {static_cast<uint8_t>(kind)}};
+    seed.bytes.insert(seed.bytes.end(), bytes.begin(), bytes.end());
+    out.push_back(std::move(seed));
+  };
+  auto read = [](const fs::path& file) {
+    std::ifstream in(file, std::ios::binary);
+    return Bytes(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  };
+  char pattern[] = "/tmp/ccal-fuzz-network-XXXXXX";
+  if (::mkdtemp(pattern) == nullptr) return out;
+  const fs::path dir = fs::path(pattern) / "net";
+  auto spec = node::loadNetworkSpec(CCAL_DEMO_SPEC);
+  auto made = spec ? node::bootstrapNetwork(*spec, dir, false, std::chrono::system_clock::now())
+                   : Result<node::BootstrapResult>(spec.error());
+  if (!made) {
+    std::cerr << "fuzz_make_corpus: cannot bootstrap the demo network: " << made.error().message
+              << "\n";
+    fs::remove_all(pattern);
+    return out;
+  }
+  const Bytes parameters = read(dir / "_operator" / "network-parameters");
+  add(fuzz::NetworkKind::signed_network_parameters, "signed-parameters", parameters);
+  if (auto sp = node::SignedNetworkParameters::decode(parameters)) {
+    add(fuzz::NetworkKind::network_parameters, "parameters", sp->raw);
+  }
+  const fs::path infos = made->config_files.front().parent_path() / "node-infos";
+  for (const auto& entry : fs::directory_iterator(infos)) {
+    const Bytes info = read(entry.path());
+    const std::string name = entry.path().filename().string();
+    add(fuzz::NetworkKind::signed_node_info, "signed-" + name, info);
+    if (auto si = node::SignedNodeInfo::decode(info)) {
+      add(fuzz::NetworkKind::node_info, name, si->raw);
+    }
+  }
+  fs::remove_all(pattern);
+  return out;
+}
+
 std::vector<Seed> certificateSeeds(const World&) { return pkiSeeds().certificates; }
 std::vector<Seed> crlSeeds(const World&) { return pkiSeeds().crls; }
 
@@ -260,6 +305,16 @@ bool decodes(const std::string& target, const Bytes& b) {
       return b.at(0) == 0 ? Certificate::fromDer(rest).ok() : Certificate::fromPem(text).ok();
     }
     return b.at(0) == 0 ? Crl::fromDer(rest).ok() : Crl::fromPem(text).ok();
+  }
+  if (target == "fuzz_network") {
+    ByteView rest = ByteView(b).subspan(1);
+    switch (static_cast<fuzz::NetworkKind>(b.at(0))) {
+      case fuzz::NetworkKind::network_parameters: return node::NetworkParameters::decode(rest).ok();
+      case fuzz::NetworkKind::signed_network_parameters:
+        return node::SignedNetworkParameters::decode(rest).ok();
+      case fuzz::NetworkKind::node_info: return node::NodeInfo::decode(rest).ok();
+      case fuzz::NetworkKind::signed_node_info: return node::SignedNodeInfo::decode(rest).ok();
+    }
   }
   if (target == "fuzz_component") {
     ByteView c = ByteView(b).subspan(1);
@@ -285,6 +340,7 @@ const std::map<std::string, Writer>& writers() {
       {"fuzz_filtered_transaction", filteredSeeds},
       {"fuzz_certificate", certificateSeeds},
       {"fuzz_crl", crlSeeds},
+      {"fuzz_network", networkSeeds},
   };
   return w;
 }
