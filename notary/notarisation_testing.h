@@ -18,17 +18,18 @@ namespace ccal::notary::testing {
 
 inline constexpr const char* notary_name = "O=CCAL Notary, L=Haikou, C=CN";
 
-// 3f+1 replica keys (seeds 100, 101, ...) and the "2f+1 of 3f+1" service key.
+// 3f+1 replica keys (seeds first_seed, first_seed + 1, ...) and the "2f+1 of 3f+1" service key.
 struct TestCluster {
   uint32_t f = 1;
   std::vector<KeyPair> replica_keys;
   Key service_key;
   Party party;
 
-  explicit TestCluster(uint32_t faults = 1, std::string name = notary_name) : f(faults) {
+  explicit TestCluster(uint32_t faults = 1, std::string name = notary_name, uint8_t first_seed = 100)
+      : f(faults) {
     std::vector<PublicKey> keys;
     for (uint32_t i = 0; i < 3 * f + 1; ++i) {
-      replica_keys.push_back(ccal::testing::testKey(static_cast<uint8_t>(100 + i)));
+      replica_keys.push_back(ccal::testing::testKey(static_cast<uint8_t>(first_seed + i)));
       keys.push_back(replica_keys.back().publicKey());
     }
     service_key = Key::anyOf(2 * f + 1, keys).value();
