@@ -310,14 +310,41 @@ struct Prepared {
   std::vector<Bytes> inputKeys, referenceKeys;
 };
 
+}  // namespace
+
 // What one run of a batch's write request produced (set anew on every run).
-struct BatchRun {
+struct UniquenessStateMachine::BatchRun {
   std::vector<NotarisationReply> replies;
   std::vector<Bytes> replyBytes;
   Bytes effects;
 };
 
-}  // namespace
+Executed UniquenessStateMachine::signReplies(uint64_t seq, BatchRun& run) const {
+  Executed executed;
+  executed.effects = std::move(run.effects);
+  if (run.replyBytes.empty()) return executed;
+  // One signature for the whole batch; each reply carries its proof.
+  std::vector<SecureHash> leaves;
+  leaves.reserve(run.replyBytes.size());
+  for (const auto& b : run.replyBytes) leaves.push_back(replyLeaf(b));
+  ReplyTree tree(std::move(leaves));
+  auto count = static_cast<uint32_t>(run.replyBytes.size());
+  DigitalSignature root_signature = signer_.sign(batchRootSignableBytes(seq, count, tree.root()));
+  executed.replies.reserve(count);
+  for (uint32_t i = 0; i < count; ++i) {
+    SignedNotarisationReply signed_reply;
+    signed_reply.reply = std::move(run.replyBytes[i]);
+    signed_reply.leafIndex = i;
+    signed_reply.leafCount = count;
+    signed_reply.proof = tree.prove(i);
+    signed_reply.rootSignature = root_signature;
+    if (run.replies[i].outcome == NotarisationReply::Outcome::success) {
+      signed_reply.txSignature = signer_.sign(signableBytes(run.replies[i].txId));
+    }
+    executed.replies.push_back(signed_reply.encode());
+  }
+  return executed;
+}
 
 void UniquenessStateMachine::execute(const Batch& batch, std::function<void(Result<Executed>)> done) {
   CCAL_ASSERT_MSG(batch.seq == last_queued_ + 1, "batches are executed in sequence, without gaps");
@@ -459,36 +486,21 @@ void UniquenessStateMachine::execute(const Batch& batch, std::function<void(Resu
   store_.submit(std::move(fn), [this, run, seq, done = std::move(done)](const Status& status) {
     if (!status) {
       rewindQueued(seq);  // the replica stays where it was (a failed batch is fatal for it)
-      done(makeError(status.error().code, "batch " + std::to_string(seq) + " not executed: " +
-                                               status.error().message));
+      Error error = makeError(status.error().code, "batch " + std::to_string(seq) + " not executed: " +
+                                                       status.error().message);
+      if (config_.complete_on == nullptr) {
+        done(error);
+      } else {
+        config_.complete_on->post([done, error]() { done(error); });
+      }
       return;
     }
-    Executed executed;
-    executed.effects = std::move(run->effects);
-    if (!run->replyBytes.empty()) {
-      // One signature for the whole batch; each reply carries its proof.
-      std::vector<SecureHash> leaves;
-      leaves.reserve(run->replyBytes.size());
-      for (const auto& b : run->replyBytes) leaves.push_back(replyLeaf(b));
-      ReplyTree tree(std::move(leaves));
-      auto count = static_cast<uint32_t>(run->replyBytes.size());
-      DigitalSignature root_signature = signer_.sign(batchRootSignableBytes(seq, count, tree.root()));
-      executed.replies.reserve(count);
-      for (uint32_t i = 0; i < count; ++i) {
-        SignedNotarisationReply signed_reply;
-        signed_reply.reply = std::move(run->replyBytes[i]);
-        signed_reply.leafIndex = i;
-        signed_reply.leafCount = count;
-        signed_reply.proof = tree.prove(i);
-        signed_reply.rootSignature = root_signature;
-        if (run->replies[i].outcome == NotarisationReply::Outcome::success) {
-          signed_reply.txSignature = signer_.sign(signableBytes(run->replies[i].txId));
-        }
-        executed.replies.push_back(signed_reply.encode());
-      }
-    }
     last_executed_.store(seq);
-    done(std::move(executed));
+    if (config_.complete_on == nullptr) {
+      done(signReplies(seq, *run));
+      return;
+    }
+    config_.complete_on->post([this, run, seq, done]() { done(signReplies(seq, *run)); });
   });
 }
 
@@ -546,14 +558,19 @@ void UniquenessStateMachine::applyEffects(uint64_t seq, ByteView effects_bytes, 
     return {};
   };
   store_.submit(std::move(fn), [this, seq, done = std::move(done)](const Status& status) {
+    Status result;
     if (!status) {
       rewindQueued(seq);
-      done(makeError(status.error().code, "effects of batch " + std::to_string(seq) +
-                                              " not applied: " + status.error().message));
-      return;
+      result = makeError(status.error().code, "effects of batch " + std::to_string(seq) +
+                                                  " not applied: " + status.error().message);
+    } else {
+      last_executed_.store(seq);
     }
-    last_executed_.store(seq);
-    done({});
+    if (config_.complete_on == nullptr) {
+      done(result);
+    } else {
+      config_.complete_on->post([done, result]() { done(result); });
+    }
   });
 }
 

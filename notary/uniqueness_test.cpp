@@ -3,6 +3,11 @@
 #include <capnp/message.h>
 #include <doctest/doctest.h>
 
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+
 #include "ledger/merkle.h"
 #include "notary/notarisation_testing.h"
 #include "schemas/notary.capnp.h"
@@ -571,4 +576,73 @@ TEST_CASE("a request with repeated inputs or nothing to notarise is refused") {
   if (both.ok()) {  // the ledger may refuse it itself; the notary must in any case
     CHECK_FALSE(fx.replica.sm->check(request(nonValidatingRequest(*both))).ok());
   }
+}
+
+namespace {
+
+// Collects posted work from any thread; the test thread runs it.
+class QueueExecutor final : public flows::Executor {
+ public:
+  void post(std::function<void()> fn) override {
+    std::lock_guard lock(mutex_);
+    queue_.push_back(std::move(fn));
+    posted_.notify_all();
+  }
+  TimerId runAfter(int64_t, std::function<void()>) override { FAIL("no timers here"); return 1; }
+  void cancel(TimerId) override {}
+  // Runs one posted function, waiting for it up to a bound.
+  bool runOne() {
+    std::function<void()> fn;
+    {
+      std::unique_lock lock(mutex_);
+      if (!posted_.wait_for(lock, std::chrono::seconds(30), [&] { return !queue_.empty(); })) return false;
+      fn = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    fn();
+    return true;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable posted_;
+  std::deque<std::function<void()>> queue_;
+};
+
+}  // namespace
+
+TEST_CASE("with complete_on, replies are signed and done runs on that executor") {
+  TestCluster cluster;
+  QueueExecutor executor;
+  UniquenessConfig config = cluster.config();
+  config.complete_on = &executor;
+  TestReplica replica(config, cluster.replica_keys[0]);
+  auto tx = spend(cluster.party, {stateRef("a")});
+  Batch batch;
+  batch.seq = 1;
+  batch.time_micros = 1;
+  batch.requests = {request(nonValidatingRequest(tx))};
+  std::optional<Result<Executed>> out;
+  const auto test_thread = std::this_thread::get_id();
+  replica.sm->execute(batch, [&](Result<Executed> r) {
+    CHECK(std::this_thread::get_id() == test_thread);
+    out.emplace(std::move(r));
+  });
+  REQUIRE(executor.runOne());
+  REQUIRE(out.has_value());
+  REQUIRE(out->ok());
+  checkSigned(**out, cluster.replica_keys[0].publicKey(), 1);
+  CHECK(replyOf((*out)->replies[0]).outcome == Outcome::success);
+
+  std::optional<Status> applied;
+  BatchEffects effects;
+  effects.seq = 2;
+  replica.sm->applyEffects(2, effects.encode(), [&](Status s) {
+    CHECK(std::this_thread::get_id() == test_thread);
+    applied.emplace(s);
+  });
+  REQUIRE(executor.runOne());
+  REQUIRE(applied.has_value());
+  CHECK(applied->ok());
+  CHECK(replica.sm->lastExecuted() == 2);
 }
