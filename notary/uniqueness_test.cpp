@@ -646,3 +646,24 @@ TEST_CASE("with complete_on, replies are signed and done runs on that executor")
   CHECK(applied->ok());
   CHECK(replica.sm->lastExecuted() == 2);
 }
+
+TEST_CASE("requests and batches over their limits are refused") {
+  TestCluster cluster;
+  UniquenessConfig config = cluster.config();
+  config.limits.request_bytes_max = 512;
+  config.limits.batch_requests_max = 2;
+  TestReplica replica(config, cluster.replica_keys[0]);
+  Bytes body = nonValidatingRequest(spend(cluster.party, {stateRef("a")}));
+  REQUIRE(body.size() > 512);
+  Status s = replica.sm->check(request(body));
+  CHECK(s.error().code == Errc::too_large);
+  CHECK(s.error().message.find("over the limit") != std::string::npos);
+  // A batch over the limit is not executed at all.
+  auto r = replica.execute({request(body, 1), request(body, 2), request(body, 3)});
+  CHECK(r.error().code == Errc::too_large);
+  CHECK(replica.sm->lastExecuted() == 0);
+  auto ok = replica.execute({request(body, 1)});
+  REQUIRE(ok.ok());
+  CHECK(replyOf(ok->replies[0]).error.code == Errc::too_large);
+  CHECK_FALSE(replica.sm->consumedBy(stateRef("a")).value().has_value());
+}
