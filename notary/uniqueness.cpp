@@ -159,10 +159,16 @@ UniquenessStateMachine::UniquenessStateMachine(vault::Store& store, UniquenessCo
 Result<std::unique_ptr<UniquenessStateMachine>> UniquenessStateMachine::open(vault::Store& store,
                                                                              UniquenessConfig config,
                                                                              KeyPair signer) {
-  CCAL_ASSERT_MSG(!config.notary_name.empty(), "a notary state machine needs its notary's name");
-  CCAL_ASSERT_MSG(!config.validating || config.registry != nullptr, "a validating notary needs its contracts");
-  CCAL_ASSERT_MSG(config.service_key.contains(signer.publicKey()),
-                  "the replica's key is not part of the notary's composite key");
+  // A replica's configuration comes from its config file and the network
+  // map: a mistake there is an error naming it, not a crash.
+  if (config.notary_name.empty()) return makeError(Errc::malformed, "the notary state machine needs its notary's name");
+  if (config.validating && config.registry == nullptr) {
+    return makeError(Errc::malformed, "a validating notary needs its contract registry");
+  }
+  if (!config.service_key.contains(signer.publicKey())) {
+    return makeError(Errc::bad_key, "the replica's key " + signer.publicKey().shortHex() +
+                                        " is not part of the notary's key " + config.service_key.describe());
+  }
   uint64_t last = 0;
   {
     auto txn = store.read();

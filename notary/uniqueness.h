@@ -81,7 +81,8 @@ class UniquenessStateMachine final : public StateMachine {
   // notary state apart, tests and benchmarks.
   static Result<std::unique_ptr<vault::Store>> openStore(const vault::StoreConfig& config,
                                                          std::span<const std::string> extra_db_names = {});
-  // Reads lastExecuted from the store. `signer` is the replica's key.
+  // Reads lastExecuted from the store. `signer` is the replica's key, one of
+  // the service key's leaves. Errors name a configuration that cannot work.
   static Result<std::unique_ptr<UniquenessStateMachine>> open(vault::Store& store, UniquenessConfig config,
                                                               KeyPair signer);
 

@@ -667,3 +667,19 @@ TEST_CASE("requests and batches over their limits are refused") {
   CHECK(replyOf(ok->replies[0]).error.code == Errc::too_large);
   CHECK_FALSE(replica.sm->consumedBy(stateRef("a")).value().has_value());
 }
+
+TEST_CASE("a configuration that cannot work is an error naming it") {
+  TestCluster cluster;
+  ccal::testing::TempDir dir("ccal-notary");
+  auto store = UniquenessStateMachine::openStore(TestReplica::storeConfig(dir.path, false)).value();
+  auto stranger = UniquenessStateMachine::open(*store, cluster.config(), ccal::testing::testKey(9));
+  REQUIRE_FALSE(stranger.ok());
+  CHECK(stranger.error().code == Errc::bad_key);
+  UniquenessConfig validating = cluster.config();
+  validating.validating = true;
+  CHECK(UniquenessStateMachine::open(*store, validating, cluster.replica_keys[0]).error().message.find(
+            "contract registry") != std::string::npos);
+  UniquenessConfig unnamed = cluster.config();
+  unnamed.notary_name.clear();
+  CHECK_FALSE(UniquenessStateMachine::open(*store, unnamed, cluster.replica_keys[0]).ok());
+}
