@@ -37,7 +37,7 @@ NotaryClient::NotaryClient(flows::Executor& executor, RequestChannel& channel, N
   for (const auto& key : cluster_.replica_keys) {
     CCAL_ASSERT_MSG(cluster_.service_key.contains(key), "a replica key outside the notary's composite key");
   }
-  CCAL_ASSERT(config_.timeout_micros > 0 && config_.verified_roots_max > 0);
+  CCAL_ASSERT(config_.timeout_micros > 0 && config_.verified_roots_max > 0 && config_.pending_requests_max > 0);
 }
 
 NotaryClient::~NotaryClient() {
@@ -70,6 +70,18 @@ void NotaryClient::submit(const SecureHash& tx_id, Bytes body, Done done) {
   pending->requestHash = SecureHash::of(body);
   pending->done = std::move(done);
   std::weak_ptr<bool> alive = alive_;
+  if (pending_.size() >= config_.pending_requests_max) {
+    ++counters_.errors;
+    Error error = makeError(Errc::unavailable, "notarisation of " + tx_id.hex() + " refused: " +
+                                                   std::to_string(pending_.size()) +
+                                                   " notarisations are waiting, the limit");
+    pending->finished = true;
+    executor_.post([alive, pending, error]() {
+      if (alive.expired() || !*alive.lock()) return;
+      pending->done(error);
+    });
+    return;
+  }
   auto submitted = channel_.submit(std::move(body), [this, alive, pending](uint32_t replica, ByteView reply) {
     if (alive.expired() || !*alive.lock()) return;
     onReply(pending, replica, reply);

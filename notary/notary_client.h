@@ -56,6 +56,7 @@ struct NotaryClusterInfo {
 struct NotaryClientConfig {
   int64_t timeout_micros = 30'000'000;  // whole notarisation, from submit to answer
   uint32_t verified_roots_max = 4096;   // (replica, batch root) pairs remembered as verified
+  uint32_t pending_requests_max = 4096; // notarisations waiting for answers; more are refused
   NotarisationLimits limits;
   // Where refused replies are reported; stderr when empty.
   std::function<void(std::string_view)> log;

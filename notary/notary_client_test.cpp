@@ -300,6 +300,22 @@ TEST_CASE("refusals need f+1 matching signed errors; too few answers time out") 
     CHECK(out->error().code == Errc::timeout);
     CHECK(out->error().message.find("2 signatures of 3") != std::string::npos);
   }
+  SUBCASE("notarisations beyond pending_requests_max are refused") {
+    NotaryClientConfig config;
+    config.pending_requests_max = 1;
+    config.log = [](std::string_view) {};
+    NotaryClient small(fx.executor, fx.channel, infoOf(fx.cluster), config);
+    fx.channel.behaviour = {Behaviour::silent, Behaviour::silent, Behaviour::silent, Behaviour::silent};
+    std::vector<Result<NotarisationResult>> out;
+    small.notarise(fx.signedSpend({stateRef("p1")}), [&](Result<NotarisationResult> r) { out.push_back(r); });
+    small.notarise(fx.signedSpend({stateRef("p2")}), [&](Result<NotarisationResult> r) { out.push_back(r); });
+    fx.executor.runUntilIdle();
+    REQUIRE(out.size() == 1);
+    CHECK(out[0].error().code == Errc::unavailable);
+    fx.executor.advance(30'000'000);
+    REQUIRE(out.size() == 2);
+    CHECK(out[1].error().code == Errc::timeout);
+  }
   SUBCASE("a request the channel refuses fails at once") {
     fx.channel.refuse = true;
     auto r = fx.notarise(fx.signedSpend({stateRef("refused")}));
