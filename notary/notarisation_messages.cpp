@@ -294,23 +294,23 @@ Result<SignedNotarisationReply> SignedNotarisationReply::decode(ByteView bytes,
       bytes, "signed notarisation reply", Canonical::required,
       [&](ns::SignedNotarisationReply::Reader r) -> Result<SignedNotarisationReply> {
         SignedNotarisationReply out;
-        auto reply = r.getReply();
-        if (reply.size() == 0) return makeError(Errc::malformed, "signed reply carries no reply");
-        out.reply.assign(reply.begin(), reply.end());
+        auto reply_bytes = r.getReply();
+        if (reply_bytes.size() == 0) return makeError(Errc::malformed, "signed reply carries no reply");
+        out.reply.assign(reply_bytes.begin(), reply_bytes.end());
         out.leafIndex = r.getLeafIndex();
         out.leafCount = r.getLeafCount();
         if (out.leafCount == 0 || out.leafIndex >= out.leafCount) {
           return makeError(Errc::malformed, "reply leaf " + std::to_string(out.leafIndex) + " of " +
                                                 std::to_string(out.leafCount));
         }
-        auto proof = r.getProof();
-        if (proof.size() > limits.proof_hashes_max) {
-          return makeError(Errc::too_large, "reply proof of " + std::to_string(proof.size()) +
+        auto proof_hashes = r.getProof();
+        if (proof_hashes.size() > limits.proof_hashes_max) {
+          return makeError(Errc::too_large, "reply proof of " + std::to_string(proof_hashes.size()) +
                                                 " hashes is over the limit of " +
                                                 std::to_string(limits.proof_hashes_max));
         }
-        for (unsigned i = 0; i < proof.size(); ++i) {
-          auto h = readHash(proof[i], "reply proof hash");
+        for (unsigned i = 0; i < proof_hashes.size(); ++i) {
+          auto h = readHash(proof_hashes[i], "reply proof hash");
           if (!h) return h.error();
           out.proof.push_back(*h);
         }
