@@ -1,0 +1,393 @@
+#include "notary/notarisation_messages.h"
+
+#include <string_view>
+
+#include "ledger/capnp_io.h"
+#include "ledger/merkle.h"
+#include "schemas/notary.capnp.h"
+
+namespace ccal::notary {
+
+namespace {
+
+namespace ns = ccal::schema::notary;
+
+constexpr std::string_view batch_root_tag = "CCAL notary batch replies";
+constexpr uint16_t batch_root_version = 1;
+constexpr uint16_t errc_last = static_cast<uint16_t>(Errc::forbidden);
+
+void writeSignature(schema::DigitalSignature::Builder b, const DigitalSignature& s) {
+  auto by = b.initBy();
+  by.setScheme(static_cast<uint16_t>(s.by().scheme()));
+  by.setKey(asData(s.by().view()));
+  b.setScheme(static_cast<uint16_t>(s.scheme()));
+  b.setVersion(s.version());
+  b.setSignature(asData(s.view()));
+}
+
+Result<DigitalSignature> readSignature(schema::DigitalSignature::Reader r, std::string_view what) {
+  auto by = PublicKey::fromBytes(r.getBy().getScheme(), asByteView(r.getBy().getKey()));
+  if (!by) return makeError(by.error().code, std::string(what) + ": " + by.error().message);
+  auto sig = DigitalSignature::fromParts(*by, r.getScheme(), r.getVersion(), asByteView(r.getSignature()));
+  if (!sig) return makeError(sig.error().code, std::string(what) + ": " + sig.error().message);
+  return *sig;
+}
+
+Result<SecureHash> readHash(capnp::Data::Reader data, std::string_view what) {
+  auto h = SecureHash::fromBytes(asByteView(data));
+  if (!h) return makeError(h.error().code, std::string(what) + ": " + h.error().message);
+  return *h;
+}
+
+ReadLimits readLimits(size_t bytes_max) {
+  ReadLimits limits;
+  limits.message_bytes_max = bytes_max;
+  limits.traversal_words_max = bytes_max / sizeof(capnp::word) * 2 + 64;
+  return limits;
+}
+
+}  // namespace
+
+// --- requests -------------------------------------------------------------------
+
+NotarisationRequest NotarisationRequest::nonValidating(std::string notary, FilteredTransaction ftx) {
+  NotarisationRequest r;
+  r.notary_ = std::move(notary);
+  r.filtered_.emplace(std::move(ftx));
+  return r;
+}
+
+NotarisationRequest NotarisationRequest::validating(std::string notary, SignedTransaction stx,
+                                                    std::vector<SignedTransaction> dependencies) {
+  NotarisationRequest r;
+  r.notary_ = std::move(notary);
+  r.validating_.emplace(ValidatingPayload{std::move(stx), std::move(dependencies)});
+  return r;
+}
+
+const FilteredTransaction& NotarisationRequest::filtered() const {
+  CCAL_ASSERT(filtered_.has_value());
+  return *filtered_;
+}
+
+const ValidatingPayload& NotarisationRequest::validatingPayload() const {
+  CCAL_ASSERT(validating_.has_value());
+  return *validating_;
+}
+
+const SecureHash& NotarisationRequest::txId() const {
+  return validating_ ? validating_->transaction.id() : filtered_->id();
+}
+
+Bytes NotarisationRequest::encode() const {
+  return buildCanonical<ns::NotarisationRequest>([&](ns::NotarisationRequest::Builder b) {
+    b.setNotary(notary_);
+    if (validating_) {
+      auto v = b.initValidating();
+      validating_->transaction.write(v.initTransaction());
+      auto deps = v.initDependencies(static_cast<unsigned>(validating_->dependencies.size()));
+      for (size_t i = 0; i < validating_->dependencies.size(); ++i) {
+        validating_->dependencies[i].write(deps[static_cast<unsigned>(i)]);
+      }
+    } else {
+      filtered_->write(b.initNonValidating());
+    }
+  });
+}
+
+Result<NotarisationRequest> NotarisationRequest::decode(ByteView bytes, const NotarisationLimits& limits) {
+  return decodeMessage<ns::NotarisationRequest>(
+      bytes, "notarisation request", Canonical::required,
+      [&](ns::NotarisationRequest::Reader r) -> Result<NotarisationRequest> {
+        NotarisationRequest out;
+        auto name = r.getNotary();
+        if (name.size() == 0) return makeError(Errc::malformed, "notarisation request names no notary");
+        if (name.size() > limits.transaction.component.name_bytes_max) {
+          return makeError(Errc::too_large, "notary name of " + std::to_string(name.size()) +
+                                                " bytes is over the limit of " +
+                                                std::to_string(limits.transaction.component.name_bytes_max));
+        }
+        out.notary_ = std::string(name.cStr(), name.size());
+        switch (r.which()) {
+          case ns::NotarisationRequest::NON_VALIDATING: {
+            auto ftx = FilteredTransaction::read(r.getNonValidating(), limits.transaction);
+            if (!ftx) return makeError(ftx.error().code, "filtered transaction: " + ftx.error().message);
+            out.filtered_.emplace(std::move(ftx).value());
+            return out;
+          }
+          case ns::NotarisationRequest::VALIDATING: {
+            auto v = r.getValidating();
+            if (!v.hasTransaction()) return makeError(Errc::malformed, "validating request has no transaction");
+            auto stx = SignedTransaction::read(v.getTransaction(), limits.transaction);
+            if (!stx) return makeError(stx.error().code, "transaction: " + stx.error().message);
+            auto deps = v.getDependencies();
+            if (deps.size() > limits.dependencies_max) {
+              return makeError(Errc::too_large, std::to_string(deps.size()) +
+                                                    " dependencies is over the limit of " +
+                                                    std::to_string(limits.dependencies_max));
+            }
+            std::vector<SignedTransaction> dependencies;
+            dependencies.reserve(deps.size());
+            for (unsigned i = 0; i < deps.size(); ++i) {
+              auto dep = SignedTransaction::read(deps[i], limits.transaction);
+              if (!dep) {
+                return makeError(dep.error().code,
+                                 "dependency " + std::to_string(i) + ": " + dep.error().message);
+              }
+              dependencies.push_back(std::move(dep).value());
+            }
+            out.validating_.emplace(ValidatingPayload{std::move(stx).value(), std::move(dependencies)});
+            return out;
+          }
+        }
+        return makeError(Errc::malformed, "notarisation request of an unknown mode");
+      },
+      readLimits(limits.request_bytes_max));
+}
+
+// --- replies ---------------------------------------------------------------------
+
+SecureHash consumingTxIdHash(const SecureHash& consuming_tx_id) {
+  return SecureHash::of(consuming_tx_id.view());
+}
+
+const char* outcomeName(NotarisationReply::Outcome outcome) {
+  switch (outcome) {
+    case NotarisationReply::Outcome::success: return "success";
+    case NotarisationReply::Outcome::conflict: return "conflict";
+    case NotarisationReply::Outcome::error: return "error";
+  }
+  return "?";
+}
+
+Bytes NotarisationReply::encode() const {
+  return buildCanonical<ns::NotarisationReply>([&](ns::NotarisationReply::Builder b) {
+    b.setRequestHash(asData(requestHash.view()));
+    b.setTxId(asData(txId.view()));
+    b.setBatchSeq(batchSeq);
+    switch (outcome) {
+      case Outcome::success: b.setSuccess(); break;
+      case Outcome::conflict: {
+        auto list = b.initConflict(static_cast<unsigned>(conflicts.size()));
+        for (size_t i = 0; i < conflicts.size(); ++i) {
+          auto c = list[static_cast<unsigned>(i)];
+          writeStateRef(c.initRef(), conflicts[i].ref);
+          c.setConsumingTxIdHash(asData(conflicts[i].consumingTxIdHash.view()));
+          c.setIsReference(conflicts[i].isReference);
+        }
+        break;
+      }
+      case Outcome::error: {
+        auto e = b.initError();
+        e.setCode(static_cast<uint16_t>(error.code));
+        e.setMessage(error.message);
+        break;
+      }
+    }
+  });
+}
+
+Result<NotarisationReply> NotarisationReply::decode(ByteView bytes, const NotarisationLimits& limits) {
+  return decodeMessage<ns::NotarisationReply>(
+      bytes, "notarisation reply", Canonical::required,
+      [&](ns::NotarisationReply::Reader r) -> Result<NotarisationReply> {
+        NotarisationReply out;
+        auto request_hash = readHash(r.getRequestHash(), "reply request hash");
+        if (!request_hash) return request_hash.error();
+        auto tx_id = readHash(r.getTxId(), "reply transaction id");
+        if (!tx_id) return tx_id.error();
+        out.requestHash = *request_hash;
+        out.txId = *tx_id;
+        out.batchSeq = r.getBatchSeq();
+        if (out.batchSeq == 0) return makeError(Errc::malformed, "reply names batch 0");
+        switch (r.which()) {
+          case ns::NotarisationReply::SUCCESS: out.outcome = Outcome::success; return out;
+          case ns::NotarisationReply::CONFLICT: {
+            out.outcome = Outcome::conflict;
+            auto list = r.getConflict();
+            uint32_t max = limits.transaction.inputs_max + limits.transaction.references_max;
+            if (list.size() == 0) return makeError(Errc::malformed, "a conflict reply names no state");
+            if (list.size() > max) {
+              return makeError(Errc::too_large, std::to_string(list.size()) +
+                                                    " conflicts is over the limit of " + std::to_string(max));
+            }
+            for (unsigned i = 0; i < list.size(); ++i) {
+              auto ref = readStateRef(list[i].getRef());
+              if (!ref) return makeError(ref.error().code, "conflict " + std::to_string(i) + ": " + ref.error().message);
+              auto h = readHash(list[i].getConsumingTxIdHash(), "conflict consuming transaction hash");
+              if (!h) return h.error();
+              out.conflicts.push_back(StateConflict{*ref, *h, list[i].getIsReference()});
+            }
+            return out;
+          }
+          case ns::NotarisationReply::ERROR: {
+            out.outcome = Outcome::error;
+            auto e = r.getError();
+            if (e.getCode() == 0 || e.getCode() > errc_last) {
+              return makeError(Errc::malformed, "error reply with unknown code " + std::to_string(e.getCode()));
+            }
+            auto text = e.getMessage();
+            if (text.size() > limits.error_message_bytes_max) {
+              return makeError(Errc::too_large, "error reply message of " + std::to_string(text.size()) +
+                                                    " bytes is over the limit of " +
+                                                    std::to_string(limits.error_message_bytes_max));
+            }
+            out.error = Error{static_cast<Errc>(e.getCode()), std::string(text.cStr(), text.size())};
+            return out;
+          }
+        }
+        return makeError(Errc::malformed, "notarisation reply of an unknown outcome");
+      },
+      readLimits(limits.reply_bytes_max));
+}
+
+bool NotarisationReply::sameAnswer(const NotarisationReply& o) const {
+  return requestHash == o.requestHash && txId == o.txId && outcome == o.outcome && conflicts == o.conflicts &&
+         error.code == o.error.code && error.message == o.error.message;
+}
+
+std::string NotarisationReply::describe() const {
+  std::string out = std::string(outcomeName(outcome)) + " for transaction " + txId.hex() + " in batch " +
+                    std::to_string(batchSeq);
+  if (outcome == Outcome::conflict) {
+    out += ":";
+    for (const auto& c : conflicts) {
+      out += " " + c.ref.toString() + (c.isReference ? " (reference)" : "") + " consumed by tx hash " +
+             c.consumingTxIdHash.hex();
+    }
+  } else if (outcome == Outcome::error) {
+    out += ": " + error.toString();
+  }
+  return out;
+}
+
+SecureHash replyLeaf(ByteView reply_bytes) { return merkle::leaf(SecureHash::zero(), reply_bytes); }
+
+Bytes batchRootSignableBytes(uint64_t batch_seq, uint32_t reply_count, const SecureHash& root) {
+  Bytes out(batch_root_tag.begin(), batch_root_tag.end());
+  out.push_back(static_cast<uint8_t>(batch_root_version));
+  out.push_back(static_cast<uint8_t>(batch_root_version >> 8));
+  appendU64(out, batch_seq);
+  appendU32(out, reply_count);
+  append(out, root.view());
+  return out;
+}
+
+Bytes SignedNotarisationReply::encode() const {
+  return buildCanonical<ns::SignedNotarisationReply>([&](ns::SignedNotarisationReply::Builder b) {
+    b.setReply(asData(reply));
+    b.setLeafIndex(leafIndex);
+    b.setLeafCount(leafCount);
+    auto p = b.initProof(static_cast<unsigned>(proof.size()));
+    for (size_t i = 0; i < proof.size(); ++i) p.set(static_cast<unsigned>(i), asData(proof[i].view()));
+    writeSignature(b.initRootSignature(), rootSignature);
+    if (txSignature) {
+      writeSignature(b.initTxSignature(), *txSignature);
+      b.setHasTxSignature(true);
+    }
+  });
+}
+
+Result<SignedNotarisationReply> SignedNotarisationReply::decode(ByteView bytes,
+                                                                const NotarisationLimits& limits) {
+  return decodeMessage<ns::SignedNotarisationReply>(
+      bytes, "signed notarisation reply", Canonical::required,
+      [&](ns::SignedNotarisationReply::Reader r) -> Result<SignedNotarisationReply> {
+        SignedNotarisationReply out;
+        auto reply_bytes = r.getReply();
+        if (reply_bytes.size() == 0) return makeError(Errc::malformed, "signed reply carries no reply");
+        out.reply.assign(reply_bytes.begin(), reply_bytes.end());
+        out.leafIndex = r.getLeafIndex();
+        out.leafCount = r.getLeafCount();
+        if (out.leafCount == 0 || out.leafIndex >= out.leafCount) {
+          return makeError(Errc::malformed, "reply leaf " + std::to_string(out.leafIndex) + " of " +
+                                                std::to_string(out.leafCount));
+        }
+        auto proof_hashes = r.getProof();
+        if (proof_hashes.size() > limits.proof_hashes_max) {
+          return makeError(Errc::too_large, "reply proof of " + std::to_string(proof_hashes.size()) +
+                                                " hashes is over the limit of " +
+                                                std::to_string(limits.proof_hashes_max));
+        }
+        for (unsigned i = 0; i < proof_hashes.size(); ++i) {
+          auto h = readHash(proof_hashes[i], "reply proof hash");
+          if (!h) return h.error();
+          out.proof.push_back(*h);
+        }
+        if (!r.hasRootSignature()) return makeError(Errc::malformed, "signed reply has no root signature");
+        auto root_sig = readSignature(r.getRootSignature(), "root signature");
+        if (!root_sig) return root_sig.error();
+        out.rootSignature = *root_sig;
+        if (r.getHasTxSignature()) {
+          if (!r.hasTxSignature()) return makeError(Errc::malformed, "signed reply lacks its transaction signature");
+          auto tx_sig = readSignature(r.getTxSignature(), "transaction signature");
+          if (!tx_sig) return tx_sig.error();
+          out.txSignature = *tx_sig;
+        } else if (r.hasTxSignature()) {
+          return makeError(Errc::malformed, "signed reply carries a transaction signature it does not declare");
+        }
+        return out;
+      },
+      readLimits(limits.reply_bytes_max));
+}
+
+Result<SecureHash> SignedNotarisationReply::root() const {
+  SecureHash leaf = replyLeaf(reply);
+  uint32_t index = leafIndex;
+  return merkle::rootFromProof(leafCount, std::span<const uint32_t>(&index, 1),
+                               std::span<const SecureHash>(&leaf, 1), proof);
+}
+
+// --- effects ---------------------------------------------------------------------
+
+Bytes BatchEffects::encode() const {
+  return buildCanonical<ns::BatchEffects>([&](ns::BatchEffects::Builder b) {
+    b.setSeq(seq);
+    auto list = b.initConsumed(static_cast<unsigned>(consumed.size()));
+    for (size_t i = 0; i < consumed.size(); ++i) {
+      auto c = list[static_cast<unsigned>(i)];
+      writeStateRef(c.initRef(), consumed[i].ref);
+      c.setConsumingTxId(asData(consumed[i].consumingTxId.view()));
+    }
+    auto txs = b.initCommittedWithoutInputs(static_cast<unsigned>(committedWithoutInputs.size()));
+    for (size_t i = 0; i < committedWithoutInputs.size(); ++i) {
+      txs.set(static_cast<unsigned>(i), asData(committedWithoutInputs[i].view()));
+    }
+  });
+}
+
+Result<BatchEffects> BatchEffects::decode(ByteView bytes, const NotarisationLimits& limits) {
+  return decodeMessage<ns::BatchEffects>(
+      bytes, "batch effects", Canonical::required,
+      [&](ns::BatchEffects::Reader r) -> Result<BatchEffects> {
+        BatchEffects out;
+        out.seq = r.getSeq();
+        if (out.seq == 0) return makeError(Errc::malformed, "effects of batch 0");
+        auto list = r.getConsumed();
+        uint64_t consumed_max = uint64_t{limits.batch_requests_max} * limits.transaction.inputs_max;
+        if (list.size() > consumed_max) {
+          return makeError(Errc::too_large, std::to_string(list.size()) + " consumed states is over the limit");
+        }
+        out.consumed.reserve(list.size());
+        for (unsigned i = 0; i < list.size(); ++i) {
+          auto ref = readStateRef(list[i].getRef());
+          if (!ref) return makeError(ref.error().code, "consumed state " + std::to_string(i) + ": " + ref.error().message);
+          auto by = readHash(list[i].getConsumingTxId(), "consuming transaction id");
+          if (!by) return by.error();
+          out.consumed.push_back(ConsumedState{*ref, *by});
+        }
+        auto txs = r.getCommittedWithoutInputs();
+        if (txs.size() > limits.batch_requests_max) {
+          return makeError(Errc::too_large, std::to_string(txs.size()) + " committed transactions is over the limit");
+        }
+        for (unsigned i = 0; i < txs.size(); ++i) {
+          auto id = readHash(txs[i], "committed transaction id");
+          if (!id) return id.error();
+          out.committedWithoutInputs.push_back(*id);
+        }
+        return out;
+      },
+      readLimits(limits.effects_bytes_max));
+}
+
+}  // namespace ccal::notary

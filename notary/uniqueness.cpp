@@ -1,0 +1,618 @@
+#include "notary/uniqueness.h"
+
+#include <algorithm>
+#include <bit>
+#include <map>
+#include <set>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "ledger/merkle.h"
+
+namespace ccal::notary {
+
+namespace {
+
+constexpr std::string_view consumed_db_name = "notary_consumed";
+constexpr std::string_view txs_db_name = "notary_txs";
+constexpr std::string_view effects_db_name = "notary_effects";
+constexpr std::string_view meta_db_name = "notary_meta";
+constexpr std::string_view last_executed_key = "last_executed";
+
+Bytes be64(uint64_t n) {
+  Bytes out(8);
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<uint8_t>(n >> (56 - 8 * i));
+  return out;
+}
+
+std::optional<uint64_t> fromBe64(ByteView b) {
+  if (b.size() != 8) return std::nullopt;
+  uint64_t n = 0;
+  for (uint8_t byte : b) n = (n << 8) | byte;
+  return n;
+}
+
+// tx id || u32 BE index: one transaction's outputs sit together.
+Bytes refKey(const StateRef& ref) {
+  Bytes out(ref.txId.view().begin(), ref.txId.view().end());
+  for (int i = 0; i < 4; ++i) out.push_back(static_cast<uint8_t>(ref.index >> (24 - 8 * i)));
+  return out;
+}
+
+std::string describeWindow(const TimeWindow& w) {
+  return "[" + (w.fromMicros ? std::to_string(*w.fromMicros) : std::string("open")) + ", " +
+         (w.untilMicros ? std::to_string(*w.untilMicros) : std::string("open")) + ")";
+}
+
+Result<uint64_t> readLastExecuted(const vault::ReadTxn& txn, const vault::Db& meta) {
+  auto v = txn.get(meta, asBytes(last_executed_key));
+  if (!v) return uint64_t{0};
+  auto n = fromBe64(*v);
+  if (!n) return makeError(Errc::storage_error, "notary_meta last_executed is not 8 bytes");
+  return *n;
+}
+
+// Checks that a list of StateRefs has no repeats and shares none with `other`.
+Status checkDistinct(const std::vector<StateRef>& refs, const std::vector<StateRef>& other,
+                     std::string_view what) {
+  std::set<StateRef> seen;
+  for (const auto& r : refs) {
+    if (!seen.insert(r).second) {
+      return makeError(Errc::invalid_transaction, std::string(what) + " " + r.toString() + " is listed twice");
+    }
+  }
+  for (const auto& r : other) {
+    if (seen.count(r)) {
+      return makeError(Errc::invalid_transaction, "state " + r.toString() + " is both an input and a reference");
+    }
+  }
+  return {};
+}
+
+// A batch's reply tree (RFC 6962 shape, ledger/merkle.h), built once so that
+// each reply's proof costs O(log n) rather than O(n).
+class ReplyTree {
+ public:
+  explicit ReplyTree(std::vector<SecureHash> leaves) : leaves_(std::move(leaves)) {
+    CCAL_ASSERT(!leaves_.empty());
+    root_ = build(0, static_cast<uint32_t>(leaves_.size()));
+  }
+  const SecureHash& root() const { return nodes_[root_].hash; }
+
+  // The proof for one leaf, in the ledger's order: hidden subtrees depth-first, left to right.
+  std::vector<SecureHash> prove(uint32_t leaf) const {
+    std::vector<SecureHash> out;
+    proveFrom(root_, leaf, out);
+    return out;
+  }
+
+ private:
+  struct Node {
+    uint32_t lo, hi;
+    SecureHash hash;
+    uint32_t left = 0, right = 0;
+  };
+
+  uint32_t build(uint32_t lo, uint32_t hi) {
+    if (hi - lo == 1) {
+      nodes_.push_back(Node{lo, hi, leaves_[lo]});
+      return static_cast<uint32_t>(nodes_.size() - 1);
+    }
+    uint32_t mid = lo + std::bit_floor(hi - lo - 1);
+    uint32_t l = build(lo, mid);
+    uint32_t r = build(mid, hi);
+    nodes_.push_back(Node{lo, hi, merkle::node(nodes_[l].hash, nodes_[r].hash), l, r});
+    return static_cast<uint32_t>(nodes_.size() - 1);
+  }
+
+  void proveFrom(uint32_t at, uint32_t leaf, std::vector<SecureHash>& out) const {
+    const Node& n = nodes_[at];
+    if (n.hi - n.lo == 1) return;
+    const Node& l = nodes_[n.left];
+    if (leaf < l.hi) {
+      proveFrom(n.left, leaf, out);
+      out.push_back(nodes_[n.right].hash);
+    } else {
+      out.push_back(l.hash);
+      proveFrom(n.right, leaf, out);
+    }
+  }
+
+  std::vector<SecureHash> leaves_;
+  std::vector<Node> nodes_;
+  uint32_t root_ = 0;
+};
+
+}  // namespace
+
+struct UniquenessStateMachine::Checked {
+  SecureHash txId;
+  std::vector<StateRef> inputs;
+  std::vector<StateRef> references;
+  std::optional<TimeWindow> timeWindow;
+};
+
+std::vector<std::string> UniquenessStateMachine::dbNames() {
+  return {std::string(consumed_db_name), std::string(txs_db_name), std::string(effects_db_name),
+          std::string(meta_db_name)};
+}
+
+Result<std::unique_ptr<vault::Store>> UniquenessStateMachine::openStore(
+    const vault::StoreConfig& config, std::span<const std::string> extra_db_names) {
+  std::vector<std::string> names = dbNames();
+  names.insert(names.end(), extra_db_names.begin(), extra_db_names.end());
+  return vault::Store::open(config, names, uniqueness_schema_name, uniqueness_schema_version);
+}
+
+UniquenessStateMachine::UniquenessStateMachine(vault::Store& store, UniquenessConfig config, KeyPair signer,
+                                               uint64_t last)
+    : store_(store),
+      config_(std::move(config)),
+      signer_(std::move(signer)),
+      consumed_db_(&store.db(consumed_db_name)),
+      txs_db_(&store.db(txs_db_name)),
+      effects_db_(&store.db(effects_db_name)),
+      meta_db_(&store.db(meta_db_name)),
+      last_executed_(last),
+      last_queued_(last) {}
+
+Result<std::unique_ptr<UniquenessStateMachine>> UniquenessStateMachine::open(vault::Store& store,
+                                                                             UniquenessConfig config,
+                                                                             KeyPair signer) {
+  // A replica's configuration comes from its config file and the network
+  // map: a mistake there is an error naming it, not a crash.
+  if (config.notary_name.empty()) return makeError(Errc::malformed, "the notary state machine needs its notary's name");
+  if (config.validating && config.registry == nullptr) {
+    return makeError(Errc::malformed, "a validating notary needs its contract registry");
+  }
+  if (!config.service_key.contains(signer.publicKey())) {
+    return makeError(Errc::bad_key, "the replica's key " + signer.publicKey().shortHex() +
+                                        " is not part of the notary's key " + config.service_key.describe());
+  }
+  uint64_t last = 0;
+  {
+    auto txn = store.read();
+    auto l = readLastExecuted(txn, store.db(meta_db_name));
+    if (!l) return l.error();
+    last = *l;
+  }
+  return std::unique_ptr<UniquenessStateMachine>(
+      new UniquenessStateMachine(store, std::move(config), std::move(signer), last));
+}
+
+// --- check -----------------------------------------------------------------------
+
+Status UniquenessStateMachine::checkNotary(const std::optional<Party>& notary) const {
+  if (!notary) return makeError(Errc::invalid_transaction, "the transaction names no notary");
+  if (notary->name != config_.notary_name) {
+    return makeError(Errc::invalid_transaction,
+                     "the transaction's notary is " + notary->name + ", this notary is " + config_.notary_name);
+  }
+  if (!(notary->owningKey == config_.service_key)) {
+    return makeError(Errc::invalid_transaction, "the transaction's notary key " + notary->owningKey.describe() +
+                                                    " is not this notary's key " + config_.service_key.describe());
+  }
+  return {};
+}
+
+Status UniquenessStateMachine::checkNonValidating(const NotarisationRequest& request) const {
+  const FilteredTransaction& ftx = request.filtered();
+  for (ComponentGroup g : {ComponentGroup::inputs, ComponentGroup::references, ComponentGroup::notary,
+                           ComponentGroup::time_window}) {
+    Status visible = ftx.checkAllVisible(g);
+    if (!visible) return makeError(visible.error().code, "filtered transaction: " + visible.error().message);
+  }
+  for (const auto& group : ftx.groups()) {
+    bool allowed = group.group == ComponentGroup::inputs || group.group == ComponentGroup::references ||
+                   group.group == ComponentGroup::notary || group.group == ComponentGroup::time_window;
+    if (!allowed && !group.indices.empty()) {
+      return makeError(Errc::invalid_transaction,
+                       std::string("the filtered transaction reveals ") + componentGroupName(group.group) +
+                           ", which a non-validating notary must not see");
+    }
+  }
+  return checkNotary(ftx.notary());
+}
+
+Status UniquenessStateMachine::checkValidating(const NotarisationRequest& request) const {
+  const ValidatingPayload& p = request.validatingPayload();
+  const SignedTransaction& stx = p.transaction;
+  CCAL_TRY(checkNotary(stx.tx().notary()));
+  std::unordered_map<SecureHash, const SignedTransaction*, SecureHashHasher> deps;
+  for (const auto& dep : p.dependencies) {
+    if (!deps.emplace(dep.id(), &dep).second) {
+      return makeError(Errc::malformed, "dependency " + dep.id().hex() + " is sent twice");
+    }
+  }
+  auto lookup = [&](const StateRef& ref) -> Result<TransactionState> {
+    auto it = deps.find(ref.txId);
+    if (it == deps.end()) {
+      return makeError(Errc::not_found, "state " + ref.toString() + ": its transaction is not among the dependencies");
+    }
+    const auto& outputs = it->second->tx().outputs();
+    if (ref.index >= outputs.size()) {
+      return makeError(Errc::not_found, "state " + ref.toString() + ": the transaction has " +
+                                            std::to_string(outputs.size()) + " outputs");
+    }
+    return outputs[ref.index];
+  };
+  // The transaction: every signature valid, every signer but the notary present.
+  {
+    Status sigs = stx.verifySignaturesExcept({config_.service_key});
+    if (!sigs) return sigs.error();
+    auto ltx = LedgerTransaction::resolve(stx.tx(), lookup);
+    if (!ltx) return makeError(ltx.error().code, "transaction " + stx.id().hex() + ": " + ltx.error().message);
+    Status verdict = config_.registry->verify(*ltx, config_.policy);
+    if (!verdict) return makeError(verdict.error().code, "transaction " + stx.id().hex() + ": " + verdict.error().message);
+  }
+  // Its backchain: each dependency fully signed (notarised) and valid, its
+  // own inputs among the dependencies.
+  for (const auto& dep : p.dependencies) {
+    Status sigs = dep.verifyRequiredSignatures();
+    if (!sigs) return makeError(sigs.error().code, "dependency " + dep.id().hex() + ": " + sigs.error().message);
+    auto ltx = LedgerTransaction::resolve(dep.tx(), lookup);
+    if (!ltx) return makeError(ltx.error().code, "dependency " + dep.id().hex() + ": " + ltx.error().message);
+    Status verdict = config_.registry->verify(*ltx, config_.policy);
+    if (!verdict) {
+      return makeError(verdict.error().code, "dependency " + dep.id().hex() + ": " + verdict.error().message);
+    }
+  }
+  return {};
+}
+
+Result<UniquenessStateMachine::Checked> UniquenessStateMachine::checkBody(ByteView body) const {
+  auto request = NotarisationRequest::decode(body, config_.limits);
+  if (!request) return request.error();
+  if (request->notary() != config_.notary_name) {
+    return makeError(Errc::invalid_transaction,
+                     "the request is for notary " + request->notary() + ", this notary is " + config_.notary_name);
+  }
+  Checked out;
+  out.txId = request->txId();
+  if (request->isValidating()) {
+    if (!config_.validating) {
+      return makeError(Errc::invalid_transaction,
+                       "a validating request to a non-validating notary: send the filtered transaction");
+    }
+    CCAL_TRY(checkValidating(*request));
+    const WireTransaction& tx = request->validatingPayload().transaction.tx();
+    out.inputs = tx.inputs();
+    out.references = tx.references();
+    out.timeWindow = tx.timeWindow();
+  } else {
+    if (config_.validating) {
+      return makeError(Errc::invalid_transaction,
+                       "a filtered transaction to a validating notary: send the whole transaction");
+    }
+    CCAL_TRY(checkNonValidating(*request));
+    const FilteredTransaction& ftx = request->filtered();
+    out.inputs = ftx.inputs();
+    out.references = ftx.references();
+    out.timeWindow = ftx.timeWindow();
+  }
+  CCAL_TRY(checkDistinct(out.inputs, out.references, "input"));
+  CCAL_TRY(checkDistinct(out.references, {}, "reference"));
+  if (out.inputs.empty() && out.references.empty() && !out.timeWindow) {
+    return makeError(Errc::invalid_transaction,
+                     "the transaction has no inputs, references or time window: nothing to notarise");
+  }
+  return out;
+}
+
+Status UniquenessStateMachine::check(const Request& request) const {
+  auto checked = checkBody(request.body);
+  if (!checked) return checked.error();
+  return {};
+}
+
+// --- execute -----------------------------------------------------------------------
+
+namespace {
+
+struct Prepared {
+  SecureHash requestHash;
+  std::optional<UniquenessStateMachine::Checked> checked;
+  Error error;  // when !checked
+  std::vector<Bytes> inputKeys, referenceKeys;
+};
+
+}  // namespace
+
+// What one run of a batch's write request produced (set anew on every run).
+struct UniquenessStateMachine::BatchRun {
+  std::vector<NotarisationReply> replies;
+  std::vector<Bytes> replyBytes;
+  Bytes effects;
+};
+
+Executed UniquenessStateMachine::signReplies(uint64_t seq, BatchRun& run) const {
+  Executed executed;
+  executed.effects = std::move(run.effects);
+  if (run.replyBytes.empty()) return executed;
+  // One signature for the whole batch; each reply carries its proof.
+  std::vector<SecureHash> leaves;
+  leaves.reserve(run.replyBytes.size());
+  for (const auto& b : run.replyBytes) leaves.push_back(replyLeaf(b));
+  ReplyTree tree(std::move(leaves));
+  auto count = static_cast<uint32_t>(run.replyBytes.size());
+  DigitalSignature root_signature = signer_.sign(batchRootSignableBytes(seq, count, tree.root()));
+  executed.replies.reserve(count);
+  for (uint32_t i = 0; i < count; ++i) {
+    SignedNotarisationReply signed_reply;
+    signed_reply.reply = std::move(run.replyBytes[i]);
+    signed_reply.leafIndex = i;
+    signed_reply.leafCount = count;
+    signed_reply.proof = tree.prove(i);
+    signed_reply.rootSignature = root_signature;
+    if (run.replies[i].outcome == NotarisationReply::Outcome::success) {
+      signed_reply.txSignature = signer_.sign(signableBytes(run.replies[i].txId));
+    }
+    executed.replies.push_back(signed_reply.encode());
+  }
+  return executed;
+}
+
+void UniquenessStateMachine::execute(const Batch& batch, std::function<void(Result<Executed>)> done) {
+  CCAL_ASSERT_MSG(batch.seq == last_queued_ + 1, "batches are executed in sequence, without gaps");
+  if (batch.requests.size() > config_.limits.batch_requests_max) {
+    done(makeError(Errc::too_large, "batch " + std::to_string(batch.seq) + " has " +
+                                        std::to_string(batch.requests.size()) + " requests, over the limit of " +
+                                        std::to_string(config_.limits.batch_requests_max)));
+    return;
+  }
+  last_queued_ = batch.seq;
+
+  // Decoding and the stateless checks run here, on the caller's thread; the
+  // Store's writer only looks up and writes.
+  auto prepared = std::make_shared<std::vector<Prepared>>(batch.requests.size());
+  for (size_t i = 0; i < batch.requests.size(); ++i) {
+    Prepared& p = (*prepared)[i];
+    p.requestHash = SecureHash::of(batch.requests[i].body);
+    auto checked = checkBody(batch.requests[i].body);
+    if (!checked) {
+      p.error = checked.error();
+      continue;
+    }
+    p.checked.emplace(std::move(checked).value());
+    for (const auto& r : p.checked->inputs) p.inputKeys.push_back(refKey(r));
+    for (const auto& r : p.checked->references) p.referenceKeys.push_back(refKey(r));
+  }
+
+  auto run = std::make_shared<BatchRun>();
+  const uint64_t seq = batch.seq;
+  const int64_t time_micros = batch.time_micros;
+  auto fn = [this, prepared, run, seq, time_micros](vault::WriteTxn& txn) -> Status {
+    *run = BatchRun{};
+    auto last = readLastExecuted(txn, *meta_db_);
+    if (!last) return last.error();
+    if (*last != seq - 1) {
+      return makeError(Errc::storage_error, "batch " + std::to_string(seq) + " cannot follow batch " +
+                                                std::to_string(*last) + " in the store");
+    }
+    // This batch's consumption so far, sorted by key so that the puts below
+    // walk the B-tree in order.
+    std::map<Bytes, SecureHash> consumed_now;
+    std::unordered_set<SecureHash, SecureHashHasher> committed_now;
+    BatchEffects effects;
+    effects.seq = seq;
+    auto consumerOf = [&](const Bytes& key) -> Result<std::optional<SecureHash>> {
+      auto it = consumed_now.find(key);
+      if (it != consumed_now.end()) return std::optional<SecureHash>(it->second);
+      auto v = txn.get(*consumed_db_, key);
+      if (!v) return std::optional<SecureHash>();
+      auto h = SecureHash::fromBytes(*v);
+      if (!h) return makeError(Errc::storage_error, "notary_consumed holds a value of " +
+                                                        std::to_string(v->size()) + " bytes");
+      return std::optional<SecureHash>(*h);
+    };
+
+    for (const Prepared& p : *prepared) {
+      NotarisationReply reply;
+      reply.requestHash = p.requestHash;
+      reply.batchSeq = seq;
+      if (!p.checked) {
+        reply.outcome = NotarisationReply::Outcome::error;
+        reply.error = p.error;
+        run->replies.push_back(std::move(reply));
+        continue;
+      }
+      const Checked& c = *p.checked;
+      reply.txId = c.txId;
+
+      // Inputs: already ours (a re-notarisation), free, or taken by another.
+      bool all_ours = !c.inputs.empty();
+      for (size_t k = 0; k < c.inputs.size(); ++k) {
+        auto by = consumerOf(p.inputKeys[k]);
+        if (!by) return by.error();
+        if (!*by) {
+          all_ours = false;
+        } else if (**by != c.txId) {
+          all_ours = false;
+          reply.conflicts.push_back(StateConflict{c.inputs[k], consumingTxIdHash(**by), false});
+        }
+      }
+      bool committed_before =
+          all_ours || (c.inputs.empty() && (committed_now.count(c.txId) ||
+                                            txn.get(*txs_db_, c.txId.view()).has_value()));
+      if (committed_before) {
+        // The same answer as the first time, whatever has happened since
+        // to its references or the clock.
+        reply.outcome = NotarisationReply::Outcome::success;
+        run->replies.push_back(std::move(reply));
+        continue;
+      }
+      for (size_t k = 0; k < c.references.size(); ++k) {
+        auto by = consumerOf(p.referenceKeys[k]);
+        if (!by) return by.error();
+        if (*by) reply.conflicts.push_back(StateConflict{c.references[k], consumingTxIdHash(**by), true});
+      }
+      if (!reply.conflicts.empty()) {
+        reply.outcome = NotarisationReply::Outcome::conflict;
+        run->replies.push_back(std::move(reply));
+        continue;
+      }
+      if (c.timeWindow && !c.timeWindow->contains(time_micros)) {
+        reply.outcome = NotarisationReply::Outcome::error;
+        reply.error = makeError(Errc::invalid_transaction,
+                                "the time window " + describeWindow(*c.timeWindow) +
+                                    " does not contain the notary's time " + std::to_string(time_micros));
+        run->replies.push_back(std::move(reply));
+        continue;
+      }
+      for (size_t k = 0; k < c.inputs.size(); ++k) {
+        if (consumed_now.emplace(p.inputKeys[k], c.txId).second) {
+          // (Inputs consumed by this transaction before are not consumed again.)
+          auto stored = txn.get(*consumed_db_, p.inputKeys[k]);
+          if (stored) {
+            consumed_now.erase(p.inputKeys[k]);
+            continue;
+          }
+          effects.consumed.push_back(ConsumedState{c.inputs[k], c.txId});
+        }
+      }
+      if (c.inputs.empty()) {
+        committed_now.insert(c.txId);
+        effects.committedWithoutInputs.push_back(c.txId);
+      }
+      reply.outcome = NotarisationReply::Outcome::success;
+      run->replies.push_back(std::move(reply));
+    }
+
+    for (const auto& [key, tx] : consumed_now) CCAL_TRY(txn.put(*consumed_db_, key, tx.view()));
+    Bytes seq_key = be64(seq);
+    for (const auto& tx : effects.committedWithoutInputs) CCAL_TRY(txn.put(*txs_db_, tx.view(), seq_key));
+    run->effects = effects.encode();
+    CCAL_TRY(txn.put(*effects_db_, seq_key, run->effects));
+    CCAL_TRY(txn.put(*meta_db_, asBytes(last_executed_key), seq_key));
+    run->replyBytes.reserve(run->replies.size());
+    for (const auto& r : run->replies) run->replyBytes.push_back(r.encode());
+    return {};
+  };
+
+  store_.submit(std::move(fn), [this, run, seq, done = std::move(done)](const Status& status) {
+    if (!status) {
+      rewindQueued(seq);  // the replica stays where it was (a failed batch is fatal for it)
+      Error error = makeError(status.error().code, "batch " + std::to_string(seq) + " not executed: " +
+                                                       status.error().message);
+      if (config_.complete_on == nullptr) {
+        done(error);
+      } else {
+        config_.complete_on->post([done, error]() { done(error); });
+      }
+      return;
+    }
+    last_executed_.store(seq);
+    if (config_.complete_on == nullptr) {
+      done(signReplies(seq, *run));
+      return;
+    }
+    config_.complete_on->post([this, run, seq, done]() { done(signReplies(seq, *run)); });
+  });
+}
+
+void UniquenessStateMachine::rewindQueued(uint64_t failed_seq) {
+  uint64_t queued = last_queued_.load();
+  while (queued >= failed_seq && !last_queued_.compare_exchange_weak(queued, failed_seq - 1)) {
+  }
+}
+
+// --- state transfer -------------------------------------------------------------------
+
+void UniquenessStateMachine::applyEffects(uint64_t seq, ByteView effects_bytes, std::function<void(Status)> done) {
+  CCAL_ASSERT_MSG(seq == last_queued_ + 1, "effects are applied in sequence, without gaps");
+  auto effects = BatchEffects::decode(effects_bytes, config_.limits);
+  if (!effects) {
+    done(makeError(effects.error().code, "effects of batch " + std::to_string(seq) + ": " + effects.error().message));
+    return;
+  }
+  if (effects->seq != seq) {
+    done(makeError(Errc::malformed, "effects of batch " + std::to_string(effects->seq) + " given as batch " +
+                                        std::to_string(seq)));
+    return;
+  }
+  last_queued_ = seq;
+  auto shared = std::make_shared<BatchEffects>(std::move(effects).value());
+  auto bytes = std::make_shared<Bytes>(effects_bytes.begin(), effects_bytes.end());
+  auto fn = [this, shared, bytes, seq](vault::WriteTxn& txn) -> Status {
+    auto last = readLastExecuted(txn, *meta_db_);
+    if (!last) return last.error();
+    if (*last != seq - 1) {
+      return makeError(Errc::storage_error, "effects of batch " + std::to_string(seq) +
+                                                " cannot follow batch " + std::to_string(*last) + " in the store");
+    }
+    std::map<Bytes, SecureHash> puts;
+    for (const auto& c : shared->consumed) {
+      Bytes key = refKey(c.ref);
+      auto stored = txn.get(*consumed_db_, key);
+      if (stored && !std::equal(stored->begin(), stored->end(), c.consumingTxId.view().begin(),
+                                c.consumingTxId.view().end())) {
+        // Certified effects that contradict our own state: this replica's
+        // state has diverged from the cluster's, which no input can fix.
+        return makeError(Errc::storage_error, "state " + c.ref.toString() + " is consumed here by another "
+                                              "transaction than batch " + std::to_string(seq) + " says");
+      }
+      if (!puts.emplace(std::move(key), c.consumingTxId).second) {
+        return makeError(Errc::malformed, "effects of batch " + std::to_string(seq) + " consume " +
+                                              c.ref.toString() + " twice");
+      }
+    }
+    for (const auto& [key, tx] : puts) CCAL_TRY(txn.put(*consumed_db_, key, tx.view()));
+    Bytes seq_key = be64(seq);
+    for (const auto& tx : shared->committedWithoutInputs) CCAL_TRY(txn.put(*txs_db_, tx.view(), seq_key));
+    CCAL_TRY(txn.put(*effects_db_, seq_key, *bytes));
+    CCAL_TRY(txn.put(*meta_db_, asBytes(last_executed_key), seq_key));
+    return {};
+  };
+  store_.submit(std::move(fn), [this, seq, done = std::move(done)](const Status& status) {
+    Status result;
+    if (!status) {
+      rewindQueued(seq);
+      result = makeError(status.error().code, "effects of batch " + std::to_string(seq) +
+                                                  " not applied: " + status.error().message);
+    } else {
+      last_executed_.store(seq);
+    }
+    if (config_.complete_on == nullptr) {
+      done(result);
+    } else {
+      config_.complete_on->post([done, result]() { done(result); });
+    }
+  });
+}
+
+Result<Bytes> UniquenessStateMachine::effects(uint64_t seq) const {
+  auto txn = store_.read();
+  auto v = txn.get(*effects_db_, be64(seq));
+  if (!v) return makeError(Errc::not_found, "no effects of batch " + std::to_string(seq) + " are stored");
+  return Bytes(v->begin(), v->end());
+}
+
+Result<std::optional<SecureHash>> UniquenessStateMachine::consumedBy(const StateRef& ref) const {
+  auto txn = store_.read();
+  auto v = txn.get(*consumed_db_, refKey(ref));
+  if (!v) return std::optional<SecureHash>();
+  auto h = SecureHash::fromBytes(*v);
+  if (!h) return makeError(Errc::storage_error, "notary_consumed holds a value of the wrong length");
+  return std::optional<SecureHash>(*h);
+}
+
+Result<SecureHash> UniquenessStateMachine::stateDigest() const {
+  auto txn = store_.read();
+  Sha256 h;
+  h.update(asBytes("ccal.notary.uniqueness.state.v1"));
+  auto last = readLastExecuted(txn, *meta_db_);
+  if (!last) return last.error();
+  Bytes last_bytes = be64(*last);
+  h.update(last_bytes);
+  for (const vault::Db* db : {consumed_db_, txs_db_, effects_db_}) {
+    h.updateU32(static_cast<uint32_t>(txn.entries(*db)));
+    auto cursor = txn.cursor(*db);
+    for (bool ok = cursor.first(); ok; ok = cursor.next()) {
+      h.updateU32(static_cast<uint32_t>(cursor.key().size())).update(cursor.key());
+      h.updateU32(static_cast<uint32_t>(cursor.value().size())).update(cursor.value());
+    }
+  }
+  return h.finish();
+}
+
+}  // namespace ccal::notary

@@ -1,0 +1,130 @@
+#pragma once
+// The notarisation state machine: which StateRefs are consumed, and by
+// which transaction. What every replica of a notary cluster executes,
+// deterministically and in the order the BFT protocol agreed
+// (notary/state_machine.h is the seam).
+//
+// Rules, per request, in batch order:
+//  - the request decodes, is addressed to this notary (request and
+//    transaction both name it, with its composite key) and is within limits;
+//  - non-validating: a filtered transaction whose proofs check, with every
+//    input, reference, the notary and the time window visible and nothing
+//    else of the deal revealed; validating: the whole signed transaction
+//    (every signature but the notary's present and valid) and its backchain
+//    (each dependency fully signed, every contract accepting);
+//  - a transaction already committed (its inputs consumed by it, or, without
+//    inputs, recorded) is answered success again: re-notarising is idempotent;
+//  - otherwise every input must be unconsumed and every reference unconsumed,
+//    and the time window must contain the batch's agreed time; then the
+//    inputs become consumed by the transaction (references are not);
+//  - a conflict names each conflicting StateRef with the SHA-256 of the id of
+//    the transaction that consumed it, and consumes nothing.
+//
+// Storage (sub-databases of a vault::Store, all prefixed notary_):
+//   notary_consumed  StateRef (tx id || u32 BE index) -> consuming tx id
+//   notary_txs       tx id -> u64 BE batch seq   (committed transactions without inputs)
+//   notary_effects   u64 BE batch seq -> canonical BatchEffects (appends)
+//   notary_meta      "last_executed" -> u64 BE
+// A batch is one write request to the Store: its consumed states, its
+// effects and lastExecuted commit together (group-committed with whatever
+// else the Store's writer batches).
+//
+// Replies: the replica signs each batch's replies once, a Merkle root over
+// the replies' leaves (ledger/merkle.h), and each reply carries its proof;
+// a success also carries the replica's ordinary transaction signature over
+// the transaction id, the one that goes into the SignedTransaction.
+//
+// Threading: check() and the const queries may run on any thread; execute()
+// and applyEffects() are called from one thread (the replica's executor);
+// their completions run on config.complete_on, or on the Store's writer
+// thread when it is null.
+
+#include <atomic>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "ledger/composite_key.h"
+#include "ledger/contract.h"
+#include "flows/io.h"
+#include "ledger/crypto.h"
+#include "notary/notarisation_messages.h"
+#include "notary/state_machine.h"
+#include "vault/store.h"
+
+namespace ccal::notary {
+
+struct UniquenessConfig {
+  std::string notary_name;  // the notary service's X.500 name (canonical)
+  Key service_key;          // its composite key (2f+1 of the 3f+1 replica keys)
+  bool validating = false;
+  // Validating notaries: the contracts they run (must outlive the state machine).
+  const ContractRegistry* registry = nullptr;
+  VerificationPolicy policy;
+  NotarisationLimits limits;
+  // Where a batch's replies are signed and execute()'s done runs once the
+  // batch is durable: the replica's executor, so that the Store's writer
+  // thread only does LMDB work (signing 1000 successes costs ~15 ms). When
+  // null, on the Store's writer thread.
+  flows::Executor* complete_on = nullptr;
+};
+
+inline constexpr std::string_view uniqueness_schema_name = "ccal.notary";
+inline constexpr uint32_t uniqueness_schema_version = 1;
+
+class UniquenessStateMachine final : public StateMachine {
+ public:
+  // The sub-databases the state machine needs in the Store it is given.
+  static std::vector<std::string> dbNames();
+  // A Store of its own (schema "ccal.notary"), for a replica that keeps its
+  // notary state apart, tests and benchmarks.
+  static Result<std::unique_ptr<vault::Store>> openStore(const vault::StoreConfig& config,
+                                                         std::span<const std::string> extra_db_names = {});
+  // Reads lastExecuted from the store. `signer` is the replica's key, one of
+  // the service key's leaves. Errors name a configuration that cannot work.
+  static Result<std::unique_ptr<UniquenessStateMachine>> open(vault::Store& store, UniquenessConfig config,
+                                                              KeyPair signer);
+
+  Status check(const Request& request) const override;
+  void execute(const Batch& batch, std::function<void(Result<Executed>)> done) override;
+  void applyEffects(uint64_t seq, ByteView effects, std::function<void(Status)> done) override;
+  Result<Bytes> effects(uint64_t seq) const override;
+  uint64_t lastExecuted() const override { return last_executed_.load(); }
+
+  // The transaction that consumed `ref`, if any.
+  Result<std::optional<SecureHash>> consumedBy(const StateRef& ref) const;
+  // A digest of the whole state (every consumed state and committed
+  // transaction, and lastExecuted), for comparing replicas in tests and tools.
+  Result<SecureHash> stateDigest() const;
+  const PublicKey& replicaKey() const { return signer_.publicKey(); }
+  const UniquenessConfig& config() const { return config_; }
+
+  struct Checked;  // a request that passed check(), ready to execute
+
+ private:
+  UniquenessStateMachine(vault::Store& store, UniquenessConfig config, KeyPair signer, uint64_t last);
+  Result<Checked> checkBody(ByteView body) const;
+  Status checkNonValidating(const NotarisationRequest& request) const;
+  Status checkValidating(const NotarisationRequest& request) const;
+  Status checkNotary(const std::optional<Party>& notary) const;
+  // Signs a durable batch's replies: one root signature, a proof each, and
+  // a transaction signature per success.
+  struct BatchRun;
+  Executed signReplies(uint64_t seq, BatchRun& run) const;
+
+  vault::Store& store_;
+  UniquenessConfig config_;
+  KeyPair signer_;
+  const vault::Db* consumed_db_;
+  const vault::Db* txs_db_;
+  const vault::Db* effects_db_;
+  const vault::Db* meta_db_;
+  std::atomic<uint64_t> last_executed_;
+  // The last batch handed to the Store: advanced on the caller's thread,
+  // wound back from the writer's when a batch fails.
+  std::atomic<uint64_t> last_queued_;
+  void rewindQueued(uint64_t failed_seq);
+};
+
+}  // namespace ccal::notary
