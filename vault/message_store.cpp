@@ -227,6 +227,7 @@ void MessageStore::enqueueBatchAsync(std::vector<OutgoingMessage> messages, Batc
       [this, items, results, at](WriteTxn& w) -> Status {
         // A request may run again after a rollback: outputs are set anew.
         results->clear();
+        results->reserve(items->size());
         std::map<std::string, OutboxStream, std::less<>> streams;
         for (const OutgoingMessage& m : *items) {
           std::optional<uint64_t> hinted;
@@ -422,6 +423,7 @@ void MessageStore::receiveAsync(std::string_view peer, uint64_t incarnation, uin
   store_.submit(
       [this, result, items, peer = std::string(peer), incarnation, floor](WriteTxn& w) -> Status {
         *result = ReceiveResult{};
+        result->arrivals.reserve(items->size());
         auto stored_state = readState(w, dedup_, peer);
         if (!stored_state) return stored_state.error();
         ReceiveState state{peer, incarnation, floor - 1};
@@ -541,6 +543,7 @@ void MessageStore::consumeBatchAsync(std::vector<InboxKey> keys, BatchFn done) {
   store_.submit(
       [this, results, keys = std::move(keys)](WriteTxn& w) -> Status {
         results->clear();
+        results->reserve(keys.size());
         std::map<std::string, std::optional<ReceiveState>, std::less<>> states;
         for (const InboxKey& k : keys) {
           auto state_it = states.find(k.peer);

@@ -73,8 +73,10 @@ inline constexpr uint32_t message_batch_max = 4096;      // messages per batch r
 // a message further ahead is refused until earlier ones arrive. Bounds the
 // sparse set of received seqs above the watermark.
 inline constexpr uint64_t receive_ahead_seqs_max = 4096;
-// Ids of the most recent seqs kept per peer, to check a repeated seq's id.
-inline constexpr uint64_t received_ids_kept_max = 65'536;
+// Ids of the most recent seqs kept per peer, to check the id of a repeated
+// seq (retransmissions come from within the sender's window, at most
+// receive_ahead_seqs_max) and for diagnostics.
+inline constexpr uint64_t received_ids_kept_max = 16'384;
 // Old id-log entries deleted per receive request (pruning keeps pace with
 // arrivals: each request may delete more than it adds).
 inline constexpr uint32_t id_log_prune_entries_max = 2 * message_batch_max;
