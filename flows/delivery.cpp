@@ -639,13 +639,13 @@ void Delivery::flushArriving(const std::string& peer) {
   store_.receiveAsync(
       peer, incarnation, floor, std::move(batch),
       completion<vault::ReceiveResult>(
-          [this, peer, incarnation, seqs = std::move(seqs),
+          [this, peer, incarnation, floor, seqs = std::move(seqs),
            ids = std::move(ids)](const Result<vault::ReceiveResult>& result) {
-            onStored(peer, incarnation, seqs, ids, result);
+            onStored(peer, incarnation, floor, seqs, ids, result);
           }));
 }
 
-void Delivery::onStored(const std::string& peer, uint64_t incarnation,
+void Delivery::onStored(const std::string& peer, uint64_t incarnation, uint64_t floor,
                         const std::vector<uint64_t>& seqs, const std::vector<MessageId>& ids,
                         const Result<vault::ReceiveResult>& result) {
   InPeer& in = inPeer(peer);
@@ -680,6 +680,11 @@ void Delivery::onStored(const std::string& peer, uint64_t incarnation,
         " were acknowledged by this node, but this store does not have them (restored from an "
         "older copy?): they are lost, and the stream goes on after them");
     if (current) in.skip_to = std::max(in.skip_to, r.skipped_to);
+  }
+  if (current && (r.stream_started || r.stream_restarted)) {
+    // The store took the stream up at this request's floor (the highest of
+    // its frames): what is below it will not come.
+    in.skip_to = std::max(in.skip_to, floor - 1);
   }
   if (current && r.state.incarnation == in.incarnation) {
     in.watermark = std::max(in.watermark, r.state.watermark);

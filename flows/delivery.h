@@ -221,7 +221,8 @@ class Delivery final : public Messaging, public LinkHandler {
   // are still being stored (the frame comes again).
   bool restartStream(const std::string& peer, InPeer& in, uint64_t incarnation, uint64_t floor);
   void flushArriving(const std::string& peer);
-  void onStored(const std::string& peer, uint64_t incarnation, const std::vector<uint64_t>& seqs,
+  void onStored(const std::string& peer, uint64_t incarnation, uint64_t floor,
+                const std::vector<uint64_t>& seqs,
                 const std::vector<MessageId>& ids, const Result<vault::ReceiveResult>& result);
   void queueAck(const std::string& peer, uint64_t seq);
   void flushAcks(const std::string& peer);
