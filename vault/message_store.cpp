@@ -42,12 +42,24 @@ Bytes queueKey(std::string_view peer, uint64_t seq) {
   return key;
 }
 
+// prefix || be64 a [|| be64 b]: keys under a peer prefix made once per request
+// (escaping the name for every key shows in profiles).
+Bytes withNumbers(const Bytes& prefix, uint64_t a) {
+  Bytes key;
+  key.reserve(prefix.size() + 16);
+  key.assign(prefix.begin(), prefix.end());
+  appendBe64(key, a);
+  return key;
+}
+Bytes withNumbers(const Bytes& prefix, uint64_t a, uint64_t b) {
+  Bytes key = withNumbers(prefix, a);
+  appendBe64(key, b);
+  return key;
+}
+
 // tag || peer || be64 incarnation || be64 seq: the inbox and the id log.
 Bytes streamSeqKey(uint8_t tag, std::string_view peer, uint64_t incarnation, uint64_t seq) {
-  Bytes key = peerPrefix(tag, peer);
-  appendBe64(key, incarnation);
-  appendBe64(key, seq);
-  return key;
+  return withNumbers(peerPrefix(tag, peer), incarnation, seq);
 }
 
 Bytes twoNumbers(uint64_t a, uint64_t b) {
@@ -228,7 +240,8 @@ void MessageStore::enqueueBatchAsync(std::vector<OutgoingMessage> messages, Batc
         // A request may run again after a rollback: outputs are set anew.
         results->clear();
         results->reserve(items->size());
-        std::map<std::string, OutboxStream, std::less<>> streams;
+        // Per peer: its stream and its queue key prefix.
+        std::map<std::string, std::pair<OutboxStream, Bytes>, std::less<>> streams;
         for (const OutgoingMessage& m : *items) {
           std::optional<uint64_t> hinted;
           {
@@ -240,7 +253,7 @@ void MessageStore::enqueueBatchAsync(std::vector<OutgoingMessage> messages, Batc
             }
           }
           if (hinted) {
-            auto queued = w.get(outbox_, queueKey(m.peer, *hinted));
+            auto queued = w.get(outbox_, queueKey(m.peer, *hinted));  // rare: a repeated id
             if (queued && queued->size() >= SecureHash::size_bytes &&
                 std::equal(m.id.view().begin(), m.id.view().end(), queued->begin())) {
               ByteView queued_payload = queued->subspan(SecureHash::size_bytes);
@@ -265,11 +278,15 @@ void MessageStore::enqueueBatchAsync(std::vector<OutgoingMessage> messages, Batc
           if (stream_it == streams.end()) {
             auto stream = readStream(w, outbox_, m.peer);
             if (!stream) return stream.error();
-            if (stream->incarnation == 0) stream->incarnation = static_cast<uint64_t>(std::max<int64_t>(at, 1));
-            stream_it = streams.emplace(m.peer, *stream).first;
+            if (stream->incarnation == 0) {
+              stream->incarnation = static_cast<uint64_t>(std::max<int64_t>(at, 1));
+            }
+            stream_it =
+                streams.emplace(m.peer, std::make_pair(*stream, peerPrefix(queue_tag, m.peer))).first;
           }
-          const uint64_t seq = stream_it->second.next_seq++;
-          CCAL_TRY(w.put(outbox_, queueKey(m.peer, seq), idAndPayload(m.id, m.payload)));
+          const uint64_t seq = stream_it->second.first.next_seq++;
+          CCAL_TRY(w.put(outbox_, withNumbers(stream_it->second.second, seq),
+                         idAndPayload(m.id, m.payload)));
           {
             std::lock_guard lock(pending_mutex_);
             pending_ids_[m.peer][m.id] = seq;
@@ -278,7 +295,7 @@ void MessageStore::enqueueBatchAsync(std::vector<OutgoingMessage> messages, Batc
         }
         for (const auto& [peer, stream] : streams) {
           CCAL_TRY(w.put(outbox_, peerPrefix(stream_tag, peer),
-                         twoNumbers(stream.incarnation, stream.next_seq)));
+                         twoNumbers(stream.first.incarnation, stream.first.next_seq)));
         }
         return {};
       },
@@ -318,8 +335,9 @@ void MessageStore::acknowledgeAsync(std::string_view peer, std::vector<uint64_t>
   store_.submit(
       [this, removed, peer = std::string(peer), seqs = std::move(seqs)](WriteTxn& w) -> Status {
         removed->clear();
+        const Bytes prefix = peerPrefix(queue_tag, peer);
         for (uint64_t seq : seqs) {
-          const Bytes key = queueKey(peer, seq);
+          const Bytes key = withNumbers(prefix, seq);
           auto queued = w.get(outbox_, key);
           if (!queued) continue;  // not pending: acknowledged before, or never queued
           if (queued->size() < SecureHash::size_bytes) {
@@ -450,9 +468,11 @@ void MessageStore::receiveAsync(std::string_view peer, uint64_t incarnation, uin
             state_changed = true;
           }
         }
+        const Bytes inbox_prefix = peerPrefix(inbox_tag, peer);
+        const Bytes log_prefix = peerPrefix(id_log_tag, peer);
         // Moves the watermark over seqs stored contiguously above it.
         const auto advance = [&]() {
-          while (w.get(inbox_, streamSeqKey(inbox_tag, peer, incarnation, state.watermark + 1))) {
+          while (w.get(inbox_, withNumbers(inbox_prefix, incarnation, state.watermark + 1))) {
             ++state.watermark;
             state_changed = true;
           }
@@ -463,9 +483,9 @@ void MessageStore::receiveAsync(std::string_view peer, uint64_t incarnation, uin
           std::optional<ByteView> seen_id;
           std::optional<ByteView> in_inbox;
           if (m.seq <= state.watermark) {
-            seen_id = w.get(dedup_, streamSeqKey(id_log_tag, peer, incarnation, m.seq));
+            seen_id = w.get(dedup_, withNumbers(log_prefix, incarnation, m.seq));
           } else {
-            in_inbox = w.get(inbox_, streamSeqKey(inbox_tag, peer, incarnation, m.seq));
+            in_inbox = w.get(inbox_, withNumbers(inbox_prefix, incarnation, m.seq));
             if (in_inbox) {
               if (in_inbox->size() < SecureHash::size_bytes) {
                 return damaged("inbox entry of " + seqLabel(peer, incarnation, m.seq));
@@ -487,9 +507,9 @@ void MessageStore::receiveAsync(std::string_view peer, uint64_t incarnation, uin
           } else if (m.seq > state.watermark + receive_ahead_seqs_max) {
             arrival.kind = Arrival::too_far_ahead;
           } else {
-            CCAL_TRY(w.put(inbox_, streamSeqKey(inbox_tag, peer, incarnation, m.seq),
+            CCAL_TRY(w.put(inbox_, withNumbers(inbox_prefix, incarnation, m.seq),
                            idAndPayload(m.id, m.payload)));
-            CCAL_TRY(w.put(dedup_, streamSeqKey(id_log_tag, peer, incarnation, m.seq), m.id.view()));
+            CCAL_TRY(w.put(dedup_, withNumbers(log_prefix, incarnation, m.seq), m.id.view()));
             arrival.kind = Arrival::stored;
             if (m.seq == state.watermark + 1) advance();
           }
@@ -503,7 +523,7 @@ void MessageStore::receiveAsync(std::string_view peer, uint64_t incarnation, uin
         // Prune the id log: older incarnations, and seqs over
         // received_ids_kept_max below the watermark; a bounded number per
         // request, oldest first.
-        const Bytes prefix = peerPrefix(id_log_tag, peer);
+        const Bytes& prefix = log_prefix;
         std::vector<Bytes> old;
         {
           Cursor cursor = w.cursor(dedup_);  // must end before the request does
