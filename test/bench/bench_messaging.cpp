@@ -165,7 +165,7 @@ class LinkChannel final : public Channel, public flows::LinkHandler {
 // Exactly-once messaging with the durable outbox (flows/delivery): ids are
 // SHA-256 of this side's name and a counter; every message handed over is
 // consumed at once.
-bool sequential_ids = false;  // --sequential-ids: a diagnostic of the store's page writes
+bool sequential_ids = false;  // --sequential-ids: counter ids (ids are no longer store keys; kept to compare)
 
 class DurableChannel final : public Channel, public flows::MessageHandler {
  public:
