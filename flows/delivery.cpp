@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <optional>
+#include <set>
 #include <utility>
 #include <variant>
 
@@ -12,25 +13,26 @@
 namespace ccal::flows {
 namespace {
 
-// Bytes an acknowledged id takes in an ack frame (32 bytes and its list
-// pointer), and the frame's fixed part.
-constexpr size_t ack_id_bytes = 40;
+// Bytes an acknowledged seq takes in an ack frame, and the frame's fixed part.
+constexpr size_t ack_seq_bytes = 8;
 constexpr size_t ack_frame_fixed_bytes = 64;
 
-size_t ackIdsMax(const DeliveryConfig& config, size_t frame_bytes_max) {
-  return std::min<size_t>(config.ack_batch_ids_max,
-                          (frame_bytes_max - ack_frame_fixed_bytes) / ack_id_bytes);
+size_t ackSeqsMax(const DeliveryConfig& config, size_t frame_bytes_max) {
+  return std::min<size_t>(config.ack_batch_seqs_max,
+                          (frame_bytes_max - ack_frame_fixed_bytes) / ack_seq_bytes);
 }
 
 struct DecodedMessage {
+  uint64_t incarnation = 0;
   uint64_t seq = 0;
-  uint64_t prev_seq = 0;
-  MessageId prev_id;
+  uint64_t floor = 0;
   MessageId id;
   Bytes payload;
 };
 struct DecodedAck {
-  std::vector<MessageId> ids;
+  uint64_t incarnation = 0;
+  uint64_t up_to = 0;
+  std::vector<uint64_t> seqs;
 };
 using DecodedFrame = std::variant<DecodedMessage, DecodedAck>;
 
@@ -45,25 +47,19 @@ Result<MessageId> idFrom(capnp::Data::Reader data, std::string_view field) {
 
 Result<DecodedMessage> readMessage(schema::messaging::Message::Reader m, size_t payload_bytes_max) {
   DecodedMessage out;
+  out.incarnation = m.getIncarnation();
   out.seq = m.getSeq();
-  out.prev_seq = m.getPrevSeq();
+  out.floor = m.getFloor();
+  if (out.incarnation == 0) return makeError(Errc::malformed, "message incarnation is 0");
   if (out.seq == 0) return makeError(Errc::malformed, "message seq is 0");
-  if (out.prev_seq >= out.seq) {
-    return makeError(Errc::malformed, "message prevSeq " + std::to_string(out.prev_seq) +
-                                          " is not below its seq " + std::to_string(out.seq));
+  if (out.floor == 0 || out.floor > out.seq) {
+    return makeError(Errc::malformed, "message floor " + std::to_string(out.floor) +
+                                          " is not within 1..seq (" + std::to_string(out.seq) +
+                                          ")");
   }
   auto id = idFrom(m.getId(), "message id");
   if (!id) return id.error();
   out.id = *id;
-  if (out.prev_seq == 0) {
-    if (m.getPrevId().size() != 0) {
-      return makeError(Errc::malformed, "message prevId is set while prevSeq is 0");
-    }
-  } else {
-    auto prev = idFrom(m.getPrevId(), "message prevId");
-    if (!prev) return prev.error();
-    out.prev_id = *prev;
-  }
   // Each get counts against the traversal limit: read the payload once.
   const capnp::Data::Reader payload = m.getPayload();
   if (payload.size() > payload_bytes_max) {
@@ -76,7 +72,7 @@ Result<DecodedMessage> readMessage(schema::messaging::Message::Reader m, size_t 
 }
 
 Result<DecodedFrame> decodeFrame(ByteView bytes, size_t frame_bytes_max, size_t payload_bytes_max,
-                                 size_t ack_ids_max) {
+                                 size_t ack_seqs_max) {
   ReadLimits limits;
   limits.message_bytes_max = frame_bytes_max;
   // The canonical check reads the frame once and the parse once more.
@@ -92,18 +88,25 @@ Result<DecodedFrame> decodeFrame(ByteView bytes, size_t frame_bytes_max, size_t 
             return DecodedFrame(std::move(m).value());
           }
           case schema::messaging::Frame::ACK: {
-            auto ids = f.getAck().getIds();
-            if (ids.size() > ack_ids_max) {
-              return makeError(Errc::too_large, "ack of " + std::to_string(ids.size()) +
-                                                    " ids is over the limit of " +
-                                                    std::to_string(ack_ids_max));
-            }
+            auto a = f.getAck();
             DecodedAck ack;
-            ack.ids.reserve(ids.size());
-            for (auto data : ids) {
-              auto id = idFrom(data, "acknowledged id");
-              if (!id) return id.error();
-              ack.ids.push_back(*id);
+            ack.incarnation = a.getIncarnation();
+            ack.up_to = a.getUpTo();
+            if (ack.incarnation == 0) return makeError(Errc::malformed, "ack incarnation is 0");
+            auto seqs = a.getSeqs();
+            if (seqs.size() > ack_seqs_max) {
+              return makeError(Errc::too_large, "ack of " + std::to_string(seqs.size()) +
+                                                    " seqs is over the limit of " +
+                                                    std::to_string(ack_seqs_max));
+            }
+            ack.seqs.reserve(seqs.size());
+            for (uint64_t seq : seqs) {
+              if (seq <= ack.up_to) {
+                return makeError(Errc::malformed, "acknowledged seq " + std::to_string(seq) +
+                                                      " is not above upTo " +
+                                                      std::to_string(ack.up_to));
+              }
+              ack.seqs.push_back(seq);
             }
             return DecodedFrame(std::move(ack));
           }
@@ -114,33 +117,41 @@ Result<DecodedFrame> decodeFrame(ByteView bytes, size_t frame_bytes_max, size_t 
       limits);
 }
 
+std::string streamLabel(const std::string& peer, uint64_t incarnation) {
+  return "'" + peer + "' (stream " + std::to_string(incarnation) + ")";
+}
+
 }  // namespace
 
-Bytes encodeMessageFrame(uint64_t seq, uint64_t prev_seq, const MessageId& prev_id,
-                         const MessageId& id, ByteView payload) {
+Bytes encodeMessageFrame(uint64_t incarnation, uint64_t seq, uint64_t floor, const MessageId& id,
+                         ByteView payload) {
   return buildCanonical<schema::messaging::Frame>([&](auto f) {
     auto m = f.initMessage();
+    m.setIncarnation(incarnation);
     m.setSeq(seq);
-    m.setPrevSeq(prev_seq);
-    if (prev_seq != 0) m.setPrevId(asData(prev_id.view()));
+    m.setFloor(floor);
     m.setId(asData(id.view()));
     m.setPayload(asData(payload));
   });
 }
 
-Bytes encodeAckFrame(const std::vector<MessageId>& ids) {
+Bytes encodeAckFrame(uint64_t incarnation, uint64_t up_to, const std::vector<uint64_t>& seqs) {
   return buildCanonical<schema::messaging::Frame>([&](auto f) {
-    auto list = f.initAck().initIds(static_cast<unsigned>(ids.size()));
-    for (unsigned i = 0; i < ids.size(); ++i) list.set(i, asData(ids[i].view()));
+    auto a = f.initAck();
+    a.setIncarnation(incarnation);
+    a.setUpTo(up_to);
+    auto list = a.initSeqs(static_cast<unsigned>(seqs.size()));
+    for (unsigned i = 0; i < seqs.size(); ++i) list.set(i, seqs[i]);
   });
 }
 
 Delivery::Delivery(Link& link, vault::MessageStore& store, Executor& executor, const Clock& clock,
                    DeliveryConfig config)
     : link_(link), store_(store), executor_(executor), clock_(clock), config_(std::move(config)) {
-  CCAL_ASSERT(config_.window_messages_max >= 1);
+  CCAL_ASSERT(config_.window_messages_max >= 1 &&
+              config_.window_messages_max <= vault::receive_ahead_seqs_max);
   CCAL_ASSERT(config_.retransmit_batch_messages_max >= 1);
-  CCAL_ASSERT(config_.ack_batch_ids_max >= 1);
+  CCAL_ASSERT(config_.ack_batch_seqs_max >= 1);
   CCAL_ASSERT(config_.inbox_waiting_messages_max >= 1);
   CCAL_ASSERT(config_.retransmit_delay_micros_min > 0 &&
               config_.retransmit_delay_micros_min <= config_.retransmit_delay_micros_max);
@@ -206,32 +217,48 @@ Status Delivery::start() {
   CCAL_ASSERT_MSG(handler_ != nullptr, "start() before setHandler()");
   CCAL_ASSERT_MSG(!started_, "start() twice");
   started_ = true;
-  // The inbox: stored messages not yet consumed, each with the frame it came in.
-  std::vector<std::string> inbox_peers;
-  for (uint64_t from = 0;;) {
-    auto page = store_.unconsumed(vault::message_listing_max, from);
+  // The inbox, per peer stream: what is at or below the watermark was handed
+  // over before (and not consumed): again now, in order; what is above it
+  // waits for the seqs before it. Messages of an older incarnation are what
+  // was stored of a stream its sender has since restarted: handed over first.
+  std::vector<vault::ReceiveState> states;
+  for (std::string after;;) {
+    auto page = store_.receiveStates(vault::message_listing_max, after);
     if (!page) return page.error();
-    for (vault::InboxMessage& m : *page) {
-      from = m.seq + 1;
-      auto frame = decodeFrame(m.payload, m.payload.size() + 1, vault::message_payload_bytes_max,
-                               0);
-      const DecodedMessage* decoded =
-          frame ? std::get_if<DecodedMessage>(&frame.value()) : nullptr;
-      if (decoded == nullptr || decoded->id != m.id) {
-        // Not written by Delivery (or damaged): leave it for an operator.
-        log("inbox message " + m.id.hex() + " from '" + m.peer + "' is not a stored frame (" +
-            (frame ? std::string("another id or kind") : frame.error().toString()) +
-            "); left in the inbox");
-        continue;
-      }
-      InPeer& in = inPeer(m.peer);
-      if (in.held.empty()) inbox_peers.push_back(m.peer);
-      in.held[decoded->seq] = Held{decoded->id, decoded->prev_seq, decoded->prev_id,
-                                   decoded->payload, HeldState::stored};
-    }
+    for (auto& s : *page) states.push_back(std::move(s));
     if (page->size() < vault::message_listing_max) break;
+    after = page->back().peer;
   }
-  for (const std::string& peer : inbox_peers) deliverReady(peer);
+  for (const vault::ReceiveState& state : states) {
+    InPeer& in = inPeer(state.peer);
+    in.incarnation = state.incarnation;
+    in.watermark = state.watermark;
+    in.delivered = state.watermark;
+    for (uint64_t from_inc = 0, from_seq = 0;;) {
+      auto page = store_.unconsumed(state.peer, vault::message_listing_max, from_inc, from_seq);
+      if (!page) return page.error();
+      for (vault::InboxMessage& m : *page) {
+        from_inc = m.incarnation;
+        from_seq = m.seq + 1;
+        if (m.incarnation < state.incarnation) {
+          log("handing over message " + m.id.hex() + " (seq " + std::to_string(m.seq) +
+              ") of an earlier stream of " + streamLabel(state.peer, m.incarnation) +
+              ", stored before that peer restarted its numbering");
+          handOver(state.peer, in, m.incarnation, m.seq, m.id, m.payload);
+        } else if (m.incarnation == state.incarnation && m.seq <= state.watermark) {
+          handOver(state.peer, in, m.incarnation, m.seq, m.id, m.payload);
+        } else if (m.incarnation == state.incarnation) {
+          in.held[m.seq] = Held{m.id, std::move(m.payload), true};
+        } else {
+          log("inbox message " + m.id.hex() + " of " + streamLabel(state.peer, m.incarnation) +
+              " is newer than the peer's stream " + std::to_string(state.incarnation) +
+              "; left in the inbox");
+        }
+      }
+      if (page->size() < vault::message_listing_max) break;
+    }
+    deliverReady(state.peer);
+  }
   // The outbox: every peer with pending messages.
   std::string after;
   for (;;) {
@@ -242,6 +269,36 @@ Status Delivery::start() {
     after = peers->back();
   }
   return {};
+}
+
+template <class T>
+std::function<void(const Result<T>&)> Delivery::completion(
+    std::function<void(const Result<T>&)> on_executor) {
+  ++stats_.store_requests;
+  {
+    std::lock_guard lock(requests_->mutex);
+    ++requests_->in_flight;
+  }
+  // Runs on the store's writer thread (or at once when the store refuses the
+  // request before queueing it): `this` may be gone by the time the posted
+  // function runs, so it checks first.
+  return [ex = &executor_, alive = std::weak_ptr<int>(alive_), requests = requests_,
+          on_executor = std::move(on_executor)](const Result<T>& result) mutable {
+    ex->post([alive, result, on_executor = std::move(on_executor)] {
+      if (alive.expired()) return;  // destroyed (a restart): the new object reloads the store
+      on_executor(result);
+    });
+    {
+      std::lock_guard lock(requests->mutex);
+      --requests->in_flight;
+    }
+    requests->drained.notify_all();
+  };
+}
+
+void Delivery::waitForStore() const {
+  std::unique_lock lock(requests_->mutex);
+  requests_->drained.wait(lock, [&] { return requests_->in_flight == 0; });
 }
 
 // --- sending ----------------------------------------------------------------------
@@ -259,13 +316,45 @@ void Delivery::send(std::string_view peer, const MessageId& id, Bytes payload,
                                                " bytes is over the limit of " +
                                                std::to_string(payloadBytesMax())));
   }
-  store_.enqueueAsync(peer, id, payload,
-                      completion([this, peer = std::string(peer),
-                                  done = std::move(done)](const Result<bool>& queued) {
-                        if (!queued) return done(queued.error());
-                        if (*queued) scheduleRefill(peer);
-                        done(Status());
-                      }));
+  // Sends made before the executor next runs go to the store in one request.
+  sends_.push_back(
+      PendingSend{vault::OutgoingMessage{std::string(peer), id, std::move(payload)}, std::move(done)});
+  if (sends_.size() >= vault::message_batch_max) return flushSends();
+  if (sends_posted_) return;
+  sends_posted_ = true;
+  postBack([this] {
+    sends_posted_ = false;
+    flushSends();
+  });
+}
+
+void Delivery::flushSends() {
+  if (sends_.empty()) return;
+  auto batch = std::make_shared<std::vector<PendingSend>>(std::move(sends_));
+  sends_.clear();
+  std::vector<vault::OutgoingMessage> messages;
+  messages.reserve(batch->size());
+  for (PendingSend& s : *batch) messages.push_back(std::move(s.message));
+  std::vector<std::string> peers;
+  for (const auto& m : messages) peers.push_back(m.peer);
+  store_.enqueueBatchAsync(
+      std::move(messages),
+      completion<std::vector<Result<bool>>>(
+          [this, batch, peers = std::move(peers)](const Result<std::vector<Result<bool>>>& r) {
+            for (size_t i = 0; i < batch->size(); ++i) {
+              if (!r) {
+                (*batch)[i].done(r.error());
+                continue;
+              }
+              const Result<bool>& queued = (*r)[i];
+              if (!queued) {
+                (*batch)[i].done(queued.error());
+                continue;
+              }
+              if (*queued) scheduleRefill(peers[i]);
+              (*batch)[i].done(Status());
+            }
+          }));
 }
 
 void Delivery::scheduleRefill(const std::string& peer) {
@@ -282,6 +371,17 @@ void Delivery::scheduleRefill(const std::string& peer) {
 void Delivery::refill(const std::string& peer) {
   OutPeer& out = outPeer(peer);
   if (!out.outbox_may_have_more || out.window.size() >= config_.window_messages_max) return;
+  if (out.incarnation == 0) {
+    auto stream = store_.outboxStream(peer);
+    if (!stream || stream->incarnation == 0) {
+      ++stats_.store_failures;
+      log("reading the outbox stream of '" + peer + "' failed: " +
+          (stream ? std::string("no stream record") : stream.error().toString()));
+      armRetransmit(peer, /*even_if_idle=*/true);  // the timer tries again
+      return;
+    }
+    out.incarnation = stream->incarnation;
+  }
   const auto room = static_cast<uint32_t>(std::min<size_t>(
       config_.window_messages_max - out.window.size(), vault::message_listing_max));
   auto pending = store_.pending(peer, room, out.next_outbox_seq);
@@ -294,7 +394,7 @@ void Delivery::refill(const std::string& peer) {
   if (pending->size() < room) out.outbox_may_have_more = false;
   const size_t first_new = out.window.size();
   for (vault::OutboxMessage& m : *pending) {
-    out.window.push_back(Outgoing{m.seq + 1, m.id, std::move(m.payload), false});
+    out.window.push_back(Outgoing{m.seq, m.id, std::move(m.payload), false});
     out.next_outbox_seq = m.seq + 1;
   }
   for (size_t i = first_new; i < out.window.size(); ++i) transmit(peer, i, false);
@@ -305,11 +405,9 @@ void Delivery::transmit(const std::string& peer, size_t index, bool retransmissi
   OutPeer& out = outPeer(peer);
   CCAL_ASSERT(index < out.window.size());
   Outgoing& m = out.window[index];
-  // The message before it that is not known to be stored at the peer; the
-  // window is a prefix of the outbox, so there is none before the first.
-  const Outgoing* prev = index == 0 ? nullptr : &out.window[index - 1];
-  Bytes frame = encodeMessageFrame(m.seq, prev ? prev->seq : 0, prev ? prev->id : MessageId(),
-                                   m.id, m.payload);
+  // The window is a prefix of the outbox: its first seq is the lowest
+  // unacknowledged one.
+  Bytes frame = encodeMessageFrame(out.incarnation, m.seq, out.window.front().seq, m.id, m.payload);
   if (retransmission) {
     ++stats_.messages_retransmitted;
   } else if (!m.sent) {
@@ -340,26 +438,47 @@ void Delivery::onRetransmitTimer(const std::string& peer) {
   armRetransmit(peer);
 }
 
-void Delivery::onAck(const std::string& peer, std::vector<MessageId> ids) {
+void Delivery::onAck(const std::string& peer, uint64_t incarnation, uint64_t up_to,
+                     const std::vector<uint64_t>& seqs) {
   OutPeer& out = outPeer(peer);
-  bool progress = false;
-  for (const MessageId& id : ids) {
-    auto it = std::find_if(out.window.begin(), out.window.end(),
-                           [&](const Outgoing& m) { return m.id == id; });
-    if (it == out.window.end()) continue;  // acknowledged before (acks may come twice)
-    out.window.erase(it);
-    progress = true;
-    ++stats_.messages_acknowledged;
-    store_.acknowledgeAsync(peer, id, completion([this, peer, id](const Result<bool>& removed) {
-      if (removed) return;
-      // Still in the outbox: sent again after a restart, and the peer's
-      // dedup drops the copy.
-      ++stats_.store_failures;
-      log("removing acknowledged message " + id.hex() + " to '" + peer +
-          "' from the outbox failed: " + removed.error().toString());
-    }));
+  if (incarnation != out.incarnation) {
+    // Of a stream this store no longer has (wiped), or before the first refill.
+    log("ignored an acknowledgement from '" + peer + "' for stream " +
+        std::to_string(incarnation) + " (ours is " + std::to_string(out.incarnation) + ")");
+    return;
   }
-  if (!progress) return;
+  std::vector<uint64_t> removed;
+  while (!out.window.empty() && out.window.front().seq <= up_to) {
+    removed.push_back(out.window.front().seq);
+    out.window.pop_front();
+  }
+  if (!seqs.empty() && !out.window.empty()) {
+    const std::set<uint64_t> single(seqs.begin(), seqs.end());
+    for (auto it = out.window.begin(); it != out.window.end();) {
+      if (single.count(it->seq) != 0) {
+        removed.push_back(it->seq);
+        it = out.window.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  if (removed.empty()) return;  // acknowledged before (acks may come twice)
+  stats_.messages_acknowledged += removed.size();
+  for (size_t at = 0; at < removed.size(); at += vault::message_batch_max) {
+    const size_t end = std::min(removed.size(), at + vault::message_batch_max);
+    std::vector<uint64_t> chunk(removed.begin() + static_cast<ptrdiff_t>(at),
+                                removed.begin() + static_cast<ptrdiff_t>(end));
+    store_.acknowledgeAsync(
+        peer, std::move(chunk), completion<uint64_t>([this, peer](const Result<uint64_t>& r) {
+          if (r) return;
+          // Still in the outbox: sent again after a restart, and the peer
+          // recognises the copies by their seqs.
+          ++stats_.store_failures;
+          log("removing acknowledged messages to '" + peer +
+              "' from the outbox failed: " + r.error().toString());
+        }));
+  }
   out.retransmit_delay_micros = config_.retransmit_delay_micros_min;
   if (out.retransmit_timer != 0) {
     executor_.cancel(out.retransmit_timer);
@@ -383,7 +502,11 @@ void Delivery::onPeerUp(std::string_view peer_view) {
     const size_t n = std::min<size_t>(out.window.size(), config_.retransmit_batch_messages_max);
     for (size_t i = 0; i < n; ++i) transmit(peer, i, true);
     armRetransmit(peer);
-    if (!out.acks_to_send.empty()) flushAcks(peer);
+  }
+  auto in = in_.find(peer);
+  if (in != in_.end() && in->second.incarnation != 0) {
+    in->second.ack_due = true;
+    flushAcks(peer);
   }
 }
 
@@ -397,7 +520,7 @@ void Delivery::onPeerDown(std::string_view) {
 void Delivery::onFrame(std::string_view peer_view, ByteView bytes) {
   const std::string peer(peer_view);
   auto frame = decodeFrame(bytes, link_.frameBytesMax(), payloadBytesMax(),
-                           ackIdsMax(config_, link_.frameBytesMax()));
+                           ackSeqsMax(config_, link_.frameBytesMax()));
   if (!frame) {
     ++stats_.frames_malformed;
     log("dropped a frame of " + std::to_string(bytes.size()) + " bytes from '" + peer +
@@ -405,194 +528,338 @@ void Delivery::onFrame(std::string_view peer_view, ByteView bytes) {
     return;
   }
   if (auto* ack = std::get_if<DecodedAck>(&frame.value())) {
-    onAck(peer, std::move(ack->ids));
+    onAck(peer, ack->incarnation, ack->up_to, ack->seqs);
     return;
   }
   auto& m = std::get<DecodedMessage>(frame.value());
-  onMessageFrame(peer, m.seq, m.prev_seq, m.prev_id, m.id, std::move(m.payload));
+  onMessageFrame(peer, m.incarnation, m.floor, m.seq, m.id, std::move(m.payload));
 }
 
-void Delivery::onMessageFrame(const std::string& peer, uint64_t seq, uint64_t prev_seq,
-                              const MessageId& prev_id, const MessageId& id, Bytes payload) {
+void Delivery::onMessageFrame(const std::string& peer, uint64_t incarnation, uint64_t floor,
+                              uint64_t seq, const MessageId& id, Bytes payload) {
   if (!started_) return;  // the inbox is not loaded yet; the sender sends it again
   InPeer& in = inPeer(peer);
+  if (in.incarnation == 0) {
+    // The peer's first message: its stream starts at its floor (what is
+    // below was acknowledged to it, by an earlier store of ours if any).
+    in.incarnation = incarnation;
+    in.watermark = in.delivered = floor - 1;
+  } else if (incarnation < in.incarnation) {
+    ++stats_.messages_stale_stream;
+    log("dropped message " + id.hex() + " (seq " + std::to_string(seq) + ") of " +
+        streamLabel(peer, incarnation) + ": that peer has since started stream " +
+        std::to_string(in.incarnation));
+    return;
+  } else if (incarnation > in.incarnation) {
+    if (!restartStream(peer, in, incarnation, floor)) return;
+  }
   if (auto it = in.held.find(seq); it != in.held.end()) {
     if (it->second.id != id) {
-      ++stats_.frames_malformed;
-      log("dropped message " + id.hex() + " from '" + peer + "': seq " + std::to_string(seq) +
-          " already names message " + it->second.id.hex());
+      ++stats_.messages_conflicting;
+      log("dropped message " + id.hex() + " from " + streamLabel(peer, incarnation) + ": seq " +
+          std::to_string(seq) + " already names message " + it->second.id.hex());
       return;
     }
     ++stats_.messages_duplicate;
     // Stored: acknowledge again (the first ack may be lost); storing: the ack
     // follows the commit.
-    if (it->second.state == HeldState::stored) queueAck(peer, id);
+    if (it->second.stored) queueAck(peer, seq);
     return;
   }
-  auto seen = store_.dedup(peer, id);
-  if (!seen) {
-    ++stats_.store_failures;
-    log("reading the dedup record of message " + id.hex() + " from '" + peer +
-        "' failed: " + seen.error().toString());
-    return;  // not acknowledged: it comes again
+  if (seq > in.watermark) {
+    // Bounded waiting: beyond the bound, only a message that fills a gap
+    // (below the highest one waiting) is taken, up to twice the bound; the
+    // sender sends the others again once earlier ones are through.
+    const bool fills_gap = !in.held.empty() && seq < in.held.rbegin()->first;
+    if (seq > in.watermark + vault::receive_ahead_seqs_max ||
+        (in.held.size() >= config_.inbox_waiting_messages_max &&
+         (in.held.size() >= 2 * size_t{config_.inbox_waiting_messages_max} || !fills_gap))) {
+      ++stats_.messages_over_waiting_max;
+      return;
+    }
+    in.held[seq] = Held{id, payload, false};
   }
-  if (seen->has_value()) {
-    ++stats_.messages_duplicate;
-    queueAck(peer, id);
-    return;
-  }
-  // Bounded waiting: beyond the bound, only a message that fills the gap (its
-  // chain of earlier messages reaches one handed over) is taken, up to twice
-  // the bound; the sender sends the others again once earlier ones are
-  // through. Without the exception a retransmitted run of the missing
-  // messages would get in one message per retransmission round.
-  if (in.held.size() >= config_.inbox_waiting_messages_max &&
-      (in.held.size() >= 2 * size_t{config_.inbox_waiting_messages_max} ||
-       !anchored(peer, in, prev_seq, prev_id))) {
-    ++stats_.messages_over_waiting_max;
-    return;
-  }
-  Bytes stored_frame = encodeMessageFrame(seq, prev_seq, prev_id, id, payload);
-  in.held[seq] = Held{id, prev_seq, prev_id, std::move(payload), HeldState::storing};
-  store_.receiveAsync(peer, id, stored_frame,
-                      completion([this, peer, seq](const Result<bool>& stored) {
-                        onStored(peer, seq, stored);
-                      }));
+  // Below the watermark: a copy of a message stored before. The store checks
+  // its id against the id log, and the ack goes out after that.
+  if (!in.arriving.empty() && in.arriving_incarnation != incarnation) flushArriving(peer);
+  in.arriving_incarnation = incarnation;
+  in.arriving_floor = std::max(in.arriving_floor, floor);
+  in.arriving.push_back(vault::ArrivingMessage{seq, id, std::move(payload)});
+  if (in.arriving.size() >= vault::message_batch_max) return flushArriving(peer);
+  if (in.store_posted) return;
+  in.store_posted = true;
+  postBack([this, peer] {
+    inPeer(peer).store_posted = false;
+    flushArriving(peer);
+  });
 }
 
-void Delivery::onStored(const std::string& peer, uint64_t seq, const Result<bool>& stored) {
+bool Delivery::restartStream(const std::string& peer, InPeer& in, uint64_t incarnation,
+                             uint64_t floor) {
+  if (in.storing != 0 || !in.arriving.empty()) return false;  // comes again
+  ++stats_.stream_restarts;
+  size_t stranded = 0;
+  for (const auto& [seq, held] : in.held) stranded += held.stored ? 1 : 0;
+  log("error: '" + peer + "' restarted its message numbering (stream " +
+      std::to_string(in.incarnation) + " -> " + std::to_string(incarnation) +
+      "): its message store was wiped or replaced. Of the old stream, seqs up to " +
+      std::to_string(in.watermark) + " were received; " + std::to_string(stranded) +
+      " received after a gap are handed over now, out of order; whatever it had not sent is "
+      "lost with its store");
+  const uint64_t old = in.incarnation;
+  auto held = std::move(in.held);
+  in.held.clear();
+  for (auto& [seq, h] : held) {
+    if (h.stored) handOver(peer, in, old, seq, h.id, h.payload);
+  }
+  in.incarnation = incarnation;
+  in.watermark = in.delivered = floor - 1;
+  in.skip_to = 0;
+  in.ack_seqs.clear();
+  return true;
+}
+
+void Delivery::flushArriving(const std::string& peer) {
   InPeer& in = inPeer(peer);
-  auto it = in.held.find(seq);
-  CCAL_ASSERT_MSG(it != in.held.end() && it->second.state == HeldState::storing,
-                  "a stored message that was not being stored");
-  const MessageId id = it->second.id;
-  if (!stored) {
+  if (in.arriving.empty()) return;
+  std::vector<vault::ArrivingMessage> batch = std::move(in.arriving);
+  in.arriving.clear();
+  std::vector<uint64_t> seqs;
+  std::vector<MessageId> ids;
+  seqs.reserve(batch.size());
+  ids.reserve(batch.size());
+  for (const auto& m : batch) {
+    seqs.push_back(m.seq);
+    ids.push_back(m.id);
+  }
+  const uint64_t incarnation = in.arriving_incarnation;
+  const uint64_t floor = in.arriving_floor;
+  in.arriving_floor = 0;
+  in.storing += batch.size();
+  store_.receiveAsync(
+      peer, incarnation, floor, std::move(batch),
+      completion<vault::ReceiveResult>(
+          [this, peer, incarnation, floor, seqs = std::move(seqs),
+           ids = std::move(ids)](const Result<vault::ReceiveResult>& result) {
+            onStored(peer, incarnation, floor, seqs, ids, result);
+          }));
+}
+
+void Delivery::onStored(const std::string& peer, uint64_t incarnation, uint64_t floor,
+                        const std::vector<uint64_t>& seqs, const std::vector<MessageId>& ids,
+                        const Result<vault::ReceiveResult>& result) {
+  InPeer& in = inPeer(peer);
+  CCAL_ASSERT(in.storing >= seqs.size());
+  in.storing -= seqs.size();
+  const bool current = incarnation == in.incarnation;
+  // Forgets a held message that is being stored (not one stored since).
+  const auto drop = [&](uint64_t seq, const MessageId& id) {
+    if (!current) return;
+    auto it = in.held.find(seq);
+    if (it != in.held.end() && !it->second.stored && it->second.id == id) in.held.erase(it);
+  };
+  if (!result) {
     ++stats_.store_failures;
-    log("storing message " + id.hex() + " from '" + peer + "' failed: " +
-        stored.error().toString() + " (not acknowledged; the sender sends it again)");
-    in.held.erase(it);
-  } else if (!*stored) {
-    // Another copy (same id under another seq) was stored first.
-    ++stats_.messages_duplicate;
-    in.held.erase(it);
-    queueAck(peer, id);
-  } else {
-    ++stats_.messages_stored;
-    it->second.state = HeldState::stored;
-    queueAck(peer, id);
+    log("storing " + std::to_string(seqs.size()) + " messages from " +
+        streamLabel(peer, incarnation) + " failed: " + result.error().toString() +
+        " (not acknowledged; the sender sends them again)");
+    for (size_t i = 0; i < seqs.size(); ++i) drop(seqs[i], ids[i]);
+    deliverReady(peer);
+    return;
+  }
+  const vault::ReceiveResult& r = *result;
+  CCAL_ASSERT(r.arrivals.size() == seqs.size());
+  if (r.stream_restarted) {
+    log("the stored stream of '" + peer + "' moved from " +
+        std::to_string(r.previous_incarnation) + " (received up to seq " +
+        std::to_string(r.previous_watermark) + ") to " + std::to_string(r.state.incarnation));
+  }
+  if (r.skipped_to != 0) {
+    log("error: " + streamLabel(peer, incarnation) + " says seqs " +
+        std::to_string(r.skipped_from) + ".." + std::to_string(r.skipped_to) +
+        " were acknowledged by this node, but this store does not have them (restored from an "
+        "older copy?): they are lost, and the stream goes on after them");
+    if (current) in.skip_to = std::max(in.skip_to, r.skipped_to);
+  }
+  if (current && (r.stream_started || r.stream_restarted)) {
+    // The store took the stream up at this request's floor (the highest of
+    // its frames): what is below it will not come.
+    in.skip_to = std::max(in.skip_to, floor - 1);
+  }
+  if (current && r.state.incarnation == in.incarnation) {
+    in.watermark = std::max(in.watermark, r.state.watermark);
+  }
+  bool ack = false;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const uint64_t seq = seqs[i];
+    const MessageId& id = ids[i];
+    switch (r.arrivals[i].kind) {
+      case vault::Arrival::stored: {
+        ++stats_.messages_stored;
+        if (current) {
+          auto it = in.held.find(seq);
+          CCAL_ASSERT_MSG(it != in.held.end() && !it->second.stored && it->second.id == id,
+                          "a stored message that was not being stored");
+          it->second.stored = true;
+          if (seq > in.watermark) in.ack_seqs.push_back(seq);
+        }
+        ack = true;
+        break;
+      }
+      case vault::Arrival::duplicate:
+        ++stats_.messages_duplicate;
+        drop(seq, id);
+        ack = true;
+        break;
+      case vault::Arrival::conflict:
+        ++stats_.messages_conflicting;
+        drop(seq, id);
+        log("dropped message " + id.hex() + " from " + streamLabel(peer, incarnation) +
+            ": seq " + std::to_string(seq) + " was received before as message " +
+            r.arrivals[i].other_id.hex());
+        break;
+      case vault::Arrival::stale_stream:
+        ++stats_.messages_stale_stream;
+        drop(seq, id);
+        log("dropped message " + id.hex() + " (seq " + std::to_string(seq) + ") of " +
+            streamLabel(peer, incarnation) + ": the store follows a newer stream " +
+            std::to_string(r.state.incarnation));
+        break;
+      case vault::Arrival::too_far_ahead:
+        ++stats_.messages_over_waiting_max;
+        drop(seq, id);
+        break;
+    }
+  }
+  if (ack && current) {
+    in.ack_due = true;
+    if (!in.ack_flush_posted) {
+      in.ack_flush_posted = true;
+      // Completions of one group commit arrive together: one frame acknowledges them all.
+      postBack([this, peer] {
+        inPeer(peer).ack_flush_posted = false;
+        flushAcks(peer);
+      });
+    }
   }
   deliverReady(peer);
 }
 
-void Delivery::queueAck(const std::string& peer, const MessageId& id) {
-  OutPeer& out = outPeer(peer);
-  out.acks_to_send.push_back(id);
-  if (out.acks_to_send.size() >= ackIdsMax(config_, link_.frameBytesMax())) {
-    flushAcks(peer);
-    return;
-  }
-  // Completions of one group commit arrive together: one frame acknowledges them all.
-  if (out.ack_flush_posted) return;
-  out.ack_flush_posted = true;
+void Delivery::queueAck(const std::string& peer, uint64_t seq) {
+  InPeer& in = inPeer(peer);
+  if (seq > in.watermark) in.ack_seqs.push_back(seq);
+  in.ack_due = true;
+  if (in.ack_flush_posted) return;
+  in.ack_flush_posted = true;
   postBack([this, peer] {
-    outPeer(peer).ack_flush_posted = false;
+    inPeer(peer).ack_flush_posted = false;
     flushAcks(peer);
   });
 }
 
 void Delivery::flushAcks(const std::string& peer) {
-  OutPeer& out = outPeer(peer);
-  const size_t max = ackIdsMax(config_, link_.frameBytesMax());
-  for (size_t at = 0; at < out.acks_to_send.size(); at += max) {
-    const size_t end = std::min(out.acks_to_send.size(), at + max);
-    std::vector<MessageId> ids(out.acks_to_send.begin() + static_cast<ptrdiff_t>(at),
-                               out.acks_to_send.begin() + static_cast<ptrdiff_t>(end));
+  InPeer& in = inPeer(peer);
+  if (!in.ack_due || in.incarnation == 0) return;
+  in.ack_due = false;
+  std::vector<uint64_t> seqs;
+  std::sort(in.ack_seqs.begin(), in.ack_seqs.end());
+  for (uint64_t seq : in.ack_seqs) {
+    if (seq > in.watermark && (seqs.empty() || seqs.back() != seq)) seqs.push_back(seq);
+  }
+  in.ack_seqs.clear();
+  const size_t max = ackSeqsMax(config_, link_.frameBytesMax());
+  size_t at = 0;
+  do {
+    const size_t end = std::min(seqs.size(), at + max);
+    std::vector<uint64_t> part(seqs.begin() + static_cast<ptrdiff_t>(at),
+                               seqs.begin() + static_cast<ptrdiff_t>(end));
     ++stats_.ack_frames_sent;
-    Status sent = link_.send(peer, encodeAckFrame(ids));
+    Status sent = link_.send(peer, encodeAckFrame(in.incarnation, in.watermark, part));
     if (!sent) log("sending an ack to '" + peer + "': " + sent.error().toString());
-  }
-  out.acks_to_send.clear();
+    at = end;
+  } while (at < seqs.size());
 }
 
-bool Delivery::anchored(const std::string& peer, InPeer& in, uint64_t prev_seq,
-                        MessageId prev_id) const {
-  for (size_t steps = 0; steps <= in.held.size(); ++steps) {
-    auto it = in.held.find(prev_seq);
-    if (it == in.held.end()) return prevDelivered(peer, in, prev_seq, prev_id);
-    prev_seq = it->second.prev_seq;
-    prev_id = it->second.prev_id;
-  }
-  return false;  // a cycle of prev links: a malformed sender
-}
-
-bool Delivery::prevDelivered(const std::string& peer, InPeer& in, uint64_t prev_seq,
-                             const MessageId& prev_id) const {
-  if (prev_seq == 0) return true;
-  if (prev_seq == in.last_delivered_seq) return true;
-  if (in.held.count(prev_seq) != 0) return false;
-  // Not held here: handed over already (consumed, or delivered and not yet
-  // consumed) exactly when it has a dedup record.
-  auto seen = store_.dedup(peer, prev_id);
-  if (!seen) {
-    log("reading the dedup record of message " + prev_id.hex() + " from '" + peer +
-        "' failed: " + seen.error().toString());
-    return false;
-  }
-  return seen->has_value();
+void Delivery::handOver(const std::string& peer, InPeer& in, uint64_t incarnation, uint64_t seq,
+                        const MessageId& id, const Bytes& payload) {
+  in.unconsumed[id] = InboxPlace{incarnation, seq};
+  ++stats_.messages_delivered;
+  handler_->onMessage(peer, id, payload);
 }
 
 void Delivery::deliverReady(const std::string& peer) {
   InPeer& in = inPeer(peer);
   while (!in.held.empty()) {
     auto it = in.held.begin();
-    Held& first = it->second;
-    if (first.state != HeldState::stored) return;
-    if (!prevDelivered(peer, in, first.prev_seq, first.prev_id)) return;
     const uint64_t seq = it->first;
-    const MessageId id = first.id;
-    Bytes payload = std::move(first.payload);
+    if (!it->second.stored) break;
+    if (seq != in.delivered + 1 && seq > in.skip_to) break;
+    if (seq > in.watermark) break;  // not durable in order yet (cannot happen: stored => counted)
+    Held held = std::move(it->second);
     in.held.erase(it);
-    in.last_delivered_seq = seq;
-    ++stats_.messages_delivered;
-    handler_->onMessage(peer, id, payload);
+    in.delivered = seq;
+    handOver(peer, in, in.incarnation, seq, held.id, held.payload);
+  }
+  if (in.skip_to > in.delivered && (in.held.empty() || in.held.begin()->first > in.skip_to)) {
+    in.delivered = in.skip_to;
+    deliverReady(peer);
   }
 }
 
 void Delivery::consume(std::string_view peer, const MessageId& id,
                        std::function<void(const Status&)> done) {
   CCAL_ASSERT(done != nullptr);
-  store_.consumeAsync(peer, id,
-                      completion([done = std::move(done)](const Result<bool>& consumed) {
-                        done(consumed ? Status() : Status(consumed.error()));
-                      }));
-}
-
-vault::MessageStore::ChangedFn Delivery::completion(
-    std::function<void(const Result<bool>&)> on_executor) {
-  {
-    std::lock_guard lock(requests_->mutex);
-    ++requests_->in_flight;
+  auto in = in_.find(peer);
+  const InboxPlace* place = nullptr;
+  if (in != in_.end()) {
+    auto it = in->second.unconsumed.find(id);
+    if (it != in->second.unconsumed.end()) place = &it->second;
   }
-  // Runs on the store's writer thread (or at once when the store refuses the
-  // request before queueing it): `this` may be gone by the time the posted
-  // function runs, so it checks first.
-  return [ex = &executor_, alive = std::weak_ptr<int>(alive_), requests = requests_,
-          on_executor = std::move(on_executor)](const Result<bool>& result) mutable {
-    ex->post([alive, result, on_executor = std::move(on_executor)] {
-      if (alive.expired()) return;  // destroyed (a restart): the new object reloads the store
-      on_executor(result);
-    });
-    {
-      std::lock_guard lock(requests->mutex);
-      --requests->in_flight;
-    }
-    requests->drained.notify_all();
-  };
+  if (place == nullptr) {
+    return done(makeError(Errc::not_found, "message " + id.hex() + " from '" +
+                                               std::string(peer) +
+                                               "' was not handed over, or is consumed already"));
+  }
+  consumes_.push_back(PendingConsume{
+      vault::InboxKey{std::string(peer), place->incarnation, place->seq, id}, std::move(done)});
+  if (consumes_.size() >= vault::message_batch_max) return flushConsumes();
+  if (consumes_posted_) return;
+  consumes_posted_ = true;
+  postBack([this] {
+    consumes_posted_ = false;
+    flushConsumes();
+  });
 }
 
-void Delivery::waitForStore() const {
-  std::unique_lock lock(requests_->mutex);
-  requests_->drained.wait(lock, [&] { return requests_->in_flight == 0; });
+void Delivery::flushConsumes() {
+  if (consumes_.empty()) return;
+  auto batch = std::make_shared<std::vector<PendingConsume>>(std::move(consumes_));
+  consumes_.clear();
+  std::vector<vault::InboxKey> keys;
+  keys.reserve(batch->size());
+  for (const PendingConsume& c : *batch) keys.push_back(c.key);
+  store_.consumeBatchAsync(
+      std::move(keys),
+      completion<std::vector<Result<bool>>>(
+          [this, batch](const Result<std::vector<Result<bool>>>& r) {
+            for (size_t i = 0; i < batch->size(); ++i) {
+              PendingConsume& c = (*batch)[i];
+              Status status = !r ? Status(r.error())
+                                 : ((*r)[i] ? Status() : Status((*r)[i].error()));
+              if (status) {
+                auto in = in_.find(c.key.peer);
+                if (in != in_.end()) {
+                  auto it = in->second.unconsumed.find(c.key.id);
+                  if (it != in->second.unconsumed.end() &&
+                      it->second.incarnation == c.key.incarnation &&
+                      it->second.seq == c.key.seq) {
+                    in->second.unconsumed.erase(it);
+                  }
+                }
+              }
+              c.done(status);
+            }
+          }));
 }
 
 }  // namespace ccal::flows

@@ -2,31 +2,40 @@
 // Exactly-once, ordered, durable messaging (flows/io.h Messaging) over a
 // best-effort Link and the vault's MessageStore.
 //
-// Sender: send() puts the message in the durable outbox; done() runs after
-// the group commit. Messages then go out in outbox order, at most
+// Sender: send() puts the message in the durable outbox as the next seq of
+// the stream to that peer (schemas/messaging.capnp); done() runs after the
+// group commit. Messages then go out in seq order, at most
 // window_messages_max per peer unacknowledged, and are retransmitted (a
 // timer with bounded exponential backoff, at once when the peer comes up,
 // and after a restart from the outbox) until the receiver acknowledges
 // them; an acknowledged message is removed from the outbox.
 //
-// Receiver: a message is stored durably (inbox + dedup record) before it is
-// acknowledged, so an acknowledged message survives any crash; a message
-// seen before (dedup) is acknowledged again and not stored twice. Messages
-// are handed to the handler in the order the sender sent them: each frame
-// names the message sent before it that was still unacknowledged
-// (schemas/messaging.capnp explains the sequence numbers), and a message
-// waits, stored, until that one has been handed over. Out-of-order arrivals
-// wait in the inbox, at most inbox_waiting_messages_max per peer; beyond
-// that they are dropped unacknowledged and come again. After a restart,
-// every stored message not yet consumed is handed over again, in order.
+// Receiver: a message is stored durably (inbox, watermark, id log) before it
+// is acknowledged, so an acknowledged message survives any crash; a message
+// seen before (its seq is at or below the stream's watermark, or in the
+// inbox) is acknowledged again and not stored twice. Messages are handed to
+// the handler in seq order: one that arrives early waits, stored, until the
+// seqs before it are through; at most inbox_waiting_messages_max wait per
+// peer (beyond that only messages that fill a gap are taken; the others are
+// dropped unacknowledged and come again) and none more than
+// vault::receive_ahead_seqs_max above the watermark. After a restart, every
+// stored message not yet consumed is handed over again, in order.
+//
+// A peer that reuses a seq with another id (a bug, or a store rolled back
+// on its side) is refused with a log line naming both ids. A peer whose
+// store was wiped starts a newer stream incarnation: the receiver logs an
+// error naming the old stream and its watermark, hands over what it had
+// stored of the old stream, and follows the new one; frames of an older
+// incarnation are dropped with a log line. Nothing is dropped or delivered
+// twice silently.
 //
 // Any loss, duplication or reordering of frames by the link, and a crash of
 // either side at any moment (a new Delivery over the same store), lose and
 // duplicate nothing: the test in test/sim checks this over many seeds.
 //
-// The dedup record of a consumed message is what recognises a late copy of
-// it; whoever prunes dedup records (MessageStore::pruneDedup) must keep them
-// longer than a sender may keep retransmitting.
+// Store requests are batched: the messages of the frames that arrive before
+// the executor next runs its posted tasks go to the store in one request,
+// and so do sends, acknowledgements and consumptions.
 //
 // Threading: everything runs on `executor`; MessageStore completions arrive
 // on the store's writer thread and are posted back to it. The executor must
@@ -38,6 +47,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <unordered_map>
 #include <mutex>
 #include <string>
 #include <string_view>
@@ -50,12 +60,13 @@ namespace ccal::flows {
 
 // Limits and timings of Delivery, each with its unit in its name.
 struct DeliveryConfig {
-  // Messages sent to one peer and not yet acknowledged (in flight).
+  // Messages sent to one peer and not yet acknowledged (in flight); at most
+  // vault::receive_ahead_seqs_max, which a receiver takes above its watermark.
   uint32_t window_messages_max = 256;
   // Messages resent to one peer per retransmission.
   uint32_t retransmit_batch_messages_max = 64;
-  // Message ids in one acknowledgement frame (also bounded by the frame size).
-  uint32_t ack_batch_ids_max = 1024;
+  // Single seqs in one acknowledgement frame (also bounded by the frame size).
+  uint32_t ack_batch_seqs_max = 1024;
   // Stored messages of one peer waiting for an earlier one.
   uint32_t inbox_waiting_messages_max = 512;
   // Retransmission delay: starts at the minimum, doubles while nothing is
@@ -70,7 +81,7 @@ struct DeliveryConfig {
 };
 
 // Wire overhead of a message frame around its payload, in bytes (the frame's
-// struct, pointers, the ids and the word padding), and the largest payload.
+// struct, pointers, the id and the word padding), and the largest payload.
 inline constexpr size_t message_frame_overhead_bytes = 256;
 
 class Delivery final : public Messaging, public LinkHandler {
@@ -82,9 +93,13 @@ class Delivery final : public Messaging, public LinkHandler {
     uint64_t messages_stored = 0;        // new messages stored in the inbox
     uint64_t messages_duplicate = 0;     // arrivals already stored (acked again)
     uint64_t messages_delivered = 0;     // handed to the handler
-    uint64_t messages_over_waiting_max = 0;  // dropped: too many waiting
+    uint64_t messages_over_waiting_max = 0;  // dropped: too many waiting, or too far ahead
+    uint64_t messages_conflicting = 0;   // dropped: a seq received before under another id
+    uint64_t messages_stale_stream = 0;  // dropped: of an older stream incarnation
+    uint64_t stream_restarts = 0;        // a peer started a newer incarnation
     uint64_t frames_malformed = 0;       // dropped: did not decode or broke a rule
     uint64_t ack_frames_sent = 0;
+    uint64_t store_requests = 0;         // MessageStore requests queued
     uint64_t store_failures = 0;
   };
 
@@ -103,6 +118,7 @@ class Delivery final : public Messaging, public LinkHandler {
   void setHandler(MessageHandler* handler) override;
   void send(std::string_view peer, const MessageId& id, Bytes payload,
             std::function<void(const Status&)> done) override;
+  // not_found when the message was not handed over, or is consumed already.
   void consume(std::string_view peer, const MessageId& id,
                std::function<void(const Status&)> done) override;
 
@@ -123,32 +139,55 @@ class Delivery final : public Messaging, public LinkHandler {
 
  private:
   struct Outgoing {
-    uint64_t seq = 0;  // outbox seq + 1 (the wire seq)
+    uint64_t seq = 0;  // the stream seq
     MessageId id;
     Bytes payload;
     bool sent = false;
   };
   struct OutPeer {
+    uint64_t incarnation = 0;     // of our stream to the peer; 0 until read
     std::deque<Outgoing> window;  // a prefix of the peer's outbox, in order
     uint64_t next_outbox_seq = 0;  // where the next refill reads from
     bool outbox_may_have_more = true;
     bool refill_posted = false;
     Executor::TimerId retransmit_timer = 0;
     int64_t retransmit_delay_micros = 0;
-    std::vector<MessageId> acks_to_send;  // ids stored here, to acknowledge
-    bool ack_flush_posted = false;
   };
-  enum class HeldState { storing, stored };
   struct Held {
     MessageId id;
-    uint64_t prev_seq = 0;
-    MessageId prev_id;
     Bytes payload;
-    HeldState state = HeldState::storing;
+    bool stored = false;  // else being stored
+  };
+  struct InboxPlace {
+    uint64_t incarnation = 0;
+    uint64_t seq = 0;
   };
   struct InPeer {
-    std::map<uint64_t, Held> held;  // by wire seq: stored or storing, not yet handed over
-    uint64_t last_delivered_seq = 0;  // in this process; 0 none
+    uint64_t incarnation = 0;  // of the peer's stream to us; 0: none yet
+    uint64_t watermark = 0;    // durable: every seq <= it is stored (or consumed)
+    uint64_t delivered = 0;    // the last seq handed over (<= watermark)
+    uint64_t skip_to = 0;      // seqs up to it that are missing are lost (logged)
+    std::map<uint64_t, Held> held;  // seq > delivered: stored or being stored
+    // Arrivals collected for the next store request (one incarnation).
+    std::vector<vault::ArrivingMessage> arriving;
+    uint64_t arriving_incarnation = 0;
+    uint64_t arriving_floor = 0;
+    bool store_posted = false;
+    size_t storing = 0;  // messages in store requests not yet completed
+    // Handed over and not yet consumed.
+    std::unordered_map<MessageId, InboxPlace, SecureHashHasher> unconsumed;
+    // Acknowledgements to send: the watermark, and these seqs above it.
+    bool ack_due = false;
+    bool ack_flush_posted = false;
+    std::vector<uint64_t> ack_seqs;
+  };
+  struct PendingSend {
+    vault::OutgoingMessage message;
+    std::function<void(const Status&)> done;
+  };
+  struct PendingConsume {
+    vault::InboxKey key;
+    std::function<void(const Status&)> done;
   };
 
   OutPeer& outPeer(std::string_view peer);
@@ -156,11 +195,15 @@ class Delivery final : public Messaging, public LinkHandler {
   void log(const std::string& line) const;
   // Runs fn on the executor unless this object is gone by then. Any thread.
   void postBack(std::function<void()> fn);
-  // The done() of a MessageStore request: posts on_executor(result) back to
-  // the executor (dropped if this object is gone) and counts the request in
-  // flight until then.
-  vault::MessageStore::ChangedFn completion(std::function<void(const Result<bool>&)> on_executor);
+  // Wraps the done() of a MessageStore request: posts on_executor(result)
+  // back to the executor (dropped if this object is gone) and counts the
+  // request in flight until then.
+  template <class T>
+  std::function<void(const Result<T>&)> completion(
+      std::function<void(const Result<T>&)> on_executor);
 
+  void flushSends();
+  void flushConsumes();
   void scheduleRefill(const std::string& peer);
   void refill(const std::string& peer);
   void transmit(const std::string& peer, size_t index, bool retransmission);
@@ -168,20 +211,23 @@ class Delivery final : public Messaging, public LinkHandler {
   // (and not even_if_idle: a failed outbox read is retried by the timer too).
   void armRetransmit(const std::string& peer, bool even_if_idle = false);
   void onRetransmitTimer(const std::string& peer);
-  void onAck(const std::string& peer, std::vector<MessageId> ids);
+  void onAck(const std::string& peer, uint64_t incarnation, uint64_t up_to,
+             const std::vector<uint64_t>& seqs);
 
-  void onMessageFrame(const std::string& peer, uint64_t seq, uint64_t prev_seq,
-                      const MessageId& prev_id, const MessageId& id, Bytes payload);
-  void onStored(const std::string& peer, uint64_t seq, const Result<bool>& stored);
-  void queueAck(const std::string& peer, const MessageId& id);
+  void onMessageFrame(const std::string& peer, uint64_t incarnation, uint64_t floor, uint64_t seq,
+                      const MessageId& id, Bytes payload);
+  // A newer incarnation of the peer's stream: hands over what is stored of
+  // the old one and follows the new one. False when requests of the old one
+  // are still being stored (the frame comes again).
+  bool restartStream(const std::string& peer, InPeer& in, uint64_t incarnation, uint64_t floor);
+  void flushArriving(const std::string& peer);
+  void onStored(const std::string& peer, uint64_t incarnation, uint64_t floor,
+                const std::vector<uint64_t>& seqs,
+                const std::vector<MessageId>& ids, const Result<vault::ReceiveResult>& result);
+  void queueAck(const std::string& peer, uint64_t seq);
   void flushAcks(const std::string& peer);
-  // Whether the message named by (prev_seq, prev_id) has been handed over.
-  // Whether the chain of held messages back from prev_seq reaches one handed
-  // over: a message so anchored is delivered as soon as it is stored.
-  bool anchored(const std::string& peer, InPeer& in, uint64_t prev_seq,
-                MessageId prev_id) const;
-  bool prevDelivered(const std::string& peer, InPeer& in, uint64_t prev_seq,
-                     const MessageId& prev_id) const;
+  void handOver(const std::string& peer, InPeer& in, uint64_t incarnation, uint64_t seq,
+                const MessageId& id, const Bytes& payload);
   void deliverReady(const std::string& peer);
 
   Link& link_;
@@ -193,6 +239,10 @@ class Delivery final : public Messaging, public LinkHandler {
   bool started_ = false;
   std::map<std::string, OutPeer, std::less<>> out_;
   std::map<std::string, InPeer, std::less<>> in_;
+  std::vector<PendingSend> sends_;
+  bool sends_posted_ = false;
+  std::vector<PendingConsume> consumes_;
+  bool consumes_posted_ = false;
   Stats stats_;
   // Expires when this object is destroyed; posted completions check it.
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);
@@ -207,8 +257,8 @@ class Delivery final : public Messaging, public LinkHandler {
 };
 
 // Frame encodings, exposed for tests and fuzzing.
-Bytes encodeMessageFrame(uint64_t seq, uint64_t prev_seq, const MessageId& prev_id,
-                         const MessageId& id, ByteView payload);
-Bytes encodeAckFrame(const std::vector<MessageId>& ids);
+Bytes encodeMessageFrame(uint64_t incarnation, uint64_t seq, uint64_t floor, const MessageId& id,
+                         ByteView payload);
+Bytes encodeAckFrame(uint64_t incarnation, uint64_t up_to, const std::vector<uint64_t>& seqs);
 
 }  // namespace ccal::flows

@@ -503,10 +503,10 @@ void Node::Impl::addRoutes() {
                 });
 
   // Whether the messages 0..count-1 of a stream from a peer are stored here
-  // (durably, in the dedup table, which survives restarts) and consumed.
-  // `arrived_out_of_order` counts messages stored before an earlier one (they
-  // wait in the inbox: the handler still gets them in order, which the
-  // stream tallies of GET show).
+  // (durably: the message store's id log of the peer's recent seqs, which
+  // survives restarts, keeps the last vault::received_ids_kept_max) and
+  // consumed (no longer in the inbox). `arrived_out_of_order` counts messages
+  // whose wire seqs are not in the stream's order.
   api->addRoute(
       HttpMethod::post, "/api/v1/messages/diagnostic/check", ApiRole::read_only,
       [this](const ApiRequest& request) {
@@ -522,19 +522,43 @@ void Node::Impl::addRoutes() {
         if (count > 10 * diagnostic_messages_per_request_max) {
           return ApiResponse::error(400, "bad_request", "'count' is too large");
         }
+        // id -> (incarnation, seq) of what the id log holds, and the ids still in the inbox.
+        std::unordered_map<flows::MessageId, std::pair<uint64_t, uint64_t>, SecureHashHasher> seen;
+        std::unordered_map<flows::MessageId, bool, SecureHashHasher> waiting;
+        for (uint64_t inc = 0, seq = 0;;) {
+          auto page = messages->receivedIds(from, vault::message_listing_max, inc, seq);
+          if (!page) return ApiResponse::fromError(page.error());
+          for (const auto& r : *page) {
+            seen[r.id] = {r.incarnation, r.seq};
+            inc = r.incarnation;
+            seq = r.seq + 1;
+          }
+          if (page->size() < vault::message_listing_max) break;
+        }
+        for (uint64_t inc = 0, seq = 0;;) {
+          auto page = messages->unconsumed(from, vault::message_listing_max, inc, seq);
+          if (!page) return ApiResponse::fromError(page.error());
+          for (const auto& m : *page) {
+            waiting[m.id] = true;
+            inc = m.incarnation;
+            seq = m.seq + 1;
+          }
+          if (page->size() < vault::message_listing_max) break;
+        }
         json missing = json::array();
-        uint64_t stored = 0, consumed = 0, arrived_out_of_order = 0, last_arrival = 0;
+        uint64_t stored = 0, consumed = 0, arrived_out_of_order = 0;
+        std::pair<uint64_t, uint64_t> last_place{0, 0};
         for (uint64_t sequence = 0; sequence < count; ++sequence) {
-          auto record = messages->dedup(from, diagnosticId(from, config.x500, stream, sequence));
-          if (!record) return ApiResponse::fromError(record.error());
-          if (!*record) {
+          const auto id = diagnosticId(from, config.x500, stream, sequence);
+          auto it = seen.find(id);
+          if (it == seen.end()) {
             if (missing.size() < 20) missing.push_back(sequence);
             continue;
           }
           ++stored;
-          if ((*record)->consumed) ++consumed;
-          if (stored > 1 && (*record)->seq <= last_arrival) ++arrived_out_of_order;
-          last_arrival = (*record)->seq;
+          if (waiting.count(id) == 0) ++consumed;
+          if (stored > 1 && it->second <= last_place) ++arrived_out_of_order;
+          last_place = it->second;
         }
         return ApiResponse::ok({{"stored", stored},
                                 {"consumed", consumed},

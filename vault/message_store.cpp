@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <future>
+#include <map>
 #include <memory>
 #include <utility>
 
@@ -11,28 +12,18 @@
 namespace ccal::vault {
 namespace {
 
-constexpr uint8_t counter_tag = 'c';
+constexpr uint8_t stream_tag = 'n';
 constexpr uint8_t queue_tag = 'q';
-constexpr uint8_t id_tag = 'i';
-constexpr uint8_t arrival_tag = 'a';
-constexpr uint8_t dedup_tag = 'd';
-constexpr uint8_t prunable_tag = 't';
-constexpr size_t dedup_value_bytes = 8 + 1 + 8 + 8;
+constexpr uint8_t inbox_tag = 'a';
+constexpr uint8_t state_tag = 'w';
+constexpr uint8_t id_log_tag = 'l';
 
-const Bytes counter_key = {counter_tag};
-
-// The longest key: 't', the time, then 'd', the name and its terminator, the id.
+// The longest key: a tag, the name and its terminator, two be64 numbers.
 constexpr size_t lmdb_key_bytes_max = 511;  // LMDB's default, checked by WriteTxn::put
-static_assert(1 + 8 + 1 + peer_name_bytes_max + 2 + SecureHash::size_bytes <= lmdb_key_bytes_max);
+static_assert(1 + peer_name_bytes_max + 2 + 16 <= lmdb_key_bytes_max);
 
 using keys::appendBe64;
 using keys::readBe64;
-
-Bytes be64(uint64_t v) {
-  Bytes out;
-  appendBe64(out, v);
-  return out;
-}
 
 bool startsWith(ByteView key, ByteView prefix) {
   return key.size() >= prefix.size() && std::equal(prefix.begin(), prefix.end(), key.begin());
@@ -51,29 +42,32 @@ Bytes queueKey(std::string_view peer, uint64_t seq) {
   return key;
 }
 
-Bytes idKey(std::string_view peer, const MessageId& id) {
-  Bytes key = peerPrefix(id_tag, peer);
-  append(key, id.view());
+// prefix || be64 a [|| be64 b]: keys under a peer prefix made once per request
+// (escaping the name for every key shows in profiles).
+Bytes withNumbers(const Bytes& prefix, uint64_t a) {
+  Bytes key;
+  key.reserve(prefix.size() + 16);
+  key.assign(prefix.begin(), prefix.end());
+  appendBe64(key, a);
+  return key;
+}
+Bytes withNumbers(const Bytes& prefix, uint64_t a, uint64_t b) {
+  Bytes key = withNumbers(prefix, a);
+  appendBe64(key, b);
   return key;
 }
 
-Bytes arrivalKey(uint64_t seq) {
-  Bytes key{arrival_tag};
-  appendBe64(key, seq);
-  return key;
+// tag || peer || be64 incarnation || be64 seq: the inbox and the id log.
+Bytes streamSeqKey(uint8_t tag, std::string_view peer, uint64_t incarnation, uint64_t seq) {
+  return withNumbers(peerPrefix(tag, peer), incarnation, seq);
 }
 
-Bytes dedupKey(std::string_view peer, const MessageId& id) {
-  Bytes key = peerPrefix(dedup_tag, peer);
-  append(key, id.view());
-  return key;
-}
-
-Bytes prunableKey(int64_t consumed_micros, ByteView dedup_key) {
-  Bytes key{prunable_tag};
-  keys::appendInt(key, consumed_micros);
-  append(key, dedup_key);
-  return key;
+Bytes twoNumbers(uint64_t a, uint64_t b) {
+  Bytes out;
+  out.reserve(16);
+  appendBe64(out, a);
+  appendBe64(out, b);
+  return out;
 }
 
 // Reads a keys::appendText encoding at the start of `bytes`; `used` gets its length.
@@ -100,71 +94,40 @@ Error damaged(std::string_view what) {
   return makeError(Errc::storage_error, "damaged message store: " + std::string(what));
 }
 
-// The counter under 'c': the next seq to allocate.
-Result<uint64_t> readCounter(const ReadTxn& txn, const Db& db, std::string_view what) {
-  auto value = txn.get(db, counter_key);
-  if (!value) return uint64_t{0};
-  if (value->size() != 8) return damaged(std::string(what) + " counter is not 8 bytes");
-  return readBe64(*value);
-}
-
 std::string messageLabel(std::string_view peer, const MessageId& id) {
   return "message " + id.hex() + " of peer '" + std::string(peer) + "'";
 }
 
-Bytes encodeInbox(std::string_view peer, const MessageId& id, int64_t received_micros,
-                  ByteView payload) {
+std::string seqLabel(std::string_view peer, uint64_t incarnation, uint64_t seq) {
+  return "seq " + std::to_string(seq) + " of peer '" + std::string(peer) + "' (stream " +
+         std::to_string(incarnation) + ")";
+}
+
+Result<OutboxStream> readStream(const ReadTxn& txn, const Db& outbox, std::string_view peer) {
+  auto value = txn.get(outbox, peerPrefix(stream_tag, peer));
+  if (!value) return OutboxStream{};
+  if (value->size() != 16) return damaged("outbox stream record of peer '" + std::string(peer) + "'");
+  return OutboxStream{readBe64(value->first(8)), readBe64(value->subspan(8, 8))};
+}
+
+Result<std::optional<ReceiveState>> readState(const ReadTxn& txn, const Db& dedup,
+                                              std::string_view peer) {
+  auto value = txn.get(dedup, peerPrefix(state_tag, peer));
+  if (!value) return std::optional<ReceiveState>{};
+  if (value->size() != 16) {
+    return damaged("receive state of peer '" + std::string(peer) + "' is not 16 bytes");
+  }
+  return std::optional<ReceiveState>(
+      ReceiveState{std::string(peer), readBe64(value->first(8)), readBe64(value->subspan(8, 8))});
+}
+
+// id || payload, the value of outbox and inbox entries.
+Bytes idAndPayload(const MessageId& id, ByteView payload) {
   Bytes out;
-  out.reserve(2 + peer.size() + SecureHash::size_bytes + 8 + payload.size());
-  out.push_back(static_cast<uint8_t>(peer.size() >> 8));
-  out.push_back(static_cast<uint8_t>(peer.size()));
-  append(out, asBytes(peer));
+  out.reserve(SecureHash::size_bytes + payload.size());
   append(out, id.view());
-  appendBe64(out, static_cast<uint64_t>(received_micros));
   append(out, payload);
   return out;
-}
-
-Result<InboxMessage> decodeInbox(uint64_t seq, ByteView value) {
-  const auto fail = [&] { return damaged("inbox record " + std::to_string(seq)); };
-  if (value.size() < 2) return fail();
-  const size_t peer_size = size_t{value[0]} << 8 | value[1];
-  if (peer_size > peer_name_bytes_max ||
-      value.size() < 2 + peer_size + SecureHash::size_bytes + 8) {
-    return fail();
-  }
-  InboxMessage m;
-  m.seq = seq;
-  m.peer.assign(reinterpret_cast<const char*>(value.data() + 2), peer_size);
-  size_t at = 2 + peer_size;
-  m.id = SecureHash::fromBytes(value.subspan(at, SecureHash::size_bytes)).value();
-  at += SecureHash::size_bytes;
-  m.receivedMicros = static_cast<int64_t>(readBe64(value.subspan(at, 8)));
-  at += 8;
-  m.payload.assign(value.begin() + static_cast<ptrdiff_t>(at), value.end());
-  return m;
-}
-
-Bytes encodeDedup(const DedupRecord& d) {
-  Bytes out;
-  out.reserve(dedup_value_bytes);
-  appendBe64(out, d.seq);
-  out.push_back(d.consumed ? 1 : 0);
-  appendBe64(out, static_cast<uint64_t>(d.receivedMicros));
-  appendBe64(out, static_cast<uint64_t>(d.consumedMicros));
-  return out;
-}
-
-Result<DedupRecord> decodeDedup(std::string_view peer, const MessageId& id, ByteView value) {
-  if (value.size() != dedup_value_bytes || value[8] > 1) {
-    return damaged("dedup record of " + messageLabel(peer, id));
-  }
-  DedupRecord d;
-  d.seq = readBe64(value.first(8));
-  d.consumed = value[8] == 1;
-  d.receivedMicros = static_cast<int64_t>(readBe64(value.subspan(9, 8)));
-  d.consumedMicros = static_cast<int64_t>(readBe64(value.subspan(17, 8)));
-  return d;
 }
 
 Status checkPeer(std::string_view peer) {
@@ -199,41 +162,59 @@ Status checkLimit(uint32_t limit, uint32_t max, std::string_view limit_name) {
   return {};
 }
 
-// Queues `fn`, which sets *changed, and reports it (or the failure) to done.
-void submitChanged(Store& store, std::function<Status(WriteTxn&, bool& changed)> fn,
-                   MessageStore::ChangedFn done) {
-  auto changed = std::make_shared<bool>(false);
-  store.submit(
-      // A request may run again (in a fresh batch) after its first run was
-      // rolled back, so `changed` is set anew on every run.
-      [changed, fn = std::move(fn)](WriteTxn& w) -> Status {
-        *changed = false;
-        return fn(w, *changed);
-      },
-      [changed, done = std::move(done)](const Status& status) {
-        if (!status) {
-          done(status.error());
-        } else {
-          done(*changed);
-        }
-      });
+Status checkBatch(size_t n, std::string_view what) {
+  if (n > message_batch_max) {
+    return makeError(Errc::too_large, std::string(what) + " of " + std::to_string(n) +
+                                          " messages is over message_batch_max (" +
+                                          std::to_string(message_batch_max) + ")");
+  }
+  return {};
 }
 
-Result<bool> waitFor(const std::function<void(MessageStore::ChangedFn)>& start) {
-  auto promise = std::make_shared<std::promise<Result<bool>>>();
-  std::future<Result<bool>> result = promise->get_future();
-  start([promise](const Result<bool>& r) { promise->set_value(r); });
+template <class T>
+Result<T> waitFor(const std::function<void(std::function<void(const Result<T>&)>)>& start) {
+  auto promise = std::make_shared<std::promise<Result<T>>>();
+  std::future<Result<T>> result = promise->get_future();
+  start([promise](const Result<T>& r) { promise->set_value(r); });
   return result.get();
 }
 
 }  // namespace
+
+std::string_view arrivalName(Arrival a) {
+  switch (a) {
+    case Arrival::stored: return "stored";
+    case Arrival::duplicate: return "duplicate";
+    case Arrival::conflict: return "conflict";
+    case Arrival::stale_stream: return "stale_stream";
+    case Arrival::too_far_ahead: return "too_far_ahead";
+  }
+  return "?";
+}
 
 MessageStore::MessageStore(Store& store, std::function<int64_t()> now_micros)
     : store_(store),
       outbox_(store.db(db_msg_outbox)),
       inbox_(store.db(db_msg_inbox)),
       dedup_(store.db(db_msg_dedup)),
-      now_micros_(std::move(now_micros)) {}
+      now_micros_(std::move(now_micros)) {
+  // The pending ids, from the committed outbox. An entry that does not
+  // parse is left out (it is reported when pending() reads it).
+  std::lock_guard lock(pending_mutex_);
+  ReadTxn txn = store_.read();
+  Cursor cursor = txn.cursor(outbox_);
+  for (bool more = cursor.seek(Bytes{queue_tag});
+       more && !cursor.key().empty() && cursor.key()[0] == queue_tag; more = cursor.next()) {
+    size_t used = 0;
+    auto peer = readText(cursor.key().subspan(1), used);
+    if (!peer || cursor.key().size() != 1 + used + 8 ||
+        cursor.value().size() < SecureHash::size_bytes) {
+      continue;
+    }
+    pending_ids_[*peer][SecureHash::fromBytes(cursor.value().first(SecureHash::size_bytes))
+                            .value()] = readBe64(cursor.key().subspan(1 + used));
+  }
+}
 
 int64_t MessageStore::now() const {
   if (now_micros_) return now_micros_();
@@ -244,73 +225,151 @@ int64_t MessageStore::now() const {
 
 // --- outbox -------------------------------------------------------------------
 
-void MessageStore::enqueueAsync(std::string_view peer, const MessageId& id, ByteView payload,
-                                ChangedFn done) {
-  Status valid = checkPeer(peer);
-  if (valid) valid = checkPayload(peer, id, payload);
+void MessageStore::enqueueBatchAsync(std::vector<OutgoingMessage> messages, BatchFn done) {
+  Status valid = checkBatch(messages.size(), "an enqueue batch");
+  for (size_t i = 0; valid && i < messages.size(); ++i) {
+    valid = checkPeer(messages[i].peer);
+    if (valid) valid = checkPayload(messages[i].peer, messages[i].id, messages[i].payload);
+  }
   if (!valid) return done(valid.error());
-  const Db* outbox = &outbox_;
-  submitChanged(
-      store_,
-      [outbox, peer = std::string(peer), id, payload = Bytes(payload.begin(), payload.end())](
-          WriteTxn& w, bool& changed) -> Status {
-        const Bytes by_id = idKey(peer, id);
-        if (auto existing = w.get(*outbox, by_id)) {
-          if (existing->size() != 8) return damaged("outbox id entry of " + messageLabel(peer, id));
-          const uint64_t seq = readBe64(*existing);
-          auto queued = w.get(*outbox, queueKey(peer, seq));
-          if (!queued || queued->size() < SecureHash::size_bytes) {
-            return damaged("outbox entry " + std::to_string(seq) + " of " + messageLabel(peer, id));
+  const int64_t at = now();
+  auto results = std::make_shared<std::vector<Result<bool>>>();
+  auto items = std::make_shared<std::vector<OutgoingMessage>>(std::move(messages));
+  store_.submit(
+      [this, items, results, at](WriteTxn& w) -> Status {
+        // A request may run again after a rollback: outputs are set anew.
+        results->clear();
+        results->reserve(items->size());
+        // Per peer: its stream and its queue key prefix.
+        std::map<std::string, std::pair<OutboxStream, Bytes>, std::less<>> streams;
+        for (const OutgoingMessage& m : *items) {
+          std::optional<uint64_t> hinted;
+          {
+            std::lock_guard lock(pending_mutex_);
+            auto peer_it = pending_ids_.find(m.peer);
+            if (peer_it != pending_ids_.end()) {
+              auto it = peer_it->second.find(m.id);
+              if (it != peer_it->second.end()) hinted = it->second;
+            }
           }
-          ByteView queued_payload = queued->subspan(SecureHash::size_bytes);
-          if (!std::equal(queued_payload.begin(), queued_payload.end(), payload.begin(),
-                          payload.end())) {
-            return makeError(Errc::conflict,
-                             messageLabel(peer, id) + " is already pending (outbox seq " +
-                                 std::to_string(seq) + ") with a different payload (" +
-                                 std::to_string(queued_payload.size()) + " bytes, now " +
-                                 std::to_string(payload.size()) + ")");
+          if (hinted) {
+            auto queued = w.get(outbox_, queueKey(m.peer, *hinted));  // rare: a repeated id
+            if (queued && queued->size() >= SecureHash::size_bytes &&
+                std::equal(m.id.view().begin(), m.id.view().end(), queued->begin())) {
+              ByteView queued_payload = queued->subspan(SecureHash::size_bytes);
+              if (std::equal(queued_payload.begin(), queued_payload.end(), m.payload.begin(),
+                             m.payload.end())) {
+                results->push_back(false);  // already pending: a no-op
+              } else {
+                results->push_back(makeError(
+                    Errc::conflict, messageLabel(m.peer, m.id) + " is already pending (seq " +
+                                        std::to_string(*hinted) + ") with a different payload (" +
+                                        std::to_string(queued_payload.size()) + " bytes, now " +
+                                        std::to_string(m.payload.size()) + ")"));
+              }
+              continue;
+            }
+            // A stale hint (its enqueue was rolled back): forget it.
+            std::lock_guard lock(pending_mutex_);
+            auto& ids = pending_ids_[m.peer];
+            if (auto it = ids.find(m.id); it != ids.end() && it->second == *hinted) ids.erase(it);
           }
-          return {};  // already pending: a no-op
+          auto stream_it = streams.find(m.peer);
+          if (stream_it == streams.end()) {
+            auto stream = readStream(w, outbox_, m.peer);
+            if (!stream) return stream.error();
+            if (stream->incarnation == 0) {
+              stream->incarnation = static_cast<uint64_t>(std::max<int64_t>(at, 1));
+            }
+            stream_it =
+                streams.emplace(m.peer, std::make_pair(*stream, peerPrefix(queue_tag, m.peer))).first;
+          }
+          const uint64_t seq = stream_it->second.first.next_seq++;
+          CCAL_TRY(w.put(outbox_, withNumbers(stream_it->second.second, seq),
+                         idAndPayload(m.id, m.payload)));
+          {
+            std::lock_guard lock(pending_mutex_);
+            pending_ids_[m.peer][m.id] = seq;
+          }
+          results->push_back(true);
         }
-        auto seq = readCounter(w, *outbox, "outbox");
-        if (!seq) return seq.error();
-        Bytes record(id.view().begin(), id.view().end());
-        append(record, payload);
-        CCAL_TRY(w.put(*outbox, queueKey(peer, *seq), record));
-        CCAL_TRY(w.put(*outbox, by_id, be64(*seq)));
-        CCAL_TRY(w.put(*outbox, counter_key, be64(*seq + 1)));
-        changed = true;
+        for (const auto& [peer, stream] : streams) {
+          CCAL_TRY(w.put(outbox_, peerPrefix(stream_tag, peer),
+                         twoNumbers(stream.first.incarnation, stream.first.next_seq)));
+        }
         return {};
       },
-      std::move(done));
+      [results, done = std::move(done)](const Status& status) {
+        if (!status) return done(status.error());
+        done(*results);
+      });
+}
+
+void MessageStore::enqueueAsync(std::string_view peer, const MessageId& id, ByteView payload,
+                                ChangedFn done) {
+  std::vector<OutgoingMessage> one;
+  one.push_back(OutgoingMessage{std::string(peer), id, Bytes(payload.begin(), payload.end())});
+  enqueueBatchAsync(std::move(one),
+                    [done = std::move(done)](const Result<std::vector<Result<bool>>>& r) {
+                      if (!r) return done(r.error());
+                      done(r->front());
+                    });
 }
 
 Result<bool> MessageStore::enqueue(std::string_view peer, const MessageId& id, ByteView payload) {
-  return waitFor([&](ChangedFn done) { enqueueAsync(peer, id, payload, std::move(done)); });
+  return waitFor<bool>([&](ChangedFn done) { enqueueAsync(peer, id, payload, std::move(done)); });
 }
 
-void MessageStore::acknowledgeAsync(std::string_view peer, const MessageId& id, ChangedFn done) {
+Result<OutboxStream> MessageStore::outboxStream(std::string_view peer) const {
+  CCAL_TRY(checkPeer(peer));
+  ReadTxn txn = store_.read();
+  return readStream(txn, outbox_, peer);
+}
+
+void MessageStore::acknowledgeAsync(std::string_view peer, std::vector<uint64_t> seqs,
+                                    CountFn done) {
   Status valid = checkPeer(peer);
+  if (valid) valid = checkBatch(seqs.size(), "an acknowledgement");
   if (!valid) return done(valid.error());
-  const Db* outbox = &outbox_;
-  submitChanged(
-      store_,
-      [outbox, peer = std::string(peer), id](WriteTxn& w, bool& changed) -> Status {
-        const Bytes by_id = idKey(peer, id);
-        auto existing = w.get(*outbox, by_id);
-        if (!existing) return {};  // not pending: acknowledged before, or never queued
-        if (existing->size() != 8) return damaged("outbox id entry of " + messageLabel(peer, id));
-        CCAL_TRY(w.del(*outbox, queueKey(peer, readBe64(*existing))));
-        CCAL_TRY(w.del(*outbox, by_id));
-        changed = true;
+  auto removed = std::make_shared<std::vector<std::pair<MessageId, uint64_t>>>();
+  store_.submit(
+      [this, removed, peer = std::string(peer), seqs = std::move(seqs)](WriteTxn& w) -> Status {
+        removed->clear();
+        const Bytes prefix = peerPrefix(queue_tag, peer);
+        for (uint64_t seq : seqs) {
+          const Bytes key = withNumbers(prefix, seq);
+          auto queued = w.get(outbox_, key);
+          if (!queued) continue;  // not pending: acknowledged before, or never queued
+          if (queued->size() < SecureHash::size_bytes) {
+            return damaged("outbox entry " + std::to_string(seq) + " of peer '" + peer + "'");
+          }
+          removed->emplace_back(
+              SecureHash::fromBytes(queued->first(SecureHash::size_bytes)).value(), seq);
+          CCAL_TRY(w.del(outbox_, key));
+        }
         return {};
       },
-      std::move(done));
+      [this, removed, peer = std::string(peer), done = std::move(done)](const Status& status) {
+        if (!status) return done(status.error());
+        {
+          // Only now, after the commit, are the ids no longer pending.
+          std::lock_guard lock(pending_mutex_);
+          auto peer_it = pending_ids_.find(peer);
+          if (peer_it != pending_ids_.end()) {
+            for (const auto& [id, seq] : *removed) {
+              auto it = peer_it->second.find(id);
+              if (it != peer_it->second.end() && it->second == seq) peer_it->second.erase(it);
+            }
+            if (peer_it->second.empty()) pending_ids_.erase(peer_it);
+          }
+        }
+        done(uint64_t{removed->size()});
+      });
 }
 
-Result<bool> MessageStore::acknowledge(std::string_view peer, const MessageId& id) {
-  return waitFor([&](ChangedFn done) { acknowledgeAsync(peer, id, std::move(done)); });
+Result<uint64_t> MessageStore::acknowledge(std::string_view peer, std::vector<uint64_t> seqs) {
+  return waitFor<uint64_t>(
+      [&](CountFn done) { acknowledgeAsync(peer, std::move(seqs), std::move(done)); });
 }
 
 Result<std::vector<OutboxMessage>> MessageStore::pending(std::string_view peer, uint32_t limit,
@@ -327,11 +386,10 @@ Result<std::vector<OutboxMessage>> MessageStore::pending(std::string_view peer, 
         cursor.value().size() < SecureHash::size_bytes) {
       return damaged("outbox entry of peer '" + std::string(peer) + "'");
     }
-    const uint64_t seq = readBe64(cursor.key().subspan(prefix.size()));
     OutboxMessage m;
     m.peer = std::string(peer);
     m.id = SecureHash::fromBytes(cursor.value().first(SecureHash::size_bytes)).value();
-    m.seq = seq;
+    m.seq = readBe64(cursor.key().subspan(prefix.size()));
     m.payload.assign(cursor.value().begin() + SecureHash::size_bytes, cursor.value().end());
     out.push_back(std::move(m));
   }
@@ -363,131 +421,289 @@ Result<std::vector<std::string>> MessageStore::outboxPeers(uint32_t limit,
 
 // --- inbox --------------------------------------------------------------------
 
-void MessageStore::receiveAsync(std::string_view peer, const MessageId& id, ByteView payload,
-                                ChangedFn done) {
+void MessageStore::receiveAsync(std::string_view peer, uint64_t incarnation, uint64_t floor,
+                                std::vector<ArrivingMessage> messages, ReceiveFn done) {
   Status valid = checkPeer(peer);
-  if (valid) valid = checkPayload(peer, id, payload);
+  if (valid) valid = checkBatch(messages.size(), "a receive batch");
+  if (valid && (incarnation == 0 || floor == 0)) {
+    valid = makeError(Errc::malformed, "messages of peer '" + std::string(peer) +
+                                           "': the stream incarnation and floor must be >= 1");
+  }
+  for (size_t i = 0; valid && i < messages.size(); ++i) {
+    valid = checkPayload(peer, messages[i].id, messages[i].payload);
+    if (valid && messages[i].seq == 0) {
+      valid = makeError(Errc::malformed, messageLabel(peer, messages[i].id) + " has seq 0");
+    }
+  }
   if (!valid) return done(valid.error());
-  const Db* inbox = &inbox_;
-  const Db* dedup = &dedup_;
-  const int64_t at = now();
-  submitChanged(
-      store_,
-      [inbox, dedup, peer = std::string(peer), id, at, record = encodeInbox(peer, id, at, payload)](
-          WriteTxn& w, bool& changed) -> Status {
-        const Bytes key = dedupKey(peer, id);
-        if (w.get(*dedup, key)) return {};  // a duplicate
-        auto seq = readCounter(w, *inbox, "inbox");
-        if (!seq) return seq.error();
-        CCAL_TRY(w.put(*inbox, arrivalKey(*seq), record));
-        CCAL_TRY(w.put(*dedup, key, encodeDedup(DedupRecord{*seq, false, at, 0})));
-        CCAL_TRY(w.put(*inbox, counter_key, be64(*seq + 1)));
-        changed = true;
-        return {};
-      },
-      std::move(done));
-}
-
-Result<bool> MessageStore::receive(std::string_view peer, const MessageId& id, ByteView payload) {
-  return waitFor([&](ChangedFn done) { receiveAsync(peer, id, payload, std::move(done)); });
-}
-
-void MessageStore::consumeAsync(std::string_view peer, const MessageId& id, ChangedFn done) {
-  Status valid = checkPeer(peer);
-  if (!valid) return done(valid.error());
-  const Db* inbox = &inbox_;
-  const Db* dedup = &dedup_;
-  submitChanged(
-      store_,
-      [inbox, dedup, peer = std::string(peer), id, at = now()](WriteTxn& w,
-                                                               bool& changed) -> Status {
-        const Bytes key = dedupKey(peer, id);
-        auto value = w.get(*dedup, key);
-        if (!value) {
-          return makeError(Errc::not_found, messageLabel(peer, id) + " was never received");
+  auto result = std::make_shared<ReceiveResult>();
+  auto items = std::make_shared<std::vector<ArrivingMessage>>(std::move(messages));
+  store_.submit(
+      [this, result, items, peer = std::string(peer), incarnation, floor](WriteTxn& w) -> Status {
+        *result = ReceiveResult{};
+        result->arrivals.reserve(items->size());
+        auto stored_state = readState(w, dedup_, peer);
+        if (!stored_state) return stored_state.error();
+        ReceiveState state{peer, incarnation, floor - 1};
+        bool state_changed = true;
+        if (!stored_state->has_value()) {
+          result->stream_started = true;
+        } else if ((*stored_state)->incarnation > incarnation) {
+          // An older stream's frames: nothing of them is taken.
+          result->state = **stored_state;
+          result->arrivals.assign(items->size(), ArrivalResult{Arrival::stale_stream, {}});
+          return {};
+        } else if ((*stored_state)->incarnation < incarnation) {
+          result->stream_restarted = true;
+          result->previous_incarnation = (*stored_state)->incarnation;
+          result->previous_watermark = (*stored_state)->watermark;
+        } else {
+          state = **stored_state;
+          state_changed = false;
+          if (floor - 1 > state.watermark) {
+            // Acknowledged here once, yet not here now: lost with this store.
+            result->skipped_from = state.watermark + 1;
+            result->skipped_to = floor - 1;
+            state.watermark = floor - 1;
+            state_changed = true;
+          }
         }
-        auto record = decodeDedup(peer, id, *value);
-        if (!record) return record.error();
-        if (record->consumed) return {};
-        CCAL_TRY(w.del(*inbox, arrivalKey(record->seq)));
-        record->consumed = true;
-        record->consumedMicros = at;
-        CCAL_TRY(w.put(*dedup, key, encodeDedup(*record)));
-        CCAL_TRY(w.put(*dedup, prunableKey(at, key), {}));
-        changed = true;
+        const Bytes inbox_prefix = peerPrefix(inbox_tag, peer);
+        const Bytes log_prefix = peerPrefix(id_log_tag, peer);
+        // Moves the watermark over seqs stored contiguously above it.
+        const auto advance = [&]() {
+          while (w.get(inbox_, withNumbers(inbox_prefix, incarnation, state.watermark + 1))) {
+            ++state.watermark;
+            state_changed = true;
+          }
+        };
+        if (result->skipped_to != 0) advance();
+        for (const ArrivingMessage& m : *items) {
+          ArrivalResult arrival;
+          std::optional<ByteView> seen_id;
+          std::optional<ByteView> in_inbox;
+          if (m.seq <= state.watermark) {
+            seen_id = w.get(dedup_, withNumbers(log_prefix, incarnation, m.seq));
+          } else {
+            in_inbox = w.get(inbox_, withNumbers(inbox_prefix, incarnation, m.seq));
+            if (in_inbox) {
+              if (in_inbox->size() < SecureHash::size_bytes) {
+                return damaged("inbox entry of " + seqLabel(peer, incarnation, m.seq));
+              }
+              seen_id = in_inbox->first(SecureHash::size_bytes);
+            }
+          }
+          if (m.seq <= state.watermark || in_inbox) {
+            arrival.kind = Arrival::duplicate;
+            if (seen_id) {
+              if (seen_id->size() != SecureHash::size_bytes) {
+                return damaged("id log entry of " + seqLabel(peer, incarnation, m.seq));
+              }
+              if (!std::equal(seen_id->begin(), seen_id->end(), m.id.view().begin())) {
+                arrival.kind = Arrival::conflict;
+                arrival.other_id = SecureHash::fromBytes(*seen_id).value();
+              }
+            }
+          } else if (m.seq > state.watermark + receive_ahead_seqs_max) {
+            arrival.kind = Arrival::too_far_ahead;
+          } else {
+            CCAL_TRY(w.put(inbox_, withNumbers(inbox_prefix, incarnation, m.seq),
+                           idAndPayload(m.id, m.payload)));
+            CCAL_TRY(w.put(dedup_, withNumbers(log_prefix, incarnation, m.seq), m.id.view()));
+            arrival.kind = Arrival::stored;
+            if (m.seq == state.watermark + 1) advance();
+          }
+          result->arrivals.push_back(arrival);
+        }
+        if (state_changed) {
+          CCAL_TRY(w.put(dedup_, peerPrefix(state_tag, peer),
+                         twoNumbers(state.incarnation, state.watermark)));
+        }
+        result->state = state;
+        // Prune the id log: older incarnations, and seqs over
+        // received_ids_kept_max below the watermark; a bounded number per
+        // request, oldest first.
+        const Bytes& prefix = log_prefix;
+        std::vector<Bytes> old;
+        {
+          Cursor cursor = w.cursor(dedup_);  // must end before the request does
+          for (bool more = cursor.seek(prefix);
+               more && old.size() < id_log_prune_entries_max && startsWith(cursor.key(), prefix);
+               more = cursor.next()) {
+            if (cursor.key().size() != prefix.size() + 16) {
+              return damaged("id log key of peer '" + peer + "'");
+            }
+            const uint64_t inc = readBe64(cursor.key().subspan(prefix.size(), 8));
+            const uint64_t seq = readBe64(cursor.key().subspan(prefix.size() + 8, 8));
+            if (inc == state.incarnation && seq + received_ids_kept_max > state.watermark) break;
+            old.emplace_back(cursor.key().begin(), cursor.key().end());
+          }
+        }
+        for (const Bytes& key : old) CCAL_TRY(w.del(dedup_, key));
         return {};
       },
-      std::move(done));
+      [result, done = std::move(done)](const Status& status) {
+        if (!status) return done(status.error());
+        done(*result);
+      });
 }
 
-Result<bool> MessageStore::consume(std::string_view peer, const MessageId& id) {
-  return waitFor([&](ChangedFn done) { consumeAsync(peer, id, std::move(done)); });
+Result<ReceiveResult> MessageStore::receive(std::string_view peer, uint64_t incarnation,
+                                            uint64_t floor, std::vector<ArrivingMessage> messages) {
+  return waitFor<ReceiveResult>([&](ReceiveFn done) {
+    receiveAsync(peer, incarnation, floor, std::move(messages), std::move(done));
+  });
 }
 
-Result<std::vector<InboxMessage>> MessageStore::unconsumed(uint32_t limit,
-                                                           uint64_t from_seq) const {
-  CCAL_TRY(checkLimit(limit, message_listing_max, "message_listing_max"));
-  std::vector<InboxMessage> out;
+void MessageStore::consumeBatchAsync(std::vector<InboxKey> keys, BatchFn done) {
+  Status valid = checkBatch(keys.size(), "a consume batch");
+  for (size_t i = 0; valid && i < keys.size(); ++i) valid = checkPeer(keys[i].peer);
+  if (!valid) return done(valid.error());
+  auto results = std::make_shared<std::vector<Result<bool>>>();
+  store_.submit(
+      [this, results, keys = std::move(keys)](WriteTxn& w) -> Status {
+        results->clear();
+        results->reserve(keys.size());
+        std::map<std::string, std::optional<ReceiveState>, std::less<>> states;
+        for (const InboxKey& k : keys) {
+          auto state_it = states.find(k.peer);
+          if (state_it == states.end()) {
+            auto state = readState(w, dedup_, k.peer);
+            if (!state) return state.error();
+            state_it = states.emplace(k.peer, *state).first;
+          }
+          const std::optional<ReceiveState>& state = state_it->second;
+          const Bytes key = streamSeqKey(inbox_tag, k.peer, k.incarnation, k.seq);
+          const bool handed_over =
+              state && (k.incarnation < state->incarnation ||
+                        (k.incarnation == state->incarnation && k.seq <= state->watermark));
+          auto value = w.get(inbox_, key);
+          if (!value) {
+            if (handed_over) {
+              results->push_back(false);  // consumed before
+            } else {
+              results->push_back(makeError(
+                  Errc::not_found, messageLabel(k.peer, k.id) + " (" +
+                                       seqLabel(k.peer, k.incarnation, k.seq) +
+                                       ") was never received"));
+            }
+            continue;
+          }
+          if (value->size() < SecureHash::size_bytes) {
+            return damaged("inbox entry of " + seqLabel(k.peer, k.incarnation, k.seq));
+          }
+          if (!std::equal(k.id.view().begin(), k.id.view().end(), value->begin())) {
+            results->push_back(makeError(
+                Errc::conflict,
+                seqLabel(k.peer, k.incarnation, k.seq) + " holds message " +
+                    SecureHash::fromBytes(value->first(SecureHash::size_bytes)).value().hex() +
+                    ", not " + k.id.hex()));
+            continue;
+          }
+          if (!handed_over) {
+            results->push_back(makeError(
+                Errc::bad_query, messageLabel(k.peer, k.id) + " (" +
+                                     seqLabel(k.peer, k.incarnation, k.seq) +
+                                     ") is above the watermark: an earlier message is missing, "
+                                     "so it cannot have been handed over"));
+            continue;
+          }
+          CCAL_TRY(w.del(inbox_, key));
+          results->push_back(true);
+        }
+        return {};
+      },
+      [results, done = std::move(done)](const Status& status) {
+        if (!status) return done(status.error());
+        done(*results);
+      });
+}
+
+Result<bool> MessageStore::consume(const InboxKey& key) {
+  auto results = waitFor<std::vector<Result<bool>>>([&](BatchFn done) {
+    consumeBatchAsync(std::vector<InboxKey>{key}, std::move(done));
+  });
+  if (!results) return results.error();
+  return results->front();
+}
+
+Result<std::optional<ReceiveState>> MessageStore::receiveState(std::string_view peer) const {
+  CCAL_TRY(checkPeer(peer));
   ReadTxn txn = store_.read();
-  Cursor cursor = txn.cursor(inbox_);
-  for (bool more = cursor.seek(arrivalKey(from_seq));
-       more && out.size() < limit && !cursor.key().empty() && cursor.key()[0] == arrival_tag;
+  return readState(txn, dedup_, peer);
+}
+
+Result<std::vector<ReceiveState>> MessageStore::receiveStates(uint32_t limit,
+                                                              std::string_view after_peer) const {
+  CCAL_TRY(checkLimit(limit, message_listing_max, "message_listing_max"));
+  Bytes start{state_tag};
+  if (!after_peer.empty()) {
+    CCAL_TRY(checkPeer(after_peer));
+    start = keys::prefixEnd(peerPrefix(state_tag, after_peer)).value();
+  }
+  std::vector<ReceiveState> out;
+  ReadTxn txn = store_.read();
+  Cursor cursor = txn.cursor(dedup_);
+  for (bool more = cursor.seek(start);
+       more && out.size() < limit && !cursor.key().empty() && cursor.key()[0] == state_tag;
        more = cursor.next()) {
-    if (cursor.key().size() != 9)
-      return damaged("inbox key of " + std::to_string(cursor.key().size()) + " bytes");
-    auto m = decodeInbox(readBe64(cursor.key().subspan(1)), cursor.value());
-    if (!m) return m.error();
-    out.push_back(std::move(m).value());
+    size_t used = 0;
+    auto peer = readText(cursor.key().subspan(1), used);
+    if (!peer || used + 1 != cursor.key().size() || cursor.value().size() != 16) {
+      return damaged("receive state record");
+    }
+    out.push_back(ReceiveState{*peer, readBe64(cursor.value().first(8)),
+                               readBe64(cursor.value().subspan(8, 8))});
   }
   return out;
 }
 
-Result<std::optional<DedupRecord>> MessageStore::dedup(std::string_view peer,
-                                                       const MessageId& id) const {
+Result<std::vector<InboxMessage>> MessageStore::unconsumed(std::string_view peer, uint32_t limit,
+                                                           uint64_t from_incarnation,
+                                                           uint64_t from_seq) const {
   CCAL_TRY(checkPeer(peer));
+  CCAL_TRY(checkLimit(limit, message_listing_max, "message_listing_max"));
+  const Bytes prefix = peerPrefix(inbox_tag, peer);
+  std::vector<InboxMessage> out;
   ReadTxn txn = store_.read();
-  auto value = txn.get(dedup_, dedupKey(peer, id));
-  if (!value) return std::optional<DedupRecord>{};
-  auto record = decodeDedup(peer, id, *value);
-  if (!record) return record.error();
-  return std::optional<DedupRecord>(*record);
+  Cursor cursor = txn.cursor(inbox_);
+  for (bool more = cursor.seek(streamSeqKey(inbox_tag, peer, from_incarnation, from_seq));
+       more && out.size() < limit && startsWith(cursor.key(), prefix); more = cursor.next()) {
+    if (cursor.key().size() != prefix.size() + 16 ||
+        cursor.value().size() < SecureHash::size_bytes) {
+      return damaged("inbox entry of peer '" + std::string(peer) + "'");
+    }
+    InboxMessage m;
+    m.peer = std::string(peer);
+    m.incarnation = readBe64(cursor.key().subspan(prefix.size(), 8));
+    m.seq = readBe64(cursor.key().subspan(prefix.size() + 8, 8));
+    m.id = SecureHash::fromBytes(cursor.value().first(SecureHash::size_bytes)).value();
+    m.payload.assign(cursor.value().begin() + SecureHash::size_bytes, cursor.value().end());
+    out.push_back(std::move(m));
+  }
+  return out;
 }
 
-Result<PruneResult> MessageStore::pruneDedup(int64_t older_than_micros, uint32_t limit) {
-  CCAL_TRY(checkLimit(limit, dedup_prune_batch_max, "dedup_prune_batch_max"));
-  auto result = std::make_shared<PruneResult>();
-  const Db* dedup = &dedup_;
-  Status status = store_.write([dedup, older_than_micros, limit, result](WriteTxn& w) -> Status {
-    *result = PruneResult{};
-    Bytes end{prunable_tag};
-    keys::appendInt(end, older_than_micros);
-    std::vector<Bytes> prunable;
-    {
-      // The cursor must end before the request does.
-      Cursor cursor = w.cursor(*dedup);
-      for (bool more = cursor.seek(Bytes{prunable_tag});
-           more && !cursor.key().empty() && cursor.key()[0] == prunable_tag &&
-           std::lexicographical_compare(cursor.key().begin(), cursor.key().end(), end.begin(),
-                                        end.end());
-           more = cursor.next()) {
-        if (prunable.size() == limit) {
-          result->more = true;
-          break;
-        }
-        prunable.emplace_back(cursor.key().begin(), cursor.key().end());
-      }
+Result<std::vector<ReceivedId>> MessageStore::receivedIds(std::string_view peer, uint32_t limit,
+                                                          uint64_t from_incarnation,
+                                                          uint64_t from_seq) const {
+  CCAL_TRY(checkPeer(peer));
+  CCAL_TRY(checkLimit(limit, message_listing_max, "message_listing_max"));
+  const Bytes prefix = peerPrefix(id_log_tag, peer);
+  std::vector<ReceivedId> out;
+  ReadTxn txn = store_.read();
+  Cursor cursor = txn.cursor(dedup_);
+  for (bool more = cursor.seek(streamSeqKey(id_log_tag, peer, from_incarnation, from_seq));
+       more && out.size() < limit && startsWith(cursor.key(), prefix); more = cursor.next()) {
+    if (cursor.key().size() != prefix.size() + 16 ||
+        cursor.value().size() != SecureHash::size_bytes) {
+      return damaged("id log entry of peer '" + std::string(peer) + "'");
     }
-    for (const Bytes& key : prunable) {
-      if (key.size() <= 9)
-        return damaged("prunable dedup key of " + std::to_string(key.size()) + " bytes");
-      CCAL_TRY(w.del(*dedup, ByteView(key).subspan(9)));
-      CCAL_TRY(w.del(*dedup, key));
-    }
-    result->removed = prunable.size();
-    return {};
-  });
-  if (!status) return status.error();
-  return *result;
+    out.push_back(ReceivedId{readBe64(cursor.key().subspan(prefix.size(), 8)),
+                             readBe64(cursor.key().subspan(prefix.size() + 8, 8)),
+                             SecureHash::fromBytes(cursor.value()).value()});
+  }
+  return out;
 }
 
 }  // namespace ccal::vault

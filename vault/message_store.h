@@ -1,38 +1,56 @@
 #pragma once
-// The messaging layer's exactly-once tables: an outbox of messages durable
-// before they are sent and kept until the peer acknowledges them, and an
-// inbox with a dedup record per received message, so that a message a peer
-// sends again (it never saw our acknowledgement) is recognised and dropped.
+// The messaging layer's exactly-once tables, keyed by sequence numbers so
+// that every write lands at the end (or the front) of a contiguous key range:
+// a message costs a few appends, not a random B-tree page per table.
 //
-// Message ids are 32 bytes chosen deterministically by the sender (a flow
-// that replays after a crash sends the same ids again), and are scoped by
-// peer: (peer, id) names a message.
+// Streams. The messages from one member to one peer form a stream: the
+// sender numbers them 1, 2, 3, ... (its outbox seq, persisted, never reused)
+// under a stream incarnation, a number chosen when the sender's store first
+// writes to that peer (its clock in microseconds). A sender whose store is
+// wiped starts a new stream at seq 1 under a newer incarnation; the receiver
+// sees the change and says so (see receive()).
+//
+// Sender: the outbox holds each message from enqueue until the peer
+// acknowledges its seq. Receiver: per peer a durable watermark W ("every seq
+// <= W of the current incarnation was received"), the inbox keyed by
+// (peer, incarnation, seq), and a bounded log of the ids of recent seqs.
+// Messages received above W (out of order) are the inbox entries above W:
+// that is the sparse set, bounded by receive_ahead_seqs_max. A message is a
+// duplicate exactly when its seq is <= W or is in the inbox; there is no
+// record per message id.
 //
 // Layout in the vault's Store (sub-databases of vault_internal.h; peers are
 // keys::appendText encodings, so one peer's keys are one contiguous range):
-//   msg_outbox  'c'                      -> be64 next outbox seq (persisted, never reused)
-//               'q' peer be64 seq        -> message id, payload     (send order)
-//               'i' peer message id      -> be64 seq                (lookup by id)
-//   msg_inbox   'c'                      -> be64 next arrival seq
-//               'a' be64 seq             -> be16 peer length, peer, message id,
-//                                           be64 received micros, payload
-//   msg_dedup   'd' peer message id      -> be64 arrival seq, u8 consumed,
-//                                           be64 received micros, be64 consumed micros
-//               't' int64 consumed micros, then the 'd' key -> empty   (prunable, by age)
-// A dedup record becomes prunable only once its message is consumed, aged
-// from its consumption: a message still in the inbox is never forgotten.
+//   msg_outbox  'n' peer                 -> be64 incarnation, be64 next seq (never reused)
+//               'q' peer be64 seq        -> message id, payload       (send order)
+//   msg_inbox   'a' peer be64 inc be64 seq -> message id, payload
+//   msg_dedup   'w' peer                 -> be64 incarnation, be64 watermark
+//               'l' peer be64 inc be64 seq -> message id  (the last received_ids_kept_max
+//                                                          seqs per peer; older pruned)
 //
-// Writes go through the Store's writer thread (group commit); the async
-// variants call done() after the durable commit, on the writer thread, or at
-// once on the caller's thread when refused before queueing (a limit, a bad
-// peer name). Reads run on any thread.
-// One object may serve many threads at once (its clock must allow that too).
+// Ids. The id of every message still in the outbox is kept in memory too
+// (rebuilt at construction from the outbox), which answers enqueue's "is
+// this id pending?" without an index by id. Once acknowledged, an id is
+// forgotten: enqueueing it again sends a new message. A flow that may replay
+// a send after a crash must therefore record "sent" in the same Store (the
+// flow checkpoint and the outbox share one LMDB environment) or reuse ids
+// only while they are pending.
+// On the receiver, the id log and the inbox catch a peer that reuses a seq
+// with another id (an error naming both ids).
+//
+// Writes go through the Store's writer thread (group commit); the batch
+// variants take many messages in one request. done() runs after the durable
+// commit, on the writer thread, or at once on the caller's thread when the
+// request is refused before queueing (a limit, a bad peer name). Reads run
+// on any thread. One object may serve many threads at once.
 
 #include <cstdint>
 #include <functional>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "ledger/bytes.h"
@@ -46,58 +64,133 @@ using MessageId = SecureHash;
 
 // Limits of the message store, in one place.
 // Peer names are in keys, and LMDB keys hold at most 511 bytes; the longest
-// key (a prunable dedup entry) is a name plus 44 bytes. X.500 names fit.
+// key (an inbox or id-log entry) is a name plus 19 bytes. X.500 names fit.
 inline constexpr size_t peer_name_bytes_max = 448;
 inline constexpr size_t message_payload_bytes_max = 1u << 20;
-inline constexpr uint32_t message_listing_max = 10'000;    // messages or peers per listing
-inline constexpr uint32_t dedup_prune_batch_max = 10'000;  // dedup records per pruneDedup call
+inline constexpr uint32_t message_listing_max = 10'000;  // messages or peers per listing
+inline constexpr uint32_t message_batch_max = 4096;      // messages per batch request
+// Seqs above a peer's watermark that may be stored (received out of order):
+// a message further ahead is refused until earlier ones arrive. Bounds the
+// sparse set of received seqs above the watermark.
+inline constexpr uint64_t receive_ahead_seqs_max = 4096;
+// Ids of the most recent seqs kept per peer, to check the id of a repeated
+// seq (retransmissions come from within the sender's window, at most
+// receive_ahead_seqs_max) and for diagnostics.
+inline constexpr uint64_t received_ids_kept_max = 16'384;
+// Old id-log entries deleted per receive request (pruning keeps pace with
+// arrivals: each request may delete more than it adds).
+inline constexpr uint32_t id_log_prune_entries_max = 2 * message_batch_max;
+
+struct OutboxStream {
+  uint64_t incarnation = 0;  // 0: nothing was ever queued for the peer
+  uint64_t next_seq = 1;
+};
 
 struct OutboxMessage {
   std::string peer;
   MessageId id;
-  uint64_t seq = 0;  // enqueue order, over all peers
+  uint64_t seq = 0;  // the peer's stream seq, from 1
   Bytes payload;
+};
+
+struct OutgoingMessage {
+  std::string peer;
+  MessageId id;
+  Bytes payload;
+};
+
+// A message of a peer's stream, as it arrives.
+struct ArrivingMessage {
+  uint64_t seq = 0;
+  MessageId id;
+  Bytes payload;
+};
+
+// What happened to one arriving message.
+enum class Arrival : uint8_t {
+  stored,          // new: stored in the inbox
+  duplicate,       // received before (seq <= watermark, or in the inbox): not stored again
+  conflict,        // the seq was received before under another id (other_id): not stored
+  stale_stream,    // of an older incarnation than the peer's current one: dropped
+  too_far_ahead,   // over receive_ahead_seqs_max above the watermark: refused, comes again
+};
+std::string_view arrivalName(Arrival a);
+
+struct ArrivalResult {
+  Arrival kind = Arrival::stored;
+  MessageId other_id;  // conflict: the id stored under the seq
+};
+
+struct ReceiveState {
+  std::string peer;
+  uint64_t incarnation = 0;
+  uint64_t watermark = 0;  // every seq <= this of the incarnation was received
+};
+
+struct ReceiveResult {
+  std::vector<ArrivalResult> arrivals;  // one per message, in order
+  ReceiveState state;                   // the peer's stream after the request
+  // The first message of the peer: its stream was adopted at `floor`.
+  bool stream_started = false;
+  // The peer started a newer incarnation (its store was wiped or replaced):
+  // what was received of the old one.
+  bool stream_restarted = false;
+  uint64_t previous_incarnation = 0;
+  uint64_t previous_watermark = 0;
+  // The sender's floor says seqs skipped_from..skipped_to were acknowledged
+  // here, but they are not: this store lost them (restored from an old copy).
+  uint64_t skipped_from = 0, skipped_to = 0;  // 0, 0: none
 };
 
 struct InboxMessage {
   std::string peer;
+  uint64_t incarnation = 0;
+  uint64_t seq = 0;
   MessageId id;
-  uint64_t seq = 0;  // arrival order
-  int64_t receivedMicros = 0;
   Bytes payload;
 };
 
-// What the store remembers of a received message.
-struct DedupRecord {
-  uint64_t seq = 0;  // arrival seq
-  bool consumed = false;
-  int64_t receivedMicros = 0;
-  int64_t consumedMicros = 0;  // when consumed
+// Names a received message for consume().
+struct InboxKey {
+  std::string peer;
+  uint64_t incarnation = 0;
+  uint64_t seq = 0;
+  MessageId id;
 };
 
-struct PruneResult {
-  uint64_t removed = 0;
-  bool more = false;  // prunable records remain: call again
+struct ReceivedId {
+  uint64_t incarnation = 0;
+  uint64_t seq = 0;
+  MessageId id;
 };
 
 class MessageStore {
  public:
   // done() of a write that reports whether it changed anything.
   using ChangedFn = std::function<void(const Result<bool>&)>;
+  // done() of a batch: one result per item, in order, or the request's error.
+  using BatchFn = std::function<void(const Result<std::vector<Result<bool>>>&)>;
+  using ReceiveFn = std::function<void(const Result<ReceiveResult>&)>;
+  using CountFn = std::function<void(const Result<uint64_t>&)>;
 
   // `store` is the vault's (Vault::store()) and must outlive this object
-  // and every request it queued. `now_micros` stamps receive and consume
-  // times; the system clock when empty.
+  // and every request it queued. `now_micros` gives new stream
+  // incarnations; the system clock when empty. Reads the outbox's pending
+  // ids (see above).
   explicit MessageStore(Store& store, std::function<int64_t()> now_micros = {});
 
   // --- outbox -----------------------------------------------------------------
-  // Queues a message for `peer`, durable before it is sent. True when
-  // queued; false when a message with this id is already pending for the
-  // peer (with the same payload: a different one is a conflict). An id
-  // acknowledged earlier is queued again: the peer's dedup drops the copy.
+  // Queues a message for `peer`, durable before it is sent, as the next seq
+  // of the peer's stream. True when queued; false when a message with this
+  // id is already pending for the peer with the same payload (a different
+  // payload is a conflict naming both sizes).
   Result<bool> enqueue(std::string_view peer, const MessageId& id, ByteView payload);
   void enqueueAsync(std::string_view peer, const MessageId& id, ByteView payload, ChangedFn done);
-  // The peer's pending messages in enqueue order, from seq `from_seq` on, at
+  // Many messages (any peers) in one request, at most message_batch_max.
+  void enqueueBatchAsync(std::vector<OutgoingMessage> messages, BatchFn done);
+  // The peer's stream: its incarnation and next seq.
+  Result<OutboxStream> outboxStream(std::string_view peer) const;
+  // The peer's pending messages in seq order, from seq `from_seq` on, at
   // most `limit` (<= message_listing_max).
   Result<std::vector<OutboxMessage>> pending(std::string_view peer, uint32_t limit,
                                              uint64_t from_seq = 0) const;
@@ -105,29 +198,48 @@ class MessageStore {
   // after `after_peer` (empty: from the first).
   Result<std::vector<std::string>> outboxPeers(uint32_t limit,
                                                std::string_view after_peer = {}) const;
-  // Removes a pending message: true when it was pending, false when not (an
-  // acknowledgement may arrive twice).
-  Result<bool> acknowledge(std::string_view peer, const MessageId& id);
-  void acknowledgeAsync(std::string_view peer, const MessageId& id, ChangedFn done);
+  // Removes the pending messages with these seqs (at most
+  // message_batch_max): how many were pending (an acknowledgement may
+  // arrive twice).
+  Result<uint64_t> acknowledge(std::string_view peer, std::vector<uint64_t> seqs);
+  void acknowledgeAsync(std::string_view peer, std::vector<uint64_t> seqs, CountFn done);
 
   // --- inbox ------------------------------------------------------------------
-  // Stores a received message: true when it is new, false for a duplicate
-  // (seen before, consumed or not), which is not stored again.
-  Result<bool> receive(std::string_view peer, const MessageId& id, ByteView payload);
-  void receiveAsync(std::string_view peer, const MessageId& id, ByteView payload, ChangedFn done);
-  // Removes the inbox message, keeping its dedup record: true when consumed
-  // now, false when it was consumed before; never received is not_found.
-  Result<bool> consume(std::string_view peer, const MessageId& id);
-  void consumeAsync(std::string_view peer, const MessageId& id, ChangedFn done);
-  // Inbox messages not yet consumed, in arrival order, from arrival seq
-  // `from_seq` on, at most `limit` (<= message_listing_max).
-  Result<std::vector<InboxMessage>> unconsumed(uint32_t limit, uint64_t from_seq = 0) const;
-  Result<std::optional<DedupRecord>> dedup(std::string_view peer, const MessageId& id) const;
-  // Forgets the dedup records of messages consumed before `older_than_micros`,
-  // oldest first, at most `limit` (<= dedup_prune_batch_max) per call.
-  Result<PruneResult> pruneDedup(int64_t older_than_micros, uint32_t limit = dedup_prune_batch_max);
+  // Stores arriving messages of the peer's stream `incarnation` (at most
+  // message_batch_max). `floor` is the sender's lowest unacknowledged seq
+  // (every seq below it was acknowledged by this store). The first message
+  // of a peer starts its stream at the floor; a newer incarnation replaces
+  // the stream (the old one's unconsumed messages stay in the inbox); an
+  // older one is stale. Then the watermark moves over every seq stored
+  // contiguously above it.
+  Result<ReceiveResult> receive(std::string_view peer, uint64_t incarnation, uint64_t floor,
+                                std::vector<ArrivingMessage> messages);
+  void receiveAsync(std::string_view peer, uint64_t incarnation, uint64_t floor,
+                    std::vector<ArrivingMessage> messages, ReceiveFn done);
+  // Removes an inbox message: true when consumed now, false when it was
+  // consumed before; not_found when never received; conflict when the seq
+  // holds another id; bad_query when it is above the watermark (not yet
+  // handed over in order).
+  Result<bool> consume(const InboxKey& key);
+  void consumeBatchAsync(std::vector<InboxKey> keys, BatchFn done);
+  Result<std::optional<ReceiveState>> receiveState(std::string_view peer) const;
+  // Peers with a receive stream, in name order, paged like outboxPeers.
+  Result<std::vector<ReceiveState>> receiveStates(uint32_t limit,
+                                                  std::string_view after_peer = {}) const;
+  // The peer's inbox messages not yet consumed, in (incarnation, seq) order,
+  // from (from_incarnation, from_seq) on, at most `limit`.
+  Result<std::vector<InboxMessage>> unconsumed(std::string_view peer, uint32_t limit,
+                                               uint64_t from_incarnation = 0,
+                                               uint64_t from_seq = 0) const;
+  // The ids of the peer's recent seqs (the id log), in (incarnation, seq)
+  // order, paged like unconsumed().
+  Result<std::vector<ReceivedId>> receivedIds(std::string_view peer, uint32_t limit,
+                                              uint64_t from_incarnation = 0,
+                                              uint64_t from_seq = 0) const;
 
  private:
+  using PendingIds = std::unordered_map<MessageId, uint64_t, SecureHashHasher>;
+
   int64_t now() const;
 
   Store& store_;
@@ -135,6 +247,12 @@ class MessageStore {
   const Db& inbox_;
   const Db& dedup_;
   std::function<int64_t()> now_micros_;
+  // Ids pending per peer -> seq. Hints: an entry is checked against the
+  // outbox before it is believed (a rolled-back enqueue leaves a stale one);
+  // entries are added by enqueue requests and removed after an
+  // acknowledgement's commit, so no pending id is ever missing.
+  mutable std::mutex pending_mutex_;  // guards pending_ids_
+  std::unordered_map<std::string, PendingIds> pending_ids_;
 };
 
 }  // namespace ccal::vault

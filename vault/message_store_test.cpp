@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <future>
+#include <optional>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -62,16 +64,36 @@ struct Fixture {
     return *r;
   }
 
-  bool receive(const std::string& peer, std::string_view id, std::string_view payload) {
-    auto r = messages->receive(peer, msgId(id), asBytes(payload));
+  uint64_t acknowledge(const std::string& peer, std::vector<uint64_t> seqs) {
+    auto r = messages->acknowledge(peer, std::move(seqs));
     REQUIRE_MESSAGE(r.ok(), r.error().toString());
     return *r;
   }
 
-  bool consume(const std::string& peer, std::string_view id) {
-    auto r = messages->consume(peer, msgId(id));
+  // Receives one message of the peer's stream `inc`.
+  ArrivalResult arrive(const std::string& peer, uint64_t inc, uint64_t floor, uint64_t seq,
+                       std::string_view id, std::string_view payload = "p") {
+    std::vector<ArrivingMessage> one;
+    one.push_back(ArrivingMessage{seq, msgId(id), bytesOf(payload)});
+    auto r = messages->receive(peer, inc, floor, std::move(one));
     REQUIRE_MESSAGE(r.ok(), r.error().toString());
-    return *r;
+    REQUIRE(r->arrivals.size() == 1);
+    return r->arrivals[0];
+  }
+  Arrival arriveKind(const std::string& peer, uint64_t seq, std::string_view id,
+                     std::string_view payload = "p") {
+    return arrive(peer, 7, 1, seq, id, payload).kind;
+  }
+
+  uint64_t watermark(const std::string& peer) {
+    auto s = messages->receiveState(peer);
+    REQUIRE_MESSAGE(s.ok(), s.error().toString());
+    REQUIRE(s->has_value());
+    return (*s)->watermark;
+  }
+
+  Result<bool> consume(const std::string& peer, uint64_t inc, uint64_t seq, std::string_view id) {
+    return messages->consume(InboxKey{peer, inc, seq, msgId(id)});
   }
 
   std::vector<OutboxMessage> pending(const std::string& peer, uint32_t limit = 100,
@@ -81,8 +103,8 @@ struct Fixture {
     return *r;
   }
 
-  std::vector<InboxMessage> unconsumed(uint32_t limit = 100, uint64_t from_seq = 0) {
-    auto r = messages->unconsumed(limit, from_seq);
+  std::vector<InboxMessage> unconsumed(const std::string& peer, uint32_t limit = 100) {
+    auto r = messages->unconsumed(peer, limit);
     REQUIRE_MESSAGE(r.ok(), r.error().toString());
     return *r;
   }
@@ -94,9 +116,15 @@ std::vector<Bytes> payloads(const std::vector<OutboxMessage>& ms) {
   return out;
 }
 
-std::vector<Bytes> payloads(const std::vector<InboxMessage>& ms) {
-  std::vector<Bytes> out;
-  for (const auto& m : ms) out.push_back(m.payload);
+std::vector<uint64_t> seqsOf(const std::vector<OutboxMessage>& ms) {
+  std::vector<uint64_t> out;
+  for (const auto& m : ms) out.push_back(m.seq);
+  return out;
+}
+
+std::vector<uint64_t> seqsOf(const std::vector<InboxMessage>& ms) {
+  std::vector<uint64_t> out;
+  for (const auto& m : ms) out.push_back(m.seq);
   return out;
 }
 
@@ -106,11 +134,14 @@ std::vector<Bytes> list(std::initializer_list<std::string_view> items) {
   return out;
 }
 
+using Seqs = std::vector<uint64_t>;
+
 }  // namespace
 
 // ---------------------------------------------------------------- outbox
 
-TEST_CASE_FIXTURE(Fixture, "outbox: pending per peer in enqueue order") {
+TEST_CASE_FIXTURE(Fixture, "outbox: each peer's stream is numbered 1, 2, 3 in enqueue order") {
+  CHECK(messages->outboxStream(alice).value().incarnation == 0);
   CHECK(enqueue(alice, "a1", "to alice 1"));
   CHECK(enqueue(bob, "b1", "to bob 1"));
   CHECK(enqueue(alice, "a2", "to alice 2"));
@@ -120,17 +151,20 @@ TEST_CASE_FIXTURE(Fixture, "outbox: pending per peer in enqueue order") {
   CHECK(payloads(to_alice) == list({"to alice 1", "to alice 2", "to alice 3"}));
   CHECK(to_alice[0].id == msgId("a1"));
   CHECK(to_alice[0].peer == alice);
-  CHECK(to_alice[0].seq < to_alice[1].seq);
-  CHECK(to_alice[1].seq < to_alice[2].seq);
-  CHECK(payloads(pending(bob)) == list({"to bob 1", "to bob 2"}));
+  CHECK(seqsOf(to_alice) == Seqs{1, 2, 3});
+  CHECK(seqsOf(pending(bob)) == Seqs{1, 2});
   CHECK(pending(bank).empty());
+  // The stream's incarnation comes from the clock at its first message.
+  auto stream = messages->outboxStream(alice).value();
+  CHECK(stream.incarnation == 1'000);
+  CHECK(stream.next_seq == 4);
   // Paging: a limit, and a start seq.
   CHECK(payloads(pending(alice, 2)) == list({"to alice 1", "to alice 2"}));
-  CHECK(payloads(pending(alice, 100, to_alice[1].seq)) == list({"to alice 2", "to alice 3"}));
-  CHECK(payloads(pending(alice, 100, to_alice[2].seq + 1)).empty());
+  CHECK(payloads(pending(alice, 100, 2)) == list({"to alice 2", "to alice 3"}));
+  CHECK(payloads(pending(alice, 100, 4)).empty());
 }
 
-TEST_CASE_FIXTURE(Fixture, "outbox: enqueueing the same id again is a no-op") {
+TEST_CASE_FIXTURE(Fixture, "outbox: enqueueing a pending id again is a no-op, another payload a conflict") {
   CHECK(enqueue(alice, "m", "payload"));
   CHECK_FALSE(enqueue(alice, "m", "payload"));
   CHECK(pending(alice).size() == 1);
@@ -140,30 +174,44 @@ TEST_CASE_FIXTURE(Fixture, "outbox: enqueueing the same id again is a no-op") {
   CHECK(other.error().code == Errc::conflict);
   CHECK_MESSAGE(contains(other.error().message, msgId("m").hex()), other.error().message);
   CHECK_MESSAGE(contains(other.error().message, alice), other.error().message);
+  CHECK_MESSAGE(contains(other.error().message, "7 bytes, now 9"), other.error().message);
   CHECK(payloads(pending(alice)) == list({"payload"}));
   // Ids are scoped by peer.
   CHECK(enqueue(bob, "m", "payload"));
   CHECK(pending(bob).size() == 1);
+  // In one batch: the second copy is a no-op, a conflict fails only its own item.
+  std::vector<OutgoingMessage> batch;
+  batch.push_back(OutgoingMessage{bank, msgId("x"), bytesOf("1")});
+  batch.push_back(OutgoingMessage{bank, msgId("x"), bytesOf("1")});
+  batch.push_back(OutgoingMessage{bank, msgId("x"), bytesOf("2")});
+  batch.push_back(OutgoingMessage{bank, msgId("y"), bytesOf("3")});
+  std::promise<Result<std::vector<Result<bool>>>> done;
+  messages->enqueueBatchAsync(std::move(batch), [&](const auto& r) { done.set_value(r); });
+  auto results = done.get_future().get();
+  REQUIRE(results.ok());
+  REQUIRE(results->size() == 4);
+  CHECK((*results)[0].value());
+  CHECK_FALSE((*results)[1].value());
+  CHECK((*results)[2].error().code == Errc::conflict);
+  CHECK((*results)[3].value());
+  CHECK(payloads(pending(bank)) == list({"1", "3"}));
 }
 
-TEST_CASE_FIXTURE(Fixture, "outbox: acknowledging removes; twice or unknown is a no-op") {
+TEST_CASE_FIXTURE(Fixture, "outbox: acknowledging by seq removes; twice or unknown is a no-op") {
   enqueue(alice, "a1", "1");
   enqueue(alice, "a2", "2");
   enqueue(alice, "a3", "3");
-  auto acked = messages->acknowledge(alice, msgId("a2"));
-  REQUIRE(acked.ok());
-  CHECK(*acked);
+  CHECK(acknowledge(alice, {2}) == 1);
   CHECK(payloads(pending(alice)) == list({"1", "3"}));
-  CHECK_FALSE(messages->acknowledge(alice, msgId("a2")).value());
-  CHECK_FALSE(messages->acknowledge(alice, msgId("never")).value());
-  CHECK_FALSE(messages->acknowledge(bob, msgId("a1")).value());  // another peer's id space
+  CHECK(acknowledge(alice, {2, 99}) == 0);
+  CHECK(acknowledge(bob, {1}) == 0);  // another peer's stream
   CHECK(payloads(pending(alice)) == list({"1", "3"}));
-  // After acknowledgement, the same id queues again, at the end.
-  const uint64_t last = pending(alice).back().seq;
+  // An acknowledged id is no longer pending: the same id queues again, as a
+  // new message at the end (see message_store.h).
   CHECK(enqueue(alice, "a2", "2"));
-  auto now = pending(alice);
-  CHECK(payloads(now) == list({"1", "3", "2"}));
-  CHECK(now.back().seq > last);
+  CHECK(seqsOf(pending(alice)) == Seqs{1, 3, 4});
+  // A pending one is still a no-op.
+  CHECK_FALSE(enqueue(alice, "a1", "1"));
 }
 
 TEST_CASE_FIXTURE(Fixture, "outbox: peers with pending messages, in name order, paged") {
@@ -179,24 +227,26 @@ TEST_CASE_FIXTURE(Fixture, "outbox: peers with pending messages, in name order, 
   CHECK(messages->outboxPeers(2, "a b").value() == V{"ab", "b"});
   CHECK(messages->outboxPeers(10, "b").value() == V{"c"});
   CHECK(messages->outboxPeers(10, "c").value().empty());
-  for (const char* id : {"x-ab", "y-ab"}) REQUIRE(messages->acknowledge("ab", msgId(id)).value());
+  CHECK(acknowledge("ab", {1, 2}) == 2);
   CHECK(messages->outboxPeers(10).value() == V{"a", "a b", "b", "c"});
   CHECK(payloads(pending("a")) == list({"x", "y"}));
 }
 
-TEST_CASE_FIXTURE(Fixture, "outbox: the sequence is persisted and never reused after a restart") {
+TEST_CASE_FIXTURE(Fixture, "outbox: the stream and pending ids survive a restart; seqs are never reused") {
   enqueue(alice, "a1", "1");
   enqueue(bob, "b1", "1");
   enqueue(alice, "a2", "2");
-  const uint64_t high = pending(alice).back().seq;
-  for (const auto& m : pending(alice)) REQUIRE(messages->acknowledge(alice, m.id).value());
+  const uint64_t incarnation = messages->outboxStream(alice).value().incarnation;
+  CHECK(acknowledge(alice, {1, 2}) == 2);
+  clock = 5'000;
   reopen();
   CHECK(pending(alice).empty());
   CHECK(payloads(pending(bob)) == list({"1"}));  // unacknowledged: still pending
   enqueue(alice, "a3", "3");
-  REQUIRE(pending(alice).size() == 1);
-  CHECK(pending(alice)[0].seq > high);
+  CHECK(seqsOf(pending(alice)) == Seqs{3});
+  CHECK(messages->outboxStream(alice).value().incarnation == incarnation);  // not the clock's
   CHECK_FALSE(enqueue(bob, "b1", "1"));  // still a no-op after the restart
+  CHECK(messages->enqueue(bob, msgId("b1"), asBytes("other")).error().code == Errc::conflict);
 }
 
 TEST_CASE_FIXTURE(Fixture, "outbox: concurrent enqueueing loses and duplicates nothing") {
@@ -279,9 +329,7 @@ TEST_CASE_FIXTURE(Fixture, "outbox: async enqueue reports after the commit; refu
   REQUIRE(refused.has_value());  // called before enqueueAsync returned
   CHECK(refused->error().code == Errc::too_large);
   // A blocking call queued behind them returns after they are all done.
-  auto last = messages->acknowledge(alice, msgId("async0"));
-  REQUIRE(last.ok());
-  CHECK(*last);
+  CHECK(acknowledge(alice, {1}) == 1);
   CHECK(added == 500);
   CHECK(failed == 0);
   auto all = pending(alice, message_listing_max);
@@ -291,139 +339,230 @@ TEST_CASE_FIXTURE(Fixture, "outbox: async enqueue reports after the commit; refu
 
 // ---------------------------------------------------------------- inbox
 
-TEST_CASE_FIXTURE(Fixture, "inbox: a duplicate is detected and not stored twice") {
-  CHECK(receive(alice, "m1", "hello"));
-  CHECK_FALSE(receive(alice, "m1", "hello"));
-  CHECK_FALSE(receive(alice, "m1", "a replay with other bytes"));
-  auto inbox = unconsumed();
-  REQUIRE(inbox.size() == 1);
+TEST_CASE_FIXTURE(Fixture, "inbox: in order, the watermark follows; duplicates below it are not stored") {
+  CHECK_FALSE(messages->receiveState(alice).value().has_value());
+  auto first = arrive(alice, 7, 1, 1, "m1", "hello");
+  CHECK(first.kind == Arrival::stored);
+  CHECK(watermark(alice) == 1);
+  CHECK(arriveKind(alice, 2, "m2") == Arrival::stored);
+  CHECK(watermark(alice) == 2);
+  CHECK(arriveKind(alice, 1, "m1", "a replay with other bytes") == Arrival::duplicate);
+  CHECK(arriveKind(alice, 2, "m2") == Arrival::duplicate);
+  auto inbox = unconsumed(alice);
+  REQUIRE(inbox.size() == 2);
   CHECK(inbox[0].payload == bytesOf("hello"));
-  CHECK(inbox[0].peer == alice);
   CHECK(inbox[0].id == msgId("m1"));
-  CHECK(inbox[0].receivedMicros == 1'000);
-  // The same id from another peer is another message.
-  CHECK(receive(bob, "m1", "from bob"));
-  CHECK(unconsumed().size() == 2);
+  CHECK(inbox[0].incarnation == 7);
+  CHECK(seqsOf(inbox) == Seqs{1, 2});
+  // Consumed, a copy is still a duplicate (by the watermark, not by a record).
+  CHECK(consume(alice, 7, 1, "m1").value());
+  CHECK(arriveKind(alice, 1, "m1") == Arrival::duplicate);
+  CHECK(seqsOf(unconsumed(alice)) == Seqs{2});
+  // Another peer's stream is separate.
+  CHECK(arrive(bob, 3, 1, 1, "m1").kind == Arrival::stored);
+  CHECK(watermark(bob) == 1);
 }
 
-TEST_CASE_FIXTURE(Fixture, "inbox: consuming removes the message and keeps the dedup record") {
-  receive(alice, "m1", "one");
-  receive(bob, "m2", "two");
-  receive(alice, "m3", "three");
-  CHECK(payloads(unconsumed()) == list({"one", "two", "three"}));
-  clock = 2'000;
-  CHECK(consume(bob, "m2"));
-  CHECK_FALSE(consume(bob, "m2"));  // twice: a no-op
-  CHECK(payloads(unconsumed()) == list({"one", "three"}));
-  // Still a duplicate after consumption.
-  CHECK_FALSE(receive(bob, "m2", "two"));
-  CHECK(payloads(unconsumed()) == list({"one", "three"}));
-  auto record = messages->dedup(bob, msgId("m2")).value();
-  REQUIRE(record.has_value());
-  CHECK(record->consumed);
-  CHECK(record->receivedMicros == 1'000);
-  CHECK(record->consumedMicros == 2'000);
-  auto fresh = messages->dedup(alice, msgId("m1")).value();
-  REQUIRE(fresh.has_value());
-  CHECK_FALSE(fresh->consumed);
-  CHECK_FALSE(messages->dedup(alice, msgId("m2")).value().has_value());
+TEST_CASE_FIXTURE(Fixture, "inbox: a seq reused under another id is a conflict naming both ids") {
+  CHECK(arriveKind(alice, 1, "m1") == Arrival::stored);
+  CHECK(arriveKind(alice, 3, "m3") == Arrival::stored);  // above the watermark: in the inbox
+  auto below = arrive(alice, 7, 1, 1, "other1");
+  CHECK(below.kind == Arrival::conflict);
+  CHECK(below.other_id == msgId("m1"));
+  auto above = arrive(alice, 7, 1, 3, "other3");
+  CHECK(above.kind == Arrival::conflict);
+  CHECK(above.other_id == msgId("m3"));
+  // Consumed: the id log still has it.
+  CHECK(consume(alice, 7, 1, "m1").value());
+  CHECK(arrive(alice, 7, 1, 1, "other1").kind == Arrival::conflict);
+  CHECK(seqsOf(unconsumed(alice)) == Seqs{3});
+  CHECK(unconsumed(alice)[0].id == msgId("m3"));
+}
 
-  auto never = messages->consume(alice, msgId("never"));
+TEST_CASE_FIXTURE(Fixture, "inbox: gaps wait above the watermark; filling one moves it over the run") {
+  CHECK(arriveKind(alice, 1, "m1") == Arrival::stored);
+  CHECK(arriveKind(alice, 3, "m3") == Arrival::stored);
+  CHECK(arriveKind(alice, 4, "m4") == Arrival::stored);
+  CHECK(arriveKind(alice, 6, "m6") == Arrival::stored);
+  CHECK(watermark(alice) == 1);
+  CHECK(arriveKind(alice, 4, "m4") == Arrival::duplicate);  // duplicate above the watermark
+  CHECK(arriveKind(alice, 2, "m2") == Arrival::stored);
+  CHECK(watermark(alice) == 4);  // over 2, 3, 4; 5 is missing
+  CHECK(arriveKind(alice, 5, "m5") == Arrival::stored);
+  CHECK(watermark(alice) == 6);
+  CHECK(seqsOf(unconsumed(alice)) == Seqs{1, 2, 3, 4, 5, 6});
+  // Several in one request, in any order, with a duplicate among them.
+  std::vector<ArrivingMessage> batch;
+  for (uint64_t seq : {9, 8, 7, 8, 11}) {
+    batch.push_back(ArrivingMessage{seq, msgId("m" + std::to_string(seq)), bytesOf("p")});
+  }
+  auto r = messages->receive(alice, 7, 1, std::move(batch));
+  REQUIRE(r.ok());
+  std::vector<Arrival> kinds;
+  for (const auto& a : r->arrivals) kinds.push_back(a.kind);
+  CHECK(kinds == std::vector<Arrival>{Arrival::stored, Arrival::stored, Arrival::stored,
+                                      Arrival::duplicate, Arrival::stored});
+  CHECK(r->state.watermark == 9);
+  CHECK(watermark(alice) == 9);
+}
+
+TEST_CASE_FIXTURE(Fixture, "inbox: the seqs stored above the watermark are bounded") {
+  CHECK(arriveKind(alice, 1, "m1") == Arrival::stored);
+  const uint64_t edge = 1 + receive_ahead_seqs_max;
+  CHECK(arriveKind(alice, edge, "edge") == Arrival::stored);
+  CHECK(arriveKind(alice, edge + 1, "beyond") == Arrival::too_far_ahead);
+  CHECK(seqsOf(unconsumed(alice)) == Seqs{1, edge});
+  // Once the watermark moves, further seqs are taken.
+  CHECK(arriveKind(alice, 2, "m2") == Arrival::stored);
+  CHECK(arriveKind(alice, edge + 1, "beyond") == Arrival::stored);
+}
+
+TEST_CASE_FIXTURE(Fixture, "inbox: watermark, gaps and the inbox survive a restart") {
+  CHECK(arriveKind(alice, 1, "m1") == Arrival::stored);
+  CHECK(arriveKind(alice, 2, "m2") == Arrival::stored);
+  CHECK(arriveKind(alice, 4, "m4") == Arrival::stored);
+  CHECK(consume(alice, 7, 1, "m1").value());
+  reopen();
+  CHECK(watermark(alice) == 2);
+  CHECK(seqsOf(unconsumed(alice)) == Seqs{2, 4});
+  CHECK(arriveKind(alice, 1, "m1") == Arrival::duplicate);
+  CHECK(arriveKind(alice, 4, "m4") == Arrival::duplicate);
+  CHECK(arriveKind(alice, 2, "x") == Arrival::conflict);
+  CHECK(arriveKind(alice, 3, "m3") == Arrival::stored);
+  CHECK(watermark(alice) == 4);
+  auto states = messages->receiveStates(10).value();
+  REQUIRE(states.size() == 1);
+  CHECK(states[0].peer == alice);
+  CHECK(states[0].incarnation == 7);
+  CHECK(states[0].watermark == 4);
+}
+
+TEST_CASE_FIXTURE(Fixture, "inbox: a peer's first message starts its stream at the floor") {
+  // Everything below 100 was acknowledged to the sender (by a store this
+  // node had before, or never: either way it will not come again).
+  auto r = messages->receive(alice, 7, 100, {ArrivingMessage{101, msgId("m101"), bytesOf("p")}});
+  REQUIRE(r.ok());
+  CHECK(r->stream_started);
+  CHECK(r->arrivals[0].kind == Arrival::stored);
+  CHECK(r->state.watermark == 99);
+  CHECK(arrive(alice, 7, 100, 100, "m100").kind == Arrival::stored);
+  CHECK(watermark(alice) == 101);
+  CHECK(arrive(alice, 7, 100, 50, "old").kind == Arrival::duplicate);
+}
+
+TEST_CASE_FIXTURE(Fixture, "inbox: a newer incarnation restarts the stream; the older one is stale") {
+  CHECK(arriveKind(alice, 1, "m1") == Arrival::stored);
+  CHECK(arriveKind(alice, 2, "m2") == Arrival::stored);
+  CHECK(arriveKind(alice, 4, "m4") == Arrival::stored);  // stranded above a gap
+  // The sender's store was wiped: it starts again at seq 1 under incarnation 9.
+  auto r = messages->receive(alice, 9, 1, {ArrivingMessage{1, msgId("new1"), bytesOf("n")}});
+  REQUIRE(r.ok());
+  CHECK(r->stream_restarted);
+  CHECK(r->previous_incarnation == 7);
+  CHECK(r->previous_watermark == 2);
+  CHECK(r->arrivals[0].kind == Arrival::stored);  // not mistaken for old seq 1
+  CHECK(r->state.incarnation == 9);
+  CHECK(r->state.watermark == 1);
+  // The old stream's messages stay in the inbox, before the new one's.
+  auto inbox = unconsumed(alice);
+  REQUIRE(inbox.size() == 4);
+  CHECK(inbox[0].incarnation == 7);
+  CHECK(inbox[2].id == msgId("m4"));
+  CHECK(inbox[3].incarnation == 9);
+  CHECK(inbox[3].id == msgId("new1"));
+  // They can still be consumed (handed over: of an older stream).
+  CHECK(consume(alice, 7, 4, "m4").value());
+  // Frames of the old stream are stale: not stored, not acknowledged.
+  CHECK(arriveKind(alice, 3, "m3") == Arrival::stale_stream);
+  CHECK(watermark(alice) == 1);
+}
+
+TEST_CASE_FIXTURE(Fixture, "inbox: a floor above the watermark reports the lost seqs and moves on") {
+  CHECK(arriveKind(alice, 1, "m1") == Arrival::stored);
+  CHECK(arriveKind(alice, 6, "m6") == Arrival::stored);
+  // The sender says 1..4 were acknowledged: this store lost 2..4.
+  auto r = messages->receive(alice, 7, 5, {ArrivingMessage{5, msgId("m5"), bytesOf("p")}});
+  REQUIRE(r.ok());
+  CHECK(r->skipped_from == 2);
+  CHECK(r->skipped_to == 4);
+  CHECK(r->arrivals[0].kind == Arrival::stored);
+  CHECK(r->state.watermark == 6);
+}
+
+TEST_CASE_FIXTURE(Fixture, "inbox: consume answers consumed now, before, never received, wrong id") {
+  CHECK(arriveKind(alice, 1, "m1") == Arrival::stored);
+  CHECK(arriveKind(alice, 3, "m3") == Arrival::stored);
+  CHECK(consume(alice, 7, 1, "m1").value());
+  CHECK_FALSE(consume(alice, 7, 1, "m1").value());
+  auto never = consume(alice, 7, 2, "m2");
   REQUIRE_FALSE(never.ok());
   CHECK(never.error().code == Errc::not_found);
-  CHECK_MESSAGE(contains(never.error().message, msgId("never").hex()), never.error().message);
+  CHECK_MESSAGE(contains(never.error().message, "never received"), never.error().message);
+  CHECK(consume(bob, 7, 1, "m1").error().code == Errc::not_found);
+  auto early = consume(alice, 7, 3, "m3");  // above the watermark: not handed over yet
+  REQUIRE_FALSE(early.ok());
+  CHECK(early.error().code == Errc::bad_query);
+  CHECK_MESSAGE(contains(early.error().message, "watermark"), early.error().message);
+  CHECK(arriveKind(alice, 2, "m2") == Arrival::stored);
+  auto wrong = consume(alice, 7, 2, "m3");
+  REQUIRE_FALSE(wrong.ok());
+  CHECK(wrong.error().code == Errc::conflict);
+  CHECK_MESSAGE(contains(wrong.error().message, msgId("m2").hex()), wrong.error().message);
+  CHECK(consume(alice, 7, 3, "m3").value());
+  CHECK(seqsOf(unconsumed(alice)) == Seqs{2});
 }
 
-TEST_CASE_FIXTURE(Fixture, "inbox: unconsumed in arrival order, paged") {
-  for (int i = 0; i < 10; ++i) {
-    receive(i % 2 == 0 ? alice : bob, "m" + std::to_string(i), std::to_string(i));
+TEST_CASE_FIXTURE(Fixture, "inbox: the id log keeps the most recent seqs; older copies stay duplicates") {
+  const uint64_t total = received_ids_kept_max + 2 * message_batch_max;
+  for (uint64_t seq = 1; seq <= total;) {
+    std::vector<ArrivingMessage> batch;
+    for (; batch.size() < message_batch_max && seq <= total; ++seq) {
+      batch.push_back(ArrivingMessage{seq, msgId(std::to_string(seq)), {}});
+    }
+    auto r = messages->receive(alice, 7, 1, std::move(batch));
+    REQUIRE(r.ok());
   }
-  auto all = unconsumed();
-  REQUIRE(all.size() == 10);
-  for (int i = 0; i < 10; ++i) {
-    CHECK(all[i].payload == bytesOf(std::to_string(i)));
-    if (i > 0) CHECK(all[i].seq > all[i - 1].seq);
-  }
-  CHECK(payloads(unconsumed(3)) == list({"0", "1", "2"}));
-  CHECK(payloads(unconsumed(3, all[3].seq)) == list({"3", "4", "5"}));
-  consume(bob, "m3");
-  CHECK(payloads(unconsumed(3, all[3].seq)) == list({"4", "5", "6"}));
+  CHECK(watermark(alice) == total);
+  auto first = messages->receivedIds(alice, 1).value();
+  REQUIRE(first.size() == 1);
+  // At most received_ids_kept_max (+ what one request may leave) are kept.
+  CHECK(first[0].seq > total - received_ids_kept_max - message_batch_max);
+  CHECK(first[0].id == msgId(std::to_string(first[0].seq)));
+  // A copy of a forgotten seq is still a duplicate (the watermark says so);
+  // only its id can no longer be compared.
+  CHECK(arriveKind(alice, 1, "anything") == Arrival::duplicate);
+  CHECK(arriveKind(alice, total, "other") == Arrival::conflict);
 }
 
-TEST_CASE_FIXTURE(
-    Fixture, "inbox: pruning forgets consumed records by age, bounded, never unconsumed ones") {
-  for (int i = 0; i < 10; ++i) receive(alice, "m" + std::to_string(i), "x");
-  for (int i = 0; i < 6; ++i) {
-    clock = 100 + i;  // m0 consumed at 100, ..., m5 at 105
-    consume(alice, "m" + std::to_string(i));
-  }
-  // Consumed before 104: m0..m3. At most 3 per call.
-  auto first = messages->pruneDedup(104, 3);
-  REQUIRE(first.ok());
-  CHECK(first->removed == 3);
-  CHECK(first->more);
-  auto second = messages->pruneDedup(104, 3);
-  REQUIRE(second.ok());
-  CHECK(second->removed == 1);
-  CHECK_FALSE(second->more);
-  CHECK(messages->pruneDedup(104).value().removed == 0);
-  for (int i = 0; i < 10; ++i) {
-    CAPTURE(i);
-    CHECK(messages->dedup(alice, msgId("m" + std::to_string(i))).value().has_value() == (i >= 4));
-  }
-  // Unconsumed messages are never pruned, however old.
-  auto all = messages->pruneDedup(1'000'000'000);
-  REQUIRE(all.ok());
-  CHECK(all->removed == 2);  // m4, m5
-  CHECK(unconsumed().size() == 4);
-  for (int i = 6; i < 10; ++i) CHECK_FALSE(receive(alice, "m" + std::to_string(i), "x"));
-  // A forgotten id is new again: pruning trades memory for the dedup window.
-  CHECK(receive(alice, "m0", "x"));
-}
-
-TEST_CASE_FIXTURE(Fixture,
-                  "inbox: messages, dedup records and the arrival sequence survive a restart") {
-  receive(alice, "m1", "one");
-  receive(bob, "m2", "two");
-  consume(alice, "m1");
-  const uint64_t high = unconsumed().back().seq;
-  reopen();
-  CHECK(payloads(unconsumed()) == list({"two"}));
-  CHECK_FALSE(receive(alice, "m1", "one"));
-  CHECK_FALSE(receive(bob, "m2", "two"));
-  CHECK(receive(bank, "m3", "three"));
-  CHECK(unconsumed().back().seq > high);
-  CHECK(consume(bob, "m2"));
-  CHECK(payloads(unconsumed()) == list({"three"}));
-}
-
-TEST_CASE_FIXTURE(Fixture, "inbox: racing receives of the same message: exactly one is new") {
-  constexpr int threads = 4, ids = 200;
+TEST_CASE_FIXTURE(Fixture, "inbox: racing receives of the same messages: each is stored once") {
+  constexpr int threads = 4, seqs = 200;
   std::atomic<int> fresh{0}, dup{0}, errors{0};
   std::vector<std::thread> workers;
   for (int t = 0; t < threads; ++t) {
-    workers.emplace_back([&] {
-      for (int i = 0; i < ids; ++i) {
-        auto r = messages->receive(alice, msgId(std::to_string(i)), asBytes(std::to_string(i)));
+    workers.emplace_back([&, t] {
+      for (int i = 0; i < seqs; ++i) {
+        // Each thread in its own order: some forwards, some backwards.
+        const uint64_t seq = t % 2 == 0 ? uint64_t(i + 1) : uint64_t(seqs - i);
+        auto r = messages->receive(alice, 7, 1,
+                                   {ArrivingMessage{seq, msgId(std::to_string(seq)), {}}});
         if (!r.ok()) {
           ++errors;
-        } else if (*r) {
+        } else if (r->arrivals[0].kind == Arrival::stored) {
           ++fresh;
-        } else {
+        } else if (r->arrivals[0].kind == Arrival::duplicate) {
           ++dup;
+        } else {
+          ++errors;
         }
       }
     });
   }
   for (auto& w : workers) w.join();
   CHECK(errors == 0);
-  CHECK(fresh == ids);
-  CHECK(dup == ids * (threads - 1));
-  auto all = unconsumed(message_listing_max);
-  REQUIRE(all.size() == ids);
-  std::set<MessageId> distinct;
-  for (const auto& m : all) distinct.insert(m.id);
-  CHECK(distinct.size() == ids);
+  CHECK(fresh == seqs);
+  CHECK(dup == seqs * (threads - 1));
+  CHECK(watermark(alice) == seqs);
+  CHECK(unconsumed(alice, message_listing_max).size() == seqs);
 }
 
 // ---------------------------------------------------------------- limits
@@ -437,29 +576,39 @@ TEST_CASE_FIXTURE(Fixture, "message store: limits are enforced and named") {
   const MessageId id = msgId("m");
   refused(messages->enqueue(alice, id, Bytes(message_payload_bytes_max + 1)), Errc::too_large,
           "message_payload_bytes_max");
-  refused(messages->receive(alice, id, Bytes(message_payload_bytes_max + 1)), Errc::too_large,
-          "message_payload_bytes_max");
+  refused(messages->receive(alice, 7, 1, {ArrivingMessage{1, id, Bytes(message_payload_bytes_max + 1)}}),
+          Errc::too_large, "message_payload_bytes_max");
+  refused(messages->receive(alice, 0, 1, {}), Errc::malformed, "incarnation");
+  refused(messages->receive(alice, 7, 0, {}), Errc::malformed, "floor");
+  refused(messages->receive(alice, 7, 1, {ArrivingMessage{0, id, {}}}), Errc::malformed, "seq 0");
+  refused(messages->receive(alice, 7, 1, std::vector<ArrivingMessage>(message_batch_max + 1)),
+          Errc::too_large, "message_batch_max");
+  refused(messages->acknowledge(alice, std::vector<uint64_t>(message_batch_max + 1, 1)),
+          Errc::too_large, "message_batch_max");
   refused(messages->enqueue("", id, {}), Errc::malformed, "peer name is empty");
-  refused(messages->receive(std::string(peer_name_bytes_max + 1, 'p'), id, {}), Errc::too_large,
+  refused(messages->receive(std::string(peer_name_bytes_max + 1, 'p'), 7, 1, {}), Errc::too_large,
           "peer_name_bytes_max");
   refused(messages->enqueue(std::string("a\0b", 3), id, {}), Errc::malformed, "NUL");
   refused(messages->pending(alice, 0), Errc::bad_query, "message_listing_max");
   refused(messages->pending(alice, message_listing_max + 1), Errc::bad_query,
           "message_listing_max");
-  refused(messages->unconsumed(message_listing_max + 1), Errc::bad_query, "message_listing_max");
+  refused(messages->unconsumed(alice, message_listing_max + 1), Errc::bad_query,
+          "message_listing_max");
   refused(messages->outboxPeers(0), Errc::bad_query, "message_listing_max");
-  refused(messages->pruneDedup(0, dedup_prune_batch_max + 1), Errc::bad_query,
-          "dedup_prune_batch_max");
+  refused(messages->receiveStates(0), Errc::bad_query, "message_listing_max");
   CHECK(pending(alice).empty());
-  CHECK(unconsumed().empty());
+  CHECK(unconsumed(alice).empty());
+  CHECK_FALSE(messages->receiveState(alice).value().has_value());
 
   // At the limits: accepted, and read back whole.
   const std::string longest(peer_name_bytes_max, 'p');
   CHECK(enqueue(longest, "m", std::string(message_payload_bytes_max, 'x')));
-  CHECK(receive(longest, "m", std::string(message_payload_bytes_max, 'y')));
+  CHECK(arrive(longest, 7, 1, 1, "m", std::string(message_payload_bytes_max, 'y')).kind ==
+        Arrival::stored);
   CHECK(pending(longest)[0].payload == Bytes(message_payload_bytes_max, 'x'));
-  CHECK(unconsumed()[0].payload == Bytes(message_payload_bytes_max, 'y'));
-  CHECK(unconsumed()[0].peer == longest);
+  CHECK(unconsumed(longest)[0].payload == Bytes(message_payload_bytes_max, 'y'));
+  CHECK(unconsumed(longest)[0].peer == longest);
+  CHECK(messages->receivedIds(longest, 10).value().size() == 1);
   // Empty payloads are payloads.
   CHECK(enqueue(alice, "empty", ""));
   CHECK(pending(alice)[0].payload.empty());

@@ -31,7 +31,7 @@
 // Options: --quick (seconds-long smoke run), --rate N (latency load in
 // messages/s instead of half the measured rate), --link / --durable (only
 // that mode), --inflight N (durable sends unconfirmed, default 16384),
-// --window N (Delivery's window_messages_max, default 4096; its
+// --window N (Delivery's window_messages_max, default and at most 4096; its
 // retransmit_delay_micros_min is 1 s here), --waiting N (its
 // inbox_waiting_messages_max, default the window), --sequential-ids (counter ids).
 
@@ -165,7 +165,7 @@ class LinkChannel final : public Channel, public flows::LinkHandler {
 // Exactly-once messaging with the durable outbox (flows/delivery): ids are
 // SHA-256 of this side's name and a counter; every message handed over is
 // consumed at once.
-bool sequential_ids = false;  // --sequential-ids: a diagnostic of the store's page writes
+bool sequential_ids = false;  // --sequential-ids: counter ids (ids are no longer store keys; kept to compare)
 
 class DurableChannel final : public Channel, public flows::MessageHandler {
  public:
@@ -752,9 +752,10 @@ int main(int argc, char** argv) {
   // inbox_waiting_messages_max held (stored or being stored) and the sender
   // retransmits them only on its timer: waiting >= window keeps a full
   // window of messages being stored from being dropped.
-  // Commits here take 0.1-0.3 s under load (random message ids dirty a page
-  // each): a bigger window makes bigger group commits, and a retransmission
-  // timer below a commit's time only resends what is being stored.
+  // A bigger window makes bigger group commits, and a retransmission timer
+  // below a commit's time only resends what is being stored. The window is
+  // at most vault::receive_ahead_seqs_max (what a receiver takes above its
+  // watermark).
   run.delivery_config.window_messages_max = 4096;
   run.delivery_config.inbox_waiting_messages_max = 0;  // 0: the window (set below)
   run.delivery_config.retransmit_delay_micros_min = 1'000'000;
@@ -767,7 +768,8 @@ int main(int argc, char** argv) {
     else if (std::strcmp(argv[i], "--inflight") == 0 && i + 1 < argc)
       run.inflight_max = std::max<uint64_t>(1, std::strtoull(argv[++i], nullptr, 10));
     else if (std::strcmp(argv[i], "--window") == 0 && i + 1 < argc)
-      run.delivery_config.window_messages_max = static_cast<uint32_t>(std::max(1L, std::atol(argv[++i])));
+      run.delivery_config.window_messages_max = static_cast<uint32_t>(std::clamp<long>(
+          std::atol(argv[++i]), 1, static_cast<long>(vault::receive_ahead_seqs_max)));
     else if (std::strcmp(argv[i], "--waiting") == 0 && i + 1 < argc)
       run.delivery_config.inbox_waiting_messages_max = static_cast<uint32_t>(std::max(1L, std::atol(argv[++i])));
     else {

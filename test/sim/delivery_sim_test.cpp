@@ -74,7 +74,11 @@ class DeliveryNode final : public sim::Node, public MessageHandler {
 
   void send(const std::string& to, uint64_t index);
   bool idle() const {
-    return messages_->outboxPeers(1).value().empty() && messages_->unconsumed(1).value().empty();
+    if (!messages_->outboxPeers(1).value().empty()) return false;
+    for (const std::string& peer : member_names) {
+      if (!messages_->unconsumed(peer, 1).value().empty()) return false;
+    }
+    return true;
   }
   const Delivery& delivery() const { return *delivery_; }
 
