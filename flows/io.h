@@ -84,7 +84,7 @@ using MessageId = SecureHash;
 class MessageHandler {
  public:
   virtual ~MessageHandler() = default;
-  // A message, delivered once per (peer, id) and in the order the peer sent
+  // A message, delivered once per send (see Messaging) and in the order the peer sent
   // them to us, until the handler consumes it. After a restart, messages
   // received but not consumed are delivered again (same id), in order.
   virtual void onMessage(std::string_view peer, const MessageId& id, ByteView payload) = 0;
@@ -93,6 +93,12 @@ class MessageHandler {
 // Exactly-once, ordered, durable messaging: what flows see. A sent message is
 // in the durable outbox before done() runs, and is retransmitted across
 // reconnects and restarts of either side until the peer has stored it.
+// "Once" is per send: the sender forgets a message's id once the peer has
+// acknowledged it, so sending the same id again after that is a new message.
+// A flow replaying after a crash must therefore suppress the sends its
+// journal records as done (the flow runtime records a send in the same Store
+// write as its checkpoint); an id still pending is recognised (same payload:
+// a no-op; another payload: a conflict).
 // flows/delivery.h implements it over a Link and the vault's MessageStore.
 class Messaging {
  public:
