@@ -264,45 +264,12 @@ Status checkOrWriteStamp(MDB_txn* txn, const std::string& file, std::string_view
   return {};
 }
 
-// A queued sorted write that LMDB refused while a request was running (a
-// cursor, a count or an immediate write made the queue be applied early).
-struct SortedApplyFailure : std::runtime_error {
-  SortedApplyFailure(int code, const std::string& what) : std::runtime_error(what), rc(code) {}
-  int rc;
-};
-
-// Applies one sub-database's queued writes in key order and forgets them;
-// an LMDB error code, or 0. Writes to the same key keep their order (the
-// sort is stable), so the last one wins.
-int applyQueued(MDB_txn* txn, MDB_dbi dbi, std::vector<detail::SortedWrites::Write>& writes) {
-  std::stable_sort(writes.begin(), writes.end(), [](const auto& a, const auto& b) {
-    return std::lexicographical_compare(a.first.begin(), a.first.end(), b.first.begin(),
-                                        b.first.end());
-  });
-  for (auto& [key, value] : writes) {
-    MDB_val k = toVal(key);
-    int rc;
-    if (value) {
-      MDB_val v = toVal(*value);
-      rc = mdb_put(txn, dbi, &k, &v, 0);
-    } else {
-      rc = mdb_del(txn, dbi, &k, nullptr);
-      if (rc == MDB_NOTFOUND) rc = 0;
-    }
-    if (rc != 0) return rc;
-  }
-  writes.clear();
-  return 0;
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------- ReadTxn
 
 ReadTxn::ReadTxn(ReadTxn&& other) noexcept
-    : txn_(std::exchange(other.txn_, nullptr)),
-      store_(std::exchange(other.store_, nullptr)),
-      sorted_(std::exchange(other.sorted_, nullptr)) {}
+    : txn_(std::exchange(other.txn_, nullptr)), store_(std::exchange(other.store_, nullptr)) {}
 
 ReadTxn& ReadTxn::operator=(ReadTxn&& other) noexcept {
   if (this != &other) {
@@ -312,7 +279,6 @@ ReadTxn& ReadTxn::operator=(ReadTxn&& other) noexcept {
     }
     txn_ = std::exchange(other.txn_, nullptr);
     store_ = std::exchange(other.store_, nullptr);
-    sorted_ = std::exchange(other.sorted_, nullptr);
   }
   return *this;
 }
@@ -332,7 +298,6 @@ std::optional<ByteView> ReadTxn::get(const Db& db, ByteView key) const {
   if (key.empty() || key.size() > static_cast<size_t>(mdb_env_get_maxkeysize(mdb_txn_env(txn_)))) {
     return std::nullopt;
   }
-  applySorted(db.dbi);  // queued writes are newer than what LMDB holds
   MDB_val k = toVal(key), v{};
   int rc = mdb_get(txn_, db.dbi, &k, &v);
   if (rc == MDB_NOTFOUND) return std::nullopt;
@@ -340,20 +305,8 @@ std::optional<ByteView> ReadTxn::get(const Db& db, ByteView key) const {
   return fromVal(v);
 }
 
-void ReadTxn::applySorted(MDB_dbi dbi) const {
-  if (sorted_ == nullptr) return;
-  auto queue = sorted_->by_db.find(dbi);
-  if (queue == sorted_->by_db.end()) return;
-  int rc = applyQueued(txn_, dbi, queue->second);
-  if (rc != 0) {
-    throw SortedApplyFailure(rc, std::string("applying queued sorted writes: ") + mdb_strerror(rc));
-  }
-  sorted_->by_db.erase(queue);
-}
-
 Cursor ReadTxn::cursor(const Db& db) const {
   CCAL_ASSERT_MSG(txn_ != nullptr, "cursor() on a moved-from transaction");
-  applySorted(db.dbi);
   MDB_cursor* cursor = nullptr;
   int rc = mdb_cursor_open(txn_, db.dbi, &cursor);
   if (rc != 0) throwReadFailure(rc, txn_, "open a cursor on '" + db.name + "'");
@@ -362,7 +315,6 @@ Cursor ReadTxn::cursor(const Db& db) const {
 
 uint64_t ReadTxn::entries(const Db& db) const {
   CCAL_ASSERT_MSG(txn_ != nullptr, "entries() on a moved-from transaction");
-  applySorted(db.dbi);
   MDB_stat st{};
   int rc = mdb_stat(txn_, db.dbi, &st);
   if (rc != 0) throwReadFailure(rc, txn_, "count the entries of '" + db.name + "'");
@@ -371,27 +323,20 @@ uint64_t ReadTxn::entries(const Db& db) const {
 
 // ---------------------------------------------------------------- WriteTxn
 
-Status WriteTxn::checkKey(const Db& db, ByteView key, const char* what) const {
-  const auto key_max = static_cast<size_t>(mdb_env_get_maxkeysize(mdb_txn_env(txn_)));
-  if (key.empty()) {
-    return makeError(Errc::malformed, std::string(what) + " '" + db.name + "': an empty key");
-  }
-  if (key.size() > key_max) {
-    return makeError(Errc::too_large, std::string(what) + " '" + db.name + "': a key of " +
-                                          std::to_string(key.size()) + " bytes, over LMDB's " +
-                                          std::to_string(key_max));
-  }
-  return {};
-}
-
 Status WriteTxn::put(const Db& db, ByteView key, ByteView value) {
   CCAL_ASSERT_MSG(txn_ != nullptr, "put() on a moved-from transaction");
   MDB_env* env = mdb_txn_env(txn_);
-  CCAL_TRY(checkKey(db, key, "put into"));
-  touched_ = true;
-  // Queued writes to this sub-database go first: they were made earlier.
-  applySorted(db.dbi);
+  const auto key_max = static_cast<size_t>(mdb_env_get_maxkeysize(env));
+  if (key.empty()) {
+    return makeError(Errc::malformed, "put into '" + db.name + "': an empty key");
+  }
+  if (key.size() > key_max) {
+    return makeError(Errc::too_large, "put into '" + db.name + "': a key of " +
+                                          std::to_string(key.size()) + " bytes, over LMDB's " +
+                                          std::to_string(key_max));
+  }
   MDB_val k = toVal(key), v = toVal(value);
+  touched_ = true;
   int rc = mdb_put(txn_, db.dbi, &k, &v, 0);
   if (rc != 0) {
     failed_rc_ = rc;
@@ -405,36 +350,14 @@ Status WriteTxn::del(const Db& db, ByteView key) {
   MDB_env* env = mdb_txn_env(txn_);
   // Keys LMDB cannot hold are never present: deleting them is a no-op.
   if (key.empty() || key.size() > static_cast<size_t>(mdb_env_get_maxkeysize(env))) return {};
-  touched_ = true;
-  applySorted(db.dbi);
   MDB_val k = toVal(key);
+  touched_ = true;
   int rc = mdb_del(txn_, db.dbi, &k, nullptr);
   if (rc == MDB_NOTFOUND) return {};
   if (rc != 0) {
     failed_rc_ = rc;
     return writeFailure(rc, "delete from '" + db.name + "' of " + dataFileOf(env), env);
   }
-  return {};
-}
-
-Status WriteTxn::putSorted(const Db& db, ByteView key, ByteView value) {
-  CCAL_ASSERT_MSG(txn_ != nullptr, "putSorted() on a moved-from transaction");
-  CCAL_ASSERT_MSG(sorted_ != nullptr, "putSorted() outside the writer");
-  CCAL_TRY(checkKey(db, key, "put into"));
-  touched_ = true;
-  sorted_->by_db[db.dbi].emplace_back(Bytes(key.begin(), key.end()),
-                                      Bytes(value.begin(), value.end()));
-  return {};
-}
-
-Status WriteTxn::delSorted(const Db& db, ByteView key) {
-  CCAL_ASSERT_MSG(txn_ != nullptr, "delSorted() on a moved-from transaction");
-  CCAL_ASSERT_MSG(sorted_ != nullptr, "delSorted() outside the writer");
-  if (key.empty() || key.size() > static_cast<size_t>(mdb_env_get_maxkeysize(mdb_txn_env(txn_)))) {
-    return {};
-  }
-  touched_ = true;
-  sorted_->by_db[db.dbi].emplace_back(Bytes(key.begin(), key.end()), std::nullopt);
   return {};
 }
 
@@ -718,15 +641,6 @@ Store::Stats Store::stats() const {
   return stats_;
 }
 
-int Store::applySorted(MDB_txn* txn) {
-  for (auto& [dbi, writes] : sorted_.by_db) {
-    int rc = applyQueued(txn, dbi, writes);
-    if (rc != 0) return rc;
-  }
-  sorted_.by_db.clear();
-  return 0;
-}
-
 void Store::writerLoop() {
   // Named, so that top, perf and debuggers show which thread is the writer.
   ::pthread_setname_np(::pthread_self(), "ccal-writer");
@@ -746,16 +660,10 @@ void Store::writerLoop() {
   // Runs one request directly in `txn`. `touched` tells whether it reached
   // LMDB with a change, `lmdb_rc` the LMDB failure of a change, if any.
   auto run_request = [&](MDB_txn* txn, Request& request, bool& touched, int& lmdb_rc) -> Status {
-    WriteTxn w(txn, &sorted_);
+    WriteTxn w(txn);
     Status status;
     try {
       status = request.fn(w);
-    } catch (const SortedApplyFailure& e) {
-      // Queued writes (this request's or earlier ones') that LMDB refused
-      // when applied early: the batch is aborted like for a failed put.
-      w.touched_ = true;
-      w.failed_rc_ = e.rc;
-      status = writeFailure(e.rc, e.what(), env_);
     } catch (const std::exception& e) {
       status = makeError(Errc::storage_error, std::string("a write request threw: ") + e.what() +
                                                   " (its changes were rolled back)");
@@ -807,7 +715,6 @@ void Store::writerLoop() {
     uint64_t reruns_counted = 0;
     for (;;) {
       MDB_txn* txn = nullptr;
-      sorted_.by_db.clear();  // queued writes of an aborted run are gone with it
       int rc = mdb_txn_begin(env_, nullptr, 0, &txn);
       if (rc != 0) {
         Error error = lmdbError(rc, "begin a write transaction on " + file, map_size_bytes_);
@@ -850,22 +757,6 @@ void Store::writerLoop() {
       }
       if (!any_ok) {
         mdb_txn_abort(txn);  // nothing to write: spare the fsync
-        break;
-      }
-      rc = applySorted(txn);
-      if (rc != 0) {
-        mdb_txn_abort(txn);
-        txn = nullptr;
-        ++reruns_counted;
-        if (rc == MDB_MAP_FULL && growMap()) continue;  // all of it again, with room
-        if (rc == MDB_TXN_FULL && processed > 1) {
-          processed /= 2;  // too much for one transaction: carry the second half on
-          continue;
-        }
-        Error error = writeFailure(rc, "applying the sorted writes of a batch to " + file, env_);
-        for (size_t i = 0; i < processed; ++i) {
-          if (results[i].ok()) results[i] = error;
-        }
         break;
       }
       rc = mdb_txn_commit(txn);  // durable unless MDB_NOSYNC

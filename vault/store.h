@@ -27,7 +27,6 @@
 #include <deque>
 #include <functional>
 #include <future>
-#include <algorithm>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -60,16 +59,6 @@ struct Db {
 
 class Cursor;
 
-namespace detail {
-// Writes queued by WriteTxn::putSorted / delSorted during one batch, per
-// sub-database, in the order they were made (nullopt: delete the key).
-// Writer thread only.
-struct SortedWrites {
-  using Write = std::pair<Bytes, std::optional<Bytes>>;
-  std::map<MDB_dbi, std::vector<Write>> by_db;
-};
-}  // namespace detail
-
 // A read view. Values returned point into the map and live as long as the
 // transaction. Not shared between threads.
 class Store;
@@ -88,12 +77,8 @@ class ReadTxn {
  protected:
   ReadTxn(MDB_txn* txn, const Store* store) : txn_(txn), store_(store) {}
   friend class Store;
-  // Applies the sorted writes queued for `db` (a WriteTxn's), so that a
-  // read sees them; throws SortedApplyFailure when LMDB refuses.
-  void applySorted(MDB_dbi dbi) const;
   MDB_txn* txn_ = nullptr;
   const Store* store_ = nullptr;  // set for read transactions the Store counts
-  detail::SortedWrites* sorted_ = nullptr;  // a WriteTxn's queued sorted writes
 };
 
 // A write view, handed to a request on the writer thread.
@@ -105,15 +90,6 @@ class WriteTxn : public ReadTxn {
   Status put(const Db& db, ByteView key, ByteView value);
   // Fails with not_found-free semantics: deleting a missing key is ok.
   Status del(const Db& db, ByteView key);
-  // The same, queued: applied at the end of the batch together with every
-  // other request's queued writes to `db`, in key order (one ordered pass
-  // over the B-tree instead of a random walk per key), or earlier when any
-  // other access (get, cursor, count, immediate put/del) touches `db`, so
-  // every read sees every earlier write. For sub-databases written at
-  // random places and not read while recording (index entries keyed by
-  // hashes or values); only a malformed key fails here.
-  Status putSorted(const Db& db, ByteView key, ByteView value);
-  Status delSorted(const Db& db, ByteView key);
 
  private:
   // True once put() or del() reached LMDB: a failure from here on costs a
@@ -122,10 +98,7 @@ class WriteTxn : public ReadTxn {
 
  private:
   friend class Store;
-  WriteTxn(MDB_txn* txn, detail::SortedWrites* sorted) : ReadTxn(txn, nullptr) {
-    sorted_ = sorted;
-  }
-  Status checkKey(const Db& db, ByteView key, const char* what) const;
+  explicit WriteTxn(MDB_txn* txn) : ReadTxn(txn, nullptr) {}
   bool touched_ = false;
   int failed_rc_ = 0;  // the LMDB error of the last failed put/del
 };
@@ -199,9 +172,6 @@ class Store {
   // transaction is open; false when it is at the maximum or readers stay.
   bool growMap();
   void readerEnded() const;
-  // Writer thread: applies every queued sorted write in key order; an LMDB
-  // error code, or 0.
-  int applySorted(MDB_txn* txn);
 
   struct Request {
     WriteFn fn;
@@ -227,7 +197,6 @@ class Store {
   mutable uint64_t readers_open_ = 0;
   bool resizing_ = false;
   uint64_t map_size_bytes_ = 0;  // writer thread (and stats(), under mutex_)
-  detail::SortedWrites sorted_;  // writer thread: the batch's queued sorted writes
 };
 
 }  // namespace ccal::vault

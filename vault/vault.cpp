@@ -147,16 +147,10 @@ namespace {
 
 // One output to record, prepared on the caller's thread. Its index keys
 // end with a placeholder state key: the writer fills in the sequence number.
-struct IndexEntry {
-  const Db* db = nullptr;
-  Bytes key;  // key-only entries
-  bool sorted = false;  // queued for the batch's ordered pass
-};
-
 struct OutputPlan {
   uint32_t index = 0;
   Bytes record;
-  std::vector<IndexEntry> keys;
+  std::vector<std::pair<const Db*, Bytes>> keys;  // index entries (key-only)
   Bytes count_key;
 };
 
@@ -224,8 +218,7 @@ void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn 
     fields.state_bytes.assign(output_bytes[i].begin(), output_bytes[i].end());
     out.record = encodeStateRecord(fields);
     for (auto& entry : VaultAccess::indexKeys(vs, *view, StateKey{0, i})) {
-      out.keys.push_back(IndexEntry{&VaultAccess::db(*this, entry.first), std::move(entry.second),
-                                    config_.sorted_writes && sortedIndex(entry.first)});
+      out.keys.emplace_back(&VaultAccess::db(*this, entry.first), std::move(entry.second));
     }
     out.count_key = countKey(StateStatus::unconsumed, outputs[i].stateType);
     plan->outputs.push_back(std::move(out));
@@ -246,15 +239,6 @@ void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn 
     const Db& tx_seq_db = VaultAccess::db(*this, db_tx_seq);
     const Db& state_db = VaultAccess::db(*this, db_state);
     if (w.get(tx_seq_db, tx_id.view())) return {};  // recorded before
-    // Writes to sub-databases with keys spread at random are queued for
-    // the batch's ordered pass (see sortedIndex).
-    const bool sorted = config_.sorted_writes;
-    auto put = [&](const Db& db, ByteView key, ByteView value) {
-      return sorted && sortedIndex(db.name) ? w.putSorted(db, key, value) : w.put(db, key, value);
-    };
-    auto del = [&](const Db& db, ByteView key) {
-      return sorted && sortedIndex(db.name) ? w.delSorted(db, key) : w.del(db, key);
-    };
 
     // Everything that can refuse the transaction is checked before the
     // first write, so a refusal leaves the batch's transaction clean.
@@ -303,35 +287,35 @@ void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn 
     for (auto& input : plan->consumed) {
       StateRecordFields& fields = input.fields;
       const Bytes state_key = keys::stateKey(input.key);
-      CCAL_TRY(del(type_db, typeKey(StateStatus::unconsumed, fields.stateType,
+      CCAL_TRY(w.del(type_db, typeKey(StateStatus::unconsumed, fields.stateType,
                                       fields.recordedMicros, input.key)));
-      CCAL_TRY(put(type_db,
+      CCAL_TRY(w.put(type_db,
                      typeKey(StateStatus::consumed, fields.stateType, fields.recordedMicros, input.key),
                      {}));
       if (!fields.tokenKey.empty()) {
-        CCAL_TRY(del(VaultAccess::db(*this, ix_token),
+        CCAL_TRY(w.del(VaultAccess::db(*this, ix_token),
                        tokenKey(fields.tokenKey, fields.recordedMicros, input.key)));
       }
-      if (fields.lock) CCAL_TRY(del(VaultAccess::db(*this, ix_lock), lockKey(*fields.lock, input.key)));
+      if (fields.lock) CCAL_TRY(w.del(VaultAccess::db(*this, ix_lock), lockKey(*fields.lock, input.key)));
       Bytes consumed_key;
       keys::appendInt(consumed_key, plan->at);
       keys::appendStateKey(consumed_key, input.key);
-      CCAL_TRY(put(VaultAccess::db(*this, ix_consumed), consumed_key, {}));
-      CCAL_TRY(put(VaultAccess::db(*this, ix_consumed_key), state_key, {}));
+      CCAL_TRY(w.put(VaultAccess::db(*this, ix_consumed), consumed_key, {}));
+      CCAL_TRY(w.put(VaultAccess::db(*this, ix_consumed_key), state_key, {}));
       fields.status = StateStatus::consumed;
       fields.consumedBy = tx_id;
       fields.consumedMicros = plan->at;
       fields.lock.reset();
-      CCAL_TRY(put(state_db, state_key, encodeStateRecord(fields)));
+      CCAL_TRY(w.put(state_db, state_key, encodeStateRecord(fields)));
       count(countKey(StateStatus::unconsumed, fields.stateType), -1);
       count(countKey(StateStatus::consumed, fields.stateType), +1);
     }
     for (auto& out : plan->outputs) {
       const StateKey key{seq, out.index};
-      CCAL_TRY(put(state_db, keys::stateKey(key), out.record));
+      CCAL_TRY(w.put(state_db, keys::stateKey(key), out.record));
       for (auto& entry : out.keys) {
-        keys::setStateKeyAtEnd(entry.key, key);
-        CCAL_TRY(entry.sorted ? w.putSorted(*entry.db, entry.key, {}) : w.put(*entry.db, entry.key, {}));
+        keys::setStateKeyAtEnd(entry.second, key);
+        CCAL_TRY(w.put(*entry.first, entry.second, {}));
       }
       count(out.count_key, +1);
     }
@@ -339,8 +323,8 @@ void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn 
       if (entry.second != 0) CCAL_TRY(VaultAccess::adjustCount(*this, w, entry.first, entry.second));
     }
     const Bytes seq_key = keys::seqKey(seq);
-    CCAL_TRY(put(tx_db, seq_key, plan->tx_record));
-    return put(tx_seq_db, tx_id.view(), seq_key);
+    CCAL_TRY(w.put(tx_db, seq_key, plan->tx_record));
+    return w.put(tx_seq_db, tx_id.view(), seq_key);
   };
   store_->submit(std::move(fn), [this, plan, done = std::move(done)](const Status& status) {
     if (status.ok() && tracking() && (!plan->outputs.empty() || !plan->consumed.empty())) {

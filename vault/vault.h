@@ -181,10 +181,6 @@ struct VaultConfig {
   uint32_t page_size_max = 1000;
   uint32_t query_candidates_max = 2'000'000;  // states one query may examine
   uint32_t lock_states_max = 4096;           // states in one lock or selection
-  // Index entries with keys spread at random (by hash, by field value, the
-  // tx id map) are queued per batch and applied in key order at its end
-  // (WriteTxn::putSorted) instead of one random B-tree walk each.
-  bool sorted_writes = true;
   // The clock for recording times; the system clock when empty.
   std::function<int64_t()> now_micros;
 };

@@ -46,18 +46,6 @@ inline constexpr std::string_view db_msg_outbox = "msg_outbox";
 inline constexpr std::string_view db_msg_inbox = "msg_inbox";
 inline constexpr std::string_view db_msg_dedup = "msg_dedup";
 
-// Sub-databases whose writes during recording go through the batch's
-// ordered pass (WriteTxn::putSorted): their keys land at random places
-// (hashes, field values, older states being consumed) and recording does
-// not read them. The others are appended to (sequence-keyed records,
-// recording and consuming times), read while recording, or tiny (counts),
-// and written directly.
-// tx_seq is not among them: every recording reads it.
-inline bool sortedIndex(std::string_view db) {
-  return db == ix_type || db == ix_participant || db == ix_linear || db == ix_field ||
-         db == ix_consumed_key || db == ix_token;
-}
-
 // The indexes whose keys begin with the status byte.
 inline bool statusKeyed(std::string_view index) { return index == ix_type; }
 

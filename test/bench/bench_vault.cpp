@@ -15,9 +15,7 @@
 //
 // Knobs for investigation: --record-only skips the 1M-state part;
 // CCAL_BENCH_BATCH=N sets the writer's batch size; CCAL_BENCH_NOSYNC=1
-// records without fsync (the report says so); CCAL_BENCH_UNSORTED=1 writes
-// every index entry directly instead of through the batch's ordered pass
-// (VaultConfig::sorted_writes).
+// records without fsync (the report says so).
 
 #include <sys/resource.h>
 #include <unistd.h>
@@ -99,7 +97,6 @@ std::unique_ptr<Vault> openVault(Net& net, const std::string& path, bool durable
   config.store.path = path;
   config.store.durable = durable;
   if (const char* batch = std::getenv("CCAL_BENCH_BATCH")) config.store.write_batch_max = std::atoi(batch);
-  if (std::getenv("CCAL_BENCH_UNSORTED") != nullptr) config.sorted_writes = false;
   auto v = Vault::open(config, net.registry, {net.alice.publicKey()});
   if (!v) {
     std::fprintf(stderr, "bench: %s\n", v.error().toString().c_str());
