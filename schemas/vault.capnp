@@ -16,9 +16,12 @@ struct StateRecord {
   stateType @7 :Text;          # the state's type (copied from `state`, so that consuming or
                                # locking needs no decoding of it)
   tokenKey @8 :Data;           # the ix_token key prefix (token | issuer) of a fungible state, or empty
+  txId @9 :Data;               # 32-byte id of the transaction that produced it (the record's key is
+                               # the vault's sequence number for that transaction, not its id)
 }
 
 struct TransactionRecord {
   recordedMicros @0 :Int64;
   signedTransaction @1 :Data;  # canonical SignedTransaction bytes
+  txId @2 :Data;               # 32-byte transaction id (the record's key is its sequence number)
 }

@@ -71,6 +71,41 @@ StateRef refFromKeyEnd(ByteView key) {
   return ref;
 }
 
+void appendStateKey(Bytes& out, StateKey key) {
+  appendBe64(out, key.seq);
+  for (int i = 3; i >= 0; --i) out.push_back(static_cast<uint8_t>(key.index >> (8 * i)));
+}
+
+Bytes stateKey(StateKey key) {
+  Bytes out;
+  out.reserve(state_key_bytes);
+  appendStateKey(out, key);
+  return out;
+}
+
+StateKey stateKeyFromKeyEnd(ByteView key) {
+  CCAL_ASSERT(key.size() >= state_key_bytes);
+  auto tail = key.subspan(key.size() - state_key_bytes);
+  StateKey out;
+  out.seq = readBe64(tail);
+  for (size_t i = seq_bytes; i < state_key_bytes; ++i) out.index = out.index << 8 | tail[i];
+  return out;
+}
+
+void setStateKeyAtEnd(Bytes& key, StateKey state) {
+  CCAL_ASSERT(key.size() >= state_key_bytes);
+  uint8_t* p = key.data() + key.size() - state_key_bytes;
+  for (int i = 7; i >= 0; --i) *p++ = static_cast<uint8_t>(state.seq >> (8 * i));
+  for (int i = 3; i >= 0; --i) *p++ = static_cast<uint8_t>(state.index >> (8 * i));
+}
+
+Bytes seqKey(uint64_t seq) {
+  Bytes out;
+  out.reserve(seq_bytes);
+  appendBe64(out, seq);
+  return out;
+}
+
 std::optional<Bytes> prefixEnd(ByteView prefix) {
   Bytes end(prefix.begin(), prefix.end());
   while (!end.empty()) {

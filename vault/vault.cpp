@@ -80,8 +80,8 @@ Criteria operator||(Criteria a, Criteria b) {
 
 std::vector<std::string> vaultDatabaseNames() {
   std::vector<std::string> names;
-  for (auto n : {db_tx, db_state, ix_type, ix_participant, ix_linear, ix_field, ix_recorded,
-                 ix_consumed, ix_consumed_ref, ix_lock, ix_token, db_counts, db_flow_checkpoint, db_flow_journal,
+  for (auto n : {db_tx, db_tx_seq, db_state, ix_type, ix_participant, ix_linear, ix_field, ix_recorded,
+                 ix_consumed, ix_consumed_key, ix_lock, ix_token, db_counts, db_flow_checkpoint, db_flow_journal,
                  db_msg_outbox, db_msg_inbox, db_msg_dedup}) {
     names.emplace_back(n);
   }
@@ -102,6 +102,18 @@ Result<std::unique_ptr<Vault>> Vault::open(const VaultConfig& config,
   auto store = Store::open(config.store, names, vault_schema_name, vault_schema_version);
   if (!store) return store.error();
   vault->store_ = std::move(store).value();
+  {
+    // Sequence numbers continue after the last recorded transaction.
+    ReadTxn r = vault->store_->read();
+    Cursor c = r.cursor(VaultAccess::db(*vault, db_tx));
+    if (c.last()) {
+      if (c.key().size() != keys::seq_bytes) {
+        return makeError(Errc::storage_error, "vault at " + config.store.path +
+                                                  ": a transaction key of the wrong length");
+      }
+      vault->next_seq_ = keys::readBe64(c.key()) + 1;
+    }
+  }
   return vault;
 }
 
@@ -133,13 +145,20 @@ void Vault::recordAsync(const SignedTransaction& stx, RecordMode mode, DoneFn do
 
 namespace {
 
-// One output to record, prepared on the caller's thread.
+// One output to record, prepared on the caller's thread. Its index keys
+// end with a placeholder state key: the writer fills in the sequence number.
 struct OutputPlan {
   uint32_t index = 0;
-  Bytes ref_key;
   Bytes record;
   std::vector<std::pair<const Db*, Bytes>> keys;  // index entries (key-only)
   Bytes count_key;
+};
+
+// An input this vault holds, as the writer found it on its last run.
+struct ConsumedInput {
+  StateRef ref;
+  StateKey key;
+  StateRecordFields fields;
 };
 
 // A transaction to record, prepared on the caller's thread, and what its
@@ -149,10 +168,9 @@ struct RecordPlan {
   VerifiedTransaction vtx;
   int64_t at = 0;
   std::vector<StateRef> inputs;  // distinct
-  std::vector<Bytes> input_keys;
   std::vector<OutputPlan> outputs;
   Bytes tx_record;
-  std::vector<std::pair<StateRef, StateRecordFields>> consumed;  // set anew on every run
+  std::vector<ConsumedInput> consumed;  // set anew on every run
 };
 
 }  // namespace
@@ -166,7 +184,6 @@ void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn 
   for (const auto& ref : stx.tx().inputs()) {
     if (std::find(plan->inputs.begin(), plan->inputs.end(), ref) != plan->inputs.end()) continue;
     plan->inputs.push_back(ref);
-    plan->input_keys.push_back(keys::refKey(ref));
   }
   // Decode every output's view (schema fields) and build its record and
   // index keys here, so a state whose data does not decode is refused up
@@ -192,15 +209,15 @@ void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn 
     vs.state = outputs[i];
     OutputPlan out;
     out.index = i;
-    out.ref_key = keys::refKey(vs.ref);
     StateRecordFields fields;
+    fields.txId = id;
     fields.relevance = vs.relevance;
     fields.recordedMicros = vs.recordedMicros;
     fields.stateType = outputs[i].stateType;
     fields.tokenKey = tokenPrefix(*view);
     fields.state_bytes.assign(output_bytes[i].begin(), output_bytes[i].end());
     out.record = encodeStateRecord(fields);
-    for (auto& entry : VaultAccess::indexKeys(vs, *view)) {
+    for (auto& entry : VaultAccess::indexKeys(vs, *view, StateKey{0, i})) {
       out.keys.emplace_back(&VaultAccess::db(*this, entry.first), std::move(entry.second));
     }
     out.count_key = countKey(StateStatus::unconsumed, outputs[i].stateType);
@@ -211,6 +228,7 @@ void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn 
     plan->tx_record = buildCanonical<schema::vault::TransactionRecord>([&](auto b) {
       b.setRecordedMicros(plan->at);
       b.setSignedTransaction(asData(encoded));
+      b.setTxId(asData(id.view()));
     });
   }
 
@@ -218,27 +236,41 @@ void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn 
     plan->consumed.clear();
     const SecureHash& tx_id = plan->vtx.id();
     const Db& tx_db = VaultAccess::db(*this, db_tx);
+    const Db& tx_seq_db = VaultAccess::db(*this, db_tx_seq);
     const Db& state_db = VaultAccess::db(*this, db_state);
-    if (w.get(tx_db, tx_id.view())) return {};  // recorded before
+    if (w.get(tx_seq_db, tx_id.view())) return {};  // recorded before
 
     // Everything that can refuse the transaction is checked before the
     // first write, so a refusal leaves the batch's transaction clean.
-    for (size_t i = 0; i < plan->inputs.size(); ++i) {
-      auto value = w.get(state_db, plan->input_keys[i]);
+    // Inputs are found through their transaction's sequence number (one
+    // look-up per distinct input transaction).
+    std::optional<uint64_t> input_seq;
+    const SecureHash* input_tx = nullptr;
+    for (const StateRef& ref : plan->inputs) {
+      if (input_tx == nullptr || *input_tx != ref.txId) {
+        input_tx = &ref.txId;
+        input_seq = VaultAccess::seqOf(*this, w, ref.txId);
+      }
+      if (!input_seq) continue;  // not a transaction this vault recorded
+      const StateKey key{*input_seq, ref.index};
+      auto value = w.get(state_db, keys::stateKey(key));
       if (!value) continue;  // not a state this vault holds
       auto fields = readStateRecord(*value);
       if (!fields) {
-        return makeError(fields.error().code,
-                         plan->inputs[i].toString() + ": " + fields.error().message);
+        return makeError(fields.error().code, ref.toString() + ": " + fields.error().message);
       }
       if (fields->status == StateStatus::consumed) {
         return makeError(Errc::conflict, "transaction " + tx_id.hex() + " spends state " +
-                                             plan->inputs[i].toString() +
+                                             ref.toString() +
                                              ", which this vault saw consumed by transaction " +
                                              fields->consumedBy->hex());
       }
-      plan->consumed.emplace_back(plan->inputs[i], std::move(fields).value());
+      plan->consumed.push_back(ConsumedInput{ref, key, std::move(fields).value()});
     }
+
+    // The writer's next sequence number. A run that is later rolled back
+    // leaves a gap, which is harmless: numbers only need to grow.
+    const uint64_t seq = next_seq_++;
 
     // Count changes per (status, type), applied once each.
     std::vector<std::pair<Bytes, int64_t>> counts;
@@ -252,45 +284,47 @@ void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn 
       counts.emplace_back(std::move(key), delta);
     };
     const Db& type_db = VaultAccess::db(*this, ix_type);
-    for (auto& [ref, fields] : plan->consumed) {
-      const Bytes ref_key = keys::refKey(ref);
+    for (auto& input : plan->consumed) {
+      StateRecordFields& fields = input.fields;
+      const Bytes state_key = keys::stateKey(input.key);
       CCAL_TRY(w.del(type_db, typeKey(StateStatus::unconsumed, fields.stateType,
-                                      fields.recordedMicros, ref)));
+                                      fields.recordedMicros, input.key)));
       CCAL_TRY(w.put(type_db,
-                     typeKey(StateStatus::consumed, fields.stateType, fields.recordedMicros, ref),
+                     typeKey(StateStatus::consumed, fields.stateType, fields.recordedMicros, input.key),
                      {}));
       if (!fields.tokenKey.empty()) {
         CCAL_TRY(w.del(VaultAccess::db(*this, ix_token),
-                       tokenKey(fields.tokenKey, fields.recordedMicros, ref)));
+                       tokenKey(fields.tokenKey, fields.recordedMicros, input.key)));
       }
-      if (fields.lock) {
-        Bytes k;
-        keys::appendHash(k, *fields.lock);
-        keys::appendRef(k, ref);
-        CCAL_TRY(w.del(VaultAccess::db(*this, ix_lock), k));
-      }
+      if (fields.lock) CCAL_TRY(w.del(VaultAccess::db(*this, ix_lock), lockKey(*fields.lock, input.key)));
       Bytes consumed_key;
       keys::appendInt(consumed_key, plan->at);
-      keys::appendRef(consumed_key, ref);
+      keys::appendStateKey(consumed_key, input.key);
       CCAL_TRY(w.put(VaultAccess::db(*this, ix_consumed), consumed_key, {}));
-      CCAL_TRY(w.put(VaultAccess::db(*this, ix_consumed_ref), ref_key, {}));
+      CCAL_TRY(w.put(VaultAccess::db(*this, ix_consumed_key), state_key, {}));
       fields.status = StateStatus::consumed;
       fields.consumedBy = tx_id;
       fields.consumedMicros = plan->at;
       fields.lock.reset();
-      CCAL_TRY(w.put(state_db, ref_key, encodeStateRecord(fields)));
+      CCAL_TRY(w.put(state_db, state_key, encodeStateRecord(fields)));
       count(countKey(StateStatus::unconsumed, fields.stateType), -1);
       count(countKey(StateStatus::consumed, fields.stateType), +1);
     }
-    for (const auto& out : plan->outputs) {
-      CCAL_TRY(w.put(state_db, out.ref_key, out.record));
-      for (const auto& entry : out.keys) CCAL_TRY(w.put(*entry.first, entry.second, {}));
+    for (auto& out : plan->outputs) {
+      const StateKey key{seq, out.index};
+      CCAL_TRY(w.put(state_db, keys::stateKey(key), out.record));
+      for (auto& entry : out.keys) {
+        keys::setStateKeyAtEnd(entry.second, key);
+        CCAL_TRY(w.put(*entry.first, entry.second, {}));
+      }
       count(out.count_key, +1);
     }
     for (const auto& entry : counts) {
       if (entry.second != 0) CCAL_TRY(VaultAccess::adjustCount(*this, w, entry.first, entry.second));
     }
-    return w.put(tx_db, tx_id.view(), plan->tx_record);
+    const Bytes seq_key = keys::seqKey(seq);
+    CCAL_TRY(w.put(tx_db, seq_key, plan->tx_record));
+    return w.put(tx_seq_db, tx_id.view(), seq_key);
   };
   store_->submit(std::move(fn), [this, plan, done = std::move(done)](const Status& status) {
     if (status.ok() && tracking() && (!plan->outputs.empty() || !plan->consumed.empty())) {
@@ -310,11 +344,12 @@ void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn 
         vs.recordedMicros = plan->at;
         update.produced.push_back(std::move(vs));
       }
-      for (const auto& [ref, fields] : plan->consumed) {
+      for (const auto& input : plan->consumed) {
+        const StateRecordFields& fields = input.fields;
         auto state = decodeTransactionState(fields.state_bytes);
         CCAL_ASSERT_MSG(state.ok(), "a recorded state no longer decodes");
         VaultState vs;
-        vs.ref = ref;
+        vs.ref = input.ref;
         vs.state = std::move(state).value();
         vs.status = fields.status;
         vs.relevance = fields.relevance;
@@ -348,22 +383,46 @@ bool Vault::tracking() const {
   return !trackers_.empty();
 }
 
+namespace {
+
+// Decodes a transaction record, checking that it is the one `id` names.
+template <class Fn>
+Status readTransactionRecord(const SecureHash& id, ByteView value, Fn&& fn) {
+  return decodeMessage<schema::vault::TransactionRecord>(
+      value, "vault transaction record " + id.hex(), Canonical::required, [&](auto rec) -> Status {
+        if (asByteView(rec.getTxId()).size() != SecureHash::size_bytes ||
+            !std::equal(id.view().begin(), id.view().end(), asByteView(rec.getTxId()).begin())) {
+          return makeError(Errc::storage_error,
+                           "vault transaction record " + id.hex() + " holds another transaction");
+        }
+        return fn(asByteView(rec.getSignedTransaction()));
+      });
+}
+
+}  // namespace
+
 Result<std::optional<SignedTransaction>> Vault::transaction(const SecureHash& id) const {
   ReadTxn r = store_->read();
-  auto value = r.get(VaultAccess::db(*this, db_tx), id.view());
-  if (!value) return std::optional<SignedTransaction>{};
-  return decodeMessage<schema::vault::TransactionRecord>(
-      *value, "vault transaction record " + id.hex(), Canonical::required,
-      [&](auto rec) -> Result<std::optional<SignedTransaction>> {
-        auto stx = SignedTransaction::decode(asByteView(rec.getSignedTransaction()));
-        if (!stx) return stx.error();
-        return std::optional<SignedTransaction>(std::move(stx).value());
-      });
+  auto seq = VaultAccess::seqOf(*this, r, id);
+  if (!seq) return std::optional<SignedTransaction>{};
+  auto value = r.get(VaultAccess::db(*this, db_tx), keys::seqKey(*seq));
+  if (!value) {
+    return makeError(Errc::storage_error, "vault transaction " + id.hex() + " has sequence number " +
+                                              std::to_string(*seq) + " but no record");
+  }
+  std::optional<SignedTransaction> out;
+  CCAL_TRY(readTransactionRecord(id, *value, [&](ByteView bytes) -> Status {
+    auto stx = SignedTransaction::decode(bytes);
+    if (!stx) return stx.error();
+    out = std::move(stx).value();
+    return {};
+  }));
+  return out;
 }
 
 bool Vault::hasTransaction(const SecureHash& id) const {
   ReadTxn r = store_->read();
-  return r.get(VaultAccess::db(*this, db_tx), id.view()).has_value();
+  return VaultAccess::seqOf(*this, r, id).has_value();
 }
 
 Result<std::optional<VaultState>> Vault::state(const StateRef& ref) const {
@@ -377,17 +436,21 @@ Result<std::optional<VaultState>> Vault::state(const StateRef& ref) const {
 Status Vault::forEachTransaction(
     const std::function<bool(const SecureHash&, ByteView)>& fn) const {
   ReadTxn r = store_->read();
-  Cursor c = r.cursor(VaultAccess::db(*this, db_tx));
+  const Db& tx_db = VaultAccess::db(*this, db_tx);
+  Cursor c = r.cursor(VaultAccess::db(*this, db_tx_seq));
   bool stop = false;
   for (bool ok = c.first(); ok && !stop; ok = c.next()) {
     auto id = SecureHash::fromBytes(c.key());
     if (!id) return id.error();
-    CCAL_TRY(decodeMessage<schema::vault::TransactionRecord>(
-        c.value(), "vault transaction record " + id->hex(), Canonical::required,
-        [&](auto rec) -> Status {
-          stop = !fn(*id, asByteView(rec.getSignedTransaction()));
-          return {};
-        }));
+    auto seq = readSeq(c.value());
+    auto value = seq ? r.get(tx_db, keys::seqKey(*seq)) : std::nullopt;
+    if (!value) {
+      return makeError(Errc::storage_error, "vault transaction " + id->hex() + " has no record");
+    }
+    CCAL_TRY(readTransactionRecord(*id, *value, [&](ByteView bytes) -> Status {
+      stop = !fn(*id, bytes);
+      return {};
+    }));
   }
   return {};
 }
@@ -397,23 +460,44 @@ Status Vault::checkConsistency() const {
     return makeError(Errc::storage_error, "vault inconsistent: " + why);
   };
   ReadTxn r = store_->read();
+  const Db& tx_db = VaultAccess::db(*this, db_tx);
+  // Transactions: tx_seq and tx agree one to one.
+  {
+    Cursor c = r.cursor(VaultAccess::db(*this, db_tx_seq));
+    for (bool ok = c.first(); ok; ok = c.next()) {
+      auto id = SecureHash::fromBytes(c.key());
+      if (!id) return broken("a transaction id key of the wrong length");
+      auto seq = readSeq(c.value());
+      if (!seq) return broken("transaction " + id->hex() + ": a sequence number of the wrong length");
+      auto value = r.get(tx_db, keys::seqKey(*seq));
+      if (!value) return broken("transaction " + id->hex() + " has no record");
+      Status same = readTransactionRecord(*id, *value, [](ByteView) -> Status { return {}; });
+      if (!same.ok()) return broken(same.error().message);
+    }
+    if (r.entries(tx_db) != r.entries(VaultAccess::db(*this, db_tx_seq))) {
+      return broken("the transaction table has " + std::to_string(r.entries(tx_db)) +
+                    " records, the id map " +
+                    std::to_string(r.entries(VaultAccess::db(*this, db_tx_seq))));
+    }
+  }
   std::map<std::string_view, uint64_t> expected_entries;
   std::map<Bytes, uint64_t> expected_counts;
   Cursor c = r.cursor(VaultAccess::db(*this, db_state));
   for (bool ok = c.first(); ok; ok = c.next()) {
-    if (c.key().size() != keys::ref_bytes) return broken("a state key of the wrong length");
-    StateRef ref = keys::refFromKeyEnd(c.key());
-    auto stored = decodeStateRecord(ref, c.value());
+    if (c.key().size() != keys::state_key_bytes) return broken("a state key of the wrong length");
+    const StateKey key = keys::stateKeyFromKeyEnd(c.key());
+    auto stored = decodeStateRecord(key, c.value());
     if (!stored) return broken(stored.error().message);
     const VaultState& vs = stored->vs;
+    const StateRef& ref = vs.ref;
     auto view = VaultAccess::viewOf(*this, vs.state);
     if (!view) return broken("state " + ref.toString() + ": " + view.error().message);
     if (stored->fields.stateType != vs.state.stateType ||
         stored->fields.tokenKey != tokenPrefix(*view)) {
       return broken("state " + ref.toString() + ": its record's type or token key is not its state's");
     }
-    for (const auto& [db, key] : VaultAccess::indexKeys(vs, *view)) {
-      if (!r.get(VaultAccess::db(*this, db), key)) {
+    for (const auto& [db, index_key] : VaultAccess::indexKeys(vs, *view, key)) {
+      if (!r.get(VaultAccess::db(*this, db), index_key)) {
         return broken("state " + ref.toString() + " is missing from index " + std::string(db));
       }
       ++expected_entries[db];
@@ -421,16 +505,19 @@ Status Vault::checkConsistency() const {
     Bytes count_key{statusByte(vs.status)};
     keys::appendText(count_key, vs.state.stateType);
     ++expected_counts[count_key];
-    if (vs.consumedBy && !r.get(VaultAccess::db(*this, db_tx), vs.consumedBy->view())) {
+    if (vs.consumedBy && !VaultAccess::seqOf(*this, r, *vs.consumedBy)) {
       return broken("state " + ref.toString() + " is consumed by transaction " +
                     vs.consumedBy->hex() + ", which is not recorded");
     }
-    if (!r.get(VaultAccess::db(*this, db_tx), ref.txId.view())) {
-      return broken("state " + ref.toString() + " has no recorded transaction");
+    auto seq = VaultAccess::seqOf(*this, r, ref.txId);
+    if (!seq) return broken("state " + ref.toString() + " has no recorded transaction");
+    if (*seq != key.seq) {
+      return broken("state " + ref.toString() + " is stored under sequence number " +
+                    std::to_string(key.seq) + ", its transaction has " + std::to_string(*seq));
     }
   }
   for (auto db : {ix_type, ix_participant, ix_linear, ix_field, ix_recorded, ix_consumed,
-                  ix_consumed_ref, ix_lock, ix_token}) {
+                  ix_consumed_key, ix_lock, ix_token}) {
     uint64_t have = r.entries(VaultAccess::db(*this, db));
     if (have != expected_entries[db]) {
       return broken("index " + std::string(db) + " has " + std::to_string(have) +

@@ -24,7 +24,10 @@ namespace ccal::vault {
 inline constexpr std::string_view vault_schema_name = "ccal-vault";
 // 2: status-free indexes (participant, linear id, field, recorded), a
 // consumed-ref index, state type and token key in the state record.
-inline constexpr uint32_t vault_schema_version = 2;
+// 3: transactions and states keyed by the vault's recording sequence number
+// (seq | output index), a tx id -> seq map, index entries ending with the
+// state's seq key instead of its StateRef (consumed-key index likewise).
+inline constexpr uint32_t vault_schema_version = 3;
 
 enum class StateStatus : uint8_t { unconsumed = 0, consumed = 1 };
 enum class StatusFilter : uint8_t { unconsumed, consumed, all };
@@ -258,6 +261,9 @@ class Vault {
   const ContractRegistry& registry_;
   std::set<PublicKey> our_keys_;
   std::unique_ptr<Store> store_;
+  // The sequence number the next recorded transaction gets. Written by the
+  // store's writer thread only (set at open before any write).
+  uint64_t next_seq_ = 1;
 
   struct Tracker {
     Query query;

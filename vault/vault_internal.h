@@ -14,24 +14,30 @@
 namespace ccal::vault {
 
 
-// Sub-databases. Only the indexes that a status change must move carry
-// the status: "unconsumed states of a type, newest first" is one contiguous
-// range of ix_type, and ix_token holds unconsumed states only. The others
-// are written once when a state is recorded and never rewritten; queries
-// filter them by status (ix_consumed_ref answers "is it consumed?" from the
-// key alone). Where no order is asked of an index, the recording time comes
-// before the ref, so new keys cluster at the end of their range.
-inline constexpr std::string_view db_tx = "tx";                  // tx id -> TransactionRecord
-inline constexpr std::string_view db_state = "state";            // ref -> StateRecord
-inline constexpr std::string_view ix_type = "ix_type";           // s | type | recorded | ref
-inline constexpr std::string_view ix_participant = "ix_participant";  // key hash | recorded | ref
-inline constexpr std::string_view ix_linear = "ix_linear";       // linear id | recorded | ref
-inline constexpr std::string_view ix_field = "ix_field";         // type | field | value | recorded | ref
-inline constexpr std::string_view ix_recorded = "ix_recorded";   // recorded | ref
-inline constexpr std::string_view ix_consumed = "ix_consumed";   // consumed time | ref
-inline constexpr std::string_view ix_consumed_ref = "ix_consumed_ref";  // ref (consumed states)
-inline constexpr std::string_view ix_lock = "ix_lock";           // holder | ref
-inline constexpr std::string_view ix_token = "ix_token";         // token | issuer | recorded | ref (unconsumed)
+// Sub-databases. Transactions and states are keyed by the sequence number
+// the vault gives each recorded transaction (StateKey: seq | output index),
+// so a recording appends its records, and its index entries end with that
+// state key; the one random-keyed table is tx_seq (tx id -> seq), which
+// serves lookups by transaction id and by StateRef (tx id + index).
+// Only the indexes that a status change must move carry the status:
+// "unconsumed states of a type, newest first" is one contiguous range of
+// ix_type, and ix_token holds unconsumed states only. The others are written
+// once when a state is recorded and never rewritten; queries filter them by
+// status (ix_consumed_key answers "is it consumed?" from the key alone).
+// Where no order is asked of an index, the recording time comes before the
+// state key, so new keys cluster at the end of their range.
+inline constexpr std::string_view db_tx = "tx";                  // seq -> TransactionRecord
+inline constexpr std::string_view db_tx_seq = "tx_seq";          // tx id -> seq (8 bytes big-endian)
+inline constexpr std::string_view db_state = "state";            // state key -> StateRecord
+inline constexpr std::string_view ix_type = "ix_type";           // s | type | recorded | state key
+inline constexpr std::string_view ix_participant = "ix_participant";  // key hash | recorded | state key
+inline constexpr std::string_view ix_linear = "ix_linear";       // linear id | recorded | state key
+inline constexpr std::string_view ix_field = "ix_field";         // type | field | value | recorded | state key
+inline constexpr std::string_view ix_recorded = "ix_recorded";   // recorded | state key
+inline constexpr std::string_view ix_consumed = "ix_consumed";   // consumed time | state key
+inline constexpr std::string_view ix_consumed_key = "ix_consumed_key";  // state key (consumed states)
+inline constexpr std::string_view ix_lock = "ix_lock";           // holder | state key
+inline constexpr std::string_view ix_token = "ix_token";         // token | issuer | recorded | state key (unconsumed)
 inline constexpr std::string_view db_counts = "counts";          // s | type -> u64 count
 // For the layers above (see flow_store.h and message_store.h).
 inline constexpr std::string_view db_flow_checkpoint = "flow_checkpoint";
@@ -61,6 +67,7 @@ inline bool statusPasses(StatusFilter f, StateStatus s) {
 // A stored state record, without decoding the TransactionState it holds:
 // what recording, consuming and locking need.
 struct StateRecordFields {
+  SecureHash txId;  // the producing transaction (with the key's index: the StateRef)
   StateStatus status = StateStatus::unconsumed;
   Relevance relevance = Relevance::participant;
   int64_t recordedMicros = 0;
@@ -83,6 +90,7 @@ inline Bytes encodeStateRecord(const StateRecordFields& f) {
     b.setState(asData(f.state_bytes));
     b.setStateType(f.stateType);
     if (!f.tokenKey.empty()) b.setTokenKey(asData(f.tokenKey));
+    b.setTxId(asData(f.txId.view()));
   });
 }
 
@@ -91,6 +99,9 @@ inline Result<StateRecordFields> readStateRecord(ByteView value) {
       value, "vault state record", Canonical::required,
       [&](auto r) -> Result<StateRecordFields> {
         StateRecordFields f;
+        auto tx_id = SecureHash::fromBytes(asByteView(r.getTxId()));
+        if (!tx_id) return tx_id.error();
+        f.txId = *tx_id;
         f.status = r.getStatus() == 0 ? StateStatus::unconsumed : StateStatus::consumed;
         f.relevance = r.getRelevance() == 0 ? Relevance::participant : Relevance::observed;
         f.recordedMicros = r.getRecordedMicros();
@@ -112,21 +123,29 @@ inline Result<StateRecordFields> readStateRecord(ByteView value) {
       });
 }
 
-// A stored state, decoded, with its record's fields.
+using keys::StateKey;
+
+inline std::string describeKey(StateKey key) {
+  return "stored state " + std::to_string(key.seq) + "/" + std::to_string(key.index);
+}
+
+// A stored state, decoded, with its record's fields and its key.
 struct Stored {
   VaultState vs;
   StateRecordFields fields;
+  StateKey key;
 };
 
-inline Result<Stored> decodeStateRecord(const StateRef& ref, ByteView value) {
+inline Result<Stored> decodeStateRecord(StateKey key, ByteView value) {
   auto fields = readStateRecord(value);
   if (!fields) {
-    return makeError(fields.error().code, ref.toString() + ": " + fields.error().message);
+    return makeError(fields.error().code, describeKey(key) + ": " + fields.error().message);
   }
   Stored out;
+  out.key = key;
   out.fields = std::move(fields).value();
   const StateRecordFields& f = out.fields;
-  out.vs.ref = ref;
+  out.vs.ref = StateRef{f.txId, key.index};
   out.vs.status = f.status;
   out.vs.relevance = f.relevance;
   out.vs.recordedMicros = f.recordedMicros;
@@ -158,21 +177,33 @@ inline Bytes countKey(StateStatus s, std::string_view type) {
   return k;
 }
 
-inline Bytes typeKey(StateStatus s, std::string_view type, int64_t recorded, const StateRef& ref) {
+inline Bytes typeKey(StateStatus s, std::string_view type, int64_t recorded, StateKey state) {
   Bytes k{statusByte(s)};
   keys::appendText(k, type);
   keys::appendInt(k, recorded);
-  keys::appendRef(k, ref);
+  keys::appendStateKey(k, state);
   return k;
 }
 
 // Oldest first within a token and issuer: selection spends the oldest
 // states, and new keys land at the end of their range.
-inline Bytes tokenKey(const Bytes& prefix, int64_t recorded, const StateRef& ref) {
+inline Bytes tokenKey(const Bytes& prefix, int64_t recorded, StateKey state) {
   Bytes k = prefix;
   keys::appendInt(k, recorded);
-  keys::appendRef(k, ref);
+  keys::appendStateKey(k, state);
   return k;
+}
+
+inline Bytes lockKey(const LockId& holder, StateKey state) {
+  Bytes k;
+  keys::appendHash(k, holder);
+  keys::appendStateKey(k, state);
+  return k;
+}
+
+inline std::optional<uint64_t> readSeq(std::optional<ByteView> v) {
+  if (!v || v->size() != keys::seq_bytes) return std::nullopt;
+  return keys::readBe64(*v);
 }
 
 inline Bytes tokenPrefix(const StateView& view) {
@@ -194,19 +225,20 @@ struct VaultAccess {
     return schema->view(state);
   }
 
-  // Every index key of a state in its current status and lock.
+  // Every index key of a state (stored under `state`) in its current status and lock.
   static std::vector<std::pair<std::string_view, Bytes>> indexKeys(const VaultState& vs,
-                                                                   const StateView& view) {
+                                                                   const StateView& view,
+                                                                   StateKey state) {
     std::vector<std::pair<std::string_view, Bytes>> out;
     out.reserve(8 + view.fields.size());
     auto key = [&](std::string_view db, auto&& fill) {
       Bytes k;
       k.reserve(96);
       fill(k);
-      keys::appendRef(k, vs.ref);
+      keys::appendStateKey(k, state);
       out.emplace_back(db, std::move(k));
     };
-    out.emplace_back(ix_type, typeKey(vs.status, vs.state.stateType, vs.recordedMicros, vs.ref));
+    out.emplace_back(ix_type, typeKey(vs.status, vs.state.stateType, vs.recordedMicros, state));
     std::set<SecureHash> participants;
     for (const auto& p : vs.state.participants) {
       participants.insert(p.hash());
@@ -238,13 +270,13 @@ struct VaultAccess {
     key(ix_recorded, [&](Bytes& k) { keys::appendInt(k, vs.recordedMicros); });
     if (vs.status == StateStatus::consumed) {
       key(ix_consumed, [&](Bytes& k) { keys::appendInt(k, vs.consumedMicros.value_or(0)); });
-      out.emplace_back(ix_consumed_ref, keys::refKey(vs.ref));
+      out.emplace_back(ix_consumed_key, keys::stateKey(state));
     }
     if (vs.lock) {
       key(ix_lock, [&](Bytes& k) { keys::appendHash(k, *vs.lock); });
     }
     if (view.fungible && vs.status == StateStatus::unconsumed) {
-      out.emplace_back(ix_token, tokenKey(tokenPrefix(view), vs.recordedMicros, vs.ref));
+      out.emplace_back(ix_token, tokenKey(tokenPrefix(view), vs.recordedMicros, state));
     }
     return out;
   }
@@ -261,43 +293,48 @@ struct VaultAccess {
 
   // Rewrites a stored state's record with a new lock holder (or none),
   // moving only its ix_lock entry: no other index depends on the lock.
-  static Status relock(const Vault& v, WriteTxn& w, const StateRef& ref,
+  static Status relock(const Vault& v, WriteTxn& w, StateKey state,
                        const StateRecordFields& before, const std::optional<LockId>& holder) {
     StateRecordFields after = before;
     after.lock = holder;
-    if (before.lock) {
-      Bytes k;
-      keys::appendHash(k, *before.lock);
-      keys::appendRef(k, ref);
-      CCAL_TRY(w.del(db(v, ix_lock), k));
-    }
-    if (holder) {
-      Bytes k;
-      keys::appendHash(k, *holder);
-      keys::appendRef(k, ref);
-      CCAL_TRY(w.put(db(v, ix_lock), k, {}));
-    }
-    return w.put(db(v, db_state), keys::refKey(ref), encodeStateRecord(after));
+    if (before.lock) CCAL_TRY(w.del(db(v, ix_lock), lockKey(*before.lock, state)));
+    if (holder) CCAL_TRY(w.put(db(v, ix_lock), lockKey(*holder, state), {}));
+    return w.put(db(v, db_state), keys::stateKey(state), encodeStateRecord(after));
+  }
+
+  // The sequence number the vault gave a recorded transaction.
+  static std::optional<uint64_t> seqOf(const Vault& v, const ReadTxn& r, const SecureHash& tx_id) {
+    auto seq = readSeq(r.get(db(v, db_tx_seq), tx_id.view()));
+    return seq;
+  }
+
+  // Where the vault keeps a state, when it holds it (its transaction is
+  // recorded; the state itself may not be, when it was not relevant).
+  static std::optional<StateKey> keyOf(const Vault& v, const ReadTxn& r, const StateRef& ref) {
+    auto seq = seqOf(v, r, ref.txId);
+    if (!seq) return std::nullopt;
+    return StateKey{*seq, ref.index};
   }
 
   static Result<std::optional<StateRecordFields>> loadFields(const Vault& v, const ReadTxn& r,
-                                                             const StateRef& ref) {
-    auto value = r.get(db(v, db_state), keys::refKey(ref));
+                                                             StateKey state) {
+    auto value = r.get(db(v, db_state), keys::stateKey(state));
     if (!value) return std::optional<StateRecordFields>{};
     auto fields = readStateRecord(*value);
     if (!fields) {
-      return makeError(fields.error().code, ref.toString() + ": " + fields.error().message);
+      return makeError(fields.error().code, describeKey(state) + ": " + fields.error().message);
     }
     return std::optional<StateRecordFields>(std::move(fields).value());
   }
 
-  static bool isConsumed(const Vault& v, const ReadTxn& r, const StateRef& ref) {
-    return r.get(db(v, ix_consumed_ref), keys::refKey(ref)).has_value();
+  static bool isConsumed(const Vault& v, const ReadTxn& r, StateKey state) {
+    return r.get(db(v, ix_consumed_key), keys::stateKey(state)).has_value();
   }
-  // The same for the ref that ends an index key, without decoding it.
+  // The same for the state key that ends an index key, without decoding it.
   static bool isConsumedKey(const Vault& v, const ReadTxn& r, ByteView index_key) {
-    CCAL_ASSERT(index_key.size() >= keys::ref_bytes);
-    return r.get(db(v, ix_consumed_ref), index_key.subspan(index_key.size() - keys::ref_bytes))
+    CCAL_ASSERT(index_key.size() >= keys::state_key_bytes);
+    return r.get(db(v, ix_consumed_key),
+                 index_key.subspan(index_key.size() - keys::state_key_bytes))
         .has_value();
   }
 
@@ -305,12 +342,18 @@ struct VaultAccess {
   // relevance filters are applied separately). Defined in vault_query.cpp.
   static bool matches(const Vault& v, const Criteria& criteria, const VaultState& vs);
 
-  static Result<std::optional<Stored>> load(const Vault& v, const ReadTxn& r, const StateRef& ref) {
-    auto value = r.get(db(v, db_state), keys::refKey(ref));
+  static Result<std::optional<Stored>> load(const Vault& v, const ReadTxn& r, StateKey state) {
+    auto value = r.get(db(v, db_state), keys::stateKey(state));
     if (!value) return std::optional<Stored>{};
-    auto stored = decodeStateRecord(ref, *value);
+    auto stored = decodeStateRecord(state, *value);
     if (!stored) return stored.error();
     return std::optional<Stored>(std::move(stored).value());
+  }
+
+  static Result<std::optional<Stored>> load(const Vault& v, const ReadTxn& r, const StateRef& ref) {
+    auto state = keyOf(v, r, ref);
+    if (!state) return std::optional<Stored>{};
+    return load(v, r, *state);
   }
 };
 

@@ -23,9 +23,11 @@ Status Vault::lock(const LockId& holder, std::span<const StateRef> refs) {
   std::vector<StateRef> wanted(refs.begin(), refs.end());
   return store_->write([this, holder, wanted](WriteTxn& w) -> Status {
     // All checked before the first write (a refusal then costs the batch nothing).
-    std::vector<std::pair<StateRef, StateRecordFields>> to_lock;
+    std::vector<std::pair<StateKey, StateRecordFields>> to_lock;
     for (const auto& ref : wanted) {
-      auto stored = VaultAccess::loadFields(*this, w, ref);
+      auto key = VaultAccess::keyOf(*this, w, ref);
+      auto stored = key ? VaultAccess::loadFields(*this, w, *key)
+                        : Result<std::optional<StateRecordFields>>(std::nullopt);
       if (!stored) return stored.error();
       if (!stored->has_value()) {
         return makeError(Errc::not_found, "cannot lock state " + ref.toString() +
@@ -44,11 +46,11 @@ Status Vault::lock(const LockId& holder, std::span<const StateRef> refs) {
                                            holderName(*before.lock));
       }
       bool twice = false;
-      for (const auto& entry : to_lock) twice = twice || entry.first == ref;
-      if (!twice) to_lock.emplace_back(ref, std::move(stored->value()));
+      for (const auto& entry : to_lock) twice = twice || entry.first == *key;
+      if (!twice) to_lock.emplace_back(*key, std::move(stored->value()));
     }
-    for (const auto& [ref, before] : to_lock) {
-      CCAL_TRY(VaultAccess::relock(*this, w, ref, before, holder));
+    for (const auto& [key, before] : to_lock) {
+      CCAL_TRY(VaultAccess::relock(*this, w, key, before, holder));
     }
     return {};
   });
@@ -57,25 +59,28 @@ Status Vault::lock(const LockId& holder, std::span<const StateRef> refs) {
 Status Vault::release(const LockId& holder, std::span<const StateRef> refs) {
   std::vector<StateRef> wanted(refs.begin(), refs.end());
   return store_->write([this, holder, wanted](WriteTxn& w) -> Status {
-    std::vector<StateRef> targets = wanted;
-    if (targets.empty()) {
+    std::vector<StateKey> targets;
+    for (const auto& ref : wanted) {
+      if (auto key = VaultAccess::keyOf(*this, w, ref)) targets.push_back(*key);
+    }
+    if (wanted.empty()) {
       Bytes prefix;
       keys::appendHash(prefix, holder);
       Cursor c = w.cursor(VaultAccess::db(*this, ix_lock));
       for (bool ok = c.seek(prefix); ok; ok = c.next()) {
         if (!std::equal(prefix.begin(), prefix.end(), c.key().begin())) break;
-        targets.push_back(keys::refFromKeyEnd(c.key()));
+        targets.push_back(keys::stateKeyFromKeyEnd(c.key()));
       }
     }
     std::sort(targets.begin(), targets.end());
     targets.erase(std::unique(targets.begin(), targets.end()), targets.end());
-    for (const auto& ref : targets) {
-      auto stored = VaultAccess::loadFields(*this, w, ref);
+    for (const auto& key : targets) {
+      auto stored = VaultAccess::loadFields(*this, w, key);
       if (!stored) return stored.error();
       if (!stored->has_value()) continue;
       const StateRecordFields& before = **stored;
       if (!before.lock || *before.lock != holder) continue;  // not ours: leave it
-      CCAL_TRY(VaultAccess::relock(*this, w, ref, before, std::nullopt));
+      CCAL_TRY(VaultAccess::relock(*this, w, key, before, std::nullopt));
     }
     return {};
   });
@@ -86,18 +91,18 @@ Result<uint64_t> Vault::releaseAllExcept(std::span<const LockId> live) {
   auto released = std::make_shared<uint64_t>(0);
   Status status = store_->write([this, keep, released](WriteTxn& w) -> Status {
     *released = 0;
-    std::vector<StateRef> targets;
+    std::vector<StateKey> targets;
     Cursor c = w.cursor(VaultAccess::db(*this, ix_lock));
     for (bool ok = c.first(); ok; ok = c.next()) {
       auto holder = SecureHash::fromBytes(c.key().first(SecureHash::size_bytes));
       CCAL_ASSERT(holder.ok());
-      if (!keep.contains(*holder)) targets.push_back(keys::refFromKeyEnd(c.key()));
+      if (!keep.contains(*holder)) targets.push_back(keys::stateKeyFromKeyEnd(c.key()));
     }
-    for (const auto& ref : targets) {
-      auto stored = VaultAccess::loadFields(*this, w, ref);
+    for (const auto& key : targets) {
+      auto stored = VaultAccess::loadFields(*this, w, key);
       if (!stored) return stored.error();
       CCAL_ASSERT_MSG(stored->has_value(), "a lock index entry names a missing state");
-      CCAL_TRY(VaultAccess::relock(*this, w, ref, **stored, std::nullopt));
+      CCAL_TRY(VaultAccess::relock(*this, w, key, **stored, std::nullopt));
       ++*released;
     }
     return {};
@@ -124,7 +129,7 @@ Result<FungibleSelection> Vault::selectFungible(const LockId& holder, std::strin
     for (bool ok = c.seek(prefix); ok; ok = c.next()) {
       ByteView k = c.key();
       if (k.size() < prefix.size() || !std::equal(prefix.begin(), prefix.end(), k.begin())) break;
-      auto stored = VaultAccess::load(*this, w, keys::refFromKeyEnd(k));
+      auto stored = VaultAccess::load(*this, w, keys::stateKeyFromKeyEnd(k));
       if (!stored) return stored.error();
       CCAL_ASSERT_MSG(stored->has_value(), "a token index entry names a missing state");
       const Stored& s = **stored;
@@ -148,7 +153,7 @@ Result<FungibleSelection> Vault::selectFungible(const LockId& holder, std::strin
                                 : ""));
     }
     for (const auto& s : chosen) {
-      CCAL_TRY(VaultAccess::relock(*this, w, s.vs.ref, s.fields, holder));
+      CCAL_TRY(VaultAccess::relock(*this, w, s.key, s.fields, holder));
       VaultState after = s.vs;
       after.lock = holder;
       selection->states.push_back(std::move(after));

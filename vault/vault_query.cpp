@@ -1,7 +1,8 @@
 // Vault queries: validation, planning over the indexes, filtering, sorting,
 // paging, and tracking.
 //
-// Plan: the criteria tree produces candidate state refs from indexes only —
+// Plan: the criteria tree produces candidate states (their state keys, which
+// end every index key) from indexes only —
 // a leaf scans its index range; an AND scans its most selective indexable
 // child and filters by the rest; an OR unites its children. Candidates are
 // then loaded and checked against the whole tree, the status and the
@@ -9,13 +10,15 @@
 // the requested order (the common "states of a type, newest first" or "by a
 // declared field"), the page streams from the index without materialising
 // the rest, and the total comes from a maintained count or a key-only scan
-// (filtered by status through ix_consumed_ref where the index is
+// (filtered by status through ix_consumed_key where the index is
 // status-free).
 //
 // Paging by cursor: a page's next_cursor holds a fingerprint of the query
-// and the sort key of its last state (sort value, then ref). The next page
-// seeks to that key in the streamed index, or starts after it in the sorted
-// candidates, so no earlier page is read again.
+// and the sort key of its last state: in a streamed index, the index key
+// after its fixed prefix (sort value, then the state key, which orders ties
+// by recording); in the general plan, the sort value then the ref. The next
+// page seeks to that key in the streamed index, or starts after it in the
+// sorted candidates, so no earlier page is read again.
 
 #include <algorithm>
 #include <map>
@@ -322,7 +325,7 @@ bool VaultAccess::matches(const Vault& v, const Criteria& criteria, const VaultS
 
 // Adds to `out` every ref the criteria can match; false when over `limit`.
 static bool candidates(const Vault& v, const ReadTxn& r, const Criteria& c, StatusFilter status,
-                       std::vector<StateRef>& out, size_t limit) {
+                       std::vector<StateKey>& out, size_t limit) {
   if (c.kind() == Kind::and_) {
     // Range conditions on one field narrow each other: intersect their key
     // ranges (same index, same prefix), so "a <= x && x <= b" scans [a, b].
@@ -370,7 +373,7 @@ static bool candidates(const Vault& v, const ReadTxn& r, const Criteria& c, Stat
         if (range.end && !(range.begin < *range.end)) continue;
         scanRange(v, r, range, [&](ByteView key) {
           if (out.size() >= limit) return within = false;
-          out.push_back(keys::refFromKeyEnd(key));
+          out.push_back(keys::stateKeyFromKeyEnd(key));
           return true;
         });
       }
@@ -392,7 +395,7 @@ static bool candidates(const Vault& v, const ReadTxn& r, const Criteria& c, Stat
         within = false;
         return false;
       }
-      out.push_back(keys::refFromKeyEnd(key));
+      out.push_back(keys::stateKeyFromKeyEnd(key));
       return true;
     });
   }
@@ -494,15 +497,16 @@ Result<CursorPosition> decodeCursor(const std::string& text, const Bytes& finger
                     static_cast<uint32_t>(n[2]) << 16 | static_cast<uint32_t>(n[3]) << 24;
   if (out.page_number < 2) return malformed("page number " + std::to_string(out.page_number));
   out.position.assign(raw.begin() + head, raw.end());
-  if (out.position.size() < keys::ref_bytes) return malformed("no position");
+  if (out.position.size() < keys::state_key_bytes) return malformed("no position");
   return out;
 }
 
-// The order-preserving sort key of a state: the sort value, then the ref
-// (so ties in the sort value are ordered, and every key is distinct); for
-// a field, ties go by recording time then ref, as in ix_field. Absent
+// The order-preserving sort key of a state: the sort value, then its state
+// key (so ties in the sort value are ordered by recording, as in the
+// indexes, and every key is distinct); for a field, ties go by recording
+// time then state key, as in ix_field; by "ref", the ref alone. Absent
 // values (an unconsumed state's consumed time, a missing field) sort first.
-Bytes sortKeyOf(const std::string& by, const VaultState& vs,
+Bytes sortKeyOf(const std::string& by, const VaultState& vs, StateKey state,
                 const std::optional<FieldValue>& field_value) {
   Bytes k;
   if (by == "recorded") {
@@ -515,7 +519,11 @@ Bytes sortKeyOf(const std::string& by, const VaultState& vs,
     if (field_value) keys::appendField(k, *field_value);
     keys::appendInt(k, vs.recordedMicros);
   }
-  keys::appendRef(k, vs.ref);
+  if (by == "ref") {
+    keys::appendRef(k, vs.ref);
+  } else {
+    keys::appendStateKey(k, state);
+  }
   return k;
 }
 
@@ -619,7 +627,7 @@ Result<Page> Vault::query(const Query& q) const {
     // while nothing is consumed, or when every status is asked for).
     const bool filter_status = !statusKeyed(range.db) && q.status != StatusFilter::all;
     const bool none_consumed = filter_status &&
-                               r.entries(VaultAccess::db(*this, ix_consumed_ref)) == 0;
+                               r.entries(VaultAccess::db(*this, ix_consumed_key)) == 0;
     auto passes = [&](ByteView key) {
       if (!filter_status) return true;
       if (none_consumed) return q.status == StatusFilter::unconsumed;
@@ -681,7 +689,7 @@ Result<Page> Vault::query(const Query& q) const {
       }
     }
     for (size_t i = 0; i < page_keys.size() && page.states.size() < q.page_size; ++i) {
-      auto stored = VaultAccess::load(*this, r, keys::refFromKeyEnd(page_keys[i]));
+      auto stored = VaultAccess::load(*this, r, keys::stateKeyFromKeyEnd(page_keys[i]));
       if (!stored) return stored.error();
       CCAL_ASSERT_MSG(stored->has_value(), "an index names a state that is not stored");
       page.states.push_back((*stored)->vs);
@@ -698,7 +706,7 @@ Result<Page> Vault::query(const Query& q) const {
   }
 
   // General plan: candidates from indexes, then filter, sort and page.
-  std::vector<StateRef> refs;
+  std::vector<StateKey> refs;
   if (!candidates(*this, r, c, q.status, refs, config_.query_candidates_max)) {
     return badQuery("the query would examine more than " +
                     std::to_string(config_.query_candidates_max) +
@@ -712,7 +720,7 @@ Result<Page> Vault::query(const Query& q) const {
   };
   std::vector<Row> rows;
   for (const auto& ref : refs) {
-    // Candidates from status-free indexes: the consumed-ref index answers
+    // Candidates from status-free indexes: the consumed-key index answers
     // the status without decoding the state.
     if (q.status != StatusFilter::all &&
         VaultAccess::isConsumed(*this, r, ref) != (q.status == StatusFilter::consumed)) {
@@ -738,7 +746,7 @@ Result<Page> Vault::query(const Query& q) const {
           if (name == by) sort_value = value;
       }
     }
-    Bytes key = sortKeyOf(by, vs, sort_value);
+    Bytes key = sortKeyOf(by, vs, (*stored)->key, sort_value);
     rows.push_back(Row{vs, std::move(key)});
   }
   auto less = [](const Row& a, const Row& b) { return lessBytes(a.sort_key, b.sort_key); };

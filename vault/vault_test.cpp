@@ -697,3 +697,70 @@ TEST_CASE_FIXTURE(Fixture, "a batch with a double spend and good records: each i
   CHECK(run(Query{tokens()}).total == 8);
   CHECK(vault->checkConsistency().ok());
 }
+
+TEST_CASE_FIXTURE(Fixture, "a vault file of an older schema version is refused, not read") {
+  vault.reset();
+  ccal::testing::TempDir old_dir{"ccal-vault-old-schema"};
+  {
+    // What a vault of schema 2 (states keyed by StateRef) leaves behind.
+    StoreConfig config;
+    config.path = old_dir.path;
+    config.durable = false;
+    auto old = Store::open(config, vaultDatabaseNames(), vault_schema_name, 2);
+    REQUIRE(old.ok());
+  }
+  VaultConfig config;
+  config.store.path = old_dir.path;
+  config.store.durable = false;
+  auto refused = Vault::open(config, registry, {alice.publicKey()});
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.error().code == Errc::schema_mismatch);
+  CHECK(refused.error().message.find("version 2") != std::string::npos);
+  CHECK(refused.error().message.find(std::to_string(vault_schema_version)) != std::string::npos);
+}
+
+TEST_CASE_FIXTURE(Fixture, "sequence numbers keep growing across reopen, and lookups by id and ref agree") {
+  auto first = issue({token(alice_party, 1), token(alice_party, 2)});
+  REQUIRE(vault->record(first, RecordMode::only_relevant).ok());
+  vault.reset();
+  vault = openVault();
+  // After reopening, a new transaction is stored after the first: spending
+  // the first's outputs and recording new ones finds both by StateRef.
+  auto second = issue({token(alice_party, 3)});
+  REQUIRE(vault->record(second, RecordMode::only_relevant).ok());
+  auto spend = move({{first.id(), 1}, {second.id(), 0}}, {token(alice_party, 5)});
+  REQUIRE(vault->record(spend, RecordMode::only_relevant).ok());
+  for (const auto& [ref, status] :
+       std::vector<std::pair<StateRef, StateStatus>>{{{first.id(), 0}, StateStatus::unconsumed},
+                                                     {{first.id(), 1}, StateStatus::consumed},
+                                                     {{second.id(), 0}, StateStatus::consumed},
+                                                     {{spend.id(), 0}, StateStatus::unconsumed}}) {
+    auto s = vault->state(ref);
+    REQUIRE(s.ok());
+    REQUIRE(s->has_value());
+    CHECK((*s)->ref == ref);
+    CHECK((*s)->status == status);
+  }
+  CHECK_FALSE(vault->state({first.id(), 7})->has_value());
+  CHECK_FALSE(vault->state({SecureHash::of(asBytes("nothing")), 0})->has_value());
+  // Newest first by recording: the spend's output, then the first's
+  // unconsumed output.
+  Query newest{Criteria::stateType(std::string(token_state_type)), StatusFilter::unconsumed,
+               RelevanceFilter::all, Sort{"recorded", true}};
+  Page page = run(newest);
+  REQUIRE(page.states.size() == 2);
+  CHECK(page.states[0].ref == StateRef{spend.id(), 0});
+  CHECK(page.states[1].ref == StateRef{first.id(), 0});
+  // Transactions by id, in id order.
+  std::vector<SecureHash> ids;
+  REQUIRE(vault->forEachTransaction([&](const SecureHash& id, ByteView bytes) {
+    CHECK(SignedTransaction::decode(bytes)->id() == id);
+    ids.push_back(id);
+    return true;
+  }).ok());
+  std::vector<SecureHash> expected{first.id(), second.id(), spend.id()};
+  std::sort(expected.begin(), expected.end());
+  CHECK(ids == expected);
+  CHECK(vault->transaction(second.id())->value().id() == second.id());
+  CHECK(vault->checkConsistency().ok());
+}
