@@ -93,6 +93,7 @@ Status Replica::start() {
     if (!e) return e.error();
     state_digest_ = chainDigest(state_digest_, *e);
   }
+  state_digest_seq_ = executed;
   for (auto& [seq, r] : rec->slots) {
     Slot& s = slot(seq);
     s.q = r.pre_prepared;
@@ -415,7 +416,15 @@ void Replica::proposeBatches() {
          next_seq_ <= machine_.lastExecuted() + config_.batches_in_flight_max) {
     BatchBody batch;
     const int64_t now = clock_.nowMicros();
-    batch.time_micros = std::max(now, last_batch_time_micros_ + 1);
+    int64_t after = last_batch_time_micros_;
+    for (auto it = slots_.rbegin(); it != slots_.rend(); ++it) {
+      auto b = it->second.batches.find(it->second.digest);
+      if (it->second.has_pp && b != it->second.batches.end() && b->second.time_micros != 0) {
+        after = std::max(after, b->second.time_micros);
+        break;
+      }
+    }
+    batch.time_micros = std::max(now, after + 1);
     // Oldest first, so no request waits behind newer ones for long.
     std::vector<std::pair<int64_t, SecureHash>> order;
     order.reserve(pending_.size());
@@ -712,6 +721,7 @@ void Replica::onExecuted(uint64_t seq, const BatchBody& batch, Result<Executed> 
 
 void Replica::afterBatchApplied(uint64_t seq, ByteView effects) {
   state_digest_ = chainDigest(state_digest_, effects);
+  state_digest_seq_ = seq;
   if (seq % config_.checkpoint_interval_batches != 0) return;
   own_checkpoints_[seq] = state_digest_;
   step().digests[seq] = state_digest_;
@@ -903,7 +913,7 @@ Status Replica::checkViewChange(const SignedMsg& sm, const ViewChangeMsg& vc) co
   const uint64_t limit = vc.stable_seq + config_.window_batches_max;
   for (const auto* set : {&vc.prepared, &vc.pre_prepared}) {
     for (const auto& e : *set) {
-      if (e.seq <= vc.stable_seq || e.seq > limit || e.view >= vc.new_view || e.digest.isZero()) {
+      if (e.seq <= vc.stable_seq || e.seq > limit || e.view >= vc.new_view) {
         return makeError(Errc::malformed, "view-change entry for seq " + std::to_string(e.seq) +
                                               " outside its window or view");
       }
@@ -1077,6 +1087,15 @@ void Replica::onStatusTimer() {
   status_timer_ = executor_.runAfter(config_.status_interval_micros, [this] { onStatusTimer(); });
   broadcast(Message(StatusMsg{view_, machine_.lastExecuted(), stable_seq_, view_changing_}));
   requestMissingBatches();
+  if (transfer_ && !transfer_->applying && machine_.lastExecuted() >= transfer_->target_seq) {
+    transfer_.reset();  // executed there from the log meanwhile
+  }
+  if (transfer_ && !transfer_->applying && machine_.lastExecuted() + 1 != transfer_->from_seq) {
+    transfer_->effects.clear();  // the log moved it on: ask again from there
+    transfer_->from_seq = machine_.lastExecuted() + 1;
+    transfer_->last_progress_micros = 0;
+  }
+  if (!transfer_ && !stalled_since_micros_) maybeStartStateTransfer();
   if (stalled_since_micros_ &&
       clock_.nowMicros() - stalled_since_micros_ > transfer_stall_rounds_max * config_.status_interval_micros) {
     maybeStartStateTransfer();
@@ -1121,7 +1140,8 @@ void Replica::onStatus(uint32_t from, const StatusMsg& st) {
   for (auto it = slots_.upper_bound(std::max(st.last_executed, stable_seq_));
        it != slots_.end() && sent < config_.retransmit_batches_max; ++it) {
     Slot& s = it->second;
-    if (!s.has_pp || !s.pp_durable) continue;
+    // Null batches come with the new-view, which the peer has (or gets above).
+    if (!s.has_pp || !s.pp_durable || s.digest.isZero()) continue;
     ++sent;
     if (primary) {
       auto b = s.batches.find(s.digest);
@@ -1220,6 +1240,7 @@ void Replica::onFetchEffects(uint32_t from, const FetchEffectsMsg& m) {
 void Replica::onEffectsData(uint32_t from, EffectsDataMsg m) {
   if (!transfer_ || transfer_->applying || from != transfer_->source) return;
   Transfer& t = *transfer_;
+  if (machine_.lastExecuted() + 1 != t.from_seq) return;  // the status timer restarts it
   if (m.from_seq != t.from_seq + t.effects.size()) return;
   for (auto& e : m.effects) {
     if (t.from_seq + t.effects.size() > t.target_seq) break;

@@ -101,6 +101,7 @@ class Replica final : public flows::LinkHandler {
   uint64_t stableSeq() const { return stable_seq_; }
   // D(lastExecuted()).
   const SecureHash& stateDigest() const { return state_digest_; }
+  uint64_t stateDigestSeq() const { return state_digest_seq_; }
   const Stats& stats() const { return stats_; }
   // Blocks until every store request queued so far has completed (posted).
   void quiesceStore();
@@ -227,7 +228,8 @@ class Replica final : public flows::LinkHandler {
 
   // Execution.
   bool executing_ = false;
-  SecureHash state_digest_;  // D(lastExecuted)
+  SecureHash state_digest_;  // D(state_digest_seq_)
+  uint64_t state_digest_seq_ = 0;  // lastExecuted() once its completion has run
   std::map<uint64_t, SecureHash> own_checkpoints_;  // seq -> D(seq), executed here, above stable
   std::map<uint64_t, std::map<uint32_t, pbft::SignedMsg>> checkpoint_votes_;  // seq -> replica -> msg
   int64_t last_executed_time_micros_ = 0;
