@@ -843,8 +843,9 @@ void Replica::makeStable(uint64_t seq, const SecureHash& digest, std::vector<Sig
 
 void Replica::armViewTimer() {
   if (view_timer_) return;
-  bool waiting = view_changing_;
-  if (!waiting && !isPrimary()) {
+  if (view_changing_) return armNewViewTimer();
+  bool waiting = false;
+  if (!isPrimary()) {
     waiting = !pending_.empty() || !in_batches_.empty();
     for (auto it = slots_.upper_bound(machine_.lastExecuted()); !waiting && it != slots_.end(); ++it) {
       waiting = it->second.has_pp;
@@ -857,19 +858,14 @@ void Replica::armViewTimer() {
   });
 }
 
-void Replica::onViewTimer() {
-  if (transfer_) {
-    // Behind: not a reason to suspect the primary.
-    return armViewTimer();
-  }
-  startViewChange(view_ + 1);
-}
+void Replica::onViewTimer() { startViewChange(view_ + 1); }
 
 void Replica::startViewChange(uint64_t new_view) {
   if (new_view <= view_) return;
   view_ = new_view;
   view_changing_ = true;
   ++stats_.view_changes;
+  if (::getenv("PBFT_TRACE")) log("view change to " + std::to_string(new_view) + " at " + std::to_string(clock_.nowMicros() / 1000));
   new_view_msg_.reset();
   if (batch_timer_) {
     executor_.cancel(batch_timer_);
@@ -900,12 +896,25 @@ void Replica::startViewChange(uint64_t new_view) {
     if (view_ == new_view && view_changing_) broadcast(Message(sm));
   });
   if (view_timer_) executor_.cancel(view_timer_);
+  view_timer_ = 0;
+  armNewViewTimer();
+  if (primaryOf(new_view) == config_.self_index) tryNewView();
+}
+
+// PBFT's rule for moving on past a view change that does not complete: the
+// timer for the new view starts only once 2f+1 replicas have asked for it
+// (so a replica alone, or a few behind a partition, do not race ahead
+// through views nobody else is in); when it expires before the new-view
+// arrives, the replica asks for the next view, with the timeout doubled.
+void Replica::armNewViewTimer() {
+  if (!view_changing_ || view_timer_) return;
+  auto it = view_changes_.find(view_);
+  if (it == view_changes_.end() || it->second.size() < 2 * size_t(f()) + 1) return;
   view_timer_ = executor_.runAfter(view_timeout_micros_, [this] {
     view_timer_ = 0;
     if (view_changing_) startViewChange(view_ + 1);
   });
   view_timeout_micros_ = std::min(view_timeout_micros_ * 2, config_.view_change_timeout_micros_max);
-  if (primaryOf(new_view) == config_.self_index) tryNewView();
 }
 
 Status Replica::checkViewChange(const SignedMsg& sm, const ViewChangeMsg& vc) const {
@@ -950,7 +959,10 @@ void Replica::onViewChange(const SignedMsg& sm, ViewChangeMsg vc) {
     startViewChange(smallest);
     return;
   }
-  if (view_changing_ && v == view_ && primaryOf(view_) == config_.self_index) tryNewView();
+  if (view_changing_ && v == view_) {
+    armNewViewTimer();
+    if (primaryOf(view_) == config_.self_index) tryNewView();
+  }
 }
 
 void Replica::tryNewView() {
@@ -965,7 +977,11 @@ void Replica::tryNewView() {
     nv.view_changes.push_back(m.first);
   }
   auto d = decideNewView(s, view_, f());
-  if (!d) return;  // wait for more view-changes
+  if (!d) {
+    log("the " + std::to_string(s.size()) + " view-changes for view " + std::to_string(view_) +
+        " do not decide every batch yet: waiting for more");
+    return;
+  }
   nv.start_seq = d->start_seq;
   nv.chosen = d->chosen;
   SignedMsg sm = sign(SignedKind::new_view, encodeNewView(nv));
@@ -1013,6 +1029,7 @@ void Replica::installNewView(const NewViewMsg& nv, const Decision& d) {
   CCAL_ASSERT(nv.view == view_ && view_changing_);
   view_changing_ = false;
   ++stats_.new_views;
+  if (::getenv("PBFT_TRACE")) log("new view " + std::to_string(view_) + " at " + std::to_string(clock_.nowMicros() / 1000));
   if (view_timer_) {
     executor_.cancel(view_timer_);
     view_timer_ = 0;

@@ -187,6 +187,7 @@ class Replica final : public flows::LinkHandler {
   void armViewTimer();
   void onViewTimer();
   void startViewChange(uint64_t new_view);
+  void armNewViewTimer();
   void onViewChange(const pbft::SignedMsg& sm, pbft::ViewChangeMsg vc);
   void tryNewView();
   void onNewView(const pbft::SignedMsg& sm, pbft::NewViewMsg nv);

@@ -404,7 +404,7 @@ Outcome runSeed(uint64_t seed, const Plan& plan) {
   const uint32_t first_victim = plan.twins ? 1 : 0;
   const uint32_t victims = plan.replicas - first_victim;
   if (plan.skewed_replica) sim.setSkew(replicaName(plan.replicas - 1), 30'000'000);
-  if (plan.faults && plan.replicas > 1) {
+  if (plan.faults) {
     for (int64_t t = rng.between(0, 2'000'000); t < plan.fault_phase_micros;
          t += rng.between(300'000, 3'000'000)) {
       const std::string victim = replicaName(first_victim + static_cast<uint32_t>(rng.below(victims)));
@@ -464,6 +464,16 @@ Outcome runSeed(uint64_t seed, const Plan& plan) {
                std::to_string(world.requests.size()) + " requests never completed:" + missing);
   }
   checkInvariants(world, plan, out, done || world.allComplete());
+  if (!world.failures.empty()) {
+    for (uint32_t i : honestReplicas(plan)) {
+      auto* node = sim.nodeAs<ReplicaNode>(replicaName(i));
+      if (node == nullptr) continue;
+      const Replica& r = *node->instance.replica;
+      world.fail("  replica " + std::to_string(i) + ": view " + std::to_string(r.view()) +
+                 (r.viewChanging() ? " (changing)" : "") + ", executed " +
+                 std::to_string(r.lastExecuted()) + ", stable " + std::to_string(r.stableSeq()));
+    }
+  }
   out.failures = world.failures;
   out.trace = sim.traceHash();
   out.completed = world.completed;
