@@ -598,8 +598,27 @@ void Replica::onPrepare(uint32_t from, const VoteMsg& m) {
   checkPrepared(s);
 }
 
+void Replica::observeCommit(uint32_t from, const VoteMsg& m) {
+  if (m.view > view_ || m.seq <= machine_.lastExecuted() || !inWindow(m.seq)) return;
+  Slot& s = slot(m.seq);
+  if (s.decided) return;
+  auto& voters = s.observed[{m.view, m.digest}];
+  voters.insert(from);
+  if (voters.size() >= 2 * size_t(f()) + 1) {
+    s.decided = true;
+    s.decided_digest = m.digest;
+    s.observed.clear();
+    if (m.digest.isZero()) s.batches[m.digest] = BatchBody{};
+    tryExecute();
+    return;
+  }
+  constexpr size_t observed_entries_max = 64;
+  while (s.observed.size() > observed_entries_max) s.observed.erase(s.observed.begin());
+}
+
 void Replica::onCommit(uint32_t from, const VoteMsg& m) {
-  if (m.view != view_ || view_changing_ || !takesVotes(m.seq)) return;
+  if (m.view != view_ || view_changing_) return observeCommit(from, m);
+  if (!takesVotes(m.seq)) return;
   Slot& s = slot(m.seq);
   s.commits.emplace(from, m.digest);
   checkCommitted(s);
@@ -647,11 +666,12 @@ void Replica::tryExecute() {
   if (executing_ || (transfer_ && transfer_->applying)) return;
   const uint64_t next = machine_.lastExecuted() + 1;
   auto it = slots_.find(next);
-  if (it == slots_.end() || !it->second.committed) return;
+  if (it == slots_.end() || !(it->second.committed || it->second.decided)) return;
   Slot& s = it->second;
+  const SecureHash digest = s.committed ? s.digest : s.decided_digest;
   BatchBody body;
-  if (!s.digest.isZero()) {
-    auto b = s.batches.find(s.digest);
+  if (!digest.isZero()) {
+    auto b = s.batches.find(digest);
     if (b == s.batches.end()) {
       s.fetch_wanted = true;
       return requestMissingBatches();
@@ -659,7 +679,7 @@ void Replica::tryExecute() {
     body = b->second;
   }
   // A null batch (chosen by a new view) takes the previous batch's time.
-  const int64_t time = s.digest.isZero() ? last_executed_time_micros_ : body.time_micros;
+  const int64_t time = digest.isZero() ? last_executed_time_micros_ : body.time_micros;
   executing_ = true;
   const Batch batch = toBatch(next, view_, time, body);
   machine_.execute(batch, [this, ex = &executor_, alive = std::weak_ptr<int>(alive_), next,
@@ -1151,6 +1171,21 @@ void Replica::onStatus(uint32_t from, const StatusMsg& st) {
     auto mine = it->second.find(config_.self_index);
     if (mine != it->second.end()) send(from, Message(mine->second));
   }
+  if (st.view > view_ && !view_changing_) {
+    // The peer is ahead in a view change: what committed here lets it
+    // execute as an observer (observeCommit) until the views meet again.
+    uint32_t sent = 0;
+    for (auto it = slots_.upper_bound(st.last_executed);
+         it != slots_.end() && sent < config_.retransmit_batches_max; ++it) {
+      Slot& s = it->second;
+      if (!s.committed) continue;
+      ++sent;
+      send(from, Message(Commit{{view_, s.seq, s.digest}}));
+      auto b = s.batches.find(s.digest);
+      if (b != s.batches.end() && !s.digest.isZero()) send(from, Message(BatchDataMsg{s.seq, b->second}));
+    }
+    return;
+  }
   if (st.view != view_ || st.view_changing || view_changing_) return;
   const bool primary = isPrimary();
   uint32_t sent = 0;
@@ -1174,8 +1209,9 @@ void Replica::requestMissingBatches() {
   uint32_t asked = 0;
   for (auto& [seq, s] : slots_) {
     if (asked >= fetch_batches_per_round_max) break;
-    if (!s.has_pp || s.digest.isZero() || s.batches.count(s.digest)) continue;
-    broadcast(Message(FetchBatchMsg{seq, s.digest}));
+    const SecureHash d = s.has_pp ? s.digest : s.decided_digest;
+    if (!(s.has_pp || s.decided) || d.isZero() || s.batches.count(d)) continue;
+    broadcast(Message(FetchBatchMsg{seq, d}));
     ++asked;
   }
 }
@@ -1190,10 +1226,10 @@ void Replica::onFetchBatch(uint32_t from, const FetchBatchMsg& m) {
 
 void Replica::onBatchData(uint32_t from, BatchDataMsg m) {
   auto it = slots_.find(m.seq);
-  if (it == slots_.end() || !it->second.has_pp) return;
+  if (it == slots_.end() || !(it->second.has_pp || it->second.decided)) return;
   Slot& s = it->second;
   const SecureHash d = m.batch.digest();
-  if (d != s.digest) {
+  if (d != (s.has_pp ? s.digest : s.decided_digest) && !(s.decided && d == s.decided_digest)) {
     return reject(config_.replicas[from].name, "batch data for " + std::to_string(m.seq) +
                                                    " with digest " + d.shortHex() + ", not " +
                                                    s.digest.shortHex());

@@ -122,6 +122,12 @@ class Replica final : public flows::LinkHandler {
     SecureHash p_digest;
     bool prepare_sent = false;
     bool fetch_wanted = false;
+    // Commits seen from views this replica has left (it is ahead, alone,
+    // in a view change): 2f+1 for one (view, digest) decide the batch, which
+    // it may then execute without taking part (observer catch-up).
+    std::map<std::pair<uint64_t, SecureHash>, std::set<uint32_t>> observed;
+    bool decided = false;
+    SecureHash decided_digest;
   };
   struct Pending {
     pbft::WireRequest request;
@@ -165,6 +171,7 @@ class Replica final : public flows::LinkHandler {
   void onCommit(uint32_t from, const pbft::VoteMsg& m);
   void checkPrepared(Slot& s);
   void checkCommitted(Slot& s);
+  void observeCommit(uint32_t from, const pbft::VoteMsg& m);
   bool inWindow(uint64_t seq) const;
   // Votes are taken inside the window and for batches kept past a stable
   // checkpoint because they are not executed here yet.
