@@ -448,15 +448,16 @@ Outcome runSeed(uint64_t seed, const Plan& plan) {
   }
   auto caughtUp = [&] {
     if (!world.allComplete()) return false;
-    uint64_t lo = UINT64_MAX, hi = 0;
+    uint64_t lo = UINT64_MAX, hi = 0, stable = 0;
     for (uint32_t i : honestReplicas(plan)) {
       auto* node = sim.nodeAs<ReplicaNode>(replicaName(i));
       if (node == nullptr) return false;
       const uint64_t last = node->instance.machine->lastExecuted();
       lo = std::min(lo, last);
       hi = std::max(hi, last);
+      stable = std::max(stable, node->instance.replica->stableSeq());
     }
-    return plan.twins ? true : lo == hi;
+    return plan.twins ? lo >= stable : lo == hi;
   };
   const bool done = sim.runUntil(caughtUp, plan.settle_deadline_micros);
   Outcome out;
