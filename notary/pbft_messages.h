@@ -123,8 +123,6 @@ struct EffectsDataMsg {
   std::vector<Bytes> effects;
 };
 
-struct PrepareTag {};
-struct CommitTag {};
 struct Prepare : VoteMsg {};
 struct Commit : VoteMsg {};
 

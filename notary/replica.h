@@ -63,7 +63,6 @@ struct ReplicaConfig {
   int64_t status_interval_micros = 100'000;      // status broadcast (drives retransmission)
   uint32_t retransmit_batches_max = 32;          // batches resent per status answered
   uint32_t state_transfer_batches_max = 1u << 20;  // effects buffered in one transfer
-  uint32_t future_view_changes_max = 64;         // view-changes kept per replica for views ahead
   pbft::PbftLimits limits;
   std::function<void(std::string_view)> log;     // reasons for dropped messages; empty: stderr
 
