@@ -512,7 +512,7 @@ void runSeeds(const std::string& what, Plan plan, uint64_t ci_seeds, uint64_t fi
       std::string all;
       for (const auto& f : out.failures) all += "\n  " + f;
       FAIL_CHECK(what << ": seed " << seed << " failed (replay it with CCAL_SIM_SEED=" << seed << "):" << all);
-      std::fprintf(stderr, "notary sim %s: seed %llu FAILED\n", what, static_cast<unsigned long long>(seed));
+      std::fprintf(stderr, "notary sim %s: seed %llu FAILED\n", what.c_str(), static_cast<unsigned long long>(seed));
     }
   }
   MESSAGE(what << ": " << seeds.size() << " seeds, " << total.completed << " requests completed ("
