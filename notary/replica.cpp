@@ -1178,7 +1178,7 @@ void Replica::onStatus(uint32_t from, const StatusMsg& st) {
     for (auto it = slots_.upper_bound(st.last_executed);
          it != slots_.end() && sent < config_.retransmit_batches_max; ++it) {
       Slot& s = it->second;
-      if (!s.committed) continue;
+      if (!s.committed && !s.commit_sent) continue;  // commit_sent survives a restart
       ++sent;
       send(from, Message(Commit{{view_, s.seq, s.digest}}));
       auto b = s.batches.find(s.digest);
