@@ -1,0 +1,1364 @@
+#include "notary/replica.h"
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstdio>
+#include <mutex>
+
+namespace ccal::notary {
+
+using namespace pbft;
+
+namespace {
+
+constexpr size_t q_digests_per_slot_max = 4;    // Q entries kept per sequence number
+constexpr uint32_t fetch_batches_per_round_max = 32;
+constexpr size_t effects_frame_overhead_bytes = 4096;
+constexpr int64_t transfer_stall_rounds_max = 10;  // status intervals without progress
+
+SecureHash chainDigest(const SecureHash& prev, ByteView effects) {
+  Sha256 h;
+  h.update(asBytes("ccal.notary.state.v1"));
+  h.update(prev.view());
+  h.update(SecureHash::of(effects).view());
+  return h.finish();
+}
+
+Batch toBatch(uint64_t seq, uint64_t view, int64_t time, const BatchBody& body) {
+  Batch b;
+  b.seq = seq;
+  b.view = view;
+  b.time_micros = time;
+  b.requests.reserve(body.requests.size());
+  for (const auto& r : body.requests) b.requests.push_back(Request{r.client, r.client_seq, r.body});
+  return b;
+}
+
+}  // namespace
+
+Replica::Replica(ReplicaConfig config, KeyPair identity, flows::Link& link,
+                 flows::Executor& executor, const flows::Clock& clock, vault::Store& store,
+                 StateMachine& machine)
+    : config_(std::move(config)),
+      keys_(identity, config_.replicas.at(config_.self_index).name),
+      link_(link),
+      executor_(executor),
+      clock_(clock),
+      store_(store),
+      machine_(machine),
+      store_requests_(std::make_shared<StoreRequests>()) {
+  CCAL_ASSERT(!config_.replicas.empty());
+  CCAL_ASSERT(config_.self_index < config_.replicas.size());
+  CCAL_ASSERT(config_.replicas[config_.self_index].key == identity.publicKey());
+  CCAL_ASSERT(config_.checkpoint_interval_batches >= 1);
+  CCAL_ASSERT(config_.window_batches_max >= 2 * config_.checkpoint_interval_batches);
+  CCAL_ASSERT(config_.batch_size_max >= 1 && config_.batch_size_max <= config_.limits.batch_requests_max);
+  CCAL_ASSERT(config_.window_batches_max <= config_.limits.log_entries_max / q_digests_per_slot_max);
+  view_timeout_micros_ = config_.view_change_timeout_micros;
+  link_.setHandler(this);
+}
+
+Replica::~Replica() {
+  if (view_timer_) executor_.cancel(view_timer_);
+  if (batch_timer_) executor_.cancel(batch_timer_);
+  if (status_timer_) executor_.cancel(status_timer_);
+}
+
+Status Replica::start() {
+  auto rec = store_.load();
+  if (!rec) return rec.error();
+  view_ = rec->meta.view;
+  view_changing_ = rec->meta.view_changing;
+  stable_seq_ = rec->meta.stable_seq;
+  stable_digest_ = rec->meta.stable_digest;
+  stable_proof_ = rec->meta.stable_proof;
+  last_batch_time_micros_ = rec->meta.last_batch_time_micros;
+  replies_ = std::move(rec->replies);
+  // D(lastExecuted): from the last stored checkpoint digest at or below it.
+  const uint64_t executed = machine_.lastExecuted();
+  uint64_t base = 0;
+  state_digest_ = SecureHash::zero();
+  for (const auto& [seq, d] : rec->digests) {
+    if (seq <= executed) {
+      base = seq;
+      state_digest_ = d;
+    }
+  }
+  if (stable_seq_ <= executed && stable_seq_ > base) {
+    base = stable_seq_;
+    state_digest_ = stable_digest_;
+  }
+  for (uint64_t s = base + 1; s <= executed; ++s) {
+    auto e = machine_.effects(s);
+    if (!e) return e.error();
+    state_digest_ = chainDigest(state_digest_, *e);
+  }
+  state_digest_seq_ = executed;
+  for (auto& [seq, r] : rec->slots) {
+    Slot& s = slot(seq);
+    s.q = r.pre_prepared;
+    for (auto& [d, bytes] : r.batches) {
+      auto b = decodeBatch(bytes, config_.limits);
+      if (!b) return b.error();
+      s.batches[d] = std::move(*b);
+    }
+    s.has_p = r.has_prepared;
+    s.p_view = r.prepared_view;
+    s.p_digest = r.prepared_digest;
+    for (const auto& [d, v] : s.q) {
+      if (v == view_ && !view_changing_) {
+        s.has_pp = true;
+        s.digest = d;
+        s.pp_durable = true;
+        s.prepare_sent = primaryOf(view_) != config_.self_index;
+      }
+    }
+    if (s.has_p && s.p_view == view_ && s.has_pp && s.p_digest == s.digest) {
+      s.prepared = true;
+      s.commit_sent = true;
+      s.commits[config_.self_index] = s.digest;
+    }
+    if (s.prepare_sent) s.prepares[config_.self_index] = s.digest;
+    next_seq_ = std::max(next_seq_, seq + 1);
+  }
+  next_seq_ = std::max({next_seq_, executed + 1, stable_seq_ + 1});
+  if (view_changing_) {
+    // Resend the view-change this replica made before the restart.
+    const uint64_t v = view_;
+    view_ = v - 1;
+    view_changing_ = false;
+    startViewChange(v);
+  }
+  status_timer_ = executor_.runAfter(config_.status_interval_micros, [this] { onStatusTimer(); });
+  maybeStartStateTransfer();
+  tryExecute();
+  return Status();
+}
+
+std::optional<uint32_t> Replica::replicaIndex(std::string_view name) const {
+  for (uint32_t i = 0; i < n(); ++i) {
+    if (config_.replicas[i].name == name) return i;
+  }
+  return std::nullopt;
+}
+
+void Replica::log(const std::string& line) const {
+  const std::string full = "pbft replica " + std::to_string(config_.self_index) + ": " + line;
+  if (config_.log) {
+    config_.log(full);
+  } else {
+    std::fprintf(stderr, "%s\n", full.c_str());
+  }
+}
+
+void Replica::reject(std::string_view peer, const std::string& why) {
+  ++stats_.frames_rejected;
+  log("rejected a message from '" + std::string(peer) + "': " + why);
+}
+
+void Replica::postBack(std::function<void()> fn) {
+  executor_.post([alive = std::weak_ptr<int>(alive_), fn = std::move(fn)] {
+    if (alive.expired()) return;
+    fn();
+  });
+}
+
+struct Replica::StoreRequests {
+  std::mutex mutex;  // guards in_flight
+  std::condition_variable drained;
+  uint64_t in_flight = 0;
+};
+
+void Replica::quiesceStore() {
+  std::unique_lock lock(store_requests_->mutex);
+  store_requests_->drained.wait(lock, [&] { return store_requests_->in_flight == 0; });
+}
+
+// --- sending -------------------------------------------------------------------------
+
+void Replica::sendToPeer(std::string_view peer, const Message& m) {
+  Status s = link_.send(peer, encodeFrame(m));
+  if (!s) log(std::string("sending a ") + messageName(m) + " to '" + std::string(peer) +
+              "': " + s.error().toString());
+}
+
+void Replica::send(uint32_t replica, const Message& m) {
+  if (replica == config_.self_index) return;
+  sendToPeer(config_.replicas[replica].name, m);
+}
+
+void Replica::broadcast(const Message& m) {
+  const Bytes frame = encodeFrame(m);
+  for (uint32_t i = 0; i < n(); ++i) {
+    if (i == config_.self_index) continue;
+    Status s = link_.send(config_.replicas[i].name, frame);
+    if (!s) log(std::string("sending a ") + messageName(m) + " to '" + config_.replicas[i].name +
+                "': " + s.error().toString());
+  }
+}
+
+// --- durability ----------------------------------------------------------------------
+
+Step& Replica::step() {
+  if (!step_) step_.emplace();
+  scheduleFlush();
+  return *step_;
+}
+
+void Replica::afterDurable(std::function<void()> fn) {
+  step();
+  after_durable_.push_back(std::move(fn));
+}
+
+void Replica::scheduleFlush() {
+  if (flush_posted_) return;
+  flush_posted_ = true;
+  postBack([this] {
+    flush_posted_ = false;
+    flush();
+  });
+}
+
+MetaRecord Replica::meta() const {
+  MetaRecord m;
+  m.view = view_;
+  m.view_changing = view_changing_;
+  m.stable_seq = stable_seq_;
+  m.stable_digest = stable_digest_;
+  m.stable_proof = stable_proof_;
+  m.last_batch_time_micros = last_batch_time_micros_;
+  return m;
+}
+
+SlotRecord Replica::slotRecord(const Slot& s) const {
+  SlotRecord r;
+  r.seq = s.seq;
+  r.pre_prepared = s.q;
+  for (const auto& [d, b] : s.batches) {
+    if (s.q.count(d) || (s.has_p && s.p_digest == d)) r.batches[d] = encodeBatch(b);
+  }
+  r.has_prepared = s.has_p;
+  r.prepared_view = s.p_view;
+  r.prepared_digest = s.p_digest;
+  return r;
+}
+
+void Replica::persistSlot(const Slot& s) { step().slots[s.seq] = slotRecord(s); }
+
+void Replica::flush() {
+  if (!step_) return;
+  Step s = std::move(*step_);
+  step_.reset();
+  for (const auto& client : replies_dirty_) {
+    auto it = replies_.find(client);
+    if (it != replies_.end()) s.replies[client] = it->second;
+  }
+  replies_dirty_.clear();
+  // Slots queued before a truncation of their seq are not written.
+  auto fns = std::make_shared<std::vector<std::function<void()>>>(std::move(after_durable_));
+  after_durable_.clear();
+  ++stats_.store_writes;
+  {
+    std::lock_guard lock(store_requests_->mutex);
+    ++store_requests_->in_flight;
+  }
+  // The executor outlives this object's queued requests; this object may not.
+  store_.write(std::move(s), [this, ex = &executor_, alive = std::weak_ptr<int>(alive_), fns,
+                              requests = store_requests_](const Status& st) {
+    // Posted before the count drops, so quiesceStore() sees it queued.
+    struct Done {
+      std::shared_ptr<StoreRequests> r;
+      ~Done() {
+        std::lock_guard lock(r->mutex);
+        if (--r->in_flight == 0) r->drained.notify_all();
+      }
+    } done{requests};
+    ex->post([this, alive, fns, st] {
+      if (alive.expired()) return;
+      if (!st) {
+        // What depended on this write is not sent: the protocol state it
+        // records may be lost, so acting on it could equivocate.
+        log("writing protocol state failed: " + st.error().toString());
+        return;
+      }
+      for (auto& fn : *fns) fn();
+    });
+  });
+}
+
+// --- frames --------------------------------------------------------------------------
+
+void Replica::onPeerUp(std::string_view peer) {
+  if (auto idx = replicaIndex(peer)) {
+    send(*idx, Message(StatusMsg{view_, machine_.lastExecuted(), stable_seq_, view_changing_}));
+  }
+}
+
+void Replica::onFrame(std::string_view peer, ByteView frame) {
+  auto decoded = decodeFrame(frame, config_.limits);
+  if (!decoded) return reject(peer, decoded.error().toString());
+  Message& m = *decoded;
+  if (auto* r = std::get_if<WireRequest>(&m)) return onRequest(peer, std::move(*r));
+  auto from = replicaIndex(peer);
+  if (!from) return reject(peer, std::string("a ") + messageName(m) + " from a peer that is not a replica");
+  if (*from == config_.self_index) return reject(peer, "a message from this replica's own name");
+  std::visit(
+      [&](auto& msg) {
+        using T = std::decay_t<decltype(msg)>;
+        if constexpr (std::is_same_v<T, PrePrepareMsg>) {
+          onPrePrepare(*from, std::move(msg));
+        } else if constexpr (std::is_same_v<T, Prepare>) {
+          onPrepare(*from, msg);
+        } else if constexpr (std::is_same_v<T, Commit>) {
+          onCommit(*from, msg);
+        } else if constexpr (std::is_same_v<T, SignedMsg>) {
+          if (Status s = verifySigned(msg); !s) return reject(peer, s.error().toString());
+          if (msg.kind == SignedKind::checkpoint) {
+            auto c = decodeCheckpoint(msg.body, config_.limits);
+            if (!c) return reject(peer, c.error().toString());
+            onCheckpoint(msg, *c);
+          } else if (msg.kind == SignedKind::view_change) {
+            auto vc = decodeViewChange(msg.body, config_.limits);
+            if (!vc) return reject(peer, vc.error().toString());
+            onViewChange(msg, std::move(*vc));
+          } else {
+            auto nv = decodeNewView(msg.body, config_.limits);
+            if (!nv) return reject(peer, nv.error().toString());
+            onNewView(msg, std::move(*nv));
+          }
+        } else if constexpr (std::is_same_v<T, FetchBatchMsg>) {
+          onFetchBatch(*from, msg);
+        } else if constexpr (std::is_same_v<T, BatchDataMsg>) {
+          onBatchData(*from, std::move(msg));
+        } else if constexpr (std::is_same_v<T, StatusMsg>) {
+          onStatus(*from, msg);
+        } else if constexpr (std::is_same_v<T, FetchEffectsMsg>) {
+          onFetchEffects(*from, msg);
+        } else if constexpr (std::is_same_v<T, EffectsDataMsg>) {
+          onEffectsData(*from, std::move(msg));
+        } else {
+          reject(peer, std::string("a ") + messageName(m) + ", which replicas do not take");
+        }
+      },
+      m);
+}
+
+// --- requests ------------------------------------------------------------------------
+
+bool Replica::authenticated(const WireRequest& r) {
+  const SecureHash d = r.digest();
+  if (direct_.count(d)) return true;
+  if (r.authenticator.size() != n()) return false;
+  auto key = config_.client_key ? config_.client_key(r.client) : std::nullopt;
+  if (!key) return false;
+  auto mk = keys_.keyFor(r.client, *key);
+  if (!mk) return false;
+  return macMatches(*mk, d, r.authenticator[config_.self_index]);
+}
+
+void Replica::sendReply(const std::string& client, uint64_t client_seq, const ReplyRecord& r) {
+  sendToPeer(client, Message(ReplyMsg{r.view, client_seq, config_.self_index, r.body}));
+}
+
+void Replica::onRequest(std::string_view peer, WireRequest r) {
+  if (r.client != peer) {
+    return reject(peer, "a request naming client '" + r.client + "', not the sender");
+  }
+  if (!config_.client_key || !config_.client_key(peer)) {
+    return reject(peer, "a request from a peer that is not a known client");
+  }
+  // Answered from the reply cache when executed already.
+  auto cache = replies_.find(r.client);
+  if (cache != replies_.end()) {
+    auto it = cache->second.find(r.client_seq);
+    if (it != cache->second.end()) {
+      ++stats_.replies_from_cache;
+      return sendReply(r.client, r.client_seq, it->second);
+    }
+  }
+  if (Status s = machine_.check(Request{r.client, r.client_seq, r.body}); !s) {
+    return reject(peer, "request " + std::to_string(r.client_seq) + " refused: " + s.error().toString());
+  }
+  const SecureHash d = r.digest();
+  if (direct_.size() < config_.pending_requests_max) direct_.insert(d);
+  if (pending_.count(d) || in_batches_.count(d)) return;
+  if (pending_.size() >= config_.pending_requests_max ||
+      pending_per_client_[r.client] >= config_.pending_requests_per_client_max) {
+    return reject(peer, "request " + std::to_string(r.client_seq) +
+                            " dropped: too many requests waiting to be ordered");
+  }
+  ++pending_per_client_[r.client];
+  pending_.emplace(d, Pending{std::move(r), clock_.nowMicros()});
+  if (isPrimary()) {
+    scheduleBatch();
+  } else {
+    armViewTimer();
+  }
+}
+
+void Replica::scheduleBatch() {
+  if (pending_.size() >= config_.batch_size_max || config_.batch_delay_micros == 0) {
+    if (batch_timer_) {
+      executor_.cancel(batch_timer_);
+      batch_timer_ = 0;
+    }
+    return proposeBatches();
+  }
+  if (batch_timer_) return;
+  batch_timer_ = executor_.runAfter(config_.batch_delay_micros, [this] {
+    batch_timer_ = 0;
+    proposeBatches();
+  });
+}
+
+void Replica::proposeBatches() {
+  while (isPrimary() && !pending_.empty() && inWindow(next_seq_) &&
+         next_seq_ <= machine_.lastExecuted() + config_.batches_in_flight_max) {
+    BatchBody batch;
+    const int64_t now = clock_.nowMicros();
+    int64_t after = last_batch_time_micros_;
+    for (auto it = slots_.rbegin(); it != slots_.rend(); ++it) {
+      auto b = it->second.batches.find(it->second.digest);
+      if (it->second.has_pp && b != it->second.batches.end() && b->second.time_micros != 0) {
+        after = std::max(after, b->second.time_micros);
+        break;
+      }
+    }
+    batch.time_micros = std::max(now, after + 1);
+    // Oldest first, so no request waits behind newer ones for long.
+    std::vector<std::pair<int64_t, SecureHash>> order;
+    order.reserve(pending_.size());
+    for (const auto& [d, p] : pending_) order.emplace_back(p.since_micros, d);
+    std::sort(order.begin(), order.end());
+    for (const auto& [since, d] : order) {
+      if (batch.requests.size() >= config_.batch_size_max) break;
+      auto it = pending_.find(d);
+      batch.requests.push_back(std::move(it->second.request));
+      if (--pending_per_client_[batch.requests.back().client] == 0) {
+        pending_per_client_.erase(batch.requests.back().client);
+      }
+      pending_.erase(it);
+      in_batches_.insert(d);
+    }
+    const uint64_t seq = next_seq_++;
+    last_batch_time_micros_ = batch.time_micros;
+    ++stats_.batches_proposed;
+    const SecureHash digest = batch.digest();
+    acceptPrePrepare(seq, digest, std::move(batch), true);
+  }
+}
+
+// --- normal case ---------------------------------------------------------------------
+
+bool Replica::inWindow(uint64_t seq) const {
+  return seq > stable_seq_ && seq <= stable_seq_ + config_.window_batches_max;
+}
+
+bool Replica::takesVotes(uint64_t seq) const {
+  return inWindow(seq) || (seq > machine_.lastExecuted() && slots_.count(seq) > 0);
+}
+
+Replica::Slot& Replica::slot(uint64_t seq) {
+  Slot& s = slots_[seq];
+  s.seq = seq;
+  return s;
+}
+
+Status Replica::checkBatch(const BatchBody& batch, uint64_t seq) {
+  if (batch.requests.size() > config_.batch_size_max) {
+    return makeError(Errc::too_large, "batch of " + std::to_string(batch.requests.size()) +
+                                          " requests, over batch_size_max");
+  }
+  const int64_t now = clock_.nowMicros();
+  if (batch.time_micros < now - config_.time_drift_micros_max ||
+      batch.time_micros > now + config_.time_drift_micros_max) {
+    return makeError(Errc::invalid_transaction,
+                     "batch timestamp " + std::to_string(batch.time_micros) + " is " +
+                         std::to_string(batch.time_micros - now) +
+                         " us from this replica's clock, beyond time_drift_micros_max");
+  }
+  // Strictly after the batch before it and before the one after it, as far
+  // as this replica knows them.
+  int64_t lower = last_executed_time_micros_, upper = INT64_MAX;
+  for (auto it = slots_.lower_bound(seq); it != slots_.begin();) {
+    --it;
+    if (it->second.has_pp) {
+      auto b = it->second.batches.find(it->second.digest);
+      if (b != it->second.batches.end() && b->second.time_micros != 0) {
+        lower = std::max(lower, b->second.time_micros);
+        break;
+      }
+    }
+  }
+  for (auto it = slots_.upper_bound(seq); it != slots_.end(); ++it) {
+    if (!it->second.has_pp) continue;
+    auto b = it->second.batches.find(it->second.digest);
+    if (b != it->second.batches.end() && b->second.time_micros != 0) {
+      upper = b->second.time_micros;
+      break;
+    }
+  }
+  if (batch.time_micros <= lower || batch.time_micros >= upper) {
+    return makeError(Errc::invalid_transaction, "batch timestamp " +
+                                                    std::to_string(batch.time_micros) +
+                                                    " is not after the previous batch's");
+  }
+  std::set<SecureHash> seen;
+  for (const auto& r : batch.requests) {
+    const SecureHash d = r.digest();
+    if (!seen.insert(d).second) {
+      return makeError(Errc::malformed, "request " + std::to_string(r.client_seq) + " of '" +
+                                            r.client + "' twice in one batch");
+    }
+    if (!authenticated(r)) {
+      return makeError(Errc::unauthorized,
+                       "request " + std::to_string(r.client_seq) + " of '" + r.client +
+                           "' is not authenticated for this replica (no valid MAC, not received "
+                           "from the client)");
+    }
+    if (Status s = machine_.check(Request{r.client, r.client_seq, r.body}); !s) return s;
+  }
+  return Status();
+}
+
+void Replica::onPrePrepare(uint32_t from, PrePrepareMsg m) {
+  const std::string peer = config_.replicas[from].name;
+  if (m.view != view_ || view_changing_) return;  // another view: retransmission brings it
+  if (from != primaryOf(m.view)) {
+    return reject(peer, "a pre-prepare for view " + std::to_string(m.view) + " from a backup");
+  }
+  if (!inWindow(m.seq)) return;  // outside the watermarks: dropped, as PBFT does
+  const SecureHash digest = m.batch.digest();
+  Slot& s = slot(m.seq);
+  if (s.has_pp) {
+    if (s.digest != digest) {
+      reject(peer, "the primary equivocates: pre-prepare " + std::to_string(m.seq) + " in view " +
+                       std::to_string(m.view) + " with digest " + digest.shortHex() +
+                       ", accepted " + s.digest.shortHex() + " before");
+    }
+    return;
+  }
+  if (m.seq <= machine_.lastExecuted()) return;
+  if (Status st = checkBatch(m.batch, m.seq); !st) {
+    return reject(peer, "pre-prepare " + std::to_string(m.seq) + ": " + st.error().toString());
+  }
+  acceptPrePrepare(m.seq, digest, std::move(m.batch), false);
+}
+
+void Replica::acceptPrePrepare(uint64_t seq, const SecureHash& digest, BatchBody batch, bool mine) {
+  Slot& s = slot(seq);
+  s.has_pp = true;
+  s.digest = digest;
+  s.q[digest] = view_;
+  while (s.q.size() > q_digests_per_slot_max) {
+    auto lowest = std::min_element(s.q.begin(), s.q.end(),
+                                   [](const auto& a, const auto& b) { return a.second < b.second; });
+    s.batches.erase(lowest->first);
+    s.q.erase(lowest);
+  }
+  for (const auto& r : batch.requests) {
+    const SecureHash d = r.digest();
+    auto p = pending_.find(d);
+    if (p != pending_.end()) {
+      if (--pending_per_client_[r.client] == 0) pending_per_client_.erase(r.client);
+      pending_.erase(p);
+    }
+    in_batches_.insert(d);
+  }
+  if (!mine) last_batch_time_micros_ = std::max(last_batch_time_micros_, batch.time_micros);
+  s.batches[digest] = batch;
+  persistSlot(s);
+  step().meta = meta();
+  const uint64_t v = view_;
+  afterDurable([this, seq, v, digest, mine, batch = std::move(batch)]() mutable {
+    if (view_ != v || view_changing_) return;
+    auto it = slots_.find(seq);
+    if (it == slots_.end() || !it->second.has_pp || it->second.digest != digest) return;
+    Slot& sl = it->second;
+    sl.pp_durable = true;
+    if (mine) {
+      broadcast(Message(PrePrepareMsg{v, seq, std::move(batch)}));
+    } else {
+      sl.prepare_sent = true;
+      sl.prepares[config_.self_index] = digest;
+      broadcast(Message(Prepare{{v, seq, digest}}));
+    }
+    checkPrepared(sl);
+  });
+  if (!mine) armViewTimer();
+}
+
+void Replica::onPrepare(uint32_t from, const VoteMsg& m) {
+  if (m.view != view_ || view_changing_ || !takesVotes(m.seq)) return;
+  if (from == primaryOf(m.view)) {
+    return reject(config_.replicas[from].name, "a prepare from the primary");
+  }
+  Slot& s = slot(m.seq);
+  s.prepares.emplace(from, m.digest);
+  checkPrepared(s);
+}
+
+void Replica::observeCommit(uint32_t from, const VoteMsg& m) {
+  if (m.view > view_ || m.seq <= machine_.lastExecuted() || !inWindow(m.seq)) return;
+  Slot& s = slot(m.seq);
+  if (s.decided) return;
+  auto& voters = s.observed[{m.view, m.digest}];
+  voters.insert(from);
+  if (voters.size() >= 2 * size_t(f()) + 1) {
+    s.decided = true;
+    s.decided_digest = m.digest;
+    s.observed.clear();
+    if (m.digest.isZero()) s.batches[m.digest] = BatchBody{};
+    tryExecute();
+    return;
+  }
+  constexpr size_t observed_entries_max = 64;
+  while (s.observed.size() > observed_entries_max) s.observed.erase(s.observed.begin());
+}
+
+void Replica::onCommit(uint32_t from, const VoteMsg& m) {
+  if (m.view != view_ || view_changing_) return observeCommit(from, m);
+  if (!takesVotes(m.seq)) return;
+  Slot& s = slot(m.seq);
+  s.commits.emplace(from, m.digest);
+  checkCommitted(s);
+}
+
+void Replica::checkPrepared(Slot& s) {
+  if (!s.has_pp || !s.pp_durable || s.prepared) return;
+  uint32_t votes = 0;
+  for (const auto& [r, d] : s.prepares) {
+    if (d == s.digest && r != primaryOf(view_)) ++votes;
+  }
+  if (votes < 2 * f()) return;
+  s.prepared = true;
+  s.has_p = true;
+  s.p_view = view_;
+  s.p_digest = s.digest;
+  persistSlot(s);
+  const uint64_t v = view_, seq = s.seq;
+  const SecureHash digest = s.digest;
+  afterDurable([this, v, seq, digest] {
+    if (view_ != v || view_changing_) return;
+    auto it = slots_.find(seq);
+    if (it == slots_.end() || !it->second.prepared || it->second.digest != digest) return;
+    it->second.commit_sent = true;
+    it->second.commits[config_.self_index] = digest;
+    broadcast(Message(Commit{{v, seq, digest}}));
+    checkCommitted(it->second);
+  });
+}
+
+void Replica::checkCommitted(Slot& s) {
+  if (!s.prepared || !s.commit_sent || s.committed) return;
+  uint32_t votes = 0;
+  for (const auto& [r, d] : s.commits) {
+    if (d == s.digest) ++votes;
+  }
+  if (votes < 2 * f() + 1) return;
+  s.committed = true;
+  tryExecute();
+}
+
+// --- execution -----------------------------------------------------------------------
+
+void Replica::tryExecute() {
+  if (executing_ || (transfer_ && transfer_->applying)) return;
+  const uint64_t next = machine_.lastExecuted() + 1;
+  auto it = slots_.find(next);
+  if (it == slots_.end() || !(it->second.committed || it->second.decided)) return;
+  Slot& s = it->second;
+  const SecureHash digest = s.committed ? s.digest : s.decided_digest;
+  BatchBody body;
+  if (!digest.isZero()) {
+    auto b = s.batches.find(digest);
+    if (b == s.batches.end()) {
+      s.fetch_wanted = true;
+      return requestMissingBatches();
+    }
+    body = b->second;
+  }
+  // A null batch (chosen by a new view) takes the previous batch's time.
+  const int64_t time = digest.isZero() ? last_executed_time_micros_ : body.time_micros;
+  executing_ = true;
+  const Batch batch = toBatch(next, view_, time, body);
+  machine_.execute(batch, [this, ex = &executor_, alive = std::weak_ptr<int>(alive_), next,
+                           body](Result<Executed> result) mutable {
+    ex->post([this, alive, next, body = std::move(body), result = std::move(result)]() mutable {
+      if (alive.expired()) return;
+      onExecuted(next, body, std::move(result));
+    });
+  });
+}
+
+void Replica::onExecuted(uint64_t seq, const BatchBody& batch, Result<Executed> result) {
+  executing_ = false;
+  if (!result) {
+    // Fatal for this replica (state_machine.h): it stops executing.
+    log("executing batch " + std::to_string(seq) + " failed: " + result.error().toString() +
+        "; this replica stops executing");
+    executing_ = true;
+    return;
+  }
+  CCAL_ASSERT(result->replies.size() == batch.requests.size());
+  CCAL_ASSERT(machine_.lastExecuted() == seq);
+  for (size_t i = 0; i < batch.requests.size(); ++i) {
+    const WireRequest& r = batch.requests[i];
+    ReplyRecord rec{r.client_seq, view_, std::move(result->replies[i])};
+    sendReply(r.client, r.client_seq, rec);
+    auto& cache = replies_[r.client];
+    cache[r.client_seq] = std::move(rec);
+    while (cache.size() > config_.reply_cache_per_client_max) cache.erase(cache.begin());
+    replies_dirty_.insert(r.client);
+    const SecureHash d = r.digest();
+    in_batches_.erase(d);
+    direct_.erase(d);
+    auto p = pending_.find(d);
+    if (p != pending_.end()) {
+      if (--pending_per_client_[r.client] == 0) pending_per_client_.erase(r.client);
+      pending_.erase(p);
+    }
+  }
+  if (batch.time_micros != 0) last_executed_time_micros_ = batch.time_micros;
+  stalled_since_micros_ = 0;
+  stats_.requests_executed += batch.requests.size();
+  ++stats_.batches_executed;
+  afterBatchApplied(seq, result->effects);
+  if (seq <= stable_seq_) {
+    slots_.erase(slots_.begin(), slots_.upper_bound(seq));
+    truncateLog(seq);
+  }
+  // Progress: the view-change timer starts again, at its base value.
+  view_timeout_micros_ = config_.view_change_timeout_micros;
+  if (view_timer_ && !view_changing_) {
+    executor_.cancel(view_timer_);
+    view_timer_ = 0;
+  }
+  armViewTimer();
+  tryExecute();
+  if (isPrimary()) scheduleBatch();
+}
+
+void Replica::afterBatchApplied(uint64_t seq, ByteView effects) {
+  state_digest_ = chainDigest(state_digest_, effects);
+  state_digest_seq_ = seq;
+  if (seq % config_.checkpoint_interval_batches != 0) return;
+  own_checkpoints_[seq] = state_digest_;
+  step().digests[seq] = state_digest_;
+  SignedMsg sm = sign(SignedKind::checkpoint, encodeCheckpoint(CheckpointMsg{seq, state_digest_}));
+  afterDurable([this, sm] { broadcast(Message(sm)); });
+  onCheckpoint(sm, CheckpointMsg{seq, state_digest_});
+}
+
+SignedMsg Replica::sign(SignedKind kind, Bytes body) const {
+  SignedMsg sm;
+  sm.kind = kind;
+  sm.replica = config_.self_index;
+  const DigitalSignature sig = keys_.self().sign(signedPreimage(config_.cluster, kind, body));
+  sm.signature.assign(sig.view().begin(), sig.view().end());
+  sm.body = std::move(body);
+  return sm;
+}
+
+Status Replica::verifySigned(const SignedMsg& sm) const {
+  if (sm.replica >= n()) {
+    return makeError(Errc::malformed, "signed message from replica " + std::to_string(sm.replica) +
+                                          " of a cluster of " + std::to_string(n()));
+  }
+  auto sig = DigitalSignature::fromParts(config_.replicas[sm.replica].key,
+                                         static_cast<uint16_t>(SignatureScheme::ed25519),
+                                         signature_version_current, sm.signature);
+  if (!sig) return sig.error();
+  return sig->verify(signedPreimage(config_.cluster, sm.kind, sm.body));
+}
+
+Status Replica::verifyCheckpointProof(uint64_t seq, const SecureHash& digest,
+                                      const std::vector<SignedMsg>& proof) const {
+  if (seq == 0) {
+    if (!proof.empty() || !digest.isZero()) {
+      return makeError(Errc::malformed, "a checkpoint proof for seq 0");
+    }
+    return Status();
+  }
+  std::set<uint32_t> signers;
+  for (const auto& sm : proof) {
+    if (sm.kind != SignedKind::checkpoint) {
+      return makeError(Errc::malformed, "a checkpoint proof holding another kind of message");
+    }
+    CCAL_TRY(verifySigned(sm));
+    auto c = decodeCheckpoint(sm.body, config_.limits);
+    if (!c) return c.error();
+    if (c->seq != seq || c->state_digest != digest) {
+      return makeError(Errc::malformed, "a checkpoint proof for " + std::to_string(seq) +
+                                            " holding a checkpoint for " + std::to_string(c->seq));
+    }
+    signers.insert(sm.replica);
+  }
+  if (signers.size() < 2 * size_t(f()) + 1) {
+    return makeError(Errc::missing_signatures,
+                     "a checkpoint proof for " + std::to_string(seq) + " signed by " +
+                         std::to_string(signers.size()) + " replicas, not 2f+1");
+  }
+  return Status();
+}
+
+void Replica::onCheckpoint(const SignedMsg& sm, const CheckpointMsg& c) {
+  if (c.seq <= stable_seq_) return;
+  if (c.seq % config_.checkpoint_interval_batches != 0) {
+    return reject(config_.replicas[sm.replica].name,
+                  "a checkpoint at " + std::to_string(c.seq) + ", not a multiple of K");
+  }
+  // Bounded: checkpoints far beyond the window are dropped, except that a
+  // replica far behind still learns a certificate from peers' status answers.
+  if (c.seq > stable_seq_ + 64ull * config_.window_batches_max) return;
+  auto& votes = checkpoint_votes_[c.seq];
+  votes[sm.replica] = sm;
+  std::vector<SignedMsg> proof;
+  for (const auto& [r, m] : votes) {
+    auto other = decodeCheckpoint(m.body, config_.limits);
+    if (other && other->state_digest == c.state_digest) proof.push_back(m);
+  }
+  if (proof.size() >= 2 * size_t(f()) + 1) makeStable(c.seq, c.state_digest, std::move(proof));
+  while (checkpoint_votes_.size() > 4 * size_t(config_.window_batches_max)) {
+    checkpoint_votes_.erase(std::prev(checkpoint_votes_.end()));
+  }
+}
+
+void Replica::truncateLog(uint64_t through) {
+  if (through == 0) return;
+  Step& st = step();
+  st.truncate_through = std::max(st.truncate_through, through);
+  for (auto it = st.slots.begin(); it != st.slots.end();) {
+    it = it->first <= through ? st.slots.erase(it) : std::next(it);
+  }
+}
+
+void Replica::makeStable(uint64_t seq, const SecureHash& digest, std::vector<SignedMsg> proof) {
+  if (seq <= stable_seq_) return;
+  auto own = own_checkpoints_.find(seq);
+  if (own != own_checkpoints_.end() && own->second != digest) {
+    log("checkpoint " + std::to_string(seq) + " is stable with state digest " + digest.shortHex() +
+        " but this replica's is " + own->second.shortHex() + ": its state diverged");
+  }
+  stable_seq_ = seq;
+  stable_digest_ = digest;
+  stable_proof_ = std::move(proof);
+  ++stats_.checkpoints_stable;
+  // The log is truncated up to the checkpoint, except batches not executed
+  // here yet: those committed still execute from the log (cheaper than a
+  // state transfer), the rest are discarded once executed or transferred.
+  const uint64_t through = std::min(seq, machine_.lastExecuted());
+  slots_.erase(slots_.begin(), slots_.upper_bound(through));
+  checkpoint_votes_.erase(checkpoint_votes_.begin(), checkpoint_votes_.upper_bound(seq));
+  own_checkpoints_.erase(own_checkpoints_.begin(), own_checkpoints_.lower_bound(seq));
+  next_seq_ = std::max(next_seq_, seq + 1);
+  Step& st = step();
+  st.meta = meta();
+  truncateLog(through);
+  maybeStartStateTransfer();
+  if (isPrimary()) scheduleBatch();
+}
+
+// --- view change ---------------------------------------------------------------------
+
+void Replica::armViewTimer() {
+  if (view_timer_) return;
+  if (view_changing_) return armNewViewTimer();
+  bool waiting = false;
+  if (!isPrimary()) {
+    waiting = !pending_.empty() || !in_batches_.empty();
+    for (auto it = slots_.upper_bound(machine_.lastExecuted()); !waiting && it != slots_.end(); ++it) {
+      waiting = it->second.has_pp;
+    }
+  }
+  if (!waiting) return;
+  view_timer_ = executor_.runAfter(view_timeout_micros_, [this] {
+    view_timer_ = 0;
+    onViewTimer();
+  });
+}
+
+void Replica::onViewTimer() { startViewChange(view_ + 1); }
+
+void Replica::startViewChange(uint64_t new_view) {
+  if (new_view <= view_) return;
+  view_ = new_view;
+  view_changing_ = true;
+  ++stats_.view_changes;
+  if (::getenv("PBFT_TRACE")) log("view change to " + std::to_string(new_view) + " at " + std::to_string(clock_.nowMicros() / 1000));
+  new_view_msg_.reset();
+  if (batch_timer_) {
+    executor_.cancel(batch_timer_);
+    batch_timer_ = 0;
+  }
+  ViewChangeMsg vc;
+  vc.new_view = new_view;
+  vc.stable_seq = stable_seq_;
+  vc.stable_digest = stable_digest_;
+  vc.stable_proof = stable_proof_;
+  for (auto& [seq, s] : slots_) {
+    s.has_pp = false;
+    s.pp_durable = false;
+    s.prepared = s.commit_sent = s.committed = s.prepare_sent = false;
+    s.prepares.clear();
+    s.commits.clear();
+    if (seq <= stable_seq_) continue;
+    if (s.has_p) vc.prepared.push_back(LogEntry{seq, s.p_digest, s.p_view});
+    for (const auto& [d, v] : s.q) vc.pre_prepared.push_back(LogEntry{seq, d, v});
+  }
+  SignedMsg sm = sign(SignedKind::view_change, encodeViewChange(vc));
+  my_view_change_ = sm;
+  // Other replicas' view-changes for lower views are of no use now.
+  view_changes_.erase(view_changes_.begin(), view_changes_.lower_bound(new_view));
+  view_changes_[new_view][config_.self_index] = {sm, vc};
+  step().meta = meta();
+  afterDurable([this, sm, new_view] {
+    if (view_ == new_view && view_changing_) broadcast(Message(sm));
+  });
+  if (view_timer_) executor_.cancel(view_timer_);
+  view_timer_ = 0;
+  armNewViewTimer();
+  if (primaryOf(new_view) == config_.self_index) tryNewView();
+}
+
+// PBFT's rule for moving on past a view change that does not complete: the
+// timer for the new view starts only once 2f+1 replicas have asked for it
+// (so a replica alone, or a few behind a partition, do not race ahead
+// through views nobody else is in); when it expires before the new-view
+// arrives, the replica asks for the next view, with the timeout doubled.
+void Replica::armNewViewTimer() {
+  if (!view_changing_ || view_timer_) return;
+  auto it = view_changes_.find(view_);
+  if (it == view_changes_.end() || it->second.size() < 2 * size_t(f()) + 1) return;
+  view_timer_ = executor_.runAfter(view_timeout_micros_, [this] {
+    view_timer_ = 0;
+    if (view_changing_) startViewChange(view_ + 1);
+  });
+  view_timeout_micros_ = std::min(view_timeout_micros_ * 2, config_.view_change_timeout_micros_max);
+}
+
+Status Replica::checkViewChange(const SignedMsg& sm, const ViewChangeMsg& vc) const {
+  CCAL_TRY(verifyCheckpointProof(vc.stable_seq, vc.stable_digest, vc.stable_proof));
+  const uint64_t limit = vc.stable_seq + config_.window_batches_max;
+  for (const auto* set : {&vc.prepared, &vc.pre_prepared}) {
+    for (const auto& e : *set) {
+      if (e.seq <= vc.stable_seq || e.seq > limit || e.view >= vc.new_view) {
+        return makeError(Errc::malformed, "view-change entry for seq " + std::to_string(e.seq) +
+                                              " outside its window or view");
+      }
+    }
+  }
+  return Status();
+}
+
+void Replica::onViewChange(const SignedMsg& sm, ViewChangeMsg vc) {
+  const std::string peer = config_.replicas[sm.replica].name;
+  if (Status s = checkViewChange(sm, vc); !s) return reject(peer, s.error().toString());
+  if (vc.new_view < view_ || (vc.new_view == view_ && !view_changing_)) {
+    // The sender is behind: the new-view of this view brings it up.
+    if (new_view_msg_ && !view_changing_) send(sm.replica, Message(*new_view_msg_));
+    return;
+  }
+  // One view-change per replica for views ahead of this one.
+  for (auto it = view_changes_.upper_bound(view_); it != view_changes_.end(); ++it) {
+    if (it->first != vc.new_view) it->second.erase(sm.replica);
+  }
+  const uint64_t v = vc.new_view;
+  view_changes_[v][sm.replica] = {sm, std::move(vc)};
+  // f+1 replicas want a higher view: join the smallest of those views
+  // (PBFT's liveness rule: a faulty minority cannot start one alone).
+  std::map<uint32_t, uint64_t> ahead;  // replica -> view
+  for (auto it = view_changes_.upper_bound(view_); it != view_changes_.end(); ++it) {
+    for (const auto& [r, m] : it->second) {
+      if (!ahead.count(r)) ahead[r] = it->first;
+    }
+  }
+  if (ahead.size() >= size_t(f()) + 1) {
+    uint64_t smallest = UINT64_MAX;
+    for (const auto& [r, view] : ahead) smallest = std::min(smallest, view);
+    startViewChange(smallest);
+    return;
+  }
+  if (view_changing_ && v == view_) {
+    armNewViewTimer();
+    if (primaryOf(view_) == config_.self_index) tryNewView();
+  }
+}
+
+void Replica::tryNewView() {
+  if (!view_changing_ || primaryOf(view_) != config_.self_index) return;
+  auto& set = view_changes_[view_];
+  if (set.size() < 2 * size_t(f()) + 1) return;
+  std::vector<ViewChangeMsg> s;
+  NewViewMsg nv;
+  nv.view = view_;
+  for (const auto& [r, m] : set) {
+    s.push_back(m.second);
+    nv.view_changes.push_back(m.first);
+  }
+  auto d = decideNewView(s, view_, f());
+  if (!d) {
+    log("the " + std::to_string(s.size()) + " view-changes for view " + std::to_string(view_) +
+        " do not decide every batch yet: waiting for more");
+    return;
+  }
+  nv.start_seq = d->start_seq;
+  nv.chosen = d->chosen;
+  SignedMsg sm = sign(SignedKind::new_view, encodeNewView(nv));
+  new_view_msg_ = sm;
+  installNewView(nv, *d);
+  new_view_msg_ = sm;
+  afterDurable([this, sm, v = view_] {
+    if (view_ == v && !view_changing_) broadcast(Message(sm));
+  });
+}
+
+void Replica::onNewView(const SignedMsg& sm, NewViewMsg nv) {
+  const std::string peer = config_.replicas[sm.replica].name;
+  if (nv.view < view_ || (nv.view == view_ && !view_changing_)) return;
+  if (sm.replica != primaryOf(nv.view)) {
+    return reject(peer, "a new-view for view " + std::to_string(nv.view) + " signed by replica " +
+                            std::to_string(sm.replica) + ", not its primary");
+  }
+  std::vector<ViewChangeMsg> s;
+  std::set<uint32_t> senders;
+  for (const auto& vcs : nv.view_changes) {
+    if (vcs.kind != SignedKind::view_change) return reject(peer, "a new-view whose V set holds another kind");
+    if (Status st = verifySigned(vcs); !st) return reject(peer, "new-view V set: " + st.error().toString());
+    auto vc = decodeViewChange(vcs.body, config_.limits);
+    if (!vc) return reject(peer, "new-view V set: " + vc.error().toString());
+    if (vc->new_view != nv.view) return reject(peer, "a new-view whose V set holds a view-change for another view");
+    if (Status st = checkViewChange(vcs, *vc); !st) return reject(peer, "new-view V set: " + st.error().toString());
+    if (!senders.insert(vcs.replica).second) return reject(peer, "a new-view with two view-changes from one replica");
+    s.push_back(std::move(*vc));
+  }
+  auto d = decideNewView(s, nv.view, f());
+  if (!d || d->start_seq != nv.start_seq || d->chosen != nv.chosen) {
+    return reject(peer, "a new-view for view " + std::to_string(nv.view) +
+                            " whose O set is not what its V set decides");
+  }
+  if (nv.view > view_) {
+    view_ = nv.view;  // joins directly: the new-view proves 2f+1 moved on
+    view_changing_ = true;
+  }
+  installNewView(nv, *d);
+  new_view_msg_ = sm;
+}
+
+void Replica::installNewView(const NewViewMsg& nv, const Decision& d) {
+  CCAL_ASSERT(nv.view == view_ && view_changing_);
+  view_changing_ = false;
+  ++stats_.new_views;
+  if (::getenv("PBFT_TRACE")) log("new view " + std::to_string(view_) + " at " + std::to_string(clock_.nowMicros() / 1000));
+  if (view_timer_) {
+    executor_.cancel(view_timer_);
+    view_timer_ = 0;
+  }
+  view_changes_.erase(view_changes_.begin(), view_changes_.upper_bound(view_));
+  for (auto& [seq, s] : slots_) {
+    s.has_pp = s.pp_durable = s.prepared = s.commit_sent = s.committed = s.prepare_sent = false;
+    s.prepares.clear();
+    s.commits.clear();
+  }
+  if (d.start_seq > stable_seq_) {
+    const auto& from = nv.view_changes[d.start_from];
+    auto vc = decodeViewChange(from.body, config_.limits);
+    CCAL_ASSERT(vc.ok());
+    makeStable(d.start_seq, d.start_digest, vc->stable_proof);
+  }
+  in_batches_.clear();
+  const bool primary = primaryOf(view_) == config_.self_index;
+  uint64_t max_seq = std::max(stable_seq_, machine_.lastExecuted());
+  for (const auto& e : d.chosen) {
+    max_seq = std::max(max_seq, e.seq);
+    if (e.seq <= stable_seq_) continue;
+    Slot& s = slot(e.seq);
+    s.has_pp = true;
+    s.digest = e.digest;
+    if (e.digest.isZero()) {
+      s.batches[e.digest] = BatchBody{};
+    } else if (!s.batches.count(e.digest)) {
+      s.fetch_wanted = true;
+    }
+    s.q[e.digest] = view_;
+    while (s.q.size() > q_digests_per_slot_max) {
+      auto lowest = std::min_element(s.q.begin(), s.q.end(),
+                                     [](const auto& a, const auto& b) { return a.second < b.second; });
+      if (lowest->first != e.digest && lowest->first != s.p_digest) s.batches.erase(lowest->first);
+      s.q.erase(lowest);
+    }
+    if (auto b = s.batches.find(e.digest); b != s.batches.end()) {
+      for (const auto& r : b->second.requests) in_batches_.insert(r.digest());
+    }
+    persistSlot(s);
+  }
+  next_seq_ = max_seq + 1;
+  step().meta = meta();
+  const uint64_t v = view_;
+  std::vector<LogEntry> chosen = d.chosen;
+  afterDurable([this, v, chosen, primary] {
+    if (view_ != v || view_changing_) return;
+    for (const auto& e : chosen) {
+      auto it = slots_.find(e.seq);
+      if (it == slots_.end() || !it->second.has_pp || it->second.digest != e.digest) continue;
+      Slot& s = it->second;
+      s.pp_durable = true;
+      if (!primary) {
+        s.prepare_sent = true;
+        s.prepares[config_.self_index] = e.digest;
+        broadcast(Message(Prepare{{v, e.seq, e.digest}}));
+      }
+      checkPrepared(s);
+    }
+  });
+  requestMissingBatches();
+  // Requests that were in batches the new view dropped come again from
+  // their clients; the pending ones are proposed by the new primary.
+  if (primary) scheduleBatch();
+  armViewTimer();
+}
+
+// --- retransmission, batch fetch, state transfer --------------------------------------
+
+void Replica::onStatusTimer() {
+  status_timer_ = executor_.runAfter(config_.status_interval_micros, [this] { onStatusTimer(); });
+  broadcast(Message(StatusMsg{view_, machine_.lastExecuted(), stable_seq_, view_changing_}));
+  requestMissingBatches();
+  if (transfer_ && !transfer_->applying && machine_.lastExecuted() >= transfer_->target_seq) {
+    transfer_.reset();  // executed there from the log meanwhile
+  }
+  if (transfer_ && !transfer_->applying && machine_.lastExecuted() + 1 != transfer_->from_seq) {
+    transfer_->effects.clear();  // the log moved it on: ask again from there
+    transfer_->from_seq = machine_.lastExecuted() + 1;
+    transfer_->last_progress_micros = 0;
+  }
+  if (!transfer_ && !stalled_since_micros_) maybeStartStateTransfer();
+  if (stalled_since_micros_ &&
+      clock_.nowMicros() - stalled_since_micros_ > transfer_stall_rounds_max * config_.status_interval_micros) {
+    maybeStartStateTransfer();
+  }
+  if (transfer_ && !transfer_->applying &&
+      clock_.nowMicros() - transfer_->last_progress_micros >
+          transfer_stall_rounds_max * config_.status_interval_micros) {
+    transfer_->source = (transfer_->source + 1) % n();
+    if (transfer_->source == config_.self_index) transfer_->source = (transfer_->source + 1) % n();
+    transfer_->effects.clear();
+    transfer_->from_seq = machine_.lastExecuted() + 1;
+    transfer_->last_progress_micros = clock_.nowMicros();
+    const uint64_t want = transfer_->target_seq - transfer_->from_seq + 1;
+    send(transfer_->source, Message(FetchEffectsMsg{transfer_->from_seq,
+                                                    static_cast<uint32_t>(std::min<uint64_t>(
+                                                        want, config_.limits.effects_per_frame_max))}));
+  }
+  if (isPrimary() && !pending_.empty()) scheduleBatch();
+  // Clients retransmit; requests pending far beyond the timeout are dropped
+  // so that the bounded buffers do not fill with requests nobody waits for.
+}
+
+void Replica::onStatus(uint32_t from, const StatusMsg& st) {
+  const bool peer_behind_view = st.view < view_ || (st.view == view_ && st.view_changing && !view_changing_);
+  if (peer_behind_view) {
+    if (!view_changing_ && new_view_msg_) send(from, Message(*new_view_msg_));
+    if (view_changing_ && my_view_change_) send(from, Message(*my_view_change_));
+  } else if (st.view == view_ && st.view_changing && view_changing_ && my_view_change_) {
+    send(from, Message(*my_view_change_));
+  }
+  if (st.stable_seq < stable_seq_) {
+    for (const auto& sm : stable_proof_) send(from, Message(sm));
+  }
+  // Own checkpoint messages the peer may lack.
+  for (auto it = checkpoint_votes_.upper_bound(st.stable_seq); it != checkpoint_votes_.end(); ++it) {
+    auto mine = it->second.find(config_.self_index);
+    if (mine != it->second.end()) send(from, Message(mine->second));
+  }
+  if (st.view > view_ && !view_changing_) {
+    // The peer is ahead in a view change: what committed here lets it
+    // execute as an observer (observeCommit) until the views meet again.
+    uint32_t sent = 0;
+    for (auto it = slots_.upper_bound(st.last_executed);
+         it != slots_.end() && sent < config_.retransmit_batches_max; ++it) {
+      Slot& s = it->second;
+      if (!s.committed && !s.commit_sent) continue;  // commit_sent survives a restart
+      ++sent;
+      send(from, Message(Commit{{view_, s.seq, s.digest}}));
+      auto b = s.batches.find(s.digest);
+      if (b != s.batches.end() && !s.digest.isZero()) send(from, Message(BatchDataMsg{s.seq, b->second}));
+    }
+    return;
+  }
+  if (st.view != view_ || st.view_changing || view_changing_) return;
+  const bool primary = isPrimary();
+  uint32_t sent = 0;
+  for (auto it = slots_.upper_bound(std::max(st.last_executed, stable_seq_));
+       it != slots_.end() && sent < config_.retransmit_batches_max; ++it) {
+    Slot& s = it->second;
+    // Null batches come with the new-view, which the peer has (or gets above).
+    if (!s.has_pp || !s.pp_durable || s.digest.isZero()) continue;
+    ++sent;
+    if (primary) {
+      auto b = s.batches.find(s.digest);
+      if (b != s.batches.end()) send(from, Message(PrePrepareMsg{view_, s.seq, b->second}));
+    } else if (s.prepare_sent) {
+      send(from, Message(Prepare{{view_, s.seq, s.digest}}));
+    }
+    if (s.commit_sent) send(from, Message(Commit{{view_, s.seq, s.digest}}));
+  }
+}
+
+void Replica::requestMissingBatches() {
+  uint32_t asked = 0;
+  for (auto& [seq, s] : slots_) {
+    if (asked >= fetch_batches_per_round_max) break;
+    const SecureHash d = s.has_pp ? s.digest : s.decided_digest;
+    if (!(s.has_pp || s.decided) || d.isZero() || s.batches.count(d)) continue;
+    broadcast(Message(FetchBatchMsg{seq, d}));
+    ++asked;
+  }
+}
+
+void Replica::onFetchBatch(uint32_t from, const FetchBatchMsg& m) {
+  auto it = slots_.find(m.seq);
+  if (it == slots_.end()) return;
+  auto b = it->second.batches.find(m.digest);
+  if (b == it->second.batches.end()) return;
+  send(from, Message(BatchDataMsg{m.seq, b->second}));
+}
+
+void Replica::onBatchData(uint32_t from, BatchDataMsg m) {
+  auto it = slots_.find(m.seq);
+  if (it == slots_.end() || !(it->second.has_pp || it->second.decided)) return;
+  Slot& s = it->second;
+  const SecureHash d = m.batch.digest();
+  if (d != (s.has_pp ? s.digest : s.decided_digest) && !(s.decided && d == s.decided_digest)) {
+    return reject(config_.replicas[from].name, "batch data for " + std::to_string(m.seq) +
+                                                   " with digest " + d.shortHex() + ", not " +
+                                                   s.digest.shortHex());
+  }
+  if (s.batches.count(d)) return;
+  ++stats_.batches_fetched;
+  for (const auto& r : m.batch.requests) in_batches_.insert(r.digest());
+  s.batches[d] = std::move(m.batch);
+  s.fetch_wanted = false;
+  persistSlot(s);
+  tryExecute();
+}
+
+void Replica::maybeStartStateTransfer() {
+  if (transfer_ || stable_seq_ <= machine_.lastExecuted()) return;
+  if (auto next = slots_.find(machine_.lastExecuted() + 1);
+      next != slots_.end() && next->second.committed && !stalled_since_micros_) {
+    // Committed here: it executes from the log. The status timer starts a
+    // transfer if execution stalls.
+    stalled_since_micros_ = clock_.nowMicros();
+    return;
+  }
+  stalled_since_micros_ = 0;
+  if (stable_seq_ - machine_.lastExecuted() > config_.state_transfer_batches_max) {
+    log("behind by " + std::to_string(stable_seq_ - machine_.lastExecuted()) +
+        " batches, over state_transfer_batches_max: catching up to the stable checkpoint in steps");
+  }
+  Transfer t;
+  t.target_seq = stable_seq_;
+  t.target_digest = stable_digest_;
+  t.from_seq = machine_.lastExecuted() + 1;
+  t.source = (config_.self_index + 1) % n();
+  t.last_progress_micros = clock_.nowMicros();
+  transfer_ = std::move(t);
+  ++stats_.state_transfers;
+  const uint64_t want = transfer_->target_seq - transfer_->from_seq + 1;
+  send(transfer_->source,
+       Message(FetchEffectsMsg{transfer_->from_seq, static_cast<uint32_t>(std::min<uint64_t>(
+                                                        want, config_.limits.effects_per_frame_max))}));
+}
+
+void Replica::onFetchEffects(uint32_t from, const FetchEffectsMsg& m) {
+  const uint64_t last = machine_.lastExecuted();
+  if (m.from_seq == 0 || m.from_seq > last) return;
+  EffectsDataMsg out{m.from_seq, {}};
+  size_t bytes = 0;
+  const size_t budget = link_.frameBytesMax() - effects_frame_overhead_bytes;
+  for (uint64_t s = m.from_seq; s <= last && s < m.from_seq + m.count; ++s) {
+    auto e = machine_.effects(s);
+    if (!e) {
+      log("reading the effects of batch " + std::to_string(s) + ": " + e.error().toString());
+      break;
+    }
+    if (bytes + e->size() + 16 > budget) break;
+    bytes += e->size() + 16;
+    out.effects.push_back(std::move(*e));
+  }
+  if (!out.effects.empty()) send(from, Message(std::move(out)));
+}
+
+void Replica::onEffectsData(uint32_t from, EffectsDataMsg m) {
+  if (!transfer_ || transfer_->applying || from != transfer_->source) return;
+  Transfer& t = *transfer_;
+  if (machine_.lastExecuted() + 1 != t.from_seq) return;  // the status timer restarts it
+  if (m.from_seq != t.from_seq + t.effects.size()) return;
+  for (auto& e : m.effects) {
+    if (t.from_seq + t.effects.size() > t.target_seq) break;
+    if (t.effects.size() >= config_.state_transfer_batches_max) break;
+    t.effects.push_back(std::move(e));
+  }
+  t.last_progress_micros = clock_.nowMicros();
+  const uint64_t have_through = t.from_seq + t.effects.size() - 1;
+  if (have_through < t.target_seq && t.effects.size() < config_.state_transfer_batches_max) {
+    const uint64_t want = t.target_seq - have_through;
+    send(t.source, Message(FetchEffectsMsg{have_through + 1, static_cast<uint32_t>(std::min<uint64_t>(
+                                                                 want, config_.limits.effects_per_frame_max))}));
+    return;
+  }
+  if (have_through < t.target_seq) {
+    // TODO(perf): a transfer longer than state_transfer_batches_max would
+    // need certified intermediate digests; such a replica is restored from
+    // a copy of a peer's store instead.
+    log("state transfer of more than state_transfer_batches_max batches is not supported");
+    transfer_.reset();
+    return;
+  }
+  SecureHash d = state_digest_;
+  for (const auto& e : t.effects) d = chainDigest(d, e);
+  if (d != t.target_digest) {
+    reject(config_.replicas[from].name,
+           "effects for batches " + std::to_string(t.from_seq) + " to " + std::to_string(t.target_seq) +
+               " do not lead to the certified state digest " + t.target_digest.shortHex());
+    t.effects.clear();
+    t.source = (t.source + 1) % n();
+    if (t.source == config_.self_index) t.source = (t.source + 1) % n();
+    t.last_progress_micros = 0;  // the status timer asks the next replica
+    return;
+  }
+  t.applying = true;
+  applyTransferred();
+}
+
+void Replica::applyTransferred() {
+  Transfer& t = *transfer_;
+  const uint64_t seq = machine_.lastExecuted() + 1;
+  if (seq > t.target_seq) {
+    transfer_.reset();
+    log("state transfer done: now at batch " + std::to_string(machine_.lastExecuted()));
+    tryExecute();
+    maybeStartStateTransfer();
+    return;
+  }
+  CCAL_ASSERT(seq >= t.from_seq && seq - t.from_seq < t.effects.size());
+  ByteView e = t.effects[seq - t.from_seq];
+  machine_.applyEffects(seq, e, [this, ex = &executor_, alive = std::weak_ptr<int>(alive_), seq](Status st) {
+    ex->post([this, alive, seq, st] {
+      if (alive.expired()) return;
+      if (!st) {
+        log("applying the effects of batch " + std::to_string(seq) + " failed: " +
+            st.error().toString());
+        transfer_.reset();
+        return;
+      }
+      ++stats_.effects_applied;
+      const Transfer& tr = *transfer_;
+      afterBatchApplied(seq, tr.effects[seq - tr.from_seq]);
+      applyTransferred();
+    });
+  });
+}
+
+}  // namespace ccal::notary

@@ -1,0 +1,282 @@
+#pragma once
+// A PBFT replica (Castro & Liskov, OSDI'99 / TOCS'02) of a notary cluster:
+// orders authenticated client requests in batches, agrees on them in three
+// phases (pre-prepare, prepare, commit), executes committed batches in order
+// on a StateMachine (notary/state_machine.h), answers clients, takes signed
+// checkpoints every checkpoint_interval_batches, truncates its log below the
+// stable one, changes view when the primary is faulty or slow (timeouts that
+// double, bounded), and brings itself up to date by state transfer.
+// notary/README.md walks through the protocol, message by message, and maps
+// the safety and liveness argument to the functions here.
+//
+// Threading: everything runs on the executor; store and state-machine
+// completions are posted back to it. The Replica sets itself as the link's
+// handler. quiesceStore() is for the simulator (see test/sim/sim.h).
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "flows/io.h"
+#include "ledger/crypto.h"
+#include "notary/pbft_crypto.h"
+#include "notary/pbft_messages.h"
+#include "notary/pbft_view_change.h"
+#include "notary/replica_store.h"
+#include "notary/state_machine.h"
+
+namespace ccal::notary {
+
+struct ReplicaIdentity {
+  std::string name;  // X.500 name, the Link's peer name
+  PublicKey key;     // Ed25519 identity key
+};
+
+// A replica's configuration. The node fills it from node.toml's [notary]
+// keys (mirrored here) and the network map's replica order.
+struct ReplicaConfig {
+  std::string cluster;                    // notary.cluster
+  std::vector<ReplicaIdentity> replicas;  // 3f+1 in the cluster's fixed order
+  uint32_t self_index = 0;                // notary.replica_index
+  // The key of a client (a node that may request notarisation); nullopt: not
+  // a known client, its requests are refused.
+  std::function<std::optional<PublicKey>(std::string_view client)> client_key;
+
+  uint32_t batch_size_max = 1024;                // notary.batch_size_max
+  int64_t batch_delay_micros = 2'000;            // notary.batch_delay_micros
+  int64_t view_change_timeout_micros = 2'000'000;  // notary.view_change_timeout_micros
+  int64_t view_change_timeout_micros_max = 64'000'000;  // doubling stops here
+  int64_t time_drift_micros_max = 5'000'000;     // a batch timestamp vs the backup's clock
+  uint32_t checkpoint_interval_batches = 32;     // K
+  uint32_t window_batches_max = 128;             // high watermark - low watermark (>= 2K)
+  uint32_t batches_in_flight_max = 16;           // proposed by the primary, not yet executed
+  uint32_t pending_requests_max = 65'536;        // known, not yet ordered, per replica
+  uint32_t pending_requests_per_client_max = 4096;
+  uint32_t reply_cache_per_client_max = 4096;    // replies kept per client
+  int64_t status_interval_micros = 100'000;      // status broadcast (drives retransmission)
+  uint32_t retransmit_batches_max = 32;          // batches resent per status answered
+  uint32_t state_transfer_batches_max = 1u << 20;  // effects buffered in one transfer
+  pbft::PbftLimits limits;
+  std::function<void(std::string_view)> log;     // reasons for dropped messages; empty: stderr
+
+  uint32_t faults() const { return static_cast<uint32_t>((replicas.size() - 1) / 3); }
+};
+
+class Replica final : public flows::LinkHandler {
+ public:
+  struct Stats {
+    uint64_t batches_proposed = 0, batches_executed = 0, requests_executed = 0;
+    uint64_t replies_from_cache = 0, view_changes = 0, new_views = 0, checkpoints_stable = 0;
+    uint64_t state_transfers = 0, effects_applied = 0, frames_rejected = 0, store_writes = 0;
+    uint64_t batches_fetched = 0;
+  };
+
+  // Opens from the store's recovered state (view, log, checkpoint, replies)
+  // and starts: call start() once, after construction.
+  Replica(ReplicaConfig config, KeyPair identity, flows::Link& link, flows::Executor& executor,
+          const flows::Clock& clock, vault::Store& store, StateMachine& machine);
+  ~Replica() override;
+  Replica(const Replica&) = delete;
+  Replica& operator=(const Replica&) = delete;
+
+  Status start();
+
+  // --- LinkHandler --------------------------------------------------------------
+  void onFrame(std::string_view peer, ByteView frame) override;
+  void onPeerUp(std::string_view peer) override;
+  void onPeerDown(std::string_view peer) override {}
+
+  uint64_t view() const { return view_; }
+  bool viewChanging() const { return view_changing_; }
+  bool isPrimary() const { return primaryOf(view_) == config_.self_index && !view_changing_; }
+  uint64_t lastExecuted() const { return machine_.lastExecuted(); }
+  uint64_t stableSeq() const { return stable_seq_; }
+  // D(lastExecuted()).
+  const SecureHash& stateDigest() const { return state_digest_; }
+  uint64_t stateDigestSeq() const { return state_digest_seq_; }
+  const Stats& stats() const { return stats_; }
+  // Blocks until every store request queued so far has completed (posted).
+  void quiesceStore();
+
+ private:
+  struct Slot {
+    uint64_t seq = 0;
+    // Pre-prepared in the current view: the digest and whether the batch is here.
+    bool has_pp = false;
+    SecureHash digest;
+    bool pp_durable = false;  // the prepare (or the primary's pre-prepare) may go out
+    std::map<SecureHash, uint64_t> q;                   // Q entries (durable)
+    std::map<SecureHash, pbft::BatchBody> batches;      // bodies by digest
+    std::map<uint32_t, SecureHash> prepares, commits;   // current view's votes, by replica
+    bool prepared = false, commit_sent = false, committed = false;
+    bool has_p = false;  // P entry (durable once prepared)
+    uint64_t p_view = 0;
+    SecureHash p_digest;
+    bool prepare_sent = false;
+    bool fetch_wanted = false;
+    // Commits seen from views this replica has left (it is ahead, alone,
+    // in a view change): 2f+1 for one (view, digest) decide the batch, which
+    // it may then execute without taking part (observer catch-up).
+    std::map<std::pair<uint64_t, SecureHash>, std::set<uint32_t>> observed;
+    bool decided = false;
+    SecureHash decided_digest;
+  };
+  struct Pending {
+    pbft::WireRequest request;
+    int64_t since_micros = 0;
+  };
+
+  uint32_t n() const { return static_cast<uint32_t>(config_.replicas.size()); }
+  uint32_t f() const { return config_.faults(); }
+  uint32_t primaryOf(uint64_t view) const { return static_cast<uint32_t>(view % n()); }
+  std::optional<uint32_t> replicaIndex(std::string_view name) const;
+  void log(const std::string& line) const;
+  void reject(std::string_view peer, const std::string& why);
+  void postBack(std::function<void()> fn);
+
+  void send(uint32_t replica, const pbft::Message& m);
+  void sendToPeer(std::string_view peer, const pbft::Message& m);
+  void broadcast(const pbft::Message& m);
+
+  // Durability: changes gather in step_; flush() writes them in one store
+  // request and sends the messages that waited for them.
+  pbft::Step& step();
+  void afterDurable(std::function<void()> fn);
+  void scheduleFlush();
+  void flush();
+  pbft::MetaRecord meta() const;
+  pbft::SlotRecord slotRecord(const Slot& s) const;
+  void persistSlot(const Slot& s);
+
+  // Requests.
+  void onRequest(std::string_view peer, pbft::WireRequest r);
+  bool authenticated(const pbft::WireRequest& r);
+  void sendReply(const std::string& client, uint64_t client_seq, const pbft::ReplyRecord& r);
+  void scheduleBatch();
+  void proposeBatches();
+
+  // Normal case.
+  void onPrePrepare(uint32_t from, pbft::PrePrepareMsg m);
+  Status checkBatch(const pbft::BatchBody& batch, uint64_t seq);
+  void acceptPrePrepare(uint64_t seq, const SecureHash& digest, pbft::BatchBody batch, bool mine);
+  void onPrepare(uint32_t from, const pbft::VoteMsg& m);
+  void onCommit(uint32_t from, const pbft::VoteMsg& m);
+  void checkPrepared(Slot& s);
+  void checkCommitted(Slot& s);
+  void observeCommit(uint32_t from, const pbft::VoteMsg& m);
+  bool inWindow(uint64_t seq) const;
+  // Votes are taken inside the window and for batches kept past a stable
+  // checkpoint because they are not executed here yet.
+  bool takesVotes(uint64_t seq) const;
+  void truncateLog(uint64_t through);
+  Slot& slot(uint64_t seq);
+
+  // Execution and checkpoints.
+  void tryExecute();
+  void onExecuted(uint64_t seq, const pbft::BatchBody& batch, Result<Executed> result);
+  void afterBatchApplied(uint64_t seq, ByteView effects);
+  void onCheckpoint(const pbft::SignedMsg& sm, const pbft::CheckpointMsg& c);
+  void makeStable(uint64_t seq, const SecureHash& digest, std::vector<pbft::SignedMsg> proof);
+  Status verifySigned(const pbft::SignedMsg& sm) const;
+  pbft::SignedMsg sign(pbft::SignedKind kind, Bytes body) const;
+  Status verifyCheckpointProof(uint64_t seq, const SecureHash& digest,
+                               const std::vector<pbft::SignedMsg>& proof) const;
+
+  // View change.
+  void armViewTimer();
+  void onViewTimer();
+  void startViewChange(uint64_t new_view);
+  void armNewViewTimer();
+  void onViewChange(const pbft::SignedMsg& sm, pbft::ViewChangeMsg vc);
+  void tryNewView();
+  void onNewView(const pbft::SignedMsg& sm, pbft::NewViewMsg nv);
+  Status checkViewChange(const pbft::SignedMsg& sm, const pbft::ViewChangeMsg& vc) const;
+  void installNewView(const pbft::NewViewMsg& nv, const pbft::Decision& d);
+
+  // Retransmission and state transfer.
+  void onStatusTimer();
+  void onStatus(uint32_t from, const pbft::StatusMsg& s);
+  void onFetchBatch(uint32_t from, const pbft::FetchBatchMsg& m);
+  void onBatchData(uint32_t from, pbft::BatchDataMsg m);
+  void requestMissingBatches();
+  void maybeStartStateTransfer();
+  void onFetchEffects(uint32_t from, const pbft::FetchEffectsMsg& m);
+  void onEffectsData(uint32_t from, pbft::EffectsDataMsg m);
+  void applyTransferred();
+
+  ReplicaConfig config_;
+  pbft::KeyRing keys_;
+  flows::Link& link_;
+  flows::Executor& executor_;
+  const flows::Clock& clock_;
+  pbft::ReplicaStore store_;
+  StateMachine& machine_;
+  Stats stats_;
+  std::shared_ptr<int> alive_ = std::make_shared<int>(0);
+  struct StoreRequests;
+  std::shared_ptr<StoreRequests> store_requests_;
+
+  // Protocol state (durable parts mirrored in the store).
+  uint64_t view_ = 0;
+  bool view_changing_ = false;
+  uint64_t stable_seq_ = 0;
+  SecureHash stable_digest_;
+  std::vector<pbft::SignedMsg> stable_proof_;
+  int64_t last_batch_time_micros_ = 0;
+  std::map<uint64_t, Slot> slots_;
+  uint64_t next_seq_ = 1;  // the primary's next sequence number to propose
+
+  // Execution.
+  bool executing_ = false;
+  SecureHash state_digest_;  // D(state_digest_seq_)
+  uint64_t state_digest_seq_ = 0;  // lastExecuted() once its completion has run
+  std::map<uint64_t, SecureHash> own_checkpoints_;  // seq -> D(seq), executed here, above stable
+  std::map<uint64_t, std::map<uint32_t, pbft::SignedMsg>> checkpoint_votes_;  // seq -> replica -> msg
+  int64_t last_executed_time_micros_ = 0;
+
+  // Requests: pending (authenticated, not ordered), directly received digests, reply cache.
+  std::map<SecureHash, Pending> pending_;
+  std::map<std::string, uint32_t> pending_per_client_;
+  std::set<SecureHash> direct_;  // digests of requests received directly from their client
+  std::map<std::string, std::map<uint64_t, pbft::ReplyRecord>> replies_;
+  std::set<std::string> replies_dirty_;
+  std::set<SecureHash> in_batches_;  // digests of requests in batches not yet executed
+  flows::Executor::TimerId batch_timer_ = 0;
+
+  // View change.
+  int64_t view_timeout_micros_ = 0;
+  flows::Executor::TimerId view_timer_ = 0;
+  bool view_timer_for_new_view_ = false;
+  std::map<uint64_t, std::map<uint32_t, std::pair<pbft::SignedMsg, pbft::ViewChangeMsg>>>
+      view_changes_;  // view -> replica -> message
+  std::optional<pbft::SignedMsg> my_view_change_;
+  std::optional<pbft::SignedMsg> new_view_msg_;  // of the current view
+
+  // Durability.
+  std::optional<pbft::Step> step_;
+  std::vector<std::function<void()>> after_durable_;
+  bool flush_posted_ = false;
+
+  // State transfer.
+  struct Transfer {
+    uint64_t target_seq = 0;
+    SecureHash target_digest;
+    uint64_t from_seq = 0;
+    std::vector<Bytes> effects;  // from_seq, from_seq+1, ...
+    uint32_t source = 0;
+    int64_t last_progress_micros = 0;
+    bool applying = false;
+  };
+  std::optional<Transfer> transfer_;
+  int64_t stalled_since_micros_ = 0;  // behind a stable checkpoint, waiting to execute from the log
+  flows::Executor::TimerId status_timer_ = 0;
+};
+
+}  // namespace ccal::notary

@@ -1,0 +1,260 @@
+#include "notary/replica_store.h"
+
+#include <cstring>
+
+namespace ccal::notary::pbft {
+
+namespace {
+
+constexpr std::string_view meta_key = "meta";
+constexpr uint8_t slot_format = 1, meta_format = 1, reply_format = 1;
+
+Bytes seqKey(uint64_t seq) {
+  Bytes k(8);
+  for (int i = 0; i < 8; ++i) k[i] = static_cast<uint8_t>(seq >> (56 - 8 * i));
+  return k;
+}
+uint64_t seqOfKey(ByteView k) {
+  uint64_t v = 0;
+  for (size_t i = 0; i < 8 && i < k.size(); ++i) v = v << 8 | k[i];
+  return v;
+}
+
+// A bounds-checked reader over a stored record.
+class Reader {
+ public:
+  explicit Reader(ByteView b) : b_(b) {}
+  bool u8(uint8_t& v) {
+    if (pos_ + 1 > b_.size()) return fail();
+    v = b_[pos_++];
+    return true;
+  }
+  bool u32(uint32_t& v) {
+    if (pos_ + 4 > b_.size()) return fail();
+    v = 0;
+    for (int i = 0; i < 4; ++i) v |= uint32_t(b_[pos_ + i]) << (8 * i);
+    pos_ += 4;
+    return true;
+  }
+  bool u64(uint64_t& v) {
+    if (pos_ + 8 > b_.size()) return fail();
+    v = 0;
+    for (int i = 0; i < 8; ++i) v |= uint64_t(b_[pos_ + i]) << (8 * i);
+    pos_ += 8;
+    return true;
+  }
+  bool hash(SecureHash& h) {
+    if (pos_ + 32 > b_.size()) return fail();
+    h = SecureHash::fromBytes(b_.subspan(pos_, 32)).value();
+    pos_ += 32;
+    return true;
+  }
+  bool bytes(Bytes& out) {
+    uint32_t n = 0;
+    if (!u32(n) || pos_ + n > b_.size()) return fail();
+    out.assign(b_.begin() + pos_, b_.begin() + pos_ + n);
+    pos_ += n;
+    return true;
+  }
+  bool done() const { return ok_ && pos_ == b_.size(); }
+
+ private:
+  bool fail() {
+    ok_ = false;
+    return false;
+  }
+  ByteView b_;
+  size_t pos_ = 0;
+  bool ok_ = true;
+};
+
+void putBytes(Bytes& out, ByteView b) {
+  appendU32(out, static_cast<uint32_t>(b.size()));
+  append(out, b);
+}
+
+Error corrupt(const std::string& what) {
+  return makeError(Errc::storage_error, "stored PBFT " + what + " is corrupt");
+}
+
+}  // namespace
+
+const std::vector<std::string>& ReplicaStore::dbNames() {
+  static const std::vector<std::string> names = {"pbft_meta", "pbft_log", "pbft_replies",
+                                                 "pbft_digests"};
+  return names;
+}
+
+Bytes ReplicaStore::encodeSlot(const SlotRecord& r) {
+  Bytes out{slot_format};
+  appendU32(out, static_cast<uint32_t>(r.pre_prepared.size()));
+  for (const auto& [d, v] : r.pre_prepared) {
+    append(out, d.view());
+    appendU64(out, v);
+  }
+  appendU32(out, static_cast<uint32_t>(r.batches.size()));
+  for (const auto& [d, b] : r.batches) {
+    append(out, d.view());
+    putBytes(out, b);
+  }
+  out.push_back(r.has_prepared ? 1 : 0);
+  appendU64(out, r.prepared_view);
+  append(out, r.prepared_digest.view());
+  return out;
+}
+
+Result<SlotRecord> ReplicaStore::decodeSlot(uint64_t seq, ByteView bytes) {
+  Reader rd(bytes);
+  SlotRecord r;
+  r.seq = seq;
+  uint8_t format = 0, prepared = 0;
+  uint32_t nq = 0, nb = 0;
+  if (!rd.u8(format) || format != slot_format || !rd.u32(nq) || nq > 1024) {
+    return corrupt("log slot " + std::to_string(seq));
+  }
+  for (uint32_t i = 0; i < nq; ++i) {
+    SecureHash d;
+    uint64_t v = 0;
+    if (!rd.hash(d) || !rd.u64(v)) return corrupt("log slot " + std::to_string(seq));
+    r.pre_prepared[d] = v;
+  }
+  if (!rd.u32(nb) || nb > 1024) return corrupt("log slot " + std::to_string(seq));
+  for (uint32_t i = 0; i < nb; ++i) {
+    SecureHash d;
+    Bytes b;
+    if (!rd.hash(d) || !rd.bytes(b)) return corrupt("log slot " + std::to_string(seq));
+    r.batches[d] = std::move(b);
+  }
+  if (!rd.u8(prepared) || !rd.u64(r.prepared_view) || !rd.hash(r.prepared_digest) || !rd.done()) {
+    return corrupt("log slot " + std::to_string(seq));
+  }
+  r.has_prepared = prepared != 0;
+  return r;
+}
+
+Bytes ReplicaStore::encodeMeta(const MetaRecord& r) {
+  Bytes out{meta_format};
+  appendU64(out, r.view);
+  out.push_back(r.view_changing ? 1 : 0);
+  appendU64(out, r.stable_seq);
+  append(out, r.stable_digest.view());
+  appendU32(out, static_cast<uint32_t>(r.stable_proof.size()));
+  for (const auto& s : r.stable_proof) putBytes(out, encodeFrame(Message(s)));
+  appendU64(out, static_cast<uint64_t>(r.last_batch_time_micros));
+  return out;
+}
+
+Result<MetaRecord> ReplicaStore::decodeMeta(ByteView bytes) {
+  Reader rd(bytes);
+  MetaRecord r;
+  uint8_t format = 0, changing = 0;
+  uint32_t n = 0;
+  if (!rd.u8(format) || format != meta_format || !rd.u64(r.view) || !rd.u8(changing) ||
+      !rd.u64(r.stable_seq) || !rd.hash(r.stable_digest) || !rd.u32(n) || n > 1024) {
+    return corrupt("meta record");
+  }
+  r.view_changing = changing != 0;
+  for (uint32_t i = 0; i < n; ++i) {
+    Bytes frame;
+    if (!rd.bytes(frame)) return corrupt("meta record");
+    auto m = decodeFrame(frame, PbftLimits{});
+    if (!m || !std::holds_alternative<SignedMsg>(*m)) return corrupt("checkpoint proof");
+    r.stable_proof.push_back(std::get<SignedMsg>(std::move(*m)));
+  }
+  uint64_t t = 0;
+  if (!rd.u64(t) || !rd.done()) return corrupt("meta record");
+  r.last_batch_time_micros = static_cast<int64_t>(t);
+  return r;
+}
+
+Result<Recovered> ReplicaStore::load() const {
+  Recovered out;
+  auto txn = store_.read();
+  if (auto m = txn.get(store_.db("pbft_meta"), asBytes(meta_key))) {
+    auto meta = decodeMeta(*m);
+    if (!meta) return meta.error();
+    out.meta = std::move(*meta);
+  }
+  for (auto c = txn.cursor(store_.db("pbft_log")); c.valid() || c.first();) {
+    if (!c.valid()) break;
+    const uint64_t seq = seqOfKey(c.key());
+    auto slot = decodeSlot(seq, c.value());
+    if (!slot) return slot.error();
+    out.slots[seq] = std::move(*slot);
+    if (!c.next()) break;
+  }
+  for (auto c = txn.cursor(store_.db("pbft_digests")); c.valid() || c.first();) {
+    if (!c.valid()) break;
+    auto d = SecureHash::fromBytes(c.value());
+    if (!d) return corrupt("checkpoint digest");
+    out.digests[seqOfKey(c.key())] = *d;
+    if (!c.next()) break;
+  }
+  for (auto c = txn.cursor(store_.db("pbft_replies")); c.valid() || c.first();) {
+    if (!c.valid()) break;
+    const std::string client(c.key().begin(), c.key().end());
+    Reader rd(c.value());
+    uint8_t format = 0;
+    uint32_t n = 0;
+    if (!rd.u8(format) || format != reply_format || !rd.u32(n) || n > 1u << 20) {
+      return corrupt("reply cache of '" + client + "'");
+    }
+    auto& cache = out.replies[client];
+    for (uint32_t i = 0; i < n; ++i) {
+      ReplyRecord r;
+      if (!rd.u64(r.client_seq) || !rd.u64(r.view) || !rd.bytes(r.body)) {
+        return corrupt("reply cache of '" + client + "'");
+      }
+      cache[r.client_seq] = std::move(r);
+    }
+    if (!rd.done()) return corrupt("reply cache of '" + client + "'");
+    if (!c.next()) break;
+  }
+  return out;
+}
+
+void ReplicaStore::write(Step step, std::function<void(const Status&)> done) {
+  auto shared = std::make_shared<Step>(std::move(step));
+  store_.submit(
+      [this, shared](vault::WriteTxn& txn) -> Status {
+        const Step& s = *shared;
+        if (s.meta) CCAL_TRY(txn.put(store_.db("pbft_meta"), asBytes(meta_key), encodeMeta(*s.meta)));
+        if (s.truncate_through > 0) {
+          for (const auto* name : {"pbft_log", "pbft_digests"}) {
+            std::vector<Bytes> doomed;
+            {
+              auto c = txn.cursor(store_.db(name));
+              for (bool ok = c.first(); ok && seqOfKey(c.key()) <= s.truncate_through; ok = c.next()) {
+                doomed.emplace_back(c.key().begin(), c.key().end());
+              }
+            }
+            // Keep the digest of the truncation point itself.
+            for (const auto& k : doomed) {
+              if (std::string_view(name) == "pbft_digests" && seqOfKey(k) == s.truncate_through) continue;
+              CCAL_TRY(txn.del(store_.db(name), k));
+            }
+          }
+        }
+        for (const auto& [seq, slot] : s.slots) {
+          if (s.truncate_through > 0 && seq <= s.truncate_through) continue;
+          CCAL_TRY(txn.put(store_.db("pbft_log"), seqKey(seq), encodeSlot(slot)));
+        }
+        for (const auto& [seq, d] : s.digests) {
+          CCAL_TRY(txn.put(store_.db("pbft_digests"), seqKey(seq), d.view()));
+        }
+        for (const auto& [client, cache] : s.replies) {
+          Bytes v{reply_format};
+          appendU32(v, static_cast<uint32_t>(cache.size()));
+          for (const auto& [cs, r] : cache) {
+            appendU64(v, r.client_seq);
+            appendU64(v, r.view);
+            putBytes(v, r.body);
+          }
+          CCAL_TRY(txn.put(store_.db("pbft_replies"), asBytes(client), v));
+        }
+        return Status();
+      },
+      std::move(done));
+}
+
+}  // namespace ccal::notary::pbft

@@ -1,0 +1,96 @@
+#pragma once
+// The replica's durable protocol state, in its own sub-databases (names
+// prefixed pbft_) of the member's vault::Store: what PBFT's safety needs
+// across a restart.
+//   pbft_meta    view, whether a view change is under way, the last stable
+//                checkpoint (seq, D(seq), its 2f+1 signed checkpoint
+//                messages), the last batch timestamp proposed or accepted.
+//   pbft_log     per sequence number above the stable checkpoint: the
+//                pre-prepares accepted or sent (Q: digest -> latest view, and
+//                the batches), the latest prepared certificate (P: view,
+//                digest). A restarted primary reloads what it proposed and
+//                never proposes another batch for the same (view, seq); a
+//                backup never prepares two digests for one (view, seq).
+//   pbft_replies the last replies per client (the reply cache).
+//   pbft_digests D(s) at each checkpoint this replica executed, so a restart
+//                recomputes the digest chain from the last one, not from 0.
+// One Step is one request to the Store's writer: the replica gathers
+// everything an event burst changes and writes it once, then sends the
+// messages that depended on it (group commit per batch step).
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "notary/pbft_messages.h"
+#include "vault/store.h"
+
+namespace ccal::notary::pbft {
+
+struct SlotRecord {
+  uint64_t seq = 0;
+  std::map<SecureHash, uint64_t> pre_prepared;  // Q: digest -> latest view
+  std::map<SecureHash, Bytes> batches;          // encoded batches (encodeBatch) by digest
+  bool has_prepared = false;                    // P
+  uint64_t prepared_view = 0;
+  SecureHash prepared_digest;
+};
+
+struct MetaRecord {
+  uint64_t view = 0;
+  bool view_changing = false;
+  uint64_t stable_seq = 0;
+  SecureHash stable_digest;
+  std::vector<SignedMsg> stable_proof;
+  int64_t last_batch_time_micros = 0;
+};
+
+struct ReplyRecord {
+  uint64_t client_seq = 0;
+  uint64_t view = 0;
+  Bytes body;
+};
+
+struct Recovered {
+  MetaRecord meta;
+  std::map<uint64_t, SlotRecord> slots;
+  std::map<std::string, std::map<uint64_t, ReplyRecord>> replies;
+  std::map<uint64_t, SecureHash> digests;  // checkpoint seq -> D(seq)
+};
+
+struct Step {
+  std::optional<MetaRecord> meta;
+  std::map<uint64_t, SlotRecord> slots;      // put
+  uint64_t truncate_through = 0;             // delete slots and digests <= this (0: none)
+  std::map<std::string, std::map<uint64_t, ReplyRecord>> replies;  // client -> whole cache
+  std::map<uint64_t, SecureHash> digests;    // put
+  bool empty() const {
+    return !meta && slots.empty() && truncate_through == 0 && replies.empty() && digests.empty();
+  }
+};
+
+class ReplicaStore {
+ public:
+  // The sub-databases to open the Store with (beside the state machine's).
+  static const std::vector<std::string>& dbNames();
+
+  explicit ReplicaStore(vault::Store& store) : store_(store) {}
+  Result<Recovered> load() const;
+  // One write request; done runs on the writer thread after the commit.
+  void write(Step step, std::function<void(const Status&)> done);
+  vault::Store& store() { return store_; }
+
+  // Record codecs, public for tests.
+  static Bytes encodeSlot(const SlotRecord& r);
+  static Result<SlotRecord> decodeSlot(uint64_t seq, ByteView bytes);
+  static Bytes encodeMeta(const MetaRecord& r);
+  static Result<MetaRecord> decodeMeta(ByteView bytes);
+
+ private:
+  vault::Store& store_;
+};
+
+}  // namespace ccal::notary::pbft
