@@ -318,14 +318,6 @@ Result<NetworkSpec> loadNetworkSpec(const fs::path& file) {
 
 namespace {
 
-Status writeFile(const fs::path& file, std::string_view content, mode_t mode) {
-  return writeFileAtomically(file, content, mode);
-}
-
-Status writeBytes(const fs::path& file, ByteView bytes, mode_t mode) {
-  return writeFileAtomically(file, bytes, mode);
-}
-
 Status makeDir(const fs::path& dir, mode_t mode) {
   std::error_code ec;
   fs::create_directories(dir, ec);
@@ -509,14 +501,14 @@ Result<BootstrapResult> bootstrapNetwork(const NetworkSpec& spec, const fs::path
 
   const fs::path op = out / operator_dir;
   CCAL_TRY(makeDir(op, 0700));
-  CCAL_TRY(writeFile(op / "root.key", privateKeyPem(root_key), 0600));
-  CCAL_TRY(writeFile(op / "doorman.key", privateKeyPem(doorman_key), 0600));
-  CCAL_TRY(writeFile(op / "network-map.key", privateKeyPem(map_key), 0600));
-  CCAL_TRY(writeFile(op / "root.pem", root->certificate().pem(), 0644));
-  CCAL_TRY(writeFile(op / "doorman.pem", doorman_cert->pem(), 0644));
-  CCAL_TRY(writeFile(op / "network-map.pem", map_cert->pem(), 0644));
-  CCAL_TRY(writeFile(op / "crls.pem", crls_pem, 0644));
-  CCAL_TRY(writeBytes(op / "network-parameters", signed_parameters, 0644));
+  CCAL_TRY(writeFileAtomically(op / "root.key", privateKeyPem(root_key), 0600));
+  CCAL_TRY(writeFileAtomically(op / "doorman.key", privateKeyPem(doorman_key), 0600));
+  CCAL_TRY(writeFileAtomically(op / "network-map.key", privateKeyPem(map_key), 0600));
+  CCAL_TRY(writeFileAtomically(op / "root.pem", root->certificate().pem(), 0644));
+  CCAL_TRY(writeFileAtomically(op / "doorman.pem", doorman_cert->pem(), 0644));
+  CCAL_TRY(writeFileAtomically(op / "network-map.pem", map_cert->pem(), 0644));
+  CCAL_TRY(writeFileAtomically(op / "crls.pem", crls_pem, 0644));
+  CCAL_TRY(writeFileAtomically(op / "network-parameters", signed_parameters, 0644));
 
   nlohmann::json members = nlohmann::json::array();
   for (size_t i = 0; i < issued.size(); ++i) {
@@ -526,18 +518,18 @@ Result<BootstrapResult> bootstrapNetwork(const NetworkSpec& spec, const fs::path
     CCAL_TRY(makeDir(dir / "keys", 0700));
     CCAL_TRY(makeDir(dir / "certs", 0755));
     CCAL_TRY(makeDir(dir / "node-infos", 0755));
-    CCAL_TRY(writeFile(dir / "keys/identity.key", privateKeyPem(m.identity_key), 0600));
-    CCAL_TRY(writeFile(dir / "keys/tls.key", privateKeyPem(m.tls_key), 0600));
-    CCAL_TRY(writeFile(dir / "keys/node-ca.key", privateKeyPem(m.node_ca_key), 0600));
-    CCAL_TRY(writeFile(dir / "certs/network-root.pem", root->certificate().pem(), 0644));
-    CCAL_TRY(writeFile(dir / "certs/identity-chain.pem", toPem(m.identity_chain), 0644));
-    CCAL_TRY(writeFile(dir / "certs/tls-chain.pem", toPem(m.tls_chain), 0644));
-    CCAL_TRY(writeFile(dir / "certs/crls.pem", crls_pem, 0644));
-    CCAL_TRY(writeBytes(dir / "network-parameters", signed_parameters, 0644));
+    CCAL_TRY(writeFileAtomically(dir / "keys/identity.key", privateKeyPem(m.identity_key), 0600));
+    CCAL_TRY(writeFileAtomically(dir / "keys/tls.key", privateKeyPem(m.tls_key), 0600));
+    CCAL_TRY(writeFileAtomically(dir / "keys/node-ca.key", privateKeyPem(m.node_ca_key), 0600));
+    CCAL_TRY(writeFileAtomically(dir / "certs/network-root.pem", root->certificate().pem(), 0644));
+    CCAL_TRY(writeFileAtomically(dir / "certs/identity-chain.pem", toPem(m.identity_chain), 0644));
+    CCAL_TRY(writeFileAtomically(dir / "certs/tls-chain.pem", toPem(m.tls_chain), 0644));
+    CCAL_TRY(writeFileAtomically(dir / "certs/crls.pem", crls_pem, 0644));
+    CCAL_TRY(writeFileAtomically(dir / "network-parameters", signed_parameters, 0644));
     for (const Issued& other : issued) {
-      CCAL_TRY(writeBytes(dir / "node-infos" / other.spec->name, other.signed_node_info, 0644));
+      CCAL_TRY(writeFileAtomically(dir / "node-infos" / other.spec->name, other.signed_node_info, 0644));
     }
-    CCAL_TRY(writeFile(dir / "api-users.toml", apiUsersToml(), 0600));
+    CCAL_TRY(writeFileAtomically(dir / "api-users.toml", apiUsersToml(), 0600));
 
     NodeConfig config;
     config.name = m.spec->name;
@@ -567,7 +559,7 @@ Result<BootstrapResult> bootstrapNetwork(const NetworkSpec& spec, const fs::path
     const std::string header = "# CCAL node configuration for " + m.spec->x500 +
                                ", written by `ccal network bootstrap`.\n"
                                "# Relative paths resolve against this file's folder.\n\n";
-    CCAL_TRY(writeFile(dir / "node.toml", header + renderNodeConfig(config), 0644));
+    CCAL_TRY(writeFileAtomically(dir / "node.toml", header + renderNodeConfig(config), 0644));
     result.config_files.push_back(dir / "node.toml");
     members.push_back(std::move(member));
   }
@@ -587,7 +579,7 @@ Result<BootstrapResult> bootstrapNetwork(const NetworkSpec& spec, const fs::path
       {"out", out.string()}, {"operator", op.string()},
       {"epoch", spec.epoch}, {"network_root", root->certificate().subject().toString()},
       {"members", members},  {"notaries", notaries}};
-  CCAL_TRY(writeFile(out / "network.json", result.summary.dump(2) + "\n", 0644));
+  CCAL_TRY(writeFileAtomically(out / "network.json", result.summary.dump(2) + "\n", 0644));
   return result;
 }
 

@@ -437,20 +437,12 @@ Bytes fingerprintOf(const Query& q) {
   return Bytes(h.view().begin(), h.view().begin() + cursor_fingerprint_bytes);
 }
 
-const char* hex_digits = "0123456789abcdef";
-
 std::string encodeCursor(const Bytes& fingerprint, uint32_t page_number, ByteView position) {
   Bytes raw{cursor_version};
   append(raw, fingerprint);
   appendU32(raw, page_number);
   append(raw, position);
-  std::string out;
-  out.reserve(raw.size() * 2);
-  for (uint8_t b : raw) {
-    out.push_back(hex_digits[b >> 4]);
-    out.push_back(hex_digits[b & 15]);
-  }
-  return out;
+  return toHex(raw);
 }
 
 struct CursorPosition {
