@@ -585,8 +585,8 @@ void Node::Impl::stop() {
   delivery.reset();
   link.reset();
   api.reset();
-  messages.reset();
   vault.reset();  // waits for queued writes, closes LMDB
+  messages.reset();
   if (log) {
     log->info("{} stopped", config.name);
     log->flush();

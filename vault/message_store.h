@@ -164,6 +164,9 @@ struct ReceivedId {
   MessageId id;
 };
 
+// Its *Async writes run on the Store's writer thread against this object:
+// destroy the Store (which drains its queue) before the MessageStore, or wait
+// for every queued write first.
 class MessageStore {
  public:
   // done() of a write that reports whether it changed anything.

@@ -53,8 +53,8 @@ struct Fixture {
   }
 
   void reopen() {
+    vault.reset();  // drains queued writes first
     messages.reset();
-    vault.reset();
     open();
   }
 

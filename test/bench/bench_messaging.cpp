@@ -276,18 +276,22 @@ class Side {
     return {s.commits, s.requests, s.writer_cpu_micros};
   }
 
-  // Link first (no more frames), then Delivery on its executor, then the
-  // store (its completions post to the executor), then the executor.
+  // Link first (no more frames), then wait for Delivery's store requests,
+  // Delivery on its executor, then the store (its completions post to the
+  // executor), then the executor.
   void close() {
     if (closed_) return;
     closed_ = true;
     if (link) link->stop();
+    // Every store request Delivery queued must finish before the
+    // MessageStore its writes run against goes away.
+    if (delivery) delivery->waitForStore();
     executor.runSync([&] {
       channel.reset();
       delivery.reset();
     });
+    vault_.reset();  // waits for any queued write, closes LMDB
     messages_.reset();
-    vault_.reset();
     executor.stop();
   }
 

@@ -65,8 +65,8 @@ class DeliveryNode final : public sim::Node, public MessageHandler {
   DeliveryNode(sim::MemberEnv& env, World& world, const Plan& plan);
   ~DeliveryNode() override {
     delivery_.reset();
+    vault_.reset();  // drains queued writes, which run against messages_
     messages_.reset();
-    vault_.reset();
   }
   // Delivery is the only writer to this store.
   void quiesce() override { delivery_->waitForStore(); }
