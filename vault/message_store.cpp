@@ -225,7 +225,7 @@ int64_t MessageStore::now() const {
 
 // --- outbox -------------------------------------------------------------------
 
-void MessageStore::enqueueBatchAsync(std::vector<OutgoingMessage> messages, BatchFn done) {
+void MessageStore::enqueueBatchAsync(std::vector<OutgoingMessage> messages, EnqueueFn done) {
   Status valid = checkBatch(messages.size(), "an enqueue batch");
   for (size_t i = 0; valid && i < messages.size(); ++i) {
     valid = checkPeer(messages[i].peer);
@@ -233,7 +233,7 @@ void MessageStore::enqueueBatchAsync(std::vector<OutgoingMessage> messages, Batc
   }
   if (!valid) return done(valid.error());
   const int64_t at = now();
-  auto results = std::make_shared<std::vector<Result<bool>>>();
+  auto results = std::make_shared<std::vector<Result<Enqueued>>>();
   auto items = std::make_shared<std::vector<OutgoingMessage>>(std::move(messages));
   store_.submit(
       [this, items, results, at](WriteTxn& w) -> Status {
@@ -259,7 +259,17 @@ void MessageStore::enqueueBatchAsync(std::vector<OutgoingMessage> messages, Batc
               ByteView queued_payload = queued->subspan(SecureHash::size_bytes);
               if (std::equal(queued_payload.begin(), queued_payload.end(), m.payload.begin(),
                              m.payload.end())) {
-                results->push_back(false);  // already pending: a no-op
+                // Already pending: a no-op (rare: read the stream for its
+                // incarnation, unless this request writes it).
+                uint64_t incarnation = 0;
+                if (auto it = streams.find(m.peer); it != streams.end()) {
+                  incarnation = it->second.first.incarnation;
+                } else {
+                  auto stream = readStream(w, outbox_, m.peer);
+                  if (!stream) return stream.error();
+                  incarnation = stream->incarnation;
+                }
+                results->push_back(Enqueued{false, incarnation, *hinted});
               } else {
                 results->push_back(makeError(
                     Errc::conflict, messageLabel(m.peer, m.id) + " is already pending (seq " +
@@ -291,7 +301,7 @@ void MessageStore::enqueueBatchAsync(std::vector<OutgoingMessage> messages, Batc
             std::lock_guard lock(pending_mutex_);
             pending_ids_[m.peer][m.id] = seq;
           }
-          results->push_back(true);
+          results->push_back(Enqueued{true, stream_it->second.first.incarnation, seq});
         }
         for (const auto& [peer, stream] : streams) {
           CCAL_TRY(w.put(outbox_, peerPrefix(stream_tag, peer),
@@ -310,9 +320,11 @@ void MessageStore::enqueueAsync(std::string_view peer, const MessageId& id, Byte
   std::vector<OutgoingMessage> one;
   one.push_back(OutgoingMessage{std::string(peer), id, Bytes(payload.begin(), payload.end())});
   enqueueBatchAsync(std::move(one),
-                    [done = std::move(done)](const Result<std::vector<Result<bool>>>& r) {
+                    [done = std::move(done)](const Result<std::vector<Result<Enqueued>>>& r) {
                       if (!r) return done(r.error());
-                      done(r->front());
+                      const Result<Enqueued>& e = r->front();
+                      if (!e) return done(e.error());
+                      done(e->queued);
                     });
 }
 
@@ -511,7 +523,13 @@ void MessageStore::receiveAsync(std::string_view peer, uint64_t incarnation, uin
                            idAndPayload(m.id, m.payload)));
             CCAL_TRY(w.put(dedup_, withNumbers(log_prefix, incarnation, m.seq), m.id.view()));
             arrival.kind = Arrival::stored;
-            if (m.seq == state.watermark + 1) advance();
+            if (m.seq == state.watermark + 1) {
+              // Just stored: over it without reading it back, then over
+              // any stored out of order above it.
+              state.watermark = m.seq;
+              state_changed = true;
+              advance();
+            }
           }
           result->arrivals.push_back(arrival);
         }
