@@ -5,7 +5,10 @@
 // Sender: send() puts the message in the durable outbox as the next seq of
 // the stream to that peer (schemas/messaging.capnp); done() runs after the
 // group commit. Messages then go out in seq order, at most
-// window_messages_max per peer unacknowledged, and are retransmitted (a
+// window_messages_max per peer unacknowledged: a message whose window has
+// room goes out as soon as its enqueue is durable, from a copy send() kept
+// (the store says where it is in the stream); otherwise the outbox is read
+// back as the window frees up. They are retransmitted (a
 // timer with bounded exponential backoff, at once when the peer comes up,
 // and after a restart from the outbox) until the receiver acknowledges
 // them; an acknowledged message is removed from the outbox.
