@@ -317,8 +317,14 @@ void Delivery::send(std::string_view peer, const MessageId& id, Bytes payload,
                                                std::to_string(payloadBytesMax())));
   }
   // Sends made before the executor next runs go to the store in one request.
-  sends_.push_back(
-      PendingSend{vault::OutgoingMessage{std::string(peer), id, std::move(payload)}, std::move(done)});
+  OutPeer& out = outPeer(peer);
+  std::optional<Bytes> kept;
+  if (out.window.size() + out.kept_payloads < config_.window_messages_max) {
+    kept = payload;
+    ++out.kept_payloads;
+  }
+  sends_.push_back(PendingSend{vault::OutgoingMessage{std::string(peer), id, std::move(payload)},
+                               std::move(done), std::move(kept)});
   if (sends_.size() >= vault::message_batch_max) return flushSends();
   if (sends_posted_) return;
   sends_posted_ = true;
@@ -334,27 +340,49 @@ void Delivery::flushSends() {
   sends_.clear();
   std::vector<vault::OutgoingMessage> messages;
   messages.reserve(batch->size());
-  for (PendingSend& s : *batch) messages.push_back(std::move(s.message));
-  std::vector<std::string> peers;
-  for (const auto& m : messages) peers.push_back(m.peer);
+  for (PendingSend& s : *batch) {
+    messages.push_back(vault::OutgoingMessage{s.message.peer, s.message.id, std::move(s.message.payload)});
+  }
   store_.enqueueBatchAsync(
       std::move(messages),
-      completion<std::vector<Result<bool>>>(
-          [this, batch, peers = std::move(peers)](const Result<std::vector<Result<bool>>>& r) {
+      completion<std::vector<Result<vault::Enqueued>>>(
+          [this, batch](const Result<std::vector<Result<vault::Enqueued>>>& r) {
             for (size_t i = 0; i < batch->size(); ++i) {
+              PendingSend& s = (*batch)[i];
+              if (s.kept_payload) {
+                OutPeer& out = outPeer(s.message.peer);
+                CCAL_ASSERT(out.kept_payloads > 0);
+                --out.kept_payloads;
+              }
               if (!r) {
-                (*batch)[i].done(r.error());
+                s.done(r.error());
                 continue;
               }
-              const Result<bool>& queued = (*r)[i];
+              const Result<vault::Enqueued>& queued = (*r)[i];
               if (!queued) {
-                (*batch)[i].done(queued.error());
+                s.done(queued.error());
                 continue;
               }
-              if (*queued) scheduleRefill(peers[i]);
-              (*batch)[i].done(Status());
+              if (queued->queued) {
+                onEnqueued(s.message.peer, *queued, s.message.id, std::move(s.kept_payload));
+              }
+              s.done(Status());
             }
           }));
+}
+
+void Delivery::onEnqueued(const std::string& peer, const vault::Enqueued& e, const MessageId& id,
+                          std::optional<Bytes> kept_payload) {
+  OutPeer& out = outPeer(peer);
+  if (!kept_payload || out.outbox_may_have_more || out.incarnation == 0 ||
+      out.incarnation != e.incarnation || out.next_outbox_seq != e.seq ||
+      out.window.size() >= config_.window_messages_max) {
+    return scheduleRefill(peer);
+  }
+  out.window.push_back(Outgoing{e.seq, id, std::move(*kept_payload), false});
+  out.next_outbox_seq = e.seq + 1;
+  transmit(peer, out.window.size() - 1, false);
+  armRetransmit(peer);
 }
 
 void Delivery::scheduleRefill(const std::string& peer) {
@@ -384,6 +412,7 @@ void Delivery::refill(const std::string& peer) {
   }
   const auto room = static_cast<uint32_t>(std::min<size_t>(
       config_.window_messages_max - out.window.size(), vault::message_listing_max));
+  ++stats_.outbox_reads;
   auto pending = store_.pending(peer, room, out.next_outbox_seq);
   if (!pending) {
     ++stats_.store_failures;

@@ -5,7 +5,10 @@
 // Sender: send() puts the message in the durable outbox as the next seq of
 // the stream to that peer (schemas/messaging.capnp); done() runs after the
 // group commit. Messages then go out in seq order, at most
-// window_messages_max per peer unacknowledged, and are retransmitted (a
+// window_messages_max per peer unacknowledged: a message whose window has
+// room goes out as soon as its enqueue is durable, from a copy send() kept
+// (the store says where it is in the stream); otherwise the outbox is read
+// back as the window frees up. They are retransmitted (a
 // timer with bounded exponential backoff, at once when the peer comes up,
 // and after a restart from the outbox) until the receiver acknowledges
 // them; an acknowledged message is removed from the outbox.
@@ -49,6 +52,7 @@
 #include <memory>
 #include <unordered_map>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -100,6 +104,7 @@ class Delivery final : public Messaging, public LinkHandler {
     uint64_t frames_malformed = 0;       // dropped: did not decode or broke a rule
     uint64_t ack_frames_sent = 0;
     uint64_t store_requests = 0;         // MessageStore requests queued
+    uint64_t outbox_reads = 0;           // refills that read the outbox (not sent from send()'s copy)
     uint64_t store_failures = 0;
   };
 
@@ -148,7 +153,12 @@ class Delivery final : public Messaging, public LinkHandler {
     uint64_t incarnation = 0;     // of our stream to the peer; 0 until read
     std::deque<Outgoing> window;  // a prefix of the peer's outbox, in order
     uint64_t next_outbox_seq = 0;  // where the next refill reads from
+    // False when every outbox message below next_outbox_seq is in the window
+    // (or acknowledged) and none above it was seen: a message enqueued now at
+    // next_outbox_seq joins the window straight from send()'s copy.
     bool outbox_may_have_more = true;
+    // Sends whose payload is kept for that (each will take a window slot).
+    size_t kept_payloads = 0;
     bool refill_posted = false;
     Executor::TimerId retransmit_timer = 0;
     int64_t retransmit_delay_micros = 0;
@@ -184,6 +194,9 @@ class Delivery final : public Messaging, public LinkHandler {
   struct PendingSend {
     vault::OutgoingMessage message;
     std::function<void(const Status&)> done;
+    // A copy of the payload, kept when the window has room for it, so that
+    // the message is sent once durable without reading the outbox.
+    std::optional<Bytes> kept_payload;
   };
   struct PendingConsume {
     vault::InboxKey key;
@@ -203,6 +216,10 @@ class Delivery final : public Messaging, public LinkHandler {
       std::function<void(const Result<T>&)> on_executor);
 
   void flushSends();
+  // A send's enqueue is durable: the message joins the window (and goes
+  // out) at once when it is the next in the stream, else a refill reads it.
+  void onEnqueued(const std::string& peer, const vault::Enqueued& e, const MessageId& id,
+                  std::optional<Bytes> kept_payload);
   void flushConsumes();
   void scheduleRefill(const std::string& peer);
   void refill(const std::string& peer);

@@ -448,6 +448,47 @@ TEST_CASE("delivery: the window bounds messages in flight per peer") {
   CHECK(payloads(p.b->recorder) == numbered(0, 20));
 }
 
+TEST_CASE("delivery: a message sent while the window has room goes out from send()'s copy once "
+          "durable; beyond the window it is read back from the outbox, in order") {
+  DeliveryConfig config;
+  config.window_messages_max = 8;
+  Pair p(config);
+  // The first send finds the outbox not yet read: one read, then the window
+  // follows the outbox by itself.
+  REQUIRE(p.send(*p.a, bob, "m0", "m0"));
+  REQUIRE(p.run([&] { return p.b->recorder.got.size() == 1; }));
+  const uint64_t reads = p.a->delivery->stats().outbox_reads;
+  CHECK(reads >= 1);
+  for (const auto& m : numbered(1, 6)) REQUIRE(p.send(*p.a, bob, m, m));
+  REQUIRE(p.run([&] { return p.b->recorder.got.size() == 6; }));
+  CHECK(p.a->delivery->stats().outbox_reads == reads);
+  CHECK(payloads(p.b->recorder) == numbered(0, 6));
+  // Many at once while the peer is away: the window's worth goes from the
+  // copies, the rest is read from the outbox as acknowledgements free room.
+  p.wire.down.insert(bob);
+  int accepted = 0;
+  for (const auto& m : numbered(6, 40)) {
+    p.a->delivery->send(bob, msgId(m), bytesOf(m), [&](const Status& s) {
+      CHECK(s.ok());
+      ++accepted;
+    });
+  }
+  REQUIRE(p.run([&] { return accepted == 34; }));
+  CHECK(p.a->delivery->inFlight(bob) == 8);
+  p.wire.down.erase(bob);
+  p.a->delivery->onPeerUp(bob);
+  REQUIRE(p.run([&] { return p.a->delivery->inFlight(bob) == 0 && p.b->recorder.got.size() == 40; }));
+  CHECK(payloads(p.b->recorder) == numbered(0, 40));
+  CHECK(p.a->delivery->stats().outbox_reads > reads);
+  CHECK(p.a->store->pending(bob, 100).value().empty());
+  // A restarted sender reads its outbox first, then follows it by itself again.
+  p.a->restart();
+  REQUIRE(p.send(*p.a, bob, "m40", "m40"));
+  REQUIRE(p.send(*p.a, bob, "m41", "m41"));
+  REQUIRE(p.run([&] { return p.b->recorder.got.size() == 42; }));
+  CHECK(payloads(p.b->recorder) == numbered(0, 42));
+}
+
 TEST_CASE("delivery: send refuses what it cannot deliver, before storing it") {
   DeliveryConfig config;
   config.knows_peer = [](std::string_view peer) { return peer == alice || peer == bob; };

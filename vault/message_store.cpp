@@ -57,6 +57,31 @@ Bytes withNumbers(const Bytes& prefix, uint64_t a, uint64_t b) {
   return key;
 }
 
+// Keys under one peer prefix, built in one buffer (no allocation per key):
+// prefix || be64 a [|| be64 b]. A view it returns is valid until the next.
+class SeqKey {
+ public:
+  explicit SeqKey(Bytes prefix) : key_(std::move(prefix)), prefix_bytes_(key_.size()) {
+    key_.reserve(prefix_bytes_ + 16);
+  }
+  ByteView at(uint64_t a) {
+    key_.resize(prefix_bytes_);
+    appendBe64(key_, a);
+    return key_;
+  }
+  ByteView at(uint64_t a, uint64_t b) {
+    key_.resize(prefix_bytes_);
+    appendBe64(key_, a);
+    appendBe64(key_, b);
+    return key_;
+  }
+  ByteView prefix() const { return ByteView(key_).first(prefix_bytes_); }
+
+ private:
+  Bytes key_;
+  size_t prefix_bytes_;
+};
+
 // tag || peer || be64 incarnation || be64 seq: the inbox and the id log.
 Bytes streamSeqKey(uint8_t tag, std::string_view peer, uint64_t incarnation, uint64_t seq) {
   return withNumbers(peerPrefix(tag, peer), incarnation, seq);
@@ -121,13 +146,13 @@ Result<std::optional<ReceiveState>> readState(const ReadTxn& txn, const Db& dedu
       ReceiveState{std::string(peer), readBe64(value->first(8)), readBe64(value->subspan(8, 8))});
 }
 
-// id || payload, the value of outbox and inbox entries.
-Bytes idAndPayload(const MessageId& id, ByteView payload) {
-  Bytes out;
-  out.reserve(SecureHash::size_bytes + payload.size());
-  append(out, id.view());
-  append(out, payload);
-  return out;
+// id || payload, the value of outbox and inbox entries, built in `buffer`.
+ByteView idAndPayload(Bytes& buffer, const MessageId& id, ByteView payload) {
+  buffer.clear();
+  buffer.reserve(SecureHash::size_bytes + payload.size());
+  append(buffer, id.view());
+  append(buffer, payload);
+  return buffer;
 }
 
 Status checkPeer(std::string_view peer) {
@@ -225,7 +250,7 @@ int64_t MessageStore::now() const {
 
 // --- outbox -------------------------------------------------------------------
 
-void MessageStore::enqueueBatchAsync(std::vector<OutgoingMessage> messages, BatchFn done) {
+void MessageStore::enqueueBatchAsync(std::vector<OutgoingMessage> messages, EnqueueFn done) {
   Status valid = checkBatch(messages.size(), "an enqueue batch");
   for (size_t i = 0; valid && i < messages.size(); ++i) {
     valid = checkPeer(messages[i].peer);
@@ -233,69 +258,86 @@ void MessageStore::enqueueBatchAsync(std::vector<OutgoingMessage> messages, Batc
   }
   if (!valid) return done(valid.error());
   const int64_t at = now();
-  auto results = std::make_shared<std::vector<Result<bool>>>();
+  auto results = std::make_shared<std::vector<Result<Enqueued>>>();
   auto items = std::make_shared<std::vector<OutgoingMessage>>(std::move(messages));
   store_.submit(
       [this, items, results, at](WriteTxn& w) -> Status {
         // A request may run again after a rollback: outputs are set anew.
         results->clear();
         results->reserve(items->size());
-        // Per peer: its stream and its queue key prefix.
-        std::map<std::string, std::pair<OutboxStream, Bytes>, std::less<>> streams;
+        // Per peer: its stream (read once it queues a message), its queue
+        // keys and its pending ids. A batch is mostly of one peer: the last
+        // one is at hand without a lookup.
+        struct PeerWork {
+          std::optional<OutboxStream> stream;
+          SeqKey queue_key;
+          PendingIds* ids = nullptr;
+        };
+        std::map<std::string, PeerWork, std::less<>> peers;
+        const std::string* last_peer = nullptr;
+        PeerWork* work = nullptr;
+        Bytes value;
+        // The pending ids are this writer's (and the constructor's): one lock
+        // for the request.
+        std::lock_guard lock(pending_mutex_);
         for (const OutgoingMessage& m : *items) {
-          std::optional<uint64_t> hinted;
-          {
-            std::lock_guard lock(pending_mutex_);
-            auto peer_it = pending_ids_.find(m.peer);
-            if (peer_it != pending_ids_.end()) {
-              auto it = peer_it->second.find(m.id);
-              if (it != peer_it->second.end()) hinted = it->second;
+          if (last_peer == nullptr || *last_peer != m.peer) {
+            auto it = peers.find(m.peer);
+            if (it == peers.end()) {
+              it = peers.emplace(m.peer, PeerWork{std::nullopt, SeqKey(peerPrefix(queue_tag, m.peer)),
+                                                  &pending_ids_[m.peer]}).first;
             }
+            last_peer = &it->first;
+            work = &it->second;
           }
-          if (hinted) {
-            auto queued = w.get(outbox_, queueKey(m.peer, *hinted));  // rare: a repeated id
+          if (auto hint = work->ids->find(m.id); hint != work->ids->end()) {
+            const uint64_t hinted = hint->second;
+            auto queued = w.get(outbox_, work->queue_key.at(hinted));  // rare: a repeated id
             if (queued && queued->size() >= SecureHash::size_bytes &&
                 std::equal(m.id.view().begin(), m.id.view().end(), queued->begin())) {
               ByteView queued_payload = queued->subspan(SecureHash::size_bytes);
               if (std::equal(queued_payload.begin(), queued_payload.end(), m.payload.begin(),
                              m.payload.end())) {
-                results->push_back(false);  // already pending: a no-op
+                // Already pending: a no-op (rare: read the stream for its
+                // incarnation, unless this request writes it).
+                uint64_t incarnation = 0;
+                if (work->stream) {
+                  incarnation = work->stream->incarnation;
+                } else {
+                  auto stream = readStream(w, outbox_, m.peer);
+                  if (!stream) return stream.error();
+                  incarnation = stream->incarnation;
+                }
+                results->push_back(Enqueued{false, incarnation, hinted});
               } else {
                 results->push_back(makeError(
                     Errc::conflict, messageLabel(m.peer, m.id) + " is already pending (seq " +
-                                        std::to_string(*hinted) + ") with a different payload (" +
+                                        std::to_string(hinted) + ") with a different payload (" +
                                         std::to_string(queued_payload.size()) + " bytes, now " +
                                         std::to_string(m.payload.size()) + ")"));
               }
               continue;
             }
             // A stale hint (its enqueue was rolled back): forget it.
-            std::lock_guard lock(pending_mutex_);
-            auto& ids = pending_ids_[m.peer];
-            if (auto it = ids.find(m.id); it != ids.end() && it->second == *hinted) ids.erase(it);
+            work->ids->erase(hint);
           }
-          auto stream_it = streams.find(m.peer);
-          if (stream_it == streams.end()) {
+          if (!work->stream) {
             auto stream = readStream(w, outbox_, m.peer);
             if (!stream) return stream.error();
             if (stream->incarnation == 0) {
               stream->incarnation = static_cast<uint64_t>(std::max<int64_t>(at, 1));
             }
-            stream_it =
-                streams.emplace(m.peer, std::make_pair(*stream, peerPrefix(queue_tag, m.peer))).first;
+            work->stream = *stream;
           }
-          const uint64_t seq = stream_it->second.first.next_seq++;
-          CCAL_TRY(w.put(outbox_, withNumbers(stream_it->second.second, seq),
-                         idAndPayload(m.id, m.payload)));
-          {
-            std::lock_guard lock(pending_mutex_);
-            pending_ids_[m.peer][m.id] = seq;
-          }
-          results->push_back(true);
+          const uint64_t seq = work->stream->next_seq++;
+          CCAL_TRY(w.put(outbox_, work->queue_key.at(seq), idAndPayload(value, m.id, m.payload)));
+          (*work->ids)[m.id] = seq;
+          results->push_back(Enqueued{true, work->stream->incarnation, seq});
         }
-        for (const auto& [peer, stream] : streams) {
+        for (const auto& [peer, pw] : peers) {
+          if (!pw.stream) continue;
           CCAL_TRY(w.put(outbox_, peerPrefix(stream_tag, peer),
-                         twoNumbers(stream.first.incarnation, stream.first.next_seq)));
+                         twoNumbers(pw.stream->incarnation, pw.stream->next_seq)));
         }
         return {};
       },
@@ -310,9 +352,11 @@ void MessageStore::enqueueAsync(std::string_view peer, const MessageId& id, Byte
   std::vector<OutgoingMessage> one;
   one.push_back(OutgoingMessage{std::string(peer), id, Bytes(payload.begin(), payload.end())});
   enqueueBatchAsync(std::move(one),
-                    [done = std::move(done)](const Result<std::vector<Result<bool>>>& r) {
+                    [done = std::move(done)](const Result<std::vector<Result<Enqueued>>>& r) {
                       if (!r) return done(r.error());
-                      done(r->front());
+                      const Result<Enqueued>& e = r->front();
+                      if (!e) return done(e.error());
+                      done(e->queued);
                     });
 }
 
@@ -335,17 +379,17 @@ void MessageStore::acknowledgeAsync(std::string_view peer, std::vector<uint64_t>
   store_.submit(
       [this, removed, peer = std::string(peer), seqs = std::move(seqs)](WriteTxn& w) -> Status {
         removed->clear();
-        const Bytes prefix = peerPrefix(queue_tag, peer);
+        removed->reserve(seqs.size());
+        SeqKey key(peerPrefix(queue_tag, peer));
         for (uint64_t seq : seqs) {
-          const Bytes key = withNumbers(prefix, seq);
-          auto queued = w.get(outbox_, key);
+          auto queued = w.get(outbox_, key.at(seq));
           if (!queued) continue;  // not pending: acknowledged before, or never queued
           if (queued->size() < SecureHash::size_bytes) {
             return damaged("outbox entry " + std::to_string(seq) + " of peer '" + peer + "'");
           }
           removed->emplace_back(
               SecureHash::fromBytes(queued->first(SecureHash::size_bytes)).value(), seq);
-          CCAL_TRY(w.del(outbox_, key));
+          CCAL_TRY(w.del(outbox_, key.at(seq)));
         }
         return {};
       },
@@ -468,11 +512,12 @@ void MessageStore::receiveAsync(std::string_view peer, uint64_t incarnation, uin
             state_changed = true;
           }
         }
-        const Bytes inbox_prefix = peerPrefix(inbox_tag, peer);
-        const Bytes log_prefix = peerPrefix(id_log_tag, peer);
+        SeqKey inbox_key(peerPrefix(inbox_tag, peer));
+        SeqKey log_key(peerPrefix(id_log_tag, peer));
+        Bytes value;
         // Moves the watermark over seqs stored contiguously above it.
         const auto advance = [&]() {
-          while (w.get(inbox_, withNumbers(inbox_prefix, incarnation, state.watermark + 1))) {
+          while (w.get(inbox_, inbox_key.at(incarnation, state.watermark + 1))) {
             ++state.watermark;
             state_changed = true;
           }
@@ -483,9 +528,9 @@ void MessageStore::receiveAsync(std::string_view peer, uint64_t incarnation, uin
           std::optional<ByteView> seen_id;
           std::optional<ByteView> in_inbox;
           if (m.seq <= state.watermark) {
-            seen_id = w.get(dedup_, withNumbers(log_prefix, incarnation, m.seq));
+            seen_id = w.get(dedup_, log_key.at(incarnation, m.seq));
           } else {
-            in_inbox = w.get(inbox_, withNumbers(inbox_prefix, incarnation, m.seq));
+            in_inbox = w.get(inbox_, inbox_key.at(incarnation, m.seq));
             if (in_inbox) {
               if (in_inbox->size() < SecureHash::size_bytes) {
                 return damaged("inbox entry of " + seqLabel(peer, incarnation, m.seq));
@@ -507,11 +552,17 @@ void MessageStore::receiveAsync(std::string_view peer, uint64_t incarnation, uin
           } else if (m.seq > state.watermark + receive_ahead_seqs_max) {
             arrival.kind = Arrival::too_far_ahead;
           } else {
-            CCAL_TRY(w.put(inbox_, withNumbers(inbox_prefix, incarnation, m.seq),
-                           idAndPayload(m.id, m.payload)));
-            CCAL_TRY(w.put(dedup_, withNumbers(log_prefix, incarnation, m.seq), m.id.view()));
+            CCAL_TRY(w.put(inbox_, inbox_key.at(incarnation, m.seq),
+                           idAndPayload(value, m.id, m.payload)));
+            CCAL_TRY(w.put(dedup_, log_key.at(incarnation, m.seq), m.id.view()));
             arrival.kind = Arrival::stored;
-            if (m.seq == state.watermark + 1) advance();
+            if (m.seq == state.watermark + 1) {
+              // Just stored: over it without reading it back, then over
+              // any stored out of order above it.
+              state.watermark = m.seq;
+              state_changed = true;
+              advance();
+            }
           }
           result->arrivals.push_back(arrival);
         }
@@ -523,8 +574,8 @@ void MessageStore::receiveAsync(std::string_view peer, uint64_t incarnation, uin
         // Prune the id log: older incarnations, and seqs over
         // received_ids_kept_max below the watermark; a bounded number per
         // request, oldest first.
-        const Bytes& prefix = log_prefix;
-        std::vector<Bytes> old;
+        const Bytes prefix(log_key.prefix().begin(), log_key.prefix().end());
+        std::vector<std::pair<uint64_t, uint64_t>> old;  // (incarnation, seq)
         {
           Cursor cursor = w.cursor(dedup_);  // must end before the request does
           for (bool more = cursor.seek(prefix);
@@ -536,10 +587,10 @@ void MessageStore::receiveAsync(std::string_view peer, uint64_t incarnation, uin
             const uint64_t inc = readBe64(cursor.key().subspan(prefix.size(), 8));
             const uint64_t seq = readBe64(cursor.key().subspan(prefix.size() + 8, 8));
             if (inc == state.incarnation && seq + received_ids_kept_max > state.watermark) break;
-            old.emplace_back(cursor.key().begin(), cursor.key().end());
+            old.emplace_back(inc, seq);
           }
         }
-        for (const Bytes& key : old) CCAL_TRY(w.del(dedup_, key));
+        for (const auto& [inc, seq] : old) CCAL_TRY(w.del(dedup_, log_key.at(inc, seq)));
         return {};
       },
       [result, done = std::move(done)](const Status& status) {
@@ -564,16 +615,27 @@ void MessageStore::consumeBatchAsync(std::vector<InboxKey> keys, BatchFn done) {
       [this, results, keys = std::move(keys)](WriteTxn& w) -> Status {
         results->clear();
         results->reserve(keys.size());
-        std::map<std::string, std::optional<ReceiveState>, std::less<>> states;
+        // Per peer: its receive state and inbox keys; the last peer at hand.
+        struct PeerWork {
+          std::optional<ReceiveState> state;
+          SeqKey inbox_key;
+        };
+        std::map<std::string, PeerWork, std::less<>> peers;
+        const std::string* last_peer = nullptr;
+        PeerWork* work = nullptr;
         for (const InboxKey& k : keys) {
-          auto state_it = states.find(k.peer);
-          if (state_it == states.end()) {
-            auto state = readState(w, dedup_, k.peer);
-            if (!state) return state.error();
-            state_it = states.emplace(k.peer, *state).first;
+          if (last_peer == nullptr || *last_peer != k.peer) {
+            auto it = peers.find(k.peer);
+            if (it == peers.end()) {
+              auto state = readState(w, dedup_, k.peer);
+              if (!state) return state.error();
+              it = peers.emplace(k.peer, PeerWork{*state, SeqKey(peerPrefix(inbox_tag, k.peer))}).first;
+            }
+            last_peer = &it->first;
+            work = &it->second;
           }
-          const std::optional<ReceiveState>& state = state_it->second;
-          const Bytes key = streamSeqKey(inbox_tag, k.peer, k.incarnation, k.seq);
+          const std::optional<ReceiveState>& state = work->state;
+          const ByteView key = work->inbox_key.at(k.incarnation, k.seq);
           const bool handed_over =
               state && (k.incarnation < state->incarnation ||
                         (k.incarnation == state->incarnation && k.seq <= state->watermark));

@@ -99,6 +99,13 @@ struct OutgoingMessage {
   Bytes payload;
 };
 
+// Where an enqueued message is in its peer's stream.
+struct Enqueued {
+  bool queued = false;       // false: the id was pending already (same payload), at `seq`
+  uint64_t incarnation = 0;  // of the peer's stream
+  uint64_t seq = 0;
+};
+
 // A message of a peer's stream, as it arrives.
 struct ArrivingMessage {
   uint64_t seq = 0;
@@ -173,6 +180,7 @@ class MessageStore {
   using ChangedFn = std::function<void(const Result<bool>&)>;
   // done() of a batch: one result per item, in order, or the request's error.
   using BatchFn = std::function<void(const Result<std::vector<Result<bool>>>&)>;
+  using EnqueueFn = std::function<void(const Result<std::vector<Result<Enqueued>>>&)>;
   using ReceiveFn = std::function<void(const Result<ReceiveResult>&)>;
   using CountFn = std::function<void(const Result<uint64_t>&)>;
 
@@ -189,8 +197,10 @@ class MessageStore {
   // payload is a conflict naming both sizes).
   Result<bool> enqueue(std::string_view peer, const MessageId& id, ByteView payload);
   void enqueueAsync(std::string_view peer, const MessageId& id, ByteView payload, ChangedFn done);
-  // Many messages (any peers) in one request, at most message_batch_max.
-  void enqueueBatchAsync(std::vector<OutgoingMessage> messages, BatchFn done);
+  // Many messages (any peers) in one request, at most message_batch_max;
+  // each result says where the message is in its peer's stream (so that a
+  // sender can transmit it without reading it back from the outbox).
+  void enqueueBatchAsync(std::vector<OutgoingMessage> messages, EnqueueFn done);
   // The peer's stream: its incarnation and next seq.
   Result<OutboxStream> outboxStream(std::string_view peer) const;
   // The peer's pending messages in seq order, from seq `from_seq` on, at

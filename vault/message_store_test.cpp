@@ -185,16 +185,27 @@ TEST_CASE_FIXTURE(Fixture, "outbox: enqueueing a pending id again is a no-op, an
   batch.push_back(OutgoingMessage{bank, msgId("x"), bytesOf("1")});
   batch.push_back(OutgoingMessage{bank, msgId("x"), bytesOf("2")});
   batch.push_back(OutgoingMessage{bank, msgId("y"), bytesOf("3")});
-  std::promise<Result<std::vector<Result<bool>>>> done;
+  std::promise<Result<std::vector<Result<Enqueued>>>> done;
   messages->enqueueBatchAsync(std::move(batch), [&](const auto& r) { done.set_value(r); });
   auto results = done.get_future().get();
   REQUIRE(results.ok());
   REQUIRE(results->size() == 4);
-  CHECK((*results)[0].value());
-  CHECK_FALSE((*results)[1].value());
+  // Each queued message says where it is in the stream; the no-op names the
+  // seq it is pending at.
+  const uint64_t incarnation = messages->outboxStream(bank).value().incarnation;
+  CHECK(incarnation != 0);
+  CHECK((*results)[0].value().queued);
+  CHECK((*results)[0].value().seq == 1);
+  CHECK((*results)[0].value().incarnation == incarnation);
+  CHECK_FALSE((*results)[1].value().queued);
+  CHECK((*results)[1].value().seq == 1);
+  CHECK((*results)[1].value().incarnation == incarnation);
   CHECK((*results)[2].error().code == Errc::conflict);
-  CHECK((*results)[3].value());
+  CHECK((*results)[3].value().queued);
+  CHECK((*results)[3].value().seq == 2);
+  CHECK((*results)[3].value().incarnation == incarnation);
   CHECK(payloads(pending(bank)) == list({"1", "3"}));
+  CHECK(seqsOf(pending(bank)) == Seqs{1, 2});
 }
 
 TEST_CASE_FIXTURE(Fixture, "outbox: acknowledging by seq removes; twice or unknown is a no-op") {

@@ -33,8 +33,15 @@
 // that mode), --inflight N (durable sends unconfirmed, default 16384),
 // --window N (Delivery's window_messages_max, default and at most 4096; its
 // retransmit_delay_micros_min is 1 s here), --waiting N (its
-// inbox_waiting_messages_max, default the window), --sequential-ids (counter ids).
+// inbox_waiting_messages_max, default the window), --sequential-ids (counter ids),
+// --latency-only (only the --rate phase, 5,000 messages/s unless given: for
+// comparing runs of the latency path without the backlog of an overload).
+// In durable mode each latency phase also says where the time goes (send()
+// -> outbox durable -> frame to the link -> frame at the receiver -> handed
+// over), and the run measures the floor under it: one small durable commit
+// and one 4 KiB write + fdatasync on the same file system.
 
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
@@ -86,7 +93,7 @@ enum Kind : uint8_t {
                    // last of a trial the receiver's store commits and requests in the trial
   timed = 'L',     // latency probe: u64 send time (ns, steady clock)
   report = 'R',    // asks for the latency percentiles, then clears them
-  reported = 'r',  // u64 count, u64 p50 ns, u64 p99 ns
+  reported = 'r',  // u64 count, u64 p50 ns, u64 p99 ns, and the same for the frame's arrival
   ping = 'P',      // u64 send time; echoed as pong
   pong = 'p',
   quit = 'X',
@@ -117,6 +124,14 @@ Bytes message(Kind kind, std::initializer_list<uint64_t> words, size_t size = me
 struct Percentiles {
   double p50_us = 0, p99_us = 0;
   size_t count = 0;
+};
+
+// Where a timed message's one-way time goes (durable mode), each measured
+// from send(): durable in the sender's outbox (done()), its frame handed to
+// the sender's link, its frame arriving at the receiver's link, handed to
+// the receiver's handler (after the inbox write is durable).
+struct Stages {
+  Percentiles outbox_durable, frame_sent, frame_arrived;
 };
 
 Percentiles percentiles(std::vector<int64_t> nanos) {
@@ -162,6 +177,48 @@ class LinkChannel final : public Channel, public flows::LinkHandler {
   std::string peer_;
 };
 
+// Between Delivery and the TLS link in durable mode: notes when the frame of
+// a timed message goes to the link and when one arrives from it. A message
+// frame's payload is its last bytes (canonical Cap'n Proto, the payload is
+// the last pointer), so a timed message shows as message_bytes at the end of
+// the frame starting with `timed`, with a send time that is plausible (acks
+// never carry one: their seqs are small numbers).
+class TimingLink final : public flows::Link, public flows::LinkHandler {
+ public:
+  explicit TimingLink(flows::Link& inner) : inner_(inner) {}
+  void setHandler(flows::LinkHandler* handler) override {
+    handler_ = handler;
+    inner_.setHandler(this);
+  }
+  Status send(std::string_view peer, Bytes frame) override {
+    note(frame, frames_out_ns);
+    return inner_.send(peer, std::move(frame));
+  }
+  size_t frameBytesMax() const override { return inner_.frameBytesMax(); }
+  void onFrame(std::string_view peer, ByteView frame) override {
+    note(frame, frames_in_ns);
+    handler_->onFrame(peer, frame);
+  }
+  void onPeerUp(std::string_view peer) override { handler_->onPeerUp(peer); }
+  void onPeerDown(std::string_view peer) override { handler_->onPeerDown(peer); }
+
+  // Executor thread: send() to this frame, per timed message frame.
+  std::vector<int64_t> frames_out_ns, frames_in_ns;
+
+ private:
+  static void note(ByteView frame, std::vector<int64_t>& into) {
+    if (frame.size() < message_bytes + 32) return;
+    const uint8_t* payload = frame.data() + frame.size() - message_bytes;
+    if (payload[0] != timed) return;
+    const int64_t now = nowNanos();
+    const int64_t sent = static_cast<int64_t>(getU64(payload + 1));
+    if (sent <= 0 || sent > now || now - sent > 60'000'000'000) return;
+    into.push_back(now - sent);
+  }
+  flows::Link& inner_;
+  flows::LinkHandler* handler_ = nullptr;
+};
+
 // Exactly-once messaging with the durable outbox (flows/delivery): ids are
 // SHA-256 of this side's name and a counter; every message handed over is
 // consumed at once.
@@ -184,13 +241,17 @@ class DurableChannel final : public Channel, public flows::MessageHandler {
       id = SecureHash::of(ByteView(reinterpret_cast<const uint8_t*>(seed.data()), seed.size()));
     }
     ++sent_;
-    delivery_.send(peer_, id, std::move(payload), [this](const Status& s) {
+    const int64_t timed_at = payload.size() >= 9 && payload[0] == timed ? static_cast<int64_t>(getU64(payload.data() + 1)) : 0;
+    delivery_.send(peer_, id, std::move(payload), [this, timed_at](const Status& s) {
       if (!s.ok()) std::fprintf(stderr, "bench: durable send refused: %s\n", s.error().toString().c_str());
+      if (timed_at != 0) durable_ns.push_back(nowNanos() - timed_at);
       ++confirmed_;
       if (on_confirmed) on_confirmed();
     });
   }
   uint64_t unconfirmed() const override { return sent_ - confirmed_; }
+  // Executor thread: send() to done(), per timed message.
+  std::vector<int64_t> durable_ns;
   void onMessage(std::string_view peer, const flows::MessageId& id, ByteView payload) override {
     on_message(payload);
     delivery_.consume(peer, id, [this](const Status& s) {
@@ -259,7 +320,8 @@ class Side {
       config.log = [this](std::string_view line) {
         if (!closed_) std::fprintf(stderr, "bench delivery: %.*s\n", int(line.size()), line.data());
       };
-      delivery = std::make_unique<flows::Delivery>(*link, *messages_, executor, executor, config);
+      timing_link = std::make_unique<TimingLink>(*link);
+      delivery = std::make_unique<flows::Delivery>(*timing_link, *messages_, executor, executor, config);
       auto c = std::make_unique<DurableChannel>(*delivery, self.name, peer);
       if (on_message) c->on_message = [this, on_message](ByteView m) { on_message(*this, m); };
       delivery->setHandler(c.get());
@@ -297,6 +359,7 @@ class Side {
 
   AsioExecutor executor;
   std::unique_ptr<TlsLink> link;
+  std::unique_ptr<TimingLink> timing_link;  // durable mode
   std::unique_ptr<flows::Delivery> delivery;
   std::unique_ptr<Channel> channel;
   std::string error;  // empty when opened
@@ -376,6 +439,64 @@ std::vector<int64_t> tcpPingPong(int round_trips) {
 }
 
 // ---------------------------------------------------------------------------
+// The durable commit of one small write, one after the other, in a store of
+// its own on the same file system: the floor under the durable one-way time
+// (a message is committed twice on its way: the sender's outbox, the
+// receiver's inbox).
+
+Percentiles durableCommits(int commits) {
+  TempDir dir("ccal-bench-commit");
+  vault::StoreConfig config;
+  config.path = dir.path;
+  config.map_size_bytes = 64ull << 20;
+  const std::string names[] = {"bench"};
+  auto store = vault::Store::open(config, names, "ccal-bench-commit", 1);
+  if (!store) {
+    std::fprintf(stderr, "bench: commit store %s: %s\n", dir.path.c_str(), store.error().toString().c_str());
+    return {};
+  }
+  const vault::Db& db = (*store)->db("bench");
+  std::vector<int64_t> nanos;
+  for (int i = 0; i < commits; ++i) {
+    const int64_t t0 = nowNanos();
+    Bytes key{static_cast<uint8_t>(i & 0xff), static_cast<uint8_t>(i >> 8)};
+    Status s = (*store)->write([&](vault::WriteTxn& w) { return w.put(db, key, key); });
+    if (!s) {
+      std::fprintf(stderr, "bench: commit: %s\n", s.error().toString().c_str());
+      break;
+    }
+    nanos.push_back(nowNanos() - t0);
+  }
+  return percentiles(std::move(nanos));
+}
+
+// One 4 KiB pwrite + fdatasync, one after the other, in the same kind of
+// directory: what a single sync costs here (an LMDB durable commit syncs
+// twice: its data pages, then its meta page).
+Percentiles fileSyncs(int syncs) {
+  TempDir dir("ccal-bench-sync");
+  const std::string path = dir.path + ".sync";  // beside the (uncreated) data directory
+  int fd = ::open(path.c_str(), O_CREAT | O_RDWR, 0600);
+  if (fd < 0) {
+    std::perror(path.c_str());
+    return {};
+  }
+  std::vector<uint8_t> page(4096, 0x5a);
+  std::vector<int64_t> nanos;
+  for (int i = 0; i < syncs; ++i) {
+    const int64_t t0 = nowNanos();
+    page[0] = static_cast<uint8_t>(i);
+    if (::pwrite(fd, page.data(), page.size(), 0) != static_cast<ssize_t>(page.size()) || ::fdatasync(fd) != 0) {
+      std::perror(path.c_str());
+      break;
+    }
+    nanos.push_back(nowNanos() - t0);
+  }
+  ::close(fd);
+  return percentiles(std::move(nanos));
+}
+
+// ---------------------------------------------------------------------------
 // The responder process.
 
 [[noreturn]] void runResponder(bool durable, TestDirectory& directory, const TlsCredentials& self,
@@ -415,8 +536,15 @@ std::vector<int64_t> tcpPingPong(int round_trips) {
         break;
       case report: {
         auto p = percentiles(latencies);
+        Percentiles arrived;
+        if (side.timing_link) {
+          arrived = percentiles(side.timing_link->frames_in_ns);
+          side.timing_link->frames_in_ns.clear();
+        }
         channel.send(message(reported, {p.count, static_cast<uint64_t>(p.p50_us * 1000),
-                                        static_cast<uint64_t>(p.p99_us * 1000)}));
+                                        static_cast<uint64_t>(p.p99_us * 1000), arrived.count,
+                                        static_cast<uint64_t>(arrived.p50_us * 1000),
+                                        static_cast<uint64_t>(arrived.p99_us * 1000)}));
         latencies.clear();
         break;
       }
@@ -529,11 +657,24 @@ class Driver {
       load_start_ = nowNanos();
       load_end_ = load_start_ + static_cast<int64_t>(seconds * 1e9);
       load_sent_ = 0;
-      report_done_ = [&] { done.set_value(); };
+      if (auto* durable = dynamic_cast<DurableChannel*>(&channel_)) durable->durable_ns.clear();
+      if (side_.timing_link) side_.timing_link->frames_out_ns.clear();
+      report_done_ = [&] {
+        if (auto* durable = dynamic_cast<DurableChannel*>(&channel_))
+          stages_.outbox_durable = percentiles(durable->durable_ns);
+        if (side_.timing_link) stages_.frame_sent = percentiles(side_.timing_link->frames_out_ns);
+        done.set_value();
+      };
       tick();
     });
     finished.wait();
     return report_;
+  }
+  // Of the last atLoad(), durable mode.
+  Stages stages() const {
+    Stages s = stages_;
+    s.frame_arrived = arrived_;
+    return s;
   }
 
   void quit() {
@@ -582,6 +723,9 @@ class Driver {
         report_.count = getU64(m.data() + 1);
         report_.p50_us = static_cast<double>(getU64(m.data() + 9)) / 1000.0;
         report_.p99_us = static_cast<double>(getU64(m.data() + 17)) / 1000.0;
+        arrived_.count = getU64(m.data() + 25);
+        arrived_.p50_us = static_cast<double>(getU64(m.data() + 33)) / 1000.0;
+        arrived_.p99_us = static_cast<double>(getU64(m.data() + 41)) / 1000.0;
         report_done_();
         break;
       default: break;
@@ -603,12 +747,16 @@ class Driver {
   double load_rate_ = 0;
   int64_t load_start_ = 0, load_end_ = 0;
   uint64_t load_sent_ = 0;
-  Percentiles report_;
+  Percentiles report_, arrived_;
+  Stages stages_;
 };
 
 struct ModeResult {
   bool ran = false;
   Percentiles rtt, at_target, latency;
+  Stages at_target_stages, latency_stages;
+  Percentiles commit;  // durable mode: one small durable commit, the floor
+  Percentiles sync;    // durable mode: one 4 KiB write + fdatasync
   double load = 0;
   Driver::Pipelined pipelined;  // the median trial
   double frames_per_write = 0;
@@ -619,6 +767,7 @@ struct ModeResult {
 
 struct Run {
   bool quick = false;
+  bool latency_only = false;  // --latency-only: only the --rate phase (A/B runs of the latency path)
   double fixed_rate = 0;
   uint64_t inflight_max = 16384;
   flows::DeliveryConfig delivery_config;
@@ -642,22 +791,30 @@ ModeResult measure(bool durable, const Run& run, pid_t responder, TestDirectory&
     ::waitpid(responder, nullptr, 0);
     return r;
   }
+  if (durable) {
+    r.sync = fileSyncs(run.quick ? 50 : 300);
+    r.commit = durableCommits(run.quick ? 50 : 300);
+  }
   Driver driver(side, run.inflight_max);
   driver.pingPong(20);  // warm up: both connections up
   r.rtt = percentiles(driver.pingPong(round_trips));
 
-  std::vector<Driver::Pipelined> results;
-  auto before = side.link->counters();
-  for (int t = 0; t < trials; ++t) results.push_back(driver.pipelined(count));
-  auto after = side.link->counters();
-  std::sort(results.begin(), results.end(), [](auto& a, auto& b) { return a.msgs_per_s < b.msgs_per_s; });
-  r.pipelined = results[results.size() / 2];
-  r.frames_per_write = static_cast<double>(after.frames_out - before.frames_out) /
-                       static_cast<double>(std::max<uint64_t>(1, after.tls_writes - before.tls_writes));
+  if (!run.latency_only) {
+    std::vector<Driver::Pipelined> results;
+    auto before = side.link->counters();
+    for (int t = 0; t < trials; ++t) results.push_back(driver.pipelined(count));
+    auto after = side.link->counters();
+    std::sort(results.begin(), results.end(), [](auto& a, auto& b) { return a.msgs_per_s < b.msgs_per_s; });
+    r.pipelined = results[results.size() / 2];
+    r.frames_per_write = static_cast<double>(after.frames_out - before.frames_out) /
+                         static_cast<double>(std::max<uint64_t>(1, after.tls_writes - before.tls_writes));
 
-  r.at_target = driver.atLoad(target_msgs_per_s / 2, load_seconds);
+    r.at_target = driver.atLoad(target_msgs_per_s / 2, load_seconds);
+    r.at_target_stages = driver.stages();
+  }
   r.load = run.fixed_rate > 0 ? run.fixed_rate : r.pipelined.msgs_per_s / 2;
   r.latency = driver.atLoad(r.load, load_seconds);
+  r.latency_stages = driver.stages();
 
   side.executor.runSync([&] {
     side.channel->quitting = true;
@@ -670,7 +827,8 @@ ModeResult measure(bool durable, const Run& run, pid_t responder, TestDirectory&
   auto counters = side.link->counters();
   r.frames_dropped = counters.frames_dropped;
   r.refused = counters.refusedTotal();
-  r.ok = WIFEXITED(status) && WEXITSTATUS(status) == 0 && r.latency.count > 0 && r.at_target.count > 0;
+  r.ok = WIFEXITED(status) && WEXITSTATUS(status) == 0 && r.latency.count > 0 &&
+         (run.latency_only || r.at_target.count > 0);
   return r;
 }
 
@@ -678,39 +836,61 @@ void printMode(const char* title, const ModeResult& r, const Run& run, bool dura
   std::printf("%s\n", title);
   std::printf("  %s ping-pong round trip%s        p50 %7.1f us  p99 %7.1f us  (%zu round trips)\n",
               durable ? "durable" : "TLS link", durable ? "  " : " ", r.rtt.p50_us, r.rtt.p99_us, r.rtt.count);
-  if (durable)
-    std::printf("  %zu-byte messages pipelined (%llu unconfirmed sends, Delivery window %u)  %10.0f msg/s   target >= 50000\n",
-                message_bytes, (unsigned long long)run.inflight_max, run.delivery_config.window_messages_max,
-                r.pipelined.msgs_per_s);
-  else
-    std::printf("  %zu-byte messages pipelined (window %llu)     %10.0f msg/s   target >= 50000\n", message_bytes,
-                (unsigned long long)window_messages, r.pipelined.msgs_per_s);
-  std::printf("      (first send to last handed over; median trial of %.2f s; to the last ack's return %.0f msg/s;"
-              " %.0f frames per TLS write)\n",
-              r.pipelined.seconds, r.pipelined.msgs_per_s_to_ack, r.frames_per_write);
   if (durable) {
-    auto rate = [&](uint64_t n) { return static_cast<double>(n) / r.pipelined.seconds; };
-    auto per = [](const StoreCounts& c) {
-      return static_cast<double>(c.requests) / static_cast<double>(std::max<uint64_t>(1, c.commits));
-    };
-    auto cpu = [](const StoreCounts& c) {
-      return static_cast<double>(c.writer_cpu_micros) / static_cast<double>(std::max<uint64_t>(1, c.requests));
-    };
-    std::printf("      sender store:   %7.0f durable commits/s, %6.1f requests and %6.1f messages per commit,"
-                " writer CPU %5.1f us per request\n",
-                rate(r.pipelined.sender.commits), per(r.pipelined.sender),
-                r.pipelined.msgs_per_s / std::max(1.0, rate(r.pipelined.sender.commits)), cpu(r.pipelined.sender));
-    std::printf("      receiver store: %7.0f durable commits/s, %6.1f requests and %6.1f messages per commit,"
-                " writer CPU %5.1f us per request\n",
-                rate(r.pipelined.receiver.commits), per(r.pipelined.receiver),
-                r.pipelined.msgs_per_s / std::max(1.0, rate(r.pipelined.receiver.commits)), cpu(r.pipelined.receiver));
+    std::printf("      floor: one small durable commit (own store, same file system) p50 %7.1f us p99 %7.1f us;"
+                " a message takes two\n"
+                "             (one 4 KiB write + fdatasync p50 %7.1f us p99 %7.1f us; a commit syncs twice)\n",
+                r.commit.p50_us, r.commit.p99_us, r.sync.p50_us, r.sync.p99_us);
   }
-  std::printf("  one-way latency at %.0f msg/s (half the target)  p50 %7.1f us  p99 %7.1f us  target p99 <= 5000 us"
-              "  (%zu messages)\n",
-              target_msgs_per_s / 2, r.at_target.p50_us, r.at_target.p99_us, r.at_target.count);
+  if (!run.latency_only) {
+    if (durable)
+      std::printf("  %zu-byte messages pipelined (%llu unconfirmed sends, Delivery window %u)  %10.0f msg/s   target >= 50000\n",
+                  message_bytes, (unsigned long long)run.inflight_max, run.delivery_config.window_messages_max,
+                  r.pipelined.msgs_per_s);
+    else
+      std::printf("  %zu-byte messages pipelined (window %llu)     %10.0f msg/s   target >= 50000\n", message_bytes,
+                  (unsigned long long)window_messages, r.pipelined.msgs_per_s);
+    std::printf("      (first send to last handed over; median trial of %.2f s; to the last ack's return %.0f msg/s;"
+                " %.0f frames per TLS write)\n",
+                r.pipelined.seconds, r.pipelined.msgs_per_s_to_ack, r.frames_per_write);
+    if (durable) {
+      auto rate = [&](uint64_t n) { return static_cast<double>(n) / r.pipelined.seconds; };
+      auto per = [](const StoreCounts& c) {
+        return static_cast<double>(c.requests) / static_cast<double>(std::max<uint64_t>(1, c.commits));
+      };
+      auto cpu = [](const StoreCounts& c) {
+        return static_cast<double>(c.writer_cpu_micros) / static_cast<double>(std::max<uint64_t>(1, c.requests));
+      };
+      std::printf("      sender store:   %7.0f durable commits/s, %6.1f requests and %6.1f messages per commit,"
+                  " writer CPU %5.1f us per request\n",
+                  rate(r.pipelined.sender.commits), per(r.pipelined.sender),
+                  r.pipelined.msgs_per_s / std::max(1.0, rate(r.pipelined.sender.commits)), cpu(r.pipelined.sender));
+      std::printf("      receiver store: %7.0f durable commits/s, %6.1f requests and %6.1f messages per commit,"
+                  " writer CPU %5.1f us per request\n",
+                  rate(r.pipelined.receiver.commits), per(r.pipelined.receiver),
+                  r.pipelined.msgs_per_s / std::max(1.0, rate(r.pipelined.receiver.commits)), cpu(r.pipelined.receiver));
+    }
+    std::printf("  one-way latency at %.0f msg/s (half the target)  p50 %7.1f us  p99 %7.1f us  target p99 <= 5000 us"
+                "  (%zu messages)\n",
+                target_msgs_per_s / 2, r.at_target.p50_us, r.at_target.p99_us, r.at_target.count);
+    if (durable) {
+      const Stages& st = r.at_target_stages;
+      std::printf("      from send(): outbox durable p50 %7.1f us p99 %7.1f us; frame to the link p50 %7.1f us p99 %7.1f us;\n"
+                  "                   frame at the receiver p50 %7.1f us p99 %7.1f us; handed over (inbox durable) as above\n",
+                  st.outbox_durable.p50_us, st.outbox_durable.p99_us, st.frame_sent.p50_us, st.frame_sent.p99_us,
+                  st.frame_arrived.p50_us, st.frame_arrived.p99_us);
+    }
+  }
   std::printf("  one-way latency at %.0f msg/s (%s)  p50 %7.1f us  p99 %7.1f us  (%zu messages)\n", r.load,
               run.fixed_rate > 0 ? "--rate" : "half the pipelined rate", r.latency.p50_us, r.latency.p99_us,
               r.latency.count);
+  if (durable) {
+    const Stages& st = r.latency_stages;
+    std::printf("      from send(): outbox durable p50 %7.1f us p99 %7.1f us; frame to the link p50 %7.1f us p99 %7.1f us;\n"
+                "                   frame at the receiver p50 %7.1f us p99 %7.1f us; handed over (inbox durable) as above\n",
+                st.outbox_durable.p50_us, st.outbox_durable.p99_us, st.frame_sent.p50_us, st.frame_sent.p99_us,
+                st.frame_arrived.p50_us, st.frame_arrived.p99_us);
+  }
   if (durable)
     std::printf("  delivery: %llu sent, %llu retransmitted, %llu ack frames, %llu store failures\n",
                 (unsigned long long)r.delivery.messages_sent, (unsigned long long)r.delivery.messages_retransmitted,
@@ -721,7 +901,7 @@ void printMode(const char* title, const ModeResult& r, const Run& run, bool dura
 }
 
 std::string modeJson(const ModeResult& r, bool durable) {
-  char buf[1024];
+  char buf[2048];
   std::snprintf(buf, sizeof buf,
                 "{\"pipelined_msgs_per_s\":%.0f,\"pipelined_to_ack_msgs_per_s\":%.0f,\"frames_per_tls_write\":%.1f,\"half_target_p50_us\":%.1f,"
                 "\"half_target_p99_us\":%.1f,\"load_msgs_per_s\":%.0f,\"latency_p50_us\":%.1f,"
@@ -731,16 +911,27 @@ std::string modeJson(const ModeResult& r, bool durable) {
                 (unsigned long long)r.frames_dropped);
   std::string out = buf;
   if (durable) {
-    const double secs = r.pipelined.seconds;
+    const double secs = std::max(r.pipelined.seconds, 1e-9);
     std::snprintf(buf, sizeof buf,
                   ",\"sender_commits_per_s\":%.0f,\"sender_messages_per_commit\":%.2f,"
                   "\"receiver_commits_per_s\":%.0f,\"receiver_messages_per_commit\":%.2f,"
-                  "\"retransmitted\":%llu",
+                  "\"retransmitted\":%llu,\"half_target_outbox_durable_p50_us\":%.1f,"
+                  "\"half_target_outbox_durable_p99_us\":%.1f,\"half_target_frame_sent_p50_us\":%.1f,"
+                  "\"half_target_frame_sent_p99_us\":%.1f,\"half_target_frame_arrived_p50_us\":%.1f,"
+                  "\"half_target_frame_arrived_p99_us\":%.1f,\"commit_p50_us\":%.1f,\"commit_p99_us\":%.1f,\"fdatasync_p50_us\":%.1f,\"fdatasync_p99_us\":%.1f,"
+                  "\"latency_outbox_durable_p50_us\":%.1f,\"latency_outbox_durable_p99_us\":%.1f,"
+                  "\"latency_frame_arrived_p50_us\":%.1f,\"latency_frame_arrived_p99_us\":%.1f",
                   static_cast<double>(r.pipelined.sender.commits) / secs,
                   r.pipelined.msgs_per_s * secs / static_cast<double>(std::max<uint64_t>(1, r.pipelined.sender.commits)),
                   static_cast<double>(r.pipelined.receiver.commits) / secs,
                   r.pipelined.msgs_per_s * secs / static_cast<double>(std::max<uint64_t>(1, r.pipelined.receiver.commits)),
-                  (unsigned long long)r.delivery.messages_retransmitted);
+                  (unsigned long long)r.delivery.messages_retransmitted, r.at_target_stages.outbox_durable.p50_us,
+                  r.at_target_stages.outbox_durable.p99_us, r.at_target_stages.frame_sent.p50_us,
+                  r.at_target_stages.frame_sent.p99_us, r.at_target_stages.frame_arrived.p50_us,
+                  r.at_target_stages.frame_arrived.p99_us, r.commit.p50_us, r.commit.p99_us,
+                  r.sync.p50_us, r.sync.p99_us, r.latency_stages.outbox_durable.p50_us,
+                  r.latency_stages.outbox_durable.p99_us, r.latency_stages.frame_arrived.p50_us,
+                  r.latency_stages.frame_arrived.p99_us);
     out += buf;
   }
   return out + "}";
@@ -766,6 +957,7 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) run.quick = true;
     else if (std::strcmp(argv[i], "--rate") == 0 && i + 1 < argc) run.fixed_rate = std::atof(argv[++i]);
+    else if (std::strcmp(argv[i], "--latency-only") == 0) run.latency_only = true;
     else if (std::strcmp(argv[i], "--durable") == 0) link_mode = false, durable_mode = true;
     else if (std::strcmp(argv[i], "--link") == 0) link_mode = true, durable_mode = false;
     else if (std::strcmp(argv[i], "--sequential-ids") == 0) sequential_ids = true;
@@ -778,11 +970,12 @@ int main(int argc, char** argv) {
       run.delivery_config.inbox_waiting_messages_max = static_cast<uint32_t>(std::max(1L, std::atol(argv[++i])));
     else {
       std::fprintf(stderr,
-                   "usage: bench_messaging [--quick] [--rate MSGS_PER_S] [--link | --durable] [--inflight N] "
+                   "usage: bench_messaging [--quick] [--rate MSGS_PER_S] [--latency-only] [--link | --durable] [--inflight N] "
                    "[--window N] [--waiting N] [--sequential-ids]\n");
       return 2;
     }
   }
+  if (run.latency_only && run.fixed_rate <= 0) run.fixed_rate = target_msgs_per_s / 10;
   if (run.delivery_config.inbox_waiting_messages_max == 0)
     run.delivery_config.inbox_waiting_messages_max = run.delivery_config.window_messages_max;
   const int tcp_round_trips = run.quick ? 300 : 20'000;
