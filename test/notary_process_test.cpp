@@ -157,9 +157,9 @@ std::pair<unsigned, json> postRaw(const ApiClient& client, const std::string& ta
   return {r->status, r->body};
 }
 
-// The last `bytes` of a member's log (run/node.log), for failure messages.
+// The last `bytes` of a member's log (node.log), for failure messages.
 std::string logTail(const fs::path& net, const std::string& name, size_t bytes = 3000) {
-  std::ifstream in(net / name / "run" / "node.log", std::ios::binary);
+  std::ifstream in(net / name / "node.log", std::ios::binary);
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   return text.size() > bytes ? text.substr(text.size() - bytes) : text;
 }
