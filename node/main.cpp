@@ -105,10 +105,15 @@ struct NodeAddress {
     command->add_option("--token", token, "A bearer token of the node's API (with --api)");
   }
 
+  // Waits up to the server's handler timeout: a notarisation or a load may take long.
+  int64_t timeout_micros = ccal::node::ApiClientOptions{}.timeout_micros;
+
   ccal::Result<ccal::node::ApiClient> client() const {
+    ccal::node::ApiClientOptions options;
+    options.timeout_micros = timeout_micros;
     if (!api.empty()) {
       if (token.empty()) return ccal::Error{ccal::Errc::malformed, "--api needs --token"};
-      return ccal::node::ApiClient::create(api, token);
+      return ccal::node::ApiClient::create(api, token, options);
     }
     if (dir.empty() || node.empty()) {
       return ccal::Error{ccal::Errc::malformed, "name the node with --dir DIR --node NAME, or --api URL --token T"};
@@ -119,7 +124,8 @@ struct NodeAddress {
     if (!users) return users.error();
     for (const auto& user : users->users()) {
       if (user.role == ccal::node::ApiRole::admin) {
-        return ccal::node::ApiClient::create("http://" + config->api_listen.toString(), user.token);
+        return ccal::node::ApiClient::create("http://" + config->api_listen.toString(), user.token,
+                                             options);
       }
     }
     return ccal::Error{ccal::Errc::not_found,
@@ -274,6 +280,9 @@ int main(int argc, char** argv) {
     nlohmann::json body = {{"from", address.memberName(message_peer)}, {"stream", message_stream},
                            {"count", message_count}};
     return call("message check", [&](auto& c) { return c.post("/api/v1/messages/diagnostic/check", body); });
+  }
+  if (notary_load->parsed() || notary_notarise->parsed()) {
+    address.timeout_micros = ccal::node::ApiServerOptions{}.handler_timeout_micros;
   }
   if (notary_status->parsed()) {
     return call("notary status", [](auto& c) { return c.get("/api/v1/notary/status"); });
