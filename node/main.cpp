@@ -5,12 +5,15 @@
 #include <iostream>
 
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 
 #include "node/api_client.h"
 #include "node/api_users.h"
 #include "node/bootstrap.h"
 #include "node/config.h"
 #include "node/node.h"
+#include "node/notary_service.h"
 #include "node/process_control.h"
 #include "node/ledger_demo.h"
 
@@ -102,10 +105,15 @@ struct NodeAddress {
     command->add_option("--token", token, "A bearer token of the node's API (with --api)");
   }
 
+  // Waits up to the server's handler timeout: a notarisation or a load may take long.
+  int64_t timeout_micros = ccal::node::ApiClientOptions{}.timeout_micros;
+
   ccal::Result<ccal::node::ApiClient> client() const {
+    ccal::node::ApiClientOptions options;
+    options.timeout_micros = timeout_micros;
     if (!api.empty()) {
       if (token.empty()) return ccal::Error{ccal::Errc::malformed, "--api needs --token"};
-      return ccal::node::ApiClient::create(api, token);
+      return ccal::node::ApiClient::create(api, token, options);
     }
     if (dir.empty() || node.empty()) {
       return ccal::Error{ccal::Errc::malformed, "name the node with --dir DIR --node NAME, or --api URL --token T"};
@@ -116,7 +124,8 @@ struct NodeAddress {
     if (!users) return users.error();
     for (const auto& user : users->users()) {
       if (user.role == ccal::node::ApiRole::admin) {
-        return ccal::node::ApiClient::create("http://" + config->api_listen.toString(), user.token);
+        return ccal::node::ApiClient::create("http://" + config->api_listen.toString(), user.token,
+                                             options);
       }
     }
     return ccal::Error{ccal::Errc::not_found,
@@ -216,6 +225,31 @@ int main(int argc, char** argv) {
     c->add_flag("--json", api_json, "Print JSON (the default)");
   }
 
+  auto* notary = app.add_subcommand("notary", "Notarise through a member node, and the notary's status");
+  notary->require_subcommand(1);
+  std::string notary_name, notary_tx_file;
+  std::vector<std::string> notary_dep_files;
+  uint64_t notary_count = 100, notary_concurrency = 64;
+  auto* notary_notarise = notary->add_subcommand(
+      "notarise", "Notarise a SignedTransaction (its canonical bytes in --tx FILE) through --node");
+  notary_notarise->add_option("--tx", notary_tx_file, "File holding the SignedTransaction's canonical bytes")
+      ->required();
+  notary_notarise->add_option("--dep", notary_dep_files,
+                              "A dependency's SignedTransaction file (validating notaries; repeatable)");
+  auto* notary_load = notary->add_subcommand(
+      "load", "Have --node notarise --count single-input transactions spending fresh states (load generator)");
+  notary_load->add_option("--count", notary_count, "How many transactions")->capture_default_str();
+  notary_load->add_option("--concurrency", notary_concurrency, "How many in flight")->capture_default_str();
+  auto* notary_status = notary->add_subcommand(
+      "status", "A replica's view, last executed batch, state digest and checkpoint; a member's counters");
+  for (auto* c : {notary_notarise, notary_load}) {
+    c->add_option("--notary", notary_name, "The notary's X.500 name (default: the network's only notary)");
+  }
+  for (auto* c : {notary_notarise, notary_load, notary_status}) {
+    address.addOptions(c);
+    c->add_flag("--json", api_json, "Print JSON (the default)");
+  }
+
   CLI11_PARSE(app, argc, argv);
   if (demo->parsed()) return ccal::node::runLedgerDemo(out_dir);
   if (bootstrap->parsed()) return runBootstrap(spec_file, bootstrap_out, force, json);
@@ -246,6 +280,38 @@ int main(int argc, char** argv) {
     nlohmann::json body = {{"from", address.memberName(message_peer)}, {"stream", message_stream},
                            {"count", message_count}};
     return call("message check", [&](auto& c) { return c.post("/api/v1/messages/diagnostic/check", body); });
+  }
+  if (notary_load->parsed() || notary_notarise->parsed()) {
+    address.timeout_micros = ccal::node::ApiServerOptions{}.handler_timeout_micros;
+  }
+  if (notary_status->parsed()) {
+    return call("notary status", [](auto& c) { return c.get("/api/v1/notary/status"); });
+  }
+  if (notary_load->parsed()) {
+    nlohmann::json body = {{"count", notary_count}, {"concurrency", notary_concurrency}};
+    if (!notary_name.empty()) body["notary"] = notary_name;
+    return call("notary load", [&](auto& c) { return c.post("/api/v1/notary/diagnostic/load", body); });
+  }
+  if (notary_notarise->parsed()) {
+    auto readFile = [](const std::string& path) -> ccal::Result<std::string> {
+      std::ifstream in(path, std::ios::binary);
+      if (!in) return ccal::Error{ccal::Errc::not_found, "cannot read " + path};
+      std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      return ccal::node::base64Encode(ccal::asBytes(bytes));
+    };
+    auto tx = readFile(notary_tx_file);
+    if (!tx) return failWith("notary notarise", tx.error(), true);
+    nlohmann::json body = {{"transaction", *tx}};
+    if (!notary_name.empty()) body["notary"] = notary_name;
+    if (!notary_dep_files.empty()) {
+      body["dependencies"] = nlohmann::json::array();
+      for (const auto& f : notary_dep_files) {
+        auto dep = readFile(f);
+        if (!dep) return failWith("notary notarise", dep.error(), true);
+        body["dependencies"].push_back(*dep);
+      }
+    }
+    return call("notary notarise", [&](auto& c) { return c.post("/api/v1/notary/notarise", body); });
   }
   return 0;
 }

@@ -15,6 +15,7 @@
 #include <spdlog/spdlog.h>
 
 #include "flows/delivery.h"
+#include "flows/link_mux.h"
 #include "ledger/assert.h"
 #include "ledger/capnp_io.h"
 #include "ledger/contract.h"
@@ -24,6 +25,7 @@
 #include "node/asio_executor.h"
 #include "node/file_io.h"
 #include "node/network_map.h"
+#include "node/notary_service.h"
 #include "node/process_control.h"
 #include "node/tls_link.h"
 #include "schemas/p2p.capnp.h"
@@ -107,7 +109,9 @@ struct Node::Impl final : flows::MessageHandler {
   std::unique_ptr<vault::MessageStore> messages;
   AsioExecutor executor;
   std::unique_ptr<TlsLink> link;
+  std::unique_ptr<flows::LinkMux> mux;  // channels: messaging, notary
   std::unique_ptr<flows::Delivery> delivery;
+  std::unique_ptr<NotaryService> notary;
   std::unique_ptr<ApiServer> api;
   std::chrono::steady_clock::time_point started_at = std::chrono::steady_clock::now();
   fs::path ready_file;
@@ -196,15 +200,34 @@ Status Node::Impl::open() {
       return;
     }
     link = std::move(*made);
+    mux = std::make_unique<flows::LinkMux>(
+        *link, [this](std::string_view line) { log->warn("{}", line); });
     flows::DeliveryConfig delivery_config;
     delivery_config.knows_peer = [this](std::string_view peer) {
       return peer != config.x500 && map->memberByName(peer) != nullptr;
     };
     delivery_config.log = [this](std::string_view line) { log->warn("messaging: {}", line); };
-    delivery = std::make_unique<flows::Delivery>(*link, *messages, executor, executor,
-                                                 delivery_config);
+    delivery = std::make_unique<flows::Delivery>(mux->channel(flows::link_channel_messaging),
+                                                 *messages, executor, executor, delivery_config);
     delivery->setHandler(this);
     result = delivery->start();
+    if (!result.ok()) return;
+    NotaryServiceOptions notary_options;
+    notary_options.config = &config;
+    notary_options.map = map.get();
+    notary_options.contracts = &contracts;
+    notary_options.identity = *identity;
+    notary_options.link = &mux->channel(flows::link_channel_notary);
+    notary_options.executor = &executor;
+    notary_options.clock = &executor;
+    notary_options.log = [this](std::string_view line) { log->info("notary: {}", line); };
+    auto service = NotaryService::open(std::move(notary_options));
+    if (!service) {
+      result = service.error();
+      return;
+    }
+    notary = std::move(*service);
+    result = notary->start();
     if (!result.ok()) return;
     // Dial every member now, so that peers show as connected and messages
     // waiting in the outbox flow at once; tell each our node info.
@@ -242,6 +265,7 @@ Status Node::Impl::open() {
     api = std::make_unique<ApiServer>(executor.context(), api_options, std::move(*users),
                                       std::move(providers));
     addRoutes();
+    notary->addRoutes(*api);
     result = api->start();
   });
   if (!result.ok()) {
@@ -581,8 +605,14 @@ void Node::Impl::stop() {
   }
   if (link) link->stop();
   if (delivery) delivery->waitForStore();
+  if (notary) notary->quiesce();
   executor.stop();
+  // The notary's Store drains its queued writes while the replica and state
+  // machine they use are alive; then everything over the link goes, then the link.
+  if (notary) notary->stopStore();
   delivery.reset();
+  notary.reset();
+  mux.reset();
   link.reset();
   api.reset();
   vault.reset();  // waits for queued writes, closes LMDB

@@ -1292,6 +1292,10 @@ void Replica::onFetchEffects(uint32_t from, const FetchEffectsMsg& m) {
 
 void Replica::onEffectsData(uint32_t from, EffectsDataMsg m) {
   if (!transfer_ || transfer_->applying || from != transfer_->source) return;
+  // A batch being executed is queued in the state machine but not yet in
+  // lastExecuted(): applying effects now would apply its seq a second time
+  // (uniqueness asserts). The status timer restarts the transfer after it.
+  if (executing_) return;
   Transfer& t = *transfer_;
   if (machine_.lastExecuted() + 1 != t.from_seq) return;  // the status timer restarts it
   if (m.from_seq != t.from_seq + t.effects.size()) return;

@@ -1,0 +1,368 @@
+// Multi-process test of the BFT notary on loopback: `ccal network start`
+// runs a 4-replica cluster (f = 1) and two member nodes as separate
+// processes over TLS. Notarisations keep completing while a replica is
+// killed with SIGKILL and restarted (which then reaches the others' state
+// digest); with two replicas down a request waits, and completes once one
+// returns; two conflicting transactions from two members: exactly one is
+// notarised, the other gets a conflict whose signed proof verifies. Bad
+// input gets clear errors.
+
+#include <doctest/doctest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <fstream>
+#include <future>
+#include <iterator>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "ledger/signed_transaction.h"
+#include "ledger/testing.h"
+#include "ledger/transaction.h"
+#include "node/api_client.h"
+#include "node/api_users.h"
+#include "node/config.h"
+#include "node/network_map.h"
+#include "node/notary_service.h"
+#include "notary/notarisation_messages.h"
+#include "test/support/temp_dir.h"
+
+namespace fs = std::filesystem;
+using namespace ccal;
+using namespace ccal::node;
+using namespace std::chrono_literals;
+using nlohmann::json;
+
+namespace {
+
+constexpr const char* notary_x500 = "O=Test Notary, L=Haikou, C=CN";
+
+int runCcal(const std::string& args) {
+  std::string command = std::string(CCAL_BINARY) + " " + args + " >/dev/null 2>&1";
+  int status = std::system(command.c_str());
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+// Two members and a 4-replica notary cluster, on ports no other test uses at the same time.
+fs::path bootstrap(const testing::TempDir& tmp) {
+  fs::path dir = fs::path(tmp.path).parent_path();
+  int base = 30000 + static_cast<int>(::getpid() % 2000) * 16;
+  std::ofstream spec(dir / "spec.toml");
+  spec << "[network]\nroot = \"O=Test Root, L=Haikou, C=CN\"\n"
+          "doorman = \"O=Test Doorman, L=Haikou, C=CN\"\n"
+          "network_map = \"O=Test Map, L=Haikou, C=CN\"\n";
+  const char* names[] = {"alpha", "beta", "r1", "r2", "r3", "r4"};
+  for (int i = 0; i < 6; ++i) {
+    spec << "\n[[nodes]]\nname = \"" << names[i] << "\"\nx500 = \"O=" << names[i]
+         << " Member, L=Haikou, C=CN\"\nrole = \"" << (i < 2 ? "node" : "notary-replica")
+         << "\"\np2p = \"127.0.0.1:" << base + i << "\"\napi = \"127.0.0.1:" << base + 8 + i
+         << "\"\n";
+  }
+  spec << "\n[[notaries]]\nname = \"notary\"\nx500 = \"" << notary_x500
+       << "\"\nf = 1\nvalidating = false\nreplicas = [\"r1\", \"r2\", \"r3\", \"r4\"]\n";
+  spec.close();
+  REQUIRE(runCcal("network bootstrap --spec " + (dir / "spec.toml").string() + " --out " +
+                  (dir / "net").string()) == 0);
+  return dir / "net";
+}
+
+ApiClient clientOf(const fs::path& net, const std::string& name) {
+  auto config = loadNodeConfig(net / name / "node.toml");
+  REQUIRE_MESSAGE(config, config.error().message);
+  auto users = ApiUsers::load(config->api_users_file);
+  REQUIRE(users);
+  std::string token;
+  for (const auto& u : users->users()) {
+    if (u.role == ApiRole::admin) token = u.token;
+  }
+  ApiClientOptions options;
+  options.timeout_micros = 120'000'000;
+  auto client = ApiClient::create("http://" + config->api_listen.toString(), token, options);
+  REQUIRE(client);
+  return *client;
+}
+
+pid_t pidOf(const fs::path& net, const std::string& name) {
+  std::ifstream in(net / name / "run" / "node.pid");
+  pid_t pid = 0;
+  in >> pid;
+  return pid;
+}
+
+void killHard(const fs::path& net, const std::string& name) {
+  pid_t pid = pidOf(net, name);
+  REQUIRE(pid > 0);
+  REQUIRE(::kill(pid, SIGKILL) == 0);
+  // Reaped by nobody here (the starter detached it): wait until it is gone.
+  for (int i = 0; i < 100 && ::kill(pid, 0) == 0; ++i) std::this_thread::sleep_for(50ms);
+}
+
+template <class Pred>
+bool waitUntil(Pred pred, std::chrono::seconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(100ms);
+  }
+  return pred();
+}
+
+// The notary's Party as the network parameters define it.
+Party notaryParty(const fs::path& net) {
+  auto config = loadNodeConfig(net / "alpha" / "node.toml");
+  REQUIRE(config);
+  auto map = NetworkMap::loadFiles(*config);
+  REQUIRE_MESSAGE(map, map.error().message);
+  const NotaryInfo* info = (*map)->notary(notary_x500);
+  REQUIRE(info != nullptr);
+  return Party{info->name, info->service_key};
+}
+
+std::vector<PublicKey> replicaKeys(const fs::path& net) {
+  auto config = loadNodeConfig(net / "alpha" / "node.toml");
+  REQUIRE(config);
+  auto map = NetworkMap::loadFiles(*config);
+  REQUIRE(map);
+  std::vector<PublicKey> keys;
+  for (const auto& r : (*map)->notary(notary_x500)->replicas) keys.push_back(r.key);
+  return keys;
+}
+
+// A transaction spending `input`, with a distinguishing output value.
+SignedTransaction spend(const Party& notary, const StateRef& input, const std::string& value) {
+  auto owner = ccal::testing::testKey(7);
+  TransactionBuilder b(notary);
+  b.addInput(input);
+  b.addOutput(ccal::testing::dummyState(notary, {Key(owner.publicKey())}, value));
+  b.addCommand(ccal::testing::dummyCommand("Move", {Key(owner.publicKey())}));
+  SignedTransaction stx(b.build().value());
+  stx.signWith(owner);
+  return stx;
+}
+
+json notariseBody(const SignedTransaction& stx, const std::string& notary = notary_x500) {
+  return {{"notary", notary}, {"transaction", base64Encode(stx.encode())}};
+}
+
+// status, body of POST target.
+std::pair<unsigned, json> postRaw(const ApiClient& client, const std::string& target, const json& body) {
+  auto r = client.exchange(HttpMethod::post, target, &body);
+  REQUIRE_MESSAGE(r, r.error().message);
+  return {r->status, r->body};
+}
+
+// The last `bytes` of a member's log (node.log), for failure messages.
+std::string logTail(const fs::path& net, const std::string& name, size_t bytes = 3000) {
+  std::ifstream in(net / name / "node.log", std::ios::binary);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return text.size() > bytes ? text.substr(text.size() - bytes) : text;
+}
+
+json replicaStatus(const ApiClient& client) {
+  auto s = client.get("/api/v1/notary/status");
+  return s ? *s : json();
+}
+
+}  // namespace
+
+TEST_CASE("a real notary cluster: kill -9 and restart of a replica, two down, conflicts, bad input") {
+  testing::TempDir tmp("ccal-notary-net");
+  fs::path net = bootstrap(tmp);
+  REQUIRE(runCcal("network start --dir " + net.string()) == 0);
+  struct StopAtEnd {
+    fs::path net;
+    ~StopAtEnd() { runCcal("network stop --dir " + net.string()); }
+  } stop_at_end{net};
+
+  ApiClient alpha = clientOf(net, "alpha"), beta = clientOf(net, "beta");
+  std::vector<ApiClient> replicas;
+  for (const char* r : {"r1", "r2", "r3", "r4"}) replicas.push_back(clientOf(net, r));
+  const Party notary = notaryParty(net);
+  const std::vector<PublicKey> keys = replicaKeys(net);
+
+  // Every member connects to every other.
+  CHECK(waitUntil(
+      [&] {
+        for (const auto* c : {&alpha, &beta}) {
+          auto peers = c->get("/api/v1/peers");
+          if (!peers) return false;
+          for (const auto& p : (*peers)["peers"]) {
+            if (p["state"] != "connected") return false;
+          }
+        }
+        return true;
+      },
+      30s));
+
+  {  // BAD_INPUT
+    INFO("bad input");
+    auto [s1, b1] = postRaw(alpha, "/api/v1/notary/notarise", {{"notary", notary_x500}, {"transaction", "not*base64"}});
+    CHECK(s1 == 400);
+    CHECK(b1["error"]["message"].get<std::string>().find("base64") != std::string::npos);
+    auto [s2, b2] = postRaw(alpha, "/api/v1/notary/notarise",
+                            {{"notary", notary_x500}, {"transaction", base64Encode(asBytes("hello, notary"))}});
+    CHECK(s2 == 400);
+    CHECK(b2["error"]["message"].get<std::string>().find("not a SignedTransaction") != std::string::npos);
+    auto tx = spend(notary, StateRef{SecureHash::of(asBytes("bad-input")), 0}, "x");
+    auto [s3, b3] = postRaw(alpha, "/api/v1/notary/notarise", notariseBody(tx, "O=No Such Notary, L=Haikou, C=CN"));
+    CHECK(s3 == 404);
+    CHECK(b3["error"]["message"].get<std::string>().find("No Such Notary") != std::string::npos);
+    Party other{"O=Other Notary, L=Haikou, C=CN", notary.owningKey};
+    auto foreign = spend(other, StateRef{SecureHash::of(asBytes("foreign")), 0}, "x");
+    auto [s4, b4] = postRaw(alpha, "/api/v1/notary/notarise", notariseBody(foreign));
+    CHECK(s4 == 422);
+    CHECK(b4["error"]["message"].get<std::string>().find("Other Notary") != std::string::npos);
+    auto [s5, b5] = postRaw(alpha, "/api/v1/notary/notarise", {{"transaction", "AAAA"}});
+    CHECK(s5 == 400);
+    auto [s6, b6] = postRaw(replicas[0], "/api/v1/notary/notarise", notariseBody(tx));
+    CHECK(s6 == 409);
+    auto [s7, b7] = postRaw(alpha, "/api/v1/notary/diagnostic/load", {{"notary", notary_x500}, {"count", 1'000'000}});
+    CHECK(s7 == 400);
+  }
+
+  {  // CONFLICT
+    INFO("two conflicting transactions from two members");
+    StateRef contested{SecureHash::of(asBytes("the contested state")), 3};
+    auto tx_a = spend(notary, contested, "to alpha's friend");
+    auto tx_b = spend(notary, contested, "to beta's friend");
+    auto fa = std::async(std::launch::async, [&] { return postRaw(alpha, "/api/v1/notary/notarise", notariseBody(tx_a)); });
+    auto fb = std::async(std::launch::async, [&] { return postRaw(beta, "/api/v1/notary/notarise", notariseBody(tx_b)); });
+    auto ra = fa.get(), rb = fb.get();
+    INFO(ra.second.dump());
+    INFO(rb.second.dump());
+    REQUIRE(ra.first == 200);
+    REQUIRE(rb.first == 200);
+    const bool a_won = ra.second["result"] == "notarised";
+    const auto& won = a_won ? ra.second : rb.second;
+    const auto& lost = a_won ? rb.second : ra.second;
+    const SignedTransaction& winner = a_won ? tx_a : tx_b;
+    const SignedTransaction& loser = a_won ? tx_b : tx_a;
+    CHECK(won["result"] == "notarised");
+    REQUIRE(lost["result"] == "conflict");
+
+    // The winner's signatures: valid over its id, from replicas, fulfilling the service key.
+    std::set<PublicKey> signers;
+    for (const auto& s : won["signatures"]) {
+      auto by = PublicKey::fromHex(s["by"].get<std::string>());
+      REQUIRE(by);
+      auto raw = fromHex(s["signature"].get<std::string>());
+      REQUIRE(raw);
+      auto sig = DigitalSignature::fromParts(*by, 1, signature_version_current, *raw);
+      REQUIRE_MESSAGE(sig, sig.error().message);
+      CHECK(sig->verify(signableBytes(winner.id())).ok());
+      CHECK(std::find(keys.begin(), keys.end(), *by) != keys.end());
+      signers.insert(*by);
+    }
+    CHECK(signers.size() >= 3);
+    CHECK(notary.owningKey.isFulfilledBy(signers));
+
+    // The loser's conflict names the state and the winner, and its proof verifies:
+    // f+1 = 2 distinct replicas signed (a Merkle root over) the same conflict answer.
+    REQUIRE(lost["conflicts"].size() == 1);
+    CHECK(lost["conflicts"][0]["state_ref"] == contested.toString());
+    CHECK(lost["conflicts"][0]["consuming_tx_hash"] == notary::consumingTxIdHash(winner.id()).hex());
+    std::set<PublicKey> provers;
+    for (const auto& p : lost["proof"]) {
+      auto bytes = base64Decode(p.get<std::string>());
+      REQUIRE(bytes);
+      auto signed_reply = notary::SignedNotarisationReply::decode(*bytes);
+      REQUIRE_MESSAGE(signed_reply, signed_reply.error().message);
+      auto reply = notary::NotarisationReply::decode(signed_reply->reply);
+      REQUIRE(reply);
+      CHECK(reply->outcome == notary::NotarisationReply::Outcome::conflict);
+      CHECK(reply->txId == loser.id());
+      REQUIRE(reply->conflicts.size() == 1);
+      CHECK(reply->conflicts[0].ref == contested);
+      auto root = signed_reply->root();
+      REQUIRE(root);
+      const auto& sig = signed_reply->rootSignature;
+      CHECK(std::find(keys.begin(), keys.end(), sig.by()) != keys.end());
+      CHECK(sig.verify(notary::batchRootSignableBytes(reply->batchSeq, signed_reply->leafCount, *root)).ok());
+      provers.insert(sig.by());
+    }
+    CHECK(provers.size() >= 2);
+
+    // Re-notarising the winner is idempotent; the loser stays refused.
+    auto again = postRaw(beta, "/api/v1/notary/notarise", notariseBody(winner));
+    CHECK(again.first == 200);
+    CHECK(again.second["result"] == "notarised");
+    auto still = postRaw(alpha, "/api/v1/notary/notarise", notariseBody(loser));
+    CHECK(still.second["result"] == "conflict");
+  }
+
+  {  // KILL_ONE
+    INFO("a stream of notarisations while replica r3 is killed with SIGKILL and restarted");
+    constexpr uint64_t count = 300;
+    auto load = std::async(std::launch::async, [&] {
+      return postRaw(alpha, "/api/v1/notary/diagnostic/load",
+                     {{"notary", notary_x500}, {"count", count}, {"concurrency", 16}});
+    });
+    std::this_thread::sleep_for(1s);
+    killHard(net, "r3");
+    std::this_thread::sleep_for(2s);
+    REQUIRE(runCcal("network start --dir " + net.string()) == 0);
+    auto [status, result] = load.get();
+    INFO(result.dump());
+    REQUIRE(status == 200);
+    CHECK(result["notarised"] == count);
+    CHECK(result["errors"] == 0);
+    CHECK(result["conflicts"] == 0);
+    // More after the restart, from the other member.
+    auto [status2, result2] = postRaw(beta, "/api/v1/notary/diagnostic/load",
+                                      {{"notary", notary_x500}, {"count", 100}, {"concurrency", 16}});
+    INFO(result2.dump());
+    CHECK(status2 == 200);
+    CHECK(result2["notarised"] == 100);
+
+    // The restarted replica catches up: every replica at one digest.
+    json statuses;
+    bool same = waitUntil(
+        [&] {
+          statuses = json::array();
+          for (auto& r : replicas) statuses.push_back(replicaStatus(r));
+          for (const auto& s : statuses) {
+            if (s.is_null() || s["state_digest_seq"] != statuses[0]["state_digest_seq"] ||
+                s["state_digest"] != statuses[0]["state_digest"]) {
+              return false;
+            }
+          }
+          return statuses[0]["state_digest_seq"].get<uint64_t>() > 0;
+        },
+        30s);
+    INFO(statuses.dump());
+    INFO(logTail(net, "r3"));
+    CHECK(same);
+  }
+
+  {  // TWO_DOWN
+    INFO("two replicas down: a request waits, and completes once one returns");
+    killHard(net, "r3");
+    killHard(net, "r4");
+    auto tx = spend(notary, StateRef{SecureHash::of(asBytes("while two are down")), 0}, "x");
+    std::atomic<bool> answered{false};
+    auto pending = std::async(std::launch::async, [&] {
+      auto r = postRaw(alpha, "/api/v1/notary/notarise", notariseBody(tx));
+      answered = true;
+      return r;
+    });
+    std::this_thread::sleep_for(4s);
+    CHECK_FALSE(answered.load());
+    // Bring back r3 only: r4's node.toml is set aside so `network start` skips it.
+    fs::rename(net / "r4" / "node.toml", net / "r4" / "node.toml.off");
+    REQUIRE(runCcal("network start --dir " + net.string()) == 0);
+    fs::rename(net / "r4" / "node.toml.off", net / "r4" / "node.toml");
+    auto [status, result] = pending.get();
+    INFO(result.dump());
+    CHECK(status == 200);
+    CHECK(result["result"] == "notarised");
+    REQUIRE(runCcal("network start --dir " + net.string()) == 0);
+  }
+
+  REQUIRE(runCcal("network stop --dir " + net.string()) == 0);
+}
