@@ -229,7 +229,7 @@ int main(int argc, char** argv) {
   notary->require_subcommand(1);
   std::string notary_name, notary_tx_file;
   std::vector<std::string> notary_dep_files;
-  uint64_t notary_count = 100, notary_concurrency = 64;
+  uint64_t notary_count = 100, notary_concurrency = 64, notary_rate = 0;
   auto* notary_notarise = notary->add_subcommand(
       "notarise", "Notarise a SignedTransaction (its canonical bytes in --tx FILE) through --node");
   notary_notarise->add_option("--tx", notary_tx_file, "File holding the SignedTransaction's canonical bytes")
@@ -240,6 +240,9 @@ int main(int argc, char** argv) {
       "load", "Have --node notarise --count single-input transactions spending fresh states (load generator)");
   notary_load->add_option("--count", notary_count, "How many transactions")->capture_default_str();
   notary_load->add_option("--concurrency", notary_concurrency, "How many in flight")->capture_default_str();
+  notary_load->add_option("--rate", notary_rate,
+                          "Offered load in transactions per second (open loop); 0: as fast as --concurrency allows")
+      ->capture_default_str();
   auto* notary_status = notary->add_subcommand(
       "status", "A replica's view, last executed batch, state digest and checkpoint; a member's counters");
   for (auto* c : {notary_notarise, notary_load}) {
@@ -288,7 +291,8 @@ int main(int argc, char** argv) {
     return call("notary status", [](auto& c) { return c.get("/api/v1/notary/status"); });
   }
   if (notary_load->parsed()) {
-    nlohmann::json body = {{"count", notary_count}, {"concurrency", notary_concurrency}};
+    nlohmann::json body = {
+        {"count", notary_count}, {"concurrency", notary_concurrency}, {"rate_per_second", notary_rate}};
     if (!notary_name.empty()) body["notary"] = notary_name;
     return call("notary load", [&](auto& c) { return c.post("/api/v1/notary/diagnostic/load", body); });
   }

@@ -289,7 +289,19 @@ Result<NotaryService::Impl::Client*> NotaryService::Impl::chooseClient(const jso
 }
 
 json NotaryService::Impl::status() const {
-  if (replica) return statusOfReplica(*replica, *cluster, o.config->notary_replica_index);
+  if (replica) {
+    json out = statusOfReplica(*replica, *cluster, o.config->notary_replica_index);
+    if (store) {
+      const auto st = store->stats();
+      // Durable LMDB commits of this replica's environment (protocol state
+      // and consumed states together): commits per executed batch is what
+      // group commit buys.
+      out["store"] = {{"commits", st.commits},
+                      {"requests", st.requests},
+                      {"writer_cpu_micros", st.writer_cpu_micros}};
+    }
+    return out;
+  }
   json out = json::array();
   for (const auto& [name, c] : clients) {
     const auto& k = c.notary->counters();
@@ -413,12 +425,19 @@ void NotaryService::Impl::load(const ApiRequest& request, ApiReply reply) {
   if (!body.is_object()) {
     return reply(ApiResponse::error(400, "bad_request", "the body must be a JSON object"));
   }
-  uint64_t count = 0, concurrency = 0;
+  uint64_t count = 0, concurrency = 0, rate = 0;
   try {
     count = body.value("count", uint64_t{100});
     concurrency = body.value("concurrency", uint64_t{64});
+    rate = body.value("rate_per_second", uint64_t{0});
   } catch (const json::exception&) {
-    return reply(ApiResponse::error(400, "bad_request", "'count' and 'concurrency' are numbers"));
+    return reply(ApiResponse::error(
+        400, "bad_request", "'count', 'concurrency' and 'rate_per_second' are numbers"));
+  }
+  if (rate > notary_load_rate_per_second_max) {
+    return reply(ApiResponse::error(400, "bad_request",
+                                    "'rate_per_second' must be 0 (as fast as the concurrency "
+                                    "allows) .. " + std::to_string(notary_load_rate_per_second_max)));
   }
   if (count == 0 || count > notary_load_transactions_max) {
     return reply(ApiResponse::error(
@@ -443,14 +462,38 @@ void NotaryService::Impl::load(const ApiRequest& request, ApiReply reply) {
     Client* client = nullptr;
     Party notary;
     uint64_t count = 0, concurrency = 0, nonce = 0, issued = 0, outstanding = 0;
+    uint64_t rate_per_second = 0;  // 0: closed loop (only `concurrency` bounds it)
+    bool pace_timer_armed = false;
     uint64_t notarised = 0, conflicts = 0, errors = 0;
     std::optional<Error> first_error;
     std::vector<int64_t> latencies_micros;
     Clock::time_point started = Clock::now();
     ApiReply reply;
 
+    // Open loop at rate_per_second: the i-th transaction is due i/rate
+    // seconds after the start; what is due and under the concurrency bound
+    // goes now, and a timer wakes the generator for the next one.
+    uint64_t due(Clock::time_point now) const {
+      if (rate_per_second == 0) return count;
+      auto elapsed = std::chrono::duration_cast<std::chrono::microseconds>(now - started).count();
+      uint64_t d = static_cast<uint64_t>(elapsed) * rate_per_second / 1'000'000 + 1;
+      return std::min(d, count);
+    }
+    void pace(const std::shared_ptr<Run>& run) {
+      if (rate_per_second == 0 || pace_timer_armed || issued >= count) return;
+      if (outstanding >= concurrency) return;  // a completion issues the next
+      pace_timer_armed = true;
+      auto next_at = started + std::chrono::microseconds(
+                                   static_cast<int64_t>(issued * 1'000'000 / rate_per_second));
+      auto delay = std::chrono::duration_cast<std::chrono::microseconds>(next_at - Clock::now()).count();
+      self->o.executor->runAfter(std::max<int64_t>(delay, 0), [run] {
+        run->pace_timer_armed = false;
+        run->issue(run);
+      });
+    }
     void issue(const std::shared_ptr<Run>& run) {
-      while (outstanding < concurrency && issued < count) {
+      const uint64_t due_now = due(Clock::now());
+      while (outstanding < concurrency && issued < due_now) {
         const uint64_t i = issued++;
         ++outstanding;
         std::string seed = "ccal.notary.load\n" + self->o.config->x500 + "\n" +
@@ -485,6 +528,7 @@ void NotaryService::Impl::load(const ApiRequest& request, ApiReply reply) {
           run->finishOne(run, at, std::nullopt);
         });
       }
+      pace(run);
     }
     void finishOne(const std::shared_ptr<Run>& run, Clock::time_point at, std::optional<Error> error) {
       --outstanding;
@@ -511,6 +555,7 @@ void NotaryService::Impl::load(const ApiRequest& request, ApiReply reply) {
                   {"notarised", notarised},
                   {"conflicts", conflicts},
                   {"errors", errors},
+                  {"rate_per_second", rate_per_second},
                   {"duration_micros", elapsed},
                   {"per_second", elapsed > 0 ? static_cast<double>(count) * 1e6 / static_cast<double>(elapsed) : 0.0},
                   {"latency_p50_micros", pct(0.50)},
@@ -526,6 +571,7 @@ void NotaryService::Impl::load(const ApiRequest& request, ApiReply reply) {
   run->notary = Party{client->info->name, client->info->service_key};
   run->count = count;
   run->concurrency = concurrency;
+  run->rate_per_second = rate;
   // Fresh per load, also across restarts of this node.
   run->nonce = static_cast<uint64_t>(std::chrono::system_clock::now().time_since_epoch().count()) +
                load_runs++;

@@ -30,7 +30,8 @@
 //        "consuming_tx_hash","reference"}],"proof":[base64 signed replies]}
 //   POST /api/v1/notary/diagnostic/load     operator   {"notary", "count" <=
 //        notary_load_transactions_max, "concurrency" <=
-//        notary_load_concurrency_max}: builds and notarises `count`
+//        notary_load_concurrency_max, "rate_per_second" <= notary_load_rate_per_second_max
+//        (0, the default: closed loop)}: builds and notarises `count`
 //        single-input transactions spending fresh StateRefs (a load
 //        generator for tests and benchmarks) -> counts and latencies.
 //
@@ -59,6 +60,7 @@ class ApiServer;
 
 inline constexpr uint32_t notary_load_transactions_max = 20'000;  // per load request
 inline constexpr uint32_t notary_load_concurrency_max = 1'024;    // notarisations in flight
+inline constexpr uint32_t notary_load_rate_per_second_max = 1'000'000;  // offered load, open loop
 inline constexpr size_t notary_request_dependencies_max = 256;    // per notarise request
 // A notarisation not answered within this is an error (timeout): long enough
 // for a view change with backoff when replicas fail, below the API's 120 s.

@@ -1,0 +1,328 @@
+// Notary cluster benchmark (issue 5): notarisations per second and latency
+// for single-input requests with per-request authentication, for clusters of
+// 1 and 4 replicas run as separate `ccal node run` processes on loopback
+// over TLS, each replica durable in its own LMDB environment.
+//
+// For each cluster size: bootstrap a network (two member nodes + the
+// cluster), start it with `ccal network start`, warm up, then
+//  1. peak: both members run the load generator closed-loop
+//     (POST /api/v1/notary/diagnostic/load, `concurrency` in flight each);
+//     the peak is all notarisations over the wall time of the slower member;
+//  2. at 80% of peak: both members offer 0.4 x peak each, open loop
+//     (`rate_per_second`), and report latency p50/p99 (the worse member).
+// Beside them, measured in the same run: the raw Ed25519 verify rate
+// (libsodium), the durable LMDB commit rate of one small write at a time on
+// the same file system, and, from a replica's status, durable commits and
+// requests per executed batch.
+//
+// The members build and sign every transaction themselves, on the same two
+// cores as the replicas: the figures are for the whole network on this
+// machine, not for the replicas alone.
+//
+//   bench_notary [--quick] [--replicas 1,4] [--count N]
+
+#include <sodium.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "node/api_client.h"
+#include "node/api_users.h"
+#include "node/config.h"
+#include "test/bench/bench.h"
+#include "test/support/temp_dir.h"
+#include "vault/store.h"
+
+namespace fs = std::filesystem;
+using namespace ccal;
+using namespace ccal::node;
+using nlohmann::json;
+
+namespace {
+
+struct Args {
+  bool quick = false;
+  std::vector<int> replicas = {1, 4};
+  uint64_t count = 20'000;  // per member, peak phase
+  uint64_t concurrency = 1'024;  // per member, in flight
+};
+
+int runCcal(const std::string& args) {
+  std::string command = std::string(CCAL_BINARY) + " " + args + " >/dev/null 2>&1";
+  int status = std::system(command.c_str());
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+// Two members (alpha, beta) and a cluster of n = 3f+1 replicas.
+bool bootstrap(const fs::path& dir, int n) {
+  const int base = 40000 + static_cast<int>(::getpid() % 1500) * 16;
+  std::ofstream spec(dir / "spec.toml");
+  spec << "[network]\nroot = \"O=Bench Root, L=Haikou, C=CN\"\n"
+          "doorman = \"O=Bench Doorman, L=Haikou, C=CN\"\n"
+          "network_map = \"O=Bench Map, L=Haikou, C=CN\"\n";
+  std::vector<std::string> names = {"alpha", "beta"};
+  for (int i = 1; i <= n; ++i) names.push_back("r" + std::to_string(i));
+  for (size_t i = 0; i < names.size(); ++i) {
+    spec << "\n[[nodes]]\nname = \"" << names[i] << "\"\nx500 = \"O=" << names[i]
+         << " Member, L=Haikou, C=CN\"\nrole = \"" << (i < 2 ? "node" : "notary-replica")
+         << "\"\np2p = \"127.0.0.1:" << base + static_cast<int>(i) << "\"\napi = \"127.0.0.1:"
+         << base + 8 + static_cast<int>(i) << "\"\n";
+  }
+  spec << "\n[[notaries]]\nname = \"notary\"\nx500 = \"O=Bench Notary, L=Haikou, C=CN\"\nf = "
+       << (n - 1) / 3 << "\nvalidating = false\nreplicas = [";
+  for (int i = 1; i <= n; ++i) spec << (i > 1 ? ", " : "") << "\"r" << i << "\"";
+  spec << "]\n";
+  spec.close();
+  return runCcal("network bootstrap --spec " + (dir / "spec.toml").string() + " --out " +
+                 (dir / "net").string()) == 0;
+}
+
+Result<ApiClient> clientOf(const fs::path& net, const std::string& name) {
+  auto config = loadNodeConfig(net / name / "node.toml");
+  if (!config) return config.error();
+  auto users = ApiUsers::load(config->api_users_file);
+  if (!users) return users.error();
+  std::string token;
+  for (const auto& u : users->users()) {
+    if (u.role == ApiRole::admin) token = u.token;
+  }
+  ApiClientOptions options;
+  options.timeout_micros = 600'000'000;
+  return ApiClient::create("http://" + config->api_listen.toString(), token, options);
+}
+
+struct LoadFigures {
+  bool ok = false;
+  std::string error;
+  uint64_t notarised = 0, failed = 0;
+  double seconds = 0, per_second = 0;
+  double p50_ms = 0, p99_ms = 0;
+};
+
+// Both members run the load generator at once; figures over both.
+LoadFigures loadBoth(ApiClient& a, ApiClient& b, uint64_t count, uint64_t concurrency,
+                     uint64_t rate_per_member) {
+  json body = {{"count", count}, {"concurrency", concurrency}, {"rate_per_second", rate_per_member}};
+  auto started = std::chrono::steady_clock::now();
+  auto run = [&body](ApiClient& c) { return c.post("/api/v1/notary/diagnostic/load", body); };
+  auto fa = std::async(std::launch::async, run, std::ref(a));
+  auto fb = std::async(std::launch::async, run, std::ref(b));
+  auto ra = fa.get();
+  auto rb = fb.get();
+  LoadFigures out;
+  out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  for (const auto* r : {&ra, &rb}) {
+    if (!*r) {
+      out.error = r->error().toString();
+      return out;
+    }
+    const json& j = **r;
+    out.notarised += j.value("notarised", uint64_t{0});
+    out.failed += j.value("conflicts", uint64_t{0}) + j.value("errors", uint64_t{0});
+    if (j.contains("first_error")) out.error = j["first_error"].get<std::string>();
+    out.p50_ms = std::max(out.p50_ms, j.value("latency_p50_micros", 0.0) / 1000.0);
+    out.p99_ms = std::max(out.p99_ms, j.value("latency_p99_micros", 0.0) / 1000.0);
+  }
+  // The generators start when their request arrives: the wall time seen
+  // here includes two HTTP round trips, negligible against the run.
+  out.per_second = static_cast<double>(out.notarised) / out.seconds;
+  out.ok = out.failed == 0;
+  return out;
+}
+
+struct ClusterFigures {
+  int replicas = 0;
+  bool ok = false;
+  std::string error;
+  LoadFigures peak, at80;
+  double commits_per_batch = 0, requests_per_batch = 0, replica_writer_cpu_us_per_request = 0;
+};
+
+ClusterFigures runCluster(const Args& args, int n) {
+  ClusterFigures f;
+  f.replicas = n;
+  testing::TempDir tmp("ccal-bench-notary");
+  const fs::path dir = fs::path(tmp.path).parent_path();
+  if (!bootstrap(dir, n)) {
+    f.error = "ccal network bootstrap failed (spec in " + dir.string() + ")";
+    return f;
+  }
+  const fs::path net = dir / "net";
+  if (runCcal("network start --dir " + net.string()) != 0) {
+    f.error = "ccal network start failed; logs under " + net.string();
+    runCcal("network stop --dir " + net.string());
+    return f;
+  }
+  struct StopAtEnd {
+    fs::path net;
+    ~StopAtEnd() { runCcal("network stop --dir " + net.string()); }
+  } stop{net};
+  auto alpha = clientOf(net, "alpha");
+  auto beta = clientOf(net, "beta");
+  auto r1 = clientOf(net, "r1");
+  if (!alpha || !beta || !r1) {
+    f.error = "API client: " + (!alpha ? alpha.error() : !beta ? beta.error() : r1.error()).toString();
+    return f;
+  }
+  // Warm up: connections up, the primary known, caches warm.
+  LoadFigures warm = loadBoth(*alpha, *beta, args.quick ? 20 : 500, 64, 0);
+  if (!warm.ok) {
+    f.error = "warm-up: " + warm.error;
+    return f;
+  }
+  auto before = r1->get("/api/v1/notary/status");
+  f.peak = loadBoth(*alpha, *beta, args.count, args.concurrency, 0);
+  auto after = r1->get("/api/v1/notary/status");
+  if (!f.peak.ok) {
+    f.error = "peak: " + f.peak.error;
+    return f;
+  }
+  if (before && after) {
+    auto delta = [&](const char* group, const char* key) {
+      return static_cast<double>((*after)[group].value(key, uint64_t{0}) -
+                                 (*before)[group].value(key, uint64_t{0}));
+    };
+    double batches = delta("stats", "batches_executed");
+    double requests = delta("stats", "requests_executed");
+    if (batches > 0) {
+      f.commits_per_batch = delta("store", "commits") / batches;
+      f.requests_per_batch = requests / batches;
+    }
+    if (requests > 0) f.replica_writer_cpu_us_per_request = delta("store", "writer_cpu_micros") / requests;
+  }
+  // 80% of peak, open loop, offered by both members evenly, for about as long as the peak run.
+  const uint64_t rate_each = std::max<uint64_t>(1, static_cast<uint64_t>(0.4 * f.peak.per_second));
+  const uint64_t count_each = std::max<uint64_t>(
+      1, std::min<uint64_t>(args.count, static_cast<uint64_t>(static_cast<double>(rate_each) *
+                                                               std::max(2.0, f.peak.seconds))));
+  f.at80 = loadBoth(*alpha, *beta, count_each, args.concurrency, rate_each);
+  if (!f.at80.ok) {
+    f.error = "80% run: " + f.at80.error;
+    return f;
+  }
+  f.ok = true;
+  return f;
+}
+
+double rawVerifyRate(const bench::Options& options) {
+  unsigned char pk[crypto_sign_PUBLICKEYBYTES], sk[crypto_sign_SECRETKEYBYTES];
+  unsigned char sig[crypto_sign_BYTES];
+  unsigned char message[32] = {1, 2, 3};
+  crypto_sign_keypair(pk, sk);
+  crypto_sign_detached(sig, nullptr, message, sizeof message, sk);
+  volatile int sink = 0;
+  return bench::medianRate(options, [&] {
+    sink = sink + crypto_sign_verify_detached(sig, message, sizeof message, pk);
+  });
+}
+
+// One small write per durable commit, one after the other.
+double durableCommitRate(int commits) {
+  testing::TempDir dir("ccal-bench-notary-commit");
+  vault::StoreConfig config;
+  config.path = dir.path;
+  config.map_size_bytes = 64ull << 20;
+  const std::string names[] = {"bench"};
+  auto store = vault::Store::open(config, names, "ccal-bench-commit", 1);
+  if (!store) return 0;
+  const vault::Db& db = (*store)->db("bench");
+  auto started = std::chrono::steady_clock::now();
+  for (int i = 0; i < commits; ++i) {
+    Bytes key{static_cast<uint8_t>(i & 0xff), static_cast<uint8_t>(i >> 8)};
+    if (!(*store)->write([&](vault::WriteTxn& w) { return w.put(db, key, key); })) return 0;
+  }
+  return commits / std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args args;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--quick") {
+      args.quick = true;
+      args.replicas = {1};
+      args.count = 100;
+      args.concurrency = 16;
+    } else if (a == "--replicas" && i + 1 < argc) {
+      args.replicas.clear();
+      std::string list = argv[++i];
+      for (size_t p = 0; p < list.size();) {
+        size_t q = list.find(',', p);
+        args.replicas.push_back(std::atoi(list.substr(p, q - p).c_str()));
+        p = q == std::string::npos ? list.size() : q + 1;
+      }
+    } else if (a == "--count" && i + 1 < argc) {
+      args.count = std::strtoull(argv[++i], nullptr, 10);
+    } else {
+      std::fprintf(stderr, "usage: bench_notary [--quick] [--replicas 1,4] [--count N per member]\n");
+      return 2;
+    }
+  }
+  for (int n : args.replicas) {
+    if (n < 1 || (n - 1) % 3 != 0 || args.count == 0) {
+      std::fprintf(stderr, "bench_notary: a cluster has 3f+1 replicas (1, 4, 7, ...), not %d\n", n);
+      return 2;
+    }
+  }
+  if (sodium_init() < 0) return 1;
+  bench::Options options = bench::Options::fromArgs(argc, argv);
+  const double verify_rate = rawVerifyRate(options);
+  const double commit_rate = durableCommitRate(args.quick ? 20 : 300);
+
+  std::printf("notary cluster benchmark: single-input notarisations, two member nodes as clients,\n"
+              "replicas as separate processes over TLS on loopback (%u cores), %llu per member\n",
+              std::thread::hardware_concurrency(), static_cast<unsigned long long>(args.count));
+  std::printf("  raw Ed25519 verify (libsodium, one core)     %10.0f /s\n", verify_rate);
+  std::printf("  durable LMDB commit, one small write each    %10.0f /s\n", commit_rate);
+  std::vector<ClusterFigures> all;
+  bool ok = true;
+  for (int n : args.replicas) {
+    ClusterFigures f = runCluster(args, n);
+    all.push_back(f);
+    if (!f.ok) {
+      std::printf("  %d replica(s): FAILED: %s\n", n, f.error.c_str());
+      ok = false;
+      continue;
+    }
+    const double target = n == 1 ? 40'000 : 20'000;
+    std::printf("  %d replica(s) (f = %d):\n", n, (n - 1) / 3);
+    std::printf("    peak, closed loop          %8.0f notarisations/s (target >= %.0f: %s), %llu in %.1f s\n",
+                f.peak.per_second, target, f.peak.per_second >= target ? "met" : "NOT met",
+                static_cast<unsigned long long>(f.peak.notarised), f.peak.seconds);
+    std::printf("    at 80%% of peak, open loop  %8.0f /s  latency p50 %.2f ms (target <= 2: %s), "
+                "p99 %.2f ms (target <= 10: %s)\n",
+                f.at80.per_second, f.at80.p50_ms, f.at80.p50_ms <= 2 ? "met" : "NOT met", f.at80.p99_ms,
+                f.at80.p99_ms <= 10 ? "met" : "NOT met");
+    std::printf("    replica r1 during the peak: %.2f durable commits per batch, %.1f requests per batch,"
+                " %.1f us writer CPU per request\n",
+                f.commits_per_batch, f.requests_per_batch, f.replica_writer_cpu_us_per_request);
+  }
+  json out = {{"bench", "notary"}, {"raw_verify_per_second", verify_rate},
+              {"durable_commits_per_second", commit_rate}};
+  for (const auto& f : all) {
+    out["clusters"].push_back({{"replicas", f.replicas},
+                               {"ok", f.ok},
+                               {"error", f.error},
+                               {"peak_per_second", f.peak.per_second},
+                               {"at80_per_second", f.at80.per_second},
+                               {"at80_p50_ms", f.at80.p50_ms},
+                               {"at80_p99_ms", f.at80.p99_ms},
+                               {"commits_per_batch", f.commits_per_batch},
+                               {"requests_per_batch", f.requests_per_batch}});
+  }
+  std::printf("%s\n", out.dump().c_str());
+  return ok ? 0 : 1;
+}
