@@ -199,7 +199,10 @@ Result<NotarisationReply> NotarisationReply::decode(ByteView bytes, const Notari
         out.requestHash = *request_hash;
         out.txId = *tx_id;
         out.batchSeq = r.getBatchSeq();
-        if (out.batchSeq == 0) return makeError(Errc::malformed, "reply names batch 0");
+        // Batch 0: a refusal before ordering (StateMachine::rejection), only ever an error.
+        if (out.batchSeq == 0 && r.which() != ns::NotarisationReply::ERROR) {
+          return makeError(Errc::malformed, "a success or conflict reply names batch 0");
+        }
         switch (r.which()) {
           case ns::NotarisationReply::SUCCESS: out.outcome = Outcome::success; return out;
           case ns::NotarisationReply::CONFLICT: {
