@@ -108,6 +108,9 @@ Result<NotarisationRequest> NotarisationRequest::decode(ByteView bytes, const No
                                                 std::to_string(limits.transaction.component.name_bytes_max));
         }
         out.notary_ = std::string(name.cStr(), name.size());
+        if (out.notary_.find('\0') != std::string::npos) {
+          return makeError(Errc::malformed, "notarisation request's notary name holds a NUL byte");
+        }
         switch (r.which()) {
           case ns::NotarisationRequest::NON_VALIDATING: {
             auto ftx = FilteredTransaction::read(r.getNonValidating(), limits.transaction);
@@ -199,7 +202,10 @@ Result<NotarisationReply> NotarisationReply::decode(ByteView bytes, const Notari
         out.requestHash = *request_hash;
         out.txId = *tx_id;
         out.batchSeq = r.getBatchSeq();
-        if (out.batchSeq == 0) return makeError(Errc::malformed, "reply names batch 0");
+        // Batch 0: a refusal before ordering (StateMachine::rejection), only ever an error.
+        if (out.batchSeq == 0 && r.which() != ns::NotarisationReply::ERROR) {
+          return makeError(Errc::malformed, "a success or conflict reply names batch 0");
+        }
         switch (r.which()) {
           case ns::NotarisationReply::SUCCESS: out.outcome = Outcome::success; return out;
           case ns::NotarisationReply::CONFLICT: {
@@ -233,6 +239,10 @@ Result<NotarisationReply> NotarisationReply::decode(ByteView bytes, const Notari
                                                     std::to_string(limits.error_message_bytes_max));
             }
             out.error = Error{static_cast<Errc>(e.getCode()), std::string(text.cStr(), text.size())};
+            // The encoder writes text up to its first NUL: one value, one encoding.
+            if (out.error.message.find('\0') != std::string::npos) {
+              return makeError(Errc::malformed, "error reply message holding a NUL byte");
+            }
             return out;
           }
         }

@@ -74,6 +74,14 @@ Status Replica::start() {
   stable_proof_ = rec->meta.stable_proof;
   last_batch_time_micros_ = rec->meta.last_batch_time_micros;
   replies_ = std::move(rec->replies);
+  if (!rec->legacy_reply_clients.empty()) {
+    // Whole-cache records of the format before per-reply records: rewritten
+    // per reply in the first write.
+    for (const auto& client : rec->legacy_reply_clients) {
+      for (const auto& [cs, r] : replies_[client]) replies_added_[client].insert(cs);
+      step().legacy_replies_dropped.insert(client);
+    }
+  }
   // D(lastExecuted): from the last stored checkpoint digest at or below it.
   const uint64_t executed = machine_.lastExecuted();
   uint64_t base = 0;
@@ -249,11 +257,18 @@ void Replica::flush() {
   if (!step_) return;
   Step s = std::move(*step_);
   step_.reset();
-  for (const auto& client : replies_dirty_) {
+  // Only the reply cache entries this step added or evicted.
+  for (const auto& [client, seqs] : replies_added_) {
     auto it = replies_.find(client);
-    if (it != replies_.end()) s.replies[client] = it->second;
+    if (it == replies_.end()) continue;
+    for (uint64_t cs : seqs) {
+      auto r = it->second.find(cs);
+      if (r != it->second.end()) s.replies[client][cs] = r->second;
+    }
   }
-  replies_dirty_.clear();
+  s.replies_dropped = std::move(replies_evicted_);
+  replies_added_.clear();
+  replies_evicted_.clear();
   // Slots queued before a truncation of their seq are not written.
   auto fns = std::make_shared<std::vector<std::function<void()>>>(std::move(after_durable_));
   after_durable_.clear();
@@ -376,11 +391,20 @@ void Replica::onRequest(std::string_view peer, WireRequest r) {
       return sendReply(r.client, r.client_seq, it->second);
     }
   }
-  if (Status s = machine_.check(Request{r.client, r.client_seq, r.body}); !s) {
-    return reject(peer, "request " + std::to_string(r.client_seq) + " refused: " + s.error().toString());
+  Request request{r.client, r.client_seq, r.body};
+  if (Status s = machine_.check(request); !s) {
+    // Never ordered; the client hears why (f+1 matching refusals end its
+    // wait), unordered and not cached as executed.
+    ++stats_.requests_refused;
+    log("request " + std::to_string(r.client_seq) + " of '" + r.client + "' refused: " + s.error().toString());
+    Bytes answer = machine_.rejection(request, s.error());
+    if (!answer.empty()) {
+      sendToPeer(peer, Message(ReplyMsg{view_, r.client_seq, config_.self_index, std::move(answer)}));
+    }
+    return;
   }
   const SecureHash d = r.digest();
-  if (direct_.size() < config_.pending_requests_max) direct_.insert(d);
+  if (direct_.size() < config_.pending_requests_max && direct_.insert(d).second) tryAcceptAllHeld();
   if (pending_.count(d) || in_batches_.count(d)) return;
   if (pending_.size() >= config_.pending_requests_max ||
       pending_per_client_[r.client] >= config_.pending_requests_per_client_max) {
@@ -458,13 +482,20 @@ bool Replica::takesVotes(uint64_t seq) const {
   return inWindow(seq) || (seq > machine_.lastExecuted() && slots_.count(seq) > 0);
 }
 
+void Replica::eraseSlotsThrough(uint64_t seq) {
+  const auto end = slots_.upper_bound(seq);
+  for (auto it = slots_.begin(); it != end; ++it) held_slots_ -= it->second.held ? 1 : 0;
+  slots_.erase(slots_.begin(), end);
+}
+
 Replica::Slot& Replica::slot(uint64_t seq) {
   Slot& s = slots_[seq];
   s.seq = seq;
   return s;
 }
 
-Status Replica::checkBatch(const BatchBody& batch, uint64_t seq) {
+Status Replica::checkBatch(const BatchBody& batch, uint64_t seq, size_t& unauthenticated) {
+  unauthenticated = 0;
   if (batch.requests.size() > config_.batch_size_max) {
     return makeError(Errc::too_large, "batch of " + std::to_string(batch.requests.size()) +
                                           " requests, over batch_size_max");
@@ -510,13 +541,12 @@ Status Replica::checkBatch(const BatchBody& batch, uint64_t seq) {
       return makeError(Errc::malformed, "request " + std::to_string(r.client_seq) + " of '" +
                                             r.client + "' twice in one batch");
     }
-    if (!authenticated(r)) {
-      return makeError(Errc::unauthorized,
-                       "request " + std::to_string(r.client_seq) + " of '" + r.client +
-                           "' is not authenticated for this replica (no valid MAC, not received "
-                           "from the client)");
-    }
     if (Status s = machine_.check(Request{r.client, r.client_seq, r.body}); !s) return s;
+    if (!authenticated(r)) {
+      log("request " + std::to_string(r.client_seq) + " of '" + r.client +
+          "' is not authenticated for this replica (no valid MAC, not received from the client)");
+      ++unauthenticated;
+    }
   }
   return Status();
 }
@@ -539,10 +569,63 @@ void Replica::onPrePrepare(uint32_t from, PrePrepareMsg m) {
     return;
   }
   if (m.seq <= machine_.lastExecuted()) return;
-  if (Status st = checkBatch(m.batch, m.seq); !st) {
+  if (s.held) {
+    if (s.held->view == m.view && s.held->digest != digest) {
+      reject(peer, "the primary equivocates: pre-prepare " + std::to_string(m.seq) + " in view " +
+                       std::to_string(m.view) + " with digest " + digest.shortHex() + ", held " +
+                       s.held->digest.shortHex() + " before");
+    }
+    if (s.held->view == m.view) return;
+  }
+  size_t unauthenticated = 0;
+  if (Status st = checkBatch(m.batch, m.seq, unauthenticated); !st) {
     return reject(peer, "pre-prepare " + std::to_string(m.seq) + ": " + st.error().toString());
   }
+  if (unauthenticated > 0) {
+    // The primary authenticated these requests (it proposes only requests
+    // received from their clients); this replica cannot. It prepares the
+    // batch once it can (a direct copy from the client), or once f+1
+    // backups prepared it: one of them is honest and authenticated every
+    // request in it. Until then it sends no prepare.
+    ++stats_.pre_prepares_held;
+    if (!s.held) ++held_slots_;
+    s.held = Slot::Held{m.view, digest, std::move(m.batch)};
+    armViewTimer();
+    return tryAcceptHeld(s);
+  }
   acceptPrePrepare(m.seq, digest, std::move(m.batch), false);
+}
+
+void Replica::tryAcceptHeld(Slot& s) {
+  if (!s.held) return;
+  auto drop = [&] {
+    s.held.reset();
+    --held_slots_;
+  };
+  if (s.held->view != view_ || view_changing_ || s.has_pp || s.seq <= machine_.lastExecuted()) return drop();
+  size_t vouchers = 0;
+  for (const auto& [r, d] : s.prepares) {
+    if (d == s.held->digest && r != config_.self_index && r != primaryOf(view_)) ++vouchers;
+  }
+  bool accept = vouchers >= size_t(f()) + 1;
+  if (accept) {
+    ++stats_.held_accepted_by_prepares;
+  } else {
+    accept = std::all_of(s.held->batch.requests.begin(), s.held->batch.requests.end(),
+                         [&](const WireRequest& r) { return authenticated(r); });
+  }
+  if (!accept) return;
+  const SecureHash digest = s.held->digest;
+  BatchBody batch = std::move(s.held->batch);
+  drop();
+  acceptPrePrepare(s.seq, digest, std::move(batch), false);
+}
+
+void Replica::tryAcceptAllHeld() {
+  if (held_slots_ == 0) return;
+  for (auto& [seq, s] : slots_) {
+    if (s.held) tryAcceptHeld(s);
+  }
 }
 
 void Replica::acceptPrePrepare(uint64_t seq, const SecureHash& digest, BatchBody batch, bool mine) {
@@ -595,6 +678,7 @@ void Replica::onPrepare(uint32_t from, const VoteMsg& m) {
   }
   Slot& s = slot(m.seq);
   s.prepares.emplace(from, m.digest);
+  if (s.held) tryAcceptHeld(s);
   checkPrepared(s);
 }
 
@@ -708,8 +792,13 @@ void Replica::onExecuted(uint64_t seq, const BatchBody& batch, Result<Executed> 
     sendReply(r.client, r.client_seq, rec);
     auto& cache = replies_[r.client];
     cache[r.client_seq] = std::move(rec);
-    while (cache.size() > config_.reply_cache_per_client_max) cache.erase(cache.begin());
-    replies_dirty_.insert(r.client);
+    replies_added_[r.client].insert(r.client_seq);
+    while (cache.size() > config_.reply_cache_per_client_max) {
+      const uint64_t oldest = cache.begin()->first;
+      cache.erase(cache.begin());
+      replies_added_[r.client].erase(oldest);
+      replies_evicted_[r.client].insert(oldest);  // (deleting a key never written is a no-op)
+    }
     const SecureHash d = r.digest();
     in_batches_.erase(d);
     direct_.erase(d);
@@ -725,7 +814,7 @@ void Replica::onExecuted(uint64_t seq, const BatchBody& batch, Result<Executed> 
   ++stats_.batches_executed;
   afterBatchApplied(seq, result->effects);
   if (seq <= stable_seq_) {
-    slots_.erase(slots_.begin(), slots_.upper_bound(seq));
+    eraseSlotsThrough(seq);
     truncateLog(seq);
   }
   // Progress: the view-change timer starts again, at its base value.
@@ -848,7 +937,7 @@ void Replica::makeStable(uint64_t seq, const SecureHash& digest, std::vector<Sig
   // here yet: those committed still execute from the log (cheaper than a
   // state transfer), the rest are discarded once executed or transferred.
   const uint64_t through = std::min(seq, machine_.lastExecuted());
-  slots_.erase(slots_.begin(), slots_.upper_bound(through));
+  eraseSlotsThrough(through);
   checkpoint_votes_.erase(checkpoint_votes_.begin(), checkpoint_votes_.upper_bound(seq));
   own_checkpoints_.erase(own_checkpoints_.begin(), own_checkpoints_.lower_bound(seq));
   next_seq_ = std::max(next_seq_, seq + 1);
@@ -866,7 +955,7 @@ void Replica::armViewTimer() {
   if (view_changing_) return armNewViewTimer();
   bool waiting = false;
   if (!isPrimary()) {
-    waiting = !pending_.empty() || !in_batches_.empty();
+    waiting = !pending_.empty() || !in_batches_.empty() || held_slots_ > 0;
     for (auto it = slots_.upper_bound(machine_.lastExecuted()); !waiting && it != slots_.end(); ++it) {
       waiting = it->second.has_pp;
     }
@@ -896,7 +985,9 @@ void Replica::startViewChange(uint64_t new_view) {
   vc.stable_seq = stable_seq_;
   vc.stable_digest = stable_digest_;
   vc.stable_proof = stable_proof_;
+  held_slots_ = 0;
   for (auto& [seq, s] : slots_) {
+    s.held.reset();
     s.has_pp = false;
     s.pp_durable = false;
     s.prepared = s.commit_sent = s.committed = s.prepare_sent = false;
@@ -1055,7 +1146,9 @@ void Replica::installNewView(const NewViewMsg& nv, const Decision& d) {
     view_timer_ = 0;
   }
   view_changes_.erase(view_changes_.begin(), view_changes_.upper_bound(view_));
+  held_slots_ = 0;
   for (auto& [seq, s] : slots_) {
+    s.held.reset();
     s.has_pp = s.pp_durable = s.prepared = s.commit_sent = s.committed = s.prepare_sent = false;
     s.prepares.clear();
     s.commits.clear();

@@ -76,6 +76,9 @@ class Replica final : public flows::LinkHandler {
     uint64_t replies_from_cache = 0, view_changes = 0, new_views = 0, checkpoints_stable = 0;
     uint64_t state_transfers = 0, effects_applied = 0, frames_rejected = 0, store_writes = 0;
     uint64_t batches_fetched = 0;
+    uint64_t requests_refused = 0;  // failed StateMachine::check, answered with its rejection
+    uint64_t pre_prepares_held = 0;      // waiting for requests this replica could not authenticate
+    uint64_t held_accepted_by_prepares = 0;  // accepted on f+1 backups' prepares
   };
 
   // Opens from the store's recovered state (view, log, checkpoint, replies)
@@ -127,6 +130,16 @@ class Replica final : public flows::LinkHandler {
     std::map<std::pair<uint64_t, SecureHash>, std::set<uint32_t>> observed;
     bool decided = false;
     SecureHash decided_digest;
+    // A pre-prepare of the current view that passed every check but the
+    // authentication of some of its requests here (a faulty client's MAC
+    // for this replica, not received from the client directly): accepted
+    // once each request is authenticated here or f+1 backups prepared it.
+    struct Held {
+      uint64_t view = 0;
+      SecureHash digest;
+      pbft::BatchBody batch;
+    };
+    std::optional<Held> held;
   };
   struct Pending {
     pbft::WireRequest request;
@@ -164,7 +177,11 @@ class Replica final : public flows::LinkHandler {
 
   // Normal case.
   void onPrePrepare(uint32_t from, pbft::PrePrepareMsg m);
-  Status checkBatch(const pbft::BatchBody& batch, uint64_t seq);
+  // Every check of a pre-prepared batch; `unauthenticated` counts its
+  // requests that this replica cannot authenticate (not an error here).
+  Status checkBatch(const pbft::BatchBody& batch, uint64_t seq, size_t& unauthenticated);
+  void tryAcceptHeld(Slot& s);
+  void tryAcceptAllHeld();
   void acceptPrePrepare(uint64_t seq, const SecureHash& digest, pbft::BatchBody batch, bool mine);
   void onPrepare(uint32_t from, const pbft::VoteMsg& m);
   void onCommit(uint32_t from, const pbft::VoteMsg& m);
@@ -176,6 +193,7 @@ class Replica final : public flows::LinkHandler {
   // checkpoint because they are not executed here yet.
   bool takesVotes(uint64_t seq) const;
   void truncateLog(uint64_t through);
+  void eraseSlotsThrough(uint64_t seq);  // the in-memory log
   Slot& slot(uint64_t seq);
 
   // Execution and checkpoints.
@@ -246,8 +264,10 @@ class Replica final : public flows::LinkHandler {
   std::map<std::string, uint32_t> pending_per_client_;
   std::set<SecureHash> direct_;  // digests of requests received directly from their client
   std::map<std::string, std::map<uint64_t, pbft::ReplyRecord>> replies_;
-  std::set<std::string> replies_dirty_;
+  // Reply cache changes not yet written: entries added and entries evicted.
+  std::map<std::string, std::set<uint64_t>> replies_added_, replies_evicted_;
   std::set<SecureHash> in_batches_;  // digests of requests in batches not yet executed
+  size_t held_slots_ = 0;            // slots with a held pre-prepare
   flows::Executor::TimerId batch_timer_ = 0;
 
   // View change.

@@ -7,7 +7,10 @@ namespace ccal::notary::pbft {
 namespace {
 
 constexpr std::string_view meta_key = "meta";
-constexpr uint8_t slot_format = 1, meta_format = 1, reply_format = 1;
+constexpr uint8_t slot_format = 1, meta_format = 1;
+constexpr uint8_t legacy_reply_format = 1;  // one record per client, its whole cache
+constexpr uint8_t reply_format = 2;         // one record per reply
+constexpr uint8_t reply_key_tag = 0x00;     // X.500 names hold no NUL: never a legacy key
 
 Bytes seqKey(uint64_t seq) {
   Bytes k(8);
@@ -67,6 +70,15 @@ class Reader {
   size_t pos_ = 0;
   bool ok_ = true;
 };
+
+// 0x00 || client || 0x00 || u64 BE client_seq: a client's replies together, oldest first.
+Bytes replyKey(std::string_view client, uint64_t client_seq) {
+  Bytes k{reply_key_tag};
+  append(k, asBytes(client));
+  k.push_back(0x00);
+  append(k, seqKey(client_seq));
+  return k;
+}
 
 void putBytes(Bytes& out, ByteView b) {
   appendU32(out, static_cast<uint32_t>(b.size()));
@@ -192,13 +204,30 @@ Result<Recovered> ReplicaStore::load() const {
   }
   for (auto c = txn.cursor(store_.db("pbft_replies")); c.valid() || c.first();) {
     if (!c.valid()) break;
-    const std::string client(c.key().begin(), c.key().end());
+    const ByteView key = c.key();
+    if (!key.empty() && key[0] == reply_key_tag) {
+      // One reply: 0x00 || client || 0x00 || u64 BE client_seq -> format, view, body.
+      if (key.size() < 1 + 1 + 8 || key[key.size() - 9] != 0x00) return corrupt("reply record key");
+      const std::string client(key.begin() + 1, key.end() - 9);
+      ReplyRecord r;
+      r.client_seq = seqOfKey(key.subspan(key.size() - 8));
+      Reader rd(c.value());
+      uint8_t format = 0;
+      if (!rd.u8(format) || format != reply_format || !rd.u64(r.view) || !rd.bytes(r.body) || !rd.done()) {
+        return corrupt("reply " + std::to_string(r.client_seq) + " of '" + client + "'");
+      }
+      out.replies[client][r.client_seq] = std::move(r);
+      if (!c.next()) break;
+      continue;
+    }
+    const std::string client(key.begin(), key.end());
     Reader rd(c.value());
     uint8_t format = 0;
     uint32_t n = 0;
-    if (!rd.u8(format) || format != reply_format || !rd.u32(n) || n > 1u << 20) {
+    if (!rd.u8(format) || format != legacy_reply_format || !rd.u32(n) || n > 1u << 20) {
       return corrupt("reply cache of '" + client + "'");
     }
+    out.legacy_reply_clients.insert(client);
     auto& cache = out.replies[client];
     for (uint32_t i = 0; i < n; ++i) {
       ReplyRecord r;
@@ -242,15 +271,18 @@ void ReplicaStore::write(Step step, std::function<void(const Status&)> done) {
         for (const auto& [seq, d] : s.digests) {
           CCAL_TRY(txn.put(store_.db("pbft_digests"), seqKey(seq), d.view()));
         }
-        for (const auto& [client, cache] : s.replies) {
-          Bytes v{reply_format};
-          appendU32(v, static_cast<uint32_t>(cache.size()));
-          for (const auto& [cs, r] : cache) {
-            appendU64(v, r.client_seq);
+        const vault::Db& replies = store_.db("pbft_replies");
+        for (const auto& client : s.legacy_replies_dropped) CCAL_TRY(txn.del(replies, asBytes(client)));
+        for (const auto& [client, seqs] : s.replies_dropped) {
+          for (uint64_t cs : seqs) CCAL_TRY(txn.del(replies, replyKey(client, cs)));
+        }
+        for (const auto& [client, entries] : s.replies) {
+          for (const auto& [cs, r] : entries) {
+            Bytes v{reply_format};
             appendU64(v, r.view);
             putBytes(v, r.body);
+            CCAL_TRY(txn.put(replies, replyKey(client, cs), v));
           }
-          CCAL_TRY(txn.put(store_.db("pbft_replies"), asBytes(client), v));
         }
         return Status();
       },

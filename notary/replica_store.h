@@ -11,7 +11,12 @@
 //                digest). A restarted primary reloads what it proposed and
 //                never proposes another batch for the same (view, seq); a
 //                backup never prepares two digests for one (view, seq).
-//   pbft_replies the last replies per client (the reply cache).
+//   pbft_replies the last replies per client (the reply cache), one record
+//                per reply: key 0x00 || client || 0x00 || u64 BE client_seq,
+//                so a batch writes only the replies it adds and deletes only
+//                those it evicts. (Stores written before hold one record per
+//                client, keyed by the bare name, with its whole cache: load()
+//                reads them and Replica::start rewrites them per reply.)
 //   pbft_digests D(s) at each checkpoint this replica executed, so a restart
 //                recomputes the digest chain from the last one, not from 0.
 // One Step is one request to the Store's writer: the replica gathers
@@ -22,6 +27,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -59,16 +65,20 @@ struct Recovered {
   std::map<uint64_t, SlotRecord> slots;
   std::map<std::string, std::map<uint64_t, ReplyRecord>> replies;
   std::map<uint64_t, SecureHash> digests;  // checkpoint seq -> D(seq)
+  std::set<std::string> legacy_reply_clients;  // whole-cache records (the format before per-reply records)
 };
 
 struct Step {
   std::optional<MetaRecord> meta;
   std::map<uint64_t, SlotRecord> slots;      // put
   uint64_t truncate_through = 0;             // delete slots and digests <= this (0: none)
-  std::map<std::string, std::map<uint64_t, ReplyRecord>> replies;  // client -> whole cache
+  std::map<std::string, std::map<uint64_t, ReplyRecord>> replies;  // client -> replies to put
+  std::map<std::string, std::set<uint64_t>> replies_dropped;       // client -> client_seqs to delete
+  std::set<std::string> legacy_replies_dropped;  // whole-cache records to delete (after rewriting them)
   std::map<uint64_t, SecureHash> digests;    // put
   bool empty() const {
-    return !meta && slots.empty() && truncate_through == 0 && replies.empty() && digests.empty();
+    return !meta && slots.empty() && truncate_through == 0 && replies.empty() && replies_dropped.empty() &&
+           legacy_replies_dropped.empty() && digests.empty();
   }
 };
 

@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <future>
+#include <set>
 
 #include "test/support/temp_dir.h"
 
@@ -71,4 +72,61 @@ TEST_CASE("replica store: corrupt records are refused with an error naming them"
   CHECK(ReplicaStore::decodeMeta(good).ok());
   good.push_back(0);
   CHECK(!ReplicaStore::decodeMeta(good).ok());
+}
+
+TEST_CASE("replica store: the reply cache is written per reply; evicted replies are deleted; old whole-cache records load") {
+  ccal::testing::TempDir dir;
+  vault::StoreConfig config;
+  config.path = dir.path;
+  config.durable = false;
+  auto write = [](ReplicaStore& rs, Step step) {
+    std::promise<Status> done;
+    rs.write(std::move(step), [&](const Status& s) { done.set_value(s); });
+    return done.get_future().get();
+  };
+  {
+    auto store = vault::Store::open(config, ReplicaStore::dbNames(), "pbft-test", 1).value();
+    ReplicaStore rs(*store);
+    Step a;
+    for (uint64_t cs = 1; cs <= 3; ++cs) a.replies["alice"][cs] = ReplyRecord{cs, 0, Bytes{uint8_t(cs)}};
+    a.replies["bob"][9] = ReplyRecord{9, 1, Bytes{9}};
+    REQUIRE(write(rs, a).ok());
+    CHECK(store->read().entries(store->db("pbft_replies")) == 4);
+    // The next step adds one reply and evicts one: two keys change, the rest are not rewritten.
+    Step b;
+    b.replies["alice"][4] = ReplyRecord{4, 0, Bytes{4}};
+    b.replies_dropped["alice"] = {1};
+    REQUIRE(write(rs, b).ok());
+    // A whole-cache record as stores written before per-reply records hold it.
+    REQUIRE(store
+                ->write([&](vault::WriteTxn& txn) {
+                  Bytes v{1, 1, 0, 0, 0};  // format 1, one entry
+                  for (uint64_t x : {uint64_t{5}, uint64_t{2}}) {
+                    for (int i = 0; i < 8; ++i) v.push_back(static_cast<uint8_t>(x >> (8 * i)));
+                  }
+                  v.insert(v.end(), {2, 0, 0, 0, 0xaa, 0xbb});
+                  return txn.put(store->db("pbft_replies"), asBytes("carol"), v);
+                })
+                .ok());
+  }
+  auto store = vault::Store::open(config, ReplicaStore::dbNames(), "pbft-test", 1).value();
+  auto rec = ReplicaStore(*store).load();
+  REQUIRE(rec.ok());
+  REQUIRE(rec->replies.at("alice").size() == 3);
+  CHECK(!rec->replies.at("alice").count(1));
+  CHECK(rec->replies.at("alice").at(4).body == Bytes{4});
+  CHECK(rec->replies.at("bob").at(9).view == 1);
+  CHECK(rec->replies.at("carol").at(5).view == 2);
+  CHECK(rec->replies.at("carol").at(5).body == (Bytes{0xaa, 0xbb}));
+  CHECK(rec->legacy_reply_clients == std::set<std::string>{"carol"});
+  // Rewritten per reply, the old record goes.
+  ReplicaStore rs(*store);
+  Step c;
+  c.replies["carol"] = rec->replies.at("carol");
+  c.legacy_replies_dropped = {"carol"};
+  REQUIRE(write(rs, c).ok());
+  auto again = ReplicaStore(*store).load();
+  REQUIRE(again.ok());
+  CHECK(again->legacy_reply_clients.empty());
+  CHECK(again->replies.at("carol").at(5).body == (Bytes{0xaa, 0xbb}));
 }

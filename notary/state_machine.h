@@ -71,6 +71,19 @@ class StateMachine {
   // cheap (results may be cached by request digest).
   virtual Status check(const Request& request) const = 0;
 
+  // The answer to a request that check() refused with `error`: each replica
+  // that refuses a request it received from its client sends this back
+  // directly, unordered and not executed (nothing in the state changes, the
+  // reply cache does not keep it: a retransmission is checked again). It
+  // lets the client finish with the error once f+1 replicas agree on it,
+  // rather than time out. Deterministic in (request, error), as check() is,
+  // so honest replicas' refusals match. Empty: no answer is sent.
+  virtual Bytes rejection(const Request& request, const Error& error) const {
+    (void)request;
+    (void)error;
+    return {};
+  }
+
   // Executes batch.seq == lastExecuted() + 1, durably (the batch's state
   // changes, its effects and lastExecuted() in one LMDB write) before done.
   // A request that the state machine refuses (conflict, bad time window) is

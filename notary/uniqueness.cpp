@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <bit>
+#include <list>
 #include <map>
+#include <mutex>
 #include <set>
 #include <unordered_map>
 #include <unordered_set>
@@ -132,6 +134,50 @@ struct UniquenessStateMachine::Checked {
   std::optional<TimeWindow> timeWindow;
 };
 
+// check()'s outcomes by request body hash, oldest first out.
+struct UniquenessStateMachine::CheckCache {
+  using Value = std::shared_ptr<const Result<Checked>>;
+  struct Entry {
+    Value value;
+    std::list<SecureHash>::iterator order;
+  };
+  std::mutex mutex;  // check() may run on any thread
+  std::unordered_map<SecureHash, Entry, SecureHashHasher> entries;
+  std::list<SecureHash> order;
+  CheckStats stats;
+
+  Value find(const SecureHash& h, bool take) {
+    std::lock_guard lock(mutex);
+    auto it = entries.find(h);
+    if (it == entries.end()) return nullptr;
+    ++stats.cache_hits;
+    Value v = it->second.value;
+    if (take) {
+      order.erase(it->second.order);
+      entries.erase(it);
+    }
+    return v;
+  }
+  void insert(const SecureHash& h, Value v, size_t max) {
+    std::lock_guard lock(mutex);
+    ++stats.decoded;
+    if (max == 0 || entries.count(h)) return;
+    while (entries.size() >= max) {
+      entries.erase(order.front());
+      order.pop_front();
+    }
+    order.push_back(h);
+    entries.emplace(h, Entry{std::move(v), std::prev(order.end())});
+  }
+};
+
+UniquenessStateMachine::~UniquenessStateMachine() = default;
+
+UniquenessStateMachine::CheckStats UniquenessStateMachine::checkStats() const {
+  std::lock_guard lock(check_cache_->mutex);
+  return check_cache_->stats;
+}
+
 std::vector<std::string> UniquenessStateMachine::dbNames() {
   return {std::string(consumed_db_name), std::string(txs_db_name), std::string(effects_db_name),
           std::string(meta_db_name)};
@@ -153,6 +199,7 @@ UniquenessStateMachine::UniquenessStateMachine(vault::Store& store, UniquenessCo
       txs_db_(&store.db(txs_db_name)),
       effects_db_(&store.db(effects_db_name)),
       meta_db_(&store.db(meta_db_name)),
+      check_cache_(std::make_unique<CheckCache>()),
       last_executed_(last),
       last_queued_(last) {}
 
@@ -299,10 +346,49 @@ Result<UniquenessStateMachine::Checked> UniquenessStateMachine::checkBody(ByteVi
   return out;
 }
 
+std::shared_ptr<const Result<UniquenessStateMachine::Checked>> UniquenessStateMachine::checkCached(
+    ByteView body, const SecureHash& body_hash, bool take) const {
+  if (auto hit = check_cache_->find(body_hash, take)) return hit;
+  auto result = std::make_shared<const Result<Checked>>(checkBody(body));
+  // execute() takes what it needs: a result decoded there is not kept.
+  check_cache_->insert(body_hash, result, take ? 0 : config_.checked_requests_cached_max);
+  return result;
+}
+
 Status UniquenessStateMachine::check(const Request& request) const {
-  auto checked = checkBody(request.body);
-  if (!checked) return checked.error();
+  auto checked = checkCached(request.body, SecureHash::of(request.body), false);
+  if (!*checked) return checked->error();
   return {};
+}
+
+namespace {
+
+// An error as a reply carries it: the message cut to the limit the client's
+// decoder enforces.
+Error replyError(const Error& error, const NotarisationLimits& limits) {
+  Error out = error;
+  if (out.message.size() > limits.error_message_bytes_max) {
+    constexpr std::string_view cut = "...";
+    out.message.resize(limits.error_message_bytes_max - cut.size());
+    out.message += cut;
+  }
+  return out;
+}
+
+}  // namespace
+
+Bytes UniquenessStateMachine::rejection(const Request& request, const Error& error) const {
+  NotarisationReply reply;
+  reply.requestHash = SecureHash::of(request.body);
+  reply.batchSeq = 0;  // refused before ordering
+  reply.outcome = NotarisationReply::Outcome::error;
+  reply.error = replyError(error, config_.limits);
+  SignedNotarisationReply signed_reply;
+  signed_reply.reply = reply.encode();
+  signed_reply.leafIndex = 0;
+  signed_reply.leafCount = 1;
+  signed_reply.rootSignature = signer_.sign(batchRootSignableBytes(0, 1, replyLeaf(signed_reply.reply)));
+  return signed_reply.encode();
 }
 
 // --- execute -----------------------------------------------------------------------
@@ -368,12 +454,13 @@ void UniquenessStateMachine::execute(const Batch& batch, std::function<void(Resu
   for (size_t i = 0; i < batch.requests.size(); ++i) {
     Prepared& p = (*prepared)[i];
     p.requestHash = SecureHash::of(batch.requests[i].body);
-    auto checked = checkBody(batch.requests[i].body);
-    if (!checked) {
-      p.error = checked.error();
+    // Decoded and checked once: check() left the outcome in the cache.
+    auto checked = checkCached(batch.requests[i].body, p.requestHash, true);
+    if (!*checked) {
+      p.error = checked->error();
       continue;
     }
-    p.checked.emplace(std::move(checked).value());
+    p.checked.emplace(checked->value());
     for (const auto& r : p.checked->inputs) p.inputKeys.push_back(refKey(r));
     for (const auto& r : p.checked->references) p.referenceKeys.push_back(refKey(r));
   }
@@ -412,7 +499,7 @@ void UniquenessStateMachine::execute(const Batch& batch, std::function<void(Resu
       reply.batchSeq = seq;
       if (!p.checked) {
         reply.outcome = NotarisationReply::Outcome::error;
-        reply.error = p.error;
+        reply.error = replyError(p.error, config_.limits);
         run->replies.push_back(std::move(reply));
         continue;
       }

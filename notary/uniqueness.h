@@ -68,6 +68,10 @@ struct UniquenessConfig {
   // thread only does LMDB work (signing 1000 successes costs ~15 ms). When
   // null, on the Store's writer thread.
   flows::Executor* complete_on = nullptr;
+  // check()'s outcome per request body (by its SHA-256), kept until the
+  // request executes so that execute() does not decode and check it again;
+  // the oldest are dropped beyond this many.
+  uint32_t checked_requests_cached_max = 32'768;
 };
 
 inline constexpr std::string_view uniqueness_schema_name = "ccal.notary";
@@ -75,6 +79,7 @@ inline constexpr uint32_t uniqueness_schema_version = 1;
 
 class UniquenessStateMachine final : public StateMachine {
  public:
+  ~UniquenessStateMachine() override;
   // The sub-databases the state machine needs in the Store it is given.
   static std::vector<std::string> dbNames();
   // A Store of its own (schema "ccal.notary"), for a replica that keeps its
@@ -87,6 +92,11 @@ class UniquenessStateMachine final : public StateMachine {
                                                               KeyPair signer);
 
   Status check(const Request& request) const override;
+  // A signed error reply for a request check() refused: a NotarisationReply
+  // naming batch 0 (never executed) and the request's hash, as the one leaf
+  // of its own reply tree, whose root the replica signs (so the client
+  // verifies it as any other reply, and a conflict proof can never use it).
+  Bytes rejection(const Request& request, const Error& error) const override;
   void execute(const Batch& batch, std::function<void(Result<Executed>)> done) override;
   void applyEffects(uint64_t seq, ByteView effects, std::function<void(Status)> done) override;
   Result<Bytes> effects(uint64_t seq) const override;
@@ -102,9 +112,17 @@ class UniquenessStateMachine final : public StateMachine {
 
   struct Checked;  // a request that passed check(), ready to execute
 
+  struct CheckStats {
+    uint64_t decoded = 0;      // requests decoded and checked in full
+    uint64_t cache_hits = 0;   // check() or execute() answered from the check cache
+  };
+  CheckStats checkStats() const;
+
  private:
   UniquenessStateMachine(vault::Store& store, UniquenessConfig config, KeyPair signer, uint64_t last);
   Result<Checked> checkBody(ByteView body) const;
+  // checkBody through the cache; `take`: the entry is dropped (execute()).
+  std::shared_ptr<const Result<Checked>> checkCached(ByteView body, const SecureHash& body_hash, bool take) const;
   Status checkNonValidating(const NotarisationRequest& request) const;
   Status checkValidating(const NotarisationRequest& request) const;
   Status checkNotary(const std::optional<Party>& notary) const;
@@ -120,6 +138,8 @@ class UniquenessStateMachine final : public StateMachine {
   const vault::Db* txs_db_;
   const vault::Db* effects_db_;
   const vault::Db* meta_db_;
+  struct CheckCache;
+  std::unique_ptr<CheckCache> check_cache_;
   std::atomic<uint64_t> last_executed_;
   // The last batch handed to the Store: advanced on the caller's thread,
   // wound back from the writer's when a batch fails.

@@ -683,3 +683,71 @@ TEST_CASE("a configuration that cannot work is an error naming it") {
   unnamed.notary_name.clear();
   CHECK_FALSE(UniquenessStateMachine::open(*store, unnamed, cluster.replica_keys[0]).ok());
 }
+
+TEST_CASE("rejection: a request check() refuses gets a signed error reply naming batch 0, never a success or conflict") {
+  Fixture fx;
+  const Bytes garbage{0xff, 0x00, 0x13, 0x37};
+  const Request r = request(garbage, 3);
+  Status refused = fx.replica.sm->check(r);
+  REQUIRE(!refused.ok());
+  const Bytes bytes = fx.replica.sm->rejection(r, refused.error());
+  auto s = signedReply(bytes);
+  auto reply = NotarisationReply::decode(s.reply).value();
+  CHECK(reply.outcome == Outcome::error);
+  CHECK(reply.batchSeq == 0);
+  CHECK(reply.requestHash == SecureHash::of(garbage));
+  CHECK(reply.error.code == refused.error().code);
+  CHECK(reply.error.message == refused.error().message);
+  CHECK_FALSE(s.txSignature.has_value());
+  CHECK(s.leafCount == 1);
+  auto root = s.root();
+  REQUIRE(root.ok());
+  CHECK(s.rootSignature.by() == fx.cluster.replica_keys[0].publicKey());
+  CHECK(s.rootSignature.verify(batchRootSignableBytes(0, 1, *root)).ok());
+  // Deterministic: every honest replica gives the same answer (but its own signature).
+  TestReplica other(fx.cluster.config(), fx.cluster.replica_keys[1]);
+  auto theirs = NotarisationReply::decode(signedReply(other.sm->rejection(r, refused.error())).reply).value();
+  CHECK(theirs.sameAnswer(reply));
+  // An error message over the reply limit is cut, so the reply still decodes.
+  const Error long_error = makeError(Errc::malformed, std::string(5000, 'x'));
+  auto cut = NotarisationReply::decode(signedReply(fx.replica.sm->rejection(r, long_error)).reply);
+  REQUIRE(cut.ok());
+  CHECK(cut->error.message.size() == default_notarisation_limits.error_message_bytes_max);
+  // Batch 0 is only ever an error: a success or a conflict naming it is refused.
+  NotarisationReply forged = reply;
+  forged.outcome = Outcome::success;
+  CHECK(NotarisationReply::decode(forged.encode()).error().code == Errc::malformed);
+}
+
+TEST_CASE("check cache: execute() reuses what check() decoded; the cache is bounded") {
+  TestCluster cluster;
+  UniquenessConfig config = cluster.config();
+  config.checked_requests_cached_max = 2;
+  TestReplica replica(config, cluster.replica_keys[0]);
+  std::vector<Request> requests;
+  for (int i = 0; i < 3; ++i) {
+    requests.push_back(request(nonValidatingRequest(spend(cluster.party, {stateRef("c" + std::to_string(i))})),
+                               uint64_t(i + 1)));
+  }
+  for (const auto& r : requests) REQUIRE(replica.sm->check(r).ok());
+  CHECK(replica.sm->checkStats().decoded == 3);
+  REQUIRE(replica.sm->check(requests[2]).ok());  // cached
+  CHECK(replica.sm->checkStats().decoded == 3);
+  CHECK(replica.sm->checkStats().cache_hits == 1);
+  // requests[0] was dropped (the oldest beyond 2): decoded again; 1 and 2 come from the cache.
+  auto executed = replica.execute(requests);
+  REQUIRE(executed.ok());
+  for (const auto& b : executed->replies) CHECK(replyOf(b).outcome == Outcome::success);
+  CHECK(replica.sm->checkStats().decoded == 4);
+  CHECK(replica.sm->checkStats().cache_hits == 3);
+  // Taken by execute(): the same bodies again are decoded afresh (and answered idempotently).
+  auto again = replica.execute(requests);
+  REQUIRE(again.ok());
+  CHECK(replica.sm->checkStats().decoded == 7);
+  for (const auto& b : again->replies) CHECK(replyOf(b).outcome == Outcome::success);
+  // A refused request's outcome is cached too.
+  const Request bad = request(Bytes{1, 2, 3}, 9);
+  CHECK(!replica.sm->check(bad).ok());
+  CHECK(!replica.sm->check(bad).ok());
+  CHECK(replica.sm->checkStats().decoded == 8);
+}

@@ -54,7 +54,8 @@ struct NotarisationError {
 struct NotarisationReply {
   requestHash @0 :Data;                            # SHA-256 of the request body it answers
   txId @1 :Data;                                   # the transaction's id (zero if the request did not decode)
-  batchSeq @2 :UInt64;                             # the batch that answered it
+  batchSeq @2 :UInt64;                             # the batch that answered it; 0: an error
+                                                   # refused before ordering (not executed)
   union {
     success @3 :Void;                              # every input consumed by txId (now or before)
     conflict @4 :List(StateConflict);              # nothing consumed

@@ -17,6 +17,9 @@
 // complete_on), where the writer's CPU per request is the LMDB work alone.
 // Raw Ed25519 sign and verify rates and raw durable LMDB commits are
 // measured in the same run, for reference (the machine is shared).
+// The replica path runs check() on each request first, as the primary (once)
+// and a backup (twice) do, then executes: what a replica's executor spends
+// per request on the caller's thread.
 // Options: --quick, --batches N, --batch REQUESTS.
 
 #include <chrono>
@@ -121,6 +124,7 @@ class ThreadExecutor final : public flows::Executor {
 
 struct RunResult {
   double rate = 0;          // notarisations per second
+  double caller_us_per_request = 0;  // replica path: check() calls + the execute() call, caller's thread
   double commits_per_batch = 0;
   double writer_cpu_us_per_request = 0;
   double first_rate = 0, last_rate = 0;  // first and last quarter of the batches
@@ -177,6 +181,43 @@ RunResult run(const TestCluster& cluster, const std::vector<Batch>& batches, boo
     r.first_rate = per_batch * static_cast<double>(q) / first;
     r.last_rate = per_batch * static_cast<double>(q) / last;
   }
+  return r;
+}
+
+// The replica's path: every request check()ed `checks` times before its
+// batch executes (the primary checks a request once, on receipt; a backup on
+// receipt and again when the pre-prepare carries it), then the batch
+// executes once the previous one is durable, signing on a replica executor.
+RunResult runReplicaPath(const TestCluster& cluster, const std::vector<Batch>& batches, uint32_t checks) {
+  ThreadExecutor executor;
+  UniquenessConfig config = cluster.config();
+  config.complete_on = &executor;
+  TestReplica replica(config, cluster.replica_keys[0], /*durable*/ true);
+  size_t requests = 0;
+  double caller_seconds = 0;
+  auto start = Clock::now();
+  for (const auto& b : batches) {
+    auto t0 = Clock::now();
+    for (const auto& r : b.requests) {
+      for (uint32_t k = 0; k < checks; ++k) {
+        if (!replica.sm->check(r).ok()) std::abort();
+      }
+    }
+    std::promise<void> done;
+    replica.sm->execute(b, [&done](Result<Executed> r) {
+      if (!r.ok()) {
+        std::fprintf(stderr, "batch failed: %s\n", r.error().toString().c_str());
+        std::abort();
+      }
+      done.set_value();
+    });
+    caller_seconds += seconds(t0, Clock::now());
+    done.get_future().get();
+    requests += b.requests.size();
+  }
+  RunResult r;
+  r.rate = static_cast<double>(requests) / seconds(start, Clock::now());
+  r.caller_us_per_request = caller_seconds * 1e6 / static_cast<double>(requests);
   return r;
 }
 
@@ -258,6 +299,11 @@ int main(int argc, char** argv) {
   RunResult pipe_sequential = run(cluster, sequential_batches, true);
   RunResult off_random = run(cluster, random_batches, true, true);
   RunResult off_sequential = run(cluster, sequential_batches, true, true);
+  // The request bodies differ per run (the check cache must not carry over).
+  auto path_batches = makeBatches(cluster, o, false, 1u << 30);
+  RunResult primary_path = runReplicaPath(cluster, path_batches, 1);
+  auto backup_batches = makeBatches(cluster, o, false, 1u << 31);
+  RunResult backup_path = runReplicaPath(cluster, backup_batches, 2);
   double sign = ed25519Rate(false), verify = ed25519Rate(true);
   double commits = durableCommitRate();
 
@@ -275,6 +321,10 @@ int main(int argc, char** argv) {
   print("sequential StateRefs, pipelined", pipe_sequential);
   print("random, pipelined, signing off writer", off_random);
   print("sequential, pipelined, signing off wr.", off_sequential);
+  std::printf("  %-40s %9.0f notarisations/s  caller's thread %.1f us/request (check + execute call)\n",
+              "replica path, primary (1 check)", primary_path.rate, primary_path.caller_us_per_request);
+  std::printf("  %-40s %9.0f notarisations/s  caller's thread %.1f us/request (checks + execute call)\n",
+              "replica path, backup (2 checks)", backup_path.rate, backup_path.caller_us_per_request);
   std::printf("  reference: Ed25519 sign %.0f/s, verify %.0f/s; durable LMDB commits %.0f/s\n", sign, verify,
               commits);
   std::printf(
@@ -283,10 +333,13 @@ int main(int argc, char** argv) {
       "\"sequential_pipelined_per_s\":%.0f,\"commits_per_batch\":%.2f,\"writer_us_per_request\":%.1f,"
       "\"random_off_writer_per_s\":%.0f,\"writer_lmdb_us_per_request_random\":%.1f,"
       "\"writer_lmdb_us_per_request_sequential\":%.1f,"
+      "\"primary_path_per_s\":%.0f,\"primary_path_caller_us_per_request\":%.1f,"
+      "\"backup_path_per_s\":%.0f,\"backup_path_caller_us_per_request\":%.1f,"
       "\"ed25519_sign_per_s\":%.0f,\"ed25519_verify_per_s\":%.0f,\"durable_commits_per_s\":%.0f}\n",
       o.batch_requests, o.batches, check_rate, seq_random.rate, pipe_random.rate, seq_sequential.rate,
       pipe_sequential.rate, seq_random.commits_per_batch, seq_random.writer_cpu_us_per_request, off_random.rate,
-      off_random.writer_cpu_us_per_request, off_sequential.writer_cpu_us_per_request, sign, verify,
+      off_random.writer_cpu_us_per_request, off_sequential.writer_cpu_us_per_request, primary_path.rate,
+      primary_path.caller_us_per_request, backup_path.rate, backup_path.caller_us_per_request, sign, verify,
       commits);
   return 0;
 }

@@ -44,4 +44,25 @@ enum class NetworkKind : uint8_t {
 };
 inline constexpr uint8_t network_kind_count = 4;
 
+// fuzz_notarisation: the first input byte (mod notarisation_kind_count)
+// picks the decoder of notary/notarisation_messages.h; the rest is its input.
+enum class NotarisationKind : uint8_t {
+  request = 0,
+  reply = 1,
+  signed_reply = 2,
+  batch_effects = 3,
+};
+inline constexpr uint8_t notarisation_kind_count = 4;
+
+// fuzz_pbft: the first input byte (mod pbft_kind_count) picks the decoder of
+// notary/pbft_messages.h; the rest is its input.
+enum class PbftKind : uint8_t {
+  frame = 0,
+  batch = 1,
+  checkpoint = 2,
+  view_change = 3,
+  new_view = 4,
+};
+inline constexpr uint8_t pbft_kind_count = 5;
+
 }  // namespace ccal::fuzz

@@ -27,6 +27,8 @@
 #include "ledger/testing.h"
 #include "node/bootstrap.h"
 #include "node/network_map.h"
+#include "notary/notarisation_messages.h"
+#include "notary/pbft_messages.h"
 #include "test/fuzz/fuzz_common.h"
 
 using namespace ccal;
@@ -289,6 +291,151 @@ std::vector<Seed> networkSeeds(const World&) {
   return out;
 }
 
+// Notarisation messages as a cluster of the World's three notary keys would
+// send them.
+std::vector<Seed> notarisationSeeds(const World& w) {
+  using namespace ccal::notary;
+  std::vector<Seed> out;
+  auto add = [&](fuzz::NotarisationKind kind, const std::string& name, const Bytes& bytes) {
+    Bytes b{static_cast<uint8_t>(kind)};
+    append(b, bytes);
+    out.push_back({name, std::move(b)});
+  };
+  using K = fuzz::NotarisationKind;
+  const WireTransaction full = w.full(), wide = w.wide();
+  add(K::request, "request-filtered",
+      NotarisationRequest::nonValidating(w.notary.name, FilteredTransaction::forNotary(full)).encode());
+  add(K::request, "request-filtered-wide",
+      NotarisationRequest::nonValidating(w.notary.name, FilteredTransaction::forNotary(wide)).encode());
+  SignedTransaction stx(full);
+  for (const auto* k : {&w.alice, &w.bob, &w.dave}) stx.signWith(*k);
+  SignedTransaction dep(w.minimal());
+  dep.signWith(w.alice);
+  add(K::request, "request-validating", NotarisationRequest::validating(w.notary.name, stx, {dep}).encode());
+
+  NotarisationReply success;
+  success.requestHash = SecureHash::of(asBytes("request"));
+  success.txId = full.id();
+  success.batchSeq = 7;
+  NotarisationReply conflict = success;
+  conflict.outcome = NotarisationReply::Outcome::conflict;
+  conflict.conflicts = {{{w.genesis, 0}, consumingTxIdHash(wide.id()), false},
+                        {{w.genesis, 5}, consumingTxIdHash(wide.id()), true}};
+  NotarisationReply error = success;
+  error.outcome = NotarisationReply::Outcome::error;
+  error.error = makeError(Errc::invalid_transaction, "the time window does not contain the notary's time");
+  NotarisationReply refused;  // refused before ordering: batch 0
+  refused.requestHash = SecureHash::of(asBytes("garbage"));
+  refused.outcome = NotarisationReply::Outcome::error;
+  refused.error = makeError(Errc::malformed, "notarisation request does not decode");
+  for (const auto& [name, r] : std::vector<std::pair<std::string, NotarisationReply>>{
+           {"success", success}, {"conflict", conflict}, {"error", error}, {"refused", refused}}) {
+    add(K::reply, "reply-" + name, r.encode());
+  }
+  // Signed: alone in its tree, and the second of two leaves.
+  SignedNotarisationReply alone;
+  alone.reply = refused.encode();
+  alone.leafCount = 1;
+  alone.rootSignature = w.notary1.sign(batchRootSignableBytes(0, 1, replyLeaf(alone.reply)));
+  add(K::signed_reply, "signed-refused", alone.encode());
+  SignedNotarisationReply second;
+  second.reply = success.encode();
+  second.leafIndex = 1;
+  second.leafCount = 2;
+  const SecureHash first_leaf = replyLeaf(conflict.encode());
+  second.proof = {first_leaf};
+  second.rootSignature = w.notary2.sign(batchRootSignableBytes(7, 2, second.root().value()));
+  second.txSignature = w.notary2.sign(signableBytes(full.id()));
+  add(K::signed_reply, "signed-success", second.encode());
+
+  BatchEffects effects;
+  effects.seq = 7;
+  effects.consumed = {{{w.genesis, 0}, full.id()}, {{w.genesis, 1}, full.id()}};
+  effects.committedWithoutInputs = {wide.id()};
+  add(K::batch_effects, "effects", effects.encode());
+  BatchEffects empty;
+  empty.seq = 1;
+  add(K::batch_effects, "effects-empty", empty.encode());
+  return out;
+}
+
+// PBFT messages of a 4-replica cluster (the World's keys sign what is signed).
+std::vector<Seed> pbftSeeds(const World& w) {
+  using namespace ccal::notary::pbft;
+  std::vector<Seed> out;
+  auto add = [&](fuzz::PbftKind kind, const std::string& name, const Bytes& bytes) {
+    Bytes b{static_cast<uint8_t>(kind)};
+    append(b, bytes);
+    out.push_back({name, std::move(b)});
+  };
+  using K = fuzz::PbftKind;
+  const std::string cluster = "fuzz-notary";
+  WireRequest request;
+  request.client = w.alice_party.name;
+  request.client_seq = 1'700'000'000'000'001;
+  request.body = Bytes{1, 2, 3};
+  for (uint8_t i = 0; i < 4; ++i) request.authenticator.push_back(Bytes(mac_bytes, static_cast<uint8_t>(i + 1)));
+  WireRequest other = request;
+  other.client_seq += 1;
+  other.authenticator[2].clear();  // an empty entry: this replica got it directly
+  BatchBody batch{1'700'000'000'000'000, {request, other}};
+  const SecureHash d = batch.digest();
+  auto sign = [&](const KeyPair& k, uint32_t replica, SignedKind kind, Bytes body) {
+    SignedMsg sm;
+    sm.kind = kind;
+    sm.replica = replica;
+    const DigitalSignature sig = k.sign(signedPreimage(cluster, kind, body));
+    sm.signature.assign(sig.view().begin(), sig.view().end());
+    sm.body = std::move(body);
+    return sm;
+  };
+  const KeyPair* keys[] = {&w.notary1, &w.notary2, &w.notary3, &w.alice};
+  const SecureHash state = SecureHash::of(asBytes("state at 32"));
+  std::vector<SignedMsg> proof;
+  for (uint32_t i = 0; i < 3; ++i) {
+    proof.push_back(sign(*keys[i], i, SignedKind::checkpoint, encodeCheckpoint({32, state})));
+  }
+  std::vector<SignedMsg> view_changes;
+  for (uint32_t i = 0; i < 3; ++i) {
+    ViewChangeMsg vc;
+    vc.new_view = 1;
+    vc.stable_seq = 32;
+    vc.stable_digest = state;
+    vc.stable_proof = proof;
+    vc.prepared = {{33, d, 0}};
+    vc.pre_prepared = {{33, d, 0}, {34, SecureHash::of(asBytes("other")), 0}};
+    if (i == 2) vc.prepared.clear();
+    view_changes.push_back(sign(*keys[i], i, SignedKind::view_change, encodeViewChange(vc)));
+  }
+  NewViewMsg nv;
+  nv.view = 1;
+  nv.view_changes = view_changes;
+  nv.start_seq = 32;
+  nv.chosen = {{33, d, 1}, {34, SecureHash::zero(), 1}};
+  const std::vector<std::pair<std::string, Message>> frames{
+      {"request", request},
+      {"reply", ReplyMsg{0, request.client_seq, 2, Bytes{9, 9, 9}}},
+      {"pre-prepare", PrePrepareMsg{0, 33, batch}},
+      {"prepare", Prepare{{0, 33, d}}},
+      {"commit", Commit{{0, 33, d}}},
+      {"checkpoint", proof[0]},
+      {"view-change", view_changes[0]},
+      {"new-view", sign(w.notary2, 1, SignedKind::new_view, encodeNewView(nv))},
+      {"fetch-batch", FetchBatchMsg{33, d}},
+      {"batch-data", BatchDataMsg{33, batch}},
+      {"status", StatusMsg{1, 31, 32, true}},
+      {"fetch-effects", FetchEffectsMsg{1, 256}},
+      {"effects-data", EffectsDataMsg{1, {Bytes{1}, Bytes{}, Bytes(100, 7)}}},
+  };
+  for (const auto& [name, m] : frames) add(K::frame, "frame-" + name, encodeFrame(m));
+  add(K::batch, "batch", encodeBatch(batch));
+  add(K::batch, "batch-empty", encodeBatch(BatchBody{5, {}}));
+  add(K::checkpoint, "checkpoint", encodeCheckpoint({32, state}));
+  add(K::view_change, "view-change", view_changes[0].body);
+  add(K::new_view, "new-view", encodeNewView(nv));
+  return out;
+}
+
 std::vector<Seed> certificateSeeds(const World&) { return pkiSeeds().certificates; }
 std::vector<Seed> crlSeeds(const World&) { return pkiSeeds().crls; }
 
@@ -316,6 +463,28 @@ bool decodes(const std::string& target, const Bytes& b) {
       case fuzz::NetworkKind::signed_node_info: return node::SignedNodeInfo::decode(rest).ok();
     }
   }
+  if (target == "fuzz_notarisation") {
+    using namespace ccal::notary;
+    ByteView rest = ByteView(b).subspan(1);
+    switch (static_cast<fuzz::NotarisationKind>(b.at(0))) {
+      case fuzz::NotarisationKind::request: return NotarisationRequest::decode(rest).ok();
+      case fuzz::NotarisationKind::reply: return NotarisationReply::decode(rest).ok();
+      case fuzz::NotarisationKind::signed_reply: return SignedNotarisationReply::decode(rest).ok();
+      case fuzz::NotarisationKind::batch_effects: return BatchEffects::decode(rest).ok();
+    }
+  }
+  if (target == "fuzz_pbft") {
+    using namespace ccal::notary::pbft;
+    ByteView rest = ByteView(b).subspan(1);
+    const PbftLimits limits;
+    switch (static_cast<fuzz::PbftKind>(b.at(0))) {
+      case fuzz::PbftKind::frame: return decodeFrame(rest, limits).ok();
+      case fuzz::PbftKind::batch: return decodeBatch(rest, limits).ok();
+      case fuzz::PbftKind::checkpoint: return decodeCheckpoint(rest, limits).ok();
+      case fuzz::PbftKind::view_change: return decodeViewChange(rest, limits).ok();
+      case fuzz::PbftKind::new_view: return decodeNewView(rest, limits).ok();
+    }
+  }
   if (target == "fuzz_component") {
     ByteView c = ByteView(b).subspan(1);
     switch (static_cast<fuzz::ComponentKind>(b.at(0))) {
@@ -341,6 +510,8 @@ const std::map<std::string, Writer>& writers() {
       {"fuzz_certificate", certificateSeeds},
       {"fuzz_crl", crlSeeds},
       {"fuzz_network", networkSeeds},
+      {"fuzz_notarisation", notarisationSeeds},
+      {"fuzz_pbft", pbftSeeds},
   };
   return w;
 }

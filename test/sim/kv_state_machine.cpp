@@ -70,6 +70,11 @@ Status KvStateMachine::check(const notary::Request& request) const {
   return Status();
 }
 
+Bytes KvStateMachine::rejection(const notary::Request&, const Error& error) const {
+  const std::string s = "refused " + error.message;
+  return Bytes(s.begin(), s.end());
+}
+
 void KvStateMachine::track(int delta) {
   std::lock_guard lock(mutex_);
   in_flight_ += delta;

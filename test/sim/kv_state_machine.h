@@ -7,7 +7,8 @@
 // LMDB sub-databases of the member's Store (kv_keys, kv_effects, kv_meta),
 // each batch in one write with its effects and lastExecuted.
 //
-// Request body (text): "<id> <key>[,<key>...]". Effects (text, canonical):
+// Request body (text): "<id> <key>[,<key>...]"; a body that does not parse
+// is refused before ordering with the reply "refused <why>". Effects (text, canonical):
 // the "<key>=<id>\n" lines of keys the batch took, sorted.
 
 #include <atomic>
@@ -31,6 +32,8 @@ class KvStateMachine final : public notary::StateMachine {
   explicit KvStateMachine(vault::Store& store);
 
   Status check(const notary::Request& request) const override;
+  // "refused <message>": the answer to a request check() refuses.
+  Bytes rejection(const notary::Request& request, const Error& error) const override;
   void execute(const notary::Batch& batch,
                std::function<void(Result<notary::Executed>)> done) override;
   void applyEffects(uint64_t seq, ByteView effects, std::function<void(Status)> done) override;

@@ -32,8 +32,12 @@
 #include <string>
 #include <vector>
 
+#include "ledger/filtered_transaction.h"
+#include "notary/notarisation_testing.h"
+#include "notary/notary_client.h"
 #include "notary/protocol_client.h"
 #include "notary/replica.h"
+#include "notary/uniqueness.h"
 #include "test/sim/kv_state_machine.h"
 #include "test/sim/sim.h"
 #include "vault/store.h"
@@ -573,4 +577,353 @@ TEST_CASE("notary sim: without faults every request completes; one seed replays 
   CHECK(first.view_changes == 0);
   Outcome again = runSeed(seed, plan);
   CHECK(again.trace == first.trace);
+}
+
+// --- the notarisation state machine and NotaryClient over the protocol -----------------
+// Requests the state machine refuses (StateMachine::check) are answered by
+// every replica that received them, unordered, with a signed error reply
+// (StateMachine::rejection); NotaryClient finishes on f+1 matching ones.
+
+namespace {
+
+constexpr const char* sim_notary_name = "O=Sim Notary, L=Haikou, C=CN";
+
+std::vector<PublicKey> simReplicaKeys(uint32_t replicas) {
+  std::vector<PublicKey> keys;
+  for (uint32_t i = 0; i < replicas; ++i) keys.push_back(keyOf(replicaName(i)).publicKey());
+  return keys;
+}
+
+Key simServiceKey(uint32_t replicas) {
+  return Key::anyOf((replicas - 1) / 3 * 2 + 1, simReplicaKeys(replicas)).value();
+}
+
+// A replica over the real notarisation state machine, both in one Store.
+class NotaryReplicaNode final : public sim::Node {
+ public:
+  NotaryReplicaNode(sim::MemberEnv& env, const Plan& plan, uint32_t index) {
+    vault::StoreConfig sc;
+    sc.path = env.dir;
+    sc.durable = false;
+    sc.map_size_bytes = 64ull << 20;
+    store = UniquenessStateMachine::openStore(sc, pbft::ReplicaStore::dbNames()).value();
+    UniquenessConfig uc;
+    uc.notary_name = sim_notary_name;
+    uc.service_key = simServiceKey(plan.replicas);
+    uc.complete_on = &env.executor;
+    machine = UniquenessStateMachine::open(*store, uc, keyOf(replicaName(index))).value();
+    replica = std::make_unique<Replica>(replicaConfig(plan, index), keyOf(replicaName(index)), env.link,
+                                        env.executor, env.clock, *store, *machine);
+    CCAL_ASSERT(replica->start().ok());
+  }
+  ~NotaryReplicaNode() override {
+    replica.reset();
+    machine.reset();
+    store.reset();
+  }
+  void quiesce() override {
+    replica->quiesceStore();
+    // A barrier: the writer runs requests and their completions in order.
+    CCAL_ASSERT(store->write([](vault::WriteTxn&) { return Status(); }).ok());
+  }
+
+  std::unique_ptr<vault::Store> store;
+  std::unique_ptr<UniquenessStateMachine> machine;
+  std::unique_ptr<Replica> replica;
+};
+
+class NotaryClientNode final : public sim::Node {
+ public:
+  NotaryClientNode(sim::MemberEnv& env, const Plan& plan) {
+    ProtocolClientConfig c;
+    c.client_name = env.name;
+    for (uint32_t i = 0; i < plan.replicas; ++i) c.replicas.push_back({replicaName(i), keyOf(replicaName(i)).publicKey()});
+    c.retransmit_delay_micros_min = 300'000;
+    c.retransmit_delay_micros_max = 3'000'000;
+    c.log = [](std::string_view) {};
+    channel = std::make_unique<ProtocolClient>(c, keyOf(env.name), env.link, env.executor, env.clock);
+    NotaryClusterInfo info;
+    info.name = sim_notary_name;
+    info.service_key = simServiceKey(plan.replicas);
+    info.f = (plan.replicas - 1) / 3;
+    info.replica_keys = simReplicaKeys(plan.replicas);
+    NotaryClientConfig nc;
+    nc.log = [](std::string_view) {};
+    client = std::make_unique<NotaryClient>(env.executor, *channel, info, nc);
+  }
+  ~NotaryClientNode() override {
+    client.reset();
+    channel.reset();
+  }
+  std::unique_ptr<ProtocolClient> channel;
+  std::unique_ptr<NotaryClient> client;
+};
+
+}  // namespace
+
+TEST_CASE("notary sim: requests the state machine refuses get the error from f+1 replicas, fast") {
+  using notary::testing::spend;
+  using notary::testing::stateRef;
+  const Party party{sim_notary_name, simServiceKey(4)};
+  const notary::testing::TestCluster other(1, "O=Other Notary, L=Haikou, C=CN", 60);
+  for (const bool faults : {false, true}) {
+    CAPTURE(faults);
+    Plan plan;
+    plan.clients = 1;
+    sim::Simulation sim(sim::seedFromEnvironment().value_or(faults ? 12 : 11));
+    if (faults) {
+      sim.network().loss = 0.1;
+      sim.network().duplication = 0.05;
+      sim.network().reorder = 0.05;
+      sim.network().delay_micros_max = 20'000;
+    }
+    for (uint32_t i = 0; i < plan.replicas; ++i) {
+      sim.addMember(replicaName(i), [&plan, i](sim::MemberEnv& env) -> std::unique_ptr<sim::Node> {
+        return std::make_unique<NotaryReplicaNode>(env, plan, i);
+      });
+    }
+    sim.addMember(clientName(0), [&plan](sim::MemberEnv& env) -> std::unique_ptr<sim::Node> {
+      return std::make_unique<NotaryClientNode>(env, plan);
+    });
+    // With faults, a backup is down for good: the other three still answer.
+    if (faults) sim.crash(replicaName(3));
+
+    const WireTransaction good = spend(party, {stateRef("good")});
+    const WireTransaction hiding = spend(party, {stateRef("h1"), stateRef("h2")});
+    const WireTransaction foreign = spend(other.party, {stateRef("foreign")});
+    const WireTransaction addressed = spend(party, {stateRef("addressed")});
+    struct Case {
+      std::string what;
+      SecureHash tx_id;
+      Bytes body;
+      std::optional<Errc> code;  // nullopt: notarised
+      std::string says;
+      std::optional<Result<NotarisationResult>> result;
+      int64_t took_micros = 0;
+    };
+    std::vector<Case> cases;
+    cases.push_back({"a good request", good.id(), notary::testing::nonValidatingRequest(good, sim_notary_name),
+                     std::nullopt, "", std::nullopt, 0});
+    cases.push_back({"a malformed body", good.id(), Bytes{0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08},
+                     Errc::malformed, "", std::nullopt, 0});
+    cases.push_back({"a request naming another notary", addressed.id(),
+                     NotarisationRequest::nonValidating(other.party.name, FilteredTransaction::forNotary(addressed))
+                         .encode(),
+                     Errc::invalid_transaction, "the request is for notary " + other.party.name, std::nullopt, 0});
+    cases.push_back({"a transaction naming another notary", foreign.id(),
+                     notary::testing::nonValidatingRequest(foreign, sim_notary_name), Errc::invalid_transaction,
+                     "the transaction's notary is " + other.party.name, std::nullopt, 0});
+    cases.push_back(
+        {"a filtered transaction hiding an input", hiding.id(),
+         NotarisationRequest::nonValidating(sim_notary_name,
+                                            FilteredTransaction::build(hiding,
+                                                                       [](ComponentGroup g, uint32_t i) {
+                                                                         return (g == ComponentGroup::inputs && i == 0) ||
+                                                                                g == ComponentGroup::references ||
+                                                                                g == ComponentGroup::notary ||
+                                                                                g == ComponentGroup::time_window;
+                                                                       }))
+             .encode(),
+         Errc::not_visible, "filtered transaction", std::nullopt, 0});
+    const int64_t start = sim.now() + 100'000;
+    sim.at(100'000, [&] {
+      auto* node = sim.nodeAs<NotaryClientNode>(clientName(0));
+      for (auto& c : cases) {
+        node->client->submit(c.tx_id, c.body, [&sim, &c, start](Result<NotarisationResult> r) {
+          c.result = std::move(r);
+          c.took_micros = sim.now() - start;
+        });
+      }
+    });
+    const bool done = sim.runUntil(
+        [&] {
+          return std::all_of(cases.begin(), cases.end(), [](const Case& c) { return c.result.has_value(); });
+        },
+        20'000'000);
+    CHECK(done);
+    for (const auto& c : cases) {
+      CAPTURE(c.what);
+      REQUIRE(c.result.has_value());
+      if (!c.code) {
+        REQUIRE(c.result->ok());
+        CHECK((*c.result)->kind == NotarisationResult::Kind::notarised);
+      } else {
+        REQUIRE(!c.result->ok());
+        CHECK(c.result->error().code == *c.code);
+        CHECK(c.result->error().message.find(c.says) != std::string::npos);
+        CHECK(c.result->error().message.find("refused") != std::string::npos);
+        // Far sooner than the client's 30 s timeout: no view change, at most
+        // a few retransmissions under loss.
+        CHECK(c.took_micros < (faults ? 5'000'000 : 500'000));
+      }
+    }
+    // Nothing refused was ordered: only the good request executed.
+    for (uint32_t i = 0; i < plan.replicas; ++i) {
+      auto* node = sim.nodeAs<NotaryReplicaNode>(replicaName(i));
+      if (node == nullptr) continue;
+      CAPTURE(i);
+      CHECK(node->replica->stats().requests_refused >= 1);
+      if (!faults) {
+        CHECK(node->replica->stats().requests_executed == 1);
+        CHECK(node->replica->stats().view_changes == 0);
+      }
+      CHECK(node->machine->consumedBy(stateRef("h1")).value() == std::nullopt);
+      CHECK(node->machine->consumedBy(stateRef("foreign")).value() == std::nullopt);
+      CHECK(node->machine->consumedBy(stateRef("addressed")).value() == std::nullopt);
+    }
+  }
+}
+
+// --- a faulty client: authenticators valid for some replicas only ----------------------
+// The rule (notary/README.md, "Faulty client"): a backup that cannot
+// authenticate a request in a pre-prepare holds the batch and prepares it
+// once it can (the client's own copy arrives) or once f+1 backups prepared
+// it (one of them honest, which authenticated every request in it).
+
+namespace {
+
+class FaultyClientNode final : public sim::Node, public flows::LinkHandler {
+ public:
+  FaultyClientNode(sim::MemberEnv& env, const Plan& plan, World& world)
+      : world_(world), link_(env.link), name_(env.name), f_((plan.replicas - 1) / 3) {
+    pbft::KeyRing ring(keyOf(env.name), env.name);
+    for (uint32_t i = 0; i < plan.replicas; ++i) {
+      macs_.push_back(ring.keyFor(replicaName(i), keyOf(replicaName(i)).publicKey()).value());
+    }
+    env.link.setHandler(this);
+  }
+  // Sends the request to `send_to` only, its MAC valid for `valid_for` only.
+  void submit(const std::string& id, const std::vector<std::string>& keys, const std::set<uint32_t>& valid_for,
+              const std::set<uint32_t>& send_to) {
+    pbft::WireRequest r;
+    r.client = name_;
+    r.client_seq = ++seq_;
+    r.body = sim::KvStateMachine::requestBody(id, keys);
+    for (uint32_t i = 0; i < macs_.size(); ++i) {
+      Bytes tag = pbft::mac(macs_[i], r.digest());
+      if (!valid_for.count(i)) tag[0] ^= 0x01;
+      r.authenticator.push_back(std::move(tag));
+    }
+    ids_[r.client_seq] = id;
+    const Bytes frame = pbft::encodeFrame(pbft::Message(r));
+    for (uint32_t i : send_to) (void)link_.send(replicaName(i), frame);
+  }
+  void onFrame(std::string_view peer, ByteView frame) override {
+    auto m = pbft::decodeFrame(frame, pbft::PbftLimits{});
+    if (!m || !std::holds_alternative<pbft::ReplyMsg>(*m)) return;
+    const auto& reply = std::get<pbft::ReplyMsg>(*m);
+    auto id = ids_.find(reply.client_seq);
+    if (id == ids_.end() || replicaName(reply.replica) != peer) return;
+    auto& voters = votes_[reply.client_seq][std::string(reply.body.begin(), reply.body.end())];
+    voters.insert(reply.replica);
+    if (voters.size() == f_ + 1) world_.onComplete(id->second, std::string(reply.body.begin(), reply.body.end()));
+  }
+  void onPeerUp(std::string_view) override {}
+  void onPeerDown(std::string_view) override {}
+
+ private:
+  World& world_;
+  flows::Link& link_;
+  std::string name_;
+  uint32_t f_;
+  std::vector<pbft::MacKey> macs_;
+  uint64_t seq_ = 0;
+  std::map<uint64_t, std::string> ids_;
+  std::map<uint64_t, std::map<std::string, std::set<uint32_t>>> votes_;
+};
+
+struct FaultyClientRun {
+  Plan plan;
+  World world;
+  explicit FaultyClientRun(uint64_t seed) : world(seed, plan) {
+    plan.clients = 2;  // client 0 honest, client 1 faulty
+    for (uint32_t i = 0; i < plan.replicas; ++i) {
+      world.sim.addMember(replicaName(i), [this, i](sim::MemberEnv& env) -> std::unique_ptr<sim::Node> {
+        return std::make_unique<ReplicaNode>(env, plan, i);
+      });
+    }
+    world.sim.addMember(clientName(0), [this](sim::MemberEnv& env) -> std::unique_ptr<sim::Node> {
+      return std::make_unique<ClientNode>(env, plan, world);
+    });
+    world.sim.addMember(clientName(1), [this](sim::MemberEnv& env) -> std::unique_ptr<sim::Node> {
+      return std::make_unique<FaultyClientNode>(env, plan, world);
+    });
+  }
+  Replica& replica(uint32_t i) { return *world.sim.nodeAs<ReplicaNode>(replicaName(i))->instance.replica; }
+  sim::KvStateMachine& machine(uint32_t i) {
+    return *world.sim.nodeAs<ReplicaNode>(replicaName(i))->instance.machine;
+  }
+  void honest(const std::string& id, std::vector<std::string> keys, int64_t at) {
+    world.requests[id].keys = keys;
+    world.sim.at(at, [this, id, keys] { world.sim.nodeAs<ClientNode>(clientName(0))->submit(id, keys); });
+  }
+  void faulty(const std::string& id, std::vector<std::string> keys, int64_t at, std::set<uint32_t> valid_for,
+              std::set<uint32_t> send_to) {
+    world.sim.at(at, [this, id, keys, valid_for, send_to] {
+      world.sim.nodeAs<FaultyClientNode>(clientName(1))->submit(id, keys, valid_for, send_to);
+    });
+  }
+};
+
+}  // namespace
+
+TEST_CASE("notary sim: a faulty client's request with MACs valid at f+1 backups commits everywhere, no view change") {
+  FaultyClientRun run(sim::seedFromEnvironment().value_or(601));
+  run.world.sim.network().reorder = 0.2;
+  run.world.sim.network().delay_micros_max = 20'000;
+  // Sent to the primary only; replica 3 cannot authenticate it.
+  for (int i = 0; i < 6; ++i) {
+    const std::string id = "faulty" + std::to_string(i);
+    run.world.requests[id].keys = {"f" + std::to_string(i)};
+    run.faulty(id, {"f" + std::to_string(i)}, 100'000 + 50'000 * i, {0, 1, 2}, {0});
+    run.honest("honest" + std::to_string(i), {"h" + std::to_string(i)}, 120'000 + 50'000 * i);
+  }
+  const bool done = run.world.sim.runUntil(
+      [&] {
+        if (!run.world.allComplete()) return false;
+        for (uint32_t i = 0; i < 4; ++i) {
+          if (run.machine(i).lastExecuted() != run.machine(0).lastExecuted()) return false;
+        }
+        return true;
+      },
+      30'000'000);
+  CHECK(done);
+  for (const auto& [id, r] : run.world.requests) {
+    CAPTURE(id);
+    CHECK(r.completed);
+    CHECK(r.outcome == "ok");
+  }
+  for (uint32_t i = 0; i < 4; ++i) {
+    CAPTURE(i);
+    CHECK(run.replica(i).stats().view_changes == 0);
+    const auto keys = run.machine(i).keys();
+    for (int k = 0; k < 6; ++k) CHECK(keys.at("f" + std::to_string(k)) == "faulty" + std::to_string(k));
+  }
+  CHECK(run.replica(3).stats().pre_prepares_held >= 1);
+  CHECK(run.replica(3).stats().held_accepted_by_prepares >= 1);
+}
+
+TEST_CASE("notary sim: a faulty client's request no backup can authenticate never executes; honest requests still complete") {
+  FaultyClientRun run(sim::seedFromEnvironment().value_or(602));
+  // MACs valid at the primary only, sent to the primary only.
+  run.faulty("forged0", {"x0"}, 100'000, {0}, {0});
+  run.faulty("forged1", {"x1"}, 150'000, {0}, {0});
+  for (int i = 0; i < 6; ++i) run.honest("honest" + std::to_string(i), {"h" + std::to_string(i)}, 120'000 + 300'000 * i);
+  const bool done = run.world.sim.runUntil([&] { return run.world.allComplete(); }, 60'000'000);
+  CHECK(done);
+  for (const auto& [id, r] : run.world.requests) {
+    CAPTURE(id);
+    CHECK(r.completed);
+    CHECK(r.outcome == "ok");
+  }
+  run.world.sim.runFor(5'000'000);
+  for (uint32_t i = 0; i < 4; ++i) {
+    CAPTURE(i);
+    const auto keys = run.machine(i).keys();
+    CHECK(!keys.count("x0"));
+    CHECK(!keys.count("x1"));
+  }
+  uint64_t held = 0;
+  for (uint32_t i = 1; i < 4; ++i) held += run.replica(i).stats().pre_prepares_held;
+  CHECK(held >= 1);
 }

@@ -1,0 +1,296 @@
+#include "notary/replica.h"
+
+#include <doctest/doctest.h>
+
+#include "notary/notarisation_testing.h"
+#include "notary/pbft_testing.h"
+
+using namespace ccal;
+using namespace ccal::notary;
+using namespace ccal::notary::testing;
+using pbft::WireRequest;
+
+namespace {
+
+std::string replicaName(uint32_t i) { return "O=Replica " + std::to_string(i) + ", L=Haikou, C=CN"; }
+const std::string client_name = "O=Alice, L=Haikou, C=CN";
+KeyPair clientKey() { return ccal::testing::testKey(7); }
+
+// What the client receives.
+class ClientSink final : public flows::LinkHandler {
+ public:
+  void onFrame(std::string_view, ByteView frame) override {
+    auto m = pbft::decodeFrame(frame, pbft::PbftLimits{});
+    REQUIRE(m.ok());
+    replies.push_back(std::get<pbft::ReplyMsg>(*m));
+  }
+  void onPeerUp(std::string_view) override {}
+  void onPeerDown(std::string_view) override {}
+  size_t repliesFor(uint64_t client_seq) const {
+    size_t n = 0;
+    for (const auto& r : replies) n += r.client_seq == client_seq;
+    return n;
+  }
+  std::vector<pbft::ReplyMsg> replies;
+};
+
+// 4 replicas over the real notarisation state machine, each on its own
+// LMDB store, connected by an in-memory hub and run by one manual loop.
+struct Cluster {
+  ManualLoop loop;
+  LinkHub hub{loop};
+  TestCluster keys{1};
+  std::vector<std::string> logs;
+  ClientSink client;
+
+  struct Member {
+    std::unique_ptr<ccal::testing::TempDir> dir;
+    std::unique_ptr<SkewedClock> clock;
+    std::unique_ptr<vault::Store> store;
+    std::unique_ptr<UniquenessStateMachine> machine;
+    std::unique_ptr<Replica> replica;
+  };
+  std::vector<Member> members;
+
+  explicit Cluster(std::vector<int64_t> skews = {0, 0, 0, 0}) {
+    hub.link(client_name).setHandler(&client);
+    for (uint32_t i = 0; i < 4; ++i) {
+      Member m;
+      m.dir = std::make_unique<ccal::testing::TempDir>("ccal-replica");
+      m.clock = std::make_unique<SkewedClock>(loop, skews[i]);
+      m.store = UniquenessStateMachine::openStore(TestReplica::storeConfig(m.dir->path, false),
+                                                  pbft::ReplicaStore::dbNames())
+                    .value();
+      UniquenessConfig uc = keys.config();
+      uc.complete_on = &loop;
+      m.machine = UniquenessStateMachine::open(*m.store, uc, keys.replica_keys[i]).value();
+      m.replica = std::make_unique<Replica>(config(i), keys.replica_keys[i], hub.link(replicaName(i)), loop,
+                                            *m.clock, *m.store, *m.machine);
+      members.push_back(std::move(m));
+    }
+    for (auto& m : members) REQUIRE(m.replica->start().ok());
+  }
+  ~Cluster() {
+    settle();
+    for (auto& m : members) {
+      m.replica.reset();
+      m.machine.reset();
+      m.store.reset();
+    }
+  }
+
+  ReplicaConfig config(uint32_t index) {
+    ReplicaConfig c;
+    c.cluster = "test-notary";
+    for (uint32_t i = 0; i < 4; ++i) c.replicas.push_back({replicaName(i), keys.replica_keys[i].publicKey()});
+    c.self_index = index;
+    c.client_key = [](std::string_view name) -> std::optional<PublicKey> {
+      if (name == client_name) return clientKey().publicKey();
+      return std::nullopt;
+    };
+    c.batch_size_max = 16;
+    c.batch_delay_micros = 0;
+    c.view_change_timeout_micros = 10'000'000;
+    c.time_drift_micros_max = 5'000'000;
+    c.checkpoint_interval_batches = 4;
+    c.window_batches_max = 16;
+    c.status_interval_micros = 1'000'000;
+    c.log = [this, index](std::string_view line) { logs.push_back(std::to_string(index) + ": " + std::string(line)); };
+    return c;
+  }
+
+  // Every store request queued so far has posted its completion.
+  void settle() {
+    for (auto& m : members) {
+      m.replica->quiesceStore();
+      REQUIRE(m.store->write([](vault::WriteTxn&) { return Status(); }).ok());
+    }
+  }
+  bool runUntil(const std::function<bool()>& pred, int64_t micros) {
+    return loop.runUntil(pred, micros, [this] { settle(); });
+  }
+  void runFor(int64_t micros) { runUntil([] { return false; }, micros); }
+
+  // A request with a valid MAC for each replica except those in `bad_for`.
+  WireRequest request(Bytes body, uint64_t client_seq, std::set<uint32_t> bad_for = {}) {
+    WireRequest r;
+    r.client = client_name;
+    r.client_seq = client_seq;
+    r.body = std::move(body);
+    pbft::KeyRing ring(clientKey(), client_name);
+    for (uint32_t i = 0; i < 4; ++i) {
+      auto k = ring.keyFor(replicaName(i), keys.replica_keys[i].publicKey()).value();
+      Bytes tag = pbft::mac(k, r.digest());
+      if (bad_for.count(i)) tag[0] ^= 0x55;
+      r.authenticator.push_back(tag);
+    }
+    return r;
+  }
+  void send(const WireRequest& r, std::set<uint32_t> to = {0, 1, 2, 3}) {
+    for (uint32_t i : to) REQUIRE(hub.link(client_name).send(replicaName(i), pbft::encodeFrame(pbft::Message(r))).ok());
+  }
+  uint64_t executedEverywhere() const {
+    uint64_t lo = UINT64_MAX;
+    for (const auto& m : members) lo = std::min(lo, m.replica->lastExecuted());
+    return lo;
+  }
+  bool logged(std::string_view what) const {
+    for (const auto& l : logs) {
+      if (l.find(what) != std::string::npos) return true;
+    }
+    return false;
+  }
+};
+
+Bytes spendBody(const TestCluster& keys, const std::string& state) {
+  return nonValidatingRequest(spend(keys.party, {stateRef(state)}), keys.party.name);
+}
+
+}  // namespace
+
+TEST_CASE("replica: the normal case orders, commits and executes a request, and every replica replies") {
+  Cluster c;
+  const WireTransaction tx = spend(c.keys.party, {stateRef("a")});
+  c.send(c.request(nonValidatingRequest(tx, c.keys.party.name), 1));
+  REQUIRE(c.runUntil([&] { return c.client.repliesFor(1) == 4; }, 1'000'000));
+  CHECK(c.executedEverywhere() == 1);
+  for (const auto& r : c.client.replies) {
+    CAPTURE(r.replica);
+    auto signed_reply = signedReply(r.body);
+    auto reply = replyOf(r.body);
+    CHECK(reply.outcome == NotarisationReply::Outcome::success);
+    CHECK(reply.batchSeq == 1);
+    REQUIRE(signed_reply.txSignature.has_value());
+    CHECK(signed_reply.txSignature->by() == c.keys.replica_keys[r.replica].publicKey());
+    CHECK(signed_reply.txSignature->verify(signableBytes(tx.id())).ok());
+  }
+  for (auto& m : c.members) {
+    CHECK(m.machine->consumedBy(stateRef("a")).value() == tx.id());
+    CHECK(m.replica->view() == 0);
+    CHECK(m.replica->stats().frames_rejected == 0);
+  }
+  CHECK(c.members[0].replica->stats().batches_proposed == 1);
+
+  // A retransmission is answered from the reply cache, not executed again.
+  c.send(c.request(nonValidatingRequest(tx, c.keys.party.name), 1));
+  REQUIRE(c.runUntil([&] { return c.client.repliesFor(1) == 8; }, 1'000'000));
+  for (auto& m : c.members) {
+    CHECK(m.replica->stats().replies_from_cache == 1);
+    CHECK(m.replica->stats().requests_executed == 1);
+  }
+}
+
+TEST_CASE("replica: a request relayed by the primary is authenticated by its MAC at each backup") {
+  Cluster c;
+  c.send(c.request(spendBody(c.keys, "relayed"), 5), {0});  // the primary only
+  REQUIRE(c.runUntil([&] { return c.client.repliesFor(5) == 4; }, 1'000'000));
+  CHECK(c.executedEverywhere() == 1);
+}
+
+TEST_CASE("replica: backups do not prepare a batch holding a request whose MAC for them is bad, until the client's copy comes") {
+  Cluster c;
+  // Sent to the primary only, with the backups' MAC entries forged.
+  const WireRequest forged = c.request(spendBody(c.keys, "forged"), 9, {1, 2, 3});
+  c.send(forged, {0});
+  c.runFor(2'000'000);  // well under the view-change timeout
+  CHECK(c.client.replies.empty());
+  for (auto& m : c.members) CHECK(m.replica->lastExecuted() == 0);
+  CHECK(c.members[0].replica->stats().batches_proposed == 1);
+  for (uint32_t i = 1; i < 4; ++i) {
+    CHECK(c.members[i].replica->stats().pre_prepares_held == 1);
+    CHECK(c.members[i].replica->stats().store_writes == 0);  // nothing accepted, no prepare
+  }
+  CHECK(c.logged("is not authenticated for this replica"));
+  // The client's own copy authenticates it at each backup: the held batch is prepared and commits.
+  c.send(forged, {1, 2, 3});
+  REQUIRE(c.runUntil([&] { return c.client.repliesFor(9) == 4; }, 1'000'000));
+  CHECK(c.executedEverywhere() == 1);
+  for (auto& m : c.members) {
+    CHECK(m.replica->view() == 0);
+    CHECK(m.replica->stats().held_accepted_by_prepares == 0);
+  }
+}
+
+TEST_CASE("replica: a backup that cannot authenticate a request prepares its batch on f+1 backups' prepares") {
+  Cluster c;
+  // Replica 3's MAC entry is forged; replicas 1 and 2 authenticate it (f+1 = 2).
+  c.send(c.request(spendBody(c.keys, "vouched"), 11, {3}), {0});
+  REQUIRE(c.runUntil([&] { return c.client.repliesFor(11) == 4; }, 1'000'000));
+  CHECK(c.executedEverywhere() == 1);
+  CHECK(c.members[3].replica->stats().pre_prepares_held == 1);
+  CHECK(c.members[3].replica->stats().held_accepted_by_prepares == 1);
+  CHECK(c.members[3].machine->consumedBy(stateRef("vouched")).value().has_value());
+  for (auto& m : c.members) CHECK(m.replica->view() == 0);
+}
+
+TEST_CASE("replica: a request no backup can authenticate is never executed; the view changes past it") {
+  Cluster c;
+  c.send(c.request(spendBody(c.keys, "primary only"), 12, {1, 2, 3}), {0});
+  // An honest request, sent to every replica, waits behind it and completes in the next view.
+  c.send(c.request(spendBody(c.keys, "honest"), 13));
+  REQUIRE(c.runUntil([&] { return c.client.repliesFor(13) == 4; }, 60'000'000));
+  for (uint32_t i = 1; i < 4; ++i) {
+    CAPTURE(i);
+    CHECK(c.members[i].replica->view() >= 1);
+    CHECK(c.members[i].machine->consumedBy(stateRef("honest")).value().has_value());
+  }
+  c.runFor(5'000'000);
+  CHECK(c.client.repliesFor(12) == 0);
+  for (auto& m : c.members) CHECK(m.machine->consumedBy(stateRef("primary only")).value() == std::nullopt);
+}
+
+TEST_CASE("replica: backups refuse a batch whose timestamp is outside the allowed drift; a view change gets past the primary") {
+  // The primary's clock is 60 s ahead (the drift allowed is 5 s; the view
+  // change timeout is 10 s, so its batch is still out of bounds then).
+  Cluster c({60'000'000, 0, 0, 0});
+  c.send(c.request(spendBody(c.keys, "late"), 3));
+  c.runFor(2'000'000);
+  CHECK(c.client.replies.empty());
+  for (auto& m : c.members) CHECK(m.replica->lastExecuted() == 0);
+  for (uint32_t i = 1; i < 4; ++i) CHECK(c.members[i].replica->stats().frames_rejected >= 1);
+  CHECK(c.logged("beyond time_drift_micros_max"));
+  // The backups' view timers expire: replica 1 becomes primary and its
+  // batch commits with replicas 1, 2, 3 (replica 0 refuses its timestamp too).
+  REQUIRE(c.runUntil([&] { return c.client.repliesFor(3) >= 3; }, 60'000'000));
+  for (uint32_t i = 1; i < 4; ++i) {
+    CHECK(c.members[i].replica->view() >= 1);
+    CHECK(c.members[i].replica->lastExecuted() >= 1);  // (a null batch may come first)
+    CHECK(c.members[i].machine->consumedBy(stateRef("late")).value().has_value());
+  }
+}
+
+TEST_CASE("replica: a request the state machine refuses is answered with its signed error, unordered and not cached") {
+  Cluster c;
+  const Bytes garbage{0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07};
+  c.send(c.request(garbage, 4));
+  REQUIRE(c.runUntil([&] { return c.client.repliesFor(4) == 4; }, 1'000'000));
+  for (const auto& r : c.client.replies) {
+    CAPTURE(r.replica);
+    auto signed_reply = signedReply(r.body);
+    auto reply = replyOf(r.body);
+    CHECK(reply.outcome == NotarisationReply::Outcome::error);
+    CHECK(reply.batchSeq == 0);
+    CHECK(reply.requestHash == SecureHash::of(garbage));
+    CHECK(reply.error.code == Errc::malformed);
+    CHECK(signed_reply.rootSignature.by() == c.keys.replica_keys[r.replica].publicKey());
+    auto root = signed_reply.root();
+    REQUIRE(root.ok());
+    CHECK(signed_reply.rootSignature.verify(batchRootSignableBytes(0, 1, *root)).ok());
+  }
+  for (auto& m : c.members) {
+    CHECK(m.replica->lastExecuted() == 0);
+    CHECK(m.replica->stats().requests_refused == 1);
+    CHECK(m.replica->stats().batches_proposed == 0);
+  }
+  // Sent again, it is checked again (a refusal is not an executed reply).
+  c.send(c.request(garbage, 4));
+  REQUIRE(c.runUntil([&] { return c.client.repliesFor(4) == 8; }, 1'000'000));
+  for (auto& m : c.members) {
+    CHECK(m.replica->stats().requests_refused == 2);
+    CHECK(m.replica->stats().replies_from_cache == 0);
+  }
+  // A good request afterwards is ordered as usual.
+  c.send(c.request(spendBody(c.keys, "after"), 5));
+  REQUIRE(c.runUntil([&] { return c.client.repliesFor(5) == 4; }, 1'000'000));
+  CHECK(c.executedEverywhere() == 1);
+}
