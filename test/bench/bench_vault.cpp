@@ -15,7 +15,9 @@
 //
 // Knobs for investigation: --record-only skips the 1M-state part;
 // CCAL_BENCH_BATCH=N sets the writer's batch size; CCAL_BENCH_NOSYNC=1
-// records without fsync (the report says so).
+// records without fsync (the report says so); CCAL_BENCH_TRIALS=N sets the
+// number of recording trials and CCAL_BENCH_PREVERIFIED_ONLY=1 skips the
+// trials that check signatures (for profiling; that figure then reads 0).
 
 #include <sys/resource.h>
 #include <unistd.h>
@@ -180,7 +182,8 @@ int main(int argc, char** argv) {
 
   // 1. Durable recording of 2-in/2-out moves.
   const size_t moves = quick ? 500 : 20000;
-  const int trials = quick ? 1 : 5;
+  int trials = quick ? 1 : 5;
+  if (const char* t = std::getenv("CCAL_BENCH_TRIALS")) trials = std::max(1, std::atoi(t));
   const bool durable = std::getenv("CCAL_BENCH_NOSYNC") == nullptr;
   std::vector<SignedTransaction> issues;
   for (size_t i = 0; i < moves * 2 / 100 + 1; ++i) issues.push_back(net.issue(100));
@@ -198,6 +201,7 @@ int main(int argc, char** argv) {
     verified.push_back(std::move(v).value());
   }
   double verify_only_rate = static_cast<double>(txs.size()) / secondsSince(verify_start);
+  const bool skip_verifying = std::getenv("CCAL_BENCH_PREVERIFIED_ONLY") != nullptr;
   std::vector<double> preverified_rates, verifying_rates;
   // CPU per transaction, which load from elsewhere on the machine barely
   // moves: the writer thread's, and the whole process's.
@@ -206,6 +210,7 @@ int main(int argc, char** argv) {
   for (int t = 0; t < trials; ++t) {
     for (int verifying = 0; verifying < 2; ++verifying) {
       if (verifying && t >= (trials + 1) / 2) continue;  // fewer trials of the slower path
+      if (verifying && skip_verifying) continue;
       std::string path = base + "/record-" + std::to_string(t) + "-" + std::to_string(verifying);
       auto vault = openVault(net, path, durable);
       recordAll(*vault, issues, 2, 64);
@@ -232,7 +237,7 @@ int main(int argc, char** argv) {
     return v[v.size() / 2];
   };
   double record_rate = median(preverified_rates);
-  double verifying_rate = median(verifying_rates);
+  double verifying_rate = verifying_rates.empty() ? 0 : median(verifying_rates);
   const double writer_us = median(writer_cpu_us), process_us = median(process_cpu_us);
   char store_stats_note[160];
   std::snprintf(store_stats_note, sizeof store_stats_note,
