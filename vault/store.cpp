@@ -324,6 +324,14 @@ uint64_t ReadTxn::entries(const Db& db) const {
 // ---------------------------------------------------------------- WriteTxn
 
 Status WriteTxn::put(const Db& db, ByteView key, ByteView value) {
+  return putFlags(db, key, value, 0);
+}
+
+Status WriteTxn::append(const Db& db, ByteView key, ByteView value) {
+  return putFlags(db, key, value, MDB_APPEND);
+}
+
+Status WriteTxn::putFlags(const Db& db, ByteView key, ByteView value, unsigned int flags) {
   CCAL_ASSERT_MSG(txn_ != nullptr, "put() on a moved-from transaction");
   MDB_env* env = mdb_txn_env(txn_);
   const auto key_max = static_cast<size_t>(mdb_env_get_maxkeysize(env));
@@ -337,7 +345,11 @@ Status WriteTxn::put(const Db& db, ByteView key, ByteView value) {
   }
   MDB_val k = toVal(key), v = toVal(value);
   touched_ = true;
-  int rc = mdb_put(txn_, db.dbi, &k, &v, 0);
+  int rc = mdb_put(txn_, db.dbi, &k, &v, flags);
+  if (rc == MDB_KEYEXIST && (flags & MDB_APPEND) != 0) {
+    // Not beyond the last key: LMDB refused it before changing anything.
+    rc = mdb_put(txn_, db.dbi, &k, &v, flags & ~MDB_APPEND);
+  }
   if (rc != 0) {
     failed_rc_ = rc;
     return writeFailure(rc, "put into '" + db.name + "' of " + dataFileOf(env), env);

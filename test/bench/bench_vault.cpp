@@ -207,6 +207,7 @@ int main(int argc, char** argv) {
   // moves: the writer thread's, and the whole process's.
   std::vector<double> writer_cpu_us, process_cpu_us;
   Store::Stats last_stats;
+  double file_mib = 0;  // the data file after a trial: pages written, deterministic
   for (int t = 0; t < trials; ++t) {
     for (int verifying = 0; verifying < 2; ++verifying) {
       if (verifying && t >= (trials + 1) / 2) continue;  // fewer trials of the slower path
@@ -229,6 +230,7 @@ int main(int argc, char** argv) {
         return 1;
       }
       vault.reset();
+      if (!verifying) file_mib = double(std::filesystem::file_size(path + "/data.mdb")) / (1 << 20);
       std::filesystem::remove_all(path);
     }
   }
@@ -303,6 +305,7 @@ int main(int argc, char** argv) {
               "      (so one idle writer core allows %.0f tx/s, two idle cores %.0f tx/s)\n",
               writer_us, process_us, 1e6 / writer_us, std::min(1e6 / writer_us, 2e6 / process_us));
   std::printf("    signature checks alone, one thread            %10.0f tx/s\n", verify_only_rate);
+  std::printf("    data file after a trial                       %10.1f MiB\n", file_mib);
   for (const auto& [n, l] : results) {
     std::printf("  200-row page at %zu states:\n", n);
     std::printf("    by type (newest/oldest first, pages 1-5)      p50 %6.2f ms  p99 %6.2f ms  (total %llu)\n",
@@ -318,10 +321,11 @@ int main(int argc, char** argv) {
   std::printf(
       "{\"bench\":\"vault\",\"record_tx_per_s\":%.0f,\"record_verifying_tx_per_s\":%.0f,"
       "\"verify_tx_per_s\":%.0f,\"writer_cpu_us_per_tx\":%.1f,\"process_cpu_us_per_tx\":%.1f,"
+      "\"file_mib\":%.1f,"
       "\"states\":%zu,"
       "\"type_p50_ms\":%.3f,\"type_p99_ms\":%.3f,\"field_and_p50_ms\":%.3f,\"field_and_p99_ms\":%.3f,"
       "\"field_between_p50_ms\":%.3f,\"field_between_p99_ms\":%.3f,\"open_s\":%.3f}\n",
-      record_rate, verifying_rate, verify_only_rate, writer_us, process_us, last.first, last.second[0].p50_ms, last.second[0].p99_ms,
+      record_rate, verifying_rate, verify_only_rate, writer_us, process_us, file_mib, last.first, last.second[0].p50_ms, last.second[0].p99_ms,
       last.second[1].p50_ms, last.second[1].p99_ms, last.second[2].p50_ms, last.second[2].p99_ms,
       open_seconds);
   return 0;
