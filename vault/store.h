@@ -104,9 +104,18 @@ class WriteTxn : public ReadTxn {
 
  private:
   friend class Store;
-  explicit WriteTxn(MDB_txn* txn) : ReadTxn(txn, nullptr) {}
+  WriteTxn(MDB_txn* txn, std::vector<MDB_cursor*>* cursors)
+      : ReadTxn(txn, nullptr), cursors_(cursors) {}
   Status putFlags(const Db& db, ByteView key, ByteView value, unsigned int flags);
+  // The batch's cursor on `db` (opened on first use), or an LMDB error.
+  int writeCursor(const Db& db, MDB_cursor** out);
 
+  // Puts and deletes go through one cursor per sub-database, kept for the
+  // whole batch: a key on the page the cursor is on (the next one of a
+  // sequence, an entry next to the last) is found without descending the
+  // tree, which in a large write transaction means a search of LMDB's
+  // dirty-page list per level. Indexed by dbi; owned by the writer.
+  std::vector<MDB_cursor*>* cursors_ = nullptr;
   bool touched_ = false;
   int failed_rc_ = 0;  // the LMDB error of the last failed put/del
 };
