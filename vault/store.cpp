@@ -324,6 +324,14 @@ uint64_t ReadTxn::entries(const Db& db) const {
 // ---------------------------------------------------------------- WriteTxn
 
 Status WriteTxn::put(const Db& db, ByteView key, ByteView value) {
+  return putFlags(db, key, value, 0);
+}
+
+Status WriteTxn::append(const Db& db, ByteView key, ByteView value) {
+  return putFlags(db, key, value, MDB_APPEND);
+}
+
+Status WriteTxn::putFlags(const Db& db, ByteView key, ByteView value, unsigned int flags) {
   CCAL_ASSERT_MSG(txn_ != nullptr, "put() on a moved-from transaction");
   MDB_env* env = mdb_txn_env(txn_);
   const auto key_max = static_cast<size_t>(mdb_env_get_maxkeysize(env));
@@ -336,8 +344,20 @@ Status WriteTxn::put(const Db& db, ByteView key, ByteView value) {
                                           std::to_string(key_max));
   }
   MDB_val k = toVal(key), v = toVal(value);
+  MDB_cursor* cursor = nullptr;
+  int rc = writeCursor(db, &cursor);
+  if (rc != 0) {
+    failed_rc_ = rc;
+    return writeFailure(rc, "open a write cursor on '" + db.name + "' of " + dataFileOf(env), env);
+  }
   touched_ = true;
-  int rc = mdb_put(txn_, db.dbi, &k, &v, 0);
+  rc = mdb_cursor_put(cursor, &k, &v, flags);
+  if (rc == MDB_KEYEXIST && (flags & MDB_APPEND) != 0) {
+    // Not beyond the last key: LMDB refused it before changing anything.
+    k = toVal(key);
+    v = toVal(value);
+    rc = mdb_cursor_put(cursor, &k, &v, flags & ~MDB_APPEND);
+  }
   if (rc != 0) {
     failed_rc_ = rc;
     return writeFailure(rc, "put into '" + db.name + "' of " + dataFileOf(env), env);
@@ -350,15 +370,37 @@ Status WriteTxn::del(const Db& db, ByteView key) {
   MDB_env* env = mdb_txn_env(txn_);
   // Keys LMDB cannot hold are never present: deleting them is a no-op.
   if (key.empty() || key.size() > static_cast<size_t>(mdb_env_get_maxkeysize(env))) return {};
-  MDB_val k = toVal(key);
+  MDB_val k = toVal(key), v{};
+  MDB_cursor* cursor = nullptr;
+  int rc = writeCursor(db, &cursor);
+  if (rc != 0) {
+    failed_rc_ = rc;
+    return writeFailure(rc, "open a write cursor on '" + db.name + "' of " + dataFileOf(env), env);
+  }
   touched_ = true;
-  int rc = mdb_del(txn_, db.dbi, &k, nullptr);
+  rc = mdb_cursor_get(cursor, &k, &v, MDB_SET);
   if (rc == MDB_NOTFOUND) return {};
+  if (rc == 0) rc = mdb_cursor_del(cursor, 0);
   if (rc != 0) {
     failed_rc_ = rc;
     return writeFailure(rc, "delete from '" + db.name + "' of " + dataFileOf(env), env);
   }
   return {};
+}
+
+int WriteTxn::writeCursor(const Db& db, MDB_cursor** out) {
+  CCAL_ASSERT_MSG(cursors_ != nullptr, "a WriteTxn without the writer's cursors");
+  if (db.dbi >= cursors_->size()) cursors_->resize(db.dbi + 1, nullptr);
+  MDB_cursor*& cursor = (*cursors_)[db.dbi];
+  if (cursor == nullptr) {
+    int rc = mdb_cursor_open(txn_, db.dbi, &cursor);
+    if (rc != 0) {
+      cursor = nullptr;
+      return rc;
+    }
+  }
+  *out = cursor;
+  return 0;
 }
 
 // ---------------------------------------------------------------- Cursor
@@ -654,13 +696,22 @@ void Store::writerLoop() {
   // transaction or was split; they go first into the next batch. Writer
   // thread only.
   std::deque<Request> carried;
+  // The batch transaction's write cursors (see WriteTxn::cursors_), closed
+  // before the transaction ends.
+  std::vector<MDB_cursor*> cursors;
+  auto close_cursors = [&cursors] {
+    for (MDB_cursor*& c : cursors) {
+      if (c != nullptr) mdb_cursor_close(c);
+      c = nullptr;
+    }
+  };
   batch.reserve(config_.write_batch_max);
   results.reserve(config_.write_batch_max);
 
   // Runs one request directly in `txn`. `touched` tells whether it reached
   // LMDB with a change, `lmdb_rc` the LMDB failure of a change, if any.
   auto run_request = [&](MDB_txn* txn, Request& request, bool& touched, int& lmdb_rc) -> Status {
-    WriteTxn w(txn);
+    WriteTxn w(txn, &cursors);
     Status status;
     try {
       status = request.fn(w);
@@ -735,6 +786,7 @@ void Store::writerLoop() {
         }
         if (!touched) continue;  // failed before writing: the transaction is clean
         // It wrote, then failed: its changes are mixed into the batch's.
+        close_cursors();
         mdb_txn_abort(txn);
         txn = nullptr;
         again = true;
@@ -755,6 +807,7 @@ void Store::writerLoop() {
         ++reruns_counted;
         continue;
       }
+      close_cursors();
       if (!any_ok) {
         mdb_txn_abort(txn);  // nothing to write: spare the fsync
         break;

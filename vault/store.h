@@ -88,6 +88,12 @@ class WriteTxn : public ReadTxn {
   // must return them, which rolls back its changes (and, since it has
   // written, makes the writer run its batch again without it).
   Status put(const Db& db, ByteView key, ByteView value);
+  // put() of a key expected to be greater than every key in `db` (a
+  // sequence number, a time): LMDB appends it to the last page without a
+  // search, and a full last page is split so that it stays full (an
+  // ordinary put splits it in halves, leaving appended tables half empty).
+  // A key that is not the greatest is put the ordinary way.
+  Status append(const Db& db, ByteView key, ByteView value);
   // Fails with not_found-free semantics: deleting a missing key is ok.
   Status del(const Db& db, ByteView key);
 
@@ -98,7 +104,18 @@ class WriteTxn : public ReadTxn {
 
  private:
   friend class Store;
-  explicit WriteTxn(MDB_txn* txn) : ReadTxn(txn, nullptr) {}
+  WriteTxn(MDB_txn* txn, std::vector<MDB_cursor*>* cursors)
+      : ReadTxn(txn, nullptr), cursors_(cursors) {}
+  Status putFlags(const Db& db, ByteView key, ByteView value, unsigned int flags);
+  // The batch's cursor on `db` (opened on first use), or an LMDB error.
+  int writeCursor(const Db& db, MDB_cursor** out);
+
+  // Puts and deletes go through one cursor per sub-database, kept for the
+  // whole batch: a key on the page the cursor is on (the next one of a
+  // sequence, an entry next to the last) is found without descending the
+  // tree, which in a large write transaction means a search of LMDB's
+  // dirty-page list per level. Indexed by dbi; owned by the writer.
+  std::vector<MDB_cursor*>* cursors_ = nullptr;
   bool touched_ = false;
   int failed_rc_ = 0;  // the LMDB error of the last failed put/del
 };

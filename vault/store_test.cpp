@@ -199,6 +199,52 @@ TEST_CASE("Store: put, get, del and entries") {
   CHECK(store->stats().commits == 2);
 }
 
+TEST_CASE("Store: append() adds the greatest key, and puts any other key the ordinary way") {
+  TempDir dir;
+  auto store = openStore(testConfig(dir.store()));
+  const Db& records = store->db("records");
+  auto seq = [](uint64_t n) {
+    Bytes k;
+    for (int i = 7; i >= 0; --i) k.push_back(static_cast<uint8_t>(n >> (8 * i)));
+    return k;
+  };
+  // Enough to fill many pages: appended pages are split so they stay full.
+  constexpr uint64_t n = 3000;
+  REQUIRE(store->write([&](WriteTxn& txn) -> Status {
+    for (uint64_t i = 10; i < n; ++i) CCAL_TRY(txn.append(records, seq(i), Bytes(100, uint8_t(i))));
+    return {};
+  }).ok());
+  // Keys that are not the greatest: smaller, and one already there.
+  Status mixed = store->write([&](WriteTxn& txn) -> Status {
+    CCAL_TRY(txn.append(records, seq(5), asBytes("five")));
+    CCAL_TRY(txn.append(records, seq(100), asBytes("replaced")));
+    CCAL_TRY(txn.append(records, seq(n + 7), asBytes("last")));
+    CHECK(str(txn.get(records, seq(5))) == "five");
+    return txn.append(records, ByteView(), asBytes("x"));  // an empty key fails as in put()
+  });
+  CHECK(mixed.error().code == Errc::malformed);  // and rolled back the request's changes
+  REQUIRE(store->write([&](WriteTxn& txn) -> Status {
+    CCAL_TRY(txn.append(records, seq(5), asBytes("five")));
+    CCAL_TRY(txn.append(records, seq(100), asBytes("replaced")));
+    return txn.append(records, seq(n + 7), asBytes("last"));
+  }).ok());
+  ReadTxn txn = store->read();
+  CHECK(txn.entries(records) == n - 10 + 2);
+  CHECK(str(txn.get(records, seq(5))) == "five");
+  CHECK(str(txn.get(records, seq(100))) == "replaced");
+  CHECK(str(txn.get(records, seq(n + 7))) == "last");
+  CHECK(txn.get(records, seq(n - 1))->size() == 100);
+  Cursor c = txn.cursor(records);
+  uint64_t count = 0;
+  Bytes previous;
+  for (bool ok = c.first(); ok; ok = c.next(), ++count) {
+    Bytes key(c.key().begin(), c.key().end());
+    CHECK(previous < key);
+    previous = key;
+  }
+  CHECK(count == n - 10 + 2);
+}
+
 TEST_CASE("Store: a cursor walks keys in order, seeks and steps back") {
   TempDir dir;
   auto store = openStore(testConfig(dir.store()));

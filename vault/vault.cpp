@@ -150,7 +150,12 @@ namespace {
 struct OutputPlan {
   uint32_t index = 0;
   Bytes record;
-  std::vector<std::pair<const Db*, Bytes>> keys;  // index entries (key-only)
+  struct IndexEntry {
+    const Db* db;
+    Bytes key;    // key-only
+    bool append;  // keys that grow with recording: appended (WriteTxn::append)
+  };
+  std::vector<IndexEntry> keys;
   Bytes count_key;
 };
 
@@ -218,7 +223,8 @@ void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn 
     fields.state_bytes.assign(output_bytes[i].begin(), output_bytes[i].end());
     out.record = encodeStateRecord(fields);
     for (auto& entry : VaultAccess::indexKeys(vs, *view, StateKey{0, i})) {
-      out.keys.emplace_back(&VaultAccess::db(*this, entry.first), std::move(entry.second));
+      const bool append = entry.first == ix_recorded;
+      out.keys.push_back({&VaultAccess::db(*this, entry.first), std::move(entry.second), append});
     }
     out.count_key = countKey(StateStatus::unconsumed, outputs[i].stateType);
     plan->outputs.push_back(std::move(out));
@@ -300,7 +306,7 @@ void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn 
       Bytes consumed_key;
       keys::appendInt(consumed_key, plan->at);
       keys::appendStateKey(consumed_key, input.key);
-      CCAL_TRY(w.put(VaultAccess::db(*this, ix_consumed), consumed_key, {}));
+      CCAL_TRY(w.append(VaultAccess::db(*this, ix_consumed), consumed_key, {}));
       CCAL_TRY(w.put(VaultAccess::db(*this, ix_consumed_key), state_key, {}));
       fields.status = StateStatus::consumed;
       fields.consumedBy = tx_id;
@@ -312,10 +318,10 @@ void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn 
     }
     for (auto& out : plan->outputs) {
       const StateKey key{seq, out.index};
-      CCAL_TRY(w.put(state_db, keys::stateKey(key), out.record));
+      CCAL_TRY(w.append(state_db, keys::stateKey(key), out.record));
       for (auto& entry : out.keys) {
-        keys::setStateKeyAtEnd(entry.second, key);
-        CCAL_TRY(w.put(*entry.first, entry.second, {}));
+        keys::setStateKeyAtEnd(entry.key, key);
+        CCAL_TRY(entry.append ? w.append(*entry.db, entry.key, {}) : w.put(*entry.db, entry.key, {}));
       }
       count(out.count_key, +1);
     }
@@ -323,7 +329,7 @@ void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn 
       if (entry.second != 0) CCAL_TRY(VaultAccess::adjustCount(*this, w, entry.first, entry.second));
     }
     const Bytes seq_key = keys::seqKey(seq);
-    CCAL_TRY(w.put(tx_db, seq_key, plan->tx_record));
+    CCAL_TRY(w.append(tx_db, seq_key, plan->tx_record));
     return w.put(tx_seq_db, tx_id.view(), seq_key);
   };
   store_->submit(std::move(fn), [this, plan, done = std::move(done)](const Status& status) {

@@ -15,7 +15,9 @@
 //
 // Knobs for investigation: --record-only skips the 1M-state part;
 // CCAL_BENCH_BATCH=N sets the writer's batch size; CCAL_BENCH_NOSYNC=1
-// records without fsync (the report says so).
+// records without fsync (the report says so); CCAL_BENCH_TRIALS=N sets the
+// number of recording trials and CCAL_BENCH_PREVERIFIED_ONLY=1 skips the
+// trials that check signatures (for profiling; that figure then reads 0).
 
 #include <sys/resource.h>
 #include <unistd.h>
@@ -180,7 +182,8 @@ int main(int argc, char** argv) {
 
   // 1. Durable recording of 2-in/2-out moves.
   const size_t moves = quick ? 500 : 20000;
-  const int trials = quick ? 1 : 5;
+  int trials = quick ? 1 : 5;
+  if (const char* t = std::getenv("CCAL_BENCH_TRIALS")) trials = std::max(1, std::atoi(t));
   const bool durable = std::getenv("CCAL_BENCH_NOSYNC") == nullptr;
   std::vector<SignedTransaction> issues;
   for (size_t i = 0; i < moves * 2 / 100 + 1; ++i) issues.push_back(net.issue(100));
@@ -198,14 +201,17 @@ int main(int argc, char** argv) {
     verified.push_back(std::move(v).value());
   }
   double verify_only_rate = static_cast<double>(txs.size()) / secondsSince(verify_start);
+  const bool skip_verifying = std::getenv("CCAL_BENCH_PREVERIFIED_ONLY") != nullptr;
   std::vector<double> preverified_rates, verifying_rates;
   // CPU per transaction, which load from elsewhere on the machine barely
   // moves: the writer thread's, and the whole process's.
   std::vector<double> writer_cpu_us, process_cpu_us;
   Store::Stats last_stats;
+  double file_mib = 0;  // the data file after a trial: pages written, deterministic
   for (int t = 0; t < trials; ++t) {
     for (int verifying = 0; verifying < 2; ++verifying) {
       if (verifying && t >= (trials + 1) / 2) continue;  // fewer trials of the slower path
+      if (verifying && skip_verifying) continue;
       std::string path = base + "/record-" + std::to_string(t) + "-" + std::to_string(verifying);
       auto vault = openVault(net, path, durable);
       recordAll(*vault, issues, 2, 64);
@@ -224,6 +230,7 @@ int main(int argc, char** argv) {
         return 1;
       }
       vault.reset();
+      if (!verifying) file_mib = double(std::filesystem::file_size(path + "/data.mdb")) / (1 << 20);
       std::filesystem::remove_all(path);
     }
   }
@@ -232,7 +239,7 @@ int main(int argc, char** argv) {
     return v[v.size() / 2];
   };
   double record_rate = median(preverified_rates);
-  double verifying_rate = median(verifying_rates);
+  double verifying_rate = verifying_rates.empty() ? 0 : median(verifying_rates);
   const double writer_us = median(writer_cpu_us), process_us = median(process_cpu_us);
   char store_stats_note[160];
   std::snprintf(store_stats_note, sizeof store_stats_note,
@@ -298,6 +305,7 @@ int main(int argc, char** argv) {
               "      (so one idle writer core allows %.0f tx/s, two idle cores %.0f tx/s)\n",
               writer_us, process_us, 1e6 / writer_us, std::min(1e6 / writer_us, 2e6 / process_us));
   std::printf("    signature checks alone, one thread            %10.0f tx/s\n", verify_only_rate);
+  std::printf("    data file after a trial                       %10.1f MiB\n", file_mib);
   for (const auto& [n, l] : results) {
     std::printf("  200-row page at %zu states:\n", n);
     std::printf("    by type (newest/oldest first, pages 1-5)      p50 %6.2f ms  p99 %6.2f ms  (total %llu)\n",
@@ -313,10 +321,11 @@ int main(int argc, char** argv) {
   std::printf(
       "{\"bench\":\"vault\",\"record_tx_per_s\":%.0f,\"record_verifying_tx_per_s\":%.0f,"
       "\"verify_tx_per_s\":%.0f,\"writer_cpu_us_per_tx\":%.1f,\"process_cpu_us_per_tx\":%.1f,"
+      "\"file_mib\":%.1f,"
       "\"states\":%zu,"
       "\"type_p50_ms\":%.3f,\"type_p99_ms\":%.3f,\"field_and_p50_ms\":%.3f,\"field_and_p99_ms\":%.3f,"
       "\"field_between_p50_ms\":%.3f,\"field_between_p99_ms\":%.3f,\"open_s\":%.3f}\n",
-      record_rate, verifying_rate, verify_only_rate, writer_us, process_us, last.first, last.second[0].p50_ms, last.second[0].p99_ms,
+      record_rate, verifying_rate, verify_only_rate, writer_us, process_us, file_mib, last.first, last.second[0].p50_ms, last.second[0].p99_ms,
       last.second[1].p50_ms, last.second[1].p99_ms, last.second[2].p50_ms, last.second[2].p99_ms,
       open_seconds);
   return 0;
