@@ -480,7 +480,8 @@ TEST_CASE("delivery: a message sent while the window has room goes out from send
   REQUIRE(p.run([&] { return p.a->delivery->inFlight(bob) == 0 && p.b->recorder.got.size() == 40; }));
   CHECK(payloads(p.b->recorder) == numbered(0, 40));
   CHECK(p.a->delivery->stats().outbox_reads > reads);
-  CHECK(p.a->store->pending(bob, 100).value().empty());
+  // The acknowledgements' removals from the outbox are writes of their own.
+  REQUIRE(p.run([&] { return p.a->store->pending(bob, 100).value().empty(); }));
   // A restarted sender reads its outbox first, then follows it by itself again.
   p.a->restart();
   REQUIRE(p.send(*p.a, bob, "m40", "m40"));

@@ -17,21 +17,19 @@
 #include "node/api_client.h"
 #include "node/api_users.h"
 #include "node/config.h"
+#include "test/support/network_processes.h"
 #include "test/support/temp_dir.h"
 
 namespace fs = std::filesystem;
 using namespace ccal;
 using namespace ccal::node;
+using testing::pidOf;
+using testing::runCcal;
+using testing::waitUntil;
 using namespace std::chrono_literals;
 using nlohmann::json;
 
 namespace {
-
-int runCcal(const std::string& args) {
-  std::string command = std::string(CCAL_BINARY) + " " + args + " >/dev/null 2>&1";
-  int status = std::system(command.c_str());
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
 
 // A network of three members on ports no other test uses at the same time.
 fs::path bootstrap(const testing::TempDir& tmp) {
@@ -54,16 +52,8 @@ fs::path bootstrap(const testing::TempDir& tmp) {
 }
 
 ApiClient clientOf(const fs::path& net, const std::string& name) {
-  auto config = loadNodeConfig(net / name / "node.toml");
-  REQUIRE_MESSAGE(config, config.error().message);
-  auto users = ApiUsers::load(config->api_users_file);
-  REQUIRE(users);
-  std::string token;
-  for (const auto& u : users->users()) {
-    if (u.role == ApiRole::admin) token = u.token;
-  }
-  auto client = ApiClient::create("http://" + config->api_listen.toString(), token);
-  REQUIRE(client);
+  auto client = testing::adminClientOf(net, name);
+  REQUIRE_MESSAGE(client, client.error().toString());
   return *client;
 }
 
@@ -73,33 +63,13 @@ std::string x500Of(const fs::path& net, const std::string& name) {
   return config->x500;
 }
 
-pid_t pidOf(const fs::path& net, const std::string& name) {
-  std::ifstream in(net / name / "run" / "node.pid");
-  pid_t pid = 0;
-  in >> pid;
-  return pid;
-}
-
-template <class Pred>
-bool waitUntil(Pred pred, std::chrono::seconds timeout) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(100ms);
-  }
-  return pred();
-}
-
 }  // namespace
 
 TEST_CASE("a real network: messages survive kill -9 of the receiver, once each and in order") {
   testing::TempDir tmp("ccal-net");
   fs::path net = bootstrap(tmp);
   REQUIRE(runCcal("network start --dir " + net.string()) == 0);
-  struct StopAtEnd {
-    fs::path net;
-    ~StopAtEnd() { runCcal("network stop --dir " + net.string()); }
-  } stop_at_end{net};
+  testing::StopNetworkAtEnd stop_at_end{net};
 
   ApiClient alpha = clientOf(net, "alpha");
   std::string alpha_x500 = x500Of(net, "alpha"), beta_x500 = x500Of(net, "beta");

@@ -31,23 +31,21 @@
 #include "node/network_map.h"
 #include "node/notary_service.h"
 #include "notary/notarisation_messages.h"
+#include "test/support/network_processes.h"
 #include "test/support/temp_dir.h"
 
 namespace fs = std::filesystem;
 using namespace ccal;
 using namespace ccal::node;
+using testing::pidOf;
+using testing::runCcal;
+using testing::waitUntil;
 using namespace std::chrono_literals;
 using nlohmann::json;
 
 namespace {
 
 constexpr const char* notary_x500 = "O=Test Notary, L=Haikou, C=CN";
-
-int runCcal(const std::string& args) {
-  std::string command = std::string(CCAL_BINARY) + " " + args + " >/dev/null 2>&1";
-  int status = std::system(command.c_str());
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
 
 // Two members and a 4-replica notary cluster, on ports no other test uses at the same time.
 fs::path bootstrap(const testing::TempDir& tmp) {
@@ -73,26 +71,9 @@ fs::path bootstrap(const testing::TempDir& tmp) {
 }
 
 ApiClient clientOf(const fs::path& net, const std::string& name) {
-  auto config = loadNodeConfig(net / name / "node.toml");
-  REQUIRE_MESSAGE(config, config.error().message);
-  auto users = ApiUsers::load(config->api_users_file);
-  REQUIRE(users);
-  std::string token;
-  for (const auto& u : users->users()) {
-    if (u.role == ApiRole::admin) token = u.token;
-  }
-  ApiClientOptions options;
-  options.timeout_micros = 120'000'000;
-  auto client = ApiClient::create("http://" + config->api_listen.toString(), token, options);
-  REQUIRE(client);
+  auto client = testing::adminClientOf(net, name, 120'000'000);
+  REQUIRE_MESSAGE(client, client.error().toString());
   return *client;
-}
-
-pid_t pidOf(const fs::path& net, const std::string& name) {
-  std::ifstream in(net / name / "run" / "node.pid");
-  pid_t pid = 0;
-  in >> pid;
-  return pid;
 }
 
 void killHard(const fs::path& net, const std::string& name) {
@@ -101,16 +82,6 @@ void killHard(const fs::path& net, const std::string& name) {
   REQUIRE(::kill(pid, SIGKILL) == 0);
   // Reaped by nobody here (the starter detached it): wait until it is gone.
   for (int i = 0; i < 100 && ::kill(pid, 0) == 0; ++i) std::this_thread::sleep_for(50ms);
-}
-
-template <class Pred>
-bool waitUntil(Pred pred, std::chrono::seconds timeout) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(100ms);
-  }
-  return pred();
 }
 
 // The notary's Party as the network parameters define it.
@@ -175,10 +146,7 @@ TEST_CASE("a real notary cluster: kill -9 and restart of a replica, two down, co
   testing::TempDir tmp("ccal-notary-net");
   fs::path net = bootstrap(tmp);
   REQUIRE(runCcal("network start --dir " + net.string()) == 0);
-  struct StopAtEnd {
-    fs::path net;
-    ~StopAtEnd() { runCcal("network stop --dir " + net.string()); }
-  } stop_at_end{net};
+  testing::StopNetworkAtEnd stop_at_end{net};
 
   ApiClient alpha = clientOf(net, "alpha"), beta = clientOf(net, "beta");
   std::vector<ApiClient> replicas;

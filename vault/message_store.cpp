@@ -217,6 +217,24 @@ std::string_view arrivalName(Arrival a) {
   return "?";
 }
 
+MessageStore::~MessageStore() {
+  std::unique_lock lock(in_flight_->mutex);
+  in_flight_->drained.wait(lock, [&] { return in_flight_->writes == 0; });
+}
+
+void MessageStore::submit(WriteFn fn, DoneFn done) {
+  {
+    std::lock_guard lock(in_flight_->mutex);
+    ++in_flight_->writes;
+  }
+  store_.submit(std::move(fn), [in_flight = in_flight_, done = std::move(done)](const Status& s) {
+    done(s);
+    std::lock_guard lock(in_flight->mutex);
+    --in_flight->writes;
+    in_flight->drained.notify_all();
+  });
+}
+
 MessageStore::MessageStore(Store& store, std::function<int64_t()> now_micros)
     : store_(store),
       outbox_(store.db(db_msg_outbox)),
@@ -260,7 +278,7 @@ void MessageStore::enqueueBatchAsync(std::vector<OutgoingMessage> messages, Enqu
   const int64_t at = now();
   auto results = std::make_shared<std::vector<Result<Enqueued>>>();
   auto items = std::make_shared<std::vector<OutgoingMessage>>(std::move(messages));
-  store_.submit(
+  submit(
       [this, items, results, at](WriteTxn& w) -> Status {
         // A request may run again after a rollback: outputs are set anew.
         results->clear();
@@ -376,7 +394,7 @@ void MessageStore::acknowledgeAsync(std::string_view peer, std::vector<uint64_t>
   if (valid) valid = checkBatch(seqs.size(), "an acknowledgement");
   if (!valid) return done(valid.error());
   auto removed = std::make_shared<std::vector<std::pair<MessageId, uint64_t>>>();
-  store_.submit(
+  submit(
       [this, removed, peer = std::string(peer), seqs = std::move(seqs)](WriteTxn& w) -> Status {
         removed->clear();
         removed->reserve(seqs.size());
@@ -482,7 +500,7 @@ void MessageStore::receiveAsync(std::string_view peer, uint64_t incarnation, uin
   if (!valid) return done(valid.error());
   auto result = std::make_shared<ReceiveResult>();
   auto items = std::make_shared<std::vector<ArrivingMessage>>(std::move(messages));
-  store_.submit(
+  submit(
       [this, result, items, peer = std::string(peer), incarnation, floor](WriteTxn& w) -> Status {
         *result = ReceiveResult{};
         result->arrivals.reserve(items->size());
@@ -611,7 +629,7 @@ void MessageStore::consumeBatchAsync(std::vector<InboxKey> keys, BatchFn done) {
   for (size_t i = 0; valid && i < keys.size(); ++i) valid = checkPeer(keys[i].peer);
   if (!valid) return done(valid.error());
   auto results = std::make_shared<std::vector<Result<bool>>>();
-  store_.submit(
+  submit(
       [this, results, keys = std::move(keys)](WriteTxn& w) -> Status {
         results->clear();
         results->reserve(keys.size());

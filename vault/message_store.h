@@ -44,8 +44,10 @@
 // request is refused before queueing (a limit, a bad peer name). Reads run
 // on any thread. One object may serve many threads at once.
 
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -171,9 +173,8 @@ struct ReceivedId {
   MessageId id;
 };
 
-// Its *Async writes run on the Store's writer thread against this object:
-// destroy the Store (which drains its queue) before the MessageStore, or wait
-// for every queued write first.
+// Its *Async writes run on the Store's writer thread against this object;
+// the destructor waits until every write it queued has run and reported.
 class MessageStore {
  public:
   // done() of a write that reports whether it changed anything.
@@ -189,6 +190,10 @@ class MessageStore {
   // incarnations; the system clock when empty. Reads the outbox's pending
   // ids (see above).
   explicit MessageStore(Store& store, std::function<int64_t()> now_micros = {});
+  // Waits for the writes it queued (their done() included): they use this object.
+  ~MessageStore();
+  MessageStore(const MessageStore&) = delete;
+  MessageStore& operator=(const MessageStore&) = delete;
 
   // --- outbox -----------------------------------------------------------------
   // Queues a message for `peer`, durable before it is sent, as the next seq
@@ -254,8 +259,19 @@ class MessageStore {
   using PendingIds = std::unordered_map<MessageId, uint64_t, SecureHashHasher>;
 
   int64_t now() const;
+  // Store::submit, counted, so that the destructor can wait for the writes
+  // still queued (a restart in a test or the simulator drops a MessageStore
+  // while its Delivery's writes are in the queue).
+  void submit(WriteFn fn, DoneFn done);
+
+  struct InFlight {
+    std::mutex mutex;
+    std::condition_variable drained;
+    uint64_t writes = 0;
+  };
 
   Store& store_;
+  std::shared_ptr<InFlight> in_flight_ = std::make_shared<InFlight>();
   const Db& outbox_;
   const Db& inbox_;
   const Db& dedup_;

@@ -38,9 +38,8 @@
 #include <vector>
 
 #include "node/api_client.h"
-#include "node/api_users.h"
-#include "node/config.h"
 #include "test/bench/bench.h"
+#include "test/support/network_processes.h"
 #include "test/support/temp_dir.h"
 #include "vault/store.h"
 
@@ -48,8 +47,11 @@ namespace fs = std::filesystem;
 using namespace ccal;
 using namespace ccal::node;
 using nlohmann::json;
+using testing::runCcal;
 
 namespace {
+
+constexpr int64_t api_timeout_micros = 600'000'000;  // a load run answers when it is done
 
 struct Args {
   bool quick = false;
@@ -57,12 +59,6 @@ struct Args {
   uint64_t count = 20'000;  // per member, peak phase
   uint64_t concurrency = 1'024;  // per member, in flight
 };
-
-int runCcal(const std::string& args) {
-  std::string command = std::string(CCAL_BINARY) + " " + args + " >/dev/null 2>&1";
-  int status = std::system(command.c_str());
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
 
 // Two members (alpha, beta) and a cluster of n = 3f+1 replicas.
 bool bootstrap(const fs::path& dir, int n) {
@@ -86,20 +82,6 @@ bool bootstrap(const fs::path& dir, int n) {
   spec.close();
   return runCcal("network bootstrap --spec " + (dir / "spec.toml").string() + " --out " +
                  (dir / "net").string()) == 0;
-}
-
-Result<ApiClient> clientOf(const fs::path& net, const std::string& name) {
-  auto config = loadNodeConfig(net / name / "node.toml");
-  if (!config) return config.error();
-  auto users = ApiUsers::load(config->api_users_file);
-  if (!users) return users.error();
-  std::string token;
-  for (const auto& u : users->users()) {
-    if (u.role == ApiRole::admin) token = u.token;
-  }
-  ApiClientOptions options;
-  options.timeout_micros = 600'000'000;
-  return ApiClient::create("http://" + config->api_listen.toString(), token, options);
 }
 
 struct LoadFigures {
@@ -164,13 +146,10 @@ ClusterFigures runCluster(const Args& args, int n) {
     runCcal("network stop --dir " + net.string());
     return f;
   }
-  struct StopAtEnd {
-    fs::path net;
-    ~StopAtEnd() { runCcal("network stop --dir " + net.string()); }
-  } stop{net};
-  auto alpha = clientOf(net, "alpha");
-  auto beta = clientOf(net, "beta");
-  auto r1 = clientOf(net, "r1");
+  testing::StopNetworkAtEnd stop{net};
+  auto alpha = testing::adminClientOf(net, "alpha", api_timeout_micros);
+  auto beta = testing::adminClientOf(net, "beta", api_timeout_micros);
+  auto r1 = testing::adminClientOf(net, "r1", api_timeout_micros);
   if (!alpha || !beta || !r1) {
     f.error = "API client: " + (!alpha ? alpha.error() : !beta ? beta.error() : r1.error()).toString();
     return f;
