@@ -273,7 +273,6 @@ class Replica final : public flows::LinkHandler {
   // View change.
   int64_t view_timeout_micros_ = 0;
   flows::Executor::TimerId view_timer_ = 0;
-  bool view_timer_for_new_view_ = false;
   std::map<uint64_t, std::map<uint32_t, std::pair<pbft::SignedMsg, pbft::ViewChangeMsg>>>
       view_changes_;  // view -> replica -> message
   std::optional<pbft::SignedMsg> my_view_change_;
