@@ -2,7 +2,12 @@
 
 #include <sodium.h>
 
+#include <bit>
+#include <deque>
 #include <mutex>
+#include <unordered_set>
+
+#include "ledger/merkle.h"
 
 namespace ccal {
 
@@ -44,7 +49,8 @@ Result<PublicKey> PublicKey::fromHex(std::string_view hex) {
 }
 
 Result<DigitalSignature> DigitalSignature::fromParts(const PublicKey& by, uint16_t scheme,
-                                                     uint16_t version, ByteView signature) {
+                                                     uint16_t version, ByteView signature,
+                                                     std::optional<BatchProof> batch) {
   CCAL_TRY(checkScheme(scheme));
   if (version != signature_version_current) {
     return makeError(Errc::unknown_scheme,
@@ -54,18 +60,106 @@ Result<DigitalSignature> DigitalSignature::fromParts(const PublicKey& by, uint16
     return makeError(Errc::bad_length, "an Ed25519 signature is 64 bytes, got " +
                                            std::to_string(signature.size()));
   }
+  if (batch) {
+    if (batch->leafCount == 0 || batch->leafCount > batch_signature_leaves_max) {
+      return makeError(Errc::malformed, "a batch signature covers 1.." + std::to_string(batch_signature_leaves_max) +
+                                            " messages, this one says " + std::to_string(batch->leafCount));
+    }
+    if (batch->leafIndex >= batch->leafCount) {
+      return makeError(Errc::malformed, "batch signature leaf " + std::to_string(batch->leafIndex) +
+                                            " is outside a batch of " + std::to_string(batch->leafCount));
+    }
+    // A leaf's proof holds at most one hash per level.
+    auto levels = static_cast<size_t>(std::bit_width(batch->leafCount - 1));
+    if (batch->path.size() > levels) {
+      return makeError(Errc::malformed, "batch signature proof has " + std::to_string(batch->path.size()) +
+                                            " hashes, a batch of " + std::to_string(batch->leafCount) +
+                                            " needs at most " + std::to_string(levels));
+    }
+  }
   std::array<uint8_t, ed25519_bytes> a;
   std::copy(signature.begin(), signature.end(), a.begin());
-  return DigitalSignature(by, a, version);
+  return DigitalSignature(by, a, version, std::move(batch));
 }
 
-Status DigitalSignature::verify(ByteView message) const {
+Bytes batchRootSignableBytes(uint32_t leaf_count, const SecureHash& root) {
+  static constexpr std::string_view domain = "CCAL batch signature";
+  Bytes out(domain.begin(), domain.end());
+  out.push_back(static_cast<uint8_t>(signature_version_current));
+  out.push_back(static_cast<uint8_t>(signature_version_current >> 8));
+  for (int shift = 0; shift < 32; shift += 8) out.push_back(static_cast<uint8_t>(leaf_count >> shift));
+  out.insert(out.end(), root.bytes().begin(), root.bytes().end());
+  return out;
+}
+
+namespace {
+
+bool verifyEd25519(const std::array<uint8_t, DigitalSignature::ed25519_bytes>& sig, ByteView message,
+                   const PublicKey& by) {
   ensureSodiumInitialised();
   // libsodium rejects small-order keys and non-canonical S, as RFC 8032 requires.
-  if (crypto_sign_verify_detached(bytes_.data(), message.data(), message.size(),
-                                  by_.bytes().data()) != 0) {
-    return makeError(Errc::bad_signature, "signature by key " + by_.shortHex() + " does not verify");
+  return crypto_sign_verify_detached(sig.data(), message.data(), message.size(), by.bytes().data()) == 0;
+}
+
+// Batch roots whose signature has verified: H(key || signature || count ||
+// root), the oldest forgotten first. Only successes are kept, so the memory
+// can only save work, never change an outcome.
+class VerifiedBatchRoots {
+ public:
+  static SecureHash keyOf(const PublicKey& by, const std::array<uint8_t, DigitalSignature::ed25519_bytes>& sig,
+                          uint32_t count, const SecureHash& root) {
+    Sha256 h;
+    h.update(by.view()).update(ByteView(sig.data(), sig.size())).updateU32(count).update(root.view());
+    return h.finish();
   }
+  bool contains(const SecureHash& key) {
+    std::lock_guard lock(mutex_);
+    return set_.count(key) != 0;
+  }
+  void insert(const SecureHash& key) {
+    std::lock_guard lock(mutex_);
+    if (!set_.insert(key).second) return;
+    order_.push_back(key);
+    if (order_.size() > batch_roots_verified_max) {
+      set_.erase(order_.front());
+      order_.pop_front();
+    }
+  }
+
+ private:
+  std::mutex mutex_;
+  std::unordered_set<SecureHash, SecureHashHasher> set_;
+  std::deque<SecureHash> order_;
+};
+
+VerifiedBatchRoots& verifiedBatchRoots() {
+  static VerifiedBatchRoots roots;
+  return roots;
+}
+
+}  // namespace
+
+Status DigitalSignature::verify(ByteView message) const {
+  if (!batch_) {
+    if (!verifyEd25519(bytes_, message, by_)) {
+      return makeError(Errc::bad_signature, "signature by key " + by_.shortHex() + " does not verify");
+    }
+    return {};
+  }
+  SecureHash leaf = merkle::batchLeaf(message);
+  uint32_t index = batch_->leafIndex;
+  auto root = merkle::rootFromProof(batch_->leafCount, std::span<const uint32_t>(&index, 1),
+                                    std::span<const SecureHash>(&leaf, 1), batch_->path);
+  if (!root) {
+    return makeError(Errc::bad_signature,
+                     "batch signature by key " + by_.shortHex() + ": " + root.error().message);
+  }
+  SecureHash memo = VerifiedBatchRoots::keyOf(by_, bytes_, batch_->leafCount, *root);
+  if (verifiedBatchRoots().contains(memo)) return {};
+  if (!verifyEd25519(bytes_, batchRootSignableBytes(batch_->leafCount, *root), by_)) {
+    return makeError(Errc::bad_signature, "batch signature by key " + by_.shortHex() + " does not verify");
+  }
+  verifiedBatchRoots().insert(memo);
   return {};
 }
 
@@ -105,6 +199,23 @@ DigitalSignature KeyPair::sign(ByteView message) const {
   std::array<uint8_t, DigitalSignature::ed25519_bytes> sig;
   crypto_sign_detached(sig.data(), nullptr, message.data(), message.size(), secret_.data());
   return DigitalSignature(public_, sig);
+}
+
+std::vector<DigitalSignature> KeyPair::signBatch(std::span<const Bytes> messages) const {
+  CCAL_ASSERT(!messages.empty() && messages.size() <= batch_signature_leaves_max);
+  std::vector<SecureHash> leaves;
+  leaves.reserve(messages.size());
+  for (const auto& m : messages) leaves.push_back(merkle::batchLeaf(m));
+  merkle::Tree tree(std::move(leaves));
+  auto count = static_cast<uint32_t>(messages.size());
+  DigitalSignature root_signature = sign(batchRootSignableBytes(count, tree.root()));
+  std::vector<DigitalSignature> out;
+  out.reserve(count);
+  for (uint32_t i = 0; i < count; ++i) {
+    out.emplace_back(public_, root_signature.bytes(), signature_version_current,
+                     BatchProof{i, count, tree.prove(i)});
+  }
+  return out;
 }
 
 }  // namespace ccal

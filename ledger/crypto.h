@@ -6,7 +6,10 @@
 #include <array>
 #include <compare>
 #include <cstdint>
+#include <optional>
+#include <span>
 #include <string>
+#include <vector>
 
 #include "ledger/bytes.h"
 #include "ledger/result.h"
@@ -53,26 +56,57 @@ struct PublicKeyHasher {
   }
 };
 
+// A batch signature: one Ed25519 signature over the Merkle root of many
+// messages (a notary signs every transaction id of a batch at once, as
+// Corda's batch-signing notary does), carried with each message as the
+// proof that its leaf is in the signed tree. Leaves are merkle::batchLeaf
+// of the message; the tree has the RFC 6962 shape of ledger/merkle.h; the
+// signed bytes are batchRootSignableBytes(leafCount, root), under their own
+// domain, so a batch signature can never pass for a plain one or the reverse.
+struct BatchProof {
+  uint32_t leafIndex = 0;
+  uint32_t leafCount = 0;
+  std::vector<SecureHash> path;  // merkle::prove of the one leaf
+
+  bool operator==(const BatchProof&) const = default;
+};
+inline constexpr uint32_t batch_signature_leaves_max = 1u << 20;
+// A proof of one leaf among at most 2^20 has at most 20 hashes.
+inline constexpr uint32_t batch_signature_path_hashes_max = 20;
+
+Bytes batchRootSignableBytes(uint32_t leaf_count, const SecureHash& root);
+
 class DigitalSignature {
  public:
   static constexpr size_t ed25519_bytes = 64;
 
   DigitalSignature() { bytes_.fill(0); }
   DigitalSignature(const PublicKey& by, const std::array<uint8_t, ed25519_bytes>& bytes,
-                   uint16_t version = signature_version_current)
-      : by_(by), bytes_(bytes), version_(version) {}
+                   uint16_t version = signature_version_current,
+                   std::optional<BatchProof> batch = std::nullopt)
+      : by_(by), bytes_(bytes), version_(version), batch_(std::move(batch)) {}
 
-  // Checks the scheme id, the version and the signature length.
+  // Checks the scheme id, the version, the signature length and the batch
+  // proof's shape (count within batch_signature_leaves_max, index inside it,
+  // path no longer than a tree of that count can need).
   static Result<DigitalSignature> fromParts(const PublicKey& by, uint16_t scheme, uint16_t version,
-                                            ByteView signature);
+                                            ByteView signature,
+                                            std::optional<BatchProof> batch = std::nullopt);
 
   const PublicKey& by() const { return by_; }
   SignatureScheme scheme() const { return SignatureScheme::ed25519; }
   uint16_t version() const { return version_; }
   const std::array<uint8_t, ed25519_bytes>& bytes() const { return bytes_; }
   ByteView view() const { return {bytes_.data(), bytes_.size()}; }
+  // Set for a batch signature.
+  const std::optional<BatchProof>& batch() const { return batch_; }
 
   // Verifies over the exact message bytes; bad_signature names the signer.
+  // A batch signature: the message's leaf and the proof give the root, and
+  // the Ed25519 signature must verify over it. Verified (key, root,
+  // signature) triples are remembered (a bounded, process-wide set of
+  // batch_roots_verified_max), so the other messages of a batch cost only
+  // their proof's hashes; the outcome is the same as without the memory.
   Status verify(ByteView message) const;
 
   bool operator==(const DigitalSignature&) const = default;
@@ -81,7 +115,10 @@ class DigitalSignature {
   PublicKey by_;
   std::array<uint8_t, ed25519_bytes> bytes_;
   uint16_t version_ = signature_version_current;
+  std::optional<BatchProof> batch_;
 };
+
+inline constexpr size_t batch_roots_verified_max = 16384;
 
 // An Ed25519 key pair. The private half is wiped on destruction.
 class KeyPair {
@@ -102,6 +139,9 @@ class KeyPair {
   ByteView seed() const { return {secret_.data(), seed_bytes}; }
 
   DigitalSignature sign(ByteView message) const;
+  // One batch signature for every message (at least one, at most
+  // batch_signature_leaves_max): the i-th result carries messages[i]'s proof.
+  std::vector<DigitalSignature> signBatch(std::span<const Bytes> messages) const;
 
  private:
   KeyPair() = default;

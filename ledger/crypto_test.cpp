@@ -326,3 +326,86 @@ TEST_CASE("verification refuses malleable and degenerate signatures") {
   CHECK(DigitalSignature(PublicKey(identity), degenerate).verify(message).error().code ==
         Errc::bad_signature);
 }
+
+static Bytes msg(const std::string& s) { return Bytes(s.begin(), s.end()); }
+
+TEST_CASE("batch signatures: one Ed25519 signature covers every message, each with its proof") {
+  auto key = KeyPair::fromSeed(Bytes(32, 7)).value();
+  std::vector<Bytes> messages;
+  for (int i = 0; i < 37; ++i) messages.push_back(msg("message " + std::to_string(i)));
+  auto sigs = key.signBatch(messages);
+  REQUIRE(sigs.size() == messages.size());
+  for (size_t i = 0; i < sigs.size(); ++i) {
+    REQUIRE(sigs[i].batch().has_value());
+    CHECK(sigs[i].batch()->leafIndex == i);
+    CHECK(sigs[i].batch()->leafCount == 37);
+    CHECK(sigs[i].bytes() == sigs[0].bytes());  // one signature
+    CHECK(sigs[i].by() == key.publicKey());
+    CHECK(sigs[i].verify(messages[i]).ok());
+  }
+  // Another batch member's message, or any other message, does not verify.
+  CHECK(sigs[3].verify(messages[4]).error().code == Errc::bad_signature);
+  CHECK(sigs[3].verify(msg("message 3 ")).error().code == Errc::bad_signature);
+  // A single-message batch has an empty proof.
+  auto one = key.signBatch(std::vector<Bytes>{msg("alone")});
+  REQUIRE(one.size() == 1);
+  CHECK(one[0].batch()->path.empty());
+  CHECK(one[0].verify(msg("alone")).ok());
+  // A batch signature is not a plain signature over the message, nor the reverse.
+  DigitalSignature as_plain(key.publicKey(), one[0].bytes());
+  CHECK(as_plain.verify(msg("alone")).error().code == Errc::bad_signature);
+  DigitalSignature plain = key.sign(msg("alone"));
+  DigitalSignature as_batch(key.publicKey(), plain.bytes(), signature_version_current, BatchProof{0, 1, {}});
+  CHECK(as_batch.verify(msg("alone")).error().code == Errc::bad_signature);
+}
+
+TEST_CASE("batch signatures: a tampered proof, index, count, signature or signer is refused") {
+  auto key = KeyPair::fromSeed(Bytes(32, 8)).value();
+  auto other = KeyPair::fromSeed(Bytes(32, 9)).value();
+  std::vector<Bytes> messages;
+  for (int i = 0; i < 10; ++i) messages.push_back(msg("tx " + std::to_string(i)));
+  auto sigs = key.signBatch(messages);
+  const DigitalSignature good = sigs[5];
+  REQUIRE(good.verify(messages[5]).ok());  // now also remembered as verified
+  auto with = [&](auto change) {
+    BatchProof p = *good.batch();
+    auto bytes = good.bytes();
+    PublicKey by = good.by();
+    change(p, bytes, by);
+    return DigitalSignature(by, bytes, signature_version_current, p);
+  };
+  // The remembered root does not let anything else through.
+  CHECK(with([](BatchProof& p, auto&, auto&) { p.path[0] = SecureHash::of(p.path[0].view()); }).verify(messages[5]).error().code ==
+        Errc::bad_signature);
+  CHECK(with([](BatchProof& p, auto&, auto&) { p.leafIndex = 4; }).verify(messages[5]).error().code ==
+        Errc::bad_signature);
+  CHECK(with([](BatchProof& p, auto&, auto&) { p.leafCount = 11; }).verify(messages[5]).error().code ==
+        Errc::bad_signature);
+  CHECK(with([](BatchProof& p, auto&, auto&) { p.path.pop_back(); }).verify(messages[5]).error().code ==
+        Errc::bad_signature);
+  CHECK(with([](BatchProof& p, auto&, auto&) { p.path.push_back(p.path[0]); }).verify(messages[5]).error().code ==
+        Errc::bad_signature);
+  CHECK(with([](BatchProof&, auto& bytes, auto&) { bytes[1] ^= 1; }).verify(messages[5]).error().code ==
+        Errc::bad_signature);
+  CHECK(with([&](BatchProof&, auto&, PublicKey& by) { by = other.publicKey(); }).verify(messages[5]).error().code ==
+        Errc::bad_signature);
+  auto refused = with([](BatchProof& p, auto&, auto&) { p.leafIndex = 3; });
+  CHECK(refused.verify(messages[5]).error().message.find("batch signature") != std::string::npos);
+}
+
+TEST_CASE("DigitalSignature::fromParts checks a batch proof's shape") {
+  auto key = KeyPair::fromSeed(Bytes(32, 10)).value();
+  Bytes sig(64, 1);
+  const uint16_t ed = static_cast<uint16_t>(SignatureScheme::ed25519);
+  CHECK(DigitalSignature::fromParts(key.publicKey(), ed, 1, sig, BatchProof{0, 1, {}}).ok());
+  CHECK(DigitalSignature::fromParts(key.publicKey(), ed, 1, sig, BatchProof{0, 0, {}}).error().code == Errc::malformed);
+  CHECK(DigitalSignature::fromParts(key.publicKey(), ed, 1, sig, BatchProof{2, 2, {SecureHash()}}).error().code ==
+        Errc::malformed);
+  CHECK(DigitalSignature::fromParts(key.publicKey(), ed, 1, sig, BatchProof{0, batch_signature_leaves_max + 1, {}})
+            .error()
+            .code == Errc::malformed);
+  // Two leaves need one hash, not two.
+  auto too_long = DigitalSignature::fromParts(key.publicKey(), ed, 1, sig, BatchProof{0, 2, {SecureHash(), SecureHash()}});
+  CHECK(too_long.error().code == Errc::malformed);
+  CHECK(too_long.error().message.find("at most 1") != std::string::npos);
+}

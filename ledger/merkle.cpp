@@ -85,6 +85,8 @@ SecureHash group(uint32_t count, const SecureHash& group_root) {
   return hasher.update(uint8_t{0x02}).updateU32(count).update(group_root.view()).finish();
 }
 
+SecureHash batchLeaf(ByteView message) { return hasher.update(uint8_t{0x04}).update(message).finish(); }
+
 SecureHash root(std::span<const SecureHash> leaves) {
   if (leaves.empty()) return SecureHash::zero();
   return rootOfRange(leaves);
@@ -125,6 +127,47 @@ Result<SecureHash> rootFromProof(uint32_t count, std::span<const uint32_t> revea
   if (!reader.ok) return invalid("the proof has too few hashes");
   if (reader.next_proof != proof.size()) return invalid("the proof has unused hashes");
   return result;
+}
+
+Tree::Tree(std::vector<SecureHash> leaves) : leaves_(std::move(leaves)) {
+  CCAL_ASSERT(!leaves_.empty());
+  CCAL_ASSERT(leaves_.size() <= UINT32_MAX);
+  nodes_.reserve(2 * leaves_.size());
+  root_ = build(0, static_cast<uint32_t>(leaves_.size()));
+}
+
+uint32_t Tree::build(uint32_t lo, uint32_t hi) {
+  if (hi - lo == 1) {
+    nodes_.push_back(Node{lo, hi, leaves_[lo]});
+    return static_cast<uint32_t>(nodes_.size() - 1);
+  }
+  uint32_t mid = lo + splitPoint(hi - lo);
+  uint32_t l = build(lo, mid);
+  uint32_t r = build(mid, hi);
+  nodes_.push_back(Node{lo, hi, node(nodes_[l].hash, nodes_[r].hash), l, r});
+  return static_cast<uint32_t>(nodes_.size() - 1);
+}
+
+std::vector<SecureHash> Tree::prove(uint32_t leaf) const {
+  CCAL_ASSERT(leaf < leaves_.size());
+  std::vector<SecureHash> out;
+  proveFrom(root_, leaf, out);
+  return out;
+}
+
+// Hidden subtrees depth-first, left to right: a left sibling before the
+// path below, a right sibling after it.
+void Tree::proveFrom(uint32_t at, uint32_t leaf, std::vector<SecureHash>& out) const {
+  const Node& n = nodes_[at];
+  if (n.hi - n.lo == 1) return;
+  const Node& l = nodes_[n.left];
+  if (leaf < l.hi) {
+    proveFrom(n.left, leaf, out);
+    out.push_back(nodes_[n.right].hash);
+  } else {
+    out.push_back(l.hash);
+    proveFrom(n.right, leaf, out);
+  }
 }
 
 }  // namespace ccal::merkle

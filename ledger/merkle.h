@@ -8,6 +8,7 @@
 //   leaf(nonce, c)    = H(0x00 || nonce || c)
 //   node(l, r)        = H(0x01 || l || r)
 //   group(n, root)    = H(0x02 || u32le n || root)   (root of 0 leaves = zero hash)
+//   batch leaf(m)     = H(0x04 || m)   (a message under a batch signature, crypto.h)
 // The transaction id is the Merkle root over the group hashes.
 
 #include <cstdint>
@@ -24,6 +25,7 @@ SecureHash nonce(ByteView salt, uint32_t group, uint32_t index);
 SecureHash leaf(const SecureHash& nonce, ByteView component);
 SecureHash node(const SecureHash& left, const SecureHash& right);
 SecureHash group(uint32_t count, const SecureHash& root);
+SecureHash batchLeaf(ByteView message);
 
 // Root of the tree over `leaves` (already hashed); the zero hash for none.
 SecureHash root(std::span<const SecureHash> leaves);
@@ -41,5 +43,30 @@ std::vector<SecureHash> prove(std::span<const SecureHash> leaves,
 Result<SecureHash> rootFromProof(uint32_t count, std::span<const uint32_t> revealed,
                                  std::span<const SecureHash> revealed_leaves,
                                  std::span<const SecureHash> proof);
+
+// A whole tree kept in memory, so that the proof of each of n leaves costs
+// O(log n) (prove() above recomputes hidden subtrees: O(n) per proof).
+class Tree {
+ public:
+  explicit Tree(std::vector<SecureHash> leaves);  // at least one leaf
+  const SecureHash& root() const { return nodes_[root_].hash; }
+  uint32_t size() const { return static_cast<uint32_t>(leaves_.size()); }
+  // The proof of one leaf, the same hashes in the same order as
+  // prove(leaves, {leaf}), so rootFromProof() checks it.
+  std::vector<SecureHash> prove(uint32_t leaf) const;
+
+ private:
+  struct Node {
+    uint32_t lo, hi;
+    SecureHash hash;
+    uint32_t left = 0, right = 0;
+  };
+  uint32_t build(uint32_t lo, uint32_t hi);
+  void proveFrom(uint32_t at, uint32_t leaf, std::vector<SecureHash>& out) const;
+
+  std::vector<SecureHash> leaves_;
+  std::vector<Node> nodes_;
+  uint32_t root_ = 0;
+};
 
 }  // namespace ccal::merkle

@@ -89,3 +89,29 @@ TEST_CASE("domain separation: leaf, node, group and nonce hashes differ on equal
   CHECK(merkle::nonce(a.view(), 0, 0) != merkle::nonce(a.view(), 0, 1));
   CHECK(merkle::nonce(a.view(), 0, 1) != merkle::nonce(a.view(), 1, 0));
 }
+
+TEST_CASE("Tree: each leaf's proof equals prove()'s and rebuilds the root, for every size up to 70") {
+  for (uint32_t n = 1; n <= 70; ++n) {
+    auto leaves = makeLeaves(n);
+    merkle::Tree tree(leaves);
+    CHECK(tree.size() == n);
+    REQUIRE(tree.root() == merkle::root(leaves));
+    for (uint32_t i = 0; i < n; ++i) {
+      std::vector<uint32_t> at{i};
+      auto proof = tree.prove(i);
+      CHECK(proof == merkle::prove(leaves, at));
+      auto root = merkle::rootFromProof(n, at, std::span(&leaves[i], 1), proof);
+      REQUIRE(root.ok());
+      CHECK(*root == tree.root());
+    }
+  }
+}
+
+TEST_CASE("a batch leaf is domain-separated from the other hashes") {
+  SecureHash a = SecureHash::of(asBytes("a"));
+  CHECK(merkle::batchLeaf(a.view()) != merkle::leaf(SecureHash::zero(), a.view()));
+  CHECK(merkle::batchLeaf(a.view()) != SecureHash::of(a.view()));
+  Bytes two(a.view().begin(), a.view().end());
+  append(two, a.view());
+  CHECK(merkle::batchLeaf(two) != merkle::node(a, a));
+}

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "ledger/signature_codec.h"
+
 namespace ccal {
 
 DigitalSignature SignedTransaction::signatureBy(const KeyPair& key) const {
@@ -70,15 +72,7 @@ Status SignedTransaction::verifyRequiredSignatures() const { return verifySignat
 void SignedTransaction::write(schema::SignedTransaction::Builder b) const {
   tx_.write(b.initTx());
   auto sigs = b.initSignatures(static_cast<unsigned>(signatures_.size()));
-  for (size_t i = 0; i < signatures_.size(); ++i) {
-    const auto& s = signatures_[i];
-    auto out = sigs[i];
-    out.initBy().setScheme(static_cast<uint16_t>(s.by().scheme()));
-    out.getBy().setKey(asData(s.by().view()));
-    out.setScheme(static_cast<uint16_t>(s.scheme()));
-    out.setVersion(s.version());
-    out.setSignature(asData(s.view()));
-  }
+  for (size_t i = 0; i < signatures_.size(); ++i) writeSignature(sigs[static_cast<unsigned>(i)], signatures_[i]);
 }
 
 Bytes SignedTransaction::encode() const {
@@ -106,14 +100,11 @@ Result<SignedTransaction> SignedTransaction::read(schema::SignedTransaction::Rea
     auto where = [&](const Error& e) {
       return makeError(e.code, "signature " + std::to_string(i) + ": " + e.message);
     };
-    auto by = PublicKey::fromBytes(s.getBy().getScheme(), asByteView(s.getBy().getKey()));
-    if (!by) return where(by.error());
-    auto sig = DigitalSignature::fromParts(*by, s.getScheme(), s.getVersion(),
-                                           asByteView(s.getSignature()));
+    auto sig = readSignature(s);
     if (!sig) return where(sig.error());
     for (const auto& other : signatures) {
       if (other.by() == sig->by()) {
-        return where(makeError(Errc::malformed, "key " + by->shortHex() + " signed twice"));
+        return where(makeError(Errc::malformed, "key " + sig->by().shortHex() + " signed twice"));
       }
     }
     signatures.push_back(*sig);

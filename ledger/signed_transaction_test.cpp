@@ -108,3 +108,38 @@ TEST_CASE_FIXTURE(Fixture, "encode and decode round trip; bad signature bytes ar
   REQUIRE(flipped.ok());
   CHECK(flipped->checkSignaturesAreValid().error().code == Errc::bad_signature);
 }
+
+TEST_CASE_FIXTURE(Fixture, "batch-signed notary signatures round trip, fulfil the notary's key and refuse tampering") {
+  auto stx = unsigned_move();
+  stx.signWith(alice).signWith(bob);
+  // Three replicas each sign a batch of 5 transaction ids that holds this one at index 2.
+  std::vector<Bytes> ids;
+  for (int i = 0; i < 5; ++i) ids.push_back(signableBytes(SecureHash::of(asBytes("other " + std::to_string(i)))));
+  ids[2] = signableBytes(stx.id());
+  for (const KeyPair* r : {&r1, &r2, &r3}) stx.addSignature(r->signBatch(ids)[2]);
+  CHECK(stx.verifyRequiredSignatures().ok());
+  auto decoded = SignedTransaction::decode(stx.encode());
+  REQUIRE(decoded.ok());
+  CHECK(decoded->signatures() == stx.signatures());
+  CHECK(decoded->verifyRequiredSignatures().ok());
+
+  auto edit = [&](auto change) {
+    capnp::MallocMessageBuilder message;
+    auto root = message.initRoot<schema::SignedTransaction>();
+    stx.write(root);
+    change(root);
+    return SignedTransaction::decode(canonicalBytes(root.asReader()));
+  };
+  // Index 3's proof for index 2's leaf: decodes, does not verify, names the signer.
+  auto moved = edit([](auto r) { r.getSignatures()[2].getBatch().setLeafIndex(3); });
+  REQUIRE(moved.ok());
+  auto refused = moved->verifyRequiredSignatures();
+  CHECK(refused.error().code == Errc::bad_signature);
+  CHECK(refused.error().message.find(r1.publicKey().shortHex()) != std::string::npos);
+  CHECK(edit([](auto r) { r.getSignatures()[2].getBatch().setLeafCount(0); }).error().code == Errc::malformed);
+  CHECK(edit([](auto r) { r.getSignatures()[2].getBatch().initPath(21); }).error().code == Errc::too_large);
+  CHECK(edit([](auto r) {
+          Bytes short_hash(31, 1);
+          r.getSignatures()[2].getBatch().getPath().set(0, kj::ArrayPtr<const kj::byte>(short_hash.data(), 31));
+        }).error().code == Errc::bad_length);
+}

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "ledger/capnp_io.h"
+#include "ledger/signature_codec.h"
 #include "schemas/network.capnp.h"
 
 namespace ccal::node {
@@ -92,18 +93,6 @@ void writeKey(schema::PublicKey::Builder b, const PublicKey& key) {
   b.setKey(asData(key.view()));
 }
 
-Result<DigitalSignature> readSignature(schema::DigitalSignature::Reader r) {
-  auto by = readKey(r.getBy());
-  CCAL_TRY(by);
-  return DigitalSignature::fromParts(*by, r.getScheme(), r.getVersion(),
-                                     asByteView(r.getSignature()));
-}
-void writeSignature(schema::DigitalSignature::Builder b, const DigitalSignature& s) {
-  writeKey(b.initBy(), s.by());
-  b.setScheme(static_cast<uint16_t>(s.scheme()));
-  b.setVersion(s.version());
-  b.setSignature(asData(s.view()));
-}
 
 Result<std::vector<Certificate>> readChain(capnp::List<capnp::Data>::Reader list,
                                            const std::string& what) {

@@ -4,6 +4,7 @@
 
 #include "ledger/capnp_io.h"
 #include "ledger/merkle.h"
+#include "ledger/signature_codec.h"
 #include "schemas/notary.capnp.h"
 
 namespace ccal::notary {
@@ -16,19 +17,8 @@ constexpr std::string_view batch_root_tag = "CCAL notary batch replies";
 constexpr uint16_t batch_root_version = 1;
 constexpr uint16_t errc_last = static_cast<uint16_t>(Errc::forbidden);
 
-void writeSignature(schema::DigitalSignature::Builder b, const DigitalSignature& s) {
-  auto by = b.initBy();
-  by.setScheme(static_cast<uint16_t>(s.by().scheme()));
-  by.setKey(asData(s.by().view()));
-  b.setScheme(static_cast<uint16_t>(s.scheme()));
-  b.setVersion(s.version());
-  b.setSignature(asData(s.view()));
-}
-
 Result<DigitalSignature> readSignature(schema::DigitalSignature::Reader r, std::string_view what) {
-  auto by = PublicKey::fromBytes(r.getBy().getScheme(), asByteView(r.getBy().getKey()));
-  if (!by) return makeError(by.error().code, std::string(what) + ": " + by.error().message);
-  auto sig = DigitalSignature::fromParts(*by, r.getScheme(), r.getVersion(), asByteView(r.getSignature()));
+  auto sig = ccal::readSignature(r);
   if (!sig) return makeError(sig.error().code, std::string(what) + ": " + sig.error().message);
   return *sig;
 }

@@ -55,6 +55,7 @@ Replica::Replica(ReplicaConfig config, KeyPair identity, flows::Link& link,
   CCAL_ASSERT(config_.batch_size_max >= 1 && config_.batch_size_max <= config_.limits.batch_requests_max);
   CCAL_ASSERT(config_.window_batches_max <= config_.limits.log_entries_max / q_digests_per_slot_max);
   view_timeout_micros_ = config_.view_change_timeout_micros;
+  peer_executed_at_status_.assign(config_.replicas.size(), UINT64_MAX);
   link_.setHandler(this);
 }
 
@@ -1280,6 +1281,15 @@ void Replica::onStatus(uint32_t from, const StatusMsg& st) {
     return;
   }
   if (st.view != view_ || st.view_changing || view_changing_) return;
+  // Normal-case messages are resent only to a peer that has executed
+  // nothing since its previous status: a peer that executes is receiving
+  // what we send, and resending every batch in flight (requests and all) at
+  // every status costs more than the batches did. A lost message stops the
+  // peer at that batch (execution is in order), so the next status asks.
+  uint64_t& previous = peer_executed_at_status_[from];
+  const bool stalled = previous == st.last_executed;
+  previous = st.last_executed;
+  if (!stalled) return;
   const bool primary = isPrimary();
   uint32_t sent = 0;
   for (auto it = slots_.upper_bound(std::max(st.last_executed, stable_seq_));

@@ -250,6 +250,8 @@ class Replica final : public flows::LinkHandler {
   int64_t last_batch_time_micros_ = 0;
   std::map<uint64_t, Slot> slots_;
   uint64_t next_seq_ = 1;  // the primary's next sequence number to propose
+  // Per replica: last_executed in its previous status (UINT64_MAX: none yet).
+  std::vector<uint64_t> peer_executed_at_status_;
 
   // Execution.
   bool executing_ = false;

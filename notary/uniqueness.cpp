@@ -71,60 +71,6 @@ Status checkDistinct(const std::vector<StateRef>& refs, const std::vector<StateR
   return {};
 }
 
-// A batch's reply tree (RFC 6962 shape, ledger/merkle.h), built once so that
-// each reply's proof costs O(log n) rather than O(n).
-class ReplyTree {
- public:
-  explicit ReplyTree(std::vector<SecureHash> leaves) : leaves_(std::move(leaves)) {
-    CCAL_ASSERT(!leaves_.empty());
-    root_ = build(0, static_cast<uint32_t>(leaves_.size()));
-  }
-  const SecureHash& root() const { return nodes_[root_].hash; }
-
-  // The proof for one leaf, in the ledger's order: hidden subtrees depth-first, left to right.
-  std::vector<SecureHash> prove(uint32_t leaf) const {
-    std::vector<SecureHash> out;
-    proveFrom(root_, leaf, out);
-    return out;
-  }
-
- private:
-  struct Node {
-    uint32_t lo, hi;
-    SecureHash hash;
-    uint32_t left = 0, right = 0;
-  };
-
-  uint32_t build(uint32_t lo, uint32_t hi) {
-    if (hi - lo == 1) {
-      nodes_.push_back(Node{lo, hi, leaves_[lo]});
-      return static_cast<uint32_t>(nodes_.size() - 1);
-    }
-    uint32_t mid = lo + std::bit_floor(hi - lo - 1);
-    uint32_t l = build(lo, mid);
-    uint32_t r = build(mid, hi);
-    nodes_.push_back(Node{lo, hi, merkle::node(nodes_[l].hash, nodes_[r].hash), l, r});
-    return static_cast<uint32_t>(nodes_.size() - 1);
-  }
-
-  void proveFrom(uint32_t at, uint32_t leaf, std::vector<SecureHash>& out) const {
-    const Node& n = nodes_[at];
-    if (n.hi - n.lo == 1) return;
-    const Node& l = nodes_[n.left];
-    if (leaf < l.hi) {
-      proveFrom(n.left, leaf, out);
-      out.push_back(nodes_[n.right].hash);
-    } else {
-      out.push_back(l.hash);
-      proveFrom(n.right, leaf, out);
-    }
-  }
-
-  std::vector<SecureHash> leaves_;
-  std::vector<Node> nodes_;
-  uint32_t root_ = 0;
-};
-
 }  // namespace
 
 struct UniquenessStateMachine::Checked {
@@ -419,10 +365,22 @@ Executed UniquenessStateMachine::signReplies(uint64_t seq, BatchRun& run) const 
   std::vector<SecureHash> leaves;
   leaves.reserve(run.replyBytes.size());
   for (const auto& b : run.replyBytes) leaves.push_back(replyLeaf(b));
-  ReplyTree tree(std::move(leaves));
+  merkle::Tree tree(std::move(leaves));
   auto count = static_cast<uint32_t>(run.replyBytes.size());
   DigitalSignature root_signature = signer_.sign(batchRootSignableBytes(seq, count, tree.root()));
+  // The transaction signatures of the batch's successes: one batch signature
+  // (ledger/crypto.h) over all their ids, each with its own proof.
+  std::vector<Bytes> signed_ids;
+  std::vector<uint32_t> signed_at;
+  for (uint32_t i = 0; i < count; ++i) {
+    if (run.replies[i].outcome != NotarisationReply::Outcome::success) continue;
+    signed_ids.push_back(signableBytes(run.replies[i].txId));
+    signed_at.push_back(i);
+  }
+  std::vector<DigitalSignature> tx_signatures;
+  if (!signed_ids.empty()) tx_signatures = signer_.signBatch(signed_ids);
   executed.replies.reserve(count);
+  size_t next_tx_signature = 0;
   for (uint32_t i = 0; i < count; ++i) {
     SignedNotarisationReply signed_reply;
     signed_reply.reply = std::move(run.replyBytes[i]);
@@ -430,8 +388,8 @@ Executed UniquenessStateMachine::signReplies(uint64_t seq, BatchRun& run) const 
     signed_reply.leafCount = count;
     signed_reply.proof = tree.prove(i);
     signed_reply.rootSignature = root_signature;
-    if (run.replies[i].outcome == NotarisationReply::Outcome::success) {
-      signed_reply.txSignature = signer_.sign(signableBytes(run.replies[i].txId));
+    if (next_tx_signature < signed_at.size() && signed_at[next_tx_signature] == i) {
+      signed_reply.txSignature = tx_signatures[next_tx_signature++];
     }
     executed.replies.push_back(signed_reply.encode());
   }

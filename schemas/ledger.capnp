@@ -43,6 +43,15 @@ struct DigitalSignature {
   scheme @1 :UInt16;        # 1 = Ed25519
   version @2 :UInt16;       # version of the signed-bytes layout (1)
   signature @3 :Data;       # 64 bytes for Ed25519
+  batch @4 :BatchProof;     # set for a batch signature (ledger/crypto.h): the
+                            # signature covers the Merkle root of many messages
+}
+
+# Where one message sits in the tree a batch signature covers.
+struct BatchProof {
+  leafIndex @0 :UInt32;
+  leafCount @1 :UInt32;
+  path @2 :List(Data);      # 32-byte hashes, merkle::prove's order
 }
 
 # --- Parties ---------------------------------------------------------------

@@ -17,7 +17,10 @@
 //
 // The members build and sign every transaction themselves, on the same two
 // cores as the replicas: the figures are for the whole network on this
-// machine, not for the replicas alone.
+// machine, not for the replicas alone. Since the machine is shared, the
+// peak phase also reports the CPU time each process spent per notarisation
+// (utime + stime from /proc), which other load hardly changes: the rate two
+// idle cores would allow is 2 s / (all processes' CPU per notarisation).
 //
 //   bench_notary [--quick] [--replicas 1,4] [--count N]
 
@@ -33,6 +36,8 @@
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <iterator>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -129,7 +134,31 @@ struct ClusterFigures {
   std::string error;
   LoadFigures peak, at80;
   double commits_per_batch = 0, requests_per_batch = 0, replica_writer_cpu_us_per_request = 0;
+  // During the peak, per notarisation: both members together, all replicas together.
+  double members_cpu_us = 0, replicas_cpu_us = 0;
 };
+
+// CPU time (user + system) a process has used so far, in microseconds; 0 if unknown.
+double processCpuMicros(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto close = stat.rfind(')');  // the command name may hold spaces
+  if (pid <= 0 || close == std::string::npos) return 0;
+  std::istringstream fields(stat.substr(close + 2));
+  std::string field;
+  unsigned long long utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && fields >> field; ++i) {  // field 3 is the state
+    if (i == 14) utime = std::strtoull(field.c_str(), nullptr, 10);
+    if (i == 15) stime = std::strtoull(field.c_str(), nullptr, 10);
+  }
+  return static_cast<double>(utime + stime) * 1e6 / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+double cpuMicrosOf(const fs::path& net, const std::vector<std::string>& names) {
+  double sum = 0;
+  for (const auto& name : names) sum += processCpuMicros(testing::pidOf(net, name));
+  return sum;
+}
 
 ClusterFigures runCluster(const Args& args, int n) {
   ClusterFigures f;
@@ -160,9 +189,17 @@ ClusterFigures runCluster(const Args& args, int n) {
     f.error = "warm-up: " + warm.error;
     return f;
   }
+  std::vector<std::string> members = {"alpha", "beta"}, replicas;
+  for (int i = 1; i <= n; ++i) replicas.push_back("r" + std::to_string(i));
   auto before = r1->get("/api/v1/notary/status");
+  const double members_cpu_before = cpuMicrosOf(net, members), replicas_cpu_before = cpuMicrosOf(net, replicas);
   f.peak = loadBoth(*alpha, *beta, args.count, args.concurrency, 0);
+  const double members_cpu_after = cpuMicrosOf(net, members), replicas_cpu_after = cpuMicrosOf(net, replicas);
   auto after = r1->get("/api/v1/notary/status");
+  if (f.peak.notarised > 0) {
+    f.members_cpu_us = (members_cpu_after - members_cpu_before) / static_cast<double>(f.peak.notarised);
+    f.replicas_cpu_us = (replicas_cpu_after - replicas_cpu_before) / static_cast<double>(f.peak.notarised);
+  }
   if (!f.peak.ok) {
     f.error = "peak: " + f.peak.error;
     return f;
@@ -288,6 +325,11 @@ int main(int argc, char** argv) {
     std::printf("    replica r1 during the peak: %.2f durable commits per batch, %.1f requests per batch,"
                 " %.1f us writer CPU per request\n",
                 f.commits_per_batch, f.requests_per_batch, f.replica_writer_cpu_us_per_request);
+    const double all_cpu_us = f.members_cpu_us + f.replicas_cpu_us;
+    std::printf("    CPU per notarisation during the peak: members %.0f us, replicas %.0f us (%.0f us each),"
+                " all %.0f us => two idle cores allow %.0f /s\n",
+                f.members_cpu_us, f.replicas_cpu_us, f.replicas_cpu_us / n, all_cpu_us,
+                all_cpu_us > 0 ? 2e6 / all_cpu_us : 0.0);
   }
   json out = {{"bench", "notary"}, {"raw_verify_per_second", verify_rate},
               {"durable_commits_per_second", commit_rate}};
@@ -300,7 +342,9 @@ int main(int argc, char** argv) {
                                {"at80_p50_ms", f.at80.p50_ms},
                                {"at80_p99_ms", f.at80.p99_ms},
                                {"commits_per_batch", f.commits_per_batch},
-                               {"requests_per_batch", f.requests_per_batch}});
+                               {"requests_per_batch", f.requests_per_batch},
+                               {"members_cpu_us_per_notarisation", f.members_cpu_us},
+                               {"replicas_cpu_us_per_notarisation", f.replicas_cpu_us}});
   }
   std::printf("%s\n", out.dump().c_str());
   return ok ? 0 : 1;
