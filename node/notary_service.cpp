@@ -3,7 +3,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <mutex>
 #include <optional>
+#include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -225,9 +228,27 @@ Status NotaryService::Impl::openReplica() {
   rc.replicas = replicaIdentities(*cluster);
   rc.self_index = config.notary_replica_index;
   const NetworkMap* map = o.map;
-  rc.client_key = [map](std::string_view client) -> std::optional<PublicKey> {
+  // Asked for every request a replica receives or finds in a pre-prepare.
+  // A member's legal identity key and role never change (NetworkMap::update
+  // refuses that), so a found client is remembered (at most
+  // notary_client_keys_cached_max, then the memory starts over); an unknown
+  // name is asked of the map again, so a member that joins later is found.
+  struct ClientKeys {
+    std::mutex mutex;
+    std::unordered_map<std::string, PublicKey> known;
+  };
+  auto keys = std::make_shared<ClientKeys>();
+  rc.client_key = [map, keys](std::string_view client) -> std::optional<PublicKey> {
+    {
+      std::lock_guard lock(keys->mutex);
+      auto it = keys->known.find(std::string(client));
+      if (it != keys->known.end()) return it->second;
+    }
     auto member = map->memberByName(client);
     if (!member || (member->role != Role::node && member->role != Role::regulator)) return std::nullopt;
+    std::lock_guard lock(keys->mutex);
+    if (keys->known.size() >= notary_client_keys_cached_max) keys->known.clear();
+    keys->known.emplace(std::string(client), member->legal_identity_key);
     return member->legal_identity_key;
   };
   rc.batch_size_max = config.notary_batch_size_max;
@@ -328,7 +349,15 @@ json notarisationJson(const notary::NotarisationResult& r) {
   if (r.kind == notary::NotarisationResult::Kind::notarised) {
     json sigs = json::array();
     for (const auto& s : r.signatures) {
-      sigs.push_back({{"by", s.by().hex()}, {"signature", toHex(s.view())}});
+      json sig = {{"by", s.by().hex()}, {"signature", toHex(s.view())}};
+      if (const auto& batch = s.batch()) {
+        // A batch signature: the Ed25519 signature covers the batch's
+        // Merkle root; this is where the transaction id sits under it.
+        json path = json::array();
+        for (const auto& h : batch->path) path.push_back(h.hex());
+        sig["batch"] = {{"leaf_index", batch->leafIndex}, {"leaf_count", batch->leafCount}, {"path", path}};
+      }
+      sigs.push_back(std::move(sig));
     }
     return {{"result", "notarised"}, {"tx_id", r.txId.hex()}, {"signatures", sigs}};
   }
@@ -406,11 +435,21 @@ void NotaryService::Impl::notarise(const ApiRequest& request, ApiReply reply) {
   }
   client->notary->notarise(
       *stx,
-      [reply](Result<notary::NotarisationResult> result) {
+      [reply, notarised = *stx](Result<notary::NotarisationResult> result) mutable {
         if (!result) return reply(ApiResponse::fromError(result.error()));
-        reply(ApiResponse::ok(notarisationJson(*result)));
+        json out = notarisationJson(*result);
+        if (result->kind == notary::NotarisationResult::Kind::notarised) {
+          for (const auto& s : result->signatures) notarised.addSignature(s);
+          out["transaction"] = base64Encode(notarised.encode());  // with the notary's signatures
+        }
+        reply(ApiResponse::ok(out));
       },
       dependencies);
+}
+
+static int64_t unixMicrosNow() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
 }
 
 // Builds `count` transactions that each spend one fresh StateRef and
@@ -426,13 +465,24 @@ void NotaryService::Impl::load(const ApiRequest& request, ApiReply reply) {
     return reply(ApiResponse::error(400, "bad_request", "the body must be a JSON object"));
   }
   uint64_t count = 0, concurrency = 0, rate = 0;
+  bool prepare = false;
+  int64_t start_at = 0;
   try {
     count = body.value("count", uint64_t{100});
     concurrency = body.value("concurrency", uint64_t{64});
     rate = body.value("rate_per_second", uint64_t{0});
+    prepare = body.value("prepare", false);
+    start_at = body.value("start_at_unix_micros", int64_t{0});
   } catch (const json::exception&) {
-    return reply(ApiResponse::error(
-        400, "bad_request", "'count', 'concurrency' and 'rate_per_second' are numbers"));
+    return reply(ApiResponse::error(400, "bad_request",
+                                    "'count', 'concurrency', 'rate_per_second' and 'start_at_unix_micros' are "
+                                    "numbers, 'prepare' is true or false"));
+  }
+  if (start_at < 0 || (start_at > 0 && start_at > unixMicrosNow() + notary_load_start_delay_micros_max)) {
+    return reply(ApiResponse::error(400, "bad_request",
+                                    "'start_at_unix_micros' must be 0 (at once) or a time at most " +
+                                        std::to_string(notary_load_start_delay_micros_max / 1'000'000) +
+                                        " s from now"));
   }
   if (rate > notary_load_rate_per_second_max) {
     return reply(ApiResponse::error(400, "bad_request",
@@ -463,6 +513,10 @@ void NotaryService::Impl::load(const ApiRequest& request, ApiReply reply) {
     Party notary;
     uint64_t count = 0, concurrency = 0, nonce = 0, issued = 0, outstanding = 0;
     uint64_t rate_per_second = 0;  // 0: closed loop (only `concurrency` bounds it)
+    std::vector<Result<SignedTransaction>> prepared;  // with `prepare`: built before the clock starts
+    int64_t start_at_unix_micros = 0;                  // 0: at once
+    int64_t start_late_micros = 0;
+    bool prepare = false;
     bool pace_timer_armed = false;
     uint64_t notarised = 0, conflicts = 0, errors = 0;
     std::optional<Error> first_error;
@@ -491,34 +545,66 @@ void NotaryService::Impl::load(const ApiRequest& request, ApiReply reply) {
         run->issue(run);
       });
     }
+    Result<SignedTransaction> build(uint64_t i) const {
+      std::string seed = "ccal.notary.load\n" + self->o.config->x500 + "\n" + std::to_string(nonce) + "\n" +
+                         std::to_string(i);
+      StateRef input{SecureHash::of(asBytes(seed)), 0};
+      Key owner((*self->o.identity).publicKey());
+      TransactionState out;
+      out.contract = "ccal.diagnostic.Load";
+      out.stateType = "ccal.diagnostic.LoadState";
+      out.data = Bytes(seed.begin(), seed.end());
+      out.participants = {owner};
+      out.notary = notary;
+      TransactionBuilder b(notary);
+      b.addInput(input);
+      b.addOutput(std::move(out));
+      b.addCommand(Command{"ccal.diagnostic.Load.Move", {}, {owner}});
+      auto wtx = b.build();
+      if (!wtx) return wtx.error();
+      SignedTransaction stx(std::move(*wtx));
+      stx.signWith((*self->o.identity));
+      return stx;
+    }
+    // `prepare`: every transaction is built and signed before the clock
+    // starts, in chunks so the executor keeps serving its links meanwhile.
+    void prepareChunk(const std::shared_ptr<Run>& run) {
+      const uint64_t end = std::min<uint64_t>(count, prepared.size() + notary_load_prepare_chunk_max);
+      while (prepared.size() < end) prepared.push_back(build(prepared.size()));
+      if (prepared.size() < count) {
+        self->o.executor->post([run] { run->prepareChunk(run); });
+        return;
+      }
+      startClock(run);
+    }
+    void startClock(const std::shared_ptr<Run>& run) {
+      if (start_at_unix_micros > 0) {
+        const int64_t wait = start_at_unix_micros - unixMicrosNow();
+        if (wait > 0) {
+          self->o.executor->runAfter(wait, [run] {
+            run->start_late_micros = std::max<int64_t>(0, unixMicrosNow() - run->start_at_unix_micros);
+            run->started = Clock::now();
+            run->issue(run);
+          });
+          return;
+        }
+        start_late_micros = -wait;
+      }
+      started = Clock::now();
+      issue(run);
+    }
     void issue(const std::shared_ptr<Run>& run) {
       const uint64_t due_now = due(Clock::now());
       while (outstanding < concurrency && issued < due_now) {
         const uint64_t i = issued++;
         ++outstanding;
-        std::string seed = "ccal.notary.load\n" + self->o.config->x500 + "\n" +
-                           std::to_string(nonce) + "\n" + std::to_string(i);
-        StateRef input{SecureHash::of(asBytes(seed)), 0};
-        Key owner((*self->o.identity).publicKey());
-        TransactionState out;
-        out.contract = "ccal.diagnostic.Load";
-        out.stateType = "ccal.diagnostic.LoadState";
-        out.data = Bytes(seed.begin(), seed.end());
-        out.participants = {owner};
-        out.notary = notary;
-        TransactionBuilder b(notary);
-        b.addInput(input);
-        b.addOutput(std::move(out));
-        b.addCommand(Command{"ccal.diagnostic.Load.Move", {}, {owner}});
-        auto wtx = b.build();
-        if (!wtx) {
-          finishOne(run, Clock::now(), wtx.error());
+        auto stx = i < prepared.size() ? std::move(prepared[i]) : build(i);
+        if (!stx) {
+          finishOne(run, Clock::now(), stx.error());
           continue;
         }
-        SignedTransaction stx(std::move(*wtx));
-        stx.signWith((*self->o.identity));
         auto at = Clock::now();
-        client->notary->notarise(stx, [run, at](Result<notary::NotarisationResult> r) {
+        client->notary->notarise(*stx, [run, at](Result<notary::NotarisationResult> r) {
           if (!r) return run->finishOne(run, at, r.error());
           if (r->kind == notary::NotarisationResult::Kind::notarised) {
             ++run->notarised;
@@ -560,7 +646,9 @@ void NotaryService::Impl::load(const ApiRequest& request, ApiReply reply) {
                   {"per_second", elapsed > 0 ? static_cast<double>(count) * 1e6 / static_cast<double>(elapsed) : 0.0},
                   {"latency_p50_micros", pct(0.50)},
                   {"latency_p99_micros", pct(0.99)},
-                  {"latency_max_micros", latencies_micros.empty() ? 0 : latencies_micros.back()}};
+                  {"latency_max_micros", latencies_micros.empty() ? 0 : latencies_micros.back()},
+                  {"prepared", prepare},
+                  {"start_late_micros", start_late_micros}};
       if (first_error) out["first_error"] = first_error->toString();
       reply(ApiResponse::ok(out));
     }
@@ -576,7 +664,14 @@ void NotaryService::Impl::load(const ApiRequest& request, ApiReply reply) {
   run->nonce = static_cast<uint64_t>(std::chrono::system_clock::now().time_since_epoch().count()) +
                load_runs++;
   run->reply = std::move(reply);
-  run->issue(run);
+  run->prepare = prepare;
+  run->start_at_unix_micros = start_at;
+  if (prepare) {
+    run->prepared.reserve(count);
+    run->prepareChunk(run);
+  } else {
+    run->startClock(run);
+  }
 }
 
 // --- NotaryService ---------------------------------------------------------------------

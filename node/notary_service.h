@@ -62,6 +62,9 @@ inline constexpr uint32_t notary_load_transactions_max = 20'000;  // per load re
 inline constexpr uint32_t notary_load_concurrency_max = 1'024;    // notarisations in flight
 inline constexpr uint32_t notary_load_rate_per_second_max = 1'000'000;  // offered load, open loop
 inline constexpr size_t notary_request_dependencies_max = 256;    // per notarise request
+inline constexpr size_t notary_client_keys_cached_max = 4096;     // client names a replica remembers
+inline constexpr uint64_t notary_load_prepare_chunk_max = 256;    // transactions built per executor turn
+inline constexpr int64_t notary_load_start_delay_micros_max = 60'000'000;  // 'start_at_unix_micros' bound
 // A notarisation not answered within this is an error (timeout): long enough
 // for a view change with backoff when replicas fail, below the API's 120 s.
 inline constexpr int64_t notary_client_timeout_micros = 60'000'000;

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <fstream>
 #include <future>
 #include <iterator>
@@ -192,6 +193,13 @@ TEST_CASE("a real notary cluster: kill -9 and restart of a replica, two down, co
     CHECK(s6 == 409);
     auto [s7, b7] = postRaw(alpha, "/api/v1/notary/diagnostic/load", {{"notary", notary_x500}, {"count", 1'000'000}});
     CHECK(s7 == 400);
+    auto [s8, b8] = postRaw(alpha, "/api/v1/notary/diagnostic/load",
+                            {{"notary", notary_x500}, {"count", 10}, {"start_at_unix_micros", INT64_MAX}});
+    CHECK(s8 == 400);
+    CHECK(b8.dump().find("start_at_unix_micros") != std::string::npos);
+    auto [s9, b9] = postRaw(alpha, "/api/v1/notary/diagnostic/load",
+                            {{"notary", notary_x500}, {"count", 10}, {"prepare", "yes"}});
+    CHECK(s9 == 400);
   }
 
   {  // CONFLICT
@@ -221,14 +229,29 @@ TEST_CASE("a real notary cluster: kill -9 and restart of a replica, two down, co
       REQUIRE(by);
       auto raw = fromHex(s["signature"].get<std::string>());
       REQUIRE(raw);
-      auto sig = DigitalSignature::fromParts(*by, 1, signature_version_current, *raw);
+      std::optional<BatchProof> batch;
+      if (s.contains("batch")) {  // the replicas sign a batch's transaction ids at once
+        batch.emplace();
+        batch->leafIndex = s["batch"]["leaf_index"].get<uint32_t>();
+        batch->leafCount = s["batch"]["leaf_count"].get<uint32_t>();
+        for (const auto& h : s["batch"]["path"]) batch->path.push_back(SecureHash::fromHex(h.get<std::string>()).value());
+      }
+      auto sig = DigitalSignature::fromParts(*by, 1, signature_version_current, *raw, batch);
       REQUIRE_MESSAGE(sig, sig.error().message);
       CHECK(sig->verify(signableBytes(winner.id())).ok());
+      CHECK(!sig->verify(signableBytes(loser.id())).ok());
       CHECK(std::find(keys.begin(), keys.end(), *by) != keys.end());
       signers.insert(*by);
     }
     CHECK(signers.size() >= 3);
     CHECK(notary.owningKey.isFulfilledBy(signers));
+    // The notarised transaction comes back whole: every required signature present and valid.
+    auto notarised_bytes = base64Decode(won["transaction"].get<std::string>());
+    REQUIRE(notarised_bytes);
+    auto notarised = SignedTransaction::decode(*notarised_bytes);
+    REQUIRE_MESSAGE(notarised, notarised.error().message);
+    CHECK(notarised->id() == winner.id());
+    CHECK(notarised->verifyRequiredSignatures().ok());
 
     // The loser's conflict names the state and the winner, and its proof verifies:
     // f+1 = 2 distinct replicas signed (a Merkle root over) the same conflict answer.
@@ -281,12 +304,22 @@ TEST_CASE("a real notary cluster: kill -9 and restart of a replica, two down, co
     CHECK(result["notarised"] == count);
     CHECK(result["errors"] == 0);
     CHECK(result["conflicts"] == 0);
-    // More after the restart, from the other member.
+    // More after the restart, from the other member, built before the
+    // clock starts and started at an agreed instant.
+    const int64_t start_at = std::chrono::duration_cast<std::chrono::microseconds>(
+                                 std::chrono::system_clock::now().time_since_epoch())
+                                 .count() +
+                             500'000;
     auto [status2, result2] = postRaw(beta, "/api/v1/notary/diagnostic/load",
-                                      {{"notary", notary_x500}, {"count", 100}, {"concurrency", 16}});
+                                      {{"notary", notary_x500},
+                                       {"count", 100},
+                                       {"concurrency", 16},
+                                       {"prepare", true},
+                                       {"start_at_unix_micros", start_at}});
     INFO(result2.dump());
     CHECK(status2 == 200);
     CHECK(result2["notarised"] == 100);
+    CHECK(result2["prepared"] == true);
 
     // The restarted replica catches up: every replica at one digest.
     json statuses;
