@@ -667,6 +667,7 @@ struct FlowRuntime::FlowState final : detail::FlowCore {
             return;
           }
           ++runtime->stats_.events_journaled;
+          if (runtime->hooks_.journaled) runtime->hooks_.journaled(fid, seq);
           if (after) after(*f);
           runtime->resume(*f, std::exchange(f->waiter, {}));
         }));

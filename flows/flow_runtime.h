@@ -123,6 +123,8 @@ class FlowRuntime final : public MessageHandler {
     std::function<void(const FlowId& flow, const SecureHash& opener, uint32_t session_index,
                        bool to_responder, uint64_t seq)>
         handled;
+    // An event of the flow is durably journaled (just before the flow sees it).
+    std::function<void(const FlowId& flow, uint64_t seq)> journaled;
   };
 
   struct Stats {

@@ -222,6 +222,14 @@ Flow<Bytes> divergeV2(FlowContext& ctx, Bytes args) {
   co_return bytesOf("v2");
 }
 
+// One round of two, then a long sleep: the peer's pong waits for round 1.
+Flow<Bytes> holdFlow(FlowContext& ctx, Bytes args) {
+  Session s = co_await ctx.initiate(textOf(args));
+  co_await s.sendAndReceive(bytesOf("ping 0/2"));
+  co_await ctx.sleep(3'600'000'000);
+  co_return bytesOf("held");
+}
+
 Flow<Bytes> longSleepFlow(FlowContext& ctx, Bytes) {
   co_await ctx.sleep(3'600'000'000);
   co_return bytesOf("woke");
@@ -272,7 +280,9 @@ struct Member {
     fc.log = [this](std::string_view line) { logs.emplace_back(line); };
     runtime = std::make_unique<FlowRuntime>(*delivery, executor, executor, *flowStore, fc);
     registerFlows(*runtime);
-    runtime->setHooks({[this](const FlowInfo& info) { finished[info.id] = info; }, {}});
+    FlowRuntime::Hooks hooks;
+    hooks.finished = [this](const FlowInfo& info) { finished[info.id] = info; };
+    runtime->setHooks(std::move(hooks));
     REQUIRE(runtime->start().ok());
     REQUIRE(delivery->start().ok());
   }
@@ -310,6 +320,8 @@ void registerAll(FlowRuntime& rt) {
   REQUIRE(rt.registerFlow("ask-typed", typedAskFlow).ok());
   REQUIRE(rt.registerInitiating("ask-typed", "garbage").ok());
   REQUIRE(rt.registerFlow("long-sleep", longSleepFlow).ok());
+  REQUIRE(rt.registerFlow("hold", holdFlow).ok());
+  REQUIRE(rt.registerInitiating("hold", "pong").ok());
 }
 
 struct Net {
@@ -534,6 +546,33 @@ TEST_CASE("flow runtime: kill and timeout") {
   FlowInfo timed = net.await(a, *slow);
   CHECK(timed.outcome == vault::FlowOutcome::failed);
   CHECK(timed.error->code == Errc::timeout);
+}
+
+TEST_CASE("flow runtime: a killed flow's counterparty sees the error") {
+  Net net;
+  Member& a = net.add(alice);
+  Member& b = net.add(bob);
+  auto id = a.runtime->startFlow("hold", bytesOf(bob));
+  REQUIRE(id);
+  REQUIRE(net.run([&] {
+    auto s = a.runtime->show(*id);
+    return s && s->waiting.find("sleeping") != std::string::npos;
+  }));
+  // Bob's pong waits for round 1.
+  std::vector<FlowInfo> theirs = b.runtime->list();
+  REQUIRE(theirs.size() == 1);
+  CHECK(theirs[0].phase == FlowPhase::running);
+  CHECK(theirs[0].waiting.find("waiting for a message from '" + alice + "' on session 0") !=
+        std::string::npos);
+  REQUIRE(a.runtime->kill(*id, "the deal is off").ok());
+  FlowInfo killed = net.await(a, *id);
+  CHECK(killed.outcome == vault::FlowOutcome::killed);
+  REQUIRE(net.run([&] { return b.finished.size() == 1; }));
+  const FlowInfo& pong = b.finished.begin()->second;
+  CHECK(pong.outcome == vault::FlowOutcome::failed);
+  REQUIRE(pong.error);
+  CHECK(pong.error->message.find("flow 'hold' of '" + alice + "' failed") != std::string::npos);
+  CHECK(pong.error->message.find("was killed: the deal is off") != std::string::npos);
 }
 
 TEST_CASE("flow runtime: session message ids are deterministic and distinct") {
