@@ -344,6 +344,7 @@ struct FlowRuntime::FlowState final : detail::FlowCore {
   uint64_t op = 0;  // bumped per operation; a completion of an older one is dropped
   Executor::TimerId sleep_timer = 0, timeout_timer = 0;
   bool aborting = false;
+  std::optional<Error> abort_when_begun;  // killed before its start record was durable
   // Once finishing:
   vault::FlowOutcome outcome = vault::FlowOutcome::ok;
   Bytes result;
@@ -682,8 +683,17 @@ struct FlowRuntime::FlowState final : detail::FlowCore {
     if (q == inbox.end()) return;
     auto m = q->second.find(s.received);
     if (m == q->second.end()) return;
-    receiving.reset();
     const Waiting& w = m->second;
+    if (w.peer != s.peer) {  // arrived before the session was opened, from someone else
+      rt.log("dropped a message from " + quoted(w.peer) + " on a session of " + label() +
+             " with " + quoted(s.peer));
+      ++rt.stats_.messages_dropped;
+      if (w.id) rt.consume(w.peer, *w.id);
+      q->second.erase(m);
+      --inbox_messages;
+      return;
+    }
+    receiving.reset();
     Event e;
     e.kind = EventKind::received;
     e.session = index;
@@ -738,6 +748,16 @@ struct FlowRuntime::FlowState final : detail::FlowCore {
         rt.consume(peer, mid);
         return;
       }
+    }
+    // A session not opened yet (a replayed flow that has not reached its
+    // initiate() again) can only be one this flow opens.
+    if (known == session_of.end() &&
+        (d.key.opener != id || d.key.index >= rt.config_.sessions_per_flow_max)) {
+      rt.log("dropped a message from " + quoted(peer) + " for a session " + label() +
+             " does not have");
+      ++rt.stats_.messages_dropped;
+      rt.consume(peer, mid);
+      return;
     }
     auto& q = inbox[d.key];
     if (q.count(d.seq)) {  // the same message again while it waits
@@ -836,7 +856,7 @@ vault::DoneFn FlowRuntime::storeDone(std::function<void(const Status&)> on_execu
   std::weak_ptr<int> alive = alive_;
   return [this, alive, requests = requests_, fn = std::move(on_executor)](const Status& status) {
     // Posted before the count drops, so waitForStore() sees it queued.
-    executor_.post([this, alive, fn, status] {
+    executor_.post([alive, fn, status] {
       if (alive.lock()) fn(status);
     });
     std::lock_guard lock(requests->mutex);
@@ -1030,10 +1050,19 @@ Result<FlowId> FlowRuntime::startFlow(std::string_view name, Bytes args, int64_t
                             return;
                           }
                           if (notify) notify(status);
-                          armTimeout(*flow, flow->timeout_micros);
-                          launch(*flow);
+                          begun(*flow);
                         }));
   return id;
+}
+
+void FlowRuntime::begun(FlowState& f) {
+  if (f.abort_when_begun) {
+    f.phase = FlowPhase::running;
+    abort(f, *std::exchange(f.abort_when_begun, std::nullopt));
+    return;
+  }
+  armTimeout(f, f.timeout_micros);
+  launch(f);
 }
 
 void FlowRuntime::launch(FlowState& f) {
@@ -1102,7 +1131,7 @@ Status FlowRuntime::kill(const FlowId& id, std::string reason) {
     return makeError(Errc::not_found, "flow " + id.hex() + " is not running on " +
                                           quoted(config_.self));
   }
-  if (f->phase == FlowPhase::finishing || f->aborting) {
+  if (f->phase == FlowPhase::finishing || f->aborting || f->abort_when_begun) {
     return makeError(Errc::conflict, f->label() + " is ending already");
   }
   abort(*f, makeError(Errc::unavailable, f->label() + " was killed: " + reason));
@@ -1111,6 +1140,11 @@ Status FlowRuntime::kill(const FlowId& id, std::string reason) {
 
 void FlowRuntime::abort(FlowState& f, Error error) {
   if (f.phase == FlowPhase::finishing || f.aborting) return;
+  if (f.phase == FlowPhase::starting) {
+    // Its start record is being written: aborted (and journaled) once it is.
+    if (!f.abort_when_begun) f.abort_when_begun = std::move(error);
+    return;
+  }
   f.aborting = true;
   ++f.op;
   f.waiter = {};
@@ -1119,16 +1153,6 @@ void FlowRuntime::abort(FlowState& f, Error error) {
   f.root.reset();  // the coroutine waits somewhere; it never runs again
   const vault::FlowOutcome how =
       error.code == Errc::timeout ? vault::FlowOutcome::failed : vault::FlowOutcome::killed;
-  if (f.phase == FlowPhase::starting) {
-    // Not begun yet: journal nothing; the begin's completion finds the flow gone.
-    FlowInfo info = infoOf(f);
-    info.phase = FlowPhase::finished;
-    info.outcome = how;
-    info.error = error;
-    flows_.erase(f.id);
-    remember(std::move(info));
-    return;
-  }
   // Journaled first, so that a replay after a crash stops here too.
   Event e;
   e.kind = EventKind::aborted;
@@ -1336,8 +1360,7 @@ void FlowRuntime::startResponder(std::string_view peer, const MessageId& init_id
                             return;
                           }
                           consume(peer, init_id);
-                          armTimeout(*flow, flow->timeout_micros);
-                          launch(*flow);
+                          begun(*flow);
                         }));
 }
 

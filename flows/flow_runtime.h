@@ -196,6 +196,8 @@ class FlowRuntime final : public MessageHandler {
   vault::DoneFn storeDone(std::function<void(const Status&)> on_executor);
 
   FlowState* find(const FlowId& id) const;
+  // The start record is durable: launches the flow (or aborts a flow killed meanwhile).
+  void begun(FlowState& flow);
   // Creates the flow's coroutine and runs it until it first waits.
   void launch(FlowState& flow);
   void resume(FlowState& flow, std::coroutine_handle<> waiter);

@@ -230,6 +230,15 @@ Flow<Bytes> holdFlow(FlowContext& ctx, Bytes args) {
   co_return bytesOf("held");
 }
 
+// Opens sessions without sending until the runtime refuses one.
+Flow<Bytes> manySessionsFlow(FlowContext& ctx, Bytes args) {
+  for (int i = 0;; ++i) {
+    Session s = co_await ctx.initiate(textOf(args));
+    (void)s;
+    if (i > 1000) co_return bytesOf("no limit");
+  }
+}
+
 Flow<Bytes> longSleepFlow(FlowContext& ctx, Bytes) {
   co_await ctx.sleep(3'600'000'000);
   co_return bytesOf("woke");
@@ -321,6 +330,8 @@ void registerAll(FlowRuntime& rt) {
   REQUIRE(rt.registerInitiating("ask-typed", "garbage").ok());
   REQUIRE(rt.registerFlow("long-sleep", longSleepFlow).ok());
   REQUIRE(rt.registerFlow("hold", holdFlow).ok());
+  REQUIRE(rt.registerFlow("many-sessions", manySessionsFlow).ok());
+  REQUIRE(rt.registerInitiating("many-sessions", "pong").ok());
   REQUIRE(rt.registerInitiating("hold", "pong").ok());
 }
 
@@ -536,6 +547,16 @@ TEST_CASE("flow runtime: kill and timeout") {
   REQUIRE(shown);
   CHECK(shown->outcome == vault::FlowOutcome::killed);
 
+  // Killed before its start record is durable: it never runs, here or after a restart.
+  auto early = a.runtime->startFlow("long-sleep", {});
+  REQUIRE(early);
+  CHECK(a.runtime->kill(*early, "at once").ok());
+  FlowInfo early_info = net.await(a, *early);
+  CHECK(early_info.outcome == vault::FlowOutcome::killed);
+  CHECK(early_info.eventsJournaled == 1);  // the abort
+  a.restart();
+  CHECK(a.runtime->stats().flows_resumed == 0);
+
   // A flow that finishes within its timeout, and one that does not.
   auto ping = b.runtime->startFlow("ping", bytesOf(alice + "|1"), 5'000'000);
   REQUIRE(ping);
@@ -573,6 +594,19 @@ TEST_CASE("flow runtime: a killed flow's counterparty sees the error") {
   REQUIRE(pong.error);
   CHECK(pong.error->message.find("flow 'hold' of '" + alice + "' failed") != std::string::npos);
   CHECK(pong.error->message.find("was killed: the deal is off") != std::string::npos);
+}
+
+TEST_CASE("flow runtime: sessions per flow are bounded") {
+  Net net;
+  Member& a = net.add(alice);
+  net.add(bob);
+  auto id = a.runtime->startFlow("many-sessions", bytesOf(bob));
+  REQUIRE(id);
+  FlowInfo info = net.await(a, *id);
+  CHECK(info.outcome == vault::FlowOutcome::failed);
+  REQUIRE(info.error);
+  CHECK(info.error->code == Errc::too_large);
+  CHECK(info.error->message.find("sessions_per_flow_max (64)") != std::string::npos);
 }
 
 TEST_CASE("flow runtime: session message ids are deterministic and distinct") {

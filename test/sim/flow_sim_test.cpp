@@ -130,7 +130,6 @@ class FlowNode final : public sim::Node {
 
  private:
   std::string name_;
-  World& world_;
   ContractRegistry registry_;
   std::unique_ptr<vault::Vault> vault_;
   std::unique_ptr<vault::MessageStore> messages_;
@@ -275,7 +274,7 @@ class World {
   const Plan& plan_;
 };
 
-FlowNode::FlowNode(sim::MemberEnv& env, World& world) : name_(env.name), world_(world) {
+FlowNode::FlowNode(sim::MemberEnv& env, World& world) : name_(env.name) {
   vault::VaultConfig vc;
   vc.store.path = env.dir;
   vc.store.durable = false;
