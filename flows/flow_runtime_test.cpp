@@ -239,6 +239,22 @@ Flow<Bytes> manySessionsFlow(FlowContext& ctx, Bytes args) {
   }
 }
 
+// Answers the first message with ten.
+Flow<Bytes> spamFlow(FlowContext& ctx, Bytes) {
+  Session s = *ctx.counterparty();
+  co_await s.receive();
+  for (int i = 0; i < 10; ++i) co_await s.send(bytesOf("spam " + std::to_string(i)));
+  co_return Bytes{};
+}
+
+// Sends once, then sleeps while the answers pile up.
+Flow<Bytes> askAndSleepFlow(FlowContext& ctx, Bytes args) {
+  Session s = co_await ctx.initiate(textOf(args));
+  co_await s.send(bytesOf("go"));
+  co_await ctx.sleep(3'600'000'000);
+  co_return Bytes{};
+}
+
 Flow<Bytes> longSleepFlow(FlowContext& ctx, Bytes) {
   co_await ctx.sleep(3'600'000'000);
   co_return bytesOf("woke");
@@ -260,9 +276,11 @@ struct Member {
   std::unique_ptr<FlowRuntime> runtime;
   std::vector<std::string> logs;
   std::map<FlowId, FlowInfo> finished;
+  std::function<void(FlowRuntimeConfig&)> tweak;
 
-  Member(std::string n, Hub& h, TestExecutor& ex, std::function<void(FlowRuntime&)> reg)
-      : name(std::move(n)), hub(h), executor(ex), registerFlows(std::move(reg)) {
+  Member(std::string n, Hub& h, TestExecutor& ex, std::function<void(FlowRuntime&)> reg,
+         std::function<void(FlowRuntimeConfig&)> t = {})
+      : name(std::move(n)), hub(h), executor(ex), registerFlows(std::move(reg)), tweak(std::move(t)) {
     open();
   }
   ~Member() { close(); }
@@ -287,6 +305,7 @@ struct Member {
     uint64_t counter = 0;
     fc.random_u64 = [counter]() mutable { return ++counter * 0x9e3779b97f4a7c15ull; };
     fc.log = [this](std::string_view line) { logs.emplace_back(line); };
+    if (tweak) tweak(fc);
     runtime = std::make_unique<FlowRuntime>(*delivery, executor, executor, *flowStore, fc);
     registerFlows(*runtime);
     FlowRuntime::Hooks hooks;
@@ -331,6 +350,9 @@ void registerAll(FlowRuntime& rt) {
   REQUIRE(rt.registerFlow("long-sleep", longSleepFlow).ok());
   REQUIRE(rt.registerFlow("hold", holdFlow).ok());
   REQUIRE(rt.registerFlow("many-sessions", manySessionsFlow).ok());
+  REQUIRE(rt.registerFlow("spam", spamFlow).ok());
+  REQUIRE(rt.registerFlow("ask-spam", askAndSleepFlow).ok());
+  REQUIRE(rt.registerInitiating("ask-spam", "spam").ok());
   REQUIRE(rt.registerInitiating("many-sessions", "pong").ok());
   REQUIRE(rt.registerInitiating("hold", "pong").ok());
 }
@@ -342,8 +364,9 @@ struct Net {
 
   Net() { hub.executor = &executor; }
   ~Net() { members.clear(); }
-  Member& add(const std::string& name, std::function<void(FlowRuntime&)> reg = registerAll) {
-    members.push_back(std::make_unique<Member>(name, hub, executor, std::move(reg)));
+  Member& add(const std::string& name, std::function<void(FlowRuntime&)> reg = registerAll,
+              std::function<void(FlowRuntimeConfig&)> tweak = {}) {
+    members.push_back(std::make_unique<Member>(name, hub, executor, std::move(reg), std::move(tweak)));
     return *members.back();
   }
   bool run(const std::function<bool()>& pred, int64_t deadline_micros = 120'000'000) {
@@ -607,6 +630,39 @@ TEST_CASE("flow runtime: sessions per flow are bounded") {
   REQUIRE(info.error);
   CHECK(info.error->code == Errc::too_large);
   CHECK(info.error->message.find("sessions_per_flow_max (64)") != std::string::npos);
+}
+
+TEST_CASE("flow runtime: a member at flows_running_max refuses a responder with a clear error") {
+  Net net;
+  Member& a = net.add(alice);
+  net.add(bob, registerAll, [](FlowRuntimeConfig& c) { c.flows_running_max = 1; });
+  auto first = a.runtime->startFlow("hold", bytesOf(bob));
+  REQUIRE(first);
+  REQUIRE(net.run([&] {
+    auto s = a.runtime->show(*first);
+    return s && s->waiting.find("sleeping") != std::string::npos;
+  }));
+  auto second = a.runtime->startFlow("ping", bytesOf(bob + "|1"));
+  REQUIRE(second);
+  FlowInfo info = net.await(a, *second);
+  CHECK(info.outcome == vault::FlowOutcome::failed);
+  REQUIRE(info.error);
+  CHECK(info.error->code == Errc::unavailable);
+  CHECK(info.error->message.find("runs flows_running_max (1) flows") != std::string::npos);
+}
+
+TEST_CASE("flow runtime: messages a flow does not take are bounded") {
+  Net net;
+  Member& a = net.add(alice, registerAll,
+                      [](FlowRuntimeConfig& c) { c.messages_waiting_per_flow_max = 4; });
+  net.add(bob);
+  auto id = a.runtime->startFlow("ask-spam", bytesOf(bob));
+  REQUIRE(id);
+  FlowInfo info = net.await(a, *id);
+  CHECK(info.outcome == vault::FlowOutcome::failed);
+  REQUIRE(info.error);
+  CHECK(info.error->code == Errc::too_large);
+  CHECK(info.error->message.find("'" + bob + "' sent more than 4 messages") != std::string::npos);
 }
 
 TEST_CASE("flow runtime: session message ids are deterministic and distinct") {
