@@ -2,6 +2,7 @@
 
 #include <doctest/doctest.h>
 
+#include <chrono>
 #include <deque>
 #include <map>
 #include <memory>
@@ -663,6 +664,30 @@ TEST_CASE("flow runtime: messages a flow does not take are bounded") {
   REQUIRE(info.error);
   CHECK(info.error->code == Errc::too_large);
   CHECK(info.error->message.find("'" + bob + "' sent more than 4 messages") != std::string::npos);
+}
+
+TEST_CASE("flow runtime: a thousand flows at once between two members") {
+  Net net;
+  Member& a = net.add(alice);
+  Member& b = net.add(bob);
+  constexpr int flows = 1000;
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<FlowId> ids;
+  for (int i = 0; i < flows; ++i) {
+    auto id = a.runtime->startFlow("ping", bytesOf(bob + "|2"));
+    REQUIRE(id);
+    ids.push_back(*id);
+  }
+  CHECK(a.runtime->running() == flows);
+  REQUIRE(net.run([&] { return a.finished.size() == flows && b.finished.size() == flows; }));
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  for (const FlowId& id : ids) CHECK(textOf(a.finished.at(id).result) == "ponged 2");
+  CHECK(a.runtime->running() == 0);
+  CHECK(b.runtime->running() == 0);
+  MESSAGE(flows << " ping flows of 2 rounds (4 messages and 5 journaled events each, both "
+                   "sides): "
+                << static_cast<int>(flows / seconds) << " flows/s (this build, no fsync)");
 }
 
 TEST_CASE("flow runtime: session message ids are deterministic and distinct") {
