@@ -966,6 +966,8 @@ Status FlowRuntime::start() {
       damaged = makeError(Errc::storage_error, f.label() + ": stored arguments of unknown form");
     }
     if (!damaged) {
+      // TODO(perf): the whole journal is read before the replay; stream it
+      // (FlowStore::forEachEvent) if journals grow long.
       auto events = store_.journal(cp.id);
       if (!events) {
         damaged = events.error();
