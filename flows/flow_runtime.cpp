@@ -1,0 +1,1442 @@
+#include "flows/flow_runtime.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <random>
+#include <utility>
+
+#include "ledger/capnp_io.h"
+#include "schemas/flows.capnp.h"
+
+namespace ccal::flows {
+namespace {
+
+// The first byte of a flow's stored arguments: who started it.
+constexpr uint8_t args_local = 0;      // startFlow: be64 timeout micros, then the caller's args
+constexpr uint8_t args_responder = 1;  // a session's init: ResponderStart
+constexpr size_t local_args_header_bytes = 9;
+
+struct SessionKey {
+  SecureHash opener;  // the flow that opened the session
+  uint32_t index = 0;
+  auto operator<=>(const SessionKey&) const = default;
+  bool operator==(const SessionKey&) const = default;
+};
+
+struct EndInfo {
+  bool ok = true;
+  Errc code = Errc::ok;
+  std::string message;
+};
+
+Errc errcOf(uint16_t code) {
+  // Codes from peers and the store: anything this build does not know is `unavailable`.
+  if (code == 0 || code > static_cast<uint16_t>(Errc::forbidden)) return Errc::unavailable;
+  return static_cast<Errc>(code);
+}
+
+std::string quoted(std::string_view s) { return "'" + std::string(s) + "'"; }
+
+std::string textOf(capnp::Text::Reader t) { return std::string(t.cStr(), t.size()); }
+Bytes bytesOf(capnp::Data::Reader d) { return Bytes(d.begin(), d.end()); }
+
+void setEnd(schema::flows::SessionEnd::Builder b, const EndInfo& end) {
+  b.setOk(end.ok);
+  b.setCode(static_cast<uint16_t>(end.code));
+  b.setMessage(end.message);
+}
+
+EndInfo endOf(schema::flows::SessionEnd::Reader r) {
+  EndInfo end;
+  end.ok = r.getOk();
+  end.code = end.ok ? Errc::ok : errcOf(r.getCode());
+  end.message = textOf(r.getMessage());
+  return end;
+}
+
+// --- journal events -------------------------------------------------------------------
+
+enum class EventKind : uint8_t { received, timer, now, random, subflow, aborted };
+
+struct Event {
+  EventKind kind = EventKind::now;
+  uint32_t session = 0;
+  uint64_t seq = 0;
+  bool is_end = false;
+  Bytes data;
+  EndInfo end;  // received end, aborted; subflow outcome
+  int64_t number = 0;
+  std::string name;
+};
+
+const char* eventKindName(EventKind kind) {
+  switch (kind) {
+    case EventKind::received: return "a received message";
+    case EventKind::timer: return "a timer";
+    case EventKind::now: return "a clock reading";
+    case EventKind::random: return "a random number";
+    case EventKind::subflow: return "a subflow's end";
+    case EventKind::aborted: return "an abort";
+  }
+  return "an unknown event";
+}
+
+Bytes encodeEvent(const Event& e) {
+  return buildCanonical<schema::flows::FlowEvent>([&](auto b) {
+    switch (e.kind) {
+      case EventKind::received: {
+        auto r = b.initReceived();
+        r.setSessionIndex(e.session);
+        r.setSeq(e.seq);
+        if (e.is_end) {
+          setEnd(r.initEnd(), e.end);
+        } else {
+          r.setData(asData(e.data));
+        }
+        break;
+      }
+      case EventKind::timer: b.setTimerFired(e.number); break;
+      case EventKind::now: b.setNow(e.number); break;
+      case EventKind::random: b.setRandom(static_cast<uint64_t>(e.number)); break;
+      case EventKind::subflow: {
+        auto s = b.initSubFlowEnded();
+        s.setName(e.name);
+        s.setOk(e.end.ok);
+        s.setCode(static_cast<uint16_t>(e.end.code));
+        s.setMessage(e.end.message);
+        break;
+      }
+      case EventKind::aborted: setEnd(b.initAborted(), e.end); break;
+    }
+  });
+}
+
+Result<Event> decodeEvent(ByteView bytes, const std::string& what) {
+  return decodeMessage<schema::flows::FlowEvent>(
+      bytes, what, Canonical::required, [](auto r) -> Result<Event> {
+        Event e;
+        switch (r.which()) {
+          case schema::flows::FlowEvent::RECEIVED: {
+            auto m = r.getReceived();
+            e.kind = EventKind::received;
+            e.session = m.getSessionIndex();
+            e.seq = m.getSeq();
+            if (m.isEnd()) {
+              e.is_end = true;
+              e.end = endOf(m.getEnd());
+            } else {
+              e.data = bytesOf(m.getData());
+            }
+            return e;
+          }
+          case schema::flows::FlowEvent::TIMER_FIRED:
+            e.kind = EventKind::timer;
+            e.number = r.getTimerFired();
+            return e;
+          case schema::flows::FlowEvent::NOW:
+            e.kind = EventKind::now;
+            e.number = r.getNow();
+            return e;
+          case schema::flows::FlowEvent::RANDOM:
+            e.kind = EventKind::random;
+            e.number = static_cast<int64_t>(r.getRandom());
+            return e;
+          case schema::flows::FlowEvent::SUB_FLOW_ENDED: {
+            auto s = r.getSubFlowEnded();
+            e.kind = EventKind::subflow;
+            e.name = textOf(s.getName());
+            e.end.ok = s.getOk();
+            e.end.code = e.end.ok ? Errc::ok : errcOf(s.getCode());
+            e.end.message = textOf(s.getMessage());
+            return e;
+          }
+          case schema::flows::FlowEvent::ABORTED:
+            e.kind = EventKind::aborted;
+            e.end = endOf(r.getAborted());
+            if (e.end.ok) return makeError(Errc::malformed, "an abort that is not an error");
+            return e;
+        }
+        return makeError(Errc::malformed, "an event of an unknown kind");
+      });
+}
+
+Bytes encodeFlowError(const Error& error) {
+  return buildCanonical<schema::flows::FlowError>([&](auto b) {
+    b.setCode(static_cast<uint16_t>(error.code));
+    b.setMessage(error.message);
+  });
+}
+
+Error decodeFlowError(ByteView bytes) {
+  struct Stored {
+    Error error;
+  };
+  auto decoded = decodeMessage<schema::flows::FlowError>(
+      bytes, "stored flow error", Canonical::required, [](auto r) -> Result<Stored> {
+        return Stored{makeError(errcOf(r.getCode()), textOf(r.getMessage()))};
+      });
+  if (!decoded) return makeError(Errc::storage_error, decoded.error().message);
+  return decoded.value().error;
+}
+
+void appendBe64(Bytes& out, uint64_t v) {
+  for (int i = 7; i >= 0; --i) out.push_back(static_cast<uint8_t>(v >> (8 * i)));
+}
+uint64_t readBe64(ByteView in) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v = (v << 8) | in[i];
+  return v;
+}
+
+}  // namespace
+
+// A session message, decoded and checked.
+struct FlowRuntime::Decoded {
+  enum class Kind : uint8_t { init, data, end };
+  SessionKey key;
+  bool to_responder = false;
+  uint64_t seq = 0;
+  Kind kind = Kind::data;
+  std::string flow_name, initiator_name;  // init
+  Bytes payload;                          // init, data
+  EndInfo end;                            // end
+};
+
+namespace {
+
+Result<FlowRuntime::Decoded> decodeSessionMessage(ByteView bytes) {
+  return decodeMessage<schema::flows::SessionMessage>(
+      bytes, "session message", Canonical::required, [](auto r) -> Result<FlowRuntime::Decoded> {
+        FlowRuntime::Decoded d;
+        auto opener = SecureHash::fromBytes(asByteView(r.getInitiatorFlow()));
+        if (!opener) return makeError(Errc::malformed, "initiatorFlow: " + opener.error().message);
+        d.key = SessionKey{opener.value(), r.getSessionIndex()};
+        d.to_responder = r.getToResponder();
+        d.seq = r.getSeq();
+        switch (r.which()) {
+          case schema::flows::SessionMessage::INIT: {
+            auto init = r.getInit();
+            d.kind = FlowRuntime::Decoded::Kind::init;
+            d.flow_name = textOf(init.getFlowName());
+            d.initiator_name = textOf(init.getInitiatorFlowName());
+            d.payload = bytesOf(init.getPayload());
+            if (!d.to_responder || d.seq != 0) {
+              return makeError(Errc::malformed, "an init that is not the initiator's seq 0");
+            }
+            if (d.flow_name.empty() || d.flow_name.size() > vault::flow_name_bytes_max ||
+                d.initiator_name.size() > vault::flow_name_bytes_max) {
+              return makeError(Errc::malformed, "an init whose flow name is empty or over " +
+                                                    std::to_string(vault::flow_name_bytes_max) +
+                                                    " bytes");
+            }
+            return d;
+          }
+          case schema::flows::SessionMessage::DATA:
+            d.kind = FlowRuntime::Decoded::Kind::data;
+            d.payload = bytesOf(r.getData());
+            if (d.to_responder && d.seq == 0) {
+              return makeError(Errc::malformed, "the initiator's seq 0 is not an init");
+            }
+            return d;
+          case schema::flows::SessionMessage::END:
+            d.kind = FlowRuntime::Decoded::Kind::end;
+            d.end = endOf(r.getEnd());
+            return d;
+        }
+        return makeError(Errc::malformed, "a session message of an unknown kind");
+      });
+}
+
+Bytes encodeSessionMessage(const SessionKey& key, bool to_responder, uint64_t seq,
+                           const std::function<void(schema::flows::SessionMessage::Builder)>& body) {
+  return buildCanonical<schema::flows::SessionMessage>([&](auto b) {
+    b.setInitiatorFlow(asData(key.opener.view()));
+    b.setSessionIndex(key.index);
+    b.setToResponder(to_responder);
+    b.setSeq(seq);
+    body(b);
+  });
+}
+
+}  // namespace
+
+MessageId sessionMessageId(const SecureHash& opener, uint32_t session_index, bool to_responder,
+                           uint64_t seq) {
+  Sha256 h;
+  h.update(asBytes("ccal-flow-message"));
+  h.update(opener.view());
+  h.updateU32(session_index);
+  h.update(static_cast<uint8_t>(to_responder ? 1 : 0));
+  Bytes s;
+  appendU64(s, seq);
+  h.update(s);
+  return h.finish();
+}
+
+FlowId responderFlowId(const SecureHash& opener, uint32_t session_index) {
+  Sha256 h;
+  h.update(asBytes("ccal-flow-responder"));
+  h.update(opener.view());
+  h.updateU32(session_index);
+  return h.finish();
+}
+
+const char* flowPhaseName(FlowPhase phase) {
+  switch (phase) {
+    case FlowPhase::starting: return "starting";
+    case FlowPhase::replaying: return "replaying";
+    case FlowPhase::running: return "running";
+    case FlowPhase::finishing: return "finishing";
+    case FlowPhase::finished: return "finished";
+  }
+  return "unknown";
+}
+
+// --- one flow ---------------------------------------------------------------------------
+
+struct FlowRuntime::FlowState final : detail::FlowCore {
+  struct SessionState {
+    SessionKey key;
+    std::string peer;
+    bool we_opened = false;
+    std::string opener_name;     // the initiating (sub)flow
+    std::string responder_name;  // what the init asks the peer to run
+    uint64_t sent = 0;           // our next seq
+    uint64_t received = 0;       // the peer's next seq (journaled before it)
+    bool peer_ended = false;     // its end is journaled
+  };
+  struct Waiting {
+    std::string peer;
+    std::optional<MessageId> id;  // to consume once journaled; none: taken from the init
+    Decoded message;
+  };
+
+  FlowState(FlowRuntime& runtime, FlowId flow_id) : rt(runtime), id(flow_id) {}
+
+  FlowRuntime& rt;
+  FlowId id;
+  std::string name;
+  Bytes user_args;
+  int64_t started_micros = 0;
+  int64_t timeout_micros = 0;
+  bool responder = false;
+  std::string counterparty_peer;
+  std::string initiator_name;  // a responder's: the flow that asked for it
+  FlowPhase phase = FlowPhase::starting;
+  FlowContext ctx{*this};
+  std::optional<Flow<Bytes>> root;
+  std::function<void(const Status&)> started;
+
+  std::vector<Bytes> journal;  // being replayed; cleared once used up
+  size_t cursor = 0;
+  uint64_t journal_next = 0;  // the next seq to append
+
+  std::vector<SessionState> sessions;
+  std::map<SessionKey, uint32_t> session_of;
+  std::map<SessionKey, std::map<uint64_t, Waiting>> inbox;
+  size_t inbox_messages = 0;
+
+  std::vector<std::string> names;  // running subflows, innermost last
+  std::string step_text, waiting_text;
+  std::coroutine_handle<> waiter;
+  std::optional<uint32_t> receiving;  // waiting for the session's next message
+  detail::Answer answer;
+  uint64_t op = 0;  // bumped per operation; a completion of an older one is dropped
+  Executor::TimerId sleep_timer = 0, timeout_timer = 0;
+  bool aborting = false;
+  std::optional<Error> abort_when_begun;  // killed before its start record was durable
+  // Once finishing:
+  vault::FlowOutcome outcome = vault::FlowOutcome::ok;
+  Bytes result;
+  std::optional<Error> error;
+
+  bool replaying() const { return cursor < journal.size(); }
+  std::string label() const { return "flow " + quoted(name) + " (" + id.shortHex() + ")"; }
+  const std::string& currentName() const { return names.empty() ? name : names.back(); }
+
+  // --- FlowCore -----------------------------------------------------------------------
+  bool serve(detail::Request request, std::coroutine_handle<> h) override {
+    CCAL_ASSERT_MSG(!waiter, "a flow asked for two things at once");
+    answer = {};
+    switch (request.kind) {
+      case detail::RequestKind::initiate: return initiate(request.text);
+      case detail::RequestKind::send: return send(request.session, std::move(request.payload), h);
+      default: break;
+    }
+    if (request.kind == detail::RequestKind::receive && request.session >= sessions.size()) {
+      answer.error = makeError(Errc::bad_query, "no session " + std::to_string(request.session));
+      return true;
+    }
+    if (replaying()) return replay(request, h);
+    return live(std::move(request), h);
+  }
+  detail::Answer takeAnswer() override { return std::exchange(answer, {}); }
+  void pushSubFlow(std::string sub) override {
+    if (names.size() >= rt.config_.subflow_depth_max) {
+      failFlow(Errc::too_deep, "subflow " + quoted(sub) + " is nested deeper than " +
+                                   std::to_string(rt.config_.subflow_depth_max));
+    }
+    names.push_back(std::move(sub));
+  }
+  void popSubFlow() override {
+    CCAL_ASSERT(!names.empty());
+    names.pop_back();
+  }
+  void setStep(std::string text) override { step_text = std::move(text); }
+  const SecureHash& flowId() const override { return id; }
+  const std::string& flowName() const override { return name; }
+  const std::string& self() const override { return rt.config_.self; }
+  std::optional<Session> counterparty() override {
+    if (!responder) return std::nullopt;
+    return Session(this, 0, counterparty_peer);
+  }
+
+  // --- requests -------------------------------------------------------------------------
+  bool initiate(const std::string& party) {
+    const std::string& opener = currentName();
+    auto responder_name = rt.responderOf(opener);
+    if (!responder_name) {
+      answer.error = makeError(Errc::not_found, "flow " + quoted(opener) +
+                                                    " is not registered as initiating, so it "
+                                                    "cannot open a session");
+      return true;
+    }
+    if (party.empty() || party == rt.config_.self) {
+      answer.error = makeError(Errc::bad_query, "flow " + quoted(opener) +
+                                                    " cannot open a session with " +
+                                                    (party.empty() ? "no one" : "its own node"));
+      return true;
+    }
+    if (sessions.size() >= rt.config_.sessions_per_flow_max) {
+      answer.error = makeError(Errc::too_large, label() + " has sessions_per_flow_max (" +
+                                                    std::to_string(rt.config_.sessions_per_flow_max) +
+                                                    ") sessions");
+      return true;
+    }
+    const uint32_t index = static_cast<uint32_t>(sessions.size());
+    SessionState s;
+    s.key = SessionKey{id, index};
+    s.peer = party;
+    s.we_opened = true;
+    s.opener_name = opener;
+    s.responder_name = *responder_name;
+    session_of[s.key] = index;
+    sessions.push_back(std::move(s));
+    answer.session = index;
+    answer.peer = party;
+    return true;
+  }
+
+  bool send(uint32_t index, Bytes payload, std::coroutine_handle<> h) {
+    if (index >= sessions.size()) {
+      answer.error = makeError(Errc::bad_query, "no session " + std::to_string(index));
+      return true;
+    }
+    SessionState& s = sessions[index];
+    if (s.peer_ended) {
+      answer.error = makeError(Errc::unavailable, "session " + std::to_string(index) + " with " +
+                                                      quoted(s.peer) + " has ended");
+      return true;
+    }
+    const uint64_t seq = s.sent++;
+    if (replaying()) {
+      ++rt.stats_.sends_suppressed;
+      return true;
+    }
+    Bytes message;
+    if (s.we_opened && seq == 0) {
+      message = encodeSessionMessage(s.key, true, 0, [&](auto b) {
+        auto init = b.initInit();
+        init.setFlowName(s.responder_name);
+        init.setInitiatorFlowName(s.opener_name);
+        init.setPayload(asData(payload));
+      });
+    } else {
+      message = encodeSessionMessage(s.key, s.we_opened, seq,
+                                     [&](auto b) { b.setData(asData(payload)); });
+    }
+    ++rt.stats_.sends;
+    waiter = h;
+    waiting_text = "sending to " + quoted(s.peer);
+    const uint64_t my = ++op;
+    FlowRuntime* runtime = &rt;
+    std::weak_ptr<int> alive = rt.alive_;
+    rt.messaging_.send(
+        s.peer, sessionMessageId(s.key.opener, s.key.index, s.we_opened, seq), std::move(message),
+        [runtime, alive, fid = id, my, peer = s.peer](const Status& status) {
+          if (!alive.lock()) return;
+          runtime->postBack([runtime, fid, my, peer, status] {
+            FlowState* f = runtime->find(fid);
+            if (f == nullptr || f->op != my) return;
+            if (!status) {
+              f->answer.error = makeError(status.error().code, "sending to " + quoted(peer) +
+                                                                   " failed: " +
+                                                                   status.error().message);
+            }
+            runtime->resume(*f, std::exchange(f->waiter, {}));
+          });
+        });
+    return false;
+  }
+
+  std::string describe(const detail::Request& r) const {
+    switch (r.kind) {
+      case detail::RequestKind::receive:
+        return "to receive on session " + std::to_string(r.session) + " from " +
+               quoted(sessions[r.session].peer);
+      case detail::RequestKind::sleep: return "to sleep";
+      case detail::RequestKind::now: return "for the time";
+      case detail::RequestKind::random: return "for a random number";
+      case detail::RequestKind::subflow_ended: return "to end subflow " + quoted(r.text);
+      default: return "something else";
+    }
+  }
+
+  std::string describe(const Event& e) const {
+    switch (e.kind) {
+      case EventKind::received:
+        return std::string(e.is_end ? "the end" : "a message") + " of session " +
+               std::to_string(e.session) + " (seq " + std::to_string(e.seq) + ")";
+      case EventKind::subflow: return "the end of subflow " + quoted(e.name);
+      default: return eventKindName(e.kind);
+    }
+  }
+
+  // Stops the replay: the flow stays suspended and is finished from the executor.
+  bool stopReplay(std::coroutine_handle<> h, Error stop, vault::FlowOutcome how) {
+    waiter = h;
+    const uint64_t my = ++op;
+    FlowRuntime* runtime = &rt;
+    rt.postBack([runtime, fid = id, my, stop, how] {
+      FlowState* f = runtime->find(fid);
+      if (f == nullptr || f->op != my) return;
+      runtime->finish(*f, stop, how);
+    });
+    return false;
+  }
+
+  bool replay(const detail::Request& r, std::coroutine_handle<> h) {
+    const uint64_t step = journal_next - journal.size() + cursor;
+    auto event = decodeEvent(journal[cursor], label() + " journal event " + std::to_string(step));
+    if (!event) {
+      return stopReplay(h, makeError(Errc::storage_error, event.error().message),
+                        vault::FlowOutcome::failed);
+    }
+    const Event& e = event.value();
+    if (e.kind == EventKind::aborted) {
+      return stopReplay(h, makeError(e.end.code, e.end.message),
+                        e.end.code == Errc::timeout ? vault::FlowOutcome::failed
+                                                    : vault::FlowOutcome::killed);
+    }
+    EventKind want = EventKind::now;
+    switch (r.kind) {
+      case detail::RequestKind::receive: want = EventKind::received; break;
+      case detail::RequestKind::sleep: want = EventKind::timer; break;
+      case detail::RequestKind::now: want = EventKind::now; break;
+      case detail::RequestKind::random: want = EventKind::random; break;
+      default: want = EventKind::subflow; break;
+    }
+    bool same = e.kind == want;
+    if (same && want == EventKind::received) {
+      same = e.session == r.session && e.seq == sessions[r.session].received;
+    }
+    if (same && want == EventKind::subflow) same = e.name == r.text && e.end.ok == !r.error;
+    if (!same) {
+      ++rt.stats_.divergences;
+      return stopReplay(h,
+                        makeError(Errc::conflict, "replay of " + label() + " diverged at step " +
+                                                      std::to_string(step) + ": the flow asked " +
+                                                      describe(r) + " but its journal has " +
+                                                      describe(e)),
+                        vault::FlowOutcome::failed);
+    }
+    ++cursor;
+    ++rt.stats_.events_replayed;
+    switch (e.kind) {
+      case EventKind::received: {
+        SessionState& s = sessions[e.session];
+        ++s.received;
+        // Copies of handled messages handed over again: consumed now.
+        auto q = inbox.find(s.key);
+        if (q != inbox.end()) {
+          while (!q->second.empty() && q->second.begin()->first < s.received) {
+            Waiting& w = q->second.begin()->second;
+            if (w.id) rt.consume(w.peer, *w.id);
+            q->second.erase(q->second.begin());
+            --inbox_messages;
+          }
+        }
+        if (e.is_end) {
+          s.peer_ended = true;
+          answer.error = endError(s, e.end);
+        } else {
+          answer.bytes = e.data;
+        }
+        break;
+      }
+      case EventKind::now:
+      case EventKind::random: answer.number = e.number; break;
+      default: break;
+    }
+    if (!replaying()) {
+      journal.clear();
+      journal.shrink_to_fit();
+      cursor = 0;
+      phase = FlowPhase::running;
+    }
+    return true;
+  }
+
+  Error endError(const SessionState& s, const EndInfo& end) const {
+    const std::string where = "session " + std::to_string(&s - sessions.data()) + " with " +
+                              quoted(s.peer);
+    if (end.ok) {
+      return makeError(Errc::unavailable, where + " ended: the peer's flow finished");
+    }
+    return makeError(end.code, where + " ended: " + end.message);
+  }
+
+  bool live(detail::Request r, std::coroutine_handle<> h) {
+    waiter = h;
+    ++op;
+    Event e;
+    switch (r.kind) {
+      case detail::RequestKind::receive:
+        receiving = r.session;
+        waiting_text = "waiting for a message from " + quoted(sessions[r.session].peer) +
+                       " on session " + std::to_string(r.session);
+        tryReceive();
+        return false;
+      case detail::RequestKind::sleep: {
+        const int64_t delay = std::max<int64_t>(0, r.number);
+        waiting_text = "sleeping for " + std::to_string(delay) + " microseconds";
+        const uint64_t my = op;
+        FlowRuntime* runtime = &rt;
+        std::weak_ptr<int> alive = rt.alive_;
+        sleep_timer = rt.executor_.runAfter(delay, [runtime, alive, fid = id, my, delay] {
+          if (!alive.lock()) return;
+          FlowState* f = runtime->find(fid);
+          if (f == nullptr || f->op != my) return;
+          f->sleep_timer = 0;
+          Event fired;
+          fired.kind = EventKind::timer;
+          fired.number = delay;
+          f->journalEvent(fired, {});
+        });
+        return false;
+      }
+      case detail::RequestKind::now:
+        e.kind = EventKind::now;
+        e.number = rt.clock_.nowMicros();
+        answer.number = e.number;
+        break;
+      case detail::RequestKind::random:
+        e.kind = EventKind::random;
+        e.number = static_cast<int64_t>(rt.random());
+        answer.number = e.number;
+        break;
+      case detail::RequestKind::subflow_ended:
+        e.kind = EventKind::subflow;
+        e.name = r.text;
+        if (r.error) e.end = EndInfo{false, r.error->code, r.error->message};
+        break;
+      default: CCAL_ASSERT_MSG(false, "not an event request");
+    }
+    journalEvent(e, {});
+    return false;
+  }
+
+  // Appends the event; once durable, runs after() and resumes the flow.
+  void journalEvent(const Event& e, std::function<void(FlowState&)> after) {
+    const uint64_t seq = journal_next++;
+    const uint64_t my = op;
+    if (waiting_text.empty() || e.kind != EventKind::received) {
+      waiting_text = std::string("journaling ") + eventKindName(e.kind);
+    }
+    FlowRuntime* runtime = &rt;
+    rt.store_.appendEventAsync(
+        id, seq, encodeEvent(e),
+        rt.storeDone([runtime, fid = id, my, seq, after = std::move(after)](const Status& status) {
+          FlowState* f = runtime->find(fid);
+          if (f == nullptr || f->op != my) return;
+          if (!status) {
+            runtime->finish(*f,
+                            makeError(status.error().code, "journaling event " +
+                                                               std::to_string(seq) + " failed: " +
+                                                               status.error().message),
+                            vault::FlowOutcome::failed);
+            return;
+          }
+          ++runtime->stats_.events_journaled;
+          if (runtime->hooks_.journaled) runtime->hooks_.journaled(fid, seq);
+          if (after) after(*f);
+          runtime->resume(*f, std::exchange(f->waiter, {}));
+        }));
+  }
+
+  // Journals the awaited session's next message once it has arrived.
+  void tryReceive() {
+    if (!receiving || !waiter) return;
+    const uint32_t index = *receiving;
+    SessionState& s = sessions[index];
+    auto q = inbox.find(s.key);
+    if (q == inbox.end()) return;
+    auto m = q->second.find(s.received);
+    if (m == q->second.end()) return;
+    const Waiting& w = m->second;
+    if (w.peer != s.peer) {  // arrived before the session was opened, from someone else
+      rt.log("dropped a message from " + quoted(w.peer) + " on a session of " + label() +
+             " with " + quoted(s.peer));
+      ++rt.stats_.messages_dropped;
+      if (w.id) rt.consume(w.peer, *w.id);
+      q->second.erase(m);
+      --inbox_messages;
+      return;
+    }
+    receiving.reset();
+    Event e;
+    e.kind = EventKind::received;
+    e.session = index;
+    e.seq = m->first;
+    if (w.message.kind == Decoded::Kind::end) {
+      e.is_end = true;
+      e.end = w.message.end;
+    } else {
+      e.data = w.message.payload;
+    }
+    waiting_text = "journaling a message from " + quoted(s.peer);
+    const SessionKey key = s.key;
+    const uint64_t seq = m->first;
+    journalEvent(e, [key, seq, index](FlowState& f) { f.took(key, seq, index); });
+  }
+
+  // The message is journaled: the flow gets it and it is consumed.
+  void took(const SessionKey& key, uint64_t seq, uint32_t index) {
+    SessionState& s = sessions[index];
+    auto q = inbox.find(key);
+    CCAL_ASSERT(q != inbox.end());
+    auto m = q->second.find(seq);
+    CCAL_ASSERT(m != q->second.end() && seq == s.received);
+    Waiting w = std::move(m->second);
+    q->second.erase(m);
+    --inbox_messages;
+    ++s.received;
+    if (w.id) rt.consume(w.peer, *w.id);
+    if (rt.hooks_.handled) rt.hooks_.handled(id, key.opener, key.index, !s.we_opened, seq);
+    if (w.message.kind == Decoded::Kind::end) {
+      s.peer_ended = true;
+      answer.error = endError(s, w.message.end);
+    } else {
+      answer.bytes = std::move(w.message.payload);
+    }
+  }
+
+  // A session message for this flow from the messaging layer.
+  void arrive(std::string_view peer, const MessageId& mid, Decoded d) {
+    auto known = session_of.find(d.key);
+    if (known != session_of.end()) {
+      SessionState& s = sessions[known->second];
+      if (peer != s.peer) {
+        rt.log("dropped a message from " + quoted(peer) + " on a session of " + label() +
+               " with " + quoted(s.peer));
+        ++rt.stats_.messages_dropped;
+        rt.consume(peer, mid);
+        return;
+      }
+      if (d.seq < s.received) {  // handled before (its sender replayed)
+        ++rt.stats_.messages_duplicate;
+        rt.consume(peer, mid);
+        return;
+      }
+    }
+    // A session not opened yet (a replayed flow that has not reached its
+    // initiate() again) can only be one this flow opens.
+    if (known == session_of.end() &&
+        (d.key.opener != id || d.key.index >= rt.config_.sessions_per_flow_max)) {
+      rt.log("dropped a message from " + quoted(peer) + " for a session " + label() +
+             " does not have");
+      ++rt.stats_.messages_dropped;
+      rt.consume(peer, mid);
+      return;
+    }
+    auto& q = inbox[d.key];
+    if (q.count(d.seq)) {  // the same message again while it waits
+      ++rt.stats_.messages_duplicate;
+      return;
+    }
+    if (inbox_messages >= rt.config_.messages_waiting_per_flow_max) {
+      // Left unconsumed: dropped (and consumed) once the flow has finished.
+      FlowRuntime* runtime = &rt;
+      const uint64_t my = op;
+      rt.postBack([runtime, fid = id, my, peer = std::string(peer)] {
+        FlowState* f = runtime->find(fid);
+        if (f == nullptr || f->op != my) return;
+        runtime->finish(*f,
+                        makeError(Errc::too_large,
+                                  f->label() + ": " + quoted(peer) + " sent more than " +
+                                      std::to_string(runtime->config_.messages_waiting_per_flow_max) +
+                                      " messages it did not wait for (messages_waiting_per_flow_max)"),
+                        vault::FlowOutcome::failed);
+      });
+      return;
+    }
+    q.emplace(d.seq, Waiting{std::string(peer), mid, std::move(d)});
+    ++inbox_messages;
+    tryReceive();
+  }
+
+  // A responder's session with its initiator: local index 0, its first
+  // message the init's payload (consumed with the init).
+  void openInbound(const SessionKey& key, std::string peer, Bytes first_payload) {
+    SessionState s;
+    s.key = key;
+    s.peer = peer;
+    s.we_opened = false;
+    s.opener_name = initiator_name;
+    session_of[key] = 0;
+    sessions.push_back(std::move(s));
+    Decoded first;
+    first.key = key;
+    first.to_responder = true;
+    first.seq = 0;
+    first.kind = Decoded::Kind::data;
+    first.payload = std::move(first_payload);
+    inbox[key].emplace(0, Waiting{std::move(peer), std::nullopt, std::move(first)});
+    ++inbox_messages;
+  }
+};
+
+// --- the runtime ---------------------------------------------------------------------------
+
+FlowRuntime::FlowRuntime(Messaging& messaging, Executor& executor, const Clock& clock,
+                         vault::FlowStore& store, FlowRuntimeConfig config)
+    : messaging_(messaging),
+      executor_(executor),
+      clock_(clock),
+      store_(store),
+      config_(std::move(config)) {
+  CCAL_ASSERT_MSG(!config_.self.empty(), "the runtime needs its node's name");
+  if (!config_.random_u64) {
+    auto device = std::make_shared<std::random_device>();
+    config_.random_u64 = [device] {
+      return (static_cast<uint64_t>((*device)()) << 32) ^ (*device)();
+    };
+  }
+  messaging_.setHandler(this);
+}
+
+FlowRuntime::~FlowRuntime() {
+  // Coroutine frames go before the states their contexts point into.
+  for (auto& [id, flow] : flows_) flow->root.reset();
+  flows_.clear();
+}
+
+uint64_t FlowRuntime::random() { return config_.random_u64(); }
+
+void FlowRuntime::log(const std::string& line) const {
+  if (config_.log) {
+    config_.log(line);
+  } else {
+    std::fprintf(stderr, "flows: %s\n", line.c_str());
+  }
+}
+
+void FlowRuntime::postBack(std::function<void()> fn) {
+  std::weak_ptr<int> alive = alive_;
+  executor_.post([alive, fn = std::move(fn)] {
+    if (alive.lock()) fn();
+  });
+}
+
+vault::DoneFn FlowRuntime::storeDone(std::function<void(const Status&)> on_executor) {
+  {
+    std::lock_guard lock(requests_->mutex);
+    ++requests_->in_flight;
+  }
+  std::weak_ptr<int> alive = alive_;
+  return [this, alive, requests = requests_, fn = std::move(on_executor)](const Status& status) {
+    // Posted before the count drops, so waitForStore() sees it queued.
+    executor_.post([alive, fn, status] {
+      if (alive.lock()) fn(status);
+    });
+    std::lock_guard lock(requests->mutex);
+    if (--requests->in_flight == 0) requests->drained.notify_all();
+  };
+}
+
+void FlowRuntime::waitForStore() const {
+  std::unique_lock lock(requests_->mutex);
+  requests_->drained.wait(lock, [&] { return requests_->in_flight == 0; });
+}
+
+Status FlowRuntime::registerFlow(std::string name, Factory factory) {
+  CCAL_ASSERT_MSG(!started_, "registerFlow() after start()");
+  if (name.empty() || name.size() > vault::flow_name_bytes_max) {
+    return makeError(Errc::malformed, "flow name " + quoted(name) + " is empty or over " +
+                                          std::to_string(vault::flow_name_bytes_max) + " bytes");
+  }
+  if (!factory) return makeError(Errc::malformed, "flow " + quoted(name) + " has no factory");
+  if (factories_.count(name)) {
+    return makeError(Errc::conflict, "flow " + quoted(name) + " is registered already");
+  }
+  factories_.emplace(std::move(name), std::move(factory));
+  return {};
+}
+
+Status FlowRuntime::registerInitiating(std::string initiating, std::string responder) {
+  CCAL_ASSERT_MSG(!started_, "registerInitiating() after start()");
+  if (initiating.empty() || initiating.size() > vault::flow_name_bytes_max) {
+    return makeError(Errc::malformed, "initiating flow name " + quoted(initiating) +
+                                          " is empty or too long");
+  }
+  if (!factories_.count(responder)) {
+    return makeError(Errc::not_found, "initiating flow " + quoted(initiating) +
+                                          " names responder " + quoted(responder) +
+                                          ", which is not registered (register it first)");
+  }
+  if (auto it = responders_.find(initiating); it != responders_.end()) {
+    return makeError(Errc::conflict, "initiating flow " + quoted(initiating) +
+                                         " already has responder " + quoted(it->second));
+  }
+  responders_.emplace(std::move(initiating), std::move(responder));
+  return {};
+}
+
+const FlowRuntime::Factory* FlowRuntime::factory(std::string_view name) const {
+  auto it = factories_.find(name);
+  return it == factories_.end() ? nullptr : &it->second;
+}
+
+std::optional<std::string> FlowRuntime::responderOf(std::string_view initiating) const {
+  auto it = responders_.find(initiating);
+  if (it == responders_.end()) return std::nullopt;
+  return it->second;
+}
+
+FlowRuntime::FlowState* FlowRuntime::find(const FlowId& id) const {
+  auto it = flows_.find(id);
+  return it == flows_.end() ? nullptr : it->second.get();
+}
+
+void FlowRuntime::consume(std::string_view peer, const MessageId& id) {
+  FlowRuntime* self = this;
+  std::weak_ptr<int> alive = alive_;
+  messaging_.consume(peer, id, [self, alive, peer = std::string(peer), id](const Status& status) {
+    // not_found: consumed already (a copy handed over twice).
+    if (!status && status.error().code != Errc::not_found && alive.lock()) {
+      self->log("consuming message " + id.shortHex() + " from " + quoted(peer) +
+                " failed: " + status.error().toString());
+    }
+  });
+}
+
+Status FlowRuntime::start() {
+  CCAL_ASSERT_MSG(!started_, "start() twice");
+  started_ = true;
+  auto unfinished = store_.unfinishedFlows();
+  if (!unfinished) return unfinished.error();
+  for (vault::FlowCheckpoint& cp : unfinished.value()) {
+    auto owned = std::make_unique<FlowState>(*this, cp.id);
+    FlowState& f = *owned;
+    f.name = cp.flowName;
+    f.started_micros = cp.startedMicros;
+    f.journal_next = cp.journalLength;
+    flows_.emplace(cp.id, std::move(owned));
+    ++stats_.flows_resumed;
+    std::optional<Error> damaged;
+    if (!cp.args.empty() && cp.args[0] == args_local && cp.args.size() >= local_args_header_bytes) {
+      f.timeout_micros = static_cast<int64_t>(readBe64(ByteView(cp.args).subspan(1, 8)));
+      f.user_args.assign(cp.args.begin() + local_args_header_bytes, cp.args.end());
+    } else if (!cp.args.empty() && cp.args[0] == args_responder) {
+      auto start = decodeMessage<schema::flows::ResponderStart>(
+          ByteView(cp.args).subspan(1), "responder start of " + f.label(), Canonical::required,
+          [&](auto r) -> Status {
+            auto opener = SecureHash::fromBytes(asByteView(r.getInitiatorFlow()));
+            if (!opener) return opener.error();
+            f.responder = true;
+            f.counterparty_peer = textOf(r.getPeer());
+            f.initiator_name = textOf(r.getInitiatorFlowName());
+            f.openInbound(SessionKey{opener.value(), r.getSessionIndex()}, f.counterparty_peer,
+                          bytesOf(r.getFirstPayload()));
+            return {};
+          });
+      if (!start) damaged = makeError(Errc::storage_error, start.error().message);
+      f.timeout_micros = config_.flow_timeout_micros;
+    } else {
+      damaged = makeError(Errc::storage_error, f.label() + ": stored arguments of unknown form");
+    }
+    if (!damaged) {
+      // TODO(perf): the whole journal is read before the replay; stream it
+      // (FlowStore::forEachEvent) if journals grow long.
+      auto events = store_.journal(cp.id);
+      if (!events) {
+        damaged = events.error();
+      } else {
+        f.journal.reserve(events.value().size());
+        for (auto& e : events.value()) f.journal.push_back(std::move(e.bytes));
+      }
+    }
+    if (damaged) {
+      finish(f, *damaged, vault::FlowOutcome::failed);
+      continue;
+    }
+    armTimeout(f, f.timeout_micros);
+    launch(f);
+  }
+  return {};
+}
+
+Result<FlowId> FlowRuntime::startFlow(std::string_view name, Bytes args, int64_t timeout_micros,
+                                      std::function<void(const Status&)> started) {
+  CCAL_ASSERT_MSG(started_, "startFlow() before start()");
+  if (!factory(name)) {
+    return makeError(Errc::not_found, "no flow " + quoted(name) + " is registered on " +
+                                          quoted(config_.self));
+  }
+  if (flows_.size() >= config_.flows_running_max) {
+    return makeError(Errc::unavailable, quoted(config_.self) + " runs flows_running_max (" +
+                                            std::to_string(config_.flows_running_max) +
+                                            ") flows");
+  }
+  if (args.size() + local_args_header_bytes > vault::flow_args_bytes_max) {
+    return makeError(Errc::too_large, "arguments of " + std::to_string(args.size()) +
+                                          " bytes are over flow_args_bytes_max");
+  }
+  if (timeout_micros < 0) timeout_micros = config_.flow_timeout_micros;
+  const int64_t now = clock_.nowMicros();
+  // Unique: the time, a counter and a random number, checked against the
+  // store (a weak random source after a restart could repeat them).
+  FlowId id;
+  for (int attempt = 0;; ++attempt) {
+    Sha256 h;
+    h.update(asBytes("ccal-flow"));
+    h.update(asBytes(config_.self));
+    Bytes salt;
+    appendU64(salt, static_cast<uint64_t>(now));
+    appendU64(salt, ++flows_counter_);
+    appendU64(salt, random());
+    h.update(salt);
+    id = h.finish();
+    auto existing = store_.flow(id);
+    if (!existing) return existing.error();
+    if (!existing.value() && !find(id)) break;
+    if (attempt == 16) {
+      return makeError(Errc::conflict, "no unused flow id after 16 attempts (a broken random source?)");
+    }
+  }
+
+  auto owned = std::make_unique<FlowState>(*this, id);
+  FlowState& f = *owned;
+  f.name = std::string(name);
+  f.started_micros = now;
+  f.timeout_micros = timeout_micros;
+  f.user_args = args;
+  f.started = std::move(started);
+  flows_.emplace(id, std::move(owned));
+  ++stats_.flows_started;
+
+  Bytes stored;
+  stored.reserve(local_args_header_bytes + args.size());
+  stored.push_back(args_local);
+  appendBe64(stored, static_cast<uint64_t>(timeout_micros));
+  append(stored, args);
+  store_.beginFlowAsync(id, name, stored, now, storeDone([this, id](const Status& status) {
+                          FlowState* flow = find(id);
+                          if (flow == nullptr) return;
+                          auto notify = std::move(flow->started);
+                          if (!status) {
+                            log("starting " + flow->label() + " failed: " +
+                                status.error().toString());
+                            flows_.erase(id);
+                            if (notify) notify(status);
+                            return;
+                          }
+                          if (notify) notify(status);
+                          begun(*flow);
+                        }));
+  return id;
+}
+
+void FlowRuntime::begun(FlowState& f) {
+  if (f.abort_when_begun) {
+    f.phase = FlowPhase::running;
+    abort(f, *std::exchange(f.abort_when_begun, std::nullopt));
+    return;
+  }
+  armTimeout(f, f.timeout_micros);
+  launch(f);
+}
+
+void FlowRuntime::launch(FlowState& f) {
+  const Factory* make = factory(f.name);
+  if (make == nullptr) {
+    std::string why = "no flow " + quoted(f.name) + " is registered on " + quoted(config_.self);
+    if (f.responder) {
+      why += " (asked for by flow " + quoted(f.initiator_name) + " of " +
+             quoted(f.counterparty_peer) + ")";
+    }
+    finish(f, makeError(Errc::not_found, why), vault::FlowOutcome::failed);
+    return;
+  }
+  f.phase = f.replaying() ? FlowPhase::replaying : FlowPhase::running;
+  try {
+    f.root.emplace((*make)(f.ctx, f.user_args));
+  } catch (...) {
+    finish(f, detail::errorOfException(std::current_exception()), vault::FlowOutcome::failed);
+    return;
+  }
+  resume(f, f.root->handle());
+}
+
+void FlowRuntime::resume(FlowState& f, std::coroutine_handle<> h) {
+  CCAL_ASSERT(h && f.phase != FlowPhase::finishing);
+  f.waiting_text.clear();
+  h.resume();
+  afterRun(f);
+}
+
+void FlowRuntime::afterRun(FlowState& f) {
+  if (f.phase == FlowPhase::finishing || !f.root || !f.root->done()) return;
+  Result<Bytes> result = f.root->takeResult();
+  if (f.replaying()) {
+    ++stats_.divergences;
+    const uint64_t step = f.journal_next - f.journal.size() + f.cursor;
+    finish(f,
+           makeError(Errc::conflict, "replay of " + f.label() + " diverged at step " +
+                                         std::to_string(step) + ": the flow ended but its journal has " +
+                                         std::to_string(f.journal.size() - f.cursor) +
+                                         " more events"),
+           vault::FlowOutcome::failed);
+    return;
+  }
+  const vault::FlowOutcome how = result ? vault::FlowOutcome::ok : vault::FlowOutcome::failed;
+  finish(f, std::move(result), how);
+}
+
+void FlowRuntime::armTimeout(FlowState& f, int64_t timeout_micros) {
+  if (timeout_micros <= 0) return;
+  const int64_t left = std::max<int64_t>(0, f.started_micros + timeout_micros - clock_.nowMicros());
+  std::weak_ptr<int> alive = alive_;
+  f.timeout_timer = executor_.runAfter(left, [this, alive, id = f.id, timeout_micros] {
+    if (!alive.lock()) return;
+    FlowState* flow = find(id);
+    if (flow == nullptr) return;
+    flow->timeout_timer = 0;
+    abort(*flow, makeError(Errc::timeout, flow->label() + " timed out after " +
+                                              std::to_string(timeout_micros / 1000) + " ms"));
+  });
+}
+
+Status FlowRuntime::kill(const FlowId& id, std::string reason) {
+  FlowState* f = find(id);
+  if (f == nullptr) {
+    return makeError(Errc::not_found, "flow " + id.hex() + " is not running on " +
+                                          quoted(config_.self));
+  }
+  if (f->phase == FlowPhase::finishing || f->aborting || f->abort_when_begun) {
+    return makeError(Errc::conflict, f->label() + " is ending already");
+  }
+  abort(*f, makeError(Errc::unavailable, f->label() + " was killed: " + reason));
+  return {};
+}
+
+void FlowRuntime::abort(FlowState& f, Error error) {
+  if (f.phase == FlowPhase::finishing || f.aborting) return;
+  if (f.phase == FlowPhase::starting) {
+    // Its start record is being written: aborted (and journaled) once it is.
+    if (!f.abort_when_begun) f.abort_when_begun = std::move(error);
+    return;
+  }
+  f.aborting = true;
+  ++f.op;
+  f.waiter = {};
+  f.receiving.reset();
+  if (f.sleep_timer != 0) executor_.cancel(std::exchange(f.sleep_timer, 0));
+  f.root.reset();  // the coroutine waits somewhere; it never runs again
+  const vault::FlowOutcome how =
+      error.code == Errc::timeout ? vault::FlowOutcome::failed : vault::FlowOutcome::killed;
+  // Journaled first, so that a replay after a crash stops here too.
+  Event e;
+  e.kind = EventKind::aborted;
+  e.end = EndInfo{false, error.code, error.message};
+  const uint64_t seq = f.journal_next++;
+  const uint64_t my = f.op;
+  store_.appendEventAsync(f.id, seq, encodeEvent(e),
+                          storeDone([this, id = f.id, my, error, how](const Status& status) {
+                            FlowState* flow = find(id);
+                            if (flow == nullptr || flow->op != my) return;
+                            if (!status) {
+                              log("journaling the abort of " + flow->label() +
+                                  " failed: " + status.error().toString());
+                            }
+                            finish(*flow, error, how);
+                          }));
+}
+
+void FlowRuntime::finish(FlowState& f, Result<Bytes> result, vault::FlowOutcome how) {
+  if (f.phase == FlowPhase::finishing) return;
+  f.phase = FlowPhase::finishing;
+  ++f.op;
+  f.waiter = {};
+  f.receiving.reset();
+  if (f.sleep_timer != 0) executor_.cancel(std::exchange(f.sleep_timer, 0));
+  if (f.timeout_timer != 0) executor_.cancel(std::exchange(f.timeout_timer, 0));
+  f.root.reset();
+  f.outcome = how;
+  EndInfo end;
+  if (result) {
+    f.result = std::move(result).value();
+    if (f.result.size() > vault::flow_result_bytes_max) {
+      f.outcome = vault::FlowOutcome::failed;
+      result = makeError(Errc::too_large, "the result of " + std::to_string(f.result.size()) +
+                                              " bytes is over flow_result_bytes_max");
+      f.result.clear();
+    }
+  }
+  if (!result) {
+    Error error = result.error();
+    if (error.message.size() > vault::flow_result_bytes_max / 2) {
+      error.message.resize(vault::flow_result_bytes_max / 2);
+    }
+    f.error = error;
+    f.result = encodeFlowError(error);
+    end = EndInfo{false, error.code,
+                  "flow " + quoted(f.name) + " of " + quoted(config_.self) + " failed: " +
+                      error.message};
+    if (end.message.size() > 4096) end.message.resize(4096);
+  }
+  f.waiting_text = "ending its sessions";
+  // Every session the peer knows of and has not ended ends with the outcome.
+  auto pending = std::make_shared<size_t>(1);
+  auto record = [this, id = f.id, pending] {
+    if (--*pending != 0) return;
+    FlowState* flow = find(id);
+    if (flow == nullptr) return;
+    flow->waiting_text = "recording its end";
+    store_.finishFlowAsync(id, flow->outcome, flow->result, storeDone([this, id](const Status& status) {
+      FlowState* done = find(id);
+      if (done == nullptr) return;
+      if (!status) {
+        // It stays unfinished in the store and runs again after a restart.
+        log("recording the end of " + done->label() + " failed: " + status.error().toString());
+      }
+      for (auto& [key, queue] : done->inbox) {
+        for (auto& [seq, waiting] : queue) {
+          if (waiting.id) consume(waiting.peer, *waiting.id);
+        }
+      }
+      ++stats_.flows_finished;
+      FlowInfo info = infoOf(*done);
+      info.phase = FlowPhase::finished;
+      flows_.erase(id);
+      if (status && hooks_.finished) hooks_.finished(info);
+      remember(std::move(info));
+    }));
+  };
+  for (FlowState::SessionState& s : f.sessions) {
+    if ((s.we_opened && s.sent == 0) || s.peer_ended) continue;
+    const uint64_t seq = s.sent++;
+    Bytes message = encodeSessionMessage(s.key, s.we_opened, seq,
+                                         [&](auto b) { setEnd(b.initEnd(), end); });
+    ++*pending;
+    messaging_.send(s.peer, sessionMessageId(s.key.opener, s.key.index, s.we_opened, seq),
+                    std::move(message),
+                    [this, alive = std::weak_ptr<int>(alive_), record, peer = s.peer](
+                        const Status& status) {
+                      if (!alive.lock()) return;
+                      if (!status) {
+                        log("ending a session with " + quoted(peer) + " failed: " +
+                            status.error().toString());
+                      }
+                      postBack(record);
+                    });
+  }
+  record();
+}
+
+void FlowRuntime::onMessage(std::string_view peer, const MessageId& id, ByteView payload) {
+  auto decoded = decodeSessionMessage(payload);
+  if (!decoded) {
+    ++stats_.messages_dropped;
+    log("dropped a malformed message from " + quoted(peer) + ": " + decoded.error().toString());
+    consume(peer, id);
+    return;
+  }
+  Decoded& d = decoded.value();
+  if (sessionMessageId(d.key.opener, d.key.index, d.to_responder, d.seq) != id) {
+    ++stats_.messages_dropped;
+    log("dropped a session message from " + quoted(peer) + " whose id does not match its session and seq");
+    consume(peer, id);
+    return;
+  }
+  const FlowId local = d.to_responder ? responderFlowId(d.key.opener, d.key.index) : d.key.opener;
+  if (FlowState* f = find(local)) {
+    if (d.kind == Decoded::Kind::init || f->phase == FlowPhase::finishing || f->aborting) {
+      ++stats_.messages_duplicate;
+      consume(peer, id);
+      return;
+    }
+    f->arrive(peer, id, std::move(d));
+    return;
+  }
+  if (d.to_responder && d.kind == Decoded::Kind::init) {
+    startResponder(peer, id, d);
+    return;
+  }
+  auto stored = store_.flow(local);
+  if (!stored) {
+    log("reading flow " + local.hex() + " failed: " + stored.error().toString());
+    return;  // left unconsumed: handed over again after a restart
+  }
+  if (stored.value() && stored.value()->status == vault::FlowStatus::parked) return;
+  ++stats_.messages_dropped;
+  if (!stored.value()) {
+    log("dropped a message from " + quoted(peer) + " for flow " + local.shortHex() +
+        ", which " + quoted(config_.self) + " does not know");
+  }
+  consume(peer, id);
+}
+
+void FlowRuntime::refuseResponder(std::string_view peer, const MessageId& init_id,
+                                  const Decoded& d, const Error& error) {
+  log("refused flow " + quoted(d.flow_name) + " for " + quoted(peer) + ": " + error.toString());
+  Bytes message = encodeSessionMessage(d.key, false, 0, [&](auto b) {
+    setEnd(b.initEnd(), EndInfo{false, error.code, error.message});
+  });
+  messaging_.send(peer, sessionMessageId(d.key.opener, d.key.index, false, 0), std::move(message),
+                  [this, alive = std::weak_ptr<int>(alive_), peer = std::string(peer),
+                   init_id](const Status& status) {
+                    if (alive.lock() && status) consume(peer, init_id);
+                  });
+}
+
+void FlowRuntime::startResponder(std::string_view peer, const MessageId& init_id,
+                                 const Decoded& d) {
+  const FlowId id = responderFlowId(d.key.opener, d.key.index);
+  auto stored = store_.flow(id);
+  if (!stored) {
+    log("reading flow " + id.hex() + " failed: " + stored.error().toString());
+    return;
+  }
+  if (stored.value()) {  // an init handled before
+    ++stats_.messages_duplicate;
+    consume(peer, init_id);
+    return;
+  }
+  if (flows_.size() >= config_.flows_running_max) {
+    return refuseResponder(peer, init_id, d,
+                           makeError(Errc::unavailable,
+                                     quoted(config_.self) + " runs flows_running_max (" +
+                                         std::to_string(config_.flows_running_max) + ") flows"));
+  }
+  auto owned = std::make_unique<FlowState>(*this, id);
+  FlowState& f = *owned;
+  f.name = d.flow_name;
+  f.responder = true;
+  f.counterparty_peer = std::string(peer);
+  f.initiator_name = d.initiator_name;
+  f.started_micros = clock_.nowMicros();
+  f.timeout_micros = config_.flow_timeout_micros;
+  f.openInbound(d.key, std::string(peer), d.payload);
+  flows_.emplace(id, std::move(owned));
+  ++stats_.responders_started;
+
+  Bytes args{args_responder};
+  append(args, buildCanonical<schema::flows::ResponderStart>([&](auto b) {
+           b.setPeer(std::string(peer));
+           b.setInitiatorFlow(asData(d.key.opener.view()));
+           b.setSessionIndex(d.key.index);
+           b.setInitiatorFlowName(d.initiator_name);
+           b.setFirstPayload(asData(d.payload));
+         }));
+  store_.beginFlowAsync(id, d.flow_name, args, f.started_micros,
+                        storeDone([this, id, peer = std::string(peer), init_id](const Status& status) {
+                          FlowState* flow = find(id);
+                          if (flow == nullptr) return;
+                          if (!status) {
+                            // Left unconsumed: handed over again after a restart.
+                            log("starting responder " + flow->label() + " failed: " +
+                                status.error().toString());
+                            flow->root.reset();
+                            flows_.erase(id);
+                            return;
+                          }
+                          consume(peer, init_id);
+                          begun(*flow);
+                        }));
+}
+
+FlowInfo FlowRuntime::infoOf(const FlowState& f) const {
+  FlowInfo info;
+  info.id = f.id;
+  info.name = f.name;
+  info.phase = f.phase;
+  info.responder = f.responder;
+  info.counterparty = f.counterparty_peer;
+  info.step = f.step_text;
+  info.waiting = f.waiting_text;
+  if (!f.names.empty()) info.waiting += " (in subflow " + quoted(f.names.back()) + ")";
+  info.startedMicros = f.started_micros;
+  info.eventsJournaled = f.journal_next;
+  info.sessions = static_cast<uint32_t>(f.sessions.size());
+  if (f.phase == FlowPhase::finishing) {
+    info.outcome = f.outcome;
+    if (f.error) {
+      info.error = f.error;
+    } else {
+      info.result = f.result;
+    }
+  }
+  return info;
+}
+
+void FlowRuntime::remember(FlowInfo info) {
+  if (config_.finished_flows_listed_max == 0) return;
+  while (recent_.size() >= config_.finished_flows_listed_max) recent_.pop_front();
+  recent_.push_back(std::move(info));
+}
+
+std::vector<FlowInfo> FlowRuntime::list() const {
+  std::vector<FlowInfo> out(recent_.begin(), recent_.end());
+  std::vector<FlowInfo> live;
+  live.reserve(flows_.size());
+  for (const auto& [id, flow] : flows_) live.push_back(infoOf(*flow));
+  std::sort(live.begin(), live.end(), [](const FlowInfo& a, const FlowInfo& b) {
+    return a.startedMicros != b.startedMicros ? a.startedMicros < b.startedMicros : a.id < b.id;
+  });
+  out.insert(out.end(), live.begin(), live.end());
+  return out;
+}
+
+Result<FlowInfo> FlowRuntime::show(const FlowId& id) const {
+  if (const FlowState* f = find(id)) return infoOf(*f);
+  for (auto it = recent_.rbegin(); it != recent_.rend(); ++it) {
+    if (it->id == id) return *it;
+  }
+  auto stored = store_.flow(id);
+  if (!stored) return stored.error();
+  if (!stored.value()) {
+    return makeError(Errc::not_found, "no flow " + id.hex() + " on " + quoted(config_.self));
+  }
+  const vault::FlowCheckpoint& cp = *stored.value();
+  FlowInfo info;
+  info.id = id;
+  info.name = cp.flowName;
+  info.startedMicros = cp.startedMicros;
+  info.eventsJournaled = cp.journalLength;
+  if (cp.status == vault::FlowStatus::finished) {
+    info.phase = FlowPhase::finished;
+    info.outcome = cp.outcome;
+    if (cp.outcome == vault::FlowOutcome::ok) {
+      info.result = cp.result;
+    } else {
+      info.error = decodeFlowError(cp.result);
+    }
+  } else {
+    info.phase = FlowPhase::starting;  // in the store, not running here (parked)
+    info.waiting = cp.status == vault::FlowStatus::parked ? "parked: " + cp.parkReason : "";
+  }
+  return info;
+}
+
+}  // namespace ccal::flows
