@@ -1,6 +1,7 @@
 #include "vault/vault.h"
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <map>
 
@@ -76,6 +77,29 @@ Criteria operator||(Criteria a, Criteria b) {
   return c;
 }
 
+// --- index keys ---------------------------------------------------------------
+
+void appendFieldPrefix(Bytes& out, std::string_view type, std::string_view field) {
+  Bytes text;
+  text.reserve(type.size() + field.size() + 4);
+  keys::appendText(text, type);
+  keys::appendText(text, field);
+  // Each thread keeps the prefixes it computed (a SHA-256 per index entry
+  // would cost more than the rest of the key); the set of declared fields is
+  // small, and the cache is cleared should it ever reach its bound.
+  constexpr size_t field_prefix_cache_entries_max = 1024;
+  thread_local std::map<Bytes, std::array<uint8_t, field_id_bytes>, std::less<>> cache;
+  auto it = cache.find(text);
+  if (it == cache.end()) {
+    if (cache.size() >= field_prefix_cache_entries_max) cache.clear();
+    std::array<uint8_t, field_id_bytes> id{};
+    const SecureHash h = SecureHash::of(text);
+    std::copy_n(h.view().begin(), field_id_bytes, id.begin());
+    it = cache.emplace(std::move(text), id).first;
+  }
+  out.insert(out.end(), it->second.begin(), it->second.end());
+}
+
 // --- open ---------------------------------------------------------------------
 
 std::vector<std::string> vaultDatabaseNames() {
@@ -97,6 +121,23 @@ Vault::~Vault() = default;
 Result<std::unique_ptr<Vault>> Vault::open(const VaultConfig& config,
                                            const ContractRegistry& registry,
                                            std::vector<PublicKey> our_keys) {
+  {
+    // Two declared fields sharing an ix_field prefix would share a range.
+    std::map<Bytes, std::string> declared;
+    for (const auto& name : registry.names()) {
+      for (const auto& schema : registry.find(name)->stateSchemas()) {
+        for (const auto& decl : schema->fields()) {
+          const std::string what = std::string(schema->stateType()) + "." + decl.name;
+          auto [it, fresh] = declared.emplace(fieldPrefix(schema->stateType(), decl.name), what);
+          if (!fresh && it->second != what) {
+            return makeError(Errc::schema_mismatch,
+                             "vault at " + config.store.path + ": declared fields " + it->second +
+                                 " and " + what + " share an index prefix; rename one");
+          }
+        }
+      }
+    }
+  }
   std::unique_ptr<Vault> vault(new Vault(config, registry, std::move(our_keys)));
   auto names = vaultDatabaseNames();
   auto store = Store::open(config.store, names, vault_schema_name, vault_schema_version);

@@ -1,4 +1,5 @@
 #include "vault/vault.h"
+#include "vault/vault_internal.h"
 
 #include <doctest/doctest.h>
 
@@ -700,23 +701,61 @@ TEST_CASE_FIXTURE(Fixture, "a batch with a double spend and good records: each i
 
 TEST_CASE_FIXTURE(Fixture, "a vault file of an older schema version is refused, not read") {
   vault.reset();
-  ccal::testing::TempDir old_dir{"ccal-vault-old-schema"};
-  {
-    // What a vault of schema 2 (states keyed by StateRef) leaves behind.
-    StoreConfig config;
-    config.path = old_dir.path;
-    config.durable = false;
-    auto old = Store::open(config, vaultDatabaseNames(), vault_schema_name, 2);
-    REQUIRE(old.ok());
+  // What vaults of schema 2 (states keyed by StateRef) and 3 (field entries
+  // beginning with the type and field texts) leave behind.
+  for (uint32_t old_version : {2u, 3u}) {
+    CAPTURE(old_version);
+    ccal::testing::TempDir old_dir{"ccal-vault-old-schema"};
+    {
+      StoreConfig config;
+      config.path = old_dir.path;
+      config.durable = false;
+      auto old = Store::open(config, vaultDatabaseNames(), vault_schema_name, old_version);
+      REQUIRE(old.ok());
+    }
+    VaultConfig config;
+    config.store.path = old_dir.path;
+    config.store.durable = false;
+    auto refused = Vault::open(config, registry, {alice.publicKey()});
+    REQUIRE_FALSE(refused.ok());
+    CHECK(refused.error().code == Errc::schema_mismatch);
+    CHECK(refused.error().message.find("version " + std::to_string(old_version)) != std::string::npos);
+    CHECK(refused.error().message.find(std::to_string(vault_schema_version)) != std::string::npos);
   }
-  VaultConfig config;
-  config.store.path = old_dir.path;
-  config.store.durable = false;
-  auto refused = Vault::open(config, registry, {alice.publicKey()});
-  REQUIRE_FALSE(refused.ok());
-  CHECK(refused.error().code == Errc::schema_mismatch);
-  CHECK(refused.error().message.find("version 2") != std::string::npos);
-  CHECK(refused.error().message.find(std::to_string(vault_schema_version)) != std::string::npos);
+}
+
+TEST_CASE_FIXTURE(Fixture, "declared-field entries begin with the field's 8-byte id, one range per field") {
+  REQUIRE(vault->record(issue({token(alice_party, 42, "USD"), token(alice_party, 7, "CNY")}),
+                        RecordMode::only_relevant)
+              .ok());
+  const auto declared = TestTokenSchema().fields();
+  std::map<Bytes, std::string> ids;
+  for (const auto& decl : declared) {
+    Bytes id = fieldPrefix(token_state_type, decl.name);
+    CHECK(id.size() == field_id_bytes);
+    ids.emplace(id, decl.name);
+  }
+  CHECK(ids.size() == declared.size());  // distinct
+  CHECK(fieldPrefix(token_state_type, "amount") != fieldPrefix("ccal.test.Other", "amount"));
+  // Each stored entry: field id | value | recorded time | state key, and
+  // each field's two entries are next to each other, ordered by value.
+  ReadTxn r = vault->store().read();
+  Cursor c = r.cursor(vault->store().db("ix_field"));
+  std::vector<std::string> order;
+  for (bool ok = c.first(); ok; ok = c.next()) {
+    REQUIRE(c.key().size() > field_id_bytes + 8 + keys::state_key_bytes);
+    Bytes id(c.key().begin(), c.key().begin() + field_id_bytes);
+    REQUIRE(ids.count(id) == 1);
+    order.push_back(ids[id]);
+    if (ids[id] == "amount") {
+      CHECK(keys::readInt(c.key().subspan(field_id_bytes, 8)) == (order.size() % 2 == 1 ? 7 : 42));
+    }
+  }
+  REQUIRE(order.size() == 2 * declared.size());
+  for (size_t i = 0; i < order.size(); i += 2) CHECK(order[i] == order[i + 1]);
+  auto found = amounts(run(Query{amount(FieldOp::between, {int64_t{7}, int64_t{42}})}));
+  std::sort(found.begin(), found.end());
+  CHECK(found == std::vector<int64_t>{7, 42});
 }
 
 TEST_CASE_FIXTURE(Fixture, "sequence numbers keep growing across reopen, and lookups by id and ref agree") {
