@@ -186,18 +186,24 @@ void Vault::recordAsync(const SignedTransaction& stx, RecordMode mode, DoneFn do
 
 namespace {
 
-// One output to record, prepared on the caller's thread. Its index keys
-// end with a placeholder state key: the writer fills in the sequence number.
+// A slice of a plan's arena.
+struct Slice {
+  uint32_t offset = 0, size = 0;
+};
+
+// One index entry of a planned output: a key-only put.
+struct PlannedEntry {
+  const Db* db;
+  Slice key;    // ends with a placeholder state key: the writer fills in the sequence number
+  bool append;  // keys that grow with recording: appended (WriteTxn::append)
+};
+
+// One output to record, prepared on the caller's thread.
 struct OutputPlan {
   uint32_t index = 0;
-  Bytes record;
-  struct IndexEntry {
-    const Db* db;
-    Bytes key;    // key-only
-    bool append;  // keys that grow with recording: appended (WriteTxn::append)
-  };
-  std::vector<IndexEntry> keys;
-  Bytes count_key;
+  Slice record;
+  Slice count_key;
+  uint32_t entries_begin = 0, entries_end = 0;  // its PlannedEntry range
 };
 
 // An input this vault holds, as the writer found it on its last run.
@@ -215,8 +221,19 @@ struct RecordPlan {
   int64_t at = 0;
   std::vector<StateRef> inputs;  // distinct
   std::vector<OutputPlan> outputs;
-  Bytes tx_record;
+  std::vector<PlannedEntry> entries;
+  // Every record and key of the plan in one buffer, so that the writer
+  // (which ends up freeing the plan) frees a few blocks, not dozens.
+  Bytes arena;
+  Slice tx_record;
   std::vector<ConsumedInput> consumed;  // set anew on every run
+
+  Slice add(ByteView bytes) {
+    Slice s{static_cast<uint32_t>(arena.size()), static_cast<uint32_t>(bytes.size())};
+    arena.insert(arena.end(), bytes.begin(), bytes.end());
+    return s;
+  }
+  ByteView view(Slice s) const { return ByteView(arena.data() + s.offset, s.size); }
 };
 
 }  // namespace
@@ -236,6 +253,9 @@ void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn 
   // front, and the one writer thread only writes.
   const auto& outputs = stx.tx().outputs();
   const auto& output_bytes = stx.tx().group(ComponentGroup::outputs);
+  plan->outputs.reserve(outputs.size());
+  plan->entries.reserve(outputs.size() * 12);
+  plan->arena.reserve(2048 + outputs.size() * 1024);
   for (uint32_t i = 0; i < outputs.size(); ++i) {
     auto view = VaultAccess::viewOf(*this, outputs[i]);
     if (!view) {
@@ -262,21 +282,23 @@ void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn 
     fields.stateType = outputs[i].stateType;
     fields.tokenKey = tokenPrefix(*view);
     fields.state_bytes.assign(output_bytes[i].begin(), output_bytes[i].end());
-    out.record = encodeStateRecord(fields);
+    out.record = plan->add(encodeStateRecord(fields));
+    out.entries_begin = static_cast<uint32_t>(plan->entries.size());
     for (auto& entry : VaultAccess::indexKeys(vs, *view, StateKey{0, i})) {
       const bool append = entry.first == ix_recorded;
-      out.keys.push_back({&VaultAccess::db(*this, entry.first), std::move(entry.second), append});
+      plan->entries.push_back({&VaultAccess::db(*this, entry.first), plan->add(entry.second), append});
     }
-    out.count_key = countKey(StateStatus::unconsumed, outputs[i].stateType);
+    out.entries_end = static_cast<uint32_t>(plan->entries.size());
+    out.count_key = plan->add(countKey(StateStatus::unconsumed, outputs[i].stateType));
     plan->outputs.push_back(std::move(out));
   }
   {
     Bytes encoded = stx.encode();
-    plan->tx_record = buildCanonical<schema::vault::TransactionRecord>([&](auto b) {
+    plan->tx_record = plan->add(buildCanonical<schema::vault::TransactionRecord>([&](auto b) {
       b.setRecordedMicros(plan->at);
       b.setSignedTransaction(asData(encoded));
       b.setTxId(asData(id.view()));
-    });
+    }));
   }
 
   WriteFn fn = [this, plan](WriteTxn& w) -> Status {
@@ -359,18 +381,21 @@ void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn 
     }
     for (auto& out : plan->outputs) {
       const StateKey key{seq, out.index};
-      CCAL_TRY(w.append(state_db, keys::stateKey(key), out.record));
-      for (auto& entry : out.keys) {
-        keys::setStateKeyAtEnd(entry.key, key);
-        CCAL_TRY(entry.append ? w.append(*entry.db, entry.key, {}) : w.put(*entry.db, entry.key, {}));
+      CCAL_TRY(w.append(state_db, keys::stateKey(key), plan->view(out.record)));
+      for (uint32_t e = out.entries_begin; e < out.entries_end; ++e) {
+        const PlannedEntry& entry = plan->entries[e];
+        keys::setStateKeyAtEnd(plan->arena.data() + entry.key.offset, entry.key.size, key);
+        const ByteView k = plan->view(entry.key);
+        CCAL_TRY(entry.append ? w.append(*entry.db, k, {}) : w.put(*entry.db, k, {}));
       }
-      count(out.count_key, +1);
+      const ByteView count_key = plan->view(out.count_key);
+      count(Bytes(count_key.begin(), count_key.end()), +1);
     }
     for (const auto& entry : counts) {
       if (entry.second != 0) CCAL_TRY(VaultAccess::adjustCount(*this, w, entry.first, entry.second));
     }
     const Bytes seq_key = keys::seqKey(seq);
-    CCAL_TRY(w.append(tx_db, seq_key, plan->tx_record));
+    CCAL_TRY(w.append(tx_db, seq_key, plan->view(plan->tx_record)));
     return w.put(tx_seq_db, tx_id.view(), seq_key);
   };
   store_->submit(std::move(fn), [this, plan, done = std::move(done)](const Status& status) {
