@@ -206,11 +206,29 @@ struct OutputPlan {
   uint32_t entries_begin = 0, entries_end = 0;  // its PlannedEntry range
 };
 
+// An input held unconsumed when the caller looked (in a read transaction
+// before submitting): what consuming it writes, prepared on the caller's
+// thread. The writer uses it when the stored record is still byte for byte
+// the one the caller read, and otherwise consumes the input the slow way.
+struct PreparedInput {
+  StateRef ref;
+  StateKey key;
+  Slice stored;           // the record as the caller read it
+  Slice after;            // the record consumed by this transaction
+  Slice type_unconsumed;  // ix_type key to delete
+  Slice type_consumed;    // ix_type key to put
+  Slice token;            // ix_token key to delete (size 0: not fungible)
+  Slice lock;             // ix_lock key to delete (size 0: not locked)
+  Slice consumed;         // ix_consumed key to append
+  Slice count_unconsumed, count_consumed;
+};
+
 // An input this vault holds, as the writer found it on its last run.
 struct ConsumedInput {
   StateRef ref;
   StateKey key;
-  StateRecordFields fields;
+  StateRecordFields fields;  // consumed by this transaction (unless prepared)
+  const PreparedInput* prepared = nullptr;  // set when consumed as the caller prepared it
 };
 
 // A transaction to record, prepared on the caller's thread, and what its
@@ -222,6 +240,7 @@ struct RecordPlan {
   std::vector<StateRef> inputs;  // distinct
   std::vector<OutputPlan> outputs;
   std::vector<PlannedEntry> entries;
+  std::vector<PreparedInput> prepared;  // inputs the caller found unconsumed, in `inputs` order
   // Every record and key of the plan in one buffer, so that the writer
   // (which ends up freeing the plan) frees a few blocks, not dozens.
   Bytes arena;
@@ -301,6 +320,50 @@ void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn 
     }));
   }
 
+  {
+    // What consuming the inputs writes, prepared against what is stored now.
+    ReadTxn r = store_->read();
+    const Db& state_db = VaultAccess::db(*this, db_state);
+    std::optional<uint64_t> input_seq;
+    const SecureHash* input_tx = nullptr;
+    for (const StateRef& ref : plan->inputs) {
+      if (input_tx == nullptr || *input_tx != ref.txId) {
+        input_tx = &ref.txId;
+        input_seq = VaultAccess::seqOf(*this, r, ref.txId);
+      }
+      if (!input_seq) continue;
+      const StateKey key{*input_seq, ref.index};
+      auto value = r.get(state_db, keys::stateKey(key));
+      if (!value) continue;
+      auto fields = readStateRecord(*value);
+      if (!fields || fields->status != StateStatus::unconsumed) continue;  // the writer says why
+      PreparedInput in;
+      in.ref = ref;
+      in.key = key;
+      in.stored = plan->add(*value);
+      in.type_unconsumed =
+          plan->add(typeKey(StateStatus::unconsumed, fields->stateType, fields->recordedMicros, key));
+      in.type_consumed =
+          plan->add(typeKey(StateStatus::consumed, fields->stateType, fields->recordedMicros, key));
+      if (!fields->tokenKey.empty()) {
+        in.token = plan->add(tokenKey(fields->tokenKey, fields->recordedMicros, key));
+      }
+      if (fields->lock) in.lock = plan->add(lockKey(*fields->lock, key));
+      Bytes consumed_key;
+      keys::appendInt(consumed_key, plan->at);
+      keys::appendStateKey(consumed_key, key);
+      in.consumed = plan->add(consumed_key);
+      in.count_unconsumed = plan->add(countKey(StateStatus::unconsumed, fields->stateType));
+      in.count_consumed = plan->add(countKey(StateStatus::consumed, fields->stateType));
+      fields->status = StateStatus::consumed;
+      fields->consumedBy = id;
+      fields->consumedMicros = plan->at;
+      fields->lock.reset();
+      in.after = plan->add(encodeStateRecord(*fields));
+      plan->prepared.push_back(in);
+    }
+  }
+
   WriteFn fn = [this, plan](WriteTxn& w) -> Status {
     plan->consumed.clear();
     const SecureHash& tx_id = plan->vtx.id();
@@ -313,9 +376,22 @@ void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn 
     // first write, so a refusal leaves the batch's transaction clean.
     // Inputs are found through their transaction's sequence number (one
     // look-up per distinct input transaction).
+    // Inputs whose stored record is still the one the caller prepared
+    // against need no decoding here (a transaction's sequence number never
+    // changes once given, so the caller's key stands).
+    size_t next_prepared = 0;
     std::optional<uint64_t> input_seq;
     const SecureHash* input_tx = nullptr;
     for (const StateRef& ref : plan->inputs) {
+      if (next_prepared < plan->prepared.size() && plan->prepared[next_prepared].ref == ref) {
+        const PreparedInput& in = plan->prepared[next_prepared++];
+        auto value = w.get(state_db, keys::stateKey(in.key));
+        const ByteView stored = plan->view(in.stored);
+        if (value && std::equal(value->begin(), value->end(), stored.begin(), stored.end())) {
+          plan->consumed.push_back(ConsumedInput{ref, in.key, {}, &in});
+          continue;
+        }
+      }
       if (input_tx == nullptr || *input_tx != ref.txId) {
         input_tx = &ref.txId;
         input_seq = VaultAccess::seqOf(*this, w, ref.txId);
@@ -354,6 +430,20 @@ void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn 
     };
     const Db& type_db = VaultAccess::db(*this, ix_type);
     for (auto& input : plan->consumed) {
+      if (const PreparedInput* in = input.prepared) {
+        CCAL_TRY(w.del(type_db, plan->view(in->type_unconsumed)));
+        CCAL_TRY(w.put(type_db, plan->view(in->type_consumed), {}));
+        if (in->token.size > 0) CCAL_TRY(w.del(VaultAccess::db(*this, ix_token), plan->view(in->token)));
+        if (in->lock.size > 0) CCAL_TRY(w.del(VaultAccess::db(*this, ix_lock), plan->view(in->lock)));
+        const Bytes state_key = keys::stateKey(in->key);
+        CCAL_TRY(w.append(VaultAccess::db(*this, ix_consumed), plan->view(in->consumed), {}));
+        CCAL_TRY(w.put(VaultAccess::db(*this, ix_consumed_key), state_key, {}));
+        CCAL_TRY(w.put(state_db, state_key, plan->view(in->after)));
+        const ByteView unconsumed = plan->view(in->count_unconsumed), consumed = plan->view(in->count_consumed);
+        count(Bytes(unconsumed.begin(), unconsumed.end()), -1);
+        count(Bytes(consumed.begin(), consumed.end()), +1);
+        continue;
+      }
       StateRecordFields& fields = input.fields;
       const Bytes state_key = keys::stateKey(input.key);
       CCAL_TRY(w.del(type_db, typeKey(StateStatus::unconsumed, fields.stateType,
@@ -417,7 +507,13 @@ void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn 
         update.produced.push_back(std::move(vs));
       }
       for (const auto& input : plan->consumed) {
-        const StateRecordFields& fields = input.fields;
+        StateRecordFields prepared_fields;
+        if (input.prepared) {
+          auto after = readStateRecord(plan->view(input.prepared->after));
+          CCAL_ASSERT_MSG(after.ok(), "a prepared state record no longer decodes");
+          prepared_fields = std::move(after).value();
+        }
+        const StateRecordFields& fields = input.prepared ? prepared_fields : input.fields;
         auto state = decodeTransactionState(fields.state_bytes);
         CCAL_ASSERT_MSG(state.ok(), "a recorded state no longer decodes");
         VaultState vs;

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <filesystem>
+#include <future>
 #include <set>
 #include <thread>
 
@@ -696,6 +697,62 @@ TEST_CASE_FIXTURE(Fixture, "a batch with a double spend and good records: each i
   }
   CHECK(vault->store().stats().reruns == 0);  // refused before writing
   CHECK(run(Query{tokens()}).total == 8);
+  CHECK(vault->checkConsistency().ok());
+}
+
+TEST_CASE_FIXTURE(Fixture, "inputs prepared by the caller: used while current, redone when stale") {
+  auto issued = issue({token(alice_party, 10), token(alice_party, 20), token(alice_party, 30)});
+  REQUIRE(vault->record(issued, RecordMode::only_relevant).ok());
+  const StateRef s0{issued.id(), 0}, s1{issued.id(), 1}, s2{issued.id(), 2};
+  const LockId holder = SecureHash::of(asBytes("flow-1"));
+  // Hold the writer so that every record below is prepared against the
+  // stored states before any of them runs.
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  vault->store().submit([released](WriteTxn&) -> Status {
+    released.wait();
+    return {};
+  }, [](const Status&) {});
+  // Queued first: s1 is locked after the spends below were prepared.
+  std::promise<Status> locked;
+  vault->store().submit(
+      [&](WriteTxn& w) -> Status {
+        // (On the writer thread: failures come back as the status.)
+        auto key = VaultAccess::keyOf(*vault, w, s1);
+        if (!key) return makeError(Errc::not_found, "s1 is not stored");
+        auto fields = VaultAccess::loadFields(*vault, w, *key);
+        if (!fields.ok() || !fields->has_value()) return makeError(Errc::not_found, "s1 has no record");
+        return VaultAccess::relock(*vault, w, *key, **fields, holder);
+      },
+      [&](const Status& s) { locked.set_value(s); });
+  // a spends s0 (prepared, still current), b spends s0 too (prepared, but a
+  // consumed it first), c spends s1 and s2 (prepared before s1's lock).
+  auto a = move({s0}, {token(alice_party, 10)});
+  auto b = move({s0}, {token(alice_party, 10)});
+  auto c = move({s1, s2}, {token(alice_party, 50)});
+  std::vector<std::future<Status>> results;
+  for (const auto* tx : {&a, &b, &c}) {
+    auto promise = std::make_shared<std::promise<Status>>();
+    results.push_back(promise->get_future());
+    vault->recordAsync(*tx, RecordMode::only_relevant, [promise](const Status& s) { promise->set_value(s); });
+  }
+  release.set_value();
+  CHECK(locked.get_future().get().ok());
+  CHECK(results[0].get().ok());
+  Status refused = results[1].get();
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.error().code == Errc::conflict);
+  CHECK(refused.error().message.find(a.id().hex()) != std::string::npos);
+  CHECK(results[2].get().ok());
+  for (const auto& [ref, by] : {std::pair{s0, a.id()}, std::pair{s1, c.id()}, std::pair{s2, c.id()}}) {
+    auto st = vault->state(ref);
+    REQUIRE((st.ok() && st->has_value()));
+    CHECK((*st)->status == StateStatus::consumed);
+    CHECK((*st)->consumedBy == by);
+    CHECK_FALSE((*st)->lock.has_value());
+  }
+  CHECK(vault->store().read().entries(vault->store().db("ix_lock")) == 0);  // s1's lock went with it
+  CHECK(run(Query{tokens()}).total == 2);
   CHECK(vault->checkConsistency().ok());
 }
 
