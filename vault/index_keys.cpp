@@ -92,9 +92,11 @@ StateKey stateKeyFromKeyEnd(ByteView key) {
   return out;
 }
 
-void setStateKeyAtEnd(Bytes& key, StateKey state) {
-  CCAL_ASSERT(key.size() >= state_key_bytes);
-  uint8_t* p = key.data() + key.size() - state_key_bytes;
+void setStateKeyAtEnd(Bytes& key, StateKey state) { setStateKeyAtEnd(key.data(), key.size(), state); }
+
+void setStateKeyAtEnd(uint8_t* key, size_t key_size, StateKey state) {
+  CCAL_ASSERT(key_size >= state_key_bytes);
+  uint8_t* p = key + key_size - state_key_bytes;
   for (int i = 7; i >= 0; --i) *p++ = static_cast<uint8_t>(state.seq >> (8 * i));
   for (int i = 3; i >= 0; --i) *p++ = static_cast<uint8_t>(state.index >> (8 * i));
 }

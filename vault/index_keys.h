@@ -52,6 +52,7 @@ StateKey stateKeyFromKeyEnd(ByteView key);
 // Overwrites the last state_key_bytes bytes of `key` (index keys prepared
 // before the writer knows the sequence number end with a placeholder).
 void setStateKeyAtEnd(Bytes& key, StateKey state);
+void setStateKeyAtEnd(uint8_t* key, size_t key_size, StateKey state);
 Bytes seqKey(uint64_t seq);
 // Reads the state ref that ends an index key (the last ref_bytes bytes).
 StateRef refFromKeyEnd(ByteView key);

@@ -1,6 +1,7 @@
 #include "vault/vault.h"
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <map>
 
@@ -76,6 +77,29 @@ Criteria operator||(Criteria a, Criteria b) {
   return c;
 }
 
+// --- index keys ---------------------------------------------------------------
+
+void appendFieldPrefix(Bytes& out, std::string_view type, std::string_view field) {
+  Bytes text;
+  text.reserve(type.size() + field.size() + 4);
+  keys::appendText(text, type);
+  keys::appendText(text, field);
+  // Each thread keeps the prefixes it computed (a SHA-256 per index entry
+  // would cost more than the rest of the key); the set of declared fields is
+  // small, and the cache is cleared should it ever reach its bound.
+  constexpr size_t field_prefix_cache_entries_max = 1024;
+  thread_local std::map<Bytes, std::array<uint8_t, field_id_bytes>, std::less<>> cache;
+  auto it = cache.find(text);
+  if (it == cache.end()) {
+    if (cache.size() >= field_prefix_cache_entries_max) cache.clear();
+    std::array<uint8_t, field_id_bytes> id{};
+    const SecureHash h = SecureHash::of(text);
+    std::copy_n(h.view().begin(), field_id_bytes, id.begin());
+    it = cache.emplace(std::move(text), id).first;
+  }
+  out.insert(out.end(), it->second.begin(), it->second.end());
+}
+
 // --- open ---------------------------------------------------------------------
 
 std::vector<std::string> vaultDatabaseNames() {
@@ -97,6 +121,23 @@ Vault::~Vault() = default;
 Result<std::unique_ptr<Vault>> Vault::open(const VaultConfig& config,
                                            const ContractRegistry& registry,
                                            std::vector<PublicKey> our_keys) {
+  {
+    // Two declared fields sharing an ix_field prefix would share a range.
+    std::map<Bytes, std::string> declared;
+    for (const auto& name : registry.names()) {
+      for (const auto& schema : registry.find(name)->stateSchemas()) {
+        for (const auto& decl : schema->fields()) {
+          const std::string what = std::string(schema->stateType()) + "." + decl.name;
+          auto [it, fresh] = declared.emplace(fieldPrefix(schema->stateType(), decl.name), what);
+          if (!fresh && it->second != what) {
+            return makeError(Errc::schema_mismatch,
+                             "vault at " + config.store.path + ": declared fields " + it->second +
+                                 " and " + what + " share an index prefix; rename one");
+          }
+        }
+      }
+    }
+  }
   std::unique_ptr<Vault> vault(new Vault(config, registry, std::move(our_keys)));
   auto names = vaultDatabaseNames();
   auto store = Store::open(config.store, names, vault_schema_name, vault_schema_version);
@@ -145,25 +186,49 @@ void Vault::recordAsync(const SignedTransaction& stx, RecordMode mode, DoneFn do
 
 namespace {
 
-// One output to record, prepared on the caller's thread. Its index keys
-// end with a placeholder state key: the writer fills in the sequence number.
+// A slice of a plan's arena.
+struct Slice {
+  uint32_t offset = 0, size = 0;
+};
+
+// One index entry of a planned output: a key-only put.
+struct PlannedEntry {
+  const Db* db;
+  Slice key;    // ends with a placeholder state key: the writer fills in the sequence number
+  bool append;  // keys that grow with recording: appended (WriteTxn::append)
+};
+
+// One output to record, prepared on the caller's thread.
 struct OutputPlan {
   uint32_t index = 0;
-  Bytes record;
-  struct IndexEntry {
-    const Db* db;
-    Bytes key;    // key-only
-    bool append;  // keys that grow with recording: appended (WriteTxn::append)
-  };
-  std::vector<IndexEntry> keys;
-  Bytes count_key;
+  Slice record;
+  Slice count_key;
+  uint32_t entries_begin = 0, entries_end = 0;  // its PlannedEntry range
+};
+
+// An input held unconsumed when the caller looked (in a read transaction
+// before submitting): what consuming it writes, prepared on the caller's
+// thread. The writer uses it when the stored record is still byte for byte
+// the one the caller read, and otherwise consumes the input the slow way.
+struct PreparedInput {
+  StateRef ref;
+  StateKey key;
+  Slice stored;           // the record as the caller read it
+  Slice after;            // the record consumed by this transaction
+  Slice type_unconsumed;  // ix_type key to delete
+  Slice type_consumed;    // ix_type key to put
+  Slice token;            // ix_token key to delete (size 0: not fungible)
+  Slice lock;             // ix_lock key to delete (size 0: not locked)
+  Slice consumed;         // ix_consumed key to append
+  Slice count_unconsumed, count_consumed;
 };
 
 // An input this vault holds, as the writer found it on its last run.
 struct ConsumedInput {
   StateRef ref;
   StateKey key;
-  StateRecordFields fields;
+  StateRecordFields fields;  // consumed by this transaction (unless prepared)
+  const PreparedInput* prepared = nullptr;  // set when consumed as the caller prepared it
 };
 
 // A transaction to record, prepared on the caller's thread, and what its
@@ -174,8 +239,20 @@ struct RecordPlan {
   int64_t at = 0;
   std::vector<StateRef> inputs;  // distinct
   std::vector<OutputPlan> outputs;
-  Bytes tx_record;
+  std::vector<PlannedEntry> entries;
+  std::vector<PreparedInput> prepared;  // inputs the caller found unconsumed, in `inputs` order
+  // Every record and key of the plan in one buffer, so that the writer
+  // (which ends up freeing the plan) frees a few blocks, not dozens.
+  Bytes arena;
+  Slice tx_record;
   std::vector<ConsumedInput> consumed;  // set anew on every run
+
+  Slice add(ByteView bytes) {
+    Slice s{static_cast<uint32_t>(arena.size()), static_cast<uint32_t>(bytes.size())};
+    arena.insert(arena.end(), bytes.begin(), bytes.end());
+    return s;
+  }
+  ByteView view(Slice s) const { return ByteView(arena.data() + s.offset, s.size); }
 };
 
 }  // namespace
@@ -195,6 +272,9 @@ void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn 
   // front, and the one writer thread only writes.
   const auto& outputs = stx.tx().outputs();
   const auto& output_bytes = stx.tx().group(ComponentGroup::outputs);
+  plan->outputs.reserve(outputs.size());
+  plan->entries.reserve(outputs.size() * 12);
+  plan->arena.reserve(2048 + outputs.size() * 1024);
   for (uint32_t i = 0; i < outputs.size(); ++i) {
     auto view = VaultAccess::viewOf(*this, outputs[i]);
     if (!view) {
@@ -221,21 +301,67 @@ void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn 
     fields.stateType = outputs[i].stateType;
     fields.tokenKey = tokenPrefix(*view);
     fields.state_bytes.assign(output_bytes[i].begin(), output_bytes[i].end());
-    out.record = encodeStateRecord(fields);
+    out.record = plan->add(encodeStateRecord(fields));
+    out.entries_begin = static_cast<uint32_t>(plan->entries.size());
     for (auto& entry : VaultAccess::indexKeys(vs, *view, StateKey{0, i})) {
       const bool append = entry.first == ix_recorded;
-      out.keys.push_back({&VaultAccess::db(*this, entry.first), std::move(entry.second), append});
+      plan->entries.push_back({&VaultAccess::db(*this, entry.first), plan->add(entry.second), append});
     }
-    out.count_key = countKey(StateStatus::unconsumed, outputs[i].stateType);
+    out.entries_end = static_cast<uint32_t>(plan->entries.size());
+    out.count_key = plan->add(countKey(StateStatus::unconsumed, outputs[i].stateType));
     plan->outputs.push_back(std::move(out));
   }
   {
     Bytes encoded = stx.encode();
-    plan->tx_record = buildCanonical<schema::vault::TransactionRecord>([&](auto b) {
+    plan->tx_record = plan->add(buildCanonical<schema::vault::TransactionRecord>([&](auto b) {
       b.setRecordedMicros(plan->at);
       b.setSignedTransaction(asData(encoded));
       b.setTxId(asData(id.view()));
-    });
+    }));
+  }
+
+  {
+    // What consuming the inputs writes, prepared against what is stored now.
+    ReadTxn r = store_->read();
+    const Db& state_db = VaultAccess::db(*this, db_state);
+    std::optional<uint64_t> input_seq;
+    const SecureHash* input_tx = nullptr;
+    for (const StateRef& ref : plan->inputs) {
+      if (input_tx == nullptr || *input_tx != ref.txId) {
+        input_tx = &ref.txId;
+        input_seq = VaultAccess::seqOf(*this, r, ref.txId);
+      }
+      if (!input_seq) continue;
+      const StateKey key{*input_seq, ref.index};
+      auto value = r.get(state_db, keys::stateKey(key));
+      if (!value) continue;
+      auto fields = readStateRecord(*value);
+      if (!fields || fields->status != StateStatus::unconsumed) continue;  // the writer says why
+      PreparedInput in;
+      in.ref = ref;
+      in.key = key;
+      in.stored = plan->add(*value);
+      in.type_unconsumed =
+          plan->add(typeKey(StateStatus::unconsumed, fields->stateType, fields->recordedMicros, key));
+      in.type_consumed =
+          plan->add(typeKey(StateStatus::consumed, fields->stateType, fields->recordedMicros, key));
+      if (!fields->tokenKey.empty()) {
+        in.token = plan->add(tokenKey(fields->tokenKey, fields->recordedMicros, key));
+      }
+      if (fields->lock) in.lock = plan->add(lockKey(*fields->lock, key));
+      Bytes consumed_key;
+      keys::appendInt(consumed_key, plan->at);
+      keys::appendStateKey(consumed_key, key);
+      in.consumed = plan->add(consumed_key);
+      in.count_unconsumed = plan->add(countKey(StateStatus::unconsumed, fields->stateType));
+      in.count_consumed = plan->add(countKey(StateStatus::consumed, fields->stateType));
+      fields->status = StateStatus::consumed;
+      fields->consumedBy = id;
+      fields->consumedMicros = plan->at;
+      fields->lock.reset();
+      in.after = plan->add(encodeStateRecord(*fields));
+      plan->prepared.push_back(in);
+    }
   }
 
   WriteFn fn = [this, plan](WriteTxn& w) -> Status {
@@ -250,9 +376,22 @@ void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn 
     // first write, so a refusal leaves the batch's transaction clean.
     // Inputs are found through their transaction's sequence number (one
     // look-up per distinct input transaction).
+    // Inputs whose stored record is still the one the caller prepared
+    // against need no decoding here (a transaction's sequence number never
+    // changes once given, so the caller's key stands).
+    size_t next_prepared = 0;
     std::optional<uint64_t> input_seq;
     const SecureHash* input_tx = nullptr;
     for (const StateRef& ref : plan->inputs) {
+      if (next_prepared < plan->prepared.size() && plan->prepared[next_prepared].ref == ref) {
+        const PreparedInput& in = plan->prepared[next_prepared++];
+        auto value = w.get(state_db, keys::stateKey(in.key));
+        const ByteView stored = plan->view(in.stored);
+        if (value && std::equal(value->begin(), value->end(), stored.begin(), stored.end())) {
+          plan->consumed.push_back(ConsumedInput{ref, in.key, {}, &in});
+          continue;
+        }
+      }
       if (input_tx == nullptr || *input_tx != ref.txId) {
         input_tx = &ref.txId;
         input_seq = VaultAccess::seqOf(*this, w, ref.txId);
@@ -291,6 +430,20 @@ void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn 
     };
     const Db& type_db = VaultAccess::db(*this, ix_type);
     for (auto& input : plan->consumed) {
+      if (const PreparedInput* in = input.prepared) {
+        CCAL_TRY(w.del(type_db, plan->view(in->type_unconsumed)));
+        CCAL_TRY(w.put(type_db, plan->view(in->type_consumed), {}));
+        if (in->token.size > 0) CCAL_TRY(w.del(VaultAccess::db(*this, ix_token), plan->view(in->token)));
+        if (in->lock.size > 0) CCAL_TRY(w.del(VaultAccess::db(*this, ix_lock), plan->view(in->lock)));
+        const Bytes state_key = keys::stateKey(in->key);
+        CCAL_TRY(w.append(VaultAccess::db(*this, ix_consumed), plan->view(in->consumed), {}));
+        CCAL_TRY(w.put(VaultAccess::db(*this, ix_consumed_key), state_key, {}));
+        CCAL_TRY(w.put(state_db, state_key, plan->view(in->after)));
+        const ByteView unconsumed = plan->view(in->count_unconsumed), consumed = plan->view(in->count_consumed);
+        count(Bytes(unconsumed.begin(), unconsumed.end()), -1);
+        count(Bytes(consumed.begin(), consumed.end()), +1);
+        continue;
+      }
       StateRecordFields& fields = input.fields;
       const Bytes state_key = keys::stateKey(input.key);
       CCAL_TRY(w.del(type_db, typeKey(StateStatus::unconsumed, fields.stateType,
@@ -318,18 +471,21 @@ void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn 
     }
     for (auto& out : plan->outputs) {
       const StateKey key{seq, out.index};
-      CCAL_TRY(w.append(state_db, keys::stateKey(key), out.record));
-      for (auto& entry : out.keys) {
-        keys::setStateKeyAtEnd(entry.key, key);
-        CCAL_TRY(entry.append ? w.append(*entry.db, entry.key, {}) : w.put(*entry.db, entry.key, {}));
+      CCAL_TRY(w.append(state_db, keys::stateKey(key), plan->view(out.record)));
+      for (uint32_t e = out.entries_begin; e < out.entries_end; ++e) {
+        const PlannedEntry& entry = plan->entries[e];
+        keys::setStateKeyAtEnd(plan->arena.data() + entry.key.offset, entry.key.size, key);
+        const ByteView k = plan->view(entry.key);
+        CCAL_TRY(entry.append ? w.append(*entry.db, k, {}) : w.put(*entry.db, k, {}));
       }
-      count(out.count_key, +1);
+      const ByteView count_key = plan->view(out.count_key);
+      count(Bytes(count_key.begin(), count_key.end()), +1);
     }
     for (const auto& entry : counts) {
       if (entry.second != 0) CCAL_TRY(VaultAccess::adjustCount(*this, w, entry.first, entry.second));
     }
     const Bytes seq_key = keys::seqKey(seq);
-    CCAL_TRY(w.append(tx_db, seq_key, plan->tx_record));
+    CCAL_TRY(w.append(tx_db, seq_key, plan->view(plan->tx_record)));
     return w.put(tx_seq_db, tx_id.view(), seq_key);
   };
   store_->submit(std::move(fn), [this, plan, done = std::move(done)](const Status& status) {
@@ -351,7 +507,13 @@ void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn 
         update.produced.push_back(std::move(vs));
       }
       for (const auto& input : plan->consumed) {
-        const StateRecordFields& fields = input.fields;
+        StateRecordFields prepared_fields;
+        if (input.prepared) {
+          auto after = readStateRecord(plan->view(input.prepared->after));
+          CCAL_ASSERT_MSG(after.ok(), "a prepared state record no longer decodes");
+          prepared_fields = std::move(after).value();
+        }
+        const StateRecordFields& fields = input.prepared ? prepared_fields : input.fields;
         auto state = decodeTransactionState(fields.state_bytes);
         CCAL_ASSERT_MSG(state.ok(), "a recorded state no longer decodes");
         VaultState vs;

@@ -27,7 +27,9 @@ inline constexpr std::string_view vault_schema_name = "ccal-vault";
 // 3: transactions and states keyed by the vault's recording sequence number
 // (seq | output index), a tx id -> seq map, index entries ending with the
 // state's seq key instead of its StateRef (consumed-key index likewise).
-inline constexpr uint32_t vault_schema_version = 3;
+// 4: declared-field entries begin with an 8-byte id of (type, field)
+// instead of the two texts.
+inline constexpr uint32_t vault_schema_version = 4;
 
 enum class StateStatus : uint8_t { unconsumed = 0, consumed = 1 };
 enum class StatusFilter : uint8_t { unconsumed, consumed, all };

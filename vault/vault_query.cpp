@@ -77,12 +77,7 @@ struct Range {
   std::optional<Bytes> end;
 };
 
-Bytes fieldBase(const std::string& type, const std::string& name) {
-  Bytes k;
-  keys::appendText(k, type);
-  keys::appendText(k, name);
-  return k;
-}
+Bytes fieldBase(const std::string& type, const std::string& name) { return fieldPrefix(type, name); }
 
 Bytes with(const Bytes& base, const FieldValue& v) {
   Bytes k = base;

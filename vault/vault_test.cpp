@@ -1,4 +1,5 @@
 #include "vault/vault.h"
+#include "vault/vault_internal.h"
 
 #include <doctest/doctest.h>
 
@@ -8,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <filesystem>
+#include <future>
 #include <set>
 #include <thread>
 
@@ -698,25 +700,119 @@ TEST_CASE_FIXTURE(Fixture, "a batch with a double spend and good records: each i
   CHECK(vault->checkConsistency().ok());
 }
 
+TEST_CASE_FIXTURE(Fixture, "inputs prepared by the caller: used while current, redone when stale") {
+  auto issued = issue({token(alice_party, 10), token(alice_party, 20), token(alice_party, 30)});
+  REQUIRE(vault->record(issued, RecordMode::only_relevant).ok());
+  const StateRef s0{issued.id(), 0}, s1{issued.id(), 1}, s2{issued.id(), 2};
+  const LockId holder = SecureHash::of(asBytes("flow-1"));
+  // Hold the writer so that every record below is prepared against the
+  // stored states before any of them runs.
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  vault->store().submit([released](WriteTxn&) -> Status {
+    released.wait();
+    return {};
+  }, [](const Status&) {});
+  // Queued first: s1 is locked after the spends below were prepared.
+  std::promise<Status> locked;
+  vault->store().submit(
+      [&](WriteTxn& w) -> Status {
+        // (On the writer thread: failures come back as the status.)
+        auto key = VaultAccess::keyOf(*vault, w, s1);
+        if (!key) return makeError(Errc::not_found, "s1 is not stored");
+        auto fields = VaultAccess::loadFields(*vault, w, *key);
+        if (!fields.ok() || !fields->has_value()) return makeError(Errc::not_found, "s1 has no record");
+        return VaultAccess::relock(*vault, w, *key, **fields, holder);
+      },
+      [&](const Status& s) { locked.set_value(s); });
+  // a spends s0 (prepared, still current), b spends s0 too (prepared, but a
+  // consumed it first), c spends s1 and s2 (prepared before s1's lock).
+  auto a = move({s0}, {token(alice_party, 10)});
+  auto b = move({s0}, {token(alice_party, 10)});
+  auto c = move({s1, s2}, {token(alice_party, 50)});
+  std::vector<std::future<Status>> results;
+  for (const auto* tx : {&a, &b, &c}) {
+    auto promise = std::make_shared<std::promise<Status>>();
+    results.push_back(promise->get_future());
+    vault->recordAsync(*tx, RecordMode::only_relevant, [promise](const Status& s) { promise->set_value(s); });
+  }
+  release.set_value();
+  CHECK(locked.get_future().get().ok());
+  CHECK(results[0].get().ok());
+  Status refused = results[1].get();
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.error().code == Errc::conflict);
+  CHECK(refused.error().message.find(a.id().hex()) != std::string::npos);
+  CHECK(results[2].get().ok());
+  for (const auto& [ref, by] : {std::pair{s0, a.id()}, std::pair{s1, c.id()}, std::pair{s2, c.id()}}) {
+    auto st = vault->state(ref);
+    REQUIRE((st.ok() && st->has_value()));
+    CHECK((*st)->status == StateStatus::consumed);
+    CHECK((*st)->consumedBy == by);
+    CHECK_FALSE((*st)->lock.has_value());
+  }
+  CHECK(vault->store().read().entries(vault->store().db("ix_lock")) == 0);  // s1's lock went with it
+  CHECK(run(Query{tokens()}).total == 2);
+  CHECK(vault->checkConsistency().ok());
+}
+
 TEST_CASE_FIXTURE(Fixture, "a vault file of an older schema version is refused, not read") {
   vault.reset();
-  ccal::testing::TempDir old_dir{"ccal-vault-old-schema"};
-  {
-    // What a vault of schema 2 (states keyed by StateRef) leaves behind.
-    StoreConfig config;
-    config.path = old_dir.path;
-    config.durable = false;
-    auto old = Store::open(config, vaultDatabaseNames(), vault_schema_name, 2);
-    REQUIRE(old.ok());
+  // What vaults of schema 2 (states keyed by StateRef) and 3 (field entries
+  // beginning with the type and field texts) leave behind.
+  for (uint32_t old_version : {2u, 3u}) {
+    CAPTURE(old_version);
+    ccal::testing::TempDir old_dir{"ccal-vault-old-schema"};
+    {
+      StoreConfig config;
+      config.path = old_dir.path;
+      config.durable = false;
+      auto old = Store::open(config, vaultDatabaseNames(), vault_schema_name, old_version);
+      REQUIRE(old.ok());
+    }
+    VaultConfig config;
+    config.store.path = old_dir.path;
+    config.store.durable = false;
+    auto refused = Vault::open(config, registry, {alice.publicKey()});
+    REQUIRE_FALSE(refused.ok());
+    CHECK(refused.error().code == Errc::schema_mismatch);
+    CHECK(refused.error().message.find("version " + std::to_string(old_version)) != std::string::npos);
+    CHECK(refused.error().message.find(std::to_string(vault_schema_version)) != std::string::npos);
   }
-  VaultConfig config;
-  config.store.path = old_dir.path;
-  config.store.durable = false;
-  auto refused = Vault::open(config, registry, {alice.publicKey()});
-  REQUIRE_FALSE(refused.ok());
-  CHECK(refused.error().code == Errc::schema_mismatch);
-  CHECK(refused.error().message.find("version 2") != std::string::npos);
-  CHECK(refused.error().message.find(std::to_string(vault_schema_version)) != std::string::npos);
+}
+
+TEST_CASE_FIXTURE(Fixture, "declared-field entries begin with the field's 8-byte id, one range per field") {
+  REQUIRE(vault->record(issue({token(alice_party, 42, "USD"), token(alice_party, 7, "CNY")}),
+                        RecordMode::only_relevant)
+              .ok());
+  const auto declared = TestTokenSchema().fields();
+  std::map<Bytes, std::string> ids;
+  for (const auto& decl : declared) {
+    Bytes id = fieldPrefix(token_state_type, decl.name);
+    CHECK(id.size() == field_id_bytes);
+    ids.emplace(id, decl.name);
+  }
+  CHECK(ids.size() == declared.size());  // distinct
+  CHECK(fieldPrefix(token_state_type, "amount") != fieldPrefix("ccal.test.Other", "amount"));
+  // Each stored entry: field id | value | recorded time | state key, and
+  // each field's two entries are next to each other, ordered by value.
+  ReadTxn r = vault->store().read();
+  Cursor c = r.cursor(vault->store().db("ix_field"));
+  std::vector<std::string> order;
+  for (bool ok = c.first(); ok; ok = c.next()) {
+    REQUIRE(c.key().size() > field_id_bytes + 8 + keys::state_key_bytes);
+    Bytes id(c.key().begin(), c.key().begin() + field_id_bytes);
+    REQUIRE(ids.count(id) == 1);
+    order.push_back(ids[id]);
+    if (ids[id] == "amount") {
+      CHECK(keys::readInt(c.key().subspan(field_id_bytes, 8)) == (order.size() % 2 == 1 ? 7 : 42));
+    }
+  }
+  REQUIRE(order.size() == 2 * declared.size());
+  for (size_t i = 0; i < order.size(); i += 2) CHECK(order[i] == order[i + 1]);
+  auto found = amounts(run(Query{amount(FieldOp::between, {int64_t{7}, int64_t{42}})}));
+  std::sort(found.begin(), found.end());
+  CHECK(found == std::vector<int64_t>{7, 42});
 }
 
 TEST_CASE_FIXTURE(Fixture, "sequence numbers keep growing across reopen, and lookups by id and ref agree") {
