@@ -577,19 +577,14 @@ void NotaryService::Impl::load(const ApiRequest& request, ApiReply reply) {
       }
       startClock(run);
     }
+    // Starts at start_at_unix_micros (waiting for it if it is ahead), or at once.
     void startClock(const std::shared_ptr<Run>& run) {
-      if (start_at_unix_micros > 0) {
-        const int64_t wait = start_at_unix_micros - unixMicrosNow();
-        if (wait > 0) {
-          self->o.executor->runAfter(wait, [run] {
-            run->start_late_micros = std::max<int64_t>(0, unixMicrosNow() - run->start_at_unix_micros);
-            run->started = Clock::now();
-            run->issue(run);
-          });
-          return;
-        }
-        start_late_micros = -wait;
+      const int64_t wait = start_at_unix_micros > 0 ? start_at_unix_micros - unixMicrosNow() : 0;
+      if (wait > 0) {
+        self->o.executor->runAfter(wait, [run] { run->startClock(run); });
+        return;
       }
+      start_late_micros = -wait;
       started = Clock::now();
       issue(run);
     }
