@@ -18,6 +18,7 @@
 #include "node/api_users.h"
 #include "node/config.h"
 #include "test/support/network_processes.h"
+#include "test/support/ports.h"
 #include "test/support/temp_dir.h"
 
 namespace fs = std::filesystem;
@@ -31,10 +32,16 @@ using nlohmann::json;
 
 namespace {
 
+// Starts the network; a failure shows what `ccal network start` printed
+// (the member that did not come up and the tail of its log).
+void startNetwork(const fs::path& net) {
+  auto started = testing::runCcalCapturing("network start --dir " + net.string());
+  REQUIRE_MESSAGE(started.exit_code == 0, started.output);
+}
+
 // A network of three members on ports no other test uses at the same time.
-fs::path bootstrap(const testing::TempDir& tmp) {
+fs::path bootstrap(const testing::TempDir& tmp, const testing::PortBlock& ports) {
   fs::path dir = fs::path(tmp.path).parent_path();
-  int base = 20000 + static_cast<int>(::getpid() % 4000) * 10;
   std::ofstream spec(dir / "spec.toml");
   spec << "[network]\nroot = \"O=Test Root, L=Haikou, C=CN\"\n"
           "doorman = \"O=Test Doorman, L=Haikou, C=CN\"\n"
@@ -42,8 +49,8 @@ fs::path bootstrap(const testing::TempDir& tmp) {
   const char* names[] = {"alpha", "beta", "gamma"};
   for (int i = 0; i < 3; ++i) {
     spec << "\n[[nodes]]\nname = \"" << names[i] << "\"\nx500 = \"O=" << names[i]
-         << " Cooperative, L=Haikou, C=CN\"\nrole = \"node\"\np2p = \"127.0.0.1:" << base + i
-         << "\"\napi = \"127.0.0.1:" << base + 5 + i << "\"\n";
+         << " Cooperative, L=Haikou, C=CN\"\nrole = \"node\"\np2p = \"127.0.0.1:" << ports.at(i)
+         << "\"\napi = \"127.0.0.1:" << ports.at(5 + i) << "\"\n";
   }
   spec.close();
   REQUIRE(runCcal("network bootstrap --spec " + (dir / "spec.toml").string() + " --out " +
@@ -67,8 +74,9 @@ std::string x500Of(const fs::path& net, const std::string& name) {
 
 TEST_CASE("a real network: messages survive kill -9 of the receiver, once each and in order") {
   testing::TempDir tmp("ccal-net");
-  fs::path net = bootstrap(tmp);
-  REQUIRE(runCcal("network start --dir " + net.string()) == 0);
+  testing::PortBlock ports(10);  // 9: where beta moves to
+  fs::path net = bootstrap(tmp, ports);
+  startNetwork(net);
   testing::StopNetworkAtEnd stop_at_end{net};
 
   ApiClient alpha = clientOf(net, "alpha");
@@ -103,7 +111,7 @@ TEST_CASE("a real network: messages survive kill -9 of the receiver, once each a
   REQUIRE(::kill(beta_pid, SIGKILL) == 0);
   while (sent < 2 * total / 3) sendChunk();
   // Start the network again: only beta is down, so only beta starts.
-  REQUIRE(runCcal("network start --dir " + net.string()) == 0);
+  startNetwork(net);
   CHECK(pidOf(net, "beta") != beta_pid);
   while (sent < total) sendChunk();
 
@@ -156,14 +164,14 @@ TEST_CASE("a real network: messages survive kill -9 of the receiver, once each a
     text << in.rdbuf();
     in.close();
     std::string config = text.str();
-    std::string old_port = std::to_string(20000 + static_cast<int>(::getpid() % 4000) * 10 + 1);
-    std::string new_port = std::to_string(20000 + static_cast<int>(::getpid() % 4000) * 10 + 9);
+    std::string old_port = std::to_string(ports.at(1));
+    std::string new_port = std::to_string(ports.at(9));
     for (size_t at; (at = config.find("127.0.0.1:" + old_port)) != std::string::npos;) {
       config.replace(at, 10 + old_port.size(), "127.0.0.1:" + new_port);
     }
     std::ofstream(toml) << config;
   }
-  REQUIRE(runCcal("network start --dir " + net.string()) == 0);
+  startNetwork(net);
   auto moved = alpha.post("/api/v1/messages/diagnostic",
                           {{"to", beta_x500}, {"stream", "moved"}, {"count", 100}});
   REQUIRE_MESSAGE(moved, moved.error().message);
@@ -181,7 +189,7 @@ TEST_CASE("a real network: messages survive kill -9 of the receiver, once each a
   for (const auto& p : (*peers)["peers"]) {
     if (p["legal_name"] == beta_x500) {
       seen_new_address = p["address"].get<std::string>().find(
-                             std::to_string(20000 + static_cast<int>(::getpid() % 4000) * 10 + 9)) !=
+                             std::to_string(ports.at(9))) !=
                          std::string::npos;
     }
   }

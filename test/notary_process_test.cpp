@@ -33,6 +33,7 @@
 #include "node/notary_service.h"
 #include "notary/notarisation_messages.h"
 #include "test/support/network_processes.h"
+#include "test/support/ports.h"
 #include "test/support/temp_dir.h"
 
 namespace fs = std::filesystem;
@@ -48,10 +49,16 @@ namespace {
 
 constexpr const char* notary_x500 = "O=Test Notary, L=Haikou, C=CN";
 
+// Starts the network; a failure shows what `ccal network start` printed
+// (the member that did not come up and the tail of its log).
+void startNetwork(const fs::path& net) {
+  auto started = testing::runCcalCapturing("network start --dir " + net.string());
+  REQUIRE_MESSAGE(started.exit_code == 0, started.output);
+}
+
 // Two members and a 4-replica notary cluster, on ports no other test uses at the same time.
-fs::path bootstrap(const testing::TempDir& tmp) {
+fs::path bootstrap(const testing::TempDir& tmp, const testing::PortBlock& ports) {
   fs::path dir = fs::path(tmp.path).parent_path();
-  int base = 30000 + static_cast<int>(::getpid() % 2000) * 16;
   std::ofstream spec(dir / "spec.toml");
   spec << "[network]\nroot = \"O=Test Root, L=Haikou, C=CN\"\n"
           "doorman = \"O=Test Doorman, L=Haikou, C=CN\"\n"
@@ -60,7 +67,7 @@ fs::path bootstrap(const testing::TempDir& tmp) {
   for (int i = 0; i < 6; ++i) {
     spec << "\n[[nodes]]\nname = \"" << names[i] << "\"\nx500 = \"O=" << names[i]
          << " Member, L=Haikou, C=CN\"\nrole = \"" << (i < 2 ? "node" : "notary-replica")
-         << "\"\np2p = \"127.0.0.1:" << base + i << "\"\napi = \"127.0.0.1:" << base + 8 + i
+         << "\"\np2p = \"127.0.0.1:" << ports.at(i) << "\"\napi = \"127.0.0.1:" << ports.at(8 + i)
          << "\"\n";
   }
   spec << "\n[[notaries]]\nname = \"notary\"\nx500 = \"" << notary_x500
@@ -145,8 +152,9 @@ json replicaStatus(const ApiClient& client) {
 
 TEST_CASE("a real notary cluster: kill -9 and restart of a replica, two down, conflicts, bad input") {
   testing::TempDir tmp("ccal-notary-net");
-  fs::path net = bootstrap(tmp);
-  REQUIRE(runCcal("network start --dir " + net.string()) == 0);
+  testing::PortBlock ports(14);
+  fs::path net = bootstrap(tmp, ports);
+  startNetwork(net);
   testing::StopNetworkAtEnd stop_at_end{net};
 
   ApiClient alpha = clientOf(net, "alpha"), beta = clientOf(net, "beta");
@@ -297,7 +305,7 @@ TEST_CASE("a real notary cluster: kill -9 and restart of a replica, two down, co
     std::this_thread::sleep_for(1s);
     killHard(net, "r3");
     std::this_thread::sleep_for(2s);
-    REQUIRE(runCcal("network start --dir " + net.string()) == 0);
+    startNetwork(net);
     auto [status, result] = load.get();
     INFO(result.dump());
     REQUIRE(status == 200);
@@ -356,13 +364,13 @@ TEST_CASE("a real notary cluster: kill -9 and restart of a replica, two down, co
     CHECK_FALSE(answered.load());
     // Bring back r3 only: r4's node.toml is set aside so `network start` skips it.
     fs::rename(net / "r4" / "node.toml", net / "r4" / "node.toml.off");
-    REQUIRE(runCcal("network start --dir " + net.string()) == 0);
+    startNetwork(net);
     fs::rename(net / "r4" / "node.toml.off", net / "r4" / "node.toml");
     auto [status, result] = pending.get();
     INFO(result.dump());
     CHECK(status == 200);
     CHECK(result["result"] == "notarised");
-    REQUIRE(runCcal("network start --dir " + net.string()) == 0);
+    startNetwork(net);
   }
 
   REQUIRE(runCcal("network stop --dir " + net.string()) == 0);

@@ -50,6 +50,7 @@
 #include "node/api_client.h"
 #include "test/bench/bench.h"
 #include "test/support/network_processes.h"
+#include "test/support/ports.h"
 #include "test/support/temp_dir.h"
 #include "vault/store.h"
 
@@ -62,6 +63,7 @@ using testing::runCcal;
 namespace {
 
 constexpr int64_t api_timeout_micros = 600'000'000;  // a load run answers when it is done
+constexpr int replicas_max = 7;  // two members and the replicas, p2p and API ports, in one PortBlock
 
 struct Args {
   bool quick = false;
@@ -72,8 +74,7 @@ struct Args {
 };
 
 // Two members (alpha, beta) and a cluster of n = 3f+1 replicas.
-bool bootstrap(const fs::path& dir, int n) {
-  const int base = 40000 + static_cast<int>(::getpid() % 1500) * 16;
+bool bootstrap(const fs::path& dir, int n, const testing::PortBlock& ports) {
   std::ofstream spec(dir / "spec.toml");
   spec << "[network]\nroot = \"O=Bench Root, L=Haikou, C=CN\"\n"
           "doorman = \"O=Bench Doorman, L=Haikou, C=CN\"\n"
@@ -83,8 +84,8 @@ bool bootstrap(const fs::path& dir, int n) {
   for (size_t i = 0; i < names.size(); ++i) {
     spec << "\n[[nodes]]\nname = \"" << names[i] << "\"\nx500 = \"O=" << names[i]
          << " Member, L=Haikou, C=CN\"\nrole = \"" << (i < 2 ? "node" : "notary-replica")
-         << "\"\np2p = \"127.0.0.1:" << base + static_cast<int>(i) << "\"\napi = \"127.0.0.1:"
-         << base + 8 + static_cast<int>(i) << "\"\n";
+         << "\"\np2p = \"127.0.0.1:" << ports.at(static_cast<int>(i)) << "\"\napi = \"127.0.0.1:"
+         << ports.at(static_cast<int>(names.size() + i)) << "\"\n";
   }
   spec << "\n[[notaries]]\nname = \"notary\"\nx500 = \"O=Bench Notary, L=Haikou, C=CN\"\nf = "
        << (n - 1) / 3 << "\nvalidating = false\nreplicas = [";
@@ -203,13 +204,14 @@ ClusterFigures runCluster(const Args& args, int n) {
   f.replicas = n;
   testing::TempDir tmp("ccal-bench-notary");
   const fs::path dir = fs::path(tmp.path).parent_path();
-  if (!bootstrap(dir, n)) {
+  testing::PortBlock ports(2 * (2 + n));
+  if (!bootstrap(dir, n, ports)) {
     f.error = "ccal network bootstrap failed (spec in " + dir.string() + ")";
     return f;
   }
   const fs::path net = dir / "net";
-  if (runCcal("network start --dir " + net.string()) != 0) {
-    f.error = "ccal network start failed; logs under " + net.string();
+  if (auto started = testing::runCcalCapturing("network start --dir " + net.string()); started.exit_code != 0) {
+    f.error = "ccal network start failed: " + started.output;
     runCcal("network stop --dir " + net.string());
     return f;
   }
@@ -322,6 +324,12 @@ int main(int argc, char** argv) {
         size_t q = list.find(',', p);
         args.replicas.push_back(std::atoi(list.substr(p, q - p).c_str()));
         p = q == std::string::npos ? list.size() : q + 1;
+      }
+      for (int n : args.replicas) {
+        if (n < 1 || n > replicas_max || (n - 1) % 3 != 0) {
+          std::cerr << "--replicas: each cluster size must be 3f+1 and at most " << replicas_max << "\n";
+          return 2;
+        }
       }
     } else if (a == "--build-in-window") {
       args.prepare = false;

@@ -7,11 +7,13 @@
 
 #include <sys/types.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <thread>
 
@@ -30,6 +32,29 @@ inline int runCcal(const std::string& args) {
   std::string command = std::string(CCAL_BINARY) + " " + args + " >/dev/null 2>&1";
   int status = std::system(command.c_str());
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+// What `ccal ARGS` printed (stdout and stderr) and its exit code (-1 if it did not exit).
+struct CcalRun {
+  int exit_code = -1;
+  std::string output;
+};
+
+// Runs `ccal ARGS` and keeps what it printed, for a failure message that
+// names the member that did not start and the tail of its log.
+inline CcalRun runCcalCapturing(const std::string& args) {
+  char path[] = "/tmp/ccal-run-XXXXXX";
+  int fd = ::mkstemp(path);
+  if (fd < 0) return {-1, "mkstemp failed"};
+  ::close(fd);
+  std::string command = std::string(CCAL_BINARY) + " " + args + " >" + path + " 2>&1";
+  int status = std::system(command.c_str());
+  CcalRun run;
+  run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  std::ifstream in(path);
+  run.output.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  ::unlink(path);
+  return run;
 }
 
 // A client of member NAME's control API (under NET/NAME/node.toml) as its admin user.
