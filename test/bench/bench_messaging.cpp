@@ -68,6 +68,7 @@
 #include "ledger/contract.h"
 #include "node/asio_executor.h"
 #include "node/tls_link.h"
+#include "test/support/proc_cpu.h"
 #include "test/support/temp_dir.h"
 #include "test/support/test_pki.h"
 #include "vault/message_store.h"
@@ -758,6 +759,8 @@ struct ModeResult {
   Percentiles commit;  // durable mode: one small durable commit, the floor
   Percentiles sync;    // durable mode: one 4 KiB write + fdatasync
   double load = 0;
+  // CPU per message in the last latency phase, each process (all its threads).
+  double latency_sender_cpu_us = 0, latency_receiver_cpu_us = 0;
   Driver::Pipelined pipelined;  // the median trial
   double frames_per_write = 0;
   uint64_t frames_dropped = 0, refused = 0;
@@ -813,8 +816,15 @@ ModeResult measure(bool durable, const Run& run, pid_t responder, TestDirectory&
     r.at_target_stages = driver.stages();
   }
   r.load = run.fixed_rate > 0 ? run.fixed_rate : r.pipelined.msgs_per_s / 2;
+  const double sender_cpu_before = testing::processCpuMicros(::getpid());
+  const double receiver_cpu_before = testing::processCpuMicros(responder);
   r.latency = driver.atLoad(r.load, load_seconds);
   r.latency_stages = driver.stages();
+  if (r.latency.count > 0) {
+    const auto messages = static_cast<double>(r.latency.count);
+    r.latency_sender_cpu_us = (testing::processCpuMicros(::getpid()) - sender_cpu_before) / messages;
+    r.latency_receiver_cpu_us = (testing::processCpuMicros(responder) - receiver_cpu_before) / messages;
+  }
 
   side.executor.runSync([&] {
     side.channel->quitting = true;
@@ -884,6 +894,9 @@ void printMode(const char* title, const ModeResult& r, const Run& run, bool dura
   std::printf("  one-way latency at %.0f msg/s (%s)  p50 %7.1f us  p99 %7.1f us  (%zu messages)\n", r.load,
               run.fixed_rate > 0 ? "--rate" : "half the pipelined rate", r.latency.p50_us, r.latency.p99_us,
               r.latency.count);
+  std::printf("      CPU per message: sender process %.1f us, receiver process %.1f us (all threads; %.0f%% of the 2 cores)\n",
+              r.latency_sender_cpu_us, r.latency_receiver_cpu_us,
+              (r.latency_sender_cpu_us + r.latency_receiver_cpu_us) * r.load / 1e6 / 2 * 100);
   if (durable) {
     const Stages& st = r.latency_stages;
     std::printf("      from send(): outbox durable p50 %7.1f us p99 %7.1f us; frame to the link p50 %7.1f us p99 %7.1f us;\n"
@@ -905,10 +918,11 @@ std::string modeJson(const ModeResult& r, bool durable) {
   std::snprintf(buf, sizeof buf,
                 "{\"pipelined_msgs_per_s\":%.0f,\"pipelined_to_ack_msgs_per_s\":%.0f,\"frames_per_tls_write\":%.1f,\"half_target_p50_us\":%.1f,"
                 "\"half_target_p99_us\":%.1f,\"load_msgs_per_s\":%.0f,\"latency_p50_us\":%.1f,"
-                "\"latency_p99_us\":%.1f,\"rtt_p50_us\":%.1f,\"rtt_p99_us\":%.1f,\"frames_dropped\":%llu",
+                "\"latency_p99_us\":%.1f,\"latency_sender_cpu_us_per_msg\":%.2f,\"latency_receiver_cpu_us_per_msg\":%.2f,"
+                "\"rtt_p50_us\":%.1f,\"rtt_p99_us\":%.1f,\"frames_dropped\":%llu",
                 r.pipelined.msgs_per_s, r.pipelined.msgs_per_s_to_ack, r.frames_per_write, r.at_target.p50_us, r.at_target.p99_us, r.load,
-                r.latency.p50_us, r.latency.p99_us, r.rtt.p50_us, r.rtt.p99_us,
-                (unsigned long long)r.frames_dropped);
+                r.latency.p50_us, r.latency.p99_us, r.latency_sender_cpu_us, r.latency_receiver_cpu_us, r.rtt.p50_us,
+                r.rtt.p99_us, (unsigned long long)r.frames_dropped);
   std::string out = buf;
   if (durable) {
     const double secs = std::max(r.pipelined.seconds, 1e-9);

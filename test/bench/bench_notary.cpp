@@ -327,7 +327,7 @@ int main(int argc, char** argv) {
       }
       for (int n : args.replicas) {
         if (n < 1 || n > replicas_max || (n - 1) % 3 != 0) {
-          std::cerr << "--replicas: each cluster size must be 3f+1 and at most " << replicas_max << "\n";
+          std::fprintf(stderr, "--replicas: each cluster size must be 3f+1 and at most %d\n", replicas_max);
           return 2;
         }
       }
