@@ -8,7 +8,9 @@
 
 #include <time.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -180,6 +182,12 @@ int openReadersOfThisProcess(MDB_env* env) {
       },
       &count);
   return count.open;
+}
+
+int64_t steadyNanos() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
 }
 
 void encodeU32(uint8_t out[4], uint32_t v) {
@@ -664,7 +672,7 @@ void Store::submit(WriteFn fn, DoneFn done) {
     std::unique_lock lock(mutex_);
     CCAL_ASSERT_MSG(!stopping_, "submit() on a store being closed");
     queue_not_full_.wait(lock, [&] { return queue_.size() < config_.write_queue_max; });
-    queue_.push_back(Request{std::move(fn), std::move(done)});
+    queue_.push_back(Request{std::move(fn), std::move(done), steadyNanos()});
   }
   queue_not_empty_.notify_one();
 }
@@ -756,6 +764,13 @@ void Store::writerLoop() {
     }
     queue_not_full_.notify_all();
     CCAL_ASSERT(!batch.empty() && batch.size() <= config_.write_batch_max);
+    const int64_t started_nanos = steadyNanos();
+    int64_t queued_nanos = 0, commit_nanos = 0;
+    for (Request& r : batch) {
+      if (r.submitted_nanos == 0) continue;  // carried: counted when first taken
+      queued_nanos += std::max<int64_t>(0, started_nanos - r.submitted_nanos);
+      r.submitted_nanos = 0;
+    }
 
     results.assign(batch.size(), Status());
     settled.assign(batch.size(), false);
@@ -812,7 +827,9 @@ void Store::writerLoop() {
         mdb_txn_abort(txn);  // nothing to write: spare the fsync
         break;
       }
+      const int64_t commit_start_nanos = steadyNanos();
       rc = mdb_txn_commit(txn);  // durable unless MDB_NOSYNC
+      commit_nanos += steadyNanos() - commit_start_nanos;
       if (rc == MDB_MAP_FULL && growMap()) {
         ++reruns_counted;
         continue;
@@ -847,6 +864,10 @@ void Store::writerLoop() {
       stats_.reruns += reruns_counted;
       stats_.writer_cpu_micros = static_cast<uint64_t>(cpu.tv_sec) * 1'000'000 +
                                  static_cast<uint64_t>(cpu.tv_nsec) / 1000;
+      stats_.queued_micros += static_cast<uint64_t>(queued_nanos / 1000);
+      stats_.commit_micros += static_cast<uint64_t>(commit_nanos / 1000);
+      stats_.run_micros +=
+          static_cast<uint64_t>(std::max<int64_t>(0, steadyNanos() - started_nanos - commit_nanos) / 1000);
       if (committed) ++stats_.commits;
     }
     for (size_t i = 0; i < batch.size(); ++i) {

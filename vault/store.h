@@ -177,6 +177,12 @@ class Store {
     uint64_t map_grows = 0;   // times the map was grown
     uint64_t map_size_bytes = 0;  // the map's size now
     uint64_t writer_cpu_micros = 0;  // CPU time the writer thread has used
+    // Where a request's time goes (wall clock, summed; divide by requests or
+    // commits): waiting in the queue (submit() to its batch's start), the
+    // batch's requests running, the LMDB commits (page writes and syncs).
+    uint64_t queued_micros = 0;      // summed over requests
+    uint64_t run_micros = 0;         // summed over batches
+    uint64_t commit_micros = 0;      // summed over commits
   };
   Stats stats() const;
   const StoreConfig& config() const { return config_; }
@@ -193,6 +199,7 @@ class Store {
   struct Request {
     WriteFn fn;
     DoneFn done;
+    int64_t submitted_nanos = 0;  // steady clock, for Stats::queued_micros
   };
 
   StoreConfig config_;

@@ -127,12 +127,27 @@ struct Percentiles {
   size_t count = 0;
 };
 
+// A store's counters (vault::Store::Stats), or their change over a phase.
+struct StoreCounts {
+  uint64_t commits = 0, requests = 0, writer_cpu_micros = 0;
+  // Wall time: requests waiting in the writer's queue (summed over requests),
+  // batches running (summed over batches), LMDB commits (summed over commits).
+  uint64_t queued_micros = 0, run_micros = 0, commit_micros = 0;
+  StoreCounts since(const StoreCounts& start) const {
+    return {commits - start.commits, requests - start.requests, writer_cpu_micros - start.writer_cpu_micros,
+            queued_micros - start.queued_micros, run_micros - start.run_micros,
+            commit_micros - start.commit_micros};
+  }
+};
+
 // Where a timed message's one-way time goes (durable mode), each measured
 // from send(): durable in the sender's outbox (done()), its frame handed to
 // the sender's link, its frame arriving at the receiver's link, handed to
 // the receiver's handler (after the inbox write is durable).
 struct Stages {
   Percentiles outbox_durable, frame_sent, frame_arrived;
+  StoreCounts sender, receiver;  // the stores during the phase
+  double seconds = 0;
 };
 
 Percentiles percentiles(std::vector<int64_t> nanos) {
@@ -268,13 +283,6 @@ class DurableChannel final : public Channel, public flows::MessageHandler {
   uint64_t sent_ = 0, confirmed_ = 0;  // executor thread
 };
 
-struct StoreCounts {
-  uint64_t commits = 0, requests = 0, writer_cpu_micros = 0;
-  StoreCounts since(const StoreCounts& start) const {
-    return {commits - start.commits, requests - start.requests, writer_cpu_micros - start.writer_cpu_micros};
-  }
-};
-
 // One side of a measurement: its executor, TLS link and channel, and in
 // durable mode its vault (own temp directory), message store and Delivery.
 class Side {
@@ -336,7 +344,7 @@ class Side {
   StoreCounts storeCounts() const {
     if (!vault_) return {};
     auto s = vault_->store().stats();
-    return {s.commits, s.requests, s.writer_cpu_micros};
+    return {s.commits, s.requests, s.writer_cpu_micros, s.queued_micros, s.run_micros, s.commit_micros};
   }
 
   // Link first (no more frames), then wait for Delivery's store requests,
@@ -507,7 +515,7 @@ Percentiles fileSyncs(int syncs) {
   std::condition_variable cv;
   bool done = false;
   uint64_t received = 0;
-  StoreCounts trial_start;
+  StoreCounts trial_start, latency_start;
   std::vector<int64_t> latencies;
   latencies.reserve(1 << 20);
   // Runs on the side's executor, which handles no frame before the Side's
@@ -533,6 +541,7 @@ Percentiles fileSyncs(int syncs) {
         break;
       }
       case timed:
+        if (latencies.empty()) latency_start = side.storeCounts();
         latencies.push_back(nowNanos() - static_cast<int64_t>(getU64(msg.data() + 1)));
         break;
       case report: {
@@ -542,10 +551,12 @@ Percentiles fileSyncs(int syncs) {
           arrived = percentiles(side.timing_link->frames_in_ns);
           side.timing_link->frames_in_ns.clear();
         }
+        const StoreCounts c = side.storeCounts().since(latency_start);
         channel.send(message(reported, {p.count, static_cast<uint64_t>(p.p50_us * 1000),
                                         static_cast<uint64_t>(p.p99_us * 1000), arrived.count,
                                         static_cast<uint64_t>(arrived.p50_us * 1000),
-                                        static_cast<uint64_t>(arrived.p99_us * 1000)}));
+                                        static_cast<uint64_t>(arrived.p99_us * 1000), c.commits, c.requests,
+                                        c.writer_cpu_micros, c.queued_micros, c.run_micros, c.commit_micros}));
         latencies.clear();
         break;
       }
@@ -658,12 +669,15 @@ class Driver {
       load_start_ = nowNanos();
       load_end_ = load_start_ + static_cast<int64_t>(seconds * 1e9);
       load_sent_ = 0;
+      load_counts_start_ = side_.storeCounts();
       if (auto* durable = dynamic_cast<DurableChannel*>(&channel_)) durable->durable_ns.clear();
       if (side_.timing_link) side_.timing_link->frames_out_ns.clear();
       report_done_ = [&] {
         if (auto* durable = dynamic_cast<DurableChannel*>(&channel_))
           stages_.outbox_durable = percentiles(durable->durable_ns);
         if (side_.timing_link) stages_.frame_sent = percentiles(side_.timing_link->frames_out_ns);
+        stages_.sender = side_.storeCounts().since(load_counts_start_);
+        stages_.seconds = seconds;
         done.set_value();
       };
       tick();
@@ -727,6 +741,8 @@ class Driver {
         arrived_.count = getU64(m.data() + 25);
         arrived_.p50_us = static_cast<double>(getU64(m.data() + 33)) / 1000.0;
         arrived_.p99_us = static_cast<double>(getU64(m.data() + 41)) / 1000.0;
+        stages_.receiver = {getU64(m.data() + 49), getU64(m.data() + 57), getU64(m.data() + 65),
+                            getU64(m.data() + 73), getU64(m.data() + 81), getU64(m.data() + 89)};
         report_done_();
         break;
       default: break;
@@ -748,6 +764,7 @@ class Driver {
   double load_rate_ = 0;
   int64_t load_start_ = 0, load_end_ = 0;
   uint64_t load_sent_ = 0;
+  StoreCounts load_counts_start_;
   Percentiles report_, arrived_;
   Stages stages_;
 };
@@ -842,6 +859,22 @@ ModeResult measure(bool durable, const Run& run, pid_t responder, TestDirectory&
   return r;
 }
 
+// Each store during a latency phase: its commit cadence and where a
+// request's time goes (queued, batch running, commit with its syncs).
+void printStores(const Stages& st) {
+  auto one = [&](const char* who, const StoreCounts& c) {
+    const double commits = static_cast<double>(std::max<uint64_t>(1, c.commits));
+    const double requests = static_cast<double>(std::max<uint64_t>(1, c.requests));
+    std::printf("      %s store: %6.0f commits/s, %5.1f requests per commit; per request queued %7.1f us;"
+                " per commit run %6.1f us, commit %6.1f us, writer CPU %6.1f us\n",
+                who, static_cast<double>(c.commits) / std::max(st.seconds, 1e-9), requests / commits,
+                static_cast<double>(c.queued_micros) / requests, static_cast<double>(c.run_micros) / commits,
+                static_cast<double>(c.commit_micros) / commits, static_cast<double>(c.writer_cpu_micros) / commits);
+  };
+  one("sender  ", st.sender);
+  one("receiver", st.receiver);
+}
+
 void printMode(const char* title, const ModeResult& r, const Run& run, bool durable) {
   std::printf("%s\n", title);
   std::printf("  %s ping-pong round trip%s        p50 %7.1f us  p99 %7.1f us  (%zu round trips)\n",
@@ -889,6 +922,7 @@ void printMode(const char* title, const ModeResult& r, const Run& run, bool dura
                   "                   frame at the receiver p50 %7.1f us p99 %7.1f us; handed over (inbox durable) as above\n",
                   st.outbox_durable.p50_us, st.outbox_durable.p99_us, st.frame_sent.p50_us, st.frame_sent.p99_us,
                   st.frame_arrived.p50_us, st.frame_arrived.p99_us);
+      printStores(st);
     }
   }
   std::printf("  one-way latency at %.0f msg/s (%s)  p50 %7.1f us  p99 %7.1f us  (%zu messages)\n", r.load,
@@ -903,6 +937,7 @@ void printMode(const char* title, const ModeResult& r, const Run& run, bool dura
                 "                   frame at the receiver p50 %7.1f us p99 %7.1f us; handed over (inbox durable) as above\n",
                 st.outbox_durable.p50_us, st.outbox_durable.p99_us, st.frame_sent.p50_us, st.frame_sent.p99_us,
                 st.frame_arrived.p50_us, st.frame_arrived.p99_us);
+    printStores(st);
   }
   if (durable)
     std::printf("  delivery: %llu sent, %llu retransmitted, %llu ack frames, %llu store failures\n",
