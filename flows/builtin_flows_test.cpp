@@ -541,6 +541,35 @@ TEST_CASE("built-in flows: bad answers and bad transactions end the flow naming 
     CHECK(vaultTransactionsCount(a) == 1);
     CHECK(vaultTransactionsCount(b) == 0);
   }
+  // A signer whose business check refuses, and one without the check.
+  TNode& picky = w.add(bob + " picky", 20, [](FlowRuntime& rt, FlowServices& svc, TNode& node) {
+    registerHonest(rt, svc, node);
+    svc.checks[std::string(token_move_flow)] = [](const LedgerTransaction&, const std::string&) {
+      return Status(makeError(Errc::forbidden, "the price is wrong"));
+    };
+  });
+  FlowInfo refused = w.move(a, picky.name, StateRef{issue, 0});
+  CHECK(refused.outcome == vault::FlowOutcome::failed);
+  REQUIRE(refused.error);
+  CHECK(refused.error->code == Errc::forbidden);
+  CHECK_MESSAGE(errorOf(refused).find("business check 'ccal.example.TokenMove' refused transaction") !=
+                    std::string::npos,
+                errorOf(refused));
+  CHECK(errorOf(refused).find("the price is wrong") != std::string::npos);
+  TNode& unaware = w.add(bob + " unaware", 21, [](FlowRuntime& rt, FlowServices& svc, TNode& node) {
+    registerHonest(rt, svc, node);
+    svc.checks.clear();
+  });
+  FlowInfo unknown = w.move(a, unaware.name, StateRef{issue, 0});
+  CHECK(unknown.outcome == vault::FlowOutcome::failed);
+  CHECK_MESSAGE(errorOf(unknown).find("no business check 'ccal.example.TokenMove' is registered here") !=
+                    std::string::npos,
+                errorOf(unknown));
+  REQUIRE(w.quiet());
+  CHECK(vaultTransactionsCount(a) == 1);
+  CHECK(vaultTransactionsCount(picky) == 0);
+  CHECK(vaultTransactionsCount(unaware) == 0);
+
   // An honest signer refuses a transaction that fails its contract.
   TNode& b = w.add(bob, 2);
   FlowInfo info = w.runFlow(a, "inflating-move", tokenMoveArgs(bob, StateRef{issue, 0}));
