@@ -34,6 +34,7 @@
 
 #include <coroutine>
 #include <exception>
+#include <functional>
 #include <optional>
 #include <string>
 #include <type_traits>
@@ -174,7 +175,14 @@ enum class RequestKind : uint8_t {
   now,
   random,
   subflow_ended,  // text: the subflow's name; error: its failure
+  call,           // text: the call's name; call: the operation
 };
+
+// A service operation a flow awaits through FlowContext::call: it starts
+// the operation and calls `done` exactly once with its outcome, on any
+// thread (the runtime posts it back to its executor).
+using CallDone = std::function<void(Result<Bytes>)>;
+using CallOp = std::function<void(CallDone done)>;
 
 struct Request {
   RequestKind kind = RequestKind::now;
@@ -183,6 +191,7 @@ struct Request {
   std::string text;
   Bytes payload;
   std::optional<Error> error;
+  CallOp call;
 };
 
 struct Answer {
@@ -209,6 +218,9 @@ class Await {
 };
 
 }  // namespace detail
+
+using CallDone = detail::CallDone;
+using CallOp = detail::CallOp;
 
 // One side of a conversation with a peer's flow. A cheap handle, valid while
 // its flow runs.
@@ -338,6 +350,31 @@ class FlowContext {
     return runSubFlow(core_, std::move(name), std::move(child));
   }
 
+  // A journaled service call: `op` starts an asynchronous operation of the
+  // node's services (a vault read or write, a notarisation) and completes
+  // with Result<Bytes>. Live, the runtime runs op, journals its outcome
+  // durably, then resumes the flow with it (a failure is thrown as
+  // FlowFailure). In a replay the journaled outcome is returned and op is
+  // NOT run again; a replay whose call has another name than the journal's
+  // is a divergence. If the node crashed while the call was in flight (no
+  // outcome journaled), op runs again after the restart: operations used
+  // this way must be idempotent. Reads the flow decides on (the vault's
+  // view of the inputs, which transactions are missing) go through call()
+  // too, so that a replay sees what the live run saw.
+  detail::Await<Bytes> call(std::string name, detail::CallOp op) {
+    detail::Request r;
+    r.kind = detail::RequestKind::call;
+    r.text = std::move(name);
+    r.call = std::move(op);
+    return detail::Await<Bytes>(core_, std::move(r));
+  }
+  // The same, decoded by `decode(ByteView) -> Result<T>`; an outcome it
+  // refuses ends the flow with an error naming the call.
+  template <class T, class Decode>
+  Flow<T> call(std::string name, detail::CallOp op, Decode decode) {
+    return callTyped<T>(core_, std::move(name), std::move(op), std::move(decode));
+  }
+
   // The progress text that status shows ("collecting signatures").
   void step(std::string text) { core_->setStep(std::move(text)); }
 
@@ -359,6 +396,23 @@ class FlowContext {
     co_await endSubFlow(core, name, std::move(failure));
     if (!result) throw FlowFailure(result.error());
     co_return std::move(result).value();
+  }
+
+  template <class T, class Decode>
+  static Flow<T> callTyped(detail::FlowCore* core, std::string name, detail::CallOp op,
+                           Decode decode) {
+    detail::Request r;
+    r.kind = detail::RequestKind::call;
+    r.text = name;
+    r.call = std::move(op);
+    Bytes bytes = co_await detail::Await<Bytes>(core, std::move(r));
+    Result<T> value = decode(ByteView(bytes));
+    if (!value) {
+      throw FlowFailure(makeError(value.error().code, "the outcome of call '" + name +
+                                                          "' does not decode: " +
+                                                          value.error().message));
+    }
+    co_return std::move(value).value();
   }
 
   static detail::Await<bool> endSubFlow(detail::FlowCore* core, std::string name,

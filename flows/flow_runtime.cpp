@@ -1,6 +1,7 @@
 #include "flows/flow_runtime.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <random>
 #include <utility>
@@ -56,7 +57,7 @@ EndInfo endOf(schema::flows::SessionEnd::Reader r) {
 
 // --- journal events -------------------------------------------------------------------
 
-enum class EventKind : uint8_t { received, timer, now, random, subflow, aborted };
+enum class EventKind : uint8_t { received, timer, now, random, subflow, aborted, called };
 
 struct Event {
   EventKind kind = EventKind::now;
@@ -77,6 +78,7 @@ const char* eventKindName(EventKind kind) {
     case EventKind::random: return "a random number";
     case EventKind::subflow: return "a subflow's end";
     case EventKind::aborted: return "an abort";
+    case EventKind::called: return "a call's outcome";
   }
   return "an unknown event";
 }
@@ -107,6 +109,18 @@ Bytes encodeEvent(const Event& e) {
         break;
       }
       case EventKind::aborted: setEnd(b.initAborted(), e.end); break;
+      case EventKind::called: {
+        auto c = b.initCalled();
+        c.setName(e.name);
+        c.setOk(e.end.ok);
+        if (e.end.ok) {
+          c.setData(asData(e.data));
+        } else {
+          c.setCode(static_cast<uint16_t>(e.end.code));
+          c.setMessage(e.end.message);
+        }
+        break;
+      }
     }
   });
 }
@@ -155,6 +169,19 @@ Result<Event> decodeEvent(ByteView bytes, const std::string& what) {
             e.end = endOf(r.getAborted());
             if (e.end.ok) return makeError(Errc::malformed, "an abort that is not an error");
             return e;
+          case schema::flows::FlowEvent::CALLED: {
+            auto c = r.getCalled();
+            e.kind = EventKind::called;
+            e.name = textOf(c.getName());
+            e.end.ok = c.getOk();
+            if (e.end.ok) {
+              e.data = bytesOf(c.getData());
+            } else {
+              e.end.code = errcOf(c.getCode());
+              e.end.message = textOf(c.getMessage());
+            }
+            return e;
+          }
         }
         return makeError(Errc::malformed, "an event of an unknown kind");
       });
@@ -488,6 +515,7 @@ struct FlowRuntime::FlowState final : detail::FlowCore {
       case detail::RequestKind::now: return "for the time";
       case detail::RequestKind::random: return "for a random number";
       case detail::RequestKind::subflow_ended: return "to end subflow " + quoted(r.text);
+      case detail::RequestKind::call: return "for call " + quoted(r.text);
       default: return "something else";
     }
   }
@@ -498,6 +526,7 @@ struct FlowRuntime::FlowState final : detail::FlowCore {
         return std::string(e.is_end ? "the end" : "a message") + " of session " +
                std::to_string(e.session) + " (seq " + std::to_string(e.seq) + ")";
       case EventKind::subflow: return "the end of subflow " + quoted(e.name);
+      case EventKind::called: return "the outcome of call " + quoted(e.name);
       default: return eventKindName(e.kind);
     }
   }
@@ -534,6 +563,7 @@ struct FlowRuntime::FlowState final : detail::FlowCore {
       case detail::RequestKind::sleep: want = EventKind::timer; break;
       case detail::RequestKind::now: want = EventKind::now; break;
       case detail::RequestKind::random: want = EventKind::random; break;
+      case detail::RequestKind::call: want = EventKind::called; break;
       default: want = EventKind::subflow; break;
     }
     bool same = e.kind == want;
@@ -541,6 +571,7 @@ struct FlowRuntime::FlowState final : detail::FlowCore {
       same = e.session == r.session && e.seq == sessions[r.session].received;
     }
     if (same && want == EventKind::subflow) same = e.name == r.text && e.end.ok == !r.error;
+    if (same && want == EventKind::called) same = e.name == r.text;
     if (!same) {
       ++rt.stats_.divergences;
       return stopReplay(h,
@@ -576,6 +607,7 @@ struct FlowRuntime::FlowState final : detail::FlowCore {
       }
       case EventKind::now:
       case EventKind::random: answer.number = e.number; break;
+      case EventKind::called: setCallAnswer(e); break;
       default: break;
     }
     if (!replaying()) {
@@ -640,10 +672,48 @@ struct FlowRuntime::FlowState final : detail::FlowCore {
         e.name = r.text;
         if (r.error) e.end = EndInfo{false, r.error->code, r.error->message};
         break;
+      case detail::RequestKind::call: startCall(std::move(r.text), std::move(r.call)); return false;
       default: CCAL_ASSERT_MSG(false, "not an event request");
     }
     journalEvent(e, {});
     return false;
+  }
+
+  void setCallAnswer(const Event& e) {
+    if (e.end.ok) {
+      answer.bytes = e.data;
+    } else {
+      answer.error = makeError(e.end.code, e.end.message);
+    }
+  }
+
+  // Runs a service call; its outcome, once journaled, resumes the flow.
+  void startCall(std::string call_name, detail::CallOp call_op) {
+    CCAL_ASSERT_MSG(call_op, "a call without an operation");
+    waiting_text = "waiting for call " + quoted(call_name);
+    const uint64_t my = op;
+    FlowRuntime* runtime = &rt;
+    std::weak_ptr<int> alive = rt.alive_;
+    auto once = std::make_shared<std::atomic<bool>>(false);
+    call_op([runtime, alive, fid = id, my, call_name, once](Result<Bytes> done) {
+      CCAL_ASSERT_MSG(!once->exchange(true), "a call's operation completed twice");
+      if (!alive.lock()) return;
+      runtime->postBack([runtime, fid, my, call_name, outcome = std::move(done)]() mutable {
+        FlowState* f = runtime->find(fid);
+        if (f == nullptr || f->op != my) return;
+        Event e;
+        e.kind = EventKind::called;
+        e.name = call_name;
+        if (outcome) {
+          e.data = std::move(outcome).value();
+        } else {
+          const Error& err = outcome.error();
+          e.end = EndInfo{false, err.code == Errc::ok ? Errc::unavailable : err.code,
+                          "call " + quoted(call_name) + " failed: " + err.message};
+        }
+        f->journalEvent(e, [e](FlowState& g) { g.setCallAnswer(e); });
+      });
+    });
   }
 
   // Appends the event; once durable, runs after() and resumes the flow.

@@ -703,3 +703,169 @@ TEST_CASE("flow runtime: session message ids are deterministic and distinct") {
   CHECK(responderFlowId(flow, 0) != responderFlowId(flow, 1));
   CHECK(responderFlowId(flow, 0) != flow);
 }
+
+// --- journaled service calls (FlowContext::call) ----------------------------------------
+
+namespace {
+
+// A service the call tests use: counts the operations it starts; completes
+// them at once, or holds them (a call in flight) when `hold` is set.
+struct CountingService {
+  int started = 0;
+  bool hold = false;
+  bool fail = false;
+  std::vector<CallDone> held;
+
+  CallOp op() {
+    return [this](CallDone done) {
+      ++started;
+      if (hold) {
+        held.push_back(std::move(done));
+        return;
+      }
+      if (fail) {
+        done(makeError(Errc::insufficient_balance, "boom"));
+        return;
+      }
+      const std::string v = "v" + std::to_string(started);
+      done(Bytes(v.begin(), v.end()));
+    };
+  }
+};
+
+// Calls `name` (args), then sleeps for an hour, then returns the outcome.
+Flow<Bytes> callFlow(FlowContext& ctx, CountingService* service, Bytes args) {
+  Bytes got = co_await ctx.call(textOf(args), service->op());
+  co_await ctx.sleep(3'600'000'000);
+  co_return got;
+}
+
+Result<int> decodeV(ByteView b) {
+  const std::string text = textOf(b);
+  if (text.empty() || text[0] != 'v') return makeError(Errc::malformed, "no 'v' prefix");
+  return std::stoi(text.substr(1));
+}
+
+Flow<Bytes> typedCallFlow(FlowContext& ctx, CountingService* service, Bytes args) {
+  const int n = co_await ctx.call<int>(textOf(args), service->op(), decodeV);
+  co_return bytesOf("n=" + std::to_string(n));
+}
+
+Flow<Bytes> oddCallFlow(FlowContext& ctx, Bytes) {
+  const int n = co_await ctx.call<int>(
+      "svc.odd", [](CallDone done) { done(bytesOf("x1")); }, decodeV);
+  co_return bytesOf(std::to_string(n));
+}
+
+std::function<void(FlowRuntime&)> registerCalls(CountingService& service,
+                                                const std::string& name = "svc.get") {
+  return [&service, name](FlowRuntime& rt) {
+    registerAll(rt);
+    REQUIRE(rt.registerFlow("call", [&service, name](FlowContext& ctx, Bytes) {
+                return callFlow(ctx, &service, bytesOf(name));
+              }).ok());
+    REQUIRE(rt.registerFlow("typed-call", [&service](FlowContext& ctx, Bytes args) {
+                return typedCallFlow(ctx, &service, std::move(args));
+              }).ok());
+  };
+}
+
+bool sleeping(Member& m, const FlowId& id) {
+  auto s = m.runtime->show(id);
+  return s && s->waiting.find("sleeping") != std::string::npos;
+}
+
+}  // namespace
+
+TEST_CASE("flow runtime: a call's outcome is journaled; a replay does not run it again") {
+  Net net;
+  CountingService service;
+  Member& a = net.add(alice, registerCalls(service));
+  auto id = a.runtime->startFlow("call", {});
+  REQUIRE(id);
+  REQUIRE(net.run([&] { return sleeping(a, *id); }));
+  CHECK(service.started == 1);
+  CHECK(a.runtime->show(*id)->eventsJournaled == 1);
+  a.restart();
+  CHECK(a.runtime->stats().events_replayed == 1);
+  CHECK(service.started == 1);  // answered from the journal
+  CHECK(a.runtime->kill(*id, "enough").ok());
+  FlowInfo info = net.await(a, *id);
+  CHECK(info.outcome == vault::FlowOutcome::killed);
+
+  auto typed = a.runtime->startFlow("typed-call", bytesOf("svc.typed"));
+  REQUIRE(typed);
+  info = net.await(a, *typed);
+  REQUIRE(info.outcome == vault::FlowOutcome::ok);
+  CHECK(textOf(info.result) == "n=2");
+}
+
+TEST_CASE("flow runtime: a call outcome the decoder refuses ends the flow naming the call") {
+  Net net;
+  Member& a = net.add(alice, [](FlowRuntime& rt) {
+    registerAll(rt);
+    REQUIRE(rt.registerFlow("typed-odd", oddCallFlow).ok());
+  });
+  auto id = a.runtime->startFlow("typed-odd", {});
+  REQUIRE(id);
+  FlowInfo o = net.await(a, *id);
+  CHECK(o.outcome == vault::FlowOutcome::failed);
+  REQUIRE(o.error);
+  CHECK(o.error->code == Errc::malformed);
+  CHECK(o.error->message.find("the outcome of call 'svc.odd' does not decode: no 'v' prefix") !=
+        std::string::npos);
+}
+
+TEST_CASE("flow runtime: a crash while a call is in flight runs it again after the restart") {
+  Net net;
+  CountingService service;
+  service.hold = true;
+  Member& a = net.add(alice, registerCalls(service));
+  auto id = a.runtime->startFlow("call", {});
+  REQUIRE(id);
+  REQUIRE(net.run([&] { return service.started == 1; }));
+  CHECK(a.runtime->show(*id)->waiting.find("waiting for call 'svc.get'") != std::string::npos);
+  a.restart();
+  REQUIRE(net.run([&] { return service.started == 2; }));  // run again: nothing was journaled
+  // The first incarnation's completion is dropped; the second one's counts.
+  service.held[0](bytesOf("stale"));
+  service.held[1](bytesOf("fresh"));
+  REQUIRE(net.run([&] { return sleeping(a, *id); }));
+  a.restart();
+  CHECK(service.started == 2);
+  CHECK(a.runtime->kill(*id).ok());
+  net.await(a, *id);
+}
+
+TEST_CASE("flow runtime: a replay whose call has another name diverges") {
+  Net net;
+  CountingService service;
+  std::string name = "svc.a";
+  Member& a = net.add(alice, [&](FlowRuntime& rt) { registerCalls(service, name)(rt); });
+  auto id = a.runtime->startFlow("call", {});
+  REQUIRE(id);
+  REQUIRE(net.run([&] { return sleeping(a, *id); }));
+  name = "svc.b";
+  a.restart();
+  FlowInfo info = net.await(a, *id);
+  CHECK(info.outcome == vault::FlowOutcome::failed);
+  REQUIRE(info.error);
+  CHECK(info.error->code == Errc::conflict);
+  CHECK(info.error->message.find("diverged at step 0: the flow asked for call 'svc.b' but its "
+                                 "journal has the outcome of call 'svc.a'") != std::string::npos);
+  CHECK(service.started == 1);
+}
+
+TEST_CASE("flow runtime: a call that fails ends the flow with its error, also in a replay") {
+  Net net;
+  CountingService service;
+  service.fail = true;
+  Member& a = net.add(alice, registerCalls(service));
+  auto id = a.runtime->startFlow("call", {});
+  REQUIRE(id);
+  FlowInfo info = net.await(a, *id);
+  CHECK(info.outcome == vault::FlowOutcome::failed);
+  REQUIRE(info.error);
+  CHECK(info.error->code == Errc::insufficient_balance);
+  CHECK(info.error->message.find("call 'svc.get' failed: boom") != std::string::npos);
+}

@@ -58,7 +58,16 @@ struct FlowEvent {
     random @3 :UInt64;
     subFlowEnded @4 :SubFlowEnded;
     aborted @5 :SessionEnd;    # killed or timed out: the flow stops here
+    called @6 :Called;         # a service call's outcome (FlowContext::call)
   }
+}
+
+struct Called {
+  name @0 :Text;
+  ok @1 :Bool;
+  code @2 :UInt16;             # an Errc when not ok
+  message @3 :Text;            # when not ok
+  data @4 :Data;               # when ok
 }
 
 struct Received {

@@ -1,0 +1,694 @@
+#include "flows/builtin_flows.h"
+
+#include <algorithm>
+#include <deque>
+#include <map>
+#include <memory>
+#include <set>
+
+#include "ledger/capnp_io.h"
+#include "schemas/builtin_flows.capnp.h"
+
+namespace ccal::flows {
+
+namespace {
+
+using Kind = BuiltinMessage::Kind;
+
+std::string quoted(std::string_view s) { return "'" + std::string(s) + "'"; }
+
+// The transactions whose outputs `tx` spends or references, each once, in id order.
+std::vector<SecureHash> dependencyIds(const WireTransaction& tx) {
+  std::set<SecureHash> ids;
+  for (const StateRef& r : tx.inputs()) ids.insert(r.txId);
+  for (const StateRef& r : tx.references()) ids.insert(r.txId);
+  return {ids.begin(), ids.end()};
+}
+
+[[noreturn]] void fail(const Error& error, const std::string& context) {
+  failFlow(error.code, context + ": " + error.message);
+}
+
+Flow<BuiltinMessage> receiveMessage(Session s, std::vector<Kind> accepted, std::string what) {
+  auto decode = [accepted](ByteView b) { return decodeBuiltinMessage(b, accepted); };
+  BuiltinMessage m = co_await s.receive<BuiltinMessage>(decode, what);
+  co_return m;
+}
+
+Flow<bool> sendMessage(Session s, BuiltinMessage m) {
+  Bytes bytes = encodeBuiltinMessage(m);
+  co_await s.send(std::move(bytes));
+  co_return true;
+}
+
+// --- vault access, journaled ---------------------------------------------------------------
+
+// The ones of `ids` the vault does not have.
+Flow<std::vector<SecureHash>> missingOf(FlowContext& ctx, const FlowServices& svc,
+                                        std::vector<SecureHash> ids) {
+  if (ids.empty()) co_return std::vector<SecureHash>{};
+  vault::Vault* v = svc.vault;
+  CallOp op = [v, ids](CallDone done) {
+    std::vector<SecureHash> missing;
+    for (const SecureHash& id : ids) {
+      if (!v->hasTransaction(id)) missing.push_back(id);
+    }
+    done(encodeIdList(missing));
+  };
+  std::vector<SecureHash> missing =
+      co_await ctx.call<std::vector<SecureHash>>("vault.missing", std::move(op), decodeIdList);
+  co_return missing;
+}
+
+// The vault's transactions of `ids`, in order; nullopt for those it does not have.
+Flow<std::vector<std::optional<SignedTransaction>>> vaultTransactions(FlowContext& ctx,
+                                                                      const FlowServices& svc,
+                                                                      std::vector<SecureHash> ids) {
+  using List = std::vector<std::optional<SignedTransaction>>;
+  if (ids.empty()) co_return List{};
+  vault::Vault* v = svc.vault;
+  CallOp op = [v, ids](CallDone done) {
+    List out;
+    for (const SecureHash& id : ids) {
+      auto t = v->transaction(id);
+      if (!t) {
+        done(t.error());
+        return;
+      }
+      out.push_back(std::move(t).value());
+    }
+    done(encodeTransactionList(out));
+  };
+  List txs = co_await ctx.call<List>("vault.transactions", std::move(op), decodeTransactionList);
+  if (txs.size() != ids.size()) {
+    failFlow(Errc::storage_error, "the vault answered " + std::to_string(txs.size()) +
+                                      " transactions for " + std::to_string(ids.size()));
+  }
+  co_return txs;
+}
+
+// Records `txs` in order (each idempotent), in one journaled call.
+Flow<bool> recordAll(FlowContext& ctx, const FlowServices& svc, std::vector<SignedTransaction> txs,
+                     vault::RecordMode mode) {
+  if (txs.empty()) co_return true;
+  vault::Vault* v = svc.vault;
+  // TODO(perf): records one after the other on the executor (synchronous
+  // commits); chain recordAsync instead.
+  CallOp op = [v, txs, mode](CallDone done) {
+    for (const SignedTransaction& stx : txs) {
+      auto status = v->record(stx, mode);
+      if (!status) {
+        done(makeError(status.error().code, "recording transaction " + stx.id().hex() + ": " +
+                                                status.error().message));
+        return;
+      }
+    }
+    done(Bytes{});
+  };
+  co_await ctx.call("vault.record", std::move(op));
+  co_return true;
+}
+
+// --- verification ----------------------------------------------------------------------------
+
+using TxMap = std::map<SecureHash, SignedTransaction>;
+
+Result<LedgerTransaction> toLedger(const WireTransaction& tx, const TxMap& known) {
+  return LedgerTransaction::resolve(tx, [&](const StateRef& ref) -> Result<TransactionState> {
+    auto it = known.find(ref.txId);
+    if (it == known.end()) {
+      return makeError(Errc::not_found, "the transaction of state " + ref.toString() + " is not known");
+    }
+    const auto& outputs = it->second.tx().outputs();
+    if (ref.index >= outputs.size()) {
+      return makeError(Errc::not_found, "transaction " + ref.txId.hex() + " has no output " +
+                                            std::to_string(ref.index));
+    }
+    return outputs[ref.index];
+  });
+}
+
+// Resolves and runs the contracts; fails the flow naming the transaction.
+LedgerTransaction verifyContracts(const FlowServices& svc, const SignedTransaction& stx,
+                                  const TxMap& known) {
+  auto ltx = toLedger(stx.tx(), known);
+  if (!ltx) fail(ltx.error(), "transaction " + stx.id().hex() + " does not resolve");
+  if (auto s = svc.contracts->verify(*ltx, svc.policy); !s) {
+    fail(s.error(), "transaction " + stx.id().hex() + " fails its contracts");
+  }
+  return std::move(ltx).value();
+}
+
+// `fetched` in dependency order: every transaction after the ones it depends on.
+std::vector<SecureHash> dependencyOrder(const TxMap& fetched) {
+  std::vector<SecureHash> order;
+  std::set<SecureHash> done, visiting;
+  for (const auto& entry : fetched) {
+    if (done.count(entry.first)) continue;
+    std::vector<std::pair<SecureHash, size_t>> stack{{entry.first, 0}};
+    visiting.insert(entry.first);
+    while (!stack.empty()) {
+      const SecureHash cur = stack.back().first;
+      const std::vector<SecureHash> deps = dependencyIds(fetched.at(cur).tx());
+      if (stack.back().second < deps.size()) {
+        const SecureHash d = deps[stack.back().second++];
+        if (fetched.count(d) && !done.count(d) && !visiting.count(d)) {
+          visiting.insert(d);
+          stack.emplace_back(d, 0);
+        }
+        continue;
+      }
+      visiting.erase(cur);
+      done.insert(cur);
+      order.push_back(cur);
+      stack.pop_back();
+    }
+  }
+  return order;
+}
+
+// --- backchain --------------------------------------------------------------------------------
+
+// What resolution found: the transactions `stx` depends on (from the peer
+// or the vault), and the verified chain to record, in dependency order.
+struct Resolved {
+  TxMap known;
+  std::vector<SignedTransaction> chain;
+};
+
+// ResolveTransactions: fetches the missing backchain of `stx` from the peer
+// of `s`, verifies it in dependency order. Records nothing (the caller
+// records the chain with the transaction, once that is verified too).
+Flow<Resolved> resolveBackchain(FlowContext& ctx, const FlowServices& svc, Session s,
+                                SignedTransaction stx) {
+  const BackchainLimits& limits = svc.limits;
+  const std::vector<SecureHash> top = dependencyIds(stx.tx());
+  TxMap fetched;
+  std::set<SecureHash> asked;
+  std::deque<std::pair<SecureHash, uint32_t>> queue;  // id, depth below stx
+  {
+    std::vector<SecureHash> missing = co_await missingOf(ctx, svc, top);
+    for (const SecureHash& id : missing) {
+      asked.insert(id);
+      queue.emplace_back(id, 1);
+    }
+  }
+  while (!queue.empty()) {
+    std::vector<SecureHash> batch;
+    std::vector<uint32_t> depths;
+    while (!queue.empty() && batch.size() < limits.transactions_per_batch_max) {
+      batch.push_back(queue.front().first);
+      depths.push_back(queue.front().second);
+      queue.pop_front();
+    }
+    if (fetched.size() + batch.size() > limits.backchain_transactions_max) {
+      failFlow(Errc::too_large, "the backchain of transaction " + stx.id().hex() +
+                                    " has more than backchain_transactions_max (" +
+                                    std::to_string(limits.backchain_transactions_max) +
+                                    ") transactions");
+    }
+    ctx.step("fetching " + std::to_string(batch.size()) + " backchain transactions from " +
+             quoted(s.peer()));
+    BuiltinMessage request;
+    request.kind = Kind::fetch;
+    request.ids = batch;
+    co_await sendMessage(s, std::move(request));
+    std::vector<Kind> accepted{Kind::transactions};
+    BuiltinMessage got = co_await receiveMessage(s, accepted, "backchain batch");
+    if (got.transactions.size() != batch.size()) {
+      failFlow(Errc::malformed, quoted(s.peer()) + " sent " +
+                                    std::to_string(got.transactions.size()) +
+                                    " backchain transactions for " + std::to_string(batch.size()) +
+                                    " asked for");
+    }
+    std::vector<SecureHash> next;
+    std::map<SecureHash, uint32_t> next_depth;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      auto dtx = SignedTransaction::decode(got.transactions[i]);
+      if (!dtx) {
+        fail(dtx.error(), "backchain transaction " + std::to_string(i) + " from " +
+                              quoted(s.peer()) + " (asked for " + batch[i].hex() +
+                              ") does not decode");
+      }
+      if (dtx->id() != batch[i]) {
+        failFlow(Errc::id_mismatch, quoted(s.peer()) + " sent transaction " + dtx->id().hex() +
+                                        ", which was not asked for (asked for " + batch[i].hex() +
+                                        ")");
+      }
+      for (const SecureHash& dep : dependencyIds(dtx->tx())) {
+        if (asked.insert(dep).second) {
+          next.push_back(dep);
+          next_depth[dep] = depths[i] + 1;
+        }
+      }
+      fetched.emplace(batch[i], std::move(dtx).value());
+    }
+    std::vector<SecureHash> still = co_await missingOf(ctx, svc, next);
+    for (const SecureHash& id : still) {
+      if (next_depth[id] > limits.backchain_depth_max) {
+        failFlow(Errc::too_deep, "the backchain of transaction " + stx.id().hex() +
+                                     " is deeper than backchain_depth_max (" +
+                                     std::to_string(limits.backchain_depth_max) + ")");
+      }
+      queue.emplace_back(id, next_depth[id]);
+    }
+  }
+  // The vault's transactions the chain and stx spend from.
+  std::set<SecureHash> from_vault;
+  for (const auto& entry : fetched) {
+    for (const SecureHash& dep : dependencyIds(entry.second.tx())) {
+      if (!fetched.count(dep)) from_vault.insert(dep);
+    }
+  }
+  for (const SecureHash& dep : top) {
+    if (!fetched.count(dep)) from_vault.insert(dep);
+  }
+  std::vector<SecureHash> vault_ids(from_vault.begin(), from_vault.end());
+  auto stored = co_await vaultTransactions(ctx, svc, vault_ids);
+  Resolved out;
+  for (size_t i = 0; i < vault_ids.size(); ++i) {
+    if (!stored[i]) {
+      failFlow(Errc::not_found, "transaction " + vault_ids[i].hex() +
+                                    " of the backchain is neither in the vault nor sent by " +
+                                    quoted(s.peer()));
+    }
+    out.known.emplace(vault_ids[i], std::move(*stored[i]));
+  }
+  ctx.step("verifying " + std::to_string(fetched.size()) + " backchain transactions");
+  for (const SecureHash& id : dependencyOrder(fetched)) {
+    const SignedTransaction& dtx = fetched.at(id);
+    TxMap lookup;
+    for (const SecureHash& dep : dependencyIds(dtx.tx())) {
+      auto f = fetched.find(dep);
+      if (f != fetched.end()) {
+        lookup.emplace(dep, f->second);
+      } else {
+        lookup.emplace(dep, out.known.at(dep));
+      }
+    }
+    verifyContracts(svc, dtx, lookup);
+    if (auto st = dtx.verifyRequiredSignatures(); !st) {
+      fail(st.error(), "backchain transaction " + id.hex() + " from " + quoted(s.peer()) +
+                           " is not validly signed");
+    }
+    out.chain.push_back(dtx);
+  }
+  for (auto& entry : fetched) {
+    if (std::binary_search(top.begin(), top.end(), entry.first)) {
+      out.known.emplace(entry.first, std::move(entry.second));
+    }
+  }
+  co_return out;
+}
+
+// The sender's side: answers the peer's fetch requests for the backchain of
+// `stx` until it sends a message of kind `expected`, which it returns.
+Flow<BuiltinMessage> serveUntil(FlowContext& ctx, const FlowServices& svc, Session s,
+                                SignedTransaction stx, Kind expected, std::string what) {
+  const std::vector<SecureHash> deps = dependencyIds(stx.tx());
+  std::set<SecureHash> authorised(deps.begin(), deps.end());
+  uint64_t served = 0;
+  for (;;) {
+    std::vector<Kind> accepted{Kind::fetch, expected};
+    BuiltinMessage m = co_await receiveMessage(s, accepted, what);
+    if (m.kind == expected) co_return m;
+    if (m.ids.size() > svc.limits.transactions_per_batch_max) {
+      failFlow(Errc::too_large, quoted(s.peer()) + " asked for " + std::to_string(m.ids.size()) +
+                                    " transactions at once, over transactions_per_batch_max (" +
+                                    std::to_string(svc.limits.transactions_per_batch_max) + ")");
+    }
+    for (const SecureHash& id : m.ids) {
+      if (!authorised.count(id)) {
+        failFlow(Errc::forbidden, quoted(s.peer()) + " asked for transaction " + id.hex() +
+                                      ", which is not in the backchain of " + stx.id().hex());
+      }
+    }
+    served += m.ids.size();
+    if (served > svc.limits.backchain_transactions_max) {
+      failFlow(Errc::too_large, quoted(s.peer()) + " asked for more than backchain_transactions_max (" +
+                                    std::to_string(svc.limits.backchain_transactions_max) +
+                                    ") transactions");
+    }
+    ctx.step("sending " + std::to_string(m.ids.size()) + " backchain transactions to " +
+             quoted(s.peer()));
+    auto txs = co_await vaultTransactions(ctx, svc, m.ids);
+    BuiltinMessage reply;
+    reply.kind = Kind::transactions;
+    for (size_t i = 0; i < txs.size(); ++i) {
+      if (!txs[i]) {
+        failFlow(Errc::not_found, quoted(s.peer()) + " asked for transaction " + m.ids[i].hex() +
+                                      ", which this vault does not have");
+      }
+      for (const SecureHash& dep : dependencyIds(txs[i]->tx())) authorised.insert(dep);
+      reply.transactions.push_back(txs[i]->encode());
+    }
+    co_await sendMessage(s, std::move(reply));
+  }
+}
+
+// --- collect signatures / sign -----------------------------------------------------------------
+
+Flow<SignedTransaction> collectSignaturesBody(FlowContext& ctx, const FlowServices& svc,
+                                              SignedTransaction stx, std::string check) {
+  ctx.step("collecting signatures");
+  for (const KeyPair* k : svc.keysFor(stx.tx().requiredSigningKeys())) stx.signWith(*k);
+  if (auto st = stx.checkSignaturesAreValid(); !st) fail(st.error(), "transaction " + stx.id().hex());
+  const auto& notary = stx.tx().notary();
+  std::map<std::string, std::vector<Key>> by_party;
+  for (const Key& k : stx.missingSigningKeys()) {
+    if (notary && k == notary->owningKey) continue;
+    auto party = svc.partyByKey ? svc.partyByKey(k) : std::nullopt;
+    if (!party) failFlow(Errc::not_found, "no party is known for required signer " + k.describe());
+    if (party->name == ctx.self()) {
+      failFlow(Errc::missing_signatures, "this node must sign with " + k.describe() +
+                                             ", which it does not hold");
+    }
+    by_party[party->name].push_back(k);
+  }
+  for (const auto& entry : by_party) {
+    const std::string& name = entry.first;
+    const std::vector<Key>& keys = entry.second;
+    ctx.step("collecting the signature of " + quoted(name));
+    Session s = co_await ctx.initiate(name);
+    BuiltinMessage request;
+    request.kind = Kind::sign_request;
+    request.check = check;
+    request.stx = stx;
+    co_await sendMessage(s, std::move(request));
+    BuiltinMessage got = co_await serveUntil(ctx, svc, s, stx, Kind::signatures, "signatures");
+    const Bytes signable = signableBytes(stx.id());
+    for (const DigitalSignature& sig : got.signatures) {
+      const bool asked = std::any_of(keys.begin(), keys.end(),
+                                     [&](const Key& k) { return k.contains(sig.by()); });
+      if (!asked) {
+        failFlow(Errc::bad_signature, quoted(name) + " returned a signature by " +
+                                          Key(sig.by()).describe() + ", a key it was not asked for");
+      }
+      if (auto v = sig.verify(signable); !v) {
+        fail(v.error(), "the signature of " + quoted(name) + " over transaction " + stx.id().hex() +
+                            " does not verify");
+      }
+      stx.addSignature(sig);
+    }
+    const auto signers = stx.signers();
+    for (const Key& k : keys) {
+      if (!k.isFulfilledBy(signers)) {
+        failFlow(Errc::missing_signatures,
+                 quoted(name) + " did not sign transaction " + stx.id().hex() + " with " + k.describe());
+      }
+    }
+  }
+  co_return stx;
+}
+
+Flow<Bytes> signTransactionResponder(FlowContext& ctx, const FlowServices* svc, Bytes) {
+  Session s = *ctx.counterparty();
+  std::vector<Kind> accepted{Kind::sign_request};
+  BuiltinMessage request = co_await receiveMessage(s, accepted, "sign request");
+  SignedTransaction stx = std::move(*request.stx);
+  ctx.step("resolving the backchain of " + stx.id().hex());
+  Resolved resolved = co_await ctx.subFlow(std::string(resolve_transactions_flow),
+                                           resolveBackchain(ctx, *svc, s, stx));
+  ctx.step("verifying " + stx.id().hex());
+  LedgerTransaction ltx = verifyContracts(*svc, stx, resolved.known);
+  if (auto st = stx.checkSignaturesAreValid(); !st) {
+    fail(st.error(), "transaction " + stx.id().hex() + " from " + quoted(s.peer()));
+  }
+  auto mine = svc->keysFor(stx.tx().requiredSigningKeys());
+  if (mine.empty()) {
+    failFlow(Errc::forbidden, quoted(s.peer()) + " asked this node to sign transaction " +
+                                  stx.id().hex() + ", which requires none of its keys");
+  }
+  auto check = svc->checks.find(request.check);
+  if (check == svc->checks.end()) {
+    failFlow(Errc::not_found, "no business check " + quoted(request.check) +
+                                  " is registered here, so transaction " + stx.id().hex() +
+                                  " is not signed");
+  }
+  if (auto st = check->second(ltx, s.peer()); !st) {
+    fail(st.error(), "business check " + quoted(request.check) + " refused transaction " +
+                         stx.id().hex());
+  }
+  co_await recordAll(ctx, *svc, std::move(resolved.chain), vault::RecordMode::only_relevant);
+  BuiltinMessage reply;
+  reply.kind = Kind::signatures;
+  for (const KeyPair* k : mine) reply.signatures.push_back(stx.signatureBy(*k));
+  co_await sendMessage(s, std::move(reply));
+  co_return Bytes(stx.id().bytes().begin(), stx.id().bytes().end());
+}
+
+// --- notarise --------------------------------------------------------------------------------------
+
+std::string conflictText(const NotaryAnswer& answer) {
+  std::string out;
+  for (const NotaryConflictInfo& c : answer.conflicts) {
+    if (!out.empty()) out += ", ";
+    out += c.ref.toString() + " (consumed by " + c.consumedBy.hex() + ")";
+  }
+  return out;
+}
+
+Flow<SignedTransaction> notariseBody(FlowContext& ctx, const FlowServices& svc,
+                                     SignedTransaction stx) {
+  if (!stx.tx().needsNotarySignature()) co_return stx;
+  const Party notary = *stx.tx().notary();
+  if (svc.notary == nullptr) failFlow(Errc::unavailable, "this node has no notary gateway");
+  auto validating = svc.notary->validating(notary);
+  if (!validating) fail(validating.error(), "notary " + quoted(notary.name));
+  NotaryRequest request;
+  request.txId = stx.id();
+  if (*validating) {
+    request.full = stx;
+    auto deps = co_await vaultTransactions(ctx, svc, dependencyIds(stx.tx()));
+    for (auto& d : deps) {
+      if (!d) failFlow(Errc::not_found, "an input transaction of " + stx.id().hex() + " is not in the vault");
+      request.dependencies.push_back(std::move(*d));
+    }
+  } else {
+    request.filtered = FilteredTransaction::forNotary(stx.tx());
+  }
+  ctx.step("notarising with " + quoted(notary.name));
+  NotaryGateway* gateway = svc.notary;
+  CallOp op = [gateway, notary, request](CallDone done) {
+    gateway->notarise(notary, request, [done](Result<NotaryAnswer> answer) {
+      if (!answer) {
+        done(answer.error());
+      } else {
+        done(encodeNotaryAnswer(*answer));
+      }
+    });
+  };
+  NotaryAnswer answer =
+      co_await ctx.call<NotaryAnswer>("notary.notarise", std::move(op), decodeNotaryAnswer);
+  if (answer.conflict()) {
+    failFlow(Errc::conflict, "notary " + quoted(notary.name) + " refused transaction " +
+                                 stx.id().hex() + ": input states consumed already: " +
+                                 conflictText(answer));
+  }
+  const Bytes signable = signableBytes(stx.id());
+  for (const DigitalSignature& sig : answer.signatures) {
+    if (!notary.owningKey.contains(sig.by())) {
+      failFlow(Errc::bad_signature, "notary " + quoted(notary.name) + " answered with a signature by " +
+                                        Key(sig.by()).describe() + ", which is not one of its keys");
+    }
+    if (auto v = sig.verify(signable); !v) {
+      fail(v.error(), "a signature of notary " + quoted(notary.name) + " does not verify");
+    }
+    stx.addSignature(sig);
+  }
+  if (auto st = stx.verifyRequiredSignatures(); !st) {
+    fail(st.error(), "transaction " + stx.id().hex() + " after notarisation by " + quoted(notary.name));
+  }
+  co_return stx;
+}
+
+// --- finality ----------------------------------------------------------------------------------------
+
+Flow<SignedTransaction> finalityBody(FlowContext& ctx, const FlowServices& svc, SignedTransaction stx,
+                                     std::vector<std::string> extra_observers) {
+  ctx.step("verifying " + stx.id().hex());
+  const std::vector<SecureHash> dep_ids = dependencyIds(stx.tx());
+  auto deps = co_await vaultTransactions(ctx, svc, dep_ids);
+  TxMap known;
+  for (size_t i = 0; i < dep_ids.size(); ++i) {
+    if (!deps[i]) {
+      failFlow(Errc::not_found, "transaction " + dep_ids[i].hex() + ", an input of " +
+                                    stx.id().hex() + ", is not in this node's vault");
+    }
+    known.emplace(dep_ids[i], std::move(*deps[i]));
+  }
+  const LedgerTransaction ltx = verifyContracts(svc, stx, known);
+  std::vector<Key> allowed_missing;
+  if (stx.tx().needsNotarySignature()) allowed_missing.push_back(stx.tx().notary()->owningKey);
+  if (auto st = stx.verifySignaturesExcept(allowed_missing); !st) {
+    fail(st.error(), "transaction " + stx.id().hex());
+  }
+  stx = co_await ctx.subFlow(std::string(notarise_flow), notariseBody(ctx, svc, std::move(stx)));
+  ctx.step("recording " + stx.id().hex());
+  std::vector<SignedTransaction> ours{stx};
+  co_await recordAll(ctx, svc, std::move(ours), vault::RecordMode::only_relevant);
+
+  std::set<std::string> participants, contracts;
+  auto note = [&](const TransactionState& state) {
+    contracts.insert(state.contract);
+    for (const Key& k : state.participants) {
+      auto party = svc.partyByKey ? svc.partyByKey(k) : std::nullopt;
+      if (party) participants.insert(party->name);
+    }
+  };
+  for (const StateAndRef& in : ltx.inputs()) note(in.state);
+  for (const TransactionState& out : ltx.outputs()) note(out);
+  std::vector<std::string> observers =
+      observersFor(svc.observer_rules, {contracts.begin(), contracts.end()},
+                   {participants.begin(), participants.end()});
+  observers.insert(observers.end(), extra_observers.begin(), extra_observers.end());
+  std::map<std::string, bool> recipients;  // name -> observer
+  for (const std::string& p : participants) recipients[p] = false;
+  for (const std::string& o : observers) recipients.emplace(o, true);
+  recipients.erase(ctx.self());
+  for (const auto& entry : recipients) {
+    ctx.step("sending " + stx.id().hex() + " to " + quoted(entry.first));
+    Session s = co_await ctx.initiate(entry.first);
+    BuiltinMessage m;
+    m.kind = Kind::finality;
+    m.stx = stx;
+    m.observer = entry.second;
+    co_await sendMessage(s, std::move(m));
+    co_await serveUntil(ctx, svc, s, stx, Kind::recorded, "recorded answer");
+  }
+  co_return stx;
+}
+
+Flow<Bytes> receiveFinalityResponder(FlowContext& ctx, const FlowServices* svc, Bytes) {
+  Session s = *ctx.counterparty();
+  std::vector<Kind> accepted{Kind::finality};
+  BuiltinMessage m = co_await receiveMessage(s, accepted, "finality request");
+  SignedTransaction stx = std::move(*m.stx);
+  std::vector<SecureHash> self_id{stx.id()};
+  std::vector<SecureHash> missing = co_await missingOf(ctx, *svc, self_id);
+  if (!missing.empty()) {
+    ctx.step("resolving the backchain of " + stx.id().hex());
+    Resolved resolved = co_await ctx.subFlow(std::string(resolve_transactions_flow),
+                                             resolveBackchain(ctx, *svc, s, stx));
+    ctx.step("verifying " + stx.id().hex());
+    verifyContracts(*svc, stx, resolved.known);
+    if (auto st = stx.verifyRequiredSignatures(); !st) {
+      fail(st.error(), "transaction " + stx.id().hex() + " from " + quoted(s.peer()));
+    }
+    ctx.step("recording " + stx.id().hex());
+    co_await recordAll(ctx, *svc, std::move(resolved.chain), vault::RecordMode::only_relevant);
+    std::vector<SignedTransaction> txs{stx};
+    vault::RecordMode mode = vault::RecordMode::only_relevant;
+    if (m.observer) mode = vault::RecordMode::all_visible;
+    co_await recordAll(ctx, *svc, std::move(txs), mode);
+  }
+  BuiltinMessage ack;
+  ack.kind = Kind::recorded;
+  co_await sendMessage(s, std::move(ack));
+  co_return Bytes(stx.id().bytes().begin(), stx.id().bytes().end());
+}
+
+struct FinalityArgs {
+  SignedTransaction stx;
+  std::vector<std::string> extra_observers;
+};
+
+Result<FinalityArgs> decodeFinalityArgs(ByteView bytes) {
+  ReadLimits limits;
+  limits.message_bytes_max = 8u << 20;
+  return decodeMessage<schema::builtin::FinalityArgs>(
+      bytes, "finality arguments", Canonical::required,
+      [](auto r) -> Result<FinalityArgs> {
+        auto stx = SignedTransaction::decode(asByteView(r.getTransaction()));
+        if (!stx) return makeError(stx.error().code, "transaction: " + stx.error().message);
+        FinalityArgs args{std::move(stx).value(), {}};
+        auto l = r.getExtraObservers();
+        if (l.size() > 64) return makeError(Errc::too_large, "more than 64 extra observers");
+        for (auto t : l) args.extra_observers.emplace_back(t.cStr(), t.size());
+        return args;
+      },
+      limits);
+}
+
+Flow<Bytes> finalityStartable(FlowContext& ctx, const FlowServices* svc, Bytes args) {
+  auto decoded = decodeFinalityArgs(args);
+  if (!decoded) throw FlowFailure(decoded.error());
+  SignedTransaction done =
+      co_await finality(ctx, *svc, std::move(decoded->stx), std::move(decoded->extra_observers));
+  co_return done.encode();
+}
+
+}  // namespace
+
+Flow<SignedTransaction> collectSignatures(FlowContext& ctx, const FlowServices& services,
+                                          SignedTransaction stx, std::string check) {
+  return ctx.subFlow(std::string(collect_signatures_flow),
+                     collectSignaturesBody(ctx, services, std::move(stx), std::move(check)));
+}
+
+Flow<SignedTransaction> notarise(FlowContext& ctx, const FlowServices& services,
+                                 SignedTransaction stx) {
+  return ctx.subFlow(std::string(notarise_flow), notariseBody(ctx, services, std::move(stx)));
+}
+
+Flow<SignedTransaction> finality(FlowContext& ctx, const FlowServices& services,
+                                 SignedTransaction stx, std::vector<std::string> extra_observers) {
+  return ctx.subFlow(std::string(finality_flow),
+                     finalityBody(ctx, services, std::move(stx), std::move(extra_observers)));
+}
+
+Flow<std::vector<std::optional<SignedTransaction>>> loadTransactions(FlowContext& ctx,
+                                                                     const FlowServices& services,
+                                                                     std::vector<SecureHash> ids) {
+  return vaultTransactions(ctx, services, std::move(ids));
+}
+
+Bytes encodeFinalityArgs(const SignedTransaction& stx, const std::vector<std::string>& extra_observers) {
+  return buildCanonical<schema::builtin::FinalityArgs>([&](auto b) {
+    b.setTransaction(asData(stx.encode()));
+    auto l = b.initExtraObservers(static_cast<uint32_t>(extra_observers.size()));
+    for (uint32_t i = 0; i < extra_observers.size(); ++i) l.set(i, extra_observers[i]);
+  });
+}
+
+Flow<Bytes> privacySalt(FlowContext& ctx) {
+  Bytes salt;
+  for (int i = 0; i < 4; ++i) {
+    const uint64_t r = co_await ctx.random();
+    for (int b = 0; b < 8; ++b) salt.push_back(static_cast<uint8_t>(r >> (8 * b)));
+  }
+  co_return salt;
+}
+
+Status registerBuiltinFlows(FlowRuntime& runtime, const FlowServices& services) {
+  const FlowServices* svc = &services;
+  if (auto s = runtime.registerFlow(std::string(sign_transaction_flow),
+                                    [svc](FlowContext& ctx, Bytes args) {
+                                      return signTransactionResponder(ctx, svc, std::move(args));
+                                    });
+      !s) {
+    return s;
+  }
+  if (auto s = runtime.registerFlow(std::string(receive_finality_flow),
+                                    [svc](FlowContext& ctx, Bytes args) {
+                                      return receiveFinalityResponder(ctx, svc, std::move(args));
+                                    });
+      !s) {
+    return s;
+  }
+  if (auto s = runtime.registerFlow(std::string(finality_flow),
+                                    [svc](FlowContext& ctx, Bytes args) {
+                                      return finalityStartable(ctx, svc, std::move(args));
+                                    });
+      !s) {
+    return s;
+  }
+  if (auto s = runtime.registerInitiating(std::string(collect_signatures_flow),
+                                          std::string(sign_transaction_flow));
+      !s) {
+    return s;
+  }
+  return runtime.registerInitiating(std::string(finality_flow), std::string(receive_finality_flow));
+}
+
+}  // namespace ccal::flows

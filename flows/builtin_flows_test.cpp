@@ -1,0 +1,676 @@
+#include "flows/builtin_flows.h"
+
+#include <doctest/doctest.h>
+
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "flows/builtin_testing.h"
+#include "flows/delivery.h"
+#include "ledger/testing.h"
+#include "test/support/temp_dir.h"
+#include "vault/message_store.h"
+#include "vault/vault.h"
+
+using namespace ccal;
+using namespace ccal::flows;
+using namespace ccal::flows::testing;
+
+namespace {
+
+const std::string alice = "O=Haikou Fishing Cooperative, L=Haikou, C=CN";
+const std::string bob = "O=Sanya Tea Cooperative, L=Sanya, C=CN";
+const std::string carol = "O=Wenchang Coconut Cooperative, L=Wenchang, C=CN";
+const std::string regulator = "O=Hainan Regulator, L=Haikou, C=CN";
+const std::string notary_name = "O=Hainan Notary, L=Haikou, C=CN";
+
+// A single-threaded executor with virtual time, driven by the test.
+class TestExecutor final : public Executor, public Clock {
+ public:
+  void post(std::function<void()> fn) override {
+    std::lock_guard lock(mutex_);
+    posted_.push_back(std::move(fn));
+  }
+  TimerId runAfter(int64_t delay_micros, std::function<void()> fn) override {
+    const TimerId id = ++last_timer_;
+    timers_.emplace(std::make_pair(now_ + delay_micros, id), std::move(fn));
+    return id;
+  }
+  void cancel(TimerId id) override {
+    for (auto it = timers_.begin(); it != timers_.end(); ++it) {
+      if (it->first.second == id) {
+        timers_.erase(it);
+        return;
+      }
+    }
+  }
+  int64_t nowMicros() const override { return now_; }
+
+  bool runUntil(const std::function<bool()>& pred, int64_t deadline_micros,
+                const std::function<void()>& barrier) {
+    const int64_t end = now_ + deadline_micros;
+    for (;;) {
+      if (pred()) return true;
+      std::deque<std::function<void()>> batch;
+      {
+        std::lock_guard lock(mutex_);
+        batch.swap(posted_);
+      }
+      if (!batch.empty()) {
+        for (auto& fn : batch) fn();
+        continue;
+      }
+      barrier();
+      {
+        std::lock_guard lock(mutex_);
+        if (!posted_.empty()) continue;
+      }
+      if (timers_.empty() || timers_.begin()->first.first > end) return pred();
+      auto it = timers_.begin();
+      now_ = std::max(now_, it->first.first);
+      auto fn = std::move(it->second);
+      timers_.erase(it);
+      fn();
+    }
+  }
+
+ private:
+  std::mutex mutex_;
+  std::deque<std::function<void()>> posted_;
+  std::map<std::pair<int64_t, TimerId>, std::function<void()>> timers_;
+  TimerId last_timer_ = 0;
+  int64_t now_ = 1'700'000'000'000'000;
+};
+
+class HubLink;
+
+struct Hub {
+  TestExecutor* executor = nullptr;
+  std::set<std::string> names;
+  std::map<std::string, HubLink*> members;
+  void deliver(const std::string& from, const std::string& to, Bytes frame);
+};
+
+class HubLink final : public Link {
+ public:
+  HubLink(Hub& hub, std::string self) : hub_(hub), self_(std::move(self)) {
+    hub_.members[self_] = this;
+  }
+  ~HubLink() override { hub_.members.erase(self_); }
+  void setHandler(LinkHandler* handler) override { handler_ = handler; }
+  Status send(std::string_view peer, Bytes frame) override {
+    if (!hub_.names.count(std::string(peer))) {
+      return makeError(Errc::not_found, "unknown peer '" + std::string(peer) + "'");
+    }
+    hub_.deliver(self_, std::string(peer), std::move(frame));
+    return {};
+  }
+  size_t frameBytesMax() const override { return 1u << 20; }
+  LinkHandler* handler_ = nullptr;
+
+ private:
+  Hub& hub_;
+  std::string self_;
+};
+
+void Hub::deliver(const std::string& from, const std::string& to, Bytes frame) {
+  executor->post([this, from, to, frame] {
+    auto it = members.find(to);
+    if (it != members.end() && it->second->handler_) it->second->handler_->onFrame(from, frame);
+  });
+}
+
+struct World;
+
+// One node: its vault (real LMDB in a temp dir), stores, Delivery, runtime
+// and the built-in flows' services.
+struct TNode {
+  using Register = std::function<void(FlowRuntime&, FlowServices&, TNode&)>;
+  std::string name;
+  KeyPair key;
+  World& world;
+  Register reg;
+  BackchainLimits limits;
+  ccal::testing::TempDir dir{"ccal-builtin-flows-test"};
+  ContractRegistry registry;
+  FlowServices svc;
+  std::unique_ptr<vault::Vault> vault;
+  std::unique_ptr<vault::MessageStore> messages;
+  std::unique_ptr<vault::FlowStore> flowStore;
+  std::unique_ptr<HubLink> link;
+  std::unique_ptr<Delivery> delivery;
+  std::unique_ptr<FlowRuntime> runtime;
+  std::map<FlowId, FlowInfo> finished;
+
+  TNode(std::string n, uint8_t seed, World& w, Register r, BackchainLimits l)
+      : name(std::move(n)), key(ccal::testing::testKey(seed)), world(w), reg(std::move(r)), limits(l) {
+    registry.add(std::make_unique<ccal::testing::TestTokenContract>());
+  }
+  ~TNode() { close(); }
+  Party party() const { return Party{name, Key(key.publicKey())}; }
+  void open();
+  void close() {
+    runtime.reset();
+    delivery.reset();
+    link.reset();
+    vault.reset();
+    flowStore.reset();
+    messages.reset();
+  }
+  void restart() {
+    close();
+    open();
+  }
+  void quiesce() {
+    if (delivery) delivery->waitForStore();
+    if (runtime) runtime->waitForStore();
+  }
+  bool has(const SecureHash& id) const { return vault->hasTransaction(id); }
+};
+
+void registerHonest(FlowRuntime& rt, FlowServices& svc, TNode& node);
+
+struct World {
+  TestExecutor executor;
+  Hub hub;
+  Directory directory;
+  Party notaryParty{notary_name, Key(ccal::testing::testKey(99).publicKey())};
+  UniquenessNotary notary{notaryParty, ccal::testing::testKey(99)};
+  std::vector<ObserverRule> rules{{regulator, {std::string(ccal::testing::token_contract)}, {}, false}};
+  std::map<std::string, std::unique_ptr<TNode>> nodes;
+
+  World() {
+    hub.executor = &executor;
+    directory.parties[notary_name] = notaryParty;
+  }
+  ~World() { nodes.clear(); }
+  TNode& add(const std::string& name, uint8_t seed, TNode::Register reg = registerHonest,
+             BackchainLimits limits = {}) {
+    hub.names.insert(name);
+    auto node = std::make_unique<TNode>(name, seed, *this, std::move(reg), limits);
+    directory.parties[name] = node->party();
+    node->open();
+    TNode& ref = *node;
+    nodes[name] = std::move(node);
+    return ref;
+  }
+  TNode& operator[](const std::string& name) { return *nodes.at(name); }
+  bool run(const std::function<bool()>& pred, int64_t deadline_micros = 600'000'000) {
+    return executor.runUntil(pred, deadline_micros, [this] {
+      for (auto& entry : nodes) entry.second->quiesce();
+    });
+  }
+  FlowInfo await(TNode& n, const FlowId& id) {
+    const bool done = run([&] { return n.finished.count(id) > 0; });
+    REQUIRE_MESSAGE(done, "flow " << id.shortHex() << " did not finish");
+    return n.finished.at(id);
+  }
+  // Starts `flow` on `n` and waits for its end.
+  FlowInfo runFlow(TNode& n, std::string_view flow, Bytes args) {
+    auto id = n.runtime->startFlow(flow, std::move(args));
+    REQUIRE(id);
+    return await(n, *id);
+  }
+  SecureHash issue(TNode& n, int64_t amount) {
+    const std::string a = std::to_string(amount);
+    FlowInfo info = runFlow(n, token_issue_flow, Bytes(a.begin(), a.end()));
+    REQUIRE_MESSAGE(info.outcome == vault::FlowOutcome::ok, (info.error ? info.error->message : ""));
+    return idOf(info.result);
+  }
+  FlowInfo move(TNode& from, const std::string& to, const StateRef& ref) {
+    return runFlow(from, token_move_flow, tokenMoveArgs(to, ref));
+  }
+  // Every node's flows have ended.
+  bool quiet() {
+    return run([this] {
+      for (auto& entry : nodes) {
+        if (entry.second->runtime->running() > 0) return false;
+      }
+      return true;
+    });
+  }
+};
+
+void TNode::open() {
+  vault::VaultConfig vc;
+  vc.store.path = dir.path;
+  vc.store.durable = false;
+  TestExecutor* clock = &world.executor;
+  vc.now_micros = [clock] { return clock->nowMicros(); };
+  vault = vault::Vault::open(vc, registry, {key.publicKey()}).value();
+  messages = std::make_unique<vault::MessageStore>(vault->store(), [clock] { return clock->nowMicros(); });
+  flowStore = std::make_unique<vault::FlowStore>(vault->store(), [clock] { return clock->nowMicros(); });
+  link = std::make_unique<HubLink>(world.hub, name);
+  DeliveryConfig dc;
+  dc.log = [](std::string_view) {};
+  delivery = std::make_unique<Delivery>(*link, *messages, world.executor, world.executor, dc);
+  FlowRuntimeConfig fc;
+  fc.self = name;
+  fc.flow_timeout_micros = 0;
+  uint64_t counter = key.publicKey().bytes()[0];
+  fc.random_u64 = [counter]() mutable { return ++counter * 0x9e3779b97f4a7c15ull; };
+  fc.log = [](std::string_view) {};
+  runtime = std::make_unique<FlowRuntime>(*delivery, world.executor, world.executor, *flowStore, fc);
+  svc = FlowServices{};
+  svc.identity = party();
+  svc.keys = {key};
+  svc.vault = vault.get();
+  svc.contracts = &registry;
+  const Directory* d = &world.directory;
+  svc.partyByName = [d](std::string_view n) { return d->byName(n); };
+  svc.partyByKey = [d](const Key& k) { return d->byKey(k); };
+  svc.notary = &world.notary;
+  svc.observer_rules = world.rules;
+  svc.limits = limits;
+  reg(*runtime, svc, *this);
+  FlowRuntime::Hooks hooks;
+  hooks.finished = [this](const FlowInfo& info) { finished[info.id] = info; };
+  runtime->setHooks(std::move(hooks));
+  REQUIRE(runtime->start().ok());
+  REQUIRE(delivery->start().ok());
+}
+
+void registerHonest(FlowRuntime& rt, FlowServices& svc, TNode& node) {
+  REQUIRE(registerTokenFlows(rt, svc, &node.world.notaryParty).ok());
+}
+
+std::string errorOf(const FlowInfo& info) { return info.error ? info.error->message : "(no error)"; }
+
+// A move whose output is worth one more than its input: the contract refuses it.
+Flow<Bytes> inflatingMove(FlowContext& ctx, const FlowServices* svc, Bytes args) {
+  const std::string text(args.begin(), args.end());
+  const size_t a = text.find('|'), b = text.rfind('|');
+  const StateRef ref{SecureHash::fromHex(text.substr(a + 1, b - a - 1)).value(),
+                     static_cast<uint32_t>(std::stoul(text.substr(b + 1)))};
+  auto recipient = svc->partyByName(text.substr(0, a)).value();
+  std::vector<SecureHash> ids{ref.txId};
+  auto txs = co_await loadTransactions(ctx, *svc, ids);
+  const TransactionState in = txs[0]->tx().outputs()[ref.index];
+  auto token = ccal::testing::decodeToken(in.data).value();
+  token.owner = recipient.owningKey;
+  token.amountMinor += 1;
+  Bytes salt = co_await privacySalt(ctx);
+  auto wtx = TransactionBuilder(in.notary)
+                 .addInput(ref)
+                 .addOutput(ccal::testing::tokenState(in.notary, token))
+                 .addCommand(Command{"ccal.test.Token.Move", {}, {svc->identity.owningKey, recipient.owningKey}})
+                 .setPrivacySalt(salt)
+                 .build()
+                 .value();
+  SignedTransaction stx(std::move(wtx));
+  stx = co_await collectSignatures(ctx, *svc, std::move(stx), std::string(token_move_flow));
+  co_return Bytes(stx.id().bytes().begin(), stx.id().bytes().end());
+}
+
+// A signer that answers badly: `mode` says how.
+enum class Rogue { wrong_type, malformed, bad_signature, foreign_key };
+
+Flow<Bytes> rogueSigner(FlowContext& ctx, const FlowServices* svc, Rogue mode, Bytes) {
+  Session s = *ctx.counterparty();
+  std::vector<BuiltinMessage::Kind> accepted{BuiltinMessage::Kind::sign_request};
+  // (The decoder as a local: g++ 12 destroys a capturing lambda temporary
+  // inside a co_await operand twice.)
+  auto decode = [accepted](ByteView b) { return decodeBuiltinMessage(b, accepted); };
+  BuiltinMessage request = co_await s.receive<BuiltinMessage>(decode, "sign request");
+  BuiltinMessage reply;
+  reply.kind = BuiltinMessage::Kind::signatures;
+  Bytes out;
+  switch (mode) {
+    case Rogue::wrong_type:
+      reply.kind = BuiltinMessage::Kind::recorded;
+      out = encodeBuiltinMessage(reply);
+      break;
+    case Rogue::malformed: out = Bytes{1, 2, 3}; break;
+    case Rogue::bad_signature:
+      // Signed by the right key over another transaction's id.
+      reply.signatures.push_back(svc->keys[0].sign(signableBytes(SecureHash::of(Bytes{7}))));
+      out = encodeBuiltinMessage(reply);
+      break;
+    case Rogue::foreign_key:
+      reply.signatures.push_back(request.stx->signatureBy(ccal::testing::testKey(77)));
+      out = encodeBuiltinMessage(reply);
+      break;
+  }
+  co_await s.send(std::move(out));
+  co_return Bytes{};
+}
+
+TNode::Register registerRogue(Rogue mode) {
+  return [mode](FlowRuntime& rt, FlowServices& svc, TNode&) {
+    const FlowServices* s = &svc;
+    REQUIRE(rt.registerFlow(std::string(sign_transaction_flow), [s, mode](FlowContext& ctx, Bytes args) {
+                return rogueSigner(ctx, s, mode, std::move(args));
+              }).ok());
+    REQUIRE(rt.registerInitiating(std::string(collect_signatures_flow),
+                                  std::string(sign_transaction_flow))
+                .ok());
+  };
+}
+
+Flow<Bytes> rogueBackchain(FlowContext& ctx, const FlowServices* svc, Bytes args);
+
+void registerWithInflating(FlowRuntime& rt, FlowServices& svc, TNode& node) {
+  registerHonest(rt, svc, node);
+  const FlowServices* s = &svc;
+  REQUIRE(rt.registerFlow("rogue-backchain", [s](FlowContext& ctx, Bytes args) {
+              return rogueBackchain(ctx, s, std::move(args));
+            }).ok());
+  REQUIRE(rt.registerInitiating("rogue-backchain", std::string(sign_transaction_flow)).ok());
+  REQUIRE(rt.registerFlow("inflating-move", [s](FlowContext& ctx, Bytes args) {
+              return inflatingMove(ctx, s, std::move(args));
+            }).ok());
+}
+
+// Asks the peer to sign a move of the token at args' StateRef, then answers
+// its backchain fetch with `decoy` (another transaction, or junk bytes).
+Flow<Bytes> rogueBackchain(FlowContext& ctx, const FlowServices* svc, Bytes args) {
+  const std::string text(args.begin(), args.end());
+  const size_t a = text.find('|'), b = text.find('|', a + 1), c = text.rfind('|');
+  const StateRef ref{SecureHash::fromHex(text.substr(a + 1, b - a - 1)).value(),
+                     static_cast<uint32_t>(std::stoul(text.substr(b + 1, c - b - 1)))};
+  const std::string decoy = text.substr(c + 1);  // a tx id in hex, or "junk"
+  auto recipient = svc->partyByName(text.substr(0, a)).value();
+  std::vector<SecureHash> ids{ref.txId};
+  auto txs = co_await loadTransactions(ctx, *svc, ids);
+  const TransactionState in = txs[0]->tx().outputs()[ref.index];
+  auto token = ccal::testing::decodeToken(in.data).value();
+  token.owner = recipient.owningKey;
+  Bytes salt = co_await privacySalt(ctx);
+  auto wtx = TransactionBuilder(in.notary)
+                 .addInput(ref)
+                 .addOutput(ccal::testing::tokenState(in.notary, token))
+                 .addCommand(Command{"ccal.test.Token.Move", {}, {svc->identity.owningKey, recipient.owningKey}})
+                 .setPrivacySalt(salt)
+                 .build()
+                 .value();
+  SignedTransaction stx(std::move(wtx));
+  stx.signWith(svc->keys[0]);
+  Session s = co_await ctx.initiate(recipient.name);
+  BuiltinMessage request;
+  request.kind = BuiltinMessage::Kind::sign_request;
+  request.check = std::string(token_move_flow);
+  request.stx = stx;
+  Bytes request_bytes = encodeBuiltinMessage(request);
+  co_await s.send(std::move(request_bytes));
+  co_await s.receive();  // the fetch of ref.txId
+  BuiltinMessage reply;
+  reply.kind = BuiltinMessage::Kind::transactions;
+  if (decoy == "junk") {
+    reply.transactions.push_back(Bytes(16, 0xab));
+  } else {
+    std::vector<SecureHash> decoy_ids{SecureHash::fromHex(decoy).value()};
+    auto other = co_await loadTransactions(ctx, *svc, decoy_ids);
+    reply.transactions.push_back(other[0]->encode());
+  }
+  Bytes reply_bytes = encodeBuiltinMessage(reply);
+  co_await s.send(std::move(reply_bytes));
+  co_await s.receive();  // the peer's answer, or its failure
+  co_return Bytes{};
+}
+
+uint64_t vaultTransactionsCount(TNode& n) {
+  uint64_t count = 0;
+  REQUIRE(n.vault->forEachTransaction([&](const SecureHash&, ByteView) {
+                  ++count;
+                  return true;
+                }).ok());
+  return count;
+}
+
+vault::Page statesOf(TNode& n, vault::StatusFilter status, vault::RelevanceFilter relevance) {
+  return n.vault->query(vault::Query(vault::Criteria::all(), status, relevance)).value();
+}
+
+}  // namespace
+
+TEST_CASE("built-in flows: a token move A->B with a regulator observer") {
+  World w;
+  TNode& a = w.add(alice, 1, registerWithInflating);
+  TNode& b = w.add(bob, 2);
+  TNode& r = w.add(regulator, 3);
+  const SecureHash issue = w.issue(a, 100);
+  CHECK(a.has(issue));
+  REQUIRE(w.run([&] { return r.has(issue); }));  // the rule names the token contract
+  FlowInfo info = w.move(a, bob, StateRef{issue, 0});
+  REQUIRE_MESSAGE(info.outcome == vault::FlowOutcome::ok, errorOf(info));
+  const SecureHash move = idOf(info.result);
+  REQUIRE(w.quiet());
+  for (TNode* n : {&a, &b, &r}) {
+    CHECK(n->has(move));
+    CHECK(n->has(issue));  // b's from the backchain
+    CHECK(n->vault->checkConsistency().ok());
+  }
+  CHECK(vaultTransactionsCount(a) == 2);
+  CHECK(vaultTransactionsCount(b) == 2);
+  CHECK(vaultTransactionsCount(r) == 2);
+  // A's token is consumed, B holds the new one, the regulator sees it as an observer.
+  CHECK(statesOf(a, vault::StatusFilter::unconsumed, vault::RelevanceFilter::all).states.empty());
+  auto bs = statesOf(b, vault::StatusFilter::unconsumed, vault::RelevanceFilter::participant);
+  REQUIRE(bs.states.size() == 1);
+  CHECK(bs.states[0].ref == StateRef{move, 0});
+  auto rs = statesOf(r, vault::StatusFilter::unconsumed, vault::RelevanceFilter::observed);
+  REQUIRE(rs.states.size() == 1);
+  CHECK(rs.states[0].ref == StateRef{move, 0});
+  // Notarised: the notary consumed the input for this move.
+  CHECK(w.notary.consumed.at(StateRef{issue, 0}) == move);
+  auto stx = a.vault->transaction(move).value();
+  REQUIRE(stx);
+  CHECK(stx->verifyRequiredSignatures().ok());
+  CHECK(stx->signers().count(ccal::testing::testKey(99).publicKey()) == 1);
+
+  SUBCASE("finality again, with the regulator as an extra observer: a no-op everywhere") {
+    FlowInfo again = w.runFlow(a, finality_flow, encodeFinalityArgs(*stx, {regulator}));
+    REQUIRE_MESSAGE(again.outcome == vault::FlowOutcome::ok, errorOf(again));
+    REQUIRE(w.quiet());
+    CHECK(vaultTransactionsCount(a) == 2);
+    CHECK(vaultTransactionsCount(b) == 2);
+    CHECK(vaultTransactionsCount(r) == 2);
+    CHECK(r.vault->checkConsistency().ok());
+  }
+  SUBCASE("double spend: the conflict names the StateRef, nothing recorded") {
+    TNode& c = w.add(carol, 4);
+    FlowInfo twice = w.move(a, carol, StateRef{issue, 0});
+    CHECK(twice.outcome == vault::FlowOutcome::failed);
+    CHECK(twice.error->code == Errc::conflict);
+    CHECK(errorOf(twice).find("input states consumed already: " + StateRef{issue, 0}.toString() +
+                              " (consumed by " + move.hex() + ")") != std::string::npos);
+    REQUIRE(w.quiet());
+    CHECK(vaultTransactionsCount(a) == 2);
+    CHECK(statesOf(c, vault::StatusFilter::all, vault::RelevanceFilter::all).states.empty());
+    CHECK(w.notary.conflicts == 1);
+  }
+  SUBCASE("a second hop B->C fetches the two-level backchain") {
+    TNode& c = w.add(carol, 4, registerHonest, BackchainLimits{1, 10, 10});
+    FlowInfo hop = w.move(b, carol, StateRef{move, 0});
+    REQUIRE_MESSAGE(hop.outcome == vault::FlowOutcome::ok, errorOf(hop));
+    REQUIRE(w.quiet());
+    const SecureHash second = idOf(hop.result);
+    CHECK(c.has(issue));
+    CHECK(c.has(move));
+    CHECK(c.has(second));
+    CHECK(r.has(second));
+    CHECK(c.vault->checkConsistency().ok());
+    auto cs = statesOf(c, vault::StatusFilter::unconsumed, vault::RelevanceFilter::participant);
+    REQUIRE(cs.states.size() == 1);
+    CHECK(cs.states[0].ref == StateRef{second, 0});
+  }
+  SUBCASE("a backchain deeper than backchain_depth_max: an error, nothing recorded") {
+    TNode& c = w.add(carol, 4, registerHonest, BackchainLimits{64, 1, 10});
+    FlowInfo hop = w.move(b, carol, StateRef{move, 0});
+    CHECK(hop.outcome == vault::FlowOutcome::failed);
+    CHECK(hop.error->code == Errc::too_deep);
+    CHECK(errorOf(hop).find("deeper than backchain_depth_max (1)") != std::string::npos);
+    REQUIRE(w.quiet());
+    CHECK(vaultTransactionsCount(c) == 0);
+  }
+}
+
+TEST_CASE("built-in flows: bad answers and bad transactions end the flow naming them") {
+  World w;
+  TNode& a = w.add(alice, 1, registerWithInflating);
+  TNode& r = w.add(regulator, 3);
+  (void)r;
+  const SecureHash issue = w.issue(a, 100);
+  struct Case {
+    Rogue mode;
+    Errc code;
+    std::string text;
+  };
+  const std::vector<Case> cases{
+      {Rogue::wrong_type, Errc::malformed,
+       "a recorded answer where a fetch request or signatures was expected"},
+      {Rogue::malformed, Errc::malformed, "length 3 is not a whole number of 8-byte words"},
+      {Rogue::bad_signature, Errc::bad_signature, " 2' over transaction "},
+      {Rogue::foreign_key, Errc::bad_signature, "a key it was not asked for"},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(static_cast<int>(c.mode));
+    TNode& b = w.add(bob + " " + std::to_string(static_cast<int>(c.mode)),
+                     static_cast<uint8_t>(10 + static_cast<int>(c.mode)), registerRogue(c.mode));
+    FlowInfo info = w.move(a, b.name, StateRef{issue, 0});
+    CHECK(info.outcome == vault::FlowOutcome::failed);
+    REQUIRE(info.error);
+    CHECK(info.error->code == c.code);
+    CHECK_MESSAGE(errorOf(info).find(c.text) != std::string::npos, errorOf(info));
+    REQUIRE(w.quiet());
+    CHECK(vaultTransactionsCount(a) == 1);
+    CHECK(vaultTransactionsCount(b) == 0);
+  }
+  // A signer whose business check refuses, and one without the check.
+  TNode& picky = w.add(bob + " picky", 20, [](FlowRuntime& rt, FlowServices& svc, TNode& node) {
+    registerHonest(rt, svc, node);
+    svc.checks[std::string(token_move_flow)] = [](const LedgerTransaction&, const std::string&) {
+      return Status(makeError(Errc::forbidden, "the price is wrong"));
+    };
+  });
+  FlowInfo refused = w.move(a, picky.name, StateRef{issue, 0});
+  CHECK(refused.outcome == vault::FlowOutcome::failed);
+  REQUIRE(refused.error);
+  CHECK(refused.error->code == Errc::forbidden);
+  CHECK_MESSAGE(errorOf(refused).find("business check 'ccal.example.TokenMove' refused transaction") !=
+                    std::string::npos,
+                errorOf(refused));
+  CHECK(errorOf(refused).find("the price is wrong") != std::string::npos);
+  TNode& unaware = w.add(bob + " unaware", 21, [](FlowRuntime& rt, FlowServices& svc, TNode& node) {
+    registerHonest(rt, svc, node);
+    svc.checks.clear();
+  });
+  FlowInfo unknown = w.move(a, unaware.name, StateRef{issue, 0});
+  CHECK(unknown.outcome == vault::FlowOutcome::failed);
+  CHECK_MESSAGE(errorOf(unknown).find("no business check 'ccal.example.TokenMove' is registered here") !=
+                    std::string::npos,
+                errorOf(unknown));
+  REQUIRE(w.quiet());
+  CHECK(vaultTransactionsCount(a) == 1);
+  CHECK(vaultTransactionsCount(picky) == 0);
+  CHECK(vaultTransactionsCount(unaware) == 0);
+
+  // An honest signer refuses a transaction that fails its contract.
+  TNode& b = w.add(bob, 2);
+  FlowInfo info = w.runFlow(a, "inflating-move", tokenMoveArgs(bob, StateRef{issue, 0}));
+  CHECK(info.outcome == vault::FlowOutcome::failed);
+  REQUIRE(info.error);
+  CHECK(info.error->code == Errc::contract_rejected);
+  CHECK_MESSAGE(errorOf(info).find("fails its contracts") != std::string::npos, errorOf(info));
+  CHECK_MESSAGE(errorOf(info).find("not_conserved") != std::string::npos, errorOf(info));
+  REQUIRE(w.quiet());
+  CHECK(vaultTransactionsCount(a) == 1);
+  CHECK(vaultTransactionsCount(b) == 0);  // not even the backchain
+  CHECK(w.notary.consumed.empty());
+}
+
+TEST_CASE("built-in flows: a backchain answer not asked for, or malformed: an error, nothing recorded") {
+  World w;
+  TNode& a = w.add(alice, 1, registerWithInflating);
+  TNode& b = w.add(bob, 2);
+  w.add(regulator, 3);
+  const SecureHash first = w.issue(a, 100);
+  const SecureHash second = w.issue(a, 50);
+  for (const std::string& decoy : {second.hex(), std::string("junk")}) {
+    CAPTURE(decoy);
+    Bytes args = tokenMoveArgs(bob, StateRef{first, 0});
+    const std::string tail = "|" + decoy;
+    args.insert(args.end(), tail.begin(), tail.end());
+    auto id = a.runtime->startFlow("rogue-backchain", args);
+    REQUIRE(id);
+    FlowInfo info = w.await(a, *id);
+    CHECK(info.outcome == vault::FlowOutcome::failed);
+    REQUIRE(w.quiet());
+    REQUIRE(b.finished.size() >= 1);
+    const FlowInfo& signer = std::prev(b.finished.end())->second;
+    CHECK(signer.outcome == vault::FlowOutcome::failed);
+    REQUIRE(signer.error);
+    if (decoy == "junk") {
+      CHECK_MESSAGE(signer.error->message.find("does not decode") != std::string::npos,
+                    signer.error->message);
+    } else {
+      CHECK(signer.error->code == Errc::id_mismatch);
+      CHECK_MESSAGE(signer.error->message.find("sent transaction " + second.hex() +
+                                               ", which was not asked for (asked for " +
+                                               first.hex() + ")") != std::string::npos,
+                    signer.error->message);
+    }
+    // The initiator sees the signer's error.
+    CHECK(errorOf(info).find(signer.error->message) != std::string::npos);
+    CHECK(vaultTransactionsCount(b) == 0);
+    b.finished.clear();
+  }
+}
+
+TEST_CASE("built-in flows: a crash of the initiator after notarisation: replayed, not notarised again") {
+  World w;
+  TNode& a = w.add(alice, 1);
+  TNode& b = w.add(bob, 2);
+  TNode& r = w.add(regulator, 3);
+  const SecureHash issue = w.issue(a, 100);
+  REQUIRE(w.quiet());
+  auto id = a.runtime->startFlow(token_move_flow, tokenMoveArgs(bob, StateRef{issue, 0}));
+  REQUIRE(id);
+  REQUIRE(w.run([&] {
+    auto s = a.runtime->show(*id);
+    return w.notary.requests == 1 && s && s->step.find("sending") != std::string::npos;
+  }));
+  CHECK(w.notary.requests == 1);
+  a.restart();
+  CHECK(a.runtime->stats().flows_resumed == 1);
+  FlowInfo info = w.await(a, *id);
+  REQUIRE_MESSAGE(info.outcome == vault::FlowOutcome::ok, errorOf(info));
+  REQUIRE(w.quiet());
+  CHECK(w.notary.requests == 1);  // the replay took the journaled answer
+  const SecureHash move = idOf(info.result);
+  for (TNode* n : {&a, &b, &r}) {
+    CHECK(n->has(move));
+    CHECK(vaultTransactionsCount(*n) == 2);
+  }
+}
+
+TEST_CASE("built-in flows: message encodings refuse what is wrong") {
+  BuiltinMessage fetch;
+  fetch.kind = BuiltinMessage::Kind::fetch;
+  fetch.ids = {SecureHash::of(Bytes{1}), SecureHash::of(Bytes{2})};
+  Bytes bytes = encodeBuiltinMessage(fetch);
+  auto back = decodeBuiltinMessage(bytes, {BuiltinMessage::Kind::fetch});
+  REQUIRE(back);
+  CHECK(back->ids == fetch.ids);
+  auto wrong = decodeBuiltinMessage(bytes, {BuiltinMessage::Kind::signatures});
+  REQUIRE(!wrong);
+  CHECK(wrong.error().message.find("a fetch request where signatures was expected") != std::string::npos);
+  BuiltinMessageLimits small;
+  small.list_entries_max = 1;
+  auto big = decodeBuiltinMessage(bytes, {BuiltinMessage::Kind::fetch}, small);
+  REQUIRE(!big);
+  CHECK(big.error().code == Errc::too_large);
+  NotaryAnswer answer;
+  answer.conflicts.push_back({StateRef{SecureHash::of(Bytes{3}), 2}, SecureHash::of(Bytes{4})});
+  auto a2 = decodeNotaryAnswer(encodeNotaryAnswer(answer));
+  REQUIRE(a2);
+  REQUIRE(a2->conflicts.size() == 1);
+  CHECK(a2->conflicts[0].ref == answer.conflicts[0].ref);
+  CHECK(a2->conflicts[0].consumedBy == answer.conflicts[0].consumedBy);
+  CHECK(decodeIdList(Bytes{1, 2, 3}).error().code == Errc::malformed);
+}

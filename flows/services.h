@@ -1,0 +1,124 @@
+#pragma once
+// What the built-in flows (flows/builtin_flows.h) need of their node: its
+// identity and signing keys, the vault, the contracts, a party directory,
+// a notary gateway and the network's observer rules. The node fills one
+// FlowServices and hands it to registerBuiltinFlows(); flows/ depends on
+// neither notary/ nor node/, which implement NotaryGateway and provide the
+// rules.
+//
+// Flows reach the vault and the notary only through FlowContext::call (a
+// journaled call), so a replay after a crash sees what the live run saw and
+// does not notarise or record a second time; the gateway and the vault's
+// record must therefore be idempotent (the vault's record is; a notary
+// answers a transaction it has notarised with the same signatures).
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "ledger/contract.h"
+#include "ledger/crypto.h"
+#include "ledger/filtered_transaction.h"
+#include "ledger/signed_transaction.h"
+#include "vault/vault.h"
+
+namespace ccal::flows {
+
+// Bounds of backchain resolution, per resolution.
+struct BackchainLimits {
+  uint32_t transactions_per_batch_max = 64;     // ids in one fetch request
+  uint32_t backchain_depth_max = 1'000;         // dependency levels below the transaction
+  uint32_t backchain_transactions_max = 10'000;  // transactions fetched in all
+};
+
+// --- the notary ----------------------------------------------------------------------------
+
+struct NotaryConflictInfo {
+  StateRef ref;
+  SecureHash consumedBy;  // the transaction that consumed it
+};
+
+// A notary's answer: signatures over the transaction id that fulfil the
+// notary's key, or the conflicts (no signatures).
+struct NotaryAnswer {
+  std::vector<DigitalSignature> signatures;
+  std::vector<NotaryConflictInfo> conflicts;
+  bool conflict() const { return !conflicts.empty(); }
+};
+
+// What a notarisation sends: the transaction filtered to what a
+// non-validating notary checks, or the whole transaction with its inputs'
+// transactions for a validating one.
+struct NotaryRequest {
+  SecureHash txId;
+  std::optional<FilteredTransaction> filtered;   // non-validating
+  std::optional<SignedTransaction> full;         // validating
+  std::vector<SignedTransaction> dependencies;   // validating: the inputs' transactions
+};
+
+// Implemented by the node over notary::NotaryClient (and by tests over a
+// simulated uniqueness service).
+class NotaryGateway {
+ public:
+  using Done = std::function<void(Result<NotaryAnswer>)>;
+  virtual ~NotaryGateway() = default;
+  // Whether `notary` is a validating cluster; not_found when unknown.
+  virtual Result<bool> validating(const Party& notary) const = 0;
+  // Notarises; `done` runs exactly once, on any thread, with the answer or
+  // an error (timeout, refusal). Must be idempotent: asking again for the
+  // same transaction gives the same answer.
+  virtual void notarise(const Party& notary, NotaryRequest request, Done done) = 0;
+};
+
+// --- observers --------------------------------------------------------------------------
+
+// Which observers must receive which transactions (the network parameters'
+// observer rules, node::ObserverRule): `observer` receives every transaction
+// (all_transactions), or those with a state of one of `contracts` (input or
+// output), or with one of `parties` (X.500) among its participants.
+struct ObserverRule {
+  std::string observer;
+  std::vector<std::string> contracts;
+  std::vector<std::string> parties;
+  bool all_transactions = false;
+};
+
+// The observers `rules` name for a transaction whose states have the given
+// contracts and participant names; sorted, without duplicates.
+std::vector<std::string> observersFor(const std::vector<ObserverRule>& rules,
+                                      const std::vector<std::string>& contracts,
+                                      const std::vector<std::string>& participants);
+
+// --- the services ------------------------------------------------------------------------
+
+// A deal's business check, registered by name: SignTransaction applies the
+// one the initiator names (CollectSignatures' `check`) to the resolved,
+// contract-verified transaction before signing; an error refuses to sign.
+// An unknown name is refused too. `initiator` is the asking node's name.
+using BusinessCheck =
+    std::function<Status(const LedgerTransaction& tx, const std::string& initiator)>;
+
+struct FlowServices {
+  Party identity;             // this node's legal identity (its name is the runtime's self)
+  std::vector<KeyPair> keys;  // signing keys (the identity's among them)
+  vault::Vault* vault = nullptr;
+  const ContractRegistry* contracts = nullptr;
+  VerificationPolicy policy;
+  // The party directory (the network map).
+  std::function<std::optional<Party>(std::string_view name)> partyByName;
+  std::function<std::optional<Party>(const Key& key)> partyByKey;
+  NotaryGateway* notary = nullptr;
+  std::vector<ObserverRule> observer_rules;
+  std::map<std::string, BusinessCheck, std::less<>> checks;
+  BackchainLimits limits;
+
+  std::vector<PublicKey> publicKeys() const;
+  // Our keys among `keys` (single keys, or leaves of composite ones).
+  std::vector<const KeyPair*> keysFor(const std::vector<Key>& keys) const;
+};
+
+}  // namespace ccal::flows
