@@ -119,7 +119,7 @@ void FlowService::waitForStore() const { runtime_->waitForStore(); }
 
 namespace {
 
-Result<FlowId> flowIdParam(const ApiRequest& request) {
+Result<vault::FlowId> flowIdParam(const ApiRequest& request) {
   const std::string& text = request.param("id");
   auto id = SecureHash::fromHex(text);
   if (!id || text.size() != 2 * SecureHash::size_bytes) {
