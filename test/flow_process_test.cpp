@@ -215,9 +215,15 @@ TEST_CASE("flows in a real network: API and CLI, crashes of either side, kill, b
     pid_t alpha_pid = pidOf(net, "alpha");
     REQUIRE(alpha_pid > 0);
     REQUIRE(::kill(alpha_pid, SIGKILL) == 0);
+    auto killed_at = std::chrono::steady_clock::now();
     startNetwork(net);
     CHECK(pidOf(net, "alpha") != alpha_pid);
     json flow = finished(alpha, id);
+    MESSAGE("initiator: SIGKILL to the flow's end after restart "
+            << std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
+                                                                     killed_at)
+                   .count()
+            << " ms");
     INFO(flow.dump());
     CHECK(flow["outcome"] == "ok");
     CHECK(flow["result"] ==
@@ -236,12 +242,14 @@ TEST_CASE("flows in a real network: API and CLI, crashes of either side, kill, b
     const json args = {{"peer", gamma_x500}, {"count", 8}, {"responder_sleep_micros", 250'000}};
     std::string id = startPing(alpha, args);
     const std::string pong_id = responderOf(id);
+    json pong_before;
     REQUIRE(waitUntil(
         [&] {
-          json p = show(gamma, pong_id);
-          return p.is_object() && p["events_journaled"].get<uint64_t>() >= 4;
+          pong_before = show(gamma, pong_id);
+          return pong_before.is_object() && pong_before["events_journaled"].get<uint64_t>() >= 4;
         },
         30s));
+    CHECK(pong_before["phase"] != "finished");
     pid_t gamma_pid = pidOf(net, "gamma");
     REQUIRE(gamma_pid > 0);
     REQUIRE(::kill(gamma_pid, SIGKILL) == 0);
@@ -254,6 +262,9 @@ TEST_CASE("flows in a real network: API and CLI, crashes of either side, kill, b
     INFO(pong.dump());
     CHECK(pong["outcome"] == "ok");
     CHECK(pong["result"]["received"] == counting(8));
+    auto list = gamma.get("/api/v1/flows?name=diagnostic.pong");
+    REQUIRE(list);
+    CHECK((*list)["stats"]["flows_resumed"].get<uint64_t>() >= 1);
   }
 
   // --- `ccal flow kill` of a sleeping flow: killed here, ended with it there ------------
