@@ -290,7 +290,8 @@ TEST_CASE("flows through the control API: start, list, show, kill, restart, bad 
     CHECK(killed["outcome"] == "killed");
     CHECK(killed["error"]["message"].get<std::string>().find("killed by root: enough") != std::string::npos);
     json pong_killed = waitFinished(bc, responderOf(sleeper_id));
-    CHECK(pong_killed["outcome"] != "ok");
+    CHECK(pong_killed["outcome"] == "failed");
+    CHECK(pong_killed["error"]["message"].get<std::string>().find("was killed") != std::string::npos);
     CHECK(pong_killed["error"]["message"].get<std::string>().find("enough") != std::string::npos);
     CHECK(statusOf(ac, HttpMethod::post, "/api/v1/flows/" + sleeper_id + "/kill", nullptr) == 404);
 
