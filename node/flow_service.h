@@ -70,7 +70,8 @@ class FlowService {
   FlowService& operator=(const FlowService&) = delete;
 
   // Registry, before start(): as FlowRuntime's, plus an optional check of
-  // the arguments an API start passes.
+  // the arguments an API start passes. Flows registered on runtime()
+  // directly (flows::registerBuiltinFlows) are startable too, unchecked.
   Status registerFlow(std::string name, flows::FlowRuntime::Factory factory, ArgsCheck check = {});
   Status registerInitiating(std::string initiating, std::string responder);
 
@@ -92,7 +93,7 @@ class FlowService {
   std::unique_ptr<SessionMessaging> messaging_;
   std::unique_ptr<vault::FlowStore> store_;
   std::unique_ptr<flows::FlowRuntime> runtime_;
-  // Every registered flow's name, with its arguments check (may be empty).
+  // Arguments checks by flow name (flows registered through registerFlow).
   std::map<std::string, ArgsCheck, std::less<>> checks_;
 };
 
