@@ -360,6 +360,31 @@ const std::vector<KeySpec>& keySpecs() {
         "Replicas start a view change when the primary makes no progress for this long",
         [](NodeConfig& c) -> uint64_t& { return c.notary_view_change_timeout_micros; }, 1000,
         600'000'000));
+    k.push_back(integer<uint32_t>(
+        "flows.running_max",
+        "Flows in memory at once (starting to finishing); a start or a responder over it is "
+        "refused",
+        [](NodeConfig& c) -> uint32_t& { return c.flows_running_max; }, 1, 1'000'000));
+    k.push_back(integer<uint32_t>(
+        "flows.sessions_per_flow_max", "Sessions one flow may open or answer",
+        [](NodeConfig& c) -> uint32_t& { return c.flows_sessions_per_flow_max; }, 1, 65'536));
+    k.push_back(integer<uint32_t>(
+        "flows.messages_waiting_per_flow_max",
+        "Messages received for one flow and not yet taken by it; more are refused until it "
+        "takes some",
+        [](NodeConfig& c) -> uint32_t& { return c.flows_messages_waiting_per_flow_max; }, 1,
+        65'536));
+    k.push_back(integer<uint32_t>(
+        "flows.subflow_depth_max", "Nesting of subflows",
+        [](NodeConfig& c) -> uint32_t& { return c.flows_subflow_depth_max; }, 1, 1024));
+    k.push_back(integer<uint64_t>(
+        "flows.timeout_micros",
+        "A flow's timeout unless its start names one; 0 for none (a timed-out flow fails)",
+        [](NodeConfig& c) -> uint64_t& { return c.flows_timeout_micros; }, 0,
+        30 * micros_per_day));
+    k.push_back(integer<uint32_t>(
+        "flows.finished_listed_max", "Recently finished flows kept in memory for the flow list",
+        [](NodeConfig& c) -> uint32_t& { return c.flows_finished_listed_max; }, 0, 1'000'000));
     return k;
   }();
   return specs;
@@ -433,6 +458,10 @@ Result<NodeConfig> parseNodeConfig(std::string_view toml_text, const fs::path& f
     return fail("key 'notary' is only for node.role = \"notary-replica\", not \"" +
                 std::string(roleName(config.role)) + "\"");
   }
+  if (config.role == Role::notary_replica && root.contains("flows")) {
+    return fail("key 'flows' is not for node.role = \"notary-replica\": a notary replica runs "
+                "no flows");
+  }
   if (config.reconnect_delay_micros_min > config.reconnect_delay_micros_max) {
     return fail("key 'messaging.reconnect_delay_micros_min' (" +
                 std::to_string(config.reconnect_delay_micros_min) +
@@ -499,6 +528,7 @@ std::string renderNodeConfig(const NodeConfig& config) {
   for (const auto& s : keySpecs()) {
     const std::string sec = s.key.substr(0, s.key.find('.'));
     if (sec == "notary" && config.role != Role::notary_replica) continue;
+    if (sec == "flows" && config.role == Role::notary_replica) continue;
     if (sec != section) {
       out += (out.empty() ? "" : "\n") + std::string("[") + sec + "]\n";
       section = sec;

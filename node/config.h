@@ -88,6 +88,15 @@ struct NodeConfig {
   uint64_t notary_batch_delay_micros = 2'000;
   uint64_t notary_view_change_timeout_micros = 2'000'000;
 
+  // [flows] (members only: a notary replica runs no flows and must not have the table).
+  // Defaults are flows::FlowRuntimeConfig's (config_test checks they agree).
+  uint32_t flows_running_max = 10'000;             // flows in memory at once
+  uint32_t flows_sessions_per_flow_max = 64;       // sessions one flow opens or answers
+  uint32_t flows_messages_waiting_per_flow_max = 64;  // received, not yet taken by receive()
+  uint32_t flows_subflow_depth_max = 32;
+  uint64_t flows_timeout_micros = 600'000'000;     // default per-flow timeout; 0: none
+  uint32_t flows_finished_listed_max = 1024;       // recent finished flows the API lists
+
   // The file it was read from (absolute), for messages.
   std::filesystem::path source_file;
 };
@@ -95,7 +104,8 @@ struct NodeConfig {
 // Reads and checks a node.toml. Errors (Errc::malformed unless said): the file cannot be read
 // (not_found), TOML syntax (with line and column), an unknown key or table, a value of the
 // wrong type or out of range, a missing required key, cross-key rules (a notary replica needs
-// [notary] cluster; other roles must not have a [notary] table; reconnect min <= max). Each
+// [notary] cluster; other roles must not have a [notary] table; a notary replica must not have
+// a [flows] table; reconnect min <= max). Each
 // message starts with the file and names the dotted key.
 Result<NodeConfig> loadNodeConfig(const std::filesystem::path& file);
 // The same, from text; `file` names it in messages and anchors relative paths.

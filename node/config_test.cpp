@@ -5,6 +5,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "flows/flow_runtime.h"
 #include "test/support/temp_dir.h"
 
 using namespace ccal;
@@ -195,6 +196,36 @@ TEST_CASE("notary settings belong to notary replicas only") {
   CHECK(c.notary_batch_size_max == NodeConfig{}.notary_batch_size_max);
   CHECK_HAS(failure(minimal + "[notary]\ncluster = \"notary\"\n"),
             "key 'notary' is only for node.role = \"notary-replica\"");
+}
+
+TEST_CASE("flow runtime bounds: defaults are the runtime's, values are checked, replicas have none") {
+  const auto c = parsed(minimal);
+  const flows::FlowRuntimeConfig runtime;
+  CHECK(c.flows_running_max == runtime.flows_running_max);
+  CHECK(c.flows_sessions_per_flow_max == runtime.sessions_per_flow_max);
+  CHECK(c.flows_messages_waiting_per_flow_max == runtime.messages_waiting_per_flow_max);
+  CHECK(c.flows_subflow_depth_max == runtime.subflow_depth_max);
+  CHECK(static_cast<int64_t>(c.flows_timeout_micros) == runtime.flow_timeout_micros);
+  CHECK(c.flows_finished_listed_max == runtime.finished_flows_listed_max);
+
+  auto set = parsed(minimal + "[flows]\nrunning_max = 50\ntimeout_micros = 0\n");
+  CHECK(set.flows_running_max == 50);
+  CHECK(set.flows_timeout_micros == 0);
+  CHECK_HAS(failure(minimal + "[flows]\nrunning_max = 0\n"),
+            "key 'flows.running_max': 0 is outside the range 1 to 1000000");
+  CHECK_HAS(failure(minimal + "[flows]\ntimeout_micros = -5\n"), "key 'flows.timeout_micros'");
+  CHECK_HAS(failure(minimal + "[flows]\nrunning_max = \"many\"\n"),
+            "key 'flows.running_max': expected an integer, got a string");
+  CHECK_HAS(failure(minimal + "[flows]\nrunnin_max = 5\n"), "unknown key 'flows.runnin_max'");
+
+  auto replica = std::string(minimal);
+  replica.insert(replica.find("[p2p]"), "role = \"notary-replica\"\n");
+  replica += "[notary]\ncluster = \"notary\"\n";
+  CHECK_HAS(failure(replica + "[flows]\nrunning_max = 5\n"),
+            "key 'flows' is not for node.role = \"notary-replica\"");
+  auto replica_config = parsed(replica);
+  CHECK(renderNodeConfig(replica_config).find("[flows]") == std::string::npos);
+  CHECK(renderNodeConfig(c).find("[flows]\nrunning_max = 10000\n") != std::string::npos);
 }
 
 TEST_CASE("a rendered config reads back equal, from a real file") {

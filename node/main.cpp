@@ -2,6 +2,8 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
+#include <functional>
+#include <thread>
 #include <iostream>
 
 #include <filesystem>
@@ -12,6 +14,7 @@
 #include "node/api_users.h"
 #include "node/bootstrap.h"
 #include "node/config.h"
+#include "node/flow_service.h"
 #include "node/node.h"
 #include "node/notary_service.h"
 #include "node/process_control.h"
@@ -148,6 +151,60 @@ int printJson(std::string_view command, const ccal::Result<nlohmann::json>& resu
   return 0;
 }
 
+// `ccal flow ...` output without --json: a flow's fields, one per line.
+void printFlow(const nlohmann::json& f) {
+  auto text = [&](const char* key) {
+    return f.contains(key) && f[key].is_string() ? f[key].get<std::string>() : std::string();
+  };
+  std::string phase = text("phase");
+  if (f.contains("outcome")) phase += " (" + text("outcome") + ")";
+  std::cout << "id                " << text("id") << "\n"
+            << "name              " << text("name") << (f.value("responder", false) ? " (responder)" : "")
+            << "\n"
+            << "phase             " << phase << "\n";
+  if (!text("counterparty").empty()) std::cout << "counterparty      " << text("counterparty") << "\n";
+  if (!text("step").empty()) std::cout << "step              " << text("step") << "\n";
+  if (!text("waiting").empty()) std::cout << "waiting           " << text("waiting") << "\n";
+  std::cout << "events journaled  " << f.value("events_journaled", uint64_t{0}) << "\n"
+            << "sessions          " << f.value("sessions", uint64_t{0}) << "\n";
+  if (f.contains("result")) std::cout << "result            " << f["result"].dump() << "\n";
+  if (f.contains("result_text")) std::cout << "result            " << text("result_text") << "\n";
+  if (f.contains("result_base64") && !f.contains("result") && !f.contains("result_text")) {
+    std::cout << "result (base64)   " << text("result_base64") << "\n";
+  }
+  if (f.contains("error")) {
+    std::cout << "error             " << f["error"].value("code", std::string()) << ": "
+              << f["error"].value("message", std::string()) << "\n";
+  }
+}
+
+void printFlowList(const nlohmann::json& list) {
+  const auto& flows = list["flows"];
+  if (flows.empty()) std::cout << "no flows\n";
+  for (const auto& f : flows) {
+    std::string state = f.value("phase", std::string());
+    if (f.contains("outcome")) state = f.value("outcome", std::string());
+    std::cout << f.value("id", std::string()) << "  " << f.value("name", std::string()) << "  "
+              << state << "  " << f.value("step", std::string()) << "\n";
+  }
+  if (list.value("matched", size_t{0}) > flows.size()) {
+    std::cout << "(" << flows.size() << " of " << list.value("matched", size_t{0})
+              << " shown; see --limit)\n";
+  }
+}
+
+// Prints a flow-command result as JSON (--json) or text; an error as failWith does.
+int printFlowResult(std::string_view command, const ccal::Result<nlohmann::json>& result, bool json,
+                    const std::function<void(const nlohmann::json&)>& as_text) {
+  if (!result) return failWith(command, result.error(), json);
+  if (json) {
+    std::cout << result->dump(2) << "\n";
+  } else {
+    as_text(*result);
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -253,6 +310,39 @@ int main(int argc, char** argv) {
     c->add_flag("--json", api_json, "Print JSON (the default)");
   }
 
+  auto* flow = app.add_subcommand("flow", "Start, list, show and kill flows on a node");
+  flow->require_subcommand(1);
+  std::string flow_name, flow_args, flow_args_base64, flow_id, flow_state, flow_filter_name,
+      flow_reason;
+  int64_t flow_timeout_micros = -1;
+  int64_t flow_wait_millis = 120'000;
+  size_t flow_limit = ccal::node::flows_listed_default;
+  bool flow_wait = false, flow_json = false;
+  auto* flow_start = flow->add_subcommand("start", "Start a registered flow; prints its id");
+  flow_start->add_option("NAME", flow_name, "The flow's registered name, e.g. diagnostic.ping")->required();
+  flow_start->add_option("--args", flow_args,
+                         "Arguments as JSON; with --dir, a \"peer\" naming a member's folder "
+                         "becomes its X.500 name");
+  flow_start->add_option("--args-base64", flow_args_base64, "Arguments as base64 bytes");
+  flow_start->add_option("--timeout-micros", flow_timeout_micros,
+                         "The flow's timeout (0: none); default: the node's flows.timeout_micros");
+  flow_start->add_flag("--wait", flow_wait, "Wait until the flow ends and print it; exit 1 unless it ended ok");
+  flow_start->add_option("--wait-ms", flow_wait_millis, "How long --wait waits")->capture_default_str();
+  auto* flow_list = flow->add_subcommand("list", "Running and recently finished flows, newest first");
+  flow_list->add_option("--state", flow_state, "running | finished | ok | failed | killed");
+  flow_list->add_option("--name", flow_filter_name, "Only flows of this name");
+  flow_list->add_option("--limit", flow_limit, "At most this many")->capture_default_str();
+  auto* flow_show = flow->add_subcommand("show", "One flow: phase, step, journal, outcome, result or error");
+  auto* flow_kill = flow->add_subcommand("kill", "End a running flow as killed (its counterparties see it)");
+  for (auto* c : {flow_show, flow_kill}) {
+    c->add_option("ID", flow_id, "The flow's id (64 hexadecimal digits)")->required();
+  }
+  flow_kill->add_option("--reason", flow_reason, "Why (shown in the flow's error)");
+  for (auto* c : {flow_start, flow_list, flow_show, flow_kill}) {
+    address.addOptions(c);
+    c->add_flag("--json", flow_json, "Print JSON");
+  }
+
   CLI11_PARSE(app, argc, argv);
   if (demo->parsed()) return ccal::node::runLedgerDemo(out_dir);
   if (bootstrap->parsed()) return runBootstrap(spec_file, bootstrap_out, force, json);
@@ -283,6 +373,77 @@ int main(int argc, char** argv) {
     nlohmann::json body = {{"from", address.memberName(message_peer)}, {"stream", message_stream},
                            {"count", message_count}};
     return call("message check", [&](auto& c) { return c.post("/api/v1/messages/diagnostic/check", body); });
+  }
+  if (flow->parsed()) {
+    std::string command = "flow " + std::string(flow_start->parsed()  ? "start"
+                                                : flow_list->parsed() ? "list"
+                                                : flow_show->parsed() ? "show"
+                                                                      : "kill");
+    auto client = address.client();
+    if (!client) return failWith(command, client.error(), flow_json);
+    auto showFlow = [&](const std::string& id) {
+      return client->get("/api/v1/flows/" + ccal::node::ApiClient::encodeSegment(id));
+    };
+    if (flow_show->parsed()) return printFlowResult(command, showFlow(flow_id), flow_json, printFlow);
+    if (flow_kill->parsed()) {
+      nlohmann::json body = nlohmann::json::object();
+      if (!flow_reason.empty()) body["reason"] = flow_reason;
+      return printFlowResult(
+          command,
+          client->post("/api/v1/flows/" + ccal::node::ApiClient::encodeSegment(flow_id) + "/kill", body),
+          flow_json, [](const nlohmann::json& r) {
+            std::cout << "killing " << r.value("id", std::string()) << "\n";
+          });
+    }
+    if (flow_list->parsed()) {
+      std::string target = "/api/v1/flows?limit=" + std::to_string(flow_limit);
+      if (!flow_state.empty()) target += "&state=" + ccal::node::ApiClient::encodeSegment(flow_state);
+      if (!flow_filter_name.empty()) {
+        target += "&name=" + ccal::node::ApiClient::encodeSegment(flow_filter_name);
+      }
+      return printFlowResult(command, client->get(target), flow_json, printFlowList);
+    }
+    nlohmann::json body = {{"name", flow_name}};
+    if (!flow_args.empty() && !flow_args_base64.empty()) {
+      return failWith(command, {ccal::Errc::malformed, "give --args or --args-base64, not both"}, flow_json);
+    }
+    if (!flow_args.empty()) {
+      auto args = nlohmann::json::parse(flow_args, nullptr, false);
+      if (args.is_discarded()) {
+        return failWith(command, {ccal::Errc::malformed, "--args is not JSON: " + flow_args.substr(0, 200)},
+                        flow_json);
+      }
+      if (args.is_object() && args.contains("peer") && args["peer"].is_string()) {
+        args["peer"] = address.memberName(args["peer"].get<std::string>());
+      }
+      body["args"] = std::move(args);
+    }
+    if (!flow_args_base64.empty()) body["args_base64"] = flow_args_base64;
+    if (flow_timeout_micros >= 0) body["timeout_micros"] = flow_timeout_micros;
+    auto started = client->post("/api/v1/flows", body);
+    if (!started) return failWith(command, started.error(), flow_json);
+    const std::string id = (*started)["id"];
+    if (!flow_wait) {
+      return printFlowResult(command, started, flow_json,
+                             [](const nlohmann::json& r) { std::cout << r["id"].get<std::string>() << "\n"; });
+    }
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(flow_wait_millis);
+    for (;;) {
+      auto shown = showFlow(id);
+      if (!shown) return failWith(command, shown.error(), flow_json);
+      if ((*shown)["phase"] == "finished") {
+        printFlowResult(command, shown, flow_json, printFlow);
+        return (*shown)["outcome"] == "ok" ? 0 : 1;
+      }
+      if (std::chrono::steady_clock::now() >= deadline) {
+        return failWith(command,
+                        {ccal::Errc::timeout, "flow " + id + " has not ended after " +
+                                                  std::to_string(flow_wait_millis) + " ms (step: " +
+                                                  (*shown).value("step", std::string()) + ")"},
+                        flow_json);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
   }
   if (notary_load->parsed() || notary_notarise->parsed()) {
     address.timeout_micros = ccal::node::ApiServerOptions{}.handler_timeout_micros;

@@ -23,6 +23,8 @@
 #include "node/api_server.h"
 #include "node/api_users.h"
 #include "node/asio_executor.h"
+#include "node/diagnostic_flows.h"
+#include "node/flow_service.h"
 #include "node/file_io.h"
 #include "node/network_map.h"
 #include "node/notary_service.h"
@@ -112,6 +114,7 @@ struct Node::Impl final : flows::MessageHandler {
   std::unique_ptr<flows::LinkMux> mux;  // channels: messaging, notary
   std::unique_ptr<flows::Delivery> delivery;
   std::unique_ptr<NotaryService> notary;
+  std::unique_ptr<FlowService> flows;  // members only (not notary replicas)
   std::unique_ptr<ApiServer> api;
   std::chrono::steady_clock::time_point started_at = std::chrono::steady_clock::now();
   fs::path ready_file;
@@ -128,6 +131,7 @@ struct Node::Impl final : flows::MessageHandler {
   void onNodeInfo(const std::string& from, ByteView signed_info);
 
   Status open();
+  Status openFlows();
   void addRoutes();
   std::vector<ApiPeer> peers() const;
   void stop();
@@ -210,6 +214,12 @@ Status Node::Impl::open() {
     delivery = std::make_unique<flows::Delivery>(mux->channel(flows::link_channel_messaging),
                                                  *messages, executor, executor, delivery_config);
     delivery->setHandler(this);
+    // The flow runtime replays unfinished flows before Delivery hands over
+    // stored messages (some of them are for those flows).
+    if (config.role != Role::notary_replica) {
+      result = openFlows();
+      if (!result.ok()) return;
+    }
     result = delivery->start();
     if (!result.ok()) return;
     NotaryServiceOptions notary_options;
@@ -266,6 +276,7 @@ Status Node::Impl::open() {
                                       std::move(providers));
     addRoutes();
     notary->addRoutes(*api);
+    if (flows) flows->addRoutes(*api);
     result = api->start();
   });
   if (!result.ok()) {
@@ -280,6 +291,40 @@ Status Node::Impl::open() {
   CCAL_TRY(writeReadyFile(ready_file, fields.substr(1, fields.size() - 2)));
   log->info("{} ({}) ready: p2p {}, api {}", config.name, config.x500, config.p2p_listen.toString(),
             api->address());
+  return Status::success();
+}
+
+// The flow runtime over this member's messaging and vault, with every flow
+// it runs registered. Executor thread, before Delivery::start().
+Status Node::Impl::openFlows() {
+  FlowService::Options options;
+  options.delivery = delivery.get();
+  options.executor = &executor;
+  options.clock = &executor;
+  options.store = &vault->store();
+  options.runtime.self = config.x500;
+  options.runtime.flows_running_max = config.flows_running_max;
+  options.runtime.sessions_per_flow_max = config.flows_sessions_per_flow_max;
+  options.runtime.messages_waiting_per_flow_max = config.flows_messages_waiting_per_flow_max;
+  options.runtime.subflow_depth_max = config.flows_subflow_depth_max;
+  options.runtime.flow_timeout_micros = static_cast<int64_t>(config.flows_timeout_micros);
+  options.runtime.finished_flows_listed_max = config.flows_finished_listed_max;
+  options.runtime.log = [this](std::string_view line) { log->warn("flows: {}", line); };
+  flows = std::make_unique<FlowService>(std::move(options));
+  // Every flow this member runs, responders before the flows that initiate
+  // them (the built-in flows of issue 6 go here too, over the node's services).
+  CCAL_TRY(registerDiagnosticFlows(*flows));
+  Status started = flows->start();
+  if (!started.ok()) {
+    return Error{started.error().code, "flow runtime: resuming the flows stored in " +
+                                           config.vault_dir.string() + ": " +
+                                           started.error().message};
+  }
+  const auto& stats = flows->runtime().stats();
+  if (stats.flows_resumed > 0) {
+    log->info("flows: resumed {} unfinished flows ({} journaled events replayed)",
+              stats.flows_resumed, stats.events_replayed);
+  }
   return Status::success();
 }
 
@@ -310,6 +355,7 @@ std::vector<ApiPeer> Node::Impl::peers() const {
 
 void Node::Impl::onMessage(std::string_view peer, const flows::MessageId& id, ByteView payload) {
   std::string from(peer);
+  bool for_flows = false;
   auto decoded = decodeMessage<schema::p2p::P2pMessage>(
       payload, "p2p message", Canonical::not_required,
       [&](schema::p2p::P2pMessage::Reader message) -> Status {
@@ -338,7 +384,13 @@ void Node::Impl::onMessage(std::string_view peer, const flows::MessageId& id, By
             onNodeInfo(from, asByteView(message.getNodeInfo()));
             return Status::success();
           case schema::p2p::P2pMessage::FLOW_SESSION:
-            return Error{Errc::not_found, "a flow session message, and this node runs no flows yet"};
+            if (!flows) {
+              return Error{Errc::not_found, "a flow session message, and a notary replica runs no flows"};
+            }
+            // The runtime consumes it once journaled.
+            flows->onSessionMessage(from, id, asByteView(message.getFlowSession()));
+            for_flows = true;
+            return Status::success();
         }
         return Error{Errc::malformed, "unknown message kind"};
       });
@@ -346,6 +398,7 @@ void Node::Impl::onMessage(std::string_view peer, const flows::MessageId& id, By
     ++messages_malformed;
     log->warn("dropped a message from {}: {}", from, decoded.error().message);
   }
+  if (for_flows) return;
   delivery->consume(peer, id, [this, from](const Status& status) {
     if (!status.ok()) log->error("cannot consume a message from {}: {}", from, status.error().message);
   });
@@ -604,12 +657,14 @@ void Node::Impl::stop() {
     });
   }
   if (link) link->stop();
+  if (flows) flows->waitForStore();
   if (delivery) delivery->waitForStore();
   if (notary) notary->quiesce();
   executor.stop();
   // The notary's Store drains its queued writes while the replica and state
   // machine they use are alive; then everything over the link goes, then the link.
   if (notary) notary->stopStore();
+  flows.reset();  // its runtime sends through delivery
   delivery.reset();
   notary.reset();
   mux.reset();

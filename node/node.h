@@ -4,8 +4,9 @@
 // environment), the TLS peer link, exactly-once messaging and the control
 // API together, and takes them down in the reverse order.
 //
-// Threads: one executor thread runs the link, messaging and the API (the
-// flows of later issues run there too); the vault's writer thread commits.
+// Threads: one executor thread runs the link, messaging, the flow runtime
+// (node/flow_service.h; members only, not notary replicas) and the API; the
+// vault's writer thread commits.
 
 #include <filesystem>
 #include <memory>

@@ -1,0 +1,100 @@
+#pragma once
+// The flow runtime inside a member node (issue 6): a flows::FlowRuntime over
+// the node's exactly-once messaging, its executor and clock, and a
+// vault::FlowStore in the node's LMDB environment; the flows it knows; and
+// the control API's flow routes.
+//
+// Messages. Flow sessions share the node's one Delivery (one durable
+// stream per peer) with the node's other traffic: a flow's message travels
+// as P2pMessage.flowSession (schemas/p2p.capnp). The node hands the inner
+// bytes of such a message to onSessionMessage(), and the runtime consumes it
+// (through Delivery) once it has journaled it -- the node does not.
+//
+// Start-up order (the runtime's rule): create, register flows, start() --
+// which replays every unfinished flow from the store -- and only then
+// Delivery::start(), which hands over stored messages.
+//
+// Control API (JSON; operator may start and kill, read-only may look):
+//   POST /api/v1/flows            {"name", "args": JSON | "args_base64": base64,
+//                                  "timeout_micros"?} -> {"id"} once the start is durable
+//   GET  /api/v1/flows            ?state=running|finished|ok|failed|killed &name=N &limit=L
+//                                 -> {"flows": [...], "stats": {...}}
+//   GET  /api/v1/flows/{id}       -> one flow (flowJson)
+//   POST /api/v1/flows/{id}/kill  {"reason"?} -> {"id", "killing": true}
+// Bad input gets 400 (malformed body, args or id), 404 (unknown flow name
+// or id), 409 (a flow ending already), 503 (flows.running_max reached).
+//
+// Threading: everything on the node's executor thread, which also runs the
+// API's connections (one thread), so routes call the runtime directly.
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <string_view>
+
+#include "flows/delivery.h"
+#include "flows/flow_runtime.h"
+#include "ledger/result.h"
+#include "vault/flow_store.h"
+
+namespace ccal::node {
+
+class ApiServer;
+
+inline constexpr size_t flows_listed_max = 10'000;     // one GET /api/v1/flows
+inline constexpr size_t flows_listed_default = 1'000;
+inline constexpr size_t flow_kill_reason_bytes_max = 1024;
+
+// The JSON of a flow's status (the API's and the CLI's).
+nlohmann::json flowJson(const flows::FlowInfo& info);
+
+class FlowService {
+ public:
+  // Checks a flow's arguments before it starts (an API start of malformed
+  // arguments gets 400 instead of a flow that fails at once).
+  using ArgsCheck = std::function<Status(ByteView args)>;
+
+  struct Options {
+    flows::Delivery* delivery = nullptr;
+    flows::Executor* executor = nullptr;
+    const flows::Clock* clock = nullptr;
+    vault::Store* store = nullptr;  // the vault's Store (one LMDB environment)
+    flows::FlowRuntimeConfig runtime;  // runtime.self: this member's X.500 name
+  };
+
+  explicit FlowService(Options options);
+  ~FlowService();
+  FlowService(const FlowService&) = delete;
+  FlowService& operator=(const FlowService&) = delete;
+
+  // Registry, before start(): as FlowRuntime's, plus an optional check of
+  // the arguments an API start passes. Flows registered on runtime()
+  // directly (flows::registerBuiltinFlows) are startable too, unchecked.
+  Status registerFlow(std::string name, flows::FlowRuntime::Factory factory, ArgsCheck check = {});
+  Status registerInitiating(std::string initiating, std::string responder);
+
+  // Replays unfinished flows. Executor thread, before Delivery::start().
+  Status start();
+
+  // The inner bytes of a P2pMessage.flowSession: to the runtime, which
+  // consumes the message once journaled. Executor thread.
+  void onSessionMessage(std::string_view peer, const flows::MessageId& id, ByteView payload);
+
+  void addRoutes(ApiServer& api);
+
+  flows::FlowRuntime& runtime() { return *runtime_; }
+  // Blocks until the FlowStore requests queued so far have completed.
+  void waitForStore() const;
+
+ private:
+  class SessionMessaging;
+  std::unique_ptr<SessionMessaging> messaging_;
+  std::unique_ptr<vault::FlowStore> store_;
+  std::unique_ptr<flows::FlowRuntime> runtime_;
+  // Arguments checks by flow name (flows registered through registerFlow).
+  std::map<std::string, ArgsCheck, std::less<>> checks_;
+};
+
+}  // namespace ccal::node
