@@ -122,7 +122,6 @@ Status Replica::start() {
       auto b = decodeBatch(bytes, config_.limits);
       if (!b) return b.error();
       s.batches[d] = std::move(*b);
-      s.encoded.erase(d);
     }
     s.has_p = r.has_prepared;
     s.p_view = r.prepared_view;
@@ -257,11 +256,18 @@ SlotRecord Replica::slotRecord(Slot& s) const {
   SlotRecord r;
   r.seq = s.seq;
   r.pre_prepared = s.q;
+  auto kept = [&s](const SecureHash& d) { return s.q.count(d) > 0 || (s.has_p && s.p_digest == d); };
+  // Each batch of Q and P is written once, under its own key; a batch that
+  // left them is deleted.
   for (const auto& [d, b] : s.batches) {
-    if (s.q.count(d) || (s.has_p && s.p_digest == d)) {
-      auto e = s.encoded.find(d);
-      if (e == s.encoded.end()) e = s.encoded.emplace(d, encodeBatch(b)).first;
-      r.batches[d] = e->second;
+    if (kept(d) && s.stored.insert(d).second) r.batches[d] = encodeBatch(b);
+  }
+  for (auto it = s.stored.begin(); it != s.stored.end();) {
+    if (kept(*it)) {
+      ++it;
+    } else {
+      r.batches_dropped.insert(*it);
+      it = s.stored.erase(it);
     }
   }
   r.has_prepared = s.has_p;
@@ -270,7 +276,21 @@ SlotRecord Replica::slotRecord(Slot& s) const {
   return r;
 }
 
-void Replica::persistSlot(Slot& s) { step().slots[s.seq] = slotRecord(s); }
+void Replica::persistSlot(Slot& s) {
+  SlotRecord r = slotRecord(s);
+  Step& st = step();
+  auto queued = st.slots.find(s.seq);
+  if (queued != st.slots.end()) {
+    // The record queued before in this step: its batches are not written yet.
+    for (auto& [d, b] : queued->second.batches) {
+      if (s.stored.count(d)) r.batches.emplace(d, std::move(b));
+    }
+    for (const auto& d : queued->second.batches_dropped) {
+      if (!r.batches.count(d)) r.batches_dropped.insert(d);
+    }
+  }
+  st.slots[s.seq] = std::move(r);
+}
 
 void Replica::flush() {
   if (!step_) return;
@@ -668,7 +688,6 @@ void Replica::acceptPrePrepare(uint64_t seq, const SecureHash& digest, BatchBody
                                    [](const auto& a, const auto& b) { return a.second < b.second; });
     s.batches.erase(lowest->first);
     s.hashes.erase(lowest->first);
-    s.encoded.erase(lowest->first);
     s.q.erase(lowest);
   }
   for (size_t i = 0; i < batch.requests.size(); ++i) {
@@ -683,7 +702,6 @@ void Replica::acceptPrePrepare(uint64_t seq, const SecureHash& digest, BatchBody
   }
   if (!mine) last_batch_time_micros_ = std::max(last_batch_time_micros_, batch.time_micros);
   s.batches[digest] = std::move(batch);
-  s.encoded.erase(digest);
   s.hashes[digest] = std::move(hashes);
   persistSlot(s);
   step().meta = meta();
@@ -729,10 +747,7 @@ void Replica::observeCommit(uint32_t from, const VoteMsg& m) {
     s.decided = true;
     s.decided_digest = m.digest;
     s.observed.clear();
-    if (m.digest.isZero()) {
-      s.batches[m.digest] = BatchBody{};
-      s.encoded.erase(m.digest);
-    }
+    if (m.digest.isZero()) s.batches[m.digest] = BatchBody{};
     tryExecute();
     return;
   }
@@ -1217,7 +1232,6 @@ void Replica::installNewView(const NewViewMsg& nv, const Decision& d) {
     s.digest = e.digest;
     if (e.digest.isZero()) {
       s.batches[e.digest] = BatchBody{};
-      s.encoded.erase(e.digest);
     } else if (!s.batches.count(e.digest)) {
       s.fetch_wanted = true;
     }
@@ -1227,8 +1241,7 @@ void Replica::installNewView(const NewViewMsg& nv, const Decision& d) {
                                      [](const auto& a, const auto& b) { return a.second < b.second; });
       if (lowest->first != e.digest && lowest->first != s.p_digest) {
         s.batches.erase(lowest->first);
-        s.encoded.erase(lowest->first);
-      }
+          }
       s.q.erase(lowest);
     }
     if (auto b = s.batches.find(e.digest); b != s.batches.end()) {
@@ -1404,7 +1417,6 @@ void Replica::onBatchData(uint32_t from, BatchDataMsg m) {
   ++stats_.batches_fetched;
   for (const auto& r : m.batch.requests) in_batches_.insert(r.digest());
   s.batches[d] = std::move(m.batch);
-  s.encoded.erase(d);
   s.fetch_wanted = false;
   persistSlot(s);
   tryExecute();

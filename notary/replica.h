@@ -129,9 +129,9 @@ class Replica final : public flows::LinkHandler {
     // Hashes of batches accepted here, by batch digest (which binds them);
     // a batch without an entry is hashed when it executes.
     std::map<SecureHash, BatchHashes> hashes;
-    // Encoded batches (encodeBatch) for the log record, by digest: encoded
-    // once, however often the slot is written.
-    std::map<SecureHash, Bytes> encoded;
+    // Digests of the batches written (or queued) under their own log keys
+    // since this replica started: a slot write adds only the others.
+    std::set<SecureHash> stored;
     std::map<uint32_t, SecureHash> prepares, commits;   // current view's votes, by replica
     bool prepared = false, commit_sent = false, committed = false;
     bool has_p = false;  // P entry (durable once prepared)
@@ -182,7 +182,7 @@ class Replica final : public flows::LinkHandler {
   void scheduleFlush();
   void flush();
   pbft::MetaRecord meta() const;
-  pbft::SlotRecord slotRecord(Slot& s) const;  // fills s.encoded
+  pbft::SlotRecord slotRecord(Slot& s) const;  // updates s.stored
   void persistSlot(Slot& s);
 
   // Requests.
