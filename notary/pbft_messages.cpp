@@ -473,6 +473,16 @@ Bytes encodeBatchDataFrame(uint64_t seq, const BatchBody& batch) {
   return canonicalBytes(builder.getRoot<sp::Frame>().asReader());
 }
 
+Bytes encodeReplyFrame(uint64_t view, uint64_t client_seq, uint32_t replica, ByteView body) {
+  capnp::MallocMessageBuilder builder;
+  auto r = builder.initRoot<sp::Frame>().initReply();
+  r.setView(view);
+  r.setClientSeq(client_seq);
+  r.setReplica(replica);
+  r.setBody(asData(body));
+  return canonicalBytes(builder.getRoot<sp::Frame>().asReader());
+}
+
 Bytes encodeBatch(const BatchBody& batch) { return encodeBatchDataFrame(0, batch); }
 
 Result<BatchBody> decodeBatch(ByteView bytes, const PbftLimits& limits) {

@@ -152,6 +152,7 @@ Result<NewViewMsg> decodeNewView(ByteView body, const PbftLimits& limits);
 // elsewhere (no copy of it): equal to encodeFrame of the message.
 Bytes encodePrePrepareFrame(uint64_t view, uint64_t seq, const BatchBody& batch);
 Bytes encodeBatchDataFrame(uint64_t seq, const BatchBody& batch);
+Bytes encodeReplyFrame(uint64_t view, uint64_t client_seq, uint32_t replica, ByteView body);
 
 // A batch (with authenticators) as stored in the replica's log.
 Bytes encodeBatch(const BatchBody& batch);

@@ -89,6 +89,8 @@ TEST_CASE("pbft messages: frames and digests built from a held batch equal the m
   CHECK(encodePrePrepareFrame(4, 11, batch) == encodeFrame(Message(PrePrepareMsg{4, 11, batch})));
   CHECK(encodeBatchDataFrame(11, batch) == encodeFrame(Message(BatchDataMsg{11, batch})));
   CHECK(encodeBatch(batch) == encodeFrame(Message(BatchDataMsg{0, batch})));
+  const Bytes reply_body(300, 9);
+  CHECK(encodeReplyFrame(5, 42, 3, reply_body) == encodeFrame(Message(ReplyMsg{5, 42, 3, reply_body})));
   std::vector<SecureHash> bodies;
   for (const auto& r : batch.requests) {
     bodies.push_back(SecureHash::of(r.body));

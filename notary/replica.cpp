@@ -412,7 +412,9 @@ bool Replica::authenticated(const WireRequest& r, const SecureHash& d) {
 }
 
 void Replica::sendReply(const std::string& client, uint64_t client_seq, const ReplyRecord& r) {
-  sendToPeer(client, Message(ReplyMsg{r.view, client_seq, config_.self_index, r.body}));
+  // Encoded from the cached reply, without a copy of it.
+  Status s = link_.send(client, encodeReplyFrame(r.view, client_seq, config_.self_index, r.body));
+  if (!s) log("sending a reply to '" + client + "': " + s.error().toString());
 }
 
 void Replica::onRequest(std::string_view peer, WireRequest r) {
