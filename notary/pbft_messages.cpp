@@ -1,5 +1,6 @@
 #include "notary/pbft_messages.h"
 
+#include "ledger/assert.h"
 #include "ledger/capnp_io.h"
 #include "schemas/notary_protocol.capnp.h"
 
@@ -158,20 +159,29 @@ Result<std::vector<LogEntry>> readEntries(capnp::List<sp::LogEntry>::Reader list
   return out;
 }
 
-void fillBatchContent(sp::BatchContent::Builder b, const BatchBody& batch) {
+// body_hashes: empty (each body is hashed here) or one per request.
+void fillBatchContent(sp::BatchContent::Builder b, const BatchBody& batch,
+                      const std::vector<SecureHash>& body_hashes) {
+  CCAL_ASSERT(body_hashes.empty() || body_hashes.size() == batch.requests.size());
   b.setTimeMicros(batch.time_micros);
   auto ids = b.initRequests(static_cast<unsigned>(batch.requests.size()));
   for (size_t i = 0; i < batch.requests.size(); ++i) {
     auto id = ids[static_cast<unsigned>(i)];
     id.setClient(batch.requests[i].client);
     id.setClientSeq(batch.requests[i].client_seq);
-    id.setBodyDigest(asData(SecureHash::of(batch.requests[i].body).view()));
+    if (body_hashes.empty()) {
+      id.setBodyDigest(asData(SecureHash::of(batch.requests[i].body).view()));
+    } else {
+      id.setBodyDigest(asData(body_hashes[i].view()));
+    }
   }
 }
 
 }  // namespace
 
-SecureHash WireRequest::digest() const {
+SecureHash WireRequest::digest() const { return digestWithBodyHash(SecureHash::of(body)); }
+
+SecureHash WireRequest::digestWithBodyHash(const SecureHash& body_hash) const {
   Sha256 h;
   h.update(asBytes("ccal.pbft.request.v1"));
   h.updateU32(static_cast<uint32_t>(client.size()));
@@ -179,14 +189,16 @@ SecureHash WireRequest::digest() const {
   Bytes seq;
   appendU64(seq, client_seq);
   h.update(seq);
-  h.update(SecureHash::of(body).view());
+  h.update(body_hash.view());
   return h.finish();
 }
 
-SecureHash BatchBody::digest() const {
+SecureHash BatchBody::digest() const { return digest({}); }
+
+SecureHash BatchBody::digest(const std::vector<SecureHash>& body_hashes) const {
   capnp::MallocMessageBuilder message;
   auto root = message.initRoot<sp::BatchContent>();
-  fillBatchContent(root, *this);
+  fillBatchContent(root, *this, body_hashes);
   return SecureHash::of(canonicalBytes(root.asReader()));
 }
 
@@ -440,9 +452,38 @@ Result<NewViewMsg> decodeNewView(ByteView body, const PbftLimits& limits) {
       });
 }
 
-Bytes encodeBatch(const BatchBody& batch) {
-  return encodeFrame(Message(BatchDataMsg{0, batch}));
+Bytes encodePrePrepareFrame(uint64_t view, uint64_t seq, const BatchBody& batch) {
+  capnp::MallocMessageBuilder builder;
+  auto p = builder.initRoot<sp::Frame>().initPrePrepare();
+  p.setView(view);
+  p.setSeq(seq);
+  p.setTimeMicros(batch.time_micros);
+  auto list = p.initRequests(static_cast<unsigned>(batch.requests.size()));
+  for (size_t i = 0; i < batch.requests.size(); ++i) fillRequest(list[static_cast<unsigned>(i)], batch.requests[i]);
+  return canonicalBytes(builder.getRoot<sp::Frame>().asReader());
 }
+
+Bytes encodeBatchDataFrame(uint64_t seq, const BatchBody& batch) {
+  capnp::MallocMessageBuilder builder;
+  auto b = builder.initRoot<sp::Frame>().initBatchData();
+  b.setSeq(seq);
+  b.setTimeMicros(batch.time_micros);
+  auto list = b.initRequests(static_cast<unsigned>(batch.requests.size()));
+  for (size_t i = 0; i < batch.requests.size(); ++i) fillRequest(list[static_cast<unsigned>(i)], batch.requests[i]);
+  return canonicalBytes(builder.getRoot<sp::Frame>().asReader());
+}
+
+Bytes encodeReplyFrame(uint64_t view, uint64_t client_seq, uint32_t replica, ByteView body) {
+  capnp::MallocMessageBuilder builder;
+  auto r = builder.initRoot<sp::Frame>().initReply();
+  r.setView(view);
+  r.setClientSeq(client_seq);
+  r.setReplica(replica);
+  r.setBody(asData(body));
+  return canonicalBytes(builder.getRoot<sp::Frame>().asReader());
+}
+
+Bytes encodeBatch(const BatchBody& batch) { return encodeBatchDataFrame(0, batch); }
 
 Result<BatchBody> decodeBatch(ByteView bytes, const PbftLimits& limits) {
   auto m = decodeFrame(bytes, limits);

@@ -41,6 +41,8 @@ struct WireRequest {
   // SHA-256 over client, client_seq and the body's hash: what MACs cover and
   // what a batch digest lists.
   SecureHash digest() const;
+  // The same digest from the body's SHA-256, when the caller has it already.
+  SecureHash digestWithBodyHash(const SecureHash& body_hash) const;
 };
 
 // A batch as ordered: the primary's timestamp and the requests.
@@ -49,6 +51,9 @@ struct BatchBody {
   std::vector<WireRequest> requests;
   // PBFT's d: SHA-256 of the canonical BatchContent (timestamp, request ids).
   SecureHash digest() const;
+  // The same from the requests' body hashes (body_hashes[i] = SHA-256 of
+  // requests[i].body), so a replica hashes each body once.
+  SecureHash digest(const std::vector<SecureHash>& body_hashes) const;
 };
 
 struct PrePrepareMsg {
@@ -142,6 +147,12 @@ Bytes encodeViewChange(const ViewChangeMsg& m);
 Result<ViewChangeMsg> decodeViewChange(ByteView body, const PbftLimits& limits);
 Bytes encodeNewView(const NewViewMsg& m);
 Result<NewViewMsg> decodeNewView(ByteView body, const PbftLimits& limits);
+
+// The frames of a pre-prepare and of batch data, from a batch held
+// elsewhere (no copy of it): equal to encodeFrame of the message.
+Bytes encodePrePrepareFrame(uint64_t view, uint64_t seq, const BatchBody& batch);
+Bytes encodeBatchDataFrame(uint64_t seq, const BatchBody& batch);
+Bytes encodeReplyFrame(uint64_t view, uint64_t client_seq, uint32_t replica, ByteView body);
 
 // A batch (with authenticators) as stored in the replica's log.
 Bytes encodeBatch(const BatchBody& batch);

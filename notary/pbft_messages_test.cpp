@@ -83,3 +83,21 @@ TEST_CASE("pbft messages: hostile frames are refused with a reason, never a cras
   vc.prepared = {{6, SecureHash::of(asBytes("a")), 0}, {5, SecureHash::of(asBytes("b")), 0}};
   CHECK(decodeViewChange(encodeViewChange(vc), limits).error().code == Errc::malformed);
 }
+
+TEST_CASE("pbft messages: frames and digests built from a held batch equal the message's") {
+  const BatchBody batch{777, {request(1, 100), request(2, 3), request(3, 0)}};
+  CHECK(encodePrePrepareFrame(4, 11, batch) == encodeFrame(Message(PrePrepareMsg{4, 11, batch})));
+  CHECK(encodeBatchDataFrame(11, batch) == encodeFrame(Message(BatchDataMsg{11, batch})));
+  CHECK(encodeBatch(batch) == encodeFrame(Message(BatchDataMsg{0, batch})));
+  const Bytes reply_body(300, 9);
+  CHECK(encodeReplyFrame(5, 42, 3, reply_body) == encodeFrame(Message(ReplyMsg{5, 42, 3, reply_body})));
+  std::vector<SecureHash> bodies;
+  for (const auto& r : batch.requests) {
+    bodies.push_back(SecureHash::of(r.body));
+    CHECK(r.digestWithBodyHash(bodies.back()) == r.digest());
+  }
+  CHECK(batch.digest(bodies) == batch.digest());
+  // Hashes that are not the bodies' give another digest (they are what it covers).
+  bodies[1] = SecureHash::of(asBytes("another body"));
+  CHECK(batch.digest(bodies) != batch.digest());
+}

@@ -36,6 +36,17 @@ Batch toBatch(uint64_t seq, uint64_t view, int64_t time, const BatchBody& body) 
 
 }  // namespace
 
+Replica::BatchHashes Replica::hashBatch(const BatchBody& batch) {
+  BatchHashes h;
+  h.bodies.reserve(batch.requests.size());
+  h.requests.reserve(batch.requests.size());
+  for (const auto& r : batch.requests) {
+    h.bodies.push_back(SecureHash::of(r.body));
+    h.requests.push_back(r.digestWithBodyHash(h.bodies.back()));
+  }
+  return h;
+}
+
 Replica::Replica(ReplicaConfig config, KeyPair identity, flows::Link& link,
                  flows::Executor& executor, const flows::Clock& clock, vault::Store& store,
                  StateMachine& machine)
@@ -56,6 +67,7 @@ Replica::Replica(ReplicaConfig config, KeyPair identity, flows::Link& link,
   CCAL_ASSERT(config_.window_batches_max <= config_.limits.log_entries_max / q_digests_per_slot_max);
   view_timeout_micros_ = config_.view_change_timeout_micros;
   peer_executed_at_status_.assign(config_.replicas.size(), UINT64_MAX);
+  peer_stalled_statuses_.assign(config_.replicas.size(), 0);
   link_.setHandler(this);
 }
 
@@ -196,12 +208,13 @@ void Replica::send(uint32_t replica, const Message& m) {
   sendToPeer(config_.replicas[replica].name, m);
 }
 
-void Replica::broadcast(const Message& m) {
-  const Bytes frame = encodeFrame(m);
+void Replica::broadcast(const Message& m) { broadcastFrame(encodeFrame(m), messageName(m)); }
+
+void Replica::broadcastFrame(const Bytes& frame, const char* what) {
   for (uint32_t i = 0; i < n(); ++i) {
     if (i == config_.self_index) continue;
     Status s = link_.send(config_.replicas[i].name, frame);
-    if (!s) log(std::string("sending a ") + messageName(m) + " to '" + config_.replicas[i].name +
+    if (!s) log(std::string("sending a ") + what + " to '" + config_.replicas[i].name +
                 "': " + s.error().toString());
   }
 }
@@ -239,12 +252,23 @@ MetaRecord Replica::meta() const {
   return m;
 }
 
-SlotRecord Replica::slotRecord(const Slot& s) const {
+SlotRecord Replica::slotRecord(Slot& s) const {
   SlotRecord r;
   r.seq = s.seq;
   r.pre_prepared = s.q;
+  auto kept = [&s](const SecureHash& d) { return s.q.count(d) > 0 || (s.has_p && s.p_digest == d); };
+  // Each batch of Q and P is written once, under its own key; a batch that
+  // left them is deleted.
   for (const auto& [d, b] : s.batches) {
-    if (s.q.count(d) || (s.has_p && s.p_digest == d)) r.batches[d] = encodeBatch(b);
+    if (kept(d) && s.stored.insert(d).second) r.batches[d] = encodeBatch(b);
+  }
+  for (auto it = s.stored.begin(); it != s.stored.end();) {
+    if (kept(*it)) {
+      ++it;
+    } else {
+      r.batches_dropped.insert(*it);
+      it = s.stored.erase(it);
+    }
   }
   r.has_prepared = s.has_p;
   r.prepared_view = s.p_view;
@@ -252,7 +276,21 @@ SlotRecord Replica::slotRecord(const Slot& s) const {
   return r;
 }
 
-void Replica::persistSlot(const Slot& s) { step().slots[s.seq] = slotRecord(s); }
+void Replica::persistSlot(Slot& s) {
+  SlotRecord r = slotRecord(s);
+  Step& st = step();
+  auto queued = st.slots.find(s.seq);
+  if (queued != st.slots.end()) {
+    // The record queued before in this step: its batches are not written yet.
+    for (auto& [d, b] : queued->second.batches) {
+      if (s.stored.count(d)) r.batches.emplace(d, std::move(b));
+    }
+    for (const auto& d : queued->second.batches_dropped) {
+      if (!r.batches.count(d)) r.batches_dropped.insert(d);
+    }
+  }
+  st.slots[s.seq] = std::move(r);
+}
 
 void Replica::flush() {
   if (!step_) return;
@@ -361,8 +399,9 @@ void Replica::onFrame(std::string_view peer, ByteView frame) {
 
 // --- requests ------------------------------------------------------------------------
 
-bool Replica::authenticated(const WireRequest& r) {
-  const SecureHash d = r.digest();
+bool Replica::authenticated(const WireRequest& r) { return authenticated(r, r.digest()); }
+
+bool Replica::authenticated(const WireRequest& r, const SecureHash& d) {
   if (direct_.count(d)) return true;
   if (r.authenticator.size() != n()) return false;
   auto key = config_.client_key ? config_.client_key(r.client) : std::nullopt;
@@ -373,7 +412,9 @@ bool Replica::authenticated(const WireRequest& r) {
 }
 
 void Replica::sendReply(const std::string& client, uint64_t client_seq, const ReplyRecord& r) {
-  sendToPeer(client, Message(ReplyMsg{r.view, client_seq, config_.self_index, r.body}));
+  // Encoded from the cached reply, without a copy of it.
+  Status s = link_.send(client, encodeReplyFrame(r.view, client_seq, config_.self_index, r.body));
+  if (!s) log("sending a reply to '" + client + "': " + s.error().toString());
 }
 
 void Replica::onRequest(std::string_view peer, WireRequest r) {
@@ -392,8 +433,9 @@ void Replica::onRequest(std::string_view peer, WireRequest r) {
       return sendReply(r.client, r.client_seq, it->second);
     }
   }
-  Request request{r.client, r.client_seq, r.body};
-  if (Status s = machine_.check(request); !s) {
+  const SecureHash body_hash = SecureHash::of(r.body);
+  if (Status s = machine_.checkHashed(r.client, r.client_seq, r.body, body_hash); !s) {
+    Request request{r.client, r.client_seq, r.body};
     // Never ordered; the client hears why (f+1 matching refusals end its
     // wait), unordered and not cached as executed.
     ++stats_.requests_refused;
@@ -404,7 +446,7 @@ void Replica::onRequest(std::string_view peer, WireRequest r) {
     }
     return;
   }
-  const SecureHash d = r.digest();
+  const SecureHash d = r.digestWithBodyHash(body_hash);
   if (direct_.size() < config_.pending_requests_max && direct_.insert(d).second) tryAcceptAllHeld();
   if (pending_.count(d) || in_batches_.count(d)) return;
   if (pending_.size() >= config_.pending_requests_max ||
@@ -413,7 +455,7 @@ void Replica::onRequest(std::string_view peer, WireRequest r) {
                             " dropped: too many requests waiting to be ordered");
   }
   ++pending_per_client_[r.client];
-  pending_.emplace(d, Pending{std::move(r), clock_.nowMicros()});
+  pending_.emplace(d, Pending{std::move(r), body_hash, clock_.nowMicros()});
   if (isPrimary()) {
     scheduleBatch();
   } else {
@@ -455,9 +497,12 @@ void Replica::proposeBatches() {
     order.reserve(pending_.size());
     for (const auto& [d, p] : pending_) order.emplace_back(p.since_micros, d);
     std::sort(order.begin(), order.end());
+    BatchHashes hashes;
     for (const auto& [since, d] : order) {
       if (batch.requests.size() >= config_.batch_size_max) break;
       auto it = pending_.find(d);
+      hashes.bodies.push_back(it->second.body_hash);
+      hashes.requests.push_back(d);
       batch.requests.push_back(std::move(it->second.request));
       if (--pending_per_client_[batch.requests.back().client] == 0) {
         pending_per_client_.erase(batch.requests.back().client);
@@ -468,8 +513,8 @@ void Replica::proposeBatches() {
     const uint64_t seq = next_seq_++;
     last_batch_time_micros_ = batch.time_micros;
     ++stats_.batches_proposed;
-    const SecureHash digest = batch.digest();
-    acceptPrePrepare(seq, digest, std::move(batch), true);
+    const SecureHash digest = batch.digest(hashes.bodies);
+    acceptPrePrepare(seq, digest, std::move(batch), true, std::move(hashes));
   }
 }
 
@@ -495,7 +540,8 @@ Replica::Slot& Replica::slot(uint64_t seq) {
   return s;
 }
 
-Status Replica::checkBatch(const BatchBody& batch, uint64_t seq, size_t& unauthenticated) {
+Status Replica::checkBatch(const BatchBody& batch, const BatchHashes& hashes, uint64_t seq,
+                          size_t& unauthenticated) {
   unauthenticated = 0;
   if (batch.requests.size() > config_.batch_size_max) {
     return makeError(Errc::too_large, "batch of " + std::to_string(batch.requests.size()) +
@@ -536,14 +582,15 @@ Status Replica::checkBatch(const BatchBody& batch, uint64_t seq, size_t& unauthe
                                                     " is not after the previous batch's");
   }
   std::set<SecureHash> seen;
-  for (const auto& r : batch.requests) {
-    const SecureHash d = r.digest();
+  for (size_t i = 0; i < batch.requests.size(); ++i) {
+    const WireRequest& r = batch.requests[i];
+    const SecureHash& d = hashes.requests[i];
     if (!seen.insert(d).second) {
       return makeError(Errc::malformed, "request " + std::to_string(r.client_seq) + " of '" +
                                             r.client + "' twice in one batch");
     }
-    if (Status s = machine_.check(Request{r.client, r.client_seq, r.body}); !s) return s;
-    if (!authenticated(r)) {
+    if (Status s = machine_.checkHashed(r.client, r.client_seq, r.body, hashes.bodies[i]); !s) return s;
+    if (!authenticated(r, d)) {
       log("request " + std::to_string(r.client_seq) + " of '" + r.client +
           "' is not authenticated for this replica (no valid MAC, not received from the client)");
       ++unauthenticated;
@@ -559,7 +606,8 @@ void Replica::onPrePrepare(uint32_t from, PrePrepareMsg m) {
     return reject(peer, "a pre-prepare for view " + std::to_string(m.view) + " from a backup");
   }
   if (!inWindow(m.seq)) return;  // outside the watermarks: dropped, as PBFT does
-  const SecureHash digest = m.batch.digest();
+  BatchHashes hashes = hashBatch(m.batch);
+  const SecureHash digest = m.batch.digest(hashes.bodies);
   Slot& s = slot(m.seq);
   if (s.has_pp) {
     if (s.digest != digest) {
@@ -579,7 +627,7 @@ void Replica::onPrePrepare(uint32_t from, PrePrepareMsg m) {
     if (s.held->view == m.view) return;
   }
   size_t unauthenticated = 0;
-  if (Status st = checkBatch(m.batch, m.seq, unauthenticated); !st) {
+  if (Status st = checkBatch(m.batch, hashes, m.seq, unauthenticated); !st) {
     return reject(peer, "pre-prepare " + std::to_string(m.seq) + ": " + st.error().toString());
   }
   if (unauthenticated > 0) {
@@ -594,7 +642,7 @@ void Replica::onPrePrepare(uint32_t from, PrePrepareMsg m) {
     armViewTimer();
     return tryAcceptHeld(s);
   }
-  acceptPrePrepare(m.seq, digest, std::move(m.batch), false);
+  acceptPrePrepare(m.seq, digest, std::move(m.batch), false, std::move(hashes));
 }
 
 void Replica::tryAcceptHeld(Slot& s) {
@@ -619,7 +667,8 @@ void Replica::tryAcceptHeld(Slot& s) {
   const SecureHash digest = s.held->digest;
   BatchBody batch = std::move(s.held->batch);
   drop();
-  acceptPrePrepare(s.seq, digest, std::move(batch), false);
+  BatchHashes hashes = hashBatch(batch);
+  acceptPrePrepare(s.seq, digest, std::move(batch), false, std::move(hashes));
 }
 
 void Replica::tryAcceptAllHeld() {
@@ -629,7 +678,9 @@ void Replica::tryAcceptAllHeld() {
   }
 }
 
-void Replica::acceptPrePrepare(uint64_t seq, const SecureHash& digest, BatchBody batch, bool mine) {
+void Replica::acceptPrePrepare(uint64_t seq, const SecureHash& digest, BatchBody batch, bool mine,
+                               BatchHashes hashes) {
+  CCAL_ASSERT(hashes.requests.size() == batch.requests.size() && hashes.bodies.size() == batch.requests.size());
   Slot& s = slot(seq);
   s.has_pp = true;
   s.digest = digest;
@@ -638,10 +689,12 @@ void Replica::acceptPrePrepare(uint64_t seq, const SecureHash& digest, BatchBody
     auto lowest = std::min_element(s.q.begin(), s.q.end(),
                                    [](const auto& a, const auto& b) { return a.second < b.second; });
     s.batches.erase(lowest->first);
+    s.hashes.erase(lowest->first);
     s.q.erase(lowest);
   }
-  for (const auto& r : batch.requests) {
-    const SecureHash d = r.digest();
+  for (size_t i = 0; i < batch.requests.size(); ++i) {
+    const WireRequest& r = batch.requests[i];
+    const SecureHash& d = hashes.requests[i];
     auto p = pending_.find(d);
     if (p != pending_.end()) {
       if (--pending_per_client_[r.client] == 0) pending_per_client_.erase(r.client);
@@ -650,18 +703,21 @@ void Replica::acceptPrePrepare(uint64_t seq, const SecureHash& digest, BatchBody
     in_batches_.insert(d);
   }
   if (!mine) last_batch_time_micros_ = std::max(last_batch_time_micros_, batch.time_micros);
-  s.batches[digest] = batch;
+  s.batches[digest] = std::move(batch);
+  s.hashes[digest] = std::move(hashes);
   persistSlot(s);
   step().meta = meta();
   const uint64_t v = view_;
-  afterDurable([this, seq, v, digest, mine, batch = std::move(batch)]() mutable {
+  afterDurable([this, seq, v, digest, mine] {
     if (view_ != v || view_changing_) return;
     auto it = slots_.find(seq);
     if (it == slots_.end() || !it->second.has_pp || it->second.digest != digest) return;
     Slot& sl = it->second;
     sl.pp_durable = true;
     if (mine) {
-      broadcast(Message(PrePrepareMsg{v, seq, std::move(batch)}));
+      auto b = sl.batches.find(digest);
+      CCAL_ASSERT(b != sl.batches.end());
+      broadcastFrame(encodePrePrepareFrame(v, seq, b->second), "pre-prepare");
     } else {
       sl.prepare_sent = true;
       sl.prepares[config_.self_index] = digest;
@@ -754,29 +810,35 @@ void Replica::tryExecute() {
   if (it == slots_.end() || !(it->second.committed || it->second.decided)) return;
   Slot& s = it->second;
   const SecureHash digest = s.committed ? s.digest : s.decided_digest;
-  BatchBody body;
+  static const BatchBody null_batch;
+  const BatchBody* body = &null_batch;
+  BatchHashes hashes;
   if (!digest.isZero()) {
     auto b = s.batches.find(digest);
     if (b == s.batches.end()) {
       s.fetch_wanted = true;
       return requestMissingBatches();
     }
-    body = b->second;
+    body = &b->second;
+    auto h = s.hashes.find(digest);
+    hashes = h != s.hashes.end() ? h->second : hashBatch(*body);
   }
   // A null batch (chosen by a new view) takes the previous batch's time.
-  const int64_t time = digest.isZero() ? last_executed_time_micros_ : body.time_micros;
+  const int64_t time = digest.isZero() ? last_executed_time_micros_ : body->time_micros;
   executing_ = true;
-  const Batch batch = toBatch(next, view_, time, body);
-  machine_.execute(batch, [this, ex = &executor_, alive = std::weak_ptr<int>(alive_), next,
-                           body](Result<Executed> result) mutable {
-    ex->post([this, alive, next, body = std::move(body), result = std::move(result)]() mutable {
+  auto batch = std::make_shared<Batch>(toBatch(next, view_, time, *body));
+  batch->body_hashes = std::move(hashes.bodies);
+  machine_.execute(*batch, [this, ex = &executor_, alive = std::weak_ptr<int>(alive_), next, batch,
+                            digests = std::move(hashes.requests)](Result<Executed> result) mutable {
+    ex->post([this, alive, next, batch, digests = std::move(digests), result = std::move(result)]() mutable {
       if (alive.expired()) return;
-      onExecuted(next, body, std::move(result));
+      onExecuted(next, *batch, digests, std::move(result));
     });
   });
 }
 
-void Replica::onExecuted(uint64_t seq, const BatchBody& batch, Result<Executed> result) {
+void Replica::onExecuted(uint64_t seq, const Batch& batch, const std::vector<SecureHash>& request_digests,
+                         Result<Executed> result) {
   executing_ = false;
   if (!result) {
     // Fatal for this replica (state_machine.h): it stops executing.
@@ -786,9 +848,10 @@ void Replica::onExecuted(uint64_t seq, const BatchBody& batch, Result<Executed> 
     return;
   }
   CCAL_ASSERT(result->replies.size() == batch.requests.size());
+  CCAL_ASSERT(request_digests.size() == batch.requests.size());
   CCAL_ASSERT(machine_.lastExecuted() == seq);
   for (size_t i = 0; i < batch.requests.size(); ++i) {
-    const WireRequest& r = batch.requests[i];
+    const Request& r = batch.requests[i];
     ReplyRecord rec{r.client_seq, view_, std::move(result->replies[i])};
     sendReply(r.client, r.client_seq, rec);
     auto& cache = replies_[r.client];
@@ -800,7 +863,7 @@ void Replica::onExecuted(uint64_t seq, const BatchBody& batch, Result<Executed> 
       replies_added_[r.client].erase(oldest);
       replies_evicted_[r.client].insert(oldest);  // (deleting a key never written is a no-op)
     }
-    const SecureHash d = r.digest();
+    const SecureHash& d = request_digests[i];
     in_batches_.erase(d);
     direct_.erase(d);
     auto p = pending_.find(d);
@@ -1178,7 +1241,9 @@ void Replica::installNewView(const NewViewMsg& nv, const Decision& d) {
     while (s.q.size() > q_digests_per_slot_max) {
       auto lowest = std::min_element(s.q.begin(), s.q.end(),
                                      [](const auto& a, const auto& b) { return a.second < b.second; });
-      if (lowest->first != e.digest && lowest->first != s.p_digest) s.batches.erase(lowest->first);
+      if (lowest->first != e.digest && lowest->first != s.p_digest) {
+        s.batches.erase(lowest->first);
+          }
       s.q.erase(lowest);
     }
     if (auto b = s.batches.find(e.digest); b != s.batches.end()) {
@@ -1286,21 +1351,32 @@ void Replica::onStatus(uint32_t from, const StatusMsg& st) {
   // what we send, and resending every batch in flight (requests and all) at
   // every status costs more than the batches did. A lost message stops the
   // peer at that batch (execution is in order), so the next status asks.
+  //
+  // A peer that executed nothing in one status interval is often only slow
+  // (a durable commit, a busy core): it gets the one batch it needs next
+  // (execution is in order, so a single loss stops it there); a peer
+  // stalled for two intervals or more gets every batch in flight.
   uint64_t& previous = peer_executed_at_status_[from];
   const bool stalled = previous == st.last_executed;
   previous = st.last_executed;
+  uint32_t& stalled_statuses = peer_stalled_statuses_[from];
+  stalled_statuses = stalled ? stalled_statuses + 1 : 0;
   if (!stalled) return;
+  const uint32_t batches_max = stalled_statuses >= 2 ? config_.retransmit_batches_max : 1;
   const bool primary = isPrimary();
   uint32_t sent = 0;
   for (auto it = slots_.upper_bound(std::max(st.last_executed, stable_seq_));
-       it != slots_.end() && sent < config_.retransmit_batches_max; ++it) {
+       it != slots_.end() && sent < batches_max; ++it) {
     Slot& s = it->second;
     // Null batches come with the new-view, which the peer has (or gets above).
     if (!s.has_pp || !s.pp_durable || s.digest.isZero()) continue;
     ++sent;
     if (primary) {
       auto b = s.batches.find(s.digest);
-      if (b != s.batches.end()) send(from, Message(PrePrepareMsg{view_, s.seq, b->second}));
+      if (b != s.batches.end() && from != config_.self_index) {
+        Status sent_ok = link_.send(config_.replicas[from].name, encodePrePrepareFrame(view_, s.seq, b->second));
+        if (!sent_ok) log("sending a pre-prepare to '" + config_.replicas[from].name + "': " + sent_ok.error().toString());
+      }
     } else if (s.prepare_sent) {
       send(from, Message(Prepare{{view_, s.seq, s.digest}}));
     }
@@ -1324,7 +1400,9 @@ void Replica::onFetchBatch(uint32_t from, const FetchBatchMsg& m) {
   if (it == slots_.end()) return;
   auto b = it->second.batches.find(m.digest);
   if (b == it->second.batches.end()) return;
-  send(from, Message(BatchDataMsg{m.seq, b->second}));
+  if (from == config_.self_index) return;
+  Status sent = link_.send(config_.replicas[from].name, encodeBatchDataFrame(m.seq, b->second));
+  if (!sent) log("sending batch data to '" + config_.replicas[from].name + "': " + sent.error().toString());
 }
 
 void Replica::onBatchData(uint32_t from, BatchDataMsg m) {

@@ -22,6 +22,8 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "flows/io.h"
@@ -109,6 +111,13 @@ class Replica final : public flows::LinkHandler {
   void quiesceStore();
 
  private:
+  // A batch's hashes, computed once per batch: each request body's SHA-256
+  // and each request's digest (WireRequest::digest).
+  struct BatchHashes {
+    std::vector<SecureHash> bodies, requests;
+  };
+  static BatchHashes hashBatch(const pbft::BatchBody& batch);
+
   struct Slot {
     uint64_t seq = 0;
     // Pre-prepared in the current view: the digest and whether the batch is here.
@@ -117,6 +126,12 @@ class Replica final : public flows::LinkHandler {
     bool pp_durable = false;  // the prepare (or the primary's pre-prepare) may go out
     std::map<SecureHash, uint64_t> q;                   // Q entries (durable)
     std::map<SecureHash, pbft::BatchBody> batches;      // bodies by digest
+    // Hashes of batches accepted here, by batch digest (which binds them);
+    // a batch without an entry is hashed when it executes.
+    std::map<SecureHash, BatchHashes> hashes;
+    // Digests of the batches written (or queued) under their own log keys
+    // since this replica started: a slot write adds only the others.
+    std::set<SecureHash> stored;
     std::map<uint32_t, SecureHash> prepares, commits;   // current view's votes, by replica
     bool prepared = false, commit_sent = false, committed = false;
     bool has_p = false;  // P entry (durable once prepared)
@@ -143,6 +158,7 @@ class Replica final : public flows::LinkHandler {
   };
   struct Pending {
     pbft::WireRequest request;
+    SecureHash body_hash;
     int64_t since_micros = 0;
   };
 
@@ -157,6 +173,7 @@ class Replica final : public flows::LinkHandler {
   void send(uint32_t replica, const pbft::Message& m);
   void sendToPeer(std::string_view peer, const pbft::Message& m);
   void broadcast(const pbft::Message& m);
+  void broadcastFrame(const Bytes& frame, const char* what);
 
   // Durability: changes gather in step_; flush() writes them in one store
   // request and sends the messages that waited for them.
@@ -165,12 +182,13 @@ class Replica final : public flows::LinkHandler {
   void scheduleFlush();
   void flush();
   pbft::MetaRecord meta() const;
-  pbft::SlotRecord slotRecord(const Slot& s) const;
-  void persistSlot(const Slot& s);
+  pbft::SlotRecord slotRecord(Slot& s) const;  // updates s.stored
+  void persistSlot(Slot& s);
 
   // Requests.
   void onRequest(std::string_view peer, pbft::WireRequest r);
   bool authenticated(const pbft::WireRequest& r);
+  bool authenticated(const pbft::WireRequest& r, const SecureHash& digest);
   void sendReply(const std::string& client, uint64_t client_seq, const pbft::ReplyRecord& r);
   void scheduleBatch();
   void proposeBatches();
@@ -179,10 +197,12 @@ class Replica final : public flows::LinkHandler {
   void onPrePrepare(uint32_t from, pbft::PrePrepareMsg m);
   // Every check of a pre-prepared batch; `unauthenticated` counts its
   // requests that this replica cannot authenticate (not an error here).
-  Status checkBatch(const pbft::BatchBody& batch, uint64_t seq, size_t& unauthenticated);
+  Status checkBatch(const pbft::BatchBody& batch, const BatchHashes& hashes, uint64_t seq,
+                    size_t& unauthenticated);
   void tryAcceptHeld(Slot& s);
   void tryAcceptAllHeld();
-  void acceptPrePrepare(uint64_t seq, const SecureHash& digest, pbft::BatchBody batch, bool mine);
+  void acceptPrePrepare(uint64_t seq, const SecureHash& digest, pbft::BatchBody batch, bool mine,
+                        BatchHashes hashes);
   void onPrepare(uint32_t from, const pbft::VoteMsg& m);
   void onCommit(uint32_t from, const pbft::VoteMsg& m);
   void checkPrepared(Slot& s);
@@ -198,7 +218,8 @@ class Replica final : public flows::LinkHandler {
 
   // Execution and checkpoints.
   void tryExecute();
-  void onExecuted(uint64_t seq, const pbft::BatchBody& batch, Result<Executed> result);
+  void onExecuted(uint64_t seq, const Batch& batch, const std::vector<SecureHash>& request_digests,
+                  Result<Executed> result);
   void afterBatchApplied(uint64_t seq, ByteView effects);
   void onCheckpoint(const pbft::SignedMsg& sm, const pbft::CheckpointMsg& c);
   void makeStable(uint64_t seq, const SecureHash& digest, std::vector<pbft::SignedMsg> proof);
@@ -252,6 +273,8 @@ class Replica final : public flows::LinkHandler {
   uint64_t next_seq_ = 1;  // the primary's next sequence number to propose
   // Per replica: last_executed in its previous status (UINT64_MAX: none yet).
   std::vector<uint64_t> peer_executed_at_status_;
+  // Per replica: consecutive statuses in which it executed nothing.
+  std::vector<uint32_t> peer_stalled_statuses_;
 
   // Execution.
   bool executing_ = false;
@@ -262,13 +285,14 @@ class Replica final : public flows::LinkHandler {
   int64_t last_executed_time_micros_ = 0;
 
   // Requests: pending (authenticated, not ordered), directly received digests, reply cache.
-  std::map<SecureHash, Pending> pending_;
+  std::unordered_map<SecureHash, Pending, SecureHashHasher> pending_;
   std::map<std::string, uint32_t> pending_per_client_;
-  std::set<SecureHash> direct_;  // digests of requests received directly from their client
+  // digests of requests received directly from their client
+  std::unordered_set<SecureHash, SecureHashHasher> direct_;
   std::map<std::string, std::map<uint64_t, pbft::ReplyRecord>> replies_;
   // Reply cache changes not yet written: entries added and entries evicted.
   std::map<std::string, std::set<uint64_t>> replies_added_, replies_evicted_;
-  std::set<SecureHash> in_batches_;  // digests of requests in batches not yet executed
+  std::unordered_set<SecureHash, SecureHashHasher> in_batches_;  // digests of requests in batches not yet executed
   size_t held_slots_ = 0;            // slots with a held pre-prepare
   flows::Executor::TimerId batch_timer_ = 0;
 

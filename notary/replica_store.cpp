@@ -7,7 +7,9 @@ namespace ccal::notary::pbft {
 namespace {
 
 constexpr std::string_view meta_key = "meta";
-constexpr uint8_t slot_format = 1, meta_format = 1;
+constexpr uint8_t slot_format_inline = 1;  // batches inside the slot record (before)
+constexpr uint8_t slot_format = 2, meta_format = 1;  // batches under their own keys
+constexpr size_t batch_key_bytes = 8 + SecureHash::size_bytes;
 constexpr uint8_t legacy_reply_format = 1;  // one record per client, its whole cache
 constexpr uint8_t reply_format = 2;         // one record per reply
 constexpr uint8_t reply_key_tag = 0x00;     // X.500 names hold no NUL: never a legacy key
@@ -71,6 +73,13 @@ class Reader {
   bool ok_ = true;
 };
 
+// A stored batch: u64 BE seq || digest (sorts after its slot's record).
+Bytes batchKey(uint64_t seq, const SecureHash& digest) {
+  Bytes k = seqKey(seq);
+  append(k, digest.view());
+  return k;
+}
+
 // 0x00 || client || 0x00 || u64 BE client_seq: a client's replies together, oldest first.
 Bytes replyKey(std::string_view client, uint64_t client_seq) {
   Bytes k{reply_key_tag};
@@ -104,11 +113,6 @@ Bytes ReplicaStore::encodeSlot(const SlotRecord& r) {
     append(out, d.view());
     appendU64(out, v);
   }
-  appendU32(out, static_cast<uint32_t>(r.batches.size()));
-  for (const auto& [d, b] : r.batches) {
-    append(out, d.view());
-    putBytes(out, b);
-  }
   out.push_back(r.has_prepared ? 1 : 0);
   appendU64(out, r.prepared_view);
   append(out, r.prepared_digest.view());
@@ -121,7 +125,7 @@ Result<SlotRecord> ReplicaStore::decodeSlot(uint64_t seq, ByteView bytes) {
   r.seq = seq;
   uint8_t format = 0, prepared = 0;
   uint32_t nq = 0, nb = 0;
-  if (!rd.u8(format) || format != slot_format || !rd.u32(nq) || nq > 1024) {
+  if (!rd.u8(format) || (format != slot_format && format != slot_format_inline) || !rd.u32(nq) || nq > 1024) {
     return corrupt("log slot " + std::to_string(seq));
   }
   for (uint32_t i = 0; i < nq; ++i) {
@@ -130,7 +134,7 @@ Result<SlotRecord> ReplicaStore::decodeSlot(uint64_t seq, ByteView bytes) {
     if (!rd.hash(d) || !rd.u64(v)) return corrupt("log slot " + std::to_string(seq));
     r.pre_prepared[d] = v;
   }
-  if (!rd.u32(nb) || nb > 1024) return corrupt("log slot " + std::to_string(seq));
+  if (format == slot_format_inline && (!rd.u32(nb) || nb > 1024)) return corrupt("log slot " + std::to_string(seq));
   for (uint32_t i = 0; i < nb; ++i) {
     SecureHash d;
     Bytes b;
@@ -190,6 +194,19 @@ Result<Recovered> ReplicaStore::load() const {
   for (auto c = txn.cursor(store_.db("pbft_log")); c.valid() || c.first();) {
     if (!c.valid()) break;
     const uint64_t seq = seqOfKey(c.key());
+    if (c.key().size() == batch_key_bytes) {
+      // A batch, after its slot's record (same seq prefix, longer key).
+      auto d = SecureHash::fromBytes(c.key().subspan(8));
+      auto slot = out.slots.find(seq);
+      if (!d || slot == out.slots.end()) return corrupt("log batch " + std::to_string(seq));
+      if (slot->second.pre_prepared.count(*d) ||
+          (slot->second.has_prepared && slot->second.prepared_digest == *d)) {
+        slot->second.batches[*d] = Bytes(c.value().begin(), c.value().end());
+      }
+      if (!c.next()) break;
+      continue;
+    }
+    if (c.key().size() != 8) return corrupt("log key of " + std::to_string(c.key().size()) + " bytes");
     auto slot = decodeSlot(seq, c.value());
     if (!slot) return slot.error();
     out.slots[seq] = std::move(*slot);
@@ -266,7 +283,10 @@ void ReplicaStore::write(Step step, std::function<void(const Status&)> done) {
         }
         for (const auto& [seq, slot] : s.slots) {
           if (s.truncate_through > 0 && seq <= s.truncate_through) continue;
-          CCAL_TRY(txn.put(store_.db("pbft_log"), seqKey(seq), encodeSlot(slot)));
+          const vault::Db& log = store_.db("pbft_log");
+          CCAL_TRY(txn.put(log, seqKey(seq), encodeSlot(slot)));
+          for (const auto& d : slot.batches_dropped) CCAL_TRY(txn.del(log, batchKey(seq, d)));
+          for (const auto& [d, b] : slot.batches) CCAL_TRY(txn.put(log, batchKey(seq, d), b));
         }
         for (const auto& [seq, d] : s.digests) {
           CCAL_TRY(txn.put(store_.db("pbft_digests"), seqKey(seq), d.view()));

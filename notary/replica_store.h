@@ -6,11 +6,15 @@
 //                checkpoint (seq, D(seq), its 2f+1 signed checkpoint
 //                messages), the last batch timestamp proposed or accepted.
 //   pbft_log     per sequence number above the stable checkpoint: the
-//                pre-prepares accepted or sent (Q: digest -> latest view, and
-//                the batches), the latest prepared certificate (P: view,
-//                digest). A restarted primary reloads what it proposed and
-//                never proposes another batch for the same (view, seq); a
-//                backup never prepares two digests for one (view, seq).
+//                pre-prepares accepted or sent (Q: digest -> latest view),
+//                the latest prepared certificate (P: view, digest), under
+//                key u64 BE seq; and the batches of Q and P, each under its
+//                own key u64 BE seq || digest, written once (not again when
+//                the slot's Q or P changes). Slot records of format 1 (before)
+//                hold their batches inline; load() reads both. A restarted
+//                primary reloads what it proposed and never proposes another
+//                batch for the same (view, seq); a backup never prepares two
+//                digests for one (view, seq).
 //   pbft_replies the last replies per client (the reply cache), one record
 //                per reply: key 0x00 || client || 0x00 || u64 BE client_seq,
 //                so a batch writes only the replies it adds and deletes only
@@ -39,7 +43,11 @@ namespace ccal::notary::pbft {
 struct SlotRecord {
   uint64_t seq = 0;
   std::map<SecureHash, uint64_t> pre_prepared;  // Q: digest -> latest view
-  std::map<SecureHash, Bytes> batches;          // encoded batches (encodeBatch) by digest
+  // Encoded batches (encodeBatch) by digest. load(): every stored batch of
+  // the slot's Q and P. write(): the batches to put (those stored already
+  // need not be given again: a slot record leaves stored batches alone).
+  std::map<SecureHash, Bytes> batches;
+  std::set<SecureHash> batches_dropped;         // write(): stored batches to delete
   bool has_prepared = false;                    // P
   uint64_t prepared_view = 0;
   SecureHash prepared_digest;

@@ -130,3 +130,86 @@ TEST_CASE("replica store: the reply cache is written per reply; evicted replies 
   CHECK(again->legacy_reply_clients.empty());
   CHECK(again->replies.at("carol").at(5).body == (Bytes{0xaa, 0xbb}));
 }
+
+TEST_CASE("replica store: batches are written once under their own keys; dropped ones go; inline (format 1) slots load") {
+  ccal::testing::TempDir dir;
+  vault::StoreConfig config;
+  config.path = dir.path;
+  config.durable = false;
+  auto store = vault::Store::open(config, ReplicaStore::dbNames(), "pbft-test", 1).value();
+  ReplicaStore rs(*store);
+  auto write = [&](const Step& step) {
+    std::promise<Status> done;
+    rs.write(step, [&](const Status& s) { done.set_value(s); });
+    REQUIRE(done.get_future().get().ok());
+  };
+  auto slotStep = [](const SlotRecord& r) {
+    Step step;
+    step.slots[r.seq] = r;
+    return step;
+  };
+  const BatchBody a{10, {}}, b{11, {}};
+  // Pre-prepared a: the record and a's batch.
+  SlotRecord slot;
+  slot.seq = 3;
+  slot.pre_prepared[a.digest()] = 1;
+  slot.batches[a.digest()] = encodeBatch(a);
+  write(slotStep(slot));
+  // Prepared: the record alone, without the batch again; a stays.
+  slot.batches.clear();
+  slot.has_prepared = true;
+  slot.prepared_view = 1;
+  slot.prepared_digest = a.digest();
+  write(slotStep(slot));
+  auto rec = rs.load();
+  REQUIRE(rec.ok());
+  REQUIRE(rec->slots.at(3).batches.count(a.digest()));
+  CHECK(decodeBatch(rec->slots.at(3).batches.at(a.digest()), PbftLimits{})->time_micros == 10);
+  CHECK(rec->slots.at(3).has_prepared);
+  // A new view pre-prepares b in Q and a leaves Q and P: a's batch is deleted.
+  slot.pre_prepared = {{b.digest(), 2}};
+  slot.has_prepared = false;
+  slot.batches = {{b.digest(), encodeBatch(b)}};
+  slot.batches_dropped = {a.digest()};
+  write(slotStep(slot));
+  rec = rs.load();
+  REQUIRE(rec.ok());
+  CHECK(rec->slots.at(3).batches.size() == 1);
+  CHECK(rec->slots.at(3).batches.count(b.digest()));
+  // A batch key whose digest is in neither Q nor P is not handed out.
+  slot.pre_prepared = {{a.digest(), 3}};
+  slot.batches.clear();
+  slot.batches_dropped.clear();
+  write(slotStep(slot));
+  rec = rs.load();
+  REQUIRE(rec.ok());
+  CHECK(rec->slots.at(3).batches.empty());
+  // Truncation removes the slot's batch keys with it.
+  Step truncate;
+  truncate.truncate_through = 3;
+  write(truncate);
+  {
+    auto txn = store->read();
+    auto c = txn.cursor(store->db("pbft_log"));
+    CHECK(!c.first());
+  }
+  // A slot record of format 1 (batches inline), as stores written before hold.
+  Bytes legacy{1};
+  appendU32(legacy, 1);
+  append(legacy, a.digest().view());
+  appendU64(legacy, 4);
+  appendU32(legacy, 1);
+  append(legacy, a.digest().view());
+  const Bytes encoded = encodeBatch(a);
+  appendU32(legacy, static_cast<uint32_t>(encoded.size()));
+  append(legacy, encoded);
+  legacy.push_back(0);
+  appendU64(legacy, 0);
+  append(legacy, SecureHash::zero().view());
+  auto old = ReplicaStore::decodeSlot(9, legacy);
+  REQUIRE(old.ok());
+  CHECK(old->pre_prepared.at(a.digest()) == 4);
+  CHECK(old->batches.at(a.digest()) == encoded);
+  // The current format holds no batches inline.
+  CHECK(ReplicaStore::decodeSlot(9, ReplicaStore::encodeSlot(*old))->batches.empty());
+}

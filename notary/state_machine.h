@@ -49,6 +49,9 @@ struct Batch {
   int64_t time_micros = 0;  // the primary's timestamp, accepted by 2f+1 replicas
                             // as within the allowed drift of their clocks
   std::vector<Request> requests;
+  // Empty, or body_hashes[i] = SHA-256 of requests[i].body (the protocol
+  // has them already; the state machine need not hash the bodies again).
+  std::vector<SecureHash> body_hashes;
 };
 
 struct Executed {
@@ -70,6 +73,13 @@ class StateMachine {
   // primary before batching and by backups before preparing a batch; must be
   // cheap (results may be cached by request digest).
   virtual Status check(const Request& request) const = 0;
+  // check() of a request given by parts, with its body's SHA-256 (which the
+  // protocol has computed already): no copy of the body, no second hash.
+  virtual Status checkHashed(const std::string& client, uint64_t client_seq, ByteView body,
+                             const SecureHash& body_hash) const {
+    (void)body_hash;
+    return check(Request{client, client_seq, Bytes(body.begin(), body.end())});
+  }
 
   // The answer to a request that check() refused with `error`: each replica
   // that refuses a request it received from its client sends this back

@@ -302,7 +302,14 @@ std::shared_ptr<const Result<UniquenessStateMachine::Checked>> UniquenessStateMa
 }
 
 Status UniquenessStateMachine::check(const Request& request) const {
-  auto checked = checkCached(request.body, SecureHash::of(request.body), false);
+  return checkHashed(request.client, request.client_seq, request.body, SecureHash::of(request.body));
+}
+
+Status UniquenessStateMachine::checkHashed(const std::string& client, uint64_t client_seq, ByteView body,
+                                           const SecureHash& body_hash) const {
+  (void)client;
+  (void)client_seq;
+  auto checked = checkCached(body, body_hash, false);
   if (!*checked) return checked->error();
   return {};
 }
@@ -404,6 +411,7 @@ void UniquenessStateMachine::execute(const Batch& batch, std::function<void(Resu
                                         std::to_string(config_.limits.batch_requests_max)));
     return;
   }
+  CCAL_ASSERT(batch.body_hashes.empty() || batch.body_hashes.size() == batch.requests.size());
   last_queued_ = batch.seq;
 
   // Decoding and the stateless checks run here, on the caller's thread; the
@@ -411,7 +419,7 @@ void UniquenessStateMachine::execute(const Batch& batch, std::function<void(Resu
   auto prepared = std::make_shared<std::vector<Prepared>>(batch.requests.size());
   for (size_t i = 0; i < batch.requests.size(); ++i) {
     Prepared& p = (*prepared)[i];
-    p.requestHash = SecureHash::of(batch.requests[i].body);
+    p.requestHash = batch.body_hashes.empty() ? SecureHash::of(batch.requests[i].body) : batch.body_hashes[i];
     // Decoded and checked once: check() left the outcome in the cache.
     auto checked = checkCached(batch.requests[i].body, p.requestHash, true);
     if (!*checked) {

@@ -92,6 +92,8 @@ class UniquenessStateMachine final : public StateMachine {
                                                               KeyPair signer);
 
   Status check(const Request& request) const override;
+  Status checkHashed(const std::string& client, uint64_t client_seq, ByteView body,
+                     const SecureHash& body_hash) const override;
   // A signed error reply for a request check() refused: a NotarisationReply
   // naming batch 0 (never executed) and the request's hash, as the one leaf
   // of its own reply tree, whose root the replica signs (so the client

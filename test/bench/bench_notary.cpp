@@ -41,6 +41,7 @@
 #include <fstream>
 #include <functional>
 #include <future>
+#include <iostream>
 #include <iterator>
 #include <sstream>
 #include <string>
