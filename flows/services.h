@@ -39,7 +39,7 @@ struct BackchainLimits {
 
 struct NotaryConflictInfo {
   StateRef ref;
-  SecureHash consumedBy;  // the transaction that consumed it
+  SecureHash consumedBy;  // the transaction that consumed it (a BFT notary names the SHA-256 of its id)
 };
 
 // A notary's answer: signatures over the transaction id that fulfil the

@@ -117,6 +117,38 @@ void FlowService::onSessionMessage(std::string_view peer, const flows::MessageId
 
 void FlowService::waitForStore() const { runtime_->waitForStore(); }
 
+flows::FlowServices flowServicesOf(const NetworkMap& map, const std::string& self_x500,
+                                   const KeyPair& identity, vault::Vault& vault,
+                                   const ContractRegistry& contracts, flows::NotaryGateway& notary) {
+  flows::FlowServices s;
+  s.identity = Party{self_x500, Key(identity.publicKey())};
+  s.keys = {identity};
+  s.vault = &vault;
+  s.contracts = &contracts;
+  s.notary = &notary;
+  const NetworkMap* m = &map;
+  s.partyByName = [m](std::string_view name) -> std::optional<Party> {
+    if (auto member = m->memberByName(name)) return Party{member->name, Key(member->legal_identity_key)};
+    if (const NotaryInfo* n = m->notary(name)) return Party{n->name, n->service_key};
+    return std::nullopt;
+  };
+  s.partyByKey = [m](const Key& key) -> std::optional<Party> {
+    if (key.isSingle()) {
+      if (auto member = m->memberByKey(key.single())) return Party{member->name, key};
+      return std::nullopt;
+    }
+    for (const NotaryInfo& n : m->parameters().notaries) {
+      if (n.service_key == key) return Party{n.name, n.service_key};
+    }
+    return std::nullopt;
+  };
+  for (const ObserverRule& rule : map.parameters().observers) {
+    s.observer_rules.push_back(
+        flows::ObserverRule{rule.observer, rule.contracts, rule.parties, rule.all_transactions});
+  }
+  return s;
+}
+
 namespace {
 
 Result<vault::FlowId> flowIdParam(const ApiRequest& request) {

@@ -36,7 +36,9 @@
 
 #include "flows/delivery.h"
 #include "flows/flow_runtime.h"
+#include "flows/services.h"
 #include "ledger/result.h"
+#include "node/network_map.h"
 #include "vault/flow_store.h"
 
 namespace ccal::node {
@@ -49,6 +51,15 @@ inline constexpr size_t flow_kill_reason_bytes_max = 1024;
 
 // The JSON of a flow's status (the API's and the CLI's).
 nlohmann::json flowJson(const flows::FlowInfo& info);
+
+// What the built-in flows (flows/builtin_flows.h) need of this member: its
+// legal identity and key, its vault and contracts, the party directory and
+// the observer rules of the network map, and the notary gateway. A party is
+// a member (its legal identity key) or a notary cluster (its service key).
+// `map` must outlive the services.
+flows::FlowServices flowServicesOf(const NetworkMap& map, const std::string& self_x500,
+                                   const KeyPair& identity, vault::Vault& vault,
+                                   const ContractRegistry& contracts, flows::NotaryGateway& notary);
 
 class FlowService {
  public:

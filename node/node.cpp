@@ -14,6 +14,7 @@
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include "flows/builtin_flows.h"
 #include "flows/delivery.h"
 #include "flows/link_mux.h"
 #include "ledger/assert.h"
@@ -27,6 +28,7 @@
 #include "node/flow_service.h"
 #include "node/file_io.h"
 #include "node/network_map.h"
+#include "node/notary_gateway.h"
 #include "node/notary_service.h"
 #include "node/process_control.h"
 #include "node/tls_link.h"
@@ -114,7 +116,12 @@ struct Node::Impl final : flows::MessageHandler {
   std::unique_ptr<flows::LinkMux> mux;  // channels: messaging, notary
   std::unique_ptr<flows::Delivery> delivery;
   std::unique_ptr<NotaryService> notary;
-  std::unique_ptr<FlowService> flows;  // members only (not notary replicas)
+  std::optional<KeyPair> identity;  // the legal identity key (signs for the member's flows)
+  // Members only (not notary replicas): what the built-in flows use; both
+  // outlive the flow runtime.
+  std::unique_ptr<ClientNotaryGateway> notary_gateway;
+  flows::FlowServices flow_services;
+  std::unique_ptr<FlowService> flows;
   std::unique_ptr<ApiServer> api;
   std::chrono::steady_clock::time_point started_at = std::chrono::steady_clock::now();
   fs::path ready_file;
@@ -154,11 +161,12 @@ Status Node::Impl::open() {
                                       "' is not a member of the network map"};
   }
 
-  auto identity = keyPairFromPem(readText(config.identity_key_file));
-  if (!identity) {
-    return Error{identity.error().code,
-                 config.identity_key_file.string() + ": " + identity.error().message};
+  auto identity_key = keyPairFromPem(readText(config.identity_key_file));
+  if (!identity_key) {
+    return Error{identity_key.error().code,
+                 config.identity_key_file.string() + ": " + identity_key.error().message};
   }
+  identity = std::move(*identity_key);
   if (identity->publicKey() != self->legal_identity_key) {
     return Error{Errc::bad_key, config.identity_key_file.string() +
                                     " does not hold the legal identity key of " + config.x500 +
@@ -214,14 +222,7 @@ Status Node::Impl::open() {
     delivery = std::make_unique<flows::Delivery>(mux->channel(flows::link_channel_messaging),
                                                  *messages, executor, executor, delivery_config);
     delivery->setHandler(this);
-    // The flow runtime replays unfinished flows before Delivery hands over
-    // stored messages (some of them are for those flows).
-    if (config.role != Role::notary_replica) {
-      result = openFlows();
-      if (!result.ok()) return;
-    }
-    result = delivery->start();
-    if (!result.ok()) return;
+    // The notary service first: flows resumed below may notarise at once.
     NotaryServiceOptions notary_options;
     notary_options.config = &config;
     notary_options.map = map.get();
@@ -238,6 +239,14 @@ Status Node::Impl::open() {
     }
     notary = std::move(*service);
     result = notary->start();
+    if (!result.ok()) return;
+    // The flow runtime replays unfinished flows before Delivery hands over
+    // stored messages (some of them are for those flows).
+    if (config.role != Role::notary_replica) {
+      result = openFlows();
+      if (!result.ok()) return;
+    }
+    result = delivery->start();
     if (!result.ok()) return;
     // Dial every member now, so that peers show as connected and messages
     // waiting in the outbox flow at once; tell each our node info.
@@ -311,9 +320,17 @@ Status Node::Impl::openFlows() {
   options.runtime.finished_flows_listed_max = config.flows_finished_listed_max;
   options.runtime.log = [this](std::string_view line) { log->warn("flows: {}", line); };
   flows = std::make_unique<FlowService>(std::move(options));
-  // Every flow this member runs, responders before the flows that initiate
-  // them (the built-in flows of issue 6 go here too, over the node's services).
+  // Every flow this member runs, responders before the flows that initiate them.
   CCAL_TRY(registerDiagnosticFlows(*flows));
+  notary_gateway = std::make_unique<ClientNotaryGateway>(
+      executor, [this](std::string_view name) -> std::optional<ClientNotaryGateway::Cluster> {
+        const NotaryInfo* info = map->notary(name);
+        notary::NotaryClient* client = notary ? notary->clientOf(name) : nullptr;
+        if (info == nullptr || client == nullptr) return std::nullopt;
+        return ClientNotaryGateway::Cluster{client, info->validating};
+      });
+  flow_services = flowServicesOf(*map, config.x500, *identity, *vault, contracts, *notary_gateway);
+  CCAL_TRY(flows::registerBuiltinFlows(flows->runtime(), flow_services));
   Status started = flows->start();
   if (!started.ok()) {
     return Error{started.error().code, "flow runtime: resuming the flows stored in " +
@@ -665,6 +682,7 @@ void Node::Impl::stop() {
   // machine they use are alive; then everything over the link goes, then the link.
   if (notary) notary->stopStore();
   flows.reset();  // its runtime sends through delivery
+  notary_gateway.reset();
   delivery.reset();
   notary.reset();
   mux.reset();

@@ -284,6 +284,11 @@ Status NotaryService::Impl::openClients() {
   return Status::success();
 }
 
+notary::NotaryClient* NotaryService::clientOf(std::string_view notary_x500) {
+  Impl::Client* client = impl_->clientFor(notary_x500);
+  return client == nullptr ? nullptr : client->notary.get();
+}
+
 NotaryService::Impl::Client* NotaryService::Impl::clientFor(std::string_view notary_x500) {
   auto it = clients.find(notary_x500);
   if (it != clients.end()) return &it->second;

@@ -112,6 +112,11 @@ class NotaryService {
 
   bool isReplica() const;
 
+  // Member role: the notary client of the cluster named `notary_x500` (any
+  // spelling the map accepts); nullptr when there is none (or a replica).
+  // Executor thread; valid while this service lives.
+  notary::NotaryClient* clientOf(std::string_view notary_x500);
+
   struct Impl;
 
  private:
