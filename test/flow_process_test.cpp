@@ -18,7 +18,9 @@
 #include "node/api_client.h"
 #include "node/config.h"
 #include "test/support/network_processes.h"
+#include "test/support/network_doctest.h"
 #include "test/support/ports.h"
+#include "test/support/test_network.h"
 #include "test/support/temp_dir.h"
 
 namespace fs = std::filesystem;
@@ -26,45 +28,24 @@ using namespace ccal;
 using namespace ccal::node;
 using testing::pidOf;
 using testing::runCcal;
+using testing::clientOf;
+using testing::startNetwork;
 using testing::waitUntil;
+using testing::x500Of;
 using namespace std::chrono_literals;
 using nlohmann::json;
 
 namespace {
 
-void startNetwork(const fs::path& net) {
-  auto started = testing::runCcalCapturing("network start --dir " + net.string());
-  REQUIRE_MESSAGE(started.exit_code == 0, started.output);
-}
-
 fs::path bootstrap(const testing::TempDir& tmp, const testing::PortBlock& ports) {
   fs::path dir = fs::path(tmp.path).parent_path();
-  std::ofstream spec(dir / "spec.toml");
-  spec << "[network]\nroot = \"O=Test Root, L=Haikou, C=CN\"\n"
-          "doorman = \"O=Test Doorman, L=Haikou, C=CN\"\n"
-          "network_map = \"O=Test Map, L=Haikou, C=CN\"\n";
-  const char* names[] = {"alpha", "beta", "gamma"};
-  for (int i = 0; i < 3; ++i) {
-    spec << "\n[[nodes]]\nname = \"" << names[i] << "\"\nx500 = \"O=" << names[i]
-         << " Cooperative, L=Haikou, C=CN\"\nrole = \"node\"\np2p = \"127.0.0.1:" << ports.at(i)
-         << "\"\napi = \"127.0.0.1:" << ports.at(3 + i) << "\"\n";
-  }
-  spec.close();
-  REQUIRE(runCcal("network bootstrap --spec " + (dir / "spec.toml").string() + " --out " +
-                  (dir / "net").string()) == 0);
+  auto made = testing::bootstrapTestNetwork(
+      dir,
+      {{"alpha", "O=alpha Cooperative, L=Haikou, C=CN"}, {"beta", "O=beta Cooperative, L=Haikou, C=CN"},
+       {"gamma", "O=gamma Cooperative, L=Haikou, C=CN"}},
+      {}, ports);
+  REQUIRE_MESSAGE(made.exit_code == 0, made.output);
   return dir / "net";
-}
-
-ApiClient clientOf(const fs::path& net, const std::string& name) {
-  auto client = testing::adminClientOf(net, name);
-  REQUIRE_MESSAGE(client, client.error().toString());
-  return *client;
-}
-
-std::string x500Of(const fs::path& net, const std::string& name) {
-  auto config = loadNodeConfig(net / name / "node.toml");
-  REQUIRE(config);
-  return config->x500;
 }
 
 // Starts diagnostic.ping on `node`; its id (the start is durable).

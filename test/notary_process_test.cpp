@@ -33,7 +33,9 @@
 #include "node/notary_service.h"
 #include "notary/notarisation_messages.h"
 #include "test/support/network_processes.h"
+#include "test/support/network_doctest.h"
 #include "test/support/ports.h"
+#include "test/support/test_network.h"
 #include "test/support/temp_dir.h"
 
 namespace fs = std::filesystem;
@@ -41,47 +43,32 @@ using namespace ccal;
 using namespace ccal::node;
 using testing::pidOf;
 using testing::runCcal;
+using testing::clientOf;
+using testing::startNetwork;
 using testing::waitUntil;
+using testing::x500Of;
 using namespace std::chrono_literals;
 using nlohmann::json;
 
 namespace {
 
-constexpr const char* notary_x500 = "O=Test Notary, L=Haikou, C=CN";
-
-// Starts the network; a failure shows what `ccal network start` printed
-// (the member that did not come up and the tail of its log).
-void startNetwork(const fs::path& net) {
-  auto started = testing::runCcalCapturing("network start --dir " + net.string());
-  REQUIRE_MESSAGE(started.exit_code == 0, started.output);
+ApiClient patientClientOf(const fs::path& net, const std::string& name) {
+  return testing::clientOf(net, name, 120'000'000);
 }
+
+constexpr const char* notary_x500 = "O=Test Notary, L=Haikou, C=CN";
 
 // Two members and a 4-replica notary cluster, on ports no other test uses at the same time.
 fs::path bootstrap(const testing::TempDir& tmp, const testing::PortBlock& ports) {
   fs::path dir = fs::path(tmp.path).parent_path();
-  std::ofstream spec(dir / "spec.toml");
-  spec << "[network]\nroot = \"O=Test Root, L=Haikou, C=CN\"\n"
-          "doorman = \"O=Test Doorman, L=Haikou, C=CN\"\n"
-          "network_map = \"O=Test Map, L=Haikou, C=CN\"\n";
-  const char* names[] = {"alpha", "beta", "r1", "r2", "r3", "r4"};
-  for (int i = 0; i < 6; ++i) {
-    spec << "\n[[nodes]]\nname = \"" << names[i] << "\"\nx500 = \"O=" << names[i]
-         << " Member, L=Haikou, C=CN\"\nrole = \"" << (i < 2 ? "node" : "notary-replica")
-         << "\"\np2p = \"127.0.0.1:" << ports.at(i) << "\"\napi = \"127.0.0.1:" << ports.at(8 + i)
-         << "\"\n";
-  }
-  spec << "\n[[notaries]]\nname = \"notary\"\nx500 = \"" << notary_x500
-       << "\"\nf = 1\nvalidating = false\nreplicas = [\"r1\", \"r2\", \"r3\", \"r4\"]\n";
-  spec.close();
-  REQUIRE(runCcal("network bootstrap --spec " + (dir / "spec.toml").string() + " --out " +
-                  (dir / "net").string()) == 0);
+  auto made = testing::bootstrapTestNetwork(
+      dir,
+      {{"alpha", "O=alpha Member, L=Haikou, C=CN"}, {"beta", "O=beta Member, L=Haikou, C=CN"},
+       {"r1", "O=r1 Member, L=Haikou, C=CN", "notary-replica"}, {"r2", "O=r2 Member, L=Haikou, C=CN", "notary-replica"},
+       {"r3", "O=r3 Member, L=Haikou, C=CN", "notary-replica"}, {"r4", "O=r4 Member, L=Haikou, C=CN", "notary-replica"}},
+      {{"notary", notary_x500, 1, false, {"r1", "r2", "r3", "r4"}}}, ports);
+  REQUIRE_MESSAGE(made.exit_code == 0, made.output);
   return dir / "net";
-}
-
-ApiClient clientOf(const fs::path& net, const std::string& name) {
-  auto client = testing::adminClientOf(net, name, 120'000'000);
-  REQUIRE_MESSAGE(client, client.error().toString());
-  return *client;
 }
 
 void killHard(const fs::path& net, const std::string& name) {
@@ -157,9 +144,9 @@ TEST_CASE("a real notary cluster: kill -9 and restart of a replica, two down, co
   startNetwork(net);
   testing::StopNetworkAtEnd stop_at_end{net};
 
-  ApiClient alpha = clientOf(net, "alpha"), beta = clientOf(net, "beta");
+  ApiClient alpha = patientClientOf(net, "alpha"), beta = patientClientOf(net, "beta");
   std::vector<ApiClient> replicas;
-  for (const char* r : {"r1", "r2", "r3", "r4"}) replicas.push_back(clientOf(net, r));
+  for (const char* r : {"r1", "r2", "r3", "r4"}) replicas.push_back(patientClientOf(net, r));
   const Party notary = notaryParty(net);
   const std::vector<PublicKey> keys = replicaKeys(net);
 

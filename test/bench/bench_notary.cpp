@@ -52,6 +52,8 @@
 #include "test/bench/bench.h"
 #include "test/support/network_processes.h"
 #include "test/support/ports.h"
+#include "test/support/proc_cpu.h"
+#include "test/support/test_network.h"
 #include "test/support/temp_dir.h"
 #include "vault/store.h"
 
@@ -76,25 +78,17 @@ struct Args {
 
 // Two members (alpha, beta) and a cluster of n = 3f+1 replicas.
 bool bootstrap(const fs::path& dir, int n, const testing::PortBlock& ports) {
-  std::ofstream spec(dir / "spec.toml");
-  spec << "[network]\nroot = \"O=Bench Root, L=Haikou, C=CN\"\n"
-          "doorman = \"O=Bench Doorman, L=Haikou, C=CN\"\n"
-          "network_map = \"O=Bench Map, L=Haikou, C=CN\"\n";
-  std::vector<std::string> names = {"alpha", "beta"};
-  for (int i = 1; i <= n; ++i) names.push_back("r" + std::to_string(i));
-  for (size_t i = 0; i < names.size(); ++i) {
-    spec << "\n[[nodes]]\nname = \"" << names[i] << "\"\nx500 = \"O=" << names[i]
-         << " Member, L=Haikou, C=CN\"\nrole = \"" << (i < 2 ? "node" : "notary-replica")
-         << "\"\np2p = \"127.0.0.1:" << ports.at(static_cast<int>(i)) << "\"\napi = \"127.0.0.1:"
-         << ports.at(static_cast<int>(names.size() + i)) << "\"\n";
+  std::vector<testing::SpecMember> members = {{"alpha", "O=alpha Member, L=Haikou, C=CN"},
+                                              {"beta", "O=beta Member, L=Haikou, C=CN"}};
+  testing::SpecNotary notary{"notary", "O=Bench Notary, L=Haikou, C=CN", static_cast<uint32_t>((n - 1) / 3), false, {}};
+  for (int i = 1; i <= n; ++i) {
+    const std::string name = "r" + std::to_string(i);
+    members.push_back({name, "O=" + name + " Member, L=Haikou, C=CN", "notary-replica"});
+    notary.replicas.push_back(name);
   }
-  spec << "\n[[notaries]]\nname = \"notary\"\nx500 = \"O=Bench Notary, L=Haikou, C=CN\"\nf = "
-       << (n - 1) / 3 << "\nvalidating = false\nreplicas = [";
-  for (int i = 1; i <= n; ++i) spec << (i > 1 ? ", " : "") << "\"r" << i << "\"";
-  spec << "]\n";
-  spec.close();
-  return runCcal("network bootstrap --spec " + (dir / "spec.toml").string() + " --out " +
-                 (dir / "net").string()) == 0;
+  auto made = testing::bootstrapTestNetwork(dir, members, {notary}, ports);
+  if (made.exit_code != 0) std::fprintf(stderr, "%s", made.output.c_str());
+  return made.exit_code == 0;
 }
 
 struct LoadFigures {
@@ -178,25 +172,9 @@ struct ClusterFigures {
   double view_changes = 0, frames_rejected = 0;  // at r1 during the peak
 };
 
-// CPU time (user + system) a process has used so far, in microseconds; 0 if unknown.
-double processCpuMicros(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  auto close = stat.rfind(')');  // the command name may hold spaces
-  if (pid <= 0 || close == std::string::npos) return 0;
-  std::istringstream fields(stat.substr(close + 2));
-  std::string field;
-  unsigned long long utime = 0, stime = 0;
-  for (int i = 3; i <= 15 && fields >> field; ++i) {  // field 3 is the state
-    if (i == 14) utime = std::strtoull(field.c_str(), nullptr, 10);
-    if (i == 15) stime = std::strtoull(field.c_str(), nullptr, 10);
-  }
-  return static_cast<double>(utime + stime) * 1e6 / static_cast<double>(sysconf(_SC_CLK_TCK));
-}
-
 double cpuMicrosOf(const fs::path& net, const std::vector<std::string>& names) {
   double sum = 0;
-  for (const auto& name : names) sum += processCpuMicros(testing::pidOf(net, name));
+  for (const auto& name : names) sum += testing::processCpuMicros(testing::pidOf(net, name));
   return sum;
 }
 
