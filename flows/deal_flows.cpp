@@ -136,8 +136,10 @@ Result<DealArgs> validate(std::string_view flow, const std::vector<std::pair<std
   const DealFlowSpec* spec = findDealFlow(flow);
   if (!spec) return makeError(Errc::not_found, "no deal flow named '" + std::string(flow) + "'");
   DealArgs out;
-  for (const auto& [k, v] : kvs) {
-    auto it = std::find_if(spec->args.begin(), spec->args.end(), [&](const ArgSpec& a) { return a.name == k; });
+  for (const auto& kv : kvs) {
+    const std::string& k = kv.first;
+    const std::string& v = kv.second;
+    auto it = std::find_if(spec->args.begin(), spec->args.end(), [&k](const ArgSpec& a) { return a.name == k; });
     if (it == spec->args.end()) {
       return makeError(Errc::malformed, std::string(flow) + ": unknown argument '" + k + "'");
     }

@@ -420,7 +420,7 @@ TEST_CASE("receivables: issue, finance, settle; the notary guards invoice number
   CHECK(winner.states(receivable_state_type).empty());
   FlowInfo settleTwice = w.runFlow(d.bb, receivable_settle_deal, {"invoice=INV-1", "seller=" + coopA});
   CHECK(settleTwice.error->code == Errc::not_found);
-  for (auto& [name, n] : w.nodes) CHECK_MESSAGE(n->vault->checkConsistency().ok(), name);
+  for (auto& entry : w.nodes) CHECK_MESSAGE(entry.second->vault->checkConsistency().ok(), entry.first);
 }
 
 TEST_CASE("responders refuse what their node does not agree to, and the initiator sees why") {
@@ -496,5 +496,5 @@ TEST_CASE("a financier that crashes in the middle of financing resumes and compl
   CHECK(d.b.balance("CNY") == 960000);
   CHECK(decodeReceivable(d.bb.states(receivable_state_type).at(0).state.data).value().holder ==
         d.b.party().owningKey);
-  for (auto& [name, n] : w.nodes) CHECK_MESSAGE(n->vault->checkConsistency().ok(), name);
+  for (auto& entry : w.nodes) CHECK_MESSAGE(entry.second->vault->checkConsistency().ok(), entry.first);
 }
