@@ -498,3 +498,26 @@ TEST_CASE("a financier that crashes in the middle of financing resumes and compl
         d.b.party().owningKey);
   for (auto& entry : w.nodes) CHECK_MESSAGE(entry.second->vault->checkConsistency().ok(), entry.first);
 }
+
+TEST_CASE("an invoice number issued twice from a vault that does not know it: the notary refuses") {
+  Deal d;
+  World& w = d.w;
+  w.ok(d.a, receivable_issue_deal, {"buyer=" + coopB, "amount=50000", "currency=CNY", "invoice=INV-7",
+                                    "due=2024-06-30"});
+  // The seller's key on a node with a fresh vault (a restored backup): its
+  // vault has no trace of INV-7, so only the notary can stop it.
+  const std::string backup = coopA + " (backup)";
+  TNode& a2 = w.add(backup, 2);
+  w.ok(d.c, member_issue_deal, {"member=" + coopB, "name=Sanya Tea Cooperative", "role=member", "days=365",
+                                "observers=" + backup});
+  const uint64_t conflicts = w.notary.conflicts;
+  FlowInfo again = w.runFlow(a2, receivable_issue_deal, {"buyer=" + coopB, "amount=1", "currency=CNY",
+                                                         "invoice=INV-7", "due=2024-06-30"});
+  CHECK(again.outcome == vault::FlowOutcome::failed);
+  CHECK(again.error->code == Errc::conflict);
+  CHECK(errorOf(again).find("consumed already") != std::string::npos);
+  CHECK(w.notary.conflicts == conflicts + 1);
+  // Another number from the same vault is fine.
+  w.ok(a2, receivable_issue_deal, {"buyer=" + coopB, "amount=1", "currency=CNY", "invoice=INV-8",
+                                   "due=2024-06-30"});
+}
