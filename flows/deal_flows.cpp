@@ -6,6 +6,7 @@
 #include <set>
 
 #include "contracts/contracts.h"
+#include "ledger/assert.h"
 #include "ledger/capnp_io.h"
 #include "schemas/contracts_flows.capnp.h"
 

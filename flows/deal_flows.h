@@ -123,9 +123,10 @@ struct DealConfig {
   int64_t clock_skew_micros_max = 60'000'000;      // ... and before now
 };
 
-// Adds the business checks named after the deal flows to `svc.checks`
-// (before registerBuiltinFlows copies nothing: the checks are looked up by
-// name when a sign request arrives). `svc` must outlive the runtime.
+// Adds the business checks named after the deal flows (token.redeem,
+// receivable.issue, receivable.finance, receivable.settle) to `svc.checks`,
+// which SignTransaction looks up by name when a sign request arrives. Call
+// it while filling the node's FlowServices; `svc` must outlive the runtime.
 void addDealChecks(FlowServices& svc, const DealPolicy& policy = {});
 
 // Registers the deal flows and the finance responder. The built-in flows
