@@ -14,7 +14,9 @@
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include "contracts/contracts.h"
 #include "flows/builtin_flows.h"
+#include "flows/deal_flows.h"
 #include "flows/delivery.h"
 #include "flows/link_mux.h"
 #include "ledger/assert.h"
@@ -175,6 +177,9 @@ Status Node::Impl::open() {
 
   CCAL_TRY(publishOwnNodeInfo());
 
+  // The contracts every member verifies and whose states' fields the vault indexes.
+  ccal::contracts::registerDealContracts(contracts);
+
   vault::VaultConfig vault_config;
   vault_config.store.path = config.vault_dir.string();
   vault_config.store.map_size_bytes = config.vault_map_size_mb << 20;
@@ -330,7 +335,12 @@ Status Node::Impl::openFlows() {
         return ClientNotaryGateway::Cluster{client, info->validating};
       });
   flow_services = flowServicesOf(*map, config.x500, *identity, *vault, contracts, *notary_gateway);
+  flows::addDealChecks(flow_services);
   CCAL_TRY(flows::registerBuiltinFlows(flows->runtime(), flow_services));
+  flows::DealConfig deals;
+  // With one notary cluster in the network, new states go to it unless a flow names another.
+  if (map->parameters().notaries.size() == 1) deals.notary = map->parameters().notaries.front().name;
+  CCAL_TRY(flows::registerDealFlows(flows->runtime(), flow_services, deals));
   Status started = flows->start();
   if (!started.ok()) {
     return Error{started.error().code, "flow runtime: resuming the flows stored in " +
