@@ -29,11 +29,18 @@ struct SpecNotary {
   std::vector<std::string> replicas;  // member folder names, 3f+1
 };
 
+struct SpecObserver {
+  std::string observer;               // member folder name
+  std::vector<std::string> parties;   // member folder names
+  std::vector<std::string> contracts;  // contract names
+};
+
 // Writes DIR/spec.toml -- member i listens for peers on ports.at(i) and
 // serves its API on ports.at(members.size() + i) -- and bootstraps it into
 // DIR/net. What `ccal network bootstrap` printed when it fails.
 inline CcalRun bootstrapTestNetwork(const std::filesystem::path& dir, const std::vector<SpecMember>& members,
-                                    const std::vector<SpecNotary>& notaries, const PortBlock& ports) {
+                                    const std::vector<SpecNotary>& notaries, const PortBlock& ports,
+                                    const std::vector<SpecObserver>& observers = {}) {
   std::ofstream spec(dir / "spec.toml");
   spec << "[network]\nroot = \"O=Test Root, L=Haikou, C=CN\"\n"
           "doorman = \"O=Test Doorman, L=Haikou, C=CN\"\n"
@@ -45,11 +52,23 @@ inline CcalRun bootstrapTestNetwork(const std::filesystem::path& dir, const std:
          << "\"\np2p = \"127.0.0.1:" << ports.at(i) << "\"\napi = \"127.0.0.1:" << ports.at(count + i)
          << "\"\n";
   }
+  auto list = [&](const std::vector<std::string>& items) {
+    spec << "[";
+    for (size_t i = 0; i < items.size(); ++i) spec << (i > 0 ? ", " : "") << "\"" << items[i] << "\"";
+    spec << "]";
+  };
   for (const SpecNotary& n : notaries) {
     spec << "\n[[notaries]]\nname = \"" << n.name << "\"\nx500 = \"" << n.x500 << "\"\nf = " << n.f
-         << "\nvalidating = " << (n.validating ? "true" : "false") << "\nreplicas = [";
-    for (size_t i = 0; i < n.replicas.size(); ++i) spec << (i > 0 ? ", " : "") << "\"" << n.replicas[i] << "\"";
-    spec << "]\n";
+         << "\nvalidating = " << (n.validating ? "true" : "false") << "\nreplicas = ";
+    list(n.replicas);
+    spec << "\n";
+  }
+  for (const SpecObserver& o : observers) {
+    spec << "\n[[observers]]\nobserver = \"" << o.observer << "\"\nparties = ";
+    list(o.parties);
+    spec << "\ncontracts = ";
+    list(o.contracts);
+    spec << "\nall_transactions = false\n";
   }
   spec.close();
   return runCcalCapturing("network bootstrap --spec " + (dir / "spec.toml").string() + " --out " +
