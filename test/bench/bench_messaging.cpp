@@ -672,7 +672,8 @@ class Driver {
       load_counts_start_ = side_.storeCounts();
       if (auto* durable = dynamic_cast<DurableChannel*>(&channel_)) durable->durable_ns.clear();
       if (side_.timing_link) side_.timing_link->frames_out_ns.clear();
-      report_done_ = [&] {
+      // `seconds` by value: this task (holding the copy) is gone when the report arrives.
+      report_done_ = [this, &done, seconds] {
         if (auto* durable = dynamic_cast<DurableChannel*>(&channel_))
           stages_.outbox_durable = percentiles(durable->durable_ns);
         if (side_.timing_link) stages_.frame_sent = percentiles(side_.timing_link->frames_out_ns);
