@@ -13,12 +13,14 @@
 #include <string>
 #include <vector>
 
+#include "flows/flows_testing.h"
 #include "ledger/contract.h"
 #include "test/support/temp_dir.h"
 #include "vault/vault.h"
 
 using namespace ccal;
 using namespace ccal::flows;
+using namespace ccal::flows::testing;
 
 namespace {
 
@@ -28,69 +30,6 @@ const std::string bob = "O=Sanya Tea Cooperative, L=Sanya, C=CN";
 MessageId msgId(const std::string& name) { return SecureHash::of(asBytes(name)); }
 Bytes bytesOf(const std::string& s) { return Bytes(s.begin(), s.end()); }
 std::string textOf(ByteView b) { return std::string(b.begin(), b.end()); }
-
-// A single-threaded executor with virtual time, driven by the test. Posts may
-// come from the stores' writer threads; a barrier write on every store makes
-// sure each completion has been posted before time moves on.
-class TestExecutor final : public Executor, public Clock {
- public:
-  void post(std::function<void()> fn) override {
-    std::lock_guard lock(mutex_);
-    posted_.push_back(std::move(fn));
-  }
-  TimerId runAfter(int64_t delay_micros, std::function<void()> fn) override {
-    const TimerId id = ++last_timer_;
-    timers_.emplace(std::make_pair(now_ + delay_micros, id), std::move(fn));
-    return id;
-  }
-  void cancel(TimerId id) override {
-    for (auto it = timers_.begin(); it != timers_.end(); ++it) {
-      if (it->first.second == id) {
-        timers_.erase(it);
-        return;
-      }
-    }
-  }
-  int64_t nowMicros() const override { return now_; }
-
-  // Runs posted work and timers until pred() holds or virtual time passes
-  // deadline_micros from now; the stores in `barriers` are waited for
-  // whenever nothing is posted.
-  bool runUntil(const std::function<bool()>& pred, int64_t deadline_micros,
-                const std::function<void()>& barrier) {
-    const int64_t end = now_ + deadline_micros;
-    for (;;) {
-      if (pred()) return true;
-      std::deque<std::function<void()>> batch;
-      {
-        std::lock_guard lock(mutex_);
-        batch.swap(posted_);
-      }
-      if (!batch.empty()) {
-        for (auto& fn : batch) fn();
-        continue;
-      }
-      barrier();
-      {
-        std::lock_guard lock(mutex_);
-        if (!posted_.empty()) continue;
-      }
-      if (timers_.empty() || timers_.begin()->first.first > end) return pred();
-      auto it = timers_.begin();
-      now_ = std::max(now_, it->first.first);
-      auto fn = std::move(it->second);
-      timers_.erase(it);
-      fn();
-    }
-  }
-
- private:
-  std::mutex mutex_;
-  std::deque<std::function<void()>> posted_;
-  std::map<std::pair<int64_t, TimerId>, std::function<void()>> timers_;
-  TimerId last_timer_ = 0;
-  int64_t now_ = 1'700'000'000'000'000;
-};
 
 class TestLink;
 

@@ -41,6 +41,9 @@ class TestExecutor final : public Executor, public Clock {
   }
   int64_t nowMicros() const override { return now_; }
 
+  // Runs posted work and timers until pred() holds or virtual time passes
+  // deadline_micros from now; `barrier` (waiting for the stores' queued
+  // writes) runs whenever nothing is posted.
   bool runUntil(const std::function<bool()>& pred, int64_t deadline_micros,
                 const std::function<void()>& barrier) {
     const int64_t end = now_ + deadline_micros;
