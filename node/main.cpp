@@ -19,6 +19,7 @@
 #include "node/notary_service.h"
 #include "node/process_control.h"
 #include "node/ledger_demo.h"
+#include "flows/deal_flows.h"
 
 namespace {
 
@@ -164,7 +165,7 @@ void printFlow(const nlohmann::json& f) {
             << "phase             " << phase << "\n";
   if (!text("counterparty").empty()) std::cout << "counterparty      " << text("counterparty") << "\n";
   if (!text("step").empty()) std::cout << "step              " << text("step") << "\n";
-  if (!text("waiting").empty()) std::cout << "waiting           " << text("waiting") << "\n";
+  if (!text("waiting").empty() && text("phase") != "finished") std::cout << "waiting           " << text("waiting") << "\n";
   std::cout << "events journaled  " << f.value("events_journaled", uint64_t{0}) << "\n"
             << "sessions          " << f.value("sessions", uint64_t{0}) << "\n";
   if (f.contains("result")) std::cout << "result            " << f["result"].dump() << "\n";
@@ -172,6 +173,7 @@ void printFlow(const nlohmann::json& f) {
   if (f.contains("result_base64") && !f.contains("result") && !f.contains("result_text")) {
     std::cout << "result (base64)   " << text("result_base64") << "\n";
   }
+  if (f.contains("transaction_id")) std::cout << "transaction       " << text("transaction_id") << "\n";
   if (f.contains("error")) {
     std::cout << "error             " << f["error"].value("code", std::string()) << ": "
               << f["error"].value("message", std::string()) << "\n";
@@ -203,6 +205,73 @@ int printFlowResult(std::string_view command, const ccal::Result<nlohmann::json>
     as_text(*result);
   }
   return 0;
+}
+
+// A flow's key=value arguments as the body fields of POST /api/v1/flows: a
+// deal flow's are validated against its spec (flows/deal_flows.h) and sent
+// as its key=value lines; a party (or each of a list of parties) given by a
+// member's folder name becomes its X.500 name. Another flow's become a JSON
+// object (integers as numbers), its "peer" resolved the same way.
+ccal::Result<nlohmann::json> flowArgsOf(const std::string& flow, const std::vector<std::string>& key_values,
+                                        const std::function<std::string(const std::string&)>& x500_of) {
+  const auto* spec = ccal::flows::findDealFlow(flow);
+  std::vector<std::string> resolved;
+  nlohmann::json object = nlohmann::json::object();
+  for (const auto& kv : key_values) {
+    const auto eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      return ccal::Error{ccal::Errc::malformed, "argument '" + kv + "' is not key=value"};
+    }
+    const std::string key = kv.substr(0, eq);
+    std::string value = kv.substr(eq + 1);
+    if (spec != nullptr) {
+      for (const auto& arg : spec->args) {
+        if (arg.name != key) continue;
+        if (arg.type == ccal::flows::ArgType::party) value = x500_of(value);
+        if (arg.type == ccal::flows::ArgType::parties) {
+          std::string joined;
+          size_t start = 0;
+          while (start <= value.size()) {
+            size_t end = value.find(';', start);
+            if (end == std::string::npos) end = value.size();
+            if (!joined.empty()) joined += ';';
+            joined += x500_of(value.substr(start, end - start));
+            start = end + 1;
+          }
+          value = joined;
+        }
+      }
+      resolved.push_back(key + "=" + value);
+      continue;
+    }
+    if (object.contains(key)) return ccal::Error{ccal::Errc::malformed, "argument '" + key + "' is repeated"};
+    if (key == "peer") value = x500_of(value);
+    const bool integer = !value.empty() && value.size() <= 18 &&
+                         value.find_first_not_of("0123456789", value[0] == '-' ? 1 : 0) == std::string::npos &&
+                         value != "-";
+    if (integer) {
+      object[key] = std::stoll(value);
+    } else {
+      object[key] = value;
+    }
+  }
+  if (spec == nullptr) return nlohmann::json{{"args", std::move(object)}};
+  auto args = ccal::flows::parseDealArgs(flow, resolved);
+  if (!args) return args.error();
+  const ccal::Bytes bytes = ccal::flows::encodeDealArgs(*args);
+  return nlohmann::json{{"args_base64", ccal::node::base64Encode(bytes)}};
+}
+
+// Adds what a finished flow came to: "status" completed / failed / killed
+// and, for a deal flow (whose result is the id of the transaction it
+// finalised), "transaction_id".
+void describeFlowEnd(nlohmann::json& f) {
+  const std::string outcome = f.value("outcome", std::string());
+  f["status"] = outcome == "ok" ? "completed" : outcome == "killed" ? "killed" : "failed";
+  if (outcome != "ok" || ccal::flows::findDealFlow(f.value("name", std::string())) == nullptr) return;
+  if (!f.contains("result_base64") || !f["result_base64"].is_string()) return;
+  auto result = ccal::node::base64Decode(f["result_base64"].get<std::string>());
+  if (result && result->size() == 32) f["transaction_id"] = ccal::toHex(*result);
 }
 
 }  // namespace
@@ -317,17 +386,24 @@ int main(int argc, char** argv) {
   int64_t flow_timeout_micros = -1;
   int64_t flow_wait_millis = 120'000;
   size_t flow_limit = ccal::node::flows_listed_default;
-  bool flow_wait = false, flow_json = false;
-  auto* flow_start = flow->add_subcommand("start", "Start a registered flow; prints its id");
-  flow_start->add_option("NAME", flow_name, "The flow's registered name, e.g. diagnostic.ping")->required();
+  bool flow_wait = false, flow_no_wait = false, flow_json = false;
+  std::vector<std::string> flow_key_values;
+  auto* flow_start = flow->add_subcommand(
+      "start", "Start a registered flow and wait for its end (--no-wait: print its id)");
+  flow_start->add_option("NAME", flow_name, "The flow's registered name, e.g. token.move")->required();
+  flow_start->add_option("ARGS", flow_key_values,
+                         "key=value arguments (a deal flow's, validated before it starts; with --dir a "
+                         "party may be given by its member folder name)");
   flow_start->add_option("--args", flow_args,
                          "Arguments as JSON; with --dir, a \"peer\" naming a member's folder "
                          "becomes its X.500 name");
   flow_start->add_option("--args-base64", flow_args_base64, "Arguments as base64 bytes");
   flow_start->add_option("--timeout-micros", flow_timeout_micros,
                          "The flow's timeout (0: none); default: the node's flows.timeout_micros");
-  flow_start->add_flag("--wait", flow_wait, "Wait until the flow ends and print it; exit 1 unless it ended ok");
-  flow_start->add_option("--wait-ms", flow_wait_millis, "How long --wait waits")->capture_default_str();
+  flow_start->add_flag("--wait", flow_wait, "Wait until the flow ends and print it (the default)");
+  flow_start->add_flag("--no-wait", flow_no_wait, "Print the flow's id once it has started; do not wait")
+      ->excludes("--wait");
+  flow_start->add_option("--wait-ms", flow_wait_millis, "How long to wait for the end")->capture_default_str();
   auto* flow_list = flow->add_subcommand("list", "Running and recently finished flows, newest first");
   flow_list->add_option("--state", flow_state, "running | finished | ok | failed | killed");
   flow_list->add_option("--name", flow_filter_name, "Only flows of this name");
@@ -382,7 +458,9 @@ int main(int argc, char** argv) {
     auto client = address.client();
     if (!client) return failWith(command, client.error(), flow_json);
     auto showFlow = [&](const std::string& id) {
-      return client->get("/api/v1/flows/" + ccal::node::ApiClient::encodeSegment(id));
+      auto shown = client->get("/api/v1/flows/" + ccal::node::ApiClient::encodeSegment(id));
+      if (shown && (*shown)["phase"] == "finished") describeFlowEnd(*shown);
+      return shown;
     };
     if (flow_show->parsed()) return printFlowResult(command, showFlow(flow_id), flow_json, printFlow);
     if (flow_kill->parsed()) {
@@ -404,8 +482,17 @@ int main(int argc, char** argv) {
       return printFlowResult(command, client->get(target), flow_json, printFlowList);
     }
     nlohmann::json body = {{"name", flow_name}};
-    if (!flow_args.empty() && !flow_args_base64.empty()) {
-      return failWith(command, {ccal::Errc::malformed, "give --args or --args-base64, not both"}, flow_json);
+    const int given = int(!flow_args.empty()) + int(!flow_args_base64.empty()) + int(!flow_key_values.empty());
+    if (given > 1) {
+      return failWith(command,
+                      {ccal::Errc::malformed, "give key=value arguments, --args or --args-base64, one of them"},
+                      flow_json);
+    }
+    if (!flow_key_values.empty()) {
+      auto args = flowArgsOf(flow_name, flow_key_values,
+                             [&](const std::string& name) { return address.memberName(name); });
+      if (!args) return failWith(command, args.error(), flow_json);
+      body.update(*args);
     }
     if (!flow_args.empty()) {
       auto args = nlohmann::json::parse(flow_args, nullptr, false);
@@ -423,7 +510,7 @@ int main(int argc, char** argv) {
     auto started = client->post("/api/v1/flows", body);
     if (!started) return failWith(command, started.error(), flow_json);
     const std::string id = (*started)["id"];
-    if (!flow_wait) {
+    if (flow_no_wait) {
       return printFlowResult(command, started, flow_json,
                              [](const nlohmann::json& r) { std::cout << r["id"].get<std::string>() << "\n"; });
     }
@@ -432,6 +519,7 @@ int main(int argc, char** argv) {
       auto shown = showFlow(id);
       if (!shown) return failWith(command, shown.error(), flow_json);
       if ((*shown)["phase"] == "finished") {
+        describeFlowEnd(*shown);
         printFlowResult(command, shown, flow_json, printFlow);
         return (*shown)["outcome"] == "ok" ? 0 : 1;
       }

@@ -115,9 +115,21 @@ TEST_CASE("a token payment between cooperatives survives SIGKILL of the payer; n
   ApiClient alpha = clientOf(net, "alpha", 120'000'000), bank = clientOf(net, "bank", 120'000'000);
   const std::string alpha_x500 = x500Of(net, "alpha"), beta_x500 = x500Of(net, "beta");
 
-  // The bank issues 10,000.00 EUR to alpha.
-  const SecureHash issue_id =
-      txIdOf(finished(bank, startDeal(bank, "token.issue", {"to=" + alpha_x500, "amount=1000000", "currency=EUR"})));
+  // The bank issues 10,000.00 EUR to alpha, from the command line (key=value
+  // arguments, the holder named by its member folder; the CLI waits for the end).
+  const std::string at_bank = " --dir " + net.string() + " --node bank";
+  auto refused = testing::runCcalCapturing("flow start token.issue to=alpha amount=12x currency=EUR" + at_bank);
+  CHECK(refused.exit_code == 1);
+  CHECK_MESSAGE(refused.output.find("'amount'") != std::string::npos, refused.output);
+  auto issued = testing::runCcalCapturing("flow start token.issue to=alpha amount=1000000 currency=EUR --json" +
+                                          at_bank);
+  INFO(issued.output);
+  REQUIRE(issued.exit_code == 0);
+  const json issue_flow = json::parse(issued.output, nullptr, false);
+  REQUIRE(issue_flow.is_object());
+  CHECK(issue_flow["status"] == "completed");
+  const SecureHash issue_id = txIdOf(finished(bank, issue_flow["id"].get<std::string>()));
+  CHECK(issue_flow["transaction_id"] == issue_id.hex());
 
   // Alpha pays beta 2,500.00 EUR (change 7,500.00 back) and is killed while the flow runs.
   const std::string pay = startDeal(alpha, "token.move", {"to=" + beta_x500, "amount=250000", "currency=EUR"});

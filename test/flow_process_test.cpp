@@ -131,6 +131,22 @@ TEST_CASE("flows in a real network: API and CLI, crashes of either side, kill, b
     CHECK(flow["result"]["echoes"] == 2);
     const std::string id = flow["id"];
 
+    // key=value arguments (integers become numbers, the peer a member folder's X.500 name); waits by default.
+    auto by_key = testing::runCcalCapturing("flow start diagnostic.ping peer=alpha count=1 text=hi --json --dir " +
+                                            net.string() + " --node gamma");
+    INFO(by_key.output);
+    REQUIRE(by_key.exit_code == 0);
+    json keyed = json::parse(by_key.output, nullptr, false);
+    REQUIRE(keyed.is_object());
+    CHECK(keyed["status"] == "completed");
+    CHECK(keyed["result"]["peer"] == alpha_x500);
+    CHECK(keyed["result"]["echoes"] == 1);
+    CHECK(keyed["result"]["text"] == "hi");
+    auto both = testing::runCcalCapturing("flow start diagnostic.ping peer=alpha --args '{}' --dir " +
+                                          net.string() + " --node gamma");
+    CHECK(both.exit_code == 1);
+    CHECK_MESSAGE(both.output.find("one of them") != std::string::npos, both.output);
+
     auto listed = testing::runCcalCapturing("flow list --state ok --name diagnostic.ping --json --dir " +
                                             net.string() + " --node gamma");
     json list = json::parse(listed.output, nullptr, false);
