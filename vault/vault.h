@@ -226,6 +226,9 @@ class Vault {
   Status lock(const LockId& holder, std::span<const StateRef> refs);
   // Releases the holder's locks on `refs` (all its locks when empty).
   Status release(const LockId& holder, std::span<const StateRef> refs = {});
+  // The same without waiting: done() runs on the writer thread once the
+  // release is durable (keep it short).
+  void releaseAsync(const LockId& holder, std::span<const StateRef> refs, DoneFn done);
   // Crash recovery: releases every lock whose holder is not in `live`.
   Result<uint64_t> releaseAllExcept(std::span<const LockId> live);
   // Picks unlocked, unconsumed states of `token` (from `issuer`, when given)
@@ -233,6 +236,10 @@ class Vault {
   // insufficient_balance names the amount available.
   Result<FungibleSelection> selectFungible(const LockId& holder, std::string_view token,
                                            const std::optional<SecureHash>& issuer, int64_t amount);
+  // The same without waiting (a flow's executor goes on with other work):
+  // done() runs on the writer thread once the locks are durable.
+  void selectFungibleAsync(const LockId& holder, std::string_view token, const std::optional<SecureHash>& issuer,
+                           int64_t amount, std::function<void(Result<FungibleSelection>)> done);
 
   // --- tracking ---
   using TrackId = uint64_t;
@@ -252,6 +259,9 @@ class Vault {
   const ContractRegistry& registry() const { return registry_; }
 
  private:
+  WriteFn releaseFn(const LockId& holder, std::span<const StateRef> refs);
+  WriteFn selectFn(const LockId& holder, std::string_view token, const std::optional<SecureHash>& issuer,
+                   int64_t amount, std::shared_ptr<FungibleSelection> selection);
   Vault(const VaultConfig& config, const ContractRegistry& registry, std::vector<PublicKey> keys);
   int64_t now() const;
   bool tracking() const;

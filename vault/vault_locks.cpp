@@ -57,8 +57,16 @@ Status Vault::lock(const LockId& holder, std::span<const StateRef> refs) {
 }
 
 Status Vault::release(const LockId& holder, std::span<const StateRef> refs) {
+  return store_->write(releaseFn(holder, refs));
+}
+
+void Vault::releaseAsync(const LockId& holder, std::span<const StateRef> refs, DoneFn done) {
+  store_->submit(releaseFn(holder, refs), std::move(done));
+}
+
+WriteFn Vault::releaseFn(const LockId& holder, std::span<const StateRef> refs) {
   std::vector<StateRef> wanted(refs.begin(), refs.end());
-  return store_->write([this, holder, wanted](WriteTxn& w) -> Status {
+  return [this, holder, wanted](WriteTxn& w) -> Status {
     std::vector<StateKey> targets;
     for (const auto& ref : wanted) {
       if (auto key = VaultAccess::keyOf(*this, w, ref)) targets.push_back(*key);
@@ -83,7 +91,7 @@ Status Vault::release(const LockId& holder, std::span<const StateRef> refs) {
       CCAL_TRY(VaultAccess::relock(*this, w, key, before, std::nullopt));
     }
     return {};
-  });
+  };
 }
 
 Result<uint64_t> Vault::releaseAllExcept(std::span<const LockId> live) {
@@ -116,9 +124,27 @@ Result<FungibleSelection> Vault::selectFungible(const LockId& holder, std::strin
                                                 int64_t amount) {
   if (amount <= 0) return makeError(Errc::bad_query, "a selection needs a positive amount");
   auto selection = std::make_shared<FungibleSelection>();
+  Status status = store_->write(selectFn(holder, token, issuer, amount, selection));
+  if (!status.ok()) return status.error();
+  return *selection;
+}
+
+void Vault::selectFungibleAsync(const LockId& holder, std::string_view token,
+                                const std::optional<SecureHash>& issuer, int64_t amount,
+                                std::function<void(Result<FungibleSelection>)> done) {
+  if (amount <= 0) return done(makeError(Errc::bad_query, "a selection needs a positive amount"));
+  auto selection = std::make_shared<FungibleSelection>();
+  store_->submit(selectFn(holder, token, issuer, amount, selection),
+                 [selection, done = std::move(done)](const Status& status) {
+                   if (!status.ok()) return done(status.error());
+                   done(std::move(*selection));
+                 });
+}
+
+WriteFn Vault::selectFn(const LockId& holder, std::string_view token, const std::optional<SecureHash>& issuer,
+                        int64_t amount, std::shared_ptr<FungibleSelection> selection) {
   std::string token_text(token);
-  Status status = store_->write([this, holder, token_text, issuer, amount,
-                                 selection](WriteTxn& w) -> Status {
+  return [this, holder, token_text, issuer, amount, selection](WriteTxn& w) -> Status {
     *selection = {};
     Bytes prefix;
     keys::appendText(prefix, token_text);
@@ -160,9 +186,7 @@ Result<FungibleSelection> Vault::selectFungible(const LockId& holder, std::strin
     }
     selection->total = available;
     return {};
-  });
-  if (!status.ok()) return status.error();
-  return *selection;
+  };
 }
 
 }  // namespace ccal::vault

@@ -8,8 +8,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <filesystem>
 #include <future>
+#include <mutex>
 #include <set>
 #include <thread>
 
@@ -370,6 +372,55 @@ TEST_CASE_FIXTURE(Fixture, "parallel selections never hand out the same state") 
   for (auto& th : threads) th.join();
   CHECK(duplicates == 0);
   CHECK(successes > 0);
+  CHECK(vault->checkConsistency().ok());
+}
+
+TEST_CASE_FIXTURE(Fixture, "asynchronous selections queued at once never overlap; asynchronous release") {
+  std::vector<TestToken> ts;
+  for (int i = 0; i < 40; ++i) ts.push_back(token(alice_party, 1));
+  REQUIRE(vault->record(issue(ts), RecordMode::only_relevant).ok());
+  std::mutex m;
+  std::condition_variable cv;
+  int answered = 0, refused = 0;
+  std::set<StateRef> handed_out;
+  size_t handed = 0;
+  // Queued back to back without waiting: they share group commits; each sees the earlier ones' locks.
+  for (int f = 0; f < 12; ++f) {
+    LockId holder = SecureHash::of(asBytes("async " + std::to_string(f)));
+    vault->selectFungibleAsync(holder, "CNY", std::nullopt, 4, [&, holder](Result<FungibleSelection> s) {
+      std::lock_guard<std::mutex> g(m);
+      ++answered;
+      if (!s) {
+        CHECK(s.error().code == Errc::insufficient_balance);
+        ++refused;
+      } else {
+        for (const auto& vs : s->states) {
+          CHECK(vs.lock == holder);
+          handed_out.insert(vs.ref);
+          ++handed;
+        }
+      }
+      cv.notify_all();
+    });
+  }
+  {
+    std::unique_lock<std::mutex> lock(m);
+    REQUIRE(cv.wait_for(lock, std::chrono::seconds(30), [&] { return answered == 12; }));
+  }
+  CHECK(refused == 2);  // 40 states, 4 each: ten selections served
+  CHECK(handed == 40);
+  CHECK(handed_out.size() == 40);
+  // An invalid amount is refused at once, on the caller's thread.
+  bool bad = false;
+  vault->selectFungibleAsync(SecureHash::of(asBytes("x")), "CNY", std::nullopt, 0,
+                             [&](Result<FungibleSelection> s) { bad = !s && s.error().code == Errc::bad_query; });
+  CHECK(bad);
+  std::promise<Status> released;
+  vault->releaseAsync(SecureHash::of(asBytes("async 0")), {}, [&](const Status& s) { released.set_value(s); });
+  CHECK(released.get_future().get().ok());
+  auto again = vault->selectFungible(SecureHash::of(asBytes("after")), "CNY", std::nullopt, 4);
+  REQUIRE(again.ok());
+  CHECK(again->states.size() == 4);
   CHECK(vault->checkConsistency().ok());
 }
 
