@@ -4,6 +4,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <set>
 
 #include "ledger/capnp_io.h"
@@ -87,23 +88,41 @@ Flow<std::vector<std::optional<SignedTransaction>>> vaultTransactions(FlowContex
   co_return txs;
 }
 
-// Records `txs` in order (each idempotent), in one journaled call.
+// Records `txs` in order (each idempotent), in one journaled call: all are
+// queued to the vault's writer at once, in dependency order (the one writer
+// applies them in that order, group-committed with other flows' records),
+// and the call completes when every one is durable -- with the first
+// failure in that order, if any. The executor is not blocked meanwhile.
 Flow<bool> recordAll(FlowContext& ctx, const FlowServices& svc, std::vector<SignedTransaction> txs,
                      vault::RecordMode mode) {
   if (txs.empty()) co_return true;
   vault::Vault* v = svc.vault;
-  // TODO(perf): records one after the other on the executor (synchronous
-  // commits); chain recordAsync instead.
   CallOp op = [v, txs, mode](CallDone done) {
-    for (const SignedTransaction& stx : txs) {
-      auto status = v->record(stx, mode);
-      if (!status) {
-        done(makeError(status.error().code, "recording transaction " + stx.id().hex() + ": " +
-                                                status.error().message));
-        return;
-      }
+    struct Pending {
+      std::mutex mutex;
+      size_t left = 0;
+      std::vector<std::optional<Error>> errors;
+      CallDone done;
+    };
+    auto pending = std::make_shared<Pending>();
+    pending->left = txs.size();
+    pending->errors.resize(txs.size());
+    pending->done = std::move(done);
+    for (size_t i = 0; i < txs.size(); ++i) {
+      v->recordAsync(txs[i], mode, [pending, i, id = txs[i].id()](const Status& status) {
+        std::unique_lock lock(pending->mutex);
+        if (!status.ok()) {
+          pending->errors[i] = makeError(status.error().code, "recording transaction " + id.hex() + ": " +
+                                                                  status.error().message);
+        }
+        if (--pending->left > 0) return;
+        lock.unlock();
+        for (auto& error : pending->errors) {
+          if (error) return pending->done(std::move(*error));
+        }
+        pending->done(Bytes{});
+      });
     }
-    done(Bytes{});
   };
   co_await ctx.call("vault.record", std::move(op));
   co_return true;
@@ -546,6 +565,9 @@ Flow<SignedTransaction> finalityBody(FlowContext& ctx, const FlowServices& svc, 
   for (const std::string& p : participants) recipients[p] = false;
   for (const std::string& o : observers) recipients.emplace(o, true);
   recipients.erase(ctx.self());
+  // Sent to every recipient first, then each one's backchain requests are
+  // served until it has recorded: the recipients record in parallel.
+  std::vector<Session> sessions;
   for (const auto& entry : recipients) {
     ctx.step("sending " + stx.id().hex() + " to " + quoted(entry.first));
     Session s = co_await ctx.initiate(entry.first);
@@ -554,6 +576,10 @@ Flow<SignedTransaction> finalityBody(FlowContext& ctx, const FlowServices& svc, 
     m.stx = stx;
     m.observer = entry.second;
     co_await sendMessage(s, std::move(m));
+    sessions.push_back(s);
+  }
+  for (Session& s : sessions) {
+    ctx.step("waiting for " + quoted(s.peer()) + " to record " + stx.id().hex());
     co_await serveUntil(ctx, svc, s, stx, Kind::recorded, "recorded answer");
   }
   co_return stx;
@@ -652,11 +678,7 @@ Bytes encodeFinalityArgs(const SignedTransaction& stx, const std::vector<std::st
 }
 
 Flow<Bytes> privacySalt(FlowContext& ctx) {
-  Bytes salt;
-  for (int i = 0; i < 4; ++i) {
-    const uint64_t r = co_await ctx.random();
-    for (int b = 0; b < 8; ++b) salt.push_back(static_cast<uint8_t>(r >> (8 * b)));
-  }
+  Bytes salt = co_await ctx.randomBytes(32);  // one journaled event
   co_return salt;
 }
 

@@ -286,12 +286,12 @@ Flow<std::vector<StateAndRef>> selectTokens(FlowContext& ctx, const FlowServices
   vault::Vault* v = svc.vault;
   const SecureHash holder = ctx.id();
   CallOp op = [v, holder, currency, issuer, amount](CallDone done) {
-    auto sel = v->selectFungible(holder, currency, issuer, amount);
-    if (!sel) {
-      done(sel.error());
-      return;
-    }
-    done(encodeStates(fromVault(sel->states)));
+    // Without blocking the executor: done runs on the vault's writer thread.
+    v->selectFungibleAsync(holder, currency, issuer, amount,
+                           [done = std::move(done)](Result<vault::FungibleSelection> sel) {
+                             if (!sel) return done(sel.error());
+                             done(encodeStates(fromVault(sel->states)));
+                           });
   };
   auto decode = [](ByteView b) { return decodeStates(b); };
   std::vector<StateAndRef> out =
@@ -303,12 +303,10 @@ Flow<bool> releaseLocks(FlowContext& ctx, const FlowServices& svc) {
   vault::Vault* v = svc.vault;
   const SecureHash holder = ctx.id();
   CallOp op = [v, holder](CallDone done) {
-    auto s = v->release(holder);
-    if (!s) {
-      done(s.error());
-      return;
-    }
-    done(Bytes{});
+    v->releaseAsync(holder, {}, [done = std::move(done)](const Status& s) {
+      if (!s.ok()) return done(s.error());
+      done(Bytes{});
+    });
   };
   co_await ctx.call("vault.release", std::move(op));
   co_return true;
@@ -348,12 +346,10 @@ Flow<bool> recordRegistration(FlowContext& ctx, const FlowServices& svc, SignedT
                                          ((*s)->consumedBy ? (*s)->consumedBy->hex() : std::string("?"))));
       return;
     }
-    auto r = v->record(stx, vault::RecordMode::only_relevant);
-    if (!r) {
-      done(r.error());
-      return;
-    }
-    done(Bytes{});
+    v->recordAsync(stx, vault::RecordMode::only_relevant, [done = std::move(done)](const Status& r) {
+      if (!r.ok()) return done(r.error());
+      done(Bytes{});
+    });
   };
   co_await ctx.call("vault.registerInvoice", std::move(op));
   co_return true;
@@ -516,11 +512,7 @@ Flow<Bytes> memberIssueFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, 
   std::vector<std::string> observers = argParties(args, "observers");
   for (const auto& o : observers) partyNamed(svc, o, "observers");
   const int64_t now = co_await ctx.now();
-  const uint64_t r1 = co_await ctx.random();
-  const uint64_t r2 = co_await ctx.random();
-  Bytes seed;
-  for (int i = 0; i < 8; ++i) seed.push_back(static_cast<uint8_t>(r1 >> (8 * i)));
-  for (int i = 0; i < 8; ++i) seed.push_back(static_cast<uint8_t>(r2 >> (8 * i)));
+  const Bytes seed = co_await ctx.randomBytes(16);
   Member m{svc.identity.owningKey,
            svc.identity.name,
            member.owningKey,

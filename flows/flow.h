@@ -299,6 +299,9 @@ class FlowCore {
   virtual const std::string& flowName() const = 0;
   virtual const std::string& self() const = 0;
   virtual std::optional<Session> counterparty() = 0;
+  // A live draw from the runtime's random source (not journaled by itself:
+  // FlowContext::randomBytes journals what it draws as a call's outcome).
+  virtual uint64_t drawRandom() = 0;
 };
 
 template <class R>
@@ -374,6 +377,24 @@ class FlowContext {
   Flow<T> call(std::string name, detail::CallOp op, Decode decode) {
     return callTyped<T>(core_, std::move(name), std::move(op), std::move(decode));
   }
+
+  // `count` (1..random_bytes_max) random bytes from the runtime's source,
+  // journaled as ONE event (a call named "random.bytes"), where random()
+  // journals one event per 64 bits: a salt costs one durable write.
+  detail::Await<Bytes> randomBytes(size_t count) {
+    CCAL_ASSERT(count >= 1 && count <= random_bytes_max);
+    detail::FlowCore* core = core_;
+    return call("random.bytes", [core, count](CallDone done) {
+      Bytes out;
+      out.reserve(count + 8);
+      while (out.size() < count) {
+        const uint64_t r = core->drawRandom();
+        for (int b = 0; b < 8 && out.size() < count; ++b) out.push_back(static_cast<uint8_t>(r >> (8 * b)));
+      }
+      done(std::move(out));
+    });
+  }
+  static constexpr size_t random_bytes_max = 256;
 
   // The progress text that status shows ("collecting signatures").
   void step(std::string text) { core_->setStep(std::move(text)); }

@@ -411,6 +411,7 @@ struct FlowRuntime::FlowState final : detail::FlowCore {
   }
   void setStep(std::string text) override { step_text = std::move(text); }
   const SecureHash& flowId() const override { return id; }
+  uint64_t drawRandom() override { return rt.random(); }
   const std::string& flowName() const override { return name; }
   const std::string& self() const override { return rt.config_.self; }
   std::optional<Session> counterparty() override {
@@ -924,9 +925,12 @@ vault::DoneFn FlowRuntime::storeDone(std::function<void(const Status&)> on_execu
     ++requests_->in_flight;
   }
   std::weak_ptr<int> alive = alive_;
-  return [this, alive, requests = requests_, fn = std::move(on_executor)](const Status& status) {
+  // Captures the executor, not `this`: the write may complete after the
+  // runtime is gone (a node shut down or crashed with a write in flight),
+  // and the executor outlives the runtime.
+  return [exec = &executor_, alive, requests = requests_, fn = std::move(on_executor)](const Status& status) {
     // Posted before the count drops, so waitForStore() sees it queued.
-    executor_.post([alive, fn, status] {
+    exec->post([alive, fn, status] {
       if (alive.lock()) fn(status);
     });
     std::lock_guard lock(requests->mutex);
