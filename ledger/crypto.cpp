@@ -2,6 +2,7 @@
 
 #include <sodium.h>
 
+#include <atomic>
 #include <bit>
 #include <deque>
 #include <mutex>
@@ -94,9 +95,12 @@ Bytes batchRootSignableBytes(uint32_t leaf_count, const SecureHash& root) {
 
 namespace {
 
+std::atomic<uint64_t> ed25519_signs{0}, ed25519_verifies{0};
+
 bool verifyEd25519(const std::array<uint8_t, DigitalSignature::ed25519_bytes>& sig, ByteView message,
                    const PublicKey& by) {
   ensureSodiumInitialised();
+  ed25519_verifies.fetch_add(1, std::memory_order_relaxed);
   // libsodium rejects small-order keys and non-canonical S, as RFC 8032 requires.
   return crypto_sign_verify_detached(sig.data(), message.data(), message.size(), by.bytes().data()) == 0;
 }
@@ -163,6 +167,10 @@ Status DigitalSignature::verify(ByteView message) const {
   return {};
 }
 
+CryptoCounters cryptoCounters() {
+  return {ed25519_signs.load(std::memory_order_relaxed), ed25519_verifies.load(std::memory_order_relaxed)};
+}
+
 KeyPair KeyPair::generate() {
   ensureSodiumInitialised();
   KeyPair kp;
@@ -198,6 +206,7 @@ KeyPair::~KeyPair() { sodium_memzero(secret_.data(), secret_.size()); }
 DigitalSignature KeyPair::sign(ByteView message) const {
   std::array<uint8_t, DigitalSignature::ed25519_bytes> sig;
   crypto_sign_detached(sig.data(), nullptr, message.data(), message.size(), secret_.data());
+  ed25519_signs.fetch_add(1, std::memory_order_relaxed);
   return DigitalSignature(public_, sig);
 }
 

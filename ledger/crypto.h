@@ -149,6 +149,14 @@ class KeyPair {
   std::array<uint8_t, 64> secret_{};  // libsodium layout: seed || public key
 };
 
+// How many Ed25519 signatures this process has made and verified (cheap
+// relaxed counters, for the benchmarks' crypto bound and the node's status).
+struct CryptoCounters {
+  uint64_t ed25519_signs = 0;
+  uint64_t ed25519_verifies = 0;
+};
+CryptoCounters cryptoCounters();
+
 // libsodium is initialised once, on first use of anything here.
 void ensureSodiumInitialised();
 

@@ -3,6 +3,8 @@
 
 #include "node/api_server.h"
 
+#include "ledger/crypto.h"
+
 #include <array>
 #include <atomic>
 #include <cctype>
@@ -709,6 +711,9 @@ ApiServer::ApiServer(net::io_context& io, ApiServerOptions options, ApiUsers use
                             {"version", info.version},
                             {"uptime_seconds", static_cast<double>(info.uptime_micros) / 1e6},
                             {"api_version", "v1"},
+                            {"crypto",
+                             {{"ed25519_signs", cryptoCounters().ed25519_signs},
+                              {"ed25519_verifies", cryptoCounters().ed25519_verifies}}},
                             {"user", {{"name", request.user}, {"role", apiRoleName(request.role)}}}});
   });
   addRoute(HttpMethod::get, "/api/v1/peers", ApiRole::read_only, [state](const ApiRequest&) {
