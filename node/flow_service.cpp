@@ -1,5 +1,6 @@
 #include "node/flow_service.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "ledger/assert.h"
@@ -88,6 +89,37 @@ FlowService::FlowService(Options options) {
                                               [clock] { return clock->nowMicros(); });
   runtime_ = std::make_unique<flows::FlowRuntime>(*messaging_, *options.executor, *clock, *store_,
                                                   std::move(options.runtime));
+  executor_ = options.executor;
+  clock_ = clock;
+  flows::FlowRuntime::Hooks hooks;
+  hooks.finished = [this](const flows::FlowInfo& info) {
+    auto it = waiters_.find(info.id);
+    if (it == waiters_.end()) return;
+    auto fns = std::move(it->second);
+    waiters_.erase(it);
+    for (auto& fn : fns) fn(info);
+  };
+  runtime_->setHooks(std::move(hooks));
+}
+
+// A load run (POST /api/v1/flows/diagnostic/load), on the executor thread.
+struct FlowService::Load {
+  std::string name;
+  Bytes args;
+  uint64_t count = 0, concurrency = 0, rate_per_second = 0;
+  ApiReply reply;
+  int64_t started_micros = 0;
+  uint64_t started = 0, in_flight = 0, completed = 0, failed = 0, killed = 0;
+  std::vector<int64_t> latencies_micros;
+  std::optional<std::string> first_error;
+  bool pacing = false;  // an open-loop timer is armed
+};
+
+void FlowService::whenFinished(const flows::FlowId& id, std::function<void(const flows::FlowInfo&)> fn) {
+  auto info = runtime_->show(id);
+  if (!info) return;
+  if (info->phase == flows::FlowPhase::finished) return fn(*info);
+  waiters_[id].push_back(std::move(fn));
 }
 
 FlowService::~FlowService() {
@@ -199,30 +231,29 @@ void FlowService::addRoutes(ApiServer& api) {
         }
         for (const auto& [key, value] : body.items()) {
           (void)value;
-          if (key != "name" && key != "args" && key != "args_base64" && key != "timeout_micros") {
-            return bad("unknown field '" + key + "' (name, args, args_base64, timeout_micros)");
+          if (key != "name" && key != "args" && key != "args_base64" && key != "timeout_micros" &&
+              key != "wait_micros") {
+            return bad("unknown field '" + key + "' (name, args, args_base64, timeout_micros, wait_micros)");
           }
         }
         const std::string name = body["name"];
-        Bytes args;
-        if (body.contains("args") && body.contains("args_base64")) {
-          return bad("give 'args' (JSON) or 'args_base64', not both");
-        }
-        if (body.contains("args_base64")) {
-          if (!body["args_base64"].is_string()) return bad("'args_base64' must be a base64 string");
-          auto decoded = base64Decode(body["args_base64"].get<std::string>());
-          if (!decoded) return bad("'args_base64': " + decoded.error().message);
-          args = std::move(*decoded);
-        } else if (body.contains("args")) {
-          const std::string text = body["args"].dump();
-          args.assign(text.begin(), text.end());
-        }
+        auto parsed_args = argsOf(body);
+        if (!parsed_args) return bad(parsed_args.error().message);
+        Bytes args = std::move(*parsed_args);
         int64_t timeout_micros = -1;
         if (body.contains("timeout_micros")) {
           if (!body["timeout_micros"].is_number_unsigned()) {
             return bad("'timeout_micros' must be an integer >= 0 (0: no timeout)");
           }
           timeout_micros = body["timeout_micros"].get<int64_t>();
+        }
+        int64_t wait_micros = 0;
+        if (body.contains("wait_micros")) {
+          if (!body["wait_micros"].is_number_unsigned() ||
+              body["wait_micros"].get<uint64_t>() > static_cast<uint64_t>(flow_wait_micros_max)) {
+            return bad("'wait_micros' must be an integer from 0 to " + std::to_string(flow_wait_micros_max));
+          }
+          wait_micros = body["wait_micros"].get<int64_t>();
         }
         // (A name the runtime does not know is refused by startFlow: 404.)
         if (auto check = checks_.find(name); check != checks_.end() && check->second) {
@@ -239,11 +270,26 @@ void FlowService::addRoutes(ApiServer& api) {
         };
         auto pending = std::make_shared<Pending>();
         pending->reply = std::move(reply);
-        auto answer = [](Pending& p, const Status& status) {
+        auto answer = [this, wait_micros](Pending& p, const Status& status) {
           if (p.replied) return;
           p.replied = true;
           if (!status.ok()) return p.reply(ApiResponse::fromError(status.error()));
-          p.reply(ApiResponse::ok({{"id", p.id}}));
+          if (wait_micros == 0) return p.reply(ApiResponse::ok({{"id", p.id}}));
+          // Wait for the end, or answer with the flow as it is when the time is up.
+          auto once = std::make_shared<ApiReply>(std::move(p.reply));
+          auto id = *SecureHash::fromHex(p.id);
+          const auto timer = executor_->runAfter(wait_micros, [this, once, id] {
+            if (!*once) return;
+            auto info = runtime_->show(id);
+            auto respond = std::exchange(*once, nullptr);
+            respond(info ? ApiResponse::ok(flowJson(*info)) : ApiResponse::fromError(info.error()));
+          });
+          whenFinished(id, [this, once, timer](const flows::FlowInfo& info) {
+            if (!*once) return;
+            executor_->cancel(timer);
+            auto respond = std::exchange(*once, nullptr);
+            respond(ApiResponse::ok(flowJson(info)));
+          });
         };
         auto id = runtime_->startFlow(name, std::move(args), timeout_micros,
                                       [pending, answer](const Status& status) {
@@ -303,6 +349,49 @@ void FlowService::addRoutes(ApiServer& api) {
                  return ApiResponse::ok(flowJson(*info));
                });
 
+
+  api.addAsyncRoute(
+      HttpMethod::post, "/api/v1/flows/diagnostic/load", ApiRole::operator_,
+      [this](ApiRequest request, ApiReply reply) {
+        const json& body = request.body;
+        auto bad = [&](const std::string& message) {
+          reply(ApiResponse::error(400, "malformed", message));
+        };
+        if (!body.is_object() || !body.contains("name") || !body["name"].is_string()) {
+          return bad("'name' (a registered flow's name) is required");
+        }
+        auto count = [&](const char* key, uint64_t max, uint64_t fallback) -> std::optional<uint64_t> {
+          if (!body.contains(key)) return fallback;
+          if (!body[key].is_number_unsigned() || body[key].get<uint64_t>() > max) return std::nullopt;
+          return body[key].get<uint64_t>();
+        };
+        auto n = count("count", flow_load_count_max, 0);
+        if (!n || *n == 0) return bad("'count' must be an integer from 1 to " + std::to_string(flow_load_count_max));
+        auto concurrency = count("concurrency", flow_load_concurrency_max, 64);
+        if (!concurrency || *concurrency == 0) {
+          return bad("'concurrency' must be an integer from 1 to " + std::to_string(flow_load_concurrency_max));
+        }
+        auto rate = count("rate_per_second", 1'000'000, 0);
+        if (!rate) return bad("'rate_per_second' must be an integer from 0 (closed loop) to 1000000");
+        auto args = argsOf(body);
+        if (!args) return bad(args.error().message);
+        const std::string name = body["name"];
+        if (auto check = checks_.find(name); check != checks_.end() && check->second) {
+          Status checked = check->second(*args);
+          if (!checked.ok()) return reply(ApiResponse::fromError(checked.error()));
+        }
+        auto load = std::make_shared<Load>();
+        load->name = name;
+        load->args = std::move(*args);
+        load->count = *n;
+        load->concurrency = *concurrency;
+        load->rate_per_second = *rate;
+        load->reply = std::move(reply);
+        load->started_micros = clock_->nowMicros();
+        load->latencies_micros.reserve(*n);
+        startLoad(load);
+      });
+
   api.addRoute(HttpMethod::post, "/api/v1/flows/{id}/kill", ApiRole::operator_,
                [this](const ApiRequest& request) {
                  auto id = flowIdParam(request);
@@ -324,6 +413,92 @@ void FlowService::addRoutes(ApiServer& api) {
                  if (!killed.ok()) return ApiResponse::fromError(killed.error());
                  return ApiResponse::ok({{"id", id->hex()}, {"killing", true}});
                });
+}
+
+Result<Bytes> FlowService::argsOf(const json& body) const {
+  Bytes args;
+  if (body.contains("args") && body.contains("args_base64")) {
+    return makeError(Errc::malformed, "give 'args' (JSON) or 'args_base64', not both");
+  }
+  if (body.contains("args_base64")) {
+    if (!body["args_base64"].is_string()) return makeError(Errc::malformed, "'args_base64' must be a base64 string");
+    auto decoded = base64Decode(body["args_base64"].get<std::string>());
+    if (!decoded) return makeError(Errc::malformed, "'args_base64': " + decoded.error().message);
+    args = std::move(*decoded);
+  } else if (body.contains("args")) {
+    const std::string text = body["args"].dump();
+    args.assign(text.begin(), text.end());
+  }
+  return args;
+}
+
+
+void FlowService::startLoad(std::shared_ptr<Load> load) {
+  auto finishRun = [this](Load& l) {
+    auto& lat = l.latencies_micros;
+    std::sort(lat.begin(), lat.end());
+    auto pct = [&](double p) -> int64_t {
+      if (lat.empty()) return 0;
+      return lat[std::min(lat.size() - 1, static_cast<size_t>(p * static_cast<double>(lat.size())))];
+    };
+    const int64_t duration = std::max<int64_t>(1, clock_->nowMicros() - l.started_micros);
+    json out = {{"name", l.name},
+                {"count", l.count},
+                {"completed", l.completed},
+                {"failed", l.failed},
+                {"killed", l.killed},
+                {"duration_micros", duration},
+                {"per_second", static_cast<double>(l.completed) * 1e6 / static_cast<double>(duration)},
+                {"latency_p50_micros", pct(0.50)},
+                {"latency_p90_micros", pct(0.90)},
+                {"latency_p99_micros", pct(0.99)},
+                {"latency_max_micros", lat.empty() ? 0 : lat.back()}};
+    if (l.first_error) out["first_error"] = *l.first_error;
+    auto reply = std::exchange(l.reply, nullptr);
+    reply(ApiResponse::ok(std::move(out)));
+  };
+  // Start what the concurrency and (open loop) the schedule allow.
+  while (load->started < load->count && load->in_flight < load->concurrency) {
+    if (load->rate_per_second > 0) {
+      const int64_t due = load->started_micros + static_cast<int64_t>(load->started * 1'000'000 / load->rate_per_second);
+      const int64_t now = clock_->nowMicros();
+      if (due > now) {
+        if (!load->pacing) {
+          load->pacing = true;
+          executor_->runAfter(due - now, [this, load] {
+            load->pacing = false;
+            startLoad(load);
+          });
+        }
+        return;
+      }
+    }
+    ++load->started;
+    ++load->in_flight;
+    const int64_t t0 = clock_->nowMicros();
+    auto ended = [this, load, t0, finishRun](const flows::FlowInfo& info) {
+      --load->in_flight;
+      if (info.outcome == vault::FlowOutcome::ok) {
+        ++load->completed;
+        load->latencies_micros.push_back(clock_->nowMicros() - t0);
+      } else {
+        info.outcome == vault::FlowOutcome::killed ? ++load->killed : ++load->failed;
+        if (!load->first_error && info.error) load->first_error = info.error->toString();
+      }
+      if (load->completed + load->failed + load->killed == load->count) return finishRun(*load);
+      // Not from inside the runtime's finishing call: post the next starts.
+      executor_->post([this, load] { startLoad(load); });
+    };
+    auto id = runtime_->startFlow(load->name, load->args, -1, [](const Status&) {});
+    if (!id) {
+      --load->in_flight;
+      ++load->failed;
+      if (!load->first_error) load->first_error = id.error().toString();
+      if (load->completed + load->failed + load->killed == load->count) return finishRun(*load);
+      continue;
+    }
+    waiters_[*id].push_back(std::move(ended));
+  }
 }
 
 }  // namespace ccal::node

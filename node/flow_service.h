@@ -16,7 +16,16 @@
 //
 // Control API (JSON; operator may start and kill, read-only may look):
 //   POST /api/v1/flows            {"name", "args": JSON | "args_base64": base64,
-//                                  "timeout_micros"?} -> {"id"} once the start is durable
+//                                  "timeout_micros"?, "wait_micros"?} -> {"id"} once the start
+//                                 is durable; with wait_micros (<= flow_wait_micros_max), the
+//                                 flow (flowJson) once it has ended or that time has passed
+//   POST /api/v1/flows/diagnostic/load
+//                                 {"name", "args" | "args_base64", "count", "concurrency",
+//                                  "rate_per_second"?} runs `count` flows of one kind,
+//                                 `concurrency` at most at once (closed loop), or started at a
+//                                 rate (open loop); -> {completed, failed, killed, duration_micros,
+//                                 per_second, latency_p50/p90/p99/max_micros, first_error?}.
+//                                 Latency: from the start call to the flow's durable end.
 //   GET  /api/v1/flows            ?state=running|finished|ok|failed|killed &name=N &limit=L
 //                                 -> {"flows": [...], "stats": {...}}
 //   GET  /api/v1/flows/{id}       -> one flow (flowJson)
@@ -48,6 +57,9 @@ class ApiServer;
 inline constexpr size_t flows_listed_max = 10'000;     // one GET /api/v1/flows
 inline constexpr size_t flows_listed_default = 1'000;
 inline constexpr size_t flow_kill_reason_bytes_max = 1024;
+inline constexpr int64_t flow_wait_micros_max = 110'000'000;  // below the API's handler timeout
+inline constexpr uint64_t flow_load_count_max = 1'000'000;
+inline constexpr uint64_t flow_load_concurrency_max = 4'096;
 
 // The JSON of a flow's status (the API's and the CLI's).
 nlohmann::json flowJson(const flows::FlowInfo& info);
@@ -96,6 +108,9 @@ class FlowService {
   void addRoutes(ApiServer& api);
 
   flows::FlowRuntime& runtime() { return *runtime_; }
+  // Calls fn once the flow's end is durable (or at once if it has ended;
+  // not at all for an unknown id). Executor thread.
+  void whenFinished(const flows::FlowId& id, std::function<void(const flows::FlowInfo&)> fn);
   // Blocks until the FlowStore requests queued so far have completed.
   void waitForStore() const;
 
@@ -106,6 +121,13 @@ class FlowService {
   std::unique_ptr<flows::FlowRuntime> runtime_;
   // Arguments checks by flow name (flows registered through registerFlow).
   std::map<std::string, ArgsCheck, std::less<>> checks_;
+  flows::Executor* executor_ = nullptr;
+  const flows::Clock* clock_ = nullptr;
+  std::map<flows::FlowId, std::vector<std::function<void(const flows::FlowInfo&)>>> waiters_;
+
+  struct Load;
+  void startLoad(std::shared_ptr<Load> load);
+  Result<Bytes> argsOf(const nlohmann::json& body) const;
 };
 
 }  // namespace ccal::node

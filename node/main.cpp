@@ -1,6 +1,7 @@
 // The `ccal` command: the composition root of a CCAL node.
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <functional>
 #include <thread>
@@ -404,6 +405,16 @@ int main(int argc, char** argv) {
   flow_start->add_flag("--no-wait", flow_no_wait, "Print the flow's id once it has started; do not wait")
       ->excludes("--wait");
   flow_start->add_option("--wait-ms", flow_wait_millis, "How long to wait for the end")->capture_default_str();
+  uint64_t flow_load_count = 100, flow_load_concurrency = 16, flow_load_rate = 0;
+  auto* flow_load = flow->add_subcommand(
+      "load", "Run COUNT flows of one kind on the node (diagnostic): rate and latency to their durable end");
+  flow_load->add_option("NAME", flow_name, "The flow's registered name, e.g. token.move")->required();
+  flow_load->add_option("ARGS", flow_key_values, "key=value arguments, as for flow start");
+  flow_load->add_option("--count", flow_load_count, "How many flows")->capture_default_str();
+  flow_load->add_option("--concurrency", flow_load_concurrency, "At most this many at once")
+      ->capture_default_str();
+  flow_load->add_option("--rate", flow_load_rate, "Start this many per second (0: closed loop)")
+      ->capture_default_str();
   auto* flow_list = flow->add_subcommand("list", "Running and recently finished flows, newest first");
   flow_list->add_option("--state", flow_state, "running | finished | ok | failed | killed");
   flow_list->add_option("--name", flow_filter_name, "Only flows of this name");
@@ -414,7 +425,7 @@ int main(int argc, char** argv) {
     c->add_option("ID", flow_id, "The flow's id (64 hexadecimal digits)")->required();
   }
   flow_kill->add_option("--reason", flow_reason, "Why (shown in the flow's error)");
-  for (auto* c : {flow_start, flow_list, flow_show, flow_kill}) {
+  for (auto* c : {flow_start, flow_load, flow_list, flow_show, flow_kill}) {
     address.addOptions(c);
     c->add_flag("--json", flow_json, "Print JSON");
   }
@@ -452,9 +463,17 @@ int main(int argc, char** argv) {
   }
   if (flow->parsed()) {
     std::string command = "flow " + std::string(flow_start->parsed()  ? "start"
+                                                : flow_load->parsed() ? "load"
                                                 : flow_list->parsed() ? "list"
                                                 : flow_show->parsed() ? "show"
                                                                       : "kill");
+    const int64_t start_wait_micros =
+        flow_start->parsed() && !flow_no_wait
+            ? std::min<int64_t>(flow_wait_millis * 1000, ccal::node::flow_wait_micros_max)
+            : 0;
+    // The start answers once the flow has ended (or start_wait_micros passed).
+    address.timeout_micros = std::max<int64_t>(address.timeout_micros, start_wait_micros + 15'000'000);
+    if (flow_load->parsed()) address.timeout_micros = ccal::node::ApiServerOptions{}.handler_timeout_micros;
     auto client = address.client();
     if (!client) return failWith(command, client.error(), flow_json);
     auto showFlow = [&](const std::string& id) {
@@ -463,6 +482,22 @@ int main(int argc, char** argv) {
       return shown;
     };
     if (flow_show->parsed()) return printFlowResult(command, showFlow(flow_id), flow_json, printFlow);
+    if (flow_load->parsed()) {
+      nlohmann::json body = {{"name", flow_name},
+                             {"count", flow_load_count},
+                             {"concurrency", flow_load_concurrency},
+                             {"rate_per_second", flow_load_rate}};
+      if (!flow_key_values.empty()) {
+        auto args = flowArgsOf(flow_name, flow_key_values,
+                               [&](const std::string& name) { return address.memberName(name); });
+        if (!args) return failWith(command, args.error(), flow_json);
+        body.update(*args);
+      }
+      auto ran = client->post("/api/v1/flows/diagnostic/load", body);
+      if (!ran) return failWith(command, ran.error(), flow_json);
+      std::cout << ran->dump(2) << "\n";
+      return (*ran)["completed"] == flow_load_count ? 0 : 1;
+    }
     if (flow_kill->parsed()) {
       nlohmann::json body = nlohmann::json::object();
       if (!flow_reason.empty()) body["reason"] = flow_reason;
@@ -507,14 +542,20 @@ int main(int argc, char** argv) {
     }
     if (!flow_args_base64.empty()) body["args_base64"] = flow_args_base64;
     if (flow_timeout_micros >= 0) body["timeout_micros"] = flow_timeout_micros;
+    if (start_wait_micros > 0) body["wait_micros"] = start_wait_micros;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(flow_wait_millis);
     auto started = client->post("/api/v1/flows", body);
     if (!started) return failWith(command, started.error(), flow_json);
     const std::string id = (*started)["id"];
+    if (!flow_no_wait && (*started)["phase"] == "finished") {
+      describeFlowEnd(*started);
+      printFlowResult(command, started, flow_json, printFlow);
+      return (*started)["outcome"] == "ok" ? 0 : 1;
+    }
     if (flow_no_wait) {
       return printFlowResult(command, started, flow_json,
                              [](const nlohmann::json& r) { std::cout << r["id"].get<std::string>() << "\n"; });
     }
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(flow_wait_millis);
     for (;;) {
       auto shown = showFlow(id);
       if (!shown) return failWith(command, shown.error(), flow_json);
