@@ -160,8 +160,6 @@ DealArgs argsOf(std::string_view flow, const Bytes& bytes) {
 
 Bytes idBytes(const SecureHash& id) { return Bytes(id.bytes().begin(), id.bytes().end()); }
 
-std::vector<std::string> listArg(const DealArgs& args, std::string_view name) { return argParties(args, name); }
-
 // The end of a YYYY-MM-DD day (UTC): midnight of the next day.
 int64_t endOfDay(const DealArgs& args, std::string_view name) {
   return parseDateMicros(args.at(std::string(name))).value() + lc_day_micros;
@@ -172,7 +170,7 @@ std::string lcText(const LetterOfCredit& lc) { return "letter of credit " + lc.l
 // Document types of an argument: non-empty (the table checks), each once,
 // at most lc_documents_max.
 std::vector<std::string> documentTypes(const DealArgs& args, std::string_view name) {
-  std::vector<std::string> types = listArg(args, name);
+  std::vector<std::string> types = argParties(args, name);
   if (types.size() > lc_documents_max) {
     failFlow(Errc::malformed, "argument '" + std::string(name) + "': more than " +
                                   std::to_string(lc_documents_max) + " documents");
@@ -428,7 +426,7 @@ Flow<Bytes> examineFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Byte
   const FlowServices& svc = *sh->svc;
   const DealArgs args = argsOf(lc_examine_deal, raw);
   const std::string result = args.at("result");
-  std::vector<std::string> reasons = listArg(args, "reasons");
+  std::vector<std::string> reasons = argParties(args, "reasons");
   if (result == "complying") {
     if (!reasons.empty()) failFlow(Errc::malformed, "argument 'reasons': a complying presentation has none");
   } else if (result == "discrepant") {
