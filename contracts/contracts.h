@@ -1,7 +1,9 @@
 #pragma once
 // The cooperative economy's contracts: ccal.token (token.h), ccal.member
-// (member.h), ccal.receivable (receivable.h).
+// (member.h), ccal.receivable (receivable.h),
+// ccal.lc (letter_of_credit.h).
 
+#include "contracts/letter_of_credit.h"
 #include "contracts/member.h"
 #include "contracts/receivable.h"
 #include "contracts/token.h"

@@ -1,4 +1,5 @@
 #include "flows/deal_flows.h"
+#include "flows/lc_flows.h"
 
 #include <algorithm>
 #include <charconv>
@@ -19,7 +20,8 @@ using detail::CallOp;
 // --- arguments ----------------------------------------------------------------------------
 
 const std::vector<DealFlowSpec>& dealFlowSpecs() {
-  static const std::vector<DealFlowSpec> specs = {
+  static const std::vector<DealFlowSpec> specs = [] {
+    std::vector<DealFlowSpec> s = {
       {token_issue_deal,
        "the issuer (this node) issues tokens to a holder",
        {{"to", ArgType::party, true, "the holder"},
@@ -66,6 +68,9 @@ const std::vector<DealFlowSpec>& dealFlowSpecs() {
        {{"invoice", ArgType::text, true, "the invoice number"},
         {"seller", ArgType::party, true, "the invoice's seller"}}},
   };
+    s.insert(s.end(), lcFlowSpecs().begin(), lcFlowSpecs().end());
+    return s;
+  }();
   return specs;
 }
 
@@ -903,6 +908,7 @@ void addDealChecks(FlowServices& svc, const DealPolicy& policy) {
     if (!paid || *paid < r->amountMinor) return refuse("this holder is not paid in full");
     return {};
   };
+  addLcChecks(svc);
 }
 
 Status registerDealFlows(FlowRuntime& runtime, const FlowServices& services, DealConfig config) {
@@ -930,6 +936,7 @@ Status registerDealFlows(FlowRuntime& runtime, const FlowServices& services, Dea
   if (auto s = runtime.registerInitiating(std::string(share_flow), std::string(receive_finality_flow)); !s) {
     return s;
   }
+  if (auto s = registerLcFlows(runtime, services, sh->config); !s) return s;
   return runtime.registerInitiating(std::string(receivable_finance_deal), std::string(receivable_finance_responder));
 }
 
