@@ -20,6 +20,7 @@
 #include "node/node.h"
 #include "node/notary_service.h"
 #include "node/process_control.h"
+#include "node/deal_demo.h"
 #include "node/ledger_demo.h"
 #include "flows/deal_flows.h"
 #include "node/vault_api.h"
@@ -372,10 +373,24 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", "ccal 0.1.0");
 
-  std::string out_dir = "build/demo";
-  auto* demo = app.add_subcommand("demo", "Run the demonstration of what CCAL does today");
-  demo->add_option("--out", out_dir, "Folder for the demo's certificates and keys")
+  std::string out_dir;
+  ccal::node::DealDemoOptions demo_options;
+  std::string demo_spec = demo_options.spec.string();
+  bool demo_core = false;
+  auto* demo = app.add_subcommand(
+      "demo",
+      "The cooperative economy on a network of separate processes: tokens, credentials, an invoice financed "
+      "once (a concurrent second financing refused by the notary) and settled, checked against every vault");
+  demo->add_option("--out", out_dir,
+                   "Folder for the demo network (default build/demo-run; with --core: build/demo, its PKI)");
+  demo->add_option("--spec", demo_spec, "The network spec")->capture_default_str();
+  demo->add_option("--port-base", demo_options.port_base,
+                   "Rewrite every member's p2p and API port from this one upward (0: the spec's)")
       ->capture_default_str();
+  demo->add_flag("--keep", demo_options.keep,
+                 "Leave the network running; print each member's API address and admin token");
+  demo->add_flag("--core", demo_core,
+                 "Run the ledger core demonstration instead (PKI, transactions, filtered views, bad input)");
 
   auto* network = app.add_subcommand("network", "Set up and run a CCAL network");
   network->require_subcommand(1);
@@ -532,7 +547,12 @@ int main(int argc, char** argv) {
   }
 
   CLI11_PARSE(app, argc, argv);
-  if (demo->parsed()) return ccal::node::runLedgerDemo(out_dir);
+  if (demo->parsed()) {
+    if (demo_core) return ccal::node::runLedgerDemo(out_dir.empty() ? "build/demo" : out_dir);
+    if (!out_dir.empty()) demo_options.out = out_dir;
+    demo_options.spec = demo_spec;
+    return ccal::node::runDealDemo(demo_options, std::cout);
+  }
   if (bootstrap->parsed()) return runBootstrap(spec_file, bootstrap_out, force, json);
   if (start->parsed()) {
     ccal::node::StartOptions options;
