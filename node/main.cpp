@@ -363,7 +363,7 @@ void printVaultTable(const nlohmann::json& answer) {
   for (const auto& row : rows) print(row);
   const uint64_t total = answer.value("total", uint64_t{0});
   std::cout << "(" << states.size() << (total > states.size() ? " of " + std::to_string(total) : std::string())
-            << " states of " << states[0].value("type", "") << "; * observed)\n";
+            << (total == 1 ? " state of " : " states of ") << states[0].value("type", "") << "; * observed)\n";
 }
 
 }  // namespace
