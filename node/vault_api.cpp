@@ -159,10 +159,11 @@ json stateFieldsJson(const TransactionState& state, const ContractRegistry& regi
   auto view = schema->view(state);
   if (!view) return json{{"error", view.error().message}};
   const auto decls = schema->fields();
-  for (const auto& [name, value] : view->fields) {
+  for (const auto& field : view->fields) {
+    const std::string& name = field.first;  // not a structured binding: clang 14 cannot capture one
     auto decl = std::find_if(decls.begin(), decls.end(), [&](const FieldDecl& d) { return d.name == name; });
     if (decl == decls.end()) continue;
-    fields[name] = fieldJson(value, decl->type, parties);
+    fields[name] = fieldJson(field.second, decl->type, parties);
   }
   return fields;
 }

@@ -240,7 +240,8 @@ TEST_CASE("vault query API: bad queries are refused with 400 naming what is wron
   };
   for (const Case& c : cases) {
     auto [status, answer] = refused(reader, c.body);
-    INFO(c.body.dump() << " -> " << answer.dump());
+    const std::string said = answer.dump();  // INFO captures by lambda: no structured binding (clang 14)
+    INFO(c.body.dump() << " -> " << said);
     CHECK(status == 400);
     CHECK(answer["error"]["code"] == "bad_query");
     CHECK(answer["error"]["message"].get<std::string>().find(c.says) != std::string::npos);
