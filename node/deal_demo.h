@@ -8,10 +8,11 @@
 //      itself and the credit union, the funds they finance with);
 //   2. each cooperative issues the other a membership credential;
 //   3. Haikou Fishing invoices Sanya Farmers (the buyer acknowledges);
-//   4. Haikou Fishing finances the invoice with Harbour Bank while a second
-//      financing of the same invoice, with the credit union, is started
-//      while the first runs: the notary lets exactly one through and
-//      refuses the other with its conflict answer;
+//   4. Haikou Fishing finances the invoice with Harbour Bank; once that
+//      flow has made its offer, while it still runs, a second financing of
+//      the same invoice, with the credit union, starts: both are signed by
+//      the seller, the notary lets exactly one through and refuses the other
+//      with its conflict answer;
 //   5. Sanya Farmers settles with the invoice's current holder.
 // Each step prints who did what and the resulting states, read back with
 // POST /api/v1/vault/query from the nodes' own vaults; the run ends with a
@@ -29,9 +30,9 @@ namespace ccal::node {
 inline constexpr int64_t demo_flow_timeout_millis = 60'000;    // one deal flow
 inline constexpr int64_t demo_settle_timeout_millis = 20'000;  // counterparties and observers recording
 inline constexpr int64_t demo_poll_millis = 50;
-// The second financing starts this long after the first (both run at once;
-// the first usually reaches the notary first).
-inline constexpr int64_t demo_second_financing_lag_millis = 50;
+// How often the demo looks whether the first financing has made its offer
+// (the second one starts then, while the first still runs).
+inline constexpr int64_t demo_race_poll_millis = 5;
 
 struct DealDemoOptions {
   // The network spec; when relative and missing, also looked up beside the
