@@ -128,9 +128,9 @@ replicas = ["r1", "r2", "r3", "r4"]
 TEST_CASE("bootstrap the demo network: every member's config and map load and verify") {
   Bootstrapped net;
   const auto& spec = net.result.spec;
-  REQUIRE(spec.nodes.size() == 8);
-  REQUIRE(net.result.config_files.size() == 8);
-  CHECK(net.result.summary["members"].size() == 8);
+  REQUIRE(spec.nodes.size() == 9);
+  REQUIRE(net.result.config_files.size() == 9);
+  CHECK(net.result.summary["members"].size() == 9);
   CHECK(fs::exists(net.out / "network.json"));
 
   std::set<std::string> tokens;
@@ -160,7 +160,7 @@ TEST_CASE("bootstrap the demo network: every member's config and map load and ve
 
     // The map from this member's own files: every member verified.
     auto map = must(NetworkMap::loadFiles(config));
-    CHECK(map->members().size() == 8);
+    CHECK(map->members().size() == 9);
     const auto self = map->memberByName(node.x500);
     REQUIRE(self != nullptr);
     CHECK(self->role == node.role);

@@ -2,7 +2,9 @@
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
+#include <cctype>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <thread>
 #include <iostream>
@@ -19,8 +21,10 @@
 #include "node/node.h"
 #include "node/notary_service.h"
 #include "node/process_control.h"
+#include "node/deal_demo.h"
 #include "node/ledger_demo.h"
 #include "flows/deal_flows.h"
+#include "node/vault_api.h"
 
 namespace {
 
@@ -275,6 +279,94 @@ void describeFlowEnd(nlohmann::json& f) {
   if (result && result->size() == 32) f["transaction_id"] = ccal::toHex(*result);
 }
 
+// `ccal vault query`: the API's query body from the command line. A
+// --field is NAME OP VALUE with OP one of = < <= > >=; a value naming a
+// member's folder under --dir becomes its X.500 name.
+ccal::Result<nlohmann::json> vaultQueryBody(const NodeAddress& address, const std::string& type,
+                                            const std::vector<std::string>& fields, const std::string& status,
+                                            const std::string& participant, const std::string& sort,
+                                            uint32_t limit) {
+  nlohmann::json body = {{"type", type}, {"status", status}, {"page_size", limit}};
+  nlohmann::json conditions = nlohmann::json::array();
+  for (const std::string& field : fields) {
+    size_t i = 0;
+    while (i < field.size() && (std::isalnum(static_cast<unsigned char>(field[i])) || field[i] == '_')) ++i;
+    std::string op;
+    for (const char* candidate : {"<=", ">=", "==", "<", ">", "="}) {
+      if (field.compare(i, std::strlen(candidate), candidate) == 0) {
+        op = candidate;
+        break;
+      }
+    }
+    if (i == 0 || op.empty()) {
+      return ccal::Error{ccal::Errc::malformed, "--field '" + field + "' is not NAME=VALUE (or NAME<VALUE, <=, >, >=)"};
+    }
+    const std::string value = field.substr(i + op.size());
+    nlohmann::json condition = {{"name", field.substr(0, i)}, {"op", op}};
+    // Integers stay text: the API reads an int64 field's decimal text, and a
+    // text field's value must not turn into a number.
+    condition["value"] = address.memberName(value);
+    conditions.push_back(std::move(condition));
+  }
+  if (!conditions.empty()) body["fields"] = std::move(conditions);
+  if (!participant.empty()) body["participant"] = address.memberName(participant);
+  if (!sort.empty()) body["sort"] = sort;
+  return body;
+}
+
+// A vault query's states as a table: ref, status, then the declared fields
+// (party names shortened to their O= part, midnight times to their date).
+void printVaultTable(const nlohmann::json& answer) {
+  const auto& states = answer["states"];
+  if (states.empty()) {
+    std::cout << "no states (" << answer.value("total", uint64_t{0}) << " match)\n";
+    return;
+  }
+  auto cell = [](const nlohmann::json& v) -> std::string {
+    if (v.is_string()) {
+      std::string s = v.get<std::string>();
+      if (s.rfind("O=", 0) == 0) return s.substr(2, s.find(',') == std::string::npos ? std::string::npos : s.find(',') - 2);
+      if (s.size() == 20 && s.compare(10, 10, "T00:00:00Z") == 0) return s.substr(0, 10);
+      return s;
+    }
+    return v.dump();
+  };
+  std::vector<std::string> columns = {"REF", "STATUS"};
+  for (const auto& [name, value] : states[0]["fields"].items()) columns.push_back(name);
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& s : states) {
+    std::string ref = s.value("ref", "");
+    std::vector<std::string> row = {ref.substr(0, 12) + ":" + ref.substr(ref.find(':') + 1),
+                                    s.value("status", "") + (s.value("relevance", "") == "observed" ? "*" : "")};
+    for (size_t c = 2; c < columns.size(); ++c) {
+      row.push_back(s["fields"].contains(columns[c]) ? cell(s["fields"][columns[c]]) : "");
+    }
+    rows.push_back(std::move(row));
+  }
+  std::vector<size_t> widths(columns.size());
+  for (size_t c = 0; c < columns.size(); ++c) {
+    widths[c] = columns[c].size();
+    for (const auto& row : rows) widths[c] = std::max(widths[c], row[c].size());
+  }
+  auto print = [&](const std::vector<std::string>& row) {
+    for (size_t c = 0; c < row.size(); ++c) {
+      std::cout << row[c] << (c + 1 < row.size() ? std::string(widths[c] - row[c].size() + 2, ' ') : "");
+    }
+    std::cout << "\n";
+  };
+  std::vector<std::string> header;
+  for (const auto& c : columns) {
+    std::string upper = c;
+    for (char& ch : upper) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+    header.push_back(upper);
+  }
+  print(header);
+  for (const auto& row : rows) print(row);
+  const uint64_t total = answer.value("total", uint64_t{0});
+  std::cout << "(" << states.size() << (total > states.size() ? " of " + std::to_string(total) : std::string())
+            << (total == 1 ? " state of " : " states of ") << states[0].value("type", "") << "; * observed)\n";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -282,10 +374,24 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", "ccal 0.1.0");
 
-  std::string out_dir = "build/demo";
-  auto* demo = app.add_subcommand("demo", "Run the demonstration of what CCAL does today");
-  demo->add_option("--out", out_dir, "Folder for the demo's certificates and keys")
+  std::string out_dir;
+  ccal::node::DealDemoOptions demo_options;
+  std::string demo_spec = demo_options.spec.string();
+  bool demo_core = false;
+  auto* demo = app.add_subcommand(
+      "demo",
+      "The cooperative economy on a network of separate processes: tokens, credentials, an invoice financed "
+      "once (a concurrent second financing refused by the notary) and settled, checked against every vault");
+  demo->add_option("--out", out_dir,
+                   "Folder for the demo network (default build/demo-run; with --core: build/demo, its PKI)");
+  demo->add_option("--spec", demo_spec, "The network spec")->capture_default_str();
+  demo->add_option("--port-base", demo_options.port_base,
+                   "Rewrite every member's p2p and API port from this one upward (0: the spec's)")
       ->capture_default_str();
+  demo->add_flag("--keep", demo_options.keep,
+                 "Leave the network running; print each member's API address and admin token");
+  demo->add_flag("--core", demo_core,
+                 "Run the ledger core demonstration instead (PKI, transactions, filtered views, bad input)");
 
   auto* network = app.add_subcommand("network", "Set up and run a CCAL network");
   network->require_subcommand(1);
@@ -380,6 +486,27 @@ int main(int argc, char** argv) {
     c->add_flag("--json", api_json, "Print JSON (the default)");
   }
 
+  auto* vault = app.add_subcommand("vault", "Query a node's vault");
+  vault->require_subcommand(1);
+  std::string vault_type, vault_status = "unconsumed", vault_participant, vault_sort;
+  std::vector<std::string> vault_fields;
+  uint32_t vault_limit = ccal::node::vault_query_page_size_default;
+  bool vault_json = false;
+  auto* vault_query = vault->add_subcommand(
+      "query", "States of a type by the fields its contract declares queryable (POST /api/v1/vault/query)");
+  vault_query->add_option("--type", vault_type,
+                          "State type: ccal.token.TokenState, or an alias: token, member, receivable, ...")
+      ->required();
+  vault_query->add_option("--field", vault_fields,
+                          "A condition NAME=VALUE (also NAME<VALUE, <=, >, >=); repeatable. A party is its "
+                          "X.500 name or, with --dir, its folder name; a time YYYY-MM-DD");
+  vault_query->add_option("--status", vault_status, "unconsumed | consumed | all")->capture_default_str();
+  vault_query->add_option("--participant", vault_participant, "Only states this party participates in");
+  vault_query->add_option("--sort", vault_sort, "A declared field to sort by; -FIELD descending");
+  vault_query->add_option("--limit", vault_limit, "At most this many states (one page)")->capture_default_str();
+  address.addOptions(vault_query);
+  vault_query->add_flag("--json", vault_json, "Print the API's JSON answer");
+
   auto* flow = app.add_subcommand("flow", "Start, list, show and kill flows on a node");
   flow->require_subcommand(1);
   std::string flow_name, flow_args, flow_args_base64, flow_id, flow_state, flow_filter_name,
@@ -431,7 +558,12 @@ int main(int argc, char** argv) {
   }
 
   CLI11_PARSE(app, argc, argv);
-  if (demo->parsed()) return ccal::node::runLedgerDemo(out_dir);
+  if (demo->parsed()) {
+    if (demo_core) return ccal::node::runLedgerDemo(out_dir.empty() ? "build/demo" : out_dir);
+    if (!out_dir.empty()) demo_options.out = out_dir;
+    demo_options.spec = demo_spec;
+    return ccal::node::runDealDemo(demo_options, std::cout);
+  }
   if (bootstrap->parsed()) return runBootstrap(spec_file, bootstrap_out, force, json);
   if (start->parsed()) {
     ccal::node::StartOptions options;
@@ -460,6 +592,21 @@ int main(int argc, char** argv) {
     nlohmann::json body = {{"from", address.memberName(message_peer)}, {"stream", message_stream},
                            {"count", message_count}};
     return call("message check", [&](auto& c) { return c.post("/api/v1/messages/diagnostic/check", body); });
+  }
+  if (vault_query->parsed()) {
+    auto body = vaultQueryBody(address, vault_type, vault_fields, vault_status, vault_participant, vault_sort,
+                               vault_limit);
+    if (!body) return failWith("vault query", body.error(), vault_json);
+    auto client = address.client();
+    if (!client) return failWith("vault query", client.error(), vault_json);
+    auto answer = client->post("/api/v1/vault/query", *body);
+    if (!answer) return failWith("vault query", answer.error(), vault_json);
+    if (vault_json) {
+      std::cout << answer->dump(2) << "\n";
+    } else {
+      printVaultTable(*answer);
+    }
+    return 0;
   }
   if (flow->parsed()) {
     std::string command = "flow " + std::string(flow_start->parsed()  ? "start"

@@ -34,6 +34,7 @@
 #include "node/notary_service.h"
 #include "node/process_control.h"
 #include "node/tls_link.h"
+#include "node/vault_api.h"
 #include "schemas/p2p.capnp.h"
 #include "vault/message_store.h"
 #include "vault/vault.h"
@@ -104,6 +105,26 @@ struct StreamTally {
   uint64_t gaps = 0;         // a sequence above `next` (an earlier one missing)
 };
 
+// Parties by X.500 name and by key hash, from the network map (members and notaries).
+VaultPartyDirectory vaultPartyDirectory(const NetworkMap& map) {
+  VaultPartyDirectory parties;
+  parties.byName = [&map](std::string_view name) -> std::optional<Party> {
+    if (auto member = map.memberByName(name)) return Party{member->name, Key(member->legal_identity_key)};
+    if (const NotaryInfo* notary = map.notary(name)) return Party{notary->name, notary->service_key};
+    return std::nullopt;
+  };
+  parties.nameOfKeyHash = [&map](const SecureHash& hash) -> std::optional<std::string> {
+    for (const auto& member : map.members()) {
+      if (Key(member->legal_identity_key).hash() == hash) return member->name;
+    }
+    for (const auto& notary : map.parameters().notaries) {
+      if (notary.service_key.hash() == hash) return notary.name;
+    }
+    return std::nullopt;
+  };
+  return parties;
+}
+
 }  // namespace
 
 struct Node::Impl final : flows::MessageHandler {
@@ -124,6 +145,7 @@ struct Node::Impl final : flows::MessageHandler {
   std::unique_ptr<ClientNotaryGateway> notary_gateway;
   flows::FlowServices flow_services;
   std::unique_ptr<FlowService> flows;
+  std::unique_ptr<VaultApi> vault_api;  // its routes read the vault and the map
   std::unique_ptr<ApiServer> api;
   std::chrono::steady_clock::time_point started_at = std::chrono::steady_clock::now();
   fs::path ready_file;
@@ -291,6 +313,8 @@ Status Node::Impl::open() {
     addRoutes();
     notary->addRoutes(*api);
     if (flows) flows->addRoutes(*api);
+    vault_api = std::make_unique<VaultApi>(*vault, contracts, vaultPartyDirectory(*map));
+    vault_api->addRoutes(*api);
     result = api->start();
   });
   if (!result.ok()) {
@@ -698,6 +722,7 @@ void Node::Impl::stop() {
   mux.reset();
   link.reset();
   api.reset();
+  vault_api.reset();
   vault.reset();  // waits for queued writes, closes LMDB
   messages.reset();
   if (log) {
