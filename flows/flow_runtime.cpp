@@ -313,6 +313,7 @@ const char* flowPhaseName(FlowPhase phase) {
     case FlowPhase::starting: return "starting";
     case FlowPhase::replaying: return "replaying";
     case FlowPhase::running: return "running";
+    case FlowPhase::parked: return "parked";
     case FlowPhase::finishing: return "finishing";
     case FlowPhase::finished: return "finished";
   }
@@ -369,6 +370,12 @@ struct FlowRuntime::FlowState final : detail::FlowCore {
   std::optional<uint32_t> receiving;  // waiting for the session's next message
   detail::Answer answer;
   uint64_t op = 0;  // bumped per operation; a completion of an older one is dropped
+  // The service call in flight (run again on a transient failure or a retry from the hospital).
+  std::string call_name;
+  detail::CallOp call_op;
+  uint32_t call_attempts = 0;
+  Executor::TimerId retry_timer = 0;
+  std::string park_reason;
   Executor::TimerId sleep_timer = 0, timeout_timer = 0;
   bool aborting = false;
   std::optional<Error> abort_when_begun;  // killed before its start record was durable
@@ -689,32 +696,86 @@ struct FlowRuntime::FlowState final : detail::FlowCore {
   }
 
   // Runs a service call; its outcome, once journaled, resumes the flow.
-  void startCall(std::string call_name, detail::CallOp call_op) {
-    CCAL_ASSERT_MSG(call_op, "a call without an operation");
+  void startCall(std::string name_of_call, detail::CallOp call_op_to_run) {
+    CCAL_ASSERT_MSG(call_op_to_run, "a call without an operation");
+    call_name = std::move(name_of_call);
+    call_op = std::move(call_op_to_run);
+    call_attempts = 0;
+    runCall();
+  }
+
+  static bool transient(Errc code) { return code == Errc::unavailable || code == Errc::timeout; }
+
+  void runCall() {
+    ++call_attempts;
     waiting_text = "waiting for call " + quoted(call_name);
+    if (call_attempts > 1) {
+      waiting_text += " (attempt " + std::to_string(call_attempts) + " of " +
+                      std::to_string(rt.config_.call_attempts_max) + ")";
+    }
     const uint64_t my = op;
     FlowRuntime* runtime = &rt;
     std::weak_ptr<int> alive = rt.alive_;
     auto once = std::make_shared<std::atomic<bool>>(false);
-    call_op([runtime, alive, fid = id, my, call_name, once](Result<Bytes> done) {
+    detail::CallOp run = call_op;  // a copy: the operation may be run again
+    run([runtime, alive, fid = id, my, once](Result<Bytes> done) {
       CCAL_ASSERT_MSG(!once->exchange(true), "a call's operation completed twice");
       if (!alive.lock()) return;
-      runtime->postBack([runtime, fid, my, call_name, outcome = std::move(done)]() mutable {
+      runtime->postBack([runtime, fid, my, outcome = std::move(done)]() mutable {
         FlowState* f = runtime->find(fid);
         if (f == nullptr || f->op != my) return;
+        if (!outcome && transient(outcome.error().code)) return f->callFailed(outcome.error());
+        f->call_op = nullptr;
         Event e;
         e.kind = EventKind::called;
-        e.name = call_name;
+        e.name = f->call_name;
         if (outcome) {
           e.data = std::move(outcome).value();
         } else {
           const Error& err = outcome.error();
           e.end = EndInfo{false, err.code == Errc::ok ? Errc::unavailable : err.code,
-                          "call " + quoted(call_name) + " failed: " + err.message};
+                          "call " + quoted(f->call_name) + " failed: " + err.message};
         }
         f->journalEvent(e, [e](FlowState& g) { g.setCallAnswer(e); });
       });
     });
+  }
+
+  // A transient failure: run the call again after a delay, or park the flow.
+  void callFailed(const Error& failure) {
+    const std::string what = "call " + quoted(call_name) + " failed " + std::to_string(call_attempts) +
+                             (call_attempts == 1 ? " time" : " times") + ": " + failure.toString();
+    if (call_attempts < rt.config_.call_attempts_max) {
+      int64_t delay = rt.config_.call_retry_delay_micros_initial;
+      for (uint32_t i = 1; i < call_attempts && delay < rt.config_.call_retry_delay_micros_max; ++i) delay *= 2;
+      delay = std::min(delay, rt.config_.call_retry_delay_micros_max);
+      ++rt.stats_.call_retries;
+      waiting_text = what + "; again in " + std::to_string(delay / 1000) + " ms";
+      const uint64_t my = op;
+      FlowRuntime* runtime = &rt;
+      std::weak_ptr<int> alive = rt.alive_;
+      retry_timer = rt.executor_.runAfter(delay, [runtime, alive, fid = id, my] {
+        if (!alive.lock()) return;
+        FlowState* f = runtime->find(fid);
+        if (f == nullptr || f->op != my || f->phase == FlowPhase::parked) return;
+        f->retry_timer = 0;
+        f->runCall();
+      });
+      return;
+    }
+    // The hospital: parked durably with the reason; retry() or kill() from
+    // the API. Its timeout is suspended meanwhile (a retry starts it afresh).
+    phase = FlowPhase::parked;
+    if (timeout_timer != 0) rt.executor_.cancel(std::exchange(timeout_timer, 0));
+    park_reason = what;
+    if (park_reason.size() > vault::flow_park_reason_bytes_max) park_reason.resize(vault::flow_park_reason_bytes_max);
+    waiting_text = "parked in the hospital: " + park_reason + " (retry or kill it)";
+    ++rt.stats_.flows_parked;
+    rt.log(label() + " parked in the hospital: " + park_reason);
+    FlowRuntime* runtime = &rt;
+    rt.store_.parkAsync(id, park_reason, rt.storeDone([runtime, fid = id](const Status& status) {
+      if (!status) runtime->log("parking flow " + fid.hex() + " failed: " + status.error().toString());
+    }));
   }
 
   // Appends the event; once durable, runs after() and resumes the flow.
@@ -1009,7 +1070,12 @@ Status FlowRuntime::start() {
   started_ = true;
   auto unfinished = store_.unfinishedFlows();
   if (!unfinished) return unfinished.error();
-  for (vault::FlowCheckpoint& cp : unfinished.value()) {
+  for (vault::FlowCheckpoint& cp : unfinished.value()) resumeStored(std::move(cp));
+  return {};
+}
+
+void FlowRuntime::resumeStored(vault::FlowCheckpoint cp, bool fresh_timeout) {
+  {
     auto owned = std::make_unique<FlowState>(*this, cp.id);
     FlowState& f = *owned;
     f.name = cp.flowName;
@@ -1052,12 +1118,11 @@ Status FlowRuntime::start() {
     }
     if (damaged) {
       finish(f, *damaged, vault::FlowOutcome::failed);
-      continue;
+      return;
     }
-    armTimeout(f, f.timeout_micros);
+    armTimeout(f, f.timeout_micros, fresh_timeout ? std::optional<int64_t>(clock_.nowMicros()) : std::nullopt);
     launch(f);
   }
-  return {};
 }
 
 Result<FlowId> FlowRuntime::startFlow(std::string_view name, Bytes args, int64_t timeout_micros,
@@ -1187,9 +1252,10 @@ void FlowRuntime::afterRun(FlowState& f) {
   finish(f, std::move(result), how);
 }
 
-void FlowRuntime::armTimeout(FlowState& f, int64_t timeout_micros) {
+void FlowRuntime::armTimeout(FlowState& f, int64_t timeout_micros, std::optional<int64_t> from_micros) {
   if (timeout_micros <= 0) return;
-  const int64_t left = std::max<int64_t>(0, f.started_micros + timeout_micros - clock_.nowMicros());
+  const int64_t from = from_micros.value_or(f.started_micros);
+  const int64_t left = std::max<int64_t>(0, from + timeout_micros - clock_.nowMicros());
   std::weak_ptr<int> alive = alive_;
   f.timeout_timer = executor_.runAfter(left, [this, alive, id = f.id, timeout_micros] {
     if (!alive.lock()) return;
@@ -1204,6 +1270,17 @@ void FlowRuntime::armTimeout(FlowState& f, int64_t timeout_micros) {
 Status FlowRuntime::kill(const FlowId& id, std::string reason) {
   FlowState* f = find(id);
   if (f == nullptr) {
+    // A flow parked before a restart is only in the store's hospital.
+    auto stored = store_.flow(id);
+    if (stored && stored.value() && stored.value()->status == vault::FlowStatus::parked) {
+      const Error error = makeError(Errc::unavailable, "flow " + quoted(stored.value()->flowName) + " " +
+                                                           id.hex().substr(0, 12) + " was killed: " + reason);
+      store_.finishFlowAsync(id, vault::FlowOutcome::killed, encodeFlowError(error),
+                             storeDone([this, id](const Status& status) {
+                               if (!status) log("killing parked flow " + id.hex() + ": " + status.error().toString());
+                             }));
+      return {};
+    }
     return makeError(Errc::not_found, "flow " + id.hex() + " is not running on " +
                                           quoted(config_.self));
   }
@@ -1211,6 +1288,42 @@ Status FlowRuntime::kill(const FlowId& id, std::string reason) {
     return makeError(Errc::conflict, f->label() + " is ending already");
   }
   abort(*f, makeError(Errc::unavailable, f->label() + " was killed: " + reason));
+  return {};
+}
+
+Status FlowRuntime::retry(const FlowId& id) {
+  if (FlowState* f = find(id)) {
+    if (f->phase != FlowPhase::parked) {
+      return makeError(Errc::conflict, f->label() + " is not in the hospital (" + flowPhaseName(f->phase) + ")");
+    }
+    ++stats_.flows_retried;
+    f->phase = FlowPhase::running;
+    f->park_reason.clear();
+    store_.unparkAsync(id, storeDone([this, id](const Status& status) {
+      if (!status) log("unparking flow " + id.hex() + " failed: " + status.error().toString());
+    }));
+    armTimeout(*f, f->timeout_micros, clock_.nowMicros());
+    f->call_attempts = 0;
+    f->runCall();
+    return {};
+  }
+  auto stored = store_.flow(id);
+  if (!stored) return stored.error();
+  if (!stored.value()) return makeError(Errc::not_found, "no flow " + id.hex() + " on " + quoted(config_.self));
+  if (stored.value()->status != vault::FlowStatus::parked) {
+    return makeError(Errc::conflict, "flow " + id.hex() + " is not in the hospital");
+  }
+  if (flows_.size() >= config_.flows_running_max) {
+    return makeError(Errc::unavailable, "flows.running_max (" + std::to_string(config_.flows_running_max) +
+                                            ") flows are running on " + quoted(config_.self));
+  }
+  // Out of the store's hospital, then replayed to its call, which runs again.
+  Status unparked = store_.unpark(id);
+  if (!unparked) return unparked;
+  auto cp = store_.flow(id);
+  if (!cp) return cp.error();
+  ++stats_.flows_retried;
+  resumeStored(std::move(*cp.value()), /*fresh_timeout=*/true);
   return {};
 }
 
@@ -1226,6 +1339,7 @@ void FlowRuntime::abort(FlowState& f, Error error) {
   f.waiter = {};
   f.receiving.reset();
   if (f.sleep_timer != 0) executor_.cancel(std::exchange(f.sleep_timer, 0));
+  if (f.retry_timer != 0) executor_.cancel(std::exchange(f.retry_timer, 0));
   f.root.reset();  // the coroutine waits somewhere; it never runs again
   const vault::FlowOutcome how =
       error.code == Errc::timeout ? vault::FlowOutcome::failed : vault::FlowOutcome::killed;
@@ -1254,6 +1368,7 @@ void FlowRuntime::finish(FlowState& f, Result<Bytes> result, vault::FlowOutcome 
   f.waiter = {};
   f.receiving.reset();
   if (f.sleep_timer != 0) executor_.cancel(std::exchange(f.sleep_timer, 0));
+  if (f.retry_timer != 0) executor_.cancel(std::exchange(f.retry_timer, 0));
   if (f.timeout_timer != 0) executor_.cancel(std::exchange(f.timeout_timer, 0));
   f.root.reset();
   f.outcome = how;
@@ -1482,6 +1597,23 @@ std::vector<FlowInfo> FlowRuntime::list() const {
   return out;
 }
 
+std::vector<FlowInfo> FlowRuntime::hospital() const {
+  std::vector<FlowInfo> out;
+  for (const auto& [id, flow] : flows_) {
+    if (flow->phase == FlowPhase::parked) out.push_back(infoOf(*flow));
+  }
+  auto stored = store_.hospital();
+  if (!stored) {
+    log("reading the hospital: " + stored.error().toString());
+    return out;
+  }
+  for (const auto& cp : stored.value()) {
+    if (find(cp.id) != nullptr) continue;
+    if (auto info = show(cp.id)) out.push_back(std::move(info).value());
+  }
+  return out;
+}
+
 Result<FlowInfo> FlowRuntime::show(const FlowId& id) const {
   if (const FlowState* f = find(id)) return infoOf(*f);
   for (auto it = recent_.rbegin(); it != recent_.rend(); ++it) {
@@ -1507,8 +1639,11 @@ Result<FlowInfo> FlowRuntime::show(const FlowId& id) const {
       info.error = decodeFlowError(cp.result);
     }
   } else {
-    info.phase = FlowPhase::starting;  // in the store, not running here (parked)
-    info.waiting = cp.status == vault::FlowStatus::parked ? "parked: " + cp.parkReason : "";
+    // In the store, not running here: parked before a restart.
+    info.phase = cp.status == vault::FlowStatus::parked ? FlowPhase::parked : FlowPhase::starting;
+    info.waiting = cp.status == vault::FlowStatus::parked
+                       ? "parked in the hospital: " + cp.parkReason + " (retry or kill it)"
+                       : "";
   }
   return info;
 }

@@ -46,9 +46,23 @@
 // (a replay stops there too), destroy the coroutine where it waits, end its
 // sessions with the error and record the flow as killed (timeout: failed).
 //
-// Not done here (see the report of this increment): the hospital (parking a
-// flow that cannot proceed, retry from the API), retries of transient
-// failures, sleeps that survive a restart with their remaining time (a
+// Transient failures and the hospital. A service call (FlowContext::call)
+// that fails with a transient code (unavailable, timeout: a notary that is
+// busy or unreachable, a store that refused for now) is run again after a
+// delay that doubles from call_retry_delay_micros_initial up to
+// call_retry_delay_micros_max, call_attempts_max times in all (its
+// operation is idempotent, as call() requires). If it still fails, the flow
+// is parked in the hospital: FlowStore::park records the reason durably,
+// the flow waits (phase `parked`, its timeout suspended), and
+// retry(id) runs the call again (attempts counted afresh, the timeout
+// started again) or kill(id) ends
+// it. A parked flow is not resumed by start() after a restart; retry(id)
+// then takes it out of the store's hospital and replays it, and kill(id)
+// records it killed. Other failures end the flow as before. Sends never
+// fail (the messaging layer retries them until delivered) and receives wait
+// under the flow's timeout.
+//
+// Not done here: sleeps that survive a restart with their remaining time (a
 // replayed live sleep starts its full delay again).
 //
 // Threading: everything runs on `executor`; FlowStore completions arrive on
@@ -84,13 +98,16 @@ struct FlowRuntimeConfig {
   uint32_t subflow_depth_max = 32;
   int64_t flow_timeout_micros = 600'000'000;  // default per flow; 0: none
   uint32_t finished_flows_listed_max = 1024;  // recent finished flows list() shows
+  uint32_t call_attempts_max = 5;                      // a call's tries before the hospital
+  int64_t call_retry_delay_micros_initial = 100'000;   // doubling per retry ...
+  int64_t call_retry_delay_micros_max = 5'000'000;     // ... up to this
   // Where random() values come from; empty: std::random_device.
   std::function<uint64_t()> random_u64;
   // Protocol errors of peers and failed consumptions; empty: stderr.
   std::function<void(std::string_view)> log;
 };
 
-enum class FlowPhase : uint8_t { starting, replaying, running, finishing, finished };
+enum class FlowPhase : uint8_t { starting, replaying, running, parked, finishing, finished };
 const char* flowPhaseName(FlowPhase phase);
 
 // What status shows of a flow (the control API's flow list/show).
@@ -139,6 +156,9 @@ class FlowRuntime final : public MessageHandler {
     uint64_t messages_duplicate = 0;  // handled before (a replayed sender), consumed again
     uint64_t messages_dropped = 0;    // malformed, for no flow, or for a finished flow
     uint64_t divergences = 0;
+    uint64_t call_retries = 0;   // transient call failures run again
+    uint64_t flows_parked = 0;   // sent to the hospital
+    uint64_t flows_retried = 0;  // taken out of it by retry()
   };
 
   // Sets itself as the messaging's handler.
@@ -165,9 +185,14 @@ class FlowRuntime final : public MessageHandler {
   // Ends a running flow as killed, with `reason`; not_found when it is not
   // running here.
   Status kill(const FlowId& id, std::string reason = "killed by the operator");
+  // Takes a parked flow out of the hospital and runs its failed call again;
+  // conflict if the flow is not parked, not_found if unknown.
+  Status retry(const FlowId& id);
 
   // Status: flows in memory and the recently finished ones, oldest first.
   std::vector<FlowInfo> list() const;
+  // Parked flows: in memory, and those parked before a restart (from the store).
+  std::vector<FlowInfo> hospital() const;
   // One flow: in memory, recently finished, or from the store.
   Result<FlowInfo> show(const FlowId& id) const;
   const Stats& stats() const { return stats_; }
@@ -208,7 +233,10 @@ class FlowRuntime final : public MessageHandler {
   void consume(std::string_view peer, const MessageId& id);
   void finish(FlowState& flow, Result<Bytes> result, vault::FlowOutcome outcome);
   void abort(FlowState& flow, Error error);
-  void armTimeout(FlowState& flow, int64_t timeout_micros);
+  // Times the flow out timeout_micros after from_micros (default: its start).
+  void armTimeout(FlowState& flow, int64_t timeout_micros, std::optional<int64_t> from_micros = std::nullopt);
+  // Loads a stored unfinished flow and replays it (start(), retry()).
+  void resumeStored(vault::FlowCheckpoint cp, bool fresh_timeout = false);
   FlowInfo infoOf(const FlowState& flow) const;
   void remember(FlowInfo info);
 

@@ -623,11 +623,17 @@ struct CountingService {
   int started = 0;
   bool hold = false;
   bool fail = false;
+  int transient_failures = 0;  // the next this many operations fail with `unavailable`
   std::vector<CallDone> held;
 
   CallOp op() {
     return [this](CallDone done) {
       ++started;
+      if (transient_failures > 0) {
+        --transient_failures;
+        done(makeError(Errc::unavailable, "the service is busy"));
+        return;
+      }
       if (hold) {
         held.push_back(std::move(done));
         return;
@@ -778,3 +784,109 @@ TEST_CASE("flow runtime: a call that fails ends the flow with its error, also in
   CHECK(info.error->code == Errc::insufficient_balance);
   CHECK(info.error->message.find("call 'svc.get' failed: boom") != std::string::npos);
 }
+
+TEST_CASE("flow runtime: a call that fails transiently runs again with backoff, then the flow goes on") {
+  Net net;
+  CountingService service;
+  service.transient_failures = 3;
+  Member& a = net.add(alice, registerCalls(service));
+  const int64_t t0 = net.executor.nowMicros();
+  auto id = a.runtime->startFlow("call", {});
+  REQUIRE(id);
+  REQUIRE(net.run([&] { return sleeping(a, *id); }));
+  CHECK(service.started == 4);
+  CHECK(a.runtime->stats().call_retries == 3);
+  CHECK(a.runtime->stats().flows_parked == 0);
+  // 100 + 200 + 400 ms of backoff (virtual time).
+  CHECK(net.executor.nowMicros() - t0 >= 700'000);
+  CHECK(a.runtime->show(*id)->eventsJournaled == 1);  // only the successful outcome is journaled
+  CHECK(a.runtime->kill(*id).ok());
+  net.await(a, *id);
+}
+
+TEST_CASE("flow runtime: a call that keeps failing parks the flow in the hospital; retry and kill") {
+  Net net;
+  CountingService service;
+  service.transient_failures = 1000;
+  Member& a = net.add(alice, registerCalls(service), [](FlowRuntimeConfig& c) {
+    c.flow_timeout_micros = 10'000'000;  // suspended while parked
+  });
+  auto id = a.runtime->startFlow("call", {});
+  REQUIRE(id);
+  REQUIRE(net.run([&] { return a.runtime->show(*id)->phase == FlowPhase::parked; }));
+  CHECK(service.started == 5);  // call_attempts_max
+  FlowInfo parked = *a.runtime->show(*id);
+  CHECK(parked.waiting.find("parked in the hospital: call 'svc.get' failed 5 times: unavailable: the service is "
+                            "busy") != std::string::npos);
+  CHECK(a.runtime->stats().flows_parked == 1);
+  a.quiesce();
+  auto hospital = a.flowStore->hospital();
+  REQUIRE(hospital);
+  REQUIRE(hospital->size() == 1);
+  CHECK(hospital->front().id == *id);
+  CHECK(hospital->front().parkReason.find("failed 5 times") != std::string::npos);
+  // Parked well past its timeout: still parked, not timed out.
+  REQUIRE_FALSE(net.run([&] { return a.finished.count(*id) > 0; }, 30'000'000));
+
+  // Fixed: retry runs the call again (attempts afresh) and the flow goes on.
+  service.transient_failures = 0;
+  REQUIRE(a.runtime->retry(*id).ok());
+  REQUIRE(net.run([&] { return sleeping(a, *id); }));
+  CHECK(service.started == 6);
+  CHECK(a.runtime->stats().flows_retried == 1);
+  CHECK(a.runtime->retry(*id).error().code == Errc::conflict);  // not in the hospital
+  a.quiesce();
+  CHECK(a.flowStore->hospital()->empty());
+  CHECK(a.runtime->kill(*id).ok());
+  net.await(a, *id);
+
+  // Killed in the hospital.
+  service.transient_failures = 1000;
+  auto other = a.runtime->startFlow("call", {});
+  REQUIRE(other);
+  REQUIRE(net.run([&] { return a.runtime->show(*other)->phase == FlowPhase::parked; }));
+  CHECK(a.runtime->kill(*other, "given up").ok());
+  FlowInfo killed = net.await(a, *other);
+  CHECK(killed.outcome == vault::FlowOutcome::killed);
+  REQUIRE(killed.error);
+  CHECK(killed.error->message.find("given up") != std::string::npos);
+}
+
+TEST_CASE("flow runtime: a parked flow stays parked across a restart; retry replays it, kill ends it") {
+  Net net;
+  CountingService service;
+  service.transient_failures = 1000;
+  Member& a = net.add(alice, registerCalls(service));
+  auto id = a.runtime->startFlow("call", {});
+  auto other = a.runtime->startFlow("call", {});
+  REQUIRE(id);
+  REQUIRE(other);
+  REQUIRE(net.run([&] {
+    return a.runtime->show(*id)->phase == FlowPhase::parked && a.runtime->show(*other)->phase == FlowPhase::parked;
+  }));
+  CHECK(service.started == 10);
+  a.restart();
+  CHECK(service.started == 10);  // not resumed by start()
+  CHECK(a.runtime->running() == 0);
+  FlowInfo shown = *a.runtime->show(*id);
+  CHECK(shown.phase == FlowPhase::parked);
+  CHECK(shown.waiting.find("failed 5 times") != std::string::npos);
+
+  service.transient_failures = 0;
+  REQUIRE(a.runtime->retry(*id).ok());  // out of the store's hospital, replayed to its call
+  REQUIRE(net.run([&] { return sleeping(a, *id); }));
+  CHECK(service.started == 11);
+  CHECK(a.runtime->kill(*id).ok());
+  net.await(a, *id);
+
+  CHECK(a.runtime->kill(*other, "not needed").ok());  // only in the store: recorded killed
+  a.quiesce();
+  FlowInfo ended = *a.runtime->show(*other);
+  CHECK(ended.phase == FlowPhase::finished);
+  CHECK(ended.outcome == vault::FlowOutcome::killed);
+  REQUIRE(ended.error);
+  CHECK(ended.error->message.find("not needed") != std::string::npos);
+  CHECK(a.runtime->retry(*other).error().code == Errc::conflict);
+  CHECK(a.flowStore->hospital()->empty());
+}
+

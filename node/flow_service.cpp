@@ -205,12 +205,16 @@ json statsJson(const flows::FlowRuntime::Stats& s, size_t running) {
           {"sends_suppressed", s.sends_suppressed},
           {"messages_duplicate", s.messages_duplicate},
           {"messages_dropped", s.messages_dropped},
-          {"divergences", s.divergences}};
+          {"divergences", s.divergences},
+          {"call_retries", s.call_retries},
+          {"flows_parked", s.flows_parked},
+          {"flows_retried", s.flows_retried}};
 }
 
 // Whether a flow is in the state a list filter names.
 bool inState(const flows::FlowInfo& info, std::string_view state) {
   const bool finished = info.phase == flows::FlowPhase::finished;
+  if (state == "parked") return info.phase == flows::FlowPhase::parked;
   if (state == "running") return !finished;
   if (state == "finished") return finished;
   return finished && state == vault::flowOutcomeName(info.outcome);
@@ -308,10 +312,10 @@ void FlowService::addRoutes(ApiServer& api) {
                [this](const ApiRequest& request) {
                  auto state = request.queryParam("state");
                  if (state && *state != "running" && *state != "finished" && *state != "ok" &&
-                     *state != "failed" && *state != "killed") {
+                     *state != "failed" && *state != "killed" && *state != "parked") {
                    return ApiResponse::error(
                        400, "malformed",
-                       "'state' must be one of running, finished, ok, failed, killed");
+                       "'state' must be one of running, parked, finished, ok, failed, killed");
                  }
                  auto name = request.queryParam("name");
                  size_t limit = flows_listed_default;
@@ -328,6 +332,7 @@ void FlowService::addRoutes(ApiServer& api) {
                  json out = json::array();
                  size_t matched = 0;
                  auto all = runtime_->list();
+                 if (state && *state == "parked") all = runtime_->hospital();
                  // Newest first, so that a limit keeps the recent ones.
                  for (auto it = all.rbegin(); it != all.rend(); ++it) {
                    if (state && !inState(*it, *state)) continue;
@@ -391,6 +396,15 @@ void FlowService::addRoutes(ApiServer& api) {
         load->latencies_micros.reserve(*n);
         startLoad(load);
       });
+
+  api.addRoute(HttpMethod::post, "/api/v1/flows/{id}/retry", ApiRole::operator_,
+               [this](const ApiRequest& request) {
+                 auto id = flowIdParam(request);
+                 if (!id) return ApiResponse::fromError(id.error());
+                 Status retried = runtime_->retry(*id);
+                 if (!retried.ok()) return ApiResponse::fromError(retried.error());
+                 return ApiResponse::ok({{"id", id->hex()}, {"retrying", true}});
+               });
 
   api.addRoute(HttpMethod::post, "/api/v1/flows/{id}/kill", ApiRole::operator_,
                [this](const ApiRequest& request) {

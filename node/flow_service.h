@@ -30,6 +30,9 @@
 //                                 -> {"flows": [...], "stats": {...}}
 //   GET  /api/v1/flows/{id}       -> one flow (flowJson)
 //   POST /api/v1/flows/{id}/kill  {"reason"?} -> {"id", "killing": true}
+//   POST /api/v1/flows/{id}/retry -> {"id", "retrying": true}: a flow parked in the
+//                                 hospital runs its failed call again (409 if not parked)
+//   GET  /api/v1/flows?state=parked  the hospital (also flows parked before a restart)
 // Bad input gets 400 (malformed body, args or id), 404 (unknown flow name
 // or id), 409 (a flow ending already), 503 (flows.running_max reached).
 //

@@ -543,16 +543,18 @@ int main(int argc, char** argv) {
   flow_load->add_option("--rate", flow_load_rate, "Start this many per second (0: closed loop)")
       ->capture_default_str();
   auto* flow_list = flow->add_subcommand("list", "Running and recently finished flows, newest first");
-  flow_list->add_option("--state", flow_state, "running | finished | ok | failed | killed");
+  flow_list->add_option("--state", flow_state, "running | parked | finished | ok | failed | killed");
   flow_list->add_option("--name", flow_filter_name, "Only flows of this name");
   flow_list->add_option("--limit", flow_limit, "At most this many")->capture_default_str();
   auto* flow_show = flow->add_subcommand("show", "One flow: phase, step, journal, outcome, result or error");
   auto* flow_kill = flow->add_subcommand("kill", "End a running flow as killed (its counterparties see it)");
-  for (auto* c : {flow_show, flow_kill}) {
+  auto* flow_retry =
+      flow->add_subcommand("retry", "Take a flow out of the hospital: run its failed service call again");
+  for (auto* c : {flow_show, flow_kill, flow_retry}) {
     c->add_option("ID", flow_id, "The flow's id (64 hexadecimal digits)")->required();
   }
   flow_kill->add_option("--reason", flow_reason, "Why (shown in the flow's error)");
-  for (auto* c : {flow_start, flow_load, flow_list, flow_show, flow_kill}) {
+  for (auto* c : {flow_start, flow_load, flow_list, flow_show, flow_kill, flow_retry}) {
     address.addOptions(c);
     c->add_flag("--json", flow_json, "Print JSON");
   }
@@ -612,6 +614,7 @@ int main(int argc, char** argv) {
     std::string command = "flow " + std::string(flow_start->parsed()  ? "start"
                                                 : flow_load->parsed() ? "load"
                                                 : flow_list->parsed() ? "list"
+                                                : flow_retry->parsed() ? "retry"
                                                 : flow_show->parsed() ? "show"
                                                                       : "kill");
     const int64_t start_wait_micros =
@@ -644,6 +647,13 @@ int main(int argc, char** argv) {
       if (!ran) return failWith(command, ran.error(), flow_json);
       std::cout << ran->dump(2) << "\n";
       return (*ran)["completed"] == flow_load_count ? 0 : 1;
+    }
+    if (flow_retry->parsed()) {
+      return printFlowResult(
+          command,
+          client->post("/api/v1/flows/" + ccal::node::ApiClient::encodeSegment(flow_id) + "/retry",
+                       nlohmann::json::object()),
+          flow_json, [](const nlohmann::json& r) { std::cout << "retrying " << r.value("id", std::string()) << "\n"; });
     }
     if (flow_kill->parsed()) {
       nlohmann::json body = nlohmann::json::object();

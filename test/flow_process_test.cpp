@@ -147,6 +147,16 @@ TEST_CASE("flows in a real network: API and CLI, crashes of either side, kill, b
     CHECK(both.exit_code == 1);
     CHECK_MESSAGE(both.output.find("one of them") != std::string::npos, both.output);
 
+    // The hospital: nothing parked; a finished flow cannot be retried (409 naming why).
+    auto parked = testing::runCcalCapturing("flow list --state parked --json --dir " + net.string() + " --node gamma");
+    INFO(parked.output);
+    CHECK(parked.exit_code == 0);
+    CHECK(json::parse(parked.output, nullptr, false)["flows"].empty());
+    auto retried = testing::runCcalCapturing("flow retry " + keyed["id"].get<std::string>() + " --dir " +
+                                             net.string() + " --node gamma");
+    CHECK(retried.exit_code == 1);
+    CHECK_MESSAGE(retried.output.find("not in the hospital") != std::string::npos, retried.output);
+
     auto listed = testing::runCcalCapturing("flow list --state ok --name diagnostic.ping --json --dir " +
                                             net.string() + " --node gamma");
     json list = json::parse(listed.output, nullptr, false);
