@@ -2,6 +2,7 @@
 // The cooperative economy's contracts: ccal.token (token.h), ccal.member
 // (member.h), ccal.receivable (receivable.h).
 
+#include "contracts/loan.h"
 #include "contracts/member.h"
 #include "contracts/receivable.h"
 #include "contracts/token.h"

@@ -10,6 +10,7 @@ void registerDealContracts(ContractRegistry& registry) {
   registry.add(std::make_unique<TokenContract>());
   registry.add(std::make_unique<MemberContract>());
   registry.add(std::make_unique<ReceivableContract>());
+  registry.add(std::make_unique<LoanContract>());
 }
 
 Bytes encodeReceivable(const Receivable& r) {
