@@ -74,6 +74,7 @@ Bytes encodeFund(const Fund& f) {
       f.contributions[i].contributor.write(cs[i].initContributor());
       cs[i].setAmountMinor(f.contributions[i].amountMinor);
     }
+    writeKeys(b.initMembers(static_cast<uint32_t>(f.members.size())), f.members);
   });
 }
 
@@ -99,6 +100,9 @@ Result<Fund> decodeFund(ByteView bytes) {
       if (!k) return k.error();
       f.contributions.push_back({*k, c.getAmountMinor()});
     }
+    auto members = readKeys(r.getMembers());
+    if (!members) return members.error();
+    f.members = std::move(members).value();
     return f;
   });
 }
@@ -239,7 +243,10 @@ std::vector<Key> withCommittee(std::vector<Key> first, const std::vector<Key>& c
 }  // namespace
 
 TransactionState fundState(const Party& notary, const Fund& f) {
-  std::vector<Key> parts = f.committee;
+  std::vector<Key> parts = withCommittee({}, f.committee);
+  for (const Key& m : f.members) {
+    if (std::find(parts.begin(), parts.end(), m) == parts.end()) parts.push_back(m);
+  }
   for (const auto& c : f.contributions) {
     if (std::find(parts.begin(), parts.end(), c.contributor) == parts.end()) parts.push_back(c.contributor);
   }
@@ -546,6 +553,9 @@ Verdict LoanContract::verify(const LedgerTransaction& tx) const {
     }
     if (f.principalMaxMinor <= 0) return reject("non_positive", "a fund's principal limit must be positive");
     if (!f.contributions.empty()) return reject("has_contributions", "a new fund has no contributions yet");
+    if (f.members.size() > members_max) {
+      return reject("bad_committee", "a fund has at most " + std::to_string(members_max) + " members");
+    }
     for (const Key& k : f.committee) {
       if (!signedBy(cmd, k)) return reject("missing_signature", "every committee member must sign the fund's creation");
     }

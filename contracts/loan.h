@@ -20,7 +20,8 @@
 //    contributions; a name; 1..committee_members_max distinct single-key
 //    members; 1 <= k <= n; valid currency; 0 <= interest min <= max <=
 //    interest_bp_max; 1 <= term min <= max <= term_days_max; positive
-//    principal limit; every committee member signs (consents to serve).
+//    principal limit; at most members_max members; every committee member
+//    signs (consents to serve).
 //  - Contribute: one fund in, the same fund out with one contributor's total
 //    raised by X > 0, and the fund key receives exactly X net tokens of the
 //    fund's currency in the same transaction; the contributor signs.
@@ -50,7 +51,7 @@
 //    k committee members sign; one credit record out: default, amount the
 //    outstanding total.
 // Every loan, fund and record output has the participants the helpers below
-// give it (fund: committee and contributors; loan and record: borrower and
+// give it (fund: committee, members, contributors; loan and record: borrower and
 // committee), so each is shared with the borrower and the committee.
 // Credit records are never consumed.
 //
@@ -98,6 +99,7 @@ inline constexpr int32_t interest_bp_max = 10'000;  // 100% simple interest over
 inline constexpr int32_t term_days_max = 36'500;
 inline constexpr uint32_t instalments_max = 120;
 inline constexpr size_t contributors_max = 256;
+inline constexpr size_t members_max = 256;
 inline constexpr int64_t loan_day_micros = 86'400'000'000;
 
 struct FundContribution {
@@ -116,6 +118,9 @@ struct Fund {
   int32_t termMinDays = 0, termMaxDays = 0;
   int64_t principalMaxMinor = 0;
   std::vector<FundContribution> contributions;
+  // Members besides the committee that hold the fund (to contribute and
+  // to borrow): participants, so they see every contribution.
+  std::vector<Key> members;
   bool operator==(const Fund&) const = default;
 };
 
@@ -166,7 +171,7 @@ Result<CreditRecord> decodeCreditRecord(ByteView bytes);
 Result<Key> fundKey(const std::vector<Key>& committee, uint32_t threshold);
 int64_t fundContributed(const Fund& f);
 
-// Participants: the fund's committee and contributors.
+// Participants: the fund's committee, members and contributors.
 TransactionState fundState(const Party& notary, const Fund& f);
 // Participants: the borrower and the committee.
 TransactionState loanState(const Party& notary, const Loan& l);

@@ -107,7 +107,7 @@ struct Fixture {
     committee = {l.coopA.key(), l.coopB.key(), l.bank.key()};
     std::sort(committee.begin(), committee.end());
     fund = Fund{SecureHash::of(Bytes{1}), "Hainan Mutual Aid", committee, 2, "CNY", 100, 1200, 30, 720,
-                1'000'000, {}};
+                1'000'000, {}, {}};
     fkey = fundKey(committee, 2).value();
     card = l.credential(l.coopA, l.coopC);
     requested = Loan{SecureHash::of(Bytes{2}), fund.fundId, l.coopC.key(), committee, 2, "CNY", 100'000, 600, 90, 3,

@@ -6,6 +6,7 @@
 #include <set>
 
 #include "contracts/contracts.h"
+#include "flows/loan_flows.h"
 #include "ledger/assert.h"
 #include "ledger/capnp_io.h"
 #include "schemas/contracts_flows.capnp.h"
@@ -66,7 +67,12 @@ const std::vector<DealFlowSpec>& dealFlowSpecs() {
        {{"invoice", ArgType::text, true, "the invoice number"},
         {"seller", ArgType::party, true, "the invoice's seller"}}},
   };
-  return specs;
+  static const std::vector<DealFlowSpec> all = [] {
+    std::vector<DealFlowSpec> v = specs;
+    v.insert(v.end(), loanFlowSpecs().begin(), loanFlowSpecs().end());
+    return v;
+  }();
+  return all;
 }
 
 const DealFlowSpec* findDealFlow(std::string_view flow) {
@@ -852,6 +858,7 @@ Status refuse(const std::string& why) { return makeError(Errc::forbidden, "refus
 
 void addDealChecks(FlowServices& svc, const DealPolicy& policy) {
   const FlowServices* s = &svc;
+  addLoanChecks(svc);
   svc.checks[std::string(token_redeem_deal)] = [s](const LedgerTransaction& tx, const std::string& initiator) -> Status {
     auto who = initiatorKey(*s, initiator);
     if (!who) return who.error();
@@ -938,6 +945,7 @@ Status registerDealFlows(FlowRuntime& runtime, const FlowServices& services, Dea
   if (auto s = runtime.registerInitiating(std::string(share_flow), std::string(receive_finality_flow)); !s) {
     return s;
   }
+  if (auto s = registerLoanFlows(runtime, services, sh->config); !s) return s;
   return runtime.registerInitiating(std::string(receivable_finance_deal), std::string(receivable_finance_responder));
 }
 

@@ -28,6 +28,7 @@ struct FundState {
   termMaxDays @8 :Int32;
   principalMaxMinor @9 :Int64;
   contributions @10 :List(Contribution);
+  members @11 :List(Ledger.Key);  # besides the committee: who may contribute and borrow
 }
 
 enum LoanStatus {
@@ -73,4 +74,30 @@ struct CreditRecord {
   amountMinor @4 :Int64;
   currency @5 :Text;
   atMicros @6 :Int64;
+}
+
+# --- loan flows' messages (flows/loan_flows.h) ---
+
+struct CurrencyAmount {
+  currency @0 :Text;
+  amountMinor @1 :Int64;
+}
+
+# loan.request -> a committee member: review this requested loan.
+struct ReviewRequest {
+  loan @0 :Ledger.StateRef;
+}
+
+# A committee member's answer: the borrower's credit report from its vault
+# (contracts/credit_record.h) and whether it would approve, with why not.
+struct LoanReview {
+  wouldApprove @0 :Bool;
+  reason @1 :Text;
+  loansTaken @2 :Int64;
+  repaidOnTime @3 :Int64;
+  late @4 :Int64;
+  defaulted @5 :Int64;
+  settled @6 :Int64;
+  outstanding @7 :List(CurrencyAmount);
+  repaid @8 :List(CurrencyAmount);
 }
