@@ -202,7 +202,16 @@ TEST_CASE("loan CreateFund: every committee member signs; sound committee and li
   f.deal().fundOut(f.fund).command(member_issue_command, c).fails("one_command");
   f.deal().fundOut(f.fund).command(loan_create_fund_command, c).command(loan_approve_command, c).fails("one_command");
   f.deal().fundOut(f.fund).command("ccal.loan.Dissolve", c).fails("unknown_command");
-  // Shared with exactly the committee.
+  // Members besides the committee hold the fund too.
+  {
+    Fund withMembers = f.fund;
+    withMembers.members = {f.l.coopC.key()};
+    f.deal().fundOut(withMembers).command(loan_create_fund_command, c).verifies();
+    CHECK(fundState(f.l.notary.party(), withMembers).participants.size() == 4);
+    withMembers.members.assign(members_max + 1, f.l.coopC.key());
+    f.deal().fundOut(withMembers).command(loan_create_fund_command, c).fails("bad_committee");
+  }
+  // Shared with exactly the committee (and members).
   {
     TransactionState s = fundState(f.l.notary.party(), f.fund);
     s.participants.pop_back();
@@ -248,6 +257,10 @@ TEST_CASE("loan Contribute: the fund key receives exactly the contribution, the 
     f.deal().fundIn(two).fundOut(dropped).command(loan_contribute_command, {a}).fails("bad_contribution");
   }
   {
+    Fund joined = f.funded();
+    joined.members = {cc};
+    f.deal().fundIn(f.fund).fundOut(joined).command(loan_contribute_command, {a}).pays(a, f.fkey, 500'000)
+        .fails("changed_terms");
     Fund renamed = f.funded();
     renamed.name = "Mine";
     f.deal().fundIn(f.fund).fundOut(renamed).command(loan_contribute_command, {a}).pays(a, f.fkey, 500'000)

@@ -924,9 +924,12 @@ vault::DoneFn FlowRuntime::storeDone(std::function<void(const Status&)> on_execu
     ++requests_->in_flight;
   }
   std::weak_ptr<int> alive = alive_;
-  return [this, alive, requests = requests_, fn = std::move(on_executor)](const Status& status) {
+  // The executor, not `this`: a store drains its queue after the runtime is
+  // gone (a crash in the simulator), and its completions still run here.
+  Executor* executor = &executor_;
+  return [executor, alive, requests = requests_, fn = std::move(on_executor)](const Status& status) {
     // Posted before the count drops, so waitForStore() sees it queued.
-    executor_.post([alive, fn, status] {
+    executor->post([alive, fn, status] {
       if (alive.lock()) fn(status);
     });
     std::lock_guard lock(requests->mutex);

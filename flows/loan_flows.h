@@ -41,8 +41,12 @@
 //                        record (on time, late, full settlement) goes to the
 //                        borrower and the committee.
 //  loan.default          an approver declares an overdue loan in default with
-//                        the other approvers (check: overdue by this node's
-//                        clock), leaving a default credit record.
+//                        the other approvers (check: a default of a loan this
+//                        node approved, asked by a committee member; the
+//                        contract checks that the time window starts after
+//                        the unpaid instalment's due date, the notary that
+//                        the window holds its clock), leaving a default
+//                        credit record.
 //
 // The fund's tokens are selected by owner (the fund key), not with the
 // vault's selectFungible, which would mix them with a committee member's own
