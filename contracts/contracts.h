@@ -4,6 +4,7 @@
 // ccal.lc (letter_of_credit.h).
 
 #include "contracts/letter_of_credit.h"
+#include "contracts/loan.h"
 #include "contracts/member.h"
 #include "contracts/receivable.h"
 #include "contracts/token.h"

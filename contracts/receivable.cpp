@@ -11,6 +11,7 @@ void registerDealContracts(ContractRegistry& registry) {
   registry.add(std::make_unique<MemberContract>());
   registry.add(std::make_unique<ReceivableContract>());
   registry.add(std::make_unique<LetterOfCreditContract>());
+  registry.add(std::make_unique<LoanContract>());
 }
 
 Bytes encodeReceivable(const Receivable& r) {

@@ -374,9 +374,17 @@ Flow<SignedTransaction> collectSignaturesBody(FlowContext& ctx, const FlowServic
   if (auto st = stx.checkSignaturesAreValid(); !st) fail(st.error(), "transaction " + stx.id().hex());
   const auto& notary = stx.tx().notary();
   std::map<std::string, std::vector<Key>> by_party;
+  // A composite signer that no party holds (a fund's "k of n committee"
+  // key) is fulfilled by the leaf signatures of the parties asked for their
+  // own keys; checked once they have all signed.
+  std::vector<Key> composite;
   for (const Key& k : stx.missingSigningKeys()) {
     if (notary && k == notary->owningKey) continue;
     auto party = svc.partyByKey ? svc.partyByKey(k) : std::nullopt;
+    if (!party && !k.isSingle()) {
+      composite.push_back(k);
+      continue;
+    }
     if (!party) failFlow(Errc::not_found, "no party is known for required signer " + k.describe());
     if (party->name == ctx.self()) {
       failFlow(Errc::missing_signatures, "this node must sign with " + k.describe() +
@@ -415,6 +423,12 @@ Flow<SignedTransaction> collectSignaturesBody(FlowContext& ctx, const FlowServic
         failFlow(Errc::missing_signatures,
                  quoted(name) + " did not sign transaction " + stx.id().hex() + " with " + k.describe());
       }
+    }
+  }
+  for (const Key& k : composite) {
+    if (!k.isFulfilledBy(stx.signers())) {
+      failFlow(Errc::missing_signatures, "the signatures collected for transaction " + stx.id().hex() +
+                                             " do not fulfil " + k.describe());
     }
   }
   co_return stx;

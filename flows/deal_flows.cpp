@@ -1,5 +1,4 @@
 #include "flows/deal_flows.h"
-#include "flows/lc_flows.h"
 
 #include <algorithm>
 #include <charconv>
@@ -7,6 +6,8 @@
 #include <set>
 
 #include "contracts/contracts.h"
+#include "flows/lc_flows.h"
+#include "flows/loan_flows.h"
 #include "ledger/assert.h"
 #include "ledger/capnp_io.h"
 #include "schemas/contracts_flows.capnp.h"
@@ -69,6 +70,7 @@ const std::vector<DealFlowSpec>& dealFlowSpecs() {
         {"seller", ArgType::party, true, "the invoice's seller"}}},
   };
     s.insert(s.end(), lcFlowSpecs().begin(), lcFlowSpecs().end());
+    s.insert(s.end(), loanFlowSpecs().begin(), loanFlowSpecs().end());
     return s;
   }();
   return specs;
@@ -849,6 +851,7 @@ Status refuse(const std::string& why) { return makeError(Errc::forbidden, "refus
 
 void addDealChecks(FlowServices& svc, const DealPolicy& policy) {
   const FlowServices* s = &svc;
+  addLoanChecks(svc);
   svc.checks[std::string(token_redeem_deal)] = [s](const LedgerTransaction& tx, const std::string& initiator) -> Status {
     auto who = initiatorKey(*s, initiator);
     if (!who) return who.error();
@@ -937,6 +940,7 @@ Status registerDealFlows(FlowRuntime& runtime, const FlowServices& services, Dea
     return s;
   }
   if (auto s = registerLcFlows(runtime, services, sh->config); !s) return s;
+  if (auto s = registerLoanFlows(runtime, services, sh->config); !s) return s;
   return runtime.registerInitiating(std::string(receivable_finance_deal), std::string(receivable_finance_responder));
 }
 

@@ -17,6 +17,7 @@
 #include "flows/builtin_testing.h"
 #include "flows/delivery.h"
 #include "flows/lc_flows.h"
+#include "flows/loan_flows.h"
 #include "ledger/testing.h"
 #include "test/support/temp_dir.h"
 #include "vault/message_store.h"
@@ -310,7 +311,7 @@ struct Deal {
 }  // namespace
 
 TEST_CASE("deal flow arguments: the table validates before a flow starts") {
-  CHECK(dealFlowSpecs().size() == 8 + lcFlowSpecs().size());
+  CHECK(dealFlowSpecs().size() == 8 + lcFlowSpecs().size() + loanFlowSpecs().size());
   auto ok = parseDealArgs(token_move_deal, {"to=X", "amount=250", "currency=CNY"});
   REQUIRE(ok);
   CHECK(decodeDealArgs(token_move_deal, encodeDealArgs(*ok)).value() == *ok);

@@ -162,6 +162,14 @@ WriteFn Vault::selectFn(const LockId& holder, std::string_view token, const std:
       // Locked states are spoken for: another flow's, or this flow's own from
       // an earlier selection (counting those again would double-spend them).
       if (s.vs.lock) continue;
+      // Only states this node can spend alone: one of its own keys is a
+      // participant. A state it holds through a leaf of a composite key (a
+      // fund's "k of n committee" key) needs other signers too.
+      const auto& parts = s.vs.state.participants;
+      if (std::none_of(parts.begin(), parts.end(),
+                       [this](const Key& p) { return p.isSingle() && our_keys_.contains(p.single()); })) {
+        continue;
+      }
       auto view = VaultAccess::viewOf(*this, s.vs.state);
       CCAL_ASSERT(view.ok() && view->fungible.has_value());
       available += view->fungible->amount;
