@@ -507,6 +507,17 @@ int main(int argc, char** argv) {
   address.addOptions(vault_query);
   vault_query->add_flag("--json", vault_json, "Print the API's JSON answer");
 
+  auto* credit = app.add_subcommand("credit", "Credit records of the mutual-aid loans");
+  credit->require_subcommand(1);
+  std::string credit_subject;
+  bool credit_json = false;
+  auto* credit_report = credit->add_subcommand(
+      "report", "A party's credit history from what this node may see (GET /api/v1/credit/report)");
+  credit_report->add_option("--subject", credit_subject, "The party: its X.500 name or, with --dir, its folder name")
+      ->required();
+  address.addOptions(credit_report);
+  credit_report->add_flag("--json", credit_json, "Print the API's JSON answer");
+
   auto* flow = app.add_subcommand("flow", "Start, list, show and kill flows on a node");
   flow->require_subcommand(1);
   std::string flow_name, flow_args, flow_args_base64, flow_id, flow_state, flow_filter_name,
@@ -594,6 +605,20 @@ int main(int argc, char** argv) {
     nlohmann::json body = {{"from", address.memberName(message_peer)}, {"stream", message_stream},
                            {"count", message_count}};
     return call("message check", [&](auto& c) { return c.post("/api/v1/messages/diagnostic/check", body); });
+  }
+  if (credit_report->parsed()) {
+    auto client = address.client();
+    if (!client) return failWith("credit report", client.error(), credit_json);
+    auto answer = client->get("/api/v1/credit/report?subject=" +
+                              ccal::node::ApiClient::encodeSegment(address.memberName(credit_subject)));
+    if (!answer) return failWith("credit report", answer.error(), credit_json);
+    if (credit_json) {
+      std::cout << answer->dump(2) << "\n";
+    } else {
+      std::cout << "credit report of " << answer->value("subject", std::string()) << "\n"
+                << answer->value("text", std::string()) << "\n";
+    }
+    return 0;
   }
   if (vault_query->parsed()) {
     auto body = vaultQueryBody(address, vault_type, vault_fields, vault_status, vault_participant, vault_sort,

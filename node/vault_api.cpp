@@ -1,5 +1,8 @@
 #include "node/vault_api.h"
 
+#include "contracts/credit_record.h"
+#include "flows/loan_flows.h"
+
 #include <algorithm>
 #include <cctype>
 #include <charconv>
@@ -471,12 +474,37 @@ void VaultApi::addRoutes(ApiServer& api) {
     if (!answer) return ApiResponse::fromError(answer.error());
     return ApiResponse::ok(std::move(*answer));
   });
+  api.addRoute(HttpMethod::get, "/api/v1/credit/report", ApiRole::read_only,
+               [this](const ApiRequest& request) {
+                 auto subject = request.queryParam("subject");
+                 if (!subject || subject->empty()) {
+                   return ApiResponse::error(400, "malformed", "'subject' (a party's X.500 name) is required");
+                 }
+                 auto answer = creditReport(*subject);
+                 if (!answer) return ApiResponse::fromError(answer.error());
+                 return ApiResponse::ok(std::move(*answer));
+               });
   api.addRoute(HttpMethod::get, "/api/v1/vault/transactions/{id}", ApiRole::read_only,
                [this](const ApiRequest& request) {
                  auto answer = transaction(request.param("id"));
                  if (!answer) return ApiResponse::fromError(answer.error());
                  return ApiResponse::ok(std::move(*answer));
                });
+}
+
+Result<nlohmann::json> VaultApi::creditReport(std::string_view subject) const {
+  auto party = parties_.byName ? parties_.byName(subject) : std::nullopt;
+  if (!party) {
+    return makeError(Errc::bad_query, "no party '" + std::string(subject.substr(0, 200)) +
+                                          "' in the network map (give its X.500 name)");
+  }
+  auto report = flows::creditReportFromVault(vault_, party->owningKey);
+  if (!report) return report.error();
+  nlohmann::json out = nlohmann::json::parse(contracts::creditReportJson(*report), nullptr, false);
+  if (!out.is_object()) out = nlohmann::json::object();
+  out["subject"] = party->name;
+  out["text"] = contracts::describeCreditReport(*report);
+  return out;
 }
 
 }  // namespace ccal::node

@@ -98,6 +98,11 @@ class VaultApi {
   // The handlers, for tests without a socket.
   Result<nlohmann::json> query(const nlohmann::json& body) const;
   Result<nlohmann::json> transaction(std::string_view id_hex) const;
+  // GET /api/v1/credit/report?subject=X500: the subject's credit history from
+  // what this vault holds (contracts::creditReport over its loans and credit
+  // records): {subject, loans_taken, repaid_on_time, late, defaulted, settled,
+  // outstanding_minor, repaid_minor, text}; bad_query naming an unknown party.
+  Result<nlohmann::json> creditReport(std::string_view subject) const;
 
  private:
   const vault::Vault& vault_;

@@ -278,3 +278,41 @@ TEST_CASE("vault query API: times in and out, type aliases") {
   CHECK(resolveStateType(registry, "ccal.token.TokenState").value() == "ccal.token.TokenState");
   CHECK(resolveStateType(registry, "tokens").error().code == Errc::bad_query);
 }
+
+TEST_CASE("credit report API: a party's history from this vault; an unknown party is named") {
+  World w;
+  // A late instalment and an on-time one of the coop's loan, recorded as the fund's committee (the bank) sees them.
+  const SecureHash fund = SecureHash::of(asBytes("fund")), loan = SecureHash::of(asBytes("loan"));
+  int n = 0;
+  for (auto event : {contracts::CreditEvent::late_payment, contracts::CreditEvent::repayment_on_time}) {
+    contracts::CreditRecord r{w.coop.owningKey, fund, loan, event, 5000, "CNY", 1'750'000'000'000'000 + n++};
+    auto tx = TransactionBuilder(w.notary)
+                  .addOutput(contracts::creditRecordState(w.notary, r, {w.bank.owningKey}))
+                  .addCommand(Command{"ccal.loan.Repay", {}, {w.bank.owningKey}})
+                  .build();
+    REQUIRE(tx);
+    SignedTransaction stx(*tx);
+    stx.signWith(w.bank_key);
+    REQUIRE(w.vault->record(stx, vault::RecordMode::all_visible));
+  }
+  Served s(w);
+  auto reader = s.client();
+  json report = must(reader.get("/api/v1/credit/report?subject=" + ApiClient::encodeSegment(w.coop.name)));
+  CHECK(report["subject"] == w.coop.name);
+  CHECK(report["late"] == 1);
+  CHECK(report["repaid_on_time"] == 1);
+  CHECK(report["defaulted"] == 0);
+  CHECK(report["text"].get<std::string>().find("late") != std::string::npos);
+  json clean = must(reader.get("/api/v1/credit/report?subject=" + ApiClient::encodeSegment(w.other.name)));
+  CHECK(clean["late"] == 0);
+  CHECK(clean["repaid_on_time"] == 0);
+
+  auto unknown = reader.exchange(HttpMethod::get, "/api/v1/credit/report?subject=O%3DNobody", nullptr);
+  REQUIRE(unknown);
+  CHECK(unknown->status == 400);
+  CHECK(unknown->body["error"]["message"].get<std::string>().find("no party 'O=Nobody'") != std::string::npos);
+  auto missing = reader.exchange(HttpMethod::get, "/api/v1/credit/report", nullptr);
+  REQUIRE(missing);
+  CHECK(missing->status == 400);
+}
+
