@@ -170,6 +170,7 @@ struct TNode {
     open();
   }
   void quiesce() {
+    if (vault) vault->waitForWrites();  // vault writes queued by flows (their completions post back)
     if (delivery) delivery->waitForStore();
     if (runtime) runtime->waitForStore();
   }

@@ -70,6 +70,7 @@ struct TNode {
   Party party() const { return Party{name, Key(key.publicKey())}; }
   void open();
   void quiesce() {
+    if (vault) vault->waitForWrites();  // vault writes queued by flows (their completions post back)
     if (delivery) delivery->waitForStore();
     if (runtime) runtime->waitForStore();
   }

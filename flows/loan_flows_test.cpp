@@ -71,6 +71,7 @@ struct TNode {
   Key owningKey() const { return Key(key.publicKey()); }
   void open();
   void quiesce() {
+    if (vault) vault->waitForWrites();  // vault writes queued by flows (their completions post back)
     delivery->waitForStore();
     runtime->waitForStore();
   }

@@ -708,6 +708,7 @@ void Node::Impl::stop() {
     });
   }
   if (link) link->stop();
+  if (vault) vault->waitForWrites();  // flows' vault writes post their completions back
   if (flows) flows->waitForStore();
   if (delivery) delivery->waitForStore();
   if (notary) notary->quiesce();

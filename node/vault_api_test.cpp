@@ -218,7 +218,7 @@ TEST_CASE("vault query API: bad queries are refused with 400 naming what is wron
   };
   const std::vector<Case> cases = {
       {{{"type", "ccal.token.Nothing"}}, "unknown state type 'ccal.token.Nothing'"},
-      {{{"type", "loan"}}, "known: ccal.member.MemberState"},
+      {{{"type", "mortgage"}}, "unknown state type 'mortgage' (known: ccal.lc.LetterOfCreditState"},
       {{{"type", "token"}, {"fields", {{{"name", "colour"}, {"value", "red"}}}}}, "unknown field 'colour'"},
       {{{"type", "token"}, {"fields", {{{"name", "colour"}, {"value", "red"}}}}}, "declared: amount, currency"},
       {{{"type", "token"}, {"fields", {{{"name", "amount"}, {"op", "~"}, {"value", 1}}}}}, "unknown op '~'"},

@@ -257,7 +257,25 @@ struct RecordPlan {
 
 }  // namespace
 
+DoneFn Vault::tracked(DoneFn done) {
+  {
+    std::lock_guard lock(pending_->mutex);
+    ++pending_->in_flight;
+  }
+  return [pending = pending_, done = std::move(done)](const Status& status) {
+    done(status);
+    std::lock_guard lock(pending->mutex);
+    if (--pending->in_flight == 0) pending->idle.notify_all();
+  };
+}
+
+void Vault::waitForWrites() const {
+  std::unique_lock lock(pending_->mutex);
+  pending_->idle.wait(lock, [&] { return pending_->in_flight == 0; });
+}
+
 void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn done) {
+  done = tracked(std::move(done));
   const SignedTransaction& stx = vtx.stx();
   const SecureHash& id = stx.id();
   // VerifiedTransaction shares its immutable transaction: no copy.

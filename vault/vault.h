@@ -4,6 +4,7 @@
 // selection and tracking. All writes go through the Store's group-committing
 // writer; reads run on any thread.
 
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -256,6 +257,9 @@ class Vault {
   Status checkConsistency() const;
 
   Store& store() { return *store_; }
+  // Blocks until every write queued through recordAsync, selectFungibleAsync
+  // and releaseAsync has run its done() (for tests' quiescence and shutdown).
+  void waitForWrites() const;
   const ContractRegistry& registry() const { return registry_; }
 
  private:
@@ -273,6 +277,14 @@ class Vault {
   const ContractRegistry& registry_;
   std::set<PublicKey> our_keys_;
   std::unique_ptr<Store> store_;
+  // Asynchronous writes whose done() has not returned yet.
+  struct Pending {
+    mutable std::mutex mutex;
+    mutable std::condition_variable idle;
+    uint64_t in_flight = 0;
+  };
+  std::shared_ptr<Pending> pending_ = std::make_shared<Pending>();
+  DoneFn tracked(DoneFn done);
   // The sequence number the next recorded transaction gets. Written by the
   // store's writer thread only (set at open before any write).
   uint64_t next_seq_ = 1;

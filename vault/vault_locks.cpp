@@ -61,7 +61,7 @@ Status Vault::release(const LockId& holder, std::span<const StateRef> refs) {
 }
 
 void Vault::releaseAsync(const LockId& holder, std::span<const StateRef> refs, DoneFn done) {
-  store_->submit(releaseFn(holder, refs), std::move(done));
+  store_->submit(releaseFn(holder, refs), tracked(std::move(done)));
 }
 
 WriteFn Vault::releaseFn(const LockId& holder, std::span<const StateRef> refs) {
@@ -135,10 +135,10 @@ void Vault::selectFungibleAsync(const LockId& holder, std::string_view token,
   if (amount <= 0) return done(makeError(Errc::bad_query, "a selection needs a positive amount"));
   auto selection = std::make_shared<FungibleSelection>();
   store_->submit(selectFn(holder, token, issuer, amount, selection),
-                 [selection, done = std::move(done)](const Status& status) {
+                 tracked([selection, done = std::move(done)](const Status& status) {
                    if (!status.ok()) return done(status.error());
                    done(std::move(*selection));
-                 });
+                 }));
 }
 
 WriteFn Vault::selectFn(const LockId& holder, std::string_view token, const std::optional<SecureHash>& issuer,

@@ -75,6 +75,7 @@ class BuiltinNode final : public sim::Node {
     messages_.reset();
   }
   void quiesce() override {
+    if (vault_) vault_->waitForWrites();  // vault writes queued by flows (their completions post back)
     delivery_->waitForStore();
     runtime_->waitForStore();
   }

@@ -122,6 +122,7 @@ class FlowNode final : public sim::Node {
     messages_.reset();
   }
   void quiesce() override {
+    if (vault_) vault_->waitForWrites();  // vault writes queued by flows (their completions post back)
     delivery_->waitForStore();
     runtime_->waitForStore();
   }
