@@ -236,8 +236,6 @@ std::vector<std::string> argParties(const DealArgs& args, std::string_view name)
 
 // --- journaled vault access --------------------------------------------------------------
 
-namespace {
-
 Bytes encodeStates(const std::vector<StateAndRef>& states) {
   return buildCanonical<schema::dealflows::StateList>([&](auto b) {
     auto l = b.initStates(static_cast<uint32_t>(states.size()));
@@ -262,6 +260,10 @@ Result<std::vector<StateAndRef>> decodeStates(ByteView bytes) {
         return out;
       });
 }
+
+namespace {
+
+
 
 std::vector<StateAndRef> fromVault(const std::vector<vault::VaultState>& states) {
   std::vector<StateAndRef> out;

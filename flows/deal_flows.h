@@ -102,6 +102,11 @@ std::vector<std::string> argParties(const DealArgs& args, std::string_view name)
 // Microseconds since the epoch of midnight UTC of a YYYY-MM-DD date.
 Result<int64_t> parseDateMicros(std::string_view date);
 
+// A list of states as a journaled call's outcome (schema dealflows.StateList),
+// for the deal, letter-of-credit and loan flows' vault reads.
+Bytes encodeStates(const std::vector<StateAndRef>& states);
+Result<std::vector<StateAndRef>> decodeStates(ByteView bytes);
+
 // --- policy and registration ------------------------------------------------------------
 
 // What this node agrees to, applied by its responders' business checks.

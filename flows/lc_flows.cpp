@@ -93,32 +93,9 @@ Result<std::vector<std::pair<std::string, SecureHash>>> parseLcDocuments(std::st
 
 namespace {
 
-// --- journaled vault reads (as in deal_flows.cpp) ------------------------------------------
+// --- journaled vault reads (state lists: encodeStates / decodeStates of deal_flows.h) -------
 
-Bytes encodeStates(const std::vector<StateAndRef>& states) {
-  return buildCanonical<schema::dealflows::StateList>([&](auto b) {
-    auto l = b.initStates(static_cast<uint32_t>(states.size()));
-    for (uint32_t i = 0; i < states.size(); ++i) {
-      writeStateRef(l[i].initRef(), states[i].ref);
-      writeTransactionState(l[i].initState(), states[i].state);
-    }
-  });
-}
 
-Result<std::vector<StateAndRef>> decodeStates(ByteView bytes) {
-  return decodeMessage<schema::dealflows::StateList>(
-      bytes, "state list", Canonical::required, [](auto r) -> Result<std::vector<StateAndRef>> {
-        std::vector<StateAndRef> out;
-        for (auto e : r.getStates()) {
-          auto ref = readStateRef(e.getRef());
-          if (!ref) return ref.error();
-          auto st = readTransactionState(e.getState(), default_component_limits);
-          if (!st) return st.error();
-          out.push_back({std::move(st).value(), *ref});
-        }
-        return out;
-      });
-}
 
 Flow<std::vector<StateAndRef>> queryStates(FlowContext& ctx, const FlowServices& svc, vault::Criteria criteria) {
   vault::Vault* v = svc.vault;
