@@ -261,6 +261,19 @@ Result<std::vector<StateAndRef>> decodeStates(ByteView bytes) {
       });
 }
 
+Flow<bool> releaseLocks(FlowContext& ctx, const FlowServices& svc) {
+  vault::Vault* v = svc.vault;
+  const SecureHash holder = ctx.id();
+  CallOp op = [v, holder](CallDone done) {
+    v->releaseAsync(holder, {}, [done = std::move(done)](const Status& s) {
+      if (!s.ok()) return done(s.error());
+      done(Bytes{});
+    });
+  };
+  co_await ctx.call("vault.release", std::move(op));
+  co_return true;
+}
+
 namespace {
 
 
@@ -308,18 +321,6 @@ Flow<std::vector<StateAndRef>> selectTokens(FlowContext& ctx, const FlowServices
   co_return out;
 }
 
-Flow<bool> releaseLocks(FlowContext& ctx, const FlowServices& svc) {
-  vault::Vault* v = svc.vault;
-  const SecureHash holder = ctx.id();
-  CallOp op = [v, holder](CallDone done) {
-    v->releaseAsync(holder, {}, [done = std::move(done)](const Status& s) {
-      if (!s.ok()) return done(s.error());
-      done(Bytes{});
-    });
-  };
-  co_await ctx.call("vault.release", std::move(op));
-  co_return true;
-}
 
 // The state at `ref` if this vault holds it unconsumed.
 Flow<std::vector<StateAndRef>> unconsumedState(FlowContext& ctx, const FlowServices& svc, StateRef ref) {

@@ -106,6 +106,8 @@ Result<int64_t> parseDateMicros(std::string_view date);
 // for the deal, letter-of-credit and loan flows' vault reads.
 Bytes encodeStates(const std::vector<StateAndRef>& states);
 Result<std::vector<StateAndRef>> decodeStates(ByteView bytes);
+// Releases every soft lock the flow holds (a journaled call, not blocking the executor).
+Flow<bool> releaseLocks(FlowContext& ctx, const FlowServices& svc);
 
 // --- policy and registration ------------------------------------------------------------
 

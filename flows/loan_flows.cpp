@@ -205,20 +205,6 @@ Flow<std::vector<StateAndRef>> selectOwned(FlowContext& ctx, const FlowServices&
   co_return out;
 }
 
-Flow<bool> releaseLocks(FlowContext& ctx, const FlowServices& svc) {
-  vault::Vault* v = svc.vault;
-  const SecureHash holder = ctx.id();
-  CallOp op = [v, holder](CallDone done) {
-    auto s = v->release(holder);
-    if (!s) {
-      done(s.error());
-      return;
-    }
-    done(Bytes{});
-  };
-  co_await ctx.call("vault.release", std::move(op));
-  co_return true;
-}
 
 Flow<Bytes> releasingLocks(FlowContext& ctx, const FlowServices& svc, Flow<Bytes> body) {
   Result<Bytes> r = co_await body.asResult();
