@@ -274,18 +274,28 @@ Flow<bool> releaseLocks(FlowContext& ctx, const FlowServices& svc) {
   co_return true;
 }
 
-namespace {
-
-
-
-std::vector<StateAndRef> fromVault(const std::vector<vault::VaultState>& states) {
-  std::vector<StateAndRef> out;
-  for (const auto& s : states) out.push_back({s.state, s.ref});
-  return out;
+DealArgs dealArgsOf(std::string_view flow, const Bytes& bytes) {
+  auto a = decodeDealArgs(flow, bytes);
+  if (!a) throw FlowFailure(a.error());
+  return std::move(a).value();
 }
 
-// Unconsumed states matching `criteria` (the first page of at most 200).
-Flow<std::vector<StateAndRef>> queryStates(FlowContext& ctx, const FlowServices& svc, std::string name,
+Party partyNamed(const FlowServices& svc, const std::string& name, std::string_view arg) {
+  auto p = svc.partyByName ? svc.partyByName(name) : std::nullopt;
+  if (!p) failFlow(Errc::not_found, "argument '" + std::string(arg) + "': no party named '" + name + "'");
+  return *p;
+}
+
+Party dealNotary(const FlowServices& svc, const DealConfig& config, const DealArgs& args) {
+  auto it = args.find("notary");
+  const std::string name = it != args.end() ? it->second : config.notary;
+  if (name.empty()) failFlow(Errc::malformed, "no notary: pass notary=NAME (the node names none)");
+  return partyNamed(svc, name, "notary");
+}
+
+Bytes idBytes(const SecureHash& id) { return Bytes(id.bytes().begin(), id.bytes().end()); }
+
+Flow<std::vector<StateAndRef>> queryStates(FlowContext& ctx, const FlowServices& svc, std::string call,
                                            vault::Criteria criteria) {
   vault::Vault* v = svc.vault;
   CallOp op = [v, criteria](CallDone done) {
@@ -294,11 +304,75 @@ Flow<std::vector<StateAndRef>> queryStates(FlowContext& ctx, const FlowServices&
       done(page.error());
       return;
     }
-    done(encodeStates(fromVault(page->states)));
+    std::vector<StateAndRef> out;
+    out.reserve(page->states.size());
+    for (const auto& st : page->states) out.push_back({st.state, st.ref});
+    done(encodeStates(out));
   };
   auto decode = [](ByteView b) { return decodeStates(b); };
-  std::vector<StateAndRef> out = co_await ctx.call<std::vector<StateAndRef>>(std::move(name), std::move(op), decode);
+  std::vector<StateAndRef> out = co_await ctx.call<std::vector<StateAndRef>>(std::move(call), std::move(op), decode);
   co_return out;
+}
+
+Flow<SignedTransaction> signAndFinalise(FlowContext& ctx, const FlowServices& svc, TransactionBuilder b,
+                                        std::string check, std::vector<std::string> observers) {
+  Bytes salt = co_await privacySalt(ctx);
+  b.setPrivacySalt(salt);
+  auto wtx = b.build();
+  if (!wtx) throw FlowFailure(wtx.error());
+  SignedTransaction stx(std::move(wtx).value());
+  stx = co_await collectSignatures(ctx, svc, std::move(stx), std::move(check));
+  stx = co_await finality(ctx, svc, std::move(stx), std::move(observers));
+  co_return stx;
+}
+
+std::vector<TransactionState> payOutputs(const std::vector<StateAndRef>& selected, const Key& payer,
+                                         const Key& payee, const std::string& currency, int64_t amount,
+                                         const Party& notary) {
+  std::map<SecureHash, std::pair<Key, int64_t>> byIssuer;  // issuer hash -> (issuer, total)
+  std::vector<SecureHash> order;
+  for (const auto& s : selected) {
+    auto t = decodeToken(s.state.data).value();
+    auto [it, fresh] = byIssuer.try_emplace(t.issuer.hash(), t.issuer, 0);
+    if (fresh) order.push_back(t.issuer.hash());
+    it->second.second = addChecked(it->second.second, t.amountMinor).value();
+  }
+  std::vector<TransactionState> out;
+  int64_t remaining = amount;
+  for (const SecureHash& h : order) {
+    const auto& [issuer, total] = byIssuer.at(h);
+    const int64_t pay = std::min(total, remaining);
+    remaining -= pay;
+    if (pay > 0) out.push_back(tokenState(notary, Token{payee, issuer, currency, pay}));
+    if (total - pay > 0) out.push_back(tokenState(notary, Token{payer, issuer, currency, total - pay}));
+  }
+  CCAL_ASSERT(remaining == 0);
+  return out;
+}
+
+Flow<Bytes> releasingLocks(FlowContext& ctx, const FlowServices& svc, Flow<Bytes> body) {
+  Result<Bytes> r = co_await body.asResult();
+  co_await releaseLocks(ctx, svc);
+  if (!r) throw FlowFailure(r.error());
+  co_return std::move(r).value();
+}
+
+bool holdsKey(const FlowServices& svc, const Key& k) { return !svc.keysFor({k}).empty(); }
+
+Status refusal(const std::string& why) { return makeError(Errc::forbidden, "refused: " + why); }
+
+Result<Key> initiatorKey(const FlowServices& svc, const std::string& initiator) {
+  auto p = svc.partyByName ? svc.partyByName(initiator) : std::nullopt;
+  if (!p) return makeError(Errc::not_found, "the initiator '" + initiator + "' is not in the network map");
+  return p->owningKey;
+}
+
+namespace {
+
+std::vector<StateAndRef> fromVault(const std::vector<vault::VaultState>& states) {
+  std::vector<StateAndRef> out;
+  for (const auto& s : states) out.push_back({s.state, s.ref});
+  return out;
 }
 
 // Tokens of `currency` (of `issuer` when given) summing to at least
@@ -320,7 +394,6 @@ Flow<std::vector<StateAndRef>> selectTokens(FlowContext& ctx, const FlowServices
       co_await ctx.call<std::vector<StateAndRef>>("vault.selectFungible", std::move(op), decode);
   co_return out;
 }
-
 
 // The state at `ref` if this vault holds it unconsumed.
 Flow<std::vector<StateAndRef>> unconsumedState(FlowContext& ctx, const FlowServices& svc, StateRef ref) {
@@ -372,82 +445,15 @@ struct Shared {
   DealConfig config;
 };
 
-Party partyNamed(const FlowServices& svc, const std::string& name, std::string_view arg) {
-  auto p = svc.partyByName ? svc.partyByName(name) : std::nullopt;
-  if (!p) failFlow(Errc::not_found, "argument '" + std::string(arg) + "': no party named '" + name + "'");
-  return *p;
-}
-
-Party notaryFor(const Shared& sh, const DealArgs& args) {
-  auto it = args.find("notary");
-  const std::string name = it != args.end() ? it->second : sh.config.notary;
-  if (name.empty()) failFlow(Errc::malformed, "no notary: pass notary=NAME (the node names none)");
-  return partyNamed(*sh.svc, name, "notary");
-}
-
-DealArgs argsOf(std::string_view flow, const Bytes& bytes) {
-  auto a = decodeDealArgs(flow, bytes);
-  if (!a) throw FlowFailure(a.error());
-  return std::move(a).value();
-}
-
-Bytes idBytes(const SecureHash& id) { return Bytes(id.bytes().begin(), id.bytes().end()); }
-
-Flow<SignedTransaction> signAndFinalise(FlowContext& ctx, const FlowServices& svc, TransactionBuilder b,
-                                        std::string check, std::vector<std::string> observers) {
-  Bytes salt = co_await privacySalt(ctx);
-  b.setPrivacySalt(salt);
-  auto wtx = b.build();
-  if (!wtx) throw FlowFailure(wtx.error());
-  SignedTransaction stx(std::move(wtx).value());
-  stx = co_await collectSignatures(ctx, svc, std::move(stx), std::move(check));
-  stx = co_await finality(ctx, svc, std::move(stx), std::move(observers));
-  co_return stx;
-}
-
-// Outputs paying `amount` of the selected tokens to `payee`, the rest back
-// to `payer`, per issuer (so each (currency, issuer) is conserved).
-std::vector<TransactionState> payOutputs(const std::vector<StateAndRef>& selected, const Key& payer,
-                                         const Key& payee, const std::string& currency, int64_t amount,
-                                         const Party& notary) {
-  std::map<SecureHash, std::pair<Key, int64_t>> byIssuer;  // issuer hash -> (issuer, total)
-  std::vector<SecureHash> order;
-  for (const auto& s : selected) {
-    auto t = decodeToken(s.state.data).value();
-    auto [it, fresh] = byIssuer.try_emplace(t.issuer.hash(), t.issuer, 0);
-    if (fresh) order.push_back(t.issuer.hash());
-    it->second.second = addChecked(it->second.second, t.amountMinor).value();
-  }
-  std::vector<TransactionState> out;
-  int64_t remaining = amount;
-  for (const SecureHash& h : order) {
-    const auto& [issuer, total] = byIssuer.at(h);
-    const int64_t pay = std::min(total, remaining);
-    remaining -= pay;
-    if (pay > 0) out.push_back(tokenState(notary, Token{payee, issuer, currency, pay}));
-    if (total - pay > 0) out.push_back(tokenState(notary, Token{payer, issuer, currency, total - pay}));
-  }
-  CCAL_ASSERT(remaining == 0);
-  return out;
-}
-
-// Runs `body` and releases this flow's soft locks whatever its outcome.
-Flow<Bytes> releasingLocks(FlowContext& ctx, const FlowServices& svc, Flow<Bytes> body) {
-  Result<Bytes> r = co_await body.asResult();
-  co_await releaseLocks(ctx, svc);
-  if (!r) throw FlowFailure(r.error());
-  co_return std::move(r).value();
-}
-
 std::string hashText(const Key& k) { return k.hash().shortHex(); }
 
 // --- token flows ----------------------------------------------------------------------------
 
 Flow<Bytes> tokenIssueFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Bytes raw) {
   const FlowServices& svc = *sh->svc;
-  const DealArgs args = argsOf(token_issue_deal, raw);
+  const DealArgs args = dealArgsOf(token_issue_deal, raw);
   const Party to = partyNamed(svc, args.at("to"), "to");
-  const Party notary = notaryFor(*sh, args);
+  const Party notary = dealNotary(*sh->svc, sh->config, args);
   Token t{to.owningKey, svc.identity.owningKey, args.at("currency"), argAmount(args, "amount")};
   TransactionBuilder b(notary);
   b.addOutput(tokenState(notary, t));
@@ -478,7 +484,7 @@ Flow<Bytes> tokenMoveBody(FlowContext& ctx, std::shared_ptr<const Shared> sh, De
 }
 
 Flow<Bytes> tokenMoveFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Bytes raw) {
-  DealArgs args = argsOf(token_move_deal, raw);
+  DealArgs args = dealArgsOf(token_move_deal, raw);
   Bytes out = co_await releasingLocks(ctx, *sh->svc, tokenMoveBody(ctx, sh, std::move(args)));
   co_return out;
 }
@@ -507,7 +513,7 @@ Flow<Bytes> tokenRedeemBody(FlowContext& ctx, std::shared_ptr<const Shared> sh, 
 }
 
 Flow<Bytes> tokenRedeemFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Bytes raw) {
-  DealArgs args = argsOf(token_redeem_deal, raw);
+  DealArgs args = dealArgsOf(token_redeem_deal, raw);
   Bytes out = co_await releasingLocks(ctx, *sh->svc, tokenRedeemBody(ctx, sh, std::move(args)));
   co_return out;
 }
@@ -516,9 +522,9 @@ Flow<Bytes> tokenRedeemFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, 
 
 Flow<Bytes> memberIssueFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Bytes raw) {
   const FlowServices& svc = *sh->svc;
-  const DealArgs args = argsOf(member_issue_deal, raw);
+  const DealArgs args = dealArgsOf(member_issue_deal, raw);
   const Party member = partyNamed(svc, args.at("member"), "member");
-  const Party notary = notaryFor(*sh, args);
+  const Party notary = dealNotary(*sh->svc, sh->config, args);
   std::vector<std::string> observers = argParties(args, "observers");
   for (const auto& o : observers) partyNamed(svc, o, "observers");
   const int64_t now = co_await ctx.now();
@@ -541,7 +547,7 @@ Flow<Bytes> memberIssueFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, 
 
 Flow<Bytes> memberRevokeFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Bytes raw) {
   const FlowServices& svc = *sh->svc;
-  const DealArgs args = argsOf(member_revoke_deal, raw);
+  const DealArgs args = dealArgsOf(member_revoke_deal, raw);
   const Party member = partyNamed(svc, args.at("member"), "member");
   const std::string type(member_state_type);
   vault::Criteria c =
@@ -621,10 +627,10 @@ inline constexpr std::string_view share_flow = "receivable.share";
 
 Flow<Bytes> receivableIssueFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Bytes raw) {
   const FlowServices& svc = *sh->svc;
-  const DealArgs args = argsOf(receivable_issue_deal, raw);
+  const DealArgs args = dealArgsOf(receivable_issue_deal, raw);
   const Party buyer = partyNamed(svc, args.at("buyer"), "buyer");
   if (buyer.owningKey == svc.identity.owningKey) failFlow(Errc::malformed, "argument 'buyer': a seller cannot invoice itself");
-  const Party notary = notaryFor(*sh, args);
+  const Party notary = dealNotary(*sh->svc, sh->config, args);
   const std::string number = args.at("invoice");
   const int64_t due = parseDateMicros(args.at("due")).value();
   const int64_t now = co_await ctx.now();
@@ -722,7 +728,7 @@ Flow<StateAndRef> findReceivable(FlowContext& ctx, const FlowServices& svc, std:
 
 Flow<Bytes> receivableFinanceFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Bytes raw) {
   const FlowServices& svc = *sh->svc;
-  const DealArgs args = argsOf(receivable_finance_deal, raw);
+  const DealArgs args = dealArgsOf(receivable_finance_deal, raw);
   const Party financier = partyNamed(svc, args.at("financier"), "financier");
   if (financier.owningKey == svc.identity.owningKey) failFlow(Errc::malformed, "argument 'financier': this node holds it already");
   const int64_t advance = argAmount(args, "advance");
@@ -817,38 +823,20 @@ Flow<Bytes> receivableSettleBody(FlowContext& ctx, std::shared_ptr<const Shared>
 }
 
 Flow<Bytes> receivableSettleFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Bytes raw) {
-  DealArgs args = argsOf(receivable_settle_deal, raw);
+  DealArgs args = dealArgsOf(receivable_settle_deal, raw);
   Bytes out = co_await releasingLocks(ctx, *sh->svc, receivableSettleBody(ctx, sh, std::move(args)));
   co_return out;
 }
 
 // --- business checks -------------------------------------------------------------------------
 
-bool ours(const FlowServices& svc, const Key& k) { return !svc.keysFor({k}).empty(); }
-
-Result<Key> initiatorKey(const FlowServices& svc, const std::string& initiator) {
-  auto p = svc.partyByName ? svc.partyByName(initiator) : std::nullopt;
-  if (!p) return makeError(Errc::not_found, "the initiator '" + initiator + "' is not in the network map");
-  return p->owningKey;
-}
-
 std::optional<Receivable> onlyReceivable(const std::vector<const TransactionState*>& states) {
-  std::optional<Receivable> out;
-  for (const auto* s : states) {
-    if (s->stateType != receivable_state_type) continue;
-    if (out) return std::nullopt;
-    auto r = decodeReceivable(s->data);
-    if (!r) return std::nullopt;
-    out = *r;
-  }
-  return out;
+  return onlyOf<Receivable>(states, receivable_state_type, [](ByteView b) { return decodeReceivable(b); });
 }
 
 std::vector<const TransactionState*> inputStates(const LedgerTransaction& tx, std::string_view contract) {
   return tx.inputsOf(contract);
 }
-
-Status refuse(const std::string& why) { return makeError(Errc::forbidden, "refused: " + why); }
 
 }  // namespace
 
@@ -861,12 +849,12 @@ void addDealChecks(FlowServices& svc, const DealPolicy& policy) {
     bool any = false;
     for (const auto* st : inputStates(tx, token_contract)) {
       auto t = decodeToken(st->data);
-      if (!t) return refuse("a token input does not decode");
-      if (!ours(*s, t.value().issuer)) return refuse("this node did not issue every redeemed token");
-      if (t.value().owner != *who) return refuse("'" + initiator + "' does not own every redeemed token");
+      if (!t) return refusal("a token input does not decode");
+      if (!holdsKey(*s, t.value().issuer)) return refusal("this node did not issue every redeemed token");
+      if (t.value().owner != *who) return refusal("'" + initiator + "' does not own every redeemed token");
       any = true;
     }
-    if (!any) return refuse("nothing is redeemed");
+    if (!any) return refusal("nothing is redeemed");
     return {};
   };
   svc.checks[std::string(receivable_issue_deal)] = [s, policy](const LedgerTransaction& tx,
@@ -874,11 +862,11 @@ void addDealChecks(FlowServices& svc, const DealPolicy& policy) {
     auto who = initiatorKey(*s, initiator);
     if (!who) return who.error();
     auto r = onlyReceivable(tx.outputsOf(receivable_contract));
-    if (!r) return refuse("the transaction creates no single receivable");
-    if (!ours(*s, r->buyer)) return refuse("this node is not the buyer of invoice " + r->invoiceNumber);
-    if (r->seller != *who) return refuse("'" + initiator + "' is not the seller of invoice " + r->invoiceNumber);
+    if (!r) return refusal("the transaction creates no single receivable");
+    if (!holdsKey(*s, r->buyer)) return refusal("this node is not the buyer of invoice " + r->invoiceNumber);
+    if (r->seller != *who) return refusal("'" + initiator + "' is not the seller of invoice " + r->invoiceNumber);
     if (r->amountMinor > policy.invoice_amount_max_minor) {
-      return refuse("invoice " + r->invoiceNumber + " of " + std::to_string(r->amountMinor) + " " + r->currency +
+      return refusal("invoice " + r->invoiceNumber + " of " + std::to_string(r->amountMinor) + " " + r->currency +
                     " is above this buyer's limit of " + std::to_string(policy.invoice_amount_max_minor));
     }
     return {};
@@ -889,14 +877,14 @@ void addDealChecks(FlowServices& svc, const DealPolicy& policy) {
     if (!who) return who.error();
     auto before = onlyReceivable(inputStates(tx, receivable_contract));
     auto after = onlyReceivable(tx.outputsOf(receivable_contract));
-    if (!before || !after) return refuse("the transaction assigns no single receivable");
-    if (!ours(*s, before->holder)) return refuse("this node does not hold invoice " + before->invoiceNumber);
-    if (after->holder != *who) return refuse("the invoice is not assigned to the initiator '" + initiator + "'");
+    if (!before || !after) return refusal("the transaction assigns no single receivable");
+    if (!holdsKey(*s, before->holder)) return refusal("this node does not hold invoice " + before->invoiceNumber);
+    if (after->holder != *who) return refusal("the invoice is not assigned to the initiator '" + initiator + "'");
     auto advance = netTokensTo(tx, before->holder, before->currency);
     if (!advance || *advance <= 0 ||
         *advance < before->amountMinor / 100 * policy.finance_advance_percent_min +
                        before->amountMinor % 100 * policy.finance_advance_percent_min / 100) {
-      return refuse("an advance of " + std::to_string(advance.value_or(0)) + " " + before->currency + " on " +
+      return refusal("an advance of " + std::to_string(advance.value_or(0)) + " " + before->currency + " on " +
                     std::to_string(before->amountMinor) + " is below this holder's " +
                     std::to_string(policy.finance_advance_percent_min) + "%");
     }
@@ -907,11 +895,11 @@ void addDealChecks(FlowServices& svc, const DealPolicy& policy) {
     auto who = initiatorKey(*s, initiator);
     if (!who) return who.error();
     auto r = onlyReceivable(inputStates(tx, receivable_contract));
-    if (!r) return refuse("the transaction settles no single receivable");
-    if (!ours(*s, r->holder)) return refuse("this node does not hold invoice " + r->invoiceNumber);
-    if (r->buyer != *who) return refuse("'" + initiator + "' is not the buyer of invoice " + r->invoiceNumber);
+    if (!r) return refusal("the transaction settles no single receivable");
+    if (!holdsKey(*s, r->holder)) return refusal("this node does not hold invoice " + r->invoiceNumber);
+    if (r->buyer != *who) return refusal("'" + initiator + "' is not the buyer of invoice " + r->invoiceNumber);
     auto paid = netTokensTo(tx, r->holder, r->currency);
-    if (!paid || *paid < r->amountMinor) return refuse("this holder is not paid in full");
+    if (!paid || *paid < r->amountMinor) return refusal("this holder is not paid in full");
     return {};
   };
   addLcChecks(svc);

@@ -38,6 +38,7 @@
 // which the initiator's flow fails with.
 
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -129,6 +130,53 @@ struct DealConfig {
   int64_t time_window_micros = 10 * 60'000'000LL;  // receivable.issue's window after now
   int64_t clock_skew_micros_max = 60'000'000;      // ... and before now
 };
+
+// --- building blocks of the deal, letter-of-credit and loan flows -----------------------
+
+// A flow's arguments decoded and checked again (the flow fails with the error).
+DealArgs dealArgsOf(std::string_view flow, const Bytes& bytes);
+// The party `name` from the network map; the flow fails naming argument `arg`.
+Party partyNamed(const FlowServices& svc, const std::string& name, std::string_view arg);
+// The notary argument `notary`, or the node's configured one.
+Party dealNotary(const FlowServices& svc, const DealConfig& config, const DealArgs& args);
+Bytes idBytes(const SecureHash& id);
+// Unconsumed states matching `criteria` (the first page of at most 200), as the
+// journaled call `call` (its name is part of the journal: keep it stable).
+Flow<std::vector<StateAndRef>> queryStates(FlowContext& ctx, const FlowServices& svc, std::string call,
+                                           vault::Criteria criteria);
+// Salts and builds `b`, collects the signatures (`check`: the responders'
+// business check), notarises and records it, sends it to the participants,
+// the rules' observers and `observers`.
+Flow<SignedTransaction> signAndFinalise(FlowContext& ctx, const FlowServices& svc, TransactionBuilder b,
+                                        std::string check, std::vector<std::string> observers);
+// Token outputs paying `amount` of the selected tokens to `payee`, the rest
+// back to `payer`, per issuer in the order first selected (each (currency,
+// issuer) conserved). The selection must cover `amount`.
+std::vector<TransactionState> payOutputs(const std::vector<StateAndRef>& selected, const Key& payer,
+                                         const Key& payee, const std::string& currency, int64_t amount,
+                                         const Party& notary);
+// Runs `body` and releases this flow's soft locks whatever its outcome.
+Flow<Bytes> releasingLocks(FlowContext& ctx, const FlowServices& svc, Flow<Bytes> body);
+
+// For the responders' business checks:
+bool holdsKey(const FlowServices& svc, const Key& k);  // a key this node signs with
+Status refusal(const std::string& why);               // Errc::forbidden "refused: why"
+// The owning key of the initiator named `initiator` (not_found if unknown).
+Result<Key> initiatorKey(const FlowServices& svc, const std::string& initiator);
+// The one state of `type` among `states`, decoded; none if absent, repeated or undecodable.
+template <class T, class DecodeFn>
+std::optional<T> onlyOf(const std::vector<const TransactionState*>& states, std::string_view type,
+                        DecodeFn decode) {
+  std::optional<T> out;
+  for (const auto* s : states) {
+    if (s->stateType != type) continue;
+    if (out) return std::nullopt;
+    auto v = decode(s->data);
+    if (!v) return std::nullopt;
+    out = *v;
+  }
+  return out;
+}
 
 // Adds the business checks named after the deal flows (token.redeem,
 // receivable.issue, receivable.finance, receivable.settle) to `svc.checks`,

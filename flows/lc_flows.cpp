@@ -93,28 +93,6 @@ Result<std::vector<std::pair<std::string, SecureHash>>> parseLcDocuments(std::st
 
 namespace {
 
-// --- journaled vault reads (state lists: encodeStates / decodeStates of deal_flows.h) -------
-
-
-
-Flow<std::vector<StateAndRef>> queryStates(FlowContext& ctx, const FlowServices& svc, vault::Criteria criteria) {
-  vault::Vault* v = svc.vault;
-  CallOp op = [v, criteria](CallDone done) {
-    auto page = v->query(vault::Query(criteria));
-    if (!page) {
-      done(page.error());
-      return;
-    }
-    std::vector<StateAndRef> out;
-    for (const auto& s : page->states) out.push_back({s.state, s.ref});
-    done(encodeStates(out));
-  };
-  auto decode = [](ByteView b) { return decodeStates(b); };
-  std::vector<StateAndRef> out =
-      co_await ctx.call<std::vector<StateAndRef>>("vault.lettersOfCredit", std::move(op), decode);
-  co_return out;
-}
-
 // --- helpers ------------------------------------------------------------------------------
 
 struct Shared {
@@ -122,20 +100,6 @@ struct Shared {
   DealConfig config;
   LcPolicy policy;
 };
-
-Party partyNamed(const FlowServices& svc, const std::string& name, std::string_view arg) {
-  auto p = svc.partyByName ? svc.partyByName(name) : std::nullopt;
-  if (!p) failFlow(Errc::not_found, "argument '" + std::string(arg) + "': no party named '" + name + "'");
-  return *p;
-}
-
-DealArgs argsOf(std::string_view flow, const Bytes& bytes) {
-  auto a = decodeDealArgs(flow, bytes);
-  if (!a) throw FlowFailure(a.error());
-  return std::move(a).value();
-}
-
-Bytes idBytes(const SecureHash& id) { return Bytes(id.bytes().begin(), id.bytes().end()); }
 
 // The end of a YYYY-MM-DD day (UTC): midnight of the next day.
 int64_t endOfDay(const DealArgs& args, std::string_view name) {
@@ -168,7 +132,7 @@ Flow<std::pair<StateAndRef, LetterOfCredit>> findLc(FlowContext& ctx, const Flow
   const std::string type(lc_state_type);
   vault::Criteria c = vault::Criteria::field(type, "lc", vault::FieldOp::eq, {number}) &&
                       vault::Criteria::field(type, role, vault::FieldOp::eq, {svc.identity.owningKey.hash()});
-  std::vector<StateAndRef> found = co_await queryStates(ctx, svc, c);
+  std::vector<StateAndRef> found = co_await queryStates(ctx, svc, "vault.lettersOfCredit", c);
   std::vector<std::pair<StateAndRef, LetterOfCredit>> live;
   for (auto& s : found) {
     auto lc = decodeLetterOfCredit(s.state.data);
@@ -230,7 +194,7 @@ TimeWindow windowAround(const Shared& sh, int64_t now) {
 
 Flow<Bytes> applyFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Bytes raw) {
   const FlowServices& svc = *sh->svc;
-  const DealArgs args = argsOf(lc_apply_deal, raw);
+  const DealArgs args = dealArgsOf(lc_apply_deal, raw);
   const Key me = svc.identity.owningKey;
   const Party bank = partyNamed(svc, args.at("bank"), "bank");
   const Party beneficiary = partyNamed(svc, args.at("beneficiary"), "beneficiary");
@@ -269,7 +233,7 @@ Flow<Bytes> applyFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Bytes 
   const std::string type(lc_state_type);
   vault::Criteria c = vault::Criteria::field(type, "lc", vault::FieldOp::eq, {number}) &&
                       vault::Criteria::field(type, "applicant", vault::FieldOp::eq, {me.hash()});
-  std::vector<StateAndRef> same = co_await queryStates(ctx, svc, std::move(c));
+  std::vector<StateAndRef> same = co_await queryStates(ctx, svc, "vault.lettersOfCredit", std::move(c));
   if (!same.empty()) failFlow(Errc::conflict, "this applicant has a letter of credit " + number + " already");
 
   ctx.step("applying to " + bank.name + " for " + lcText(lc));
@@ -290,7 +254,7 @@ Flow<Bytes> applyFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Bytes 
 
 Flow<Bytes> issueFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Bytes raw) {
   const FlowServices& svc = *sh->svc;
-  const DealArgs args = argsOf(lc_issue_deal, raw);
+  const DealArgs args = dealArgsOf(lc_issue_deal, raw);
   auto [in, lc] = co_await findLc(ctx, svc, args.at("lc"), "issuer");
   requireStatus(lc, {LcStatus::applied}, "issue");
   if (lc.terms.amountMinor > sh->policy.lc_amount_max_minor) {
@@ -309,7 +273,7 @@ Flow<Bytes> issueFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Bytes 
 
 Flow<Bytes> adviseFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Bytes raw) {
   const FlowServices& svc = *sh->svc;
-  const DealArgs args = argsOf(lc_advise_deal, raw);
+  const DealArgs args = dealArgsOf(lc_advise_deal, raw);
   auto [in, lc] = co_await findLc(ctx, svc, args.at("lc"), "adviser");
   requireStatus(lc, {LcStatus::issued}, "advise");
   LetterOfCredit after = lc;
@@ -323,7 +287,7 @@ Flow<Bytes> adviseFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Bytes
 
 Flow<Bytes> amendFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Bytes raw) {
   const FlowServices& svc = *sh->svc;
-  const DealArgs args = argsOf(lc_amend_deal, raw);
+  const DealArgs args = dealArgsOf(lc_amend_deal, raw);
   const std::string action = args.at("action");
   const Key me = svc.identity.owningKey;
   if (action == "propose") {
@@ -370,7 +334,7 @@ Flow<Bytes> amendFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Bytes 
 
 Flow<Bytes> presentFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Bytes raw) {
   const FlowServices& svc = *sh->svc;
-  const DealArgs args = argsOf(lc_present_deal, raw);
+  const DealArgs args = dealArgsOf(lc_present_deal, raw);
   auto docs = parseLcDocuments(args.at("documents"));
   if (!docs) failFlow(Errc::malformed, "argument 'documents': " + docs.error().message);
   auto [in, lc] = co_await findLc(ctx, svc, args.at("lc"), "beneficiary");
@@ -401,7 +365,7 @@ Flow<Bytes> presentFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Byte
 
 Flow<Bytes> examineFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Bytes raw) {
   const FlowServices& svc = *sh->svc;
-  const DealArgs args = argsOf(lc_examine_deal, raw);
+  const DealArgs args = dealArgsOf(lc_examine_deal, raw);
   const std::string result = args.at("result");
   std::vector<std::string> reasons = argParties(args, "reasons");
   if (result == "complying") {
@@ -428,7 +392,7 @@ Flow<Bytes> examineFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Byte
 
 Flow<Bytes> waiveFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Bytes raw) {
   const FlowServices& svc = *sh->svc;
-  const DealArgs args = argsOf(lc_waive_deal, raw);
+  const DealArgs args = dealArgsOf(lc_waive_deal, raw);
   auto [in, lc] = co_await findLc(ctx, svc, args.at("lc"), "applicant");
   requireStatus(lc, {LcStatus::discrepant}, "waive the discrepancies of");
   LetterOfCredit after = lc;
@@ -442,7 +406,7 @@ Flow<Bytes> waiveFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Bytes 
 
 Flow<Bytes> refuseFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Bytes raw) {
   const FlowServices& svc = *sh->svc;
-  const DealArgs args = argsOf(lc_refuse_deal, raw);
+  const DealArgs args = dealArgsOf(lc_refuse_deal, raw);
   auto [in, lc] = co_await findLc(ctx, svc, args.at("lc"), "issuer");
   requireStatus(lc, {LcStatus::discrepant, LcStatus::waived}, "refuse");
   LetterOfCredit after = lc;
@@ -456,7 +420,7 @@ Flow<Bytes> refuseFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Bytes
 
 Flow<Bytes> payFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Bytes raw) {
   const FlowServices& svc = *sh->svc;
-  const DealArgs args = argsOf(lc_pay_deal, raw);
+  const DealArgs args = dealArgsOf(lc_pay_deal, raw);
   const Key me = svc.identity.owningKey;
   auto [in, lc] = co_await findLc(ctx, svc, args.at("lc"), "issuer");
   requireStatus(lc, {LcStatus::complying, LcStatus::waived}, "pay");
@@ -475,7 +439,7 @@ Flow<Bytes> payFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Bytes ra
 
 Flow<Bytes> closeFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Bytes raw) {
   const FlowServices& svc = *sh->svc;
-  const DealArgs args = argsOf(lc_close_deal, raw);
+  const DealArgs args = dealArgsOf(lc_close_deal, raw);
   const Key me = svc.identity.owningKey;
   auto [in, lc] = co_await findLc(ctx, svc, args.at("lc"), "issuer");
   const int64_t now = co_await ctx.now();
@@ -505,10 +469,6 @@ Flow<Bytes> closeFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Bytes 
 
 // --- business checks -------------------------------------------------------------------------
 
-bool ours(const FlowServices& svc, const Key& k) { return !svc.keysFor({k}).empty(); }
-
-Status refuse(const std::string& why) { return makeError(Errc::forbidden, "refused: " + why); }
-
 struct LcChange {
   LetterOfCredit before, after;
 };
@@ -524,12 +484,6 @@ std::optional<LcChange> onlyChange(const LedgerTransaction& tx) {
   return LcChange{std::move(before).value(), std::move(after).value()};
 }
 
-Result<Key> initiatorKey(const FlowServices& svc, const std::string& initiator) {
-  auto p = svc.partyByName ? svc.partyByName(initiator) : std::nullopt;
-  if (!p) return makeError(Errc::not_found, "the initiator '" + initiator + "' is not in the network map");
-  return p->owningKey;
-}
-
 }  // namespace
 
 void addLcChecks(FlowServices& svc, const LcPolicy& policy) {
@@ -540,11 +494,11 @@ void addLcChecks(FlowServices& svc, const LcPolicy& policy) {
     auto who = initiatorKey(*s, initiator);
     if (!who) return who.error();
     auto c = onlyChange(tx);
-    if (!c || !c->after.amendment) return refuse("the transaction proposes no single letter-of-credit amendment");
-    if (!ours(*s, c->before.issuingBank)) return refuse("this node is not the issuing bank of " + lcText(c->before));
-    if (c->before.applicant != *who) return refuse("'" + initiator + "' is not the applicant of " + lcText(c->before));
+    if (!c || !c->after.amendment) return refusal("the transaction proposes no single letter-of-credit amendment");
+    if (!holdsKey(*s, c->before.issuingBank)) return refusal("this node is not the issuing bank of " + lcText(c->before));
+    if (c->before.applicant != *who) return refusal("'" + initiator + "' is not the applicant of " + lcText(c->before));
     if (c->after.amendment->amountMinor > policy.lc_amount_max_minor) {
-      return refuse("the amendment of " + lcText(c->before) + " to " + std::to_string(c->after.amendment->amountMinor) +
+      return refusal("the amendment of " + lcText(c->before) + " to " + std::to_string(c->after.amendment->amountMinor) +
                     " " + c->before.currency + " is above this bank's limit of " +
                     std::to_string(policy.lc_amount_max_minor));
     }
@@ -555,12 +509,12 @@ void addLcChecks(FlowServices& svc, const LcPolicy& policy) {
     auto who = initiatorKey(*s, initiator);
     if (!who) return who.error();
     auto c = onlyChange(tx);
-    if (!c || c->after.status != LcStatus::paid) return refuse("the transaction pays no single letter of credit");
-    if (!ours(*s, c->before.beneficiary)) return refuse("this node is not the beneficiary of " + lcText(c->before));
-    if (c->before.issuingBank != *who) return refuse("'" + initiator + "' is not the issuing bank of " + lcText(c->before));
+    if (!c || c->after.status != LcStatus::paid) return refusal("the transaction pays no single letter of credit");
+    if (!holdsKey(*s, c->before.beneficiary)) return refusal("this node is not the beneficiary of " + lcText(c->before));
+    if (c->before.issuingBank != *who) return refusal("'" + initiator + "' is not the issuing bank of " + lcText(c->before));
     auto paid = netTokensTo(tx, c->before.beneficiary, c->before.currency);
     if (!paid || *paid < c->before.drawingMinor) {
-      return refuse("this beneficiary receives " + std::to_string(paid.value_or(0)) + " of the " +
+      return refusal("this beneficiary receives " + std::to_string(paid.value_or(0)) + " of the " +
                     std::to_string(c->before.drawingMinor) + " " + c->before.currency + " drawn under " +
                     lcText(c->before));
     }
@@ -572,16 +526,16 @@ void addLcChecks(FlowServices& svc, const LcPolicy& policy) {
     auto who = initiatorKey(*s, initiator);
     if (!who) return who.error();
     auto c = onlyChange(tx);
-    if (!c || c->after.status != LcStatus::closed) return refuse("the transaction closes no single letter of credit");
-    if (!ours(*s, c->before.beneficiary)) return refuse("this node is not the beneficiary of " + lcText(c->before));
-    if (c->before.issuingBank != *who) return refuse("'" + initiator + "' is not the issuing bank of " + lcText(c->before));
+    if (!c || c->after.status != LcStatus::closed) return refusal("the transaction closes no single letter of credit");
+    if (!holdsKey(*s, c->before.beneficiary)) return refusal("this node is not the beneficiary of " + lcText(c->before));
+    if (c->before.issuingBank != *who) return refusal("'" + initiator + "' is not the issuing bank of " + lcText(c->before));
     const LcStatus st = c->before.status;
     if (st == LcStatus::presented || st == LcStatus::complying || st == LcStatus::waived || st == LcStatus::discrepant) {
-      return refuse("a presentation under " + lcText(c->before) + " awaits examination or payment");
+      return refusal("a presentation under " + lcText(c->before) + " awaits examination or payment");
     }
     const int64_t undrawn = c->before.terms.amountMinor - c->before.paidMinor;
     if (undrawn > 0 && !policy.consent_to_cancellation) {
-      return refuse(lcText(c->before) + " has " + std::to_string(undrawn) + " " + c->before.currency +
+      return refusal(lcText(c->before) + " has " + std::to_string(undrawn) + " " + c->before.currency +
                     " undrawn; this beneficiary does not consent to cancelling it");
     }
     return {};

@@ -70,25 +70,6 @@ struct Shared {
   LoanPolicy policy;
 };
 
-DealArgs argsOf(std::string_view flow, const Bytes& bytes) {
-  auto a = decodeDealArgs(flow, bytes);
-  if (!a) throw FlowFailure(a.error());
-  return std::move(a).value();
-}
-
-Party partyNamed(const FlowServices& svc, const std::string& name, std::string_view arg) {
-  auto p = svc.partyByName ? svc.partyByName(name) : std::nullopt;
-  if (!p) failFlow(Errc::not_found, "argument '" + std::string(arg) + "': no party named '" + name + "'");
-  return *p;
-}
-
-Party notaryFor(const Shared& sh, const DealArgs& args) {
-  auto it = args.find("notary");
-  const std::string name = it != args.end() ? it->second : sh.config.notary;
-  if (name.empty()) failFlow(Errc::malformed, "no notary: pass notary=NAME (the node names none)");
-  return partyNamed(*sh.svc, name, "notary");
-}
-
 int32_t argBasisPoints(const DealArgs& args, std::string_view name) {
   const std::string& v = args.at(std::string(name));
   int32_t out = 0;
@@ -138,27 +119,6 @@ Flow<SecureHash> randomId(FlowContext& ctx) {
 
 // --- journaled vault access --------------------------------------------------------------
 
-
-
-// Unconsumed states matching `criteria` (the first page of at most 200).
-Flow<std::vector<StateAndRef>> queryStates(FlowContext& ctx, const FlowServices& svc, std::string name,
-                                           vault::Criteria criteria) {
-  vault::Vault* v = svc.vault;
-  CallOp op = [v, criteria](CallDone done) {
-    auto page = v->query(vault::Query(criteria));
-    if (!page) {
-      done(page.error());
-      return;
-    }
-    std::vector<StateAndRef> out;
-    for (const auto& s : page->states) out.push_back({s.state, s.ref});
-    done(encodeStates(out));
-  };
-  auto decode = [](ByteView b) { return decodeStates(b); };
-  std::vector<StateAndRef> out = co_await ctx.call<std::vector<StateAndRef>>(std::move(name), std::move(op), decode);
-  co_return out;
-}
-
 // Unconsumed tokens of `currency` owned by `owner` summing to at least
 // `amount`, locked for this flow (unlocked ones, or this flow's own after a
 // restart). Not the vault's selectFungible: that picks any token the vault
@@ -203,53 +163,6 @@ Flow<std::vector<StateAndRef>> selectOwned(FlowContext& ctx, const FlowServices&
   auto decode = [](ByteView b) { return decodeStates(b); };
   std::vector<StateAndRef> out = co_await ctx.call<std::vector<StateAndRef>>("vault.selectOwned", std::move(op), decode);
   co_return out;
-}
-
-
-Flow<Bytes> releasingLocks(FlowContext& ctx, const FlowServices& svc, Flow<Bytes> body) {
-  Result<Bytes> r = co_await body.asResult();
-  co_await releaseLocks(ctx, svc);
-  if (!r) throw FlowFailure(r.error());
-  co_return std::move(r).value();
-}
-
-Flow<SignedTransaction> signAndFinalise(FlowContext& ctx, const FlowServices& svc, TransactionBuilder b,
-                                        std::string check, std::vector<std::string> observers) {
-  Bytes salt = co_await privacySalt(ctx);
-  b.setPrivacySalt(salt);
-  auto wtx = b.build();
-  if (!wtx) throw FlowFailure(wtx.error());
-  SignedTransaction stx(std::move(wtx).value());
-  stx = co_await collectSignatures(ctx, svc, std::move(stx), std::move(check));
-  stx = co_await finality(ctx, svc, std::move(stx), std::move(observers));
-  co_return stx;
-}
-
-// Token outputs paying `amount` from the selected tokens to `payee`, the
-// rest back to `payer`, per issuer (each (currency, issuer) conserved).
-std::vector<TransactionState> payOutputs(const std::vector<StateAndRef>& selected, const Key& payer,
-                                         const Key& payee, const std::string& currency, int64_t amount,
-                                         const Party& notary) {
-  std::vector<std::pair<Key, int64_t>> byIssuer;
-  for (const auto& s : selected) {
-    auto t = decodeToken(s.state.data).value();
-    auto it = std::find_if(byIssuer.begin(), byIssuer.end(), [&](const auto& e) { return e.first == t.issuer; });
-    if (it == byIssuer.end()) {
-      byIssuer.emplace_back(t.issuer, t.amountMinor);
-    } else {
-      it->second = addChecked(it->second, t.amountMinor).value();
-    }
-  }
-  std::vector<TransactionState> out;
-  int64_t remaining = amount;
-  for (const auto& [issuer, total] : byIssuer) {
-    const int64_t pay = std::min(total, remaining);
-    remaining -= pay;
-    if (pay > 0) out.push_back(tokenState(notary, Token{payee, issuer, currency, pay}));
-    if (total - pay > 0) out.push_back(tokenState(notary, Token{payer, issuer, currency, total - pay}));
-  }
-  CCAL_ASSERT(remaining == 0);
-  return out;
 }
 
 Flow<StateAndRef> findFund(FlowContext& ctx, const FlowServices& svc, std::string name) {
@@ -398,8 +311,8 @@ Review reviewLoan(const FlowServices& svc, const LoanPolicy& policy, const Loan&
 
 Flow<Bytes> fundCreateFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Bytes raw) {
   const FlowServices& svc = *sh->svc;
-  const DealArgs args = argsOf(loan_fund_create_deal, raw);
-  const Party notary = notaryFor(*sh, args);
+  const DealArgs args = dealArgsOf(loan_fund_create_deal, raw);
+  const Party notary = dealNotary(*sh->svc, sh->config, args);
   std::vector<Key> committee;
   for (const std::string& name : argParties(args, "committee")) {
     committee.push_back(partyNamed(svc, name, "committee").owningKey);
@@ -481,7 +394,7 @@ Flow<Bytes> contributeBody(FlowContext& ctx, std::shared_ptr<const Shared> sh, D
 }
 
 Flow<Bytes> contributeFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Bytes raw) {
-  DealArgs args = argsOf(loan_fund_contribute_deal, raw);
+  DealArgs args = dealArgsOf(loan_fund_contribute_deal, raw);
   Bytes out = co_await releasingLocks(ctx, *sh->svc, contributeBody(ctx, sh, std::move(args)));
   co_return out;
 }
@@ -497,7 +410,7 @@ Flow<Review> reviewBody(FlowContext& ctx, std::string member, StateRef loan, Sec
 
 Flow<Bytes> requestFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Bytes raw) {
   const FlowServices& svc = *sh->svc;
-  const DealArgs args = argsOf(loan_request_deal, raw);
+  const DealArgs args = dealArgsOf(loan_request_deal, raw);
   const Key me = svc.identity.owningKey;
   StateAndRef fs = co_await findFund(ctx, svc, args.at("fund"));
   const Fund fund = decodeFund(fs.state.data).value();
@@ -601,7 +514,7 @@ Flow<Bytes> reviewResponder(FlowContext& ctx, std::shared_ptr<const Shared> sh, 
 
 Flow<Bytes> approveFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Bytes raw) {
   const FlowServices& svc = *sh->svc;
-  const DealArgs args = argsOf(loan_approve_deal, raw);
+  const DealArgs args = dealArgsOf(loan_approve_deal, raw);
   const Key me = svc.identity.owningKey;
   StateAndRef ls = co_await findLoan(ctx, svc, argLoanId(args));
   const Loan before = loanOf(ls);
@@ -677,7 +590,7 @@ Flow<Bytes> disburseBody(FlowContext& ctx, std::shared_ptr<const Shared> sh, Dea
 }
 
 Flow<Bytes> disburseFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Bytes raw) {
-  DealArgs args = argsOf(loan_disburse_deal, raw);
+  DealArgs args = dealArgsOf(loan_disburse_deal, raw);
   Bytes out = co_await releasingLocks(ctx, *sh->svc, disburseBody(ctx, sh, std::move(args)));
   co_return out;
 }
@@ -747,14 +660,14 @@ Flow<Bytes> repayBody(FlowContext& ctx, std::shared_ptr<const Shared> sh, DealAr
 }
 
 Flow<Bytes> repayFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Bytes raw) {
-  DealArgs args = argsOf(loan_repay_deal, raw);
+  DealArgs args = dealArgsOf(loan_repay_deal, raw);
   Bytes out = co_await releasingLocks(ctx, *sh->svc, repayBody(ctx, sh, std::move(args)));
   co_return out;
 }
 
 Flow<Bytes> defaultFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Bytes raw) {
   const FlowServices& svc = *sh->svc;
-  const DealArgs args = argsOf(loan_default_deal, raw);
+  const DealArgs args = dealArgsOf(loan_default_deal, raw);
   const Key me = svc.identity.owningKey;
   StateAndRef ls = co_await findLoan(ctx, svc, argLoanId(args));
   const Loan before = loanOf(ls);
@@ -797,31 +710,7 @@ Flow<Bytes> defaultFlow(FlowContext& ctx, std::shared_ptr<const Shared> sh, Byte
 
 // --- business checks -------------------------------------------------------------------------
 
-bool ours(const FlowServices& svc, const Key& k) { return !svc.keysFor({k}).empty(); }
-
-Status refuse(const std::string& why) { return makeError(Errc::forbidden, "refused: " + why); }
-
-Result<Key> initiatorKey(const FlowServices& svc, const std::string& initiator) {
-  auto p = svc.partyByName ? svc.partyByName(initiator) : std::nullopt;
-  if (!p) return makeError(Errc::not_found, "the initiator '" + initiator + "' is not in the network map");
-  return p->owningKey;
-}
-
 bool among(const std::vector<Key>& keys, const Key& k) { return std::find(keys.begin(), keys.end(), k) != keys.end(); }
-
-// The one loan-contract state of `type` among `states`, decoded.
-template <class T, class DecodeFn>
-std::optional<T> onlyOf(const std::vector<const TransactionState*>& states, std::string_view type, DecodeFn decode) {
-  std::optional<T> out;
-  for (const auto* s : states) {
-    if (s->stateType != type) continue;
-    if (out) return std::nullopt;
-    auto v = decode(s->data);
-    if (!v) return std::nullopt;
-    out = *v;
-  }
-  return out;
-}
 
 std::optional<Loan> onlyLoan(const std::vector<const TransactionState*>& states) {
   return onlyOf<Loan>(states, loan_state_type, [](ByteView b) { return decodeLoan(b); });
@@ -856,17 +745,17 @@ void addLoanChecks(FlowServices& svc, const LoanPolicy& policy) {
     auto who = initiatorKey(*s, initiator);
     if (!who) return who.error();
     auto f = onlyOf<Fund>(tx.outputsOf(loan_contract), fund_state_type, [](ByteView b) { return decodeFund(b); });
-    if (!f) return refuse("the transaction creates no single fund");
-    if (!std::any_of(f->committee.begin(), f->committee.end(), [&](const Key& k) { return ours(*s, k); })) {
-      return refuse("this node is not on the committee of fund '" + f->name + "'");
+    if (!f) return refusal("the transaction creates no single fund");
+    if (!std::any_of(f->committee.begin(), f->committee.end(), [&](const Key& k) { return holdsKey(*s, k); })) {
+      return refusal("this node is not on the committee of fund '" + f->name + "'");
     }
-    if (!among(f->committee, *who)) return refuse("'" + initiator + "' is not on the committee it proposes");
+    if (!among(f->committee, *who)) return refusal("'" + initiator + "' is not on the committee it proposes");
     if (policy.majority_required && f->threshold * 2 <= f->committee.size()) {
-      return refuse("fund '" + f->name + "' needs " + std::to_string(f->threshold) + " of " +
+      return refusal("fund '" + f->name + "' needs " + std::to_string(f->threshold) + " of " +
                     std::to_string(f->committee.size()) + " approvals; this member serves only where a majority decides");
     }
     if (f->principalMaxMinor > policy.principal_max_minor) {
-      return refuse("fund '" + f->name + "''s principal limit is above this member's " +
+      return refusal("fund '" + f->name + "''s principal limit is above this member's " +
                     std::to_string(policy.principal_max_minor));
     }
     return {};
@@ -877,18 +766,18 @@ void addLoanChecks(FlowServices& svc, const LoanPolicy& policy) {
     if (!who) return who.error();
     auto before = onlyLoan(tx.inputsOf(loan_contract));
     auto after = onlyLoan(tx.outputsOf(loan_contract));
-    if (!before || !after) return refuse("the transaction approves no single loan");
+    if (!before || !after) return refusal("the transaction approves no single loan");
     const bool approver = std::any_of(after->approvals.begin(), after->approvals.end(),
-                                      [&](const Key& k) { return ours(*s, k); });
+                                      [&](const Key& k) { return holdsKey(*s, k); });
     if (!approver || !among(after->committee, s->identity.owningKey)) {
-      return refuse("this node is not an approving committee member of loan " + after->loanId.hex());
+      return refusal("this node is not an approving committee member of loan " + after->loanId.hex());
     }
-    if (!among(after->committee, *who)) return refuse("'" + initiator + "' is not on the loan's committee");
+    if (!among(after->committee, *who)) return refusal("'" + initiator + "' is not on the loan's committee");
     if (auto cred = checkCredential(tx, after->borrower, "the borrower"); !cred) {
-      return refuse("the borrower's credential: " + cred.error().message);
+      return refusal("the borrower's credential: " + cred.error().message);
     }
     Review v = reviewLoan(*s, policy, *after);
-    if (!v.wouldApprove) return refuse(v.reason + " (" + describeCreditReport(v.report) + ")");
+    if (!v.wouldApprove) return refusal(v.reason + " (" + describeCreditReport(v.report) + ")");
     return {};
   };
   svc.checks[std::string(loan_disburse_deal)] = [s, policy](const LedgerTransaction& tx,
@@ -898,17 +787,17 @@ void addLoanChecks(FlowServices& svc, const LoanPolicy& policy) {
     auto before = onlyLoan(tx.inputsOf(loan_contract));
     auto after = onlyLoan(tx.outputsOf(loan_contract));
     if (!before || !after || before->status != LoanStatus::approved) {
-      return refuse("the transaction disburses no single approved loan");
+      return refusal("the transaction disburses no single approved loan");
     }
-    if (!among(after->approvals, s->identity.owningKey)) return refuse("this node did not approve this loan");
-    if (!among(after->approvals, *who)) return refuse("'" + initiator + "' did not approve this loan");
+    if (!among(after->approvals, s->identity.owningKey)) return refusal("this node did not approve this loan");
+    if (!among(after->approvals, *who)) return refusal("'" + initiator + "' did not approve this loan");
     if (after->principalMinor > policy.principal_max_minor) {
-      return refuse("a principal of " + std::to_string(after->principalMinor) + " is above this member's limit");
+      return refusal("a principal of " + std::to_string(after->principalMinor) + " is above this member's limit");
     }
     auto paid = netTokensTo(tx, after->borrower, after->currency);
-    if (!paid || *paid != after->principalMinor) return refuse("the borrower is not paid exactly the principal");
+    if (!paid || *paid != after->principalMinor) return refusal("the borrower is not paid exactly the principal");
     if (auto cred = checkCredential(tx, after->borrower, "the borrower"); !cred) {
-      return refuse("the borrower's credential: " + cred.error().message);
+      return refusal("the borrower's credential: " + cred.error().message);
     }
     return {};
   };
@@ -917,9 +806,9 @@ void addLoanChecks(FlowServices& svc, const LoanPolicy& policy) {
     auto who = initiatorKey(*s, initiator);
     if (!who) return who.error();
     auto after = onlyLoan(tx.outputsOf(loan_contract));
-    if (!after || after->status != LoanStatus::defaulted) return refuse("the transaction defaults no single loan");
-    if (!among(after->approvals, s->identity.owningKey)) return refuse("this node did not approve this loan");
-    if (!among(after->committee, *who)) return refuse("'" + initiator + "' is not on the loan's committee");
+    if (!after || after->status != LoanStatus::defaulted) return refusal("the transaction defaults no single loan");
+    if (!among(after->approvals, s->identity.owningKey)) return refusal("this node did not approve this loan");
+    if (!among(after->committee, *who)) return refusal("'" + initiator + "' is not on the loan's committee");
     return {};
   };
 }
