@@ -24,19 +24,12 @@
 #include <vector>
 
 #include "contracts/contracts.h"
-#include "flows/builtin_testing.h"
-#include "flows/delivery.h"
-#include "flows/flow_runtime.h"
+#include "flows/deal_flows.h"
 #include "flows/loan_flows.h"
-#include "ledger/testing.h"
-#include "test/sim/sim.h"
-#include "vault/flow_store.h"
-#include "vault/message_store.h"
-#include "vault/vault.h"
+#include "test/sim/deal_world.h"
 
 using namespace ccal;
 using namespace ccal::flows;
-using namespace ccal::flows::testing;
 using namespace ccal::contracts;
 
 namespace {
@@ -46,189 +39,24 @@ const std::string coopA = "O=Haikou Fishing Cooperative, L=Haikou, C=CN";
 const std::string coopB = "O=Sanya Tea Cooperative, L=Sanya, C=CN";
 const std::string coopC = "O=Wenchang Coconut Cooperative, L=Wenchang, C=CN";
 const std::string coopD = "O=Qionghai Pepper Cooperative, L=Qionghai, C=CN";
-const std::string notary_name = "O=Hainan Notary, L=Haikou, C=CN";
 const std::vector<std::string> members = {bank, coopA, coopB, coopC, coopD};
 const std::string fund_name = "Hainan Mutual Aid";
 
-uint8_t seedOf(const std::string& name) {
-  for (size_t i = 0; i < members.size(); ++i) {
-    if (members[i] == name) return static_cast<uint8_t>(i + 1);
-  }
-  return 0;
-}
-
-class World;
-
-class LoanNode final : public sim::Node {
+// The loan scenario's world: the shared simulated network plus the loan
+// flows' JSON results.
+class World : public sim::DealWorld {
  public:
-  LoanNode(sim::MemberEnv& env, World& world);
-  ~LoanNode() override {
-    runtime_.reset();
-    delivery_.reset();
-    vault_.reset();
-    flows_.reset();
-    messages_.reset();
-  }
-  void quiesce() override {
-    if (vault_) vault_->waitForWrites();  // vault writes queued by flows (their completions post back)
-    delivery_->waitForStore();
-    runtime_->waitForStore();
-  }
-  FlowRuntime& runtime() { return *runtime_; }
-  vault::FlowStore& flowStore() { return *flows_; }
-  vault::Vault& vault() { return *vault_; }
-  Key key() const { return services_.identity.owningKey; }
+  explicit World(uint64_t seed) : DealWorld(seed, members) {}
 
- private:
-  ContractRegistry registry_;
-  FlowServices services_;
-  std::unique_ptr<vault::Vault> vault_;
-  std::unique_ptr<vault::MessageStore> messages_;
-  std::unique_ptr<vault::FlowStore> flows_;
-  std::unique_ptr<Delivery> delivery_;
-  std::unique_ptr<FlowRuntime> runtime_;
-};
-
-class World {
- public:
-  explicit World(uint64_t seed) : sim(seed) {
-    for (const auto& name : members) {
-      directory.parties[name] = Party{name, Key(ccal::testing::testKey(seedOf(name)).publicKey())};
-    }
-    directory.parties[notary_name] = notary_party;
-  }
-
-  sim::Simulation sim;
-  Directory directory;
-  Party notary_party{notary_name, Key(ccal::testing::testKey(99).publicKey())};
-  UniquenessNotary notary{notary_party, ccal::testing::testKey(99)};
-  std::vector<std::string> failures;
-  std::map<FlowId, std::string> started;  // flow -> member
-  std::map<std::string, FlowId> named;    // the test's name for a flow -> flow
-
-  void fail(const std::string& what) {
-    if (failures.size() < 20) failures.push_back(what);
-  }
-  LoanNode* node(const std::string& name) { return sim.nodeAs<LoanNode>(name); }
-  Key keyOf(const std::string& name) const { return directory.parties.at(name).owningKey; }
-
-  void start(const std::string& label, const std::string& member, std::string_view flow,
-             std::vector<std::string> kvs) {
-    auto* n = node(member);
-    if (n == nullptr) {  // down: the operator tries again a little later
-      sim.at(200'000, [this, label, member, flow, kvs] { start(label, member, flow, kvs); });
-      return;
-    }
-    auto args = parseDealArgs(flow, kvs);
-    if (!args) return fail(label + ": " + args.error().message);
-    auto result = n->runtime().startFlow(flow, encodeDealArgs(*args), -1, {});
-    if (!result) return fail("startFlow " + label + ": " + result.error().toString());
-    started[*result] = member;
-    named[label] = *result;
-  }
-
-  bool allDone() {
-    for (const auto& name : members) {
-      auto* n = node(name);
-      if (n == nullptr) return false;
-      auto unfinished = n->flowStore().unfinishedFlows();
-      if (!unfinished || !unfinished->empty()) return false;
-    }
-    for (const auto& entry : started) {
-      auto info = node(entry.second)->runtime().show(entry.first);
-      if (info && info->phase != FlowPhase::finished) return false;
-    }
-    return true;
-  }
-
-  Result<FlowInfo> outcome(const std::string& label) {
-    auto it = named.find(label);
-    if (it == named.end()) return makeError(Errc::not_found, label + " was not started");
-    return node(started.at(it->second))->runtime().show(it->second);
-  }
-  // The flow's JSON result, or a failure recorded.
+  // The flow's JSON result, or a failure recorded (the loan flows answer
+  // JSON; the deal flows a transaction id: null here).
   std::optional<nlohmann::json> succeeded(const std::string& label) {
-    auto info = outcome(label);
-    if (!info) {
-      fail(label + ": " + info.error().message);
-      return std::nullopt;
-    }
-    if (info->outcome != vault::FlowOutcome::ok) {
-      fail(label + " ended " + vault::flowOutcomeName(info->outcome) + ": " +
-           (info->error ? info->error->toString() : std::string("?")));
-      return std::nullopt;
-    }
-    // The loan flows answer JSON; the deal flows a transaction id (null here).
+    auto info = succeededInfo(label);
+    if (!info) return std::nullopt;
     auto j = nlohmann::json::parse(info->result.begin(), info->result.end(), nullptr, false);
     return j.is_discarded() ? nlohmann::json() : j;
   }
-  // The flow failed with a message containing `part`.
-  void failedWith(const std::string& label, const std::string& part) {
-    auto info = outcome(label);
-    if (!info) return fail(label + ": " + info.error().message);
-    if (info->outcome == vault::FlowOutcome::ok) return fail(label + " succeeded, expected a failure");
-    const std::string m = info->error ? info->error->message : "";
-    if (m.find(part) == std::string::npos) fail(label + " failed with '" + m + "', expected '" + part + "'");
-  }
-
-  std::vector<vault::VaultState> unconsumed(const std::string& name, std::string_view type) {
-    auto page = node(name)->vault().query(vault::Query(vault::Criteria::stateType(std::string(type))));
-    if (!page) {
-      fail("query of '" + name + "': " + page.error().message);
-      return {};
-    }
-    return page->states;
-  }
-  int64_t tokensOf(const std::string& vault_of, const Key& owner) {
-    int64_t total = 0;
-    for (const auto& s : unconsumed(vault_of, token_state_type)) {
-      auto t = decodeToken(s.state.data);
-      if (t && t->owner == owner && t->currency == "CNY") total += t->amountMinor;
-    }
-    return total;
-  }
 };
-
-LoanNode::LoanNode(sim::MemberEnv& env, World& world) {
-  registerDealContracts(registry_);
-  const KeyPair key = ccal::testing::testKey(seedOf(env.name));
-  vault::VaultConfig vc;
-  vc.store.path = env.dir;
-  vc.store.durable = false;
-  const Clock* clock = &env.clock;
-  vc.now_micros = [clock] { return clock->nowMicros(); };
-  vault_ = vault::Vault::open(vc, registry_, {key.publicKey()}).value();
-  messages_ = std::make_unique<vault::MessageStore>(vault_->store(), [clock] { return clock->nowMicros(); });
-  flows_ = std::make_unique<vault::FlowStore>(vault_->store(), [clock] { return clock->nowMicros(); });
-  DeliveryConfig dc;
-  dc.retransmit_delay_micros_min = 50'000;
-  dc.retransmit_delay_micros_max = 1'000'000;
-  dc.log = [](std::string_view) {};
-  delivery_ = std::make_unique<Delivery>(env.link, *messages_, env.executor, env.clock, dc);
-  FlowRuntimeConfig fc;
-  fc.self = env.name;
-  fc.flow_timeout_micros = 0;
-  sim::Rng* rng = &world.sim.rng();
-  fc.random_u64 = [rng] { return rng->next(); };
-  fc.log = [&world, name = env.name](std::string_view line) { world.sim.trace(name + ": " + std::string(line)); };
-  runtime_ = std::make_unique<FlowRuntime>(*delivery_, env.executor, env.clock, *flows_, fc);
-  services_.identity = world.directory.parties.at(env.name);
-  services_.keys = {key};
-  services_.vault = vault_.get();
-  services_.contracts = &registry_;
-  const Directory* d = &world.directory;
-  services_.partyByName = [d](std::string_view n) { return d->byName(n); };
-  services_.partyByKey = [d](const Key& k) { return d->byKey(k); };
-  services_.notary = &world.notary;
-  addDealChecks(services_);
-  CCAL_ASSERT(registerBuiltinFlows(*runtime_, services_).ok());
-  DealConfig config;
-  config.notary = notary_name;
-  CCAL_ASSERT(registerDealFlows(*runtime_, services_, config).ok());
-  runtime_->setHooks({{}, {}, {}});
-  CCAL_ASSERT(runtime_->start().ok());
-  CCAL_ASSERT(delivery_->start().ok());
-}
 
 struct Outcome {
   std::vector<std::string> failures;
@@ -237,44 +65,9 @@ struct Outcome {
 
 constexpr int64_t issued = 1'000'000, contribution_a = 300'000, contribution_b = 200'000, principal = 100'000;
 
-// Crashes and restarts random members for `micros`, on a lossy network,
-// then heals everything.
-void faultPhase(World& world, int64_t micros) {
-  sim::Simulation& sim = world.sim;
-  auto& rng = sim.rng();
-  const double losses[] = {0, 0.05, 0.2};
-  const double dups[] = {0, 0.1, 0.3};
-  sim.network().loss = losses[rng.below(3)];
-  sim.network().duplication = dups[rng.below(3)];
-  sim.network().reorder = dups[rng.below(3)];
-  for (int64_t t = rng.between(0, 200'000) + 1'500; t < micros; t += rng.between(50'000, 900'000)) {
-    const std::string victim = members[rng.below(members.size())];
-    sim.at(t, [&sim, victim, down = rng.between(1'000, 1'000'000)] {
-      if (!sim.isUp(victim)) return;
-      sim.crash(victim);
-      sim.at(down, [&sim, victim] {
-        if (!sim.isUp(victim)) sim.restart(victim);
-      });
-    });
-  }
-  sim.runFor(micros + 1'000'000);
-  sim.network().loss = 0;
-  sim.network().duplication = 0;
-  sim.network().reorder = 0;
-  sim.heal();
-  for (const auto& name : members) {
-    if (!sim.isUp(name)) sim.restart(name);
-  }
-}
-
 Outcome runSeed(uint64_t seed, bool faults) {
   World world(seed);
   sim::Simulation& sim = world.sim;
-  for (const auto& name : members) {
-    sim.addMember(name, [&world](sim::MemberEnv& env) -> std::unique_ptr<sim::Node> {
-      return std::make_unique<LoanNode>(env, world);
-    });
-  }
   Outcome out;
   auto finish = [&] {
     out.crashes = sim.crashes();
@@ -283,7 +76,7 @@ Outcome runSeed(uint64_t seed, bool faults) {
   };
   // Runs until every started flow ends (a phase), with faults when asked.
   auto phase = [&](const char* what, bool with_faults) {
-    if (with_faults) faultPhase(world, 3'000'000);
+    if (with_faults) world.faultPhase(3'000'000);
     if (!sim.runUntil([&] { return world.allDone(); }, 600'000'000)) world.fail(std::string(what) + " did not end");
   };
   const auto s = [](int64_t v) { return std::to_string(v); };
@@ -375,45 +168,24 @@ Outcome runSeed(uint64_t seed, bool faults) {
       world.fail("'" + name + "''s credit report of D: " + (r ? describeCreditReport(*r) : r.error().message));
     }
   }
-  for (const auto& name : members) {
-    if (auto st = world.node(name)->vault().checkConsistency(); !st) {
-      world.fail("'" + name + "' vault: " + st.error().message);
-    }
-  }
+  world.checkVaults();
   return finish();
-}
-
-uint64_t envOr(const char* name, uint64_t fallback) {
-  const char* text = ::getenv(name);
-  return text && *text ? std::stoull(text) : fallback;
-}
-
-void report(uint64_t seed, const Outcome& out) {
-  if (out.failures.empty()) return;
-  std::string all;
-  for (const auto& f : out.failures) all += "\n  " + f;
-  FAIL_CHECK("seed " << seed << " failed (replay it with CCAL_SIM_SEED=" << seed << "):" << all);
 }
 
 }  // namespace
 
 TEST_CASE("loan sim: a fund, contributions, a reviewed request, k-of-n approval, disbursement, instalments") {
   const uint64_t seed = sim::seedFromEnvironment().value_or(11);
-  report(seed, runSeed(seed, false));
+  sim::reportSeed(seed, runSeed(seed, false).failures);
 }
 
 TEST_CASE("loan sim: approval, disbursement and instalments with crashes and a lossy network") {
-  std::vector<uint64_t> seeds;
-  if (auto one = sim::seedFromEnvironment()) {
-    seeds.push_back(*one);
-  } else {
-    for (uint64_t s = 1; s <= envOr("CCAL_SIM_SEEDS", 2); ++s) seeds.push_back(s);
-  }
+  const std::vector<uint64_t> seeds = sim::faultSeeds(2);
   uint64_t crashes = 0;
   for (uint64_t seed : seeds) {
     Outcome out = runSeed(seed, true);
     crashes += out.crashes;
-    report(seed, out);
+    sim::reportSeed(seed, out.failures);
   }
   MESSAGE(seeds.size() << " seeds, " << crashes << " crashes");
 }
