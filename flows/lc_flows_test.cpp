@@ -12,13 +12,7 @@
 #include <vector>
 
 #include "contracts/contracts.h"
-#include "flows/builtin_testing.h"
-#include "flows/delivery.h"
-#include "flows/flows_testing.h"
-#include "ledger/testing.h"
-#include "test/support/temp_dir.h"
-#include "vault/message_store.h"
-#include "vault/vault.h"
+#include "flows/deal_testing.h"
 
 using namespace ccal;
 using namespace ccal::flows;
@@ -33,177 +27,32 @@ const std::string coopA = "O=Haikou Fishing Cooperative, L=Haikou, C=CN";
 const std::string coopB = "O=Sanya Tea Cooperative, L=Sanya, C=CN";
 const std::string regulator = "O=Hainan Regulator, L=Haikou, C=CN";
 const std::string outsider = "O=Wenchang Coconut Cooperative, L=Wenchang, C=CN";
-const std::string notary_name = "O=Hainan Notary, L=Haikou, C=CN";
 
 constexpr int64_t day_micros = 86'400'000'000LL;
 
-struct World;
+using TNode = DealTestNode;
 
-struct TNode {
-  std::string name;
-  KeyPair key;
-  World& world;
-  LcPolicy policy;
-  ccal::testing::TempDir dir{"ccal-lc-flows-test"};
-  ContractRegistry registry;
-  FlowServices svc;
-  std::unique_ptr<vault::Vault> vault;
-  std::unique_ptr<vault::MessageStore> messages;
-  std::unique_ptr<vault::FlowStore> flowStore;
-  std::unique_ptr<HubLink> link;
-  std::unique_ptr<Delivery> delivery;
-  std::unique_ptr<FlowRuntime> runtime;
-  std::map<FlowId, FlowInfo> finished;
-
-  TNode(std::string n, uint8_t seed, World& w, LcPolicy p)
-      : name(std::move(n)), key(ccal::testing::testKey(seed)), world(w), policy(p) {
-    registerDealContracts(registry);
-  }
-  ~TNode() {
-    runtime.reset();
-    delivery.reset();
-    link.reset();
-    vault.reset();
-    flowStore.reset();
-    messages.reset();
-  }
-  Party party() const { return Party{name, Key(key.publicKey())}; }
-  void open();
-  void quiesce() {
-    if (vault) vault->waitForWrites();  // vault writes queued by flows (their completions post back)
-    if (delivery) delivery->waitForStore();
-    if (runtime) runtime->waitForStore();
-  }
-  // This node's live letters of credit of `number` (closed ones included).
-  std::vector<LetterOfCredit> lcs(const std::string& number) const {
-    const std::string type(lc_state_type);
-    auto page = vault->query(vault::Query(vault::Criteria::field(type, "lc", vault::FieldOp::eq, {number})))
-                    .value();
-    std::vector<LetterOfCredit> out;
-    for (const auto& s : page.states) out.push_back(decodeLetterOfCredit(s.state.data).value());
-    return out;
-  }
-  LetterOfCredit lc(const std::string& number) const {
-    auto all = lcs(number);
-    REQUIRE_MESSAGE(all.size() == 1, name << " holds " << all.size() << " live LCs " << number);
-    return all[0];
-  }
-  int64_t balance(const std::string& currency) const {
-    int64_t total = 0;
-    auto page = vault->query(vault::Query(vault::Criteria::stateType(std::string(token_state_type)))).value();
-    for (const auto& s : page.states) {
-      auto t = decodeToken(s.state.data).value();
-      if (t.currency == currency && t.owner == Key(key.publicKey())) total += t.amountMinor;
-    }
-    return total;
-  }
-};
-
-struct World {
-  TestExecutor executor;
-  Hub hub;
-  Directory directory;
-  Party notaryParty{notary_name, Key(ccal::testing::testKey(99).publicKey())};
-  UniquenessNotary notary{notaryParty, ccal::testing::testKey(99)};
-  std::map<std::string, std::unique_ptr<TNode>> nodes;
-
-  World() {
-    hub.executor = &executor;
-    directory.parties[notary_name] = notaryParty;
-  }
-  ~World() { nodes.clear(); }
+// The LC tests' world: the regulator observes every ccal.lc transaction;
+// each node applies its own LC policy.
+struct World : DealTestWorld {
+  World() { observer_rules = {ObserverRule{regulator, {std::string(lc_contract)}, {}, false}}; }
   TNode& add(const std::string& name, uint8_t seed, LcPolicy policy = {}) {
-    hub.names.insert(name);
-    auto node = std::make_unique<TNode>(name, seed, *this, policy);
-    directory.parties[name] = node->party();
-    node->open();
-    TNode& ref = *node;
-    nodes[name] = std::move(node);
-    return ref;
-  }
-  bool run(const std::function<bool()>& pred, int64_t deadline_micros = 600'000'000) {
-    return executor.runUntil(pred, deadline_micros, [this] {
-      for (auto& entry : nodes) entry.second->quiesce();
-    });
-  }
-  // Lets `micros` of virtual time pass.
-  void advance(int64_t micros) {
-    bool fired = false;
-    executor.runAfter(micros, [&fired] { fired = true; });
-    REQUIRE(run([&fired] { return fired; }, micros + 1));
-  }
-  FlowInfo runFlow(TNode& n, std::string_view flow, const std::vector<std::string>& kvs) {
-    auto args = parseDealArgs(flow, kvs);
-    REQUIRE_MESSAGE(args.ok(), (args ? "" : args.error().message));
-    auto id = n.runtime->startFlow(flow, encodeDealArgs(*args));
-    REQUIRE(id);
-    const bool done = run([&] { return n.finished.count(*id) > 0; });
-    REQUIRE_MESSAGE(done, flow << " did not finish");
-    // Let finality's last receivers record.
-    run([this] {
-      for (auto& entry : nodes) {
-        if (entry.second->runtime->running() > 0) return false;
-      }
-      return true;
-    });
-    return n.finished.at(*id);
-  }
-  SecureHash ok(TNode& n, std::string_view flow, const std::vector<std::string>& kvs) {
-    FlowInfo info = runFlow(n, flow, kvs);
-    REQUIRE_MESSAGE(info.outcome == vault::FlowOutcome::ok,
-                    flow << " failed: " << (info.error ? info.error->message : ""));
-    return idOf(info.result);
-  }
-  // The flow fails; its error message.
-  std::string fails(TNode& n, std::string_view flow, const std::vector<std::string>& kvs) {
-    FlowInfo info = runFlow(n, flow, kvs);
-    REQUIRE_MESSAGE(info.outcome != vault::FlowOutcome::ok, flow << " succeeded, but should have failed");
-    return info.error ? info.error->message : std::string("(no error)");
+    return DealTestWorld::add(name, seed, {}, [policy](FlowServices& s) { addLcChecks(s, policy); });
   }
 };
 
-void TNode::open() {
-  vault::VaultConfig vc;
-  vc.store.path = dir.path;
-  vc.store.durable = false;
-  TestExecutor* clock = &world.executor;
-  vc.now_micros = [clock] { return clock->nowMicros(); };
-  vault = vault::Vault::open(vc, registry, {key.publicKey()}).value();
-  messages = std::make_unique<vault::MessageStore>(vault->store(), [clock] { return clock->nowMicros(); });
-  flowStore = std::make_unique<vault::FlowStore>(vault->store(), [clock] { return clock->nowMicros(); });
-  link = std::make_unique<HubLink>(world.hub, name);
-  DeliveryConfig dc;
-  dc.log = [](std::string_view) {};
-  delivery = std::make_unique<Delivery>(*link, *messages, world.executor, world.executor, dc);
-  FlowRuntimeConfig fc;
-  fc.self = name;
-  fc.flow_timeout_micros = 0;
-  uint64_t counter = key.publicKey().bytes()[0];
-  fc.random_u64 = [counter]() mutable { return ++counter * 0x9e3779b97f4a7c15ull; };
-  fc.log = [](std::string_view) {};
-  runtime = std::make_unique<FlowRuntime>(*delivery, world.executor, world.executor, *flowStore, fc);
-  svc = FlowServices{};
-  svc.identity = party();
-  svc.keys = {key};
-  svc.vault = vault.get();
-  svc.contracts = &registry;
-  const Directory* d = &world.directory;
-  svc.partyByName = [d](std::string_view n) { return d->byName(n); };
-  svc.partyByKey = [d](const Key& k) { return d->byKey(k); };
-  svc.notary = &world.notary;
-  // The network's observer rule: the regulator sees every LC transaction.
-  svc.observer_rules = {ObserverRule{regulator, {std::string(lc_contract)}, {}, false}};
-  addDealChecks(svc);
-  addLcChecks(svc, policy);
-  REQUIRE(registerBuiltinFlows(*runtime, svc).ok());
-  DealConfig config;
-  config.notary = notary_name;
-  REQUIRE(registerDealFlows(*runtime, svc, config).ok());
-  FlowRuntime::Hooks hooks;
-  hooks.finished = [this](const FlowInfo& info) { finished[info.id] = info; };
-  runtime->setHooks(std::move(hooks));
-  REQUIRE(runtime->start().ok());
-  REQUIRE(delivery->start().ok());
+// `n`'s live letters of credit of `number` (closed ones included).
+std::vector<LetterOfCredit> lcsOf(const TNode& n, const std::string& number) {
+  const std::string type(lc_state_type);
+  auto page = n.vault->query(vault::Query(vault::Criteria::field(type, "lc", vault::FieldOp::eq, {number}))).value();
+  std::vector<LetterOfCredit> out;
+  for (const auto& s : page.states) out.push_back(decodeLetterOfCredit(s.state.data).value());
+  return out;
+}
+LetterOfCredit lcOf(const TNode& n, const std::string& number) {
+  auto all = lcsOf(n, number);
+  REQUIRE_MESSAGE(all.size() == 1, n.name << " holds " << all.size() << " live LCs " << number);
+  return all[0];
 }
 
 // A 1000.00 CNY letter of credit for Haikou Fishing (applicant) buying from
@@ -235,7 +84,7 @@ struct Lc {
   void allSee(const std::string& number, LcStatus status) {
     for (TNode* n : {&b, &adv, &a, &bb, &reg}) {
       CAPTURE(n->name);
-      CHECK(lcStatusName(n->lc(number).status) == std::string(lcStatusName(status)));
+      CHECK(lcStatusName(lcOf(*n, number).status) == std::string(lcStatusName(status)));
     }
   }
 };
@@ -292,7 +141,7 @@ TEST_CASE("lc flows: application, discrepant presentation, waiver and payment; e
   w.ok(t.bb, lc_present_deal,
        {"lc=LC-1", "documents=" + Lc::doc("commercial_invoice") + ";" + Lc::doc("bill_of_lading")});
   t.allSee("LC-1", LcStatus::presented);
-  CHECK(t.b.lc("LC-1").drawingMinor == 100000);
+  CHECK(lcOf(t.b, "LC-1").drawingMinor == 100000);
   // Complying is not what the contract accepts without every required document.
   CHECK(w.fails(t.b, lc_examine_deal, {"lc=LC-1", "result=complying"}).find("[documents_missing]") != std::string::npos);
   w.ok(t.b, lc_examine_deal, {"lc=LC-1", "result=discrepant", "reasons=no insurance certificate"});
@@ -303,12 +152,12 @@ TEST_CASE("lc flows: application, discrepant presentation, waiver and payment; e
         std::string::npos);
   w.ok(t.a, lc_waive_deal, {"lc=LC-1"});
   t.allSee("LC-1", LcStatus::waived);
-  CHECK(t.bb.lc("LC-1").discrepancies == std::vector<std::string>{"no insurance certificate"});
+  CHECK(lcOf(t.bb, "LC-1").discrepancies == std::vector<std::string>{"no insurance certificate"});
   // The bank pays the beneficiary in its tokens, in the same transaction.
   const SecureHash paid = w.ok(t.b, lc_pay_deal, {"lc=LC-1"});
   t.allSee("LC-1", LcStatus::paid);
   CHECK(t.bb.balance("CNY") == 100000);
-  CHECK(t.bb.lc("LC-1").paidMinor == 100000);
+  CHECK(lcOf(t.bb, "LC-1").paidMinor == 100000);
   CHECK(t.reg.vault->transaction(paid).value().has_value());
   // Fully drawn: no further presentation; the bank closes alone.
   CHECK(w.fails(t.bb, lc_present_deal, {"lc=LC-1", "documents=" + Lc::allDocs()}).find("[illegal_step]") !=
@@ -356,8 +205,8 @@ TEST_CASE("lc flows: roles, the application's checks, the regulator sees but doe
   CHECK(w.fails(t.bb, lc_present_deal, {"lc=LC-1", "documents=" + Lc::allDocs(), "amount=100001"})
             .find("argument 'amount'") != std::string::npos);
   // An outsider sees nothing; the regulator sees every step, signs none.
-  CHECK(outside.lcs("LC-1").empty());
-  CHECK(t.reg.lc("LC-1").status == LcStatus::advised);
+  CHECK(lcsOf(outside, "LC-1").empty());
+  CHECK(lcOf(t.reg, "LC-1").status == LcStatus::advised);
   CHECK(t.reg.balance("CNY") == 0);
 }
 
@@ -367,20 +216,20 @@ TEST_CASE("lc flows: an amendment takes effect only with the issuing bank's and 
   t.applyIssueAdvise();
   // With consent: the applicant proposes, the bank signs, the beneficiary accepts.
   w.ok(t.a, lc_amend_deal, {"lc=LC-1", "action=propose", "amount=150000", "expiry=2024-01-31"});
-  CHECK(t.bb.lc("LC-1").amendment.has_value());
-  CHECK(t.bb.lc("LC-1").terms.amountMinor == 100000);  // silence is not consent
+  CHECK(lcOf(t.bb, "LC-1").amendment.has_value());
+  CHECK(lcOf(t.bb, "LC-1").terms.amountMinor == 100000);  // silence is not consent
   w.ok(t.bb, lc_amend_deal, {"lc=LC-1", "action=accept"});
   for (TNode* n : t.parties) {
     CAPTURE(n->name);
-    CHECK(n->lc("LC-1").terms.amountMinor == 150000);
-    CHECK_FALSE(n->lc("LC-1").amendment);
+    CHECK(lcOf(*n, "LC-1").terms.amountMinor == 150000);
+    CHECK_FALSE(lcOf(*n, "LC-1").amendment);
   }
   // Without the beneficiary's consent: proposed, rejected, terms unchanged.
   w.ok(t.a, lc_amend_deal, {"lc=LC-1", "action=propose", "amount=90000"});
   CHECK(w.fails(t.a, lc_amend_deal, {"lc=LC-1", "action=propose", "amount=80000"}).find("pending already") !=
         std::string::npos);
   w.ok(t.bb, lc_amend_deal, {"lc=LC-1", "action=reject"});
-  CHECK(t.a.lc("LC-1").terms.amountMinor == 150000);
+  CHECK(lcOf(t.a, "LC-1").terms.amountMinor == 150000);
   CHECK(w.fails(t.bb, lc_amend_deal, {"lc=LC-1", "action=accept"}).find("no amendment pending") != std::string::npos);
   // Only the beneficiary answers; only the applicant proposes; a proposal changes something.
   w.ok(t.a, lc_amend_deal, {"lc=LC-1", "action=propose", "shipment=2023-12-20"});
@@ -389,8 +238,8 @@ TEST_CASE("lc flows: an amendment takes effect only with the issuing bank's and 
         std::string::npos);
   // Silence: the beneficiary presents under the current terms, which drops the amendment.
   w.ok(t.bb, lc_present_deal, {"lc=LC-1", "documents=" + Lc::allDocs(), "amount=40000"});
-  CHECK_FALSE(t.b.lc("LC-1").amendment);
-  CHECK(t.b.lc("LC-1").terms.latestShipmentMicros == parseDateMicros("2023-12-16").value());
+  CHECK_FALSE(lcOf(t.b, "LC-1").amendment);
+  CHECK(lcOf(t.b, "LC-1").terms.latestShipmentMicros == parseDateMicros("2023-12-16").value());
   CHECK(w.fails(t.bb, lc_amend_deal, {"lc=LC-1", "action=bargain"}).find("argument 'action'") != std::string::npos);
 }
 
@@ -409,9 +258,9 @@ TEST_CASE("lc flows: the issuing bank refuses an amendment above its limit; the 
   const std::string why = w.fails(a, lc_amend_deal, {"lc=LC-2", "action=propose", "amount=130000"});
   CHECK(why.find("refused") != std::string::npos);
   CHECK(why.find("above this bank's limit of 120000") != std::string::npos);
-  CHECK_FALSE(a.lc("LC-2").amendment);
+  CHECK_FALSE(lcOf(a, "LC-2").amendment);
   w.ok(a, lc_amend_deal, {"lc=LC-2", "action=propose", "amount=120000"});
-  CHECK(b.lc("LC-2").amendment->amountMinor == 120000);
+  CHECK(lcOf(b, "LC-2").amendment->amountMinor == 120000);
 }
 
 TEST_CASE("lc flows: a presentation after expiry is refused; closing before expiry needs the beneficiary") {
@@ -422,13 +271,13 @@ TEST_CASE("lc flows: a presentation after expiry is refused; closing before expi
   const std::string why = w.fails(t.b, lc_close_deal, {"lc=LC-1"});
   CHECK(why.find("refused") != std::string::npos);
   CHECK(why.find("does not consent") != std::string::npos);
-  CHECK(t.a.lc("LC-1").status == LcStatus::advised);
+  CHECK(lcOf(t.a, "LC-1").status == LcStatus::advised);
   // Past the expiry (the end of 2023-12-31): the contract refuses the presentation.
   w.advance(60 * day_micros);
   const std::string late = w.fails(t.bb, lc_present_deal, {"lc=LC-1", "documents=" + Lc::allDocs()});
   CHECK(late.find("[expired]") != std::string::npos);
-  CHECK(t.b.lc("LC-1").status == LcStatus::advised);
-  CHECK(t.b.lc("LC-1").presentation.empty());
+  CHECK(lcOf(t.b, "LC-1").status == LcStatus::advised);
+  CHECK(lcOf(t.b, "LC-1").presentation.empty());
   // Expired: the bank closes alone.
   w.ok(t.b, lc_close_deal, {"lc=LC-1"});
   t.allSee("LC-1", LcStatus::closed);
@@ -450,14 +299,14 @@ TEST_CASE("lc flows: a beneficiary that consents to cancellation signs the closi
   w.ok(bb, lc_present_deal, {"lc=LC-3", "documents=" + Lc::doc("invoice"), "amount=30000"});
   w.ok(b, lc_examine_deal, {"lc=LC-3", "result=discrepant", "reasons=invoice unsigned;wrong goods description"});
   w.ok(b, lc_refuse_deal, {"lc=LC-3"});
-  CHECK(a.lc("LC-3").status == LcStatus::refused);
+  CHECK(lcOf(a, "LC-3").status == LcStatus::refused);
   w.ok(bb, lc_present_deal, {"lc=LC-3", "documents=" + Lc::doc("invoice"), "amount=30000"});
   w.ok(b, lc_examine_deal, {"lc=LC-3", "result=complying"});
   w.ok(b, lc_pay_deal, {"lc=LC-3"});
   CHECK(bb.balance("CNY") == 30000);
-  CHECK(bb.lc("LC-3").paidMinor == 30000);
+  CHECK(lcOf(bb, "LC-3").paidMinor == 30000);
   // 70000 undrawn, before expiry: closed with the beneficiary's signature.
   w.ok(b, lc_close_deal, {"lc=LC-3"});
-  CHECK(bb.lc("LC-3").status == LcStatus::closed);
-  CHECK(a.lc("LC-3").status == LcStatus::closed);
+  CHECK(lcOf(bb, "LC-3").status == LcStatus::closed);
+  CHECK(lcOf(a, "LC-3").status == LcStatus::closed);
 }

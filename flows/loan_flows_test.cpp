@@ -13,14 +13,7 @@
 #include <vector>
 
 #include "contracts/contracts.h"
-#include "flows/builtin_testing.h"
-#include "flows/delivery.h"
-#include "flows/flows_testing.h"
-#include "ledger/testing.h"
-#include "test/support/temp_dir.h"
-#include "vault/flow_store.h"
-#include "vault/message_store.h"
-#include "vault/vault.h"
+#include "flows/deal_testing.h"
 
 using namespace ccal;
 using namespace ccal::flows;
@@ -35,163 +28,31 @@ const std::string coopA = "O=Haikou Fishing Cooperative, L=Haikou, C=CN";
 const std::string coopB = "O=Sanya Tea Cooperative, L=Sanya, C=CN";
 const std::string coopC = "O=Wenchang Coconut Cooperative, L=Wenchang, C=CN";
 const std::string coopD = "O=Qionghai Pepper Cooperative, L=Qionghai, C=CN";
-const std::string notary_name = "O=Hainan Notary, L=Haikou, C=CN";
 constexpr int64_t day = 86'400'000'000;
 
-struct World;
+using TNode = DealTestNode;
 
-struct TNode {
-  std::string name;
-  KeyPair key;
-  World& world;
-  LoanPolicy policy;
-  ccal::testing::TempDir dir{"ccal-loan-flows-test"};
-  ContractRegistry registry;
-  FlowServices svc;
-  std::unique_ptr<vault::Vault> vault;
-  std::unique_ptr<vault::MessageStore> messages;
-  std::unique_ptr<vault::FlowStore> flowStore;
-  std::unique_ptr<HubLink> link;
-  std::unique_ptr<Delivery> delivery;
-  std::unique_ptr<FlowRuntime> runtime;
-  std::map<FlowId, FlowInfo> finished;
-
-  TNode(std::string n, uint8_t seed, World& w, LoanPolicy p)
-      : name(std::move(n)), key(ccal::testing::testKey(seed)), world(w), policy(p) {
-    registerDealContracts(registry);
-  }
-  ~TNode() {
-    runtime.reset();
-    delivery.reset();
-    link.reset();
-    vault.reset();
-    flowStore.reset();
-    messages.reset();
-  }
-  Key owningKey() const { return Key(key.publicKey()); }
-  void open();
-  void quiesce() {
-    if (vault) vault->waitForWrites();  // vault writes queued by flows (their completions post back)
-    delivery->waitForStore();
-    runtime->waitForStore();
-  }
-  std::vector<vault::VaultState> states(std::string_view type) const {
-    return vault->query(vault::Query(vault::Criteria::stateType(std::string(type)))).value().states;
-  }
-  // Unconsumed tokens of `owner` in this vault.
-  int64_t tokensOf(const Key& owner) const {
-    int64_t total = 0;
-    for (const auto& s : states(token_state_type)) {
-      auto t = decodeToken(s.state.data).value();
-      if (t.owner == owner && t.currency == "CNY") total += t.amountMinor;
-    }
-    return total;
-  }
-  std::optional<Loan> loan(const std::string& id_hex) const {
-    for (const auto& s : states(loan_state_type)) {
-      auto l = decodeLoan(s.state.data).value();
-      if (l.loanId.hex() == id_hex) return l;
-    }
-    return std::nullopt;
-  }
-};
-
-struct World {
-  TestExecutor executor;
-  Hub hub;
-  Directory directory;
-  Party notaryParty{notary_name, Key(ccal::testing::testKey(99).publicKey())};
-  UniquenessNotary notary{notaryParty, ccal::testing::testKey(99)};
-  std::map<std::string, std::unique_ptr<TNode>> nodes;
-
-  World() {
-    hub.executor = &executor;
-    directory.parties[notary_name] = notaryParty;
-  }
-  ~World() { nodes.clear(); }
+// The loan tests' world: each node applies its own loan policy; the loan
+// flows answer JSON.
+struct World : DealTestWorld {
   TNode& add(const std::string& name, uint8_t seed, LoanPolicy policy = {}) {
-    hub.names.insert(name);
-    auto node = std::make_unique<TNode>(name, seed, *this, policy);
-    directory.parties[name] = Party{name, node->owningKey()};
-    node->open();
-    TNode& ref = *node;
-    nodes[name] = std::move(node);
-    return ref;
+    // This node's own loan policy replaces the default one addDealChecks set.
+    return DealTestWorld::add(name, seed, {}, [policy](FlowServices& s) { addLoanChecks(s, policy); });
   }
-  bool run(const std::function<bool()>& pred, int64_t deadline_micros = 600'000'000) {
-    return executor.runUntil(pred, deadline_micros, [this] {
-      for (auto& entry : nodes) entry.second->quiesce();
-    });
-  }
-  FlowInfo runFlow(TNode& n, std::string_view flow, const std::vector<std::string>& kvs) {
-    auto args = parseDealArgs(flow, kvs);
-    REQUIRE_MESSAGE(args.ok(), (args ? "" : args.error().message));
-    auto id = n.runtime->startFlow(flow, encodeDealArgs(*args));
-    REQUIRE(id);
-    const bool done = run([&] { return n.finished.count(*id) > 0; });
-    REQUIRE_MESSAGE(done, flow << " did not finish");
-    return n.finished.at(*id);
-  }
+  // The flow succeeds; its JSON result (the deal flows answer a transaction id: discarded here).
   json ok(TNode& n, std::string_view flow, const std::vector<std::string>& kvs) {
-    FlowInfo info = runFlow(n, flow, kvs);
-    REQUIRE_MESSAGE(info.outcome == vault::FlowOutcome::ok, flow << " failed: " << (info.error ? info.error->message : ""));
-    // The loan flows answer JSON; the deal flows a transaction id (discarded here).
+    FlowInfo info = okInfo(n, flow, kvs);
     return json::parse(info.result.begin(), info.result.end(), nullptr, false);
   }
-  std::string fails(TNode& n, std::string_view flow, const std::vector<std::string>& kvs) {
-    FlowInfo info = runFlow(n, flow, kvs);
-    REQUIRE_MESSAGE(info.outcome != vault::FlowOutcome::ok, flow << " succeeded, expected a failure");
-    return info.error ? info.error->message : "(no error)";
-  }
-  // Lets virtual time pass.
-  void advance(int64_t micros) {
-    bool fired = false;
-    executor.runAfter(micros, [&fired] { fired = true; });
-    REQUIRE(run([&] { return fired; }, micros + 1));
-  }
 };
 
-void TNode::open() {
-  vault::VaultConfig vc;
-  vc.store.path = dir.path;
-  vc.store.durable = false;
-  TestExecutor* clock = &world.executor;
-  vc.now_micros = [clock] { return clock->nowMicros(); };
-  vault = vault::Vault::open(vc, registry, {key.publicKey()}).value();
-  messages = std::make_unique<vault::MessageStore>(vault->store(), [clock] { return clock->nowMicros(); });
-  flowStore = std::make_unique<vault::FlowStore>(vault->store(), [clock] { return clock->nowMicros(); });
-  link = std::make_unique<HubLink>(world.hub, name);
-  DeliveryConfig dc;
-  dc.log = [](std::string_view) {};
-  delivery = std::make_unique<Delivery>(*link, *messages, world.executor, world.executor, dc);
-  FlowRuntimeConfig fc;
-  fc.self = name;
-  fc.flow_timeout_micros = 0;
-  uint64_t counter = key.publicKey().bytes()[0];
-  fc.random_u64 = [counter]() mutable { return ++counter * 0x9e3779b97f4a7c15ull; };
-  fc.log = [](std::string_view) {};
-  runtime = std::make_unique<FlowRuntime>(*delivery, world.executor, world.executor, *flowStore, fc);
-  svc = FlowServices{};
-  svc.identity = Party{name, owningKey()};
-  svc.keys = {key};
-  svc.vault = vault.get();
-  svc.contracts = &registry;
-  const Directory* d = &world.directory;
-  svc.partyByName = [d](std::string_view n) { return d->byName(n); };
-  svc.partyByKey = [d](const Key& k) { return d->byKey(k); };
-  svc.notary = &world.notary;
-  addDealChecks(svc);
-  // This node's own loan policy replaces the default one addDealChecks set.
-  addLoanChecks(svc, policy);
-  REQUIRE(registerBuiltinFlows(*runtime, svc).ok());
-  DealConfig config;
-  config.notary = notary_name;
-  REQUIRE(registerDealFlows(*runtime, svc, config).ok());
-  FlowRuntime::Hooks hooks;
-  hooks.finished = [this](const FlowInfo& info) { finished[info.id] = info; };
-  runtime->setHooks(std::move(hooks));
-  REQUIRE(runtime->start().ok());
-  REQUIRE(delivery->start().ok());
+// The loan `id_hex` in `n`'s vault, if it holds it unconsumed.
+std::optional<Loan> loanOf(const TNode& n, const std::string& id_hex) {
+  for (const auto& s : n.states(loan_state_type)) {
+    auto l = decodeLoan(s.state.data).value();
+    if (l.loanId.hex() == id_hex) return l;
+  }
+  return std::nullopt;
 }
 
 bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
@@ -288,18 +149,18 @@ TEST_CASE("loan flows: a fund, two contributions, a reviewed request, k-of-n app
 
   // Approval by 1 of 3 when 2 are needed: refused, the loan stays requested.
   CHECK(contains(w.fails(p.a, loan_approve_deal, {"loan=" + loan}), "approvals_below_threshold"));
-  CHECK(p.a.loan(loan)->status == LoanStatus::requested);
+  CHECK(loanOf(p.a, loan)->status == LoanStatus::requested);
   // Disbursing an unapproved loan: refused.
   CHECK(contains(w.fails(p.a, loan_disburse_deal, {"loan=" + loan}), "not approved"));
   // 2 of 3.
   w.ok(p.a, loan_approve_deal, {"loan=" + loan, "approvers=" + coopB});
-  for (TNode* n : {&p.a, &p.b, &p.c, &p.d}) CHECK(n->loan(loan)->status == LoanStatus::approved);
+  for (TNode* n : {&p.a, &p.b, &p.c, &p.d}) CHECK(loanOf(*n, loan)->status == LoanStatus::approved);
   // Only an approver disburses.
   CHECK(contains(w.fails(p.c, loan_disburse_deal, {"loan=" + loan}), "did not approve"));
   w.ok(p.b, loan_disburse_deal, {"loan=" + loan});
   CHECK(p.d.tokensOf(p.d.owningKey()) == 1'100'000);
   for (TNode* n : {&p.a, &p.b, &p.c}) CHECK(n->tokensOf(p.fkey) == 400'000);
-  CHECK(p.d.loan(loan)->status == LoanStatus::disbursed);
+  CHECK(loanOf(p.d, loan)->status == LoanStatus::disbursed);
 
   // Two instalments on time, with the agreed interest (106000 over 3).
   json r1 = w.ok(p.d, loan_repay_deal, {"loan=" + loan});
@@ -355,7 +216,7 @@ TEST_CASE("loan flows: default after the due date by k of n, and the committee r
   CHECK(contains(w.fails(p.b, loan_default_deal, {"loan=" + loan}), "did not approve"));
   json def = w.ok(p.a, loan_default_deal, {"loan=" + loan});
   CHECK(def["outstanding"] == 106'000);
-  CHECK(p.d.loan(loan)->status == LoanStatus::defaulted);
+  CHECK(loanOf(p.d, loan)->status == LoanStatus::defaulted);
   CHECK(contains(w.fails(p.d, loan_repay_deal, {"loan=" + loan}), "not disbursed"));
   CreditReport r = creditReportFromVault(*p.d.vault, p.d.owningKey()).value();
   CHECK(r.defaulted == 1);
