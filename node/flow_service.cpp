@@ -1,6 +1,9 @@
 #include "node/flow_service.h"
 
+#include <signal.h>
+
 #include <algorithm>
+#include <cstdlib>
 #include <utility>
 
 #include "ledger/assert.h"
@@ -99,6 +102,19 @@ FlowService::FlowService(Options options) {
     waiters_.erase(it);
     for (auto& fn : fns) fn(info);
   };
+  // Fault injection for the real-process crash tests (test/deal_process_test.cpp):
+  // with CCAL_FAULT_KILL_AT_STEP=<text> in its environment the node kills
+  // itself with SIGKILL as soon as an event is durably journaled for a flow
+  // whose progress step contains <text>. "notarising" stops a payer right
+  // after the notary's answer is journaled, before finality records or sends
+  // anything. Unset (the normal case), nothing is installed.
+  if (const char* at = std::getenv("CCAL_FAULT_KILL_AT_STEP"); at != nullptr && *at != '\0') {
+    flows::FlowRuntime* rt = runtime_.get();
+    hooks.journaled = [rt, text = std::string(at)](const flows::FlowId& flow, uint64_t) {
+      auto info = rt->show(flow);
+      if (info && info->step.find(text) != std::string::npos) ::raise(SIGKILL);
+    };
+  }
   runtime_->setHooks(std::move(hooks));
 }
 
