@@ -47,6 +47,14 @@ namespace {
 
 constexpr const char* ccal_version = "0.1.0";
 
+// Every deal flow on a regulator's node: refused before it does anything.
+flows::Flow<Bytes> refuseAsRegulator(flows::FlowContext&, Bytes) {
+  flows::failFlow(Errc::forbidden,
+                  "this node is a regulator: it observes the transactions the network's rules send it and "
+                  "neither starts nor signs a deal");
+  co_return Bytes{};
+}
+
 std::string readText(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   std::ostringstream out;
@@ -359,12 +367,23 @@ Status Node::Impl::openFlows() {
         return ClientNotaryGateway::Cluster{client, info->validating};
       });
   flow_services = flowServicesOf(*map, config.x500, *identity, *vault, contracts, *notary_gateway);
-  flows::addDealChecks(flow_services);
-  CCAL_TRY(flows::registerBuiltinFlows(flows->runtime(), flow_services));
-  flows::DealConfig deals;
-  // With one notary cluster in the network, new states go to it unless a flow names another.
-  if (map->parameters().notaries.size() == 1) deals.notary = map->parameters().notaries.front().name;
-  CCAL_TRY(flows::registerDealFlows(flows->runtime(), flow_services, deals));
+  if (config.role == Role::regulator) {
+    // A regulator observes: it records what finality sends it (all visible), never
+    // signs (no signing key in its flow services: a sign request is refused) and
+    // starts no deal (each deal flow answers forbidden).
+    flow_services.keys.clear();
+    CCAL_TRY(flows::registerBuiltinFlows(flows->runtime(), flow_services));
+    for (const flows::DealFlowSpec& spec : flows::dealFlowSpecs()) {
+      CCAL_TRY(flows->runtime().registerFlow(std::string(spec.flow), refuseAsRegulator));
+    }
+  } else {
+    flows::addDealChecks(flow_services);
+    CCAL_TRY(flows::registerBuiltinFlows(flows->runtime(), flow_services));
+    flows::DealConfig deals;
+    // With one notary cluster in the network, new states go to it unless a flow names another.
+    if (map->parameters().notaries.size() == 1) deals.notary = map->parameters().notaries.front().name;
+    CCAL_TRY(flows::registerDealFlows(flows->runtime(), flow_services, deals));
+  }
   Status started = flows->start();
   if (!started.ok()) {
     return Error{started.error().code, "flow runtime: resuming the flows stored in " +

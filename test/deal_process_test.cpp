@@ -173,6 +173,12 @@ TEST_CASE("a token payment between cooperatives survives SIGKILL of the payer; n
                       60s),
                   member);
   }
+  // The regulator observes only: a deal started on it is refused, saying why.
+  auto by_regulator = testing::runCcalCapturing("flow start token.move to=beta amount=1 currency=EUR --json --dir " +
+                                                net.string() + " --node regulator");
+  INFO(by_regulator.output);
+  CHECK(by_regulator.exit_code != 0);
+  CHECK(by_regulator.output.find("is a regulator") != std::string::npos);
   REQUIRE(runCcal("network stop --dir " + net.string()) == 0);
 
   // The vaults, from their files: the payment once, the right states in each.
