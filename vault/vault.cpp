@@ -191,11 +191,11 @@ struct Slice {
   uint32_t offset = 0, size = 0;
 };
 
-// One index entry of a planned output: a key-only put.
+// One index entry of a planned output: a key-only put, applied by the writer
+// in key order with the batch's other index entries (WriteTxn::putSorted).
 struct PlannedEntry {
   const Db* db;
-  Slice key;    // ends with a placeholder state key: the writer fills in the sequence number
-  bool append;  // keys that grow with recording (applied in key order anyway: putSorted)
+  Slice key;  // ends with a placeholder state key: the writer fills in the sequence number
 };
 
 // One output to record, prepared on the caller's thread.
@@ -219,7 +219,7 @@ struct PreparedInput {
   Slice type_consumed;    // ix_type key to put
   Slice token;            // ix_token key to delete (size 0: not fungible)
   Slice lock;             // ix_lock key to delete (size 0: not locked)
-  Slice consumed;         // ix_consumed key to append
+  Slice consumed;         // ix_consumed key to put
   Slice count_unconsumed, count_consumed;
 };
 
@@ -322,8 +322,7 @@ void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn 
     out.record = plan->add(encodeStateRecord(fields));
     out.entries_begin = static_cast<uint32_t>(plan->entries.size());
     for (auto& entry : VaultAccess::indexKeys(vs, *view, StateKey{0, i})) {
-      const bool append = entry.first == ix_recorded;
-      plan->entries.push_back({&VaultAccess::db(*this, entry.first), plan->add(entry.second), append});
+      plan->entries.push_back({&VaultAccess::db(*this, entry.first), plan->add(entry.second)});
     }
     out.entries_end = static_cast<uint32_t>(plan->entries.size());
     out.count_key = plan->add(countKey(StateStatus::unconsumed, outputs[i].stateType));
