@@ -12,6 +12,10 @@
 //  3. Vault open time at the largest size.
 // Targets (2 cores): >= 20,000 recorded tx/s durably; page p99 <= 5 ms at 1M
 // states; open <= 1 s.
+// With the recording rate: the last pre-verified trial's commits, requests
+// per commit, milliseconds per commit (page writes and syncs, idle syncs
+// included) and the writer's idle syncs (Store::Stats), and the CPU per
+// transaction of the writer thread and of the process.
 //
 // Knobs for investigation: --record-only skips the 1M-state part;
 // CCAL_BENCH_BATCH=N sets the writer's batch size; CCAL_BENCH_NOSYNC=1
