@@ -339,18 +339,98 @@ Status WriteTxn::append(const Db& db, ByteView key, ByteView value) {
   return putFlags(db, key, value, MDB_APPEND);
 }
 
-Status WriteTxn::putFlags(const Db& db, ByteView key, ByteView value, unsigned int flags) {
-  CCAL_ASSERT_MSG(txn_ != nullptr, "put() on a moved-from transaction");
-  MDB_env* env = mdb_txn_env(txn_);
-  const auto key_max = static_cast<size_t>(mdb_env_get_maxkeysize(env));
+// The batch's sorted changes (WriteTxn::putSorted): keys and values copied
+// into one arena, applied in (sub-database, key, order) order.
+struct WriteTxn::SortedChanges {
+  struct Change {
+    const Db* db;
+    // The sort key's first bytes, big-endian and zero-padded, so that most
+    // comparisons need no look into the arena: dbi, then key bytes 0-7, 8-15.
+    MDB_dbi dbi;
+    uint64_t head0, head1;
+    uint32_t key_offset, key_size, value_offset, value_size;
+    uint32_t order;  // submission order: changes to one key keep it
+    bool del;
+  };
+  static uint64_t headOf(ByteView key, size_t from) {
+    uint64_t v = 0;
+    for (size_t i = from; i < from + 8; ++i) v = v << 8 | (i < key.size() ? key[i] : 0);
+    return v;
+  }
+  std::vector<Change> changes;
+  Bytes arena;
+
+  void add(const Db& db, ByteView key, ByteView value, bool del) {
+    const auto key_offset = static_cast<uint32_t>(arena.size());
+    arena.insert(arena.end(), key.begin(), key.end());
+    const auto value_offset = static_cast<uint32_t>(arena.size());
+    arena.insert(arena.end(), value.begin(), value.end());
+    changes.push_back(Change{&db, db.dbi, headOf(key, 0), headOf(key, 8), key_offset,
+                             static_cast<uint32_t>(key.size()), value_offset,
+                             static_cast<uint32_t>(value.size()),
+                             static_cast<uint32_t>(changes.size()), del});
+  }
+  ByteView view(uint32_t offset, uint32_t size) const {
+    return ByteView(arena.data() + offset, size);
+  }
+  // Drops the changes made after a request began (it failed).
+  void truncate(size_t changes_size, size_t arena_size) {
+    changes.resize(changes_size);
+    arena.resize(arena_size);
+  }
+  void clear() { truncate(0, 0); }
+  bool empty() const { return changes.empty(); }
+  void sort() {
+    std::sort(changes.begin(), changes.end(), [this](const Change& a, const Change& b) {
+      if (a.dbi != b.dbi) return a.dbi < b.dbi;
+      if (a.head0 != b.head0) return a.head0 < b.head0;
+      if (a.head1 != b.head1) return a.head1 < b.head1;
+      // LMDB's default order: memcmp, then the shorter key first.
+      const int c = std::memcmp(arena.data() + a.key_offset, arena.data() + b.key_offset,
+                                std::min(a.key_size, b.key_size));
+      if (c != 0) return c < 0;
+      if (a.key_size != b.key_size) return a.key_size < b.key_size;
+      return a.order < b.order;
+    });
+  }
+};
+
+Status WriteTxn::checkKey(const Db& db, ByteView key, const char* what) const {
+  const auto key_max = static_cast<size_t>(mdb_env_get_maxkeysize(mdb_txn_env(txn_)));
   if (key.empty()) {
-    return makeError(Errc::malformed, "put into '" + db.name + "': an empty key");
+    return makeError(Errc::malformed, std::string(what) + " '" + db.name + "': an empty key");
   }
   if (key.size() > key_max) {
-    return makeError(Errc::too_large, "put into '" + db.name + "': a key of " +
+    return makeError(Errc::too_large, std::string(what) + " '" + db.name + "': a key of " +
                                           std::to_string(key.size()) + " bytes, over LMDB's " +
                                           std::to_string(key_max));
   }
+  return {};
+}
+
+Status WriteTxn::putSorted(const Db& db, ByteView key, ByteView value) {
+  if (sorted_ == nullptr) return put(db, key, value);
+  CCAL_ASSERT_MSG(txn_ != nullptr, "putSorted() on a moved-from transaction");
+  CCAL_TRY(checkKey(db, key, "put into"));
+  sorted_->add(db, key, value, false);
+  return {};
+}
+
+Status WriteTxn::delSorted(const Db& db, ByteView key) {
+  if (sorted_ == nullptr) return del(db, key);
+  CCAL_ASSERT_MSG(txn_ != nullptr, "delSorted() on a moved-from transaction");
+  // Keys LMDB cannot hold are never present: deleting them is a no-op.
+  if (key.empty() || key.size() > static_cast<size_t>(mdb_env_get_maxkeysize(mdb_txn_env(txn_)))) {
+    return {};
+  }
+  sorted_->add(db, key, {}, true);
+  return {};
+}
+
+Status WriteTxn::putFlags(const Db& db, ByteView key, ByteView value, unsigned int flags) {
+  CCAL_ASSERT_MSG(txn_ != nullptr, "put() on a moved-from transaction");
+  MDB_env* env = mdb_txn_env(txn_);
+  CCAL_TRY(checkKey(db, key, "put into"));
   MDB_val k = toVal(key), v = toVal(value);
   MDB_cursor* cursor = nullptr;
   int rc = writeCursor(db, &cursor);
@@ -544,8 +624,10 @@ Result<std::unique_ptr<Store>> Store::open(const StoreConfig& config,
   if (rc != 0) return lmdbError(rc, "configure the LMDB environment for " + file, map_size);
 
   // MDB_NOTLS: a read transaction belongs to its ReadTxn, not to a thread.
-  // Without MDB_NOSYNC every commit is durable when it returns.
-  unsigned int flags = MDB_NOTLS | (config.durable ? 0u : MDB_NOSYNC);
+  // MDB_NOMETASYNC: a commit syncs its data pages and writes its meta page
+  // without a sync; the writer answers a commit's callers only once a later
+  // sync covered that meta page (see store.h, "Durability").
+  unsigned int flags = MDB_NOTLS | (config.durable ? MDB_NOMETASYNC : MDB_NOSYNC);
   rc = mdb_env_open(store->env_, dir.c_str(), flags, 0600);
   if (rc != 0) {
     // LMDB: after a failed open the handle must be closed, and nothing else.
@@ -583,6 +665,8 @@ Result<std::unique_ptr<Store>> Store::open(const StoreConfig& config,
   }
   // The handles stay valid for the environment's lifetime once this commits.
   rc = mdb_txn_commit(txn);
+  // Its meta page too: the stamp is on disk before open() returns.
+  if (rc == 0 && config.durable) rc = mdb_env_sync(store->env_, 1);
   if (rc != 0) return writeFailure(rc, "commit the opening transaction on " + file, store->env_);
 
   store->map_size_bytes_ = mapSizeOf(store->env_);
@@ -663,7 +747,7 @@ bool Store::growMap() {
   return true;
 }
 
-void Store::submit(WriteFn fn, DoneFn done) {
+void Store::submit(WriteFn fn, DoneFn done, WriteKind kind) {
   CCAL_ASSERT_MSG(fn != nullptr && done != nullptr, "submit() needs a request and a done()");
   // The writer would wait for itself: a request or a done() must not submit.
   CCAL_ASSERT_MSG(std::this_thread::get_id() != writer_.get_id(),
@@ -672,7 +756,7 @@ void Store::submit(WriteFn fn, DoneFn done) {
     std::unique_lock lock(mutex_);
     CCAL_ASSERT_MSG(!stopping_, "submit() on a store being closed");
     queue_not_full_.wait(lock, [&] { return queue_.size() < config_.write_queue_max; });
-    queue_.push_back(Request{std::move(fn), std::move(done), steadyNanos()});
+    queue_.push_back(Request{std::move(fn), std::move(done), steadyNanos(), kind});
   }
   queue_not_empty_.notify_one();
 }
@@ -713,13 +797,63 @@ void Store::writerLoop() {
       c = nullptr;
     }
   };
+  // The batch's sorted changes (WriteTxn::putSorted), applied before a
+  // plain request runs and before the commit.
+  WriteTxn::SortedChanges sorted;
+  // Answers not yet given, in order, and whether a commit's meta page among
+  // them is not yet covered by a sync (see store.h, "Durability").
+  std::vector<std::pair<DoneFn, Status>> unanswered;
+  bool meta_unsynced = false;
   batch.reserve(config_.write_batch_max);
   results.reserve(config_.write_batch_max);
 
+  auto answer = [&] {
+    for (auto& [done, status] : unanswered) {
+      try {
+        done(status);
+      } catch (const std::exception& e) {
+        ::ccal::detail::assertionFailed("done() threw", __FILE__, __LINE__, e.what());
+      } catch (...) {
+        ::ccal::detail::assertionFailed("done() threw", __FILE__, __LINE__, "non-standard");
+      }
+    }
+    unanswered.clear();
+  };
+  // Syncs the file (the meta pages written since the last sync with it),
+  // then answers everyone waiting. Callers of a commit that could not be
+  // made durable are told so: it is visible, and may or may not survive a
+  // power loss.
+  auto sync_and_answer = [&] {
+    if (meta_unsynced) {
+      const int64_t sync_start_nanos = steadyNanos();
+      const int rc = mdb_env_sync(env_, 1);
+      const int64_t sync_nanos = steadyNanos() - sync_start_nanos;
+      meta_unsynced = false;
+      if (rc != 0) {
+        const Error error = writeFailure(
+            rc, "sync of committed writes to " + file +
+                    " (they are visible but may not survive a power loss; restart the node)",
+            env_);
+        for (auto& entry : unanswered) {
+          if (entry.second.ok()) entry.second = error;
+        }
+      }
+      std::lock_guard lock(mutex_);
+      ++stats_.syncs;
+      stats_.commit_micros += static_cast<uint64_t>(sync_nanos / 1000);
+    }
+    answer();
+  };
+  auto last_txnid = [this]() -> size_t {
+    MDB_envinfo info{};
+    return mdb_env_info(env_, &info) == 0 ? info.me_last_txnid : 0;
+  };
+
   // Runs one request directly in `txn`. `touched` tells whether it reached
   // LMDB with a change, `lmdb_rc` the LMDB failure of a change, if any.
-  auto run_request = [&](MDB_txn* txn, Request& request, bool& touched, int& lmdb_rc) -> Status {
-    WriteTxn w(txn, &cursors);
+  auto run_request = [&](MDB_txn* txn, Request& request, WriteTxn::SortedChanges* buffer,
+                         bool& touched, int& lmdb_rc) -> Status {
+    WriteTxn w(txn, &cursors, buffer);
     Status status;
     try {
       status = request.fn(w);
@@ -743,6 +877,30 @@ void Store::writerLoop() {
     }
     return status;
   };
+  // Applies the sorted changes in key order; 0, or the LMDB error that
+  // stopped them (the transaction must then be aborted).
+  auto apply_sorted = [&](MDB_txn* txn) -> int {
+    if (sorted.empty()) return 0;
+    sorted.sort();
+    WriteTxn w(txn, &cursors);
+    int rc = 0;
+    for (const auto& c : sorted.changes) {
+      const ByteView key = sorted.view(c.key_offset, c.key_size);
+      Status status =
+          c.del ? w.del(*c.db, key) : w.put(*c.db, key, sorted.view(c.value_offset, c.value_size));
+      if (!status.ok()) {
+        rc = w.failed_rc_ != 0 ? w.failed_rc_ : MDB_BAD_VALSIZE;
+        break;
+      }
+    }
+    w.txn_ = nullptr;
+    if (rc == 0) {
+      std::lock_guard lock(mutex_);
+      stats_.sorted_changes += sorted.changes.size();
+    }
+    sorted.clear();
+    return rc;
+  };
 
   for (;;) {
     batch.clear();
@@ -751,6 +909,7 @@ void Store::writerLoop() {
       queue_not_empty_.wait(lock, [&] { return stopping_ || !queue_.empty() || !carried.empty(); });
       if (queue_.empty() && carried.empty()) {
         CCAL_ASSERT(stopping_);
+        CCAL_ASSERT_MSG(unanswered.empty(), "the writer stopped with callers unanswered");
         return;  // drained
       }
       while (batch.size() < config_.write_batch_max && !carried.empty()) {
@@ -777,9 +936,17 @@ void Store::writerLoop() {
     // Requests [0, processed) belong to this commit; the rest are carried.
     size_t processed = batch.size();
     bool committed = false;
+    // Whether the commit wrote a meta page (LMDB skips a commit that
+    // changed nothing, without a sync).
+    bool wrote_meta = false;
     uint32_t reruns = 0;
     uint64_t reruns_counted = 0;
+    // Sorted changes are kept for the batch's end unless applying them
+    // failed once: the batch then runs again with every change applied at
+    // once, so that the failure lands on the request that caused it.
+    bool sorting = true;
     for (;;) {
+      sorted.clear();
       MDB_txn* txn = nullptr;
       int rc = mdb_txn_begin(env_, nullptr, 0, &txn);
       if (rc != 0) {
@@ -790,15 +957,20 @@ void Store::writerLoop() {
       }
       bool any_ok = false;
       bool again = false;
+      int sorted_rc = 0;
       for (size_t i = 0; i < processed; ++i) {
         if (settled[i]) continue;
+        const bool sorted_kind = sorting && batch[i].kind == WriteKind::sorted;
+        if (!sorted_kind && (sorted_rc = apply_sorted(txn)) != 0) break;
+        const size_t changes_before = sorted.changes.size(), arena_before = sorted.arena.size();
         bool touched = false;
         int lmdb_rc = 0;
-        results[i] = run_request(txn, batch[i], touched, lmdb_rc);
+        results[i] = run_request(txn, batch[i], sorted_kind ? &sorted : nullptr, touched, lmdb_rc);
         if (results[i].ok()) {
           any_ok = true;
           continue;
         }
+        sorted.truncate(changes_before, arena_before);  // its own sorted changes go with it
         if (!touched) continue;  // failed before writing: the transaction is clean
         // It wrote, then failed: its changes are mixed into the batch's.
         close_cursors();
@@ -818,6 +990,16 @@ void Store::writerLoop() {
         }
         break;
       }
+      if (!again && sorted_rc == 0) sorted_rc = apply_sorted(txn);
+      if (sorted_rc != 0) {
+        // Sorted changes failed: nobody's outcome yet. Again, with room if
+        // the map was full, else with every change applied at once.
+        close_cursors();
+        mdb_txn_abort(txn);
+        txn = nullptr;
+        again = true;
+        if (!(sorted_rc == MDB_MAP_FULL && growMap())) sorting = false;
+      }
       if (again) {
         ++reruns_counted;
         continue;
@@ -827,8 +1009,9 @@ void Store::writerLoop() {
         mdb_txn_abort(txn);  // nothing to write: spare the fsync
         break;
       }
+      const size_t txnid_before = last_txnid();
       const int64_t commit_start_nanos = steadyNanos();
-      rc = mdb_txn_commit(txn);  // durable unless MDB_NOSYNC
+      rc = mdb_txn_commit(txn);  // data pages synced, meta page written (unless MDB_NOSYNC)
       commit_nanos += steadyNanos() - commit_start_nanos;
       if (rc == MDB_MAP_FULL && growMap()) {
         ++reruns_counted;
@@ -847,6 +1030,7 @@ void Store::writerLoop() {
         }
       } else {
         committed = true;
+        wrote_meta = last_txnid() != txnid_before;
       }
       break;
     }
@@ -858,6 +1042,7 @@ void Store::writerLoop() {
     ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu);
     size_t answered = processed;
     for (size_t i = processed; i < batch.size(); ++i) answered += settled[i] ? 1 : 0;
+    bool more_waiting = false;
     {
       std::lock_guard lock(mutex_);
       stats_.requests += answered;
@@ -869,16 +1054,25 @@ void Store::writerLoop() {
       stats_.run_micros +=
           static_cast<uint64_t>(std::max<int64_t>(0, steadyNanos() - started_nanos - commit_nanos) / 1000);
       if (committed) ++stats_.commits;
+      more_waiting = !queue_.empty() || !carried.empty();
     }
+
+    // Durability: a commit that wrote a meta page synced the data pages
+    // first, and with them every meta page written before: the answers
+    // waiting for those are now durable.
+    if (wrote_meta) answer();
     for (size_t i = 0; i < batch.size(); ++i) {
       if (i >= processed && !settled[i]) continue;  // carried
-      try {
-        batch[i].done(results[i]);
-      } catch (const std::exception& e) {
-        ::ccal::detail::assertionFailed("done() threw", __FILE__, __LINE__, e.what());
-      } catch (...) {
-        ::ccal::detail::assertionFailed("done() threw", __FILE__, __LINE__, "non-standard");
-      }
+      unanswered.emplace_back(std::move(batch[i].done), std::move(results[i]));
+    }
+    if (wrote_meta) meta_unsynced = config_.durable;
+    // Answer now unless a meta page waits for a sync and the next commit
+    // (which would cover it) follows at once; a commit that wrote nothing
+    // covers nothing, so then the writer syncs rather than wait longer.
+    if (!meta_unsynced) {
+      answer();
+    } else if (!more_waiting || !wrote_meta) {
+      sync_and_answer();
     }
   }
 }

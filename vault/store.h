@@ -19,6 +19,39 @@
 // When the map is full the writer grows it (doubling, up to
 // map_size_max_bytes) once no read transaction is open, and runs the batch
 // again; beyond the maximum the request gets a storage_full error.
+//
+// Sorted index changes: a request submitted as WriteKind::sorted (a vault
+// record) puts and deletes its index entries with putSorted()/delSorted();
+// the writer applies the batch's entries sorted by key, page after page,
+// instead of each descending the tree to a random page (see putSorted).
+//
+// Durability (durable = true). LMDB's default commit costs two syncs: an
+// fdatasync of the data pages, then the meta page written through an
+// O_DSYNC descriptor. The environment is opened with MDB_NOMETASYNC
+// instead: a commit fdatasyncs its data pages and then writes its meta page
+// with a plain pwrite. LMDB documents this as keeping integrity (ACI) but
+// not durability: "a system crash may undo the last committed transaction"
+// -- the meta page is synced by "the next non-MDB_RDONLY commit or
+// mdb_env_sync()". LMDB keeps the snapshot of the previous meta page intact
+// until the commit after next (pages freed by a commit are reused only by
+// commits two later), so losing the last meta page falls back to a whole
+// earlier state, never a torn one.
+// The writer therefore answers a commit's callers only once a later sync
+// covered its meta page, without weakening the promise callers get (every
+// acknowledged write survives SIGKILL and power loss):
+//  - under load, by the next commit: its fdatasync of the data pages (one
+//    file) also writes the earlier meta page, before its own meta page is
+//    written; the writer sees that a commit wrote a meta page by LMDB's
+//    last transaction id moving;
+//  - when no request waits (the writer would go idle), or when the next
+//    batch wrote nothing (LMDB skips the sync of an empty commit), by an
+//    explicit mdb_env_sync(), then answers.
+// So a busy writer pays one sync per commit instead of two, and a caller
+// waits at most one further commit; an idle one pays the same two syncs
+// as before. A SIGKILL loses nothing written either way (the page cache
+// holds every pwrite). A failed sync turns the waiting callers' ok into an
+// error (the commit is visible but may not survive a power loss).
+// With durable = false (MDB_NOSYNC) callers are answered at once.
 
 #include <lmdb.h>
 
@@ -97,6 +130,19 @@ class WriteTxn : public ReadTxn {
   // Fails with not_found-free semantics: deleting a missing key is ok.
   Status del(const Db& db, ByteView key);
 
+  // put() and del() of index entries, applied later in key order: in a
+  // request submitted as WriteKind::sorted they are kept in the batch's
+  // buffer and applied, sorted by (sub-database, key) with the changes of the
+  // batch's other sorted requests, just before the next plain request runs
+  // or the batch commits (changes to one key keep their order). Sorted, the
+  // batch's entries of an index land page after page under one cursor
+  // instead of each descending the tree to a random page. Reads in the
+  // batch do not see them until then: use them only for sub-databases that
+  // no sorted request reads. In a plain request they are put()/del().
+  // The key is checked now; a request that fails drops its own changes.
+  Status putSorted(const Db& db, ByteView key, ByteView value);
+  Status delSorted(const Db& db, ByteView key);
+
  private:
   // True once put() or del() reached LMDB: a failure from here on costs a
   // re-run of the batch.
@@ -104,9 +150,11 @@ class WriteTxn : public ReadTxn {
 
  private:
   friend class Store;
-  WriteTxn(MDB_txn* txn, std::vector<MDB_cursor*>* cursors)
-      : ReadTxn(txn, nullptr), cursors_(cursors) {}
+  struct SortedChanges;
+  WriteTxn(MDB_txn* txn, std::vector<MDB_cursor*>* cursors, SortedChanges* sorted = nullptr)
+      : ReadTxn(txn, nullptr), cursors_(cursors), sorted_(sorted) {}
   Status putFlags(const Db& db, ByteView key, ByteView value, unsigned int flags);
+  Status checkKey(const Db& db, ByteView key, const char* what) const;
   // The batch's cursor on `db` (opened on first use), or an LMDB error.
   int writeCursor(const Db& db, MDB_cursor** out);
 
@@ -116,6 +164,7 @@ class WriteTxn : public ReadTxn {
   // tree, which in a large write transaction means a search of LMDB's
   // dirty-page list per level. Indexed by dbi; owned by the writer.
   std::vector<MDB_cursor*>* cursors_ = nullptr;
+  SortedChanges* sorted_ = nullptr;  // the batch's buffer in a sorted request, else null
   bool touched_ = false;
   int failed_rc_ = 0;  // the LMDB error of the last failed put/del
 };
@@ -147,6 +196,11 @@ class Cursor {
 
 // A write request: runs on the writer thread inside the group's transaction.
 using WriteFn = std::function<Status(WriteTxn&)>;
+// plain: the batch's sorted changes are applied before the request runs, so
+// it reads everything written before it. sorted: the request reads no
+// sub-database that sorted changes write, and its own putSorted()/delSorted()
+// wait to be applied in key order (see WriteTxn::putSorted).
+enum class WriteKind { plain, sorted };
 // Called on the writer thread once the request's commit is durable (ok), or
 // with the request's own error, or with the commit's error.
 using DoneFn = std::function<void(const Status&)>;
@@ -166,7 +220,7 @@ class Store {
 
   // Queues a write; done() runs after the durable commit (on the writer
   // thread: keep it short). Blocks while the queue is full.
-  void submit(WriteFn fn, DoneFn done);
+  void submit(WriteFn fn, DoneFn done, WriteKind kind = WriteKind::plain);
   // Queues a write and waits until it is durable.
   Status write(WriteFn fn);
 
@@ -174,6 +228,8 @@ class Store {
     uint64_t commits = 0;
     uint64_t requests = 0;
     uint64_t reruns = 0;      // batches run again without a request that failed after writing
+    uint64_t syncs = 0;       // explicit syncs when the writer went idle (see the commit note)
+    uint64_t sorted_changes = 0;  // index changes applied in key order (WriteTxn::putSorted)
     uint64_t map_grows = 0;   // times the map was grown
     uint64_t map_size_bytes = 0;  // the map's size now
     uint64_t writer_cpu_micros = 0;  // CPU time the writer thread has used
@@ -200,6 +256,7 @@ class Store {
     WriteFn fn;
     DoneFn done;
     int64_t submitted_nanos = 0;  // steady clock, for Stats::queued_micros
+    WriteKind kind = WriteKind::plain;
   };
 
   StoreConfig config_;

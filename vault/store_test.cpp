@@ -388,6 +388,197 @@ TEST_CASE("Store: concurrent writers are all durable, in far fewer commits than 
   checkRecords(*store, threads * writes_per_thread, 200);
 }
 
+TEST_CASE("Store: a durable commit's callers are answered once a later sync covered it") {
+  // One request per batch, so that every request has its own commit.
+  TempDir dir;
+  StoreConfig config = testConfig(dir.store(), /*durable=*/true);
+  config.write_batch_max = 1;
+  auto store = openStore(config);
+  const Db& records = store->db("records");
+  std::atomic<int> finished{0};
+  WriterGate gate;
+  gate.close(*store, finished);
+
+  // What each caller saw when answered: the commits and idle syncs so far.
+  struct Seen {
+    bool ok = false;
+    uint64_t commits = 0, syncs = 0;
+  };
+  std::vector<Seen> seen(4);
+  auto answer = [&](size_t i) {
+    return [&, i](const Status& status) {
+      Store::Stats stats = store->stats();
+      seen[i] = Seen{status.ok(), stats.commits, stats.syncs};
+      ++finished;
+    };
+  };
+  auto put = [&](const char* key) {
+    return [&records, key](WriteTxn& txn) { return txn.put(records, asBytes(key), asBytes(key)); };
+  };
+  store->submit(put("r1"), answer(0));
+  store->submit([](WriteTxn&) { return Status(); }, answer(1));  // writes nothing
+  store->submit(put("r3"), answer(2));
+  store->submit(put("r4"), answer(3));
+  const uint64_t commits_before = store->stats().commits;  // the gate's is counted after it
+  gate.open();
+  waitFor(finished, 5);
+
+  for (const Seen& s : seen) CHECK(s.ok);
+  // r1 waits for a sync: r2's commit wrote nothing (LMDB skips its sync),
+  // so the writer syncs, then answers both.
+  CHECK(seen[0].syncs == 1);
+  CHECK(seen[1].syncs == 1);
+  // r3 is covered by r4's commit (its data sync comes before its meta page).
+  CHECK(seen[2].syncs == 1);
+  CHECK(seen[2].commits == commits_before + 5);
+  // r4 is the last: the writer syncs before going idle.
+  CHECK(seen[3].syncs == 2);
+  CHECK(store->stats().syncs == 2);
+  ReadTxn txn = store->read();
+  for (const char* key : {"r1", "r3", "r4"}) CHECK(str(txn.get(records, asBytes(key))) == key);
+}
+
+TEST_CASE("Store: without durability callers are answered at once, with no syncs") {
+  TempDir dir;
+  auto store = openStore(testConfig(dir.store(), /*durable=*/false));
+  for (int i = 0; i < 3; ++i) {
+    CHECK(store->write([&](WriteTxn& txn) { return putRecord(*store, txn, i, 10); }).ok());
+  }
+  CHECK(store->stats().syncs == 0);
+  checkRecords(*store, 3, 10);
+}
+
+TEST_CASE("Store: sorted changes apply in key order before a plain request and the commit") {
+  TempDir dir;
+  auto store = openStore(testConfig(dir.store(), /*durable=*/true));
+  const Db& records = store->db("records");
+  const Db& index = store->db("index");
+  CHECK(store->write([&](WriteTxn& txn) { return txn.put(index, asBytes("k5"), asBytes("old")); }).ok());
+  std::atomic<int> finished{0};
+  WriterGate gate;
+  gate.close(*store, finished);
+
+  std::vector<Status> results(5);
+  auto record = [&](size_t i) {
+    return [&results, &finished, i](const Status& status) {
+      results[i] = status;
+      ++finished;
+    };
+  };
+  std::string seen_by_a, seen_by_c, seen_by_e;
+  // a: sorted changes wait, so a does not read its own; its plain put is at once.
+  store->submit(
+      [&](WriteTxn& txn) -> Status {
+        CCAL_TRY(txn.putSorted(index, asBytes("k3"), asBytes("a3")));
+        CCAL_TRY(txn.putSorted(index, asBytes("k1"), asBytes("a1")));
+        CCAL_TRY(txn.delSorted(index, asBytes("k5")));
+        CCAL_TRY(txn.put(records, asBytes("a"), asBytes("A")));
+        seen_by_a = str(txn.get(index, asBytes("k1"))) + str(txn.get(records, asBytes("a")));
+        return {};
+      },
+      record(0), WriteKind::sorted);
+  // b: fails after a sorted change and no plain one: its change is dropped,
+  // and the batch runs on without a re-run.
+  store->submit(
+      [&](WriteTxn& txn) -> Status {
+        CCAL_TRY(txn.putSorted(index, asBytes("k2"), asBytes("b2")));
+        return makeError(Errc::conflict, "b refuses");
+      },
+      record(1), WriteKind::sorted);
+  // c: plain, so the sorted changes before it are applied before it runs.
+  store->submit(
+      [&](WriteTxn& txn) -> Status {
+        seen_by_c = str(txn.get(index, asBytes("k1"))) + str(txn.get(index, asBytes("k2"))) +
+                    str(txn.get(index, asBytes("k5")));
+        return {};
+      },
+      record(2));
+  // d: puts k3 again after a's put; then deletes k1 and puts it back: the
+  // changes to one key keep their order.
+  store->submit(
+      [&](WriteTxn& txn) -> Status {
+        CCAL_TRY(txn.putSorted(index, asBytes("k3"), asBytes("d3")));
+        CCAL_TRY(txn.delSorted(index, asBytes("k1")));
+        CCAL_TRY(txn.putSorted(index, asBytes("k1"), asBytes("d1")));
+        CCAL_TRY(txn.putSorted(index, asBytes("k0"), asBytes("d0")));
+        return {};
+      },
+      record(3), WriteKind::sorted);
+  // e: a key LMDB cannot hold fails at once, before anything is written.
+  store->submit(
+      [&](WriteTxn& txn) -> Status {
+        Status empty = txn.putSorted(index, {}, asBytes("x"));
+        seen_by_e = empty.ok() ? "ok" : empty.error().message;
+        return empty;
+      },
+      record(4), WriteKind::sorted);
+  gate.open();
+  waitFor(finished, 6);
+
+  CHECK(results[0].ok());
+  REQUIRE_FALSE(results[1].ok());
+  CHECK(results[1].error().message == "b refuses");
+  CHECK(results[2].ok());
+  CHECK(results[3].ok());
+  REQUIRE_FALSE(results[4].ok());
+  CHECK(results[4].error().code == Errc::malformed);
+  CHECK(seen_by_a == "<none>A");
+  CHECK(seen_by_c == "a1<none><none>");
+  CHECK(seen_by_e.find("empty key") != std::string::npos);
+  Store::Stats stats = store->stats();
+  CHECK(stats.reruns == 0);
+  CHECK(stats.sorted_changes == 7);  // a's three, d's four; b's and e's none
+
+  ReadTxn txn = store->read();
+  CHECK(str(txn.get(index, asBytes("k0"))) == "d0");
+  CHECK(str(txn.get(index, asBytes("k1"))) == "d1");
+  CHECK_FALSE(txn.get(index, asBytes("k2")).has_value());
+  CHECK(str(txn.get(index, asBytes("k3"))) == "d3");
+  CHECK_FALSE(txn.get(index, asBytes("k5")).has_value());
+  CHECK(txn.entries(index) == 3);
+}
+
+TEST_CASE("Store: a sorted change that fails makes the batch run again, blaming its request") {
+  // A map too small to grow: the sorted changes fail when applied, and the
+  // batch runs again with every change applied at once, so the failure is
+  // the request's own (the other request commits).
+  TempDir dir;
+  StoreConfig config = testConfig(dir.store());
+  config.map_size_bytes = 1ull << 20;
+  config.map_size_max_bytes = 1ull << 20;
+  auto store = openStore(config);
+  const Db& index = store->db("index");
+  std::atomic<int> finished{0};
+  WriterGate gate;
+  gate.close(*store, finished);
+  std::vector<Status> results(2);
+  store->submit([&](WriteTxn& txn) { return txn.putSorted(index, asBytes("small"), asBytes("s")); },
+                [&](const Status& status) {
+                  results[0] = status;
+                  ++finished;
+                },
+                WriteKind::sorted);
+  store->submit(
+      [&](WriteTxn& txn) -> Status {
+        for (uint64_t n = 0; n < 4000; ++n) CCAL_TRY(txn.putSorted(index, indexKey(n), payload(n, 400)));
+        return {};
+      },
+      [&](const Status& status) {
+        results[1] = status;
+        ++finished;
+      },
+      WriteKind::sorted);
+  gate.open();
+  waitFor(finished, 3);
+  CHECK(results[0].ok());
+  REQUIRE_FALSE(results[1].ok());
+  CHECK(results[1].error().code == Errc::storage_full);
+  CHECK(store->stats().reruns >= 1);
+  ReadTxn txn = store->read();
+  CHECK(str(txn.get(index, asBytes("small"))) == "s");
+  CHECK(txn.entries(index) == 1);
+}
+
 TEST_CASE("Store: a failing request rolls back its own changes, not its batch's") {
   TempDir dir;
   auto store = openStore(testConfig(dir.store()));

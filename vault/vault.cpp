@@ -191,11 +191,11 @@ struct Slice {
   uint32_t offset = 0, size = 0;
 };
 
-// One index entry of a planned output: a key-only put.
+// One index entry of a planned output: a key-only put, applied by the writer
+// in key order with the batch's other index entries (WriteTxn::putSorted).
 struct PlannedEntry {
   const Db* db;
-  Slice key;    // ends with a placeholder state key: the writer fills in the sequence number
-  bool append;  // keys that grow with recording: appended (WriteTxn::append)
+  Slice key;  // ends with a placeholder state key: the writer fills in the sequence number
 };
 
 // One output to record, prepared on the caller's thread.
@@ -219,7 +219,7 @@ struct PreparedInput {
   Slice type_consumed;    // ix_type key to put
   Slice token;            // ix_token key to delete (size 0: not fungible)
   Slice lock;             // ix_lock key to delete (size 0: not locked)
-  Slice consumed;         // ix_consumed key to append
+  Slice consumed;         // ix_consumed key to put
   Slice count_unconsumed, count_consumed;
 };
 
@@ -322,8 +322,7 @@ void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn 
     out.record = plan->add(encodeStateRecord(fields));
     out.entries_begin = static_cast<uint32_t>(plan->entries.size());
     for (auto& entry : VaultAccess::indexKeys(vs, *view, StateKey{0, i})) {
-      const bool append = entry.first == ix_recorded;
-      plan->entries.push_back({&VaultAccess::db(*this, entry.first), plan->add(entry.second), append});
+      plan->entries.push_back({&VaultAccess::db(*this, entry.first), plan->add(entry.second)});
     }
     out.entries_end = static_cast<uint32_t>(plan->entries.size());
     out.count_key = plan->add(countKey(StateStatus::unconsumed, outputs[i].stateType));
@@ -449,13 +448,13 @@ void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn 
     const Db& type_db = VaultAccess::db(*this, ix_type);
     for (auto& input : plan->consumed) {
       if (const PreparedInput* in = input.prepared) {
-        CCAL_TRY(w.del(type_db, plan->view(in->type_unconsumed)));
-        CCAL_TRY(w.put(type_db, plan->view(in->type_consumed), {}));
-        if (in->token.size > 0) CCAL_TRY(w.del(VaultAccess::db(*this, ix_token), plan->view(in->token)));
-        if (in->lock.size > 0) CCAL_TRY(w.del(VaultAccess::db(*this, ix_lock), plan->view(in->lock)));
+        CCAL_TRY(w.delSorted(type_db, plan->view(in->type_unconsumed)));
+        CCAL_TRY(w.putSorted(type_db, plan->view(in->type_consumed), {}));
+        if (in->token.size > 0) CCAL_TRY(w.delSorted(VaultAccess::db(*this, ix_token), plan->view(in->token)));
+        if (in->lock.size > 0) CCAL_TRY(w.delSorted(VaultAccess::db(*this, ix_lock), plan->view(in->lock)));
         const Bytes state_key = keys::stateKey(in->key);
-        CCAL_TRY(w.append(VaultAccess::db(*this, ix_consumed), plan->view(in->consumed), {}));
-        CCAL_TRY(w.put(VaultAccess::db(*this, ix_consumed_key), state_key, {}));
+        CCAL_TRY(w.putSorted(VaultAccess::db(*this, ix_consumed), plan->view(in->consumed), {}));
+        CCAL_TRY(w.putSorted(VaultAccess::db(*this, ix_consumed_key), state_key, {}));
         CCAL_TRY(w.put(state_db, state_key, plan->view(in->after)));
         const ByteView unconsumed = plan->view(in->count_unconsumed), consumed = plan->view(in->count_consumed);
         count(Bytes(unconsumed.begin(), unconsumed.end()), -1);
@@ -464,21 +463,23 @@ void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn 
       }
       StateRecordFields& fields = input.fields;
       const Bytes state_key = keys::stateKey(input.key);
-      CCAL_TRY(w.del(type_db, typeKey(StateStatus::unconsumed, fields.stateType,
-                                      fields.recordedMicros, input.key)));
-      CCAL_TRY(w.put(type_db,
-                     typeKey(StateStatus::consumed, fields.stateType, fields.recordedMicros, input.key),
-                     {}));
+      CCAL_TRY(w.delSorted(type_db, typeKey(StateStatus::unconsumed, fields.stateType,
+                                            fields.recordedMicros, input.key)));
+      CCAL_TRY(w.putSorted(
+          type_db, typeKey(StateStatus::consumed, fields.stateType, fields.recordedMicros, input.key),
+          {}));
       if (!fields.tokenKey.empty()) {
-        CCAL_TRY(w.del(VaultAccess::db(*this, ix_token),
-                       tokenKey(fields.tokenKey, fields.recordedMicros, input.key)));
+        CCAL_TRY(w.delSorted(VaultAccess::db(*this, ix_token),
+                             tokenKey(fields.tokenKey, fields.recordedMicros, input.key)));
       }
-      if (fields.lock) CCAL_TRY(w.del(VaultAccess::db(*this, ix_lock), lockKey(*fields.lock, input.key)));
+      if (fields.lock) {
+        CCAL_TRY(w.delSorted(VaultAccess::db(*this, ix_lock), lockKey(*fields.lock, input.key)));
+      }
       Bytes consumed_key;
       keys::appendInt(consumed_key, plan->at);
       keys::appendStateKey(consumed_key, input.key);
-      CCAL_TRY(w.append(VaultAccess::db(*this, ix_consumed), consumed_key, {}));
-      CCAL_TRY(w.put(VaultAccess::db(*this, ix_consumed_key), state_key, {}));
+      CCAL_TRY(w.putSorted(VaultAccess::db(*this, ix_consumed), consumed_key, {}));
+      CCAL_TRY(w.putSorted(VaultAccess::db(*this, ix_consumed_key), state_key, {}));
       fields.status = StateStatus::consumed;
       fields.consumedBy = tx_id;
       fields.consumedMicros = plan->at;
@@ -494,7 +495,7 @@ void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn 
         const PlannedEntry& entry = plan->entries[e];
         keys::setStateKeyAtEnd(plan->arena.data() + entry.key.offset, entry.key.size, key);
         const ByteView k = plan->view(entry.key);
-        CCAL_TRY(entry.append ? w.append(*entry.db, k, {}) : w.put(*entry.db, k, {}));
+        CCAL_TRY(w.putSorted(*entry.db, k, {}));
       }
       const ByteView count_key = plan->view(out.count_key);
       count(Bytes(count_key.begin(), count_key.end()), +1);
@@ -506,6 +507,8 @@ void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn 
     CCAL_TRY(w.append(tx_db, seq_key, plan->view(plan->tx_record)));
     return w.put(tx_seq_db, tx_id.view(), seq_key);
   };
+  // Sorted: the request reads only tx_seq, state and counts, and its index
+  // entries (every ix_* change) are applied in key order with the batch's.
   store_->submit(std::move(fn), [this, plan, done = std::move(done)](const Status& status) {
     if (status.ok() && tracking() && (!plan->outputs.empty() || !plan->consumed.empty())) {
       // Trackers see full states: decoded here, only when someone tracks.
@@ -547,7 +550,7 @@ void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn 
       publish(update);
     }
     done(status);
-  });
+  }, WriteKind::sorted);
 }
 
 Status Vault::record(const SignedTransaction& stx, RecordMode mode) {

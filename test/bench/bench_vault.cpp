@@ -12,6 +12,10 @@
 //  3. Vault open time at the largest size.
 // Targets (2 cores): >= 20,000 recorded tx/s durably; page p99 <= 5 ms at 1M
 // states; open <= 1 s.
+// With the recording rate: the last pre-verified trial's commits, requests
+// per commit, milliseconds per commit (page writes and syncs, idle syncs
+// included) and the writer's idle syncs (Store::Stats), and the CPU per
+// transaction of the writer thread and of the process.
 //
 // Knobs for investigation: --record-only skips the 1M-state part;
 // CCAL_BENCH_BATCH=N sets the writer's batch size; CCAL_BENCH_NOSYNC=1
@@ -206,7 +210,7 @@ int main(int argc, char** argv) {
   // CPU per transaction, which load from elsewhere on the machine barely
   // moves: the writer thread's, and the whole process's.
   std::vector<double> writer_cpu_us, process_cpu_us;
-  Store::Stats last_stats;
+  Store::Stats last_stats, last_before;  // the last pre-verified trial's moves: after - before
   double file_mib = 0;  // the data file after a trial: pages written, deterministic
   for (int t = 0; t < trials; ++t) {
     for (int verifying = 0; verifying < 2; ++verifying) {
@@ -221,6 +225,7 @@ int main(int argc, char** argv) {
       (verifying ? verifying_rates : preverified_rates).push_back(rate);
       if (!verifying) {
         last_stats = vault->store().stats();
+        last_before = before;
         writer_cpu_us.push_back(double(last_stats.writer_cpu_micros - before.writer_cpu_micros) /
                                 double(moves));
         process_cpu_us.push_back((processCpuSeconds() - cpu_before) * 1e6 / double(moves));
@@ -241,11 +246,20 @@ int main(int argc, char** argv) {
   double record_rate = median(preverified_rates);
   double verifying_rate = verifying_rates.empty() ? 0 : median(verifying_rates);
   const double writer_us = median(writer_cpu_us), process_us = median(process_cpu_us);
-  char store_stats_note[160];
+  const uint64_t move_commits = last_stats.commits - last_before.commits;
+  const uint64_t move_requests = last_stats.requests - last_before.requests;
+  const uint64_t move_syncs = last_stats.syncs - last_before.syncs;
+  const double commit_ms =
+      double(last_stats.commit_micros - last_before.commit_micros) / 1000.0 /
+      double(std::max<uint64_t>(1, move_commits));
+  char store_stats_note[256];
   std::snprintf(store_stats_note, sizeof store_stats_note,
-                "group commit: last trial %llu commits for %llu requests, %llu re-runs",
-                (unsigned long long)last_stats.commits, (unsigned long long)last_stats.requests,
-                (unsigned long long)last_stats.reruns);
+                "group commit, last trial's moves: %llu commits for %llu requests (%.0f per "
+                "commit, %.2f ms per commit), %llu idle syncs, %llu re-runs",
+                (unsigned long long)move_commits, (unsigned long long)move_requests,
+                double(move_requests) / double(std::max<uint64_t>(1, move_commits)), commit_ms,
+                (unsigned long long)move_syncs,
+                (unsigned long long)(last_stats.reruns - last_before.reruns));
 
   // 2 and 3. Queries at growing sizes.
   std::vector<size_t> sizes = quick || record_only ? std::vector<size_t>{2000}
@@ -321,11 +335,13 @@ int main(int argc, char** argv) {
   std::printf(
       "{\"bench\":\"vault\",\"record_tx_per_s\":%.0f,\"record_verifying_tx_per_s\":%.0f,"
       "\"verify_tx_per_s\":%.0f,\"writer_cpu_us_per_tx\":%.1f,\"process_cpu_us_per_tx\":%.1f,"
-      "\"file_mib\":%.1f,"
+      "\"file_mib\":%.1f,\"commits\":%llu,\"requests_per_commit\":%.0f,"
       "\"states\":%zu,"
       "\"type_p50_ms\":%.3f,\"type_p99_ms\":%.3f,\"field_and_p50_ms\":%.3f,\"field_and_p99_ms\":%.3f,"
       "\"field_between_p50_ms\":%.3f,\"field_between_p99_ms\":%.3f,\"open_s\":%.3f}\n",
-      record_rate, verifying_rate, verify_only_rate, writer_us, process_us, file_mib, last.first, last.second[0].p50_ms, last.second[0].p99_ms,
+      record_rate, verifying_rate, verify_only_rate, writer_us, process_us, file_mib,
+      (unsigned long long)move_commits, double(move_requests) / double(std::max<uint64_t>(1, move_commits)),
+      last.first, last.second[0].p50_ms, last.second[0].p99_ms,
       last.second[1].p50_ms, last.second[1].p99_ms, last.second[2].p50_ms, last.second[2].p99_ms,
       open_seconds);
   return 0;
