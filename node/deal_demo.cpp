@@ -506,8 +506,8 @@ std::string Demo::describe(const json& s) const {
   } else if (type == "ccal.lc.LetterOfCreditState") {
     line = "letter of credit " + text("lc") + ": " + money(f.value("amount", int64_t{0})) + " for " +
            shortName(text("beneficiary")) + " (applicant " + shortName(text("applicant")) + "), issued by " +
-           shortName(text("issuer")) + ", advised by " + shortName(text("adviser")) + ", expiry " +
-           dateOf(f, "expiry") + ", status " + text("status");
+           shortName(text("issuer")) + ", advised by " + shortName(text("adviser")) + ", expires " +
+           text("expiry") + ", status " + text("status");
   } else if (type == "ccal.loan.FundState") {
     line = "fund '" + text("name") + "': " + money(f.value("contributed", int64_t{0})) + " contributed, fund key " +
            text("fund_key").substr(0, 12);
@@ -673,7 +673,7 @@ Status Demo::runMutualAid() {
       const json& c = r.contains("credit_report") ? r["credit_report"] : json::object();
       const bool yes = r.value("would_approve", false);
       if (yes) ++approving;
-      detail(r.value("member", std::string("?")) + " reviews the credit record in its vault: loans " +
+      detail(shortName(r.value("member", std::string("?"))) + " reviews the credit record in its vault: loans " +
              std::to_string(c.value("loans_taken", int64_t{-1})) + ", on time " +
              std::to_string(c.value("repaid_on_time", int64_t{-1})) + ", late " +
              std::to_string(c.value("late", int64_t{-1})) + ", defaulted " +
@@ -704,8 +704,8 @@ Status Demo::runMutualAid() {
     const json r = resultOf(*repaid);
     events.push_back(r.value("event", ""));
     say(borrower.name + ": loan.repay instalment " + std::to_string(k) + ": " + r.value("event", "?") + ", repaid " +
-        money(std::stoll(r.value("repaid", std::string("0")))) + ", outstanding " +
-        money(std::stoll(r.value("outstanding", std::string("0")))) + " -> tx " + txOf(*repaid).substr(0, 16));
+        money(r.value("repaid", int64_t{0})) + ", outstanding " + money(r.value("outstanding", int64_t{0})) +
+        " -> tx " + txOf(*repaid).substr(0, 16));
     made(TxKind::loan, "loan.repay " + std::to_string(k), borrower, txOf(*repaid));
   }
   {
@@ -878,11 +878,13 @@ void Demo::checkRegulator() {
     }
   }
   say("GET /api/v1/vault/transactions/{id} at the regulator, for each of the demo's " + std::to_string(made_.size()) +
-      " transactions: " + std::to_string(granted_present) + " granted and recorded, " +
-      std::to_string(others_absent) + " others not there (404), " + std::to_string(others_backchain) +
-      " others stored without states as the backchain of granted ones");
+      " transactions: " + std::to_string(granted_present) + " granted and recorded; of the others, " +
+      std::to_string(others_absent) + " not there (404) and " + std::to_string(others_backchain) +
+      " stored without states as the backchain of granted ones");
   if (!backchain_text.empty()) {
-    detail("backchain (fetched to verify the inputs and references of granted transactions): " + backchain_text);
+    detail("the backchain it fetched to verify the inputs and references of granted transactions: " + backchain_text);
+    detail("(no states of these are in its vault, but it can read them in full by id: the backchain resolution, "
+           "not its observer rules, gave them to it)");
   }
   check("by id: every granted transaction recorded at the regulator, no other one but granted ones' backchain",
         wrong.empty() && granted_present == expected.size(), wrong);
