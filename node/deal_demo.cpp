@@ -784,8 +784,9 @@ void Demo::checkRegulator() {
   }
   std::string grant;
   for (const auto& [kind, n] : granted_by_kind) grant += (grant.empty() ? "" : ", ") + std::to_string(n) + " " + kind;
-  heading("8. The regulator observes: its vault holds exactly the transactions its rules grant (" + grant + " of the " +
-          std::to_string(made_.size()) + " the demo made), and it signed none");
+  heading("8. The regulator observes: its vault holds exactly the transactions its rules grant (" + grant + ": " +
+          std::to_string(expected.size()) + " of the " + std::to_string(made_.size()) +
+          " the demo made), and it signed none");
   auto label = [&](const std::string& id) {
     auto it = by_id.find(id);
     return id.substr(0, 16) + " (" + (it == by_id.end() ? "not made by the demo" : it->second->what) + ")";
