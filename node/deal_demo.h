@@ -1,5 +1,5 @@
 #pragma once
-// `ccal demo`: the cooperative economy on a real network (issue 7).
+// `ccal demo`: the cooperative economy on a real network (issues 7 and 8).
 //
 // Bootstraps the demo network spec (config/demo-network.toml) into a fresh
 // folder, starts every member as a separate process (`ccal node run`), and
@@ -13,11 +13,28 @@
 //      the same invoice, with the credit union, starts: both are signed by
 //      the seller, the notary lets exactly one through and refuses the other
 //      with its conflict answer;
-//   5. Sanya Farmers settles with the invoice's current holder.
+//   5. Sanya Farmers settles with the invoice's current holder;
+// and part 2 (issue 8):
+//   6. a letter of credit: Haikou Fishing (applicant) applies to Harbour
+//      Bank (issuing and advising bank) for Sanya Farmers (beneficiary);
+//      issue, advice, a presentation missing a document, examined
+//      discrepant, waived by the applicant, paid in tokens in the same
+//      transaction (the LC honoured);
+//   7. the two cooperatives and the credit union form a mutual-aid fund
+//      (committee 2 of 3), contribute, Sanya Farmers requests a loan (the
+//      committee reviews its credit record), two members approve, one
+//      disburses, the borrower repays in two instalments, and
+//      GET /api/v1/credit/report shows the loan and the on-time repayments;
+//   8. the regulator's vault holds states of exactly the transactions its
+//      observer rules grant (computed from the kinds of transactions the
+//      demo made: regulatorGranted in deal_demo.cpp), checked by id; any
+//      other demo transaction it stores is the backchain of a granted one
+//      (stored without states); it is in no transaction's signers.
 // Each step prints who did what and the resulting states, read back with
 // POST /api/v1/vault/query from the nodes' own vaults; the run ends with a
 // summary of every expected outcome checked that way (balances per holder,
-// the receivable's holder and status, the refused attempt's error code).
+// the receivable's holder and status, the refused attempt's error code, the
+// LC's status, the credit report, the fund's tokens, the regulator's view).
 // The exit status is 0 only if every check held.
 
 #include <cstdint>

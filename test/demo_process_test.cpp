@@ -1,8 +1,10 @@
-// `ccal demo` as real processes (issue 7): the demo network of
+// `ccal demo` as real processes (issues 7 and 8): the demo network of
 // config/demo-network.toml on PortBlock ports, its narrated scenario run to
 // the end with every outcome checked by the demo itself against the nodes'
 // vaults (exit status 0 only then), left running with --keep so that this
-// test reads the same vaults again with `ccal vault query`, the CLI.
+// test reads the same vaults again with `ccal vault query` and
+// `ccal credit report`, the CLI: the receivable, balances, the letter of
+// credit, the borrower's credit record, and what the regulator holds.
 
 #include <doctest/doctest.h>
 
@@ -50,7 +52,29 @@ TEST_CASE("ccal demo: the narrated scenario ends with every outcome checked; its
                            "ended failed with conflict:", "input states consumed already",
                            "sanya-farmers: receivable.settle HF-2026-0042",
                            "[ ok ] balance of haikou-fishing", "[ ok ] balance of sanya-farmers",
-                           "[ ok ] the regulator observed the settlement", "all as expected",
+                           // Part 2: the letter of credit.
+                           "haikou-fishing: lc.apply HB-LC-2026-0007: applies to Harbour Bank",
+                           "harbour-bank: lc.issue HB-LC-2026-0007", "harbour-bank: lc.advise HB-LC-2026-0007",
+                           "sanya-farmers: lc.present HB-LC-2026-0007", "the insurance certificate is missing",
+                           "harbour-bank: lc.examine HB-LC-2026-0007: examines the presentation: discrepant",
+                           "haikou-fishing: lc.waive HB-LC-2026-0007", "harbour-bank: lc.pay HB-LC-2026-0007",
+                           "status discrepant", "status waived", "status paid",
+                           "[ ok ] letter of credit HB-LC-2026-0007 paid (honoured) in sanya-farmers's vault",
+                           "[ ok ] balance of sanya-farmers after the letter of credit",
+                           // The mutual-aid fund, the loan and the credit report.
+                           "haikou-fishing: loan.fund.create 'Hainan Cooperative Mutual Aid'",
+                           "wenchang-credit-union: loan.fund.contribute 4,000.00 CNY",
+                           "sanya-farmers: loan.request", "reviews the credit record in its vault: loans 0",
+                           "would approve", "haikou-fishing: loan.approve with wenchang-credit-union",
+                           "haikou-fishing: loan.disburse 6,000.00 CNY",
+                           "loan.repay instalment 1: repayment_on_time", "loan.repay instalment 2: full_settlement",
+                           "[ ok ] credit report of sanya-farmers at sanya-farmers",
+                           "[ ok ] credit report of sanya-farmers at haikou-fishing",
+                           "[ ok ] the fund's tokens in wenchang-credit-union's vault",
+                           // The regulator.
+                           "[ ok ] the regulator's vault holds states of exactly",
+                           "[ ok ] by id: every granted transaction recorded at the regulator",
+                           "[ ok ] the regulator is in no transaction's signers", "all as expected",
                            "The network keeps running (--keep)"}) {
     CHECK_MESSAGE(has(demo.output, line), line);
   }
@@ -75,9 +99,37 @@ TEST_CASE("ccal demo: the narrated scenario ends with every outcome checked; its
   json buyer_tokens = queryJson(net, "sanya-farmers", "--type ccal.token.TokenState --field owner=sanya-farmers");
   int64_t sum = 0;
   for (const auto& s : buyer_tokens["states"]) sum += s["fields"]["amount"].get<int64_t>();
-  CHECK(sum == 800000);  // 20,000.00 - 12,000.00
+  // 20,000.00 - 12,000.00 (the invoice) + 7,500.00 (the LC) - 2,000.00 (its contribution)
+  // + 6,000.00 (the loan) - 6,180.00 (repaid with 3% interest)
+  CHECK(sum == 1332000);
   json big = queryJson(net, "harbour-bank", "--type token --field 'amount>=5000000' --field owner=harbour-bank");
   CHECK(big["total"] == 1);  // the bank's own funds after the financing (or untouched)
+
+  // The letter of credit, paid, as the beneficiary's vault holds it.
+  json lc = queryJson(net, "sanya-farmers", "--type ccal.lc.LetterOfCreditState --field lc=HB-LC-2026-0007");
+  REQUIRE(lc["total"] == 1);
+  CHECK(lc["states"][0]["fields"]["status"] == "paid");
+  CHECK(lc["states"][0]["fields"]["amount"] == 750000);
+
+  // The borrower's credit record, from a committee member's vault.
+  auto report = testing::runCcalCapturing("credit report --dir " + net.string() +
+                                          " --node wenchang-credit-union --subject sanya-farmers --json 2>/dev/null");
+  INFO(report.output);
+  REQUIRE(report.exit_code == 0);
+  json credit = json::parse(report.output);
+  CHECK(credit["loans_taken"] == 1);
+  CHECK(credit["repaid_on_time"] == 2);
+  CHECK(credit["late"] == 0);
+  CHECK(credit["defaulted"] == 0);
+  CHECK(credit["settled"] == 1);
+
+  // The regulator: every state of the letter of credit's seven transactions, observed; no credential (member
+  // transactions are not granted it), nothing it participates in.
+  json reg_lc = queryJson(net, "regulator", "--type ccal.lc.LetterOfCreditState --status all");
+  CHECK(reg_lc["total"] == 7);
+  for (const auto& s : reg_lc["states"]) CHECK(s["relevance"] == "observed");
+  CHECK(queryJson(net, "regulator", "--type member --status all")["total"] == 0);
+  CHECK(queryJson(net, "regulator", "--type ccal.loan.CreditRecord --status all")["total"] == 2);
 
   // The human table, and a bad field named in the error.
   auto table = testing::runCcalCapturing("vault query --dir " + net.string() +
