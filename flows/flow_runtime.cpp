@@ -773,6 +773,7 @@ struct FlowRuntime::FlowState final : detail::FlowCore {
     ++rt.stats_.flows_parked;
     rt.log(label() + " parked in the hospital: " + park_reason);
     FlowRuntime* runtime = &rt;
+    ++rt.stats_.store_parks;
     rt.store_.parkAsync(id, park_reason, rt.storeDone([runtime, fid = id](const Status& status) {
       if (!status) runtime->log("parking flow " + fid.hex() + " failed: " + status.error().toString());
     }));
@@ -786,6 +787,7 @@ struct FlowRuntime::FlowState final : detail::FlowCore {
       waiting_text = std::string("journaling ") + eventKindName(e.kind);
     }
     FlowRuntime* runtime = &rt;
+    ++rt.stats_.store_appends;
     rt.store_.appendEventAsync(
         id, seq, encodeEvent(e),
         rt.storeDone([runtime, fid = id, my, seq, after = std::move(after)](const Status& status) {
@@ -1179,6 +1181,7 @@ Result<FlowId> FlowRuntime::startFlow(std::string_view name, Bytes args, int64_t
   stored.push_back(args_local);
   appendBe64(stored, static_cast<uint64_t>(timeout_micros));
   append(stored, args);
+  ++stats_.store_begins;
   store_.beginFlowAsync(id, name, stored, now, storeDone([this, id](const Status& status) {
                           FlowState* flow = find(id);
                           if (flow == nullptr) return;
@@ -1275,6 +1278,7 @@ Status FlowRuntime::kill(const FlowId& id, std::string reason) {
     if (stored && stored.value() && stored.value()->status == vault::FlowStatus::parked) {
       const Error error = makeError(Errc::unavailable, "flow " + quoted(stored.value()->flowName) + " " +
                                                            id.hex().substr(0, 12) + " was killed: " + reason);
+      ++stats_.store_finishes;
       store_.finishFlowAsync(id, vault::FlowOutcome::killed, encodeFlowError(error),
                              storeDone([this, id](const Status& status) {
                                if (!status) log("killing parked flow " + id.hex() + ": " + status.error().toString());
@@ -1299,6 +1303,7 @@ Status FlowRuntime::retry(const FlowId& id) {
     ++stats_.flows_retried;
     f->phase = FlowPhase::running;
     f->park_reason.clear();
+    ++stats_.store_parks;
     store_.unparkAsync(id, storeDone([this, id](const Status& status) {
       if (!status) log("unparking flow " + id.hex() + " failed: " + status.error().toString());
     }));
@@ -1349,6 +1354,7 @@ void FlowRuntime::abort(FlowState& f, Error error) {
   e.end = EndInfo{false, error.code, error.message};
   const uint64_t seq = f.journal_next++;
   const uint64_t my = f.op;
+  ++stats_.store_appends;
   store_.appendEventAsync(f.id, seq, encodeEvent(e),
                           storeDone([this, id = f.id, my, error, how](const Status& status) {
                             FlowState* flow = find(id);
@@ -1402,6 +1408,7 @@ void FlowRuntime::finish(FlowState& f, Result<Bytes> result, vault::FlowOutcome 
     FlowState* flow = find(id);
     if (flow == nullptr) return;
     flow->waiting_text = "recording its end";
+    ++stats_.store_finishes;
     store_.finishFlowAsync(id, flow->outcome, flow->result, storeDone([this, id](const Status& status) {
       FlowState* done = find(id);
       if (done == nullptr) return;
@@ -1538,6 +1545,7 @@ void FlowRuntime::startResponder(std::string_view peer, const MessageId& init_id
            b.setInitiatorFlowName(d.initiator_name);
            b.setFirstPayload(asData(d.payload));
          }));
+  ++stats_.store_begins;
   store_.beginFlowAsync(id, d.flow_name, args, f.started_micros,
                         storeDone([this, id, peer = std::string(peer), init_id](const Status& status) {
                           FlowState* flow = find(id);

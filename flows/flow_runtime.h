@@ -159,6 +159,11 @@ class FlowRuntime final : public MessageHandler {
     uint64_t call_retries = 0;   // transient call failures run again
     uint64_t flows_parked = 0;   // sent to the hospital
     uint64_t flows_retried = 0;  // taken out of it by retry()
+    // FlowStore requests queued, by kind (each is one Store request).
+    uint64_t store_begins = 0;    // start records
+    uint64_t store_appends = 0;   // journal appends
+    uint64_t store_finishes = 0;  // end records
+    uint64_t store_parks = 0;     // park and unpark
   };
 
   // Sets itself as the messaging's handler.
