@@ -42,7 +42,7 @@ Flow<bool> sendMessage(Session s, BuiltinMessage m) {
   co_return true;
 }
 
-// --- vault access, journaled ---------------------------------------------------------------
+// --- vault access, journaled (reads: FlowContext::read) ---------------------------------------------------------------
 
 // The ones of `ids` the vault does not have.
 Flow<std::vector<SecureHash>> missingOf(FlowContext& ctx, const FlowServices& svc,
@@ -57,7 +57,7 @@ Flow<std::vector<SecureHash>> missingOf(FlowContext& ctx, const FlowServices& sv
     done(encodeIdList(missing));
   };
   std::vector<SecureHash> missing =
-      co_await ctx.call<std::vector<SecureHash>>("vault.missing", std::move(op), decodeIdList);
+      co_await ctx.read<std::vector<SecureHash>>("vault.missing", std::move(op), decodeIdList);
   co_return missing;
 }
 
@@ -80,7 +80,7 @@ Flow<std::vector<std::optional<SignedTransaction>>> vaultTransactions(FlowContex
     }
     done(encodeTransactionList(out));
   };
-  List txs = co_await ctx.call<List>("vault.transactions", std::move(op), decodeTransactionList);
+  List txs = co_await ctx.read<List>("vault.transactions", std::move(op), decodeTransactionList);
   if (txs.size() != ids.size()) {
     failFlow(Errc::storage_error, "the vault answered " + std::to_string(txs.size()) +
                                       " transactions for " + std::to_string(ids.size()));

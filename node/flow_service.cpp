@@ -1,6 +1,7 @@
 #include "node/flow_service.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <utility>
 
 #include "ledger/assert.h"
@@ -88,6 +89,11 @@ FlowService::FlowService(Options options) {
   const flows::Clock* clock = options.clock;
   store_ = std::make_unique<vault::FlowStore>(*options.store,
                                               [clock] { return clock->nowMicros(); });
+  // A diagnostic switch for comparisons (bench_e2e --eager-journal):
+  // journal every event before the flow sees it, as before deferred events.
+  if (const char* eager = std::getenv("CCAL_FLOWS_EAGER_JOURNAL"); eager != nullptr && eager[0] == '1') {
+    options.runtime.defer_events = false;
+  }
   runtime_ = std::make_unique<flows::FlowRuntime>(*messaging_, *options.executor, *clock, *store_,
                                                   std::move(options.runtime));
   executor_ = options.executor;

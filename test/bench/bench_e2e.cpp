@@ -23,7 +23,10 @@
 // (the nodes' own counters, GET /api/v1/node) times their cost measured
 // here with libsodium.
 //
-//   bench_e2e [--quick] [--count N] [--concurrency C]
+//   bench_e2e [--quick] [--count N] [--concurrency C] [--eager-journal]
+//
+// --eager-journal: the nodes journal every flow event before the flow sees
+// it, one durable append each (as before deferred events), for comparison.
 
 #include <sodium.h>
 
@@ -188,8 +191,12 @@ int main(int argc, char** argv) {
       args.count = std::strtoull(argv[++i], nullptr, 10);
     } else if (a == "--concurrency" && i + 1 < argc) {
       args.concurrency = std::strtoull(argv[++i], nullptr, 10);
+    } else if (a == "--eager-journal") {
+      // The nodes journal every flow event before the flow sees it (no
+      // deferred events: flows/flow_runtime.h), for a before/after comparison.
+      ::setenv("CCAL_FLOWS_EAGER_JOURNAL", "1", 1);
     } else {
-      std::fprintf(stderr, "usage: bench_e2e [--quick] [--count N] [--concurrency C]\n");
+      std::fprintf(stderr, "usage: bench_e2e [--quick] [--count N] [--concurrency C] [--eager-journal]\n");
       return 2;
     }
   }
@@ -244,6 +251,9 @@ int main(int argc, char** argv) {
   ApiClient& bank = clients.at("bank");
   ApiClient& alpha = clients.at("alpha");
 
+  if (const char* eager = std::getenv("CCAL_FLOWS_EAGER_JOURNAL"); eager != nullptr && eager[0] == '1') {
+    std::printf("(flow events journaled eagerly: CCAL_FLOWS_EAGER_JOURNAL=1)\n");
+  }
   std::printf("end-to-end benchmark: token.move alpha -> beta (1 input, 2 outputs), notarised by 4 BFT\n"
               "replicas (f = 1); 7 processes over TLS on loopback, %u cores; %llu moves, %llu in flight\n",
               std::thread::hardware_concurrency(), static_cast<unsigned long long>(args.count),
