@@ -93,7 +93,10 @@ Flow<std::vector<std::optional<SignedTransaction>>> vaultTransactions(FlowContex
 // applies them in that order, group-committed with other flows' records),
 // and the call completes when every one is durable -- with the first
 // failure in that order, if any. The executor is not blocked meanwhile.
-Flow<bool> recordAll(FlowContext& ctx, const FlowServices& svc, std::vector<SignedTransaction> txs,
+// Records signed transactions (the vault verifies their signatures) or
+// vault::VerifiedTransaction ones (verified by the flow already: not again).
+template <class Tx>
+Flow<bool> recordTxs(FlowContext& ctx, const FlowServices& svc, std::vector<Tx> txs,
                      vault::RecordMode mode) {
   if (txs.empty()) co_return true;
   vault::Vault* v = svc.vault;
@@ -126,6 +129,16 @@ Flow<bool> recordAll(FlowContext& ctx, const FlowServices& svc, std::vector<Sign
   };
   co_await ctx.call("vault.record", std::move(op));
   co_return true;
+}
+
+Flow<bool> recordAll(FlowContext& ctx, const FlowServices& svc, std::vector<SignedTransaction> txs,
+                     vault::RecordMode mode) {
+  return recordTxs(ctx, svc, std::move(txs), mode);
+}
+
+Flow<bool> recordVerified(FlowContext& ctx, const FlowServices& svc, vault::VerifiedTransaction tx,
+                          vault::RecordMode mode) {
+  return recordTxs(ctx, svc, std::vector<vault::VerifiedTransaction>{std::move(tx)}, mode);
 }
 
 // --- verification ----------------------------------------------------------------------------
@@ -481,8 +494,11 @@ std::string conflictText(const NotaryAnswer& answer) {
   return out;
 }
 
+// caller_verifies: finality verifies the notarised transaction's signatures
+// once itself (and records it as verified), so the notary's are not
+// verified here too.
 Flow<SignedTransaction> notariseBody(FlowContext& ctx, const FlowServices& svc,
-                                     SignedTransaction stx) {
+                                     SignedTransaction stx, bool caller_verifies = false) {
   if (!stx.tx().needsNotarySignature()) co_return stx;
   const Party notary = *stx.tx().notary();
   if (svc.notary == nullptr) failFlow(Errc::unavailable, "this node has no notary gateway");
@@ -524,11 +540,14 @@ Flow<SignedTransaction> notariseBody(FlowContext& ctx, const FlowServices& svc,
       failFlow(Errc::bad_signature, "notary " + quoted(notary.name) + " answered with a signature by " +
                                         Key(sig.by()).describe() + ", which is not one of its keys");
     }
-    if (auto v = sig.verify(signable); !v) {
-      fail(v.error(), "a signature of notary " + quoted(notary.name) + " does not verify");
+    if (!caller_verifies) {
+      if (auto v = sig.verify(signable); !v) {
+        fail(v.error(), "a signature of notary " + quoted(notary.name) + " does not verify");
+      }
     }
     stx.addSignature(sig);
   }
+  if (caller_verifies) co_return stx;
   if (auto st = stx.verifyRequiredSignatures(); !st) {
     fail(st.error(), "transaction " + stx.id().hex() + " after notarisation by " + quoted(notary.name));
   }
@@ -556,10 +575,16 @@ Flow<SignedTransaction> finalityBody(FlowContext& ctx, const FlowServices& svc, 
   if (auto st = stx.verifySignaturesExcept(allowed_missing); !st) {
     fail(st.error(), "transaction " + stx.id().hex());
   }
-  stx = co_await ctx.subFlow(std::string(notarise_flow), notariseBody(ctx, svc, std::move(stx)));
+  stx = co_await ctx.subFlow(std::string(notarise_flow), notariseBody(ctx, svc, std::move(stx), true));
+  // Every signature, the notary's too, verified once here; the vault takes
+  // the verified transaction without verifying it again.
+  auto verified = vault::VerifiedTransaction::verify(stx);
+  if (!verified) {
+    const std::string by = stx.tx().needsNotarySignature() ? " after notarisation by " + quoted(stx.tx().notary()->name) : "";
+    fail(verified.error(), "transaction " + stx.id().hex() + by);
+  }
   ctx.step("recording " + stx.id().hex());
-  std::vector<SignedTransaction> ours{stx};
-  co_await recordAll(ctx, svc, std::move(ours), vault::RecordMode::only_relevant);
+  co_await recordVerified(ctx, svc, std::move(verified).value(), vault::RecordMode::only_relevant);
 
   std::set<std::string> participants, contracts;
   auto note = [&](const TransactionState& state) {
@@ -612,15 +637,14 @@ Flow<Bytes> receiveFinalityResponder(FlowContext& ctx, const FlowServices* svc, 
                                              resolveBackchain(ctx, *svc, s, stx));
     ctx.step("verifying " + stx.id().hex());
     verifyContracts(*svc, stx, resolved.known);
-    if (auto st = stx.verifyRequiredSignatures(); !st) {
-      fail(st.error(), "transaction " + stx.id().hex() + " from " + quoted(s.peer()));
-    }
+    // Verified once here; the vault takes it without verifying it again.
+    auto verified = vault::VerifiedTransaction::verify(stx);
+    if (!verified) fail(verified.error(), "transaction " + stx.id().hex() + " from " + quoted(s.peer()));
     ctx.step("recording " + stx.id().hex());
     co_await recordAll(ctx, *svc, std::move(resolved.chain), vault::RecordMode::only_relevant);
-    std::vector<SignedTransaction> txs{stx};
     vault::RecordMode mode = vault::RecordMode::only_relevant;
     if (m.observer) mode = vault::RecordMode::all_visible;
-    co_await recordAll(ctx, *svc, std::move(txs), mode);
+    co_await recordVerified(ctx, *svc, std::move(verified).value(), mode);
   }
   BuiltinMessage ack;
   ack.kind = Kind::recorded;
