@@ -366,6 +366,7 @@ struct FlowRuntime::FlowState final : detail::FlowCore {
   // encoded, not yet handed to the store.
   std::vector<Bytes> held;
   uint64_t held_from = 0;
+  uint64_t dropped_at_end = 0;  // deferred events the end record counts
 
   std::vector<SessionState> sessions;
   std::map<SessionKey, uint32_t> session_of;
@@ -1511,8 +1512,8 @@ void FlowRuntime::finish(FlowState& f, Result<Bytes> result, vault::FlowOutcome 
   }
   if (f.held.empty() || !sends) {
     // Deferred events nothing outside depends on: not journaled (the end
-    // record replaces the journal).
-    f.journal_next -= f.held.size();
+    // record replaces the journal, and counts them).
+    f.dropped_at_end = f.held.size();
     f.held.clear();
     return endSessions(f, std::move(end));
   }
@@ -1542,7 +1543,8 @@ void FlowRuntime::endSessions(FlowState& f, EndInfo end) {
     if (flow == nullptr) return;
     flow->waiting_text = "recording its end";
     ++stats_.store_finishes;
-    store_.finishFlowAsync(id, flow->outcome, flow->result, storeDone([this, id](const Status& status) {
+    store_.finishFlowAsync(id, flow->outcome, flow->result, flow->dropped_at_end,
+                           storeDone([this, id](const Status& status) {
       FlowState* done = find(id);
       if (done == nullptr) return;
       if (!status) {

@@ -51,7 +51,7 @@
 // change. A crash loses only deferred events nothing depended on; the
 // replay then runs those steps live again. A flow that ends drops the
 // deferred events its session ends do not depend on (its end record
-// replaces the journal). Seqs are taken when an event happens, and the
+// replaces the journal, and its journalLength counts them). Seqs are taken when an event happens, and the
 // store refuses an append that leaves a gap, so a failed append fails every
 // later one: the journal is always a prefix of what the flow saw.
 //

@@ -348,6 +348,11 @@ void FlowStore::appendEventsAsync(const FlowId& id, uint64_t first_seq, std::vec
 
 void FlowStore::finishFlowAsync(const FlowId& id, FlowOutcome outcome, ByteView result,
                                 DoneFn done) {
+  finishFlowAsync(id, outcome, result, 0, std::move(done));
+}
+
+void FlowStore::finishFlowAsync(const FlowId& id, FlowOutcome outcome, ByteView result,
+                                uint64_t events_not_journaled, DoneFn done) {
   if (refuse(checkSize("flow " + id.hex() + ": result", result.size(), flow_result_bytes_max,
                        "flow_result_bytes_max"),
              done)) {
@@ -357,7 +362,7 @@ void FlowStore::finishFlowAsync(const FlowId& id, FlowOutcome outcome, ByteView 
   const Db* journal = &journal_;
   store_.submit(
       [checkpoints, journal, id, outcome, result = Bytes(result.begin(), result.end()),
-       at = now()](WriteTxn& w) -> Status {
+       events_not_journaled, at = now()](WriteTxn& w) -> Status {
         auto cp = loadCheckpoint(w, *checkpoints, id);
         if (!cp) return cp.error();
         if (cp->status == FlowStatus::finished) {
@@ -372,7 +377,7 @@ void FlowStore::finishFlowAsync(const FlowId& id, FlowOutcome outcome, ByteView 
         finished.flowName = cp->flowName;
         finished.startedMicros = cp->startedMicros;
         finished.status = FlowStatus::finished;
-        finished.journalLength = head->next_seq;
+        finished.journalLength = head->next_seq + events_not_journaled;
         finished.outcome = outcome;
         finished.result = result;
         finished.finishedMicros = at;

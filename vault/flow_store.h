@@ -125,6 +125,11 @@ class FlowStore {
   void appendEventAsync(const FlowId& id, uint64_t seq, ByteView event, DoneFn done);
   void appendEventsAsync(const FlowId& id, uint64_t first_seq, std::vector<Bytes> events, DoneFn done);
   void finishFlowAsync(const FlowId& id, FlowOutcome outcome, ByteView result, DoneFn done);
+  // The same for a flow that consumed `events_not_journaled` events after
+  // its journaled ones (deferred, dropped at its end: flows/flow_runtime.h):
+  // its journalLength counts them.
+  void finishFlowAsync(const FlowId& id, FlowOutcome outcome, ByteView result,
+                       uint64_t events_not_journaled, DoneFn done);
   void parkAsync(const FlowId& id, std::string_view reason, DoneFn done);
   void unparkAsync(const FlowId& id, DoneFn done);
   void removeFlowAsync(const FlowId& id, DoneFn done);
