@@ -857,7 +857,7 @@ TEST_CASE_FIXTURE(Fixture, "flow store: appendEvents writes several events in on
   append(id, 4, "d");
   std::promise<Status> promise;
   flows->finishFlowAsync(id, FlowOutcome::ok, asBytes("r"), 2,
-                         [&promise](const Status& s) { promise.set_value(s); });
+                         [&promise](const Status& st) { promise.set_value(st); });
   Status finished = promise.get_future().get();
   REQUIRE_MESSAGE(finished.ok(), finished.error().toString());
   CHECK(get(id).status == FlowStatus::finished);
