@@ -42,7 +42,7 @@ Flow<bool> sendMessage(Session s, BuiltinMessage m) {
   co_return true;
 }
 
-// --- vault access, journaled ---------------------------------------------------------------
+// --- vault access, journaled (reads: FlowContext::read) ---------------------------------------------------------------
 
 // The ones of `ids` the vault does not have.
 Flow<std::vector<SecureHash>> missingOf(FlowContext& ctx, const FlowServices& svc,
@@ -57,7 +57,7 @@ Flow<std::vector<SecureHash>> missingOf(FlowContext& ctx, const FlowServices& sv
     done(encodeIdList(missing));
   };
   std::vector<SecureHash> missing =
-      co_await ctx.call<std::vector<SecureHash>>("vault.missing", std::move(op), decodeIdList);
+      co_await ctx.read<std::vector<SecureHash>>("vault.missing", std::move(op), decodeIdList);
   co_return missing;
 }
 
@@ -80,7 +80,7 @@ Flow<std::vector<std::optional<SignedTransaction>>> vaultTransactions(FlowContex
     }
     done(encodeTransactionList(out));
   };
-  List txs = co_await ctx.call<List>("vault.transactions", std::move(op), decodeTransactionList);
+  List txs = co_await ctx.read<List>("vault.transactions", std::move(op), decodeTransactionList);
   if (txs.size() != ids.size()) {
     failFlow(Errc::storage_error, "the vault answered " + std::to_string(txs.size()) +
                                       " transactions for " + std::to_string(ids.size()));
@@ -93,7 +93,10 @@ Flow<std::vector<std::optional<SignedTransaction>>> vaultTransactions(FlowContex
 // applies them in that order, group-committed with other flows' records),
 // and the call completes when every one is durable -- with the first
 // failure in that order, if any. The executor is not blocked meanwhile.
-Flow<bool> recordAll(FlowContext& ctx, const FlowServices& svc, std::vector<SignedTransaction> txs,
+// Records signed transactions (the vault verifies their signatures) or
+// vault::VerifiedTransaction ones (verified by the flow already: not again).
+template <class Tx>
+Flow<bool> recordTxs(FlowContext& ctx, const FlowServices& svc, std::vector<Tx> txs,
                      vault::RecordMode mode) {
   if (txs.empty()) co_return true;
   vault::Vault* v = svc.vault;
@@ -126,6 +129,16 @@ Flow<bool> recordAll(FlowContext& ctx, const FlowServices& svc, std::vector<Sign
   };
   co_await ctx.call("vault.record", std::move(op));
   co_return true;
+}
+
+Flow<bool> recordAll(FlowContext& ctx, const FlowServices& svc, std::vector<SignedTransaction> txs,
+                     vault::RecordMode mode) {
+  return recordTxs(ctx, svc, std::move(txs), mode);
+}
+
+Flow<bool> recordVerified(FlowContext& ctx, const FlowServices& svc, vault::VerifiedTransaction tx,
+                          vault::RecordMode mode) {
+  return recordTxs(ctx, svc, std::vector<vault::VerifiedTransaction>{std::move(tx)}, mode);
 }
 
 // --- verification ----------------------------------------------------------------------------
@@ -370,8 +383,10 @@ Flow<BuiltinMessage> serveUntil(FlowContext& ctx, const FlowServices& svc, Sessi
 Flow<SignedTransaction> collectSignaturesBody(FlowContext& ctx, const FlowServices& svc,
                                               SignedTransaction stx, std::string check) {
   ctx.step("collecting signatures");
-  for (const KeyPair* k : svc.keysFor(stx.tx().requiredSigningKeys())) stx.signWith(*k);
+  // The signatures the caller brought are checked; the ones made here are
+  // valid by construction (not verified again).
   if (auto st = stx.checkSignaturesAreValid(); !st) fail(st.error(), "transaction " + stx.id().hex());
+  for (const KeyPair* k : svc.keysFor(stx.tx().requiredSigningKeys())) stx.signWith(*k);
   const auto& notary = stx.tx().notary();
   std::map<std::string, std::vector<Key>> by_party;
   // A composite signer that no party holds (a fund's "k of n committee"
@@ -481,8 +496,11 @@ std::string conflictText(const NotaryAnswer& answer) {
   return out;
 }
 
+// caller_verifies: finality verifies the notarised transaction's signatures
+// once itself (and records it as verified), so the notary's are not
+// verified here too.
 Flow<SignedTransaction> notariseBody(FlowContext& ctx, const FlowServices& svc,
-                                     SignedTransaction stx) {
+                                     SignedTransaction stx, bool caller_verifies = false) {
   if (!stx.tx().needsNotarySignature()) co_return stx;
   const Party notary = *stx.tx().notary();
   if (svc.notary == nullptr) failFlow(Errc::unavailable, "this node has no notary gateway");
@@ -524,11 +542,14 @@ Flow<SignedTransaction> notariseBody(FlowContext& ctx, const FlowServices& svc,
       failFlow(Errc::bad_signature, "notary " + quoted(notary.name) + " answered with a signature by " +
                                         Key(sig.by()).describe() + ", which is not one of its keys");
     }
-    if (auto v = sig.verify(signable); !v) {
-      fail(v.error(), "a signature of notary " + quoted(notary.name) + " does not verify");
+    if (!caller_verifies) {
+      if (auto v = sig.verify(signable); !v) {
+        fail(v.error(), "a signature of notary " + quoted(notary.name) + " does not verify");
+      }
     }
     stx.addSignature(sig);
   }
+  if (caller_verifies) co_return stx;
   if (auto st = stx.verifyRequiredSignatures(); !st) {
     fail(st.error(), "transaction " + stx.id().hex() + " after notarisation by " + quoted(notary.name));
   }
@@ -556,10 +577,16 @@ Flow<SignedTransaction> finalityBody(FlowContext& ctx, const FlowServices& svc, 
   if (auto st = stx.verifySignaturesExcept(allowed_missing); !st) {
     fail(st.error(), "transaction " + stx.id().hex());
   }
-  stx = co_await ctx.subFlow(std::string(notarise_flow), notariseBody(ctx, svc, std::move(stx)));
+  stx = co_await ctx.subFlow(std::string(notarise_flow), notariseBody(ctx, svc, std::move(stx), true));
+  // Every signature, the notary's too, verified once here; the vault takes
+  // the verified transaction without verifying it again.
+  auto verified = vault::VerifiedTransaction::verify(stx);
+  if (!verified) {
+    const std::string by = stx.tx().needsNotarySignature() ? " after notarisation by " + quoted(stx.tx().notary()->name) : "";
+    fail(verified.error(), "transaction " + stx.id().hex() + by);
+  }
   ctx.step("recording " + stx.id().hex());
-  std::vector<SignedTransaction> ours{stx};
-  co_await recordAll(ctx, svc, std::move(ours), vault::RecordMode::only_relevant);
+  co_await recordVerified(ctx, svc, std::move(verified).value(), vault::RecordMode::only_relevant);
 
   std::set<std::string> participants, contracts;
   auto note = [&](const TransactionState& state) {
@@ -612,15 +639,14 @@ Flow<Bytes> receiveFinalityResponder(FlowContext& ctx, const FlowServices* svc, 
                                              resolveBackchain(ctx, *svc, s, stx));
     ctx.step("verifying " + stx.id().hex());
     verifyContracts(*svc, stx, resolved.known);
-    if (auto st = stx.verifyRequiredSignatures(); !st) {
-      fail(st.error(), "transaction " + stx.id().hex() + " from " + quoted(s.peer()));
-    }
+    // Verified once here; the vault takes it without verifying it again.
+    auto verified = vault::VerifiedTransaction::verify(stx);
+    if (!verified) fail(verified.error(), "transaction " + stx.id().hex() + " from " + quoted(s.peer()));
     ctx.step("recording " + stx.id().hex());
     co_await recordAll(ctx, *svc, std::move(resolved.chain), vault::RecordMode::only_relevant);
-    std::vector<SignedTransaction> txs{stx};
     vault::RecordMode mode = vault::RecordMode::only_relevant;
     if (m.observer) mode = vault::RecordMode::all_visible;
-    co_await recordAll(ctx, *svc, std::move(txs), mode);
+    co_await recordVerified(ctx, *svc, std::move(verified).value(), mode);
   }
   BuiltinMessage ack;
   ack.kind = Kind::recorded;

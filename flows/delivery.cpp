@@ -343,6 +343,7 @@ void Delivery::flushSends() {
   for (PendingSend& s : *batch) {
     messages.push_back(vault::OutgoingMessage{s.message.peer, s.message.id, std::move(s.message.payload)});
   }
+  ++stats_.store_enqueues;
   store_.enqueueBatchAsync(
       std::move(messages),
       completion<std::vector<Result<vault::Enqueued>>>(
@@ -498,6 +499,7 @@ void Delivery::onAck(const std::string& peer, uint64_t incarnation, uint64_t up_
     const size_t end = std::min(removed.size(), at + vault::message_batch_max);
     std::vector<uint64_t> chunk(removed.begin() + static_cast<ptrdiff_t>(at),
                                 removed.begin() + static_cast<ptrdiff_t>(end));
+    ++stats_.store_acks;
     store_.acknowledgeAsync(
         peer, std::move(chunk), completion<uint64_t>([this, peer](const Result<uint64_t>& r) {
           if (r) return;
@@ -665,6 +667,7 @@ void Delivery::flushArriving(const std::string& peer) {
   const uint64_t floor = in.arriving_floor;
   in.arriving_floor = 0;
   in.storing += batch.size();
+  ++stats_.store_receives;
   store_.receiveAsync(
       peer, incarnation, floor, std::move(batch),
       completion<vault::ReceiveResult>(
@@ -867,6 +870,7 @@ void Delivery::flushConsumes() {
   std::vector<vault::InboxKey> keys;
   keys.reserve(batch->size());
   for (const PendingConsume& c : *batch) keys.push_back(c.key);
+  ++stats_.store_consumes;
   store_.consumeBatchAsync(
       std::move(keys),
       completion<std::vector<Result<bool>>>(

@@ -103,7 +103,11 @@ class Delivery final : public Messaging, public LinkHandler {
     uint64_t stream_restarts = 0;        // a peer started a newer incarnation
     uint64_t frames_malformed = 0;       // dropped: did not decode or broke a rule
     uint64_t ack_frames_sent = 0;
-    uint64_t store_requests = 0;         // MessageStore requests queued
+    uint64_t store_requests = 0;         // MessageStore requests queued, of which:
+    uint64_t store_enqueues = 0;         //   outbox appends (batched sends)
+    uint64_t store_receives = 0;         //   inbox stores (batched arrivals)
+    uint64_t store_acks = 0;             //   outbox removals (acknowledged)
+    uint64_t store_consumes = 0;         //   inbox removals (consumed)
     uint64_t outbox_reads = 0;           // refills that read the outbox (not sent from send()'s copy)
     uint64_t store_failures = 0;
   };

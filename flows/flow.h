@@ -4,8 +4,12 @@
 // A flow is a coroutine returning Flow<T>. It talks to other nodes through
 // sessions and to the world through its FlowContext, and every value it
 // consumes from outside (a message, a timer, the time, a random number, a
-// subflow's outcome) is an event the runtime journals durably before the
-// flow sees it. After a crash the runtime runs the flow again from its start
+// subflow's or a call's outcome) is an event the runtime journals durably
+// before anything that depends on it is seen outside the flow: a message
+// or a timer before the flow sees it; the others (which the flow could
+// obtain again after a crash) at the latest with the flow's next send,
+// effecting call(), received message or timer (flows/flow_runtime.h,
+// "Deferred events"). After a crash the runtime runs the flow again from its start
 // against that journal (flows/flow_runtime.h): a flow must therefore be
 // deterministic given its arguments and its events. It must not read the
 // system clock, a random device, global mutable state or anything else that
@@ -192,6 +196,7 @@ struct Request {
   Bytes payload;
   std::optional<Error> error;
   CallOp call;
+  bool reads_only = false;  // call: the operation has no effect outside the flow
 };
 
 struct Answer {
@@ -355,9 +360,10 @@ class FlowContext {
 
   // A journaled service call: `op` starts an asynchronous operation of the
   // node's services (a vault read or write, a notarisation) and completes
-  // with Result<Bytes>. Live, the runtime runs op, journals its outcome
-  // durably, then resumes the flow with it (a failure is thrown as
-  // FlowFailure). In a replay the journaled outcome is returned and op is
+  // with Result<Bytes>. Live, the runtime makes every earlier event of the
+  // flow durable, runs op, and resumes the flow with its outcome (a failure
+  // is thrown as FlowFailure), which it journals with the flow's next
+  // durable event. In a replay the journaled outcome is returned and op is
   // NOT run again; a replay whose call has another name than the journal's
   // is a divergence. If the node crashed while the call was in flight (no
   // outcome journaled), op runs again after the restart: operations used
@@ -375,7 +381,25 @@ class FlowContext {
   // refuses ends the flow with an error naming the call.
   template <class T, class Decode>
   Flow<T> call(std::string name, detail::CallOp op, Decode decode) {
-    return callTyped<T>(core_, std::move(name), std::move(op), std::move(decode));
+    return callTyped<T>(core_, std::move(name), std::move(op), std::move(decode), false);
+  }
+  // A call whose operation only reads (the vault's transactions, which are
+  // missing, random bytes): it has no effect outside the flow, so the
+  // runtime may run it before the flow's earlier events are durable. Its
+  // outcome is journaled like any call's. Anything that writes, sends or
+  // notarises goes through call(), which runs only once every event before
+  // it is durable.
+  detail::Await<Bytes> read(std::string name, detail::CallOp op) {
+    detail::Request r;
+    r.kind = detail::RequestKind::call;
+    r.text = std::move(name);
+    r.call = std::move(op);
+    r.reads_only = true;
+    return detail::Await<Bytes>(core_, std::move(r));
+  }
+  template <class T, class Decode>
+  Flow<T> read(std::string name, detail::CallOp op, Decode decode) {
+    return callTyped<T>(core_, std::move(name), std::move(op), std::move(decode), true);
   }
 
   // `count` (1..random_bytes_max) random bytes from the runtime's source,
@@ -384,7 +408,7 @@ class FlowContext {
   detail::Await<Bytes> randomBytes(size_t count) {
     CCAL_ASSERT(count >= 1 && count <= random_bytes_max);
     detail::FlowCore* core = core_;
-    return call("random.bytes", [core, count](CallDone done) {
+    return read("random.bytes", [core, count](CallDone done) {
       Bytes out;
       out.reserve(count + 8);
       while (out.size() < count) {
@@ -421,11 +445,12 @@ class FlowContext {
 
   template <class T, class Decode>
   static Flow<T> callTyped(detail::FlowCore* core, std::string name, detail::CallOp op,
-                           Decode decode) {
+                           Decode decode, bool reads_only) {
     detail::Request r;
     r.kind = detail::RequestKind::call;
     r.text = name;
     r.call = std::move(op);
+    r.reads_only = reads_only;
     Bytes bytes = co_await detail::Await<Bytes>(core, std::move(r));
     Result<T> value = decode(ByteView(bytes));
     if (!value) {

@@ -10,7 +10,16 @@
 #include "schemas/flows.capnp.h"
 
 namespace ccal::flows {
+
+struct FlowRuntime::EndInfo {
+  bool ok = true;
+  Errc code = Errc::ok;
+  std::string message;
+};
+
 namespace {
+
+using EndInfo = FlowRuntime::EndInfo;
 
 // The first byte of a flow's stored arguments: who started it.
 constexpr uint8_t args_local = 0;      // startFlow: be64 timeout micros, then the caller's args
@@ -24,11 +33,6 @@ struct SessionKey {
   bool operator==(const SessionKey&) const = default;
 };
 
-struct EndInfo {
-  bool ok = true;
-  Errc code = Errc::ok;
-  std::string message;
-};
 
 Errc errcOf(uint16_t code) {
   // Codes from peers and the store: anything this build does not know is `unavailable`.
@@ -358,6 +362,11 @@ struct FlowRuntime::FlowState final : detail::FlowCore {
   std::vector<Bytes> journal;  // being replayed; cleared once used up
   size_t cursor = 0;
   uint64_t journal_next = 0;  // the next seq to append
+  // Deferred events (see the header): seqs held_from .. journal_next - 1,
+  // encoded, not yet handed to the store.
+  std::vector<Bytes> held;
+  uint64_t held_from = 0;
+  uint64_t dropped_at_end = 0;  // deferred events the end record counts
 
   std::vector<SessionState> sessions;
   std::map<SessionKey, uint32_t> session_of;
@@ -492,12 +501,28 @@ struct FlowRuntime::FlowState final : detail::FlowCore {
     }
     ++rt.stats_.sends;
     waiter = h;
+    ++op;
+    const MessageId mid = sessionMessageId(s.key.opener, s.key.index, s.we_opened, seq);
+    if (held.empty()) {
+      transmit(index, mid, std::move(message));
+    } else {
+      // What the message may depend on is durable before it goes out.
+      waiting_text = "journaling before sending to " + quoted(s.peer);
+      auto kept = std::make_shared<Bytes>(std::move(message));
+      appendHeld(std::nullopt, [index, mid, kept](FlowState& f) { f.transmit(index, mid, std::move(*kept)); });
+    }
+    return false;
+  }
+
+  // A live send's message to the messaging layer; resumes the flow once it is durably queued.
+  void transmit(uint32_t index, const MessageId& mid, Bytes message) {
+    const SessionState& s = sessions[index];
     waiting_text = "sending to " + quoted(s.peer);
-    const uint64_t my = ++op;
+    const uint64_t my = op;
     FlowRuntime* runtime = &rt;
     std::weak_ptr<int> alive = rt.alive_;
     rt.messaging_.send(
-        s.peer, sessionMessageId(s.key.opener, s.key.index, s.we_opened, seq), std::move(message),
+        s.peer, mid, std::move(message),
         [runtime, alive, fid = id, my, peer = s.peer](const Status& status) {
           if (!alive.lock()) return;
           runtime->postBack([runtime, fid, my, peer, status] {
@@ -511,7 +536,6 @@ struct FlowRuntime::FlowState final : detail::FlowCore {
             runtime->resume(*f, std::exchange(f->waiter, {}));
           });
         });
-    return false;
   }
 
   std::string describe(const detail::Request& r) const {
@@ -637,15 +661,39 @@ struct FlowRuntime::FlowState final : detail::FlowCore {
   }
 
   bool live(detail::Request r, std::coroutine_handle<> h) {
+    Event e;
+    // The time, a random number, a subflow's end: deferred, the flow goes on at once.
+    switch (rt.config_.defer_events ? r.kind : detail::RequestKind::call) {
+      case detail::RequestKind::now:
+        e.kind = EventKind::now;
+        e.number = rt.clock_.nowMicros();
+        answer.number = e.number;
+        defer(e);
+        return true;
+      case detail::RequestKind::random:
+        e.kind = EventKind::random;
+        e.number = static_cast<int64_t>(rt.random());
+        answer.number = e.number;
+        defer(e);
+        return true;
+      case detail::RequestKind::subflow_ended:
+        e.kind = EventKind::subflow;
+        e.name = r.text;
+        if (r.error) e.end = EndInfo{false, r.error->code, r.error->message};
+        defer(e);
+        return true;
+      default: break;
+    }
     waiter = h;
     ++op;
-    Event e;
     switch (r.kind) {
       case detail::RequestKind::receive:
         receiving = r.session;
         waiting_text = "waiting for a message from " + quoted(sessions[r.session].peer) +
                        " on session " + std::to_string(r.session);
         tryReceive();
+        // Waiting: what it deferred is journaled meanwhile.
+        if (receiving && !held.empty()) appendHeld(std::nullopt, {});
         return false;
       case detail::RequestKind::sleep: {
         const int64_t delay = std::max<int64_t>(0, r.number);
@@ -663,8 +711,16 @@ struct FlowRuntime::FlowState final : detail::FlowCore {
           fired.number = delay;
           f->journalEvent(fired, {});
         });
+        if (!held.empty()) appendHeld(std::nullopt, {});
         return false;
       }
+      case detail::RequestKind::call:
+        startCall(std::move(r.text), std::move(r.call), r.reads_only);
+        return false;
+      default: break;
+    }
+    // Not deferring: journaled before the flow sees it.
+    switch (r.kind) {
       case detail::RequestKind::now:
         e.kind = EventKind::now;
         e.number = rt.clock_.nowMicros();
@@ -680,7 +736,6 @@ struct FlowRuntime::FlowState final : detail::FlowCore {
         e.name = r.text;
         if (r.error) e.end = EndInfo{false, r.error->code, r.error->message};
         break;
-      case detail::RequestKind::call: startCall(std::move(r.text), std::move(r.call)); return false;
       default: CCAL_ASSERT_MSG(false, "not an event request");
     }
     journalEvent(e, {});
@@ -695,13 +750,16 @@ struct FlowRuntime::FlowState final : detail::FlowCore {
     }
   }
 
-  // Runs a service call; its outcome, once journaled, resumes the flow.
-  void startCall(std::string name_of_call, detail::CallOp call_op_to_run) {
+  // Runs a service call once the events before it are durable (a read:
+  // at once); its outcome resumes the flow and is deferred.
+  void startCall(std::string name_of_call, detail::CallOp call_op_to_run, bool reads_only) {
     CCAL_ASSERT_MSG(call_op_to_run, "a call without an operation");
     call_name = std::move(name_of_call);
     call_op = std::move(call_op_to_run);
     call_attempts = 0;
-    runCall();
+    if (reads_only || held.empty()) return runCall();
+    waiting_text = "journaling before call " + quoted(call_name);
+    appendHeld(std::nullopt, [](FlowState& f) { f.runCall(); });
   }
 
   static bool transient(Errc code) { return code == Errc::unavailable || code == Errc::timeout; }
@@ -736,7 +794,12 @@ struct FlowRuntime::FlowState final : detail::FlowCore {
           e.end = EndInfo{false, err.code == Errc::ok ? Errc::unavailable : err.code,
                           "call " + quoted(f->call_name) + " failed: " + err.message};
         }
-        f->journalEvent(e, [e](FlowState& g) { g.setCallAnswer(e); });
+        if (!runtime->config_.defer_events) {
+          return f->journalEvent(e, [e](FlowState& g) { g.setCallAnswer(e); });
+        }
+        f->defer(e);
+        f->setCallAnswer(e);
+        runtime->resume(*f, std::exchange(f->waiter, {}));
       });
     });
   }
@@ -773,37 +836,76 @@ struct FlowRuntime::FlowState final : detail::FlowCore {
     ++rt.stats_.flows_parked;
     rt.log(label() + " parked in the hospital: " + park_reason);
     FlowRuntime* runtime = &rt;
+    ++rt.stats_.store_parks;
     rt.store_.parkAsync(id, park_reason, rt.storeDone([runtime, fid = id](const Status& status) {
       if (!status) runtime->log("parking flow " + fid.hex() + " failed: " + status.error().toString());
     }));
   }
 
-  // Appends the event; once durable, runs after() and resumes the flow.
-  void journalEvent(const Event& e, std::function<void(FlowState&)> after) {
-    const uint64_t seq = journal_next++;
-    const uint64_t my = op;
-    if (waiting_text.empty() || e.kind != EventKind::received) {
-      waiting_text = std::string("journaling ") + eventKindName(e.kind);
+  // Defers an event: it takes the next seq and is journaled with the next
+  // durable one (or before the flow's next send or effecting call).
+  void defer(const Event& e) {
+    if (held.empty()) held_from = journal_next;
+    ++journal_next;
+    held.push_back(encodeEvent(e));
+    ++rt.stats_.events_deferred;
+    if (held.size() >= vault::flow_events_per_append_max) appendHeld(std::nullopt, {});
+  }
+
+  // The deferred events and then `last` (if any), in one append. Once they
+  // are durable, `durable` runs (if the flow is still at this operation); a
+  // failure ends the flow. Nothing to append: `durable` runs at once.
+  void appendHeld(std::optional<Event> last, std::function<void(FlowState&)> durable) {
+    std::vector<Bytes> events = std::move(held);
+    held.clear();
+    const uint64_t first = events.empty() ? journal_next : held_from;
+    if (last) {
+      events.push_back(encodeEvent(*last));
+      ++journal_next;
     }
+    if (events.empty()) {
+      if (durable) durable(*this);
+      return;
+    }
+    const uint64_t end = first + events.size();
+    const uint64_t my = op;
     FlowRuntime* runtime = &rt;
-    rt.store_.appendEventAsync(
-        id, seq, encodeEvent(e),
-        rt.storeDone([runtime, fid = id, my, seq, after = std::move(after)](const Status& status) {
+    ++rt.stats_.store_appends;
+    rt.store_.appendEventsAsync(
+        id, first, std::move(events),
+        rt.storeDone([runtime, fid = id, my, first, end, durable = std::move(durable)](const Status& status) {
           FlowState* f = runtime->find(fid);
-          if (f == nullptr || f->op != my) return;
+          if (f == nullptr) return;
           if (!status) {
+            if (f->op != my) return;  // a later append fails too (a gap) or the flow is ending
+            const std::string which = end - first == 1
+                                          ? "event " + std::to_string(first)
+                                          : "events " + std::to_string(first) + " to " + std::to_string(end - 1);
             runtime->finish(*f,
-                            makeError(status.error().code, "journaling event " +
-                                                               std::to_string(seq) + " failed: " +
-                                                               status.error().message),
+                            makeError(status.error().code,
+                                      "journaling " + which + " failed: " + status.error().message),
                             vault::FlowOutcome::failed);
             return;
           }
-          ++runtime->stats_.events_journaled;
-          if (runtime->hooks_.journaled) runtime->hooks_.journaled(fid, seq);
-          if (after) after(*f);
-          runtime->resume(*f, std::exchange(f->waiter, {}));
+          for (uint64_t seq = first; seq < end; ++seq) {
+            ++runtime->stats_.events_journaled;
+            if (runtime->hooks_.journaled) runtime->hooks_.journaled(fid, seq);
+          }
+          if (f->op != my || !durable) return;
+          durable(*f);
         }));
+  }
+
+  // Appends the event (after the deferred ones); once durable, runs after()
+  // and resumes the flow.
+  void journalEvent(const Event& e, std::function<void(FlowState&)> after) {
+    if (waiting_text.empty() || e.kind != EventKind::received) {
+      waiting_text = std::string("journaling ") + eventKindName(e.kind);
+    }
+    appendHeld(e, [after = std::move(after)](FlowState& f) {
+      if (after) after(f);
+      f.rt.resume(f, std::exchange(f.waiter, {}));
+    });
   }
 
   // Journals the awaited session's next message once it has arrived.
@@ -1179,6 +1281,7 @@ Result<FlowId> FlowRuntime::startFlow(std::string_view name, Bytes args, int64_t
   stored.push_back(args_local);
   appendBe64(stored, static_cast<uint64_t>(timeout_micros));
   append(stored, args);
+  ++stats_.store_begins;
   store_.beginFlowAsync(id, name, stored, now, storeDone([this, id](const Status& status) {
                           FlowState* flow = find(id);
                           if (flow == nullptr) return;
@@ -1275,6 +1378,7 @@ Status FlowRuntime::kill(const FlowId& id, std::string reason) {
     if (stored && stored.value() && stored.value()->status == vault::FlowStatus::parked) {
       const Error error = makeError(Errc::unavailable, "flow " + quoted(stored.value()->flowName) + " " +
                                                            id.hex().substr(0, 12) + " was killed: " + reason);
+      ++stats_.store_finishes;
       store_.finishFlowAsync(id, vault::FlowOutcome::killed, encodeFlowError(error),
                              storeDone([this, id](const Status& status) {
                                if (!status) log("killing parked flow " + id.hex() + ": " + status.error().toString());
@@ -1299,6 +1403,7 @@ Status FlowRuntime::retry(const FlowId& id) {
     ++stats_.flows_retried;
     f->phase = FlowPhase::running;
     f->park_reason.clear();
+    ++stats_.store_parks;
     store_.unparkAsync(id, storeDone([this, id](const Status& status) {
       if (!status) log("unparking flow " + id.hex() + " failed: " + status.error().toString());
     }));
@@ -1347,9 +1452,15 @@ void FlowRuntime::abort(FlowState& f, Error error) {
   Event e;
   e.kind = EventKind::aborted;
   e.end = EndInfo{false, error.code, error.message};
-  const uint64_t seq = f.journal_next++;
+  // After the deferred events, in the same append.
+  std::vector<Bytes> events = std::move(f.held);
+  f.held.clear();
+  const uint64_t first = events.empty() ? f.journal_next : f.held_from;
+  events.push_back(encodeEvent(e));
+  ++f.journal_next;
   const uint64_t my = f.op;
-  store_.appendEventAsync(f.id, seq, encodeEvent(e),
+  ++stats_.store_appends;
+  store_.appendEventsAsync(f.id, first, std::move(events),
                           storeDone([this, id = f.id, my, error, how](const Status& status) {
                             FlowState* flow = find(id);
                             if (flow == nullptr || flow->op != my) return;
@@ -1395,6 +1506,35 @@ void FlowRuntime::finish(FlowState& f, Result<Bytes> result, vault::FlowOutcome 
     if (end.message.size() > 4096) end.message.resize(4096);
   }
   f.waiting_text = "ending its sessions";
+  bool sends = false;
+  for (const FlowState::SessionState& s : f.sessions) {
+    if (!((s.we_opened && s.sent == 0) || s.peer_ended)) sends = true;
+  }
+  if (f.held.empty() || !sends) {
+    // Deferred events nothing outside depends on: not journaled (the end
+    // record replaces the journal, and counts them).
+    f.dropped_at_end = f.held.size();
+    f.held.clear();
+    return endSessions(f, std::move(end));
+  }
+  // The session ends may depend on them: journaled first.
+  std::vector<Bytes> events = std::move(f.held);
+  f.held.clear();
+  const uint64_t first = f.held_from;
+  ++stats_.store_appends;
+  store_.appendEventsAsync(f.id, first, std::move(events),
+                           storeDone([this, id = f.id, end = std::move(end)](const Status& status) mutable {
+                             FlowState* flow = find(id);
+                             if (flow == nullptr) return;
+                             if (!status) {
+                               log("journaling the last events of " + flow->label() +
+                                   " failed: " + status.error().toString());
+                             }
+                             endSessions(*flow, std::move(end));
+                           }));
+}
+
+void FlowRuntime::endSessions(FlowState& f, EndInfo end) {
   // Every session the peer knows of and has not ended ends with the outcome.
   auto pending = std::make_shared<size_t>(1);
   auto record = [this, id = f.id, pending] {
@@ -1402,7 +1542,9 @@ void FlowRuntime::finish(FlowState& f, Result<Bytes> result, vault::FlowOutcome 
     FlowState* flow = find(id);
     if (flow == nullptr) return;
     flow->waiting_text = "recording its end";
-    store_.finishFlowAsync(id, flow->outcome, flow->result, storeDone([this, id](const Status& status) {
+    ++stats_.store_finishes;
+    store_.finishFlowAsync(id, flow->outcome, flow->result, flow->dropped_at_end,
+                           storeDone([this, id](const Status& status) {
       FlowState* done = find(id);
       if (done == nullptr) return;
       if (!status) {
@@ -1538,6 +1680,7 @@ void FlowRuntime::startResponder(std::string_view peer, const MessageId& init_id
            b.setInitiatorFlowName(d.initiator_name);
            b.setFirstPayload(asData(d.payload));
          }));
+  ++stats_.store_begins;
   store_.beginFlowAsync(id, d.flow_name, args, f.started_micros,
                         storeDone([this, id, peer = std::string(peer), init_id](const Status& status) {
                           FlowState* flow = find(id);

@@ -38,6 +38,23 @@
 // with an error naming the step. Nothing of the coroutine's stack is
 // stored: a fixed flow that makes the same calls replays fine.
 //
+// Deferred events. A received message and a fired timer are journaled
+// before the flow sees them, as above. The other events -- the time, a
+// random number, a subflow's end, a call's outcome -- are things a rerun
+// after a crash obtains again (calls are idempotent), so the flow goes on
+// with them at once and they are journaled with the flow's next durable
+// write, in order, as one FlowStore append: before its next send, before
+// its next call that is not a read (FlowContext::read), together with its
+// next received message or timer, as soon as it waits for a message or a
+// timer, and with an abort. So nothing outside the flow (a message, a
+// notarisation, a vault write) ever depends on an event that a crash could
+// change. A crash loses only deferred events nothing depended on; the
+// replay then runs those steps live again. A flow that ends drops the
+// deferred events its session ends do not depend on (its end record
+// replaces the journal, and its journalLength counts them). Seqs are taken when an event happens, and the
+// store refuses an append that leaves a gap, so a failed append fails every
+// later one: the journal is always a prefix of what the flow saw.
+//
 // Replay runs to the end of each journal synchronously inside start(), so
 // call start() before the messaging layer hands over stored messages
 // (before Delivery::start()).
@@ -101,6 +118,9 @@ struct FlowRuntimeConfig {
   uint32_t call_attempts_max = 5;                      // a call's tries before the hospital
   int64_t call_retry_delay_micros_initial = 100'000;   // doubling per retry ...
   int64_t call_retry_delay_micros_max = 5'000'000;     // ... up to this
+  // Deferred events (see above); false: every event is journaled before
+  // the flow sees it, one append each (the comparison the benchmark makes).
+  bool defer_events = true;
   // Where random() values come from; empty: std::random_device.
   std::function<uint64_t()> random_u64;
   // Protocol errors of peers and failed consumptions; empty: stderr.
@@ -140,7 +160,8 @@ class FlowRuntime final : public MessageHandler {
     std::function<void(const FlowId& flow, const SecureHash& opener, uint32_t session_index,
                        bool to_responder, uint64_t seq)>
         handled;
-    // An event of the flow is durably journaled (just before the flow sees it).
+    // An event of the flow is durably journaled (a received message or a
+    // timer: just before the flow sees it; a deferred event: afterwards).
     std::function<void(const FlowId& flow, uint64_t seq)> journaled;
   };
 
@@ -150,6 +171,7 @@ class FlowRuntime final : public MessageHandler {
     uint64_t flows_resumed = 0;     // by start(), from the store
     uint64_t flows_finished = 0;
     uint64_t events_journaled = 0;
+    uint64_t events_deferred = 0;   // journaled with a later write (see "Deferred events")
     uint64_t events_replayed = 0;
     uint64_t sends = 0;             // live sends
     uint64_t sends_suppressed = 0;  // replayed sends
@@ -159,6 +181,11 @@ class FlowRuntime final : public MessageHandler {
     uint64_t call_retries = 0;   // transient call failures run again
     uint64_t flows_parked = 0;   // sent to the hospital
     uint64_t flows_retried = 0;  // taken out of it by retry()
+    // FlowStore requests queued, by kind (each is one Store request).
+    uint64_t store_begins = 0;    // start records
+    uint64_t store_appends = 0;   // journal appends
+    uint64_t store_finishes = 0;  // end records
+    uint64_t store_parks = 0;     // park and unpark
   };
 
   // Sets itself as the messaging's handler.
@@ -206,6 +233,7 @@ class FlowRuntime final : public MessageHandler {
   void waitForStore() const;
 
   struct Decoded;  // a decoded session message (internal)
+  struct EndInfo;  // how a session ends (internal)
 
  private:
   struct FlowState;
@@ -232,6 +260,9 @@ class FlowRuntime final : public MessageHandler {
                        const Error& error);
   void consume(std::string_view peer, const MessageId& id);
   void finish(FlowState& flow, Result<Bytes> result, vault::FlowOutcome outcome);
+  // finish(), once what the session ends may depend on is durable: sends
+  // them and records the end.
+  void endSessions(FlowState& flow, EndInfo end);
   void abort(FlowState& flow, Error error);
   // Times the flow out timeout_micros after from_micros (default: its start).
   void armTimeout(FlowState& flow, int64_t timeout_micros, std::optional<int64_t> from_micros = std::nullopt);

@@ -78,6 +78,7 @@ class FlowService::SessionMessaging final : public flows::Messaging {
     CCAL_ASSERT_MSG(handler_ != nullptr, "a flow session message before the runtime exists");
     handler_->onMessage(peer, id, payload);
   }
+  flows::Delivery& delivery() const { return delivery_; }
 
  private:
   flows::Delivery& delivery_;
@@ -90,10 +91,16 @@ FlowService::FlowService(Options options) {
   const flows::Clock* clock = options.clock;
   store_ = std::make_unique<vault::FlowStore>(*options.store,
                                               [clock] { return clock->nowMicros(); });
+  // A diagnostic switch for comparisons (bench_e2e --eager-journal):
+  // journal every event before the flow sees it, as before deferred events.
+  if (const char* eager = std::getenv("CCAL_FLOWS_EAGER_JOURNAL"); eager != nullptr && eager[0] == '1') {
+    options.runtime.defer_events = false;
+  }
   runtime_ = std::make_unique<flows::FlowRuntime>(*messaging_, *options.executor, *clock, *store_,
                                                   std::move(options.runtime));
   executor_ = options.executor;
   clock_ = clock;
+  vault_store_ = options.store;
   flows::FlowRuntime::Hooks hooks;
   hooks.finished = [this](const flows::FlowInfo& info) {
     auto it = waiters_.find(info.id);
@@ -227,6 +234,35 @@ json statsJson(const flows::FlowRuntime::Stats& s, size_t running) {
           {"flows_retried", s.flows_retried}};
 }
 
+}  // namespace
+
+// The durable writes this node made: the Store's requests and commits (all
+// of the node's writers: flows, messaging, vault), and the flow runtime's
+// and the messaging's requests by kind (the rest are the vault's).
+json FlowService::writesJson() const {
+  const vault::Store::Stats st = vault_store_->stats();
+  const flows::FlowRuntime::Stats& rt = runtime_->stats();
+  const flows::Delivery::Stats& d = messaging_->delivery().stats();
+  return {{"store_requests", st.requests},
+          {"store_commits", st.commits},
+          {"store_reruns", st.reruns},
+          {"writer_cpu_micros", st.writer_cpu_micros},
+          {"commit_micros", st.commit_micros},
+          {"queued_micros", st.queued_micros},
+          {"flow_begins", rt.store_begins},
+          {"flow_appends", rt.store_appends},
+          {"flow_finishes", rt.store_finishes},
+          {"flow_parks", rt.store_parks},
+          {"message_enqueues", d.store_enqueues},
+          {"message_receives", d.store_receives},
+          {"message_acks", d.store_acks},
+          {"message_consumes", d.store_consumes},
+          {"messages_sent", d.messages_sent},
+          {"ack_frames_sent", d.ack_frames_sent}};
+}
+
+namespace {
+
 // Whether a flow is in the state a list filter names.
 bool inState(const flows::FlowInfo& info, std::string_view state) {
   const bool finished = info.phase == flows::FlowPhase::finished;
@@ -358,7 +394,8 @@ void FlowService::addRoutes(ApiServer& api) {
                  }
                  return ApiResponse::ok({{"flows", std::move(out)},
                                          {"matched", matched},
-                                         {"stats", statsJson(runtime_->stats(), runtime_->running())}});
+                                         {"stats", statsJson(runtime_->stats(), runtime_->running())},
+                                         {"writes", writesJson()}});
                });
 
   api.addRoute(HttpMethod::get, "/api/v1/flows/{id}", ApiRole::read_only,

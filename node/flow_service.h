@@ -27,7 +27,9 @@
 //                                 per_second, latency_p50/p90/p99/max_micros, first_error?}.
 //                                 Latency: from the start call to the flow's durable end.
 //   GET  /api/v1/flows            ?state=running|finished|ok|failed|killed &name=N &limit=L
-//                                 -> {"flows": [...], "stats": {...}}
+//                                 -> {"flows": [...], "stats": {...}, "writes": {...}}:
+//                                 writes: the Store's requests and commits, the flows'
+//                                 and the messaging's store requests by kind
 //   GET  /api/v1/flows/{id}       -> one flow (flowJson)
 //   POST /api/v1/flows/{id}/kill  {"reason"?} -> {"id", "killing": true}
 //   POST /api/v1/flows/{id}/retry -> {"id", "retrying": true}: a flow parked in the
@@ -126,11 +128,13 @@ class FlowService {
   std::map<std::string, ArgsCheck, std::less<>> checks_;
   flows::Executor* executor_ = nullptr;
   const flows::Clock* clock_ = nullptr;
+  vault::Store* vault_store_ = nullptr;
   std::map<flows::FlowId, std::vector<std::function<void(const flows::FlowInfo&)>>> waiters_;
 
   struct Load;
   void startLoad(std::shared_ptr<Load> load);
   Result<Bytes> argsOf(const nlohmann::json& body) const;
+  nlohmann::json writesJson() const;
 };
 
 }  // namespace ccal::node

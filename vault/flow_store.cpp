@@ -262,16 +262,39 @@ void FlowStore::beginFlowAsync(const FlowId& id, std::string_view flow_name, Byt
 }
 
 void FlowStore::appendEventAsync(const FlowId& id, uint64_t seq, ByteView event, DoneFn done) {
-  if (refuse(checkSize("flow " + id.hex() + ": event " + std::to_string(seq), event.size(),
-                       flow_event_bytes_max, "flow_event_bytes_max"),
-             done)) {
+  std::vector<Bytes> one;
+  one.emplace_back(event.begin(), event.end());
+  appendEventsAsync(id, seq, std::move(one), std::move(done));
+}
+
+void FlowStore::appendEventsAsync(const FlowId& id, uint64_t first_seq, std::vector<Bytes> events,
+                                  DoneFn done) {
+  if (events.size() > flow_events_per_append_max) {
+    done(makeError(Errc::too_large, "flow " + id.hex() + ": an append of " +
+                                        std::to_string(events.size()) +
+                                        " events is over flow_events_per_append_max (" +
+                                        std::to_string(flow_events_per_append_max) + ")"));
     return;
+  }
+  if (events.empty()) {
+    done(makeError(Errc::bad_query, "flow " + id.hex() + ": an append of no events"));
+    return;
+  }
+  uint64_t batch_bytes = 0;
+  for (size_t i = 0; i < events.size(); ++i) {
+    if (refuse(checkSize("flow " + id.hex() + ": event " + std::to_string(first_seq + i),
+                         events[i].size(), flow_event_bytes_max, "flow_event_bytes_max"),
+               done)) {
+      return;
+    }
+    batch_bytes += events[i].size();
   }
   const Db* checkpoints = &checkpoints_;
   const Db* journal = &journal_;
   store_.submit(
-      [checkpoints, journal, id, seq,
-       event = Bytes(event.begin(), event.end())](WriteTxn& w) -> Status {
+      [checkpoints, journal, id, first_seq, batch_bytes,
+       events = std::move(events)](WriteTxn& w) -> Status {
+        const uint64_t seq = first_seq;
         auto head_value = w.get(*journal, id.view());
         if (!head_value) {
           // No head: unknown, or finished (its journal deleted).
@@ -296,29 +319,40 @@ void FlowStore::appendEventAsync(const FlowId& id, uint64_t seq, ByteView event,
                           : " (a gap: seqs " + std::to_string(head->next_seq) + " to " +
                                 std::to_string(seq - 1) + " are missing)"));
         }
-        if (head->next_seq >= flow_journal_events_max) {
+        if (head->next_seq + events.size() > flow_journal_events_max) {
           return makeError(Errc::too_large, "flow " + id.hex() + ": journal already holds " +
-                                                std::to_string(head->next_seq) +
-                                                " events, flow_journal_events_max (" +
+                                                std::to_string(head->next_seq) + " events; " +
+                                                std::to_string(events.size()) +
+                                                " more would be over flow_journal_events_max (" +
                                                 std::to_string(flow_journal_events_max) + ")");
         }
-        if (head->bytes + event.size() > flow_journal_bytes_max) {
-          return makeError(Errc::too_large, "flow " + id.hex() + ": event " + std::to_string(seq) +
-                                                " of " + std::to_string(event.size()) +
-                                                " bytes would take the journal to " +
-                                                std::to_string(head->bytes + event.size()) +
-                                                " bytes, over flow_journal_bytes_max (" +
-                                                std::to_string(flow_journal_bytes_max) + " bytes)");
+        if (head->bytes + batch_bytes > flow_journal_bytes_max) {
+          return makeError(Errc::too_large,
+                           "flow " + id.hex() + ": event" + (events.size() > 1 ? "s " : " ") +
+                               std::to_string(seq) +
+                               (events.size() > 1 ? " to " + std::to_string(seq + events.size() - 1) : "") +
+                               " of " + std::to_string(batch_bytes) +
+                               " bytes would take the journal to " +
+                               std::to_string(head->bytes + batch_bytes) +
+                               " bytes, over flow_journal_bytes_max (" +
+                               std::to_string(flow_journal_bytes_max) + " bytes)");
         }
-        CCAL_TRY(w.put(*journal, eventKey(id, seq), event));
+        for (size_t i = 0; i < events.size(); ++i) {
+          CCAL_TRY(w.put(*journal, eventKey(id, seq + i), events[i]));
+        }
         return w.put(*journal, id.view(),
-                     encodeHead(Head{head->next_seq + 1, head->bytes + event.size()}));
+                     encodeHead(Head{head->next_seq + events.size(), head->bytes + batch_bytes}));
       },
       std::move(done));
 }
 
 void FlowStore::finishFlowAsync(const FlowId& id, FlowOutcome outcome, ByteView result,
                                 DoneFn done) {
+  finishFlowAsync(id, outcome, result, 0, std::move(done));
+}
+
+void FlowStore::finishFlowAsync(const FlowId& id, FlowOutcome outcome, ByteView result,
+                                uint64_t events_not_journaled, DoneFn done) {
   if (refuse(checkSize("flow " + id.hex() + ": result", result.size(), flow_result_bytes_max,
                        "flow_result_bytes_max"),
              done)) {
@@ -328,7 +362,7 @@ void FlowStore::finishFlowAsync(const FlowId& id, FlowOutcome outcome, ByteView 
   const Db* journal = &journal_;
   store_.submit(
       [checkpoints, journal, id, outcome, result = Bytes(result.begin(), result.end()),
-       at = now()](WriteTxn& w) -> Status {
+       events_not_journaled, at = now()](WriteTxn& w) -> Status {
         auto cp = loadCheckpoint(w, *checkpoints, id);
         if (!cp) return cp.error();
         if (cp->status == FlowStatus::finished) {
@@ -343,7 +377,7 @@ void FlowStore::finishFlowAsync(const FlowId& id, FlowOutcome outcome, ByteView 
         finished.flowName = cp->flowName;
         finished.startedMicros = cp->startedMicros;
         finished.status = FlowStatus::finished;
-        finished.journalLength = head->next_seq;
+        finished.journalLength = head->next_seq + events_not_journaled;
         finished.outcome = outcome;
         finished.result = result;
         finished.finishedMicros = at;
@@ -413,6 +447,11 @@ Status FlowStore::beginFlow(const FlowId& id, std::string_view flow_name, ByteVi
 
 Status FlowStore::appendEvent(const FlowId& id, uint64_t seq, ByteView event) {
   return waitFor([&](DoneFn done) { appendEventAsync(id, seq, event, std::move(done)); });
+}
+
+Status FlowStore::appendEvents(const FlowId& id, uint64_t first_seq, std::vector<Bytes> events) {
+  return waitFor(
+      [&](DoneFn done) { appendEventsAsync(id, first_seq, std::move(events), std::move(done)); });
 }
 
 Status FlowStore::finishFlow(const FlowId& id, FlowOutcome outcome, ByteView result) {

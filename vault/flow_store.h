@@ -51,6 +51,7 @@ inline constexpr uint64_t flow_journal_events_max = 100'000;      // events per 
 inline constexpr uint64_t flow_journal_bytes_max = 256ull << 20;  // event bytes per flow
 inline constexpr size_t flow_result_bytes_max = 1u << 20;  // result or error of a finished flow
 inline constexpr size_t flow_park_reason_bytes_max = 4096;
+inline constexpr size_t flow_events_per_append_max = 1024;  // events in one appendEvents
 
 enum class FlowStatus : uint8_t { running = 0, parked = 1, finished = 2 };
 enum class FlowOutcome : uint8_t { ok = 0, failed = 1, killed = 2 };
@@ -102,6 +103,10 @@ class FlowStore {
   // conflict; past flow_event_bytes_max, flow_journal_events_max or
   // flow_journal_bytes_max, too_large.
   Status appendEvent(const FlowId& id, uint64_t seq, ByteView event);
+  // Appends events first_seq, first_seq + 1, ... in one write (all or
+  // none), with the same checks as appendEvent on each; at most
+  // flow_events_per_append_max (too_large), at least one (bad_query).
+  Status appendEvents(const FlowId& id, uint64_t first_seq, std::vector<Bytes> events);
   // Marks the flow finished: deletes its journal, keeps its name, start time,
   // outcome, result and journal length. Finishing twice is a conflict.
   Status finishFlow(const FlowId& id, FlowOutcome outcome, ByteView result);
@@ -118,7 +123,13 @@ class FlowStore {
   void beginFlowAsync(const FlowId& id, std::string_view flow_name, ByteView args,
                       int64_t started_micros, DoneFn done);
   void appendEventAsync(const FlowId& id, uint64_t seq, ByteView event, DoneFn done);
+  void appendEventsAsync(const FlowId& id, uint64_t first_seq, std::vector<Bytes> events, DoneFn done);
   void finishFlowAsync(const FlowId& id, FlowOutcome outcome, ByteView result, DoneFn done);
+  // The same for a flow that consumed `events_not_journaled` events after
+  // its journaled ones (deferred, dropped at its end: flows/flow_runtime.h):
+  // its journalLength counts them.
+  void finishFlowAsync(const FlowId& id, FlowOutcome outcome, ByteView result,
+                       uint64_t events_not_journaled, DoneFn done);
   void parkAsync(const FlowId& id, std::string_view reason, DoneFn done);
   void unparkAsync(const FlowId& id, DoneFn done);
   void removeFlowAsync(const FlowId& id, DoneFn done);

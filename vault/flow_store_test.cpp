@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <future>
 #include <map>
 #include <random>
 #include <semaphore>
@@ -813,4 +814,55 @@ TEST_CASE("flow store crash: kill -9 while journaling keeps every acknowledged e
         unfinished->size(), static_cast<unsigned long long>(events_checked));
   }
   CHECK(acks > 0);
+}
+
+TEST_CASE_FIXTURE(Fixture, "flow store: appendEvents writes several events in one request, all or none") {
+  const FlowId id = flowId("flow-batch");
+  begin(id, "ccal.test.BatchFlow");
+  append(id, 0, "a");
+  Status s = flows->appendEvents(id, 1, {bytesOf("b"), bytesOf("cc"), bytesOf("")});
+  REQUIRE_MESSAGE(s.ok(), s.error().toString());
+  CHECK(events(id) == std::vector<Bytes>{bytesOf("a"), bytesOf("b"), bytesOf("cc"), Bytes{}});
+  CHECK(get(id).journalLength == 4);
+  CHECK(get(id).journalBytes == 4);
+
+  // A batch that starts at the wrong seq writes none of its events.
+  Status gap = flows->appendEvents(id, 5, {bytesOf("x"), bytesOf("y")});
+  REQUIRE_FALSE(gap.ok());
+  CHECK(gap.error().code == Errc::conflict);
+  CHECK_MESSAGE(contains(gap.error().message, "seq 5"), gap.error().message);
+  CHECK_MESSAGE(contains(gap.error().message, "next seq is 4"), gap.error().message);
+  Status repeat = flows->appendEvents(id, 3, {bytesOf("x"), bytesOf("y")});
+  REQUIRE_FALSE(repeat.ok());
+  CHECK(repeat.error().code == Errc::conflict);
+  CHECK(get(id).journalLength == 4);
+
+  // Limits: one event over flow_event_bytes_max refuses the batch; no
+  // events, and more than flow_events_per_append_max, are refused.
+  Status big = flows->appendEvents(id, 4, {bytesOf("ok"), Bytes(flow_event_bytes_max + 1)});
+  REQUIRE_FALSE(big.ok());
+  CHECK(big.error().code == Errc::too_large);
+  CHECK_MESSAGE(contains(big.error().message, "event 5"), big.error().message);
+  CHECK_MESSAGE(contains(big.error().message, "flow_event_bytes_max"), big.error().message);
+  Status none = flows->appendEvents(id, 4, {});
+  REQUIRE_FALSE(none.ok());
+  CHECK(none.error().code == Errc::bad_query);
+  Status many = flows->appendEvents(id, 4, std::vector<Bytes>(flow_events_per_append_max + 1, bytesOf("e")));
+  REQUIRE_FALSE(many.ok());
+  CHECK(many.error().code == Errc::too_large);
+  CHECK_MESSAGE(contains(many.error().message, "flow_events_per_append_max"), many.error().message);
+  CHECK(events(id) == std::vector<Bytes>{bytesOf("a"), bytesOf("b"), bytesOf("cc"), Bytes{}});
+
+  // The next append follows on; an end that counts 2 events not journaled.
+  append(id, 4, "d");
+  std::promise<Status> promise;
+  flows->finishFlowAsync(id, FlowOutcome::ok, asBytes("r"), 2,
+                         [&promise](const Status& st) { promise.set_value(st); });
+  Status finished = promise.get_future().get();
+  REQUIRE_MESSAGE(finished.ok(), finished.error().toString());
+  CHECK(get(id).status == FlowStatus::finished);
+  CHECK(get(id).journalLength == 7);
+  Status late = flows->appendEvents(id, 5, {bytesOf("late")});
+  REQUIRE_FALSE(late.ok());
+  CHECK(late.error().code == Errc::conflict);
 }

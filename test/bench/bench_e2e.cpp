@@ -23,7 +23,10 @@
 // (the nodes' own counters, GET /api/v1/node) times their cost measured
 // here with libsodium.
 //
-//   bench_e2e [--quick] [--count N] [--concurrency C]
+//   bench_e2e [--quick] [--count N] [--concurrency C] [--eager-journal]
+//
+// --eager-journal: the nodes journal every flow event before the flow sees
+// it, one durable append each (as before deferred events), for comparison.
 
 #include <sodium.h>
 
@@ -118,9 +121,16 @@ Load runLoad(ApiClient& node, const std::string& flow, const flows::DealArgs& ar
   return out;
 }
 
+// The durable-write counters a member reports (GET /api/v1/flows "writes").
+const std::vector<std::string> write_counters = {
+    "store_requests",  "store_commits",    "writer_cpu_micros", "flow_begins",    "flow_appends",
+    "flow_finishes",   "message_enqueues", "message_receives",  "message_acks",   "message_consumes",
+    "messages_sent",   "ack_frames_sent"};
+
 struct Sample {
   std::map<std::string, double> cpu_micros;
   std::map<std::string, CryptoCounters> crypto;
+  std::map<std::string, std::map<std::string, double>> writes;  // member -> counter -> value
 };
 
 Sample sample(const fs::path& net, std::map<std::string, ApiClient>& clients) {
@@ -131,6 +141,11 @@ Sample sample(const fs::path& net, std::map<std::string, ApiClient>& clients) {
     if (info && info->contains("crypto")) {
       s.crypto[name] = {(*info)["crypto"].value("ed25519_signs", uint64_t{0}),
                         (*info)["crypto"].value("ed25519_verifies", uint64_t{0})};
+    }
+    if (std::find(members.begin(), members.end(), name) == members.end()) continue;
+    auto flows = client.get("/api/v1/flows?limit=1");
+    if (flows && flows->contains("writes")) {
+      for (const auto& key : write_counters) s.writes[name][key] = (*flows)["writes"].value(key, 0.0);
     }
   }
   return s;
@@ -176,8 +191,12 @@ int main(int argc, char** argv) {
       args.count = std::strtoull(argv[++i], nullptr, 10);
     } else if (a == "--concurrency" && i + 1 < argc) {
       args.concurrency = std::strtoull(argv[++i], nullptr, 10);
+    } else if (a == "--eager-journal") {
+      // The nodes journal every flow event before the flow sees it (no
+      // deferred events: flows/flow_runtime.h), for a before/after comparison.
+      ::setenv("CCAL_FLOWS_EAGER_JOURNAL", "1", 1);
     } else {
-      std::fprintf(stderr, "usage: bench_e2e [--quick] [--count N] [--concurrency C]\n");
+      std::fprintf(stderr, "usage: bench_e2e [--quick] [--count N] [--concurrency C] [--eager-journal]\n");
       return 2;
     }
   }
@@ -216,6 +235,8 @@ int main(int argc, char** argv) {
     return fail("ccal network start failed: " + started.output);
   }
   testing::StopNetworkAtEnd stop{net};
+  // For a profiler: each node's pid is in <net>/<node>/run/node.pid.
+  std::fprintf(stderr, "bench_e2e: network in %s\n", net.string().c_str());
   std::map<std::string, ApiClient> clients;
   for (const auto& name : members) {
     auto c = testing::adminClientOf(net, name, api_timeout_micros);
@@ -230,6 +251,9 @@ int main(int argc, char** argv) {
   ApiClient& bank = clients.at("bank");
   ApiClient& alpha = clients.at("alpha");
 
+  if (const char* eager = std::getenv("CCAL_FLOWS_EAGER_JOURNAL"); eager != nullptr && eager[0] == '1') {
+    std::printf("(flow events journaled eagerly: CCAL_FLOWS_EAGER_JOURNAL=1)\n");
+  }
   std::printf("end-to-end benchmark: token.move alpha -> beta (1 input, 2 outputs), notarised by 4 BFT\n"
               "replicas (f = 1); 7 processes over TLS on loopback, %u cores; %llu moves, %llu in flight\n",
               std::thread::hardware_concurrency(), static_cast<unsigned long long>(args.count),
@@ -288,9 +312,36 @@ int main(int argc, char** argv) {
                            {"signs_per_move", p.signs},
                            {"verifies_per_move", p.verifies}});
   }
+  {
+    const double crypto_all_us = total.signs * sign_us + total.verifies * verify_us;
+    std::printf("    %-30s %8.0f   %13.2f  %8.2f   %9.0f\n", "all", total.cpu_us, total.signs, total.verifies,
+                crypto_all_us);
+  }
+  // Durable writes per move, by process (requests by kind; the vault's are the rest).
+  std::printf("  durable writes per move   requests  commits  writer-us | flow: begin append finish | "
+              "msg: enqueue receive ack consume | vault | frames: msgs acks\n");
+  json writes_json = json::object();
+  for (const auto& name : members) {
+    if (before.writes.count(name) == 0 || after.writes.count(name) == 0 || peak.completed == 0) continue;
+    std::map<std::string, double> d;
+    for (const auto& key : write_counters) {
+      d[key] = (after.writes.at(name).at(key) - before.writes.at(name).at(key)) /
+               static_cast<double>(peak.completed);
+    }
+    const double vault_requests = d["store_requests"] - d["flow_begins"] - d["flow_appends"] -
+                                  d["flow_finishes"] - d["message_enqueues"] - d["message_receives"] -
+                                  d["message_acks"] - d["message_consumes"];
+    std::printf("    %-21s %8.2f %8.2f %10.0f | %11.2f %6.2f %6.2f | %12.2f %7.2f %4.2f %7.2f | %5.2f | %11.2f %4.2f\n",
+                name.c_str(), d["store_requests"], d["store_commits"], d["writer_cpu_micros"], d["flow_begins"],
+                d["flow_appends"], d["flow_finishes"], d["message_enqueues"], d["message_receives"],
+                d["message_acks"], d["message_consumes"], vault_requests, d["messages_sent"],
+                d["ack_frames_sent"]);
+    json w = json::object();
+    for (const auto& [key, value] : d) w[key] = value;
+    w["vault_requests"] = vault_requests;
+    writes_json[name] = std::move(w);
+  }
   const double crypto_us = total.signs * sign_us + total.verifies * verify_us;
-  std::printf("    %-30s %8.0f   %13.2f  %8.2f   %9.0f\n", "all", total.cpu_us, total.signs, total.verifies,
-              crypto_us);
   std::printf("  two idle cores allow %.0f moves/s at this CPU per move; the raw crypto bound (Ed25519 sign %.1f us,\n"
               "  verify %.1f us, measured here) is %.0f moves/s: crypto is %.0f%% of the CPU per move\n",
               total.cpu_us > 0 ? 2e6 / total.cpu_us : 0.0, sign_us, verify_us,
@@ -306,7 +357,8 @@ int main(int argc, char** argv) {
               {"sign_us", sign_us},
               {"verify_us", verify_us},
               {"crypto_bound_per_second", crypto_us > 0 ? 2e6 / crypto_us : 0.0},
-              {"groups", groups_json}};
+              {"groups", groups_json},
+              {"writes_per_move", writes_json}};
   std::printf("%s\n", out.dump().c_str());
   return 0;
 }

@@ -471,7 +471,9 @@ TEST_CASE("flow sim: a crash of any member right after each of its journaled eve
   Outcome base = runSeed(11, clean);
   REQUIRE(base.failures.empty());
   REQUIRE(base.started == 1);
-  CHECK(base.journaled[0] == 9);  // 2 + 2 receives, subflow end, now, timer, now, random
+  // 2 + 2 receives, subflow end, now, timer; the now and random after the
+  // timer are deferred and dropped at the end (nothing outside depends on them).
+  CHECK(base.journaled[0] == 7);
   CHECK(base.journaled[1] == 2);
   CHECK(base.journaled[2] == 2);
   uint64_t runs = 0, resumed = 0, replayed = 0, suppressed = 0, duplicates = 0;
