@@ -585,7 +585,7 @@ Flow<SignedTransaction> finalityBody(FlowContext& ctx, const FlowServices& svc, 
     const std::string by = stx.tx().needsNotarySignature() ? " after notarisation by " + quoted(stx.tx().notary()->name) : "";
     fail(verified.error(), "transaction " + stx.id().hex() + by);
   }
-  ctx.step("recording " + stx.id().hex());
+  ctx.step("finality: recording " + stx.id().hex());
   co_await recordVerified(ctx, svc, std::move(verified).value(), vault::RecordMode::only_relevant);
 
   std::set<std::string> participants, contracts;

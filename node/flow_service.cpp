@@ -112,14 +112,18 @@ FlowService::FlowService(Options options) {
   // Fault injection for the real-process crash tests (test/deal_process_test.cpp):
   // with CCAL_FAULT_KILL_AT_STEP=<text> in its environment the node kills
   // itself with SIGKILL as soon as an event is durably journaled for a flow
-  // whose progress step contains <text>. "notarising" stops a payer right
-  // after the notary's answer is journaled, before finality records or sends
-  // anything. Unset (the normal case), nothing is installed.
+  // whose progress step contains <text> (and, with CCAL_FAULT_KILL_IN_FLOW=<name>,
+  // whose name is <name>). "finality: recording" in "token.move" stops a payer
+  // right after the notary's answer is journaled, before finality records or
+  // sends anything. Unset (the normal case), nothing is installed.
   if (const char* at = std::getenv("CCAL_FAULT_KILL_AT_STEP"); at != nullptr && *at != '\0') {
+    const char* in = std::getenv("CCAL_FAULT_KILL_IN_FLOW");
     flows::FlowRuntime* rt = runtime_.get();
-    hooks.journaled = [rt, text = std::string(at)](const flows::FlowId& flow, uint64_t) {
+    hooks.journaled = [rt, text = std::string(at), flow_name = std::string(in ? in : "")](
+                          const flows::FlowId& flow, uint64_t) {
       auto info = rt->show(flow);
-      if (info && info->step.find(text) != std::string::npos) ::raise(SIGKILL);
+      if (!info || info->step.find(text) == std::string::npos) return;
+      if (flow_name.empty() || info->name == flow_name) ::raise(SIGKILL);
     };
   }
   runtime_->setHooks(std::move(hooks));

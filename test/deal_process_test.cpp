@@ -111,12 +111,15 @@ TEST_CASE("a token payment between cooperatives survives SIGKILL of the payer; n
   testing::PortBlock ports(16);
   fs::path net = bootstrap(tmp, ports);
   // The nodes start with the fault point armed: a node kills itself (SIGKILL)
-  // once an event is journaled for a flow at step "notarising" -- only the
-  // payer's token.move notarises (issues have no inputs) -- i.e. after the
-  // notary signed and before finality recorded or sent anything.
-  ::setenv("CCAL_FAULT_KILL_AT_STEP", "notarising", 1);
+  // once an event is journaled for its token.move flow at finality's
+  // "recording" step -- the notary's answer, journaled before the vault
+  // records -- i.e. after the notary signed and before finality recorded or
+  // sent anything. Only alpha runs a token.move.
+  ::setenv("CCAL_FAULT_KILL_AT_STEP", "finality: recording", 1);
+  ::setenv("CCAL_FAULT_KILL_IN_FLOW", "token.move", 1);
   startNetwork(net);
   ::unsetenv("CCAL_FAULT_KILL_AT_STEP");
+  ::unsetenv("CCAL_FAULT_KILL_IN_FLOW");
   testing::StopNetworkAtEnd stop_at_end{net};
 
   ApiClient alpha = clientOf(net, "alpha", 120'000'000), bank = clientOf(net, "bank", 120'000'000);
