@@ -1,20 +1,100 @@
 #include "flows/services.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <set>
+#include <variant>
 
 namespace ccal::flows {
+
+namespace {
+
+bool has(const std::vector<std::string>& list, std::string_view x) {
+  return std::find(list.begin(), list.end(), x) != list.end();
+}
+
+int64_t saturatedAdd(int64_t a, int64_t b) {
+  int64_t out = 0;
+  if (__builtin_add_overflow(a, b, &out)) return b < 0 ? INT64_MIN : INT64_MAX;
+  return out;
+}
+
+}  // namespace
+
+int64_t observedAmount(const LedgerTransaction& tx, const ContractRegistry& registry,
+                       const std::vector<std::string>& contracts, const std::string& field) {
+  // The field's value in one state; nullopt when its schema does not declare it as int64.
+  auto valueOf = [&](const TransactionState& state) -> std::optional<int64_t> {
+    if (!has(contracts, state.contract)) return std::nullopt;
+    const StateSchema* schema = registry.schemaFor(state.stateType);
+    if (schema == nullptr) return std::nullopt;
+    const auto decls = schema->fields();
+    const bool declared = std::any_of(decls.begin(), decls.end(), [&](const FieldDecl& d) {
+      return d.name == field && d.type == FieldType::int64;
+    });
+    if (!declared) return std::nullopt;
+    auto view = schema->view(state);
+    if (!view) return INT64_MAX;
+    for (const auto& [name, value] : view->fields) {
+      if (name == field && std::holds_alternative<int64_t>(value)) return std::get<int64_t>(value);
+    }
+    return INT64_MAX;
+  };
+  int64_t in = 0, out = 0;
+  for (const StateAndRef& s : tx.inputs()) {
+    if (auto v = valueOf(s.state)) in = saturatedAdd(in, *v);
+  }
+  for (const TransactionState& s : tx.outputs()) {
+    if (auto v = valueOf(s)) out = saturatedAdd(out, *v);
+  }
+  return std::max(in, out);
+}
+
+std::vector<std::string> observersFor(
+    const std::vector<ObserverRule>& rules, const LedgerTransaction& tx,
+    const ContractRegistry& registry,
+    const std::function<std::optional<std::string>(const Key&)>& partyName) {
+  std::set<std::string> contracts, participants, commands;
+  auto note = [&](const TransactionState& state) {
+    contracts.insert(state.contract);
+    for (const Key& k : state.participants) {
+      auto name = partyName ? partyName(k) : std::nullopt;
+      if (name) participants.insert(*name);
+    }
+  };
+  for (const StateAndRef& in : tx.inputs()) note(in.state);
+  for (const TransactionState& out : tx.outputs()) note(out);
+  for (const Command& c : tx.commands()) commands.insert(c.type);
+  std::set<std::string> out;
+  for (const ObserverRule& rule : rules) {
+    bool matches = rule.all_transactions;
+    for (const std::string& p : rule.parties) matches = matches || participants.count(p) > 0;
+    if (!matches) {
+      bool contract = false;
+      for (const std::string& c : rule.contracts) contract = contract || contracts.count(c) > 0;
+      if (contract && !rule.commands.empty()) {
+        contract = std::any_of(rule.commands.begin(), rule.commands.end(),
+                               [&](const std::string& c) { return commands.count(c) > 0; });
+      }
+      if (contract && rule.amount_at_least) {
+        contract = observedAmount(tx, registry, rule.contracts, rule.amount_field) >=
+                   *rule.amount_at_least;
+      }
+      matches = contract;
+    }
+    if (matches) out.insert(rule.observer);
+  }
+  return {out.begin(), out.end()};
+}
 
 std::vector<std::string> observersFor(const std::vector<ObserverRule>& rules,
                                       const std::vector<std::string>& contracts,
                                       const std::vector<std::string>& participants) {
   std::set<std::string> out;
-  auto has = [](const std::vector<std::string>& list, const std::string& x) {
-    return std::find(list.begin(), list.end(), x) != list.end();
-  };
   for (const ObserverRule& rule : rules) {
+    const bool filtered = !rule.commands.empty() || rule.amount_at_least.has_value();
     bool matches = rule.all_transactions;
-    for (const std::string& c : rule.contracts) matches = matches || has(contracts, c);
+    for (const std::string& c : rule.contracts) matches = matches || (!filtered && has(contracts, c));
     for (const std::string& p : rule.parties) matches = matches || has(participants, p);
     if (matches) out.insert(rule.observer);
   }
