@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <map>
 #include <set>
 #include <variant>
 
@@ -50,7 +51,7 @@ int64_t observedAmount(const LedgerTransaction& tx, const ContractRegistry& regi
   return std::max(in, out);
 }
 
-std::vector<std::string> observersFor(
+std::vector<RequiredObserver> requiredObservers(
     const std::vector<ObserverRule>& rules, const LedgerTransaction& tx,
     const ContractRegistry& registry,
     const std::function<std::optional<std::string>(const Key&)>& partyName) {
@@ -65,26 +66,49 @@ std::vector<std::string> observersFor(
   for (const StateAndRef& in : tx.inputs()) note(in.state);
   for (const TransactionState& out : tx.outputs()) note(out);
   for (const Command& c : tx.commands()) commands.insert(c.type);
-  std::set<std::string> out;
-  for (const ObserverRule& rule : rules) {
-    bool matches = rule.all_transactions;
-    for (const std::string& p : rule.parties) matches = matches || participants.count(p) > 0;
-    if (!matches) {
-      bool contract = false;
-      for (const std::string& c : rule.contracts) contract = contract || contracts.count(c) > 0;
-      if (contract && !rule.commands.empty()) {
-        contract = std::any_of(rule.commands.begin(), rule.commands.end(),
-                               [&](const std::string& c) { return commands.count(c) > 0; });
-      }
-      if (contract && rule.amount_at_least) {
-        contract = observedAmount(tx, registry, rule.contracts, rule.amount_field) >=
-                   *rule.amount_at_least;
-      }
-      matches = contract;
+  // Why `rule` matches, or nullopt.
+  auto why = [&](const ObserverRule& rule) -> std::optional<std::string> {
+    if (rule.all_transactions) return "the observer rule for all transactions";
+    for (const std::string& p : rule.parties) {
+      if (participants.count(p)) return "the observer rule for participant '" + p + "'";
     }
-    if (matches) out.insert(rule.observer);
+    const auto c = std::find_if(rule.contracts.begin(), rule.contracts.end(),
+                                [&](const std::string& k) { return contracts.count(k) > 0; });
+    if (c == rule.contracts.end()) return std::nullopt;
+    std::string text = "the observer rule for contract '" + *c + "'";
+    if (!rule.commands.empty()) {
+      const auto cmd = std::find_if(rule.commands.begin(), rule.commands.end(),
+                                    [&](const std::string& k) { return commands.count(k) > 0; });
+      if (cmd == rule.commands.end()) return std::nullopt;
+      text += ", command '" + *cmd + "'";
+    }
+    if (rule.amount_at_least) {
+      const int64_t amount = observedAmount(tx, registry, rule.contracts, rule.amount_field);
+      if (amount < *rule.amount_at_least) return std::nullopt;
+      text += ", " + rule.amount_field + " " + std::to_string(amount) + " at least " +
+              std::to_string(*rule.amount_at_least);
+    }
+    return text;
+  };
+  std::map<std::string, std::string> out;
+  for (const ObserverRule& rule : rules) {
+    if (out.count(rule.observer)) continue;
+    if (auto w = why(rule)) out.emplace(rule.observer, std::move(*w));
   }
-  return {out.begin(), out.end()};
+  std::vector<RequiredObserver> list;
+  for (auto& entry : out) list.push_back({entry.first, std::move(entry.second)});
+  return list;
+}
+
+std::vector<std::string> observersFor(
+    const std::vector<ObserverRule>& rules, const LedgerTransaction& tx,
+    const ContractRegistry& registry,
+    const std::function<std::optional<std::string>(const Key&)>& partyName) {
+  std::vector<std::string> out;
+  for (RequiredObserver& r : requiredObservers(rules, tx, registry, partyName)) {
+    out.push_back(std::move(r.observer));
+  }
+  return out;
 }
 
 std::vector<std::string> observersFor(const std::vector<ObserverRule>& rules,

@@ -102,6 +102,21 @@ struct ObserverRule {
   std::string amount_field = "amount";     // with amount_at_least
 };
 
+// An observer a transaction must go to, and why: the first rule naming it
+// that matches, described ("the observer rule for contract 'ccal.lc'",
+// "... for participant 'O=...'", "... for all transactions").
+struct RequiredObserver {
+  std::string observer;
+  std::string rule;
+};
+
+// The observers the rules require for `tx`, one entry each, sorted by name
+// (the arguments as for observersFor below).
+std::vector<RequiredObserver> requiredObservers(
+    const std::vector<ObserverRule>& rules, const LedgerTransaction& tx,
+    const ContractRegistry& contracts,
+    const std::function<std::optional<std::string>(const Key&)>& partyName);
+
 // The observers `rules` name for `tx` (resolved: its inputs' states known);
 // sorted, without duplicates. `contracts` gives the states' declared fields
 // (for amount_at_least); `partyName` names a participant key's party

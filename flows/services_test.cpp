@@ -120,3 +120,21 @@ TEST_CASE("services: our keys among the required ones") {
   CHECK(svc.keysFor({Key(k3)}).empty());
   CHECK(svc.publicKeys().size() == 2);
 }
+
+TEST_CASE("services: required observers name the rule that requires them") {
+  ContractRegistry registry;
+  registry.add(std::make_unique<ccal::testing::TestTokenContract>());
+  ObserverRule threshold{reg_name, {std::string(ccal::testing::token_contract)}, {}, false};
+  threshold.commands = {"ccal.test.Token.Move"};
+  threshold.amount_at_least = 10;
+  auto names = [](const Key&) -> std::optional<std::string> { return std::nullopt; };
+  auto req = requiredObservers({threshold, threshold}, tokenTx({12}, {12}, "Move"), registry, names);
+  REQUIRE(req.size() == 1);
+  CHECK(req[0].observer == reg_name);
+  CHECK(req[0].rule ==
+        "the observer rule for contract 'ccal.test.Token', command 'ccal.test.Token.Move', amount 12 at least 10");
+  ObserverRule all{auditor_name, {}, {}, true};
+  req = requiredObservers({all}, tokenTx({}, {1}, "Issue"), registry, names);
+  REQUIRE(req.size() == 1);
+  CHECK(req[0].rule == "the observer rule for all transactions");
+}
