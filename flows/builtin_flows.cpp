@@ -650,7 +650,8 @@ Flow<SignedTransaction> finalityBody(FlowContext& ctx, const FlowServices& svc, 
   for (const RequiredObserver& r : requiredOf(svc, ltx)) recipients.emplace(r.observer, true);
   for (const std::string& o : extra_observers) recipients.emplace(o, true);
   recipients.erase(ctx.self());
-  co_await distribute(ctx, svc, stx, std::move(recipients), {});
+  std::vector<std::string> also;
+  co_await distribute(ctx, svc, stx, std::move(recipients), std::move(also));
   co_return stx;
 }
 

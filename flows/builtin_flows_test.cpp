@@ -570,43 +570,11 @@ void registerNoRules(FlowRuntime& rt, FlowServices& svc, TNode& node) {
   registerHonest(rt, svc, node);
 }
 
-constexpr std::string_view hiding_move_flow = "test.HidingMove";
-
-// A move whose sign request announces the regulator but whose finality
-// leaves it out (the node has no rules and names no extra observer).
-Flow<Bytes> hidingMove(FlowContext& ctx, const FlowServices* svc, Bytes args) {
-  const std::string text(args.begin(), args.end());
-  const size_t a = text.find('|'), b = text.rfind('|');
-  const StateRef ref{SecureHash::fromHex(text.substr(a + 1, b - a - 1)).value(),
-                     static_cast<uint32_t>(std::stoul(text.substr(b + 1)))};
-  auto recipient = svc->partyByName(text.substr(0, a)).value();
-  std::vector<SecureHash> ids{ref.txId};
-  auto txs = co_await loadTransactions(ctx, *svc, ids);
-  const TransactionState in = txs[0]->tx().outputs()[ref.index];
-  auto token = ccal::testing::decodeToken(in.data).value();
-  token.owner = recipient.owningKey;
-  Bytes salt = co_await privacySalt(ctx);
-  auto wtx = TransactionBuilder(in.notary)
-                 .addInput(ref)
-                 .addOutput(ccal::testing::tokenState(in.notary, token))
-                 .addCommand(Command{"ccal.test.Token.Move", {}, {svc->identity.owningKey, recipient.owningKey}})
-                 .setPrivacySalt(salt)
-                 .build()
-                 .value();
-  SignedTransaction stx(std::move(wtx));
-  std::vector<std::string> announced{regulator};
-  stx = co_await collectSignatures(ctx, *svc, std::move(stx), std::string(token_move_flow), announced);
-  std::vector<std::string> none;
-  stx = co_await finality(ctx, *svc, std::move(stx), none);
-  co_return Bytes(stx.id().bytes().begin(), stx.id().bytes().end());
-}
-
+// A node that ignores the rules and whose moves announce the regulator to
+// their signers but leave it out of their finality.
 void registerHiding(FlowRuntime& rt, FlowServices& svc, TNode& node) {
-  registerNoRules(rt, svc, node);
-  const FlowServices* s = &svc;
-  REQUIRE(rt.registerFlow(std::string(hiding_move_flow), [s](FlowContext& ctx, Bytes args) {
-              return hidingMove(ctx, s, std::move(args));
-            }).ok());
+  svc.observer_rules.clear();
+  REQUIRE(registerTokenFlows(rt, svc, &node.world.notaryParty, {regulator}).ok());
 }
 
 // The finished ReceiveFinality flows of `n` that recorded (or had) `id`.
@@ -669,7 +637,7 @@ TEST_CASE("observers: a compliant finality reaches the regulator once; a skippin
   const SecureHash c_issue = w.issue(c, 70);
   REQUIRE(w.quiet());
   CHECK_FALSE(r.has(c_issue));
-  FlowInfo hidden = w.runFlow(c, hiding_move_flow, tokenMoveArgs(bob, StateRef{c_issue, 0}));
+  FlowInfo hidden = w.move(c, bob, StateRef{c_issue, 0});
   REQUIRE_MESSAGE(hidden.outcome == vault::FlowOutcome::ok, errorOf(hidden));
   const SecureHash c_move = idOf(hidden.result);
   REQUIRE(w.quiet());
