@@ -710,10 +710,10 @@ TEST_CASE("observers: receivable financing is observed from a configured amount 
   TNode& b = w.add(bob, 3, registerDeals);
   TNode& c = w.add(carol, 4, registerDeals);
   TNode& r = w.add(regulator, 5, registerDeals);
-  TNode& cheat = w.add("O=Qionghai Pepper Cooperative, L=Qionghai, C=CN", 6, registerDealsNoRules);
+  TNode& cheat = w.add("O=Qionghai Rural Bank, L=Qionghai, C=CN", 6, registerDealsNoRules);
   okDeal(w, k, token_issue_deal, {"to=" + bank, "amount=1000000", "currency=CNY"});
   okDeal(w, c, member_issue_deal, {"member=" + bob, "name=Sanya Tea Cooperative", "role=member", "days=365",
-                                   "observers=" + alice + ";" + cheat.name});
+                                   "observers=" + alice});
   const SecureHash big = okDeal(w, a, receivable_issue_deal,
                                 {"buyer=" + bob, "amount=50000", "currency=CNY", "invoice=INV-1", "due=2024-06-30"});
   const SecureHash small = okDeal(w, a, receivable_issue_deal,
@@ -737,25 +737,34 @@ TEST_CASE("observers: receivable financing is observed from a configured amount 
   }
   CHECK(receivable_seen);
 
-  // A seller whose node ignores the rules: the bank refuses to finance above the amount.
-  okDeal(w, cheat, receivable_issue_deal,
+  // A financier whose node ignores the rules (it builds, collects the seller's
+  // signature and finalises): the seller refuses to sign above the amount.
+  okDeal(w, k, token_issue_deal, {"to=" + cheat.name, "amount=100000", "currency=CNY"});
+  okDeal(w, a, receivable_issue_deal,
          {"buyer=" + bob, "amount=60000", "currency=CNY", "invoice=INV-9", "due=2024-06-30"});
   REQUIRE(w.quiet());
-  const uint64_t before = vaultTransactionsCount(cheat);
   const uint64_t regulator_had = vaultTransactionsCount(r);
-  const uint64_t bank_had = vaultTransactionsCount(k);
-  FlowInfo refused = runDeal(w, cheat, receivable_finance_deal, {"invoice=INV-9", "financier=" + bank, "advance=50000"});
+  const uint64_t buyer_had = vaultTransactionsCount(b);
+  const uint64_t notarised = w.notary.requests;
+  FlowInfo refused = runDeal(w, a, receivable_finance_deal, {"invoice=INV-9", "financier=" + cheat.name, "advance=50000"});
   CHECK(refused.outcome == vault::FlowOutcome::failed);
   REQUIRE(refused.error);
-  CHECK(refused.error->code == Errc::forbidden);
   CHECK_MESSAGE(errorOf(refused).find("observer '" + regulator + "', which the observer rule for contract "
                                       "'ccal.receivable', command 'ccal.receivable.Finance', amount 60000 at "
                                       "least 50000 requires") != std::string::npos,
                 errorOf(refused));
   REQUIRE(w.quiet());
-  CHECK(vaultTransactionsCount(cheat) == before);
+  CHECK(w.notary.requests == notarised);  // never notarised
   CHECK(vaultTransactionsCount(r) == regulator_had);
-  CHECK(vaultTransactionsCount(k) == bank_had);
+  CHECK(vaultTransactionsCount(b) == buyer_had);
+  bool still_held = false;
+  const vault::Page held = a.vault->query(vault::Query(vault::Criteria::stateType(
+                                               std::string(ccal::contracts::receivable_state_type))))
+                               .value();
+  for (const auto& st : held.states) {
+    still_held = still_held || ccal::contracts::decodeReceivable(st.state.data).value().invoiceNumber == "INV-9";
+  }
+  CHECK(still_held);
   for (TNode* n : {&k, &a, &b, &c, &r, &cheat}) CHECK(n->vault->checkConsistency().ok());
 }
 

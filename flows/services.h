@@ -18,6 +18,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "ledger/contract.h"
@@ -93,6 +94,15 @@ class NotaryGateway {
 //        state whose fields cannot be read counts as INT64_MAX (observed
 //        rather than missed). Deterministic: every node computes the same.
 struct ObserverRule {
+  ObserverRule() = default;
+  // A rule without filters (`{observer, contracts, parties, all}` reads as before them).
+  ObserverRule(std::string observer_name, std::vector<std::string> contract_names,
+               std::vector<std::string> party_names = {}, bool all = false)
+      : observer(std::move(observer_name)),
+        contracts(std::move(contract_names)),
+        parties(std::move(party_names)),
+        all_transactions(all) {}
+
   std::string observer;
   std::vector<std::string> contracts;
   std::vector<std::string> parties;
