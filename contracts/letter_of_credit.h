@@ -152,6 +152,12 @@ class LetterOfCreditContract final : public Contract {
   std::vector<std::shared_ptr<const StateSchema>> stateSchemas() const override {
     return {std::make_shared<LetterOfCreditSchema>()};
   }
+  std::vector<std::string_view> commandTypes() const override {
+    return {lc_apply_command, lc_issue_command, lc_advise_command, lc_propose_amendment_command,
+            lc_accept_amendment_command, lc_reject_amendment_command, lc_present_command,
+            lc_examine_command, lc_waive_command, lc_refuse_command, lc_pay_command,
+            lc_close_command};
+  }
 };
 
 }  // namespace ccal::contracts

@@ -221,6 +221,10 @@ class LoanContract final : public Contract {
     return {std::make_shared<FundSchema>(), std::make_shared<LoanSchema>(),
             std::make_shared<CreditRecordSchema>()};
   }
+  std::vector<std::string_view> commandTypes() const override {
+    return {loan_create_fund_command, loan_contribute_command, loan_request_command,
+            loan_approve_command, loan_disburse_command, loan_repay_command, loan_default_command};
+  }
 };
 
 }  // namespace ccal::contracts

@@ -68,6 +68,9 @@ class MemberContract final : public Contract {
   std::vector<std::shared_ptr<const StateSchema>> stateSchemas() const override {
     return {std::make_shared<MemberSchema>()};
   }
+  std::vector<std::string_view> commandTypes() const override {
+    return {member_issue_command, member_revoke_command};
+  }
 };
 
 }  // namespace ccal::contracts

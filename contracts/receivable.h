@@ -115,6 +115,10 @@ class ReceivableContract final : public Contract {
   std::vector<std::shared_ptr<const StateSchema>> stateSchemas() const override {
     return {std::make_shared<ReceivableSchema>(), std::make_shared<RegistrationSchema>()};
   }
+  std::vector<std::string_view> commandTypes() const override {
+    return {receivable_register_command, receivable_issue_command, receivable_finance_command,
+            receivable_settle_command};
+  }
 };
 
 }  // namespace ccal::contracts

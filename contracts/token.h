@@ -75,6 +75,9 @@ class TokenContract final : public Contract {
   std::vector<std::shared_ptr<const StateSchema>> stateSchemas() const override {
     return {std::make_shared<TokenSchema>()};
   }
+  std::vector<std::string_view> commandTypes() const override {
+    return {token_issue_command, token_move_command, token_redeem_command};
+  }
 };
 
 }  // namespace ccal::contracts

@@ -171,6 +171,16 @@ LedgerTransaction verifyContracts(const FlowServices& svc, const SignedTransacti
   return std::move(ltx).value();
 }
 
+// The observers this node's rules require for `ltx`.
+std::vector<RequiredObserver> requiredOf(const FlowServices& svc, const LedgerTransaction& ltx) {
+  auto name = [&svc](const Key& k) -> std::optional<std::string> {
+    auto party = svc.partyByKey ? svc.partyByKey(k) : std::nullopt;
+    if (!party) return std::nullopt;
+    return party->name;
+  };
+  return requiredObservers(svc.observer_rules, ltx, *svc.contracts, name);
+}
+
 // `fetched` in dependency order: every transaction after the ones it depends on.
 std::vector<SecureHash> dependencyOrder(const TxMap& fetched) {
   std::vector<SecureHash> order;
@@ -381,7 +391,8 @@ Flow<BuiltinMessage> serveUntil(FlowContext& ctx, const FlowServices& svc, Sessi
 // --- collect signatures / sign -----------------------------------------------------------------
 
 Flow<SignedTransaction> collectSignaturesBody(FlowContext& ctx, const FlowServices& svc,
-                                              SignedTransaction stx, std::string check) {
+                                              SignedTransaction stx, std::string check,
+                                              std::vector<std::string> extra_observers) {
   ctx.step("collecting signatures");
   // The signatures the caller brought are checked; the ones made here are
   // valid by construction (not verified again).
@@ -407,6 +418,27 @@ Flow<SignedTransaction> collectSignaturesBody(FlowContext& ctx, const FlowServic
     }
     by_party[party->name].push_back(k);
   }
+  // The observers this node's finality will send the transaction to (its
+  // rules' and the extra ones): each signer checks them against its rules.
+  std::vector<std::string> announced;
+  if (!by_party.empty()) {
+    const std::vector<SecureHash> dep_ids = dependencyIds(stx.tx());
+    auto deps = co_await vaultTransactions(ctx, svc, dep_ids);
+    TxMap known;
+    for (size_t i = 0; i < dep_ids.size(); ++i) {
+      if (!deps[i]) {
+        failFlow(Errc::not_found, "transaction " + dep_ids[i].hex() + ", an input of " +
+                                      stx.id().hex() + ", is not in this node's vault");
+      }
+      known.emplace(dep_ids[i], std::move(*deps[i]));
+    }
+    auto ltx = toLedger(stx.tx(), known);
+    if (!ltx) fail(ltx.error(), "transaction " + stx.id().hex() + " does not resolve");
+    std::set<std::string> names(extra_observers.begin(), extra_observers.end());
+    for (const RequiredObserver& r : requiredOf(svc, *ltx)) names.insert(r.observer);
+    names.erase(ctx.self());
+    announced.assign(names.begin(), names.end());
+  }
   for (const auto& entry : by_party) {
     const std::string& name = entry.first;
     const std::vector<Key>& keys = entry.second;
@@ -416,6 +448,7 @@ Flow<SignedTransaction> collectSignaturesBody(FlowContext& ctx, const FlowServic
     request.kind = Kind::sign_request;
     request.check = check;
     request.stx = stx;
+    request.observers = announced;
     co_await sendMessage(s, std::move(request));
     BuiltinMessage got = co_await serveUntil(ctx, svc, s, stx, Kind::signatures, "signatures");
     const Bytes signable = signableBytes(stx.id());
@@ -466,6 +499,19 @@ Flow<Bytes> signTransactionResponder(FlowContext& ctx, const FlowServices* svc, 
   if (mine.empty()) {
     failFlow(Errc::forbidden, quoted(s.peer()) + " asked this node to sign transaction " +
                                   stx.id().hex() + ", which requires none of its keys");
+  }
+  // A node cannot hide a transaction from an observer by finalising it
+  // alone: refuse to sign unless its finality goes to every observer our
+  // rules require (besides us and the initiator, who record it anyway).
+  {
+    const std::set<std::string> announced(request.observers.begin(), request.observers.end());
+    for (const RequiredObserver& r : requiredOf(*svc, ltx)) {
+      if (r.observer == ctx.self() || r.observer == s.peer() || announced.count(r.observer)) continue;
+      failFlow(Errc::forbidden, "the finality of transaction " + stx.id().hex() + " by " +
+                                    quoted(s.peer()) + " would not send it to observer " +
+                                    quoted(r.observer) + ", which " + r.rule +
+                                    " requires, so it is not signed");
+    }
   }
   auto check = svc->checks.find(request.check);
   if (check == svc->checks.end()) {
@@ -558,6 +604,35 @@ Flow<SignedTransaction> notariseBody(FlowContext& ctx, const FlowServices& svc,
 
 // --- finality ----------------------------------------------------------------------------------------
 
+// Sends `stx` to every one of `recipients` (name -> observer) and serves
+// each one's backchain requests until it has recorded it; they record in
+// parallel. Each finality request lists the recipients, `also` (nodes that
+// had it sent otherwise) and this node.
+Flow<bool> distribute(FlowContext& ctx, const FlowServices& svc, SignedTransaction stx,
+                      std::map<std::string, bool> recipients, std::vector<std::string> also) {
+  std::set<std::string> listed(also.begin(), also.end());
+  for (const auto& entry : recipients) listed.insert(entry.first);
+  listed.insert(ctx.self());
+  const std::vector<std::string> names(listed.begin(), listed.end());
+  std::vector<Session> sessions;
+  for (const auto& entry : recipients) {
+    ctx.step("sending " + stx.id().hex() + " to " + quoted(entry.first));
+    Session s = co_await ctx.initiate(entry.first);
+    BuiltinMessage m;
+    m.kind = Kind::finality;
+    m.stx = stx;
+    m.observer = entry.second;
+    m.recipients = names;
+    co_await sendMessage(s, std::move(m));
+    sessions.push_back(s);
+  }
+  for (Session& s : sessions) {
+    ctx.step("waiting for " + quoted(s.peer()) + " to record " + stx.id().hex());
+    co_await serveUntil(ctx, svc, s, stx, Kind::recorded, "recorded answer");
+  }
+  co_return true;
+}
+
 Flow<SignedTransaction> finalityBody(FlowContext& ctx, const FlowServices& svc, SignedTransaction stx,
                                      std::vector<std::string> extra_observers) {
   ctx.step("verifying " + stx.id().hex());
@@ -588,9 +663,8 @@ Flow<SignedTransaction> finalityBody(FlowContext& ctx, const FlowServices& svc, 
   ctx.step("finality: recording " + stx.id().hex());
   co_await recordVerified(ctx, svc, std::move(verified).value(), vault::RecordMode::only_relevant);
 
-  std::set<std::string> participants, contracts;
+  std::set<std::string> participants;
   auto note = [&](const TransactionState& state) {
-    contracts.insert(state.contract);
     for (const Key& k : state.participants) {
       auto party = svc.partyByKey ? svc.partyByKey(k) : std::nullopt;
       if (party) participants.insert(party->name);
@@ -598,31 +672,13 @@ Flow<SignedTransaction> finalityBody(FlowContext& ctx, const FlowServices& svc, 
   };
   for (const StateAndRef& in : ltx.inputs()) note(in.state);
   for (const TransactionState& out : ltx.outputs()) note(out);
-  std::vector<std::string> observers =
-      observersFor(svc.observer_rules, {contracts.begin(), contracts.end()},
-                   {participants.begin(), participants.end()});
-  observers.insert(observers.end(), extra_observers.begin(), extra_observers.end());
   std::map<std::string, bool> recipients;  // name -> observer
   for (const std::string& p : participants) recipients[p] = false;
-  for (const std::string& o : observers) recipients.emplace(o, true);
+  for (const RequiredObserver& r : requiredOf(svc, ltx)) recipients.emplace(r.observer, true);
+  for (const std::string& o : extra_observers) recipients.emplace(o, true);
   recipients.erase(ctx.self());
-  // Sent to every recipient first, then each one's backchain requests are
-  // served until it has recorded: the recipients record in parallel.
-  std::vector<Session> sessions;
-  for (const auto& entry : recipients) {
-    ctx.step("sending " + stx.id().hex() + " to " + quoted(entry.first));
-    Session s = co_await ctx.initiate(entry.first);
-    BuiltinMessage m;
-    m.kind = Kind::finality;
-    m.stx = stx;
-    m.observer = entry.second;
-    co_await sendMessage(s, std::move(m));
-    sessions.push_back(s);
-  }
-  for (Session& s : sessions) {
-    ctx.step("waiting for " + quoted(s.peer()) + " to record " + stx.id().hex());
-    co_await serveUntil(ctx, svc, s, stx, Kind::recorded, "recorded answer");
-  }
+  std::vector<std::string> also;
+  co_await distribute(ctx, svc, stx, std::move(recipients), std::move(also));
   co_return stx;
 }
 
@@ -633,12 +689,21 @@ Flow<Bytes> receiveFinalityResponder(FlowContext& ctx, const FlowServices* svc, 
   SignedTransaction stx = std::move(*m.stx);
   std::vector<SecureHash> self_id{stx.id()};
   std::vector<SecureHash> missing = co_await missingOf(ctx, *svc, self_id);
+  std::map<std::string, bool> skipped;  // observers our rules require that it did not go to
   if (!missing.empty()) {
     ctx.step("resolving the backchain of " + stx.id().hex());
     Resolved resolved = co_await ctx.subFlow(std::string(resolve_transactions_flow),
                                              resolveBackchain(ctx, *svc, s, stx));
     ctx.step("verifying " + stx.id().hex());
-    verifyContracts(*svc, stx, resolved.known);
+    const LedgerTransaction ltx = verifyContracts(*svc, stx, resolved.known);
+    if (!m.observer) {
+      const std::set<std::string> listed(m.recipients.begin(), m.recipients.end());
+      for (const RequiredObserver& r : requiredOf(*svc, ltx)) {
+        if (r.observer != ctx.self() && r.observer != s.peer() && !listed.count(r.observer)) {
+          skipped.emplace(r.observer, true);
+        }
+      }
+    }
     // Verified once here; the vault takes it without verifying it again.
     auto verified = vault::VerifiedTransaction::verify(stx);
     if (!verified) fail(verified.error(), "transaction " + stx.id().hex() + " from " + quoted(s.peer()));
@@ -651,6 +716,14 @@ Flow<Bytes> receiveFinalityResponder(FlowContext& ctx, const FlowServices* svc, 
   BuiltinMessage ack;
   ack.kind = Kind::recorded;
   co_await sendMessage(s, std::move(ack));
+  if (!skipped.empty()) {
+    // The sender's finality skipped observers our rules require: send it on
+    // to them ourselves (they record it once, however many send it).
+    ctx.step("sending " + stx.id().hex() + " on to " + std::to_string(skipped.size()) +
+             " observers the finality of " + quoted(s.peer()) + " skipped");
+    co_await ctx.subFlow(std::string(finality_flow),
+                         distribute(ctx, *svc, stx, std::move(skipped), m.recipients));
+  }
   co_return Bytes(stx.id().bytes().begin(), stx.id().bytes().end());
 }
 
@@ -687,9 +760,11 @@ Flow<Bytes> finalityStartable(FlowContext& ctx, const FlowServices* svc, Bytes a
 }  // namespace
 
 Flow<SignedTransaction> collectSignatures(FlowContext& ctx, const FlowServices& services,
-                                          SignedTransaction stx, std::string check) {
+                                          SignedTransaction stx, std::string check,
+                                          std::vector<std::string> extra_observers) {
   return ctx.subFlow(std::string(collect_signatures_flow),
-                     collectSignaturesBody(ctx, services, std::move(stx), std::move(check)));
+                     collectSignaturesBody(ctx, services, std::move(stx), std::move(check),
+                                           std::move(extra_observers)));
 }
 
 Flow<SignedTransaction> notarise(FlowContext& ctx, const FlowServices& services,

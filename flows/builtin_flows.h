@@ -37,6 +37,16 @@
 //    verifies the transaction fully and records it (participants:
 //    only_relevant, observers: all_visible) before answering `recorded`. A
 //    receiver that has the transaction already answers at once.
+//  - Observers (issue 8): the sign request lists the observers the
+//    initiator's finality will send to (its rules' plus its extra ones); a
+//    signer whose own copy of the rules requires an observer not listed
+//    (other than itself and the initiator) refuses to sign (Errc::forbidden,
+//    naming the observer and the rule). The finality request lists every
+//    node it goes to; a participant (not an observer) that records a
+//    transaction for which its rules require an observer not listed sends
+//    it on to that observer itself, after answering (a ReceiveFinality
+//    there, as above: recorded once however many send it). So a node cannot
+//    hide a transaction from an observer by leaving it out of finality.
 
 #include <string>
 #include <string_view>
@@ -64,8 +74,12 @@ Status registerBuiltinFlows(FlowRuntime& runtime, const FlowServices& services);
 
 // Subflows, for a deal flow to await (each runs as a named subflow):
 // the transaction signed by every required signer but the notary.
+// `extra_observers`: those the caller's finality will add (as its
+// extra_observers) beyond the rules'; the sign request announces them with
+// the rules' observers.
 Flow<SignedTransaction> collectSignatures(FlowContext& ctx, const FlowServices& services,
-                                          SignedTransaction stx, std::string check);
+                                          SignedTransaction stx, std::string check,
+                                          std::vector<std::string> extra_observers = {});
 // The transaction with the notary's signatures (as is when it needs none).
 Flow<SignedTransaction> notarise(FlowContext& ctx, const FlowServices& services,
                                  SignedTransaction stx);

@@ -10,7 +10,9 @@
 #include <string>
 #include <vector>
 
+#include "contracts/contracts.h"
 #include "flows/builtin_testing.h"
+#include "flows/deal_flows.h"
 #include "flows/delivery.h"
 #include "flows/flows_testing.h"
 #include "ledger/testing.h"
@@ -56,6 +58,7 @@ struct TNode {
   TNode(std::string n, uint8_t seed, World& w, Register r, BackchainLimits l)
       : name(std::move(n)), key(ccal::testing::testKey(seed)), world(w), reg(std::move(r)), limits(l) {
     registry.add(std::make_unique<ccal::testing::TestTokenContract>());
+    ccal::contracts::registerDealContracts(registry);  // the receivable financing cases
   }
   ~TNode() { close(); }
   Party party() const { return Party{name, Key(key.publicKey())}; }
@@ -556,6 +559,215 @@ TEST_CASE("built-in flows: a crash of the initiator after notarisation: replayed
   }
 }
 
+
+// --- observers the finality must not skip (issue 8) -------------------------------------------
+
+namespace {
+
+// A node that ignores the network's observer rules (its copy has none).
+void registerNoRules(FlowRuntime& rt, FlowServices& svc, TNode& node) {
+  svc.observer_rules.clear();
+  registerHonest(rt, svc, node);
+}
+
+// A node that ignores the rules and whose moves announce the regulator to
+// their signers but leave it out of their finality.
+void registerHiding(FlowRuntime& rt, FlowServices& svc, TNode& node) {
+  svc.observer_rules.clear();
+  REQUIRE(registerTokenFlows(rt, svc, &node.world.notaryParty, {regulator}).ok());
+}
+
+// The finished ReceiveFinality flows of `n` that recorded (or had) `id`.
+int receivedFinalities(const TNode& n, const SecureHash& id) {
+  int count = 0;
+  for (const auto& entry : n.finished) {
+    const FlowInfo& f = entry.second;
+    if (f.name == receive_finality_flow && f.outcome == vault::FlowOutcome::ok && f.result.size() == 32 &&
+        idOf(f.result) == id) {
+      ++count;
+    }
+  }
+  return count;
+}
+
+}  // namespace
+
+TEST_CASE("observers: a signer refuses a finality that skips a required observer; nothing is recorded") {
+  World w;
+  TNode& a = w.add(alice, 1, registerNoRules);
+  TNode& b = w.add(bob, 2);
+  TNode& r = w.add(regulator, 3);
+  const SecureHash issue = w.issue(a, 100);  // A alone: no rule of its own sends it anywhere
+  REQUIRE(w.quiet());
+  CHECK_FALSE(r.has(issue));
+  const uint64_t notarised = w.notary.requests;
+  FlowInfo info = w.move(a, bob, StateRef{issue, 0});
+  CHECK(info.outcome == vault::FlowOutcome::failed);
+  REQUIRE(info.error);
+  CHECK(info.error->code == Errc::forbidden);
+  CHECK_MESSAGE(errorOf(info).find("would not send it to observer '" + regulator +
+                                   "', which the observer rule for contract 'ccal.test.Token' requires, "
+                                   "so it is not signed") != std::string::npos,
+                errorOf(info));
+  REQUIRE(w.quiet());
+  CHECK(w.notary.requests == notarised);  // never notarised
+  CHECK(vaultTransactionsCount(a) == 1);   // its issue only
+  CHECK(vaultTransactionsCount(b) == 0);
+  CHECK(vaultTransactionsCount(r) == 0);
+  CHECK(statesOf(a, vault::StatusFilter::unconsumed, vault::RelevanceFilter::all).states.size() == 1);
+}
+
+TEST_CASE("observers: a compliant finality reaches the regulator once; a skipping one is sent on by a participant") {
+  World w;
+  TNode& a = w.add(alice, 1);
+  TNode& b = w.add(bob, 2);
+  TNode& r = w.add(regulator, 3);
+  TNode& c = w.add(carol, 4, registerHiding);
+  const SecureHash issue = w.issue(a, 100);
+  FlowInfo info = w.move(a, bob, StateRef{issue, 0});
+  REQUIRE_MESSAGE(info.outcome == vault::FlowOutcome::ok, errorOf(info));
+  const SecureHash move = idOf(info.result);
+  REQUIRE(w.quiet());
+  CHECK(r.has(move));
+  CHECK(receivedFinalities(r, move) == 1);  // from A; B sent nothing on (the regulator was listed)
+  CHECK(receivedFinalities(r, issue) == 1);
+
+  // C's own issue goes nowhere (it has no rules: nobody else knows of it), then
+  // C moves it to B announcing the regulator, which its finality leaves out.
+  const SecureHash c_issue = w.issue(c, 70);
+  REQUIRE(w.quiet());
+  CHECK_FALSE(r.has(c_issue));
+  FlowInfo hidden = w.move(c, bob, StateRef{c_issue, 0});
+  REQUIRE_MESSAGE(hidden.outcome == vault::FlowOutcome::ok, errorOf(hidden));
+  const SecureHash c_move = idOf(hidden.result);
+  REQUIRE(w.quiet());
+  CHECK(b.has(c_move));
+  CHECK(r.has(c_move));                        // B sent it on
+  CHECK(r.has(c_issue));                       // with its backchain, from B
+  CHECK(receivedFinalities(r, c_move) == 1);   // once: C never sent it
+  auto rs = statesOf(r, vault::StatusFilter::unconsumed, vault::RelevanceFilter::observed);
+  std::set<StateRef> observed;
+  for (const auto& st : rs.states) observed.insert(st.ref);
+  CHECK(observed.count(StateRef{c_move, 0}) == 1);  // recorded as an observer: all visible
+  int forwarded = 0;
+  for (const auto& entry : b.finished) {
+    if (entry.second.name == receive_finality_flow && entry.second.result.size() == 32 &&
+        idOf(entry.second.result) == c_move) {
+      CHECK(entry.second.outcome == vault::FlowOutcome::ok);
+      ++forwarded;
+    }
+  }
+  CHECK(forwarded == 1);
+  // Finality again from C, the regulator now named: a no-op everywhere.
+  auto stx = c.vault->transaction(c_move).value();
+  REQUIRE(stx);
+  FlowInfo again = w.runFlow(c, finality_flow, encodeFinalityArgs(*stx, {regulator}));
+  REQUIRE_MESSAGE(again.outcome == vault::FlowOutcome::ok, errorOf(again));
+  REQUIRE(w.quiet());
+  CHECK(vaultTransactionsCount(r) == 4);  // A's issue and move, C's issue and move
+  for (TNode* n : {&a, &b, &r, &c}) CHECK(n->vault->checkConsistency().ok());
+}
+
+namespace {
+
+// A node running the deal flows (tokens, credentials, receivables).
+void registerDeals(FlowRuntime& rt, FlowServices& svc, TNode&) {
+  addDealChecks(svc);
+  REQUIRE(registerBuiltinFlows(rt, svc).ok());
+  DealConfig config;
+  config.notary = notary_name;
+  REQUIRE(registerDealFlows(rt, svc, config).ok());
+}
+
+void registerDealsNoRules(FlowRuntime& rt, FlowServices& svc, TNode& node) {
+  svc.observer_rules.clear();
+  registerDeals(rt, svc, node);
+}
+
+FlowInfo runDeal(World& w, TNode& n, std::string_view flow, const std::vector<std::string>& kvs) {
+  auto args = parseDealArgs(flow, kvs);
+  REQUIRE_MESSAGE(args.ok(), (args ? "" : args.error().message));
+  return w.runFlow(n, flow, encodeDealArgs(*args));
+}
+
+SecureHash okDeal(World& w, TNode& n, std::string_view flow, const std::vector<std::string>& kvs) {
+  FlowInfo info = runDeal(w, n, flow, kvs);
+  REQUIRE_MESSAGE(info.outcome == vault::FlowOutcome::ok, flow << ": " << errorOf(info));
+  return idOf(info.result);
+}
+
+}  // namespace
+
+TEST_CASE("observers: receivable financing is observed from a configured amount of the invoice") {
+  const std::string bank = "O=Bank of Hainan, L=Haikou, C=CN";
+  World w;
+  ObserverRule financing{regulator, {std::string(ccal::contracts::receivable_contract)}, {}, false};
+  financing.commands = {std::string(ccal::contracts::receivable_finance_command)};
+  financing.amount_at_least = 50'000;
+  w.rules = {financing};
+  TNode& k = w.add(bank, 1, registerDeals);
+  TNode& a = w.add(alice, 2, registerDeals);
+  TNode& b = w.add(bob, 3, registerDeals);
+  TNode& c = w.add(carol, 4, registerDeals);
+  TNode& r = w.add(regulator, 5, registerDeals);
+  TNode& cheat = w.add("O=Qionghai Rural Bank, L=Qionghai, C=CN", 6, registerDealsNoRules);
+  okDeal(w, k, token_issue_deal, {"to=" + bank, "amount=1000000", "currency=CNY"});
+  okDeal(w, c, member_issue_deal, {"member=" + bob, "name=Sanya Tea Cooperative", "role=member", "days=365",
+                                   "observers=" + alice});
+  const SecureHash big = okDeal(w, a, receivable_issue_deal,
+                                {"buyer=" + bob, "amount=50000", "currency=CNY", "invoice=INV-1", "due=2024-06-30"});
+  const SecureHash small = okDeal(w, a, receivable_issue_deal,
+                                  {"buyer=" + bob, "amount=49999", "currency=CNY", "invoice=INV-2", "due=2024-06-30"});
+  REQUIRE(w.quiet());
+  CHECK(vaultTransactionsCount(r) == 0);  // no issue, token or credential transaction is observed
+  // Equal to the threshold: observed; one below: not.
+  const SecureHash financed = okDeal(w, a, receivable_finance_deal, {"invoice=INV-1", "financier=" + bank, "advance=45000"});
+  const SecureHash unseen = okDeal(w, a, receivable_finance_deal, {"invoice=INV-2", "financier=" + bank, "advance=44000"});
+  REQUIRE(w.quiet());
+  CHECK(r.has(financed));
+  CHECK(receivedFinalities(r, financed) == 1);
+  CHECK(r.has(big));  // the financing's backchain
+  CHECK_FALSE(r.has(unseen));
+  CHECK_FALSE(r.has(small));
+  auto rs = statesOf(r, vault::StatusFilter::unconsumed, vault::RelevanceFilter::observed);
+  bool receivable_seen = false;
+  for (const auto& st : rs.states) {
+    CHECK(st.ref.txId == financed);  // it observes what the rule grants, nothing else
+    receivable_seen = receivable_seen || st.state.contract == ccal::contracts::receivable_contract;
+  }
+  CHECK(receivable_seen);
+
+  // A financier whose node ignores the rules (it builds, collects the seller's
+  // signature and finalises): the seller refuses to sign above the amount.
+  okDeal(w, k, token_issue_deal, {"to=" + cheat.name, "amount=100000", "currency=CNY"});
+  okDeal(w, a, receivable_issue_deal,
+         {"buyer=" + bob, "amount=60000", "currency=CNY", "invoice=INV-9", "due=2024-06-30"});
+  REQUIRE(w.quiet());
+  const uint64_t regulator_had = vaultTransactionsCount(r);
+  const uint64_t buyer_had = vaultTransactionsCount(b);
+  const uint64_t notarised = w.notary.requests;
+  FlowInfo refused = runDeal(w, a, receivable_finance_deal, {"invoice=INV-9", "financier=" + cheat.name, "advance=50000"});
+  CHECK(refused.outcome == vault::FlowOutcome::failed);
+  REQUIRE(refused.error);
+  CHECK_MESSAGE(errorOf(refused).find("observer '" + regulator + "', which the observer rule for contract "
+                                      "'ccal.receivable', command 'ccal.receivable.Finance', amount 60000 at "
+                                      "least 50000 requires") != std::string::npos,
+                errorOf(refused));
+  REQUIRE(w.quiet());
+  CHECK(w.notary.requests == notarised);  // never notarised
+  CHECK(vaultTransactionsCount(r) == regulator_had);
+  CHECK(vaultTransactionsCount(b) == buyer_had);
+  bool still_held = false;
+  const vault::Page held = a.vault->query(vault::Query(vault::Criteria::stateType(
+                                               std::string(ccal::contracts::receivable_state_type))))
+                               .value();
+  for (const auto& st : held.states) {
+    still_held = still_held || ccal::contracts::decodeReceivable(st.state.data).value().invoiceNumber == "INV-9";
+  }
+  CHECK(still_held);
+  for (TNode* n : {&k, &a, &b, &c, &r, &cheat}) CHECK(n->vault->checkConsistency().ok());
+}
+
 TEST_CASE("built-in flows: message encodings refuse what is wrong") {
   BuiltinMessage fetch;
   fetch.kind = BuiltinMessage::Kind::fetch;
@@ -580,4 +792,35 @@ TEST_CASE("built-in flows: message encodings refuse what is wrong") {
   CHECK(a2->conflicts[0].ref == answer.conflicts[0].ref);
   CHECK(a2->conflicts[0].consumedBy == answer.conflicts[0].consumedBy);
   CHECK(decodeIdList(Bytes{1, 2, 3}).error().code == Errc::malformed);
+
+  // The observers a sign request announces and the recipients a finality lists.
+  auto stx = SignedTransaction(TransactionBuilder(Party{notary_name, Key(ccal::testing::testKey(99).publicKey())})
+                                   .addOutput(ccal::testing::tokenState(
+                                       Party{notary_name, Key(ccal::testing::testKey(99).publicKey())},
+                                       ccal::testing::TestToken{Key(ccal::testing::testKey(1).publicKey()),
+                                                                Key(ccal::testing::testKey(1).publicKey()),
+                                                                5, "CNY", 0, "", SecureHash::of(Bytes{9})}))
+                                   .addCommand(Command{"ccal.test.Token.Issue", {}, {Key(ccal::testing::testKey(1).publicKey())}})
+                                   .setPrivacySalt(Bytes(32, 1))
+                                   .build()
+                                   .value());
+  BuiltinMessage sign;
+  sign.kind = BuiltinMessage::Kind::sign_request;
+  sign.check = "c";
+  sign.stx = stx;
+  sign.observers = {regulator, alice};
+  auto sb = decodeBuiltinMessage(encodeBuiltinMessage(sign), {BuiltinMessage::Kind::sign_request});
+  REQUIRE(sb);
+  CHECK(sb->observers == sign.observers);
+  BuiltinMessage fin;
+  fin.kind = BuiltinMessage::Kind::finality;
+  fin.stx = stx;
+  fin.recipients = {alice, bob, regulator};
+  auto fb = decodeBuiltinMessage(encodeBuiltinMessage(fin), {BuiltinMessage::Kind::finality});
+  REQUIRE(fb);
+  CHECK(fb->recipients == fin.recipients);
+  fin.recipients = {alice, ""};
+  auto empty = decodeBuiltinMessage(encodeBuiltinMessage(fin), {BuiltinMessage::Kind::finality});
+  REQUIRE(!empty);
+  CHECK(empty.error().message.find("recipient 1 is empty") != std::string::npos);
 }

@@ -45,6 +45,24 @@ Result<std::vector<DigitalSignature>> readSignatures(
   return out;
 }
 
+Result<std::vector<std::string>> readNames(capnp::List<capnp::Text>::Reader list,
+                                           const BuiltinMessageLimits& limits, const std::string& what) {
+  if (auto s = checkCount(list, limits.list_entries_max, what); !s) return s.error();
+  std::vector<std::string> out;
+  for (uint32_t i = 0; i < list.size(); ++i) {
+    if (list[i].size() == 0 || list[i].size() > limits.party_name_bytes_max) {
+      return makeError(Errc::malformed, what + " " + std::to_string(i) + " is empty or over " +
+                                            std::to_string(limits.party_name_bytes_max) + " bytes");
+    }
+    out.emplace_back(list[i].cStr(), list[i].size());
+  }
+  return out;
+}
+
+void writeNames(capnp::List<capnp::Text>::Builder list, const std::vector<std::string>& names) {
+  for (uint32_t i = 0; i < names.size(); ++i) list.set(i, names[i]);
+}
+
 void writeSignatures(capnp::List<schema::DigitalSignature>::Builder list,
                      const std::vector<DigitalSignature>& sigs) {
   for (uint32_t i = 0; i < sigs.size(); ++i) writeSignature(list[i], sigs[i]);
@@ -93,6 +111,7 @@ Bytes encodeBuiltinMessage(const BuiltinMessage& m) {
         r.setCheck(m.check);
         CCAL_ASSERT(m.stx.has_value());
         r.setTransaction(asData(m.stx->encode()));
+        writeNames(r.initObservers(static_cast<uint32_t>(m.observers.size())), m.observers);
         break;
       }
       case Kind::signatures:
@@ -115,6 +134,7 @@ Bytes encodeBuiltinMessage(const BuiltinMessage& m) {
         CCAL_ASSERT(m.stx.has_value());
         f.setTransaction(asData(m.stx->encode()));
         f.setObserver(m.observer);
+        writeNames(f.initRecipients(static_cast<uint32_t>(m.recipients.size())), m.recipients);
         break;
       }
       case Kind::recorded: b.setRecorded(); break;
@@ -149,6 +169,9 @@ Result<BuiltinMessage> decodeBuiltinMessage(ByteView bytes, const std::vector<Ki
             auto stx = SignedTransaction::decode(asByteView(q.getTransaction()), limits.transaction);
             if (!stx) return makeError(stx.error().code, "transaction: " + stx.error().message);
             m.stx = std::move(stx).value();
+            auto observers = readNames(q.getObservers(), limits, "observer");
+            if (!observers) return observers.error();
+            m.observers = std::move(observers).value();
             break;
           }
           case Kind::signatures: {
@@ -181,6 +204,9 @@ Result<BuiltinMessage> decodeBuiltinMessage(ByteView bytes, const std::vector<Ki
             if (!stx) return makeError(stx.error().code, "transaction: " + stx.error().message);
             m.stx = std::move(stx).value();
             m.observer = f.getObserver();
+            auto recipients = readNames(f.getRecipients(), limits, "recipient");
+            if (!recipients) return recipients.error();
+            m.recipients = std::move(recipients).value();
             break;
           }
           case Kind::recorded: break;

@@ -20,6 +20,8 @@ struct BuiltinMessage {
   std::string check;                        // sign_request
   std::optional<SignedTransaction> stx;     // sign_request, finality
   bool observer = false;                    // finality
+  std::vector<std::string> observers;       // sign_request: the finality's observers (X.500)
+  std::vector<std::string> recipients;      // finality: every node it goes to, sender included
   std::vector<DigitalSignature> signatures; // signatures
   std::vector<SecureHash> ids;              // fetch
   std::vector<Bytes> transactions;          // transactions (decoded by the resolver)
@@ -30,6 +32,7 @@ const char* builtinMessageKindName(BuiltinMessage::Kind kind);
 struct BuiltinMessageLimits {
   uint32_t list_entries_max = 1024;  // ids, transactions or signatures in one message
   uint32_t check_name_bytes_max = 256;
+  uint32_t party_name_bytes_max = 1024;  // one X.500 name in observers or recipients
   TransactionLimits transaction;
 };
 

@@ -102,8 +102,10 @@ inline Bytes tokenMoveArgs(const std::string& recipient, const StateRef& ref) {
 }
 
 // Moves the token at the given StateRef to the recipient; the result is the
-// move's transaction id.
-inline Flow<Bytes> tokenMove(FlowContext& ctx, const FlowServices* svc, Bytes args) {
+// move's transaction id. `hidden_observers` (a node that cheats): announced
+// to the signers as its finality's observers, but left out of its finality.
+inline Flow<Bytes> tokenMove(FlowContext& ctx, const FlowServices* svc, Bytes args,
+                             std::vector<std::string> hidden_observers = {}) {
   const std::string text(args.begin(), args.end());
   const size_t a = text.find('|'), b = text.rfind('|');
   if (a == std::string::npos || a == b) failFlow(Errc::malformed, "token move arguments: " + text);
@@ -132,7 +134,8 @@ inline Flow<Bytes> tokenMove(FlowContext& ctx, const FlowServices* svc, Bytes ar
                  .build();
   if (!wtx) throw FlowFailure(wtx.error());
   SignedTransaction stx(std::move(wtx).value());
-  stx = co_await collectSignatures(ctx, *svc, std::move(stx), std::string(token_move_flow));
+  stx = co_await collectSignatures(ctx, *svc, std::move(stx), std::string(token_move_flow),
+                                   std::move(hidden_observers));
   std::vector<std::string> no_extra;
   stx = co_await finality(ctx, *svc, std::move(stx), no_extra);
   co_return Bytes(stx.id().bytes().begin(), stx.id().bytes().end());
@@ -174,15 +177,20 @@ inline Status checkTokenMove(const FlowServices& svc, const LedgerTransaction& t
   return makeError(Errc::forbidden, "this node receives no token in the move");
 }
 
-// Registers the built-in flows, the deal and the deal's check.
-inline Status registerTokenFlows(FlowRuntime& rt, FlowServices& svc, const Party* notary) {
+// Registers the built-in flows, the deal and the deal's check. With
+// `hidden_observers`, the node's moves hide their finality from them (see
+// tokenMove; the caller clears its observer rules too).
+inline Status registerTokenFlows(FlowRuntime& rt, FlowServices& svc, const Party* notary,
+                                 std::vector<std::string> hidden_observers = {}) {
   const FlowServices* s = &svc;
   svc.checks[std::string(token_move_flow)] = [s](const LedgerTransaction& tx, const std::string&) {
     return checkTokenMove(*s, tx);
   };
   if (auto st = registerBuiltinFlows(rt, svc); !st) return st;
   if (auto st = rt.registerFlow(std::string(token_move_flow),
-                                [s](FlowContext& ctx, Bytes args) { return tokenMove(ctx, s, std::move(args)); });
+                                [s, hidden_observers](FlowContext& ctx, Bytes args) {
+                                  return tokenMove(ctx, s, std::move(args), hidden_observers);
+                                });
       !st) {
     return st;
   }

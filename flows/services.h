@@ -18,6 +18,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "ledger/contract.h"
@@ -77,18 +78,71 @@ class NotaryGateway {
 // --- observers --------------------------------------------------------------------------
 
 // Which observers must receive which transactions (the network parameters'
-// observer rules, node::ObserverRule): `observer` receives every transaction
-// (all_transactions), or those with a state of one of `contracts` (input or
-// output), or with one of `parties` (X.500) among its participants.
+// observer rules, node::ObserverRule). `observer` receives a transaction when
+//  - all_transactions, or
+//  - one of `parties` (X.500) is among its participants, or
+//  - it has a state (input or output) of one of `contracts`, and, when the
+//    rule has them, passes its filters:
+//      * `commands`: the transaction has a command of one of these types
+//        (the contracts' own command names, e.g. "ccal.receivable.Finance");
+//      * `amount_at_least`: the amount it moves for the rule's contracts is
+//        at least this. That amount is the larger of two totals of the
+//        declared int64 field `amount_field` (StateSchema::fields) over the
+//        states of the rule's contracts whose schema declares it: the total
+//        over its inputs and the total over its outputs (sums saturate at
+//        INT64_MAX). A transaction with no such state moves nothing (0); a
+//        state whose fields cannot be read counts as INT64_MAX (observed
+//        rather than missed). Deterministic: every node computes the same.
 struct ObserverRule {
+  ObserverRule() = default;
+  // A rule without filters (`{observer, contracts, parties, all}` reads as before them).
+  ObserverRule(std::string observer_name, std::vector<std::string> contract_names,
+               std::vector<std::string> party_names = {}, bool all = false)
+      : observer(std::move(observer_name)),
+        contracts(std::move(contract_names)),
+        parties(std::move(party_names)),
+        all_transactions(all) {}
+
   std::string observer;
   std::vector<std::string> contracts;
   std::vector<std::string> parties;
   bool all_transactions = false;
+  std::vector<std::string> commands;       // empty: any command
+  std::optional<int64_t> amount_at_least;  // none: any amount
+  std::string amount_field = "amount";     // with amount_at_least
 };
 
-// The observers `rules` name for a transaction whose states have the given
-// contracts and participant names; sorted, without duplicates.
+// An observer a transaction must go to, and why: the first rule naming it
+// that matches, described ("the observer rule for contract 'ccal.lc'",
+// "... for participant 'O=...'", "... for all transactions").
+struct RequiredObserver {
+  std::string observer;
+  std::string rule;
+};
+
+// The observers the rules require for `tx`, one entry each, sorted by name
+// (the arguments as for observersFor below).
+std::vector<RequiredObserver> requiredObservers(
+    const std::vector<ObserverRule>& rules, const LedgerTransaction& tx,
+    const ContractRegistry& contracts,
+    const std::function<std::optional<std::string>(const Key&)>& partyName);
+
+// The observers `rules` name for `tx` (resolved: its inputs' states known);
+// sorted, without duplicates. `contracts` gives the states' declared fields
+// (for amount_at_least); `partyName` names a participant key's party
+// (nullopt when unknown: it matches no `parties` entry).
+std::vector<std::string> observersFor(
+    const std::vector<ObserverRule>& rules, const LedgerTransaction& tx,
+    const ContractRegistry& contracts,
+    const std::function<std::optional<std::string>(const Key&)>& partyName);
+
+// The amount `tx` moves for `contracts` by `field` (see ObserverRule).
+int64_t observedAmount(const LedgerTransaction& tx, const ContractRegistry& registry,
+                       const std::vector<std::string>& contracts, const std::string& field);
+
+// The older form, from the transaction's contract and participant names
+// only: a rule with command or amount filters matches here only through
+// all_transactions or its parties (use the form above for those).
 std::vector<std::string> observersFor(const std::vector<ObserverRule>& rules,
                                       const std::vector<std::string>& contracts,
                                       const std::vector<std::string>& participants);

@@ -96,6 +96,9 @@ class Contract {
   virtual std::vector<SecureHash> acceptedIdentities() const { return {codeIdentity()}; }
   // The state types this contract governs, with their queryable fields.
   virtual std::vector<std::shared_ptr<const StateSchema>> stateSchemas() const { return {}; }
+  // The command types its transactions use (e.g. "ccal.receivable.Finance"), declared so
+  // that configuration naming them (observer rules) can be checked; empty: not declared.
+  virtual std::vector<std::string_view> commandTypes() const { return {}; }
 };
 
 struct VerificationPolicy {

@@ -13,6 +13,7 @@
 #include <set>
 #include <sstream>
 
+#include "contracts/contracts.h"
 #include "ledger/composite_key.h"
 #include "ledger/crypto.h"
 #include "node/file_io.h"
@@ -96,6 +97,17 @@ class SpecReader {
     out = static_cast<uint32_t>(v);
     return {};
   }
+  // A whole number, when present, of at least `min`.
+  Status integer64(std::string_view k, std::optional<int64_t>& out, int64_t min) const {
+    const toml::node* n = table_.get(k);
+    if (n == nullptr) return {};
+    if (!n->is_integer()) return error(k, "expected an integer");
+    const int64_t v = *n->value<int64_t>();
+    if (v < min) return error(k, std::to_string(v) + " is below " + std::to_string(min));
+    out = v;
+    return {};
+  }
+  bool has(std::string_view k) const { return table_.get(k) != nullptr; }
   Status boolean(std::string_view k, bool& out) const {
     const toml::node* n = table_.get(k);
     if (n == nullptr) return {};
@@ -143,6 +155,68 @@ std::string indexed(std::string_view k, size_t i) {
   return std::string(k) + "[" + std::to_string(i) + "]";
 }
 
+std::string joined(const std::vector<std::string>& items) {
+  std::string out;
+  for (const std::string& i : items) out += (out.empty() ? "" : ", ") + i;
+  return out;
+}
+
+// Reads and checks an observer rule's contracts and filters against the contracts the
+// network runs: each contract registered, each command declared by one of them, the amount
+// field a declared int64 field of a state type of each of them.
+Status checkObserverFilters(const SpecReader& r, SpecObserver& o, const ContractRegistry& registry) {
+  std::vector<const Contract*> found;
+  for (size_t j = 0; j < o.contracts.size(); ++j) {
+    const Contract* c = registry.find(o.contracts[j]);
+    if (c == nullptr) {
+      return r.error(indexed("contracts", j), "no contract is named '" + o.contracts[j] +
+                                                  "' (known: " + joined(registry.names()) + ")");
+    }
+    found.push_back(c);
+  }
+  CCAL_TRY(r.texts("commands", o.commands, false));
+  if (!o.commands.empty() && o.contracts.empty()) {
+    return r.error("commands", "a command filter needs contracts to filter");
+  }
+  for (size_t j = 0; j < o.commands.size(); ++j) {
+    bool declared = false;
+    std::vector<std::string> known;
+    for (const Contract* c : found) {
+      for (std::string_view t : c->commandTypes()) {
+        known.emplace_back(t);
+        declared = declared || t == o.commands[j];
+      }
+    }
+    if (!declared) {
+      return r.error(indexed("commands", j), "no contract of the rule declares a command '" +
+                                                 o.commands[j] + "' (declared: " + joined(known) +
+                                                 ")");
+    }
+  }
+  CCAL_TRY(r.integer64("amount_at_least", o.amount_at_least, 0));
+  if (o.amount_at_least && o.contracts.empty()) {
+    return r.error("amount_at_least", "a threshold needs contracts whose amount it bounds");
+  }
+  if (r.has("amount_field") && !r.has("amount_at_least")) {
+    return r.error("amount_field", "an amount field without amount_at_least");
+  }
+  CCAL_TRY(r.text("amount_field", o.amount_field, false));
+  if (!o.amount_at_least) return {};
+  for (const Contract* c : found) {
+    bool declared = false;
+    for (const auto& schema : c->stateSchemas()) {
+      for (const FieldDecl& d : schema->fields()) {
+        declared = declared || (d.name == o.amount_field && d.type == FieldType::int64);
+      }
+    }
+    if (!declared) {
+      return r.error("amount_field", "no state type of contract '" + std::string(c->name()) +
+                                         "' declares an int64 field '" + o.amount_field + "'");
+    }
+  }
+  return {};
+}
+
 }  // namespace
 
 Result<NetworkSpec> parseNetworkSpec(std::string_view toml_text, const fs::path& file_path) {
@@ -158,6 +232,8 @@ Result<NetworkSpec> parseNetworkSpec(std::string_view toml_text, const fs::path&
   }
   NetworkSpec spec;
   SpecReader top(root, "", file);
+  ContractRegistry registry;
+  contracts::registerDealContracts(registry);
   CCAL_TRY(top.allowOnly({"network", "nodes", "notaries", "observers"}));
 
   if (const toml::node* n = root.get("network")) {
@@ -276,7 +352,8 @@ Result<NetworkSpec> parseNetworkSpec(std::string_view toml_text, const fs::path&
   CCAL_TRY(observer_tables);
   for (size_t i = 0; i < observer_tables->size(); ++i) {
     SpecReader r(*(*observer_tables)[i], indexed("observers", i), file);
-    CCAL_TRY(r.allowOnly({"observer", "contracts", "parties", "all_transactions"}));
+    CCAL_TRY(r.allowOnly({"observer", "contracts", "parties", "all_transactions", "commands",
+                          "amount_at_least", "amount_field"}));
     SpecObserver o;
     CCAL_TRY(r.text("observer", o.observer, true));
     const auto it = node_index.find(o.observer);
@@ -293,6 +370,7 @@ Result<NetworkSpec> parseNetworkSpec(std::string_view toml_text, const fs::path&
       }
     }
     CCAL_TRY(r.boolean("all_transactions", o.all_transactions));
+    CCAL_TRY(checkObserverFilters(r, o, registry));
     if (o.contracts.empty() && o.parties.empty() && !o.all_transactions) {
       return r.error("observer",
                      "the rule observes nothing: give contracts, parties or "
@@ -475,6 +553,11 @@ Result<BootstrapResult> bootstrapNetwork(const NetworkSpec& spec, const fs::path
     rule.contracts = o.contracts;
     for (const auto& p : o.parties) rule.parties.push_back(by_name.at(p)->spec->x500);
     rule.all_transactions = o.all_transactions;
+    rule.commands = o.commands;
+    if (o.amount_at_least) {
+      rule.amount_at_least = o.amount_at_least;
+      rule.amount_field = o.amount_field;
+    }
     parameters.observers.push_back(std::move(rule));
   }
   const Bytes signed_parameters =

@@ -21,7 +21,9 @@
 //   crls.pem DIR/<name>/network-parameters the signed network parameters (canonical Cap'n Proto)
 //   DIR/<name>/node-infos/<m>     every member m's signed node info
 
+#include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -50,11 +52,18 @@ struct SpecNotary {
   std::vector<std::string> replicas;  // node names, in replica index order
 };
 
+// An [[observers]] entry: keys observer, contracts, parties, all_transactions, and the
+// filters of its contracts (flows::ObserverRule): commands (command types the contracts
+// declare, Contract::commandTypes), amount_at_least (an integer >= 0) and amount_field
+// (a declared int64 field of a state type of each of its contracts; "amount" by default).
 struct SpecObserver {
   std::string observer;                // node name (a regulator)
   std::vector<std::string> contracts;  // contract names
   std::vector<std::string> parties;    // node names
   bool all_transactions = false;
+  std::vector<std::string> commands;       // command types; empty: any
+  std::optional<int64_t> amount_at_least;  // none: any amount
+  std::string amount_field = "amount";
 };
 
 struct NetworkSpec {
@@ -81,7 +90,10 @@ struct SpecLimits {
 // Parses and checks a spec: unknown keys, wrong types, missing keys, duplicate names, X.500
 // names or addresses, a cluster whose replica count is not 3f+1, a replica that is not a
 // notary-replica node or sits in two clusters, a notary-replica node in no cluster, an
-// observer that is not a regulator, an unknown party. Errors (Errc::malformed) start with the
+// observer that is not a regulator, an unknown party, an observer rule naming a contract
+// the network does not run (contracts::registerDealContracts), a command its contracts do
+// not declare, a field that no state type of a contract declares as int64, a negative or
+// non-integer amount_at_least, filters without contracts. Errors (Errc::malformed) start with the
 // file and name the key, e.g. "spec.toml: key 'nodes[2].p2p': ...".
 Result<NetworkSpec> parseNetworkSpec(std::string_view toml_text, const std::filesystem::path& file);
 Result<NetworkSpec> loadNetworkSpec(const std::filesystem::path& file);

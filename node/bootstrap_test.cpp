@@ -183,9 +183,16 @@ TEST_CASE("bootstrap the demo network: every member's config and map load and ve
       CHECK_FALSE(n->validating);
       REQUIRE(n->service_key.node().threshold == 3);  // 2f+1 of 3f+1
       CHECK(n->service_key.node().children.size() == 4);
-      REQUIRE(map->parameters().observers.size() == 1);
+      REQUIRE(map->parameters().observers.size() == 2);
       CHECK(map->parameters().observers[0].observer ==
             "O=Cooperative Finance Regulator, L=Beijing, C=CN");
+      CHECK(map->parameters().observers[0].contracts ==
+            std::vector<std::string>{"ccal.lc", "ccal.loan"});
+      CHECK(map->parameters().observers[0].parties.empty());
+      CHECK(map->parameters().observers[1].commands ==
+            std::vector<std::string>{"ccal.receivable.Finance"});
+      CHECK(map->parameters().observers[1].amount_at_least == std::optional<int64_t>(1'000'000));
+      CHECK(map->parameters().observers[1].amount_field == "amount");
     }
 
     const auto loaded = must(ApiUsers::load(config.api_users_file));
@@ -364,4 +371,47 @@ TEST_CASE("bad specs are refused with the key named") {
             "key 'notaries[0].f': missing required key");
   CHECK_HAS(specError(two_nodes + "[[observers]]\nobserver = \"a\"\nall_transactions = true\n"),
             "key 'observers[0].observer': node 'a' has role node, not regulator");
+}
+
+TEST_CASE("observer rules with command and amount filters: parsed into the parameters, bad ones refused") {
+  const std::string regulator =
+      "\n[[nodes]]\nname = \"reg\"\nx500 = \"O=Reg, L=London, C=GB\"\nrole = \"regulator\"\n"
+      "p2p = \"127.0.0.1:1003\"\napi = \"127.0.0.1:1103\"\n";
+  const std::string base = two_nodes + regulator + "\n[[observers]]\nobserver = \"reg\"\n";
+  const auto spec = must(parseNetworkSpec(
+      base + "contracts = [\"ccal.receivable\"]\ncommands = [\"ccal.receivable.Finance\"]\n"
+             "amount_at_least = 1000000\n"
+             "\n[[observers]]\nobserver = \"reg\"\ncontracts = [\"ccal.lc\", \"ccal.loan\"]\n",
+      "spec.toml"));
+  REQUIRE(spec.observers.size() == 2);
+  CHECK(spec.observers[0].commands == std::vector<std::string>{"ccal.receivable.Finance"});
+  CHECK(spec.observers[0].amount_at_least == std::optional<int64_t>(1'000'000));
+  CHECK(spec.observers[0].amount_field == "amount");
+  CHECK(spec.observers[1].commands.empty());
+  CHECK_FALSE(spec.observers[1].amount_at_least.has_value());
+
+  const std::string rec = base + "contracts = [\"ccal.receivable\"]\n";
+  CHECK_HAS(specError(base + "contracts = [\"ccal.lc\", \"ccal.mortgage\"]\n"),
+            "key 'observers[0].contracts[1]': no contract is named 'ccal.mortgage' (known: ");
+  CHECK_HAS(specError(rec + "commands = [\"ccal.receivable.Finance\", \"ccal.receivable.finance\"]\n"),
+            "key 'observers[0].commands[1]': no contract of the rule declares a command "
+            "'ccal.receivable.finance' (declared: ccal.receivable.Register, ");
+  CHECK_HAS(specError(rec + "commands = [\"ccal.lc.Pay\"]\n"),
+            "key 'observers[0].commands[0]': no contract of the rule declares a command 'ccal.lc.Pay'");
+  CHECK_HAS(specError(base + "parties = [\"a\"]\ncommands = [\"ccal.lc.Pay\"]\n"),
+            "key 'observers[0].commands': a command filter needs contracts to filter");
+  CHECK_HAS(specError(base + "parties = [\"a\"]\namount_at_least = 5\n"),
+            "key 'observers[0].amount_at_least': a threshold needs contracts whose amount it bounds");
+  CHECK_HAS(specError(rec + "amount_at_least = -1\n"),
+            "key 'observers[0].amount_at_least': -1 is below 0");
+  CHECK_HAS(specError(rec + "amount_at_least = 10.5\n"),
+            "key 'observers[0].amount_at_least': expected an integer");
+  CHECK_HAS(specError(rec + "amount_at_least = \"100\"\n"),
+            "key 'observers[0].amount_at_least': expected an integer");
+  CHECK_HAS(specError(rec + "amount_at_least = 5\namount_field = \"currency\"\n"),
+            "key 'observers[0].amount_field': no state type of contract 'ccal.receivable' declares an "
+            "int64 field 'currency'");
+  CHECK_HAS(specError(rec + "amount_field = \"amount\"\n"),
+            "key 'observers[0].amount_field': an amount field without amount_at_least");
+  CHECK_HAS(specError(rec + "amount_below = 5\n"), "unknown key 'observers[0].amount_below'");
 }

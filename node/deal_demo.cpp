@@ -97,10 +97,9 @@ const char* kindName(TxKind kind) {
 // ccal.lc and ccal.loan transaction, and receivable financing above a
 // configured amount (the demo's financing, 11,040.00 or 10,800.00 CNY, is
 // above it).
-// LEAD: flip to true at merge, once the financing threshold rule is in the
-// [[observers]] section (helper obs8); false while the rule is only
-// contracts = ["ccal.lc", "ccal.loan"].
-constexpr bool regulator_sees_financing = false;
+// The financing rule (ccal.receivable.Finance from 1,000,000 minor units of
+// the invoice's amount) is in config/demo-network.toml.
+constexpr bool regulator_sees_financing = true;
 // Transactions the demo walks when computing granted ones' backchain.
 constexpr size_t demo_backchain_transactions_max = 1000;
 

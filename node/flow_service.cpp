@@ -202,8 +202,15 @@ flows::FlowServices flowServicesOf(const NetworkMap& map, const std::string& sel
     return std::nullopt;
   };
   for (const ObserverRule& rule : map.parameters().observers) {
-    s.observer_rules.push_back(
-        flows::ObserverRule{rule.observer, rule.contracts, rule.parties, rule.all_transactions});
+    flows::ObserverRule r;
+    r.observer = rule.observer;
+    r.contracts = rule.contracts;
+    r.parties = rule.parties;
+    r.all_transactions = rule.all_transactions;
+    r.commands = rule.commands;
+    r.amount_at_least = rule.amount_at_least;
+    if (rule.amount_at_least) r.amount_field = rule.amount_field;
+    s.observer_rules.push_back(std::move(r));
   }
   return s;
 }

@@ -287,6 +287,13 @@ Bytes NetworkParameters::encode() const {
       writeTexts(os[i].initParties(static_cast<unsigned>(observers[i].parties.size())),
                  observers[i].parties);
       os[i].setAllTransactions(observers[i].all_transactions);
+      writeTexts(os[i].initCommands(static_cast<unsigned>(observers[i].commands.size())),
+                 observers[i].commands);
+      if (observers[i].amount_at_least) {
+        os[i].setHasAmountAtLeast(true);
+        os[i].setAmountAtLeast(*observers[i].amount_at_least);
+        os[i].setAmountField(observers[i].amount_field);
+      }
     }
   });
 }
@@ -378,6 +385,40 @@ Result<NetworkParameters> NetworkParameters::decode(ByteView bytes) {
           CCAL_TRY(parties);
           rule.parties = *parties;
           rule.all_transactions = o.getAllTransactions();
+          auto commands = readTexts(o.getCommands(), what + " command", false);
+          CCAL_TRY(commands);
+          rule.commands = *commands;
+          if ((!rule.commands.empty() || o.getHasAmountAtLeast()) && rule.contracts.empty()) {
+            return makeError(Errc::malformed,
+                             what + ": commands and amountAtLeast filter contracts, but it names none");
+          }
+          for (const std::string& c : rule.commands) {
+            const bool of_a_contract =
+                std::any_of(rule.contracts.begin(), rule.contracts.end(), [&](const std::string& k) {
+                  return c.size() > k.size() + 1 && c.compare(0, k.size(), k) == 0 && c[k.size()] == '.';
+                });
+            if (!of_a_contract) {
+              return makeError(Errc::malformed, what + ": command " + quote(c) +
+                                                    " is not a command of its contracts");
+            }
+          }
+          auto field = readText(o.getAmountField(), what + " amount field");
+          CCAL_TRY(field);
+          if (o.getHasAmountAtLeast()) {
+            if (o.getAmountAtLeast() < 0) {
+              return makeError(Errc::malformed, what + ": amountAtLeast " +
+                                                    std::to_string(o.getAmountAtLeast()) +
+                                                    " is negative");
+            }
+            if (field->empty()) {
+              return makeError(Errc::malformed, what + ": amountAtLeast without an amountField");
+            }
+            rule.amount_at_least = o.getAmountAtLeast();
+            rule.amount_field = *field;
+          } else if (o.getAmountAtLeast() != 0 || !field->empty()) {
+            return makeError(Errc::malformed,
+                             what + ": amountAtLeast or amountField set without hasAmountAtLeast");
+          }
           p.observers.push_back(std::move(rule));
         }
         return p;

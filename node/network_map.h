@@ -19,6 +19,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <shared_mutex>
 #include <string>
 #include <string_view>
@@ -62,11 +63,17 @@ struct NotaryInfo {
   std::vector<NotaryReplicaInfo> replicas;  // 3f+1
 };
 
+// See flows::ObserverRule for what a rule matches. Decoding checks that the filters
+// (commands, amount_at_least) come with contracts, that each command is named
+// "<one of the rule's contracts>.<Name>", and that the threshold is not negative.
 struct ObserverRule {
   std::string observer;                // X.500
   std::vector<std::string> contracts;  // contract names
   std::vector<std::string> parties;    // X.500 names
   bool all_transactions = false;
+  std::vector<std::string> commands;       // command types; empty: any
+  std::optional<int64_t> amount_at_least;  // none: any amount
+  std::string amount_field;                // the declared int64 field, with amount_at_least
 };
 
 struct NetworkParameters {

@@ -463,3 +463,63 @@ TEST_CASE("every single-bit corruption of a signed node info or of signed parame
     CHECK_MESSAGE(!map.ok(), "byte " << i);
   }
 }
+
+TEST_CASE("observer rules with a command filter and an amount threshold: round trip and refusals") {
+  NetworkParameters p;
+  ObserverRule lc;
+  lc.observer = "O=Fisheries Regulator, L=Beijing, C=CN";
+  lc.contracts = {"ccal.lc", "ccal.loan"};
+  ObserverRule financing;
+  financing.observer = lc.observer;
+  financing.contracts = {"ccal.receivable"};
+  financing.commands = {"ccal.receivable.Finance"};
+  financing.amount_at_least = 1'000'000;
+  financing.amount_field = "amount";
+  ObserverRule zero = financing;
+  zero.commands = {};
+  zero.amount_at_least = 0;  // a threshold of 0 is a threshold, not its absence
+  p.observers = {lc, financing, zero};
+  auto back = NetworkParameters::decode(p.encode());
+  REQUIRE_MESSAGE(back, (back ? "" : back.error().message));
+  REQUIRE(back->observers.size() == 3);
+  CHECK(back->observers[0].commands.empty());
+  CHECK_FALSE(back->observers[0].amount_at_least.has_value());
+  CHECK(back->observers[0].amount_field.empty());
+  CHECK(back->observers[1].commands == std::vector<std::string>{"ccal.receivable.Finance"});
+  CHECK(back->observers[1].amount_at_least == std::optional<int64_t>(1'000'000));
+  CHECK(back->observers[1].amount_field == "amount");
+  CHECK(back->observers[2].amount_at_least == std::optional<int64_t>(0));
+  CHECK(back->encode() == p.encode());
+  // A rule without filters encodes as before the filters existed: a filter-less rule's
+  // canonical bytes do not grow (unset fields are truncated), so older files still decode.
+  NetworkParameters plain;
+  plain.observers = {lc};
+  NetworkParameters with_empty = plain;
+  with_empty.observers[0].commands = {};
+  CHECK(plain.encode() == with_empty.encode());
+
+  auto refused = [](ObserverRule rule) {
+    NetworkParameters bad;
+    bad.observers = {std::move(rule)};
+    auto r = NetworkParameters::decode(bad.encode());
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code == Errc::malformed);
+    return r.error().message;
+  };
+  ObserverRule negative = financing;
+  negative.amount_at_least = -1;
+  CHECK_HAS(refused(negative), "amountAtLeast -1 is negative");
+  ObserverRule no_contract = financing;
+  no_contract.contracts = {};
+  no_contract.commands = {};
+  CHECK_HAS(refused(no_contract), "names none");
+  ObserverRule foreign_command = financing;
+  foreign_command.commands = {"ccal.lc.Pay"};
+  CHECK_HAS(refused(foreign_command), "command 'ccal.lc.Pay' is not a command of its contracts");
+  ObserverRule prefix_only = financing;
+  prefix_only.commands = {"ccal.receivableFinance"};
+  CHECK_HAS(refused(prefix_only), "is not a command of its contracts");
+  ObserverRule no_field = financing;
+  no_field.amount_field = "";
+  CHECK_HAS(refused(no_field), "without an amountField");
+}

@@ -23,11 +23,17 @@ struct BuiltinMessage {
 struct SignRequest {
   check @0 :Text;                         # the business check the signer applies
   transaction @1 :Data;                   # the partly signed SignedTransaction
+  observers @2 :List(Text);               # X.500: the observers the initiator's finality sends to
+                                          # (its observer rules' and its extra ones); the signer
+                                          # refuses when one its own rules require is missing
 }
 
 struct FinalityRequest {
   transaction @0 :Data;                   # the notarised SignedTransaction
   observer @1 :Bool;                      # record all visible states (an observer)
+  recipients @2 :List(Text);              # X.500: every node this finality sends to, its sender
+                                          # included; a participant sends the transaction on to
+                                          # the observers its rules require that are not listed
 }
 
 # --- journaled service call outcomes ---------------------------------------------

@@ -45,13 +45,23 @@ struct Replica {
   addresses @2 :List(Text);     # "host:port"
 }
 
-# Which transactions an observer (a regulator) receives: those with a state
-# of one of `contracts`, those with a participant among `parties`, or all.
+# Which transactions an observer (a regulator) receives: all, those with a
+# participant among `parties`, or those with a state of one of `contracts`
+# that pass the rule's filters: a command of one of `commands` (when given),
+# and an amount moved of at least `amountAtLeast` (when hasAmountAtLeast):
+# the larger of the totals of the declared int64 field `amountField` over the
+# rule's contracts' input states and over their output states
+# (flows::ObserverRule). Fields 4-7 came later: parameters written before
+# them decode unchanged (unset, they encode to nothing in canonical form).
 struct ObserverRule {
   observer @0 :Text;            # X.500 name
-  contracts @1 :List(Text);     # contract names, e.g. "ccal.demo.Iou"
+  contracts @1 :List(Text);     # contract names, e.g. "ccal.lc"
   parties @2 :List(Text);       # X.500 names
   allTransactions @3 :Bool;
+  commands @4 :List(Text);      # command types of the contracts, e.g. "ccal.receivable.Finance"
+  hasAmountAtLeast @5 :Bool;    # whether amountAtLeast applies
+  amountAtLeast @6 :Int64;      # >= 0; 0 when not hasAmountAtLeast
+  amountField @7 :Text;         # the declared int64 field; empty when not hasAmountAtLeast
 }
 
 struct SignedNetworkParameters {
