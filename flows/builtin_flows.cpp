@@ -171,6 +171,22 @@ LedgerTransaction verifyContracts(const FlowServices& svc, const SignedTransacti
   return std::move(ltx).value();
 }
 
+// The transactions `stx` depends on (its inputs' and references'), from this
+// vault; the flow fails naming the first one the vault does not hold.
+Flow<TxMap> knownDependencies(FlowContext& ctx, const FlowServices& svc, const SignedTransaction& stx) {
+  const std::vector<SecureHash> dep_ids = dependencyIds(stx.tx());
+  auto deps = co_await vaultTransactions(ctx, svc, dep_ids);
+  TxMap known;
+  for (size_t i = 0; i < dep_ids.size(); ++i) {
+    if (!deps[i]) {
+      failFlow(Errc::not_found, "transaction " + dep_ids[i].hex() + ", an input of " + stx.id().hex() +
+                                    ", is not in this node's vault");
+    }
+    known.emplace(dep_ids[i], std::move(*deps[i]));
+  }
+  co_return known;
+}
+
 // The observers this node's rules require for `ltx`.
 std::vector<RequiredObserver> requiredOf(const FlowServices& svc, const LedgerTransaction& ltx) {
   auto name = [&svc](const Key& k) -> std::optional<std::string> {
@@ -422,16 +438,7 @@ Flow<SignedTransaction> collectSignaturesBody(FlowContext& ctx, const FlowServic
   // rules' and the extra ones): each signer checks them against its rules.
   std::vector<std::string> announced;
   if (!by_party.empty()) {
-    const std::vector<SecureHash> dep_ids = dependencyIds(stx.tx());
-    auto deps = co_await vaultTransactions(ctx, svc, dep_ids);
-    TxMap known;
-    for (size_t i = 0; i < dep_ids.size(); ++i) {
-      if (!deps[i]) {
-        failFlow(Errc::not_found, "transaction " + dep_ids[i].hex() + ", an input of " +
-                                      stx.id().hex() + ", is not in this node's vault");
-      }
-      known.emplace(dep_ids[i], std::move(*deps[i]));
-    }
+    const TxMap known = co_await knownDependencies(ctx, svc, stx);
     auto ltx = toLedger(stx.tx(), known);
     if (!ltx) fail(ltx.error(), "transaction " + stx.id().hex() + " does not resolve");
     std::set<std::string> names(extra_observers.begin(), extra_observers.end());
@@ -636,16 +643,7 @@ Flow<bool> distribute(FlowContext& ctx, const FlowServices& svc, SignedTransacti
 Flow<SignedTransaction> finalityBody(FlowContext& ctx, const FlowServices& svc, SignedTransaction stx,
                                      std::vector<std::string> extra_observers) {
   ctx.step("verifying " + stx.id().hex());
-  const std::vector<SecureHash> dep_ids = dependencyIds(stx.tx());
-  auto deps = co_await vaultTransactions(ctx, svc, dep_ids);
-  TxMap known;
-  for (size_t i = 0; i < dep_ids.size(); ++i) {
-    if (!deps[i]) {
-      failFlow(Errc::not_found, "transaction " + dep_ids[i].hex() + ", an input of " +
-                                    stx.id().hex() + ", is not in this node's vault");
-    }
-    known.emplace(dep_ids[i], std::move(*deps[i]));
-  }
+  const TxMap known = co_await knownDependencies(ctx, svc, stx);
   const LedgerTransaction ltx = verifyContracts(svc, stx, known);
   std::vector<Key> allowed_missing;
   if (stx.tx().needsNotarySignature()) allowed_missing.push_back(stx.tx().notary()->owningKey);
