@@ -2,6 +2,10 @@
 
 #include <algorithm>
 #include <limits>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
 
 #include "ledger/capnp_io.h"
 
@@ -90,6 +94,77 @@ bool onlyKnownBits(Reader reader, size_t data_bytes, size_t pointers) {
   for (size_t i = pointers; i < pointer_section.size(); ++i)
     if (!pointer_section[i].isNull()) return false;
   return true;
+}
+
+// Writes what a composite key's bytes say (every field, with lengths) without
+// building an encoding, checking on the way what Key::read checks of a
+// single key: no struct carries data outside the key schema. False when the
+// bytes need the full reading: unknown data, or a limit reached (the full
+// reading names it).
+bool describeTree(schema::Key::Reader reader, const KeyLimits& limits, uint32_t depth_above,
+                  uint64_t& leaves, std::string& out) {
+  if (!onlyKnownBits(reader, 2, 1)) return false;
+  auto appendU32 = [&out](uint32_t v) { out.append(reinterpret_cast<const char*>(&v), sizeof v); };
+  switch (reader.which()) {
+    case schema::Key::SINGLE: {
+      auto single = reader.getSingle();
+      if (!onlyKnownBits(single, 2, 1) || ++leaves > limits.leaves_max) return false;
+      auto bytes = single.getKey();
+      out.push_back('s');
+      appendU32(single.getScheme());
+      appendU32(static_cast<uint32_t>(bytes.size()));
+      out.append(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
+      return true;
+    }
+    case schema::Key::THRESHOLD: {
+      if (depth_above >= limits.depth_max) return false;
+      auto node = reader.getThreshold();
+      if (!onlyKnownBits(node, 4, 1)) return false;
+      auto list = node.getChildren();
+      if (list.size() > limits.children_max) return false;
+      out.push_back('t');
+      appendU32(node.getThreshold());
+      appendU32(list.size());
+      for (auto child : list) {
+        if (!onlyKnownBits(child, 4, 1)) return false;
+        appendU32(child.getWeight());
+        if (!describeTree(child.getKey(), limits, depth_above + 1, leaves, out)) return false;
+      }
+      return true;
+    }
+  }
+  return false;
+}
+
+// Composite keys read before, by what their bytes say (describeTree). A
+// network has few of them (its notary clusters' keys, funds' committee
+// keys), and every state and transaction names its notary: reading one
+// again costs a walk over its fields instead of re-encoding it twice.
+// Bounded: emptied when full, so any working set stays cheap.
+class CompositeKeyCache {
+ public:
+  static constexpr size_t entries_max = 256;
+
+  std::optional<Key> find(const std::string& description) {
+    std::lock_guard lock(mutex_);
+    auto it = keys_.find(description);
+    if (it == keys_.end()) return std::nullopt;
+    return it->second;
+  }
+  void add(std::string description, const Key& key) {
+    std::lock_guard lock(mutex_);
+    if (keys_.size() >= entries_max) keys_.clear();
+    keys_.emplace(std::move(description), key);
+  }
+
+ private:
+  std::mutex mutex_;
+  std::unordered_map<std::string, Key> keys_;
+};
+
+CompositeKeyCache& compositeKeys() {
+  static CompositeKeyCache cache;
+  return cache;
 }
 
 }  // namespace
@@ -242,6 +317,17 @@ std::string Key::describe() const {
 }
 
 Result<Key> Key::read(schema::Key::Reader reader, const KeyLimits& limits) {
+  // A composite key whose bytes say what an earlier, fully checked one said
+  // (and nothing outside the schema) is that key.
+  std::string description;
+  bool described = false;
+  if (reader.isThreshold()) {
+    uint64_t described_leaves = 0;
+    described = describeTree(reader, limits, 0, described_leaves, description);
+    if (described) {
+      if (auto known = compositeKeys().find(description)) return *std::move(known);
+    }
+  }
   uint64_t leaves = 0;
   auto key = readTree(reader, limits, 0, leaves);
   if (!key) return key;
@@ -262,6 +348,7 @@ Result<Key> Key::read(schema::Key::Reader reader, const KeyLimits& limits) {
     return makeError(Errc::not_canonical,
                      "key " + key->describe() + " carries data outside the key schema");
   }
+  if (described) compositeKeys().add(std::move(description), *key);
   return key;
 }
 

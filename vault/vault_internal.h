@@ -21,7 +21,8 @@ namespace ccal::vault {
 // serves lookups by transaction id and by StateRef (tx id + index).
 // Only the indexes that a status change must move carry the status:
 // "unconsumed states of a type, newest first" is one contiguous range of
-// ix_type, and ix_token holds unconsumed states only. The others are written
+// ix_type, and ix_token holds unconsumed, unlocked states only (what a
+// fungible selection may take; a lock moves the entry out, a release back). The others are written
 // once when a state is recorded and never rewritten; queries filter them by
 // status (ix_consumed_key answers "is it consumed?" from the key alone).
 // Where no order is asked of an index, the recording time comes before the
@@ -37,7 +38,7 @@ inline constexpr std::string_view ix_recorded = "ix_recorded";   // recorded | s
 inline constexpr std::string_view ix_consumed = "ix_consumed";   // consumed time | state key
 inline constexpr std::string_view ix_consumed_key = "ix_consumed_key";  // state key (consumed states)
 inline constexpr std::string_view ix_lock = "ix_lock";           // holder | state key
-inline constexpr std::string_view ix_token = "ix_token";         // token | issuer | recorded | state key (unconsumed)
+inline constexpr std::string_view ix_token = "ix_token";         // token | issuer | recorded | state key (unconsumed, unlocked)
 inline constexpr std::string_view db_counts = "counts";          // s | type -> u64 count
 // For the layers above (see flow_store.h and message_store.h).
 inline constexpr std::string_view db_flow_checkpoint = "flow_checkpoint";
@@ -136,14 +137,11 @@ struct Stored {
   StateKey key;
 };
 
-inline Result<Stored> decodeStateRecord(StateKey key, ByteView value) {
-  auto fields = readStateRecord(value);
-  if (!fields) {
-    return makeError(fields.error().code, describeKey(key) + ": " + fields.error().message);
-  }
+// A stored state from its record's fields (decoding the state itself).
+inline Result<Stored> storedOf(StateKey key, StateRecordFields fields) {
   Stored out;
   out.key = key;
-  out.fields = std::move(fields).value();
+  out.fields = std::move(fields);
   const StateRecordFields& f = out.fields;
   out.vs.ref = StateRef{f.txId, key.index};
   out.vs.status = f.status;
@@ -156,6 +154,14 @@ inline Result<Stored> decodeStateRecord(StateKey key, ByteView value) {
   if (!state) return state.error();
   out.vs.state = std::move(state).value();
   return out;
+}
+
+inline Result<Stored> decodeStateRecord(StateKey key, ByteView value) {
+  auto fields = readStateRecord(value);
+  if (!fields) {
+    return makeError(fields.error().code, describeKey(key) + ": " + fields.error().message);
+  }
+  return storedOf(key, std::move(fields).value());
 }
 
 inline uint64_t readCount(std::optional<ByteView> v) {
@@ -288,7 +294,7 @@ struct VaultAccess {
     if (vs.lock) {
       key(ix_lock, [&](Bytes& k) { keys::appendHash(k, *vs.lock); });
     }
-    if (view.fungible && vs.status == StateStatus::unconsumed) {
+    if (view.fungible && vs.status == StateStatus::unconsumed && !vs.lock) {
       out.emplace_back(ix_token, tokenKey(tokenPrefix(view), vs.recordedMicros, state));
     }
     return out;
@@ -305,13 +311,20 @@ struct VaultAccess {
   }
 
   // Rewrites a stored state's record with a new lock holder (or none),
-  // moving only its ix_lock entry: no other index depends on the lock.
+  // moving its ix_lock entry, and its ix_token entry when a fungible state
+  // becomes locked or free (ix_token lists only the states a selection may
+  // take). No other index depends on the lock.
   static Status relock(const Vault& v, WriteTxn& w, StateKey state,
                        const StateRecordFields& before, const std::optional<LockId>& holder) {
     StateRecordFields after = before;
     after.lock = holder;
     if (before.lock) CCAL_TRY(w.del(db(v, ix_lock), lockKey(*before.lock, state)));
     if (holder) CCAL_TRY(w.put(db(v, ix_lock), lockKey(*holder, state), {}));
+    if (!before.tokenKey.empty() && before.status == StateStatus::unconsumed &&
+        before.lock.has_value() != holder.has_value()) {
+      const Bytes token_key = tokenKey(before.tokenKey, before.recordedMicros, state);
+      CCAL_TRY(holder ? w.del(db(v, ix_token), token_key) : w.put(db(v, ix_token), token_key, {}));
+    }
     return w.put(db(v, db_state), keys::stateKey(state), encodeStateRecord(after));
   }
 

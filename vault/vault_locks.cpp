@@ -155,13 +155,19 @@ WriteFn Vault::selectFn(const LockId& holder, std::string_view token, const std:
     for (bool ok = c.seek(prefix); ok; ok = c.next()) {
       ByteView k = c.key();
       if (k.size() < prefix.size() || !std::equal(prefix.begin(), prefix.end(), k.begin())) break;
-      auto stored = VaultAccess::load(*this, w, keys::stateKeyFromKeyEnd(k));
+      const StateKey key = keys::stateKeyFromKeyEnd(k);
+      // ix_token lists free states only, but the record has the last word,
+      // read before the state is decoded: locked states are spoken for —
+      // another flow's, or this flow's own from an earlier selection
+      // (counting those again would double-spend them). (A vault written
+      // before ix_token left out locked states still lists them.)
+      auto fields = VaultAccess::loadFields(*this, w, key);
+      if (!fields) return fields.error();
+      CCAL_ASSERT_MSG(fields->has_value(), "a token index entry names a missing state");
+      if ((*fields)->lock || (*fields)->status != StateStatus::unconsumed) continue;
+      auto stored = storedOf(key, std::move(**fields));
       if (!stored) return stored.error();
-      CCAL_ASSERT_MSG(stored->has_value(), "a token index entry names a missing state");
-      const Stored& s = **stored;
-      // Locked states are spoken for: another flow's, or this flow's own from
-      // an earlier selection (counting those again would double-spend them).
-      if (s.vs.lock) continue;
+      const Stored& s = *stored;
       // Only states this node can spend alone: one of its own keys is a
       // participant. A state it holds through a leaf of a composite key (a
       // fund's "k of n committee" key) needs other signers too.

@@ -338,11 +338,21 @@ TEST_CASE_FIXTURE(Fixture, "fungible selection locks enough, or names the availa
   auto none = vault->selectFungible(f2, "CNY", std::nullopt, 1);
   CHECK(none.error().code == Errc::insufficient_balance);
   CHECK(none.error().message.find("0 available") != std::string::npos);
+  // Locked states leave the token index (a selection reads only free ones)
+  // and come back on release: the consistency check counts both.
+  CHECK(vault->checkConsistency().ok());
   auto other_issuer = vault->selectFungible(f1, "USD", alice_party.owningKey.hash(), 1);
   CHECK(other_issuer.error().code == Errc::insufficient_balance);
   REQUIRE(vault->release(f1).ok());
   auto after = vault->selectFungible(f2, "CNY", std::nullopt, 50);
   CHECK(after.error().message.find("40 available") != std::string::npos);
+  CHECK(vault->checkConsistency().ok());
+  // Spending a selected (locked) state, and one released back: both leave.
+  REQUIRE(vault->record(move({s2->states[0].ref}, {token(alice_party, 10)}), RecordMode::only_relevant).ok());
+  REQUIRE(vault->record(move({s1->states[0].ref}, {token(alice_party, 10)}), RecordMode::only_relevant).ok());
+  CHECK(vault->checkConsistency().ok());
+  auto rest = vault->selectFungible(f1, "CNY", std::nullopt, 1000);
+  CHECK(rest.error().message.find("50 available") != std::string::npos);
 }
 
 TEST_CASE_FIXTURE(Fixture, "parallel selections never hand out the same state") {
