@@ -905,15 +905,10 @@ void Store::writerLoop() {
 
   const uint32_t gather_micros = std::min(config_.write_gather_micros, write_gather_micros_max);
   int64_t last_commit_start_nanos = 0;
-  // Whether this batch began under load (see StoreConfig::write_gather_micros).
-  bool busy_batch = false;
   for (;;) {
     batch.clear();
-    busy_batch = false;
     if (gather_micros > 0 && meta_unsynced) {
-      // Busy: the last commit's callers wait for this one's sync anyway, so
-      // let more requests gather, up to the window's end. If none came, the
-      // writer is idle after all: it syncs and answers them.
+      // Busy: the last commit's callers wait for this one's sync anyway.
       const int64_t until = last_commit_start_nanos + int64_t{gather_micros} * 1000;
       const int64_t now = steadyNanos();
       bool full = false;
@@ -922,16 +917,6 @@ void Store::writerLoop() {
         full = queue_.size() + carried.size() >= config_.write_batch_max;
       }
       if (!full && now < until) std::this_thread::sleep_for(std::chrono::nanoseconds(until - now));
-      bool empty = false;
-      {
-        std::lock_guard lock(mutex_);
-        empty = queue_.empty() && carried.empty();
-      }
-      if (empty) {
-        sync_and_answer();
-      } else {
-        busy_batch = true;
-      }
     }
     {
       std::unique_lock lock(mutex_);
@@ -1099,14 +1084,9 @@ void Store::writerLoop() {
     // Answer now unless a meta page waits for a sync and the next commit
     // (which would cover it) follows at once; a commit that wrote nothing
     // covers nothing, so then the writer syncs rather than wait longer.
-    // Under load with gathering, a commit that found nobody else waiting
-    // leaves its sync to the next commit or to the gathering window's end
-    // (the loop's top), whichever comes first.
     if (!meta_unsynced) {
       answer();
-    } else if (!wrote_meta) {
-      sync_and_answer();
-    } else if (!more_waiting && !busy_batch) {
+    } else if (!more_waiting || !wrote_meta) {
       sync_and_answer();
     }
   }

@@ -84,11 +84,9 @@ struct StoreConfig {
   bool durable = true;                       // fsync each commit (off only for tests/benchmarks)
   // Under load (the last commit's callers wait for the next commit's sync
   // anyway), the writer lets requests gather until this long after the last
-  // commit began before it starts the next, and a commit of such a batch
-  // that finds nobody waiting leaves its sync to the next commit or the
-  // window's end: fewer, fuller commits and fewer syncs — less CPU and disk
-  // per request — for up to this much more latency per write. A writer that
-  // was idle commits and syncs at once. 0: never wait (the lowest latency).
+  // commit began before it starts the next: fewer, fuller commits — less CPU
+  // and disk per request — for up to this much more latency per write. An
+  // idle writer commits at once. 0: never wait (the lowest latency).
   uint32_t write_gather_micros = 0;
 };
 
