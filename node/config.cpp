@@ -13,7 +13,6 @@
 #include <sstream>
 
 #include "ledger/pki.h"
-#include "vault/store.h"
 
 namespace ccal::node {
 
@@ -309,13 +308,6 @@ const std::vector<KeySpec>& keySpecs() {
     k.push_back(integer<uint64_t>(
         "vault.map_size_mb", "LMDB map size (largest vault), MiB",
         [](NodeConfig& c) -> uint64_t& { return c.vault_map_size_mb; }, 1, 16LL << 20));
-    k.push_back(integer<uint32_t>(
-        "vault.write_gather_micros",
-        "Under load, how long after a commit began the writer lets writes gather before the next "
-        "commit (the vault's and a replica's store): fewer commits, less CPU per write, up to this "
-        "much more latency; 0 commits at once",
-        [](NodeConfig& c) -> uint32_t& { return c.vault_write_gather_micros; }, 0,
-        vault::write_gather_micros_max));
     static constexpr LogLevel levels[] = {LogLevel::trace, LogLevel::debug, LogLevel::info,
                                           LogLevel::warn,  LogLevel::error, LogLevel::off};
     k.push_back(choice("logging.level", "Least severe level logged",

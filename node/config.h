@@ -67,7 +67,6 @@ struct NodeConfig {
 
   // [vault]
   uint64_t vault_map_size_mb = 1024;
-  uint32_t vault_write_gather_micros = 0;  // vault::StoreConfig::write_gather_micros
 
   // [logging]
   LogLevel log_level = LogLevel::info;

@@ -213,7 +213,6 @@ Status Node::Impl::open() {
   vault::VaultConfig vault_config;
   vault_config.store.path = config.vault_dir.string();
   vault_config.store.map_size_bytes = config.vault_map_size_mb << 20;
-  vault_config.store.write_gather_micros = config.vault_write_gather_micros;
   auto opened = vault::Vault::open(vault_config, contracts, {identity->publicKey()});
   if (!opened) {
     return Error{opened.error().code,

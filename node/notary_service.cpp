@@ -205,7 +205,6 @@ Status NotaryService::Impl::openReplica() {
   vault::StoreConfig sc;
   sc.path = (config.base_dir / "notary").string();
   sc.map_size_bytes = config.vault_map_size_mb << 20;
-  sc.write_gather_micros = config.vault_write_gather_micros;
   auto opened = notary::UniquenessStateMachine::openStore(sc, notary::pbft::ReplicaStore::dbNames());
   if (!opened) {
     return Error{opened.error().code, "notary store " + sc.path + ": " + opened.error().message};

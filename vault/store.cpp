@@ -9,7 +9,6 @@
 #include <time.h>
 
 #include <algorithm>
-#include <thread>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -903,21 +902,8 @@ void Store::writerLoop() {
     return rc;
   };
 
-  const uint32_t gather_micros = std::min(config_.write_gather_micros, write_gather_micros_max);
-  int64_t last_commit_start_nanos = 0;
   for (;;) {
     batch.clear();
-    if (gather_micros > 0 && meta_unsynced) {
-      // Busy: the last commit's callers wait for this one's sync anyway.
-      const int64_t until = last_commit_start_nanos + int64_t{gather_micros} * 1000;
-      const int64_t now = steadyNanos();
-      bool full = false;
-      {
-        std::lock_guard lock(mutex_);
-        full = queue_.size() + carried.size() >= config_.write_batch_max;
-      }
-      if (!full && now < until) std::this_thread::sleep_for(std::chrono::nanoseconds(until - now));
-    }
     {
       std::unique_lock lock(mutex_);
       queue_not_empty_.wait(lock, [&] { return stopping_ || !queue_.empty() || !carried.empty(); });
@@ -1025,7 +1011,6 @@ void Store::writerLoop() {
       }
       const size_t txnid_before = last_txnid();
       const int64_t commit_start_nanos = steadyNanos();
-      last_commit_start_nanos = commit_start_nanos;
       rc = mdb_txn_commit(txn);  // data pages synced, meta page written (unless MDB_NOSYNC)
       commit_nanos += steadyNanos() - commit_start_nanos;
       if (rc == MDB_MAP_FULL && growMap()) {

@@ -82,15 +82,7 @@ struct StoreConfig {
   uint32_t write_batch_max = 4096;           // requests per durable commit
   uint32_t write_queue_max = 65536;          // requests waiting; submit() blocks beyond
   bool durable = true;                       // fsync each commit (off only for tests/benchmarks)
-  // Under load (the last commit's callers wait for the next commit's sync
-  // anyway), the writer lets requests gather until this long after the last
-  // commit began before it starts the next: fewer, fuller commits — less CPU
-  // and disk per request — for up to this much more latency per write. An
-  // idle writer commits at once. 0: never wait (the lowest latency).
-  uint32_t write_gather_micros = 0;
 };
-
-inline constexpr uint32_t write_gather_micros_max = 100'000;
 
 // A sub-database handle, valid for the Store's lifetime.
 struct Db {

@@ -438,59 +438,6 @@ TEST_CASE("Store: a durable commit's callers are answered once a later sync cove
   for (const char* key : {"r1", "r3", "r4"}) CHECK(str(txn.get(records, asBytes(key))) == key);
 }
 
-TEST_CASE("Store: under load, write_gather_micros gathers fuller commits; a lone writer is not held") {
-  TempDir dir;
-  StoreConfig config = testConfig(dir.store(), /*durable=*/true);
-  config.write_gather_micros = write_gather_micros_max;  // 100 ms
-  auto store = openStore(config);
-  // A lone caller writing one record after another finds the writer idle
-  // each time: it commits at once (60 waits of 100 ms would take 6 s).
-  const auto lone_start = std::chrono::steady_clock::now();
-  for (int i = 0; i < 60; ++i) {
-    REQUIRE(store->write([&](WriteTxn& txn) { return putRecord(*store, txn, i, 50); }).ok());
-  }
-  const auto lone = std::chrono::steady_clock::now() - lone_start;
-  MESSAGE("60 lone writes in " << std::chrono::duration_cast<std::chrono::milliseconds>(lone).count()
-                                << " ms");
-  CHECK(lone < std::chrono::milliseconds(3'000));
-  CHECK(store->stats().commits == 60);
-
-  checkRecords(*store, 60, 50);
-}
-
-TEST_CASE("Store: under a steady stream of writes, write_gather_micros makes fewer, fuller commits") {
-  // Independent writes arriving every 50 us or so (as a node's many flows make
-  // them): without gathering the writer commits whatever has arrived as soon
-  // as it can; with it, a commit follows the last by at least the window.
-  auto requestsPerCommit = [](uint32_t gather_micros) {
-    TempDir dir;
-    StoreConfig config = testConfig(dir.store(), /*durable=*/true);
-    config.write_gather_micros = gather_micros;
-    auto store = openStore(config);
-    constexpr int writes = 1000;
-    std::atomic<int> answered{0}, failures{0};
-    for (int i = 0; i < writes; ++i) {
-      Store* s = store.get();
-      store->submit([s, i](WriteTxn& txn) { return putRecord(*s, txn, static_cast<uint64_t>(i), 50); },
-                    [&](const Status& status) {
-                      if (!status.ok()) ++failures;
-                      ++answered;
-                    });
-      std::this_thread::sleep_for(50us);
-    }
-    waitFor(answered, writes);
-    CHECK(failures.load() == 0);
-    checkRecords(*store, writes, 50);
-    const Store::Stats stats = store->stats();
-    MESSAGE("write_gather_micros " << gather_micros << ": " << stats.requests << " requests in "
-                                   << stats.commits << " commits");
-    return static_cast<double>(stats.requests) / static_cast<double>(std::max<uint64_t>(1, stats.commits));
-  };
-  const double at_once = requestsPerCommit(0);
-  const double gathered = requestsPerCommit(50'000);
-  CHECK(gathered >= 2 * at_once);
-}
-
 TEST_CASE("Store: without durability callers are answered at once, with no syncs") {
   TempDir dir;
   auto store = openStore(testConfig(dir.store(), /*durable=*/false));

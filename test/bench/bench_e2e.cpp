@@ -23,12 +23,8 @@
 // (the nodes' own counters, GET /api/v1/node) times their cost measured
 // here with libsodium.
 //
-//   bench_e2e [--quick] [--count N] [--concurrency C] [--gather-micros G] [--eager-journal]
+//   bench_e2e [--quick] [--count N] [--concurrency C] [--eager-journal]
 //
-// --gather-micros: every node's vault.write_gather_micros (default here
-// 3000; a node's default is 0): under load the vault's writer lets many
-// flows' writes gather into one commit, trading up to that much latency per
-// write for less CPU and disk per move (vault/store.h).
 // --eager-journal: the nodes journal every flow event before the flow sees
 // it, one durable append each (as before deferred events), for comparison.
 
@@ -39,8 +35,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <map>
 #include <string>
 #include <thread>
@@ -72,24 +66,7 @@ struct Args {
   bool quick = false;
   uint64_t count = 6'000;
   uint64_t concurrency = 192;
-  // Every node's vault.write_gather_micros (node.toml; the default is 0):
-  // under load, commits gather the writes of many flows.
-  uint32_t gather_micros = 3'000;
 };
-
-// Sets vault.write_gather_micros in a bootstrapped node.toml (bootstrap
-// writes every key with its default).
-bool setGatherMicros(const fs::path& config, uint32_t micros) {
-  std::ifstream in(config);
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const std::string key = "write_gather_micros = 0\n";
-  const size_t at = text.find(key);
-  if (at == std::string::npos) return false;
-  text.replace(at, key.size(), "write_gather_micros = " + std::to_string(micros) + "\n");
-  std::ofstream out(config, std::ios::trunc);
-  out << text;
-  return static_cast<bool>(out);
-}
 
 const std::vector<std::string> members = {"bank", "alpha", "beta"};
 const std::vector<std::string> replicas = {"r1", "r2", "r3", "r4"};
@@ -214,14 +191,12 @@ int main(int argc, char** argv) {
       args.count = std::strtoull(argv[++i], nullptr, 10);
     } else if (a == "--concurrency" && i + 1 < argc) {
       args.concurrency = std::strtoull(argv[++i], nullptr, 10);
-    } else if (a == "--gather-micros" && i + 1 < argc) {
-      args.gather_micros = static_cast<uint32_t>(std::strtoul(argv[++i], nullptr, 10));
     } else if (a == "--eager-journal") {
       // The nodes journal every flow event before the flow sees it (no
       // deferred events: flows/flow_runtime.h), for a before/after comparison.
       ::setenv("CCAL_FLOWS_EAGER_JOURNAL", "1", 1);
     } else {
-      std::fprintf(stderr, "usage: bench_e2e [--quick] [--count N] [--concurrency C] [--gather-micros G] [--eager-journal]\n");
+      std::fprintf(stderr, "usage: bench_e2e [--quick] [--count N] [--concurrency C] [--eager-journal]\n");
       return 2;
     }
   }
@@ -255,13 +230,6 @@ int main(int argc, char** argv) {
   };
   if (!bootstrap(dir, ports)) return fail("ccal network bootstrap failed (spec in " + dir.string() + ")");
   const fs::path net = dir / "net";
-  for (const auto& names : {members, replicas}) {
-    for (const auto& name : names) {
-      if (!setGatherMicros(net / name / "node.toml", args.gather_micros)) {
-        return fail("cannot set vault.write_gather_micros in " + (net / name / "node.toml").string());
-      }
-    }
-  }
   if (auto started = testing::runCcalCapturing("network start --dir " + net.string()); started.exit_code != 0) {
     runCcal("network stop --dir " + net.string());
     return fail("ccal network start failed: " + started.output);
@@ -287,10 +255,9 @@ int main(int argc, char** argv) {
     std::printf("(flow events journaled eagerly: CCAL_FLOWS_EAGER_JOURNAL=1)\n");
   }
   std::printf("end-to-end benchmark: token.move alpha -> beta (1 input, 2 outputs), notarised by 4 BFT\n"
-              "replicas (f = 1); 7 processes over TLS on loopback, %u cores; %llu moves, %llu in flight;\n"
-              "every node's vault.write_gather_micros = %u (node.toml; default 0)\n",
+              "replicas (f = 1); 7 processes over TLS on loopback, %u cores; %llu moves, %llu in flight\n",
               std::thread::hardware_concurrency(), static_cast<unsigned long long>(args.count),
-              static_cast<unsigned long long>(args.concurrency), args.gather_micros);
+              static_cast<unsigned long long>(args.concurrency));
   // 0. One token state per flow in flight.
   const flows::DealArgs issue = {{"to", x500("alpha")}, {"amount", "1000000000000"}, {"currency", "EUR"}};
   Load issued = runLoad(bank, "token.issue", issue, args.concurrency, std::min<uint64_t>(args.concurrency, 32), 0);
@@ -384,8 +351,6 @@ int main(int argc, char** argv) {
               {"at80_per_second", at80.per_second},
               {"at80_p50_ms", at80.p50_ms},
               {"at80_p99_ms", at80.p99_ms},
-              {"concurrency", args.concurrency},
-              {"write_gather_micros", args.gather_micros},
               {"cpu_us_per_move", total.cpu_us},
               {"signs_per_move", total.signs},
               {"verifies_per_move", total.verifies},
