@@ -111,20 +111,6 @@ std::vector<std::string> observersFor(
   return out;
 }
 
-std::vector<std::string> observersFor(const std::vector<ObserverRule>& rules,
-                                      const std::vector<std::string>& contracts,
-                                      const std::vector<std::string>& participants) {
-  std::set<std::string> out;
-  for (const ObserverRule& rule : rules) {
-    const bool filtered = !rule.commands.empty() || rule.amount_at_least.has_value();
-    bool matches = rule.all_transactions;
-    for (const std::string& c : rule.contracts) matches = matches || (!filtered && has(contracts, c));
-    for (const std::string& p : rule.parties) matches = matches || has(participants, p);
-    if (matches) out.insert(rule.observer);
-  }
-  return {out.begin(), out.end()};
-}
-
 std::vector<PublicKey> FlowServices::publicKeys() const {
   std::vector<PublicKey> out;
   for (const KeyPair& k : keys) out.push_back(k.publicKey());

@@ -121,7 +121,7 @@ struct RequiredObserver {
 };
 
 // The observers the rules require for `tx`, one entry each, sorted by name
-// (the arguments as for observersFor below).
+// (the arguments as for observersFor below, which lists only the names).
 std::vector<RequiredObserver> requiredObservers(
     const std::vector<ObserverRule>& rules, const LedgerTransaction& tx,
     const ContractRegistry& contracts,
@@ -139,13 +139,6 @@ std::vector<std::string> observersFor(
 // The amount `tx` moves for `contracts` by `field` (see ObserverRule).
 int64_t observedAmount(const LedgerTransaction& tx, const ContractRegistry& registry,
                        const std::vector<std::string>& contracts, const std::string& field);
-
-// The older form, from the transaction's contract and participant names
-// only: a rule with command or amount filters matches here only through
-// all_transactions or its parties (use the form above for those).
-std::vector<std::string> observersFor(const std::vector<ObserverRule>& rules,
-                                      const std::vector<std::string>& contracts,
-                                      const std::vector<std::string>& participants);
 
 // --- the services ------------------------------------------------------------------------
 

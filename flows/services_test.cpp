@@ -10,23 +10,6 @@
 using namespace ccal;
 using namespace ccal::flows;
 
-TEST_CASE("services: the observers the rules name") {
-  const std::vector<ObserverRule> rules{
-      {"O=Regulator, L=Haikou, C=CN", {"ccal.LetterOfCredit", "ccal.Loan"}, {}, false},
-      {"O=Auditor, L=Haikou, C=CN", {}, {"O=Bank, L=Haikou, C=CN"}, false},
-      {"O=Archive, L=Haikou, C=CN", {}, {}, true},
-      {"O=Regulator, L=Haikou, C=CN", {"ccal.Cash"}, {}, false},
-  };
-  CHECK(observersFor(rules, {"ccal.Loan"}, {}) ==
-        std::vector<std::string>{"O=Archive, L=Haikou, C=CN", "O=Regulator, L=Haikou, C=CN"});
-  CHECK(observersFor(rules, {"ccal.Cash"}, {"O=Bank, L=Haikou, C=CN"}) ==
-        std::vector<std::string>{"O=Archive, L=Haikou, C=CN", "O=Auditor, L=Haikou, C=CN",
-                                 "O=Regulator, L=Haikou, C=CN"});
-  CHECK(observersFor(rules, {"ccal.Token"}, {"O=Farm, L=Haikou, C=CN"}) ==
-        std::vector<std::string>{"O=Archive, L=Haikou, C=CN"});
-  CHECK(observersFor({}, {"ccal.Loan"}, {}).empty());
-}
-
 namespace {
 
 using ccal::testing::TestToken;
@@ -68,6 +51,28 @@ LedgerTransaction tokenTx(const std::vector<int64_t>& inputs, const std::vector<
 
 }  // namespace
 
+TEST_CASE("services: the observers the rules name, sorted, each once") {
+  ContractRegistry registry;
+  registry.add(std::make_unique<ccal::testing::TestTokenContract>());
+  const std::string token_name(ccal::testing::token_contract);
+  const std::string archive_name = "O=Archive, L=Haikou, C=CN", bank_name = "O=Bank, L=Haikou, C=CN";
+  const std::vector<ObserverRule> rules{
+      {reg_name, {"ccal.LetterOfCredit", token_name}, {}, false},
+      {auditor_name, {}, {bank_name}, false},
+      {archive_name, {}, {}, true},
+      {reg_name, {token_name}, {}, false},  // the same observer again: named once
+  };
+  auto nobody = [](const Key&) -> std::optional<std::string> { return std::nullopt; };
+  auto bank = [&](const Key&) -> std::optional<std::string> { return bank_name; };
+  using V = std::vector<std::string>;
+  const LedgerTransaction move = tokenTx({5}, {5}, "Move");
+  CHECK(observersFor(rules, move, registry, nobody) == V{archive_name, reg_name});
+  CHECK(observersFor(rules, move, registry, bank) == V{archive_name, auditor_name, reg_name});
+  const std::vector<ObserverRule> other_contract{{reg_name, {"ccal.Loan"}, {}, false}};
+  CHECK(observersFor(other_contract, move, registry, bank).empty());
+  CHECK(observersFor({}, move, registry, bank).empty());
+}
+
 TEST_CASE("services: observer rules with a command filter and an amount threshold") {
   ContractRegistry registry;
   registry.add(std::make_unique<ccal::testing::TestTokenContract>());
@@ -100,8 +105,6 @@ TEST_CASE("services: observer rules with a command filter and an amount threshol
   ObserverRule by_party{auditor_name, {}, {"O=Farm, L=Haikou, C=CN"}, false};
   auto farm = [](const Key&) -> std::optional<std::string> { return "O=Farm, L=Haikou, C=CN"; };
   CHECK(observersFor({by_party, threshold}, tokenTx({1}, {1}, "Move"), registry, farm) == V{auditor_name});
-  // The older form: a filtered rule does not match by contract name alone.
-  CHECK(observersFor(rules, {std::string(ccal::testing::token_contract)}, {}).empty());
 }
 
 TEST_CASE("services: our keys among the required ones") {
