@@ -362,6 +362,9 @@ void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn 
           plan->add(typeKey(StateStatus::unconsumed, fields->stateType, fields->recordedMicros, key));
       in.type_consumed =
           plan->add(typeKey(StateStatus::consumed, fields->stateType, fields->recordedMicros, key));
+      // Deleted even when the state is locked: ix_token lists free states
+      // only, but a vault written before that rule may still list a locked
+      // one, and deleting an absent key costs only a read.
       if (!fields->tokenKey.empty()) {
         in.token = plan->add(tokenKey(fields->tokenKey, fields->recordedMicros, key));
       }
@@ -468,7 +471,7 @@ void Vault::recordAsync(const VerifiedTransaction& vtx, RecordMode mode, DoneFn 
       CCAL_TRY(w.putSorted(
           type_db, typeKey(StateStatus::consumed, fields.stateType, fields.recordedMicros, input.key),
           {}));
-      if (!fields.tokenKey.empty()) {
+      if (!fields.tokenKey.empty()) {  // even when locked: see the prepared inputs above
         CCAL_TRY(w.delSorted(VaultAccess::db(*this, ix_token),
                              tokenKey(fields.tokenKey, fields.recordedMicros, input.key)));
       }
