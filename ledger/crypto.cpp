@@ -105,15 +105,29 @@ bool verifyEd25519(const std::array<uint8_t, DigitalSignature::ed25519_bytes>& s
   return crypto_sign_verify_detached(sig.data(), message.data(), message.size(), by.bytes().data()) == 0;
 }
 
-// Batch roots whose signature has verified: H(key || signature || count ||
-// root), the oldest forgotten first. Only successes are kept, so the memory
-// can only save work, never change an outcome.
-class VerifiedBatchRoots {
+// Signatures that verified: H(domain || key || signature || what was
+// signed), the oldest forgotten first. A plain signature is remembered with
+// its whole message, a batch signature with its leaf count and root (so the
+// other messages of a batch cost only their proof's hashes). Signatures this
+// process made are remembered when made (libsodium's Ed25519 signing is
+// deterministic and always yields a valid signature), so a node checking
+// its own signature on a transaction it just signed costs a hash. Only
+// valid signatures are kept, so the memory can only save work, never change
+// an outcome.
+class VerifiedSignatures {
  public:
-  static SecureHash keyOf(const PublicKey& by, const std::array<uint8_t, DigitalSignature::ed25519_bytes>& sig,
-                          uint32_t count, const SecureHash& root) {
+  static SecureHash plainKey(const PublicKey& by, const std::array<uint8_t, DigitalSignature::ed25519_bytes>& sig,
+                             ByteView message) {
     Sha256 h;
-    h.update(by.view()).update(ByteView(sig.data(), sig.size())).updateU32(count).update(root.view());
+    h.update(asBytes("plain")).update(by.view()).update(ByteView(sig.data(), sig.size()));
+    h.updateU32(static_cast<uint32_t>(message.size())).update(message);
+    return h.finish();
+  }
+  static SecureHash batchKey(const PublicKey& by, const std::array<uint8_t, DigitalSignature::ed25519_bytes>& sig,
+                             uint32_t count, const SecureHash& root) {
+    Sha256 h;
+    h.update(asBytes("batch")).update(by.view()).update(ByteView(sig.data(), sig.size()));
+    h.updateU32(count).update(root.view());
     return h.finish();
   }
   bool contains(const SecureHash& key) {
@@ -124,7 +138,7 @@ class VerifiedBatchRoots {
     std::lock_guard lock(mutex_);
     if (!set_.insert(key).second) return;
     order_.push_back(key);
-    if (order_.size() > batch_roots_verified_max) {
+    if (order_.size() > signatures_verified_max) {
       set_.erase(order_.front());
       order_.pop_front();
     }
@@ -136,18 +150,21 @@ class VerifiedBatchRoots {
   std::deque<SecureHash> order_;
 };
 
-VerifiedBatchRoots& verifiedBatchRoots() {
-  static VerifiedBatchRoots roots;
-  return roots;
+VerifiedSignatures& verifiedSignatures() {
+  static VerifiedSignatures memo;
+  return memo;
 }
 
 }  // namespace
 
 Status DigitalSignature::verify(ByteView message) const {
   if (!batch_) {
+    SecureHash memo = VerifiedSignatures::plainKey(by_, bytes_, message);
+    if (verifiedSignatures().contains(memo)) return {};
     if (!verifyEd25519(bytes_, message, by_)) {
       return makeError(Errc::bad_signature, "signature by key " + by_.shortHex() + " does not verify");
     }
+    verifiedSignatures().insert(memo);
     return {};
   }
   SecureHash leaf = merkle::batchLeaf(message);
@@ -158,12 +175,12 @@ Status DigitalSignature::verify(ByteView message) const {
     return makeError(Errc::bad_signature,
                      "batch signature by key " + by_.shortHex() + ": " + root.error().message);
   }
-  SecureHash memo = VerifiedBatchRoots::keyOf(by_, bytes_, batch_->leafCount, *root);
-  if (verifiedBatchRoots().contains(memo)) return {};
+  SecureHash memo = VerifiedSignatures::batchKey(by_, bytes_, batch_->leafCount, *root);
+  if (verifiedSignatures().contains(memo)) return {};
   if (!verifyEd25519(bytes_, batchRootSignableBytes(batch_->leafCount, *root), by_)) {
     return makeError(Errc::bad_signature, "batch signature by key " + by_.shortHex() + " does not verify");
   }
-  verifiedBatchRoots().insert(memo);
+  verifiedSignatures().insert(memo);
   return {};
 }
 
@@ -207,6 +224,7 @@ DigitalSignature KeyPair::sign(ByteView message) const {
   std::array<uint8_t, DigitalSignature::ed25519_bytes> sig;
   crypto_sign_detached(sig.data(), nullptr, message.data(), message.size(), secret_.data());
   ed25519_signs.fetch_add(1, std::memory_order_relaxed);
+  verifiedSignatures().insert(VerifiedSignatures::plainKey(public_, sig, message));
   return DigitalSignature(public_, sig);
 }
 

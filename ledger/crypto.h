@@ -103,10 +103,12 @@ class DigitalSignature {
 
   // Verifies over the exact message bytes; bad_signature names the signer.
   // A batch signature: the message's leaf and the proof give the root, and
-  // the Ed25519 signature must verify over it. Verified (key, root,
-  // signature) triples are remembered (a bounded, process-wide set of
-  // batch_roots_verified_max), so the other messages of a batch cost only
-  // their proof's hashes; the outcome is the same as without the memory.
+  // the Ed25519 signature must verify over it. Signatures that verified, and
+  // those this process made (KeyPair::sign), are remembered in a bounded,
+  // process-wide set (signatures_verified_max; a plain one with its
+  // message, a batch one with its root), so checking one again costs a
+  // hash, and the other messages of a batch cost only their proof's hashes;
+  // the outcome is the same as without the memory.
   Status verify(ByteView message) const;
 
   bool operator==(const DigitalSignature&) const = default;
@@ -118,7 +120,7 @@ class DigitalSignature {
   std::optional<BatchProof> batch_;
 };
 
-inline constexpr size_t batch_roots_verified_max = 16384;
+inline constexpr size_t signatures_verified_max = 32768;
 
 // An Ed25519 key pair. The private half is wiped on destruction.
 class KeyPair {

@@ -393,6 +393,44 @@ TEST_CASE("batch signatures: a tampered proof, index, count, signature or signer
   CHECK(refused.verify(messages[5]).error().message.find("batch signature") != std::string::npos);
 }
 
+TEST_CASE("verified and own signatures are remembered; nothing else gets through") {
+  auto key = KeyPair::fromSeed(Bytes(32, 11)).value();
+  auto other = KeyPair::fromSeed(Bytes(32, 12)).value();
+  // Made here: checking it costs no Ed25519 verification.
+  DigitalSignature own = key.sign(msg("own"));
+  uint64_t before = cryptoCounters().ed25519_verifies;
+  CHECK(own.verify(msg("own")).ok());
+  CHECK(cryptoCounters().ed25519_verifies == before);
+  // Another process's signature (rebuilt from its bytes, as if received):
+  // verified once, then remembered.
+  std::array<uint8_t, DigitalSignature::ed25519_bytes> sig{};
+  auto signer = KeyPair::fromSeed(Bytes(32, 13)).value();
+  Bytes signed_bytes = msg("received");
+  // Sign through libsodium directly so the memory does not know it yet.
+  Bytes secret(32, 13);
+  std::array<uint8_t, 32> pk{};
+  std::array<uint8_t, 64> sk{};
+  crypto_sign_seed_keypair(pk.data(), sk.data(), secret.data());
+  crypto_sign_detached(sig.data(), nullptr, signed_bytes.data(), signed_bytes.size(), sk.data());
+  DigitalSignature received(signer.publicKey(), sig);
+  before = cryptoCounters().ed25519_verifies;
+  CHECK(received.verify(signed_bytes).ok());
+  CHECK(cryptoCounters().ed25519_verifies == before + 1);
+  CHECK(received.verify(signed_bytes).ok());
+  CHECK(cryptoCounters().ed25519_verifies == before + 1);
+  // The remembered signature does not verify another message, another
+  // signer, or tampered bytes, and refusals are never remembered.
+  CHECK(received.verify(msg("received!")).error().code == Errc::bad_signature);
+  CHECK(DigitalSignature(other.publicKey(), sig).verify(signed_bytes).error().code == Errc::bad_signature);
+  auto tampered = sig;
+  tampered[0] ^= 1;
+  CHECK(DigitalSignature(signer.publicKey(), tampered).verify(signed_bytes).error().code == Errc::bad_signature);
+  CHECK(DigitalSignature(signer.publicKey(), tampered).verify(signed_bytes).error().code == Errc::bad_signature);
+  // A plain signature remembered is not a batch signature with an empty proof.
+  DigitalSignature as_batch(signer.publicKey(), sig, signature_version_current, BatchProof{0, 1, {}});
+  CHECK(as_batch.verify(signed_bytes).error().code == Errc::bad_signature);
+}
+
 TEST_CASE("DigitalSignature::fromParts checks a batch proof's shape") {
   auto key = KeyPair::fromSeed(Bytes(32, 10)).value();
   Bytes sig(64, 1);
