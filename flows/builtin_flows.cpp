@@ -62,13 +62,36 @@ Flow<std::vector<SecureHash>> missingOf(FlowContext& ctx, const FlowServices& sv
 }
 
 // The vault's transactions of `ids`, in order; nullopt for those it does not have.
+// A transaction is immutable in the vault once recorded (recording it again
+// is a no-op) and is never removed, so the journal need not hold the bytes
+// this read returns: the call's outcome is which of the ids the vault held
+// (transaction_presence_magic, then one byte per id: 1 held, 0 not), the
+// transactions read live reach the flow directly, and a replay reads the
+// held ones again. A replay that finds one of them gone fails the flow (the
+// vault lost a transaction). An outcome journaled before this form (a whole
+// TransactionList) still decodes.
+constexpr std::string_view transaction_presence_magic = "CCALtxp1";  // never the start of a Cap'n Proto message
+
+Bytes presenceOutcome(const std::vector<std::optional<SignedTransaction>>& txs) {
+  Bytes out(transaction_presence_magic.begin(), transaction_presence_magic.end());
+  for (const auto& t : txs) out.push_back(t ? 1 : 0);
+  return out;
+}
+
+bool isPresenceOutcome(ByteView b) {
+  return b.size() >= transaction_presence_magic.size() &&
+         std::equal(transaction_presence_magic.begin(), transaction_presence_magic.end(), b.begin());
+}
+
 Flow<std::vector<std::optional<SignedTransaction>>> vaultTransactions(FlowContext& ctx,
                                                                       const FlowServices& svc,
                                                                       std::vector<SecureHash> ids) {
   using List = std::vector<std::optional<SignedTransaction>>;
   if (ids.empty()) co_return List{};
   vault::Vault* v = svc.vault;
-  CallOp op = [v, ids](CallDone done) {
+  // What the live read found, for the decode below (empty in a replay).
+  auto live = std::make_shared<std::optional<List>>();
+  CallOp op = [v, ids, live](CallDone done) {
     List out;
     for (const SecureHash& id : ids) {
       auto t = v->transaction(id);
@@ -78,9 +101,40 @@ Flow<std::vector<std::optional<SignedTransaction>>> vaultTransactions(FlowContex
       }
       out.push_back(std::move(t).value());
     }
-    done(encodeTransactionList(out));
+    Bytes outcome = presenceOutcome(out);
+    *live = std::move(out);
+    done(std::move(outcome));
   };
-  List txs = co_await ctx.read<List>("vault.transactions", std::move(op), decodeTransactionList);
+  auto decode = [v, ids, live](ByteView b) -> Result<List> {
+    if (!isPresenceOutcome(b)) return decodeTransactionList(b);
+    const ByteView held = b.subspan(transaction_presence_magic.size());
+    if (held.size() != ids.size()) {
+      return makeError(Errc::malformed, "a presence list of " + std::to_string(held.size()) + " for " +
+                                            std::to_string(ids.size()) + " transactions");
+    }
+    List out;
+    if (*live) {
+      out = std::move(**live);
+      live->reset();
+      return out;
+    }
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (held[i] > 1) return makeError(Errc::malformed, "a presence byte other than 0 or 1");
+      if (held[i] == 0) {
+        out.emplace_back(std::nullopt);
+        continue;
+      }
+      auto t = v->transaction(ids[i]);
+      if (!t) return t.error();
+      if (!*t) {
+        return makeError(Errc::storage_error, "transaction " + ids[i].hex() +
+                                                  " was in the vault when the flow read it and is gone now");
+      }
+      out.push_back(std::move(t).value());
+    }
+    return out;
+  };
+  List txs = co_await ctx.read<List>("vault.transactions", std::move(op), decode);
   if (txs.size() != ids.size()) {
     failFlow(Errc::storage_error, "the vault answered " + std::to_string(txs.size()) +
                                       " transactions for " + std::to_string(ids.size()));

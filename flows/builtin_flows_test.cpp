@@ -2,6 +2,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <deque>
 #include <map>
 #include <memory>
@@ -546,6 +547,23 @@ TEST_CASE("built-in flows: a crash of the initiator after notarisation: replayed
     return w.notary.requests == 1 && s && s->step.find("sending") != std::string::npos;
   }));
   CHECK(w.notary.requests == 1);
+  {
+    // The vault read of the input's transaction is journaled as which ids
+    // the vault held, not as the transaction's bytes; the replay reads it again.
+    auto journal = a.flowStore->journal(*id);
+    REQUIRE(journal);
+    const std::string magic = "CCALtxp1";
+    int presence = 0;
+    for (const auto& e : *journal) {
+      if (std::search(e.bytes.begin(), e.bytes.end(), magic.begin(), magic.end()) != e.bytes.end()) ++presence;
+    }
+    CHECK(presence >= 1);
+    // None holds the input's transaction itself.
+    const Bytes issued = a.vault->transaction(issue).value()->encode();
+    for (const auto& e : *journal) {
+      CHECK(std::search(e.bytes.begin(), e.bytes.end(), issued.begin(), issued.end()) == e.bytes.end());
+    }
+  }
   a.restart();
   CHECK(a.runtime->stats().flows_resumed == 1);
   FlowInfo info = w.await(a, *id);
