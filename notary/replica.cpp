@@ -471,6 +471,23 @@ void Replica::scheduleBatch() {
     }
     return proposeBatches();
   }
+  // An idle pipeline (every batch proposed has executed): a request need not
+  // wait for company, so it goes out after the requests that arrived with
+  // it (the current burst of frames); while batches are in flight, requests
+  // gather for up to batch_delay_micros, so the batches grow with the load.
+  if (next_seq_ == machine_.lastExecuted() + 1 && isPrimary()) {
+    if (propose_posted_) return;
+    propose_posted_ = true;
+    postBack([this] {
+      propose_posted_ = false;
+      if (batch_timer_) {
+        executor_.cancel(batch_timer_);
+        batch_timer_ = 0;
+      }
+      proposeBatches();
+    });
+    return;
+  }
   if (batch_timer_) return;
   batch_timer_ = executor_.runAfter(config_.batch_delay_micros, [this] {
     batch_timer_ = 0;

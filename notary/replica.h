@@ -295,6 +295,7 @@ class Replica final : public flows::LinkHandler {
   std::unordered_set<SecureHash, SecureHashHasher> in_batches_;  // digests of requests in batches not yet executed
   size_t held_slots_ = 0;            // slots with a held pre-prepare
   flows::Executor::TimerId batch_timer_ = 0;
+  bool propose_posted_ = false;  // a proposal for an idle pipeline is posted
 
   // View change.
   int64_t view_timeout_micros_ = 0;

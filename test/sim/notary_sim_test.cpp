@@ -161,7 +161,7 @@ class FilterLink final : public flows::Link {
 
 // Twins: two instances of one replica identity, each talking to its part
 // of the cluster (and to every client); they propose different batches (a
-// different batch size), so as primary the identity equivocates.
+// different batch size and gathering), so as primary the identity equivocates.
 class TwinNode final : public sim::Node, public flows::LinkHandler {
  public:
   TwinNode(sim::MemberEnv& env, const Plan& plan, uint32_t index) {
@@ -178,8 +178,10 @@ class TwinNode final : public sim::Node, public flows::LinkHandler {
     link_a_ = std::make_unique<FilterLink>(env.link, a);
     link_b_ = std::make_unique<FilterLink>(env.link, b);
     ReplicaConfig ca = replicaConfig(plan, index), cb = replicaConfig(plan, index);
+    // Twin b proposes at every arrival (no gathering, at most 3 requests),
+    // twin a gathers while batches are in flight: their batches differ.
     cb.batch_size_max = 3;
-    cb.batch_delay_micros = 5'000;
+    cb.batch_delay_micros = 0;
     twin_a_ = std::make_unique<ReplicaInstance>(env.dir + "/a", ca, *link_a_, env.executor, env.clock);
     twin_b_ = std::make_unique<ReplicaInstance>(env.dir + "/b", cb, *link_b_, env.executor, env.clock);
   }
