@@ -387,23 +387,43 @@ Flow<Resolved> resolveBackchain(FlowContext& ctx, const FlowServices& svc, Sessi
     out.known.emplace(vault_ids[i], std::move(*stored[i]));
   }
   ctx.step("verifying " + std::to_string(fetched.size()) + " backchain transactions");
-  for (const SecureHash& id : dependencyOrder(fetched)) {
+  // Each transaction is verified against its dependencies' outputs, which
+  // are all at hand (fetched or from the vault), so the checks are
+  // independent of one another: they run at once (svc.parallel), and the
+  // first failure in dependency order is the one reported.
+  const std::vector<SecureHash> order = dependencyOrder(fetched);
+  std::vector<std::optional<Error>> failures(order.size());
+  const std::string from = quoted(s.peer());
+  auto verifyOne = [&](size_t i) {
+    const SecureHash& id = order[i];
     const SignedTransaction& dtx = fetched.at(id);
-    TxMap lookup;
-    for (const SecureHash& dep : dependencyIds(dtx.tx())) {
-      auto f = fetched.find(dep);
-      if (f != fetched.end()) {
-        lookup.emplace(dep, f->second);
-      } else {
-        lookup.emplace(dep, out.known.at(dep));
+    try {
+      TxMap lookup;
+      for (const SecureHash& dep : dependencyIds(dtx.tx())) {
+        auto f = fetched.find(dep);
+        lookup.emplace(dep, f != fetched.end() ? f->second : out.known.at(dep));
       }
+      verifyContracts(svc, dtx, lookup);
+      if (auto st = dtx.verifyRequiredSignatures(); !st) {
+        failures[i] =
+            makeError(st.error().code, "backchain transaction " + id.hex() + " from " + from +
+                                           " is not validly signed: " + st.error().message);
+      }
+    } catch (const FlowFailure& e) {
+      failures[i] = e.error();
+    } catch (const std::exception& e) {
+      failures[i] = makeError(Errc::invalid_transaction, "verifying backchain transaction " +
+                                                             id.hex() + " failed: " + e.what());
     }
-    verifyContracts(svc, dtx, lookup);
-    if (auto st = dtx.verifyRequiredSignatures(); !st) {
-      fail(st.error(), "backchain transaction " + id.hex() + " from " + quoted(s.peer()) +
-                           " is not validly signed");
-    }
-    out.chain.push_back(dtx);
+  };
+  if (svc.parallel != nullptr && order.size() > 1) {
+    svc.parallel->forEach(order.size(), verifyOne);
+  } else {
+    for (size_t i = 0; i < order.size(); ++i) verifyOne(i);
+  }
+  for (size_t i = 0; i < order.size(); ++i) {
+    if (failures[i]) throw FlowFailure(*failures[i]);
+    out.chain.push_back(fetched.at(order[i]));
   }
   for (auto& entry : fetched) {
     if (std::binary_search(top.begin(), top.end(), entry.first)) {

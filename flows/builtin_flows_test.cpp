@@ -3,12 +3,15 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "contracts/contracts.h"
@@ -94,6 +97,7 @@ struct World {
   UniquenessNotary notary{notaryParty, ccal::testing::testKey(99)};
   std::vector<ObserverRule> rules{{regulator, {std::string(ccal::testing::token_contract)}, {}, false}};
   std::map<std::string, std::unique_ptr<TNode>> nodes;
+  Parallel* parallel = nullptr;  // given to every node's services
 
   World() {
     hub.executor = &executor;
@@ -178,6 +182,7 @@ void TNode::open() {
   svc.notary = &world.notary;
   svc.observer_rules = world.rules;
   svc.limits = limits;
+  svc.parallel = world.parallel;
   reg(*runtime, svc, *this);
   FlowRuntime::Hooks hooks;
   hooks.finished = [this](const FlowInfo& info) { finished[info.id] = info; };
@@ -531,6 +536,51 @@ TEST_CASE("built-in flows: a backchain answer not asked for, or malformed: an er
     CHECK(vaultTransactionsCount(b) == 0);
     b.finished.clear();
   }
+}
+
+// Runs each call's jobs on three threads taking indices from a counter.
+class ThreadedParallel final : public Parallel {
+ public:
+  void forEach(size_t count, const std::function<void(size_t)>& fn) override {
+    ++calls;
+    jobs += count;
+    std::atomic<size_t> next{0};
+    auto take = [&] {
+      for (size_t i; (i = next.fetch_add(1)) < count;) fn(i);
+    };
+    std::vector<std::thread> helpers;
+    for (int t = 0; t < 2; ++t) helpers.emplace_back(take);
+    take();
+    for (auto& h : helpers) h.join();
+  }
+  int calls = 0;
+  size_t jobs = 0;
+};
+
+TEST_CASE(
+    "built-in flows: a fetched backchain is verified on several threads, recorded in dependency "
+    "order") {
+  ThreadedParallel parallel;
+  World w;
+  w.parallel = &parallel;
+  TNode& a = w.add(alice, 1);
+  TNode& b = w.add(bob, 2);
+  w.add(regulator, 3);
+  const SecureHash issued = w.issue(a, 100);
+  FlowInfo to_bob = w.move(a, bob, StateRef{issued, 0});
+  REQUIRE_MESSAGE(to_bob.outcome == vault::FlowOutcome::ok, errorOf(to_bob));
+  const SecureHash paid = idOf(to_bob.result);
+  REQUIRE(w.quiet());
+  // Carol has seen nothing: paying her, bob sends the move and the issue.
+  TNode& c = w.add(carol, 4);
+  const int calls_before = parallel.calls;
+  FlowInfo to_carol = w.move(b, carol, StateRef{paid, 0});
+  REQUIRE_MESSAGE(to_carol.outcome == vault::FlowOutcome::ok, errorOf(to_carol));
+  REQUIRE(w.quiet());
+  CHECK(parallel.calls > calls_before);
+  CHECK(parallel.jobs >= 2);
+  const SecureHash last = idOf(to_carol.result);
+  for (const SecureHash& id : {issued, paid, last}) CHECK(c.has(id));
 }
 
 TEST_CASE("built-in flows: a crash of the initiator after notarisation: replayed, not notarised again") {

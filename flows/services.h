@@ -149,6 +149,17 @@ int64_t observedAmount(const LedgerTransaction& tx, const ContractRegistry& regi
 using BusinessCheck =
     std::function<Status(const LedgerTransaction& tx, const std::string& initiator)>;
 
+// Runs independent, pure jobs (backchain verification) on several threads.
+// forEach returns once fn(0) .. fn(count - 1) have all run; the calling
+// thread takes part. fn must not throw and must write only its own index's
+// share of any shared state. Results therefore do not depend on how the
+// jobs were spread.
+class Parallel {
+ public:
+  virtual ~Parallel() = default;
+  virtual void forEach(size_t count, const std::function<void(size_t)>& fn) = 0;
+};
+
 struct FlowServices {
   Party identity;             // this node's legal identity (its name is the runtime's self)
   std::vector<KeyPair> keys;  // signing keys (the identity's among them)
@@ -162,6 +173,9 @@ struct FlowServices {
   std::vector<ObserverRule> observer_rules;
   std::map<std::string, BusinessCheck, std::less<>> checks;
   BackchainLimits limits;
+  // Where independent backchain transactions are verified at once; null:
+  // one after another on the flow's thread (the simulator's choice).
+  Parallel* parallel = nullptr;
 
   std::vector<PublicKey> publicKeys() const;
   // Our keys among `keys` (single keys, or leaves of composite ones).

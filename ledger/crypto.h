@@ -82,8 +82,10 @@ class DigitalSignature {
 
   DigitalSignature() { bytes_.fill(0); }
   DigitalSignature(const PublicKey& by, const std::array<uint8_t, ed25519_bytes>& bytes,
-                   uint16_t version = signature_version_current,
-                   std::optional<BatchProof> batch = std::nullopt)
+                   uint16_t version = signature_version_current)
+      : by_(by), bytes_(bytes), version_(version) {}
+  DigitalSignature(const PublicKey& by, const std::array<uint8_t, ed25519_bytes>& bytes,
+                   uint16_t version, std::optional<BatchProof> batch)
       : by_(by), bytes_(bytes), version_(version), batch_(std::move(batch)) {}
 
   // Checks the scheme id, the version, the signature length and the batch

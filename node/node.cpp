@@ -27,14 +27,15 @@
 #include "node/api_users.h"
 #include "node/asio_executor.h"
 #include "node/diagnostic_flows.h"
-#include "node/flow_service.h"
 #include "node/file_io.h"
+#include "node/flow_service.h"
 #include "node/network_map.h"
 #include "node/notary_gateway.h"
 #include "node/notary_service.h"
 #include "node/process_control.h"
 #include "node/tls_link.h"
 #include "node/vault_api.h"
+#include "node/worker_pool.h"
 #include "schemas/p2p.capnp.h"
 #include "vault/message_store.h"
 #include "vault/vault.h"
@@ -151,6 +152,7 @@ struct Node::Impl final : flows::MessageHandler {
   // Members only (not notary replicas): what the built-in flows use; both
   // outlive the flow runtime.
   std::unique_ptr<ClientNotaryGateway> notary_gateway;
+  std::unique_ptr<WorkerPool> workers;  // backchain verification beside the executor
   flows::FlowServices flow_services;
   std::unique_ptr<FlowService> flows;
   std::unique_ptr<VaultApi> vault_api;  // its routes read the vault and the map
@@ -367,6 +369,8 @@ Status Node::Impl::openFlows() {
         return ClientNotaryGateway::Cluster{client, info->validating};
       });
   flow_services = flowServicesOf(*map, config.x500, *identity, *vault, contracts, *notary_gateway);
+  workers = std::make_unique<WorkerPool>(WorkerPool::defaultThreads());
+  flow_services.parallel = workers.get();
   if (config.role == Role::regulator) {
     // A regulator observes: it records what finality sends it (all visible), never
     // signs (no signing key in its flow services: a sign request is refused) and
