@@ -220,10 +220,20 @@ KeyPair& KeyPair::operator=(const KeyPair& other) {
 
 KeyPair::~KeyPair() { sodium_memzero(secret_.data(), secret_.size()); }
 
-DigitalSignature KeyPair::sign(ByteView message) const {
+namespace {
+
+std::array<uint8_t, DigitalSignature::ed25519_bytes> signDetached(
+    const std::array<uint8_t, 64>& secret, ByteView message) {
   std::array<uint8_t, DigitalSignature::ed25519_bytes> sig;
-  crypto_sign_detached(sig.data(), nullptr, message.data(), message.size(), secret_.data());
+  crypto_sign_detached(sig.data(), nullptr, message.data(), message.size(), secret.data());
   ed25519_signs.fetch_add(1, std::memory_order_relaxed);
+  return sig;
+}
+
+}  // namespace
+
+DigitalSignature KeyPair::sign(ByteView message) const {
+  const auto sig = signDetached(secret_, message);
   verifiedSignatures().insert(VerifiedSignatures::plainKey(public_, sig, message));
   return DigitalSignature(public_, sig);
 }
@@ -235,11 +245,15 @@ std::vector<DigitalSignature> KeyPair::signBatch(std::span<const Bytes> messages
   for (const auto& m : messages) leaves.push_back(merkle::batchLeaf(m));
   merkle::Tree tree(std::move(leaves));
   auto count = static_cast<uint32_t>(messages.size());
-  DigitalSignature root_signature = sign(batchRootSignableBytes(count, tree.root()));
+  // Remembered as the batch signature it is (verify looks its root up), not
+  // as a plain signature over the root's bytes, which nothing looks up.
+  const auto root_signature = signDetached(secret_, batchRootSignableBytes(count, tree.root()));
+  verifiedSignatures().insert(
+      VerifiedSignatures::batchKey(public_, root_signature, count, tree.root()));
   std::vector<DigitalSignature> out;
   out.reserve(count);
   for (uint32_t i = 0; i < count; ++i) {
-    out.emplace_back(public_, root_signature.bytes(), signature_version_current,
+    out.emplace_back(public_, root_signature, signature_version_current,
                      BatchProof{i, count, tree.prove(i)});
   }
   return out;

@@ -463,14 +463,17 @@ void Replica::onRequest(std::string_view peer, WireRequest r) {
   }
 }
 
-void Replica::scheduleBatch() {
-  if (pending_.size() >= config_.batch_size_max || config_.batch_delay_micros == 0) {
-    if (batch_timer_) {
-      executor_.cancel(batch_timer_);
-      batch_timer_ = 0;
-    }
-    return proposeBatches();
+void Replica::proposeNow() {
+  if (batch_timer_) {
+    executor_.cancel(batch_timer_);
+    batch_timer_ = 0;
   }
+  proposeBatches();
+}
+
+void Replica::scheduleBatch() {
+  if (pending_.size() >= config_.batch_size_max || config_.batch_delay_micros == 0)
+    return proposeNow();
   // An idle pipeline (every batch proposed has executed): a request need not
   // wait for company, so it goes out after the requests that arrived with
   // it (the current burst of frames); while batches are in flight, requests
@@ -480,11 +483,7 @@ void Replica::scheduleBatch() {
     propose_posted_ = true;
     postBack([this] {
       propose_posted_ = false;
-      if (batch_timer_) {
-        executor_.cancel(batch_timer_);
-        batch_timer_ = 0;
-      }
-      proposeBatches();
+      proposeNow();
     });
     return;
   }

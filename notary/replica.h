@@ -191,6 +191,7 @@ class Replica final : public flows::LinkHandler {
   bool authenticated(const pbft::WireRequest& r, const SecureHash& digest);
   void sendReply(const std::string& client, uint64_t client_seq, const pbft::ReplyRecord& r);
   void scheduleBatch();
+  void proposeNow();  // cancels the batch timer, proposes what is pending
   void proposeBatches();
 
   // Normal case.
