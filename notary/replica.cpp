@@ -86,14 +86,38 @@ Status Replica::start() {
   stable_digest_ = rec->meta.stable_digest;
   stable_proof_ = rec->meta.stable_proof;
   last_batch_time_micros_ = rec->meta.last_batch_time_micros;
+  // The reply cache: records of the formats before per-batch records are
+  // still good answers, kept in memory and deleted from the store in the
+  // first write; then the recent batches' replies.
   replies_ = std::move(rec->replies);
-  if (!rec->legacy_reply_clients.empty()) {
-    // Whole-cache records of the format before per-reply records: rewritten
-    // per reply in the first write.
-    for (const auto& client : rec->legacy_reply_clients) {
-      for (const auto& [cs, r] : replies_[client]) replies_added_[client].insert(cs);
-      step().legacy_replies_dropped.insert(client);
+  for (const auto& [client, cache] : replies_) {
+    if (rec->legacy_reply_clients.count(client)) step().legacy_replies_dropped.insert(client);
+    for (const auto& [cs, r] : cache)
+      step().replies_dropped[client].insert(cs);  // (absent keys: no-op)
+  }
+  for (auto& [seq, record] : rec->reply_batches) {
+    auto replies = record.packed.empty() ? Result<std::vector<Bytes>>(std::move(record.replies))
+                                         : machine_.expandReplies(seq, record.packed);
+    if (replies && replies->size() != record.entries.size()) {
+      replies =
+          makeError(Errc::storage_error, std::to_string(replies->size()) + " replies for " +
+                                             std::to_string(record.entries.size()) + " requests");
     }
+    if (!replies) {
+      // Only a cache: a request it would have answered is executed again.
+      log("the stored replies of batch " + std::to_string(seq) +
+          " are dropped: " + replies.error().toString());
+      step().reply_batches_through = std::max(step().reply_batches_through, seq);
+      continue;
+    }
+    for (size_t i = 0; i < record.entries.size(); ++i) {
+      const auto& e = record.entries[i];
+      replies_[e.client][e.client_seq] =
+          pbft::ReplyRecord{e.client_seq, e.view, std::move((*replies)[i])};
+    }
+  }
+  for (auto& [client, cache] : replies_) {
+    while (cache.size() > config_.reply_cache_per_client_max) cache.erase(cache.begin());
   }
   // D(lastExecuted): from the last stored checkpoint digest at or below it.
   const uint64_t executed = machine_.lastExecuted();
@@ -296,18 +320,10 @@ void Replica::flush() {
   if (!step_) return;
   Step s = std::move(*step_);
   step_.reset();
-  // Only the reply cache entries this step added or evicted.
-  for (const auto& [client, seqs] : replies_added_) {
-    auto it = replies_.find(client);
-    if (it == replies_.end()) continue;
-    for (uint64_t cs : seqs) {
-      auto r = it->second.find(cs);
-      if (r != it->second.end()) s.replies[client][cs] = r->second;
-    }
-  }
-  s.replies_dropped = std::move(replies_evicted_);
-  replies_added_.clear();
-  replies_evicted_.clear();
+  s.reply_batches.merge(replies_unwritten_.reply_batches);
+  s.reply_batches_through =
+      std::max(s.reply_batches_through, replies_unwritten_.reply_batches_through);
+  replies_unwritten_ = {};
   // Slots queued before a truncation of their seq are not written.
   auto fns = std::make_shared<std::vector<std::function<void()>>>(std::move(after_durable_));
   after_durable_.clear();
@@ -866,19 +882,30 @@ void Replica::onExecuted(uint64_t seq, const Batch& batch, const std::vector<Sec
   CCAL_ASSERT(result->replies.size() == batch.requests.size());
   CCAL_ASSERT(request_digests.size() == batch.requests.size());
   CCAL_ASSERT(machine_.lastExecuted() == seq);
+  // The batch's replies go with the next write the protocol makes anyway
+  // (only a cache: no write of their own, and sending does not wait for it).
+  {
+    pbft::ReplyBatchRecord& record = replies_unwritten_.reply_batches[seq];
+    record.entries.reserve(batch.requests.size());
+    for (const Request& r : batch.requests)
+      record.entries.push_back({r.client, r.client_seq, view_});
+    if (!result->packed_replies.empty()) {
+      record.packed = std::move(result->packed_replies);
+    } else {
+      record.replies = result->replies;
+    }
+    if (seq > config_.reply_batches_durable_max) {
+      replies_unwritten_.reply_batches_through = std::max(replies_unwritten_.reply_batches_through,
+                                                          seq - config_.reply_batches_durable_max);
+    }
+  }
   for (size_t i = 0; i < batch.requests.size(); ++i) {
     const Request& r = batch.requests[i];
     ReplyRecord rec{r.client_seq, view_, std::move(result->replies[i])};
     sendReply(r.client, r.client_seq, rec);
     auto& cache = replies_[r.client];
     cache[r.client_seq] = std::move(rec);
-    replies_added_[r.client].insert(r.client_seq);
-    while (cache.size() > config_.reply_cache_per_client_max) {
-      const uint64_t oldest = cache.begin()->first;
-      cache.erase(cache.begin());
-      replies_added_[r.client].erase(oldest);
-      replies_evicted_[r.client].insert(oldest);  // (deleting a key never written is a no-op)
-    }
+    while (cache.size() > config_.reply_cache_per_client_max) cache.erase(cache.begin());
     const SecureHash& d = request_digests[i];
     in_batches_.erase(d);
     direct_.erase(d);
@@ -905,6 +932,9 @@ void Replica::onExecuted(uint64_t seq, const Batch& batch, const std::vector<Sec
   }
   armViewTimer();
   tryExecute();
+  // Nothing more to execute now: the replies go to the store without
+  // waiting for the next batch's write.
+  if (!executing_ && !replies_unwritten_.reply_batches.empty()) step();
   if (isPrimary()) scheduleBatch();
 }
 

@@ -61,7 +61,11 @@ struct ReplicaConfig {
   uint32_t batches_in_flight_max = 16;           // proposed by the primary, not yet executed
   uint32_t pending_requests_max = 65'536;        // known, not yet ordered, per replica
   uint32_t pending_requests_per_client_max = 4096;
-  uint32_t reply_cache_per_client_max = 4096;    // replies kept per client
+  uint32_t reply_cache_per_client_max = 4096;  // replies kept per client (in memory)
+  // The reply cache survives a restart for this many of the latest executed
+  // batches (one record per batch, ReplicaStore): a client still waiting for
+  // an answer when a replica restarts gets it from the cache.
+  uint32_t reply_batches_durable_max = 256;
   int64_t status_interval_micros = 100'000;      // status broadcast (drives retransmission)
   uint32_t retransmit_batches_max = 32;          // batches resent per status answered
   uint32_t state_transfer_batches_max = 1u << 20;  // effects buffered in one transfer
@@ -290,9 +294,13 @@ class Replica final : public flows::LinkHandler {
   std::map<std::string, uint32_t> pending_per_client_;
   // digests of requests received directly from their client
   std::unordered_set<SecureHash, SecureHashHasher> direct_;
+  // The reply cache: client -> client_seq -> reply; durable per batch (ReplicaStore),
+  // the batches executed since the last write going with the next one.
   std::map<std::string, std::map<uint64_t, pbft::ReplyRecord>> replies_;
-  // Reply cache changes not yet written: entries added and entries evicted.
-  std::map<std::string, std::set<uint64_t>> replies_added_, replies_evicted_;
+  struct {
+    std::map<uint64_t, pbft::ReplyBatchRecord> reply_batches;
+    uint64_t reply_batches_through = 0;
+  } replies_unwritten_;
   std::unordered_set<SecureHash, SecureHashHasher> in_batches_;  // digests of requests in batches not yet executed
   size_t held_slots_ = 0;            // slots with a held pre-prepare
   flows::Executor::TimerId batch_timer_ = 0;

@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "notary/record_reader.h"
+
 namespace ccal::notary::pbft {
 
 namespace {
@@ -13,6 +15,8 @@ constexpr size_t batch_key_bytes = 8 + SecureHash::size_bytes;
 constexpr uint8_t legacy_reply_format = 1;  // one record per client, its whole cache
 constexpr uint8_t reply_format = 2;         // one record per reply
 constexpr uint8_t reply_key_tag = 0x00;     // X.500 names hold no NUL: never a legacy key
+constexpr uint8_t reply_batch_format = 3;   // one record per executed batch
+constexpr uint8_t reply_batch_key_tag = 0x01;
 
 Bytes seqKey(uint64_t seq) {
   Bytes k(8);
@@ -25,53 +29,7 @@ uint64_t seqOfKey(ByteView k) {
   return v;
 }
 
-// A bounds-checked reader over a stored record.
-class Reader {
- public:
-  explicit Reader(ByteView b) : b_(b) {}
-  bool u8(uint8_t& v) {
-    if (pos_ + 1 > b_.size()) return fail();
-    v = b_[pos_++];
-    return true;
-  }
-  bool u32(uint32_t& v) {
-    if (pos_ + 4 > b_.size()) return fail();
-    v = 0;
-    for (int i = 0; i < 4; ++i) v |= uint32_t(b_[pos_ + i]) << (8 * i);
-    pos_ += 4;
-    return true;
-  }
-  bool u64(uint64_t& v) {
-    if (pos_ + 8 > b_.size()) return fail();
-    v = 0;
-    for (int i = 0; i < 8; ++i) v |= uint64_t(b_[pos_ + i]) << (8 * i);
-    pos_ += 8;
-    return true;
-  }
-  bool hash(SecureHash& h) {
-    if (pos_ + 32 > b_.size()) return fail();
-    h = SecureHash::fromBytes(b_.subspan(pos_, 32)).value();
-    pos_ += 32;
-    return true;
-  }
-  bool bytes(Bytes& out) {
-    uint32_t n = 0;
-    if (!u32(n) || pos_ + n > b_.size()) return fail();
-    out.assign(b_.begin() + pos_, b_.begin() + pos_ + n);
-    pos_ += n;
-    return true;
-  }
-  bool done() const { return ok_ && pos_ == b_.size(); }
-
- private:
-  bool fail() {
-    ok_ = false;
-    return false;
-  }
-  ByteView b_;
-  size_t pos_ = 0;
-  bool ok_ = true;
-};
+using Reader = RecordReader;
 
 // A stored batch: u64 BE seq || digest (sorts after its slot's record).
 Bytes batchKey(uint64_t seq, const SecureHash& digest) {
@@ -89,9 +47,33 @@ Bytes replyKey(std::string_view client, uint64_t client_seq) {
   return k;
 }
 
-void putBytes(Bytes& out, ByteView b) {
-  appendU32(out, static_cast<uint32_t>(b.size()));
-  append(out, b);
+// 0x01 || u64 BE seq: batches in order.
+Bytes replyBatchKey(uint64_t seq) {
+  Bytes k{reply_batch_key_tag};
+  append(k, seqKey(seq));
+  return k;
+}
+
+Bytes encodeReplyBatch(const ReplyBatchRecord& r) {
+  size_t total = 1 + 4 + 1 + 4 + r.packed.size();
+  for (const auto& e : r.entries) total += 4 + e.client.size() + 16;
+  for (const auto& b : r.replies) total += 4 + b.size();
+  Bytes v;
+  v.reserve(total);
+  v.push_back(reply_batch_format);
+  appendU32(v, static_cast<uint32_t>(r.entries.size()));
+  for (const auto& e : r.entries) {
+    appendBytes(v, asBytes(e.client));
+    appendU64(v, e.client_seq);
+    appendU64(v, e.view);
+  }
+  v.push_back(r.packed.empty() ? 0 : 1);
+  if (!r.packed.empty()) {
+    appendBytes(v, r.packed);
+  } else {
+    for (const auto& b : r.replies) appendBytes(v, b);
+  }
+  return v;
 }
 
 Error corrupt(const std::string& what) {
@@ -155,7 +137,7 @@ Bytes ReplicaStore::encodeMeta(const MetaRecord& r) {
   appendU64(out, r.stable_seq);
   append(out, r.stable_digest.view());
   appendU32(out, static_cast<uint32_t>(r.stable_proof.size()));
-  for (const auto& s : r.stable_proof) putBytes(out, encodeFrame(Message(s)));
+  for (const auto& s : r.stable_proof) appendBytes(out, encodeFrame(Message(s)));
   appendU64(out, static_cast<uint64_t>(r.last_batch_time_micros));
   return out;
 }
@@ -222,6 +204,36 @@ Result<Recovered> ReplicaStore::load() const {
   for (auto c = txn.cursor(store_.db("pbft_replies")); c.valid() || c.first();) {
     if (!c.valid()) break;
     const ByteView key = c.key();
+    if (!key.empty() && key[0] == reply_batch_key_tag) {
+      if (key.size() != 9) return corrupt("reply batch key");
+      const uint64_t seq = seqOfKey(key.subspan(1));
+      const std::string what = "replies of batch " + std::to_string(seq);
+      Reader rd(c.value());
+      uint8_t format = 0, packed = 0;
+      uint32_t n = 0;
+      if (!rd.u8(format) || format != reply_batch_format || !rd.u32(n) || n > 1u << 20)
+        return corrupt(what);
+      ReplyBatchRecord r;
+      r.entries.resize(n);
+      for (auto& e : r.entries) {
+        Bytes client;
+        if (!rd.bytes(client) || !rd.u64(e.client_seq) || !rd.u64(e.view)) return corrupt(what);
+        e.client.assign(client.begin(), client.end());
+      }
+      if (!rd.u8(packed) || packed > 1) return corrupt(what);
+      if (packed == 1) {
+        if (!rd.bytes(r.packed) || r.packed.empty()) return corrupt(what);
+      } else {
+        r.replies.resize(n);
+        for (auto& b : r.replies) {
+          if (!rd.bytes(b)) return corrupt(what);
+        }
+      }
+      if (!rd.done()) return corrupt(what);
+      out.reply_batches[seq] = std::move(r);
+      if (!c.next()) break;
+      continue;
+    }
     if (!key.empty() && key[0] == reply_key_tag) {
       // One reply: 0x00 || client || 0x00 || u64 BE client_seq -> format, view, body.
       if (key.size() < 1 + 1 + 8 || key[key.size() - 9] != 0x00) return corrupt("reply record key");
@@ -296,13 +308,22 @@ void ReplicaStore::write(Step step, std::function<void(const Status&)> done) {
         for (const auto& [client, seqs] : s.replies_dropped) {
           for (uint64_t cs : seqs) CCAL_TRY(txn.del(replies, replyKey(client, cs)));
         }
-        for (const auto& [client, entries] : s.replies) {
-          for (const auto& [cs, r] : entries) {
-            Bytes v{reply_format};
-            appendU64(v, r.view);
-            putBytes(v, r.body);
-            CCAL_TRY(txn.put(replies, replyKey(client, cs), v));
+        if (s.reply_batches_through > 0) {
+          std::vector<Bytes> doomed;
+          {
+            auto c = txn.cursor(replies);
+            for (bool ok = c.seek(replyBatchKey(0));
+                 ok && c.key().size() == 9 && c.key()[0] == reply_batch_key_tag &&
+                 seqOfKey(c.key().subspan(1)) <= s.reply_batches_through;
+                 ok = c.next()) {
+              doomed.emplace_back(c.key().begin(), c.key().end());
+            }
           }
+          for (const auto& k : doomed) CCAL_TRY(txn.del(replies, k));
+        }
+        for (const auto& [seq, r] : s.reply_batches) {
+          if (seq <= s.reply_batches_through) continue;
+          CCAL_TRY(txn.put(replies, replyBatchKey(seq), encodeReplyBatch(r)));
         }
         return Status();
       },

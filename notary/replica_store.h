@@ -15,12 +15,18 @@
 //                primary reloads what it proposed and never proposes another
 //                batch for the same (view, seq); a backup never prepares two
 //                digests for one (view, seq).
-//   pbft_replies the last replies per client (the reply cache), one record
-//                per reply: key 0x00 || client || 0x00 || u64 BE client_seq,
-//                so a batch writes only the replies it adds and deletes only
-//                those it evicts. (Stores written before hold one record per
-//                client, keyed by the bare name, with its whole cache: load()
-//                reads them and Replica::start rewrites them per reply.)
+//   pbft_replies the reply cache, per executed batch: key 0x01 || u64 BE
+//                seq -> each request's client, client_seq and view, and
+//                the batch's replies — in the state machine's packed form
+//                (Executed::packed_replies: the uniqueness machine keeps two
+//                signatures and the reply bytes, ~1/6 of the signed
+//                replies; proofs are recomputed on load) or as they are.
+//                One put per batch, and one delete when a batch falls
+//                `reply_batches_durable_max` behind. (Stores written before
+//                hold one record per reply, key 0x00 || client || 0x00 ||
+//                u64 BE client_seq, or one per client keyed by the bare name
+//                with its whole cache: load() reads them, Replica::start
+//                keeps them in memory and deletes them.)
 //   pbft_digests D(s) at each checkpoint this replica executed, so a restart
 //                recomputes the digest chain from the last one, not from 0.
 // One Step is one request to the Store's writer: the replica gathers
@@ -68,10 +74,24 @@ struct ReplyRecord {
   Bytes body;
 };
 
+// One executed batch's replies, as the reply cache keeps them durably.
+struct ReplyBatchRecord {
+  struct Entry {
+    std::string client;
+    uint64_t client_seq = 0;
+    uint64_t view = 0;
+    bool operator==(const Entry&) const = default;
+  };
+  std::vector<Entry> entries;  // entries[i]: who request i of the batch was
+  Bytes packed;                // the state machine's packed replies, or empty and
+  std::vector<Bytes> replies;  // the replies as they are, one per entry
+};
+
 struct Recovered {
   MetaRecord meta;
   std::map<uint64_t, SlotRecord> slots;
-  std::map<std::string, std::map<uint64_t, ReplyRecord>> replies;
+  std::map<std::string, std::map<uint64_t, ReplyRecord>> replies;  // records of the formats before
+  std::map<uint64_t, ReplyBatchRecord> reply_batches;              // batch seq -> its replies
   std::map<uint64_t, SecureHash> digests;  // checkpoint seq -> D(seq)
   std::set<std::string> legacy_reply_clients;  // whole-cache records (the format before per-reply records)
 };
@@ -80,12 +100,15 @@ struct Step {
   std::optional<MetaRecord> meta;
   std::map<uint64_t, SlotRecord> slots;      // put
   uint64_t truncate_through = 0;             // delete slots and digests <= this (0: none)
-  std::map<std::string, std::map<uint64_t, ReplyRecord>> replies;  // client -> replies to put
-  std::map<std::string, std::set<uint64_t>> replies_dropped;       // client -> client_seqs to delete
-  std::set<std::string> legacy_replies_dropped;  // whole-cache records to delete (after rewriting them)
+  std::map<uint64_t, ReplyBatchRecord> reply_batches;  // put
+  uint64_t reply_batches_through = 0;                  // delete batch replies <= this (0: none)
+  std::map<std::string, std::set<uint64_t>>
+      replies_dropped;                           // per-reply records to delete (older format)
+  std::set<std::string> legacy_replies_dropped;  // whole-cache records to delete (older still)
   std::map<uint64_t, SecureHash> digests;    // put
   bool empty() const {
-    return !meta && slots.empty() && truncate_through == 0 && replies.empty() && replies_dropped.empty() &&
+    return !meta && slots.empty() && truncate_through == 0 && reply_batches.empty() &&
+           reply_batches_through == 0 && replies_dropped.empty() &&
            legacy_replies_dropped.empty() && digests.empty();
   }
 };

@@ -37,7 +37,7 @@ TEST_CASE("replica store: protocol state survives a reopen; truncation drops the
       step.slots[seq] = slot;
     }
     step.digests[4] = SecureHash::of(asBytes("D4"));
-    step.replies["client"][3] = ReplyRecord{3, 6, Bytes{1, 2, 3}};
+    step.reply_batches[3] = ReplyBatchRecord{{{"client", 3, 6}}, {}, {Bytes{1, 2, 3}}};
     std::promise<Status> done;
     rs.write(step, [&](const Status& s) { done.set_value(s); });
     REQUIRE(done.get_future().get().ok());
@@ -59,7 +59,7 @@ TEST_CASE("replica store: protocol state survives a reopen; truncation drops the
   CHECK(!rec->slots.at(5).has_prepared);
   CHECK(rec->slots.at(6).batches.size() == 1);
   CHECK(rec->digests.count(4));  // the truncation point's digest is kept
-  CHECK(rec->replies.at("client").at(3).body == Bytes{1, 2, 3});
+  CHECK(rec->reply_batches.at(3).replies == std::vector<Bytes>{Bytes{1, 2, 3}});
 }
 
 TEST_CASE("replica store: corrupt records are refused with an error naming them") {
@@ -74,7 +74,9 @@ TEST_CASE("replica store: corrupt records are refused with an error naming them"
   CHECK(!ReplicaStore::decodeMeta(good).ok());
 }
 
-TEST_CASE("replica store: the reply cache is written per reply; evicted replies are deleted; old whole-cache records load") {
+TEST_CASE(
+    "replica store: the reply cache is one record per batch, packed or plain; old batches are "
+    "deleted; older formats load") {
   ccal::testing::TempDir dir;
   vault::StoreConfig config;
   config.path = dir.path;
@@ -84,51 +86,89 @@ TEST_CASE("replica store: the reply cache is written per reply; evicted replies 
     rs.write(std::move(step), [&](const Status& s) { done.set_value(s); });
     return done.get_future().get();
   };
+  auto be64 = [](uint64_t x) {
+    Bytes b;
+    for (int i = 7; i >= 0; --i) b.push_back(static_cast<uint8_t>(x >> (8 * i)));
+    return b;
+  };
+  auto le = [](Bytes& out, uint64_t x, int n) {
+    for (int i = 0; i < n; ++i) out.push_back(static_cast<uint8_t>(x >> (8 * i)));
+  };
   {
     auto store = vault::Store::open(config, ReplicaStore::dbNames(), "pbft-test", 1).value();
     ReplicaStore rs(*store);
     Step a;
-    for (uint64_t cs = 1; cs <= 3; ++cs) a.replies["alice"][cs] = ReplyRecord{cs, 0, Bytes{uint8_t(cs)}};
-    a.replies["bob"][9] = ReplyRecord{9, 1, Bytes{9}};
+    a.reply_batches[1] = ReplyBatchRecord{{{"alice", 1, 0}, {"bob", 9, 0}}, Bytes{7, 7, 7}, {}};
+    a.reply_batches[2] = ReplyBatchRecord{{{"alice", 2, 1}}, {}, {Bytes{2}}};
+    a.reply_batches[3] = ReplyBatchRecord{{{"alice", 3, 1}}, {}, {Bytes{3}}};
     REQUIRE(write(rs, a).ok());
-    CHECK(store->read().entries(store->db("pbft_replies")) == 4);
-    // The next step adds one reply and evicts one: two keys change, the rest are not rewritten.
+    CHECK(store->read().entries(store->db("pbft_replies")) == 3);
+    // Batches up to 2 fall out; batch 4 comes (and one at or below the cut is not written).
     Step b;
-    b.replies["alice"][4] = ReplyRecord{4, 0, Bytes{4}};
-    b.replies_dropped["alice"] = {1};
+    b.reply_batches_through = 2;
+    b.reply_batches[2] = ReplyBatchRecord{{{"alice", 5, 1}}, {}, {Bytes{5}}};
+    b.reply_batches[4] = ReplyBatchRecord{{{"carol", 4, 2}}, {}, {Bytes{4, 4}}};
     REQUIRE(write(rs, b).ok());
-    // A whole-cache record as stores written before per-reply records hold it.
+    CHECK(store->read().entries(store->db("pbft_replies")) == 2);
+    // Records of the formats before: one per reply (0x00 || client || 0x00 ||
+    // u64 BE client_seq -> format 2, view, body) and one whole cache per client.
     REQUIRE(store
-                ->write([&](vault::WriteTxn& txn) {
-                  Bytes v{1, 1, 0, 0, 0};  // format 1, one entry
-                  for (uint64_t x : {uint64_t{5}, uint64_t{2}}) {
-                    for (int i = 0; i < 8; ++i) v.push_back(static_cast<uint8_t>(x >> (8 * i)));
-                  }
-                  v.insert(v.end(), {2, 0, 0, 0, 0xaa, 0xbb});
-                  return txn.put(store->db("pbft_replies"), asBytes("carol"), v);
+                ->write([&](vault::WriteTxn& txn) -> Status {
+                  Bytes k{0};
+                  append(k, asBytes("dave"));
+                  k.push_back(0);
+                  append(k, be64(6));
+                  Bytes v{2};
+                  le(v, 3, 8);
+                  le(v, 1, 4);
+                  v.push_back(0x66);
+                  CCAL_TRY(txn.put(store->db("pbft_replies"), k, v));
+                  Bytes w{1, 1, 0, 0, 0};  // format 1, one entry: client_seq 5, view 2, 2 bytes
+                  le(w, 5, 8);
+                  le(w, 2, 8);
+                  w.insert(w.end(), {2, 0, 0, 0, 0xaa, 0xbb});
+                  return txn.put(store->db("pbft_replies"), asBytes("erin"), w);
                 })
                 .ok());
   }
   auto store = vault::Store::open(config, ReplicaStore::dbNames(), "pbft-test", 1).value();
   auto rec = ReplicaStore(*store).load();
   REQUIRE(rec.ok());
-  REQUIRE(rec->replies.at("alice").size() == 3);
-  CHECK(!rec->replies.at("alice").count(1));
-  CHECK(rec->replies.at("alice").at(4).body == Bytes{4});
-  CHECK(rec->replies.at("bob").at(9).view == 1);
-  CHECK(rec->replies.at("carol").at(5).view == 2);
-  CHECK(rec->replies.at("carol").at(5).body == (Bytes{0xaa, 0xbb}));
-  CHECK(rec->legacy_reply_clients == std::set<std::string>{"carol"});
-  // Rewritten per reply, the old record goes.
+  REQUIRE(rec->reply_batches.size() == 2);
+  CHECK(rec->reply_batches.at(3).entries == std::vector<ReplyBatchRecord::Entry>{{"alice", 3, 1}});
+  CHECK(rec->reply_batches.at(3).packed.empty());
+  CHECK(rec->reply_batches.at(3).replies == std::vector<Bytes>{Bytes{3}});
+  CHECK(rec->reply_batches.at(4).entries == std::vector<ReplyBatchRecord::Entry>{{"carol", 4, 2}});
+  CHECK(rec->reply_batches.at(4).replies == std::vector<Bytes>{Bytes{4, 4}});
+  CHECK(rec->replies.at("dave").at(6).view == 3);
+  CHECK(rec->replies.at("dave").at(6).body == Bytes{0x66});
+  CHECK(rec->replies.at("erin").at(5).view == 2);
+  CHECK(rec->replies.at("erin").at(5).body == (Bytes{0xaa, 0xbb}));
+  CHECK(rec->legacy_reply_clients == std::set<std::string>{"erin"});
+  // Deleting the older records leaves the per-batch ones.
   ReplicaStore rs(*store);
   Step c;
-  c.replies["carol"] = rec->replies.at("carol");
-  c.legacy_replies_dropped = {"carol"};
+  c.replies_dropped["dave"] = {6};
+  c.replies_dropped["erin"] = {5};  // (no such per-reply key: a no-op)
+  c.legacy_replies_dropped = {"erin"};
   REQUIRE(write(rs, c).ok());
   auto again = ReplicaStore(*store).load();
   REQUIRE(again.ok());
+  CHECK(again->replies.empty());
   CHECK(again->legacy_reply_clients.empty());
-  CHECK(again->replies.at("carol").at(5).body == (Bytes{0xaa, 0xbb}));
+  CHECK(again->reply_batches.size() == 2);
+
+  // A damaged batch record is refused, naming the batch.
+  REQUIRE(store
+              ->write([&](vault::WriteTxn& txn) {
+                Bytes k{1};
+                append(k, be64(9));
+                return txn.put(store->db("pbft_replies"), k, Bytes{3, 1, 0, 0, 0});
+              })
+              .ok());
+  auto bad = ReplicaStore(*store).load();
+  REQUIRE(!bad.ok());
+  CHECK(bad.error().message.find("replies of batch 9") != std::string::npos);
 }
 
 TEST_CASE("replica store: batches are written once under their own keys; dropped ones go; inline (format 1) slots load") {

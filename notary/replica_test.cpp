@@ -79,6 +79,20 @@ struct Cluster {
     }
   }
 
+  // Replica i stops and starts again from its store (state machine and protocol).
+  void restart(uint32_t i) {
+    settle();
+    Member& m = members[i];
+    m.replica.reset();
+    m.machine.reset();
+    UniquenessConfig uc = keys.config();
+    uc.complete_on = &loop;
+    m.machine = UniquenessStateMachine::open(*m.store, uc, keys.replica_keys[i]).value();
+    m.replica = std::make_unique<Replica>(config(i), keys.replica_keys[i], hub.link(replicaName(i)),
+                                          loop, *m.clock, *m.store, *m.machine);
+    REQUIRE(m.replica->start().ok());
+  }
+
   ReplicaConfig config(uint32_t index) {
     ReplicaConfig c;
     c.cluster = "test-notary";
@@ -95,6 +109,7 @@ struct Cluster {
     c.checkpoint_interval_batches = 4;
     c.window_batches_max = 16;
     c.status_interval_micros = 1'000'000;
+    c.reply_batches_durable_max = 4;
     c.log = [this, index](std::string_view line) { logs.push_back(std::to_string(index) + ": " + std::string(line)); };
     return c;
   }
@@ -178,6 +193,72 @@ TEST_CASE("replica: the normal case orders, commits and executes a request, and 
     CHECK(m.replica->stats().replies_from_cache == 1);
     CHECK(m.replica->stats().requests_executed == 1);
   }
+}
+
+TEST_CASE(
+    "replica: the reply cache survives a restart for the latest batches, one packed record per "
+    "batch") {
+  Cluster c;
+  std::vector<WireRequest> sent;
+  for (uint64_t cs = 1; cs <= 6; ++cs) {
+    sent.push_back(c.request(spendBody(c.keys, "restart" + std::to_string(cs)), cs));
+    c.send(sent.back());
+    REQUIRE(c.runUntil([&] { return c.client.repliesFor(cs) == 4; }, 1'000'000));
+  }
+  c.settle();
+  Cluster::Member& m = c.members[2];
+  // Six batches, each one record (config: at most 4 kept), packed by the state machine.
+  CHECK(m.store->read().entries(m.store->db("pbft_replies")) == 4);
+  auto stored = pbft::ReplicaStore(*m.store).load().value();
+  REQUIRE(stored.reply_batches.size() == 4);
+  CHECK(stored.reply_batches.begin()->first == 3);
+  CHECK(!stored.reply_batches.at(6).packed.empty());
+  Bytes before;
+  for (const auto& r : c.client.replies) {
+    if (r.replica == 2 && r.client_seq == 6) before = r.body;
+  }
+  REQUIRE(!before.empty());
+  // A reply as versions before kept it (one record per reply: 0x00 || client
+  // || 0x00 || u64 BE client_seq -> format 2, u64 view, u32 length, body).
+  REQUIRE(m.store
+              ->write([&](vault::WriteTxn& txn) {
+                Bytes k{0};
+                append(k, asBytes(client_name));
+                k.push_back(0);
+                for (int i = 7; i >= 0; --i)
+                  k.push_back(static_cast<uint8_t>(uint64_t{99} >> (8 * i)));
+                Bytes v{2, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0x42};
+                return txn.put(m.store->db("pbft_replies"), k, v);
+              })
+              .ok());
+
+  c.restart(2);
+  c.client.replies.clear();
+  // A retransmission of a request of a kept batch: answered from the reloaded
+  // cache with the very same signed reply, not executed again.
+  c.send(sent[5], {2});
+  REQUIRE(c.runUntil([&] { return c.client.repliesFor(6) == 1; }, 1'000'000));
+  CHECK(c.client.replies[0].body == before);
+  CHECK(m.replica->stats().replies_from_cache == 1);
+  CHECK(m.replica->stats().requests_executed == 0);
+  // The older record answers too (kept in memory), and is deleted from the store.
+  c.send(c.request(spendBody(c.keys, "old"), 99), {2});
+  REQUIRE(c.runUntil([&] { return c.client.repliesFor(99) == 1; }, 1'000'000));
+  CHECK(c.client.replies.back().body == Bytes{0x42});
+  // One from a batch that fell out of the durable window is not in the
+  // restarted replica's cache (as a reply evicted from any cache): the client
+  // finishes on the 2f+1 replicas that still hold it.
+  c.send(sent[0]);
+  REQUIRE(c.runUntil([&] { return c.client.repliesFor(1) == 3; }, 1'000'000));
+  for (const auto& r : c.client.replies) {
+    if (r.client_seq != 1) continue;
+    CHECK(r.replica != 2);
+    CHECK(replyOf(r.body).outcome == NotarisationReply::Outcome::success);
+  }
+  CHECK(m.replica->stats().replies_from_cache == 2);
+  // Left in the store: one record per kept batch (the older record is gone).
+  c.settle();
+  CHECK(m.store->read().entries(m.store->db("pbft_replies")) == 4);
 }
 
 TEST_CASE("replica: a request relayed by the primary is authenticated by its MAC at each backup") {

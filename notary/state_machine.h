@@ -57,6 +57,10 @@ struct Batch {
 struct Executed {
   std::vector<Bytes> replies;  // replies[i] answers batch.requests[i]
   Bytes effects;               // canonical; equal on every honest replica
+  // Optional: the same replies in the state machine's compact form, which
+  // expandReplies() turns back into them; the replica keeps this durably
+  // (its reply cache across restarts) instead of the replies themselves.
+  Bytes packed_replies;
 };
 
 // Implemented by the notarisation state machine; driven by the protocol on
@@ -110,6 +114,15 @@ class StateMachine {
 
   // The last batch executed or applied durably; 0 for a fresh replica.
   virtual uint64_t lastExecuted() const = 0;
+
+  // The replies of batch seq back from Executed::packed_replies, in order,
+  // byte for byte as execute() gave them; an error names what is wrong with
+  // the packed bytes. Only called with what this state machine packed.
+  virtual Result<std::vector<Bytes>> expandReplies(uint64_t seq, ByteView packed) const {
+    (void)packed;
+    return makeError(Errc::malformed,
+                     "batch " + std::to_string(seq) + ": this state machine packs no replies");
+  }
 };
 
 // The client side of the protocol, as the notary client (notary/notary_client.*)

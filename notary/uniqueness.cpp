@@ -10,6 +10,7 @@
 #include <unordered_set>
 
 #include "ledger/merkle.h"
+#include "notary/record_reader.h"
 
 namespace ccal::notary {
 
@@ -364,6 +365,106 @@ struct UniquenessStateMachine::BatchRun {
   Bytes effects;
 };
 
+// Packed replies (Executed::packed_replies): what a batch's signed replies
+// hold beyond what can be recomputed — the two Ed25519 signatures and each
+// reply's canonical bytes; the proofs and the batch signature's leaves follow
+// from those. u8 format | u16 version, 64 bytes: the root signature | u8 1 if
+// the batch has successes, then u16 version, 64 bytes: the transaction batch
+// signature | u32 count | count x (u32 length, reply bytes).
+constexpr uint8_t packed_replies_format = 1;
+
+Bytes UniquenessStateMachine::packReplies(const DigitalSignature& root_signature,
+                                          const DigitalSignature* tx_signature,
+                                          const std::vector<Bytes>& replies) {
+  size_t total = 1 + 2 + 64 + 1 + 2 + 64 + 4;
+  for (const auto& r : replies) total += 4 + r.size();
+  Bytes out;
+  out.reserve(total);
+  out.push_back(packed_replies_format);
+  auto signature = [&out](const DigitalSignature& sig) {
+    out.push_back(static_cast<uint8_t>(sig.version()));
+    out.push_back(static_cast<uint8_t>(sig.version() >> 8));
+    append(out, sig.view());
+  };
+  signature(root_signature);
+  out.push_back(tx_signature != nullptr ? 1 : 0);
+  if (tx_signature != nullptr) signature(*tx_signature);
+  appendU32(out, static_cast<uint32_t>(replies.size()));
+  for (const auto& r : replies) appendBytes(out, r);
+  return out;
+}
+
+Result<std::vector<Bytes>> UniquenessStateMachine::expandReplies(uint64_t seq,
+                                                                 ByteView packed) const {
+  auto bad = [seq](const std::string& why) -> Error {
+    return makeError(Errc::storage_error,
+                     "packed replies of batch " + std::to_string(seq) + ": " + why);
+  };
+  RecordReader rd(packed);
+  uint8_t format = 0, has_tx = 0;
+  uint16_t root_version = 0, tx_version = 0;
+  std::array<uint8_t, DigitalSignature::ed25519_bytes> root_bytes{}, tx_bytes{};
+  uint32_t count = 0;
+  if (!rd.u8(format) || format != packed_replies_format) return bad("unknown format");
+  if (!rd.u16(root_version) || !rd.fixed(root_bytes) || !rd.u8(has_tx) || has_tx > 1)
+    return bad("truncated");
+  if (has_tx == 1 && (!rd.u16(tx_version) || !rd.fixed(tx_bytes))) return bad("truncated");
+  if (!rd.u32(count) || count == 0 || count > config_.limits.batch_requests_max)
+    return bad("bad reply count");
+  std::vector<Bytes> replies(count);
+  std::vector<SecureHash> leaves;
+  leaves.reserve(count);
+  std::vector<Bytes> signed_ids;
+  std::vector<uint32_t> signed_at;
+  for (uint32_t i = 0; i < count; ++i) {
+    if (!rd.bytes(replies[i])) return bad("truncated");
+    auto reply = NotarisationReply::decode(replies[i], config_.limits);
+    if (!reply) return bad("reply " + std::to_string(i) + ": " + reply.error().message);
+    if (reply->batchSeq != seq)
+      return bad("reply " + std::to_string(i) + " names batch " + std::to_string(reply->batchSeq));
+    leaves.push_back(replyLeaf(replies[i]));
+    if (reply->outcome == NotarisationReply::Outcome::success) {
+      signed_ids.push_back(signableBytes(reply->txId, tx_version));
+      signed_at.push_back(i);
+    }
+  }
+  if (!rd.done()) return bad("trailing bytes");
+  if (signed_ids.empty() != (has_tx == 0))
+    return bad("the transaction signature does not match the successes");
+  merkle::Tree tree(std::move(leaves));
+  const DigitalSignature root_signature(signer_.publicKey(), root_bytes, root_version);
+  // Our own signature; checked so that a damaged record is never sent.
+  if (auto ok = root_signature.verify(batchRootSignableBytes(seq, count, tree.root())); !ok) {
+    return bad("the root signature does not verify: " + ok.error().message);
+  }
+  std::optional<merkle::Tree> tx_tree;
+  if (!signed_ids.empty()) {
+    std::vector<SecureHash> tx_leaves;
+    tx_leaves.reserve(signed_ids.size());
+    for (const auto& m : signed_ids) tx_leaves.push_back(merkle::batchLeaf(m));
+    tx_tree.emplace(std::move(tx_leaves));
+  }
+  std::vector<Bytes> out;
+  out.reserve(count);
+  size_t next_tx = 0;
+  for (uint32_t i = 0; i < count; ++i) {
+    SignedNotarisationReply r;
+    r.reply = std::move(replies[i]);
+    r.leafIndex = i;
+    r.leafCount = count;
+    r.proof = tree.prove(i);
+    r.rootSignature = root_signature;
+    if (next_tx < signed_at.size() && signed_at[next_tx] == i) {
+      const auto k = static_cast<uint32_t>(next_tx++);
+      r.txSignature = DigitalSignature(
+          signer_.publicKey(), tx_bytes, tx_version,
+          BatchProof{k, static_cast<uint32_t>(signed_at.size()), tx_tree->prove(k)});
+    }
+    out.push_back(r.encode());
+  }
+  return out;
+}
+
 Executed UniquenessStateMachine::signReplies(uint64_t seq, BatchRun& run) const {
   Executed executed;
   executed.effects = std::move(run.effects);
@@ -387,6 +488,8 @@ Executed UniquenessStateMachine::signReplies(uint64_t seq, BatchRun& run) const 
   std::vector<DigitalSignature> tx_signatures;
   if (!signed_ids.empty()) tx_signatures = signer_.signBatch(signed_ids);
   executed.replies.reserve(count);
+  executed.packed_replies = packReplies(
+      root_signature, tx_signatures.empty() ? nullptr : &tx_signatures[0], run.replyBytes);
   size_t next_tx_signature = 0;
   for (uint32_t i = 0; i < count; ++i) {
     SignedNotarisationReply signed_reply;

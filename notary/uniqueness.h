@@ -102,6 +102,7 @@ class UniquenessStateMachine final : public StateMachine {
   void execute(const Batch& batch, std::function<void(Result<Executed>)> done) override;
   void applyEffects(uint64_t seq, ByteView effects, std::function<void(Status)> done) override;
   Result<Bytes> effects(uint64_t seq) const override;
+  Result<std::vector<Bytes>> expandReplies(uint64_t seq, ByteView packed) const override;
   uint64_t lastExecuted() const override { return last_executed_.load(); }
 
   // The transaction that consumed `ref`, if any.
@@ -132,6 +133,8 @@ class UniquenessStateMachine final : public StateMachine {
   // a transaction signature per success.
   struct BatchRun;
   Executed signReplies(uint64_t seq, BatchRun& run) const;
+  static Bytes packReplies(const DigitalSignature& root_signature,
+                           const DigitalSignature* tx_signature, const std::vector<Bytes>& replies);
 
   vault::Store& store_;
   UniquenessConfig config_;

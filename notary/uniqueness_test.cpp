@@ -52,6 +52,14 @@ struct Fixture {
     if (!executed.ok()) FAIL(executed.error().toString());
     CHECK(replica.sm->lastExecuted() == seq);
     checkSigned(*executed, cluster.replica_keys[0].publicKey(), seq);
+    // The packed form the replica keeps durably gives back the same replies, byte for byte.
+    if (executed->replies.empty()) {
+      CHECK(executed->packed_replies.empty());
+    } else {
+      auto expanded = replica.sm->expandReplies(seq, executed->packed_replies);
+      REQUIRE(expanded.ok());
+      CHECK(*expanded == executed->replies);
+    }
     return std::move(executed).value();
   }
   NotarisationReply notarise(const WireTransaction& tx, int64_t time_micros = 1'000'000) {
@@ -563,6 +571,57 @@ TEST_CASE("reply proofs match the ledger's Merkle code for every batch size") {
   auto empty = r.execute(std::vector<Request>{}).value();
   CHECK(empty.replies.empty());
   CHECK(BatchEffects::decode(empty.effects).value().seq == r.sm->lastExecuted());
+}
+
+TEST_CASE(
+    "packed replies: a fraction of the signed replies' size; damaged, truncated or foreign bytes "
+    "are refused") {
+  Fixture fx;
+  auto taken = stateRef("taken");
+  REQUIRE(fx.notarise(spend(fx.cluster.party, {taken})).outcome == Outcome::success);
+  std::vector<Request> requests;
+  for (uint64_t i = 1; i <= 40; ++i) {
+    // Successes, one conflict and one request for another notary (an error).
+    auto tx = spend(fx.cluster.party, {i == 7 ? taken : stateRef("pk" + std::to_string(i))});
+    requests.push_back(request(i == 9
+                                   ? nonValidatingRequest(tx, "O=Elsewhere Notary, L=Paris, C=FR")
+                                   : nonValidatingRequest(tx),
+                               i));
+  }
+  const Executed e = fx.run(requests);  // (run checks the round trip)
+  const uint64_t seq = fx.replica.sm->lastExecuted();
+  CHECK(replyOf(e.replies[6]).outcome == Outcome::conflict);
+  CHECK(replyOf(e.replies[8]).outcome == Outcome::error);
+  size_t signed_bytes = 0;
+  for (const auto& r : e.replies) signed_bytes += r.size();
+  CAPTURE(signed_bytes);
+  CAPTURE(e.packed_replies.size());
+  CHECK(e.packed_replies.size() * 3 < signed_bytes);
+
+  const auto& sm = *fx.replica.sm;
+  CHECK(!sm.expandReplies(seq + 1, e.packed_replies).ok());  // another batch's number
+  Bytes trailing = e.packed_replies;
+  trailing.push_back(0);
+  CHECK(!sm.expandReplies(seq, trailing).ok());
+  for (size_t cut : {size_t{0}, size_t{1}, size_t{40}, e.packed_replies.size() - 1}) {
+    CHECK(!sm.expandReplies(seq, ByteView(e.packed_replies).first(cut)).ok());
+  }
+  // A flipped bit in a signature or in a reply.
+  for (size_t at : {size_t{5}, e.packed_replies.size() - 3}) {
+    Bytes damaged = e.packed_replies;
+    damaged[at] ^= 0x10;
+    auto r = sm.expandReplies(seq, damaged);
+    REQUIRE(!r.ok());
+    CHECK(r.error().message.find("packed replies of batch " + std::to_string(seq)) !=
+          std::string::npos);
+  }
+  // Another replica's packed replies do not pass as this one's.
+  TestReplica other(fx.cluster.config(), fx.cluster.replica_keys[1]);
+  auto theirs =
+      other.execute({request(nonValidatingRequest(spend(fx.cluster.party, {stateRef("o")})))})
+          .value();
+  CHECK(other.sm->expandReplies(1, theirs.packed_replies).value() == theirs.replies);
+  CHECK(!sm.expandReplies(1, theirs.packed_replies).ok());
 }
 
 TEST_CASE("a request with repeated inputs or nothing to notarise is refused") {
