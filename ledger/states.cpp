@@ -1,5 +1,8 @@
 #include "ledger/states.h"
 
+#include <algorithm>
+#include <optional>
+
 namespace ccal {
 
 namespace {
@@ -217,8 +220,24 @@ Result<std::vector<Key>> decodeCommandSigners(ByteView bytes, const ComponentLim
 }
 
 Result<Party> decodeParty(ByteView bytes, const ComponentLimits& limits) {
-  return decodeMessage<schema::Party>(bytes, "party", Canonical::required,
-                                      [&](auto r) { return readParty(r, limits); });
+  // Most parties decoded in a row are the same one (a notary's name and
+  // composite key in every transaction and notarisation request it sees):
+  // the last successful decode on this thread is kept, and the same bytes
+  // under the same limits give the same Party without decoding again.
+  struct Last {
+    Bytes bytes;
+    ComponentLimits limits;
+    Party party;
+  };
+  thread_local std::optional<Last> last;
+  if (last && last->limits == limits &&
+      std::equal(bytes.begin(), bytes.end(), last->bytes.begin(), last->bytes.end())) {
+    return last->party;
+  }
+  auto party = decodeMessage<schema::Party>(bytes, "party", Canonical::required,
+                                            [&](auto r) { return readParty(r, limits); });
+  if (party) last = Last{Bytes(bytes.begin(), bytes.end()), limits, *party};
+  return party;
 }
 
 Result<TimeWindow> decodeTimeWindow(ByteView bytes) {

@@ -24,6 +24,8 @@ struct ComponentLimits {
   uint32_t command_data_bytes_max = 16 << 10;
   uint32_t participants_max = 64;
   uint32_t signers_max = 64;
+
+  bool operator==(const ComponentLimits&) const = default;
 };
 
 inline constexpr ComponentLimits default_component_limits{};
