@@ -75,6 +75,7 @@ Replica::~Replica() {
   if (view_timer_) executor_.cancel(view_timer_);
   if (batch_timer_) executor_.cancel(batch_timer_);
   if (status_timer_) executor_.cancel(status_timer_);
+  if (reply_write_timer_) executor_.cancel(reply_write_timer_);
 }
 
 Status Replica::start() {
@@ -932,9 +933,14 @@ void Replica::onExecuted(uint64_t seq, const Batch& batch, const std::vector<Sec
   }
   armViewTimer();
   tryExecute();
-  // Nothing more to execute now: the replies go to the store without
-  // waiting for the next batch's write.
-  if (!executing_ && !replies_unwritten_.reply_batches.empty()) step();
+  // Nothing more to execute now: if no other write takes the replies along
+  // soon (the next batch's, at a steady load), they get one of their own.
+  if (!executing_ && !replies_unwritten_.reply_batches.empty() && reply_write_timer_ == 0) {
+    reply_write_timer_ = executor_.runAfter(replies_idle_write_delay_micros, [this] {
+      reply_write_timer_ = 0;
+      if (!replies_unwritten_.reply_batches.empty()) step();
+    });
+  }
   if (isPrimary()) scheduleBatch();
 }
 

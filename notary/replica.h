@@ -301,6 +301,9 @@ class Replica final : public flows::LinkHandler {
     std::map<uint64_t, pbft::ReplyBatchRecord> reply_batches;
     uint64_t reply_batches_through = 0;
   } replies_unwritten_;
+  // When nothing is executing, unwritten replies wait this long for another write to go with.
+  static constexpr int64_t replies_idle_write_delay_micros = 20'000;
+  flows::Executor::TimerId reply_write_timer_ = 0;
   std::unordered_set<SecureHash, SecureHashHasher> in_batches_;  // digests of requests in batches not yet executed
   size_t held_slots_ = 0;            // slots with a held pre-prepare
   flows::Executor::TimerId batch_timer_ = 0;
