@@ -93,8 +93,9 @@ Status Replica::start() {
   replies_ = std::move(rec->replies);
   for (const auto& [client, cache] : replies_) {
     if (rec->legacy_reply_clients.count(client)) step().legacy_replies_dropped.insert(client);
-    for (const auto& [cs, r] : cache)
+    for (const auto& [cs, r] : cache) {
       step().replies_dropped[client].insert(cs);  // (absent keys: no-op)
+    }
   }
   for (auto& [seq, record] : rec->reply_batches) {
     auto replies = record.packed.empty() ? Result<std::vector<Bytes>>(std::move(record.replies))
@@ -888,8 +889,9 @@ void Replica::onExecuted(uint64_t seq, const Batch& batch, const std::vector<Sec
   {
     pbft::ReplyBatchRecord& record = replies_unwritten_.reply_batches[seq];
     record.entries.reserve(batch.requests.size());
-    for (const Request& r : batch.requests)
+    for (const Request& r : batch.requests) {
       record.entries.push_back({r.client, r.client_seq, view_});
+    }
     if (!result->packed_replies.empty()) {
       record.packed = std::move(result->packed_replies);
     } else {
@@ -899,6 +901,9 @@ void Replica::onExecuted(uint64_t seq, const Batch& batch, const std::vector<Sec
       replies_unwritten_.reply_batches_through = std::max(replies_unwritten_.reply_batches_through,
                                                           seq - config_.reply_batches_durable_max);
     }
+    // Executing batch after batch with no protocol write between (catching up
+    // on observed commits): at most this many wait.
+    if (replies_unwritten_.reply_batches.size() >= replies_unwritten_batches_max) step();
   }
   for (size_t i = 0; i < batch.requests.size(); ++i) {
     const Request& r = batch.requests[i];

@@ -303,6 +303,7 @@ class Replica final : public flows::LinkHandler {
   } replies_unwritten_;
   // When nothing is executing, unwritten replies wait this long for another write to go with.
   static constexpr int64_t replies_idle_write_delay_micros = 20'000;
+  static constexpr size_t replies_unwritten_batches_max = 16;
   flows::Executor::TimerId reply_write_timer_ = 0;
   std::unordered_set<SecureHash, SecureHashHasher> in_batches_;  // digests of requests in batches not yet executed
   size_t held_slots_ = 0;            // slots with a held pre-prepare
