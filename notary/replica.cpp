@@ -169,6 +169,11 @@ Status Replica::start() {
     next_seq_ = std::max(next_seq_, seq + 1);
   }
   next_seq_ = std::max({next_seq_, executed + 1, stable_seq_ + 1});
+  // A prepared slot whose commit quorum is this replica alone (f = 0) is
+  // committed; with f > 0 the others' commits come again by retransmission.
+  for (auto& [seq, s] : slots_) {
+    if (s.prepared && seq > executed) checkCommitted(s);
+  }
   if (view_changing_) {
     // Resend the view-change this replica made before the restart.
     const uint64_t v = view_;
@@ -739,6 +744,21 @@ void Replica::acceptPrePrepare(uint64_t seq, const SecureHash& digest, BatchBody
   if (!mine) last_batch_time_micros_ = std::max(last_batch_time_micros_, batch.time_micros);
   s.batches[digest] = std::move(batch);
   s.hashes[digest] = std::move(hashes);
+  // A cluster of one (f = 0): the pre-prepare is the whole prepared
+  // certificate and this replica's commit the whole commit quorum. P goes
+  // into the pre-prepare's write and the batch executes as soon as that write
+  // is queued: the Store's writer commits in order, so the execution is never
+  // durable before its slot (one or two durable commits per batch, not three).
+  const bool alone = mine && f() == 0;
+  if (alone) {
+    s.prepared = true;
+    s.has_p = true;
+    s.p_view = view_;
+    s.p_digest = digest;
+    s.commit_sent = true;
+    s.commits[config_.self_index] = digest;
+    s.committed = true;
+  }
   persistSlot(s);
   step().meta = meta();
   const uint64_t v = view_;
@@ -760,6 +780,10 @@ void Replica::acceptPrePrepare(uint64_t seq, const SecureHash& digest, BatchBody
     checkPrepared(sl);
   });
   if (!mine) armViewTimer();
+  if (alone) {
+    flush();
+    tryExecute();
+  }
 }
 
 void Replica::onPrepare(uint32_t from, const VoteMsg& m) {

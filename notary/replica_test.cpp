@@ -262,6 +262,60 @@ TEST_CASE(
   CHECK(m.store->read().entries(m.store->db("pbft_replies")) == 4);
 }
 
+TEST_CASE(
+    "replica: a cluster of one records its pre-prepare and prepared certificate in one write and "
+    "executes at once") {
+  ManualLoop loop;
+  LinkHub hub{loop};
+  TestCluster keys{0};
+  ClientSink client;
+  hub.link(client_name).setHandler(&client);
+  ccal::testing::TempDir dir("ccal-replica-one");
+  SkewedClock clock(loop, 0);
+  auto store = UniquenessStateMachine::openStore(TestReplica::storeConfig(dir.path, false),
+                                                 pbft::ReplicaStore::dbNames())
+                   .value();
+  UniquenessConfig uc = keys.config();
+  uc.complete_on = &loop;
+  auto machine = UniquenessStateMachine::open(*store, uc, keys.replica_keys[0]).value();
+  ReplicaConfig rc;
+  rc.cluster = "test-notary";
+  rc.replicas.push_back({replicaName(0), keys.replica_keys[0].publicKey()});
+  rc.client_key = [](std::string_view name) -> std::optional<PublicKey> {
+    if (name == client_name) return clientKey().publicKey();
+    return std::nullopt;
+  };
+  rc.batch_delay_micros = 0;
+  auto replica = std::make_unique<Replica>(rc, keys.replica_keys[0], hub.link(replicaName(0)), loop,
+                                           clock, *store, *machine);
+  REQUIRE(replica->start().ok());
+  auto settle = [&] {
+    replica->quiesceStore();
+    REQUIRE(store->write([](vault::WriteTxn&) { return Status(); }).ok());
+  };
+  const uint64_t commits_before = store->stats().commits;
+  WireRequest r;
+  r.client = client_name;
+  r.client_seq = 1;
+  r.body = spendBody(keys, "one");
+  pbft::KeyRing ring(clientKey(), client_name);
+  r.authenticator.push_back(
+      pbft::mac(ring.keyFor(replicaName(0), keys.replica_keys[0].publicKey()).value(), r.digest()));
+  REQUIRE(hub.link(client_name).send(replicaName(0), pbft::encodeFrame(pbft::Message(r))).ok());
+  REQUIRE(loop.runUntil([&] { return client.repliesFor(1) == 1; }, 1'000'000, settle));
+  CHECK(replyOf(client.replies[0].body).outcome == NotarisationReply::Outcome::success);
+  // The slot (pre-prepare and P) and the execution: two writes at most, where
+  // three went one after the other (pre-prepare, then P, then execution).
+  CHECK(store->stats().commits - commits_before <= 2);
+  const auto stored = pbft::ReplicaStore(*store).load().value();
+  REQUIRE(stored.slots.count(1));
+  CHECK(stored.slots.at(1).has_prepared);
+  settle();
+  replica.reset();
+  machine.reset();
+  store.reset();
+}
+
 TEST_CASE("replica: a request relayed by the primary is authenticated by its MAC at each backup") {
   Cluster c;
   c.send(c.request(spendBody(c.keys, "relayed"), 5), {0});  // the primary only
