@@ -355,6 +355,11 @@ const std::vector<KeySpec>& keySpecs() {
     k.push_back(integer<uint64_t>(
         "notary.batch_delay_micros", "Longest wait to fill a batch",
         [](NodeConfig& c) -> uint64_t& { return c.notary_batch_delay_micros; }, 0, 10'000'000));
+    k.push_back(integer<uint32_t>(
+        "notary.batches_in_flight_max",
+        "Batches the primary has proposed and not yet executed; while this many are in flight, "
+        "requests gather into the next batch",
+        [](NodeConfig& c) -> uint32_t& { return c.notary_batches_in_flight_max; }, 1, 64));
     k.push_back(integer<uint64_t>(
         "notary.view_change_timeout_micros",
         "Replicas start a view change when the primary makes no progress for this long",

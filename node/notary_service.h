@@ -58,7 +58,7 @@ namespace ccal::node {
 
 class ApiServer;
 
-inline constexpr uint32_t notary_load_transactions_max = 20'000;  // per load request
+inline constexpr uint32_t notary_load_transactions_max = 100'000;  // per load request
 inline constexpr uint32_t notary_load_concurrency_max = 1'024;    // notarisations in flight
 inline constexpr uint32_t notary_load_rate_per_second_max = 1'000'000;  // offered load, open loop
 inline constexpr size_t notary_request_dependencies_max = 256;    // per notarise request

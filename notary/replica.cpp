@@ -62,6 +62,8 @@ Replica::Replica(ReplicaConfig config, KeyPair identity, flows::Link& link,
   CCAL_ASSERT(config_.self_index < config_.replicas.size());
   CCAL_ASSERT(config_.replicas[config_.self_index].key == identity.publicKey());
   CCAL_ASSERT(config_.checkpoint_interval_batches >= 1);
+  CCAL_ASSERT(config_.batches_in_flight_max >= 1 &&
+              config_.batches_in_flight_max <= config_.window_batches_max);
   CCAL_ASSERT(config_.window_batches_max >= 2 * config_.checkpoint_interval_batches);
   CCAL_ASSERT(config_.batch_size_max >= 1 && config_.batch_size_max <= config_.limits.batch_requests_max);
   CCAL_ASSERT(config_.window_batches_max <= config_.limits.log_entries_max / q_digests_per_slot_max);

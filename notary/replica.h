@@ -58,7 +58,11 @@ struct ReplicaConfig {
   int64_t time_drift_micros_max = 5'000'000;     // a batch timestamp vs the backup's clock
   uint32_t checkpoint_interval_batches = 32;     // K
   uint32_t window_batches_max = 128;             // high watermark - low watermark (>= 2K)
-  uint32_t batches_in_flight_max = 16;           // proposed by the primary, not yet executed
+  // Proposed by the primary, not yet executed (notary.batches_in_flight_max).
+  // While this many are in flight, requests gather into the next batch: a
+  // few in flight keep the stages (durable write, network, execution)
+  // overlapped, and the batches grow with the load instead of the pipeline.
+  uint32_t batches_in_flight_max = 4;
   uint32_t pending_requests_max = 65'536;        // known, not yet ordered, per replica
   uint32_t pending_requests_per_client_max = 4096;
   uint32_t reply_cache_per_client_max = 4096;  // replies kept per client (in memory)
