@@ -325,7 +325,9 @@ json NotaryService::Impl::status() const {
       // group commit buys.
       out["store"] = {{"commits", st.commits},
                       {"requests", st.requests},
-                      {"writer_cpu_micros", st.writer_cpu_micros}};
+                      {"writer_cpu_micros", st.writer_cpu_micros},
+                      {"run_micros", st.run_micros},
+                      {"commit_micros", st.commit_micros}};
     }
     return out;
   }

@@ -783,6 +783,9 @@ void Replica::acceptPrePrepare(uint64_t seq, const SecureHash& digest, BatchBody
   });
   if (!mine) armViewTimer();
   if (alone) {
+    // Held, so that the slot's write and the execution's share one commit
+    // (without it the writer, when idle, takes the first alone).
+    vault::Store::Hold hold = store_.store().hold();
     flush();
     tryExecute();
   }
@@ -931,6 +934,10 @@ void Replica::onExecuted(uint64_t seq, const Batch& batch, const std::vector<Sec
     // on observed commits): at most this many wait.
     if (replies_unwritten_.reply_batches.size() >= replies_unwritten_batches_max) step();
   }
+  if (batch.time_micros != 0) last_executed_time_micros_ = batch.time_micros;
+  // The next batch's execution goes to the Store's writer before this
+  // batch's replies go out, so the writer works while they are sent.
+  tryExecute();
   for (size_t i = 0; i < batch.requests.size(); ++i) {
     const Request& r = batch.requests[i];
     ReplyRecord rec{r.client_seq, view_, std::move(result->replies[i])};
@@ -947,7 +954,6 @@ void Replica::onExecuted(uint64_t seq, const Batch& batch, const std::vector<Sec
       pending_.erase(p);
     }
   }
-  if (batch.time_micros != 0) last_executed_time_micros_ = batch.time_micros;
   stalled_since_micros_ = 0;
   stats_.requests_executed += batch.requests.size();
   ++stats_.batches_executed;
@@ -963,7 +969,6 @@ void Replica::onExecuted(uint64_t seq, const Batch& batch, const std::vector<Sec
     view_timer_ = 0;
   }
   armViewTimer();
-  tryExecute();
   // Nothing more to execute now: if no other write takes the replies along
   // soon (the next batch's, at a steady load), they get one of their own.
   if (!executing_ && !replies_unwritten_.reply_batches.empty() && reply_write_timer_ == 0) {

@@ -679,6 +679,7 @@ Store::~Store() {
   if (writer_.joinable()) {
     {
       std::lock_guard lock(mutex_);
+      CCAL_ASSERT_MSG(holds_ == 0, "a Store::Hold outlived its Store");
       stopping_ = true;
     }
     queue_not_empty_.notify_all();
@@ -755,10 +756,34 @@ void Store::submit(WriteFn fn, DoneFn done, WriteKind kind) {
   {
     std::unique_lock lock(mutex_);
     CCAL_ASSERT_MSG(!stopping_, "submit() on a store being closed");
-    queue_not_full_.wait(lock, [&] { return queue_.size() < config_.write_queue_max; });
+    queue_not_full_.wait(lock,
+                         [&] { return queue_.size() < config_.write_queue_max || holds_ > 0; });
     queue_.push_back(Request{std::move(fn), std::move(done), steadyNanos(), kind});
   }
   queue_not_empty_.notify_one();
+}
+
+Store::Hold Store::hold() {
+  CCAL_ASSERT_MSG(std::this_thread::get_id() != writer_.get_id(),
+                  "hold() on the store's writer thread");
+  std::lock_guard lock(mutex_);
+  CCAL_ASSERT_MSG(!stopping_, "hold() on a store being closed");
+  ++holds_;
+  return Hold(this);
+}
+
+Store::Hold::~Hold() {
+  if (store_ == nullptr) return;
+  bool released = false;
+  {
+    std::lock_guard lock(store_->mutex_);
+    CCAL_ASSERT(store_->holds_ > 0);
+    released = --store_->holds_ == 0;
+  }
+  if (released) {
+    store_->queue_not_empty_.notify_one();
+    store_->queue_not_full_.notify_all();
+  }
 }
 
 Status Store::write(WriteFn fn) {
@@ -906,7 +931,8 @@ void Store::writerLoop() {
     batch.clear();
     {
       std::unique_lock lock(mutex_);
-      queue_not_empty_.wait(lock, [&] { return stopping_ || !queue_.empty() || !carried.empty(); });
+      queue_not_empty_.wait(
+          lock, [&] { return holds_ == 0 && (stopping_ || !queue_.empty() || !carried.empty()); });
       if (queue_.empty() && carried.empty()) {
         CCAL_ASSERT(stopping_);
         CCAL_ASSERT_MSG(unanswered.empty(), "the writer stopped with callers unanswered");

@@ -68,6 +68,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "ledger/bytes.h"
@@ -224,6 +225,27 @@ class Store {
   // Queues a write and waits until it is durable.
   Status write(WriteFn fn);
 
+  // While a Hold lives the writer starts no new group (one under way
+  // finishes), so the writes submitted under it share one commit with
+  // whatever else is queued: a caller with two dependent writes to make at
+  // once pays one durable commit, not two. Hold it only while submitting;
+  // submit() does not block on a full queue while any Hold lives (the
+  // queue then exceeds write_queue_max by what the holders submit).
+  class Hold {
+   public:
+    Hold(Hold&& other) noexcept : store_(std::exchange(other.store_, nullptr)) {}
+    Hold(const Hold&) = delete;
+    Hold& operator=(const Hold&) = delete;
+    Hold& operator=(Hold&&) = delete;
+    ~Hold();
+
+   private:
+    friend class Store;
+    explicit Hold(Store* store) : store_(store) {}
+    Store* store_;
+  };
+  [[nodiscard]] Hold hold();
+
   struct Stats {
     uint64_t commits = 0;
     uint64_t requests = 0;
@@ -263,9 +285,10 @@ class Store {
   MDB_env* env_ = nullptr;
   std::map<std::string, Db, std::less<>> dbs_;
 
-  mutable std::mutex mutex_;  // guards queue_, stopping_, stats_
+  mutable std::mutex mutex_;  // guards queue_, holds_, stopping_, stats_
   std::condition_variable queue_not_empty_, queue_not_full_;
   std::deque<Request> queue_;
+  uint32_t holds_ = 0;  // Holds alive: the writer takes no new group
   bool stopping_ = false;
   Stats stats_;
   std::thread writer_;

@@ -793,6 +793,41 @@ TEST_CASE("Store: submit() blocks while the queue is full") {
   CHECK(store->stats().commits == 4);  // write_batch_max = 1: one commit per request
 }
 
+TEST_CASE(
+    "Store: writes submitted under a Hold share one commit, and a full queue does not block them") {
+  TempDir dir;
+  StoreConfig config = testConfig(dir.store(), /*durable=*/true);
+  config.write_queue_max = 2;
+  auto store = openStore(config);
+  const Db& records = store->db("records");
+  auto put = [&](std::string key) {
+    return [&records, key](WriteTxn& txn) { return txn.put(records, asBytes(key), asBytes("v")); };
+  };
+  std::atomic<int> finished{0};
+  auto count = [&](const Status& status) {
+    CHECK(status.ok());
+    ++finished;
+  };
+  const uint64_t commits_before = store->stats().commits;
+  WriterGate gate;
+  gate.close(*store, finished);  // a group under way
+  {
+    Store::Hold hold = store->hold();
+    gate.open();
+    waitFor(finished, 1);  // the group under way finishes while held
+    for (int i = 0; i < 5; ++i)
+      store->submit(put("k" + std::to_string(i)), count);  // over write_queue_max
+    std::this_thread::sleep_for(50ms);
+    CHECK(finished.load() == 1);  // no new group starts while held
+    Store::Hold moved = std::move(hold);
+    std::this_thread::sleep_for(10ms);
+    CHECK(finished.load() == 1);
+  }
+  waitFor(finished, 6);
+  CHECK(store->read().entries(records) == 5);
+  CHECK(store->stats().commits == commits_before + 2);
+}
+
 TEST_CASE("Store: closing drains the queued writes") {
   TempDir dir;
   constexpr int count = 300;

@@ -169,6 +169,11 @@ struct ClusterFigures {
   std::string error;
   LoadFigures peak, at80;
   double commits_per_batch = 0, requests_per_batch = 0, replica_writer_cpu_us_per_request = 0;
+  // r1's Store writer, wall clock: the share of the peak window it spent
+  // running requests and committing (page writes, fdatasync), and one
+  // commit's mean time. Near 100% the durable writes, not the CPU, bound
+  // the rate.
+  double writer_busy_share = 0, commit_ms = 0;
   // During the peak, per notarisation: both members together, all replicas together.
   double members_cpu_us = 0, replicas_cpu_us = 0;
   double view_changes = 0, frames_rejected = 0;  // at r1 during the peak
@@ -240,6 +245,12 @@ ClusterFigures runCluster(const Args& args, int n) {
       f.requests_per_batch = requests / batches;
     }
     if (requests > 0) f.replica_writer_cpu_us_per_request = delta("store", "writer_cpu_micros") / requests;
+    const double commits = delta("store", "commits");
+    if (commits > 0) f.commit_ms = delta("store", "commit_micros") / commits / 1000.0;
+    if (f.peak.seconds > 0) {
+      f.writer_busy_share =
+          (delta("store", "run_micros") + delta("store", "commit_micros")) / (f.peak.seconds * 1e6);
+    }
     f.view_changes = delta("stats", "view_changes");
     f.frames_rejected = delta("stats", "frames_rejected");
   }
@@ -370,6 +381,10 @@ int main(int argc, char** argv) {
                 " %.1f us writer CPU per request, %.0f view changes, %.0f frames rejected\n",
                 f.commits_per_batch, f.requests_per_batch, f.replica_writer_cpu_us_per_request, f.view_changes,
                 f.frames_rejected);
+    std::printf(
+        "    r1's store writer during the peak: busy %.0f%% of the window (wall clock), %.2f ms per"
+        " durable commit\n",
+        100 * f.writer_busy_share, f.commit_ms);
     const double all_cpu_us = f.members_cpu_us + f.replicas_cpu_us;
     std::printf("    CPU per notarisation during the peak: members %.0f us, replicas %.0f us (%.0f us each),"
                 " all %.0f us => two idle cores allow %.0f /s\n",
@@ -383,6 +398,8 @@ int main(int argc, char** argv) {
                                {"ok", f.ok},
                                {"error", f.error},
                                {"peak_per_second", f.peak.per_second},
+                               {"writer_busy_share", f.writer_busy_share},
+                               {"commit_ms", f.commit_ms},
                                {"at80_per_second", f.at80.per_second},
                                {"at80_p50_ms", f.at80.p50_ms},
                                {"at80_p99_ms", f.at80.p99_ms},
