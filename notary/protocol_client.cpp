@@ -1,6 +1,8 @@
 #include "notary/protocol_client.h"
 
+#include <algorithm>
 #include <cstdio>
+#include <functional>
 
 namespace ccal::notary {
 
@@ -21,6 +23,7 @@ ProtocolClient::ProtocolClient(ProtocolClientConfig config, KeyPair identity, fl
     CCAL_ASSERT_MSG(k.ok(), "a replica identity key that is not a valid Ed25519 point");
     replica_keys_.push_back(*k);
   }
+  replica_views_.assign(config_.replicas.size(), 0);
   link_.setHandler(this);
 }
 
@@ -63,9 +66,26 @@ Result<uint64_t> ProtocolClient::submit(Bytes body, ReplyFn on_reply) {
   o.delay_micros = config_.retransmit_delay_micros_min;
   outstanding_.emplace(seq, std::move(o));
   ++stats_.submitted;
-  transmit(seq);
+  // PBFT: first to the primary, which carries the request to the backups in
+  // its pre-prepare (with this authenticator, which each backup checks);
+  // to every replica only when no answer comes in time (arm()).
+  const uint32_t primary = primaryIndex();
+  Status sent = link_.send(config_.replicas[primary].name, outstanding_.find(seq)->second.frame);
+  if (!sent) log("sending request " + std::to_string(seq) + ": " + sent.error().toString());
   arm(seq);
   return seq;
+}
+
+uint32_t ProtocolClient::primaryIndex() const {
+  // The (f+1)-th highest view reported: at least one correct replica has
+  // reached it, so f faulty replicas reporting views ahead cannot steer the
+  // client away from the primary (they can only hold it back to a view a
+  // correct replica reported, which retransmission to all then covers).
+  std::vector<uint64_t> views = replica_views_;
+  const size_t k = faultsTolerated();
+  std::nth_element(views.begin(), views.begin() + static_cast<std::ptrdiff_t>(k), views.end(),
+                   std::greater<>());
+  return static_cast<uint32_t>(views[k] % views.size());
 }
 
 void ProtocolClient::transmit(uint64_t client_seq) {
@@ -127,6 +147,7 @@ void ProtocolClient::onFrame(std::string_view peer, ByteView frame) {
     return log("rejected a reply from '" + std::string(peer) + "' claiming to be replica " +
                std::to_string(reply->replica));
   }
+  replica_views_[reply->replica] = std::max(replica_views_[reply->replica], reply->view);
   auto it = outstanding_.find(reply->client_seq);
   if (it == outstanding_.end()) return;  // finished, or never sent
   if (!it->second.answered.insert(reply->replica).second) return;

@@ -1,8 +1,10 @@
 #pragma once
 // The client side of the PBFT protocol (state_machine.h's RequestChannel)
-// over a Link: a request goes to every replica with an authenticator (one
-// MAC per replica, pairwise keys from the identity keys, pbft_crypto.h), is
-// retransmitted to every replica with a delay that doubles up to a bound
+// over a Link: a request, with an authenticator (one MAC per replica,
+// pairwise keys from the identity keys, pbft_crypto.h), goes first to the
+// primary of the view the replicas' replies report (primaryIndex()), which
+// carries it to the backups in its pre-prepare; it is retransmitted to every
+// replica that has not answered with a delay that doubles up to a bound
 // until finish(), and each replica's reply is handed over once.
 //
 // client_seq values increase across restarts without storage: each is
@@ -60,6 +62,9 @@ class ProtocolClient final : public RequestChannel, public flows::LinkHandler {
   void onPeerDown(std::string_view) override {}
 
   size_t outstanding() const { return outstanding_.size(); }
+  // Where a new request goes first: the primary of the (f+1)-th highest
+  // view among those the replicas reported in their replies.
+  uint32_t primaryIndex() const;
   const Stats& stats() const { return stats_; }
 
  private:
@@ -82,6 +87,7 @@ class ProtocolClient final : public RequestChannel, public flows::LinkHandler {
   std::vector<pbft::MacKey> replica_keys_;
   uint64_t last_seq_ = 0;
   std::map<uint64_t, Outstanding> outstanding_;
+  std::vector<uint64_t> replica_views_;  // the highest view each replica's replies reported
   Stats stats_;
 };
 

@@ -57,13 +57,16 @@ struct Fixture {
 
 }  // namespace
 
-TEST_CASE("protocol client: a request goes to every replica with a MAC each, retransmitted with doubling delay up to its bound") {
+TEST_CASE(
+    "protocol client: a request goes to the primary with a MAC for every replica, then to every "
+    "replica with doubling delay up to its bound") {
   Fixture fx;
   const int64_t t0 = fx.loop.nowMicros();
   auto seq = fx.client->submit(Bytes{'h', 'i'}, [](uint32_t, ByteView) {});
   REQUIRE(seq.ok());
   CHECK(*seq >= static_cast<uint64_t>(t0));  // client_seq follows the clock
-  REQUIRE(fx.sent.size() == 4);
+  REQUIRE(fx.sent.size() == 1);
+  CHECK(fx.sent[0].second == replicaName(0));  // view 0's primary
 
   // The authenticator: one MAC per replica, each valid for that replica only.
   std::optional<WireRequest> request;
@@ -101,7 +104,44 @@ TEST_CASE("protocol client: a request goes to every replica with a MAC each, ret
   CHECK(gaps[3] == 800'000);
   for (size_t i = 3; i < gaps.size(); ++i) CHECK(gaps[i] == 800'000);
   CHECK(fx.client->stats().retransmissions == times.size() - 1);
-  CHECK(fx.sendTimes(replicaName(3)).size() == times.size());
+  CHECK(fx.sendTimes(replicaName(3)).size() ==
+        times.size() - 1);  // from the first retransmission on
+}
+
+TEST_CASE(
+    "protocol client: a new request goes to the primary of the view f+1 replicas report, not one "
+    "replica's claim") {
+  Fixture fx;
+  auto reply_in_view = [&](uint32_t replica, uint64_t view, uint64_t client_seq) {
+    fx.deliver(replica, encodeFrame(Message(ReplyMsg{view, client_seq, replica, Bytes{'r'}})));
+  };
+  auto first_target = [&]() {
+    fx.sent.clear();
+    auto seq = fx.client->submit(Bytes{'q'}, [](uint32_t, ByteView) {});
+    REQUIRE(seq.ok());
+    REQUIRE(fx.sent.size() == 1);
+    const std::string to = fx.sent[0].second;
+    fx.client->finish(*seq);
+    return to;
+  };
+  auto seq = fx.client->submit(Bytes{'a'}, [](uint32_t, ByteView) {});
+  REQUIRE(seq.ok());
+  // One replica (perhaps faulty) says view 7: not enough to move the client.
+  reply_in_view(3, 7, *seq);
+  CHECK(fx.client->primaryIndex() == 0);
+  CHECK(first_target() == replicaName(0));
+  // A second replica reports view 1 (f + 1 = 2 replicas at 1 or beyond): its primary is replica 1.
+  reply_in_view(2, 1, *seq);
+  CHECK(fx.client->primaryIndex() == 1);
+  CHECK(first_target() == replicaName(1));
+  // A reply to a request already finished still tells the view.
+  reply_in_view(0, 2, *seq - 1);
+  reply_in_view(1, 2, *seq - 1);
+  CHECK(fx.client->primaryIndex() == 2);
+  // Views never go back: an old reply reporting view 0 changes nothing.
+  reply_in_view(1, 0, *seq - 1);
+  CHECK(fx.client->primaryIndex() == 2);
+  fx.client->finish(*seq);
 }
 
 TEST_CASE("protocol client: each replica's reply is handed over once; a replica that answered is not sent to again") {
