@@ -16,9 +16,11 @@
 #include <kj/array.h>
 #include <kj/exception.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -81,6 +83,40 @@ Bytes buildCanonical(Fill&& fill) {
   auto root = message.initRoot<Schema>();
   fill(root);
   return canonicalBytes(root.asReader());
+}
+
+// Builds a struct of type Schema with fill(builder) and returns it as one
+// segment without a segment table, as built: not necessarily canonical (data
+// sections are not truncated), for bytes that are neither hashed nor signed
+// and whose decoder does not require the canonical form (a frame on a link).
+// Saves canonicalize()'s walk and copy; a message that outgrew its first
+// segment is canonicalized into one.
+template <class Schema, class Fill>
+Bytes buildFlat(Fill&& fill, size_t first_segment_words = 0) {
+  auto& scratch = detail::scratchSegment();
+  const bool use_scratch = !scratch.in_use && first_segment_words <= detail::scratch_words;
+  std::optional<capnp::MallocMessageBuilder> message;
+  if (use_scratch) {
+    scratch.in_use = true;
+    message.emplace(kj::ArrayPtr<capnp::word>(scratch.words.get(), detail::scratch_words));
+  } else {
+    message.emplace(static_cast<unsigned>(std::max<size_t>(first_segment_words, 256)));
+  }
+  struct Release {
+    detail::ScratchSegment* s;
+    ~Release() {
+      if (s != nullptr) s->in_use = false;
+    }
+  } release{use_scratch ? &scratch : nullptr};
+  auto root = message->initRoot<Schema>();
+  fill(root);
+  auto segments = message->getSegmentsForOutput();
+  if (segments.size() != 1) return canonicalBytes(root.asReader());
+  auto chars = segments[0].asChars();
+  Bytes out(reinterpret_cast<const uint8_t*>(chars.begin()),
+            reinterpret_cast<const uint8_t*>(chars.end()));
+  message.reset();  // clears the scratch segment's used words before its release
+  return out;
 }
 
 inline kj::ArrayPtr<const capnp::word> asWords(ByteView bytes) {
