@@ -111,7 +111,7 @@ Status Replica::start() {
       // Only a cache: a request it would have answered is executed again.
       log("the stored replies of batch " + std::to_string(seq) +
           " are dropped: " + replies.error().toString());
-      step().reply_batches_through = std::max(step().reply_batches_through, seq);
+      step().reply_batches_dropped.insert(seq);  // this record only: the others are good
       continue;
     }
     for (size_t i = 0; i < record.entries.size(); ++i) {

@@ -321,6 +321,7 @@ void ReplicaStore::write(Step step, std::function<void(const Status&)> done) {
           }
           for (const auto& k : doomed) CCAL_TRY(txn.del(replies, k));
         }
+        for (uint64_t seq : s.reply_batches_dropped) CCAL_TRY(txn.del(replies, replyBatchKey(seq)));
         for (const auto& [seq, r] : s.reply_batches) {
           if (seq <= s.reply_batches_through) continue;
           CCAL_TRY(txn.put(replies, replyBatchKey(seq), encodeReplyBatch(r)));

@@ -102,13 +102,14 @@ struct Step {
   uint64_t truncate_through = 0;             // delete slots and digests <= this (0: none)
   std::map<uint64_t, ReplyBatchRecord> reply_batches;  // put
   uint64_t reply_batches_through = 0;                  // delete batch replies <= this (0: none)
+  std::set<uint64_t> reply_batches_dropped;            // delete these batches' replies (damaged)
   std::map<std::string, std::set<uint64_t>>
       replies_dropped;                           // per-reply records to delete (older format)
   std::set<std::string> legacy_replies_dropped;  // whole-cache records to delete (older still)
   std::map<uint64_t, SecureHash> digests;    // put
   bool empty() const {
     return !meta && slots.empty() && truncate_through == 0 && reply_batches.empty() &&
-           reply_batches_through == 0 && replies_dropped.empty() &&
+           reply_batches_through == 0 && reply_batches_dropped.empty() && replies_dropped.empty() &&
            legacy_replies_dropped.empty() && digests.empty();
   }
 };

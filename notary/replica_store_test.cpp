@@ -157,6 +157,14 @@ TEST_CASE(
   CHECK(again->replies.empty());
   CHECK(again->legacy_reply_clients.empty());
   CHECK(again->reply_batches.size() == 2);
+  // One batch's record dropped (it failed to expand at start): that one only.
+  Step d;
+  d.reply_batches_dropped = {3, 7};  // (no record of batch 7: a no-op)
+  REQUIRE(write(rs, d).ok());
+  auto dropped = ReplicaStore(*store).load();
+  REQUIRE(dropped.ok());
+  REQUIRE(dropped->reply_batches.size() == 1);
+  CHECK(dropped->reply_batches.count(4) == 1);
 
   // A damaged batch record is refused, naming the batch.
   REQUIRE(store
