@@ -64,23 +64,40 @@ inline ScratchSegment& scratchSegment() {
 }
 }  // namespace detail
 
+// A message builder whose first segment is the per-thread scratch segment
+// when it is free and big enough, else a heap segment of at least
+// `first_segment_words`. The builder is destroyed (zeroing the scratch words
+// it used) before the scratch segment is released.
+class ScratchBuilder {
+ public:
+  explicit ScratchBuilder(size_t first_segment_words = 0)
+      : scratch_(detail::scratchSegment()),
+        uses_scratch_(!scratch_.in_use && first_segment_words <= detail::scratch_words) {
+    if (uses_scratch_) {
+      scratch_.in_use = true;
+      message_.emplace(kj::ArrayPtr<capnp::word>(scratch_.words.get(), detail::scratch_words));
+    } else {
+      message_.emplace(static_cast<unsigned>(std::max<size_t>(first_segment_words, 256)));
+    }
+  }
+  ~ScratchBuilder() {
+    message_.reset();
+    if (uses_scratch_) scratch_.in_use = false;
+  }
+  ScratchBuilder(const ScratchBuilder&) = delete;
+  ScratchBuilder& operator=(const ScratchBuilder&) = delete;
+  capnp::MallocMessageBuilder& message() { return *message_; }
+
+ private:
+  detail::ScratchSegment& scratch_;
+  const bool uses_scratch_;
+  std::optional<capnp::MallocMessageBuilder> message_;
+};
+
 template <class Schema, class Fill>
 Bytes buildCanonical(Fill&& fill) {
-  auto& scratch = detail::scratchSegment();
-  if (scratch.in_use) {
-    capnp::MallocMessageBuilder message(256);
-    auto root = message.initRoot<Schema>();
-    fill(root);
-    return canonicalBytes(root.asReader());
-  }
-  scratch.in_use = true;
-  struct Release {
-    detail::ScratchSegment& s;
-    ~Release() { s.in_use = false; }
-  } release{scratch};
-  capnp::MallocMessageBuilder message(
-      kj::ArrayPtr<capnp::word>(scratch.words.get(), detail::scratch_words));
-  auto root = message.initRoot<Schema>();
+  ScratchBuilder builder;
+  auto root = builder.message().initRoot<Schema>();
   fill(root);
   return canonicalBytes(root.asReader());
 }
@@ -93,30 +110,14 @@ Bytes buildCanonical(Fill&& fill) {
 // segment is canonicalized into one.
 template <class Schema, class Fill>
 Bytes buildFlat(Fill&& fill, size_t first_segment_words = 0) {
-  auto& scratch = detail::scratchSegment();
-  const bool use_scratch = !scratch.in_use && first_segment_words <= detail::scratch_words;
-  std::optional<capnp::MallocMessageBuilder> message;
-  if (use_scratch) {
-    scratch.in_use = true;
-    message.emplace(kj::ArrayPtr<capnp::word>(scratch.words.get(), detail::scratch_words));
-  } else {
-    message.emplace(static_cast<unsigned>(std::max<size_t>(first_segment_words, 256)));
-  }
-  struct Release {
-    detail::ScratchSegment* s;
-    ~Release() {
-      if (s != nullptr) s->in_use = false;
-    }
-  } release{use_scratch ? &scratch : nullptr};
-  auto root = message->initRoot<Schema>();
+  ScratchBuilder builder(first_segment_words);
+  auto root = builder.message().initRoot<Schema>();
   fill(root);
-  auto segments = message->getSegmentsForOutput();
+  auto segments = builder.message().getSegmentsForOutput();
   if (segments.size() != 1) return canonicalBytes(root.asReader());
   auto chars = segments[0].asChars();
-  Bytes out(reinterpret_cast<const uint8_t*>(chars.begin()),
-            reinterpret_cast<const uint8_t*>(chars.end()));
-  message.reset();  // clears the scratch segment's used words before its release
-  return out;
+  return Bytes(reinterpret_cast<const uint8_t*>(chars.begin()),
+               reinterpret_cast<const uint8_t*>(chars.end()));
 }
 
 inline kj::ArrayPtr<const capnp::word> asWords(ByteView bytes) {

@@ -76,7 +76,7 @@ Result<uint64_t> ProtocolClient::submit(Bytes body, ReplyFn on_reply) {
   return seq;
 }
 
-uint32_t ProtocolClient::primaryIndex() const {
+void ProtocolClient::notePrimary() {
   // The (f+1)-th highest view reported: at least one correct replica has
   // reached it, so f faulty replicas reporting views ahead cannot steer the
   // client away from the primary (they can only hold it back to a view a
@@ -85,7 +85,7 @@ uint32_t ProtocolClient::primaryIndex() const {
   const size_t k = faultsTolerated();
   std::nth_element(views.begin(), views.begin() + static_cast<std::ptrdiff_t>(k), views.end(),
                    std::greater<>());
-  return static_cast<uint32_t>(views[k] % views.size());
+  primary_ = static_cast<uint32_t>(views[k] % views.size());
 }
 
 void ProtocolClient::transmit(uint64_t client_seq) {
@@ -147,7 +147,10 @@ void ProtocolClient::onFrame(std::string_view peer, ByteView frame) {
     return log("rejected a reply from '" + std::string(peer) + "' claiming to be replica " +
                std::to_string(reply->replica));
   }
-  replica_views_[reply->replica] = std::max(replica_views_[reply->replica], reply->view);
+  if (reply->view > replica_views_[reply->replica]) {
+    replica_views_[reply->replica] = reply->view;
+    notePrimary();
+  }
   auto it = outstanding_.find(reply->client_seq);
   if (it == outstanding_.end()) return;  // finished, or never sent
   if (!it->second.answered.insert(reply->replica).second) return;

@@ -64,7 +64,7 @@ class ProtocolClient final : public RequestChannel, public flows::LinkHandler {
   size_t outstanding() const { return outstanding_.size(); }
   // Where a new request goes first: the primary of the (f+1)-th highest
   // view among those the replicas reported in their replies.
-  uint32_t primaryIndex() const;
+  uint32_t primaryIndex() const { return primary_; }
   const Stats& stats() const { return stats_; }
 
  private:
@@ -77,6 +77,7 @@ class ProtocolClient final : public RequestChannel, public flows::LinkHandler {
   };
   void transmit(uint64_t client_seq);
   void arm(uint64_t client_seq);
+  void notePrimary();
   void log(const std::string& line) const;
 
   ProtocolClientConfig config_;
@@ -88,6 +89,7 @@ class ProtocolClient final : public RequestChannel, public flows::LinkHandler {
   uint64_t last_seq_ = 0;
   std::map<uint64_t, Outstanding> outstanding_;
   std::vector<uint64_t> replica_views_;  // the highest view each replica's replies reported
+  uint32_t primary_ = 0;  // primaryIndex(), recomputed when a view rises (notePrimary)
   Stats stats_;
 };
 
