@@ -83,7 +83,8 @@ json statusOfReplica(const notary::Replica& r, const NotaryInfo& cluster, uint32
             {"effects_applied", s.effects_applied},
             {"frames_rejected", s.frames_rejected},
             {"store_writes", s.store_writes},
-            {"batches_fetched", s.batches_fetched}}}};
+            {"batches_fetched", s.batches_fetched},
+            {"batches_overlapped", s.batches_overlapped}}}};
 }
 
 }  // namespace

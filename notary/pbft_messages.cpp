@@ -514,9 +514,10 @@ Bytes encodeBatch(const BatchBody& batch) { return encodeBatchDataFrame(0, batch
 Result<BatchBody> decodeBatch(ByteView bytes, const PbftLimits& limits) {
   auto m = decodeFrame(bytes, limits);
   if (!m) return m.error();
-  auto* data = std::get_if<BatchDataMsg>(&*m);
-  if (data == nullptr) return bad("stored batch is not a batch");
-  return std::move(data->batch);
+  if (auto* data = std::get_if<BatchDataMsg>(&*m)) return std::move(data->batch);
+  // A backup keeps the pre-prepare's bytes as they came.
+  if (auto* pp = std::get_if<PrePrepareMsg>(&*m)) return std::move(pp->batch);
+  return bad("stored batch is not a batch");
 }
 
 const char* messageName(const Message& message) {

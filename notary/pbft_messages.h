@@ -154,7 +154,9 @@ Bytes encodePrePrepareFrame(uint64_t view, uint64_t seq, const BatchBody& batch)
 Bytes encodeBatchDataFrame(uint64_t seq, const BatchBody& batch);
 Bytes encodeReplyFrame(uint64_t view, uint64_t client_seq, uint32_t replica, ByteView body);
 
-// A batch (with authenticators) as stored in the replica's log.
+// A batch (with authenticators) as stored in the replica's log: a
+// batch-data frame (encodeBatch) or a pre-prepare frame as it came, which
+// decodeBatch() reads as well.
 Bytes encodeBatch(const BatchBody& batch);
 Result<BatchBody> decodeBatch(ByteView bytes, const PbftLimits& limits);
 

@@ -123,6 +123,15 @@ TEST_CASE(
   auto stored = decodeBatch(encodeBatch(big), PbftLimits{});
   REQUIRE(stored.ok());
   CHECK(stored->digest() == big.digest());
+  // A backup stores the pre-prepare frame as it came: read as the batch too.
+  auto kept = decodeBatch(frame, PbftLimits{});
+  REQUIRE(kept.ok());
+  CHECK(kept->digest() == big.digest());
+  CHECK(kept->time_micros == big.time_micros);
+  // Any other frame is not a stored batch.
+  auto other = decodeBatch(encodeReplyFrame(1, 2, 3, Bytes(4, 5)), PbftLimits{});
+  REQUIRE(!other.ok());
+  CHECK(other.error().message.find("not a batch") != std::string::npos);
   // Small frames reuse the scratch segment: many in a row, each intact.
   for (uint64_t i = 0; i < 50; ++i) {
     const Bytes body(static_cast<size_t>(i * 37), static_cast<uint8_t>(i));

@@ -149,6 +149,12 @@ Status Replica::start() {
     for (auto& [d, bytes] : r.batches) {
       auto b = decodeBatch(bytes, config_.limits);
       if (!b) return b.error();
+      // (The null batch a new view chose is stored under the zero digest.)
+      if (d.isZero() ? !b->requests.empty() : b->digest() != d) {
+        return makeError(Errc::storage_error, "the stored batch " + d.shortHex() + " of slot " +
+                                                  std::to_string(seq) + " has digest " +
+                                                  b->digest().shortHex());
+      }
       s.batches[d] = std::move(*b);
     }
     s.has_p = r.has_prepared;
@@ -290,10 +296,21 @@ SlotRecord Replica::slotRecord(Slot& s) const {
   r.seq = s.seq;
   r.pre_prepared = s.q;
   auto kept = [&s](const SecureHash& d) { return s.q.count(d) > 0 || (s.has_p && s.p_digest == d); };
+  // The primary's frames go to the backups after this write: copied.
+  const bool mine_frames = isPrimary() && f() > 0;
   // Each batch of Q and P is written once, under its own key; a batch that
   // left them is deleted.
   for (const auto& [d, b] : s.batches) {
-    if (kept(d) && s.stored.insert(d).second) r.batches[d] = encodeBatch(b);
+    if (!kept(d) || !s.stored.insert(d).second) continue;
+    auto fr = s.frames.find(d);
+    if (fr == s.frames.end()) {
+      r.batches[d] = encodeBatch(b);
+    } else if (mine_frames) {
+      r.batches[d] = fr->second;  // the pre-prepare goes out from the slot once durable
+    } else {
+      r.batches[d] = std::move(fr->second);
+      s.frames.erase(fr);
+    }
   }
   for (auto it = s.stored.begin(); it != s.stored.end();) {
     if (kept(*it)) {
@@ -385,7 +402,7 @@ void Replica::onFrame(std::string_view peer, ByteView frame) {
       [&](auto& msg) {
         using T = std::decay_t<decltype(msg)>;
         if constexpr (std::is_same_v<T, PrePrepareMsg>) {
-          onPrePrepare(*from, std::move(msg));
+          onPrePrepare(*from, std::move(msg), frame);
         } else if constexpr (std::is_same_v<T, Prepare>) {
           onPrepare(*from, msg);
         } else if constexpr (std::is_same_v<T, Commit>) {
@@ -555,7 +572,9 @@ void Replica::proposeBatches() {
     last_batch_time_micros_ = batch.time_micros;
     ++stats_.batches_proposed;
     const SecureHash digest = batch.digest(hashes.bodies);
-    acceptPrePrepare(seq, digest, std::move(batch), true, std::move(hashes));
+    // Encoded once: the log keeps these bytes, the backups receive them.
+    Bytes frame = encodePrePrepareFrame(view_, seq, batch);
+    acceptPrePrepare(seq, digest, std::move(batch), true, std::move(hashes), std::move(frame));
   }
 }
 
@@ -640,7 +659,7 @@ Status Replica::checkBatch(const BatchBody& batch, const BatchHashes& hashes, ui
   return Status();
 }
 
-void Replica::onPrePrepare(uint32_t from, PrePrepareMsg m) {
+void Replica::onPrePrepare(uint32_t from, PrePrepareMsg m, ByteView frame) {
   const std::string peer = config_.replicas[from].name;
   if (m.view != view_ || view_changing_) return;  // another view: retransmission brings it
   if (from != primaryOf(m.view)) {
@@ -679,11 +698,12 @@ void Replica::onPrePrepare(uint32_t from, PrePrepareMsg m) {
     // request in it. Until then it sends no prepare.
     ++stats_.pre_prepares_held;
     if (!s.held) ++held_slots_;
-    s.held = Slot::Held{m.view, digest, std::move(m.batch)};
+    s.held = Slot::Held{m.view, digest, std::move(m.batch), Bytes(frame.begin(), frame.end())};
     armViewTimer();
     return tryAcceptHeld(s);
   }
-  acceptPrePrepare(m.seq, digest, std::move(m.batch), false, std::move(hashes));
+  acceptPrePrepare(m.seq, digest, std::move(m.batch), false, std::move(hashes),
+                   Bytes(frame.begin(), frame.end()));
 }
 
 void Replica::tryAcceptHeld(Slot& s) {
@@ -707,9 +727,10 @@ void Replica::tryAcceptHeld(Slot& s) {
   if (!accept) return;
   const SecureHash digest = s.held->digest;
   BatchBody batch = std::move(s.held->batch);
+  Bytes frame = std::move(s.held->frame);
   drop();
   BatchHashes hashes = hashBatch(batch);
-  acceptPrePrepare(s.seq, digest, std::move(batch), false, std::move(hashes));
+  acceptPrePrepare(s.seq, digest, std::move(batch), false, std::move(hashes), std::move(frame));
 }
 
 void Replica::tryAcceptAllHeld() {
@@ -720,7 +741,7 @@ void Replica::tryAcceptAllHeld() {
 }
 
 void Replica::acceptPrePrepare(uint64_t seq, const SecureHash& digest, BatchBody batch, bool mine,
-                               BatchHashes hashes) {
+                               BatchHashes hashes, Bytes frame) {
   CCAL_ASSERT(hashes.requests.size() == batch.requests.size() && hashes.bodies.size() == batch.requests.size());
   Slot& s = slot(seq);
   s.has_pp = true;
@@ -731,6 +752,7 @@ void Replica::acceptPrePrepare(uint64_t seq, const SecureHash& digest, BatchBody
                                    [](const auto& a, const auto& b) { return a.second < b.second; });
     s.batches.erase(lowest->first);
     s.hashes.erase(lowest->first);
+    s.frames.erase(lowest->first);
     s.q.erase(lowest);
   }
   for (size_t i = 0; i < batch.requests.size(); ++i) {
@@ -746,6 +768,7 @@ void Replica::acceptPrePrepare(uint64_t seq, const SecureHash& digest, BatchBody
   if (!mine) last_batch_time_micros_ = std::max(last_batch_time_micros_, batch.time_micros);
   s.batches[digest] = std::move(batch);
   s.hashes[digest] = std::move(hashes);
+  if (!frame.empty()) s.frames[digest] = std::move(frame);
   // A cluster of one (f = 0): the pre-prepare is the whole prepared
   // certificate and this replica's commit the whole commit quorum. P goes
   // into the pre-prepare's write and the batch executes as soon as that write
@@ -771,9 +794,15 @@ void Replica::acceptPrePrepare(uint64_t seq, const SecureHash& digest, BatchBody
     Slot& sl = it->second;
     sl.pp_durable = true;
     if (mine) {
-      auto b = sl.batches.find(digest);
-      CCAL_ASSERT(b != sl.batches.end());
-      broadcastFrame(encodePrePrepareFrame(v, seq, b->second), "pre-prepare");
+      auto fr = sl.frames.find(digest);
+      if (fr != sl.frames.end()) {
+        broadcastFrame(fr->second, "pre-prepare");
+        sl.frames.erase(fr);
+      } else {
+        auto b = sl.batches.find(digest);
+        CCAL_ASSERT(b != sl.batches.end());
+        broadcastFrame(encodePrePrepareFrame(v, seq, b->second), "pre-prepare");
+      }
     } else {
       sl.prepare_sent = true;
       sl.prepares[config_.self_index] = digest;
@@ -867,52 +896,65 @@ void Replica::checkCommitted(Slot& s) {
 // --- execution -----------------------------------------------------------------------
 
 void Replica::tryExecute() {
-  if (executing_ || (transfer_ && transfer_->applying)) return;
-  const uint64_t next = machine_.lastExecuted() + 1;
-  auto it = slots_.find(next);
-  if (it == slots_.end() || !(it->second.committed || it->second.decided)) return;
-  Slot& s = it->second;
-  const SecureHash digest = s.committed ? s.digest : s.decided_digest;
-  static const BatchBody null_batch;
-  const BatchBody* body = &null_batch;
-  BatchHashes hashes;
-  if (!digest.isZero()) {
-    auto b = s.batches.find(digest);
-    if (b == s.batches.end()) {
-      s.fetch_wanted = true;
-      return requestMissingBatches();
+  while (!execution_failed_ && !(transfer_ && transfer_->applying) &&
+         executing_batches_ < config_.executing_batches_max) {
+    // With nothing in flight the state machine's lastExecuted() is exact
+    // (a state transfer may have moved it).
+    const uint64_t next =
+        (executing_batches_ == 0 ? machine_.lastExecuted() : executing_through_) + 1;
+    auto it = slots_.find(next);
+    if (it == slots_.end() || !(it->second.committed || it->second.decided)) return;
+    Slot& s = it->second;
+    const SecureHash digest = s.committed ? s.digest : s.decided_digest;
+    static const BatchBody null_batch;
+    const BatchBody* body = &null_batch;
+    BatchHashes hashes;
+    if (!digest.isZero()) {
+      auto b = s.batches.find(digest);
+      if (b == s.batches.end()) {
+        s.fetch_wanted = true;
+        return requestMissingBatches();
+      }
+      body = &b->second;
+      auto h = s.hashes.find(digest);
+      hashes = h != s.hashes.end() ? h->second : hashBatch(*body);
     }
-    body = &b->second;
-    auto h = s.hashes.find(digest);
-    hashes = h != s.hashes.end() ? h->second : hashBatch(*body);
+    // A null batch (chosen by a new view) takes the previous batch's time.
+    const int64_t time = digest.isZero() ? last_executed_time_micros_ : body->time_micros;
+    if (time != 0) last_executed_time_micros_ = time;
+    if (executing_batches_ > 0) ++stats_.batches_overlapped;
+    ++executing_batches_;
+    executing_through_ = next;
+    auto batch = std::make_shared<Batch>(toBatch(next, view_, time, *body));
+    batch->body_hashes = std::move(hashes.bodies);
+    machine_.execute(*batch,
+                     [this, ex = &executor_, alive = std::weak_ptr<int>(alive_), next, batch,
+                      digests = std::move(hashes.requests)](Result<Executed> result) mutable {
+                       ex->post([this, alive, next, batch, digests = std::move(digests),
+                                 result = std::move(result)]() mutable {
+                         if (alive.expired()) return;
+                         onExecuted(next, *batch, digests, std::move(result));
+                       });
+                     });
   }
-  // A null batch (chosen by a new view) takes the previous batch's time.
-  const int64_t time = digest.isZero() ? last_executed_time_micros_ : body->time_micros;
-  executing_ = true;
-  auto batch = std::make_shared<Batch>(toBatch(next, view_, time, *body));
-  batch->body_hashes = std::move(hashes.bodies);
-  machine_.execute(*batch, [this, ex = &executor_, alive = std::weak_ptr<int>(alive_), next, batch,
-                            digests = std::move(hashes.requests)](Result<Executed> result) mutable {
-    ex->post([this, alive, next, batch, digests = std::move(digests), result = std::move(result)]() mutable {
-      if (alive.expired()) return;
-      onExecuted(next, *batch, digests, std::move(result));
-    });
-  });
 }
 
 void Replica::onExecuted(uint64_t seq, const Batch& batch, const std::vector<SecureHash>& request_digests,
                          Result<Executed> result) {
-  executing_ = false;
+  CCAL_ASSERT(executing_batches_ > 0);
+  --executing_batches_;
+  if (execution_failed_) return;  // a batch before this one failed
   if (!result) {
     // Fatal for this replica (state_machine.h): it stops executing.
     log("executing batch " + std::to_string(seq) + " failed: " + result.error().toString() +
         "; this replica stops executing");
-    executing_ = true;
+    execution_failed_ = true;
     return;
   }
   CCAL_ASSERT(result->replies.size() == batch.requests.size());
   CCAL_ASSERT(request_digests.size() == batch.requests.size());
-  CCAL_ASSERT(machine_.lastExecuted() == seq);
+  // (Later batches handed already may be durable too.)
+  CCAL_ASSERT(machine_.lastExecuted() >= seq && seq == state_digest_seq_ + 1);
   // The batch's replies go with the next write the protocol makes anyway
   // (only a cache: no write of their own, and sending does not wait for it).
   {
@@ -934,9 +976,9 @@ void Replica::onExecuted(uint64_t seq, const Batch& batch, const std::vector<Sec
     // on observed commits): at most this many wait.
     if (replies_unwritten_.reply_batches.size() >= replies_unwritten_batches_max) step();
   }
-  if (batch.time_micros != 0) last_executed_time_micros_ = batch.time_micros;
-  // The next batch's execution goes to the Store's writer before this
-  // batch's replies go out, so the writer works while they are sent.
+  // A batch freed a place in the pipeline: the next goes to the Store's
+  // writer before this batch's replies go out, so the writer works while
+  // they are sent.
   tryExecute();
   for (size_t i = 0; i < batch.requests.size(); ++i) {
     const Request& r = batch.requests[i];
@@ -971,7 +1013,8 @@ void Replica::onExecuted(uint64_t seq, const Batch& batch, const std::vector<Sec
   armViewTimer();
   // Nothing more to execute now: if no other write takes the replies along
   // soon (the next batch's, at a steady load), they get one of their own.
-  if (!executing_ && !replies_unwritten_.reply_batches.empty() && reply_write_timer_ == 0) {
+  if (executing_batches_ == 0 && !replies_unwritten_.reply_batches.empty() &&
+      reply_write_timer_ == 0) {
     reply_write_timer_ = executor_.runAfter(replies_idle_write_delay_micros, [this] {
       reply_write_timer_ = 0;
       if (!replies_unwritten_.reply_batches.empty()) step();
@@ -1564,7 +1607,7 @@ void Replica::onEffectsData(uint32_t from, EffectsDataMsg m) {
   // A batch being executed is queued in the state machine but not yet in
   // lastExecuted(): applying effects now would apply its seq a second time
   // (uniqueness asserts). The status timer restarts the transfer after it.
-  if (executing_) return;
+  if (executing_batches_ > 0) return;
   Transfer& t = *transfer_;
   if (machine_.lastExecuted() + 1 != t.from_seq) return;  // the status timer restarts it
   if (m.from_seq != t.from_seq + t.effects.size()) return;

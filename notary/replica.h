@@ -63,6 +63,11 @@ struct ReplicaConfig {
   // few in flight keep the stages (durable write, network, execution)
   // overlapped, and the batches grow with the load instead of the pipeline.
   uint32_t batches_in_flight_max = 4;
+  // Committed batches handed to the state machine, not yet durable: batch
+  // s+1 is handed before s's write commits (the Store's writer runs them in
+  // order, in one transaction when they meet), so the execution of a
+  // batch does not wait for the previous one's fsync.
+  uint32_t executing_batches_max = 4;
   uint32_t pending_requests_max = 65'536;        // known, not yet ordered, per replica
   uint32_t pending_requests_per_client_max = 4096;
   uint32_t reply_cache_per_client_max = 4096;  // replies kept per client (in memory)
@@ -86,6 +91,9 @@ class Replica final : public flows::LinkHandler {
     uint64_t replies_from_cache = 0, view_changes = 0, new_views = 0, checkpoints_stable = 0;
     uint64_t state_transfers = 0, effects_applied = 0, frames_rejected = 0, store_writes = 0;
     uint64_t batches_fetched = 0;
+    // Handed to the state machine while an earlier batch's execution was not
+    // yet durable (pipelined execution, executing_batches_max).
+    uint64_t batches_overlapped = 0;
     uint64_t requests_refused = 0;  // failed StateMachine::check, answered with its rejection
     uint64_t pre_prepares_held = 0;      // waiting for requests this replica could not authenticate
     uint64_t held_accepted_by_prepares = 0;  // accepted on f+1 backups' prepares
@@ -140,6 +148,11 @@ class Replica final : public flows::LinkHandler {
     // Digests of the batches written (or queued) under their own log keys
     // since this replica started: a slot write adds only the others.
     std::set<SecureHash> stored;
+    // A batch's frame as it came (the pre-prepare: decodeBatch() reads it),
+    // until the slot's write takes it: the log keeps those bytes instead of
+    // encoding the batch again. The primary's pre-prepare goes out from here
+    // once durable.
+    std::map<SecureHash, Bytes> frames;
     std::map<uint32_t, SecureHash> prepares, commits;   // current view's votes, by replica
     bool prepared = false, commit_sent = false, committed = false;
     bool has_p = false;  // P entry (durable once prepared)
@@ -161,6 +174,7 @@ class Replica final : public flows::LinkHandler {
       uint64_t view = 0;
       SecureHash digest;
       pbft::BatchBody batch;
+      Bytes frame;
     };
     std::optional<Held> held;
   };
@@ -203,15 +217,17 @@ class Replica final : public flows::LinkHandler {
   void proposeBatches();
 
   // Normal case.
-  void onPrePrepare(uint32_t from, pbft::PrePrepareMsg m);
+  void onPrePrepare(uint32_t from, pbft::PrePrepareMsg m, ByteView frame);
   // Every check of a pre-prepared batch; `unauthenticated` counts its
   // requests that this replica cannot authenticate (not an error here).
   Status checkBatch(const pbft::BatchBody& batch, const BatchHashes& hashes, uint64_t seq,
                     size_t& unauthenticated);
   void tryAcceptHeld(Slot& s);
   void tryAcceptAllHeld();
+  // `frame`: the batch's pre-prepare frame as received or sent (empty: the
+  // log encodes the batch).
   void acceptPrePrepare(uint64_t seq, const SecureHash& digest, pbft::BatchBody batch, bool mine,
-                        BatchHashes hashes);
+                        BatchHashes hashes, Bytes frame);
   void onPrepare(uint32_t from, const pbft::VoteMsg& m);
   void onCommit(uint32_t from, const pbft::VoteMsg& m);
   void checkPrepared(Slot& s);
@@ -285,13 +301,16 @@ class Replica final : public flows::LinkHandler {
   // Per replica: consecutive statuses in which it executed nothing.
   std::vector<uint32_t> peer_stalled_statuses_;
 
-  // Execution.
-  bool executing_ = false;
+  // Execution. Batches (lastExecuted(), executing_through_] are handed to
+  // the state machine and not yet answered (executing_batches_ of them).
+  uint32_t executing_batches_ = 0;
+  uint64_t executing_through_ = 0;
+  bool execution_failed_ = false;  // a batch failed to execute: this replica stops executing
   SecureHash state_digest_;  // D(state_digest_seq_)
   uint64_t state_digest_seq_ = 0;  // lastExecuted() once its completion has run
   std::map<uint64_t, SecureHash> own_checkpoints_;  // seq -> D(seq), executed here, above stable
   std::map<uint64_t, std::map<uint32_t, pbft::SignedMsg>> checkpoint_votes_;  // seq -> replica -> msg
-  int64_t last_executed_time_micros_ = 0;
+  int64_t last_executed_time_micros_ = 0;  // of the last batch handed to execution
 
   // Requests: pending (authenticated, not ordered), directly received digests, reply cache.
   std::unordered_map<SecureHash, Pending, SecureHashHasher> pending_;

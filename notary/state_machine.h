@@ -98,15 +98,20 @@ class StateMachine {
     return {};
   }
 
-  // Executes batch.seq == lastExecuted() + 1, durably (the batch's state
-  // changes, its effects and lastExecuted() in one LMDB write) before done.
+  // Executes the batch after the last one given to execute() or
+  // applyEffects(), durably (the batch's state changes, its effects and
+  // lastExecuted() in one LMDB write) before done. The protocol may hand
+  // batch s+1 before s's done has run: the writes are queued, run and
+  // become durable in sequence order (each one sees the ones before it),
+  // and the done()s run in that order.
   // A request that the state machine refuses (conflict, bad time window) is
   // a reply, not an error; an error means the batch was not executed
   // (storage failure) and is fatal for the replica.
   virtual void execute(const Batch& batch, std::function<void(Result<Executed>)> done) = 0;
 
   // State transfer: applies the effects of batch seq == lastExecuted() + 1
-  // that other replicas executed, durably, as execute() would have.
+  // that other replicas executed, durably, as execute() would have. Only
+  // called with no execute() in flight.
   virtual void applyEffects(uint64_t seq, ByteView effects, std::function<void(Status)> done) = 0;
 
   // The effects of an executed batch (1 <= seq <= lastExecuted()).

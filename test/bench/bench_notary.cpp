@@ -169,6 +169,9 @@ struct ClusterFigures {
   std::string error;
   LoadFigures peak, at80;
   double commits_per_batch = 0, requests_per_batch = 0, replica_writer_cpu_us_per_request = 0;
+  // The share of r1's batches handed to execution while the one before was
+  // not yet durable (pipelined execution).
+  double overlapped_share = 0;
   // r1's Store writer, wall clock: the share of the peak window it spent
   // running requests and committing (page writes, fdatasync), and one
   // commit's mean time. Near 100% the durable writes, not the CPU, bound
@@ -243,6 +246,7 @@ ClusterFigures runCluster(const Args& args, int n) {
     if (batches > 0) {
       f.commits_per_batch = delta("store", "commits") / batches;
       f.requests_per_batch = requests / batches;
+      f.overlapped_share = delta("stats", "batches_overlapped") / batches;
     }
     if (requests > 0) f.replica_writer_cpu_us_per_request = delta("store", "writer_cpu_micros") / requests;
     const double commits = delta("store", "commits");
@@ -377,10 +381,12 @@ int main(int argc, char** argv) {
                 "p99 %.2f ms (target <= 10: %s)\n",
                 f.at80.per_second, f.at80.p50_ms, f.at80.p50_ms <= 2 ? "met" : "NOT met", f.at80.p99_ms,
                 f.at80.p99_ms <= 10 ? "met" : "NOT met");
-    std::printf("    replica r1 during the peak: %.2f durable commits per batch, %.1f requests per batch,"
-                " %.1f us writer CPU per request, %.0f view changes, %.0f frames rejected\n",
-                f.commits_per_batch, f.requests_per_batch, f.replica_writer_cpu_us_per_request, f.view_changes,
-                f.frames_rejected);
+    std::printf(
+        "    replica r1 during the peak: %.2f durable commits per batch, %.1f requests per batch,"
+        " %.0f%% of batches executed overlapped, %.1f us writer CPU per request, %.0f view changes,"
+        " %.0f frames rejected\n",
+        f.commits_per_batch, f.requests_per_batch, 100 * f.overlapped_share,
+        f.replica_writer_cpu_us_per_request, f.view_changes, f.frames_rejected);
     std::printf(
         "    r1's store writer during the peak: busy %.0f%% of the window (wall clock), %.2f ms per"
         " durable commit\n",
@@ -405,6 +411,7 @@ int main(int argc, char** argv) {
                                {"at80_p99_ms", f.at80.p99_ms},
                                {"commits_per_batch", f.commits_per_batch},
                                {"requests_per_batch", f.requests_per_batch},
+                               {"overlapped_share", f.overlapped_share},
                                {"members_cpu_us_per_notarisation", f.members_cpu_us},
                                {"replicas_cpu_us_per_notarisation", f.replicas_cpu_us}});
   }

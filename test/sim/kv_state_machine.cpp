@@ -17,6 +17,17 @@ Bytes seqKey(uint64_t seq) {
   return k;
 }
 
+// Batches become durable in order: the write of batch seq finds seq - 1 stored.
+Status follows(vault::WriteTxn& txn, const vault::Db& meta, uint64_t seq) {
+  uint64_t last = 0;
+  if (auto v = txn.get(meta, asBytes(last_key)); v && v->size() == 8) {
+    for (int i = 0; i < 8; ++i) last = last << 8 | (*v)[i];
+  }
+  if (last + 1 == seq) return Status();
+  return makeError(Errc::storage_error, "kv batch " + std::to_string(seq) +
+                                            " cannot follow batch " + std::to_string(last));
+}
+
 std::string text(ByteView b) { return std::string(b.begin(), b.end()); }
 
 }  // namespace
@@ -38,6 +49,7 @@ KvStateMachine::KvStateMachine(vault::Store& store) : store_(store) {
     uint64_t last = 0;
     for (int i = 0; i < 8; ++i) last = last << 8 | (*v)[i];
     last_executed_ = last;
+    last_queued_ = last;
   }
 }
 
@@ -88,12 +100,14 @@ void KvStateMachine::quiesce() {
 
 void KvStateMachine::execute(const notary::Batch& batch,
                              std::function<void(Result<notary::Executed>)> done) {
-  CCAL_ASSERT(batch.seq == last_executed_ + 1);
+  CCAL_ASSERT(batch.seq == last_queued_ + 1);
+  last_queued_ = batch.seq;
   auto out = std::make_shared<notary::Executed>();
   track(1);
   store_.submit(
       [this, batch, out](vault::WriteTxn& txn) -> Status {
         *out = notary::Executed{};  // a request may run more than once
+        CCAL_TRY(follows(txn, store_.db("kv_meta"), batch.seq));
         std::map<std::string, std::string> taken;  // in this batch
         for (const auto& r : batch.requests) {
           auto p = parse(r.body);
@@ -143,11 +157,13 @@ void KvStateMachine::execute(const notary::Batch& batch,
 }
 
 void KvStateMachine::applyEffects(uint64_t seq, ByteView effects, std::function<void(Status)> done) {
-  CCAL_ASSERT(seq == last_executed_ + 1);
+  CCAL_ASSERT(seq == last_queued_ + 1);
+  last_queued_ = seq;
   Bytes copy(effects.begin(), effects.end());
   track(1);
   store_.submit(
       [this, seq, copy](vault::WriteTxn& txn) -> Status {
+        CCAL_TRY(follows(txn, store_.db("kv_meta"), seq));
         const std::string s = text(copy);
         size_t start = 0;
         while (start < s.size()) {

@@ -55,6 +55,8 @@ class KvStateMachine final : public notary::StateMachine {
 
   vault::Store& store_;
   std::atomic<uint64_t> last_executed_{0};
+  uint64_t last_queued_ =
+      0;              // the last batch given to execute() or applyEffects() (caller's thread)
   std::mutex mutex_;  // guards in_flight_
   std::condition_variable drained_;
   uint64_t in_flight_ = 0;
