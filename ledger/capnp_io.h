@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <optional>
@@ -25,6 +26,7 @@
 #include <string_view>
 #include <vector>
 
+#include "ledger/assert.h"
 #include "ledger/bytes.h"
 #include "ledger/result.h"
 
@@ -71,27 +73,42 @@ inline ScratchSegment& scratchSegment() {
 class ScratchBuilder {
  public:
   explicit ScratchBuilder(size_t first_segment_words = 0)
-      : scratch_(detail::scratchSegment()),
-        uses_scratch_(!scratch_.in_use && first_segment_words <= detail::scratch_words) {
-    if (uses_scratch_) {
-      scratch_.in_use = true;
-      message_.emplace(kj::ArrayPtr<capnp::word>(scratch_.words.get(), detail::scratch_words));
-    } else {
-      message_.emplace(static_cast<unsigned>(std::max<size_t>(first_segment_words, 256)));
-    }
-  }
-  ~ScratchBuilder() {
-    message_.reset();
-    if (uses_scratch_) scratch_.in_use = false;
+      : scratch_(detail::scratchSegment(), !detail::scratchSegment().in_use &&
+                                               first_segment_words <= detail::scratch_words),
+        heap_(scratch_.held ? nullptr
+                            : static_cast<capnp::word*>(std::calloc(heapWords(first_segment_words),
+                                                                    sizeof(capnp::word)))),
+        message_(scratch_.held ? kj::ArrayPtr<capnp::word>(scratch_.segment.words.get(), detail::scratch_words)
+                               : kj::ArrayPtr<capnp::word>(heap_.get(), heapWords(first_segment_words))) {
+    CCAL_ASSERT_MSG(scratch_.held || heap_ != nullptr, "out of memory for a message segment");
   }
   ScratchBuilder(const ScratchBuilder&) = delete;
   ScratchBuilder& operator=(const ScratchBuilder&) = delete;
-  capnp::MallocMessageBuilder& message() { return *message_; }
+  capnp::MallocMessageBuilder& message() { return message_; }
 
  private:
-  detail::ScratchSegment& scratch_;
-  const bool uses_scratch_;
-  std::optional<capnp::MallocMessageBuilder> message_;
+  static size_t heapWords(size_t first_segment_words) { return std::max<size_t>(first_segment_words, 256); }
+  // Holds the scratch segment while the builder lives; declared before
+  // message_, so it is released after the builder (which zeroes the words
+  // it used) is destroyed.
+  struct ScratchHold {
+    ScratchHold(detail::ScratchSegment& s, bool take) : segment(s), held(take) {
+      if (held) segment.in_use = true;
+    }
+    ~ScratchHold() {
+      if (held) segment.in_use = false;
+    }
+    ScratchHold(const ScratchHold&) = delete;
+    ScratchHold& operator=(const ScratchHold&) = delete;
+    detail::ScratchSegment& segment;
+    const bool held;
+  };
+  struct Free {
+    void operator()(capnp::word* w) const { std::free(w); }
+  };
+  ScratchHold scratch_;
+  std::unique_ptr<capnp::word, Free> heap_;
+  capnp::MallocMessageBuilder message_;
 };
 
 template <class Schema, class Fill>
