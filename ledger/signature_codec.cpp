@@ -20,6 +20,30 @@ void writeSignature(schema::DigitalSignature::Builder b, const DigitalSignature&
   }
 }
 
+void writeSignature(CanonicalWriter& out, size_t pointer_word, const DigitalSignature& s) {
+  // DigitalSignature: data {scheme u16, version u16}, pointers {by, signature, batch}.
+  const uint64_t data = uint64_t{static_cast<uint16_t>(s.scheme())} | uint64_t{s.version()} << 16;
+  const auto& batch = s.batch();
+  const size_t at = out.structAt(pointer_word, data != 0 ? 1 : 0, batch ? 3 : 2);
+  const size_t pointers = at + (data != 0 ? 1 : 0);
+  if (data != 0) out.setBits(at, 0, 64, data);
+  // PublicKey: data {scheme u16}, pointers {key}.
+  const auto key_scheme = static_cast<uint16_t>(s.by().scheme());
+  const size_t by = out.structAt(pointers, key_scheme != 0 ? 1 : 0, 1);
+  if (key_scheme != 0) out.setBits(by, 0, 16, key_scheme);
+  out.dataAt(by + (key_scheme != 0 ? 1 : 0), s.by().view());
+  out.dataAt(pointers + 1, s.view());
+  if (batch) {
+    // BatchProof: data {leafIndex u32, leafCount u32}, pointers {path}.
+    const uint64_t leaf = uint64_t{batch->leafIndex} | uint64_t{batch->leafCount} << 32;
+    const size_t b = out.structAt(pointers + 2, leaf != 0 ? 1 : 0, 1);
+    if (leaf != 0) out.setBits(b, 0, 64, leaf);
+    const size_t path =
+        out.pointerListAt(b + (leaf != 0 ? 1 : 0), static_cast<uint32_t>(batch->path.size()));
+    for (size_t i = 0; i < batch->path.size(); ++i) out.dataAt(path + i, batch->path[i].view());
+  }
+}
+
 Result<DigitalSignature> readSignature(schema::DigitalSignature::Reader r) {
   if (!r.hasBy()) return makeError(Errc::malformed, "signature names no key");
   auto by = PublicKey::fromBytes(r.getBy().getScheme(), asByteView(r.getBy().getKey()));

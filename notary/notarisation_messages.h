@@ -116,6 +116,9 @@ struct SignedNotarisationReply {
   std::optional<DigitalSignature> txSignature;  // over signableBytes(txId), on a success
 
   Bytes encode() const;
+  // The same bytes, built with Cap'n Proto's builder and canonicalize()
+  // (the reference encode() is tested against; slower).
+  Bytes encodeBuilt() const;
   static Result<SignedNotarisationReply> decode(
       ByteView bytes, const NotarisationLimits& limits = default_notarisation_limits);
   // The root the proof leads to from this reply's leaf (merkle_proof_invalid

@@ -1,0 +1,57 @@
+#include "notary/notarisation_messages.h"
+
+#include <doctest/doctest.h>
+
+#include "ledger/merkle.h"
+#include "ledger/testing.h"
+
+using namespace ccal;
+using namespace ccal::notary;
+
+namespace {
+
+Bytes replyBytes(size_t n) {
+  Bytes b(n);
+  for (size_t i = 0; i < n; ++i) b[i] = static_cast<uint8_t>(i * 7 + 1);
+  return b;
+}
+
+}  // namespace
+
+TEST_CASE("signed reply: the direct canonical encoding equals the built one, and reads back") {
+  const KeyPair key = testing::testKey(5);
+  size_t cases = 0;
+  for (uint32_t count : {1u, 2u, 3u, 7u, 64u}) {
+    for (uint32_t index : {0u, count / 2, count - 1}) {
+      for (size_t reply_size : {1u, 8u, 13u, 200u}) {
+        for (bool tx : {false, true}) {
+          SignedNotarisationReply r;
+          r.reply = replyBytes(reply_size);
+          r.leafIndex = index;
+          r.leafCount = count;
+          std::vector<SecureHash> leaves;
+          for (uint32_t i = 0; i < count; ++i) leaves.push_back(SecureHash::of(replyBytes(i + 1)));
+          r.proof = merkle::prove(leaves, std::span<const uint32_t>(&index, 1));
+          r.rootSignature = key.sign(asBytes("root"));
+          if (tx) {
+            std::vector<Bytes> ids;
+            for (uint32_t i = 0; i <= index; ++i) ids.push_back(replyBytes(32));
+            r.txSignature = key.signBatch(ids).back();
+          }
+          const Bytes direct = r.encode();
+          REQUIRE(direct == r.encodeBuilt());
+          auto back = SignedNotarisationReply::decode(direct);
+          REQUIRE(back.ok());
+          CHECK(back->reply == r.reply);
+          CHECK(back->leafIndex == index);
+          CHECK(back->leafCount == count);
+          CHECK(back->proof == r.proof);
+          CHECK(back->rootSignature == r.rootSignature);
+          CHECK(back->txSignature == r.txSignature);
+          ++cases;
+        }
+      }
+    }
+  }
+  CHECK(cases == 5 * 3 * 4 * 2);
+}
