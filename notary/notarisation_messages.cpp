@@ -311,14 +311,19 @@ Bytes SignedNotarisationReply::encodeBuilt() const {
   });
 }
 
-Result<SignedNotarisationReply> SignedNotarisationReply::decode(ByteView bytes,
-                                                                const NotarisationLimits& limits) {
+namespace {
+
+// whole: every part, in canonical form; else the reply and the transaction
+// signature only (decodeForSuccess).
+Result<SignedNotarisationReply> decodeSignedReply(ByteView bytes, const NotarisationLimits& limits,
+                                                  bool whole) {
   return decodeMessage<ns::SignedNotarisationReply>(
-      bytes, "signed notarisation reply", Canonical::required,
+      bytes, "signed notarisation reply", whole ? Canonical::required : Canonical::not_required,
       [&](ns::SignedNotarisationReply::Reader r) -> Result<SignedNotarisationReply> {
         SignedNotarisationReply out;
         auto reply_bytes = r.getReply();
-        if (reply_bytes.size() == 0) return makeError(Errc::malformed, "signed reply carries no reply");
+        if (reply_bytes.size() == 0)
+          return makeError(Errc::malformed, "signed reply carries no reply");
         out.reply.assign(reply_bytes.begin(), reply_bytes.end());
         out.leafIndex = r.getLeafIndex();
         out.leafCount = r.getLeafCount();
@@ -326,23 +331,28 @@ Result<SignedNotarisationReply> SignedNotarisationReply::decode(ByteView bytes,
           return makeError(Errc::malformed, "reply leaf " + std::to_string(out.leafIndex) + " of " +
                                                 std::to_string(out.leafCount));
         }
-        auto proof_hashes = r.getProof();
-        if (proof_hashes.size() > limits.proof_hashes_max) {
-          return makeError(Errc::too_large, "reply proof of " + std::to_string(proof_hashes.size()) +
-                                                " hashes is over the limit of " +
-                                                std::to_string(limits.proof_hashes_max));
+        if (whole) {
+          auto proof_hashes = r.getProof();
+          if (proof_hashes.size() > limits.proof_hashes_max) {
+            return makeError(Errc::too_large, "reply proof of " +
+                                                  std::to_string(proof_hashes.size()) +
+                                                  " hashes is over the limit of " +
+                                                  std::to_string(limits.proof_hashes_max));
+          }
+          for (unsigned i = 0; i < proof_hashes.size(); ++i) {
+            auto h = readHash(proof_hashes[i], "reply proof hash");
+            if (!h) return h.error();
+            out.proof.push_back(*h);
+          }
+          if (!r.hasRootSignature())
+            return makeError(Errc::malformed, "signed reply has no root signature");
+          auto root_sig = readSignature(r.getRootSignature(), "root signature");
+          if (!root_sig) return root_sig.error();
+          out.rootSignature = *root_sig;
         }
-        for (unsigned i = 0; i < proof_hashes.size(); ++i) {
-          auto h = readHash(proof_hashes[i], "reply proof hash");
-          if (!h) return h.error();
-          out.proof.push_back(*h);
-        }
-        if (!r.hasRootSignature()) return makeError(Errc::malformed, "signed reply has no root signature");
-        auto root_sig = readSignature(r.getRootSignature(), "root signature");
-        if (!root_sig) return root_sig.error();
-        out.rootSignature = *root_sig;
         if (r.getHasTxSignature()) {
-          if (!r.hasTxSignature()) return makeError(Errc::malformed, "signed reply lacks its transaction signature");
+          if (!r.hasTxSignature())
+            return makeError(Errc::malformed, "signed reply lacks its transaction signature");
           auto tx_sig = readSignature(r.getTxSignature(), "transaction signature");
           if (!tx_sig) return tx_sig.error();
           out.txSignature = *tx_sig;
@@ -352,6 +362,18 @@ Result<SignedNotarisationReply> SignedNotarisationReply::decode(ByteView bytes,
         return out;
       },
       readLimits(limits.reply_bytes_max));
+}
+
+}  // namespace
+
+Result<SignedNotarisationReply> SignedNotarisationReply::decode(ByteView bytes,
+                                                                const NotarisationLimits& limits) {
+  return decodeSignedReply(bytes, limits, true);
+}
+
+Result<SignedNotarisationReply> SignedNotarisationReply::decodeForSuccess(
+    ByteView bytes, const NotarisationLimits& limits) {
+  return decodeSignedReply(bytes, limits, false);
 }
 
 Result<SecureHash> SignedNotarisationReply::root() const {

@@ -121,6 +121,13 @@ struct SignedNotarisationReply {
   Bytes encodeBuilt() const;
   static Result<SignedNotarisationReply> decode(
       ByteView bytes, const NotarisationLimits& limits = default_notarisation_limits);
+  // What a client needs of a success: the reply and the transaction
+  // signature (which alone proves it), without the canonical-form check and
+  // without reading the batch-root proof and signature (proof and
+  // rootSignature stay empty). Anything but a success is read with decode(),
+  // whose bytes a conflict proof carries.
+  static Result<SignedNotarisationReply> decodeForSuccess(
+      ByteView bytes, const NotarisationLimits& limits = default_notarisation_limits);
   // The root the proof leads to from this reply's leaf (merkle_proof_invalid
   // when the proof does not fit leafIndex and leafCount).
   Result<SecureHash> root() const;

@@ -55,3 +55,37 @@ TEST_CASE("signed reply: the direct canonical encoding equals the built one, and
   }
   CHECK(cases == 5 * 3 * 4 * 2);
 }
+
+TEST_CASE("signed reply: decodeForSuccess reads the reply and the transaction signature only") {
+  const KeyPair key = testing::testKey(6);
+  SignedNotarisationReply r;
+  r.reply = replyBytes(40);
+  r.leafIndex = 1;
+  r.leafCount = 3;
+  r.proof = {SecureHash::of(asBytes("a")), SecureHash::of(asBytes("b"))};
+  r.rootSignature = key.sign(asBytes("root"));
+  r.txSignature = key.signBatch(std::vector<Bytes>{replyBytes(32), replyBytes(33)}).back();
+  const Bytes bytes = r.encode();
+  auto light = SignedNotarisationReply::decodeForSuccess(bytes);
+  REQUIRE(light.ok());
+  CHECK(light->reply == r.reply);
+  CHECK(light->txSignature == r.txSignature);
+  CHECK(light->proof.empty());
+  // Not in canonical form (a word after the message): decode() refuses it,
+  // decodeForSuccess() does not look.
+  Bytes padded = bytes;
+  padded.resize(padded.size() + 8, 0);
+  CHECK(SignedNotarisationReply::decode(padded).error().code == Errc::not_canonical);
+  CHECK(SignedNotarisationReply::decodeForSuccess(padded).ok());
+  // Still refused: no reply, a declared but missing transaction signature.
+  SignedNotarisationReply empty = r;
+  empty.reply.clear();
+  CHECK(
+      SignedNotarisationReply::decodeForSuccess(empty.encode()).error().message.find("no reply") !=
+      std::string::npos);
+  SignedNotarisationReply no_tx = r;
+  no_tx.txSignature.reset();
+  auto no_tx_read = SignedNotarisationReply::decodeForSuccess(no_tx.encode());
+  REQUIRE(no_tx_read.ok());
+  CHECK(!no_tx_read->txSignature.has_value());
+}

@@ -187,7 +187,10 @@ void NotaryClient::onReply(const std::shared_ptr<Pending>& pending, uint32_t rep
     ignore(*pending, replica, "the replica has already answered");
     return;
   }
-  auto signed_reply = SignedNotarisationReply::decode(bytes, config_.limits);
+  // A success is proven by its transaction signature alone: read without
+  // the batch-root parts (most replies); anything else is read whole, in
+  // canonical form, as a conflict proof carries it.
+  auto signed_reply = SignedNotarisationReply::decodeForSuccess(bytes, config_.limits);
   if (!signed_reply) {
     ignore(*pending, replica, signed_reply.error().toString());
     return;
@@ -196,6 +199,13 @@ void NotaryClient::onReply(const std::shared_ptr<Pending>& pending, uint32_t rep
   if (!reply) {
     ignore(*pending, replica, reply.error().toString());
     return;
+  }
+  if (reply->outcome != NotarisationReply::Outcome::success) {
+    signed_reply = SignedNotarisationReply::decode(bytes, config_.limits);
+    if (!signed_reply) {
+      ignore(*pending, replica, signed_reply.error().toString());
+      return;
+    }
   }
   if (reply->requestHash != pending->requestHash) {
     ignore(*pending, replica, "it answers another request");
