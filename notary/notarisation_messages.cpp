@@ -284,14 +284,15 @@ Bytes SignedNotarisationReply::encode() const {
   // (A 32-byte hash in a list: its pointer and 4 words; a signature ~20 words.)
   const size_t tx_path = tx && txSignature->batch() ? txSignature->batch()->path.size() : 0;
   CanonicalWriter out(64 + reply.size() / 8 + (proof.size() + tx_path) * 5);
-  const size_t at = out.structAt(CanonicalWriter::root, data_words, tx ? 4 : 3);
+  const size_t at =
+      out.structAt(CanonicalWriter::root, data_words, tx ? 4 : (rootSignature ? 3 : 2));
   if (data_words > 0) out.setBits(at, 0, 64, leaf);
   if (tx) out.setBits(at + 1, 0, 1, 1);
   const size_t pointers = at + data_words;
   out.dataAt(pointers, reply);
   const size_t list = out.pointerListAt(pointers + 1, static_cast<uint32_t>(proof.size()));
   for (size_t i = 0; i < proof.size(); ++i) out.dataAt(list + i, proof[i].view());
-  writeSignature(out, pointers + 2, rootSignature);
+  if (rootSignature) writeSignature(out, pointers + 2, *rootSignature);
   if (tx) writeSignature(out, pointers + 3, *txSignature);
   return out.finish();
 }
@@ -303,7 +304,7 @@ Bytes SignedNotarisationReply::encodeBuilt() const {
     b.setLeafCount(leafCount);
     auto p = b.initProof(static_cast<unsigned>(proof.size()));
     for (size_t i = 0; i < proof.size(); ++i) p.set(static_cast<unsigned>(i), asData(proof[i].view()));
-    writeSignature(b.initRootSignature(), rootSignature);
+    if (rootSignature) writeSignature(b.initRootSignature(), *rootSignature);
     if (txSignature) {
       writeSignature(b.initTxSignature(), *txSignature);
       b.setHasTxSignature(true);
@@ -344,11 +345,14 @@ Result<SignedNotarisationReply> decodeSignedReply(ByteView bytes, const Notarisa
             if (!h) return h.error();
             out.proof.push_back(*h);
           }
-          if (!r.hasRootSignature())
-            return makeError(Errc::malformed, "signed reply has no root signature");
-          auto root_sig = readSignature(r.getRootSignature(), "root signature");
-          if (!root_sig) return root_sig.error();
-          out.rootSignature = *root_sig;
+          if (r.hasRootSignature()) {
+            auto root_sig = readSignature(r.getRootSignature(), "root signature");
+            if (!root_sig) return root_sig.error();
+            out.rootSignature = *root_sig;
+          } else if (!r.getHasTxSignature()) {
+            return makeError(Errc::malformed,
+                             "signed reply has neither a root nor a transaction signature");
+          }
         }
         if (r.getHasTxSignature()) {
           if (!r.hasTxSignature())

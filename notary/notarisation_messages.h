@@ -107,13 +107,18 @@ SecureHash replyLeaf(ByteView reply_bytes);
 // batch's sequence number, its number of replies and the root over them.
 Bytes batchRootSignableBytes(uint64_t batch_seq, uint32_t reply_count, const SecureHash& root);
 
+// A replica's answer to one request of a batch. A success is proven by its
+// transaction signature (a batch signature over the transaction ids of the
+// batch's successes, ledger/crypto.h) and carries no batch-root signature
+// or proof; every other answer (conflict, error) is proven by the batch-root
+// signature over all the batch's replies, with its proof.
 struct SignedNotarisationReply {
   Bytes reply;  // canonical NotarisationReply
-  uint32_t leafIndex = 0;
+  uint32_t leafIndex = 0;  // this reply's place among the batch's replies
   uint32_t leafCount = 0;
-  std::vector<SecureHash> proof;
-  DigitalSignature rootSignature;
-  std::optional<DigitalSignature> txSignature;  // over signableBytes(txId), on a success
+  std::vector<SecureHash> proof;                  // to the batch root; empty on a success
+  std::optional<DigitalSignature> rootSignature;  // absent on a success
+  std::optional<DigitalSignature> txSignature;    // over signableBytes(txId), on a success
 
   Bytes encode() const;
   // The same bytes, built with Cap'n Proto's builder and canonicalize()

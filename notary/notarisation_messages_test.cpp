@@ -31,12 +31,14 @@ TEST_CASE("signed reply: the direct canonical encoding equals the built one, and
           r.leafCount = count;
           std::vector<SecureHash> leaves;
           for (uint32_t i = 0; i < count; ++i) leaves.push_back(SecureHash::of(replyBytes(i + 1)));
-          r.proof = merkle::prove(leaves, std::span<const uint32_t>(&index, 1));
-          r.rootSignature = key.sign(asBytes("root"));
           if (tx) {
+            // A success: the transaction signature, no batch-root parts.
             std::vector<Bytes> ids;
             for (uint32_t i = 0; i <= index; ++i) ids.push_back(replyBytes(32));
             r.txSignature = key.signBatch(ids).back();
+          } else {
+            r.proof = merkle::prove(leaves, std::span<const uint32_t>(&index, 1));
+            r.rootSignature = key.sign(asBytes("root"));
           }
           const Bytes direct = r.encode();
           REQUIRE(direct == r.encodeBuilt());
@@ -62,8 +64,6 @@ TEST_CASE("signed reply: decodeForSuccess reads the reply and the transaction si
   r.reply = replyBytes(40);
   r.leafIndex = 1;
   r.leafCount = 3;
-  r.proof = {SecureHash::of(asBytes("a")), SecureHash::of(asBytes("b"))};
-  r.rootSignature = key.sign(asBytes("root"));
   r.txSignature = key.signBatch(std::vector<Bytes>{replyBytes(32), replyBytes(33)}).back();
   const Bytes bytes = r.encode();
   auto light = SignedNotarisationReply::decodeForSuccess(bytes);
@@ -85,7 +85,25 @@ TEST_CASE("signed reply: decodeForSuccess reads the reply and the transaction si
       std::string::npos);
   SignedNotarisationReply no_tx = r;
   no_tx.txSignature.reset();
+  no_tx.rootSignature = key.sign(asBytes("root"));
   auto no_tx_read = SignedNotarisationReply::decodeForSuccess(no_tx.encode());
   REQUIRE(no_tx_read.ok());
   CHECK(!no_tx_read->txSignature.has_value());
+  CHECK(!no_tx_read->rootSignature.has_value());  // not read
+  // Neither signature: refused by both.
+  SignedNotarisationReply unsigned_reply = r;
+  unsigned_reply.txSignature.reset();
+  CHECK(unsigned_reply.encode() == unsigned_reply.encodeBuilt());
+  auto unsigned_read = SignedNotarisationReply::decode(unsigned_reply.encode());
+  REQUIRE(!unsigned_read.ok());
+  CHECK_MESSAGE(unsigned_read.error().message.find("neither") != std::string::npos,
+                unsigned_read.error().message);
+  // Both (an older replica's success): still read.
+  SignedNotarisationReply both = r;
+  both.rootSignature = key.sign(asBytes("root"));
+  CHECK(both.encode() == both.encodeBuilt());
+  auto both_read = SignedNotarisationReply::decode(both.encode());
+  REQUIRE(both_read.ok());
+  CHECK(both_read->rootSignature == both.rootSignature);
+  CHECK(both_read->txSignature == both.txSignature);
 }

@@ -143,18 +143,23 @@ void NotaryClient::ignore(const Pending& pending, uint32_t replica, const std::s
 
 Status NotaryClient::verifyRootUncached(uint32_t replica, const SignedNotarisationReply& reply) const {
   const PublicKey& key = cluster_.replica_keys[replica];
-  if (!(reply.rootSignature.by() == key)) {
-    return makeError(Errc::bad_signature, "the batch root is signed by " + reply.rootSignature.by().shortHex() +
+  if (!reply.rootSignature) return makeError(Errc::missing_signatures, "no batch-root signature");
+  if (!(reply.rootSignature->by() == key)) {
+    return makeError(Errc::bad_signature, "the batch root is signed by " +
+                                              reply.rootSignature->by().shortHex() +
                                               ", not by the replica's key " + key.shortHex());
   }
   auto decoded = NotarisationReply::decode(reply.reply, config_.limits);
   if (!decoded) return decoded.error();
   auto root = reply.root();
   if (!root) return root.error();
-  return reply.rootSignature.verify(batchRootSignableBytes(decoded->batchSeq, reply.leafCount, *root));
+  return reply.rootSignature->verify(
+      batchRootSignableBytes(decoded->batchSeq, reply.leafCount, *root));
 }
 
 Status NotaryClient::verifyRoot(uint32_t replica, const SignedNotarisationReply& reply) {
+  // (Before the cache: a reply without the signature must not pass on another's.)
+  if (!reply.rootSignature) return makeError(Errc::missing_signatures, "no batch-root signature");
   auto decoded = NotarisationReply::decode(reply.reply, config_.limits);
   if (!decoded) return decoded.error();
   auto root = reply.root();
@@ -296,13 +301,17 @@ Status NotaryClient::verifyConflictProof(const SecureHash& tx_id, const std::vec
     if (reply->outcome != NotarisationReply::Outcome::conflict || reply->txId != tx_id) {
       return where(makeError(Errc::malformed, "not a conflict answer for transaction " + tx_id.hex()));
     }
+    if (!signed_reply->rootSignature) {
+      return where(makeError(Errc::missing_signatures, "no batch-root signature"));
+    }
     uint32_t replica = 0;
     while (replica < cluster_.replica_keys.size() &&
-           !(cluster_.replica_keys[replica] == signed_reply->rootSignature.by())) {
+           !(cluster_.replica_keys[replica] == signed_reply->rootSignature->by())) {
       ++replica;
     }
     if (replica == cluster_.replica_keys.size()) {
-      return where(makeError(Errc::bad_signature, "signed by " + signed_reply->rootSignature.by().shortHex() +
+      return where(makeError(Errc::bad_signature, "signed by " +
+                                                      signed_reply->rootSignature->by().shortHex() +
                                                       ", not a replica of " + cluster_.name));
     }
     if (!replicas.insert(replica).second) {

@@ -83,10 +83,11 @@ class TestChannel final : public RequestChannel {
         case Behaviour::silent: continue;
         case Behaviour::bad_signature: {
           auto s = signedReply(reply);
-          auto bytes = s.txSignature ? s.txSignature->bytes() : s.rootSignature.bytes();
+          auto bytes = s.txSignature ? s.txSignature->bytes() : s.rootSignature->bytes();
           bytes[0] ^= 1;
           if (s.txSignature) s.txSignature = DigitalSignature(s.txSignature->by(), bytes);
-          else s.rootSignature = DigitalSignature(s.rootSignature.by(), bytes);
+          else
+            s.rootSignature = DigitalSignature(s.rootSignature->by(), bytes);
           reply = s.encode();
           break;
         }

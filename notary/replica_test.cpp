@@ -408,10 +408,11 @@ TEST_CASE("replica: a request the state machine refuses is answered with its sig
     CHECK(reply.batchSeq == 0);
     CHECK(reply.requestHash == SecureHash::of(garbage));
     CHECK(reply.error.code == Errc::malformed);
-    CHECK(signed_reply.rootSignature.by() == c.keys.replica_keys[r.replica].publicKey());
+    REQUIRE(signed_reply.rootSignature.has_value());
+    CHECK(signed_reply.rootSignature->by() == c.keys.replica_keys[r.replica].publicKey());
     auto root = signed_reply.root();
     REQUIRE(root.ok());
-    CHECK(signed_reply.rootSignature.verify(batchRootSignableBytes(0, 1, *root)).ok());
+    CHECK(signed_reply.rootSignature->verify(batchRootSignableBytes(0, 1, *root)).ok());
   }
   for (auto& m : c.members) {
     CHECK(m.replica->lastExecuted() == 0);

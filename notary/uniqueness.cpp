@@ -452,13 +452,14 @@ Result<std::vector<Bytes>> UniquenessStateMachine::expandReplies(uint64_t seq,
     r.reply = std::move(replies[i]);
     r.leafIndex = i;
     r.leafCount = count;
-    r.proof = tree.prove(i);
-    r.rootSignature = root_signature;
     if (next_tx < signed_at.size() && signed_at[next_tx] == i) {
       const auto k = static_cast<uint32_t>(next_tx++);
       r.txSignature = DigitalSignature(
           signer_.publicKey(), tx_bytes, tx_version,
           BatchProof{k, static_cast<uint32_t>(signed_at.size()), tx_tree->prove(k)});
+    } else {
+      r.proof = tree.prove(i);
+      r.rootSignature = root_signature;
     }
     out.push_back(r.encode());
   }
@@ -469,7 +470,9 @@ Executed UniquenessStateMachine::signReplies(uint64_t seq, BatchRun& run) const 
   Executed executed;
   executed.effects = std::move(run.effects);
   if (run.replyBytes.empty()) return executed;
-  // One signature for the whole batch; each reply carries its proof.
+  // One signature for the whole batch's replies; each reply that is not a
+  // success carries it with its proof (a success carries its transaction
+  // signature instead, which alone proves it).
   std::vector<SecureHash> leaves;
   leaves.reserve(run.replyBytes.size());
   for (const auto& b : run.replyBytes) leaves.push_back(replyLeaf(b));
@@ -496,10 +499,11 @@ Executed UniquenessStateMachine::signReplies(uint64_t seq, BatchRun& run) const 
     signed_reply.reply = std::move(run.replyBytes[i]);
     signed_reply.leafIndex = i;
     signed_reply.leafCount = count;
-    signed_reply.proof = tree.prove(i);
-    signed_reply.rootSignature = root_signature;
     if (next_tx_signature < signed_at.size() && signed_at[next_tx_signature] == i) {
       signed_reply.txSignature = tx_signatures[next_tx_signature++];
+    } else {
+      signed_reply.proof = tree.prove(i);
+      signed_reply.rootSignature = root_signature;
     }
     executed.replies.push_back(signed_reply.encode());
   }

@@ -267,7 +267,8 @@ TEST_CASE("a real notary cluster: kill -9 and restart of a replica, two down, co
       CHECK(reply->conflicts[0].ref == contested);
       auto root = signed_reply->root();
       REQUIRE(root);
-      const auto& sig = signed_reply->rootSignature;
+      REQUIRE(signed_reply->rootSignature.has_value());
+      const auto& sig = *signed_reply->rootSignature;
       CHECK(std::find(keys.begin(), keys.end(), sig.by()) != keys.end());
       CHECK(sig.verify(notary::batchRootSignableBytes(reply->batchSeq, signed_reply->leafCount, *root)).ok());
       provers.insert(sig.by());

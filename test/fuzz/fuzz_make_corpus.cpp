@@ -342,9 +342,6 @@ std::vector<Seed> notarisationSeeds(const World& w) {
   second.reply = success.encode();
   second.leafIndex = 1;
   second.leafCount = 2;
-  const SecureHash first_leaf = replyLeaf(conflict.encode());
-  second.proof = {first_leaf};
-  second.rootSignature = w.notary2.sign(batchRootSignableBytes(7, 2, second.root().value()));
   second.txSignature = w.notary2.sign(signableBytes(full.id()));
   add(K::signed_reply, "signed-success", second.encode());
 
