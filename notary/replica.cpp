@@ -794,6 +794,7 @@ void Replica::acceptPrePrepare(uint64_t seq, const SecureHash& digest, BatchBody
     Slot& sl = it->second;
     sl.pp_durable = true;
     if (mine) {
+      if (n() == 1) return checkPrepared(sl);  // a cluster of one has no one to send it to
       auto fr = sl.frames.find(digest);
       if (fr != sl.frames.end()) {
         broadcastFrame(fr->second, "pre-prepare");
