@@ -143,7 +143,8 @@ void NotaryClient::ignore(const Pending& pending, uint32_t replica, const std::s
 
 Status NotaryClient::verifyRootUncached(uint32_t replica, const SignedNotarisationReply& reply) const {
   const PublicKey& key = cluster_.replica_keys[replica];
-  if (!reply.rootSignature) return makeError(Errc::missing_signatures, "no batch-root signature");
+  CCAL_ASSERT_MSG(reply.rootSignature.has_value(),
+                  "callers refuse a reply without its root signature");
   if (!(reply.rootSignature->by() == key)) {
     return makeError(Errc::bad_signature, "the batch root is signed by " +
                                               reply.rootSignature->by().shortHex() +

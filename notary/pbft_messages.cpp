@@ -40,6 +40,17 @@ void fillRequest(sp::Request::Builder b, const WireRequest& r) {
   }
 }
 
+// The fields a pre-prepare and a batch-data frame share: seq, timestamp and
+// the requests.
+template <class Builder>
+void fillBatch(Builder b, uint64_t seq, const BatchBody& batch) {
+  b.setSeq(seq);
+  b.setTimeMicros(batch.time_micros);
+  auto list = b.initRequests(static_cast<unsigned>(batch.requests.size()));
+  for (size_t i = 0; i < batch.requests.size(); ++i)
+    fillRequest(list[static_cast<unsigned>(i)], batch.requests[i]);
+}
+
 Result<WireRequest> readRequest(sp::Request::Reader r, const PbftLimits& limits) {
   WireRequest out;
   if (!r.hasClient() || r.getClient().size() == 0) return bad("request without a client name");
@@ -229,12 +240,7 @@ void fillFrame(sp::Frame::Builder f, const Message& message) {
         } else if constexpr (std::is_same_v<T, PrePrepareMsg>) {
           auto p = f.initPrePrepare();
           p.setView(m.view);
-          p.setSeq(m.seq);
-          p.setTimeMicros(m.batch.time_micros);
-          auto list = p.initRequests(static_cast<unsigned>(m.batch.requests.size()));
-          for (size_t i = 0; i < m.batch.requests.size(); ++i) {
-            fillRequest(list[static_cast<unsigned>(i)], m.batch.requests[i]);
-          }
+          fillBatch(p, m.seq, m.batch);
         } else if constexpr (std::is_same_v<T, Prepare> || std::is_same_v<T, Commit>) {
           auto v = std::is_same_v<T, Prepare> ? f.initPrepare() : f.initCommit();
           v.setView(m.view);
@@ -247,13 +253,7 @@ void fillFrame(sp::Frame::Builder f, const Message& message) {
           b.setSeq(m.seq);
           b.setDigest(asData(m.digest.view()));
         } else if constexpr (std::is_same_v<T, BatchDataMsg>) {
-          auto b = f.initBatchData();
-          b.setSeq(m.seq);
-          b.setTimeMicros(m.batch.time_micros);
-          auto list = b.initRequests(static_cast<unsigned>(m.batch.requests.size()));
-          for (size_t i = 0; i < m.batch.requests.size(); ++i) {
-            fillRequest(list[static_cast<unsigned>(i)], m.batch.requests[i]);
-          }
+          fillBatch(f.initBatchData(), m.seq, m.batch);
         } else if constexpr (std::is_same_v<T, StatusMsg>) {
           auto s = f.initStatus();
           s.setView(m.view);
@@ -470,6 +470,7 @@ unsigned batchSegmentWords(const BatchBody& batch) {
   }
   return static_cast<unsigned>(std::min<size_t>(words, size_t{1} << 28));
 }
+
 }  // namespace
 
 Bytes encodePrePrepareFrame(uint64_t view, uint64_t seq, const BatchBody& batch) {
@@ -477,25 +478,14 @@ Bytes encodePrePrepareFrame(uint64_t view, uint64_t seq, const BatchBody& batch)
       [&](sp::Frame::Builder f) {
         auto p = f.initPrePrepare();
         p.setView(view);
-        p.setSeq(seq);
-        p.setTimeMicros(batch.time_micros);
-        auto list = p.initRequests(static_cast<unsigned>(batch.requests.size()));
-        for (size_t i = 0; i < batch.requests.size(); ++i)
-          fillRequest(list[static_cast<unsigned>(i)], batch.requests[i]);
+        fillBatch(p, seq, batch);
       },
       batchSegmentWords(batch));
 }
 
 Bytes encodeBatchDataFrame(uint64_t seq, const BatchBody& batch) {
   return buildFlat<sp::Frame>(
-      [&](sp::Frame::Builder f) {
-        auto b = f.initBatchData();
-        b.setSeq(seq);
-        b.setTimeMicros(batch.time_micros);
-        auto list = b.initRequests(static_cast<unsigned>(batch.requests.size()));
-        for (size_t i = 0; i < batch.requests.size(); ++i)
-          fillRequest(list[static_cast<unsigned>(i)], batch.requests[i]);
-      },
+      [&](sp::Frame::Builder f) { fillBatch(f.initBatchData(), seq, batch); },
       batchSegmentWords(batch));
 }
 

@@ -356,6 +356,26 @@ struct Prepared {
   std::vector<Bytes> inputKeys, referenceKeys;
 };
 
+// Reply i of a batch of `count`, signed: a success (tx_signature set)
+// carries its transaction signature only, any other answer the batch-root
+// signature and its proof in `tree`. The one place that rule is written, for
+// signReplies() and expandReplies() alike.
+Bytes signedReplyBytes(Bytes reply, uint32_t i, uint32_t count, const merkle::Tree& tree,
+                       const DigitalSignature& root_signature,
+                       std::optional<DigitalSignature> tx_signature) {
+  SignedNotarisationReply r;
+  r.reply = std::move(reply);
+  r.leafIndex = i;
+  r.leafCount = count;
+  if (tx_signature) {
+    r.txSignature = std::move(tx_signature);
+  } else {
+    r.proof = tree.prove(i);
+    r.rootSignature = root_signature;
+  }
+  return r.encode();
+}
+
 }  // namespace
 
 // What one run of a batch's write request produced (set anew on every run).
@@ -448,20 +468,15 @@ Result<std::vector<Bytes>> UniquenessStateMachine::expandReplies(uint64_t seq,
   out.reserve(count);
   size_t next_tx = 0;
   for (uint32_t i = 0; i < count; ++i) {
-    SignedNotarisationReply r;
-    r.reply = std::move(replies[i]);
-    r.leafIndex = i;
-    r.leafCount = count;
+    std::optional<DigitalSignature> tx_signature;
     if (next_tx < signed_at.size() && signed_at[next_tx] == i) {
       const auto k = static_cast<uint32_t>(next_tx++);
-      r.txSignature = DigitalSignature(
+      tx_signature = DigitalSignature(
           signer_.publicKey(), tx_bytes, tx_version,
           BatchProof{k, static_cast<uint32_t>(signed_at.size()), tx_tree->prove(k)});
-    } else {
-      r.proof = tree.prove(i);
-      r.rootSignature = root_signature;
     }
-    out.push_back(r.encode());
+    out.push_back(signedReplyBytes(std::move(replies[i]), i, count, tree, root_signature,
+                                   std::move(tx_signature)));
   }
   return out;
 }
@@ -495,17 +510,12 @@ Executed UniquenessStateMachine::signReplies(uint64_t seq, BatchRun& run) const 
       root_signature, tx_signatures.empty() ? nullptr : &tx_signatures[0], run.replyBytes);
   size_t next_tx_signature = 0;
   for (uint32_t i = 0; i < count; ++i) {
-    SignedNotarisationReply signed_reply;
-    signed_reply.reply = std::move(run.replyBytes[i]);
-    signed_reply.leafIndex = i;
-    signed_reply.leafCount = count;
+    std::optional<DigitalSignature> tx_signature;
     if (next_tx_signature < signed_at.size() && signed_at[next_tx_signature] == i) {
-      signed_reply.txSignature = tx_signatures[next_tx_signature++];
-    } else {
-      signed_reply.proof = tree.prove(i);
-      signed_reply.rootSignature = root_signature;
+      tx_signature = tx_signatures[next_tx_signature++];
     }
-    executed.replies.push_back(signed_reply.encode());
+    executed.replies.push_back(signedReplyBytes(std::move(run.replyBytes[i]), i, count, tree,
+                                                root_signature, std::move(tx_signature)));
   }
   return executed;
 }
