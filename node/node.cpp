@@ -736,6 +736,7 @@ void Node::Impl::stop() {
   if (delivery) delivery->waitForStore();
   if (notary) notary->quiesce();
   executor.stop();
+  if (notary) notary->recordCleanStop();
   // The notary's Store drains its queued writes while the replica and state
   // machine they use are alive; then everything over the link goes, then the link.
   if (notary) notary->stopStore();

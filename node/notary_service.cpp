@@ -84,7 +84,9 @@ json statusOfReplica(const notary::Replica& r, const NotaryInfo& cluster, uint32
             {"frames_rejected", s.frames_rejected},
             {"store_writes", s.store_writes},
             {"batches_fetched", s.batches_fetched},
-            {"batches_overlapped", s.batches_overlapped}}}};
+            {"batches_overlapped", s.batches_overlapped},
+            {"votes_early", s.votes_early},
+            {"votes_abstained", s.votes_abstained}}}};
 }
 
 }  // namespace
@@ -716,6 +718,10 @@ Status NotaryService::start() {
 
 void NotaryService::quiesce() {
   if (impl_->replica) impl_->replica->quiesceStore();
+}
+
+void NotaryService::recordCleanStop() {
+  if (impl_->replica) impl_->replica->recordCleanStop();
 }
 
 void NotaryService::stopStore() {

@@ -108,6 +108,10 @@ class NotaryService {
   // writes use the state machine and the replica, before either is
   // destroyed), then destroy. Main thread.
   void quiesce();
+  // After the executor has stopped, before stopStore(): the replica records
+  // a clean stop (Replica::recordCleanStop), so its next start need not
+  // abstain from voting in the view it stopped in.
+  void recordCleanStop();
   void stopStore();
 
   bool isReplica() const;

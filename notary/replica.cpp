@@ -89,6 +89,13 @@ Status Replica::start() {
   stable_digest_ = rec->meta.stable_digest;
   stable_proof_ = rec->meta.stable_proof;
   last_batch_time_micros_ = rec->meta.last_batch_time_micros;
+  // Restarted without a clean stop (recordCleanStop): a vote sent in the
+  // stored view may be missing from the store (votes go out as their write
+  // is queued), so this replica sends no more votes in that view (safety 3),
+  // and claims none of its log's: a pre-prepare the log holds may have been
+  // accepted while abstaining already. The primary, which may have proposed
+  // batches the log does not hold, asks for the next view below.
+  if (f() > 0 && rec->has_meta && !rec->meta.clean_stop && !view_changing_) abstain_view_ = view_;
   // The reply cache: records of the formats before per-batch records are
   // still good answers, kept in memory and deleted from the store in the
   // first write; then the recent batches' replies.
@@ -165,7 +172,7 @@ Status Replica::start() {
         s.has_pp = true;
         s.digest = d;
         s.pp_durable = true;
-        s.prepare_sent = primaryOf(view_) != config_.self_index;
+        s.prepare_sent = primaryOf(view_) != config_.self_index && abstain_view_ != view_;
       }
     }
     if (s.has_p && s.p_view == view_ && s.has_pp && s.p_digest == s.digest) {
@@ -188,6 +195,8 @@ Status Replica::start() {
     view_ = v - 1;
     view_changing_ = false;
     startViewChange(v);
+  } else if (abstain_view_ == view_ && primaryOf(view_) == config_.self_index) {
+    startViewChange(view_ + 1);
   }
   status_timer_ = executor_.runAfter(config_.status_interval_micros, [this] { onStatusTimer(); });
   maybeStartStateTransfer();
@@ -224,14 +233,38 @@ void Replica::postBack(std::function<void()> fn) {
 }
 
 struct Replica::StoreRequests {
-  std::mutex mutex;  // guards in_flight
+  std::mutex mutex;  // guards in_flight and failed
   std::condition_variable drained;
   uint64_t in_flight = 0;
+  bool failed = false;  // a protocol write failed: no clean stop is recorded
 };
 
 void Replica::quiesceStore() {
   std::unique_lock lock(store_requests_->mutex);
   store_requests_->drained.wait(lock, [&] { return store_requests_->in_flight == 0; });
+}
+
+void Replica::recordCleanStop() {
+  flush();  // the step the executor did not get to: votes in it may be out
+  quiesceStore();
+  {
+    std::lock_guard lock(store_requests_->mutex);
+    if (store_requests_->failed) return;  // a vote's record may be lost
+    ++store_requests_->in_flight;
+  }
+  Step st;
+  st.meta = meta();
+  st.meta->clean_stop = true;
+  store_.write(std::move(st), [this, requests = store_requests_](const Status& written) {
+    if (!written) log("recording a clean stop failed: " + written.error().toString());
+    std::lock_guard lock(requests->mutex);
+    if (--requests->in_flight == 0) requests->drained.notify_all();
+  });
+  quiesceStore();
+}
+
+bool Replica::votesEarly() const {
+  return f() > 0 && !view_changing_ && durable_view_ == view_ && abstain_view_ != view_;
 }
 
 // --- sending -------------------------------------------------------------------------
@@ -296,8 +329,9 @@ SlotRecord Replica::slotRecord(Slot& s) const {
   r.seq = s.seq;
   r.pre_prepared = s.q;
   auto kept = [&s](const SecureHash& d) { return s.q.count(d) > 0 || (s.has_p && s.p_digest == d); };
-  // The primary's frames go to the backups after this write: copied.
-  const bool mine_frames = isPrimary() && f() > 0;
+  // The primary's frames go to the backups after this write (unless they
+  // went as it was queued): copied.
+  const bool mine_frames = isPrimary() && f() > 0 && !s.pp_durable;
   // Each batch of Q and P is written once, under its own key; a batch that
   // left them is deleted.
   for (const auto& [d, b] : s.batches) {
@@ -358,19 +392,28 @@ void Replica::flush() {
     std::lock_guard lock(store_requests_->mutex);
     ++store_requests_->in_flight;
   }
+  // A durable meta record in a view, not view-changing: votes in that view
+  // may go out early from then on (votesEarly()).
+  std::optional<uint64_t> normal_view;
+  if (s.meta && !s.meta->view_changing) normal_view = s.meta->view;
   // The executor outlives this object's queued requests; this object may not.
   store_.write(std::move(s), [this, ex = &executor_, alive = std::weak_ptr<int>(alive_), fns,
-                              requests = store_requests_](const Status& st) {
+                              requests = store_requests_, normal_view](const Status& st) {
     // Posted before the count drops, so quiesceStore() sees it queued.
     struct Done {
       std::shared_ptr<StoreRequests> r;
+      bool failed;
       ~Done() {
         std::lock_guard lock(r->mutex);
+        if (failed) r->failed = true;
         if (--r->in_flight == 0) r->drained.notify_all();
       }
-    } done{requests};
-    ex->post([this, alive, fns, st] {
+    } done{requests, !st};
+    ex->post([this, alive, fns, st, normal_view] {
       if (alive.expired()) return;
+      if (st && normal_view && (!durable_view_ || *durable_view_ < *normal_view)) {
+        durable_view_ = normal_view;
+      }
       if (!st) {
         // What depended on this write is not sent: the protocol state it
         // records may be lost, so acting on it could equivocate.
@@ -784,6 +827,27 @@ void Replica::acceptPrePrepare(uint64_t seq, const SecureHash& digest, BatchBody
     s.commits[config_.self_index] = digest;
     s.committed = true;
   }
+  CCAL_ASSERT(!(mine && abstain_view_ == view_));
+  if (votesEarly()) {
+    // The vote goes out now; the slot's write is queued below, before any
+    // write that a commit waits for (safety 3).
+    ++stats_.votes_early;
+    s.pp_durable = true;
+    if (mine) {
+      auto fr = s.frames.find(digest);
+      broadcastFrame(
+          fr != s.frames.end() ? fr->second : encodePrePrepareFrame(view_, seq, s.batches[digest]),
+          "pre-prepare");
+    } else {
+      s.prepare_sent = true;
+      s.prepares[config_.self_index] = digest;
+      broadcast(Message(Prepare{{view_, seq, digest}}));
+    }
+    persistSlot(s);
+    step().meta = meta();
+    if (!mine) armViewTimer();
+    return checkPrepared(s);
+  }
   persistSlot(s);
   step().meta = meta();
   const uint64_t v = view_;
@@ -793,7 +857,11 @@ void Replica::acceptPrePrepare(uint64_t seq, const SecureHash& digest, BatchBody
     if (it == slots_.end() || !it->second.has_pp || it->second.digest != digest) return;
     Slot& sl = it->second;
     sl.pp_durable = true;
-    if (mine) {
+    if (!mine && abstain_view_ == v) {
+      // Restarted in this view without a clean stop: no prepare (safety 3);
+      // the slot prepares on 2f other backups' prepares.
+      ++stats_.votes_abstained;
+    } else if (mine) {
       if (n() == 1) return checkPrepared(sl);  // a cluster of one has no one to send it to
       auto fr = sl.frames.find(digest);
       if (fr != sl.frames.end()) {

@@ -97,6 +97,12 @@ class Replica final : public flows::LinkHandler {
     uint64_t requests_refused = 0;  // failed StateMachine::check, answered with its rejection
     uint64_t pre_prepares_held = 0;      // waiting for requests this replica could not authenticate
     uint64_t held_accepted_by_prepares = 0;  // accepted on f+1 backups' prepares
+    // Prepares (a backup) and pre-prepares (the primary) sent as the slot's
+    // write was queued, not after it was durable (notary/README.md, safety 3).
+    uint64_t votes_early = 0;
+    // Pre-prepares accepted without a prepare: restarted in the view without
+    // a clean stop.
+    uint64_t votes_abstained = 0;
   };
 
   // Opens from the store's recovered state (view, log, checkpoint, replies)
@@ -125,6 +131,11 @@ class Replica final : public flows::LinkHandler {
   const Stats& stats() const { return stats_; }
   // Blocks until every store request queued so far has completed (posted).
   void quiesceStore();
+  // A clean stop, once the executor no longer runs: writes what is queued,
+  // waits for it, and then records that every vote sent is durable, so the
+  // next start need not abstain (safety 3). Not called (or a write failed):
+  // the next start abstains from voting in the view it stopped in.
+  void recordCleanStop();
 
  private:
   // A batch's hashes, computed once per batch: each request body's SHA-256
@@ -139,7 +150,9 @@ class Replica final : public flows::LinkHandler {
     // Pre-prepared in the current view: the digest and whether the batch is here.
     bool has_pp = false;
     SecureHash digest;
-    bool pp_durable = false;  // the prepare (or the primary's pre-prepare) may go out
+    // This replica's vote in the view is out (a backup's prepare, the
+    // primary's pre-prepare), or it abstains: prepared may follow.
+    bool pp_durable = false;
     std::map<SecureHash, uint64_t> q;                   // Q entries (durable)
     std::map<SecureHash, pbft::BatchBody> batches;      // bodies by digest
     // Hashes of batches accepted here, by batch digest (which binds them);
@@ -341,7 +354,14 @@ class Replica final : public flows::LinkHandler {
   std::optional<pbft::SignedMsg> my_view_change_;
   std::optional<pbft::SignedMsg> new_view_msg_;  // of the current view
 
-  // Durability.
+  // Durability. Votes go out as their slot's write is queued once a durable
+  // meta record says this replica is in view_, not view-changing
+  // (durable_view_); a replica restarted without a clean stop abstains in
+  // the view it stopped in (abstain_view_), where a vote it sent may not
+  // have reached the store (notary/README.md, safety 3).
+  bool votesEarly() const;
+  std::optional<uint64_t> durable_view_;
+  std::optional<uint64_t> abstain_view_;
   std::optional<pbft::Step> step_;
   std::vector<std::function<void()>> after_durable_;
   bool flush_posted_ = false;

@@ -139,6 +139,7 @@ Bytes ReplicaStore::encodeMeta(const MetaRecord& r) {
   appendU32(out, static_cast<uint32_t>(r.stable_proof.size()));
   for (const auto& s : r.stable_proof) appendBytes(out, encodeFrame(Message(s)));
   appendU64(out, static_cast<uint64_t>(r.last_batch_time_micros));
+  if (r.clean_stop) out.push_back(1);
   return out;
 }
 
@@ -160,8 +161,13 @@ Result<MetaRecord> ReplicaStore::decodeMeta(ByteView bytes) {
     r.stable_proof.push_back(std::get<SignedMsg>(std::move(*m)));
   }
   uint64_t t = 0;
-  if (!rd.u64(t) || !rd.done()) return corrupt("meta record");
+  if (!rd.u64(t)) return corrupt("meta record");
   r.last_batch_time_micros = static_cast<int64_t>(t);
+  if (!rd.done()) {
+    uint8_t clean = 0;
+    if (!rd.u8(clean) || clean != 1 || !rd.done()) return corrupt("meta record");
+    r.clean_stop = true;
+  }
   return r;
 }
 
@@ -172,6 +178,7 @@ Result<Recovered> ReplicaStore::load() const {
     auto meta = decodeMeta(*m);
     if (!meta) return meta.error();
     out.meta = std::move(*meta);
+    out.has_meta = true;
   }
   for (auto c = txn.cursor(store_.db("pbft_log")); c.valid() || c.first();) {
     if (!c.valid()) break;

@@ -66,6 +66,10 @@ struct MetaRecord {
   SecureHash stable_digest;
   std::vector<SignedMsg> stable_proof;
   int64_t last_batch_time_micros = 0;
+  // Written only by Replica::recordCleanStop(), as the last write of a
+  // clean stop: every vote the replica sent is in the store. Any other write
+  // clears it. (Absent in records of earlier versions: false.)
+  bool clean_stop = false;
 };
 
 struct ReplyRecord {
@@ -89,6 +93,7 @@ struct ReplyBatchRecord {
 
 struct Recovered {
   MetaRecord meta;
+  bool has_meta = false;  // false: a fresh store (this replica never wrote)
   std::map<uint64_t, SlotRecord> slots;
   std::map<std::string, std::map<uint64_t, ReplyRecord>> replies;  // records of the formats before
   std::map<uint64_t, ReplyBatchRecord> reply_batches;              // batch seq -> its replies

@@ -18,6 +18,7 @@ TEST_CASE("replica store: protocol state survives a reopen; truncation drops the
   {
     auto store = vault::Store::open(config, ReplicaStore::dbNames(), "pbft-test", 1).value();
     ReplicaStore rs(*store);
+    CHECK(!rs.load()->has_meta);  // a fresh store: this replica never wrote
     Step step;
     MetaRecord meta;
     meta.view = 7;
@@ -50,6 +51,8 @@ TEST_CASE("replica store: protocol state survives a reopen; truncation drops the
   auto store = vault::Store::open(config, ReplicaStore::dbNames(), "pbft-test", 1).value();
   auto rec = ReplicaStore(*store).load();
   REQUIRE(rec.ok());
+  CHECK(rec->has_meta);
+  CHECK(!rec->meta.clean_stop);
   CHECK(rec->meta.view == 7);
   CHECK(rec->meta.view_changing);
   CHECK(rec->meta.last_batch_time_micros == 1234);
@@ -70,6 +73,15 @@ TEST_CASE("replica store: corrupt records are refused with an error naming them"
   m.view = 2;
   Bytes good = ReplicaStore::encodeMeta(m);
   CHECK(ReplicaStore::decodeMeta(good).ok());
+  CHECK(!ReplicaStore::decodeMeta(good)->clean_stop);  // (also: records before the mark existed)
+  // The clean-stop mark: one trailing byte 1; anything else after the record is refused.
+  m.clean_stop = true;
+  Bytes clean = ReplicaStore::encodeMeta(m);
+  CHECK(clean.size() == good.size() + 1);
+  CHECK(ReplicaStore::decodeMeta(clean)->clean_stop);
+  CHECK(ReplicaStore::decodeMeta(clean)->view == 2);
+  clean.push_back(1);
+  CHECK(!ReplicaStore::decodeMeta(clean).ok());
   good.push_back(0);
   CHECK(!ReplicaStore::decodeMeta(good).ok());
 }

@@ -79,10 +79,12 @@ struct Cluster {
     }
   }
 
-  // Replica i stops and starts again from its store (state machine and protocol).
-  void restart(uint32_t i) {
+  // Replica i stops and starts again from its store (state machine and
+  // protocol): as after a crash, or, clean, as a node's orderly stop does.
+  void restart(uint32_t i, bool clean = false) {
     settle();
     Member& m = members[i];
+    if (clean) m.replica->recordCleanStop();
     m.replica.reset();
     m.machine.reset();
     UniquenessConfig uc = keys.config();
@@ -260,6 +262,54 @@ TEST_CASE(
   // Left in the store: one record per kept batch (the older record is gone).
   c.settle();
   CHECK(m.store->read().entries(m.store->db("pbft_replies")) == 4);
+}
+
+TEST_CASE(
+    "replica: votes go out as their write is queued; restarted without a clean stop a backup "
+    "abstains in its view and a primary asks for the next one") {
+  Cluster c;
+  uint64_t cs = 0;
+  auto notarise = [&](const std::string& state) {
+    ++cs;
+    c.send(c.request(spendBody(c.keys, state), cs));
+    REQUIRE(c.runUntil([&] { return c.client.repliesFor(cs) >= 3; }, 60'000'000));
+  };
+  for (int i = 0; i < 4; ++i) notarise("early" + std::to_string(i));
+  // The first vote of the view waits for a durable record of the view; the
+  // later ones go out with their slot's write queued.
+  for (auto& m : c.members) {
+    CHECK(m.replica->stats().votes_early >= 2);
+    CHECK(m.replica->stats().votes_abstained == 0);
+  }
+
+  // A backup restarted as after a crash: a prepare it sent may not be in its
+  // store, so it sends none in view 0; the other three still commit.
+  c.restart(2);
+  for (int i = 0; i < 3; ++i) notarise("abstain" + std::to_string(i));
+  Replica& b = *c.members[2].replica;
+  CHECK(b.view() == 0);
+  CHECK(b.stats().votes_early == 0);
+  CHECK(b.stats().votes_abstained == 3);
+  REQUIRE(c.runUntil([&] { return c.executedEverywhere() == 7; }, 10'000'000));
+  // Restarted again before a clean stop: it still abstains.
+  c.restart(2);
+  notarise("abstain-again");
+  CHECK(c.members[2].replica->stats().votes_abstained == 1);
+  // After a clean stop every vote it sent is durable: it votes again.
+  c.restart(2, true);
+  for (int i = 0; i < 3; ++i) notarise("clean" + std::to_string(i));
+  CHECK(c.members[2].replica->stats().votes_abstained == 0);
+  CHECK(c.members[2].replica->stats().votes_early >= 2);
+
+  // The primary restarted as after a crash may have proposed batches its
+  // log does not hold: it proposes nothing more in view 0 and asks for view
+  // 1, which the others join when their timers expire.
+  c.restart(0);
+  CHECK(c.members[0].replica->viewChanging());
+  notarise("new-view");
+  for (auto& m : c.members) CHECK(m.replica->view() == 1);
+  REQUIRE(c.runUntil([&] { return c.executedEverywhere() == 12; }, 10'000'000));
+  for (auto& m : c.members) CHECK(m.replica->stats().frames_rejected == 0);
 }
 
 TEST_CASE(
