@@ -21,6 +21,9 @@ constexpr std::string_view txs_db_name = "notary_txs";
 constexpr std::string_view effects_db_name = "notary_effects";
 constexpr std::string_view meta_db_name = "notary_meta";
 constexpr std::string_view last_executed_key = "last_executed";
+// The last batch whose consumed states are all in notary_consumed (absent:
+// every batch's, as before the index was written in passes).
+constexpr std::string_view merged_through_key = "consumed_merged_through";
 
 Bytes be64(uint64_t n) {
   Bytes out(8);
@@ -170,8 +173,77 @@ Result<std::unique_ptr<UniquenessStateMachine>> UniquenessStateMachine::open(vau
     if (!l) return l.error();
     last = *l;
   }
-  return std::unique_ptr<UniquenessStateMachine>(
+  if (config.consumed_merge_interval_batches == 0 || config.consumed_unmerged_states_max == 0) {
+    return makeError(Errc::malformed,
+                     "the consumed index's merge interval and unmerged bound must be at least 1");
+  }
+  std::unique_ptr<UniquenessStateMachine> machine(
       new UniquenessStateMachine(store, std::move(config), std::move(signer), last));
+  CCAL_TRY(machine->loadUnmerged());
+  return machine;
+}
+
+size_t UniquenessStateMachine::RefKeyHasher::operator()(const Bytes& key) const {
+  // A ref key starts with a transaction id (a SHA-256): its first bytes are
+  // uniform already; the output index tells a transaction's states apart.
+  uint64_t h = 0;
+  for (size_t i = 0; i < std::min<size_t>(8, key.size()); ++i) h = (h << 8) | key[i];
+  for (size_t i = 8; i < key.size(); ++i) h = h * 1099511628211ull + key[i];
+  return static_cast<size_t>(h);
+}
+
+Status UniquenessStateMachine::loadUnmerged() {
+  // The states consumed by the batches after the last merge: from their
+  // effects, the durable record of each executed batch.
+  {
+    // A fresh store, or one from before the passes (every batch's states in
+    // notary_consumed): the record starts at lastExecuted.
+    auto txn = store_.read();
+    if (!txn.get(*meta_db_, asBytes(merged_through_key))) {
+      auto last = readLastExecuted(txn, *meta_db_);
+      if (!last) return last.error();
+      CCAL_TRY(store_.write([&](vault::WriteTxn& w) {
+        return w.put(*meta_db_, asBytes(merged_through_key), be64(*last));
+      }));
+    }
+  }
+  auto txn = store_.read();
+  auto last = readLastExecuted(txn, *meta_db_);
+  if (!last) return last.error();
+  auto m = txn.get(*meta_db_, asBytes(merged_through_key));
+  auto merged = m ? fromBe64(*m) : std::nullopt;
+  if (!merged || *merged > *last)
+    return makeError(Errc::storage_error, "notary_meta consumed_merged_through is damaged");
+  std::lock_guard lock(unmerged_mutex_);
+  unmerged_.clear();
+  for (uint64_t seq = *merged + 1; seq <= *last; ++seq) {
+    auto bytes = txn.get(*effects_db_, be64(seq));
+    if (!bytes)
+      return makeError(Errc::storage_error,
+                       "no effects of executed batch " + std::to_string(seq) + " are stored");
+    auto effects = BatchEffects::decode(*bytes, config_.limits);
+    if (!effects) {
+      return makeError(Errc::storage_error, "the stored effects of batch " + std::to_string(seq) +
+                                                ": " + effects.error().message);
+    }
+    for (const auto& c : effects->consumed)
+      unmerged_[refKey(c.ref)] = Unmerged{c.consumingTxId, seq};
+  }
+  return {};
+}
+
+Result<std::optional<SecureHash>> UniquenessStateMachine::consumedBefore(const vault::ReadTxn& txn,
+                                                                         const Bytes& key,
+                                                                         uint64_t seq) const {
+  auto u = unmerged_.find(key);
+  if (u != unmerged_.end() && u->second.seq < seq) return std::optional<SecureHash>(u->second.tx);
+  auto v = txn.get(*consumed_db_, key);
+  if (!v) return std::optional<SecureHash>();
+  auto h = SecureHash::fromBytes(*v);
+  if (!h)
+    return makeError(Errc::storage_error,
+                     "notary_consumed holds a value of " + std::to_string(v->size()) + " bytes");
+  return std::optional<SecureHash>(*h);
 }
 
 // --- check -----------------------------------------------------------------------
@@ -383,6 +455,7 @@ struct UniquenessStateMachine::BatchRun {
   std::vector<NotarisationReply> replies;
   std::vector<Bytes> replyBytes;
   Bytes effects;
+  bool merged = false;  // this batch's write took the consumed index's pass
 };
 
 // Packed replies (Executed::packed_replies): what a batch's signed replies
@@ -559,21 +632,16 @@ void UniquenessStateMachine::execute(const Batch& batch, std::function<void(Resu
       return makeError(Errc::storage_error, "batch " + std::to_string(seq) + " cannot follow batch " +
                                                 std::to_string(*last) + " in the store");
     }
-    // This batch's consumption so far, sorted by key so that the puts below
-    // walk the B-tree in order.
-    std::map<Bytes, SecureHash> consumed_now;
+    // This batch's consumption so far.
+    std::unordered_map<Bytes, SecureHash, RefKeyHasher> consumed_now;
     std::unordered_set<SecureHash, SecureHashHasher> committed_now;
     BatchEffects effects;
     effects.seq = seq;
+    std::vector<bool> ours;  // per input of the request at hand: consumed by it already
     auto consumerOf = [&](const Bytes& key) -> Result<std::optional<SecureHash>> {
       auto it = consumed_now.find(key);
       if (it != consumed_now.end()) return std::optional<SecureHash>(it->second);
-      auto v = txn.get(*consumed_db_, key);
-      if (!v) return std::optional<SecureHash>();
-      auto h = SecureHash::fromBytes(*v);
-      if (!h) return makeError(Errc::storage_error, "notary_consumed holds a value of " +
-                                                        std::to_string(v->size()) + " bytes");
-      return std::optional<SecureHash>(*h);
+      return consumedBefore(txn, key, seq);
     };
 
     for (const Prepared& p : *prepared) {
@@ -591,12 +659,15 @@ void UniquenessStateMachine::execute(const Batch& batch, std::function<void(Resu
 
       // Inputs: already ours (a re-notarisation), free, or taken by another.
       bool all_ours = !c.inputs.empty();
+      ours.assign(c.inputs.size(), false);
       for (size_t k = 0; k < c.inputs.size(); ++k) {
         auto by = consumerOf(p.inputKeys[k]);
         if (!by) return by.error();
         if (!*by) {
           all_ours = false;
-        } else if (**by != c.txId) {
+        } else if (**by == c.txId) {
+          ours[k] = true;
+        } else {
           all_ours = false;
           reply.conflicts.push_back(StateConflict{c.inputs[k], consumingTxIdHash(**by), false});
         }
@@ -630,15 +701,10 @@ void UniquenessStateMachine::execute(const Batch& batch, std::function<void(Resu
         continue;
       }
       for (size_t k = 0; k < c.inputs.size(); ++k) {
-        if (consumed_now.emplace(p.inputKeys[k], c.txId).second) {
-          // (Inputs consumed by this transaction before are not consumed again.)
-          auto stored = txn.get(*consumed_db_, p.inputKeys[k]);
-          if (stored) {
-            consumed_now.erase(p.inputKeys[k]);
-            continue;
-          }
-          effects.consumed.push_back(ConsumedState{c.inputs[k], c.txId});
-        }
+        // (Inputs consumed by this transaction before are not consumed again.)
+        if (ours[k]) continue;
+        consumed_now.emplace(p.inputKeys[k], c.txId);
+        effects.consumed.push_back(ConsumedState{c.inputs[k], c.txId});
       }
       if (c.inputs.empty()) {
         committed_now.insert(c.txId);
@@ -648,8 +714,29 @@ void UniquenessStateMachine::execute(const Batch& batch, std::function<void(Resu
       run->replies.push_back(std::move(reply));
     }
 
-    for (const auto& [key, tx] : consumed_now) CCAL_TRY(txn.put(*consumed_db_, key, tx.view()));
+    // The consumed index: in memory until a pass writes every batch's since
+    // the last pass, sorted, with this batch (notary_meta records which).
+    uint64_t merged = 0;  // (open() wrote the record)
+    if (auto m = txn.get(*meta_db_, asBytes(merged_through_key))) merged = fromBe64(*m).value_or(0);
     Bytes seq_key = be64(seq);
+    if (seq - merged >= config_.consumed_merge_interval_batches ||
+        unmerged_.size() + consumed_now.size() >= config_.consumed_unmerged_states_max) {
+      // Sorted, so that the puts walk the B-tree in order.
+      std::vector<std::pair<const Bytes*, const SecureHash*>> puts;
+      puts.reserve(unmerged_.size() + consumed_now.size());
+      for (const auto& [key, u] : unmerged_) {
+        if (u.seq < seq) puts.emplace_back(&key, &u.tx);
+      }
+      for (const auto& [key, tx] : consumed_now) puts.emplace_back(&key, &tx);
+      std::sort(puts.begin(), puts.end(),
+                [](const auto& a, const auto& b) { return *a.first < *b.first; });
+      for (const auto& [key, tx] : puts) CCAL_TRY(txn.put(*consumed_db_, *key, tx->view()));
+      CCAL_TRY(txn.put(*meta_db_, asBytes(merged_through_key), seq_key));
+      run->merged = true;
+    } else {
+      std::lock_guard lock(unmerged_mutex_);
+      for (auto& [key, tx] : consumed_now) unmerged_.insert_or_assign(key, Unmerged{tx, seq});
+    }
     for (const auto& tx : effects.committedWithoutInputs) CCAL_TRY(txn.put(*txs_db_, tx.view(), seq_key));
     run->effects = effects.encode();
     CCAL_TRY(txn.put(*effects_db_, seq_key, run->effects));
@@ -662,6 +749,10 @@ void UniquenessStateMachine::execute(const Batch& batch, std::function<void(Resu
   store_.submit(std::move(fn), [this, run, seq, done = std::move(done)](const Status& status) {
     if (!status) {
       rewindQueued(seq);  // the replica stays where it was (a failed batch is fatal for it)
+      {
+        std::lock_guard lock(unmerged_mutex_);
+        std::erase_if(unmerged_, [seq](const auto& e) { return e.second.seq >= seq; });
+      }
       Error error = makeError(status.error().code, "batch " + std::to_string(seq) + " not executed: " +
                                                        status.error().message);
       if (config_.complete_on == nullptr) {
@@ -670,6 +761,11 @@ void UniquenessStateMachine::execute(const Batch& batch, std::function<void(Resu
         config_.complete_on->post([done, error]() { done(error); });
       }
       return;
+    }
+    if (run->merged) {
+      // Written and durable: the entries of this pass leave memory.
+      std::lock_guard lock(unmerged_mutex_);
+      std::erase_if(unmerged_, [seq](const auto& e) { return e.second.seq <= seq; });
     }
     last_executed_.store(seq);
     if (config_.complete_on == nullptr) {
@@ -713,9 +809,9 @@ void UniquenessStateMachine::applyEffects(uint64_t seq, ByteView effects_bytes, 
     std::map<Bytes, SecureHash> puts;
     for (const auto& c : shared->consumed) {
       Bytes key = refKey(c.ref);
-      auto stored = txn.get(*consumed_db_, key);
-      if (stored && !std::equal(stored->begin(), stored->end(), c.consumingTxId.view().begin(),
-                                c.consumingTxId.view().end())) {
+      auto stored = consumedBefore(txn, key, seq);
+      if (!stored) return stored.error();
+      if (*stored && **stored != c.consumingTxId) {
         // Certified effects that contradict our own state: this replica's
         // state has diverged from the cluster's, which no input can fix.
         return makeError(Errc::storage_error, "state " + c.ref.toString() + " is consumed here by another "
@@ -758,8 +854,15 @@ Result<Bytes> UniquenessStateMachine::effects(uint64_t seq) const {
 }
 
 Result<std::optional<SecureHash>> UniquenessStateMachine::consumedBy(const StateRef& ref) const {
+  const Bytes key = refKey(ref);
+  {
+    std::lock_guard lock(unmerged_mutex_);
+    auto u = unmerged_.find(key);
+    if (u != unmerged_.end() && u->second.seq <= last_executed_.load())
+      return std::optional<SecureHash>(u->second.tx);
+  }
   auto txn = store_.read();
-  auto v = txn.get(*consumed_db_, refKey(ref));
+  auto v = txn.get(*consumed_db_, key);
   if (!v) return std::optional<SecureHash>();
   auto h = SecureHash::fromBytes(*v);
   if (!h) return makeError(Errc::storage_error, "notary_consumed holds a value of the wrong length");
@@ -774,7 +877,26 @@ Result<SecureHash> UniquenessStateMachine::stateDigest() const {
   if (!last) return last.error();
   Bytes last_bytes = be64(*last);
   h.update(last_bytes);
-  for (const vault::Db* db : {consumed_db_, txs_db_, effects_db_}) {
+  // The consumed states: those written to notary_consumed and those still
+  // in memory (where they are in the index is not part of the state).
+  std::map<Bytes, Bytes> consumed;
+  {
+    auto cursor = txn.cursor(*consumed_db_);
+    for (bool ok = cursor.first(); ok; ok = cursor.next()) {
+      consumed.emplace(Bytes(cursor.key().begin(), cursor.key().end()),
+                       Bytes(cursor.value().begin(), cursor.value().end()));
+    }
+    std::lock_guard lock(unmerged_mutex_);
+    for (const auto& [key, u] : unmerged_) {
+      if (u.seq <= *last) consumed[key] = Bytes(u.tx.view().begin(), u.tx.view().end());
+    }
+  }
+  h.updateU32(static_cast<uint32_t>(consumed.size()));
+  for (const auto& [k, v] : consumed) {
+    h.updateU32(static_cast<uint32_t>(k.size())).update(k);
+    h.updateU32(static_cast<uint32_t>(v.size())).update(v);
+  }
+  for (const vault::Db* db : {txs_db_, effects_db_}) {
     h.updateU32(static_cast<uint32_t>(txn.entries(*db)));
     auto cursor = txn.cursor(*db);
     for (bool ok = cursor.first(); ok; ok = cursor.next()) {

@@ -41,8 +41,10 @@
 
 #include <atomic>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "ledger/composite_key.h"
@@ -72,6 +74,15 @@ struct UniquenessConfig {
   // request executes so that execute() does not decode and check it again;
   // the oldest are dropped beyond this many.
   uint32_t checked_requests_cached_max = 32'768;
+  // The consumed-state index (notary_consumed) is written in one sorted
+  // pass every this many batches rather than with every batch: a B-tree
+  // page then takes the states of many batches in one write. Until then the
+  // states a batch consumed are in memory; their durable record is the
+  // batch's effects (notary_effects, written with the batch), which open()
+  // reads back. 1: every batch writes its own.
+  uint32_t consumed_merge_interval_batches = 32;
+  // ... or as soon as this many consumed states wait in memory.
+  uint32_t consumed_unmerged_states_max = 65'536;
 };
 
 inline constexpr std::string_view uniqueness_schema_name = "ccal.notary";
@@ -150,6 +161,27 @@ class UniquenessStateMachine final : public StateMachine {
   // wound back from the writer's when a batch fails.
   std::atomic<uint64_t> last_queued_;
   void rewindQueued(uint64_t failed_seq);
+
+  // States consumed by executed batches and not yet written to
+  // notary_consumed (consumed_merge_interval_batches): ref key -> consuming
+  // transaction and batch. Changed only on the Store's writer thread (in
+  // write requests and their completions), under the mutex; read there
+  // without it, and under it elsewhere (consumedBy, stateDigest). A lookup
+  // for batch s sees only entries of batches before s (an entry of s itself
+  // is from a run of s's write that was rolled back).
+  struct Unmerged {
+    SecureHash tx;
+    uint64_t seq = 0;
+  };
+  struct RefKeyHasher {
+    size_t operator()(const Bytes& key) const;
+  };
+  mutable std::mutex unmerged_mutex_;
+  std::unordered_map<Bytes, Unmerged, RefKeyHasher> unmerged_;
+  // The consumer of `key` before batch `seq`, from memory or notary_consumed.
+  Result<std::optional<SecureHash>> consumedBefore(const vault::ReadTxn& txn, const Bytes& key,
+                                                   uint64_t seq) const;
+  Status loadUnmerged();
 };
 
 }  // namespace ccal::notary

@@ -831,3 +831,79 @@ TEST_CASE("check cache: execute() reuses what check() decoded; the cache is boun
   CHECK(!replica.sm->check(bad).ok());
   CHECK(replica.sm->checkStats().decoded == 8);
 }
+
+TEST_CASE(
+    "the consumed index is written in passes; until then memory and the batches' effects answer, "
+    "across a reopen") {
+  TestCluster cluster;
+  UniquenessConfig config = cluster.config();
+  config.consumed_merge_interval_batches = 3;
+  TestReplica r(config, cluster.replica_keys[0], /*durable*/ true);
+  TestReplica every(cluster.config(),
+                    cluster.replica_keys[1]);  // the same batches, a pass per batch
+  every.sm.reset();
+  every.store.reset();
+  UniquenessConfig each = cluster.config();
+  each.consumed_merge_interval_batches = 1;
+  every.open(each, cluster.replica_keys[1]);
+  auto in_index = [&] { return r.store->read().entries(r.store->db("notary_consumed")); };
+  std::vector<WireTransaction> txs;
+  uint64_t cs = 0;
+  auto both = [&](std::vector<Request> requests) {
+    auto got = r.execute(requests).value();
+    auto want = every.execute(requests).value();
+    CHECK(got.effects == want.effects);
+    for (size_t i = 0; i < got.replies.size(); ++i)
+      CHECK(replyOf(got.replies[i]).encode() == replyOf(want.replies[i]).encode());
+    return got;
+  };
+  for (int i = 0; i < 2; ++i) {
+    txs.push_back(spend(cluster.party, {stateRef("pass" + std::to_string(i))}));
+    both({request(nonValidatingRequest(txs.back()), ++cs)});
+  }
+  CHECK(in_index() == 0);  // in memory: batches 1 and 2
+  CHECK(every.store->read().entries(every.store->db("notary_consumed")) == 2);
+  CHECK(r.sm->consumedBy(stateRef("pass0")).value() == txs[0].id());
+  // A conflict with a state consumed in memory names its consumer; a
+  // re-notarisation of a transaction whose inputs are there is the same success.
+  auto mixed = both({request(nonValidatingRequest(spend(cluster.party, {stateRef("pass1")})), ++cs),
+                     request(nonValidatingRequest(txs[0]), ++cs)});
+  CHECK(replyOf(mixed.replies[0]).outcome == Outcome::conflict);
+  CHECK(replyOf(mixed.replies[0]).conflicts[0].consumingTxIdHash == consumingTxIdHash(txs[1].id()));
+  CHECK(replyOf(mixed.replies[1]).outcome == Outcome::success);
+  CHECK(in_index() == 2);  // batch 3 took the pass: everything so far
+  for (int i = 2; i < 4; ++i) {
+    txs.push_back(spend(cluster.party, {stateRef("pass" + std::to_string(i))}));
+    both({request(nonValidatingRequest(txs.back()), ++cs)});
+  }
+  CHECK(in_index() == 2);  // batches 4 and 5 in memory
+  CHECK(r.sm->stateDigest().value() == every.sm->stateDigest().value());
+  const auto digest = r.sm->stateDigest().value();
+
+  // Reopened: batches 4 and 5 come back from their effects.
+  r.open(config, cluster.replica_keys[0], true);
+  CHECK(r.sm->lastExecuted() == 5);
+  CHECK(r.sm->stateDigest().value() == digest);
+  CHECK(r.sm->consumedBy(stateRef("pass3")).value() == txs[3].id());
+  auto again =
+      both({request(nonValidatingRequest(spend(cluster.party, {stateRef("pass3")})), ++cs)});
+  CHECK(replyOf(again.replies[0]).outcome == Outcome::conflict);
+  CHECK(in_index() == 4);  // batch 6: the next pass
+  CHECK(r.sm->stateDigest().value() == every.sm->stateDigest().value());
+
+  // Bounded by states as well as batches.
+  config.consumed_merge_interval_batches = 1000;
+  config.consumed_unmerged_states_max = 2;
+  r.open(config, cluster.replica_keys[0], true);
+  for (int i = 4; i < 6; ++i) {
+    txs.push_back(spend(cluster.party, {stateRef("pass" + std::to_string(i))}));
+    both({request(nonValidatingRequest(txs.back()), ++cs)});
+  }
+  CHECK(in_index() == 6);
+  config.consumed_merge_interval_batches = 0;
+  r.close();
+  r.store = UniquenessStateMachine::openStore(TestReplica::storeConfig(r.dir->path, true)).value();
+  auto refused = UniquenessStateMachine::open(*r.store, config, cluster.replica_keys[0]);
+  REQUIRE(!refused.ok());
+  CHECK(refused.error().message.find("merge interval") != std::string::npos);
+}
