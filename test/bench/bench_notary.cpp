@@ -26,9 +26,10 @@
 // (utime + stime from /proc), which other load hardly changes: the rate two
 // idle cores would allow is 2 s / (all processes' CPU per notarisation).
 //
-//   bench_notary [--quick] [--replicas 1,4] [--count N] [--concurrency C]
+//   bench_notary [--quick] [--replicas 1,4] [--count N] [--concurrency C] [--load-share S]
 // (C: notarisations in flight per member in the peak phase, default 1024;
-// lower depths show what smaller batches cost per notarisation.)
+// lower depths show what smaller batches cost per notarisation; S: the
+// latency run's load as a share of the peak, default the 0.8.)
 
 #include <sodium.h>
 #include <sys/wait.h>
@@ -76,6 +77,8 @@ struct Args {
   uint64_t count = 20'000;  // per member, peak phase
   uint64_t concurrency = 1'024;  // per member, in flight
   bool prepare = true;  // members build their transactions before the clock starts
+  // The latency run's offered load, as a share of the peak (the issue's: 0.8).
+  double load_share = 0.8;
 };
 
 // Two members (alpha, beta) and a cluster of n = 3f+1 replicas.
@@ -259,7 +262,8 @@ ClusterFigures runCluster(const Args& args, int n) {
     f.frames_rejected = delta("stats", "frames_rejected");
   }
   // 80% of peak, open loop, offered by both members evenly, for about as long as the peak run.
-  const uint64_t rate_each = std::max<uint64_t>(1, static_cast<uint64_t>(0.4 * f.peak.per_second));
+  const uint64_t rate_each =
+      std::max<uint64_t>(1, static_cast<uint64_t>(args.load_share / 2 * f.peak.per_second));
   const uint64_t count_each = std::max<uint64_t>(
       1, std::min<uint64_t>(args.count, static_cast<uint64_t>(static_cast<double>(rate_each) *
                                                                std::max(2.0, f.peak.seconds))));
@@ -333,10 +337,17 @@ int main(int argc, char** argv) {
       args.count = std::strtoull(argv[++i], nullptr, 10);
     } else if (a == "--concurrency" && i + 1 < argc) {
       args.concurrency = std::strtoull(argv[++i], nullptr, 10);
+    } else if (a == "--load-share" && i + 1 < argc) {
+      args.load_share = std::strtod(argv[++i], nullptr);
+      if (!(args.load_share > 0 && args.load_share <= 1)) {
+        std::fprintf(stderr, "--load-share: a share of the peak, in (0, 1]\n");
+        return 2;
+      }
     } else {
       std::fprintf(stderr,
                    "usage: bench_notary [--quick] [--replicas 1,4] [--count N per member] "
-                   "[--concurrency C per member, at most 1024] [--build-in-window]\n");
+                   "[--concurrency C per member, at most 1024] [--build-in-window] [--load-share S, "
+                   "default 0.8]\n");
       return 2;
     }
   }
@@ -377,10 +388,15 @@ int main(int argc, char** argv) {
     std::printf("    peak, closed loop          %8.0f notarisations/s (target >= %.0f: %s), %llu in %.1f s\n",
                 f.peak.per_second, target, f.peak.per_second >= target ? "met" : "NOT met",
                 static_cast<unsigned long long>(f.peak.notarised), f.peak.seconds);
-    std::printf("    at 80%% of peak, open loop  %8.0f /s  latency p50 %.2f ms (target <= 2: %s), "
-                "p99 %.2f ms (target <= 10: %s)\n",
-                f.at80.per_second, f.at80.p50_ms, f.at80.p50_ms <= 2 ? "met" : "NOT met", f.at80.p99_ms,
-                f.at80.p99_ms <= 10 ? "met" : "NOT met");
+    if (args.load_share == 0.8) {
+      std::printf("    at 80%% of peak, open loop  %8.0f /s  latency p50 %.2f ms (target <= 2: %s), "
+                  "p99 %.2f ms (target <= 10: %s)\n",
+                  f.at80.per_second, f.at80.p50_ms, f.at80.p50_ms <= 2 ? "met" : "NOT met", f.at80.p99_ms,
+                  f.at80.p99_ms <= 10 ? "met" : "NOT met");
+    } else {
+      std::printf("    at %2.0f%% of peak, open loop  %8.0f /s  latency p50 %.2f ms, p99 %.2f ms (targets: at 80%%)\n",
+                  100 * args.load_share, f.at80.per_second, f.at80.p50_ms, f.at80.p99_ms);
+    }
     std::printf(
         "    replica r1 during the peak: %.2f durable commits per batch, %.1f requests per batch,"
         " %.0f%% of batches executed overlapped, %.1f us writer CPU per request, %.0f view changes,"
