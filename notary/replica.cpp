@@ -245,6 +245,7 @@ void Replica::quiesceStore() {
 }
 
 void Replica::recordCleanStop() {
+  recordUnrecorded();
   flush();  // the step the executor did not get to: votes in it may be out
   quiesceStore();
   {
@@ -360,7 +361,14 @@ SlotRecord Replica::slotRecord(Slot& s) const {
   return r;
 }
 
+void Replica::recordUnrecorded() {
+  for (auto& [seq, s] : slots_) {
+    if (s.unrecorded) persistSlot(s);
+  }
+}
+
 void Replica::persistSlot(Slot& s) {
+  s.unrecorded = false;
   SlotRecord r = slotRecord(s);
   Step& st = step();
   auto queued = st.slots.find(s.seq);
@@ -829,8 +837,10 @@ void Replica::acceptPrePrepare(uint64_t seq, const SecureHash& digest, BatchBody
   }
   CCAL_ASSERT(!(mine && abstain_view_ == view_));
   if (votesEarly()) {
-    // The vote goes out now; the slot's write is queued below, before any
-    // write that a commit waits for (safety 3).
+    // The vote goes out now; the slot's record goes with the write of its
+    // prepared certificate, before the commit (or with a view change's or a
+    // clean stop's write: recordUnrecorded), so that one write records
+    // both (safety 3).
     ++stats_.votes_early;
     s.pp_durable = true;
     if (mine) {
@@ -843,8 +853,7 @@ void Replica::acceptPrePrepare(uint64_t seq, const SecureHash& digest, BatchBody
       s.prepares[config_.self_index] = digest;
       broadcast(Message(Prepare{{view_, seq, digest}}));
     }
-    persistSlot(s);
-    step().meta = meta();
+    s.unrecorded = true;
     if (!mine) armViewTimer();
     return checkPrepared(s);
   }
@@ -938,6 +947,7 @@ void Replica::checkPrepared(Slot& s) {
   s.p_view = view_;
   s.p_digest = s.digest;
   persistSlot(s);
+  step().meta = meta();  // (the last batch timestamp of a pre-prepare recorded only now)
   const uint64_t v = view_, seq = s.seq;
   const SecureHash digest = s.digest;
   afterDurable([this, v, seq, digest] {
@@ -1235,6 +1245,8 @@ void Replica::onViewTimer() { startViewChange(view_ + 1); }
 
 void Replica::startViewChange(uint64_t new_view) {
   if (new_view <= view_) return;
+  // The view-change reports Q and P as its write records them.
+  recordUnrecorded();
   view_ = new_view;
   view_changing_ = true;
   ++stats_.view_changes;

@@ -172,6 +172,10 @@ class Replica final : public flows::LinkHandler {
     uint64_t p_view = 0;
     SecureHash p_digest;
     bool prepare_sent = false;
+    // Accepted with an early vote, its record not yet queued: it goes with
+    // the prepared certificate's write (or a view change's, or a clean
+    // stop's: recordUnrecorded), one write per batch rather than two.
+    bool unrecorded = false;
     bool fetch_wanted = false;
     // Commits seen from views this replica has left (it is ahead, alone,
     // in a view change): 2f+1 for one (view, digest) decide the batch, which
@@ -360,6 +364,7 @@ class Replica final : public flows::LinkHandler {
   // the view it stopped in (abstain_view_), where a vote it sent may not
   // have reached the store (notary/README.md, safety 3).
   bool votesEarly() const;
+  void recordUnrecorded();  // queues the record of every slot accepted without one
   std::optional<uint64_t> durable_view_;
   std::optional<uint64_t> abstain_view_;
   std::optional<pbft::Step> step_;
