@@ -225,6 +225,18 @@ Bytes signedPreimage(std::string_view cluster, SignedKind kind, ByteView body) {
 
 namespace {
 
+void fillReplies(sp::Replies::Builder r, uint64_t view, uint32_t replica,
+                 std::span<const std::pair<uint64_t, ByteView>> entries) {
+  r.setView(view);
+  r.setReplica(replica);
+  auto list = r.initEntries(static_cast<unsigned>(entries.size()));
+  for (size_t i = 0; i < entries.size(); ++i) {
+    auto e = list[static_cast<unsigned>(i)];
+    e.setClientSeq(entries[i].first);
+    e.setBody(asData(entries[i].second));
+  }
+}
+
 void fillFrame(sp::Frame::Builder f, const Message& message) {
   std::visit(
       [&](const auto& m) {
@@ -271,6 +283,11 @@ void fillFrame(sp::Frame::Builder f, const Message& message) {
           for (size_t i = 0; i < m.effects.size(); ++i) {
             list.set(static_cast<unsigned>(i), asData(m.effects[i]));
           }
+        } else if constexpr (std::is_same_v<T, RepliesMsg>) {
+          std::vector<std::pair<uint64_t, ByteView>> entries;
+          entries.reserve(m.entries.size());
+          for (const auto& e : m.entries) entries.emplace_back(e.client_seq, e.body);
+          fillReplies(f.initReplies(), m.view, m.replica, entries);
         }
       },
       message);
@@ -365,6 +382,23 @@ Result<Message> decodeFrame(ByteView frame, const PbftLimits& limits) {
                 return tooLarge("effects of " + std::to_string(blob.size()) + " bytes");
               }
               m.effects.emplace_back(blob.begin(), blob.end());
+            }
+            return Message(std::move(m));
+          }
+          case sp::Frame::REPLIES: {
+            auto r = f.getReplies();
+            auto list = r.getEntries();
+            if (list.size() > limits.batch_requests_max) {
+              return tooLarge("replies frame of " + std::to_string(list.size()) + " replies");
+            }
+            RepliesMsg m{r.getView(), r.getReplica(), {}};
+            m.entries.reserve(list.size());
+            for (auto e : list) {
+              if (e.getBody().size() > limits.reply_body_bytes_max) {
+                return tooLarge("reply body of " + std::to_string(e.getBody().size()) + " bytes");
+              }
+              m.entries.push_back(
+                  {e.getClientSeq(), Bytes(e.getBody().begin(), e.getBody().end())});
             }
             return Message(std::move(m));
           }
@@ -499,6 +533,15 @@ Bytes encodeReplyFrame(uint64_t view, uint64_t client_seq, uint32_t replica, Byt
   });
 }
 
+Bytes encodeRepliesFrame(uint64_t view, uint32_t replica,
+                         std::span<const std::pair<uint64_t, ByteView>> entries) {
+  // One segment: a word per entry's pointer, two for its struct, and the bodies rounded up.
+  size_t words = 16;
+  for (const auto& [seq, body] : entries) words += 3 + (body.size() + 7) / 8;
+  return buildFlat<sp::Frame>(
+      [&](sp::Frame::Builder f) { fillReplies(f.initReplies(), view, replica, entries); }, words);
+}
+
 Bytes encodeBatch(const BatchBody& batch) { return encodeBatchDataFrame(0, batch); }
 
 Result<BatchBody> decodeBatch(ByteView bytes, const PbftLimits& limits) {
@@ -510,10 +553,22 @@ Result<BatchBody> decodeBatch(ByteView bytes, const PbftLimits& limits) {
   return bad("stored batch is not a batch");
 }
 
+std::vector<ReplyMsg> splitReplies(Message message) {
+  std::vector<ReplyMsg> out;
+  if (auto* one = std::get_if<ReplyMsg>(&message)) {
+    out.push_back(std::move(*one));
+  } else if (auto* many = std::get_if<RepliesMsg>(&message)) {
+    out.reserve(many->entries.size());
+    for (auto& e : many->entries)
+      out.push_back(ReplyMsg{many->view, e.client_seq, many->replica, std::move(e.body)});
+  }
+  return out;
+}
+
 const char* messageName(const Message& message) {
-  static const char* names[] = {"request", "reply",  "pre-prepare",   "prepare",
-                                "commit",  "signed", "fetch-batch",   "batch-data",
-                                "status",  "fetch-effects", "effects-data"};
+  static const char* names[] = {"request", "reply",         "pre-prepare",  "prepare",
+                                "commit",  "signed",        "fetch-batch",  "batch-data",
+                                "status",  "fetch-effects", "effects-data", "replies"};
   return names[message.index()];
 }
 

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <variant>
 #include <vector>
@@ -69,6 +70,18 @@ struct ReplyMsg {
   uint32_t replica = 0;
   Bytes body;
 };
+// A replica's replies to one client from one executed batch: one frame for
+// all of them (at most batch_requests_max entries), each entry what a
+// ReplyMsg would carry.
+struct RepliesMsg {
+  struct Entry {
+    uint64_t client_seq = 0;
+    Bytes body;
+  };
+  uint64_t view = 0;
+  uint32_t replica = 0;
+  std::vector<Entry> entries;
+};
 
 enum class SignedKind : uint8_t { checkpoint = 1, view_change = 2, new_view = 3 };
 
@@ -131,9 +144,9 @@ struct EffectsDataMsg {
 struct Prepare : VoteMsg {};
 struct Commit : VoteMsg {};
 
-using Message = std::variant<WireRequest, ReplyMsg, PrePrepareMsg, Prepare, Commit, SignedMsg,
-                             FetchBatchMsg, BatchDataMsg, StatusMsg, FetchEffectsMsg,
-                             EffectsDataMsg>;
+using Message =
+    std::variant<WireRequest, ReplyMsg, PrePrepareMsg, Prepare, Commit, SignedMsg, FetchBatchMsg,
+                 BatchDataMsg, StatusMsg, FetchEffectsMsg, EffectsDataMsg, RepliesMsg>;
 
 // The canonical frame of a message.
 Bytes encodeFrame(const Message& message);
@@ -153,6 +166,10 @@ Result<NewViewMsg> decodeNewView(ByteView body, const PbftLimits& limits);
 Bytes encodePrePrepareFrame(uint64_t view, uint64_t seq, const BatchBody& batch);
 Bytes encodeBatchDataFrame(uint64_t seq, const BatchBody& batch);
 Bytes encodeReplyFrame(uint64_t view, uint64_t client_seq, uint32_t replica, ByteView body);
+// A replies frame from (client_seq, body) pairs held elsewhere: equal to
+// encodeFrame of the RepliesMsg.
+Bytes encodeRepliesFrame(uint64_t view, uint32_t replica,
+                         std::span<const std::pair<uint64_t, ByteView>> entries);
 
 // A batch (with authenticators) as stored in the replica's log: a
 // batch-data frame (encodeBatch) or a pre-prepare frame as it came, which
@@ -161,5 +178,8 @@ Bytes encodeBatch(const BatchBody& batch);
 Result<BatchBody> decodeBatch(ByteView bytes, const PbftLimits& limits);
 
 const char* messageName(const Message& message);
+// The replies a reply or replies message carries, one ReplyMsg each (none
+// for any other message).
+std::vector<ReplyMsg> splitReplies(Message message);
 
 }  // namespace ccal::notary::pbft

@@ -143,3 +143,42 @@ TEST_CASE(
     CHECK(reply.body == body);
   }
 }
+
+TEST_CASE(
+    "pbft messages: a replies frame carries one client's replies from a batch; split, bounded") {
+  RepliesMsg m{7, 2, {{11, Bytes(300, 1)}, {12, Bytes{}}, {40, Bytes(5000, 3)}}};
+  const Bytes frame = encodeFrame(Message(m));
+  std::vector<std::pair<uint64_t, ByteView>> views;
+  for (const auto& e : m.entries) views.emplace_back(e.client_seq, e.body);
+  CHECK(encodeRepliesFrame(7, 2, views) == frame);
+  CHECK(encodeRepliesFrame(7, 2, {}) == encodeFrame(Message(RepliesMsg{7, 2, {}})));
+  auto back = decodeFrame(frame, PbftLimits{});
+  REQUIRE(back.ok());
+  CHECK(std::string(messageName(*back)) == "replies");
+  auto split = splitReplies(std::move(*back));
+  REQUIRE(split.size() == 3);
+  for (size_t i = 0; i < 3; ++i) {
+    CHECK(split[i].view == 7);
+    CHECK(split[i].replica == 2);
+    CHECK(split[i].client_seq == m.entries[i].client_seq);
+    CHECK(split[i].body == m.entries[i].body);
+  }
+  auto one = splitReplies(Message(ReplyMsg{1, 2, 3, Bytes{4}}));
+  REQUIRE(one.size() == 1);
+  CHECK(one[0].body == Bytes{4});
+  CHECK(splitReplies(Message(Commit{{1, 2, SecureHash::zero()}})).empty());
+
+  PbftLimits small;
+  small.batch_requests_max = 2;
+  auto many = decodeFrame(frame, small);
+  REQUIRE(!many.ok());
+  CHECK(many.error().code == Errc::too_large);
+  CHECK(many.error().message.find("3 replies") != std::string::npos);
+  small = PbftLimits{};
+  small.reply_body_bytes_max = 4096;
+  auto big = decodeFrame(frame, small);
+  REQUIRE(!big.ok());
+  CHECK(big.error().message.find("reply body of 5000 bytes") != std::string::npos);
+  for (size_t cut = 8; cut < frame.size(); cut += 64)
+    (void)decodeFrame(ByteView(frame.data(), cut), PbftLimits{});
+}

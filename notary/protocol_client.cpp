@@ -137,27 +137,38 @@ void ProtocolClient::onFrame(std::string_view peer, ByteView frame) {
     ++stats_.frames_rejected;
     return log("rejected a frame from '" + std::string(peer) + "': " + m.error().toString());
   }
-  auto* reply = std::get_if<ReplyMsg>(&*m);
-  if (reply == nullptr) {
+  uint64_t view = 0;
+  uint32_t replica = 0;
+  if (auto* one = std::get_if<ReplyMsg>(&*m)) {
+    view = one->view;
+    replica = one->replica;
+  } else if (auto* many = std::get_if<RepliesMsg>(&*m)) {
+    view = many->view;
+    replica = many->replica;
+  } else {
     ++stats_.frames_rejected;
     return log(std::string("rejected a ") + messageName(*m) + " from '" + std::string(peer) + "'");
   }
-  if (reply->replica >= config_.replicas.size() || config_.replicas[reply->replica].name != peer) {
+  if (replica >= config_.replicas.size() || config_.replicas[replica].name != peer) {
     ++stats_.frames_rejected;
-    return log("rejected a reply from '" + std::string(peer) + "' claiming to be replica " +
-               std::to_string(reply->replica));
+    return log(std::string("rejected a ") + messageName(*m) + " from '" + std::string(peer) +
+               "' claiming to be replica " + std::to_string(replica));
   }
-  if (reply->view > replica_views_[reply->replica]) {
-    replica_views_[reply->replica] = reply->view;
+  if (view > replica_views_[replica]) {
+    replica_views_[replica] = view;
     notePrimary();
   }
-  auto it = outstanding_.find(reply->client_seq);
-  if (it == outstanding_.end()) return;  // finished, or never sent
-  if (!it->second.answered.insert(reply->replica).second) return;
-  ++stats_.replies;
-  // The callback may finish() this request: copy what it needs first.
-  ReplyFn fn = it->second.on_reply;
-  fn(reply->replica, reply->body);
+  auto deliver = [&](uint64_t client_seq, const Bytes& body) {
+    auto it = outstanding_.find(client_seq);
+    if (it == outstanding_.end()) return;  // finished, or never sent
+    if (!it->second.answered.insert(replica).second) return;
+    ++stats_.replies;
+    // The callback may finish() this request: copy what it needs first.
+    ReplyFn fn = it->second.on_reply;
+    fn(replica, body);
+  };
+  if (auto* one = std::get_if<ReplyMsg>(&*m)) return deliver(one->client_seq, one->body);
+  for (const auto& e : std::get<RepliesMsg>(*m).entries) deliver(e.client_seq, e.body);
 }
 
 }  // namespace ccal::notary

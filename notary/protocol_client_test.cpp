@@ -237,3 +237,36 @@ TEST_CASE("protocol client: requests over the size or outstanding limits are ref
   CHECK(third.error().code == Errc::unavailable);
   CHECK(client.outstanding() == 2);
 }
+
+TEST_CASE(
+    "protocol client: a replies frame answers each of its requests once; a replica's name must "
+    "match") {
+  Fixture fx;
+  std::map<uint64_t, std::vector<std::pair<uint32_t, std::string>>> answers;
+  std::vector<uint64_t> seqs;
+  for (int i = 0; i < 3; ++i) {
+    auto seq = fx.client->submit(Bytes{'q'}, [&answers, i, &seqs](uint32_t replica, ByteView body) {
+      answers[seqs[i]].emplace_back(replica, std::string(body.begin(), body.end()));
+    });
+    REQUIRE(seq.ok());
+    seqs.push_back(*seq);
+  }
+  // Replica 1's replies to the first two, and one to a request never sent.
+  RepliesMsg m{0, 1, {{seqs[0], Bytes{'a'}}, {seqs[1], Bytes{'b'}}, {999, Bytes{'z'}}}};
+  fx.deliver(1, encodeFrame(Message(m)));
+  CHECK(answers[seqs[0]] == std::vector<std::pair<uint32_t, std::string>>{{1, "a"}});
+  CHECK(answers[seqs[1]] == std::vector<std::pair<uint32_t, std::string>>{{1, "b"}});
+  CHECK(answers[seqs[2]].empty());
+  // Again (a duplicate): each request takes one answer per replica.
+  fx.deliver(1, encodeFrame(Message(m)));
+  CHECK(answers[seqs[0]].size() == 1);
+  CHECK(fx.client->stats().replies == 2);
+  // Claiming to be replica 2 over replica 1's link: refused, nothing delivered.
+  m.replica = 2;
+  fx.deliver(1, encodeFrame(Message(m)));
+  CHECK(answers[seqs[0]].size() == 1);
+  CHECK(fx.client->stats().frames_rejected == 1);
+  REQUIRE(!fx.logged.empty());
+  CHECK(fx.logged.back().find("replies") != std::string::npos);
+  for (uint64_t s : seqs) fx.client->finish(s);
+}

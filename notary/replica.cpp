@@ -1059,10 +1059,25 @@ void Replica::onExecuted(uint64_t seq, const Batch& batch, const std::vector<Sec
   // writer before this batch's replies go out, so the writer works while
   // they are sent.
   tryExecute();
+  // One frame per client with its replies from this batch.
+  {
+    std::vector<std::pair<const std::string*, std::vector<std::pair<uint64_t, ByteView>>>>
+        per_client;
+    std::unordered_map<std::string_view, size_t> client_at;
+    for (size_t i = 0; i < batch.requests.size(); ++i) {
+      const Request& r = batch.requests[i];
+      auto [it, fresh] = client_at.try_emplace(r.client, per_client.size());
+      if (fresh) per_client.emplace_back(&r.client, std::vector<std::pair<uint64_t, ByteView>>{});
+      per_client[it->second].second.emplace_back(r.client_seq, result->replies[i]);
+    }
+    for (const auto& [client, entries] : per_client) {
+      Status sent = link_.send(*client, encodeRepliesFrame(view_, config_.self_index, entries));
+      if (!sent) log("sending replies to '" + *client + "': " + sent.error().toString());
+    }
+  }
   for (size_t i = 0; i < batch.requests.size(); ++i) {
     const Request& r = batch.requests[i];
     ReplyRecord rec{r.client_seq, view_, std::move(result->replies[i])};
-    sendReply(r.client, r.client_seq, rec);
     auto& cache = replies_[r.client];
     cache[r.client_seq] = std::move(rec);
     while (cache.size() > config_.reply_cache_per_client_max) cache.erase(cache.begin());

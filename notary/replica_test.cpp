@@ -22,7 +22,9 @@ class ClientSink final : public flows::LinkHandler {
   void onFrame(std::string_view, ByteView frame) override {
     auto m = pbft::decodeFrame(frame, pbft::PbftLimits{});
     REQUIRE(m.ok());
-    replies.push_back(std::get<pbft::ReplyMsg>(*m));
+    auto split = pbft::splitReplies(std::move(*m));
+    REQUIRE(!split.empty());
+    for (auto& r : split) replies.push_back(std::move(r));
   }
   void onPeerUp(std::string_view) override {}
   void onPeerDown(std::string_view) override {}

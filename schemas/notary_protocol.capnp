@@ -56,6 +56,19 @@ struct Reply {
   body @3 :Data;
 }
 
+# A replica's replies to one client from one executed batch, in one frame
+# (each entry as a Reply would carry it).
+struct ReplyEntry {
+  clientSeq @0 :UInt64;
+  body @1 :Data;
+}
+
+struct Replies {
+  view @0 :UInt64;
+  replica @1 :UInt32;
+  entries @2 :List(ReplyEntry);
+}
+
 # A signed protocol message: `body` is the canonical encoding of the struct
 # named by `kind`, `signature` the replica's Ed25519 signature over
 # "ccal.pbft.v1" || cluster || kind || body.
@@ -135,5 +148,6 @@ struct Frame {
     status @8 :Status;
     fetchEffects @9 :FetchEffects;
     effectsData @10 :EffectsData;
+    replies @11 :Replies;
   }
 }

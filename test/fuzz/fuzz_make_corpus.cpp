@@ -412,6 +412,8 @@ std::vector<Seed> pbftSeeds(const World& w) {
   const std::vector<std::pair<std::string, Message>> frames{
       {"request", request},
       {"reply", ReplyMsg{0, request.client_seq, 2, Bytes{9, 9, 9}}},
+      {"replies",
+       RepliesMsg{0, 2, {{request.client_seq, Bytes{9, 9, 9}}, {request.client_seq + 1, Bytes{}}}}},
       {"pre-prepare", PrePrepareMsg{0, 33, batch}},
       {"prepare", Prepare{{0, 33, d}}},
       {"commit", Commit{{0, 33, d}}},

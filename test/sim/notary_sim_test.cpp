@@ -834,13 +834,15 @@ class FaultyClientNode final : public sim::Node, public flows::LinkHandler {
   }
   void onFrame(std::string_view peer, ByteView frame) override {
     auto m = pbft::decodeFrame(frame, pbft::PbftLimits{});
-    if (!m || !std::holds_alternative<pbft::ReplyMsg>(*m)) return;
-    const auto& reply = std::get<pbft::ReplyMsg>(*m);
-    auto id = ids_.find(reply.client_seq);
-    if (id == ids_.end() || replicaName(reply.replica) != peer) return;
-    auto& voters = votes_[reply.client_seq][std::string(reply.body.begin(), reply.body.end())];
-    voters.insert(reply.replica);
-    if (voters.size() == f_ + 1) world_.onComplete(id->second, std::string(reply.body.begin(), reply.body.end()));
+    if (!m) return;
+    for (const auto& reply : pbft::splitReplies(std::move(*m))) {
+      auto id = ids_.find(reply.client_seq);
+      if (id == ids_.end() || replicaName(reply.replica) != peer) continue;
+      auto& voters = votes_[reply.client_seq][std::string(reply.body.begin(), reply.body.end())];
+      voters.insert(reply.replica);
+      if (voters.size() == f_ + 1)
+        world_.onComplete(id->second, std::string(reply.body.begin(), reply.body.end()));
+    }
   }
   void onPeerUp(std::string_view) override {}
   void onPeerDown(std::string_view) override {}
