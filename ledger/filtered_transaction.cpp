@@ -22,18 +22,24 @@ FilteredTransaction FilteredTransaction::build(
     auto group = static_cast<ComponentGroup>(g);
     const auto& components = tx.groups()[g];
     Group out{group, static_cast<uint32_t>(components.size()), {}, {}, {}, {}};
+    for (uint32_t i = 0; i < components.size(); ++i) {
+      if (reveal(group, i)) out.indices.push_back(i);
+    }
+    // A hidden group is its hash alone (the transaction has it): its
+    // components are not hashed again.
+    if (out.indices.empty()) continue;
     std::vector<SecureHash> leaves;
     leaves.reserve(components.size());
+    auto next = out.indices.begin();
     for (uint32_t i = 0; i < components.size(); ++i) {
       SecureHash n = merkle::nonce(tx.privacySalt(), g, i);
       leaves.push_back(merkle::leaf(n, components[i]));
-      if (reveal(group, i)) {
-        out.indices.push_back(i);
+      if (next != out.indices.end() && *next == i) {
         out.components.push_back(components[i]);
         out.nonces.push_back(n);
+        ++next;
       }
     }
-    if (out.indices.empty()) continue;
     out.proof = merkle::prove(leaves, out.indices);
     ftx.groups_.push_back(std::move(out));
   }
