@@ -315,6 +315,57 @@ TEST_CASE(
 }
 
 TEST_CASE(
+    "replica: a slot accepted with an early vote is recorded with its prepared certificate's "
+    "write, "
+    "or by the view change") {
+  Cluster c;
+  uint64_t cs = 0;
+  auto notarise = [&](const std::string& state) {
+    ++cs;
+    c.send(c.request(spendBody(c.keys, state), cs));
+    REQUIRE(c.runUntil([&] { return c.client.repliesFor(cs) >= 3; }, 60'000'000));
+  };
+  for (int i = 0; i < 3; ++i) notarise("recorded" + std::to_string(i));
+  REQUIRE(c.runUntil([&] { return c.executedEverywhere() == 3; }, 10'000'000));
+  auto stored = [&](uint32_t i) {
+    c.settle();
+    return pbft::ReplicaStore(*c.members[i].store).load().value();
+  };
+  // Prepared slots were recorded (with their batches) by the prepared certificate's write.
+  for (uint64_t seq = 1; seq <= 3; ++seq) {
+    auto rec = stored(1);
+    REQUIRE(rec.slots.count(seq));
+    CHECK(rec.slots.at(seq).has_prepared);
+    CHECK(rec.slots.at(seq).batches.size() == 1);
+  }
+  // Backups 2 and 3 lose their prepares: backup 1 votes for batch 4 but its
+  // slot never prepares, so nothing has recorded it yet.
+  c.hub.setFilter([&](const std::string& from, const std::string&, ByteView frame) {
+    if (from != replicaName(2) && from != replicaName(3)) return true;
+    auto m = pbft::decodeFrame(frame, pbft::PbftLimits{});
+    return !(m && std::holds_alternative<pbft::Prepare>(*m));
+  });
+  const uint64_t early = c.members[1].replica->stats().votes_early;
+  ++cs;
+  c.send(c.request(spendBody(c.keys, "unprepared"), cs));
+  c.runFor(500'000);  // well within the view timer
+  CHECK(c.members[1].replica->stats().votes_early == early + 1);
+  CHECK(stored(1).slots.count(4) == 0);
+  // The view timer: the view-change's write records the slot (its Q entry
+  // and batch) before the view-change reports it.
+  REQUIRE(c.runUntil([&] { return c.members[1].replica->view() > 0; }, 60'000'000));
+  auto rec = stored(1);
+  REQUIRE(rec.slots.count(4));
+  CHECK(rec.slots.at(4).pre_prepared.size() == 1);
+  CHECK(rec.slots.at(4).pre_prepared.begin()->second == 0);
+  CHECK(!rec.slots.at(4).has_prepared);
+  CHECK(rec.slots.at(4).batches.size() == 1);
+  // Healed, the request completes in the new view.
+  c.hub.setFilter(nullptr);
+  REQUIRE(c.runUntil([&] { return c.client.repliesFor(cs) >= 3; }, 120'000'000));
+}
+
+TEST_CASE(
     "replica: a cluster of one records its pre-prepare and prepared certificate in one write and "
     "executes at once") {
   ManualLoop loop;
