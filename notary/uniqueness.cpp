@@ -822,15 +822,26 @@ void UniquenessStateMachine::applyEffects(uint64_t seq, ByteView effects_bytes, 
                                               c.ref.toString() + " twice");
       }
     }
+    // Applied effects go to the index at once, with whatever is in memory
+    // (a pass): the record of what open() must replay stays within the
+    // merge interval however long a transfer is.
+    for (const auto& [key, u] : unmerged_) {
+      if (u.seq < seq) puts.emplace(key, u.tx);
+    }
     for (const auto& [key, tx] : puts) CCAL_TRY(txn.put(*consumed_db_, key, tx.view()));
     Bytes seq_key = be64(seq);
     for (const auto& tx : shared->committedWithoutInputs) CCAL_TRY(txn.put(*txs_db_, tx.view(), seq_key));
     CCAL_TRY(txn.put(*effects_db_, seq_key, *bytes));
     CCAL_TRY(txn.put(*meta_db_, asBytes(last_executed_key), seq_key));
+    CCAL_TRY(txn.put(*meta_db_, asBytes(merged_through_key), seq_key));
     return {};
   };
   store_.submit(std::move(fn), [this, seq, done = std::move(done)](const Status& status) {
     Status result;
+    if (status) {
+      std::lock_guard lock(unmerged_mutex_);
+      std::erase_if(unmerged_, [seq](const auto& e) { return e.second.seq <= seq; });
+    }
     if (!status) {
       rewindQueued(seq);
       result = makeError(status.error().code, "effects of batch " + std::to_string(seq) +

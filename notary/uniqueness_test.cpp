@@ -907,3 +907,30 @@ TEST_CASE(
   REQUIRE(!refused.ok());
   CHECK(refused.error().message.find("merge interval") != std::string::npos);
 }
+
+TEST_CASE(
+    "applied effects take the consumed index's pass with them (open replays at most the merge "
+    "interval)") {
+  TestCluster cluster;
+  UniquenessConfig config = cluster.config();
+  config.consumed_merge_interval_batches = 1000;
+  TestReplica source(cluster.config(), cluster.replica_keys[0]);
+  TestReplica r(config, cluster.replica_keys[1], /*durable*/ true);
+  std::vector<Executed> executed;
+  std::vector<WireTransaction> txs;
+  for (uint64_t i = 0; i < 3; ++i) {
+    txs.push_back(spend(cluster.party, {stateRef("t" + std::to_string(i))}));
+    auto req = request(nonValidatingRequest(txs.back()), i + 1);
+    executed.push_back(source.execute({req}).value());
+    if (i < 2) REQUIRE(r.execute({req}).ok());
+  }
+  auto in_index = [&] { return r.store->read().entries(r.store->db("notary_consumed")); };
+  CHECK(in_index() == 0);  // batches 1 and 2 in memory
+  REQUIRE(r.applyEffects(3, executed[2].effects).ok());
+  CHECK(in_index() == 3);  // the transfer wrote them with its own
+  CHECK(r.sm->consumedBy(stateRef("t0")).value() == txs[0].id());
+  r.open(config, cluster.replica_keys[1], true);
+  CHECK(r.sm->lastExecuted() == 3);
+  CHECK(r.sm->stateDigest().value() == source.sm->stateDigest().value());
+  CHECK(r.sm->consumedBy(stateRef("t2")).value() == txs[2].id());
+}
