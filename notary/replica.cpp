@@ -14,6 +14,10 @@ namespace {
 constexpr size_t q_digests_per_slot_max = 4;    // Q entries kept per sequence number
 constexpr uint32_t fetch_batches_per_round_max = 32;
 constexpr size_t effects_frame_overhead_bytes = 4096;
+// A replies frame: its fixed part, and each entry's beyond its body (list
+// element, pointer, padding).
+constexpr size_t replies_frame_overhead_bytes = 4096;
+constexpr size_t replies_entry_overhead_bytes = 32;
 constexpr int64_t transfer_stall_rounds_max = 10;  // status intervals without progress
 
 SecureHash chainDigest(const SecureHash& prev, ByteView effects) {
@@ -201,6 +205,7 @@ Status Replica::start() {
   status_timer_ = executor_.runAfter(config_.status_interval_micros, [this] { onStatusTimer(); });
   maybeStartStateTransfer();
   tryExecute();
+  started_ = true;
   return Status();
 }
 
@@ -245,9 +250,17 @@ void Replica::quiesceStore() {
 }
 
 void Replica::recordCleanStop() {
+  if (!started_) return;  // its state never loaded: nothing of this run to vouch for
   recordUnrecorded();
   flush();  // the step the executor did not get to: votes in it may be out
   quiesceStore();
+  if (abstain_view_ == view_ && !view_changing_) {
+    // A vote of an earlier run in this view may be lost: the mark would end
+    // the abstention at the next start.
+    log("stopping while withholding votes in view " + std::to_string(view_) +
+        ": no clean stop is recorded");
+    return;
+  }
   {
     std::lock_guard lock(store_requests_->mutex);
     if (store_requests_->failed) return;  // a vote's record may be lost
@@ -1070,9 +1083,23 @@ void Replica::onExecuted(uint64_t seq, const Batch& batch, const std::vector<Sec
       if (fresh) per_client.emplace_back(&r.client, std::vector<std::pair<uint64_t, ByteView>>{});
       per_client[it->second].second.emplace_back(r.client_seq, result->replies[i]);
     }
+    // A frame stays within what the link carries and the client decodes.
+    const size_t budget = std::min(link_.frameBytesMax(), config_.limits.frame_bytes_max) -
+                          replies_frame_overhead_bytes;
     for (const auto& [client, entries] : per_client) {
-      Status sent = link_.send(*client, encodeRepliesFrame(view_, config_.self_index, entries));
-      if (!sent) log("sending replies to '" + *client + "': " + sent.error().toString());
+      size_t from = 0, bytes = 0;
+      for (size_t i = 0; i <= entries.size(); ++i) {
+        const size_t entry_bytes =
+            i < entries.size() ? entries[i].second.size() + replies_entry_overhead_bytes : 0;
+        if (i == entries.size() || (i > from && bytes + entry_bytes > budget)) {
+          std::span<const std::pair<uint64_t, ByteView>> part(entries.data() + from, i - from);
+          Status sent = link_.send(*client, encodeRepliesFrame(view_, config_.self_index, part));
+          if (!sent) log("sending replies to '" + *client + "': " + sent.error().toString());
+          from = i;
+          bytes = 0;
+        }
+        bytes += entry_bytes;
+      }
     }
   }
   for (size_t i = 0; i < batch.requests.size(); ++i) {

@@ -367,6 +367,7 @@ class Replica final : public flows::LinkHandler {
   void recordUnrecorded();  // queues the record of every slot accepted without one
   std::optional<uint64_t> durable_view_;
   std::optional<uint64_t> abstain_view_;
+  bool started_ = false;  // start() succeeded: recordCleanStop() may record one
   std::optional<pbft::Step> step_;
   std::vector<std::function<void()>> after_durable_;
   bool flush_posted_ = false;

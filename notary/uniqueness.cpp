@@ -232,6 +232,14 @@ Status UniquenessStateMachine::loadUnmerged() {
   return {};
 }
 
+Status UniquenessStateMachine::refuseAfterFailure(uint64_t seq) const {
+  if (failed_seq_ == 0) return {};
+  return makeError(Errc::storage_error,
+                   "batch " + std::to_string(seq) + " not written: batch " +
+                       std::to_string(failed_seq_) +
+                       " failed before it (the state machine must be reopened)");
+}
+
 Result<std::optional<SecureHash>> UniquenessStateMachine::consumedBefore(const vault::ReadTxn& txn,
                                                                          const Bytes& key,
                                                                          uint64_t seq) const {
@@ -456,6 +464,7 @@ struct UniquenessStateMachine::BatchRun {
   std::vector<Bytes> replyBytes;
   Bytes effects;
   bool merged = false;  // this batch's write took the consumed index's pass
+  bool wrote = false;   // its write function's last run succeeded (the commit may have failed)
 };
 
 // Packed replies (Executed::packed_replies): what a batch's signed replies
@@ -626,6 +635,7 @@ void UniquenessStateMachine::execute(const Batch& batch, std::function<void(Resu
   const int64_t time_micros = batch.time_micros;
   auto fn = [this, prepared, run, seq, time_micros](vault::WriteTxn& txn) -> Status {
     *run = BatchRun{};
+    CCAL_TRY(refuseAfterFailure(seq));
     auto last = readLastExecuted(txn, *meta_db_);
     if (!last) return last.error();
     if (*last != seq - 1) {
@@ -743,13 +753,21 @@ void UniquenessStateMachine::execute(const Batch& batch, std::function<void(Resu
     CCAL_TRY(txn.put(*meta_db_, asBytes(last_executed_key), seq_key));
     run->replyBytes.reserve(run->replies.size());
     for (const auto& r : run->replies) run->replyBytes.push_back(r.encode());
+    run->wrote = true;
     return {};
   };
 
   store_.submit(std::move(fn), [this, run, seq, done = std::move(done)](const Status& status) {
     if (!status) {
       rewindQueued(seq);  // the replica stays where it was (a failed batch is fatal for it)
-      {
+      if (run->wrote) {
+        // The commit (or its sync) failed: the batch may be in the store
+        // after all, so what is in memory stays as the store may hold it,
+        // and every later write is refused rather than built on either.
+        failed_seq_ = seq;
+      } else {
+        // Refused before writing: nothing of this batch, or of a later one
+        // (which cannot follow it), is in the store.
         std::lock_guard lock(unmerged_mutex_);
         std::erase_if(unmerged_, [seq](const auto& e) { return e.second.seq >= seq; });
       }
@@ -799,7 +817,10 @@ void UniquenessStateMachine::applyEffects(uint64_t seq, ByteView effects_bytes, 
   last_queued_ = seq;
   auto shared = std::make_shared<BatchEffects>(std::move(effects).value());
   auto bytes = std::make_shared<Bytes>(effects_bytes.begin(), effects_bytes.end());
-  auto fn = [this, shared, bytes, seq](vault::WriteTxn& txn) -> Status {
+  auto wrote = std::make_shared<bool>(false);
+  auto fn = [this, shared, bytes, seq, wrote](vault::WriteTxn& txn) -> Status {
+    *wrote = false;
+    CCAL_TRY(refuseAfterFailure(seq));
     auto last = readLastExecuted(txn, *meta_db_);
     if (!last) return last.error();
     if (*last != seq - 1) {
@@ -830,19 +851,22 @@ void UniquenessStateMachine::applyEffects(uint64_t seq, ByteView effects_bytes, 
     }
     for (const auto& [key, tx] : puts) CCAL_TRY(txn.put(*consumed_db_, key, tx.view()));
     Bytes seq_key = be64(seq);
-    for (const auto& tx : shared->committedWithoutInputs) CCAL_TRY(txn.put(*txs_db_, tx.view(), seq_key));
+    for (const auto& tx : shared->committedWithoutInputs)
+      CCAL_TRY(txn.put(*txs_db_, tx.view(), seq_key));
     CCAL_TRY(txn.put(*effects_db_, seq_key, *bytes));
     CCAL_TRY(txn.put(*meta_db_, asBytes(last_executed_key), seq_key));
     CCAL_TRY(txn.put(*meta_db_, asBytes(merged_through_key), seq_key));
+    *wrote = true;
     return {};
   };
-  store_.submit(std::move(fn), [this, seq, done = std::move(done)](const Status& status) {
+  store_.submit(std::move(fn), [this, seq, wrote, done = std::move(done)](const Status& status) {
     Status result;
     if (status) {
       std::lock_guard lock(unmerged_mutex_);
       std::erase_if(unmerged_, [seq](const auto& e) { return e.second.seq <= seq; });
     }
     if (!status) {
+      if (*wrote) failed_seq_ = seq;  // as for a batch: it may be in the store after all
       rewindQueued(seq);
       result = makeError(status.error().code, "effects of batch " + std::to_string(seq) +
                                                   " not applied: " + status.error().message);
@@ -881,6 +905,9 @@ Result<std::optional<SecureHash>> UniquenessStateMachine::consumedBy(const State
 }
 
 Result<SecureHash> UniquenessStateMachine::stateDigest() const {
+  // Held throughout: a pass that commits between the read and the look at
+  // memory would take its states out of memory unseen.
+  std::lock_guard unmerged_lock(unmerged_mutex_);
   auto txn = store_.read();
   Sha256 h;
   h.update(asBytes("ccal.notary.uniqueness.state.v1"));
@@ -897,7 +924,6 @@ Result<SecureHash> UniquenessStateMachine::stateDigest() const {
       consumed.emplace(Bytes(cursor.key().begin(), cursor.key().end()),
                        Bytes(cursor.value().begin(), cursor.value().end()));
     }
-    std::lock_guard lock(unmerged_mutex_);
     for (const auto& [key, u] : unmerged_) {
       if (u.seq <= *last) consumed[key] = Bytes(u.tx.view().begin(), u.tx.view().end());
     }

@@ -182,6 +182,11 @@ class UniquenessStateMachine final : public StateMachine {
   Result<std::optional<SecureHash>> consumedBefore(const vault::ReadTxn& txn, const Bytes& key,
                                                    uint64_t seq) const;
   Status loadUnmerged();
+  // A commit failed after its write function succeeded (writer thread
+  // only): the batch it failed on. Every later write is refused, for the
+  // batch may be in the store after all.
+  uint64_t failed_seq_ = 0;
+  Status refuseAfterFailure(uint64_t seq) const;
 };
 
 }  // namespace ccal::notary
