@@ -523,6 +523,39 @@ void Replica::sendReply(const std::string& client, uint64_t client_seq, const Re
   if (!s) log("sending a reply to '" + client + "': " + s.error().toString());
 }
 
+void Replica::sendBatchReplies(const Batch& batch, const std::vector<Bytes>& replies) {
+  // One frame per client with its replies from the batch, split only to stay
+  // within what the link carries and the client decodes.
+  std::vector<std::pair<const std::string*, std::vector<std::pair<uint64_t, ByteView>>>> per_client;
+  std::unordered_map<std::string_view, size_t> client_at;
+  for (size_t i = 0; i < batch.requests.size(); ++i) {
+    const Request& r = batch.requests[i];
+    auto [it, fresh] = client_at.try_emplace(r.client, per_client.size());
+    if (fresh) per_client.emplace_back(&r.client, std::vector<std::pair<uint64_t, ByteView>>{});
+    per_client[it->second].second.emplace_back(r.client_seq, replies[i]);
+  }
+  const size_t budget = std::min(link_.frameBytesMax(), config_.limits.frame_bytes_max) -
+                        replies_frame_overhead_bytes;
+  for (const auto& [client, entries] : per_client) {
+    auto send = [&, client = client](size_t from, size_t to) {
+      std::span<const std::pair<uint64_t, ByteView>> part(entries.data() + from, to - from);
+      Status sent = link_.send(*client, encodeRepliesFrame(view_, config_.self_index, part));
+      if (!sent) log("sending replies to '" + *client + "': " + sent.error().toString());
+    };
+    size_t from = 0, bytes = 0;
+    for (size_t i = 0; i < entries.size(); ++i) {
+      const size_t entry_bytes = entries[i].second.size() + replies_entry_overhead_bytes;
+      if (i > from && bytes + entry_bytes > budget) {
+        send(from, i);
+        from = i;
+        bytes = 0;
+      }
+      bytes += entry_bytes;
+    }
+    send(from, entries.size());
+  }
+}
+
 void Replica::onRequest(std::string_view peer, WireRequest r) {
   if (r.client != peer) {
     return reject(peer, "a request naming client '" + r.client + "', not the sender");
@@ -856,16 +889,7 @@ void Replica::acceptPrePrepare(uint64_t seq, const SecureHash& digest, BatchBody
     // both (safety 3).
     ++stats_.votes_early;
     s.pp_durable = true;
-    if (mine) {
-      auto fr = s.frames.find(digest);
-      broadcastFrame(
-          fr != s.frames.end() ? fr->second : encodePrePrepareFrame(view_, seq, s.batches[digest]),
-          "pre-prepare");
-    } else {
-      s.prepare_sent = true;
-      s.prepares[config_.self_index] = digest;
-      broadcast(Message(Prepare{{view_, seq, digest}}));
-    }
+    sendVote(s, mine);  // (the primary's frame stays: the record takes it)
     s.unrecorded = true;
     if (!mine) armViewTimer();
     return checkPrepared(s);
@@ -883,21 +907,9 @@ void Replica::acceptPrePrepare(uint64_t seq, const SecureHash& digest, BatchBody
       // Restarted in this view without a clean stop: no prepare (safety 3);
       // the slot prepares on 2f other backups' prepares.
       ++stats_.votes_abstained;
-    } else if (mine) {
-      if (n() == 1) return checkPrepared(sl);  // a cluster of one has no one to send it to
-      auto fr = sl.frames.find(digest);
-      if (fr != sl.frames.end()) {
-        broadcastFrame(fr->second, "pre-prepare");
-        sl.frames.erase(fr);
-      } else {
-        auto b = sl.batches.find(digest);
-        CCAL_ASSERT(b != sl.batches.end());
-        broadcastFrame(encodePrePrepareFrame(v, seq, b->second), "pre-prepare");
-      }
-    } else {
-      sl.prepare_sent = true;
-      sl.prepares[config_.self_index] = digest;
-      broadcast(Message(Prepare{{v, seq, digest}}));
+    } else if (n() > 1) {  // (a cluster of one has no one to send it to)
+      sendVote(sl, mine);
+      sl.frames.erase(digest);  // the slot's record has a copy
     }
     checkPrepared(sl);
   });
@@ -909,6 +921,19 @@ void Replica::acceptPrePrepare(uint64_t seq, const SecureHash& digest, BatchBody
     flush();
     tryExecute();
   }
+}
+
+void Replica::sendVote(Slot& s, bool mine) {
+  if (mine) {
+    auto fr = s.frames.find(s.digest);
+    if (fr != s.frames.end()) return broadcastFrame(fr->second, "pre-prepare");
+    auto b = s.batches.find(s.digest);
+    CCAL_ASSERT(b != s.batches.end());
+    return broadcastFrame(encodePrePrepareFrame(view_, s.seq, b->second), "pre-prepare");
+  }
+  s.prepare_sent = true;
+  s.prepares[config_.self_index] = s.digest;
+  broadcast(Message(Prepare{{view_, s.seq, s.digest}}));
 }
 
 void Replica::onPrepare(uint32_t from, const VoteMsg& m) {
@@ -1072,36 +1097,7 @@ void Replica::onExecuted(uint64_t seq, const Batch& batch, const std::vector<Sec
   // writer before this batch's replies go out, so the writer works while
   // they are sent.
   tryExecute();
-  // One frame per client with its replies from this batch.
-  {
-    std::vector<std::pair<const std::string*, std::vector<std::pair<uint64_t, ByteView>>>>
-        per_client;
-    std::unordered_map<std::string_view, size_t> client_at;
-    for (size_t i = 0; i < batch.requests.size(); ++i) {
-      const Request& r = batch.requests[i];
-      auto [it, fresh] = client_at.try_emplace(r.client, per_client.size());
-      if (fresh) per_client.emplace_back(&r.client, std::vector<std::pair<uint64_t, ByteView>>{});
-      per_client[it->second].second.emplace_back(r.client_seq, result->replies[i]);
-    }
-    // A frame stays within what the link carries and the client decodes.
-    const size_t budget = std::min(link_.frameBytesMax(), config_.limits.frame_bytes_max) -
-                          replies_frame_overhead_bytes;
-    for (const auto& [client, entries] : per_client) {
-      size_t from = 0, bytes = 0;
-      for (size_t i = 0; i <= entries.size(); ++i) {
-        const size_t entry_bytes =
-            i < entries.size() ? entries[i].second.size() + replies_entry_overhead_bytes : 0;
-        if (i == entries.size() || (i > from && bytes + entry_bytes > budget)) {
-          std::span<const std::pair<uint64_t, ByteView>> part(entries.data() + from, i - from);
-          Status sent = link_.send(*client, encodeRepliesFrame(view_, config_.self_index, part));
-          if (!sent) log("sending replies to '" + *client + "': " + sent.error().toString());
-          from = i;
-          bytes = 0;
-        }
-        bytes += entry_bytes;
-      }
-    }
-  }
+  sendBatchReplies(batch, result->replies);
   for (size_t i = 0; i < batch.requests.size(); ++i) {
     const Request& r = batch.requests[i];
     ReplyRecord rec{r.client_seq, view_, std::move(result->replies[i])};

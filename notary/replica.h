@@ -229,6 +229,7 @@ class Replica final : public flows::LinkHandler {
   bool authenticated(const pbft::WireRequest& r);
   bool authenticated(const pbft::WireRequest& r, const SecureHash& digest);
   void sendReply(const std::string& client, uint64_t client_seq, const pbft::ReplyRecord& r);
+  void sendBatchReplies(const Batch& batch, const std::vector<Bytes>& replies);
   void scheduleBatch();
   void proposeNow();  // cancels the batch timer, proposes what is pending
   void proposeBatches();
@@ -365,6 +366,9 @@ class Replica final : public flows::LinkHandler {
   // have reached the store (notary/README.md, safety 3).
   bool votesEarly() const;
   void recordUnrecorded();  // queues the record of every slot accepted without one
+  // This replica's vote on the slot's pre-prepare in the current view: the
+  // pre-prepare (the primary, `mine`) or a prepare (a backup).
+  void sendVote(Slot& s, bool mine);
   std::optional<uint64_t> durable_view_;
   std::optional<uint64_t> abstain_view_;
   bool started_ = false;  // start() succeeded: recordCleanStop() may record one

@@ -195,28 +195,28 @@ size_t UniquenessStateMachine::RefKeyHasher::operator()(const Bytes& key) const 
 Status UniquenessStateMachine::loadUnmerged() {
   // The states consumed by the batches after the last merge: from their
   // effects, the durable record of each executed batch.
+  std::optional<uint64_t> merged;
   {
-    // A fresh store, or one from before the passes (every batch's states in
-    // notary_consumed): the record starts at lastExecuted.
     auto txn = store_.read();
-    if (!txn.get(*meta_db_, asBytes(merged_through_key))) {
-      auto last = readLastExecuted(txn, *meta_db_);
-      if (!last) return last.error();
-      CCAL_TRY(store_.write([&](vault::WriteTxn& w) {
-        return w.put(*meta_db_, asBytes(merged_through_key), be64(*last));
-      }));
+    auto m = txn.get(*meta_db_, asBytes(merged_through_key));
+    if (m) merged = fromBe64(*m);
+    if (m && (!merged || *merged > last_executed_.load())) {
+      return makeError(Errc::storage_error, "notary_meta consumed_merged_through is damaged");
     }
   }
+  if (!merged) {
+    // A fresh store, or one from before the passes (every batch's states in
+    // notary_consumed): the record starts at lastExecuted.
+    merged = last_executed_.load();
+    CCAL_TRY(store_.write([&](vault::WriteTxn& w) {
+      return w.put(*meta_db_, asBytes(merged_through_key), be64(*merged));
+    }));
+  }
+  const uint64_t last = last_executed_.load();
   auto txn = store_.read();
-  auto last = readLastExecuted(txn, *meta_db_);
-  if (!last) return last.error();
-  auto m = txn.get(*meta_db_, asBytes(merged_through_key));
-  auto merged = m ? fromBe64(*m) : std::nullopt;
-  if (!merged || *merged > *last)
-    return makeError(Errc::storage_error, "notary_meta consumed_merged_through is damaged");
   std::lock_guard lock(unmerged_mutex_);
   unmerged_.clear();
-  for (uint64_t seq = *merged + 1; seq <= *last; ++seq) {
+  for (uint64_t seq = *merged + 1; seq <= last; ++seq) {
     auto bytes = txn.get(*effects_db_, be64(seq));
     if (!bytes)
       return makeError(Errc::storage_error,
@@ -230,6 +230,24 @@ Status UniquenessStateMachine::loadUnmerged() {
       unmerged_[refKey(c.ref)] = Unmerged{c.consumingTxId, seq};
   }
   return {};
+}
+
+Status UniquenessStateMachine::writePass(
+    vault::WriteTxn& txn, uint64_t seq,
+    std::vector<std::pair<const Bytes*, const SecureHash*>> puts) {
+  for (const auto& [key, u] : unmerged_) {
+    if (u.seq < seq) puts.emplace_back(&key, &u.tx);
+  }
+  // Sorted, so that the puts walk the B-tree in order.
+  std::sort(puts.begin(), puts.end(),
+            [](const auto& a, const auto& b) { return *a.first < *b.first; });
+  for (const auto& [key, tx] : puts) CCAL_TRY(txn.put(*consumed_db_, *key, tx->view()));
+  return txn.put(*meta_db_, asBytes(merged_through_key), be64(seq));
+}
+
+void UniquenessStateMachine::dropUnmerged(const std::function<bool(uint64_t seq)>& which) {
+  std::lock_guard lock(unmerged_mutex_);
+  std::erase_if(unmerged_, [&](const auto& e) { return which(e.second.seq); });
 }
 
 Status UniquenessStateMachine::refuseAfterFailure(uint64_t seq) const {
@@ -731,17 +749,10 @@ void UniquenessStateMachine::execute(const Batch& batch, std::function<void(Resu
     Bytes seq_key = be64(seq);
     if (seq - merged >= config_.consumed_merge_interval_batches ||
         unmerged_.size() + consumed_now.size() >= config_.consumed_unmerged_states_max) {
-      // Sorted, so that the puts walk the B-tree in order.
       std::vector<std::pair<const Bytes*, const SecureHash*>> puts;
-      puts.reserve(unmerged_.size() + consumed_now.size());
-      for (const auto& [key, u] : unmerged_) {
-        if (u.seq < seq) puts.emplace_back(&key, &u.tx);
-      }
+      puts.reserve(consumed_now.size());
       for (const auto& [key, tx] : consumed_now) puts.emplace_back(&key, &tx);
-      std::sort(puts.begin(), puts.end(),
-                [](const auto& a, const auto& b) { return *a.first < *b.first; });
-      for (const auto& [key, tx] : puts) CCAL_TRY(txn.put(*consumed_db_, *key, tx->view()));
-      CCAL_TRY(txn.put(*meta_db_, asBytes(merged_through_key), seq_key));
+      CCAL_TRY(writePass(txn, seq, std::move(puts)));
       run->merged = true;
     } else {
       std::lock_guard lock(unmerged_mutex_);
@@ -768,8 +779,7 @@ void UniquenessStateMachine::execute(const Batch& batch, std::function<void(Resu
       } else {
         // Refused before writing: nothing of this batch, or of a later one
         // (which cannot follow it), is in the store.
-        std::lock_guard lock(unmerged_mutex_);
-        std::erase_if(unmerged_, [seq](const auto& e) { return e.second.seq >= seq; });
+        dropUnmerged([seq](uint64_t s) { return s >= seq; });
       }
       Error error = makeError(status.error().code, "batch " + std::to_string(seq) + " not executed: " +
                                                        status.error().message);
@@ -780,11 +790,8 @@ void UniquenessStateMachine::execute(const Batch& batch, std::function<void(Resu
       }
       return;
     }
-    if (run->merged) {
-      // Written and durable: the entries of this pass leave memory.
-      std::lock_guard lock(unmerged_mutex_);
-      std::erase_if(unmerged_, [seq](const auto& e) { return e.second.seq <= seq; });
-    }
+    // Written and durable: the entries of this pass leave memory.
+    if (run->merged) dropUnmerged([seq](uint64_t s) { return s <= seq; });
     last_executed_.store(seq);
     if (config_.complete_on == nullptr) {
       done(signReplies(seq, *run));
@@ -846,25 +853,21 @@ void UniquenessStateMachine::applyEffects(uint64_t seq, ByteView effects_bytes, 
     // Applied effects go to the index at once, with whatever is in memory
     // (a pass): the record of what open() must replay stays within the
     // merge interval however long a transfer is.
-    for (const auto& [key, u] : unmerged_) {
-      if (u.seq < seq) puts.emplace(key, u.tx);
-    }
-    for (const auto& [key, tx] : puts) CCAL_TRY(txn.put(*consumed_db_, key, tx.view()));
+    std::vector<std::pair<const Bytes*, const SecureHash*>> pass;
+    pass.reserve(puts.size());
+    for (const auto& [key, tx] : puts) pass.emplace_back(&key, &tx);
+    CCAL_TRY(writePass(txn, seq, std::move(pass)));
     Bytes seq_key = be64(seq);
     for (const auto& tx : shared->committedWithoutInputs)
       CCAL_TRY(txn.put(*txs_db_, tx.view(), seq_key));
     CCAL_TRY(txn.put(*effects_db_, seq_key, *bytes));
     CCAL_TRY(txn.put(*meta_db_, asBytes(last_executed_key), seq_key));
-    CCAL_TRY(txn.put(*meta_db_, asBytes(merged_through_key), seq_key));
     *wrote = true;
     return {};
   };
   store_.submit(std::move(fn), [this, seq, wrote, done = std::move(done)](const Status& status) {
     Status result;
-    if (status) {
-      std::lock_guard lock(unmerged_mutex_);
-      std::erase_if(unmerged_, [seq](const auto& e) { return e.second.seq <= seq; });
-    }
+    if (status) dropUnmerged([seq](uint64_t s) { return s <= seq; });
     if (!status) {
       if (*wrote) failed_seq_ = seq;  // as for a batch: it may be in the store after all
       rewindQueued(seq);

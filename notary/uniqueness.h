@@ -40,6 +40,7 @@
 // thread when it is null.
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -182,6 +183,12 @@ class UniquenessStateMachine final : public StateMachine {
   Result<std::optional<SecureHash>> consumedBefore(const vault::ReadTxn& txn, const Bytes& key,
                                                    uint64_t seq) const;
   Status loadUnmerged();
+  // Writes a pass (writer thread): `puts` and every entry in memory of a
+  // batch before `seq`, in key order, and records it as through `seq`.
+  Status writePass(vault::WriteTxn& txn, uint64_t seq,
+                   std::vector<std::pair<const Bytes*, const SecureHash*>> puts);
+  // Drops the entries in memory of the batches `which` picks (writer thread).
+  void dropUnmerged(const std::function<bool(uint64_t seq)>& which);
   // A commit failed after its write function succeeded (writer thread
   // only): the batch it failed on. Every later write is refused, for the
   // batch may be in the store after all.
