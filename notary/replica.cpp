@@ -536,11 +536,13 @@ void Replica::sendBatchReplies(const Batch& batch, const std::vector<Bytes>& rep
   }
   const size_t budget = std::min(link_.frameBytesMax(), config_.limits.frame_bytes_max) -
                         replies_frame_overhead_bytes;
-  for (const auto& [client, entries] : per_client) {
-    auto send = [&, client = client](size_t from, size_t to) {
+  for (const auto& to_client : per_client) {
+    const std::string& client = *to_client.first;
+    const auto& entries = to_client.second;
+    auto send = [&](size_t from, size_t to) {
       std::span<const std::pair<uint64_t, ByteView>> part(entries.data() + from, to - from);
-      Status sent = link_.send(*client, encodeRepliesFrame(view_, config_.self_index, part));
-      if (!sent) log("sending replies to '" + *client + "': " + sent.error().toString());
+      Status sent = link_.send(client, encodeRepliesFrame(view_, config_.self_index, part));
+      if (!sent) log("sending replies to '" + client + "': " + sent.error().toString());
     };
     size_t from = 0, bytes = 0;
     for (size_t i = 0; i < entries.size(); ++i) {
