@@ -27,7 +27,8 @@ class StateMachineChannel final : public RequestChannel {
       replicas_.push_back(std::make_unique<TestReplica>(cluster.config(), cluster.replica_keys[i]));
     }
   }
-  Result<uint64_t> submit(Bytes body, ReplyFn on_reply) override {
+  using RequestChannel::submit;
+  Result<uint64_t> submit(Bytes body, const SecureHash&, ReplyFn on_reply) override {
     const uint64_t seq = next_seq_++;
     ++submitted;
     for (uint32_t i = 0; i < replicas_.size(); ++i) {

@@ -82,10 +82,11 @@ void NotaryClient::submit(const SecureHash& tx_id, Bytes body, Done done) {
     });
     return;
   }
-  auto submitted = channel_.submit(std::move(body), [this, alive, pending](uint32_t replica, ByteView reply) {
-    if (alive.expired() || !*alive.lock()) return;
-    onReply(pending, replica, reply);
-  });
+  auto submitted = channel_.submit(std::move(body), pending->requestHash,
+                                   [this, alive, pending](uint32_t replica, ByteView reply) {
+                                     if (alive.expired() || !*alive.lock()) return;
+                                     onReply(pending, replica, reply);
+                                   });
   if (!submitted) {
     ++counters_.errors;
     Error error = makeError(submitted.error().code, "notarisation of " + tx_id.hex() +

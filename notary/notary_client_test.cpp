@@ -70,7 +70,8 @@ class TestChannel final : public RequestChannel {
     }
   }
 
-  Result<uint64_t> submit(Bytes body, ReplyFn on_reply) override {
+  using RequestChannel::submit;
+  Result<uint64_t> submit(Bytes body, const SecureHash&, ReplyFn on_reply) override {
     if (refuse) return makeError(Errc::too_large, "refused by the test channel");
     uint64_t seq = next_seq_++;
     for (uint32_t i = 0; i < replicas.size(); ++i) {

@@ -42,7 +42,7 @@ void ProtocolClient::log(const std::string& line) const {
   }
 }
 
-Result<uint64_t> ProtocolClient::submit(Bytes body, ReplyFn on_reply) {
+Result<uint64_t> ProtocolClient::submit(Bytes body, const SecureHash& body_hash, ReplyFn on_reply) {
   if (body.size() > config_.request_body_bytes_max) {
     return makeError(Errc::too_large, "a notary request of " + std::to_string(body.size()) +
                                           " bytes is over the limit of " +
@@ -58,7 +58,7 @@ Result<uint64_t> ProtocolClient::submit(Bytes body, ReplyFn on_reply) {
   r.client = config_.client_name;
   r.client_seq = seq;
   r.body = std::move(body);
-  const SecureHash d = r.digest();
+  const SecureHash d = r.digestWithBodyHash(body_hash);
   for (const auto& k : replica_keys_) r.authenticator.push_back(mac(k, d));
   Outstanding o;
   o.frame = encodeFrame(Message(std::move(r)));

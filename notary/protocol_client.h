@@ -51,7 +51,8 @@ class ProtocolClient final : public RequestChannel, public flows::LinkHandler {
   ~ProtocolClient() override;
 
   // --- RequestChannel -----------------------------------------------------------
-  Result<uint64_t> submit(Bytes body, ReplyFn on_reply) override;
+  using RequestChannel::submit;
+  Result<uint64_t> submit(Bytes body, const SecureHash& body_hash, ReplyFn on_reply) override;
   void finish(uint64_t client_seq) override;
   uint32_t replicaCount() const override { return static_cast<uint32_t>(config_.replicas.size()); }
   uint32_t faultsTolerated() const override { return (replicaCount() - 1) / 3; }

@@ -144,8 +144,14 @@ class RequestChannel {
   // Sends a request to the cluster and keeps retransmitting it (with bounded
   // backoff, to every replica once the primary seems silent) until finish().
   // Returns the request's client_seq; an error when refused at once (too
-  // big, too many requests outstanding).
-  virtual Result<uint64_t> submit(Bytes body, ReplyFn on_reply) = 0;
+  // big, too many requests outstanding). `body_hash` is SecureHash::of(body),
+  // which the caller has already computed (the notary client keeps it to
+  // match the replies), so the body is hashed once.
+  virtual Result<uint64_t> submit(Bytes body, const SecureHash& body_hash, ReplyFn on_reply) = 0;
+  Result<uint64_t> submit(Bytes body, ReplyFn on_reply) {
+    const SecureHash body_hash = SecureHash::of(body);
+    return submit(std::move(body), body_hash, std::move(on_reply));
+  }
   // The caller has what it needs: stop retransmitting, drop later replies.
   virtual void finish(uint64_t client_seq) = 0;
   // 3f + 1 and f of the cluster.
