@@ -157,6 +157,26 @@ VerifiedSignatures& verifiedSignatures() {
 
 }  // namespace
 
+// The inner nodes of batch proofs, process-wide (DigitalSignature::verify).
+class BatchProofNodes {
+ public:
+  Result<SecureHash> rootFromProof(uint32_t count, uint32_t index, const SecureHash& leaf,
+                                   std::span<const SecureHash> path) {
+    std::lock_guard lock(mutex_);
+    return merkle::rootFromProof(count, std::span<const uint32_t>(&index, 1),
+                                 std::span<const SecureHash>(&leaf, 1), path, &memo_);
+  }
+
+ private:
+  std::mutex mutex_;
+  merkle::NodeMemo memo_{batch_proof_nodes_remembered_max};
+};
+
+BatchProofNodes& batchProofNodes() {
+  static BatchProofNodes nodes;
+  return nodes;
+}
+
 Status DigitalSignature::verify(ByteView message) const {
   if (!batch_) {
     SecureHash memo = VerifiedSignatures::plainKey(by_, bytes_, message);
@@ -169,8 +189,7 @@ Status DigitalSignature::verify(ByteView message) const {
   }
   SecureHash leaf = merkle::batchLeaf(message);
   uint32_t index = batch_->leafIndex;
-  auto root = merkle::rootFromProof(batch_->leafCount, std::span<const uint32_t>(&index, 1),
-                                    std::span<const SecureHash>(&leaf, 1), batch_->path);
+  auto root = batchProofNodes().rootFromProof(batch_->leafCount, index, leaf, batch_->path);
   if (!root) {
     return makeError(Errc::bad_signature,
                      "batch signature by key " + by_.shortHex() + ": " + root.error().message);

@@ -391,6 +391,15 @@ TEST_CASE("batch signatures: a tampered proof, index, count, signature or signer
         Errc::bad_signature);
   auto refused = with([](BatchProof& p, auto&, auto&) { p.leafIndex = 3; });
   CHECK(refused.verify(messages[5]).error().message.find("batch signature") != std::string::npos);
+  // Every message verified (their proofs' inner nodes remembered): a change
+  // of any one hash of a proof is still refused.
+  for (size_t i = 0; i < messages.size(); ++i) REQUIRE(sigs[i].verify(messages[i]).ok());
+  for (size_t k = 0; k < good.batch()->path.size(); ++k) {
+    CHECK(with([k](BatchProof& p, auto&, auto&) { p.path[k] = SecureHash::of(p.path[k].view()); })
+              .verify(messages[5])
+              .error()
+              .code == Errc::bad_signature);
+  }
 }
 
 TEST_CASE("verified and own signatures are remembered; nothing else gets through") {

@@ -1,7 +1,10 @@
 #include "ledger/merkle.h"
 
+#include <sodium.h>
+
 #include <algorithm>
 #include <bit>
+#include <cstring>
 
 namespace ccal::merkle {
 
@@ -47,6 +50,7 @@ struct ProofReader {
   std::span<const uint32_t> revealed;
   std::span<const SecureHash> revealed_leaves;
   std::span<const SecureHash> proof;
+  NodeMemo* memo = nullptr;
   size_t next_proof = 0;
   bool ok = true;
 
@@ -63,7 +67,7 @@ struct ProofReader {
     uint32_t mid = lo + splitPoint(hi - lo);
     SecureHash left = rootOf(lo, mid);
     SecureHash right = rootOf(mid, hi);
-    return node(left, right);
+    return memo ? memo->node(left, right) : node(left, right);
   }
 };
 
@@ -102,9 +106,48 @@ std::vector<SecureHash> prove(std::span<const SecureHash> leaves,
   return out;
 }
 
+NodeMemo::NodeMemo(size_t generation_entries_max)
+    : generation_entries_max_(generation_entries_max) {
+  CCAL_ASSERT(generation_entries_max_ > 0);
+  ChildrenHasher hasher;
+  if (sodium_init() < 0) CCAL_ASSERT_MSG(false, "libsodium failed to initialise");
+  randombytes_buf(hasher.key.data(), hasher.key.size());
+  current_ = Map(0, hasher);
+  previous_ = Map(0, hasher);
+  current_.reserve(generation_entries_max_);
+  previous_.reserve(generation_entries_max_);
+}
+
+size_t NodeMemo::ChildrenHasher::operator()(const Children& c) const {
+  static_assert(crypto_shorthash_BYTES == 8 && crypto_shorthash_KEYBYTES == 16);
+  uint8_t in[2 * SecureHash::size_bytes];
+  std::memcpy(in, c.left.bytes().data(), SecureHash::size_bytes);
+  std::memcpy(in + SecureHash::size_bytes, c.right.bytes().data(), SecureHash::size_bytes);
+  uint64_t out = 0;
+  crypto_shorthash(reinterpret_cast<uint8_t*>(&out), in, sizeof in, key.data());
+  return static_cast<size_t>(out);
+}
+
+SecureHash NodeMemo::node(const SecureHash& left, const SecureHash& right) {
+  const Children key{left, right};
+  if (auto it = current_.find(key); it != current_.end()) return it->second;
+  SecureHash hash;
+  if (auto it = previous_.find(key); it != previous_.end()) {
+    hash = it->second;
+  } else {
+    hash = merkle::node(left, right);
+  }
+  if (current_.size() >= generation_entries_max_) {
+    previous_.swap(current_);
+    current_.clear();
+  }
+  current_.emplace(key, hash);
+  return hash;
+}
+
 Result<SecureHash> rootFromProof(uint32_t count, std::span<const uint32_t> revealed,
                                  std::span<const SecureHash> revealed_leaves,
-                                 std::span<const SecureHash> proof) {
+                                 std::span<const SecureHash> proof, NodeMemo* memo) {
   auto invalid = [](const std::string& why) { return makeError(Errc::merkle_proof_invalid, why); };
   if (revealed.size() != revealed_leaves.size()) {
     return invalid("revealed index and leaf counts differ");
@@ -122,7 +165,7 @@ Result<SecureHash> rootFromProof(uint32_t count, std::span<const uint32_t> revea
     if (!proof.empty()) return invalid("a proof for an empty tree must be empty");
     return SecureHash::zero();
   }
-  ProofReader reader{revealed, revealed_leaves, proof};
+  ProofReader reader{revealed, revealed_leaves, proof, memo};
   SecureHash result = reader.rootOf(0, count);
   if (!reader.ok) return invalid("the proof has too few hashes");
   if (reader.next_proof != proof.size()) return invalid("the proof has unused hashes");

@@ -11,8 +11,10 @@
 //   batch leaf(m)     = H(0x04 || m)   (a message under a batch signature, crypto.h)
 // The transaction id is the Merkle root over the group hashes.
 
+#include <array>
 #include <cstdint>
 #include <span>
+#include <unordered_map>
 #include <vector>
 
 #include "ledger/bytes.h"
@@ -36,13 +38,43 @@ SecureHash root(std::span<const SecureHash> leaves);
 std::vector<SecureHash> prove(std::span<const SecureHash> leaves,
                               std::span<const uint32_t> revealed);
 
+// node(l, r) remembered by its children: the proofs of many leaves of one
+// tree (a batch signature's messages, and the same batch signed by every
+// replica of a notary) share their upper nodes, so each of those is hashed
+// once. A memo of a pure function: a root computed with it is the root
+// computed without. Bounded: two generations of at most
+// `generation_entries_max` entries each; when the current one is full it
+// becomes the previous one and the older one is dropped. The buckets are
+// chosen by a keyed SipHash (a random key per memo), so proof hashes picked
+// by an adversary cannot pile into one bucket. Not thread-safe.
+class NodeMemo {
+ public:
+  explicit NodeMemo(size_t generation_entries_max);
+  SecureHash node(const SecureHash& left, const SecureHash& right);
+  size_t size() const { return current_.size() + previous_.size(); }
+
+ private:
+  struct Children {
+    SecureHash left, right;
+    bool operator==(const Children&) const = default;
+  };
+  struct ChildrenHasher {
+    std::array<uint8_t, 16> key;
+    size_t operator()(const Children& c) const;
+  };
+  using Map = std::unordered_map<Children, SecureHash, ChildrenHasher>;
+  size_t generation_entries_max_;
+  Map current_, previous_;
+};
+
 // Recomputes the root of a tree of `count` leaves from the revealed leaves
 // (hashes, at the ascending indices `revealed`) and the proof. Fails with
 // merkle_proof_invalid when indices are out of order or range, or the proof
-// has too few or too many hashes. The caller compares the root.
+// has too few or too many hashes. The caller compares the root. With a
+// memo, inner nodes are looked up there first (the same root).
 Result<SecureHash> rootFromProof(uint32_t count, std::span<const uint32_t> revealed,
                                  std::span<const SecureHash> revealed_leaves,
-                                 std::span<const SecureHash> proof);
+                                 std::span<const SecureHash> proof, NodeMemo* memo = nullptr);
 
 // A whole tree kept in memory, so that the proof of each of n leaves costs
 // O(log n) (prove() above recomputes hidden subtrees: O(n) per proof).

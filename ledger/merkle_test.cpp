@@ -107,6 +107,47 @@ TEST_CASE("Tree: each leaf's proof equals prove()'s and rebuilds the root, for e
   }
 }
 
+TEST_CASE(
+    "NodeMemo: every root, good proof or tampered, is the one computed without it; the memo stays "
+    "bounded") {
+  merkle::NodeMemo memo(16);
+  for (uint32_t n = 1; n <= 40; ++n) {
+    auto leaves = makeLeaves(n);
+    merkle::Tree tree(leaves);
+    for (int pass = 0; pass < 2; ++pass) {  // the second pass finds the nodes remembered
+      for (uint32_t i = 0; i < n; ++i) {
+        std::vector<uint32_t> at{i};
+        auto proof = tree.prove(i);
+        auto with = merkle::rootFromProof(n, at, std::span(&leaves[i], 1), proof, &memo);
+        REQUIRE(with.ok());
+        CHECK(*with == tree.root());
+        // Each sibling changed in turn (also one above a remembered node):
+        // the memo gives the same wrong root as plain hashing.
+        for (size_t k = 0; k < proof.size(); ++k) {
+          auto bad = proof;
+          bad[k] = SecureHash::of(bad[k].view());
+          auto plain = merkle::rootFromProof(n, at, std::span(&leaves[i], 1), bad);
+          auto memoised = merkle::rootFromProof(n, at, std::span(&leaves[i], 1), bad, &memo);
+          REQUIRE(plain.ok());
+          REQUIRE(memoised.ok());
+          CHECK(*memoised == *plain);
+          CHECK(*memoised != tree.root());
+        }
+        CHECK(memo.size() <= 32);
+      }
+    }
+  }
+  // A changed leaf, too.
+  auto leaves = makeLeaves(9);
+  merkle::Tree tree(leaves);
+  std::vector<uint32_t> at{4};
+  SecureHash other = SecureHash::of(asBytes("other"));
+  auto root = merkle::rootFromProof(9, at, std::span(&other, 1), tree.prove(4), &memo);
+  REQUIRE(root.ok());
+  CHECK(*root != tree.root());
+  CHECK(*root == *merkle::rootFromProof(9, at, std::span(&other, 1), tree.prove(4)));
+}
+
 TEST_CASE("a batch leaf is domain-separated from the other hashes") {
   SecureHash a = SecureHash::of(asBytes("a"));
   CHECK(merkle::batchLeaf(a.view()) != merkle::leaf(SecureHash::zero(), a.view()));
