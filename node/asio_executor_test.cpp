@@ -101,6 +101,55 @@ TEST_CASE("AsioExecutor timer waits at least its delay; a timer may cancel anoth
   CHECK_FALSE(victim_fired.load());
 }
 
+TEST_CASE(
+    "AsioExecutor: an earlier timer made after a later one fires first; timers due together may "
+    "cancel each other") {
+  AsioExecutor executor;
+  executor.start();
+  std::mutex m;
+  std::vector<int> fired;
+  std::promise<void> done;
+  auto done_fired = done.get_future();
+  auto record = [&](int v) {
+    std::lock_guard lock(m);
+    fired.push_back(v);
+  };
+  flows::Executor::TimerId second = 0;
+  executor.runSync([&] {
+    executor.runAfter(2'000'000, [&] { record(9); });  // far: must not hold back the ones below
+    executor.runAfter(10'000, [&] {
+      record(1);
+      // Made while timers run: at once, and a chain of them.
+      executor.runAfter(0, [&] {
+        record(2);
+        executor.runAfter(0, [&] {
+          record(3);
+          done.set_value();
+        });
+      });
+    });
+    // Two due (nearly) together: the first cancels the second, whether or
+    // not one wake finds both due.
+    executor.runAfter(5'000, [&] {
+      record(0);
+      executor.cancel(second);
+    });
+    second = executor.runAfter(5'000, [&] { record(99); });
+  });
+  REQUIRE(done_fired.wait_for(1s) == std::future_status::ready);
+  std::this_thread::sleep_for(20ms);
+  {
+    std::lock_guard lock(m);
+    std::string seen;
+    for (int v : fired) seen += std::to_string(v) + " ";
+    INFO(seen);
+    CHECK(fired == std::vector<int>{0, 1, 2, 3});
+  }
+  size_t pending = 0;
+  executor.runSync([&] { pending = executor.pendingTimers(); });
+  CHECK(pending == 1);  // the far one
+}
+
 TEST_CASE("AsioExecutor clock is the wall clock; stop drops pending work; runSync without a loop runs inline") {
   AsioExecutor executor;
   auto wall = std::chrono::duration_cast<std::chrono::microseconds>(
