@@ -110,8 +110,8 @@ class DigitalSignature {
   // process-wide set (signatures_verified_max; a plain one with its
   // message, a batch one with its root), so checking one again costs a
   // hash, and the other messages of a batch cost only their proof's hashes,
-  // of which the inner nodes are remembered too (merkle::NodeMemo,
-  // batch_proof_nodes_remembered_max per generation), so the proofs of one
+  // of which the inner nodes are remembered too (merkle::NodeMemo of
+  // batch_proof_nodes_remembered_max slots), so the proofs of one
   // batch, from every replica that signed it, hash each inner node once;
   // the outcome is the same as without the memory.
   Status verify(ByteView message) const;
@@ -126,7 +126,7 @@ class DigitalSignature {
 };
 
 inline constexpr size_t signatures_verified_max = 32768;
-inline constexpr size_t batch_proof_nodes_remembered_max = 16384;
+inline constexpr size_t batch_proof_nodes_remembered_max = 4096;
 
 // An Ed25519 key pair. The private half is wiped on destruction.
 class KeyPair {

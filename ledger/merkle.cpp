@@ -1,7 +1,5 @@
 #include "ledger/merkle.h"
 
-#include <sodium.h>
-
 #include <algorithm>
 #include <bit>
 #include <cstring>
@@ -106,43 +104,23 @@ std::vector<SecureHash> prove(std::span<const SecureHash> leaves,
   return out;
 }
 
-NodeMemo::NodeMemo(size_t generation_entries_max)
-    : generation_entries_max_(generation_entries_max) {
-  CCAL_ASSERT(generation_entries_max_ > 0);
-  ChildrenHasher hasher;
-  if (sodium_init() < 0) CCAL_ASSERT_MSG(false, "libsodium failed to initialise");
-  randombytes_buf(hasher.key.data(), hasher.key.size());
-  current_ = Map(0, hasher);
-  previous_ = Map(0, hasher);
-  current_.reserve(generation_entries_max_);
-  previous_.reserve(generation_entries_max_);
-}
-
-size_t NodeMemo::ChildrenHasher::operator()(const Children& c) const {
-  static_assert(crypto_shorthash_BYTES == 8 && crypto_shorthash_KEYBYTES == 16);
-  uint8_t in[2 * SecureHash::size_bytes];
-  std::memcpy(in, c.left.bytes().data(), SecureHash::size_bytes);
-  std::memcpy(in + SecureHash::size_bytes, c.right.bytes().data(), SecureHash::size_bytes);
-  uint64_t out = 0;
-  crypto_shorthash(reinterpret_cast<uint8_t*>(&out), in, sizeof in, key.data());
-  return static_cast<size_t>(out);
+NodeMemo::NodeMemo(size_t slots) : slots_(slots) {
+  CCAL_ASSERT(slots > 0 && std::has_single_bit(slots));
 }
 
 SecureHash NodeMemo::node(const SecureHash& left, const SecureHash& right) {
-  const Children key{left, right};
-  if (auto it = current_.find(key); it != current_.end()) return it->second;
-  SecureHash hash;
-  if (auto it = previous_.find(key); it != previous_.end()) {
-    hash = it->second;
-  } else {
-    hash = merkle::node(left, right);
-  }
-  if (current_.size() >= generation_entries_max_) {
-    previous_.swap(current_);
-    current_.clear();
-  }
-  current_.emplace(key, hash);
-  return hash;
+  // The children are SHA-256 outputs or hashes from a proof: their first
+  // bytes pick the slot (an adversary's choice only evicts).
+  uint64_t l = 0, r = 0;
+  std::memcpy(&l, left.bytes().data(), sizeof l);
+  std::memcpy(&r, right.bytes().data(), sizeof r);
+  Slot& slot = slots_[(l ^ std::rotl(r, 17)) & (slots_.size() - 1)];
+  if (slot.used && slot.left == left && slot.right == right) return slot.parent;
+  slot.left = left;
+  slot.right = right;
+  slot.parent = merkle::node(left, right);
+  slot.used = true;
+  return slot.parent;
 }
 
 Result<SecureHash> rootFromProof(uint32_t count, std::span<const uint32_t> revealed,

@@ -11,10 +11,8 @@
 //   batch leaf(m)     = H(0x04 || m)   (a message under a batch signature, crypto.h)
 // The transaction id is the Merkle root over the group hashes.
 
-#include <array>
 #include <cstdint>
 #include <span>
-#include <unordered_map>
 #include <vector>
 
 #include "ledger/bytes.h"
@@ -41,30 +39,22 @@ std::vector<SecureHash> prove(std::span<const SecureHash> leaves,
 // node(l, r) remembered by its children: the proofs of many leaves of one
 // tree (a batch signature's messages, and the same batch signed by every
 // replica of a notary) share their upper nodes, so each of those is hashed
-// once. A memo of a pure function: a root computed with it is the root
-// computed without. Bounded: two generations of at most
-// `generation_entries_max` entries each; when the current one is full it
-// becomes the previous one and the older one is dropped. The buckets are
-// chosen by a keyed SipHash (a random key per memo), so proof hashes picked
-// by an adversary cannot pile into one bucket. Not thread-safe.
+// about once. A memo of a pure function: a root computed with it is the
+// root computed without. Direct-mapped: `slots` entries (a power of two),
+// a new node replaces the one in its slot, so the memory is fixed and
+// children picked by an adversary can at worst evict entries (then nodes
+// are hashed as without the memo). Not thread-safe.
 class NodeMemo {
  public:
-  explicit NodeMemo(size_t generation_entries_max);
+  explicit NodeMemo(size_t slots);
   SecureHash node(const SecureHash& left, const SecureHash& right);
-  size_t size() const { return current_.size() + previous_.size(); }
 
  private:
-  struct Children {
-    SecureHash left, right;
-    bool operator==(const Children&) const = default;
+  struct Slot {
+    SecureHash left, right, parent;
+    bool used = false;
   };
-  struct ChildrenHasher {
-    std::array<uint8_t, 16> key;
-    size_t operator()(const Children& c) const;
-  };
-  using Map = std::unordered_map<Children, SecureHash, ChildrenHasher>;
-  size_t generation_entries_max_;
-  Map current_, previous_;
+  std::vector<Slot> slots_;
 };
 
 // Recomputes the root of a tree of `count` leaves from the revealed leaves
