@@ -55,31 +55,59 @@ Bytes canonicalBytes(Reader reader) {
 // falls back to a heap segment.
 namespace detail {
 inline constexpr size_t scratch_words = 1024;
+// A second, large scratch segment per thread for big messages (a batch's
+// pre-prepare, a batch's replies): grown to the largest first segment asked
+// for, up to this bound (bigger ones take a heap segment). Reused, its
+// pages stay mapped and warm; a fresh zeroed heap segment of that size
+// costs a page fault per 4 KiB on first touch.
+inline constexpr size_t large_scratch_words_max = size_t{1} << 19;  // 4 MiB
 struct ScratchSegment {
-  std::unique_ptr<capnp::word[]> words{new capnp::word[scratch_words]()};
+  explicit ScratchSegment(size_t n) : words(new capnp::word[n]()), size(n) {}
+  std::unique_ptr<capnp::word[]> words;
+  size_t size;
   bool in_use = false;
 };
 inline ScratchSegment& scratchSegment() {
-  thread_local ScratchSegment scratch;
+  thread_local ScratchSegment scratch(scratch_words);
   return scratch;
+}
+inline ScratchSegment& largeScratchSegment() {
+  thread_local ScratchSegment scratch(0);
+  return scratch;
+}
+// The free scratch segment that can hold `words` (the large one grown if
+// needed), or null: a heap segment.
+inline ScratchSegment* scratchFor(size_t words) {
+  ScratchSegment& small = scratchSegment();
+  if (!small.in_use && words <= small.size) return &small;
+  ScratchSegment& large = largeScratchSegment();
+  const size_t need = std::max(words, scratch_words);
+  if (large.in_use || need > large_scratch_words_max) return nullptr;
+  if (large.size < need) {
+    const size_t grown = std::min(std::max(need, 2 * large.size), large_scratch_words_max);
+    large.words.reset(new capnp::word[grown]());
+    large.size = grown;
+  }
+  return &large;
 }
 }  // namespace detail
 
-// A message builder whose first segment is the per-thread scratch segment
-// when it is free and big enough, else a heap segment of at least
+// A message builder whose first segment is a per-thread scratch segment
+// when one is free and big enough, else a heap segment of at least
 // `first_segment_words`. The builder is destroyed (zeroing the scratch words
 // it used) before the scratch segment is released.
 class ScratchBuilder {
  public:
   explicit ScratchBuilder(size_t first_segment_words = 0)
-      : scratch_(detail::scratchSegment(), !detail::scratchSegment().in_use &&
-                                               first_segment_words <= detail::scratch_words),
-        heap_(scratch_.held ? nullptr
-                            : static_cast<capnp::word*>(std::calloc(heapWords(first_segment_words),
-                                                                    sizeof(capnp::word)))),
-        message_(scratch_.held ? kj::ArrayPtr<capnp::word>(scratch_.segment.words.get(), detail::scratch_words)
-                               : kj::ArrayPtr<capnp::word>(heap_.get(), heapWords(first_segment_words))) {
-    CCAL_ASSERT_MSG(scratch_.held || heap_ != nullptr, "out of memory for a message segment");
+      : scratch_(detail::scratchFor(first_segment_words)),
+        heap_(scratch_.segment ? nullptr
+                               : static_cast<capnp::word*>(std::calloc(
+                                     heapWords(first_segment_words), sizeof(capnp::word)))),
+        message_(
+            scratch_.segment
+                ? kj::ArrayPtr<capnp::word>(scratch_.segment->words.get(), scratch_.segment->size)
+                : kj::ArrayPtr<capnp::word>(heap_.get(), heapWords(first_segment_words))) {
+    CCAL_ASSERT_MSG(scratch_.segment || heap_ != nullptr, "out of memory for a message segment");
   }
   ScratchBuilder(const ScratchBuilder&) = delete;
   ScratchBuilder& operator=(const ScratchBuilder&) = delete;
@@ -91,16 +119,15 @@ class ScratchBuilder {
   // message_, so it is released after the builder (which zeroes the words
   // it used) is destroyed.
   struct ScratchHold {
-    ScratchHold(detail::ScratchSegment& s, bool take) : segment(s), held(take) {
-      if (held) segment.in_use = true;
+    explicit ScratchHold(detail::ScratchSegment* s) : segment(s) {
+      if (segment) segment->in_use = true;
     }
     ~ScratchHold() {
-      if (held) segment.in_use = false;
+      if (segment) segment->in_use = false;
     }
     ScratchHold(const ScratchHold&) = delete;
     ScratchHold& operator=(const ScratchHold&) = delete;
-    detail::ScratchSegment& segment;
-    const bool held;
+    detail::ScratchSegment* const segment;
   };
   struct Free {
     void operator()(capnp::word* w) const { std::free(w); }
