@@ -63,6 +63,21 @@ class CanonicalWriter {
     words_.resize(at + count, 0);
     return at;
   }
+  // A list of `count` structs of the given section sizes (each element the
+  // same size, as canonical form has it: the largest element's); returns the
+  // first element's first word, each element data section then pointers.
+  size_t structListAt(size_t pointer_word, uint32_t count, uint16_t data_words, uint16_t pointers) {
+    const size_t element = size_t{data_words} + pointers;
+    CCAL_ASSERT(count < (uint32_t{1} << 29) && element * count < (size_t{1} << 29));
+    const size_t tag = words_.size();
+    setPointer(pointer_word, static_cast<int64_t>(tag) - static_cast<int64_t>(pointer_word) - 1, 1,
+               7 | static_cast<uint64_t>(element * count) << 3);
+    words_.resize(tag + 1 + element * count, 0);
+    // (No elements: no largest one, the tag's sizes are 0.)
+    if (count > 0) words_[tag] = uint64_t{data_words} | uint64_t{pointers} << 16;
+    words_[tag] = uint64_t{count} << 2 | words_[tag] << 32;
+    return tag + 1;
+  }
   // A field in a data section: `bits` wide at bit `offset` of the word.
   void setBits(size_t word, unsigned offset, unsigned bits, uint64_t value) {
     CCAL_ASSERT(word < words_.size() && offset + bits <= 64 && bits > 0);

@@ -2,6 +2,7 @@
 
 #include <string_view>
 
+#include "ledger/canonical_writer.h"
 #include "ledger/capnp_io.h"
 #include "ledger/merkle.h"
 #include "ledger/signature_codec.h"
@@ -154,6 +155,20 @@ const char* outcomeName(NotarisationReply::Outcome outcome) {
 }
 
 Bytes NotarisationReply::encode() const {
+  if (outcome != Outcome::success) return encodeBuilt();
+  // Layout: data {batchSeq u64, then the union's discriminant u16, 0 for
+  // success: a zero word, truncated}, pointers {requestHash, txId, the
+  // union's conflict|error: null for success, truncated}.
+  const uint16_t data_words = batchSeq != 0 ? 1 : 0;
+  CanonicalWriter out(16);
+  const size_t at = out.structAt(CanonicalWriter::root, data_words, 2);
+  if (data_words > 0) out.setBits(at, 0, 64, batchSeq);
+  out.dataAt(at + data_words, requestHash.view());
+  out.dataAt(at + data_words + 1, txId.view());
+  return out.finish();
+}
+
+Bytes NotarisationReply::encodeBuilt() const {
   return buildCanonical<ns::NotarisationReply>([&](ns::NotarisationReply::Builder b) {
     b.setRequestHash(asData(requestHash.view()));
     b.setTxId(asData(txId.view()));
@@ -390,6 +405,33 @@ Result<SecureHash> SignedNotarisationReply::root() const {
 // --- effects ---------------------------------------------------------------------
 
 Bytes BatchEffects::encode() const {
+  // Layout: data {seq u64}, pointers {consumed, committedWithoutInputs};
+  // ConsumedState: pointers {ref, consumingTxId}; StateRef: data {index
+  // u32}, pointers {txId}. Preorder: the lists' elements, then each
+  // element's objects in turn.
+  const uint16_t data_words = seq != 0 ? 1 : 0;
+  CanonicalWriter out(8 + consumed.size() * 13 + committedWithoutInputs.size() * 5);
+  const size_t at = out.structAt(CanonicalWriter::root, data_words, 2);
+  if (data_words > 0) out.setBits(at, 0, 64, seq);
+  const size_t pointers = at + data_words;
+  const size_t first = out.structListAt(pointers, static_cast<uint32_t>(consumed.size()), 0, 2);
+  for (size_t i = 0; i < consumed.size(); ++i) {
+    const size_t element = first + 2 * i;
+    const StateRef& ref = consumed[i].ref;
+    const uint16_t ref_data = ref.index != 0 ? 1 : 0;
+    const size_t r = out.structAt(element, ref_data, 1);
+    if (ref_data > 0) out.setBits(r, 0, 32, ref.index);
+    out.dataAt(r + ref_data, ref.txId.view());
+    out.dataAt(element + 1, consumed[i].consumingTxId.view());
+  }
+  const size_t txs =
+      out.pointerListAt(pointers + 1, static_cast<uint32_t>(committedWithoutInputs.size()));
+  for (size_t i = 0; i < committedWithoutInputs.size(); ++i)
+    out.dataAt(txs + i, committedWithoutInputs[i].view());
+  return out.finish();
+}
+
+Bytes BatchEffects::encodeBuilt() const {
   return buildCanonical<ns::BatchEffects>([&](ns::BatchEffects::Builder b) {
     b.setSeq(seq);
     auto list = b.initConsumed(static_cast<unsigned>(consumed.size()));

@@ -90,7 +90,10 @@ struct NotarisationReply {
   std::vector<StateConflict> conflicts;  // outcome == conflict, in request order
   Error error;                           // outcome == error
 
+  // A success is written in canonical form directly (one per request per
+  // replica per batch); equal to encodeBuilt(), which the tests check.
   Bytes encode() const;
+  Bytes encodeBuilt() const;  // through a Cap'n Proto builder, canonicalized
   static Result<NotarisationReply> decode(ByteView bytes,
                                           const NotarisationLimits& limits = default_notarisation_limits);
   // Equal answers regardless of the batch that gave them (a replica that
@@ -151,7 +154,10 @@ struct BatchEffects {
   std::vector<ConsumedState> consumed;               // in execution order
   std::vector<SecureHash> committedWithoutInputs;    // transactions with no inputs, in order
 
+  // Written in canonical form directly (one per batch per replica, with a
+  // state per input); equal to encodeBuilt(), which the tests check.
   Bytes encode() const;
+  Bytes encodeBuilt() const;
   static Result<BatchEffects> decode(ByteView bytes,
                                      const NotarisationLimits& limits = default_notarisation_limits);
   bool operator==(const BatchEffects&) const = default;
