@@ -54,7 +54,10 @@ class FilteredTransaction {
 
  private:
   FilteredTransaction() = default;
+  // The proofs, then the revealed components (verify: both).
   Status verify(const TransactionLimits& limits);
+  Status verifyProofs() const;
+  Status decodeRevealed(const TransactionLimits& limits);
   const Group* find(ComponentGroup group) const;
 
   SecureHash id_;

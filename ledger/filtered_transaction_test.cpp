@@ -85,6 +85,31 @@ TEST_CASE_FIXTURE(Fixture, "a partial reveal proves, and says which group is inc
   CHECK(FilteredTransaction::decode(ftx.encode()).ok());
 }
 
+TEST_CASE_FIXTURE(
+    Fixture,
+    "every reveal of whole groups, and of single components, builds one its receiver verifies") {
+  auto wtx = tx();
+  for (uint32_t mask = 0; mask < (1u << component_group_count); ++mask) {
+    auto ftx = FilteredTransaction::build(
+        wtx, [mask](ComponentGroup g, uint32_t) { return (mask >> static_cast<uint32_t>(g)) & 1; });
+    auto decoded = FilteredTransaction::decode(ftx.encode());
+    INFO("mask " << mask);
+    REQUIRE(decoded.ok());
+    CHECK(decoded->id() == wtx.id());
+    CHECK(decoded->inputs() == ftx.inputs());
+    CHECK(decoded->notary() == ftx.notary());
+  }
+  for (uint32_t g = 0; g < component_group_count; ++g) {
+    for (uint32_t i = 0; i < wtx.groups()[g].size(); ++i) {
+      auto ftx = FilteredTransaction::build(wtx, [g, i](ComponentGroup group, uint32_t index) {
+        return static_cast<uint32_t>(group) == g && index == i;
+      });
+      INFO("group " << g << " component " << i);
+      REQUIRE(FilteredTransaction::decode(ftx.encode()).ok());
+    }
+  }
+}
+
 TEST_CASE_FIXTURE(Fixture, "every tampering with a filtered transaction fails verification") {
   auto wtx = tx();
   auto ftx = FilteredTransaction::forNotary(wtx);
