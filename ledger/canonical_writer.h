@@ -14,6 +14,8 @@
 #include <bit>
 #include <cstdint>
 #include <cstring>
+#include <span>
+#include <string_view>
 #include <vector>
 
 #include "ledger/assert.h"
@@ -52,6 +54,24 @@ class CanonicalWriter {
                2 | static_cast<uint64_t>(bytes.size()) << 3);
     words_.resize(at + (bytes.size() + 7) / 8, 0);
     if (!bytes.empty()) std::memcpy(&words_[at], bytes.data(), bytes.size());
+  }
+  // A Text blob: the bytes and a NUL, zero-padded to a whole word.
+  void textAt(size_t pointer_word, std::string_view text) {
+    CCAL_ASSERT(text.size() + 1 < (size_t{1} << 29));
+    const size_t at = words_.size();
+    setPointer(pointer_word, static_cast<int64_t>(at) - static_cast<int64_t>(pointer_word) - 1, 1,
+               2 | static_cast<uint64_t>(text.size() + 1) << 3);
+    words_.resize(at + (text.size() + 1 + 7) / 8, 0);
+    if (!text.empty()) std::memcpy(&words_[at], text.data(), text.size());
+  }
+  // A List(UInt32), zero-padded to a whole word.
+  void u32ListAt(size_t pointer_word, std::span<const uint32_t> values) {
+    CCAL_ASSERT(values.size() < (size_t{1} << 29));
+    const size_t at = words_.size();
+    setPointer(pointer_word, static_cast<int64_t>(at) - static_cast<int64_t>(pointer_word) - 1, 1,
+               4 | static_cast<uint64_t>(values.size()) << 3);
+    words_.resize(at + (values.size() * 4 + 7) / 8, 0);
+    if (!values.empty()) std::memcpy(&words_[at], values.data(), values.size() * 4);
   }
   // A list of `count` pointers (List(Data), List(Text), ...); returns the
   // word of its first element.

@@ -179,7 +179,49 @@ void FilteredTransaction::write(schema::FilteredTransaction::Builder b) const {
   }
 }
 
+// Layout: FilteredTransaction pointers {id, groupHashes, groups};
+// FilteredComponentGroup data {groupIndex u32, componentCount u32},
+// pointers {indices, components, nonces, proof} (every list set, if empty).
+void FilteredTransaction::writeCanonical(CanonicalWriter& out, size_t pointer_word) const {
+  const size_t at = out.structAt(pointer_word, 0, 3);
+  out.dataAt(at, id_.view());
+  const size_t hashes = out.pointerListAt(at + 1, component_group_count);
+  for (uint32_t g = 0; g < component_group_count; ++g)
+    out.dataAt(hashes + g, group_hashes_[g].view());
+  // A list's elements are one size, the largest one's: a data word unless
+  // every element's is zero.
+  bool data = false;
+  for (const auto& g : groups_)
+    data = data || static_cast<uint32_t>(g.group) != 0 || g.componentCount != 0;
+  const uint16_t data_words = data ? 1 : 0;
+  const size_t element_words = data_words + 4u;
+  const size_t first =
+      out.structListAt(at + 2, static_cast<uint32_t>(groups_.size()), data_words, 4);
+  for (size_t i = 0; i < groups_.size(); ++i) {
+    const Group& g = groups_[i];
+    const size_t element = first + i * element_words;
+    if (data)
+      out.setBits(element, 0, 64,
+                  uint64_t{static_cast<uint32_t>(g.group)} | uint64_t{g.componentCount} << 32);
+    const size_t pointers = element + data_words;
+    out.u32ListAt(pointers, g.indices);
+    const size_t components =
+        out.pointerListAt(pointers + 1, static_cast<uint32_t>(g.components.size()));
+    for (size_t j = 0; j < g.components.size(); ++j) out.dataAt(components + j, g.components[j]);
+    const size_t nonces = out.pointerListAt(pointers + 2, static_cast<uint32_t>(g.nonces.size()));
+    for (size_t j = 0; j < g.nonces.size(); ++j) out.dataAt(nonces + j, g.nonces[j].view());
+    const size_t proof = out.pointerListAt(pointers + 3, static_cast<uint32_t>(g.proof.size()));
+    for (size_t j = 0; j < g.proof.size(); ++j) out.dataAt(proof + j, g.proof[j].view());
+  }
+}
+
 Bytes FilteredTransaction::encode() const {
+  CanonicalWriter out(64);
+  writeCanonical(out, CanonicalWriter::root);
+  return out.finish();
+}
+
+Bytes FilteredTransaction::encodeBuilt() const {
   return buildCanonical<schema::FilteredTransaction>([&](auto b) { write(b); });
 }
 

@@ -1,14 +1,16 @@
 #pragma once
 // FilteredTransaction: chosen components of a transaction with the proof
 // that they belong to its id — what a non-validating notary or an oracle
-// sees. A FilteredTransaction object is always verified: decode() and
-// build() recompute every revealed group's hash from the revealed components,
-// their nonces and the proof, and the id from the group hashes.
+// sees. A FilteredTransaction object is always verified: decode()
+// recomputes every revealed group's hash from the revealed components, their
+// nonces and the proof, and the id from the group hashes; build() makes them
+// from a transaction (the proofs merkle::prove's over its own leaves).
 
 #include <functional>
 #include <optional>
 #include <vector>
 
+#include "ledger/canonical_writer.h"
 #include "ledger/transaction.h"
 
 namespace ccal {
@@ -35,8 +37,14 @@ class FilteredTransaction {
                                             const TransactionLimits& limits = default_transaction_limits);
   static Result<FilteredTransaction> read(schema::FilteredTransaction::Reader reader,
                                           const TransactionLimits& limits);
+  // Canonical bytes, written directly (writeCanonical); equal to
+  // encodeBuilt(), which the tests check.
   Bytes encode() const;
+  Bytes encodeBuilt() const;
   void write(schema::FilteredTransaction::Builder builder) const;
+  // The struct in canonical form at `pointer_word` of `out`, in pre-order
+  // from there (a notary request embeds it: one per notarisation).
+  void writeCanonical(CanonicalWriter& out, size_t pointer_word) const;
 
   const SecureHash& id() const { return id_; }
   const std::vector<Group>& groups() const { return groups_; }

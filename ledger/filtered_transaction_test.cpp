@@ -92,8 +92,9 @@ TEST_CASE_FIXTURE(
   for (uint32_t mask = 0; mask < (1u << component_group_count); ++mask) {
     auto ftx = FilteredTransaction::build(
         wtx, [mask](ComponentGroup g, uint32_t) { return (mask >> static_cast<uint32_t>(g)) & 1; });
-    auto decoded = FilteredTransaction::decode(ftx.encode());
     INFO("mask " << mask);
+    REQUIRE(ftx.encode() == ftx.encodeBuilt());  // written directly: the builder's canonical bytes
+    auto decoded = FilteredTransaction::decode(ftx.encode());
     REQUIRE(decoded.ok());
     CHECK(decoded->id() == wtx.id());
     CHECK(decoded->inputs() == ftx.inputs());
@@ -105,6 +106,7 @@ TEST_CASE_FIXTURE(
         return static_cast<uint32_t>(group) == g && index == i;
       });
       INFO("group " << g << " component " << i);
+      REQUIRE(ftx.encode() == ftx.encodeBuilt());
       REQUIRE(FilteredTransaction::decode(ftx.encode()).ok());
     }
   }

@@ -71,6 +71,18 @@ const SecureHash& NotarisationRequest::txId() const {
 }
 
 Bytes NotarisationRequest::encode() const {
+  if (validating_) return encodeBuilt();
+  // Written directly (one per notarisation): pointers {notary, the union's
+  // nonValidating|validating}; data {the union's discriminant, 0 for
+  // nonValidating: a zero word, truncated}.
+  CanonicalWriter out(128);
+  const size_t at = out.structAt(CanonicalWriter::root, 0, 2);
+  out.textAt(at, notary_);
+  filtered_->writeCanonical(out, at + 1);
+  return out.finish();
+}
+
+Bytes NotarisationRequest::encodeBuilt() const {
   return buildCanonical<ns::NotarisationRequest>([&](ns::NotarisationRequest::Builder b) {
     b.setNotary(notary_);
     if (validating_) {

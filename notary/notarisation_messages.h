@@ -53,7 +53,10 @@ class NotarisationRequest {
   // filtered transaction's proofs, the wire transactions' ledger rules).
   static Result<NotarisationRequest> decode(ByteView bytes,
                                             const NotarisationLimits& limits = default_notarisation_limits);
+  // A non-validating request is written in canonical form directly; equal
+  // to encodeBuilt(), which the tests check.
   Bytes encode() const;
+  Bytes encodeBuilt() const;
 
   const std::string& notary() const { return notary_; }
   bool isValidating() const { return validating_.has_value(); }

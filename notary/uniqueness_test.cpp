@@ -300,8 +300,11 @@ TEST_CASE("a filtered transaction that hides or forges components is refused") {
   auto a = stateRef("a"), b = stateRef("b"), ref = stateRef("ref");
   auto tx = spend(fx.cluster.party, {a, b}, {ref}, TimeWindow{0, 9'000'000});
   auto body = [&](const std::function<bool(ComponentGroup, uint32_t)>& reveal) {
-    return NotarisationRequest::nonValidating(fx.cluster.party.name, FilteredTransaction::build(tx, reveal))
-        .encode();
+    auto request = NotarisationRequest::nonValidating(fx.cluster.party.name,
+                                                      FilteredTransaction::build(tx, reveal));
+    // Written directly: the builder's canonical bytes, whatever is revealed.
+    REQUIRE(request.encode() == request.encodeBuilt());
+    return request.encode();
   };
   auto notaryView = [](ComponentGroup g, uint32_t) {
     return g == ComponentGroup::inputs || g == ComponentGroup::references || g == ComponentGroup::notary ||
