@@ -20,6 +20,7 @@
 
 #include "ledger/assert.h"
 #include "ledger/bytes.h"
+#include "ledger/secure_hash.h"
 
 namespace ccal {
 
@@ -48,30 +49,15 @@ class CanonicalWriter {
   }
   // A Data blob (a list of bytes, zero-padded to a whole word).
   void dataAt(size_t pointer_word, ByteView bytes) {
-    CCAL_ASSERT(bytes.size() < (size_t{1} << 29));
-    const size_t at = words_.size();
-    setPointer(pointer_word, static_cast<int64_t>(at) - static_cast<int64_t>(pointer_word) - 1, 1,
-               2 | static_cast<uint64_t>(bytes.size()) << 3);
-    words_.resize(at + (bytes.size() + 7) / 8, 0);
-    if (!bytes.empty()) std::memcpy(&words_[at], bytes.data(), bytes.size());
+    primitiveListAt(pointer_word, 2, bytes.size(), bytes.data(), bytes.size());
   }
   // A Text blob: the bytes and a NUL, zero-padded to a whole word.
   void textAt(size_t pointer_word, std::string_view text) {
-    CCAL_ASSERT(text.size() + 1 < (size_t{1} << 29));
-    const size_t at = words_.size();
-    setPointer(pointer_word, static_cast<int64_t>(at) - static_cast<int64_t>(pointer_word) - 1, 1,
-               2 | static_cast<uint64_t>(text.size() + 1) << 3);
-    words_.resize(at + (text.size() + 1 + 7) / 8, 0);
-    if (!text.empty()) std::memcpy(&words_[at], text.data(), text.size());
+    primitiveListAt(pointer_word, 2, text.size() + 1, text.data(), text.size());
   }
   // A List(UInt32), zero-padded to a whole word.
   void u32ListAt(size_t pointer_word, std::span<const uint32_t> values) {
-    CCAL_ASSERT(values.size() < (size_t{1} << 29));
-    const size_t at = words_.size();
-    setPointer(pointer_word, static_cast<int64_t>(at) - static_cast<int64_t>(pointer_word) - 1, 1,
-               4 | static_cast<uint64_t>(values.size()) << 3);
-    words_.resize(at + (values.size() * 4 + 7) / 8, 0);
-    if (!values.empty()) std::memcpy(&words_[at], values.data(), values.size() * 4);
+    primitiveListAt(pointer_word, 4, values.size(), values.data(), values.size() * 4);
   }
   // A list of `count` pointers (List(Data), List(Text), ...); returns the
   // word of its first element.
@@ -82,6 +68,15 @@ class CanonicalWriter {
                6 | uint64_t{count} << 3);
     words_.resize(at + count, 0);
     return at;
+  }
+  // A List(Data) of the given blobs, or of 32-byte hashes.
+  void dataListAt(size_t pointer_word, std::span<const Bytes> items) {
+    const size_t at = pointerListAt(pointer_word, static_cast<uint32_t>(items.size()));
+    for (size_t i = 0; i < items.size(); ++i) dataAt(at + i, items[i]);
+  }
+  void hashListAt(size_t pointer_word, std::span<const SecureHash> hashes) {
+    const size_t at = pointerListAt(pointer_word, static_cast<uint32_t>(hashes.size()));
+    for (size_t i = 0; i < hashes.size(); ++i) dataAt(at + i, hashes[i].view());
   }
   // A list of `count` structs of the given section sizes (each element the
   // same size, as canonical form has it: the largest element's); returns the
@@ -94,8 +89,8 @@ class CanonicalWriter {
                7 | static_cast<uint64_t>(element * count) << 3);
     words_.resize(tag + 1 + element * count, 0);
     // (No elements: no largest one, the tag's sizes are 0.)
-    if (count > 0) words_[tag] = uint64_t{data_words} | uint64_t{pointers} << 16;
-    words_[tag] = uint64_t{count} << 2 | words_[tag] << 32;
+    const uint64_t sizes = count > 0 ? uint64_t{data_words} | uint64_t{pointers} << 16 : 0;
+    words_[tag] = uint64_t{count} << 2 | sizes << 32;
     return tag + 1;
   }
   // A field in a data section: `bits` wide at bit `offset` of the word.
@@ -112,6 +107,19 @@ class CanonicalWriter {
   }
 
  private:
+  // A list of `count` elements of element-size code `size_code` (2: bytes,
+  // 4: 4 bytes), whose content is `bytes` from `data`, zero-padded to a
+  // whole word (a Text's NUL is that padding).
+  void primitiveListAt(size_t pointer_word, uint64_t size_code, size_t count, const void* data,
+                       size_t bytes) {
+    CCAL_ASSERT(count < (size_t{1} << 29));
+    const size_t at = words_.size();
+    setPointer(pointer_word, static_cast<int64_t>(at) - static_cast<int64_t>(pointer_word) - 1, 1,
+               size_code | static_cast<uint64_t>(count) << 3);
+    const size_t element_bytes = size_code == 4 ? 4 : 1;
+    words_.resize(at + (count * element_bytes + 7) / 8, 0);
+    if (bytes > 0) std::memcpy(&words_[at], data, bytes);
+  }
   // kind: 0 struct, 1 list; `upper`: the pointer's upper 32 bits.
   void setPointer(size_t pointer_word, int64_t offset, uint64_t kind, uint64_t upper) {
     CCAL_ASSERT(pointer_word < words_.size() && words_[pointer_word] == 0);

@@ -185,9 +185,7 @@ void FilteredTransaction::write(schema::FilteredTransaction::Builder b) const {
 void FilteredTransaction::writeCanonical(CanonicalWriter& out, size_t pointer_word) const {
   const size_t at = out.structAt(pointer_word, 0, 3);
   out.dataAt(at, id_.view());
-  const size_t hashes = out.pointerListAt(at + 1, component_group_count);
-  for (uint32_t g = 0; g < component_group_count; ++g)
-    out.dataAt(hashes + g, group_hashes_[g].view());
+  out.hashListAt(at + 1, group_hashes_);
   // A list's elements are one size, the largest one's: a data word unless
   // every element's is zero.
   bool data = false;
@@ -205,13 +203,9 @@ void FilteredTransaction::writeCanonical(CanonicalWriter& out, size_t pointer_wo
                   uint64_t{static_cast<uint32_t>(g.group)} | uint64_t{g.componentCount} << 32);
     const size_t pointers = element + data_words;
     out.u32ListAt(pointers, g.indices);
-    const size_t components =
-        out.pointerListAt(pointers + 1, static_cast<uint32_t>(g.components.size()));
-    for (size_t j = 0; j < g.components.size(); ++j) out.dataAt(components + j, g.components[j]);
-    const size_t nonces = out.pointerListAt(pointers + 2, static_cast<uint32_t>(g.nonces.size()));
-    for (size_t j = 0; j < g.nonces.size(); ++j) out.dataAt(nonces + j, g.nonces[j].view());
-    const size_t proof = out.pointerListAt(pointers + 3, static_cast<uint32_t>(g.proof.size()));
-    for (size_t j = 0; j < g.proof.size(); ++j) out.dataAt(proof + j, g.proof[j].view());
+    out.dataListAt(pointers + 1, g.components);
+    out.hashListAt(pointers + 2, g.nonces);
+    out.hashListAt(pointers + 3, g.proof);
   }
 }
 

@@ -38,9 +38,7 @@ void writeSignature(CanonicalWriter& out, size_t pointer_word, const DigitalSign
     const uint64_t leaf = uint64_t{batch->leafIndex} | uint64_t{batch->leafCount} << 32;
     const size_t b = out.structAt(pointers + 2, leaf != 0 ? 1 : 0, 1);
     if (leaf != 0) out.setBits(b, 0, 64, leaf);
-    const size_t path =
-        out.pointerListAt(b + (leaf != 0 ? 1 : 0), static_cast<uint32_t>(batch->path.size()));
-    for (size_t i = 0; i < batch->path.size(); ++i) out.dataAt(path + i, batch->path[i].view());
+    out.hashListAt(b + (leaf != 0 ? 1 : 0), batch->path);
   }
 }
 

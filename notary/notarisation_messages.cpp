@@ -317,8 +317,7 @@ Bytes SignedNotarisationReply::encode() const {
   if (tx) out.setBits(at + 1, 0, 1, 1);
   const size_t pointers = at + data_words;
   out.dataAt(pointers, reply);
-  const size_t list = out.pointerListAt(pointers + 1, static_cast<uint32_t>(proof.size()));
-  for (size_t i = 0; i < proof.size(); ++i) out.dataAt(list + i, proof[i].view());
+  out.hashListAt(pointers + 1, proof);
   if (rootSignature) writeSignature(out, pointers + 2, *rootSignature);
   if (tx) writeSignature(out, pointers + 3, *txSignature);
   return out.finish();
@@ -436,10 +435,7 @@ Bytes BatchEffects::encode() const {
     out.dataAt(r + ref_data, ref.txId.view());
     out.dataAt(element + 1, consumed[i].consumingTxId.view());
   }
-  const size_t txs =
-      out.pointerListAt(pointers + 1, static_cast<uint32_t>(committedWithoutInputs.size()));
-  for (size_t i = 0; i < committedWithoutInputs.size(); ++i)
-    out.dataAt(txs + i, committedWithoutInputs[i].view());
+  out.hashListAt(pointers + 1, committedWithoutInputs);
   return out.finish();
 }
 
