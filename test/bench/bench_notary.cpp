@@ -79,7 +79,36 @@ struct Args {
   bool prepare = true;  // members build their transactions before the clock starts
   // The latency run's offered load, as a share of the peak (the issue's: 0.8).
   double load_share = 0.8;
+  // `--notary-option key=value`: set in every replica's [notary] section
+  // (config/README.md lists the keys), e.g. batch_delay_micros=4000.
+  std::vector<std::string> notary_options;
 };
+
+// Each option as a line right under the "[notary]" header of NAME's node.toml.
+bool setNotaryOptions(const fs::path& net, const std::string& name,
+                      const std::vector<std::string>& options) {
+  if (options.empty()) return true;
+  const fs::path file = net / name / "node.toml";
+  std::ifstream in(file);
+  std::stringstream text;
+  text << in.rdbuf();
+  std::string s = text.str();
+  const std::string header = "[notary]\n";
+  const size_t at = s.find(header);
+  if (!in || at == std::string::npos) {
+    std::fprintf(stderr, "bench_notary: no [notary] section in %s\n", file.c_str());
+    return false;
+  }
+  std::string lines;
+  for (const auto& o : options) {
+    const size_t eq = o.find('=');
+    lines += o.substr(0, eq) + " = " + o.substr(eq + 1) + "\n";
+  }
+  s.insert(at + header.size(), lines);
+  std::ofstream out(file, std::ios::trunc);
+  out << s;
+  return static_cast<bool>(out);
+}
 
 // Two members (alpha, beta) and a cluster of n = 3f+1 replicas.
 bool bootstrap(const fs::path& dir, int n, const testing::PortBlock& ports) {
@@ -183,6 +212,10 @@ struct ClusterFigures {
   // During the peak, per notarisation: both members together, all replicas together.
   double members_cpu_us = 0, replicas_cpu_us = 0;
   double view_changes = 0, frames_rejected = 0;  // at r1 during the peak
+  // During the latency run: r1's batches per second and requests and durable
+  // commits per batch, and the cores all processes kept busy (CPU s per s).
+  double at80_batches_per_second = 0, at80_requests_per_batch = 0, at80_commits_per_batch = 0;
+  double at80_cores_busy = 0, at80_members_cpu_us = 0, at80_replicas_cpu_us = 0;
 };
 
 double cpuMicrosOf(const fs::path& net, const std::vector<std::string>& names) {
@@ -202,6 +235,12 @@ ClusterFigures runCluster(const Args& args, int n) {
     return f;
   }
   const fs::path net = dir / "net";
+  for (int i = 1; i <= n; ++i) {
+    if (!setNotaryOptions(net, "r" + std::to_string(i), args.notary_options)) {
+      f.error = "--notary-option";
+      return f;
+    }
+  }
   if (auto started = testing::runCcalCapturing("network start --dir " + net.string()); started.exit_code != 0) {
     f.error = "ccal network start failed: " + started.output;
     runCcal("network stop --dir " + net.string());
@@ -267,7 +306,32 @@ ClusterFigures runCluster(const Args& args, int n) {
   const uint64_t count_each = std::max<uint64_t>(
       1, std::min<uint64_t>(args.count, static_cast<uint64_t>(static_cast<double>(rate_each) *
                                                                std::max(2.0, f.peak.seconds))));
-  f.at80 = loadBoth(*alpha, *beta, count_each, args.concurrency, rate_each, args.prepare);
+  auto before80 = r1->get("/api/v1/notary/status");
+  double members_before80 = 0, replicas_before80 = 0;
+  f.at80 = loadBoth(*alpha, *beta, count_each, args.concurrency, rate_each, args.prepare, [&] {
+    members_before80 = cpuMicrosOf(net, members);
+    replicas_before80 = cpuMicrosOf(net, replicas);
+  });
+  const double members80 = cpuMicrosOf(net, members) - members_before80;
+  const double replicas80 = cpuMicrosOf(net, replicas) - replicas_before80;
+  auto after80 = r1->get("/api/v1/notary/status");
+  if (f.at80.seconds > 0) f.at80_cores_busy = (members80 + replicas80) / (f.at80.seconds * 1e6);
+  if (f.at80.notarised > 0) {
+    f.at80_members_cpu_us = members80 / static_cast<double>(f.at80.notarised);
+    f.at80_replicas_cpu_us = replicas80 / static_cast<double>(f.at80.notarised);
+  }
+  if (before80 && after80) {
+    auto delta = [&](const char* group, const char* key) {
+      return static_cast<double>((*after80)[group].value(key, uint64_t{0}) -
+                                 (*before80)[group].value(key, uint64_t{0}));
+    };
+    const double batches = delta("stats", "batches_executed");
+    if (batches > 0) {
+      f.at80_requests_per_batch = delta("stats", "requests_executed") / batches;
+      f.at80_commits_per_batch = delta("store", "commits") / batches;
+    }
+    if (f.at80.seconds > 0) f.at80_batches_per_second = batches / f.at80.seconds;
+  }
   if (!f.at80.ok) {
     f.error = "80% run: " + f.at80.error;
     return f;
@@ -343,11 +407,15 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "--load-share: a share of the peak, in (0, 1]\n");
         return 2;
       }
+    } else if (a == "--notary-option" && i + 1 < argc &&
+               std::string(argv[i + 1]).find('=') != std::string::npos) {
+      args.notary_options.push_back(argv[++i]);
     } else {
-      std::fprintf(stderr,
-                   "usage: bench_notary [--quick] [--replicas 1,4] [--count N per member] "
-                   "[--concurrency C per member, at most 1024] [--build-in-window] [--load-share S, "
-                   "default 0.8]\n");
+      std::fprintf(
+          stderr,
+          "usage: bench_notary [--quick] [--replicas 1,4] [--count N per member] "
+          "[--concurrency C per member, at most 1024] [--build-in-window] [--load-share S, "
+          "default 0.8] [--notary-option key=value ...]\n");
       return 2;
     }
   }
@@ -398,6 +466,12 @@ int main(int argc, char** argv) {
                   100 * args.load_share, f.at80.per_second, f.at80.p50_ms, f.at80.p99_ms);
     }
     std::printf(
+        "    during the latency run: %.0f batches/s of %.1f requests, %.2f durable commits per "
+        "batch"
+        " (r1), %.2f cores busy (CPU per notarisation: members %.0f us, replicas %.0f us)\n",
+        f.at80_batches_per_second, f.at80_requests_per_batch, f.at80_commits_per_batch,
+        f.at80_cores_busy, f.at80_members_cpu_us, f.at80_replicas_cpu_us);
+    std::printf(
         "    replica r1 during the peak: %.2f durable commits per batch, %.1f requests per batch,"
         " %.0f%% of batches executed overlapped, %.1f us writer CPU per request, %.0f view changes,"
         " %.0f frames rejected\n",
@@ -426,6 +500,12 @@ int main(int argc, char** argv) {
                                {"at80_p50_ms", f.at80.p50_ms},
                                {"at80_p99_ms", f.at80.p99_ms},
                                {"commits_per_batch", f.commits_per_batch},
+                               {"at80_batches_per_second", f.at80_batches_per_second},
+                               {"at80_requests_per_batch", f.at80_requests_per_batch},
+                               {"at80_commits_per_batch", f.at80_commits_per_batch},
+                               {"at80_cores_busy", f.at80_cores_busy},
+                               {"at80_members_cpu_us_per_notarisation", f.at80_members_cpu_us},
+                               {"at80_replicas_cpu_us_per_notarisation", f.at80_replicas_cpu_us},
                                {"requests_per_batch", f.requests_per_batch},
                                {"overlapped_share", f.overlapped_share},
                                {"members_cpu_us_per_notarisation", f.members_cpu_us},
