@@ -84,7 +84,7 @@ struct Args {
   std::vector<std::string> notary_options;
 };
 
-// Each option as a line right under the "[notary]" header of NAME's node.toml.
+// Each option set in the [notary] section of NAME's node.toml: its line replaced, or added under the header.
 bool setNotaryOptions(const fs::path& net, const std::string& name,
                       const std::vector<std::string>& options) {
   if (options.empty()) return true;
@@ -99,12 +99,19 @@ bool setNotaryOptions(const fs::path& net, const std::string& name,
     std::fprintf(stderr, "bench_notary: no [notary] section in %s\n", file.c_str());
     return false;
   }
-  std::string lines;
   for (const auto& o : options) {
     const size_t eq = o.find('=');
-    lines += o.substr(0, eq) + " = " + o.substr(eq + 1) + "\n";
+    const std::string key = o.substr(0, eq), line = key + " = " + o.substr(eq + 1) + "\n";
+    // The key's line in the section if bootstrap wrote it, else a new one under the header.
+    const size_t next_section = s.find("\n[", at + 1);
+    size_t k = s.find("\n" + key + " ", at);
+    if (k != std::string::npos && (next_section == std::string::npos || k < next_section)) {
+      const size_t end = s.find('\n', k + 1);
+      s.replace(k + 1, end == std::string::npos ? std::string::npos : end - k, line);
+    } else {
+      s.insert(at + header.size(), line);
+    }
   }
-  s.insert(at + header.size(), lines);
   std::ofstream out(file, std::ios::trunc);
   out << s;
   return static_cast<bool>(out);
