@@ -475,19 +475,21 @@ void NotaryService::Impl::load(const ApiRequest& request, ApiReply reply) {
   if (!body.is_object()) {
     return reply(ApiResponse::error(400, "bad_request", "the body must be a JSON object"));
   }
-  uint64_t count = 0, concurrency = 0, rate = 0;
+  uint64_t count = 0, concurrency = 0, rate = 0, tick = 0;
   bool prepare = false;
   int64_t start_at = 0;
   try {
     count = body.value("count", uint64_t{100});
     concurrency = body.value("concurrency", uint64_t{64});
     rate = body.value("rate_per_second", uint64_t{0});
+    tick = body.value("tick_micros", uint64_t{notary_load_tick_micros_default});
     prepare = body.value("prepare", false);
     start_at = body.value("start_at_unix_micros", int64_t{0});
   } catch (const json::exception&) {
-    return reply(ApiResponse::error(400, "bad_request",
-                                    "'count', 'concurrency', 'rate_per_second' and 'start_at_unix_micros' are "
-                                    "numbers, 'prepare' is true or false"));
+    return reply(
+        ApiResponse::error(400, "bad_request",
+                           "'count', 'concurrency', 'rate_per_second', 'tick_micros' and "
+                           "'start_at_unix_micros' are numbers, 'prepare' is true or false"));
   }
   if (start_at < 0 || (start_at > 0 && start_at > unixMicrosNow() + notary_load_start_delay_micros_max)) {
     return reply(ApiResponse::error(400, "bad_request",
@@ -499,6 +501,12 @@ void NotaryService::Impl::load(const ApiRequest& request, ApiReply reply) {
     return reply(ApiResponse::error(400, "bad_request",
                                     "'rate_per_second' must be 0 (as fast as the concurrency "
                                     "allows) .. " + std::to_string(notary_load_rate_per_second_max)));
+  }
+  if (tick > notary_load_tick_micros_max) {
+    return reply(
+        ApiResponse::error(400, "bad_request",
+                           "'tick_micros' must be 0 (each transaction at its own due time) .. " +
+                               std::to_string(notary_load_tick_micros_max)));
   }
   if (count == 0 || count > notary_load_transactions_max) {
     return reply(ApiResponse::error(
@@ -524,6 +532,7 @@ void NotaryService::Impl::load(const ApiRequest& request, ApiReply reply) {
     Party notary;
     uint64_t count = 0, concurrency = 0, nonce = 0, issued = 0, outstanding = 0;
     uint64_t rate_per_second = 0;  // 0: closed loop (only `concurrency` bounds it)
+    int64_t tick_micros = 0;       // open loop: the generator wakes this often
     std::vector<Result<SignedTransaction>> prepared;  // with `prepare`: built before the clock starts
     int64_t start_at_unix_micros = 0;                  // 0: at once
     int64_t start_late_micros = 0;
@@ -537,7 +546,15 @@ void NotaryService::Impl::load(const ApiRequest& request, ApiReply reply) {
 
     // Open loop at rate_per_second: the i-th transaction is due i/rate
     // seconds after the start; what is due and under the concurrency bound
-    // goes now, and a timer wakes the generator for the next one.
+    // goes now, and a timer wakes the generator at the next tick (every
+    // tick_micros, 0: at each transaction's own due time) for what is due
+    // by then. A transaction's latency counts from its due time, so the
+    // wait for the tick, and any lag of the generator behind its schedule
+    // (a full concurrency bound, a busy executor), is in it.
+    Clock::time_point dueAt(uint64_t i) const {
+      return started +
+             std::chrono::microseconds(static_cast<int64_t>(i * 1'000'000 / rate_per_second));
+    }
     uint64_t due(Clock::time_point now) const {
       if (rate_per_second == 0) return count;
       auto elapsed = std::chrono::duration_cast<std::chrono::microseconds>(now - started).count();
@@ -548,9 +565,12 @@ void NotaryService::Impl::load(const ApiRequest& request, ApiReply reply) {
       if (rate_per_second == 0 || pace_timer_armed || issued >= count) return;
       if (outstanding >= concurrency) return;  // a completion issues the next
       pace_timer_armed = true;
-      auto next_at = started + std::chrono::microseconds(
-                                   static_cast<int64_t>(issued * 1'000'000 / rate_per_second));
-      auto delay = std::chrono::duration_cast<std::chrono::microseconds>(next_at - Clock::now()).count();
+      int64_t next =
+          std::chrono::duration_cast<std::chrono::microseconds>(dueAt(issued) - started).count();
+      if (tick_micros > 0) next = (next + tick_micros - 1) / tick_micros * tick_micros;
+      auto delay = std::chrono::duration_cast<std::chrono::microseconds>(
+                       started + std::chrono::microseconds(next) - Clock::now())
+                       .count();
       self->o.executor->runAfter(std::max<int64_t>(delay, 0), [run] {
         run->pace_timer_armed = false;
         run->issue(run);
@@ -609,7 +629,7 @@ void NotaryService::Impl::load(const ApiRequest& request, ApiReply reply) {
           finishOne(run, Clock::now(), stx.error());
           continue;
         }
-        auto at = Clock::now();
+        auto at = rate_per_second > 0 ? dueAt(i) : Clock::now();
         client->notary->notarise(*stx, [run, at](Result<notary::NotarisationResult> r) {
           if (!r) return run->finishOne(run, at, r.error());
           if (r->kind == notary::NotarisationResult::Kind::notarised) {
@@ -643,18 +663,21 @@ void NotaryService::Impl::load(const ApiRequest& request, ApiReply reply) {
         size_t k = static_cast<size_t>(p * static_cast<double>(latencies_micros.size() - 1));
         return latencies_micros[k];
       };
-      json out = {{"count", count},
-                  {"notarised", notarised},
-                  {"conflicts", conflicts},
-                  {"errors", errors},
-                  {"rate_per_second", rate_per_second},
-                  {"duration_micros", elapsed},
-                  {"per_second", elapsed > 0 ? static_cast<double>(count) * 1e6 / static_cast<double>(elapsed) : 0.0},
-                  {"latency_p50_micros", pct(0.50)},
-                  {"latency_p99_micros", pct(0.99)},
-                  {"latency_max_micros", latencies_micros.empty() ? 0 : latencies_micros.back()},
-                  {"prepared", prepare},
-                  {"start_late_micros", start_late_micros}};
+      json out = {
+          {"count", count},
+          {"notarised", notarised},
+          {"conflicts", conflicts},
+          {"errors", errors},
+          {"rate_per_second", rate_per_second},
+          {"tick_micros", tick_micros},
+          {"duration_micros", elapsed},
+          {"per_second",
+           elapsed > 0 ? static_cast<double>(count) * 1e6 / static_cast<double>(elapsed) : 0.0},
+          {"latency_p50_micros", pct(0.50)},
+          {"latency_p99_micros", pct(0.99)},
+          {"latency_max_micros", latencies_micros.empty() ? 0 : latencies_micros.back()},
+          {"prepared", prepare},
+          {"start_late_micros", start_late_micros}};
       if (first_error) out["first_error"] = first_error->toString();
       reply(ApiResponse::ok(out));
     }
@@ -666,6 +689,7 @@ void NotaryService::Impl::load(const ApiRequest& request, ApiReply reply) {
   run->count = count;
   run->concurrency = concurrency;
   run->rate_per_second = rate;
+  run->tick_micros = static_cast<int64_t>(tick);
   // Fresh per load, also across restarts of this node.
   run->nonce = static_cast<uint64_t>(std::chrono::system_clock::now().time_since_epoch().count()) +
                load_runs++;

@@ -31,9 +31,12 @@
 //   POST /api/v1/notary/diagnostic/load     operator   {"notary", "count" <=
 //        notary_load_transactions_max, "concurrency" <=
 //        notary_load_concurrency_max, "rate_per_second" <= notary_load_rate_per_second_max
-//        (0, the default: closed loop)}: builds and notarises `count`
-//        single-input transactions spending fresh StateRefs (a load
-//        generator for tests and benchmarks) -> counts and latencies.
+//        (0, the default: closed loop), "tick_micros" <= notary_load_tick_micros_max
+//        (open loop: the generator wakes this often for what is due,
+//        default notary_load_tick_micros_default; 0: at each due time)}:
+//        builds and notarises `count` single-input transactions spending
+//        fresh StateRefs (a load generator for tests and benchmarks) ->
+//        counts and latencies (open loop: from each transaction's due time).
 //
 // Threading: everything runs on the node's executor (the API's handlers run
 // there too); open() and the shutdown steps are called from the node's
@@ -61,6 +64,9 @@ class ApiServer;
 inline constexpr uint32_t notary_load_transactions_max = 100'000;  // per load request
 inline constexpr uint32_t notary_load_concurrency_max = 1'024;    // notarisations in flight
 inline constexpr uint32_t notary_load_rate_per_second_max = 1'000'000;  // offered load, open loop
+// Open loop: the generator wakes every tick for what is due (latency counts from the due time).
+inline constexpr uint32_t notary_load_tick_micros_default = 500;
+inline constexpr uint32_t notary_load_tick_micros_max = 100'000;
 inline constexpr size_t notary_request_dependencies_max = 256;    // per notarise request
 inline constexpr size_t notary_client_keys_cached_max = 4096;     // client names a replica remembers
 inline constexpr uint64_t notary_load_prepare_chunk_max = 256;    // transactions built per executor turn

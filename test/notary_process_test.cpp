@@ -195,6 +195,13 @@ TEST_CASE("a real notary cluster: kill -9 and restart of a replica, two down, co
     auto [s9, b9] = postRaw(alpha, "/api/v1/notary/diagnostic/load",
                             {{"notary", notary_x500}, {"count", 10}, {"prepare", "yes"}});
     CHECK(s9 == 400);
+    auto [s10, b10] = postRaw(alpha, "/api/v1/notary/diagnostic/load",
+                              {{"notary", notary_x500},
+                               {"count", 10},
+                               {"rate_per_second", 100},
+                               {"tick_micros", 1'000'000}});
+    CHECK(s10 == 400);
+    CHECK(b10.dump().find("tick_micros") != std::string::npos);
   }
 
   {  // CONFLICT
@@ -301,7 +308,8 @@ TEST_CASE("a real notary cluster: kill -9 and restart of a replica, two down, co
     CHECK(result["errors"] == 0);
     CHECK(result["conflicts"] == 0);
     // More after the restart, from the other member, built before the
-    // clock starts and started at an agreed instant.
+    // clock starts and started at an agreed instant, open loop: 500/s, the
+    // generator waking every 2 ms (so the last is due 198 ms in).
     const int64_t start_at = std::chrono::duration_cast<std::chrono::microseconds>(
                                  std::chrono::system_clock::now().time_since_epoch())
                                  .count() +
@@ -310,12 +318,16 @@ TEST_CASE("a real notary cluster: kill -9 and restart of a replica, two down, co
                                       {{"notary", notary_x500},
                                        {"count", 100},
                                        {"concurrency", 16},
+                                       {"rate_per_second", 500},
+                                       {"tick_micros", 2'000},
                                        {"prepare", true},
                                        {"start_at_unix_micros", start_at}});
     INFO(result2.dump());
     CHECK(status2 == 200);
     CHECK(result2["notarised"] == 100);
     CHECK(result2["prepared"] == true);
+    CHECK(result2["tick_micros"] == 2'000);
+    CHECK(result2["duration_micros"].get<int64_t>() >= 198'000);
 
     // The restarted replica catches up: every replica at one digest.
     json statuses;
