@@ -1679,9 +1679,12 @@ void Replica::onBatchData(uint32_t from, BatchDataMsg m) {
 void Replica::maybeStartStateTransfer() {
   if (transfer_ || stable_seq_ <= machine_.lastExecuted()) return;
   if (auto next = slots_.find(machine_.lastExecuted() + 1);
-      next != slots_.end() && next->second.committed && !stalled_since_micros_) {
-    // Committed here: it executes from the log. The status timer starts a
-    // transfer if execution stalls.
+      next != slots_.end() && (next->second.committed || (next->second.has_pp && !view_changing_)) &&
+      !stalled_since_micros_) {
+    // Committed here, or on its way (pre-prepared in this view: a replica a
+    // write behind the others when they made the checkpoint stable): it
+    // executes from the log, and answers its clients, as a transferred batch
+    // would not. The status timer starts a transfer if execution stalls.
     stalled_since_micros_ = clock_.nowMicros();
     return;
   }
