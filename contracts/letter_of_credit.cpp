@@ -24,12 +24,23 @@ void writeTerms(schema::lc::LcTerms::Builder b, const LcTerms& t) {
   for (uint32_t i = 0; i < t.requiredDocuments.size(); ++i) docs.set(i, t.requiredDocuments[i]);
 }
 
-LcTerms readTerms(schema::lc::LcTerms::Reader r) {
+// A document name with a NUL would survive decoding but not encoding (text
+// is written up to its first NUL): refused, so one state has one encoding.
+Status noNul(const std::string& text, const char* what) {
+  if (text.find('\0') == std::string::npos) return Status::success();
+  return makeError(Errc::malformed,
+                   std::string("letter of credit state: ") + what + " contains a NUL byte");
+}
+
+Result<LcTerms> readTerms(schema::lc::LcTerms::Reader r) {
   LcTerms t;
   t.amountMinor = r.getAmountMinor();
   t.expiryMicros = r.getExpiryMicros();
   t.latestShipmentMicros = r.getLatestShipmentMicros();
-  for (auto d : r.getRequiredDocuments()) t.requiredDocuments.emplace_back(d.cStr(), d.size());
+  for (auto d : r.getRequiredDocuments()) {
+    t.requiredDocuments.emplace_back(d.cStr(), d.size());
+    CCAL_TRY(noNul(t.requiredDocuments.back(), "a required document's name"));
+  }
   return t;
 }
 
@@ -79,7 +90,8 @@ Result<LetterOfCredit> decodeLetterOfCredit(ByteView bytes) {
         auto id = SecureHash::fromBytes(asByteView(r.getLinearId()));
         if (!id) return id.error();
         lc.linearId = *id;
-        lc.lcNumber = std::string(r.getLcNumber().cStr());
+        lc.lcNumber = std::string(r.getLcNumber().cStr(), r.getLcNumber().size());
+        CCAL_TRY(noNul(lc.lcNumber, "the LC number"));
         auto applicant = Key::read(r.getApplicant());
         if (!applicant) return applicant.error();
         auto beneficiary = Key::read(r.getBeneficiary());
@@ -93,14 +105,23 @@ Result<LetterOfCredit> decodeLetterOfCredit(ByteView bytes) {
         lc.issuingBank = *issuing;
         lc.advisingBank = *advising;
         lc.currency = std::string(r.getCurrency().cStr());
-        lc.terms = readTerms(r.getTerms());
+        auto terms = readTerms(r.getTerms());
+        if (!terms) return terms.error();
+        lc.terms = std::move(terms).value();
         const auto status = static_cast<size_t>(r.getStatus());
         if (status >= status_count) {
           return makeError(Errc::malformed, "letter of credit state: unknown status " + std::to_string(status));
         }
         lc.status = static_cast<LcStatus>(status);
-        for (auto d : r.getDiscrepancies()) lc.discrepancies.emplace_back(d.cStr(), d.size());
-        if (r.getHasAmendment()) lc.amendment = readTerms(r.getAmendment());
+        for (auto d : r.getDiscrepancies()) {
+          lc.discrepancies.emplace_back(d.cStr(), d.size());
+          CCAL_TRY(noNul(lc.discrepancies.back(), "a discrepancy"));
+        }
+        if (r.getHasAmendment()) {
+          auto amendment = readTerms(r.getAmendment());
+          if (!amendment) return amendment.error();
+          lc.amendment = std::move(amendment).value();
+        }
         for (auto d : r.getPresentation()) {
           auto h = SecureHash::fromBytes(asByteView(d.getSha256()));
           if (!h) return makeError(Errc::malformed, "letter of credit state: a document hash is not 32 bytes");

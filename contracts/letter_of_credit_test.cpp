@@ -2,6 +2,8 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
+
 #include "contracts/contract_testing.h"
 
 using namespace ccal;
@@ -134,6 +136,17 @@ TEST_CASE("letter of credit state round-trips and declares its fields") {
   CHECK(lcStatusNamed("waived") == LcStatus::waived);
   CHECK_FALSE(lcStatusNamed("honoured"));
   CHECK_FALSE(decodeLetterOfCredit(Bytes{1, 2, 3}));
+  // A NUL inside a document name would not encode back: refused, named.
+  lc.amendment = LcTerms{5, 6, 5, {"bill of lading QQQ"}};
+  Bytes nul = encodeLetterOfCredit(lc);
+  const std::string marker = "QQQ";
+  auto at = std::search(nul.begin(), nul.end(), marker.begin(), marker.end());
+  REQUIRE(at != nul.end());
+  *at = 0;
+  auto refused = decodeLetterOfCredit(nul);
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error().message.find("a required document's name contains a NUL byte") !=
+        std::string::npos);
   // Who sees it: the beneficiary only once advised.
   CHECK(lcState(l.notary.party(), l.applied()).participants.size() == 2);
   CHECK(lcState(l.notary.party(), l.lcAt(LcStatus::issued)).participants.size() == 3);

@@ -815,7 +815,12 @@ Result<FinalityArgs> decodeFinalityArgs(ByteView bytes) {
         FinalityArgs args{std::move(stx).value(), {}};
         auto l = r.getExtraObservers();
         if (l.size() > 64) return makeError(Errc::too_large, "more than 64 extra observers");
-        for (auto t : l) args.extra_observers.emplace_back(t.cStr(), t.size());
+        for (auto t : l) {
+          args.extra_observers.emplace_back(t.cStr(), t.size());
+          if (args.extra_observers.back().find('\0') != std::string::npos) {
+            return makeError(Errc::malformed, "an extra observer's name contains a NUL byte");
+          }
+        }
         return args;
       },
       limits);

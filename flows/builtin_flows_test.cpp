@@ -891,4 +891,15 @@ TEST_CASE("built-in flows: message encodings refuse what is wrong") {
   auto empty = decodeBuiltinMessage(encodeBuiltinMessage(fin), {BuiltinMessage::Kind::finality});
   REQUIRE(!empty);
   CHECK(empty.error().message.find("recipient 1 is empty") != std::string::npos);
+  // A NUL inside a name (found by fuzz_messaging): it would decode, but
+  // encode cut at the NUL (so not back to one value); refused, named.
+  fin.recipients = {alice, "O=Mallory Bank XXX"};
+  Bytes nul = encodeBuiltinMessage(fin);
+  const std::string marker = "XXX";
+  auto at = std::search(nul.begin(), nul.end(), marker.begin(), marker.end());
+  REQUIRE(at != nul.end());
+  *at = 0;
+  auto with_nul = decodeBuiltinMessage(nul, {BuiltinMessage::Kind::finality});
+  REQUIRE(!with_nul);
+  CHECK(with_nul.error().message.find("recipient 1 contains a NUL byte") != std::string::npos);
 }

@@ -55,6 +55,11 @@ Result<std::vector<std::string>> readNames(capnp::List<capnp::Text>::Reader list
                                             std::to_string(limits.party_name_bytes_max) + " bytes");
     }
     out.emplace_back(list[i].cStr(), list[i].size());
+    // An X.500 name holds no NUL; one would survive decoding but not
+    // encoding (the encoder writes text up to its first NUL): refused.
+    if (out.back().find('\0') != std::string::npos) {
+      return makeError(Errc::malformed, what + " " + std::to_string(i) + " contains a NUL byte");
+    }
   }
   return out;
 }
@@ -166,6 +171,9 @@ Result<BuiltinMessage> decodeBuiltinMessage(ByteView bytes, const std::vector<Ki
                                                     " bytes");
             }
             m.check = std::string(q.getCheck().cStr(), q.getCheck().size());
+            if (m.check.find('\0') != std::string::npos) {
+              return makeError(Errc::malformed, "the check's name contains a NUL byte");
+            }
             auto stx = SignedTransaction::decode(asByteView(q.getTransaction()), limits.transaction);
             if (!stx) return makeError(stx.error().code, "transaction: " + stx.error().message);
             m.stx = std::move(stx).value();

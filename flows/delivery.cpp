@@ -22,19 +22,9 @@ size_t ackSeqsMax(const DeliveryConfig& config, size_t frame_bytes_max) {
                           (frame_bytes_max - ack_frame_fixed_bytes) / ack_seq_bytes);
 }
 
-struct DecodedMessage {
-  uint64_t incarnation = 0;
-  uint64_t seq = 0;
-  uint64_t floor = 0;
-  MessageId id;
-  Bytes payload;
-};
-struct DecodedAck {
-  uint64_t incarnation = 0;
-  uint64_t up_to = 0;
-  std::vector<uint64_t> seqs;
-};
-using DecodedFrame = std::variant<DecodedMessage, DecodedAck>;
+using DecodedMessage = DeliveryMessageFrame;
+using DecodedAck = DeliveryAckFrame;
+using DecodedFrame = DeliveryFrame;
 
 Result<MessageId> idFrom(capnp::Data::Reader data, std::string_view field) {
   if (data.size() != SecureHash::size_bytes) {
@@ -71,8 +61,14 @@ Result<DecodedMessage> readMessage(schema::messaging::Message::Reader m, size_t 
   return out;
 }
 
-Result<DecodedFrame> decodeFrame(ByteView bytes, size_t frame_bytes_max, size_t payload_bytes_max,
-                                 size_t ack_seqs_max) {
+std::string streamLabel(const std::string& peer, uint64_t incarnation) {
+  return "'" + peer + "' (stream " + std::to_string(incarnation) + ")";
+}
+
+}  // namespace
+
+Result<DeliveryFrame> decodeDeliveryFrame(ByteView bytes, size_t frame_bytes_max,
+                                          size_t payload_bytes_max, size_t ack_seqs_max) {
   ReadLimits limits;
   limits.message_bytes_max = frame_bytes_max;
   // The canonical check reads the frame once and the parse once more.
@@ -116,12 +112,6 @@ Result<DecodedFrame> decodeFrame(ByteView bytes, size_t frame_bytes_max, size_t 
       },
       limits);
 }
-
-std::string streamLabel(const std::string& peer, uint64_t incarnation) {
-  return "'" + peer + "' (stream " + std::to_string(incarnation) + ")";
-}
-
-}  // namespace
 
 Bytes encodeMessageFrame(uint64_t incarnation, uint64_t seq, uint64_t floor, const MessageId& id,
                          ByteView payload) {
@@ -550,8 +540,8 @@ void Delivery::onPeerDown(std::string_view) {
 
 void Delivery::onFrame(std::string_view peer_view, ByteView bytes) {
   const std::string peer(peer_view);
-  auto frame = decodeFrame(bytes, link_.frameBytesMax(), payloadBytesMax(),
-                           ackSeqsMax(config_, link_.frameBytesMax()));
+  auto frame = decodeDeliveryFrame(bytes, link_.frameBytesMax(), payloadBytesMax(),
+                                   ackSeqsMax(config_, link_.frameBytesMax()));
   if (!frame) {
     ++stats_.frames_malformed;
     log("dropped a frame of " + std::to_string(bytes.size()) + " bytes from '" + peer +

@@ -50,11 +50,12 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <unordered_map>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
+#include <variant>
 #include <vector>
 
 #include "flows/io.h"
@@ -277,7 +278,26 @@ class Delivery final : public Messaging, public LinkHandler {
   std::shared_ptr<StoreRequests> requests_ = std::make_shared<StoreRequests>();
 };
 
-// Frame encodings, exposed for tests and fuzzing.
+// Frames as a peer's bytes decode (schema messaging.Frame), and their
+// encodings, exposed for tests and fuzzing. Decoding refuses, naming what is
+// wrong: a non-canonical or over-long frame, incarnation 0, seq 0, a floor
+// outside 1..seq, an id not 32 bytes, a payload over payload_bytes_max, an
+// ack of more than ack_seqs_max seqs or of a seq not above upTo.
+struct DeliveryMessageFrame {
+  uint64_t incarnation = 0;
+  uint64_t seq = 0;
+  uint64_t floor = 0;
+  MessageId id;
+  Bytes payload;
+};
+struct DeliveryAckFrame {
+  uint64_t incarnation = 0;
+  uint64_t up_to = 0;
+  std::vector<uint64_t> seqs;
+};
+using DeliveryFrame = std::variant<DeliveryMessageFrame, DeliveryAckFrame>;
+Result<DeliveryFrame> decodeDeliveryFrame(ByteView bytes, size_t frame_bytes_max,
+                                          size_t payload_bytes_max, size_t ack_seqs_max);
 Bytes encodeMessageFrame(uint64_t incarnation, uint64_t seq, uint64_t floor, const MessageId& id,
                          ByteView payload);
 Bytes encodeAckFrame(uint64_t incarnation, uint64_t up_to, const std::vector<uint64_t>& seqs);

@@ -65,4 +65,20 @@ enum class PbftKind : uint8_t {
 };
 inline constexpr uint8_t pbft_kind_count = 5;
 
+// fuzz_messaging: the first input byte (mod messaging_kind_count) picks what
+// a member takes from a peer: a LinkMux frame, a delivery frame, or a flow
+// payload (flows/builtin_messages.h, flows/deal_flows.h); the rest is its
+// input (deal_args: the next byte, mod the number of deal flows, picks the flow).
+enum class MessagingKind : uint8_t {
+  mux_frame = 0,
+  delivery_frame = 1,
+  builtin_message = 2,
+  id_list = 3,
+  transaction_list = 4,
+  notary_answer = 5,
+  states = 6,
+  deal_args = 7,
+};
+inline constexpr uint8_t messaging_kind_count = 8;
+
 }  // namespace ccal::fuzz

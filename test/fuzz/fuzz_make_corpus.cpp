@@ -21,6 +21,10 @@
 #include <string>
 #include <vector>
 
+#include "flows/builtin_messages.h"
+#include "flows/deal_flows.h"
+#include "flows/delivery.h"
+#include "flows/link_mux.h"
 #include "ledger/filtered_transaction.h"
 #include "ledger/pki.h"
 #include "ledger/signed_transaction.h"
@@ -435,6 +439,115 @@ std::vector<Seed> pbftSeeds(const World& w) {
   return out;
 }
 
+// What a member takes from a peer: mux frames around delivery and PBFT
+// frames, delivery frames, and the flows' payloads.
+std::vector<Seed> messagingSeeds(const World& w) {
+  using namespace ccal::flows;
+  std::vector<Seed> out;
+  using K = fuzz::MessagingKind;
+  auto add = [&](K kind, const std::string& name, const Bytes& bytes) {
+    Bytes b{static_cast<uint8_t>(kind)};
+    append(b, bytes);
+    out.push_back({name, std::move(b)});
+  };
+  const WireTransaction full = w.full();
+  SignedTransaction stx(full);
+  for (const auto* k : {&w.alice, &w.bob, &w.dave}) stx.signWith(*k);
+  const DigitalSignature sig = w.notary1.sign(signableBytes(full.id()));
+
+  BuiltinMessage sign_request;
+  sign_request.kind = BuiltinMessage::Kind::sign_request;
+  sign_request.check = "receivable.finance";
+  sign_request.stx = stx;
+  sign_request.observers = {w.bob_party.name};
+  BuiltinMessage signatures;
+  signatures.kind = BuiltinMessage::Kind::signatures;
+  signatures.signatures = {sig};
+  BuiltinMessage fetch;
+  fetch.kind = BuiltinMessage::Kind::fetch;
+  fetch.ids = {full.id(), w.genesis};
+  BuiltinMessage transactions;
+  transactions.kind = BuiltinMessage::Kind::transactions;
+  transactions.transactions = {stx.encode()};
+  BuiltinMessage finality;
+  finality.kind = BuiltinMessage::Kind::finality;
+  finality.stx = stx;
+  finality.observer = true;
+  finality.recipients = {w.alice_party.name, w.bob_party.name};
+  BuiltinMessage recorded;
+  recorded.kind = BuiltinMessage::Kind::recorded;
+  const std::pair<const char*, const BuiltinMessage*> builtins[] = {
+      {"sign-request", &sign_request}, {"signatures", &signatures}, {"fetch", &fetch},
+      {"transactions", &transactions}, {"finality", &finality},     {"recorded", &recorded}};
+  for (const auto& [name, m] : builtins)
+    add(K::builtin_message, std::string("builtin-") + name, encodeBuiltinMessage(*m));
+
+  const Bytes message = encodeMessageFrame(3, 7, 5, SecureHash::of(asBytes("message 7")),
+                                           encodeBuiltinMessage(fetch));
+  const Bytes ack = encodeAckFrame(3, 5, {7, 9});
+  add(K::delivery_frame, "delivery-message", message);
+  add(K::delivery_frame, "delivery-ack", ack);
+  add(K::delivery_frame, "delivery-ack-empty", encodeAckFrame(1, 0, {}));
+  Bytes mux_messaging{link_channel_messaging}, mux_notary{link_channel_notary, 0, 0, 0, 0};
+  append(mux_messaging, message);
+  add(K::mux_frame, "mux-messaging", mux_messaging);
+  add(K::mux_frame, "mux-notary", mux_notary);
+  add(K::mux_frame, "mux-unknown-channel", Bytes{9, 1, 2, 3});
+  add(K::mux_frame, "mux-empty", Bytes{});
+
+  add(K::id_list, "ids", encodeIdList({full.id(), w.genesis}));
+  add(K::id_list, "ids-empty", encodeIdList({}));
+  add(K::transaction_list, "transactions", encodeTransactionList({stx, std::nullopt}));
+  NotaryAnswer signed_answer;
+  signed_answer.signatures = {sig, w.notary2.sign(signableBytes(full.id()))};
+  add(K::notary_answer, "answer-signed", encodeNotaryAnswer(signed_answer));
+  NotaryAnswer conflict;
+  conflict.conflicts = {{{w.genesis, 0}, SecureHash::of(asBytes("consumer"))}};
+  add(K::notary_answer, "answer-conflict", encodeNotaryAnswer(conflict));
+  add(K::states, "states",
+      encodeStates({{w.state("a"), {full.id(), 0}}, {w.state("b"), {full.id(), 1}}}));
+  add(K::states, "states-empty", encodeStates({}));
+
+  // Each deal flow with every argument set to a value of its type.
+  const auto& specs = dealFlowSpecs();
+  for (size_t i = 0; i < specs.size(); ++i) {
+    std::vector<std::string> kvs;
+    for (const auto& a : specs[i].args) {
+      std::string v;
+      switch (a.type) {
+        case ArgType::party:
+          v = w.bob_party.name;
+          break;
+        case ArgType::amount:
+          v = "250";
+          break;
+        case ArgType::currency:
+          v = "CNY";
+          break;
+        case ArgType::text:
+          v = "fish, 2 tonnes";
+          break;
+        case ArgType::date:
+          v = "2026-12-31";
+          break;
+        case ArgType::days:
+          v = "90";
+          break;
+        case ArgType::parties:
+          v = w.alice_party.name + ";" + w.bob_party.name;
+          break;
+      }
+      kvs.push_back(std::string(a.name) + "=" + v);
+    }
+    auto args = parseDealArgs(specs[i].flow, kvs);
+    if (!args) continue;
+    Bytes b{static_cast<uint8_t>(i)};
+    append(b, encodeDealArgs(*args));
+    add(K::deal_args, "deal-" + std::string(specs[i].flow), b);
+  }
+  return out;
+}
+
 std::vector<Seed> certificateSeeds(const World&) { return pkiSeeds().certificates; }
 std::vector<Seed> crlSeeds(const World&) { return pkiSeeds().crls; }
 
@@ -484,6 +597,36 @@ bool decodes(const std::string& target, const Bytes& b) {
       case fuzz::PbftKind::new_view: return decodeNewView(rest, limits).ok();
     }
   }
+  if (target == "fuzz_messaging") {
+    using namespace ccal::flows;
+    ByteView rest = ByteView(b).subspan(1);
+    using K = fuzz::MessagingKind;
+    switch (static_cast<K>(b.at(0))) {
+      case K::mux_frame:
+        return true;  // every frame is taken or dropped
+      case K::delivery_frame:
+        return decodeDeliveryFrame(rest, 8u << 20, (8u << 20) - 256, 4096).ok();
+      case K::builtin_message:
+        return decodeBuiltinMessage(
+                   rest, {BuiltinMessage::Kind::sign_request, BuiltinMessage::Kind::signatures,
+                          BuiltinMessage::Kind::fetch, BuiltinMessage::Kind::transactions,
+                          BuiltinMessage::Kind::finality, BuiltinMessage::Kind::recorded})
+            .ok();
+      case K::id_list:
+        return decodeIdList(rest).ok();
+      case K::transaction_list:
+        return decodeTransactionList(rest).ok();
+      case K::notary_answer:
+        return decodeNotaryAnswer(rest).ok();
+      case K::states:
+        return decodeStates(rest).ok();
+      case K::deal_args:
+        return !rest.empty() &&
+               decodeDealArgs(dealFlowSpecs().at(rest[0] % dealFlowSpecs().size()).flow,
+                              rest.subspan(1))
+                   .ok();
+    }
+  }
   if (target == "fuzz_component") {
     ByteView c = ByteView(b).subspan(1);
     switch (static_cast<fuzz::ComponentKind>(b.at(0))) {
@@ -511,6 +654,7 @@ const std::map<std::string, Writer>& writers() {
       {"fuzz_network", networkSeeds},
       {"fuzz_notarisation", notarisationSeeds},
       {"fuzz_pbft", pbftSeeds},
+      {"fuzz_messaging", messagingSeeds},
   };
   return w;
 }
