@@ -27,9 +27,14 @@
 // idle cores would allow is 2 s / (all processes' CPU per notarisation).
 //
 //   bench_notary [--quick] [--replicas 1,4] [--count N] [--concurrency C] [--load-share S]
+//                [--tick-micros T] [--notary-option key=value ...]
 // (C: notarisations in flight per member in the peak phase, default 1024;
 // lower depths show what smaller batches cost per notarisation; S: the
-// latency run's load as a share of the peak, default the 0.8.)
+// latency run's load as a share of the peak, default the 0.8; T: the
+// open-loop generator's tick, the member's default 500 us if not given, 0 a
+// timer per transaction; latency counts from each transaction's due time;
+// --notary-option sets a key of every replica's [notary] section, e.g.
+// batch_delay_micros=4000, to try the cluster's settings.)
 
 #include <sodium.h>
 #include <sys/wait.h>
@@ -82,6 +87,8 @@ struct Args {
   // `--notary-option key=value`: set in every replica's [notary] section
   // (config/README.md lists the keys), e.g. batch_delay_micros=4000.
   std::vector<std::string> notary_options;
+  // The open-loop generator's tick (`tick_micros`); -1: the member's default.
+  int64_t tick_micros = -1;
 };
 
 // Each option set in the [notary] section of NAME's node.toml: its line replaced, or added under the header.
@@ -155,8 +162,9 @@ int64_t unixMicrosNow() {
 // on this thread at that instant (the CPU counters are read there).
 LoadFigures loadBoth(ApiClient& a, ApiClient& b, uint64_t count, uint64_t concurrency,
                      uint64_t rate_per_member, bool prepare = false,
-                     const std::function<void()>& at_start = {}) {
+                     const std::function<void()>& at_start = {}, int64_t tick_micros = -1) {
   json body = {{"count", count}, {"concurrency", concurrency}, {"rate_per_second", rate_per_member}};
+  if (tick_micros >= 0) body["tick_micros"] = tick_micros;
   int64_t start_at = 0;
   if (prepare) {
     // Time to build and sign: generously 200 us per transaction and member, plus a second.
@@ -315,10 +323,13 @@ ClusterFigures runCluster(const Args& args, int n) {
                                                                std::max(2.0, f.peak.seconds))));
   auto before80 = r1->get("/api/v1/notary/status");
   double members_before80 = 0, replicas_before80 = 0;
-  f.at80 = loadBoth(*alpha, *beta, count_each, args.concurrency, rate_each, args.prepare, [&] {
-    members_before80 = cpuMicrosOf(net, members);
-    replicas_before80 = cpuMicrosOf(net, replicas);
-  });
+  f.at80 = loadBoth(
+      *alpha, *beta, count_each, args.concurrency, rate_each, args.prepare,
+      [&] {
+        members_before80 = cpuMicrosOf(net, members);
+        replicas_before80 = cpuMicrosOf(net, replicas);
+      },
+      args.tick_micros);
   const double members80 = cpuMicrosOf(net, members) - members_before80;
   const double replicas80 = cpuMicrosOf(net, replicas) - replicas_before80;
   auto after80 = r1->get("/api/v1/notary/status");
@@ -414,6 +425,8 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "--load-share: a share of the peak, in (0, 1]\n");
         return 2;
       }
+    } else if (a == "--tick-micros" && i + 1 < argc) {
+      args.tick_micros = std::strtoll(argv[++i], nullptr, 10);
     } else if (a == "--notary-option" && i + 1 < argc &&
                std::string(argv[i + 1]).find('=') != std::string::npos) {
       args.notary_options.push_back(argv[++i]);
@@ -422,7 +435,7 @@ int main(int argc, char** argv) {
           stderr,
           "usage: bench_notary [--quick] [--replicas 1,4] [--count N per member] "
           "[--concurrency C per member, at most 1024] [--build-in-window] [--load-share S, "
-          "default 0.8] [--notary-option key=value ...]\n");
+          "default 0.8] [--tick-micros T] [--notary-option key=value ...]\n");
       return 2;
     }
   }
