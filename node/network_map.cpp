@@ -669,7 +669,7 @@ Result<std::unique_ptr<NetworkMap>> NetworkMap::load(const Certificate& root, st
   for (const auto& bytes : signed_node_infos) {
     auto sni = SignedNodeInfo::decode(bytes);
     CCAL_TRY(sni);
-    auto info = map->verifyMember(*sni, at);
+    auto info = map->verifyMember(*sni, map->crls_, at);
     CCAL_TRY(info);
     if (map->by_name_.count(info->name)) {
       return makeError(Errc::conflict, "member " + quote(info->name) + ": two node infos");
@@ -720,8 +720,9 @@ Result<std::unique_ptr<NetworkMap>> NetworkMap::loadFiles(const NodeConfig& conf
   return map;
 }
 
-Result<NodeInfo> NetworkMap::verifyMember(const SignedNodeInfo& signed_info, TimePoint at) const {
-  auto info = signed_info.verify(root_, crls_, at);
+Result<NodeInfo> NetworkMap::verifyMember(const SignedNodeInfo& signed_info,
+                                          std::span<const Crl> crls, TimePoint at) const {
+  auto info = signed_info.verify(root_, crls, at);
   CCAL_TRY(info);
   const std::string what = "member " + quote(info->name) + ": ";
   if (info->platform_version < parameters_.min_platform_version) {
@@ -771,6 +772,48 @@ Status NetworkMap::insert(std::shared_ptr<const NodeInfo> info) {
   return {};
 }
 
+std::vector<Crl> NetworkMap::crls() const {
+  std::shared_lock lock(mutex_);
+  return crls_;
+}
+
+Result<std::vector<std::string>> NetworkMap::replaceCrls(std::vector<Crl> crls) {
+  const TimePoint at = clock_();
+  std::unique_lock lock(mutex_);
+  for (const auto& c : crls) {
+    for (const auto& held : crls_) {
+      if (held.issuer() == c.issuer() && c.number() < held.number()) {
+        return makeError(Errc::conflict, "revocation list of " + quote(c.issuer().toString()) +
+                                             " number " + std::to_string(c.number()) +
+                                             " is older than the one held (number " +
+                                             std::to_string(held.number()) + ")");
+      }
+    }
+  }
+  std::vector<std::string> revoked;
+  for (const auto& [name, info] : by_name_) {
+    for (const auto* chain : {&info->identity_chain, &info->tls_chain}) {
+      CCAL_ASSERT(!chain->empty());
+      auto valid = validatePath(chain->front(), std::span(*chain).subspan(1), root_, crls, at,
+                                RevocationCheck::if_listed);
+      if (valid) continue;
+      if (valid.error().code != Errc::certificate_revoked) {
+        return prefixed("under the new revocation lists, member " + quote(name) + ": ",
+                        valid.error());
+      }
+      revoked.push_back(name);
+      break;
+    }
+  }
+  for (const auto& name : revoked) {
+    auto it = by_name_.find(name);
+    by_key_.erase(it->second->legal_identity_key);
+    by_name_.erase(it);
+  }
+  crls_ = std::move(crls);
+  return revoked;
+}
+
 std::shared_ptr<const NodeInfo> NetworkMap::memberByName(std::string_view x500) const {
   auto name = X500Name::parse(x500);
   if (!name) return nullptr;
@@ -804,9 +847,11 @@ const NotaryInfo* NetworkMap::notary(std::string_view x500) const {
 Result<std::shared_ptr<const NodeInfo>> NetworkMap::update(ByteView signed_node_info) {
   auto sni = SignedNodeInfo::decode(signed_node_info);
   CCAL_TRY(sni);
-  auto info = verifyMember(*sni, clock_());
-  CCAL_TRY(info);
+  // Verified under the lock: a revocation list replaced meanwhile cannot let
+  // a member it revokes back in.
   std::unique_lock lock(mutex_);
+  auto info = verifyMember(*sni, crls_, clock_());
+  CCAL_TRY(info);
   const auto it = by_name_.find(info->name);
   if (it != by_name_.end()) {
     const auto& current = *it->second;
@@ -845,7 +890,7 @@ Result<std::string> NetworkMap::identifyPeer(const std::vector<Bytes>& chain_der
   }
   const Certificate& leaf = chain.front();
   const std::string who = "peer " + quote(leaf.subject().toString()) + ": ";
-  auto valid = validatePath(leaf, std::span(chain).subspan(1), root_, crls_, clock_(),
+  auto valid = validatePath(leaf, std::span(chain).subspan(1), root_, crls(), clock_(),
                             RevocationCheck::if_listed);
   if (!valid) return prefixed(who, valid.error());
   if (!isTlsCertificate(leaf)) {

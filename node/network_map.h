@@ -169,6 +169,15 @@ class NetworkMap final : public PeerDirectory {
   // node info of a name not yet in the map is a new member. Returns the accepted node info.
   Result<std::shared_ptr<const NodeInfo>> update(ByteView signed_node_info);
 
+  // Replaces the revocation lists (say, a re-read crls file) and removes the members whose
+  // certificates the new lists revoke; returns their names. Refused, naming the list or the
+  // member, with nothing changed: a list older (a lower number) than the list of the same
+  // issuer held now (a rollback), and a set under which a member's identity or TLS chain
+  // fails for another reason than revocation (a list badly signed, expired, or missing).
+  // Connections already open are the link's to re-check (identifyPeer).
+  Result<std::vector<std::string>> replaceCrls(std::vector<Crl> crls);
+  std::vector<Crl> crls() const;
+
   // PeerDirectory. identifyPeer accepts a chain whose leaf chains to the root at clock(), is
   // not revoked, carries the TLS usages, and whose subject is a member and key is that
   // member's TLS key.
@@ -178,19 +187,20 @@ class NetworkMap final : public PeerDirectory {
  private:
   NetworkMap(Certificate root, std::vector<Crl> crls, NetworkParameters parameters, Clock clock)
       : root_(std::move(root)),
-        crls_(std::move(crls)),
         parameters_(std::move(parameters)),
-        clock_(std::move(clock)) {}
-  Result<NodeInfo> verifyMember(const SignedNodeInfo& signed_info, TimePoint at) const;
+        clock_(std::move(clock)),
+        crls_(std::move(crls)) {}
+  Result<NodeInfo> verifyMember(const SignedNodeInfo& signed_info, std::span<const Crl> crls,
+                                TimePoint at) const;
   // Caller holds mutex_ exclusively.
   Status insert(std::shared_ptr<const NodeInfo> info);
 
   const Certificate root_;
-  const std::vector<Crl> crls_;
   const NetworkParameters parameters_;
   const Clock clock_;
 
-  mutable std::shared_mutex mutex_;  // guards by_name_ and by_key_
+  mutable std::shared_mutex mutex_;  // guards crls_, by_name_ and by_key_
+  std::vector<Crl> crls_;
   std::map<std::string, std::shared_ptr<const NodeInfo>, std::less<>> by_name_;
   std::map<PublicKey, std::shared_ptr<const NodeInfo>> by_key_;
 };

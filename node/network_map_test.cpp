@@ -523,3 +523,51 @@ TEST_CASE("observer rules with a command filter and an amount threshold: round t
   no_field.amount_field = "";
   CHECK_HAS(refused(no_field), "without an amountField");
 }
+
+TEST_CASE(
+    "replaceCrls: a newer list revokes a member at once; rollbacks and badly signed lists are "
+    "refused") {
+  auto net = standardNetwork();
+  Clock clock;
+  const auto& bank = net.members.at("bank");
+  const auto& coop = net.members.at("coop");
+  const auto crl_root = must(net.root.issueCrl({}, t0, t0 + days(30)));
+  const auto empty = must(net.doorman.issueCrl({}, t0, t0 + days(30)));
+  auto map = loaded(net, clock, {crl_root, empty});
+  CHECK(must(map->identifyPeer(bank.tlsDer())) == bank.x500);
+  const std::vector<Certificate> revoke = {bank.tls_chain[1]};  // the bank's node CA
+  const auto revoking = must(net.doorman.issueCrl(revoke, t0, t0 + days(30), &empty));
+  REQUIRE(revoking.number() > empty.number());
+
+  // A list under the doorman's name from another network's doorman: badly
+  // signed here, so every member's path fails; refused, nothing changed.
+  TestNetwork foreign("O=Other Root, L=Paris, C=FR");
+  const auto forged = must(foreign.doorman.issueCrl({}, t0, t0 + days(30)));
+  REQUIRE(forged.issuer() == empty.issuer());
+  auto bad = map->replaceCrls({crl_root, forged});
+  REQUIRE(!bad.ok());
+  CHECK(bad.error().code == Errc::certificate_invalid);
+  CHECK_HAS(bad.error().message, "under the new revocation lists, member");
+  CHECK(map->identifyPeer(bank.tlsDer()).ok());
+
+  // The doorman's next list revokes the bank: it leaves the map and its TLS
+  // chain is refused from now on; the others stay.
+  auto gone = map->replaceCrls({crl_root, revoking});
+  REQUIRE(gone.ok());
+  CHECK(*gone == std::vector<std::string>{bank.x500});
+  CHECK(map->memberByName(bank.x500) == nullptr);
+  CHECK(map->identifyPeer(bank.tlsDer()).error().code == Errc::certificate_revoked);
+  CHECK(must(map->identifyPeer(coop.tlsDer())) == coop.x500);
+  CHECK(map->crls().size() == 2);
+
+  // The older list again (a rollback): refused, the revocation stands; the
+  // bank's node info is refused as revoked.
+  auto back = map->replaceCrls({crl_root, empty});
+  REQUIRE(!back.ok());
+  CHECK(back.error().code == Errc::conflict);
+  CHECK_HAS(back.error().message, "older than the one held");
+  CHECK(map->identifyPeer(bank.tlsDer()).error().code == Errc::certificate_revoked);
+  auto again = map->update(bank.signedInfo());
+  REQUIRE(!again.ok());
+  CHECK(again.error().code == Errc::certificate_revoked);
+}
