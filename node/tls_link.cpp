@@ -143,6 +143,8 @@ const char* disconnectName(Disconnect d) {
     case Disconnect::unexpected_data: return "unexpected_data";
     case Disconnect::replaced: return "replaced";
     case Disconnect::shutdown: return "shutdown";
+    case Disconnect::not_identified:
+      return "not_identified";
     case Disconnect::count_: break;
   }
   return "unknown";
@@ -265,6 +267,7 @@ struct Conn : std::enable_shared_from_this<Conn> {
   std::string remote;         // address:port, for log lines
   std::string expected_peer;  // outbound: the member we dialled
   std::string peer;           // the member the handshake identified
+  std::vector<Bytes> peer_chain;  // the certificates it presented, leaf first (recheckPeers)
   std::string presented;      // subject of the certificate the peer presented, for log lines
   bool has_refusal = false;
   Refusal refusal = Refusal::tls_handshake;
@@ -355,6 +358,7 @@ struct Conn : std::enable_shared_from_this<Conn> {
       return false;
     }
     peer = std::move(who.value());
+    peer_chain = std::move(chain);
     return true;
   }
 
@@ -369,7 +373,8 @@ struct Conn : std::enable_shared_from_this<Conn> {
     if (was_established && why) {
       // Log first, count second: whoever sees the count can find the line.
       bool protocol = *why == Disconnect::oversized_frame || *why == Disconnect::empty_frame ||
-                      *why == Disconnect::rate_limited || *why == Disconnect::unexpected_data;
+                      *why == Disconnect::rate_limited || *why == Disconnect::unexpected_data ||
+                      *why == Disconnect::not_identified;
       if (protocol) {
         link->log->warn("tls {}: disconnected {}: {}{}{}", link->options.self, describe(), disconnectName(*why),
                         detail.empty() ? "" : ": ", detail);
@@ -893,6 +898,27 @@ Status TlsLink::send(std::string_view peer_name, Bytes frame) {
     link.startWrite(*peer);
   }
   return Status::success();
+}
+
+size_t TlsLink::recheckPeers() {
+  auto& link = *impl_;
+  CCAL_ASSERT(link.executor.inExecutorThread());
+  std::vector<std::shared_ptr<Conn>> all;
+  for (auto& [id, c] : link.inbound) all.push_back(c);
+  for (auto& [name, p] : link.peers) {
+    if (p.out) all.push_back(p.out);
+  }
+  size_t closed = 0;
+  for (auto& c : all) {
+    // (One still handshaking is checked as its handshake ends.)
+    if (c->closed || !c->established || c->peer_chain.empty()) continue;
+    auto who = link.directory.identifyPeer(c->peer_chain);
+    if (who && *who == c->peer) continue;
+    c->close(Disconnect::not_identified,
+             who ? "the certificate now identifies " + *who : who.error().toString());
+    ++closed;
+  }
+  return closed;
 }
 
 Status TlsLink::connect(std::string_view peer_name) {

@@ -119,14 +119,15 @@ const char* refusalName(Refusal r);
 
 // Why an established connection was closed.
 enum class Disconnect : uint8_t {
-  peer_closed,       // the peer closed the connection (or the TLS session)
-  io_error,          // a read or write failed (reset, broken pipe)
-  oversized_frame,   // a frame length over frame_bytes_max
-  empty_frame,       // a frame length of zero
-  rate_limited,      // over the frames/s or bytes/s token bucket
-  unexpected_data,   // bytes on a connection where the peer should only listen
-  replaced,          // the peer dialled again; its older inbound connection is closed
-  shutdown,          // this link stopped
+  peer_closed,      // the peer closed the connection (or the TLS session)
+  io_error,         // a read or write failed (reset, broken pipe)
+  oversized_frame,  // a frame length over frame_bytes_max
+  empty_frame,      // a frame length of zero
+  rate_limited,     // over the frames/s or bytes/s token bucket
+  unexpected_data,  // bytes on a connection where the peer should only listen
+  replaced,         // the peer dialled again; its older inbound connection is closed
+  shutdown,         // this link stopped
+  not_identified,   // recheckPeers: its certificate no longer identifies the member (revoked)
   count_
 };
 const char* disconnectName(Disconnect d);
@@ -178,6 +179,12 @@ class TlsLink final : public flows::Link {
   // Dials the peer now if there is no connection to it (a node may dial every
   // member at start so that onPeerUp comes early). Executor thread only.
   Status connect(std::string_view peer);
+
+  // Asks the directory again about every established connection's peer
+  // certificate chain (as at its handshake) and closes, as not_identified,
+  // each that no longer identifies its member — after the directory's
+  // revocation lists changed. Returns how many it closed. Executor thread only.
+  size_t recheckPeers();
 
   // Closes the listener and every connection, cancels timers; afterwards the
   // handler is not called again. From any thread but the executor's, it

@@ -515,6 +515,44 @@ TEST_CASE("TlsLink: refuses self-signed, foreign-root, revoked and non-member ce
   CHECK(c.recorder.frameCount() == 0);
 }
 
+TEST_CASE(
+    "TlsLink: recheckPeers closes the connections of a member revoked since its handshake, only "
+    "those") {
+  TestPki pki;
+  TestDirectory directory(pki.root());
+  Member a(pki, directory, pki.issue("Haikou Fishing Cooperative"));
+  Member b(pki, directory, pki.issue("Hainan Rural Bank"));
+  Member c(pki, directory, pki.issue("Sanya Tea Cooperative"));
+  a.start();
+  b.start();
+  c.start();
+  // a dials b and c; b dials a: a holds an outbound and an inbound connection with b.
+  REQUIRE(a.send(b.creds.name, frameOf("to b")).ok());
+  REQUIRE(a.send(c.creds.name, frameOf("to c")).ok());
+  REQUIRE(b.send(a.creds.name, frameOf("to a")).ok());
+  REQUIRE(b.recorder.waitFor([](Recorder& r) { return r.total() == 1; }));
+  REQUIRE(c.recorder.waitFor([](Recorder& r) { return r.total() == 1; }));
+  REQUIRE(a.recorder.waitFor([](Recorder& r) { return r.total() == 1; }));
+
+  size_t closed = 99;
+  a.executor.runSync([&] { closed = a.link->recheckPeers(); });
+  CHECK(closed == 0);  // nothing changed: nothing closed
+
+  directory.addCrl(pki.revoke(b.creds));
+  a.executor.runSync([&] { closed = a.link->recheckPeers(); });
+  CHECK(closed == 2);
+  CHECK(a.link->counters().disconnected(Disconnect::not_identified) == 2);
+  CHECK(a.logged("not_identified"));
+  CHECK(a.logged("revoked"));
+  // c's connection stays and carries on; b cannot come back.
+  REQUIRE(a.send(c.creds.name, frameOf("still to c")).ok());
+  REQUIRE(c.recorder.waitFor([](Recorder& r) { return r.total() == 2; }));
+  CHECK(a.link->counters().disconnected(Disconnect::not_identified) == 2);
+  REQUIRE(b.send(a.creds.name, frameOf("after")).ok());
+  CHECK(eventually([&] { return a.link->counters().refused(Refusal::certificate_revoked) > 0; }));
+  CHECK(a.recorder.total() == 1);
+}
+
 TEST_CASE("TlsLink: a client without a certificate, and silent or surplus connections, are refused") {
   TestPki pki;
   TestDirectory directory(pki.root());
