@@ -666,4 +666,88 @@ Result<BootstrapResult> bootstrapNetwork(const NetworkSpec& spec, const fs::path
   return result;
 }
 
+Result<std::string> revokeMember(const fs::path& network_dir, const std::string& member,
+                                 TimePoint now) {
+  auto read = [](const fs::path& file) -> Result<std::string> {
+    std::ifstream in(file, std::ios::binary);
+    if (!in) return makeError(Errc::not_found, file.string() + ": cannot be read");
+    std::stringstream text;
+    text << in.rdbuf();
+    return text.str();
+  };
+  const fs::path op = network_dir / operator_dir;
+  const fs::path member_dir = network_dir / member;
+  if (member.empty() || member == operator_dir || member.find('/') != std::string::npos ||
+      !fs::exists(member_dir / "node.toml")) {
+    return makeError(Errc::not_found, "'" + member + "' is not a member folder of " +
+                                          network_dir.string() + " (no " +
+                                          (member_dir / "node.toml").string() + ")");
+  }
+  // The member's node CA: the second certificate of its identity chain.
+  const fs::path chain_file = member_dir / "certs/identity-chain.pem";
+  auto chain_pem = read(chain_file);
+  CCAL_TRY(chain_pem);
+  auto chain = certificatesFromPem(*chain_pem);
+  if (!chain)
+    return makeError(chain.error().code, chain_file.string() + ": " + chain.error().message);
+  if (chain->size() < 2) {
+    return makeError(Errc::malformed,
+                     chain_file.string() + ": no node CA certificate after the identity");
+  }
+  const Certificate& node_ca = (*chain)[1];
+  auto doorman_pem = read(op / "doorman.pem");
+  CCAL_TRY(doorman_pem);
+  auto doorman_cert = Certificate::fromPem(*doorman_pem);
+  if (!doorman_cert)
+    return makeError(doorman_cert.error().code,
+                     (op / "doorman.pem").string() + ": " + doorman_cert.error().message);
+  auto doorman_key_pem = read(op / "doorman.key");
+  CCAL_TRY(doorman_key_pem);
+  auto doorman_key = keyPairFromPem(*doorman_key_pem);
+  if (!doorman_key)
+    return makeError(doorman_key.error().code,
+                     (op / "doorman.key").string() + ": " + doorman_key.error().message);
+  auto doorman = CertificateAuthority::fromCertificate(*doorman_cert, *doorman_key);
+  if (!doorman)
+    return makeError(doorman.error().code, "the doorman CA: " + doorman.error().message);
+  if (!(node_ca.issuer() == doorman_cert->subject())) {
+    return makeError(
+        Errc::certificate_invalid,
+        chain_file.string() + ": its node CA was not issued by this network's doorman");
+  }
+  auto lists = NetworkMap::readCrlsFile(op / "crls.pem");
+  CCAL_TRY(lists);
+  const Crl* previous = nullptr;
+  for (const auto& l : *lists) {
+    if (l.issuer() == doorman_cert->subject()) previous = &l;
+  }
+  if (previous == nullptr) {
+    return makeError(Errc::not_found,
+                     (op / "crls.pem").string() + ": no revocation list of the doorman");
+  }
+  const std::string name = node_ca.subject().toString();
+  if (previous->lists(node_ca)) {
+    return makeError(Errc::conflict, "member '" + name + "' is already revoked");
+  }
+  const Certificate revoke[] = {node_ca};
+  const TimePoint this_update = std::chrono::time_point_cast<std::chrono::seconds>(now);
+  auto next = doorman->issueCrl(
+      revoke, this_update, std::max(previous->nextUpdate(), this_update + std::chrono::hours(24)),
+      previous);
+  CCAL_TRY(next);
+  std::string pem;
+  for (const auto& l : *lists) pem += &l == previous ? next->pem() : l.pem();
+  // Members first, the operator's copy last: a failure leaves the operator's old list, so
+  // the command can run again.
+  for (const auto& entry : fs::directory_iterator(network_dir)) {
+    const fs::path crls = entry.path() / "certs/crls.pem";
+    if (entry.path().filename() == operator_dir || !fs::exists(entry.path() / "node.toml") ||
+        !fs::exists(crls))
+      continue;
+    CCAL_TRY(writeFileAtomically(crls, pem, 0644));
+  }
+  CCAL_TRY(writeFileAtomically(op / "crls.pem", pem, 0644));
+  return name;
+}
+
 }  // namespace ccal::node

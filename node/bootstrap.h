@@ -113,5 +113,14 @@ Result<BootstrapResult> bootstrapNetwork(const NetworkSpec& spec,
                                          const std::filesystem::path& out_dir, bool force,
                                          TimePoint now);
 
+// `ccal network revoke`: the doorman issues its next revocation list (number one higher,
+// earlier entries kept), naming the node CA certificate of `member` (its folder name under
+// `network_dir`), so none of that member's certificates validates any more. The list goes
+// into _operator/crls.pem and every member's certs/crls.pem (each written atomically);
+// running nodes read their crls file every few seconds, drop the member from their network
+// map and close its connections. Needs the operator's doorman key (_operator/doorman.key).
+// Returns the revoked member's X.500 name; errors name the file or member at fault.
+Result<std::string> revokeMember(const std::filesystem::path& network_dir,
+                                 const std::string& member, TimePoint now);
 
 }  // namespace ccal::node

@@ -299,8 +299,10 @@ const std::vector<KeySpec>& keySpecs() {
     k.push_back(path("paths.network_root",
                      "The network root CA certificate (PEM): the trust anchor",
                      [](NodeConfig& c) -> fs::path& { return c.network_root_file; }));
-    k.push_back(path("paths.crls", "Revocation lists (PEM); \"\" for none",
-                     [](NodeConfig& c) -> fs::path& { return c.crls_file; }));
+    k.push_back(
+        path("paths.crls",
+             "Revocation lists (PEM); \"\" for none; read again every 5 s while the node runs",
+             [](NodeConfig& c) -> fs::path& { return c.crls_file; }));
     k.push_back(path("paths.network_parameters", "Signed network parameters file",
                      [](NodeConfig& c) -> fs::path& { return c.network_parameters_file; }));
     k.push_back(path("paths.node_infos_dir", "Folder of signed node infos, one file per member",

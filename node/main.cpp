@@ -418,6 +418,16 @@ int main(int argc, char** argv) {
     c->add_option("--dir", network_dir, "The network's folder (from `ccal network bootstrap`)")->required();
     c->add_flag("--json", network_json, "Print the result as JSON");
   }
+  std::string revoke_member;
+  auto* revoke = network->add_subcommand(
+      "revoke",
+      "Revoke a member's certificates: the doorman's next revocation list, into _operator/ and "
+      "every "
+      "member's certs/crls.pem; running nodes drop the member within seconds");
+  revoke->add_option("--dir", network_dir, "The network's folder (from `ccal network bootstrap`)")
+      ->required();
+  revoke->add_option("--member", revoke_member, "The member's folder name under --dir")->required();
+  revoke->add_flag("--json", network_json, "Print the result as JSON");
   int64_t ready_timeout_millis = ccal::node::member_ready_timeout_millis_default;
   start->add_option("--timeout-ms", ready_timeout_millis, "How long to wait for each member to be ready")
       ->capture_default_str();
@@ -584,6 +594,27 @@ int main(int argc, char** argv) {
     return printStatuses("network start", ccal::node::startNetwork(network_dir, options), network_json);
   }
   if (stop->parsed()) return printStatuses("network stop", ccal::node::stopNetwork(network_dir), network_json);
+  if (revoke->parsed()) {
+    auto revoked =
+        ccal::node::revokeMember(network_dir, revoke_member, std::chrono::system_clock::now());
+    if (!revoked) {
+      std::cerr << "ccal network revoke: " << revoked.error().message << "\n";
+      if (network_json) {
+        std::cout << nlohmann::json{{"error",
+                                     {{"code", ccal::errcName(revoked.error().code)},
+                                      {"message", revoked.error().message}}}}
+                         .dump()
+                  << "\n";
+      }
+      return 1;
+    }
+    if (network_json) {
+      std::cout << nlohmann::json{{"revoked", *revoked}}.dump() << "\n";
+    } else {
+      std::cout << "Revoked " << *revoked << "; running members drop it within seconds\n";
+    }
+    return 0;
+  }
   if (status->parsed()) return printStatuses("network status", ccal::node::networkStatus(network_dir), network_json);
   if (node_run->parsed()) return ccal::node::runNode(config_file);
   auto call = [&](std::string_view command, auto&& fn) {

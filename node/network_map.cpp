@@ -680,6 +680,12 @@ Result<std::unique_ptr<NetworkMap>> NetworkMap::load(const Certificate& root, st
   return map;
 }
 
+Result<std::vector<Crl>> NetworkMap::readCrlsFile(const fs::path& file) {
+  auto pem = readFile(file, Crl::encoded_bytes_max * 4);
+  CCAL_TRY(pem);
+  return crlsFromPem(*pem, file.string());
+}
+
 Result<std::unique_ptr<NetworkMap>> NetworkMap::loadFiles(const NodeConfig& config, Clock clock) {
   auto root_pem = readFile(config.network_root_file, Certificate::encoded_bytes_max * 2);
   CCAL_TRY(root_pem);
@@ -687,9 +693,7 @@ Result<std::unique_ptr<NetworkMap>> NetworkMap::loadFiles(const NodeConfig& conf
   if (!root) return prefixed(config.network_root_file.string() + ": ", root.error());
   std::vector<Crl> crls;
   if (!config.crls_file.empty()) {
-    auto pem = readFile(config.crls_file, Crl::encoded_bytes_max * 4);
-    CCAL_TRY(pem);
-    auto parsed = crlsFromPem(*pem, config.crls_file.string());
+    auto parsed = readCrlsFile(config.crls_file);
     CCAL_TRY(parsed);
     crls = std::move(parsed).value();
   }

@@ -176,6 +176,8 @@ class NetworkMap final : public PeerDirectory {
   // fails for another reason than revocation (a list badly signed, expired, or missing).
   // Connections already open are the link's to re-check (identifyPeer).
   Result<std::vector<std::string>> replaceCrls(std::vector<Crl> crls);
+  // The revocation lists of a PEM file (one or more "X509 CRL" blocks); errors name the file.
+  static Result<std::vector<Crl>> readCrlsFile(const std::filesystem::path& file);
   std::vector<Crl> crls() const;
 
   // PeerDirectory. identifyPeer accepts a chain whose leaf chains to the root at clock(), is

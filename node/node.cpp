@@ -136,10 +136,19 @@ VaultPartyDirectory vaultPartyDirectory(const NetworkMap& map) {
 
 }  // namespace
 
+// How often a running node reads its crls file again (config.crls_file): a
+// changed file's lists replace the map's (NetworkMap::replaceCrls), and the
+// link closes the connections of members they revoke (TlsLink::recheckPeers).
+constexpr int64_t crls_reread_interval_micros = 5'000'000;
+
 struct Node::Impl final : flows::MessageHandler {
   NodeConfig config;
   std::shared_ptr<spdlog::logger> log;
   std::unique_ptr<NetworkMap> map;
+  // The crls file as last read (applied or refused), and its re-read timer.
+  std::string crls_text;
+  uint64_t crls_timer = 0;  // 0: none
+  void rereadCrls();
   ContractRegistry contracts;
   std::unique_ptr<vault::Vault> vault;
   std::unique_ptr<vault::MessageStore> messages;
@@ -291,6 +300,10 @@ Status Node::Impl::open() {
       if (member->name != config.x500) (void)link->connect(member->name);
     }
     announceNodeInfo();
+    if (!config.crls_file.empty()) {
+      crls_text = readText(config.crls_file);
+      crls_timer = executor.runAfter(crls_reread_interval_micros, [this] { rereadCrls(); });
+    }
   });
   CCAL_TRY(result);
 
@@ -718,6 +731,41 @@ void Node::Impl::addRoutes() {
       });
 }
 
+// On the executor, every crls_reread_interval_micros while the node runs.
+void Node::Impl::rereadCrls() {
+  crls_timer = executor.runAfter(crls_reread_interval_micros, [this] { rereadCrls(); });
+  std::string text = readText(config.crls_file);
+  if (text == crls_text) return;
+  crls_text = text;
+  const std::string file = config.crls_file.string();
+  auto lists = NetworkMap::readCrlsFile(config.crls_file);
+  if (!lists) {
+    log->error("revocation lists not reloaded, the ones in use stay: {}", lists.error().toString());
+    return;
+  }
+  const size_t count = lists->size();
+  auto revoked = map->replaceCrls(std::move(lists).value());
+  if (!revoked) {
+    log->error("revocation lists of {} not applied, the ones in use stay: {}", file,
+               revoked.error().toString());
+    return;
+  }
+  std::string names;
+  for (const auto& n : *revoked) {
+    names += (names.empty() ? "" : "; ") + n;
+    if (n == config.x500) {
+      log->error(
+          "the revocation lists of {} revoke this member's own certificates: every peer refuses it",
+          file);
+    }
+  }
+  const size_t closed = link->recheckPeers();
+  log->warn(
+      "revocation lists reloaded from {}: {} lists; members revoked and removed from the map: {}; "
+      "connections closed: {}",
+      file, count, names.empty() ? "none" : names, closed);
+}
+
 void Node::Impl::stop() {
   if (stopped) return;
   stopped = true;
@@ -728,6 +776,8 @@ void Node::Impl::stop() {
   if (executor.running()) {
     executor.runSync([&] {
       if (api) api->stop();
+      if (crls_timer != 0) executor.cancel(crls_timer);
+      crls_timer = 0;
     });
   }
   if (link) link->stop();

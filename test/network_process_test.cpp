@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <thread>
 
@@ -36,6 +37,13 @@ using namespace std::chrono_literals;
 using nlohmann::json;
 
 namespace {
+
+std::string readFileText(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
 
 // A network of three members on ports no other test uses at the same time.
 fs::path bootstrap(const testing::TempDir& tmp, const testing::PortBlock& ports) {
@@ -176,4 +184,70 @@ TEST_CASE("a real network: messages survive kill -9 of the receiver, once each a
 
   REQUIRE(runCcal("network stop --dir " + net.string()) == 0);
   CHECK_FALSE(fs::exists(net / "alpha" / "run" / "node.pid"));
+}
+
+TEST_CASE("a real network: `ccal network revoke` — running members drop the member, no restarts") {
+  testing::TempDir tmp("ccal-net-revoke");
+  testing::PortBlock ports(10);
+  fs::path net = bootstrap(tmp, ports);
+  startNetwork(net);
+  testing::StopNetworkAtEnd stop_at_end{net};
+  ApiClient alpha = clientOf(net, "alpha");
+  const std::string beta_x500 = x500Of(net, "beta"), gamma_x500 = x500Of(net, "gamma");
+  auto peerStates = [&] {
+    std::map<std::string, std::string> states;
+    if (auto peers = alpha.get("/api/v1/peers")) {
+      for (const auto& p : (*peers)["peers"]) states[p["legal_name"]] = p["state"];
+    }
+    return states;
+  };
+  REQUIRE(waitUntil(
+      [&] {
+        auto s = peerStates();
+        return s[beta_x500] == "connected" && s[gamma_x500] == "connected";
+      },
+      30s));
+  const pid_t beta_pid = pidOf(net, "beta");
+
+  // Bad input first: an unknown member; nothing is written.
+  const std::string crls_before = readFileText(net / "alpha" / "certs" / "crls.pem");
+  auto unknown =
+      testing::runCcalCapturing("network revoke --dir " + net.string() + " --member nobody");
+  CHECK(unknown.exit_code != 0);
+  CHECK(unknown.output.find("'nobody' is not a member folder") != std::string::npos);
+  CHECK(readFileText(net / "alpha" / "certs" / "crls.pem") == crls_before);
+
+  auto revoked =
+      testing::runCcalCapturing("network revoke --dir " + net.string() + " --member beta");
+  INFO(revoked.output);
+  REQUIRE(revoked.exit_code == 0);
+  CHECK(revoked.output.find(beta_x500) != std::string::npos);
+  CHECK(readFileText(net / "alpha" / "certs" / "crls.pem") != crls_before);
+  auto again = testing::runCcalCapturing("network revoke --dir " + net.string() + " --member beta");
+  CHECK(again.exit_code != 0);
+  CHECK(again.output.find("already revoked") != std::string::npos);
+
+  // Within the re-read interval (5 s): beta leaves alpha's map and its
+  // connections close; gamma stays connected; messages to beta are refused.
+  CHECK(waitUntil(
+      [&] {
+        auto s = peerStates();
+        return s.count(beta_x500) == 0 && s[gamma_x500] == "connected";
+      },
+      30s));
+  auto to_beta =
+      alpha.post("/api/v1/messages/diagnostic", {{"to", beta_x500}, {"stream", "s"}, {"count", 1}});
+  REQUIRE_FALSE(to_beta.ok());
+  CHECK(to_beta.error().message.find("not a peer in the network map") != std::string::npos);
+  CHECK(waitUntil(
+      [&] {
+        return readFileText(net / "alpha" / "node.log").find("revocation lists reloaded") !=
+               std::string::npos;
+      },
+      10s));
+  // Beta keeps running (it is refused, it does not crash), and its redials are refused as revoked.
+  std::this_thread::sleep_for(2s);
+  CHECK(::kill(beta_pid, 0) == 0);
+  auto s = peerStates();
+  CHECK(s.count(beta_x500) == 0);
 }
