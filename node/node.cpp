@@ -140,6 +140,8 @@ VaultPartyDirectory vaultPartyDirectory(const NetworkMap& map) {
 // changed file's lists replace the map's (NetworkMap::replaceCrls), and the
 // link closes the connections of members they revoke (TlsLink::recheckPeers).
 constexpr int64_t crls_reread_interval_micros = 5'000'000;
+constexpr uintmax_t crls_file_bytes_max =
+    4 * Crl::encoded_bytes_max;  // as NetworkMap::readCrlsFile
 
 struct Node::Impl final : flows::MessageHandler {
   NodeConfig config;
@@ -734,6 +736,17 @@ void Node::Impl::addRoutes() {
 // On the executor, every crls_reread_interval_micros while the node runs.
 void Node::Impl::rereadCrls() {
   crls_timer = executor.runAfter(crls_reread_interval_micros, [this] { rereadCrls(); });
+  // (NetworkMap::readCrlsFile bounds the file; so does this read, for the comparison.)
+  std::error_code ec;
+  const auto size = fs::file_size(config.crls_file, ec);
+  if (!ec && size > crls_file_bytes_max) {
+    if (crls_text != "(too large)") {
+      log->error("revocation lists not reloaded, the ones in use stay: {} is {} bytes, over {}",
+                 config.crls_file.string(), size, crls_file_bytes_max);
+    }
+    crls_text = "(too large)";
+    return;
+  }
   std::string text = readText(config.crls_file);
   if (text == crls_text) return;
   crls_text = text;
