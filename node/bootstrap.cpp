@@ -668,12 +668,9 @@ Result<BootstrapResult> bootstrapNetwork(const NetworkSpec& spec, const fs::path
 
 Result<std::string> revokeMember(const fs::path& network_dir, const std::string& member,
                                  TimePoint now) {
-  auto read = [](const fs::path& file) -> Result<std::string> {
-    std::ifstream in(file, std::ios::binary);
-    if (!in) return makeError(Errc::not_found, file.string() + ": cannot be read");
-    std::stringstream text;
-    text << in.rdbuf();
-    return text.str();
+  // (A chain, a certificate, a key: far below this.)
+  auto read = [](const fs::path& file) {
+    return readFileBounded(file, NetworkMap::crls_file_bytes_max);
   };
   const fs::path op = network_dir / operator_dir;
   const fs::path member_dir = network_dir / member;

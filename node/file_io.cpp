@@ -6,6 +6,8 @@
 
 #include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 #include <string>
 
 namespace ccal::node {
@@ -69,6 +71,21 @@ Status writeFileAtomically(const fs::path& file, ByteView bytes, mode_t mode) {
 
 Status writeFileAtomically(const fs::path& file, std::string_view text, mode_t mode) {
   return writeFileAtomically(file, asBytes(text), mode);
+}
+
+Result<std::string> readFileBounded(const std::filesystem::path& file, size_t bytes_max) {
+  std::error_code ec;
+  const auto size = std::filesystem::file_size(file, ec);
+  if (ec) return makeError(Errc::not_found, file.string() + ": " + ec.message());
+  if (size > bytes_max) {
+    return makeError(Errc::too_large, file.string() + ": " + std::to_string(size) +
+                                          " bytes, over the limit of " + std::to_string(bytes_max));
+  }
+  std::ifstream in(file, std::ios::binary);
+  if (!in) return makeError(Errc::not_found, file.string() + ": cannot be read");
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
 }
 
 }  // namespace ccal::node

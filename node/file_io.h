@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include <filesystem>
+#include <string>
 #include <string_view>
 
 #include "ledger/bytes.h"
@@ -20,5 +21,9 @@ namespace ccal::node {
 Status writeFileAtomically(const std::filesystem::path& file, ByteView bytes, mode_t mode = 0644);
 Status writeFileAtomically(const std::filesystem::path& file, std::string_view text,
                            mode_t mode = 0644);
+
+// The whole of `file` if it is at most `bytes_max` bytes; errors name the file
+// (not_found: missing or unreadable; too_large: over the limit, not read).
+Result<std::string> readFileBounded(const std::filesystem::path& file, size_t bytes_max);
 
 }  // namespace ccal::node

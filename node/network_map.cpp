@@ -1,5 +1,7 @@
 #include "node/network_map.h"
 
+#include "node/file_io.h"
+
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
@@ -182,21 +184,6 @@ Status checkChain(const std::vector<Certificate>& chain, const std::string& name
       validatePath(leaf, std::span(chain).subspan(1), root, crls, at, RevocationCheck::if_listed);
   if (!valid) return prefixed(what + "chain: ", valid.error());
   return {};
-}
-
-Result<std::string> readFile(const fs::path& file, size_t bytes_max) {
-  std::error_code ec;
-  const auto size = fs::file_size(file, ec);
-  if (ec) return makeError(Errc::not_found, file.string() + ": " + ec.message());
-  if (size > bytes_max) {
-    return makeError(Errc::too_large, file.string() + ": " + std::to_string(size) +
-                                          " bytes, over the limit of " + std::to_string(bytes_max));
-  }
-  std::ifstream in(file, std::ios::binary);
-  if (!in) return makeError(Errc::not_found, file.string() + ": cannot be read");
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
 }
 
 Result<std::vector<Crl>> crlsFromPem(std::string_view pem, const std::string& what) {
@@ -621,7 +608,7 @@ Result<NodeInfo> SignedNodeInfo::verify(const Certificate& root, std::span<const
 }
 
 Result<SignedNodeInfo> signOwnNodeInfo(const NodeConfig& config, uint64_t serial) {
-  auto key_pem = readFile(config.identity_key_file, 64 * 1024);
+  auto key_pem = readFileBounded(config.identity_key_file, 64 * 1024);
   CCAL_TRY(key_pem);
   auto key = keyPairFromPem(*key_pem);
   if (!key) return prefixed(config.identity_key_file.string() + ": ", key.error());
@@ -630,7 +617,8 @@ Result<SignedNodeInfo> signOwnNodeInfo(const NodeConfig& config, uint64_t serial
   info.addresses = {config.p2p_advertised};
   for (auto [file, chain] : {std::pair{&config.identity_chain_file, &info.identity_chain},
                              std::pair{&config.tls_chain_file, &info.tls_chain}}) {
-    auto pem = readFile(*file, L::chain_certificates_max * Certificate::encoded_bytes_max * 2);
+    auto pem =
+        readFileBounded(*file, L::chain_certificates_max * Certificate::encoded_bytes_max * 2);
     CCAL_TRY(pem);
     auto certs = certificatesFromPem(*pem);
     if (!certs) return prefixed(file->string() + ": ", certs.error());
@@ -681,13 +669,17 @@ Result<std::unique_ptr<NetworkMap>> NetworkMap::load(const Certificate& root, st
 }
 
 Result<std::vector<Crl>> NetworkMap::readCrlsFile(const fs::path& file) {
-  auto pem = readFile(file, Crl::encoded_bytes_max * 4);
+  auto pem = readFileBounded(file, crls_file_bytes_max);
   CCAL_TRY(pem);
   return crlsFromPem(*pem, file.string());
 }
 
+Result<std::vector<Crl>> NetworkMap::parseCrls(std::string_view pem, const std::string& what) {
+  return crlsFromPem(pem, what);
+}
+
 Result<std::unique_ptr<NetworkMap>> NetworkMap::loadFiles(const NodeConfig& config, Clock clock) {
-  auto root_pem = readFile(config.network_root_file, Certificate::encoded_bytes_max * 2);
+  auto root_pem = readFileBounded(config.network_root_file, Certificate::encoded_bytes_max * 2);
   CCAL_TRY(root_pem);
   auto root = Certificate::fromPem(*root_pem);
   if (!root) return prefixed(config.network_root_file.string() + ": ", root.error());
@@ -697,7 +689,7 @@ Result<std::unique_ptr<NetworkMap>> NetworkMap::loadFiles(const NodeConfig& conf
     CCAL_TRY(parsed);
     crls = std::move(parsed).value();
   }
-  auto params = readFile(config.network_parameters_file, L::parameters_bytes_max * 2);
+  auto params = readFileBounded(config.network_parameters_file, L::parameters_bytes_max * 2);
   CCAL_TRY(params);
   std::vector<fs::path> files;
   std::error_code ec;
@@ -713,7 +705,7 @@ Result<std::unique_ptr<NetworkMap>> NetworkMap::loadFiles(const NodeConfig& conf
   std::sort(files.begin(), files.end());
   std::vector<Bytes> infos;
   for (const auto& f : files) {
-    auto bytes = readFile(f, L::node_info_bytes_max * 2);
+    auto bytes = readFileBounded(f, L::node_info_bytes_max * 2);
     CCAL_TRY(bytes);
     infos.emplace_back(bytes->begin(), bytes->end());
   }

@@ -176,8 +176,11 @@ class NetworkMap final : public PeerDirectory {
   // fails for another reason than revocation (a list badly signed, expired, or missing).
   // Connections already open are the link's to re-check (identifyPeer).
   Result<std::vector<std::string>> replaceCrls(std::vector<Crl> crls);
-  // The revocation lists of a PEM file (one or more "X509 CRL" blocks); errors name the file.
+  // The revocation lists of a PEM file (one or more "X509 CRL" blocks, the file at most
+  // crls_file_bytes_max), or of its text; errors name the file (`what`).
+  static constexpr size_t crls_file_bytes_max = 4 * Crl::encoded_bytes_max;
   static Result<std::vector<Crl>> readCrlsFile(const std::filesystem::path& file);
+  static Result<std::vector<Crl>> parseCrls(std::string_view pem, const std::string& what);
   std::vector<Crl> crls() const;
 
   // PeerDirectory. identifyPeer accepts a chain whose leaf chains to the root at clock(), is

@@ -140,8 +140,6 @@ VaultPartyDirectory vaultPartyDirectory(const NetworkMap& map) {
 // changed file's lists replace the map's (NetworkMap::replaceCrls), and the
 // link closes the connections of members they revoke (TlsLink::recheckPeers).
 constexpr int64_t crls_reread_interval_micros = 5'000'000;
-constexpr uintmax_t crls_file_bytes_max =
-    4 * Crl::encoded_bytes_max;  // as NetworkMap::readCrlsFile
 
 struct Node::Impl final : flows::MessageHandler {
   NodeConfig config;
@@ -303,7 +301,8 @@ Status Node::Impl::open() {
     }
     announceNodeInfo();
     if (!config.crls_file.empty()) {
-      crls_text = readText(config.crls_file);
+      if (auto text = readFileBounded(config.crls_file, NetworkMap::crls_file_bytes_max))
+        crls_text = *text;
       crls_timer = executor.runAfter(crls_reread_interval_micros, [this] { rereadCrls(); });
     }
   });
@@ -736,22 +735,14 @@ void Node::Impl::addRoutes() {
 // On the executor, every crls_reread_interval_micros while the node runs.
 void Node::Impl::rereadCrls() {
   crls_timer = executor.runAfter(crls_reread_interval_micros, [this] { rereadCrls(); });
-  // (NetworkMap::readCrlsFile bounds the file; so does this read, for the comparison.)
-  std::error_code ec;
-  const auto size = fs::file_size(config.crls_file, ec);
-  if (!ec && size > crls_file_bytes_max) {
-    if (crls_text != "(too large)") {
-      log->error("revocation lists not reloaded, the ones in use stay: {} is {} bytes, over {}",
-                 config.crls_file.string(), size, crls_file_bytes_max);
-    }
-    crls_text = "(too large)";
-    return;
-  }
-  std::string text = readText(config.crls_file);
-  if (text == crls_text) return;
-  crls_text = text;
+  // One bounded read; a file that stays the same (or stays unreadable) is not applied or logged
+  // again.
   const std::string file = config.crls_file.string();
-  auto lists = NetworkMap::readCrlsFile(config.crls_file);
+  auto text = readFileBounded(config.crls_file, NetworkMap::crls_file_bytes_max);
+  std::string seen = text ? *text : "(not read) " + text.error().toString();
+  if (seen == crls_text) return;
+  crls_text = std::move(seen);
+  auto lists = text ? NetworkMap::parseCrls(*text, file) : Result<std::vector<Crl>>(text.error());
   if (!lists) {
     log->error("revocation lists not reloaded, the ones in use stay: {}", lists.error().toString());
     return;

@@ -233,6 +233,12 @@ struct ClusterFigures {
   double at80_cores_busy = 0, at80_members_cpu_us = 0, at80_replicas_cpu_us = 0;
 };
 
+// A counter of r1's notary status (group.key) between two readings.
+double statusDelta(const json& before, const json& after, const char* group, const char* key) {
+  return static_cast<double>(after[group].value(key, uint64_t{0}) -
+                             before[group].value(key, uint64_t{0}));
+}
+
 double cpuMicrosOf(const fs::path& net, const std::vector<std::string>& names) {
   double sum = 0;
   for (const auto& name : names) sum += testing::processCpuMicros(testing::pidOf(net, name));
@@ -295,8 +301,7 @@ ClusterFigures runCluster(const Args& args, int n) {
   }
   if (before && after) {
     auto delta = [&](const char* group, const char* key) {
-      return static_cast<double>((*after)[group].value(key, uint64_t{0}) -
-                                 (*before)[group].value(key, uint64_t{0}));
+      return statusDelta(*before, *after, group, key);
     };
     double batches = delta("stats", "batches_executed");
     double requests = delta("stats", "requests_executed");
@@ -340,8 +345,7 @@ ClusterFigures runCluster(const Args& args, int n) {
   }
   if (before80 && after80) {
     auto delta = [&](const char* group, const char* key) {
-      return static_cast<double>((*after80)[group].value(key, uint64_t{0}) -
-                                 (*before80)[group].value(key, uint64_t{0}));
+      return statusDelta(*before80, *after80, group, key);
     };
     const double batches = delta("stats", "batches_executed");
     if (batches > 0) {
