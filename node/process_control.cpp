@@ -159,6 +159,13 @@ bool stopMember(const MemberDir& member, const PidRecord& record, int64_t timeou
   return killed;
 }
 
+// A member that exited so quickly that its start time could not be read, and one
+// that exited later while starting, are the same failure to the operator.
+Error exitedBeforeReady(const MemberDir& member) {
+  return Error{Errc::io_error, member.name + " exited before it was ready; its log (" +
+                                   member.logFile().string() + ") ends:\n" + logTail(member)};
+}
+
 }  // namespace
 
 Result<std::vector<MemberDir>> listMembers(const fs::path& network_dir) {
@@ -236,7 +243,7 @@ Result<std::vector<MemberStatus>> startNetwork(const fs::path& network_dir,
       if (record.start_time.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
     if (record.start_time.empty()) {
-      return fail(Error{Errc::io_error, member.name + " exited at once: " + logTail(member)});
+      return fail(exitedBeforeReady(member));
     }
     auto written = writeFileAtomically(member.pidFile(), std::to_string(record.pid) + " " +
                                                              record.start_time + "\n");
@@ -257,9 +264,7 @@ Result<std::vector<MemberStatus>> startNetwork(const fs::path& network_dir,
     const auto& record = it->second;
     while (!isReady(member, record.pid)) {
       if (!isRunning(record)) {
-        return fail(Error{Errc::io_error, member.name + " exited before it was ready; its log (" +
-                                              member.logFile().string() + ") ends:\n" +
-                                              logTail(member)});
+        return fail(exitedBeforeReady(member));
       }
       if (std::chrono::steady_clock::now() > deadline) {
         return fail(Error{Errc::timeout, member.name + " was not ready within " +
