@@ -24,22 +24,16 @@ void writeTerms(schema::lc::LcTerms::Builder b, const LcTerms& t) {
   for (uint32_t i = 0; i < t.requiredDocuments.size(); ++i) docs.set(i, t.requiredDocuments[i]);
 }
 
-// A document name with a NUL would survive decoding but not encoding (text
-// is written up to its first NUL): refused, so one state has one encoding.
-Status noNul(const std::string& text, const char* what) {
-  if (text.find('\0') == std::string::npos) return Status::success();
-  return makeError(Errc::malformed,
-                   std::string("letter of credit state: ") + what + " contains a NUL byte");
-}
-
 Result<LcTerms> readTerms(schema::lc::LcTerms::Reader r) {
   LcTerms t;
   t.amountMinor = r.getAmountMinor();
   t.expiryMicros = r.getExpiryMicros();
   t.latestShipmentMicros = r.getLatestShipmentMicros();
   for (auto d : r.getRequiredDocuments()) {
-    t.requiredDocuments.emplace_back(d.cStr(), d.size());
-    CCAL_TRY(noNul(t.requiredDocuments.back(), "a required document's name"));
+    auto name =
+        readText(d, "letter of credit state: a required document's name", text_bounded_by_message);
+    if (!name) return name.error();
+    t.requiredDocuments.push_back(std::move(name).value());
   }
   return t;
 }
@@ -90,8 +84,9 @@ Result<LetterOfCredit> decodeLetterOfCredit(ByteView bytes) {
         auto id = SecureHash::fromBytes(asByteView(r.getLinearId()));
         if (!id) return id.error();
         lc.linearId = *id;
-        lc.lcNumber = std::string(r.getLcNumber().cStr(), r.getLcNumber().size());
-        CCAL_TRY(noNul(lc.lcNumber, "the LC number"));
+        CCAL_TRY_ASSIGN(lc.lcNumber,
+                        readText(r.getLcNumber(), "letter of credit state: the LC number",
+                                 text_bounded_by_message));
         auto applicant = Key::read(r.getApplicant());
         if (!applicant) return applicant.error();
         auto beneficiary = Key::read(r.getBeneficiary());
@@ -104,7 +99,8 @@ Result<LetterOfCredit> decodeLetterOfCredit(ByteView bytes) {
         lc.beneficiary = *beneficiary;
         lc.issuingBank = *issuing;
         lc.advisingBank = *advising;
-        lc.currency = std::string(r.getCurrency().cStr());
+        CCAL_TRY_ASSIGN(lc.currency, readText(r.getCurrency(), "letter of credit state: currency",
+                                              text_bounded_by_message));
         auto terms = readTerms(r.getTerms());
         if (!terms) return terms.error();
         lc.terms = std::move(terms).value();
@@ -114,8 +110,10 @@ Result<LetterOfCredit> decodeLetterOfCredit(ByteView bytes) {
         }
         lc.status = static_cast<LcStatus>(status);
         for (auto d : r.getDiscrepancies()) {
-          lc.discrepancies.emplace_back(d.cStr(), d.size());
-          CCAL_TRY(noNul(lc.discrepancies.back(), "a discrepancy"));
+          auto reason =
+              readText(d, "letter of credit state: a discrepancy", text_bounded_by_message);
+          if (!reason) return reason.error();
+          lc.discrepancies.push_back(std::move(reason).value());
         }
         if (r.getHasAmendment()) {
           auto amendment = readTerms(r.getAmendment());
@@ -125,7 +123,11 @@ Result<LetterOfCredit> decodeLetterOfCredit(ByteView bytes) {
         for (auto d : r.getPresentation()) {
           auto h = SecureHash::fromBytes(asByteView(d.getSha256()));
           if (!h) return makeError(Errc::malformed, "letter of credit state: a document hash is not 32 bytes");
-          lc.presentation.push_back(LcDocument{std::string(d.getDocumentType().cStr()), *h});
+          auto type =
+              readText(d.getDocumentType(), "letter of credit state: a presented document's type",
+                       text_bounded_by_message);
+          if (!type) return type.error();
+          lc.presentation.push_back(LcDocument{std::move(type).value(), *h});
         }
         lc.drawingMinor = r.getDrawingMinor();
         lc.paidMinor = r.getPaidMinor();

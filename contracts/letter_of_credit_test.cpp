@@ -138,12 +138,7 @@ TEST_CASE("letter of credit state round-trips and declares its fields") {
   CHECK_FALSE(decodeLetterOfCredit(Bytes{1, 2, 3}));
   // A NUL inside a document name would not encode back: refused, named.
   lc.amendment = LcTerms{5, 6, 5, {"bill of lading QQQ"}};
-  Bytes nul = encodeLetterOfCredit(lc);
-  const std::string marker = "QQQ";
-  auto at = std::search(nul.begin(), nul.end(), marker.begin(), marker.end());
-  REQUIRE(at != nul.end());
-  *at = 0;
-  auto refused = decodeLetterOfCredit(nul);
+  auto refused = decodeLetterOfCredit(ccal::testing::withNulAt(encodeLetterOfCredit(lc), "QQQ"));
   REQUIRE_FALSE(refused);
   CHECK(refused.error().message.find("a required document's name contains a NUL byte") !=
         std::string::npos);

@@ -84,12 +84,13 @@ Result<Fund> decodeFund(ByteView bytes) {
     auto id = readId(r.getFundId());
     if (!id) return id.error();
     f.fundId = *id;
-    f.name = r.getName().cStr();
+    CCAL_TRY_ASSIGN(f.name, readText(r.getName(), "fund state: name", text_bounded_by_message));
     auto committee = readKeys(r.getCommittee());
     if (!committee) return committee.error();
     f.committee = std::move(committee).value();
     f.threshold = r.getThreshold();
-    f.currency = r.getCurrency().cStr();
+    CCAL_TRY_ASSIGN(f.currency,
+                    readText(r.getCurrency(), "fund state: currency", text_bounded_by_message));
     f.interestMinBp = r.getInterestMinBp();
     f.interestMaxBp = r.getInterestMaxBp();
     f.termMinDays = r.getTermMinDays();
@@ -142,7 +143,8 @@ Result<Loan> decodeLoan(ByteView bytes) {
     if (!committee) return committee.error();
     l.committee = std::move(committee).value();
     l.threshold = r.getThreshold();
-    l.currency = r.getCurrency().cStr();
+    CCAL_TRY_ASSIGN(l.currency,
+                    readText(r.getCurrency(), "loan state: currency", text_bounded_by_message));
     l.principalMinor = r.getPrincipalMinor();
     l.interestBp = r.getInterestBp();
     l.termDays = r.getTermDays();
@@ -192,7 +194,8 @@ Result<CreditRecord> decodeCreditRecord(ByteView bytes) {
         }
         c.event = static_cast<CreditEvent>(event);
         c.amountMinor = r.getAmountMinor();
-        c.currency = r.getCurrency().cStr();
+        CCAL_TRY_ASSIGN(c.currency, readText(r.getCurrency(), "credit record: currency",
+                                             text_bounded_by_message));
         c.atMicros = r.getAtMicros();
         return c;
       });

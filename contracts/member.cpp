@@ -28,11 +28,18 @@ Result<Member> decodeMember(ByteView bytes) {
         if (!member) return member.error();
         auto id = SecureHash::fromBytes(asByteView(r.getLinearId()));
         if (!id) return id.error();
+        std::string cooperative_name, legal_name, role;
+        CCAL_TRY_ASSIGN(cooperative_name,
+                        readText(r.getCooperativeName(), "member state: cooperative name",
+                                 text_bounded_by_message));
+        CCAL_TRY_ASSIGN(legal_name, readText(r.getLegalName(), "member state: legal name",
+                                             text_bounded_by_message));
+        CCAL_TRY_ASSIGN(role, readText(r.getRole(), "member state: role", text_bounded_by_message));
         return Member{*coop,
-                      std::string(r.getCooperativeName().cStr()),
+                      std::move(cooperative_name),
                       *member,
-                      std::string(r.getLegalName().cStr()),
-                      std::string(r.getRole().cStr()),
+                      std::move(legal_name),
+                      std::move(role),
                       r.getValidFromMicros(),
                       r.getValidUntilMicros(),
                       *id};

@@ -38,9 +38,20 @@ Result<Receivable> decodeReceivable(ByteView bytes) {
         if (!holder) return holder.error();
         auto id = SecureHash::fromBytes(asByteView(r.getLinearId()));
         if (!id) return id.error();
-        return Receivable{*seller,         *buyer,           *holder,
-                          std::string(r.getCurrency().cStr()), r.getAmountMinor(), r.getDueMicros(),
-                          std::string(r.getInvoiceNumber().cStr()), *id};
+        std::string currency, invoice_number;
+        CCAL_TRY_ASSIGN(currency, readText(r.getCurrency(), "receivable state: currency",
+                                           text_bounded_by_message));
+        CCAL_TRY_ASSIGN(invoice_number,
+                        readText(r.getInvoiceNumber(), "receivable state: invoice number",
+                                 text_bounded_by_message));
+        return Receivable{*seller,
+                          *buyer,
+                          *holder,
+                          std::move(currency),
+                          r.getAmountMinor(),
+                          r.getDueMicros(),
+                          std::move(invoice_number),
+                          *id};
       });
 }
 
@@ -56,7 +67,10 @@ Result<InvoiceRegistration> decodeRegistration(ByteView bytes) {
       bytes, "invoice registration", Canonical::required, [](auto r) -> Result<InvoiceRegistration> {
         auto seller = Key::read(r.getSeller());
         if (!seller) return seller.error();
-        return InvoiceRegistration{*seller, std::string(r.getInvoiceNumber().cStr())};
+        auto invoice_number = readText(r.getInvoiceNumber(), "invoice registration: invoice number",
+                                       text_bounded_by_message);
+        if (!invoice_number) return invoice_number.error();
+        return InvoiceRegistration{*seller, std::move(invoice_number).value()};
       });
 }
 

@@ -18,6 +18,13 @@ TEST_CASE("receivable and registration states round-trip and declare their field
   CHECK(v.linearId == r.linearId);
   CHECK(v.fields.size() == ReceivableSchema().fields().size());
   CHECK(RegistrationSchema().view(registrationState(l.notary.party(), reg)).value().fields.size() == 2);
+  // A NUL inside the invoice number would not encode back (cStr() used to cut
+  // the number there): refused, named.
+  r.invoiceNumber = "INV-QQQ";
+  auto refused = decodeReceivable(ccal::testing::withNulAt(encodeReceivable(r), "QQQ"));
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error().message.find("receivable state: invoice number contains a NUL byte") !=
+        std::string::npos);
 }
 
 TEST_CASE("the registration transaction is the same wherever it is built, and differs per number") {

@@ -23,7 +23,9 @@ Result<Token> decodeToken(ByteView bytes) {
         if (!owner) return owner.error();
         auto issuer = Key::read(r.getIssuer());
         if (!issuer) return issuer.error();
-        return Token{*owner, *issuer, std::string(r.getCurrency().cStr()), r.getAmountMinor()};
+        auto currency = readText(r.getCurrency(), "token state: currency", text_bounded_by_message);
+        if (!currency) return currency.error();
+        return Token{*owner, *issuer, std::move(currency).value(), r.getAmountMinor()};
       });
 }
 

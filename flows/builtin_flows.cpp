@@ -816,10 +816,9 @@ Result<FinalityArgs> decodeFinalityArgs(ByteView bytes) {
         auto l = r.getExtraObservers();
         if (l.size() > 64) return makeError(Errc::too_large, "more than 64 extra observers");
         for (auto t : l) {
-          args.extra_observers.emplace_back(t.cStr(), t.size());
-          if (args.extra_observers.back().find('\0') != std::string::npos) {
-            return makeError(Errc::malformed, "an extra observer's name contains a NUL byte");
-          }
+          auto name = readText(t, "an extra observer's name", text_bounded_by_message);
+          if (!name) return name.error();
+          args.extra_observers.push_back(std::move(name).value());
         }
         return args;
       },

@@ -50,16 +50,11 @@ Result<std::vector<std::string>> readNames(capnp::List<capnp::Text>::Reader list
   if (auto s = checkCount(list, limits.list_entries_max, what); !s) return s.error();
   std::vector<std::string> out;
   for (uint32_t i = 0; i < list.size(); ++i) {
-    if (list[i].size() == 0 || list[i].size() > limits.party_name_bytes_max) {
-      return makeError(Errc::malformed, what + " " + std::to_string(i) + " is empty or over " +
-                                            std::to_string(limits.party_name_bytes_max) + " bytes");
-    }
-    out.emplace_back(list[i].cStr(), list[i].size());
-    // An X.500 name holds no NUL; one would survive decoding but not
-    // encoding (the encoder writes text up to its first NUL): refused.
-    if (out.back().find('\0') != std::string::npos) {
-      return makeError(Errc::malformed, what + " " + std::to_string(i) + " contains a NUL byte");
-    }
+    if (list[i].size() == 0)
+      return makeError(Errc::malformed, what + " " + std::to_string(i) + " is empty");
+    auto name = readText(list[i], what + " " + std::to_string(i), limits.party_name_bytes_max);
+    if (!name) return name.error();
+    out.push_back(std::move(name).value());
   }
   return out;
 }
@@ -165,15 +160,8 @@ Result<BuiltinMessage> decodeBuiltinMessage(ByteView bytes, const std::vector<Ki
         switch (m.kind) {
           case Kind::sign_request: {
             auto q = r.getSignRequest();
-            if (q.getCheck().size() > limits.check_name_bytes_max) {
-              return makeError(Errc::too_large, "the check's name is over " +
-                                                    std::to_string(limits.check_name_bytes_max) +
-                                                    " bytes");
-            }
-            m.check = std::string(q.getCheck().cStr(), q.getCheck().size());
-            if (m.check.find('\0') != std::string::npos) {
-              return makeError(Errc::malformed, "the check's name contains a NUL byte");
-            }
+            CCAL_TRY_ASSIGN(
+                m.check, readText(q.getCheck(), "the check's name", limits.check_name_bytes_max));
             auto stx = SignedTransaction::decode(asByteView(q.getTransaction()), limits.transaction);
             if (!stx) return makeError(stx.error().code, "transaction: " + stx.error().message);
             m.stx = std::move(stx).value();

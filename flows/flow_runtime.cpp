@@ -42,7 +42,6 @@ Errc errcOf(uint16_t code) {
 
 std::string quoted(std::string_view s) { return "'" + std::string(s) + "'"; }
 
-std::string textOf(capnp::Text::Reader t) { return std::string(t.cStr(), t.size()); }
 Bytes bytesOf(capnp::Data::Reader d) { return Bytes(d.begin(), d.end()); }
 
 void setEnd(schema::flows::SessionEnd::Builder b, const EndInfo& end) {
@@ -51,11 +50,11 @@ void setEnd(schema::flows::SessionEnd::Builder b, const EndInfo& end) {
   b.setMessage(end.message);
 }
 
-EndInfo endOf(schema::flows::SessionEnd::Reader r) {
+Result<EndInfo> endOf(schema::flows::SessionEnd::Reader r) {
   EndInfo end;
   end.ok = r.getOk();
   end.code = end.ok ? Errc::ok : errcOf(r.getCode());
-  end.message = textOf(r.getMessage());
+  CCAL_TRY_ASSIGN(end.message, readText(r.getMessage(), "end message", text_bounded_by_message));
   return end;
 }
 
@@ -141,7 +140,7 @@ Result<Event> decodeEvent(ByteView bytes, const std::string& what) {
             e.seq = m.getSeq();
             if (m.isEnd()) {
               e.is_end = true;
-              e.end = endOf(m.getEnd());
+              CCAL_TRY_ASSIGN(e.end, endOf(m.getEnd()));
             } else {
               e.data = bytesOf(m.getData());
             }
@@ -162,27 +161,30 @@ Result<Event> decodeEvent(ByteView bytes, const std::string& what) {
           case schema::flows::FlowEvent::SUB_FLOW_ENDED: {
             auto s = r.getSubFlowEnded();
             e.kind = EventKind::subflow;
-            e.name = textOf(s.getName());
+            CCAL_TRY_ASSIGN(e.name,
+                            readText(s.getName(), "sub-flow name", text_bounded_by_message));
             e.end.ok = s.getOk();
             e.end.code = e.end.ok ? Errc::ok : errcOf(s.getCode());
-            e.end.message = textOf(s.getMessage());
+            CCAL_TRY_ASSIGN(e.end.message,
+                            readText(s.getMessage(), "sub-flow message", text_bounded_by_message));
             return e;
           }
           case schema::flows::FlowEvent::ABORTED:
             e.kind = EventKind::aborted;
-            e.end = endOf(r.getAborted());
+            CCAL_TRY_ASSIGN(e.end, endOf(r.getAborted()));
             if (e.end.ok) return makeError(Errc::malformed, "an abort that is not an error");
             return e;
           case schema::flows::FlowEvent::CALLED: {
             auto c = r.getCalled();
             e.kind = EventKind::called;
-            e.name = textOf(c.getName());
+            CCAL_TRY_ASSIGN(e.name, readText(c.getName(), "called name", text_bounded_by_message));
             e.end.ok = c.getOk();
             if (e.end.ok) {
               e.data = bytesOf(c.getData());
             } else {
               e.end.code = errcOf(c.getCode());
-              e.end.message = textOf(c.getMessage());
+              CCAL_TRY_ASSIGN(e.end.message,
+                              readText(c.getMessage(), "call message", text_bounded_by_message));
             }
             return e;
           }
@@ -204,7 +206,9 @@ Error decodeFlowError(ByteView bytes) {
   };
   auto decoded = decodeMessage<schema::flows::FlowError>(
       bytes, "stored flow error", Canonical::required, [](auto r) -> Result<Stored> {
-        return Stored{makeError(errcOf(r.getCode()), textOf(r.getMessage()))};
+        auto message = readText(r.getMessage(), "message", text_bounded_by_message);
+        if (!message) return message.error();
+        return Stored{makeError(errcOf(r.getCode()), std::move(message).value())};
       });
   if (!decoded) return makeError(Errc::storage_error, decoded.error().message);
   return decoded.value().error;
@@ -248,8 +252,11 @@ Result<FlowRuntime::Decoded> decodeSessionMessage(ByteView bytes) {
           case schema::flows::SessionMessage::INIT: {
             auto init = r.getInit();
             d.kind = FlowRuntime::Decoded::Kind::init;
-            d.flow_name = textOf(init.getFlowName());
-            d.initiator_name = textOf(init.getInitiatorFlowName());
+            CCAL_TRY_ASSIGN(d.flow_name, readText(init.getFlowName(), "an init's flow name",
+                                                  text_bounded_by_message));
+            CCAL_TRY_ASSIGN(d.initiator_name,
+                            readText(init.getInitiatorFlowName(), "an init's initiator flow name",
+                                     text_bounded_by_message));
             d.payload = bytesOf(init.getPayload());
             if (!d.to_responder || d.seq != 0) {
               return makeError(Errc::malformed, "an init that is not the initiator's seq 0");
@@ -271,7 +278,7 @@ Result<FlowRuntime::Decoded> decodeSessionMessage(ByteView bytes) {
             return d;
           case schema::flows::SessionMessage::END:
             d.kind = FlowRuntime::Decoded::Kind::end;
-            d.end = endOf(r.getEnd());
+            CCAL_TRY_ASSIGN(d.end, endOf(r.getEnd()));
             return d;
         }
         return makeError(Errc::malformed, "a session message of an unknown kind");
@@ -1196,8 +1203,11 @@ void FlowRuntime::resumeStored(vault::FlowCheckpoint cp, bool fresh_timeout) {
             auto opener = SecureHash::fromBytes(asByteView(r.getInitiatorFlow()));
             if (!opener) return opener.error();
             f.responder = true;
-            f.counterparty_peer = textOf(r.getPeer());
-            f.initiator_name = textOf(r.getInitiatorFlowName());
+            CCAL_TRY_ASSIGN(f.counterparty_peer,
+                            readText(r.getPeer(), "peer", text_bounded_by_message));
+            CCAL_TRY_ASSIGN(
+                f.initiator_name,
+                readText(r.getInitiatorFlowName(), "initiator flow name", text_bounded_by_message));
             f.openInbound(SessionKey{opener.value(), r.getSessionIndex()}, f.counterparty_peer,
                           bytesOf(r.getFirstPayload()));
             return {};

@@ -267,7 +267,8 @@ Result<Review> decodeReview(ByteView bytes, const SecureHash& subject) {
       bytes, "loan review", Canonical::required, [&subject](auto r) -> Result<Review> {
         Review v;
         v.wouldApprove = r.getWouldApprove();
-        v.reason = r.getReason().cStr();
+        CCAL_TRY_ASSIGN(v.reason,
+                        readText(r.getReason(), "a loan review's reason", text_bounded_by_message));
         v.report.subject = subject;
         v.report.loans_taken = r.getLoansTaken();
         v.report.repaid_on_time = r.getRepaidOnTime();
@@ -275,12 +276,18 @@ Result<Review> decodeReview(ByteView bytes, const SecureHash& subject) {
         v.report.defaulted = r.getDefaulted();
         v.report.settled = r.getSettled();
         for (auto e : r.getOutstanding()) {
-          if (!validCurrency(e.getCurrency().cStr())) return makeError(Errc::malformed, "a review names a bad currency");
-          v.report.outstanding_minor[e.getCurrency().cStr()] = e.getAmountMinor();
+          auto currency = readText(e.getCurrency(), "a review's currency", text_bounded_by_message);
+          if (!currency || !validCurrency(*currency)) {
+            return makeError(Errc::malformed, "a review names a bad currency");
+          }
+          v.report.outstanding_minor[*currency] = e.getAmountMinor();
         }
         for (auto e : r.getRepaid()) {
-          if (!validCurrency(e.getCurrency().cStr())) return makeError(Errc::malformed, "a review names a bad currency");
-          v.report.repaid_minor[e.getCurrency().cStr()] = e.getAmountMinor();
+          auto currency = readText(e.getCurrency(), "a review's currency", text_bounded_by_message);
+          if (!currency || !validCurrency(*currency)) {
+            return makeError(Errc::malformed, "a review names a bad currency");
+          }
+          v.report.repaid_minor[*currency] = e.getAmountMinor();
         }
         return v;
       });

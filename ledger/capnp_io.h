@@ -11,6 +11,7 @@
 // (what capnp::canonicalize() returns, `capnp decode --flat` reads), so that
 // is the form decodeMessage() reads too.
 
+#include <capnp/blob.h>
 #include <capnp/message.h>
 #include <capnp/serialize.h>
 #include <kj/array.h>
@@ -170,6 +171,29 @@ inline kj::ArrayPtr<const capnp::word> asWords(ByteView bytes) {
 inline ByteView asByteView(capnp::Data::Reader data) { return {data.begin(), data.size()}; }
 // The reverse: bytes to hand to a Cap'n Proto Data setter.
 inline kj::ArrayPtr<const kj::byte> asData(ByteView bytes) { return {bytes.data(), bytes.size()}; }
+
+// For readText: a text field whose only bound is the message it is in
+// (decodeMessage's message_bytes_max, a state's state_data_bytes_max, ...).
+inline constexpr size_t text_bounded_by_message = SIZE_MAX;
+
+// A text field of decoded, untrusted bytes as a std::string: refused, naming
+// `field`, if it is over `max_bytes` or holds a NUL byte. A NUL would survive
+// decoding but not encoding (Cap'n Proto writes a std::string up to its first
+// NUL), so one value would have two encodings, and "O=Bank\0..." would pass
+// for "O=Bank" wherever text is shown as a C string. Every decoder reads text
+// through this, never through cStr().
+inline Result<std::string> readText(capnp::Text::Reader text, std::string_view field,
+                                    size_t max_bytes) {
+  const std::string_view view(text.begin(), text.size());
+  if (view.size() > max_bytes) {
+    return makeError(Errc::too_large, std::string(field) + " is " + std::to_string(view.size()) +
+                                          " bytes, over the limit of " + std::to_string(max_bytes));
+  }
+  if (view.find('\0') != std::string_view::npos) {
+    return makeError(Errc::malformed, std::string(field) + " contains a NUL byte");
+  }
+  return std::string(view);
+}
 
 enum class Canonical { required, not_required };
 

@@ -2,6 +2,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <string>
 
 #include "schemas/testing.capnp.h"
@@ -74,4 +75,38 @@ TEST_CASE(
   CHECK(inner_small == small);
   CHECK_FALSE(detail::scratchSegment().in_use);
   CHECK_FALSE(detail::largeScratchSegment().in_use);
+}
+
+TEST_CASE(
+    "readText: a text within its bound and without a NUL is read; otherwise refused, naming the "
+    "field") {
+  auto read = [](ByteView bytes, size_t max_bytes) {
+    return decodeMessage<st::TestToken>(bytes, "token", Canonical::not_required,
+                                        [&](st::TestToken::Reader t) -> Result<std::string> {
+                                          return readText(t.getReference(), "token reference",
+                                                          max_bytes);
+                                        });
+  };
+  const Bytes plain = token("INV-1-QQQ", 0);
+  CHECK(read(plain, 9).value() == "INV-1-QQQ");
+  CHECK(read(plain, text_bounded_by_message).value() == "INV-1-QQQ");
+  CHECK(read(token("", 0), 0).value().empty());
+
+  auto over = read(plain, 8);
+  REQUIRE_FALSE(over);
+  CHECK(over.error().code == Errc::too_large);
+  CHECK(over.error().message.find("token reference is 9 bytes, over the limit of 8") !=
+        std::string::npos);
+
+  // A NUL inside the text (the bytes, not the encoder, put it there): refused,
+  // where cStr() would have read "INV-1-" and lost what follows.
+  Bytes nul = plain;
+  const std::string marker = "QQQ";
+  auto at = std::search(nul.begin(), nul.end(), marker.begin(), marker.end());
+  REQUIRE(at != nul.end());
+  *at = 0;
+  auto refused = read(nul, text_bounded_by_message);
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error().code == Errc::malformed);
+  CHECK(refused.error().message.find("token reference contains a NUL byte") != std::string::npos);
 }

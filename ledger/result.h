@@ -124,3 +124,11 @@ class [[nodiscard]] Status {
     auto&& ccal_try_ = (expr);                  \
     if (!ccal_try_.ok()) return ccal_try_.error(); \
   } while (false)
+
+// Assign a successful Result's value to `lhs`, or return its error to the caller.
+#define CCAL_TRY_ASSIGN(lhs, expr)                 \
+  do {                                             \
+    auto ccal_try_ = (expr);                       \
+    if (!ccal_try_.ok()) return ccal_try_.error(); \
+    lhs = std::move(ccal_try_).value();            \
+  } while (false)

@@ -7,22 +7,6 @@ namespace ccal {
 
 namespace {
 
-std::string_view textOf(capnp::Text::Reader t) { return {t.begin(), t.size()}; }
-
-Result<std::string> readName(capnp::Text::Reader t, std::string_view field, uint32_t max_bytes) {
-  if (t.size() > max_bytes) {
-    return makeError(Errc::too_large, std::string(field) + " is " + std::to_string(t.size()) +
-                                          " bytes, over the limit of " + std::to_string(max_bytes));
-  }
-  // A NUL inside a name would survive decoding but not encoding (Cap'n Proto
-  // writes a std::string through c_str()), and would let "O=Bank\0..." pass
-  // for "O=Bank" wherever a name is shown as a C string.
-  if (textOf(t).find('\0') != std::string_view::npos) {
-    return makeError(Errc::malformed, std::string(field) + " contains a NUL byte");
-  }
-  return std::string(textOf(t));
-}
-
 Result<Bytes> readData(capnp::Data::Reader d, std::string_view field, uint32_t max_bytes) {
   if (d.size() > max_bytes) {
     return makeError(Errc::too_large, std::string(field) + " is " + std::to_string(d.size()) +
@@ -68,7 +52,7 @@ void writeStateRef(schema::StateRef::Builder builder, const StateRef& ref) {
 }
 
 Result<Party> readParty(schema::Party::Reader reader, const ComponentLimits& limits) {
-  auto name = readName(reader.getName(), "party name", limits.name_bytes_max);
+  auto name = readText(reader.getName(), "party name", limits.name_bytes_max);
   if (!name) return name.error();
   if (name->empty()) return makeError(Errc::malformed, "party name is empty");
   if (!reader.hasOwningKey()) return makeError(Errc::malformed, "party has no owning key");
@@ -85,11 +69,11 @@ void writeParty(schema::Party::Builder builder, const Party& party) {
 Result<TransactionState> readTransactionState(schema::TransactionState::Reader reader,
                                               const ComponentLimits& limits) {
   TransactionState s;
-  auto contract = readName(reader.getContract(), "contract name", limits.name_bytes_max);
+  auto contract = readText(reader.getContract(), "contract name", limits.name_bytes_max);
   if (!contract) return contract.error();
   if (contract->empty()) return makeError(Errc::malformed, "state has no contract name");
   s.contract = std::move(contract).value();
-  auto type = readName(reader.getStateType(), "state type", limits.name_bytes_max);
+  auto type = readText(reader.getStateType(), "state type", limits.name_bytes_max);
   if (!type) return type.error();
   if (type->empty()) return makeError(Errc::malformed, "state has no state type");
   s.stateType = std::move(type).value();
@@ -199,7 +183,7 @@ Result<TransactionState> decodeTransactionState(ByteView bytes, const ComponentL
 Result<Command> decodeCommandValue(ByteView bytes, const ComponentLimits& limits) {
   return decodeMessage<schema::Command>(
       bytes, "command", Canonical::required, [&](auto r) -> Result<Command> {
-        auto type = readName(r.getType(), "command type", limits.name_bytes_max);
+        auto type = readText(r.getType(), "command type", limits.name_bytes_max);
         if (!type) return type.error();
         if (type->empty()) return makeError(Errc::malformed, "command has no type");
         auto data = readData(r.getData(), "command data", limits.command_data_bytes_max);

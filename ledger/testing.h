@@ -2,6 +2,7 @@
 // Test helpers: deterministic keys, parties and states, and a small contract,
 // so that a test reads like the deal it checks. Used by tests only.
 
+#include <algorithm>
 #include <map>
 #include <string>
 
@@ -13,6 +14,15 @@
 namespace ccal::testing {
 
 // A key pair from a seed of 32 copies of `n`: the same key in every run.
+// `bytes` with the first byte of the first occurrence of `marker` made a NUL:
+// how tests plant a NUL inside an encoded text, which no encoder writes.
+inline Bytes withNulAt(Bytes bytes, std::string_view marker) {
+  auto at = std::search(bytes.begin(), bytes.end(), marker.begin(), marker.end());
+  CCAL_ASSERT_MSG(at != bytes.end(), "the marker is not in the bytes");
+  *at = 0;
+  return bytes;
+}
+
 inline KeyPair testKey(uint8_t n) {
   Bytes seed(KeyPair::seed_bytes, n);
   return KeyPair::fromSeed(seed).value();
@@ -108,9 +118,18 @@ inline Result<TestToken> decodeToken(ByteView bytes) {
         if (!issuer) return issuer.error();
         auto id = SecureHash::fromBytes(asByteView(r.getLinearId()));
         if (!id) return id.error();
-        return TestToken{*owner,          *issuer, r.getAmountMinor(),
-                         std::string(r.getCurrency().cStr()), r.getDueMicros(),
-                         std::string(r.getReference().cStr()), *id};
+        std::string currency, reference;
+        CCAL_TRY_ASSIGN(currency,
+                        readText(r.getCurrency(), "test token currency", text_bounded_by_message));
+        CCAL_TRY_ASSIGN(
+            reference, readText(r.getReference(), "test token reference", text_bounded_by_message));
+        return TestToken{*owner,
+                         *issuer,
+                         r.getAmountMinor(),
+                         std::move(currency),
+                         r.getDueMicros(),
+                         std::move(reference),
+                         *id};
       });
 }
 

@@ -42,7 +42,9 @@ Result<Iou> decodeIou(ByteView bytes) {
         if (!lender) return lender.error();
         auto borrower = Key::read(r.getBorrower());
         if (!borrower) return borrower.error();
-        return Iou{*lender, *borrower, r.getAmountMinor(), std::string(r.getCurrency().cStr())};
+        auto currency = readText(r.getCurrency(), "IOU state: currency", text_bounded_by_message);
+        if (!currency) return currency.error();
+        return Iou{*lender, *borrower, r.getAmountMinor(), std::move(currency).value()};
       });
 }
 

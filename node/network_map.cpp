@@ -46,18 +46,9 @@ std::string quote(std::string_view s) {
 
 // --- reading ------------------------------------------------------------------------------
 
-Result<std::string> readText(capnp::Text::Reader t, const std::string& what) {
-  if (t.size() > L::text_bytes_max) {
-    return makeError(Errc::too_large, what + " is " + std::to_string(t.size()) +
-                                          " bytes, over the limit of " +
-                                          std::to_string(L::text_bytes_max));
-  }
-  return std::string(t.cStr(), t.size());
-}
-
 // An X.500 name in its canonical form (what is signed is what is looked up).
 Result<std::string> readName(capnp::Text::Reader t, const std::string& what) {
-  auto text = readText(t, what);
+  auto text = readText(t, what, L::text_bytes_max);
   CCAL_TRY(text);
   auto name = X500Name::parse(*text);
   if (!name) return prefixed(what + ": ", name.error());
@@ -78,7 +69,7 @@ Result<std::vector<HostPort>> readAddresses(capnp::List<capnp::Text>::Reader lis
   }
   std::vector<HostPort> out;
   for (auto t : list) {
-    auto text = readText(t, what + " address");
+    auto text = readText(t, what + " address", L::text_bytes_max);
     CCAL_TRY(text);
     auto hp = HostPort::parse(*text);
     if (!hp) return prefixed(what + ": ", hp.error());
@@ -133,7 +124,7 @@ Result<std::vector<std::string>> readTexts(capnp::List<capnp::Text>::Reader list
   }
   std::vector<std::string> out;
   for (auto t : list) {
-    auto s = names ? readName(t, what) : readText(t, what);
+    auto s = names ? readName(t, what) : readText(t, what, L::text_bytes_max);
     CCAL_TRY(s);
     out.push_back(*s);
   }
@@ -389,7 +380,7 @@ Result<NetworkParameters> NetworkParameters::decode(ByteView bytes) {
                                                     " is not a command of its contracts");
             }
           }
-          auto field = readText(o.getAmountField(), what + " amount field");
+          auto field = readText(o.getAmountField(), what + " amount field", L::text_bytes_max);
           CCAL_TRY(field);
           if (o.getHasAmountAtLeast()) {
             if (o.getAmountAtLeast() < 0) {

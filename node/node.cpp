@@ -451,7 +451,10 @@ void Node::Impl::onMessage(std::string_view peer, const flows::MessageId& id, By
           case schema::p2p::P2pMessage::DIAGNOSTIC: {
             auto d = message.getDiagnostic();
             if (tallies.size() >= diagnostic_streams_max) tallies.erase(tallies.begin());
-            auto& tally = tallies[{from, std::string(d.getStream().cStr())}];
+            auto stream =
+                ccal::readText(d.getStream(), "diagnostic stream", diagnostic_stream_bytes_max);
+            if (!stream) return stream.error();
+            auto& tally = tallies[{from, std::move(stream).value()}];
             uint64_t sequence = d.getSequence();
             if (!tally.started) {
               tally.started = true;
@@ -609,6 +612,12 @@ void Node::Impl::addRoutes() {
           return reply(ApiResponse::error(
               400, "bad_request",
               "'count' must be 1.." + std::to_string(diagnostic_messages_per_request_max)));
+        }
+        if (stream.size() > diagnostic_stream_bytes_max || stream.find('\0') != std::string::npos) {
+          return reply(ApiResponse::error(400, "bad_request",
+                                          "'stream' must be at most " +
+                                              std::to_string(diagnostic_stream_bytes_max) +
+                                              " bytes, without a NUL"));
         }
         if (text.size() > diagnostic_text_bytes_max) {
           return reply(ApiResponse::error(413, "too_large", "'text' is over " +

@@ -20,6 +20,7 @@ namespace ccal::node {
 inline constexpr size_t diagnostic_messages_per_request_max = 10'000;
 inline constexpr size_t diagnostic_text_bytes_max = 64 * 1024;
 inline constexpr size_t diagnostic_streams_max = 1024;  // remembered per node
+inline constexpr size_t diagnostic_stream_bytes_max = 256;  // a stream's name
 
 class Node {
  public:

@@ -105,15 +105,8 @@ Result<NotarisationRequest> NotarisationRequest::decode(ByteView bytes, const No
         NotarisationRequest out;
         auto name = r.getNotary();
         if (name.size() == 0) return makeError(Errc::malformed, "notarisation request names no notary");
-        if (name.size() > limits.transaction.component.name_bytes_max) {
-          return makeError(Errc::too_large, "notary name of " + std::to_string(name.size()) +
-                                                " bytes is over the limit of " +
-                                                std::to_string(limits.transaction.component.name_bytes_max));
-        }
-        out.notary_ = std::string(name.cStr(), name.size());
-        if (out.notary_.find('\0') != std::string::npos) {
-          return makeError(Errc::malformed, "notarisation request's notary name holds a NUL byte");
-        }
+        CCAL_TRY_ASSIGN(out.notary_,
+                        readText(name, "notary name", limits.transaction.component.name_bytes_max));
         switch (r.which()) {
           case ns::NotarisationRequest::NON_VALIDATING: {
             auto ftx = FilteredTransaction::read(r.getNonValidating(), limits.transaction);
@@ -249,17 +242,10 @@ Result<NotarisationReply> NotarisationReply::decode(ByteView bytes, const Notari
             if (e.getCode() == 0 || e.getCode() > errc_last) {
               return makeError(Errc::malformed, "error reply with unknown code " + std::to_string(e.getCode()));
             }
-            auto text = e.getMessage();
-            if (text.size() > limits.error_message_bytes_max) {
-              return makeError(Errc::too_large, "error reply message of " + std::to_string(text.size()) +
-                                                    " bytes is over the limit of " +
-                                                    std::to_string(limits.error_message_bytes_max));
-            }
-            out.error = Error{static_cast<Errc>(e.getCode()), std::string(text.cStr(), text.size())};
-            // The encoder writes text up to its first NUL: one value, one encoding.
-            if (out.error.message.find('\0') != std::string::npos) {
-              return makeError(Errc::malformed, "error reply message holding a NUL byte");
-            }
+            auto text =
+                readText(e.getMessage(), "error reply message", limits.error_message_bytes_max);
+            if (!text) return text.error();
+            out.error = Error{static_cast<Errc>(e.getCode()), std::move(text).value()};
             return out;
           }
         }

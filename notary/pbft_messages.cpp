@@ -54,12 +54,8 @@ void fillBatch(Builder b, uint64_t seq, const BatchBody& batch) {
 Result<WireRequest> readRequest(sp::Request::Reader r, const PbftLimits& limits) {
   WireRequest out;
   if (!r.hasClient() || r.getClient().size() == 0) return bad("request without a client name");
-  if (r.getClient().size() > limits.client_name_bytes_max) {
-    return tooLarge("request client name of " + std::to_string(r.getClient().size()) + " bytes");
-  }
-  out.client.assign(r.getClient().cStr(), r.getClient().size());
-  // (An X.500 name holds no NUL; the encoder could not write one back.)
-  if (out.client.find('\0') != std::string::npos) return bad("request client name holding a NUL byte");
+  CCAL_TRY_ASSIGN(out.client,
+                  readText(r.getClient(), "request client name", limits.client_name_bytes_max));
   out.client_seq = r.getClientSeq();
   if (out.client_seq == 0) return bad("request client_seq 0 (they start at 1)");
   if (r.getBody().size() > limits.request_body_bytes_max) {

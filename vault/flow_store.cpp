@@ -85,7 +85,7 @@ Result<FlowCheckpoint> decodeCheckpoint(const FlowId& id, ByteView value) {
       [&](auto r) -> Result<FlowCheckpoint> {
         FlowCheckpoint cp;
         cp.id = id;
-        cp.flowName = std::string(r.getFlowName().cStr(), r.getFlowName().size());
+        CCAL_TRY_ASSIGN(cp.flowName, readText(r.getFlowName(), "flow name", flow_name_bytes_max));
         cp.args.assign(r.getArgs().begin(), r.getArgs().end());
         cp.startedMicros = r.getStartedMicros();
         if (r.getStatus() > static_cast<uint8_t>(FlowStatus::finished) ||
@@ -94,7 +94,8 @@ Result<FlowCheckpoint> decodeCheckpoint(const FlowId& id, ByteView value) {
                                                 " or outcome " + std::to_string(r.getOutcome()));
         }
         cp.status = static_cast<FlowStatus>(r.getStatus());
-        cp.parkReason = std::string(r.getParkReason().cStr(), r.getParkReason().size());
+        CCAL_TRY_ASSIGN(cp.parkReason,
+                        readText(r.getParkReason(), "park reason", flow_park_reason_bytes_max));
         cp.parkedMicros = r.getParkedMicros();
         cp.outcome = static_cast<FlowOutcome>(r.getOutcome());
         cp.result.assign(r.getResult().begin(), r.getResult().end());
