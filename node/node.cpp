@@ -605,9 +605,11 @@ void Node::Impl::addRoutes() {
         } catch (const json::exception&) {
           return reply(ApiResponse::error(400, "bad_request", "'start' and 'count' are numbers"));
         }
-        if (!map->memberByName(to) || to == config.x500) {
+        auto peer = map->memberByName(to);
+        if (!peer || peer->name == config.x500) {
           return reply(ApiResponse::error(404, "not_found", "'" + to + "' is not a peer in the network map"));
         }
+        to = peer->name;  // the canonical spelling, which the link, the outbox and the ids use
         if (count == 0 || count > diagnostic_messages_per_request_max) {
           return reply(ApiResponse::error(
               400, "bad_request",
@@ -691,6 +693,12 @@ void Node::Impl::addRoutes() {
                                     "'from' (a member's X.500 name) and 'count' are required");
         }
         std::string from = body["from"];
+        // The canonical spelling, which the store and the ids use (any spelling is accepted).
+        if (auto member = map->memberByName(from)) {
+          from = member->name;
+        } else if (auto parsed = X500Name::parse(from)) {
+          from = parsed->toString();
+        }
         std::string stream = body.value("stream", std::string("default"));
         uint64_t count = body["count"];
         if (count > 10 * diagnostic_messages_per_request_max) {
