@@ -34,11 +34,18 @@ class SpecReader {
  public:
   SpecReader(const toml::table& table, std::string path, std::string file)
       : table_(table), path_(std::move(path)), file_(std::move(file)) {}
+  // Errors name command-line options ("--x500: ...") instead of a file's keys.
+  static SpecReader forOptions(const toml::table& table) {
+    SpecReader r(table, "", "");
+    r.options_ = true;
+    return r;
+  }
 
   std::string key(std::string_view k) const {
     return path_.empty() ? std::string(k) : path_ + "." + std::string(k);
   }
   Error error(std::string_view k, const std::string& why) const {
+    if (options_) return makeError(Errc::malformed, "--" + key(k) + ": " + why);
     return makeError(Errc::malformed, file_ + ": key '" + key(k) + "': " + why);
   }
 
@@ -133,6 +140,7 @@ class SpecReader {
   const toml::table& table_;
   std::string path_;
   std::string file_;
+  bool options_ = false;
 };
 
 // The tables of an array of tables `k` ([[k]]), or an error naming the key.
@@ -456,6 +464,98 @@ Status clearPrevious(const fs::path& out) {
   return {};
 }
 
+// A member's node CA (under the doorman), identity and TLS certificates, and its node CA's
+// empty revocation list (appended to `crls_pem`).
+Result<Issued> issueMember(const CertificateAuthority& doorman, const Certificate& doorman_cert,
+                           const SpecNode& spec, const Validity& validity, TimePoint now,
+                           std::string& crls_pem) {
+  Issued m;
+  m.spec = &spec;
+  auto n = X500Name::parse(spec.x500);
+  CCAL_TRY(n);
+  auto ca_cert = doorman.issueNodeCa(*n, m.node_ca_key.publicKey(), validity);
+  CCAL_TRY(ca_cert);
+  auto node_ca = CertificateAuthority::fromCertificate(*ca_cert, m.node_ca_key);
+  CCAL_TRY(node_ca);
+  auto identity = node_ca->issueLegalIdentity(*n, m.identity_key.publicKey(), validity);
+  CCAL_TRY(identity);
+  auto tls = node_ca->issueTls(*n, m.tls_key.publicKey(), validity);
+  CCAL_TRY(tls);
+  auto node_crl = node_ca->issueCrl({}, now, validity.not_after);
+  CCAL_TRY(node_crl);
+  crls_pem += node_crl->pem();
+  m.identity_chain = {*identity, *ca_cert, doorman_cert};
+  m.tls_chain = {*tls, *ca_cert, doorman_cert};
+  return m;
+}
+
+// The member's first node info (serial 1), signed with its identity key.
+Bytes signFirstNodeInfo(const Issued& m, uint32_t platform_version) {
+  NodeInfo info;
+  info.name = m.spec->x500;
+  info.addresses = {m.spec->p2p};
+  info.identity_chain = m.identity_chain;
+  info.tls_chain = m.tls_chain;
+  info.legal_identity_key = m.identity_key.publicKey();
+  info.role = m.spec->role;
+  info.platform_version = platform_version;
+  info.serial = 1;
+  return SignedNodeInfo::sign(info, m.identity_key).encode();
+}
+
+NodeConfig memberConfig(const SpecNode& spec, uint32_t platform_version,
+                        uint32_t max_message_bytes) {
+  NodeConfig config;
+  config.name = spec.name;
+  config.x500 = spec.x500;
+  config.role = spec.role;
+  config.platform_version = platform_version;
+  config.p2p_listen = spec.p2p;
+  config.p2p_advertised = spec.p2p;
+  config.api_listen = spec.api;
+  config.frame_bytes_max = std::min(config.frame_bytes_max, max_message_bytes);
+  return config;
+}
+
+nlohmann::json memberSummary(const Issued& m, const fs::path& dir) {
+  return {{"name", m.spec->name},
+          {"x500", m.spec->x500},
+          {"role", roleName(m.spec->role)},
+          {"p2p", m.spec->p2p.toString()},
+          {"api", m.spec->api.toString()},
+          {"config", (dir / "node.toml").string()},
+          {"identity_key", m.identity_key.publicKey().hex()}};
+}
+
+// A member's folder: keys, certificates, revocation lists, parameters, the node infos
+// (`node_infos`: file name -> signed node info), API users and node.toml.
+Status writeMemberFolder(const fs::path& dir, const Issued& m, const Certificate& root,
+                         const std::string& crls_pem, const Bytes& signed_parameters,
+                         const std::map<std::string, Bytes>& node_infos, const NodeConfig& config,
+                         const std::string& written_by) {
+  CCAL_TRY(makeDir(dir, 0755));
+  CCAL_TRY(makeDir(dir / "keys", 0700));
+  CCAL_TRY(makeDir(dir / "certs", 0755));
+  CCAL_TRY(makeDir(dir / "node-infos", 0755));
+  CCAL_TRY(writeFileAtomically(dir / "keys/identity.key", privateKeyPem(m.identity_key), 0600));
+  CCAL_TRY(writeFileAtomically(dir / "keys/tls.key", privateKeyPem(m.tls_key), 0600));
+  CCAL_TRY(writeFileAtomically(dir / "keys/node-ca.key", privateKeyPem(m.node_ca_key), 0600));
+  CCAL_TRY(writeFileAtomically(dir / "certs/network-root.pem", root.pem(), 0644));
+  CCAL_TRY(writeFileAtomically(dir / "certs/identity-chain.pem", toPem(m.identity_chain), 0644));
+  CCAL_TRY(writeFileAtomically(dir / "certs/tls-chain.pem", toPem(m.tls_chain), 0644));
+  CCAL_TRY(writeFileAtomically(dir / "certs/crls.pem", crls_pem, 0644));
+  CCAL_TRY(writeFileAtomically(dir / "network-parameters", signed_parameters, 0644));
+  for (const auto& [file, info] : node_infos) {
+    CCAL_TRY(writeFileAtomically(dir / "node-infos" / file, info, 0644));
+  }
+  CCAL_TRY(writeFileAtomically(dir / "api-users.toml", apiUsersToml(), 0600));
+  const std::string header = "# CCAL node configuration for " + m.spec->x500 + ", written by `" +
+                             written_by +
+                             "`.\n"
+                             "# Relative paths resolve against this file's folder.\n\n";
+  return writeFileAtomically(dir / "node.toml", header + renderNodeConfig(config), 0644);
+}
+
 }  // namespace
 
 Result<BootstrapResult> bootstrapNetwork(const NetworkSpec& spec, const fs::path& out_dir,
@@ -502,27 +602,15 @@ Result<BootstrapResult> bootstrapNetwork(const NetworkSpec& spec, const fs::path
   CCAL_TRY(doorman_crl);
   std::string crls_pem = root_crl->pem() + doorman_crl->pem();
 
-  std::vector<Issued> issued(spec.nodes.size());
-  std::map<std::string, const Issued*> by_name;
-  for (size_t i = 0; i < spec.nodes.size(); ++i) {
-    Issued& m = issued[i];
-    m.spec = &spec.nodes[i];
-    const X500Name n = name(m.spec->x500);
-    auto ca_cert = doorman->issueNodeCa(n, m.node_ca_key.publicKey(), validity);
-    CCAL_TRY(ca_cert);
-    auto node_ca = CertificateAuthority::fromCertificate(*ca_cert, m.node_ca_key);
-    CCAL_TRY(node_ca);
-    auto identity = node_ca->issueLegalIdentity(n, m.identity_key.publicKey(), validity);
-    CCAL_TRY(identity);
-    auto tls = node_ca->issueTls(n, m.tls_key.publicKey(), validity);
-    CCAL_TRY(tls);
-    auto node_crl = node_ca->issueCrl({}, now, validity.not_after);
-    CCAL_TRY(node_crl);
-    crls_pem += node_crl->pem();
-    m.identity_chain = {*identity, *ca_cert, *doorman_cert};
-    m.tls_chain = {*tls, *ca_cert, *doorman_cert};
-    by_name[m.spec->name] = &m;
+  std::vector<Issued> issued;
+  issued.reserve(spec.nodes.size());
+  for (const auto& node : spec.nodes) {
+    auto m = issueMember(*doorman, *doorman_cert, node, validity, now, crls_pem);
+    CCAL_TRY(m);
+    issued.push_back(std::move(m).value());
   }
+  std::map<std::string, const Issued*> by_name;
+  for (const Issued& m : issued) by_name[m.spec->name] = &m;
 
   NetworkParameters parameters;
   parameters.epoch = spec.epoch;
@@ -563,17 +651,10 @@ Result<BootstrapResult> bootstrapNetwork(const NetworkSpec& spec, const fs::path
   const Bytes signed_parameters =
       SignedNetworkParameters::sign(parameters, map_key, *map_cert).encode();
 
+  std::map<std::string, Bytes> node_infos;  // file name (the member's name) -> signed
   for (Issued& m : issued) {
-    NodeInfo info;
-    info.name = m.spec->x500;
-    info.addresses = {m.spec->p2p};
-    info.identity_chain = m.identity_chain;
-    info.tls_chain = m.tls_chain;
-    info.legal_identity_key = m.identity_key.publicKey();
-    info.role = m.spec->role;
-    info.platform_version = spec.min_platform_version;
-    info.serial = 1;
-    m.signed_node_info = SignedNodeInfo::sign(info, m.identity_key).encode();
+    m.signed_node_info = signFirstNodeInfo(m, spec.min_platform_version);
+    node_infos[m.spec->name] = m.signed_node_info;
   }
 
   // --- the files ------------------------------------------------------------------------------
@@ -597,39 +678,8 @@ Result<BootstrapResult> bootstrapNetwork(const NetworkSpec& spec, const fs::path
   for (size_t i = 0; i < issued.size(); ++i) {
     const Issued& m = issued[i];
     const fs::path dir = out / m.spec->name;
-    CCAL_TRY(makeDir(dir, 0755));
-    CCAL_TRY(makeDir(dir / "keys", 0700));
-    CCAL_TRY(makeDir(dir / "certs", 0755));
-    CCAL_TRY(makeDir(dir / "node-infos", 0755));
-    CCAL_TRY(writeFileAtomically(dir / "keys/identity.key", privateKeyPem(m.identity_key), 0600));
-    CCAL_TRY(writeFileAtomically(dir / "keys/tls.key", privateKeyPem(m.tls_key), 0600));
-    CCAL_TRY(writeFileAtomically(dir / "keys/node-ca.key", privateKeyPem(m.node_ca_key), 0600));
-    CCAL_TRY(writeFileAtomically(dir / "certs/network-root.pem", root->certificate().pem(), 0644));
-    CCAL_TRY(writeFileAtomically(dir / "certs/identity-chain.pem", toPem(m.identity_chain), 0644));
-    CCAL_TRY(writeFileAtomically(dir / "certs/tls-chain.pem", toPem(m.tls_chain), 0644));
-    CCAL_TRY(writeFileAtomically(dir / "certs/crls.pem", crls_pem, 0644));
-    CCAL_TRY(writeFileAtomically(dir / "network-parameters", signed_parameters, 0644));
-    for (const Issued& other : issued) {
-      CCAL_TRY(writeFileAtomically(dir / "node-infos" / other.spec->name, other.signed_node_info, 0644));
-    }
-    CCAL_TRY(writeFileAtomically(dir / "api-users.toml", apiUsersToml(), 0600));
-
-    NodeConfig config;
-    config.name = m.spec->name;
-    config.x500 = m.spec->x500;
-    config.role = m.spec->role;
-    config.platform_version = spec.min_platform_version;
-    config.p2p_listen = m.spec->p2p;
-    config.p2p_advertised = m.spec->p2p;
-    config.api_listen = m.spec->api;
-    config.frame_bytes_max = std::min(config.frame_bytes_max, spec.max_message_bytes);
-    nlohmann::json member = {{"name", m.spec->name},
-                             {"x500", m.spec->x500},
-                             {"role", roleName(m.spec->role)},
-                             {"p2p", m.spec->p2p.toString()},
-                             {"api", m.spec->api.toString()},
-                             {"config", (dir / "node.toml").string()},
-                             {"identity_key", m.identity_key.publicKey().hex()}};
+    NodeConfig config = memberConfig(*m.spec, spec.min_platform_version, spec.max_message_bytes);
+    nlohmann::json member = memberSummary(m, dir);
     for (const auto& n : spec.notaries) {
       for (size_t r = 0; r < n.replicas.size(); ++r) {
         if (n.replicas[r] != m.spec->name) continue;
@@ -639,10 +689,8 @@ Result<BootstrapResult> bootstrapNetwork(const NetworkSpec& spec, const fs::path
         member["replica_index"] = r;
       }
     }
-    const std::string header = "# CCAL node configuration for " + m.spec->x500 +
-                               ", written by `ccal network bootstrap`.\n"
-                               "# Relative paths resolve against this file's folder.\n\n";
-    CCAL_TRY(writeFileAtomically(dir / "node.toml", header + renderNodeConfig(config), 0644));
+    CCAL_TRY(writeMemberFolder(dir, m, root->certificate(), crls_pem, signed_parameters, node_infos,
+                               config, "ccal network bootstrap"));
     result.config_files.push_back(dir / "node.toml");
     members.push_back(std::move(member));
   }
@@ -666,12 +714,57 @@ Result<BootstrapResult> bootstrapNetwork(const NetworkSpec& spec, const fs::path
   return result;
 }
 
+namespace {
+
+// The operator's files (a chain, a certificate, a key, the CRLs, the parameters) are far
+// below this.
+Result<std::string> readOperatorFile(const fs::path& file) {
+  return readFileBounded(file, NetworkMap::crls_file_bytes_max);
+}
+
+struct Doorman {
+  Certificate certificate;
+  CertificateAuthority ca;
+};
+
+// The doorman CA from the operator's folder (_operator/doorman.pem and doorman.key).
+Result<Doorman> loadDoorman(const fs::path& op) {
+  auto doorman_pem = readOperatorFile(op / "doorman.pem");
+  CCAL_TRY(doorman_pem);
+  auto doorman_cert = Certificate::fromPem(*doorman_pem);
+  if (!doorman_cert)
+    return makeError(doorman_cert.error().code,
+                     (op / "doorman.pem").string() + ": " + doorman_cert.error().message);
+  auto doorman_key_pem = readOperatorFile(op / "doorman.key");
+  CCAL_TRY(doorman_key_pem);
+  auto doorman_key = keyPairFromPem(*doorman_key_pem);
+  if (!doorman_key)
+    return makeError(doorman_key.error().code,
+                     (op / "doorman.key").string() + ": " + doorman_key.error().message);
+  auto doorman = CertificateAuthority::fromCertificate(*doorman_cert, *doorman_key);
+  if (!doorman)
+    return makeError(doorman.error().code, "the doorman CA: " + doorman.error().message);
+  return Doorman{*doorman_cert, std::move(doorman).value()};
+}
+
+// The member folders of a network folder: sub-folders holding a node.toml.
+std::vector<fs::path> memberFolders(const fs::path& network_dir) {
+  std::vector<fs::path> out;
+  std::error_code ec;
+  for (fs::directory_iterator it(network_dir, ec), end; !ec && it != end; it.increment(ec)) {
+    if (it->path().filename() != operator_dir && fs::exists(it->path() / "node.toml")) {
+      out.push_back(it->path());
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+}  // namespace
+
 Result<std::string> revokeMember(const fs::path& network_dir, const std::string& member,
                                  TimePoint now) {
-  // (A chain, a certificate, a key: far below this.)
-  auto read = [](const fs::path& file) {
-    return readFileBounded(file, NetworkMap::crls_file_bytes_max);
-  };
+  const auto read = readOperatorFile;
   const fs::path op = network_dir / operator_dir;
   const fs::path member_dir = network_dir / member;
   if (member.empty() || member == operator_dir || member.find('/') != std::string::npos ||
@@ -692,21 +785,10 @@ Result<std::string> revokeMember(const fs::path& network_dir, const std::string&
                      chain_file.string() + ": no node CA certificate after the identity");
   }
   const Certificate& node_ca = (*chain)[1];
-  auto doorman_pem = read(op / "doorman.pem");
-  CCAL_TRY(doorman_pem);
-  auto doorman_cert = Certificate::fromPem(*doorman_pem);
-  if (!doorman_cert)
-    return makeError(doorman_cert.error().code,
-                     (op / "doorman.pem").string() + ": " + doorman_cert.error().message);
-  auto doorman_key_pem = read(op / "doorman.key");
-  CCAL_TRY(doorman_key_pem);
-  auto doorman_key = keyPairFromPem(*doorman_key_pem);
-  if (!doorman_key)
-    return makeError(doorman_key.error().code,
-                     (op / "doorman.key").string() + ": " + doorman_key.error().message);
-  auto doorman = CertificateAuthority::fromCertificate(*doorman_cert, *doorman_key);
-  if (!doorman)
-    return makeError(doorman.error().code, "the doorman CA: " + doorman.error().message);
+  auto loaded = loadDoorman(op);
+  CCAL_TRY(loaded);
+  const Certificate* doorman_cert = &loaded->certificate;
+  CertificateAuthority* doorman = &loaded->ca;
   if (!(node_ca.issuer() == doorman_cert->subject())) {
     return makeError(
         Errc::certificate_invalid,
@@ -736,15 +818,147 @@ Result<std::string> revokeMember(const fs::path& network_dir, const std::string&
   for (const auto& l : *lists) pem += &l == previous ? next->pem() : l.pem();
   // Members first, the operator's copy last: a failure leaves the operator's old list, so
   // the command can run again.
-  for (const auto& entry : fs::directory_iterator(network_dir)) {
-    const fs::path crls = entry.path() / "certs/crls.pem";
-    if (entry.path().filename() == operator_dir || !fs::exists(entry.path() / "node.toml") ||
-        !fs::exists(crls))
-      continue;
-    CCAL_TRY(writeFileAtomically(crls, pem, 0644));
+  for (const auto& dir : memberFolders(network_dir)) {
+    const fs::path crls = dir / "certs/crls.pem";
+    if (fs::exists(crls)) CCAL_TRY(writeFileAtomically(crls, pem, 0644));
   }
   CCAL_TRY(writeFileAtomically(op / "crls.pem", pem, 0644));
   return name;
+}
+
+Result<nlohmann::json> addMember(const fs::path& network_dir, const NewMember& request,
+                                 TimePoint now) {
+  const fs::path op = network_dir / operator_dir;
+  if (!fs::exists(op / "doorman.key")) {
+    return makeError(Errc::not_found, network_dir.string() +
+                                          " is not a network folder with its operator's keys (no " +
+                                          (op / "doorman.key").string() + ")");
+  }
+  // The new member's fields, checked as a spec's [[nodes]] entry is.
+  toml::table table{{"name", request.name},
+                    {"x500", request.x500},
+                    {"role", request.role},
+                    {"p2p", request.p2p},
+                    {"api", request.api}};
+  const SpecReader r = SpecReader::forOptions(table);
+  SpecNode spec;
+  CCAL_TRY(r.shortName("name", spec.name));
+  CCAL_TRY(r.x500("x500", spec.x500, true));
+  auto role = parseRole(request.role);
+  if (!role) return r.error("role", role.error().message);
+  if (*role == Role::notary_replica) {
+    return r.error("role",
+                   "a notary replica cannot join a running network: the cluster and its "
+                   "service key are in the network parameters");
+  }
+  spec.role = *role;
+  CCAL_TRY(r.address("p2p", spec.p2p));
+  CCAL_TRY(r.address("api", spec.api));
+  if (spec.p2p == spec.api) return r.error("api", "is the same address as p2p");
+
+  // Unique across the network: the folder, the X.500 name, the addresses.
+  auto summary_text = readOperatorFile(network_dir / "network.json");
+  CCAL_TRY(summary_text);
+  nlohmann::json summary = nlohmann::json::parse(*summary_text, nullptr, false);
+  if (!summary.is_object() || !summary.contains("members") || !summary["members"].is_array()) {
+    return makeError(Errc::malformed, (network_dir / "network.json").string() +
+                                          ": not a network summary (no \"members\" array)");
+  }
+  if (fs::exists(network_dir / spec.name)) {
+    return r.error("name", (network_dir / spec.name).string() + " exists already");
+  }
+  for (const auto& m : summary["members"]) {
+    const std::string who = "member '" + m.value("name", std::string()) + "'";
+    if (m.value("name", std::string()) == spec.name)
+      return r.error("name", "is the name of " + who);
+    if (m.value("x500", std::string()) == spec.x500)
+      return r.error("x500", "is the X.500 name of " + who);
+    for (const char* key : {"p2p", "api"}) {
+      const std::string used = m.value(key, std::string());
+      if (used == spec.p2p.toString())
+        return r.error("p2p", "is the " + std::string(key) + " address of " + who);
+      if (used == spec.api.toString())
+        return r.error("api", "is the " + std::string(key) + " address of " + who);
+    }
+  }
+  if (summary["members"].size() >= NetworkMapLimits::members_max) {
+    return makeError(Errc::too_large, "the network has " +
+                                          std::to_string(summary["members"].size()) +
+                                          " members, the limit of the network map");
+  }
+
+  // The operator's files: the doorman, the root, the revocation lists, the parameters.
+  auto doorman = loadDoorman(op);
+  CCAL_TRY(doorman);
+  auto root_pem = readOperatorFile(op / "root.pem");
+  CCAL_TRY(root_pem);
+  auto root = Certificate::fromPem(*root_pem);
+  if (!root)
+    return makeError(root.error().code, (op / "root.pem").string() + ": " + root.error().message);
+  auto crls_pem = readOperatorFile(op / "crls.pem");
+  CCAL_TRY(crls_pem);
+  CCAL_TRY(NetworkMap::parseCrls(*crls_pem, (op / "crls.pem").string()));
+  auto signed_parameters = readOperatorFile(op / "network-parameters");
+  CCAL_TRY(signed_parameters);
+  const Bytes parameters_bytes(signed_parameters->begin(), signed_parameters->end());
+  auto parameters = SignedNetworkParameters::decode(parameters_bytes);
+  if (!parameters) {
+    return makeError(parameters.error().code,
+                     (op / "network-parameters").string() + ": " + parameters.error().message);
+  }
+  auto parameter_values = NetworkParameters::decode(parameters->raw);
+  if (!parameter_values) {
+    return makeError(parameter_values.error().code, (op / "network-parameters").string() + ": " +
+                                                        parameter_values.error().message);
+  }
+
+  // Every member's own node info as it last wrote it (a node that moved re-signs its own
+  // file), for the new member's node-infos folder.
+  std::map<std::string, Bytes> node_infos;
+  const std::vector<fs::path> members = memberFolders(network_dir);
+  for (const auto& dir : members) {
+    const std::string name = dir.filename().string();
+    auto info =
+        readFileBounded(dir / "node-infos" / name, NetworkMapLimits::node_info_bytes_max + 1024);
+    if (!info) return info.error();
+    node_infos[name] = Bytes(info->begin(), info->end());
+  }
+
+  // Certificates valid from now until the doorman's own end.
+  now = std::chrono::time_point_cast<std::chrono::seconds>(now);
+  const Validity validity{now - std::chrono::minutes(1), doorman->certificate.validity().not_after};
+  if (validity.not_after <= now) {
+    return makeError(Errc::certificate_invalid, "the doorman's certificate has expired");
+  }
+  std::string crls = *crls_pem;
+  auto issued = issueMember(doorman->ca, doorman->certificate, spec, validity, now, crls);
+  CCAL_TRY(issued);
+  issued->signed_node_info = signFirstNodeInfo(*issued, parameter_values->min_platform_version);
+  node_infos[spec.name] = issued->signed_node_info;
+
+  // The new folder first (removed again if it cannot be written whole), then the revocation
+  // lists (with the new node CA's) and the new node info into every member's folder, the
+  // operator's copies last. Running members read both within seconds.
+  const fs::path dir = network_dir / spec.name;
+  const NodeConfig config = memberConfig(spec, parameter_values->min_platform_version,
+                                         parameter_values->max_message_bytes);
+  Status written = writeMemberFolder(dir, *issued, *root, crls, parameters_bytes, node_infos,
+                                     config, "ccal network add-member");
+  if (!written) {
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+    return written.error();
+  }
+  for (const auto& member_dir : members) {
+    CCAL_TRY(writeFileAtomically(member_dir / "certs/crls.pem", crls, 0644));
+    CCAL_TRY(
+        writeFileAtomically(member_dir / "node-infos" / spec.name, issued->signed_node_info, 0644));
+  }
+  CCAL_TRY(writeFileAtomically(op / "crls.pem", crls, 0644));
+  nlohmann::json member = memberSummary(*issued, dir);
+  summary["members"].push_back(member);
+  CCAL_TRY(writeFileAtomically(network_dir / "network.json", summary.dump(2) + "\n", 0644));
+  return member;
 }
 
 }  // namespace ccal::node

@@ -123,4 +123,25 @@ Result<BootstrapResult> bootstrapNetwork(const NetworkSpec& spec,
 Result<std::string> revokeMember(const std::filesystem::path& network_dir,
                                  const std::string& member, TimePoint now);
 
+// `ccal network add-member`: a cooperative, bank or regulator joins a running network. The
+// doorman issues its node CA, identity and TLS certificates (valid until the doorman's own
+// end); its folder is written as bootstrap writes one (node.toml, keys, certificates, the
+// revocation lists with its node CA's, the parameters, every member's node info as that
+// member last wrote it); its node info goes into every member's node-infos folder and the
+// lists into every member's certs/crls.pem, which running members read every few seconds
+// (the new member appears in their map, they connect), and network.json lists it. Refused,
+// nothing written, naming the field (the keys of a spec's [[nodes]] entry): a name, X.500
+// name or address already used, a malformed one, the role notary-replica (a cluster is in
+// the network parameters), a folder that exists, a network folder without the operator's
+// keys. Returns the member's entry of network.json.
+struct NewMember {
+  std::string name;  // folder name
+  std::string x500;
+  std::string role = "node";  // node or regulator
+  std::string p2p;            // host:port
+  std::string api;            // host:port
+};
+Result<nlohmann::json> addMember(const std::filesystem::path& network_dir, const NewMember& member,
+                                 TimePoint now);
+
 }  // namespace ccal::node

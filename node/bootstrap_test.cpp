@@ -415,3 +415,55 @@ TEST_CASE("observer rules with command and amount filters: parsed into the param
             "key 'observers[0].amount_field': an amount field without amount_at_least");
   CHECK_HAS(specError(rec + "amount_below = 5\n"), "unknown key 'observers[0].amount_below'");
 }
+
+TEST_CASE(
+    "a member added to a bootstrapped network: every member's map holds it, its chains verify") {
+  Bootstrapped net;
+  const size_t members_before = net.result.spec.nodes.size();
+  NewMember delta{"delta-coop", "O=Delta Coop,L=Qionghai,C=CN", "node", "127.0.0.1:1006",
+                  "127.0.0.1:1106"};
+  const auto added = must(addMember(net.out, delta, std::chrono::system_clock::now()));
+  CHECK(added["x500"] == "O=Delta Coop, L=Qionghai, C=CN");
+  CHECK(added["role"] == "node");
+
+  // Every member's files (the new one's too) load into a map that holds all of them.
+  size_t folders = 0;
+  for (const auto& entry : fs::directory_iterator(net.out)) {
+    if (!fs::exists(entry.path() / "node.toml")) continue;
+    ++folders;
+    CAPTURE(entry.path().string());
+    const auto config = must(loadNodeConfig(entry.path() / "node.toml"));
+    const auto map = must(NetworkMap::loadFiles(config));
+    CHECK(map->members().size() == members_before + 1);
+    REQUIRE(map->memberByName("O=Delta Coop, L=Qionghai, C=CN") != nullptr);
+    CHECK(map->memberByName("O=Delta Coop, L=Qionghai, C=CN")->role == Role::node);
+  }
+  CHECK(folders == members_before + 1);
+
+  // Its chains verify with openssl against the root and every list (its node CA's included).
+  const fs::path dir = net.out / "delta-coop";
+  const fs::path scratch = fs::path(net.tmp.path).parent_path();
+  auto [leaf, rest] = splitChain(dir / "certs/tls-chain.pem", scratch);
+  auto r = run("openssl verify -x509_strict -crl_check_all -CRLfile " +
+               (dir / "certs/crls.pem").string() + " -CAfile " +
+               (dir / "certs/network-root.pem").string() + " -untrusted " + rest.string() +
+               " -purpose sslclient " + leaf.string());
+  CHECK_MESSAGE(r.exit_code == 0, r.output);
+
+  // The same member again, and a regulator at a taken address: refused, nothing written.
+  const std::string summary = readText(net.out / "network.json");
+  auto again = addMember(net.out, delta, std::chrono::system_clock::now());
+  REQUIRE_FALSE(again.ok());
+  CHECK_HAS(again.error().message, "--name: ");
+  NewMember regulator{"auditor", "O=Auditor,L=Haikou,C=CN", "regulator", "127.0.0.1:1006",
+                      "127.0.0.1:1107"};
+  auto taken = addMember(net.out, regulator, std::chrono::system_clock::now());
+  REQUIRE_FALSE(taken.ok());
+  CHECK_HAS(taken.error().message, "--p2p: is the p2p address of member 'delta-coop'");
+  CHECK_FALSE(fs::exists(net.out / "auditor"));
+  CHECK(readText(net.out / "network.json") == summary);
+  // A regulator at free addresses joins as a regulator.
+  regulator.p2p = "127.0.0.1:1007";
+  CHECK(must(addMember(net.out, regulator, std::chrono::system_clock::now()))["role"] ==
+        "regulator");
+}

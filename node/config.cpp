@@ -305,7 +305,7 @@ const std::vector<KeySpec>& keySpecs() {
              [](NodeConfig& c) -> fs::path& { return c.crls_file; }));
     k.push_back(path("paths.network_parameters", "Signed network parameters file",
                      [](NodeConfig& c) -> fs::path& { return c.network_parameters_file; }));
-    k.push_back(path("paths.node_infos_dir", "Folder of signed node infos, one file per member",
+    k.push_back(path("paths.node_infos_dir", "Folder of signed node infos, one file per member; looked at again every 5 s while the node runs",
                      [](NodeConfig& c) -> fs::path& { return c.node_infos_dir; }));
     k.push_back(integer<uint64_t>(
         "vault.map_size_mb", "LMDB map size (largest vault), MiB",

@@ -428,6 +428,23 @@ int main(int argc, char** argv) {
       ->required();
   revoke->add_option("--member", revoke_member, "The member's folder name under --dir")->required();
   revoke->add_flag("--json", network_json, "Print the result as JSON");
+  ccal::node::NewMember new_member;
+  auto* add_member = network->add_subcommand(
+      "add-member",
+      "A new member joins a running network: the doorman issues its certificates, its folder is "
+      "written, its node info goes to every member (running nodes take it within seconds)");
+  add_member
+      ->add_option("--dir", network_dir, "The network's folder (from `ccal network bootstrap`)")
+      ->required();
+  add_member->add_option("--name", new_member.name, "Its folder name (a-z, 0-9, '-')")->required();
+  add_member
+      ->add_option("--x500", new_member.x500, "Its X.500 name, e.g. \"O=Delta Coop,L=Lyon,C=FR\"")
+      ->required();
+  add_member->add_option("--role", new_member.role, "node (default) or regulator");
+  add_member->add_option("--p2p", new_member.p2p, "Its peer-to-peer address, host:port")
+      ->required();
+  add_member->add_option("--api", new_member.api, "Its control API address, host:port")->required();
+  add_member->add_flag("--json", network_json, "Print the result as JSON");
   int64_t ready_timeout_millis = ccal::node::member_ready_timeout_millis_default;
   start->add_option("--timeout-ms", ready_timeout_millis, "How long to wait for each member to be ready")
       ->capture_default_str();
@@ -594,6 +611,29 @@ int main(int argc, char** argv) {
     return printStatuses("network start", ccal::node::startNetwork(network_dir, options), network_json);
   }
   if (stop->parsed()) return printStatuses("network stop", ccal::node::stopNetwork(network_dir), network_json);
+  if (add_member->parsed()) {
+    auto added = ccal::node::addMember(network_dir, new_member, std::chrono::system_clock::now());
+    if (!added) {
+      std::cerr << "ccal network add-member: " << added.error().message << "\n";
+      if (network_json) {
+        std::cout << nlohmann::json{{"error",
+                                     {{"code", ccal::errcName(added.error().code)},
+                                      {"message", added.error().message}}}}
+                         .dump()
+                  << "\n";
+      }
+      return 1;
+    }
+    if (network_json) {
+      std::cout << nlohmann::json{{"added", *added}}.dump() << "\n";
+    } else {
+      std::cout << "Added " << (*added)["x500"].get<std::string>() << " in "
+                << (*added)["config"].get<std::string>() << "; `ccal network start --dir "
+                << network_dir
+                << "` starts it, and running members take its node info within seconds\n";
+    }
+    return 0;
+  }
   if (revoke->parsed()) {
     auto revoked =
         ccal::node::revokeMember(network_dir, revoke_member, std::chrono::system_clock::now());

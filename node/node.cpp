@@ -136,19 +136,27 @@ VaultPartyDirectory vaultPartyDirectory(const NetworkMap& map) {
 
 }  // namespace
 
-// How often a running node reads its crls file again (config.crls_file): a
-// changed file's lists replace the map's (NetworkMap::replaceCrls), and the
-// link closes the connections of members they revoke (TlsLink::recheckPeers).
-constexpr int64_t crls_reread_interval_micros = 5'000'000;
+// How often a running node reads its crls file and its node-infos folder
+// again. A changed crls file's lists replace the map's
+// (NetworkMap::replaceCrls), and the link closes the connections of members
+// they revoke (TlsLink::recheckPeers). A new or changed node-info file is
+// taken into the map (NetworkMap::update): a member that joined the network
+// (`ccal network add-member`) or one whose node info is newer.
+constexpr int64_t files_reread_interval_micros = 5'000'000;
 
 struct Node::Impl final : flows::MessageHandler {
   NodeConfig config;
   std::shared_ptr<spdlog::logger> log;
   std::unique_ptr<NetworkMap> map;
-  // The crls file as last read (applied or refused), and its re-read timer.
+  // The crls file as last read (applied or refused), each node-info file's
+  // size and modification time as last seen, and the re-read timer.
   std::string crls_text;
-  uint64_t crls_timer = 0;  // 0: none
+  std::map<fs::path, std::pair<uintmax_t, fs::file_time_type>> node_info_stamps;
+  bool node_infos_scanned = false;  // the first scan (at start) only notes the stamps
+  uint64_t reread_timer = 0;        // 0: none
+  void rereadFiles();
   void rereadCrls();
+  void rereadNodeInfos();
   ContractRegistry contracts;
   std::unique_ptr<vault::Vault> vault;
   std::unique_ptr<vault::MessageStore> messages;
@@ -178,6 +186,7 @@ struct Node::Impl final : flows::MessageHandler {
 
   Status publishOwnNodeInfo();
   void announceNodeInfo();
+  void announceNodeInfoTo(const std::string& member);
   void onNodeInfo(const std::string& from, ByteView signed_info);
 
   Status open();
@@ -303,8 +312,9 @@ Status Node::Impl::open() {
     if (!config.crls_file.empty()) {
       if (auto text = readFileBounded(config.crls_file, NetworkMap::crls_file_bytes_max))
         crls_text = *text;
-      crls_timer = executor.runAfter(crls_reread_interval_micros, [this] { rereadCrls(); });
     }
+    rereadNodeInfos();  // the stamps of the files the map was loaded from
+    reread_timer = executor.runAfter(files_reread_interval_micros, [this] { rereadFiles(); });
   });
   CCAL_TRY(result);
 
@@ -539,21 +549,22 @@ Status Node::Impl::publishOwnNodeInfo() {
 // id names the serial, so announcing again after a restart is a duplicate
 // the peer drops, and a newer serial is a new message.
 void Node::Impl::announceNodeInfo() {
+  for (const auto& member : map->members()) {
+    if (member->name != config.x500) announceNodeInfoTo(member->name);
+  }
+}
+
+void Node::Impl::announceNodeInfoTo(const std::string& member) {
   auto self = map->memberByName(config.x500);
   Bytes payload = buildCanonical<schema::p2p::P2pMessage>(
       [&](auto root) { root.setNodeInfo(asData(own_node_info)); });
-  for (const auto& member : map->members()) {
-    if (member->name == config.x500) continue;
-    std::string text = "ccal.node-info\n" + config.x500 + "\n" + member->name + "\n" +
-                       std::to_string(self->serial);
-    delivery->send(member->name, SecureHash::of(asBytes(text)), payload,
-                   [this, to = member->name](const Status& status) {
-                     if (!status.ok()) {
-                       log->warn("cannot queue our node info for {}: {}", to,
-                                 status.error().message);
-                     }
-                   });
-  }
+  std::string text =
+      "ccal.node-info\n" + config.x500 + "\n" + member + "\n" + std::to_string(self->serial);
+  delivery->send(
+      member, SecureHash::of(asBytes(text)), payload, [this, member](const Status& status) {
+        if (!status.ok())
+          log->warn("cannot queue our node info for {}: {}", member, status.error().message);
+      });
 }
 
 // A peer's node info: taken into the map when it verifies and is newer,
@@ -749,9 +760,75 @@ void Node::Impl::addRoutes() {
       });
 }
 
-// On the executor, every crls_reread_interval_micros while the node runs.
+// On the executor, every files_reread_interval_micros while the node runs.
+void Node::Impl::rereadFiles() {
+  reread_timer = executor.runAfter(files_reread_interval_micros, [this] { rereadFiles(); });
+  if (!config.crls_file.empty()) rereadCrls();
+  rereadNodeInfos();
+}
+
+// Node-info files that are new or changed since the last look (size or
+// modification time) are taken into the map when they verify and are newer
+// than what it holds; a refused file is logged once (until it changes).
+void Node::Impl::rereadNodeInfos() {
+  std::error_code ec;
+  size_t files = 0;
+  for (fs::directory_iterator it(config.node_infos_dir, ec), end; !ec && it != end;
+       it.increment(ec)) {
+    std::error_code stat_ec;
+    if (!it->is_regular_file(stat_ec) || stat_ec) continue;
+    if (++files > NetworkMapLimits::members_max) {
+      log->error("{} holds more than {} files: the rest are not read",
+                 config.node_infos_dir.string(), NetworkMapLimits::members_max);
+      break;
+    }
+    const fs::path path = it->path();
+    const auto stamp = std::make_pair(it->file_size(stat_ec), it->last_write_time(stat_ec));
+    if (stat_ec) continue;
+    auto seen = node_info_stamps.find(path);
+    if (seen != node_info_stamps.end() && seen->second == stamp) continue;
+    node_info_stamps[path] = stamp;
+    if (!node_infos_scanned) continue;  // at start: what the map was loaded from
+    auto bytes = readFileBounded(path, NetworkMapLimits::node_info_bytes_max + 1024);
+    if (!bytes) {
+      log->warn("node info not read: {}", bytes.error().toString());
+      continue;
+    }
+    const bool known_before = [&] {
+      auto sni = SignedNodeInfo::decode(asBytes(*bytes));
+      if (!sni) return false;
+      auto info = NodeInfo::decode(sni->raw);
+      return info && map->memberByName(info->name) != nullptr;
+    }();
+    auto accepted = map->update(asBytes(*bytes));
+    if (!accepted) {
+      // An equal or older serial (our own file, rewritten; a copy of a node
+      // info a peer sent us) is not news.
+      if (accepted.error().code != Errc::conflict || !known_before) {
+        log->warn("node info {} refused: {}", path.string(), accepted.error().toString());
+      }
+      continue;
+    }
+    const auto& info = **accepted;
+    node_info_files[info.name] = path;
+    const std::string at =
+        info.addresses.empty() ? std::string("-") : info.addresses.front().toString();
+    if (known_before) {
+      log->info("{} is now at {} (node info serial {}, from {})", info.name, at, info.serial,
+                path.string());
+      continue;
+    }
+    log->info("{} joined the network at {} (node info from {})", info.name, at, path.string());
+    if (info.name != config.x500) {
+      (void)link->connect(info.name);
+      announceNodeInfoTo(info.name);
+    }
+  }
+  if (ec) log->warn("{}: {}", config.node_infos_dir.string(), ec.message());
+  node_infos_scanned = true;
+}
+
 void Node::Impl::rereadCrls() {
-  crls_timer = executor.runAfter(crls_reread_interval_micros, [this] { rereadCrls(); });
   // One bounded read; a file that stays the same (or stays unreadable) is not applied or logged
   // again.
   const std::string file = config.crls_file.string();
@@ -797,8 +874,8 @@ void Node::Impl::stop() {
   if (executor.running()) {
     executor.runSync([&] {
       if (api) api->stop();
-      if (crls_timer != 0) executor.cancel(crls_timer);
-      crls_timer = 0;
+      if (reread_timer != 0) executor.cancel(reread_timer);
+      reread_timer = 0;
     });
   }
   if (link) link->stop();

@@ -251,3 +251,102 @@ TEST_CASE("a real network: `ccal network revoke` — running members drop the me
   auto s = peerStates();
   CHECK(s.count(beta_x500) == 0);
 }
+
+TEST_CASE(
+    "a real network: `ccal network add-member` — a cooperative joins, running members take it, no "
+    "restarts") {
+  testing::TempDir tmp("ccal-net-join");
+  testing::PortBlock ports(10);
+  fs::path net = bootstrap(tmp, ports);
+  startNetwork(net);
+  testing::StopNetworkAtEnd stop_at_end{net};
+  ApiClient alpha = clientOf(net, "alpha");
+  const std::string beta_x500 = x500Of(net, "beta");
+  auto peerStates = [&](ApiClient& client) {
+    std::map<std::string, std::string> states;
+    if (auto peers = client.get("/api/v1/peers")) {
+      for (const auto& p : (*peers)["peers"]) states[p["legal_name"]] = p["state"];
+    }
+    return states;
+  };
+  REQUIRE(waitUntil([&] { return peerStates(alpha)[beta_x500] == "connected"; }, 30s));
+  const pid_t alpha_pid = pidOf(net, "alpha");
+  const std::string p2p = "127.0.0.1:" + std::to_string(ports.at(6));
+  const std::string api = "127.0.0.1:" + std::to_string(ports.at(7));
+  auto addMember = [&](const std::string& name, const std::string& x500,
+                       const std::string& p2p_address, const std::string& extra = "") {
+    return testing::runCcalCapturing("network add-member --dir " + net.string() + " --name " +
+                                     name + " --x500 '" + x500 + "' --p2p " + p2p_address +
+                                     " --api " + api + extra);
+  };
+
+  // Bad input first: refused, naming the option, and nothing is written.
+  const std::string summary_before = readFileText(net / "network.json");
+  const std::string crls_before = readFileText(net / "alpha" / "certs" / "crls.pem");
+  struct Bad {
+    std::string name, x500, p2p, extra, says;
+  };
+  const Bad bad[] = {
+      {"delta", beta_x500, p2p, "", "--x500: is the X.500 name of member 'beta'"},
+      {"beta", "O=delta Cooperative, L=Sanya, C=CN", p2p, "", "--name:"},
+      {"delta", "O=delta Cooperative, L=Sanya, C=CN", "127.0.0.1:" + std::to_string(ports.at(0)),
+       "", "--p2p: is the p2p address of member 'alpha'"},
+      {"delta", "O=delta Cooperative, L=Sanya, C=CN", p2p, " --role notary-replica",
+       "--role: a notary replica cannot join a running network"},
+      {"Delta", "O=delta Cooperative, L=Sanya, C=CN", p2p, "", "--name: 'Delta' must be"},
+      {"delta", "delta", p2p, "", "--x500:"},
+  };
+  for (const auto& b : bad) {
+    auto refused = addMember(b.name, b.x500, b.p2p, b.extra);
+    INFO(b.says << " <- " << refused.output);
+    CHECK(refused.exit_code != 0);
+    CHECK(refused.output.find(b.says) != std::string::npos);
+  }
+  CHECK_FALSE(fs::exists(net / "delta"));
+  CHECK(readFileText(net / "network.json") == summary_before);
+  CHECK(readFileText(net / "alpha" / "certs" / "crls.pem") == crls_before);
+
+  const std::string delta_x500 = "O=delta Cooperative, L=Sanya, C=CN";
+  auto added = addMember("delta", delta_x500, p2p, " --json");
+  INFO(added.output);
+  REQUIRE(added.exit_code == 0);
+  CHECK(added.output.find("\"added\"") != std::string::npos);
+  CHECK(fs::exists(net / "delta" / "node.toml"));
+  CHECK(fs::exists(net / "alpha" / "node-infos" / "delta"));
+  CHECK(readFileText(net / "network.json").find(delta_x500) != std::string::npos);
+
+  // The running members read it within the re-read interval (5 s); the new
+  // member starts (`network start` starts only what is down) and connects.
+  CHECK(waitUntil(
+      [&] {
+        return readFileText(net / "alpha" / "node.log").find(delta_x500 + " joined the network") !=
+               std::string::npos;
+      },
+      20s));
+  startNetwork(net);
+  ApiClient delta = clientOf(net, "delta");
+  CHECK(waitUntil(
+      [&] {
+        return peerStates(alpha)[delta_x500] == "connected" &&
+               peerStates(delta)[beta_x500] == "connected";
+      },
+      30s));
+  CHECK(pidOf(net, "alpha") == alpha_pid);  // no restart
+
+  // Messages both ways, exactly once (the names in a spelling of their own).
+  auto sent =
+      alpha.post("/api/v1/messages/diagnostic",
+                 {{"to", "O=delta Cooperative,L=Sanya,C=CN"}, {"stream", "join"}, {"count", 3}});
+  REQUIRE_MESSAGE(sent.ok(), sent.error().message);
+  auto back = delta.post("/api/v1/messages/diagnostic",
+                         {{"to", beta_x500}, {"stream", "join"}, {"count", 2}});
+  REQUIRE_MESSAGE(back.ok(), back.error().message);
+  ApiClient beta = clientOf(net, "beta");
+  auto stored = [&](ApiClient& client, const std::string& from, int count) {
+    auto checked = client.post("/api/v1/messages/diagnostic/check",
+                               {{"from", from}, {"stream", "join"}, {"count", count}});
+    return checked.ok() ? (*checked)["stored"].get<int>() : -1;
+  };
+  CHECK(waitUntil([&] { return stored(delta, x500Of(net, "alpha"), 3) == 3; }, 30s));
+  CHECK(waitUntil([&] { return stored(beta, "O=delta Cooperative,L=Sanya,C=CN", 2) == 2; }, 30s));
+}
