@@ -613,17 +613,7 @@ int main(int argc, char** argv) {
   if (stop->parsed()) return printStatuses("network stop", ccal::node::stopNetwork(network_dir), network_json);
   if (add_member->parsed()) {
     auto added = ccal::node::addMember(network_dir, new_member, std::chrono::system_clock::now());
-    if (!added) {
-      std::cerr << "ccal network add-member: " << added.error().message << "\n";
-      if (network_json) {
-        std::cout << nlohmann::json{{"error",
-                                     {{"code", ccal::errcName(added.error().code)},
-                                      {"message", added.error().message}}}}
-                         .dump()
-                  << "\n";
-      }
-      return 1;
-    }
+    if (!added) return failWith("network add-member", added.error(), network_json);
     if (network_json) {
       std::cout << nlohmann::json{{"added", *added}}.dump() << "\n";
     } else {
@@ -637,17 +627,7 @@ int main(int argc, char** argv) {
   if (revoke->parsed()) {
     auto revoked =
         ccal::node::revokeMember(network_dir, revoke_member, std::chrono::system_clock::now());
-    if (!revoked) {
-      std::cerr << "ccal network revoke: " << revoked.error().message << "\n";
-      if (network_json) {
-        std::cout << nlohmann::json{{"error",
-                                     {{"code", ccal::errcName(revoked.error().code)},
-                                      {"message", revoked.error().message}}}}
-                         .dump()
-                  << "\n";
-      }
-      return 1;
-    }
+    if (!revoked) return failWith("network revoke", revoked.error(), network_json);
     if (network_json) {
       std::cout << nlohmann::json{{"revoked", *revoked}}.dump() << "\n";
     } else {

@@ -57,6 +57,15 @@ fs::path bootstrap(const testing::TempDir& tmp, const testing::PortBlock& ports)
   return dir / "net";
 }
 
+// Each peer's connection state in a member's view, by X.500 name.
+std::map<std::string, std::string> peerStates(ApiClient& client) {
+  std::map<std::string, std::string> states;
+  if (auto peers = client.get("/api/v1/peers")) {
+    for (const auto& p : (*peers)["peers"]) states[p["legal_name"]] = p["state"];
+  }
+  return states;
+}
+
 }  // namespace
 
 TEST_CASE("a real network: messages survive kill -9 of the receiver, once each and in order") {
@@ -194,16 +203,10 @@ TEST_CASE("a real network: `ccal network revoke` — running members drop the me
   testing::StopNetworkAtEnd stop_at_end{net};
   ApiClient alpha = clientOf(net, "alpha");
   const std::string beta_x500 = x500Of(net, "beta"), gamma_x500 = x500Of(net, "gamma");
-  auto peerStates = [&] {
-    std::map<std::string, std::string> states;
-    if (auto peers = alpha.get("/api/v1/peers")) {
-      for (const auto& p : (*peers)["peers"]) states[p["legal_name"]] = p["state"];
-    }
-    return states;
-  };
+  auto alphaPeers = [&] { return peerStates(alpha); };
   REQUIRE(waitUntil(
       [&] {
-        auto s = peerStates();
+        auto s = alphaPeers();
         return s[beta_x500] == "connected" && s[gamma_x500] == "connected";
       },
       30s));
@@ -231,7 +234,7 @@ TEST_CASE("a real network: `ccal network revoke` — running members drop the me
   // connections close; gamma stays connected; messages to beta are refused.
   CHECK(waitUntil(
       [&] {
-        auto s = peerStates();
+        auto s = alphaPeers();
         return s.count(beta_x500) == 0 && s[gamma_x500] == "connected";
       },
       30s));
@@ -248,7 +251,7 @@ TEST_CASE("a real network: `ccal network revoke` — running members drop the me
   // Beta keeps running (it is refused, it does not crash), and its redials are refused as revoked.
   std::this_thread::sleep_for(2s);
   CHECK(::kill(beta_pid, 0) == 0);
-  auto s = peerStates();
+  auto s = alphaPeers();
   CHECK(s.count(beta_x500) == 0);
 }
 
@@ -262,13 +265,6 @@ TEST_CASE(
   testing::StopNetworkAtEnd stop_at_end{net};
   ApiClient alpha = clientOf(net, "alpha");
   const std::string beta_x500 = x500Of(net, "beta");
-  auto peerStates = [&](ApiClient& client) {
-    std::map<std::string, std::string> states;
-    if (auto peers = client.get("/api/v1/peers")) {
-      for (const auto& p : (*peers)["peers"]) states[p["legal_name"]] = p["state"];
-    }
-    return states;
-  };
   REQUIRE(waitUntil([&] { return peerStates(alpha)[beta_x500] == "connected"; }, 30s));
   const pid_t alpha_pid = pidOf(net, "alpha");
   const std::string p2p = "127.0.0.1:" + std::to_string(ports.at(6));
