@@ -760,6 +760,16 @@ std::vector<fs::path> memberFolders(const fs::path& network_dir) {
   return out;
 }
 
+// Revocation lists `crls` into every member's certs/crls.pem, then the operator's copy (last: a
+// failure leaves the operator's old lists, so the command can run again).
+Status writeCrlsEverywhere(const fs::path& network_dir, const std::string& crls) {
+  for (const auto& dir : memberFolders(network_dir)) {
+    const fs::path file = dir / "certs/crls.pem";
+    if (fs::exists(file)) CCAL_TRY(writeFileAtomically(file, crls, 0644));
+  }
+  return writeFileAtomically(network_dir / operator_dir / "crls.pem", crls, 0644);
+}
+
 }  // namespace
 
 Result<std::string> revokeMember(const fs::path& network_dir, const std::string& member,
@@ -816,14 +826,119 @@ Result<std::string> revokeMember(const fs::path& network_dir, const std::string&
   CCAL_TRY(next);
   std::string pem;
   for (const auto& l : *lists) pem += &l == previous ? next->pem() : l.pem();
-  // Members first, the operator's copy last: a failure leaves the operator's old list, so
-  // the command can run again.
-  for (const auto& dir : memberFolders(network_dir)) {
-    const fs::path crls = dir / "certs/crls.pem";
-    if (fs::exists(crls)) CCAL_TRY(writeFileAtomically(crls, pem, 0644));
-  }
-  CCAL_TRY(writeFileAtomically(op / "crls.pem", pem, 0644));
+  CCAL_TRY(writeCrlsEverywhere(network_dir, pem));
   return name;
+}
+
+Result<nlohmann::json> rotateTls(const fs::path& network_dir, const std::string& member,
+                                 TimePoint now) {
+  const fs::path op = network_dir / operator_dir;
+  const fs::path dir = network_dir / member;
+  if (member.empty() || member == operator_dir || member.find('/') != std::string::npos ||
+      !fs::exists(dir / "node.toml")) {
+    return makeError(Errc::not_found, "'" + member + "' is not a member folder of " +
+                                          network_dir.string() + " (no " +
+                                          (dir / "node.toml").string() + ")");
+  }
+  auto config = loadNodeConfig(dir / "node.toml");
+  CCAL_TRY(config);
+  // The member's node CA (its key in the member's folder), the old TLS chain, its node info.
+  auto read = [](const fs::path& file) -> Result<std::string> { return readOperatorFile(file); };
+  auto tls_pem = read(config->tls_chain_file);
+  CCAL_TRY(tls_pem);
+  auto old_chain = certificatesFromPem(*tls_pem);
+  if (!old_chain || old_chain->size() != 3) {
+    return makeError(Errc::malformed, config->tls_chain_file.string() +
+                                          ": not a chain of TLS certificate, node CA and doorman");
+  }
+  auto node_ca_key_pem = read(dir / "keys/node-ca.key");
+  CCAL_TRY(node_ca_key_pem);
+  auto node_ca_key = keyPairFromPem(*node_ca_key_pem);
+  if (!node_ca_key) {
+    return makeError(node_ca_key.error().code,
+                     (dir / "keys/node-ca.key").string() + ": " + node_ca_key.error().message);
+  }
+  const Certificate& node_ca_cert = (*old_chain)[1];
+  auto node_ca = CertificateAuthority::fromCertificate(node_ca_cert, *node_ca_key);
+  if (!node_ca) {
+    return makeError(node_ca.error().code,
+                     (dir / "keys/node-ca.key").string() + " is not the key of the node CA in " +
+                         config->tls_chain_file.string() + ": " + node_ca.error().message);
+  }
+  auto info_bytes = readFileBounded(config->node_infos_dir / member,
+                                    NetworkMapLimits::node_info_bytes_max + 1024);
+  CCAL_TRY(info_bytes);
+  auto signed_info = SignedNodeInfo::decode(asBytes(*info_bytes));
+  CCAL_TRY(signed_info);
+  auto info = NodeInfo::decode(signed_info->raw);
+  CCAL_TRY(info);
+  if (info->name != config->x500) {
+    return makeError(Errc::malformed, (config->node_infos_dir / member).string() +
+                                          " is the node info of " + info->name + ", not of " +
+                                          config->x500);
+  }
+  auto identity_pem = read(config->identity_key_file);
+  CCAL_TRY(identity_pem);
+  auto identity_key = keyPairFromPem(*identity_pem);
+  CCAL_TRY(identity_key);
+  if (identity_key->publicKey() != info->legal_identity_key) {
+    return makeError(Errc::malformed, config->identity_key_file.string() +
+                                          " is not the legal identity key of its node info");
+  }
+  // The node CA's list now: the one in the operator's lists with the node CA as issuer.
+  auto lists_text = read(op / "crls.pem");
+  CCAL_TRY(lists_text);
+  auto lists = NetworkMap::parseCrls(*lists_text, (op / "crls.pem").string());
+  CCAL_TRY(lists);
+  const Crl* previous = nullptr;
+  for (const auto& l : *lists) {
+    if (l.issuer() == node_ca_cert.subject() && l.number() >= (previous ? previous->number() : 0)) {
+      // (Each node CA of the network has the member's name as subject; the newest list wins.)
+      previous = &l;
+    }
+  }
+
+  // The new key and certificate, until the node CA's own end; the old one revoked.
+  now = std::chrono::time_point_cast<std::chrono::seconds>(now);
+  const KeyPair tls_key = KeyPair::generate();
+  auto name = X500Name::parse(config->x500);
+  CCAL_TRY(name);
+  const Validity validity{now - std::chrono::minutes(1), node_ca_cert.validity().not_after};
+  if (validity.not_after <= now) {
+    return makeError(Errc::certificate_invalid, member + "'s node CA certificate has expired");
+  }
+  auto tls = node_ca->issueTls(*name, tls_key.publicKey(), validity);
+  CCAL_TRY(tls);
+  const Certificate revoke[] = {old_chain->front()};
+  auto next =
+      node_ca->issueCrl(revoke, now,
+                        previous ? std::max(previous->nextUpdate(), now + std::chrono::hours(24))
+                                 : validity.not_after,
+                        previous);
+  CCAL_TRY(next);
+  std::string crls;
+  for (const auto& l : *lists) crls += &l == previous ? next->pem() : l.pem();
+  if (previous == nullptr) crls += next->pem();
+  const std::vector<Certificate> new_chain = {*tls, node_ca_cert, (*old_chain)[2]};
+  NodeInfo updated = *info;
+  updated.tls_chain = new_chain;
+  updated.serial = info->serial + 1;
+  const Bytes new_info = SignedNodeInfo::sign(updated, *identity_key).encode();
+
+  // The member's own files first (its next start uses the new key), then its node info in
+  // every member's folder, then the lists (running members take the node info before the
+  // list that revokes the old certificate: the member is not dropped, only its old
+  // connections close).
+  CCAL_TRY(writeFileAtomically(config->tls_key_file, privateKeyPem(tls_key), 0600));
+  CCAL_TRY(writeFileAtomically(config->tls_chain_file, toPem(new_chain), 0644));
+  for (const auto& other : memberFolders(network_dir)) {
+    CCAL_TRY(writeFileAtomically(other / "node-infos" / member, new_info, 0644));
+  }
+  CCAL_TRY(writeCrlsEverywhere(network_dir, crls));
+  return nlohmann::json{{"member", config->x500},
+                        {"revoked_serial", old_chain->front().serialHex()},
+                        {"new_serial", tls->serialHex()},
+                        {"node_info_serial", updated.serial}};
 }
 
 Result<nlohmann::json> addMember(const fs::path& network_dir, const NewMember& request,

@@ -123,6 +123,19 @@ Result<BootstrapResult> bootstrapNetwork(const NetworkSpec& spec,
 Result<std::string> revokeMember(const std::filesystem::path& network_dir,
                                  const std::string& member, TimePoint now);
 
+// `ccal network rotate-tls`: a member's TLS key is replaced (say, it leaked). Its node CA
+// (its key in the member's keys/) issues a TLS certificate for a new key and its next
+// revocation list, naming the old certificate; the member signs a node info (serial + 1)
+// with the new chain. Written: the member's keys/tls.key and certs/tls-chain.pem, the node
+// info into every member's node-infos/, then the lists into every certs/crls.pem and
+// _operator/. Running members take the node info and then the lists within seconds: the
+// member stays in their maps, its connections made with the old certificate close, and it
+// is refused until it restarts (`ccal network stop`/`start`, or its own process) with the
+// new key. Returns the member's X.500 name, both certificates' serials and the node info's
+// serial; errors name the file or member at fault.
+Result<nlohmann::json> rotateTls(const std::filesystem::path& network_dir,
+                                 const std::string& member, TimePoint now);
+
 // `ccal network add-member`: a cooperative, bank or regulator joins a running network. The
 // doorman issues its node CA, identity and TLS certificates (valid until the doorman's own
 // end); its folder is written as bootstrap writes one (node.toml, keys, certificates, the

@@ -467,3 +467,51 @@ TEST_CASE(
   CHECK(must(addMember(net.out, regulator, std::chrono::system_clock::now()))["role"] ==
         "regulator");
 }
+
+TEST_CASE("rotate-tls: a member's new TLS certificate identifies it, the old one is revoked") {
+  Bootstrapped net;
+  const fs::path bank = net.out / "harbour-bank";
+  const auto old_chain = must(certificatesFromPem(readText(bank / "certs/tls-chain.pem")));
+  const std::string crls_before = readText(net.out / "haikou-fishing/certs/crls.pem");
+
+  // Bad input: not a member; nothing written.
+  auto unknown = rotateTls(net.out, "nobody", std::chrono::system_clock::now());
+  REQUIRE_FALSE(unknown.ok());
+  CHECK_HAS(unknown.error().message, "'nobody' is not a member folder");
+  CHECK(readText(net.out / "haikou-fishing/certs/crls.pem") == crls_before);
+
+  const auto rotated = must(rotateTls(net.out, "harbour-bank", std::chrono::system_clock::now()));
+  CHECK(rotated["member"] == "O=Harbour Bank, L=Haikou, C=CN");
+  CHECK(rotated["revoked_serial"] == old_chain[0].serialHex());
+  CHECK(rotated["node_info_serial"] == 2);
+  const auto new_chain = must(certificatesFromPem(readText(bank / "certs/tls-chain.pem")));
+  REQUIRE(new_chain.size() == 3);
+  CHECK_FALSE(new_chain[0] == old_chain[0]);
+  CHECK(new_chain[1] == old_chain[1]);  // the same node CA
+  // The new key is the one in its folder.
+  CHECK(must(new_chain[0].publicKey()) ==
+        must(keyPairFromPem(readText(bank / "keys/tls.key"))).publicKey());
+
+  auto ders = [](const std::vector<Certificate>& chain) {
+    std::vector<Bytes> out;
+    for (const auto& c : chain) out.push_back(c.der());
+    return out;
+  };
+  // Another member's map (from its files: node info serial 2 and the new lists).
+  const auto coop = must(loadNodeConfig(net.out / "haikou-fishing/node.toml"));
+  auto map = must(NetworkMap::loadFiles(coop));
+  CHECK(map->memberByName("O=Harbour Bank, L=Haikou, C=CN")->serial == 2);
+  CHECK(must(map->identifyPeer(ders(new_chain))) == "O=Harbour Bank, L=Haikou, C=CN");
+  auto refused = map->identifyPeer(ders(old_chain));
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.error().code == Errc::certificate_revoked);
+  // The member's own files load too (its node info matches its new chain).
+  CHECK(NetworkMap::loadFiles(must(loadNodeConfig(bank / "node.toml"))).ok());
+
+  // Again: the node CA's next list keeps the first entry.
+  must(rotateTls(net.out, "harbour-bank", std::chrono::system_clock::now()));
+  map = must(NetworkMap::loadFiles(coop));
+  CHECK(map->memberByName("O=Harbour Bank, L=Haikou, C=CN")->serial == 3);
+  CHECK(map->identifyPeer(ders(old_chain)).error().code == Errc::certificate_revoked);
+  CHECK(map->identifyPeer(ders(new_chain)).error().code == Errc::certificate_revoked);
+}

@@ -428,6 +428,17 @@ int main(int argc, char** argv) {
       ->required();
   revoke->add_option("--member", revoke_member, "The member's folder name under --dir")->required();
   revoke->add_flag("--json", network_json, "Print the result as JSON");
+  std::string rotate_member;
+  auto* rotate_tls = network->add_subcommand(
+      "rotate-tls",
+      "Replace a member's TLS key: its node CA issues a certificate for a new key and revokes the "
+      "old one; the member uses the new key from its next start");
+  rotate_tls
+      ->add_option("--dir", network_dir, "The network's folder (from `ccal network bootstrap`)")
+      ->required();
+  rotate_tls->add_option("--member", rotate_member, "The member's folder name under --dir")
+      ->required();
+  rotate_tls->add_flag("--json", network_json, "Print the result as JSON");
   ccal::node::NewMember new_member;
   auto* add_member = network->add_subcommand(
       "add-member",
@@ -611,6 +622,22 @@ int main(int argc, char** argv) {
     return printStatuses("network start", ccal::node::startNetwork(network_dir, options), network_json);
   }
   if (stop->parsed()) return printStatuses("network stop", ccal::node::stopNetwork(network_dir), network_json);
+  if (rotate_tls->parsed()) {
+    auto rotated =
+        ccal::node::rotateTls(network_dir, rotate_member, std::chrono::system_clock::now());
+    if (!rotated) return failWith("network rotate-tls", rotated.error(), network_json);
+    if (network_json) {
+      std::cout << rotated->dump() << "\n";
+    } else {
+      std::cout
+          << "New TLS certificate " << (*rotated)["new_serial"].get<std::string>() << " for "
+          << (*rotated)["member"].get<std::string>() << "; certificate "
+          << (*rotated)["revoked_serial"].get<std::string>()
+          << " revoked. Restart the member to use its new key; running members take the change "
+             "within seconds\n";
+    }
+    return 0;
+  }
   if (add_member->parsed()) {
     auto added = ccal::node::addMember(network_dir, new_member, std::chrono::system_clock::now());
     if (!added) return failWith("network add-member", added.error(), network_json);

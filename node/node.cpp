@@ -763,8 +763,10 @@ void Node::Impl::addRoutes() {
 // On the executor, every files_reread_interval_micros while the node runs.
 void Node::Impl::rereadFiles() {
   reread_timer = executor.runAfter(files_reread_interval_micros, [this] { rereadFiles(); });
-  if (!config.crls_file.empty()) rereadCrls();
+  // Node infos first: a member whose TLS certificate was replaced (`ccal network rotate-tls`)
+  // is known by its new one before the lists revoking the old one apply.
   rereadNodeInfos();
+  if (!config.crls_file.empty()) rereadCrls();
 }
 
 // Node-info files that are new or changed since the last look (size or
@@ -814,7 +816,7 @@ void Node::Impl::rereadNodeInfos() {
     const std::string at =
         info.addresses.empty() ? std::string("-") : info.addresses.front().toString();
     if (known_before) {
-      log->info("{} is now at {} (node info serial {}, from {})", info.name, at, info.serial,
+      log->info("node info of {} updated: serial {}, at {} (from {})", info.name, info.serial, at,
                 path.string());
       continue;
     }

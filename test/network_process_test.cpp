@@ -346,3 +346,62 @@ TEST_CASE(
   CHECK(waitUntil([&] { return stored(delta, x500Of(net, "alpha"), 3) == 3; }, 30s));
   CHECK(waitUntil([&] { return stored(beta, "O=delta Cooperative,L=Sanya,C=CN", 2) == 2; }, 30s));
 }
+
+TEST_CASE(
+    "a real network: `ccal network rotate-tls` — the old certificate is refused, the restarted "
+    "member connects") {
+  testing::TempDir tmp("ccal-net-rotate");
+  testing::PortBlock ports(10);
+  fs::path net = bootstrap(tmp, ports);
+  startNetwork(net);
+  testing::StopNetworkAtEnd stop_at_end{net};
+  ApiClient alpha = clientOf(net, "alpha");
+  const std::string beta_x500 = x500Of(net, "beta"), gamma_x500 = x500Of(net, "gamma");
+  REQUIRE(waitUntil(
+      [&] {
+        auto s = peerStates(alpha);
+        return s[beta_x500] == "connected" && s[gamma_x500] == "connected";
+      },
+      30s));
+  const pid_t alpha_pid = pidOf(net, "alpha"), beta_pid = pidOf(net, "beta");
+
+  auto rotated = testing::runCcalCapturing("network rotate-tls --dir " + net.string() +
+                                           " --member beta --json");
+  INFO(rotated.output);
+  REQUIRE(rotated.exit_code == 0);
+  CHECK(rotated.output.find("\"node_info_serial\":2") != std::string::npos);
+
+  // Within the re-read interval: alpha knows beta's new node info, closes the
+  // connections made with the old certificate and refuses beta's redials
+  // (beta still runs with its old key); beta stays in the map, gamma connected.
+  CHECK(waitUntil(
+      [&] {
+        const std::string log = readFileText(net / "alpha" / "node.log");
+        return log.find("node info of " + beta_x500 + " updated: serial 2") != std::string::npos &&
+               log.find("is revoked by its issuer") != std::string::npos;
+      },
+      30s));
+  auto states = peerStates(alpha);
+  CHECK(states.count(beta_x500) == 1);
+  CHECK(states[beta_x500] != "connected");
+  CHECK(states[gamma_x500] == "connected");
+
+  // Beta restarts with its new key: connected again, messages flow, alpha never restarted.
+  REQUIRE(::kill(beta_pid, SIGTERM) == 0);
+  REQUIRE(waitUntil([&] { return ::kill(beta_pid, 0) != 0; }, 30s));
+  startNetwork(net);
+  CHECK(waitUntil([&] { return peerStates(alpha)[beta_x500] == "connected"; }, 30s));
+  auto sent = alpha.post("/api/v1/messages/diagnostic",
+                         {{"to", beta_x500}, {"stream", "rotated"}, {"count", 3}});
+  REQUIRE_MESSAGE(sent.ok(), sent.error().message);
+  ApiClient beta = clientOf(net, "beta");
+  CHECK(waitUntil(
+      [&] {
+        auto checked =
+            beta.post("/api/v1/messages/diagnostic/check",
+                      {{"from", x500Of(net, "alpha")}, {"stream", "rotated"}, {"count", 3}});
+        return checked.ok() && (*checked)["stored"] == 3;
+      },
+      30s));
+  CHECK(pidOf(net, "alpha") == alpha_pid);
+}
