@@ -760,6 +760,18 @@ std::vector<fs::path> memberFolders(const fs::path& network_dir) {
   return out;
 }
 
+// The folder of `member` (a folder name) under `network_dir`, or not_found.
+Result<fs::path> memberFolder(const fs::path& network_dir, const std::string& member) {
+  const fs::path dir = network_dir / member;
+  if (member.empty() || member == operator_dir || member.find('/') != std::string::npos ||
+      !fs::exists(dir / "node.toml")) {
+    return makeError(Errc::not_found, "'" + member + "' is not a member folder of " +
+                                          network_dir.string() + " (no " +
+                                          (dir / "node.toml").string() + ")");
+  }
+  return dir;
+}
+
 // Revocation lists `crls` into every member's certs/crls.pem, then the operator's copy (last: a
 // failure leaves the operator's old lists, so the command can run again).
 Status writeCrlsEverywhere(const fs::path& network_dir, const std::string& crls) {
@@ -776,13 +788,9 @@ Result<std::string> revokeMember(const fs::path& network_dir, const std::string&
                                  TimePoint now) {
   const auto read = readOperatorFile;
   const fs::path op = network_dir / operator_dir;
-  const fs::path member_dir = network_dir / member;
-  if (member.empty() || member == operator_dir || member.find('/') != std::string::npos ||
-      !fs::exists(member_dir / "node.toml")) {
-    return makeError(Errc::not_found, "'" + member + "' is not a member folder of " +
-                                          network_dir.string() + " (no " +
-                                          (member_dir / "node.toml").string() + ")");
-  }
+  auto member_folder = memberFolder(network_dir, member);
+  CCAL_TRY(member_folder);
+  const fs::path member_dir = *member_folder;
   // The member's node CA: the second certificate of its identity chain.
   const fs::path chain_file = member_dir / "certs/identity-chain.pem";
   auto chain_pem = read(chain_file);
@@ -833,13 +841,9 @@ Result<std::string> revokeMember(const fs::path& network_dir, const std::string&
 Result<nlohmann::json> rotateTls(const fs::path& network_dir, const std::string& member,
                                  TimePoint now) {
   const fs::path op = network_dir / operator_dir;
-  const fs::path dir = network_dir / member;
-  if (member.empty() || member == operator_dir || member.find('/') != std::string::npos ||
-      !fs::exists(dir / "node.toml")) {
-    return makeError(Errc::not_found, "'" + member + "' is not a member folder of " +
-                                          network_dir.string() + " (no " +
-                                          (dir / "node.toml").string() + ")");
-  }
+  auto member_folder = memberFolder(network_dir, member);
+  CCAL_TRY(member_folder);
+  const fs::path dir = *member_folder;
   auto config = loadNodeConfig(dir / "node.toml");
   CCAL_TRY(config);
   // The member's node CA (its key in the member's folder), the old TLS chain, its node info.
