@@ -785,8 +785,11 @@ void Node::Impl::rereadNodeInfos() {
       break;
     }
     const fs::path path = it->path();
-    const auto stamp = std::make_pair(it->file_size(stat_ec), it->last_write_time(stat_ec));
+    const uintmax_t size = it->file_size(stat_ec);
     if (stat_ec) continue;
+    const fs::file_time_type modified = it->last_write_time(stat_ec);
+    if (stat_ec) continue;
+    const auto stamp = std::make_pair(size, modified);
     auto seen = node_info_stamps.find(path);
     if (seen != node_info_stamps.end() && seen->second == stamp) continue;
     node_info_stamps[path] = stamp;
