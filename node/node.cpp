@@ -863,10 +863,11 @@ void Node::Impl::rereadCrls() {
     }
   }
   const size_t closed = link->recheckPeers();
-  log->warn(
-      "revocation lists reloaded from {}: {} lists; members revoked and removed from the map: {}; "
-      "connections closed: {}",
-      file, count, names.empty() ? "none" : names, closed);
+  // A warning when it cut someone off; a new member's empty list (add-member) is news only.
+  log->log(names.empty() && closed == 0 ? spdlog::level::info : spdlog::level::warn,
+           "revocation lists reloaded from {}: {} lists; members revoked and removed from the map: "
+           "{}; connections closed: {}",
+           file, count, names.empty() ? "none" : names, closed);
 }
 
 void Node::Impl::stop() {
