@@ -716,9 +716,9 @@ Result<BootstrapResult> bootstrapNetwork(const NetworkSpec& spec, const fs::path
 
 namespace {
 
-// The operator's files (a chain, a certificate, a key, the CRLs, the parameters) are far
-// below this.
-Result<std::string> readOperatorFile(const fs::path& file) {
+// A file of the network folder, the operator's or a member's (a chain, a certificate, a key,
+// the CRLs, the parameters, network.json): all far below this bound.
+Result<std::string> readNetworkFile(const fs::path& file) {
   return readFileBounded(file, NetworkMap::crls_file_bytes_max);
 }
 
@@ -729,13 +729,13 @@ struct Doorman {
 
 // The doorman CA from the operator's folder (_operator/doorman.pem and doorman.key).
 Result<Doorman> loadDoorman(const fs::path& op) {
-  auto doorman_pem = readOperatorFile(op / "doorman.pem");
+  auto doorman_pem = readNetworkFile(op / "doorman.pem");
   CCAL_TRY(doorman_pem);
   auto doorman_cert = Certificate::fromPem(*doorman_pem);
   if (!doorman_cert)
     return makeError(doorman_cert.error().code,
                      (op / "doorman.pem").string() + ": " + doorman_cert.error().message);
-  auto doorman_key_pem = readOperatorFile(op / "doorman.key");
+  auto doorman_key_pem = readNetworkFile(op / "doorman.key");
   CCAL_TRY(doorman_key_pem);
   auto doorman_key = keyPairFromPem(*doorman_key_pem);
   if (!doorman_key)
@@ -786,14 +786,13 @@ Status writeCrlsEverywhere(const fs::path& network_dir, const std::string& crls)
 
 Result<std::string> revokeMember(const fs::path& network_dir, const std::string& member,
                                  TimePoint now) {
-  const auto read = readOperatorFile;
   const fs::path op = network_dir / operator_dir;
   auto member_folder = memberFolder(network_dir, member);
   CCAL_TRY(member_folder);
   const fs::path member_dir = *member_folder;
   // The member's node CA: the second certificate of its identity chain.
   const fs::path chain_file = member_dir / "certs/identity-chain.pem";
-  auto chain_pem = read(chain_file);
+  auto chain_pem = readNetworkFile(chain_file);
   CCAL_TRY(chain_pem);
   auto chain = certificatesFromPem(*chain_pem);
   if (!chain)
@@ -805,9 +804,9 @@ Result<std::string> revokeMember(const fs::path& network_dir, const std::string&
   const Certificate& node_ca = (*chain)[1];
   auto loaded = loadDoorman(op);
   CCAL_TRY(loaded);
-  const Certificate* doorman_cert = &loaded->certificate;
-  CertificateAuthority* doorman = &loaded->ca;
-  if (!(node_ca.issuer() == doorman_cert->subject())) {
+  const Certificate& doorman_cert = loaded->certificate;
+  const CertificateAuthority& doorman = loaded->ca;
+  if (!(node_ca.issuer() == doorman_cert.subject())) {
     return makeError(
         Errc::certificate_invalid,
         chain_file.string() + ": its node CA was not issued by this network's doorman");
@@ -816,7 +815,7 @@ Result<std::string> revokeMember(const fs::path& network_dir, const std::string&
   CCAL_TRY(lists);
   const Crl* previous = nullptr;
   for (const auto& l : *lists) {
-    if (l.issuer() == doorman_cert->subject()) previous = &l;
+    if (l.issuer() == doorman_cert.subject()) previous = &l;
   }
   if (previous == nullptr) {
     return makeError(Errc::not_found,
@@ -828,7 +827,7 @@ Result<std::string> revokeMember(const fs::path& network_dir, const std::string&
   }
   const Certificate revoke[] = {node_ca};
   const TimePoint this_update = std::chrono::time_point_cast<std::chrono::seconds>(now);
-  auto next = doorman->issueCrl(
+  auto next = doorman.issueCrl(
       revoke, this_update, std::max(previous->nextUpdate(), this_update + std::chrono::hours(24)),
       previous);
   CCAL_TRY(next);
@@ -847,15 +846,14 @@ Result<nlohmann::json> rotateTls(const fs::path& network_dir, const std::string&
   auto config = loadNodeConfig(dir / "node.toml");
   CCAL_TRY(config);
   // The member's node CA (its key in the member's folder), the old TLS chain, its node info.
-  auto read = [](const fs::path& file) -> Result<std::string> { return readOperatorFile(file); };
-  auto tls_pem = read(config->tls_chain_file);
+  auto tls_pem = readNetworkFile(config->tls_chain_file);
   CCAL_TRY(tls_pem);
   auto old_chain = certificatesFromPem(*tls_pem);
   if (!old_chain || old_chain->size() != 3) {
     return makeError(Errc::malformed, config->tls_chain_file.string() +
                                           ": not a chain of TLS certificate, node CA and doorman");
   }
-  auto node_ca_key_pem = read(dir / "keys/node-ca.key");
+  auto node_ca_key_pem = readNetworkFile(dir / "keys/node-ca.key");
   CCAL_TRY(node_ca_key_pem);
   auto node_ca_key = keyPairFromPem(*node_ca_key_pem);
   if (!node_ca_key) {
@@ -881,7 +879,7 @@ Result<nlohmann::json> rotateTls(const fs::path& network_dir, const std::string&
                                           " is the node info of " + info->name + ", not of " +
                                           config->x500);
   }
-  auto identity_pem = read(config->identity_key_file);
+  auto identity_pem = readNetworkFile(config->identity_key_file);
   CCAL_TRY(identity_pem);
   auto identity_key = keyPairFromPem(*identity_pem);
   CCAL_TRY(identity_key);
@@ -890,9 +888,7 @@ Result<nlohmann::json> rotateTls(const fs::path& network_dir, const std::string&
                                           " is not the legal identity key of its node info");
   }
   // The node CA's list now: the one in the operator's lists with the node CA as issuer.
-  auto lists_text = read(op / "crls.pem");
-  CCAL_TRY(lists_text);
-  auto lists = NetworkMap::parseCrls(*lists_text, (op / "crls.pem").string());
+  auto lists = NetworkMap::readCrlsFile(op / "crls.pem");
   CCAL_TRY(lists);
   const Crl* previous = nullptr;
   for (const auto& l : *lists) {
@@ -976,7 +972,7 @@ Result<nlohmann::json> addMember(const fs::path& network_dir, const NewMember& r
   if (spec.p2p == spec.api) return r.error("api", "is the same address as p2p");
 
   // Unique across the network: the folder, the X.500 name, the addresses.
-  auto summary_text = readOperatorFile(network_dir / "network.json");
+  auto summary_text = readNetworkFile(network_dir / "network.json");
   CCAL_TRY(summary_text);
   nlohmann::json summary = nlohmann::json::parse(*summary_text, nullptr, false);
   if (!summary.is_object() || !summary.contains("members") || !summary["members"].is_array()) {
@@ -1009,15 +1005,15 @@ Result<nlohmann::json> addMember(const fs::path& network_dir, const NewMember& r
   // The operator's files: the doorman, the root, the revocation lists, the parameters.
   auto doorman = loadDoorman(op);
   CCAL_TRY(doorman);
-  auto root_pem = readOperatorFile(op / "root.pem");
+  auto root_pem = readNetworkFile(op / "root.pem");
   CCAL_TRY(root_pem);
   auto root = Certificate::fromPem(*root_pem);
   if (!root)
     return makeError(root.error().code, (op / "root.pem").string() + ": " + root.error().message);
-  auto crls_pem = readOperatorFile(op / "crls.pem");
+  auto crls_pem = readNetworkFile(op / "crls.pem");
   CCAL_TRY(crls_pem);
   CCAL_TRY(NetworkMap::parseCrls(*crls_pem, (op / "crls.pem").string()));
-  auto signed_parameters = readOperatorFile(op / "network-parameters");
+  auto signed_parameters = readNetworkFile(op / "network-parameters");
   CCAL_TRY(signed_parameters);
   const Bytes parameters_bytes(signed_parameters->begin(), signed_parameters->end());
   auto parameters = SignedNetworkParameters::decode(parameters_bytes);
@@ -1055,9 +1051,9 @@ Result<nlohmann::json> addMember(const fs::path& network_dir, const NewMember& r
   issued->signed_node_info = signFirstNodeInfo(*issued, parameter_values->min_platform_version);
   node_infos[spec.name] = issued->signed_node_info;
 
-  // The new folder first (removed again if it cannot be written whole), then the revocation
-  // lists (with the new node CA's) and the new node info into every member's folder, the
-  // operator's copies last. Running members read both within seconds.
+  // The new folder first (removed again if it cannot be written whole), then the new node
+  // info into every member's folder, then the revocation lists (with the new node CA's), the
+  // operator's copy last. Running members read both within seconds.
   const fs::path dir = network_dir / spec.name;
   const NodeConfig config = memberConfig(spec, parameter_values->min_platform_version,
                                          parameter_values->max_message_bytes);
@@ -1069,11 +1065,10 @@ Result<nlohmann::json> addMember(const fs::path& network_dir, const NewMember& r
     return written.error();
   }
   for (const auto& member_dir : members) {
-    CCAL_TRY(writeFileAtomically(member_dir / "certs/crls.pem", crls, 0644));
     CCAL_TRY(
         writeFileAtomically(member_dir / "node-infos" / spec.name, issued->signed_node_info, 0644));
   }
-  CCAL_TRY(writeFileAtomically(op / "crls.pem", crls, 0644));
+  CCAL_TRY(writeCrlsEverywhere(network_dir, crls));
   nlohmann::json member = memberSummary(*issued, dir);
   summary["members"].push_back(member);
   CCAL_TRY(writeFileAtomically(network_dir / "network.json", summary.dump(2) + "\n", 0644));
