@@ -36,7 +36,8 @@ class Executor {
  public:
   using TimerId = uint64_t;  // never 0
   virtual ~Executor() = default;
-  // Runs fn on the executor soon. Thread-safe.
+  // Runs fn on the executor soon, after every fn posted before it from the
+  // same thread (first in, first out). Thread-safe.
   virtual void post(std::function<void()> fn) = 0;
   // Runs fn on the executor after delay_micros (>= 0) unless cancelled.
   // Executor thread only.

@@ -1046,15 +1046,36 @@ void Replica::tryExecute() {
     executing_through_ = next;
     auto batch = std::make_shared<Batch>(toBatch(next, view_, time, *body));
     batch->body_hashes = std::move(hashes.bodies);
-    machine_.execute(*batch,
-                     [this, ex = &executor_, alive = std::weak_ptr<int>(alive_), next, batch,
-                      digests = std::move(hashes.requests)](Result<Executed> result) mutable {
-                       ex->post([this, alive, next, batch, digests = std::move(digests),
-                                 result = std::move(result)]() mutable {
-                         if (alive.expired()) return;
-                         onExecuted(next, *batch, digests, std::move(result));
-                       });
-                     });
+    // The replies go out as soon as they are settled, while the batch's
+    // write becomes durable (state_machine.h; notary/README.md, safety 4):
+    // with f >= 1 the batch is committed by 2f+1 replicas' commits, each sent
+    // once its prepared certificate was durable. A cluster of one has queued
+    // its slot's record just before (safety 2), maybe in the same write:
+    // its replies wait for done.
+    std::function<void(const Executed&)> decided;
+    if (f() >= 1) {
+      decided = [this, ex = &executor_, alive = std::weak_ptr<int>(alive_), next,
+                 batch](const Executed& executed) {
+        CCAL_ASSERT(executed.replies.size() == batch->requests.size());
+        ex->post([this, alive, next, batch, replies = executed.replies] {
+          if (alive.expired()) return;
+          replies_sent_through_ = std::max(replies_sent_through_, next);
+          ++stats_.batches_replied_early;
+          sendBatchReplies(*batch, replies);
+        });
+      };
+    }
+    machine_.execute(
+        *batch,
+        [this, ex = &executor_, alive = std::weak_ptr<int>(alive_), next, batch,
+         digests = std::move(hashes.requests)](Result<Executed> result) mutable {
+          ex->post([this, alive, next, batch, digests = std::move(digests),
+                    result = std::move(result)]() mutable {
+            if (alive.expired()) return;
+            onExecuted(next, *batch, digests, std::move(result));
+          });
+        },
+        std::move(decided));
   }
 }
 
@@ -1099,7 +1120,7 @@ void Replica::onExecuted(uint64_t seq, const Batch& batch, const std::vector<Sec
   // writer before this batch's replies go out, so the writer works while
   // they are sent.
   tryExecute();
-  sendBatchReplies(batch, result->replies);
+  if (seq > replies_sent_through_) sendBatchReplies(batch, result->replies);
   for (size_t i = 0; i < batch.requests.size(); ++i) {
     const Request& r = batch.requests[i];
     ReplyRecord rec{r.client_seq, view_, std::move(result->replies[i])};

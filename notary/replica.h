@@ -103,6 +103,9 @@ class Replica final : public flows::LinkHandler {
     // Pre-prepares accepted without a prepare: restarted in the view without
     // a clean stop.
     uint64_t votes_abstained = 0;
+    // Batches whose replies went out once their execution was settled,
+    // before it was durable (StateMachine::execute's decided; f >= 1).
+    uint64_t batches_replied_early = 0;
   };
 
   // Opens from the store's recovered state (view, log, checkpoint, replies)
@@ -374,6 +377,9 @@ class Replica final : public flows::LinkHandler {
   bool started_ = false;  // start() succeeded: recordCleanStop() may record one
   std::optional<pbft::Step> step_;
   std::vector<std::function<void()>> after_durable_;
+  // The last batch whose replies went out when its execution was settled,
+  // before it was durable (StateMachine::execute's decided).
+  uint64_t replies_sent_through_ = 0;
   bool flush_posted_ = false;
 
   // State transfer.

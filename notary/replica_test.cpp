@@ -2,6 +2,8 @@
 
 #include <doctest/doctest.h>
 
+#include <filesystem>
+
 #include "notary/notarisation_testing.h"
 #include "notary/pbft_testing.h"
 
@@ -103,6 +105,45 @@ struct Cluster {
     REQUIRE(m.replica->start().ok());
   }
 
+  // Every replica's store file as it is now (settled): what a power loss
+  // now would leave. Returns the copies' paths.
+  std::vector<std::string> snapshot() {
+    settle();
+    std::vector<std::string> copies;
+    for (auto& m : members) {
+      copies.push_back(m.dir->path + "/snapshot.mdb");
+      std::filesystem::copy_file(m.dir->path + "/data.mdb", copies.back(),
+                                 std::filesystem::copy_options::overwrite_existing);
+    }
+    return copies;
+  }
+  // A power loss of the whole cluster: every replica stops at once and
+  // starts again (as after a crash) over its store file as `snapshot()` took it.
+  void powerLoss(const std::vector<std::string>& copies) {
+    settle();
+    for (size_t i = 0; i < members.size(); ++i) {
+      Member& m = members[i];
+      m.replica.reset();
+      m.machine.reset();
+      m.store.reset();
+      std::filesystem::copy_file(copies[i], m.dir->path + "/data.mdb",
+                                 std::filesystem::copy_options::overwrite_existing);
+    }
+    for (uint32_t i = 0; i < members.size(); ++i) {
+      Member& m = members[i];
+      m.store = UniquenessStateMachine::openStore(TestReplica::storeConfig(m.dir->path, false),
+                                                  pbft::ReplicaStore::dbNames())
+                    .value();
+      UniquenessConfig uc = keys.config();
+      uc.complete_on = &loop;
+      m.machine = UniquenessStateMachine::open(*m.store, uc, keys.replica_keys[i]).value();
+      m.replica =
+          std::make_unique<Replica>(config(i), keys.replica_keys[i], hub.link(replicaName(i)), loop,
+                                    *m.clock, *m.store, *m.machine);
+    }
+    for (auto& m : members) REQUIRE(m.replica->start().ok());
+  }
+
   ReplicaConfig config(uint32_t index) {
     ReplicaConfig c;
     c.cluster = "test-notary";
@@ -196,6 +237,8 @@ TEST_CASE("replica: the normal case orders, commits and executes a request, and 
     CHECK(m.replica->stats().frames_rejected == 0);
   }
   CHECK(c.members[0].replica->stats().batches_proposed == 1);
+  // The replies went out once the execution was settled, not after its write.
+  for (auto& m : c.members) CHECK(m.replica->stats().batches_replied_early == 1);
 
   // A retransmission is answered from the reply cache, not executed again.
   c.send(c.request(nonValidatingRequest(tx, c.keys.party.name), 1));
@@ -389,6 +432,70 @@ TEST_CASE(
 }
 
 TEST_CASE(
+    "replica: replies sent before their execution was durable are given again, byte for byte, "
+    "after a power loss of the whole cluster lost every execution of their batch") {
+  Cluster c;
+  // Commits held back: every replica prepares batch 1 (its P durable), none executes it.
+  c.hub.setFilter([](const std::string&, const std::string&, ByteView frame) {
+    auto m = pbft::decodeFrame(frame, pbft::PbftLimits{});
+    return !(m && std::holds_alternative<pbft::Commit>(*m));
+  });
+  const WireTransaction first = spend(c.keys.party, {stateRef("lost")});
+  c.send(c.request(nonValidatingRequest(first, c.keys.party.name), 1));
+  c.runFor(500'000);  // well within the view timer
+  REQUIRE(c.client.replies.empty());
+  for (auto& m : c.members) {
+    const auto stored = pbft::ReplicaStore(*m.store).load().value();
+    REQUIRE(stored.slots.count(1));
+    CHECK(stored.slots.at(1).has_prepared);
+    CHECK(m.machine->lastExecuted() == 0);
+  }
+  // What a power loss would leave of every replica from here on: the P
+  // certificates, nothing of the execution.
+  const std::vector<std::string> before_execution = c.snapshot();
+
+  c.hub.setFilter(nullptr);  // (the dropped commits come again with the status rounds)
+  REQUIRE(c.runUntil([&] { return c.client.repliesFor(1) == 4; }, 5'000'000));
+  std::map<uint32_t, Bytes> answered;
+  for (const auto& r : c.client.replies) answered[r.replica] = r.body;
+  for (auto& m : c.members) CHECK(m.replica->stats().batches_replied_early == 1);
+  CHECK(replyOf(answered.at(0)).outcome == NotarisationReply::Outcome::success);
+
+  // Every replica loses its execution of batch 1, its reply cache and its
+  // commits: the client holds signed successes the replicas no longer record.
+  c.powerLoss(before_execution);
+  for (auto& m : c.members) {
+    CHECK(m.machine->lastExecuted() == 0);
+    CHECK_FALSE(m.machine->consumedBy(stateRef("lost")).value().has_value());
+  }
+  c.client.replies.clear();
+  // Another transaction spending the same state: it must not succeed.
+  const WireTransaction second = spend(c.keys.party, {stateRef("lost"), stateRef("other")});
+  c.send(c.request(nonValidatingRequest(second, c.keys.party.name), 2));
+  // The next view re-proposes batch 1 from the P certificates; executed
+  // again, it gives the same replies, byte for byte.
+  REQUIRE(c.runUntil([&] { return c.client.repliesFor(1) == 4 && c.client.repliesFor(2) >= 3; },
+                     120'000'000));
+  for (const auto& r : c.client.replies) {
+    CAPTURE(r.replica);
+    if (r.client_seq == 1) {
+      CHECK(r.body == answered.at(r.replica));
+      continue;
+    }
+    auto reply = replyOf(r.body);
+    REQUIRE(reply.outcome == NotarisationReply::Outcome::conflict);
+    REQUIRE(reply.conflicts.size() == 1);
+    CHECK(reply.conflicts[0].ref == stateRef("lost"));
+    CHECK(reply.conflicts[0].consumingTxIdHash == consumingTxIdHash(first.id()));
+  }
+  for (auto& m : c.members) {
+    CHECK(m.machine->consumedBy(stateRef("lost")).value() == first.id());
+    CHECK_FALSE(m.machine->consumedBy(stateRef("other")).value().has_value());
+    CHECK(m.replica->view() >= 1);
+  }
+}
+
+TEST_CASE(
     "replica: a batch's replies to a client go in one frame, split to stay within the frame "
     "limit") {
   Cluster c;
@@ -458,6 +565,8 @@ TEST_CASE(
   const auto stored = pbft::ReplicaStore(*store).load().value();
   REQUIRE(stored.slots.count(1));
   CHECK(stored.slots.at(1).has_prepared);
+  // Its execution may share its slot's write: the replies wait until it is durable.
+  CHECK(replica->stats().batches_replied_early == 0);
   settle();
   replica.reset();
   machine.reset();

@@ -107,7 +107,22 @@ class StateMachine {
   // A request that the state machine refuses (conflict, bad time window) is
   // a reply, not an error; an error means the batch was not executed
   // (storage failure) and is fatal for the replica.
-  virtual void execute(const Batch& batch, std::function<void(Result<Executed>)> done) = 0;
+  //
+  // decided (optional) runs before done, with what done will carry, as soon
+  // as the outcome is settled and the durable write has started: the
+  // replies may go out then, for they are final even if the write is lost
+  // (a power loss before it is durable): the batch stays committed by the
+  // protocol (its prepared certificates are durable at 2f+1 replicas before
+  // any commit is sent) and execution is deterministic, so executing it
+  // again from the same state gives the same replies, byte for byte.
+  // Nothing else may rely on the batch before done: lastExecuted(),
+  // effects() and checkpoints wait for it. If the write then fails, done
+  // gets the error (fatal, as above).
+  virtual void execute(const Batch& batch, std::function<void(Result<Executed>)> done,
+                       std::function<void(const Executed&)> decided) = 0;
+  void execute(const Batch& batch, std::function<void(Result<Executed>)> done) {
+    execute(batch, std::move(done), {});
+  }
 
   // State transfer: applies the effects of batch seq == lastExecuted() + 1
   // that other replicas executed, durably, as execute() would have. Only

@@ -620,7 +620,8 @@ Executed UniquenessStateMachine::signReplies(uint64_t seq, BatchRun& run) const 
   return executed;
 }
 
-void UniquenessStateMachine::execute(const Batch& batch, std::function<void(Result<Executed>)> done) {
+void UniquenessStateMachine::execute(const Batch& batch, std::function<void(Result<Executed>)> done,
+                                     std::function<void(const Executed&)> decided) {
   CCAL_ASSERT_MSG(batch.seq == last_queued_ + 1, "batches are executed in sequence, without gaps");
   if (batch.requests.size() > config_.limits.batch_requests_max) {
     done(makeError(Errc::too_large, "batch " + std::to_string(batch.seq) + " has " +
@@ -768,7 +769,25 @@ void UniquenessStateMachine::execute(const Batch& batch, std::function<void(Resu
     return {};
   };
 
-  store_.submit(std::move(fn), [this, run, seq, done = std::move(done)](const Status& status) {
+  // Signed as soon as the outcome is settled, while the write becomes
+  // durable; decided gets the replies then, done once durable (posts to
+  // complete_on run in order, so the signing is done when done runs).
+  auto executed = std::make_shared<std::optional<Executed>>();
+  auto on_decided = [this, run, seq, executed, decided = std::move(decided)] {
+    // (The writer may run the write again, into `run`, if its commit finds
+    // the map full: the settled outputs are taken out first.)
+    auto settled = std::make_shared<BatchRun>();
+    settled->replies = std::move(run->replies);
+    settled->replyBytes = std::move(run->replyBytes);
+    settled->effects = std::move(run->effects);
+    auto sign = [this, settled, seq, executed, decided] {
+      executed->emplace(signReplies(seq, *settled));
+      if (decided) decided(**executed);
+    };
+    if (config_.complete_on == nullptr) return sign();
+    config_.complete_on->post(std::move(sign));
+  };
+  auto on_done = [this, run, seq, executed, done = std::move(done)](const Status& status) {
     if (!status) {
       rewindQueued(seq);  // the replica stays where it was (a failed batch is fatal for it)
       if (run->wrote) {
@@ -793,12 +812,15 @@ void UniquenessStateMachine::execute(const Batch& batch, std::function<void(Resu
     // Written and durable: the entries of this pass leave memory.
     if (run->merged) dropUnmerged([seq](uint64_t s) { return s <= seq; });
     last_executed_.store(seq);
-    if (config_.complete_on == nullptr) {
-      done(signReplies(seq, *run));
-      return;
-    }
-    config_.complete_on->post([this, run, seq, done]() { done(signReplies(seq, *run)); });
-  });
+    auto finish = [executed, done] {
+      CCAL_ASSERT_MSG(executed->has_value(),
+                      "a durable batch's replies were signed when it was decided");
+      done(std::move(**executed));
+    };
+    if (config_.complete_on == nullptr) return finish();
+    config_.complete_on->post(std::move(finish));
+  };
+  store_.submit(std::move(fn), std::move(on_decided), std::move(on_done));
 }
 
 void UniquenessStateMachine::rewindQueued(uint64_t failed_seq) {

@@ -66,8 +66,8 @@ struct UniquenessConfig {
   const ContractRegistry* registry = nullptr;
   VerificationPolicy policy;
   NotarisationLimits limits;
-  // Where a batch's replies are signed and execute()'s done runs once the
-  // batch is durable: the replica's executor, so that the Store's writer
+  // Where a batch's replies are signed (once its outcome is settled) and
+  // execute()'s decided and done run: the replica's executor, so that the Store's writer
   // thread only does LMDB work (signing 1000 successes costs ~15 ms). When
   // null, on the Store's writer thread.
   flows::Executor* complete_on = nullptr;
@@ -111,7 +111,11 @@ class UniquenessStateMachine final : public StateMachine {
   // of its own reply tree, whose root the replica signs (so the client
   // verifies it as any other reply, and a conflict proof can never use it).
   Bytes rejection(const Request& request, const Error& error) const override;
-  void execute(const Batch& batch, std::function<void(Result<Executed>)> done) override;
+  using StateMachine::execute;
+  // The replies are signed once the outcome is settled, while the write
+  // becomes durable (on complete_on), and go to decided, then to done.
+  void execute(const Batch& batch, std::function<void(Result<Executed>)> done,
+               std::function<void(const Executed&)> decided) override;
   void applyEffects(uint64_t seq, ByteView effects, std::function<void(Status)> done) override;
   Result<Bytes> effects(uint64_t seq) const override;
   Result<std::vector<Bytes>> expandReplies(uint64_t seq, ByteView packed) const override;
@@ -141,7 +145,7 @@ class UniquenessStateMachine final : public StateMachine {
   Status checkNonValidating(const NotarisationRequest& request) const;
   Status checkValidating(const NotarisationRequest& request) const;
   Status checkNotary(const std::optional<Party>& notary) const;
-  // Signs a durable batch's replies: one root signature, a proof each, and
+  // Signs a batch's replies: one root signature, a proof each, and
   // a transaction signature per success.
   struct BatchRun;
   Executed signReplies(uint64_t seq, BatchRun& run) const;

@@ -693,28 +693,48 @@ class QueueExecutor final : public flows::Executor {
 
 }  // namespace
 
-TEST_CASE("with complete_on, replies are signed and done runs on that executor") {
+TEST_CASE(
+    "with complete_on, replies are signed and decided and done run on that executor, in that "
+    "order") {
   TestCluster cluster;
   QueueExecutor executor;
   UniquenessConfig config = cluster.config();
   config.complete_on = &executor;
-  TestReplica replica(config, cluster.replica_keys[0]);
+  TestReplica replica(config, cluster.replica_keys[0], true);
   auto tx = spend(cluster.party, {stateRef("a")});
   Batch batch;
   batch.seq = 1;
   batch.time_micros = 1;
   batch.requests = {request(nonValidatingRequest(tx))};
   std::optional<Result<Executed>> out;
+  std::optional<Executed> settled;
   const auto test_thread = std::this_thread::get_id();
-  replica.sm->execute(batch, [&](Result<Executed> r) {
-    CHECK(std::this_thread::get_id() == test_thread);
-    out.emplace(std::move(r));
-  });
+  replica.sm->execute(
+      batch,
+      [&](Result<Executed> r) {
+        CHECK(std::this_thread::get_id() == test_thread);
+        CHECK(settled.has_value());
+        out.emplace(std::move(r));
+      },
+      [&](const Executed& e) {
+        CHECK(std::this_thread::get_id() == test_thread);
+        CHECK_FALSE(out.has_value());
+        settled.emplace(e);
+      });
+  // Two posts: the signing once the outcome is settled (decided), then done
+  // once the write is durable.
+  REQUIRE(executor.runOne());
+  REQUIRE(settled.has_value());
   REQUIRE(executor.runOne());
   REQUIRE(out.has_value());
   REQUIRE(out->ok());
   checkSigned(**out, cluster.replica_keys[0].publicKey(), 1);
   CHECK(replyOf((*out)->replies[0]).outcome == Outcome::success);
+  // decided had the replies done carries, byte for byte, signed once.
+  CHECK(settled->replies == (*out)->replies);
+  CHECK(settled->effects == (*out)->effects);
+  CHECK(settled->packed_replies == (*out)->packed_replies);
+  CHECK(replica.sm->lastExecuted() == 1);
 
   std::optional<Status> applied;
   BatchEffects effects;

@@ -749,6 +749,10 @@ bool Store::growMap() {
 }
 
 void Store::submit(WriteFn fn, DoneFn done, WriteKind kind) {
+  submit(std::move(fn), DecidedFn(), std::move(done), kind);
+}
+
+void Store::submit(WriteFn fn, DecidedFn decided, DoneFn done, WriteKind kind) {
   CCAL_ASSERT_MSG(fn != nullptr && done != nullptr, "submit() needs a request and a done()");
   // The writer would wait for itself: a request or a done() must not submit.
   CCAL_ASSERT_MSG(std::this_thread::get_id() != writer_.get_id(),
@@ -758,7 +762,8 @@ void Store::submit(WriteFn fn, DoneFn done, WriteKind kind) {
     CCAL_ASSERT_MSG(!stopping_, "submit() on a store being closed");
     queue_not_full_.wait(lock,
                          [&] { return queue_.size() < config_.write_queue_max || holds_ > 0; });
-    queue_.push_back(Request{std::move(fn), std::move(done), steadyNanos(), kind});
+    queue_.push_back(
+        Request{std::move(fn), std::move(done), steadyNanos(), kind, std::move(decided)});
   }
   queue_not_empty_.notify_one();
 }
@@ -832,16 +837,19 @@ void Store::writerLoop() {
   batch.reserve(config_.write_batch_max);
   results.reserve(config_.write_batch_max);
 
-  auto answer = [&] {
-    for (auto& [done, status] : unanswered) {
-      try {
-        done(status);
-      } catch (const std::exception& e) {
-        ::ccal::detail::assertionFailed("done() threw", __FILE__, __LINE__, e.what());
-      } catch (...) {
-        ::ccal::detail::assertionFailed("done() threw", __FILE__, __LINE__, "non-standard");
-      }
+  auto callBack = [](const char* what, const auto& fn, const auto&... args) {
+    try {
+      fn(args...);
+    } catch (const std::exception& e) {
+      ::ccal::detail::assertionFailed((std::string(what) + " threw").c_str(), __FILE__, __LINE__,
+                                      e.what());
+    } catch (...) {
+      ::ccal::detail::assertionFailed((std::string(what) + " threw").c_str(), __FILE__, __LINE__,
+                                      "non-standard");
     }
+  };
+  auto answer = [&] {
+    for (auto& [done, status] : unanswered) callBack("done()", done, status);
     unanswered.clear();
   };
   // Syncs the file (the meta pages written since the last sync with it),
@@ -1034,6 +1042,12 @@ void Store::writerLoop() {
       if (!any_ok) {
         mdb_txn_abort(txn);  // nothing to write: spare the fsync
         break;
+      }
+      // The outcomes are settled: whoever asked is told before the commit
+      // (once: a commit that finds the map full runs the batch again).
+      for (size_t i = 0; i < processed; ++i) {
+        if (settled[i] || !results[i].ok() || !batch[i].decided) continue;
+        callBack("decided()", std::exchange(batch[i].decided, DecidedFn()));
       }
       const size_t txnid_before = last_txnid();
       const int64_t commit_start_nanos = steadyNanos();

@@ -205,6 +205,14 @@ enum class WriteKind { plain, sorted };
 // Called on the writer thread once the request's commit is durable (ok), or
 // with the request's own error, or with the commit's error.
 using DoneFn = std::function<void(const Status&)>;
+// Optional, called on the writer thread at most once, before done, when the
+// request's outcome is settled as ok: its run is the one that commits (the
+// batch ran without failing and its commit starts). The request's outputs
+// are then final, though not yet durable: done follows with ok once they are,
+// or with the commit's error (the write may or may not be in the store). For
+// a caller whose answer may go out before it is durable because it can
+// always be computed again (the notary's deterministic execution).
+using DecidedFn = std::function<void()>;
 
 class Store {
  public:
@@ -222,6 +230,8 @@ class Store {
   // Queues a write; done() runs after the durable commit (on the writer
   // thread: keep it short). Blocks while the queue is full.
   void submit(WriteFn fn, DoneFn done, WriteKind kind = WriteKind::plain);
+  // ... and calls decided() once the outcome is settled, before done().
+  void submit(WriteFn fn, DecidedFn decided, DoneFn done, WriteKind kind = WriteKind::plain);
   // Queues a write and waits until it is durable.
   Status write(WriteFn fn);
 
@@ -279,6 +289,7 @@ class Store {
     DoneFn done;
     int64_t submitted_nanos = 0;  // steady clock, for Stats::queued_micros
     WriteKind kind = WriteKind::plain;
+    DecidedFn decided;  // empty, or called once (then emptied)
   };
 
   StoreConfig config_;

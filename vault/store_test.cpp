@@ -640,6 +640,50 @@ TEST_CASE("Store: a failing request rolls back its own changes, not its batch's"
   CHECK(store->stats().reruns == 2);   // without b, then without b and c
 }
 
+TEST_CASE("Store: decided() runs once per request that commits, before the commit and its done()") {
+  TempDir dir;
+  auto store = openStore(testConfig(dir.store(), true));
+  const Db& records = store->db("records");
+  std::atomic<int> finished{0};
+  WriterGate gate;
+  gate.close(*store, finished);
+  // Every callback runs on the writer thread, one at a time.
+  std::vector<std::string> events;
+  auto request = [&](std::string name, bool fail) {
+    store->submit(
+        [&records, name, fail](WriteTxn& txn) -> Status {
+          CCAL_TRY(txn.put(records, asBytes(name), asBytes(name)));
+          if (fail) return makeError(Errc::invalid_transaction, name + " refuses");
+          return {};
+        },
+        [&events, &store, name] {
+          // Before the commit: only the gate's is counted, the write is not yet visible elsewhere.
+          events.push_back("decided " + name + " after " + std::to_string(store->stats().commits) +
+                           " commit(s)");
+        },
+        [&events, &finished, name](const Status& status) {
+          events.push_back("done " + name + (status.ok() ? " ok" : " " + status.error().message));
+          ++finished;
+        });
+  };
+  request("a", false);
+  request("b", true);  // writes, then fails: the batch runs again without it
+  request("c", false);
+  gate.open();
+  waitFor(finished, 4);
+  CHECK(store->stats().reruns == 1);
+  CHECK(store->stats().commits == 2);
+  const std::vector<std::string> expected = {"decided a after 1 commit(s)",
+                                             "decided c after 1 commit(s)", "done a ok",
+                                             "done b b refuses", "done c ok"};
+  CHECK(events == expected);
+  // write() and the two-argument submit() have no decided(): unchanged.
+  CHECK(store->write([&](WriteTxn& txn) { return txn.put(records, asBytes("d"), asBytes("D")); })
+            .ok());
+  CHECK(str(store->read().get(records, asBytes("c"))) == "c");
+  CHECK_FALSE(store->read().get(records, asBytes("b")).has_value());
+}
+
 TEST_CASE("Store: a request refused before it writes costs its batch no re-run") {
   TempDir dir;
   auto store = openStore(testConfig(dir.store()));

@@ -99,7 +99,8 @@ void KvStateMachine::quiesce() {
 }
 
 void KvStateMachine::execute(const notary::Batch& batch,
-                             std::function<void(Result<notary::Executed>)> done) {
+                             std::function<void(Result<notary::Executed>)> done,
+                             std::function<void(const notary::Executed&)> decided) {
   CCAL_ASSERT(batch.seq == last_queued_ + 1);
   last_queued_ = batch.seq;
   auto out = std::make_shared<notary::Executed>();
@@ -144,6 +145,9 @@ void KvStateMachine::execute(const notary::Batch& batch,
         CCAL_TRY(txn.put(store_.db("kv_effects"), seqKey(batch.seq), out->effects));
         CCAL_TRY(txn.put(store_.db("kv_meta"), asBytes(last_key), seqKey(batch.seq)));
         return Status();
+      },
+      [out, decided = std::move(decided)] {
+        if (decided) decided(*out);
       },
       [this, seq = batch.seq, out, done = std::move(done)](const Status& s) {
         if (s) last_executed_ = seq;

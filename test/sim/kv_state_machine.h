@@ -34,8 +34,11 @@ class KvStateMachine final : public notary::StateMachine {
   Status check(const notary::Request& request) const override;
   // "refused <message>": the answer to a request check() refuses.
   Bytes rejection(const notary::Request& request, const Error& error) const override;
-  void execute(const notary::Batch& batch,
-               std::function<void(Result<notary::Executed>)> done) override;
+  using notary::StateMachine::execute;
+  // decided (if given) runs on the Store's writer thread once the batch's
+  // outcome is settled, with a copy of what done then carries.
+  void execute(const notary::Batch& batch, std::function<void(Result<notary::Executed>)> done,
+               std::function<void(const notary::Executed&)> decided) override;
   void applyEffects(uint64_t seq, ByteView effects, std::function<void(Status)> done) override;
   Result<Bytes> effects(uint64_t seq) const override;
   uint64_t lastExecuted() const override { return last_executed_.load(); }
