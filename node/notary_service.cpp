@@ -86,7 +86,9 @@ json statusOfReplica(const notary::Replica& r, const NotaryInfo& cluster, uint32
             {"batches_fetched", s.batches_fetched},
             {"batches_overlapped", s.batches_overlapped},
             {"votes_early", s.votes_early},
-            {"votes_abstained", s.votes_abstained}}}};
+            {"votes_abstained", s.votes_abstained},
+            {"batches_replied_early", s.batches_replied_early},
+            {"replied_early_lead_micros", s.replied_early_lead_micros}}}};
 }
 
 }  // namespace

@@ -1061,6 +1061,7 @@ void Replica::tryExecute() {
           if (alive.expired()) return;
           replies_sent_through_ = std::max(replies_sent_through_, next);
           ++stats_.batches_replied_early;
+          replied_early_at_.emplace_back(next, clock_.nowMicros());
           sendBatchReplies(*batch, replies);
         });
       };
@@ -1121,6 +1122,13 @@ void Replica::onExecuted(uint64_t seq, const Batch& batch, const std::vector<Sec
   // they are sent.
   tryExecute();
   if (seq > replies_sent_through_) sendBatchReplies(batch, result->replies);
+  while (!replied_early_at_.empty() && replied_early_at_.front().first <= seq) {
+    if (replied_early_at_.front().first == seq) {
+      stats_.replied_early_lead_micros += static_cast<uint64_t>(
+          std::max<int64_t>(0, clock_.nowMicros() - replied_early_at_.front().second));
+    }
+    replied_early_at_.pop_front();
+  }
   for (size_t i = 0; i < batch.requests.size(); ++i) {
     const Request& r = batch.requests[i];
     ReplyRecord rec{r.client_seq, view_, std::move(result->replies[i])};

@@ -106,6 +106,9 @@ class Replica final : public flows::LinkHandler {
     // Batches whose replies went out once their execution was settled,
     // before it was durable (StateMachine::execute's decided; f >= 1).
     uint64_t batches_replied_early = 0;
+    // Summed over those batches: how long before their write was durable
+    // (done) the replies went out.
+    uint64_t replied_early_lead_micros = 0;
   };
 
   // Opens from the store's recovered state (view, log, checkpoint, replies)
@@ -380,6 +383,9 @@ class Replica final : public flows::LinkHandler {
   // The last batch whose replies went out when its execution was settled,
   // before it was durable (StateMachine::execute's decided).
   uint64_t replies_sent_through_ = 0;
+  // When those replies went out, for batches not yet durable (at most
+  // executing_batches_max): Stats::replied_early_lead_micros.
+  std::deque<std::pair<uint64_t, int64_t>> replied_early_at_;
   bool flush_posted_ = false;
 
   // State transfer.
