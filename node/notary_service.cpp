@@ -88,7 +88,14 @@ json statusOfReplica(const notary::Replica& r, const NotaryInfo& cluster, uint32
             {"votes_early", s.votes_early},
             {"votes_abstained", s.votes_abstained},
             {"batches_replied_early", s.batches_replied_early},
-            {"replied_early_lead_micros", s.replied_early_lead_micros}}}};
+            {"replied_early_lead_micros", s.replied_early_lead_micros},
+            {"batches_timed", s.batches_timed},
+            {"phase_prepare_micros", s.phase_prepare_micros},
+            {"phase_prepared_durable_micros", s.phase_prepared_durable_micros},
+            {"phase_commit_micros", s.phase_commit_micros},
+            {"phase_execute_micros", s.phase_execute_micros},
+            {"requests_proposed", s.requests_proposed},
+            {"request_wait_micros", s.request_wait_micros}}}};
 }
 
 }  // namespace

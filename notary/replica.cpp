@@ -1,6 +1,7 @@
 #include "notary/replica.h"
 
 #include <algorithm>
+#include <array>
 #include <condition_variable>
 #include <cstdio>
 #include <mutex>
@@ -660,6 +661,8 @@ void Replica::proposeBatches() {
       auto it = pending_.find(d);
       hashes.bodies.push_back(it->second.body_hash);
       hashes.requests.push_back(d);
+      ++stats_.requests_proposed;
+      stats_.request_wait_micros += static_cast<uint64_t>(std::max<int64_t>(0, now - since));
       batch.requests.push_back(std::move(it->second.request));
       if (--pending_per_client_[batch.requests.back().client] == 0) {
         pending_per_client_.erase(batch.requests.back().client);
@@ -845,6 +848,7 @@ void Replica::acceptPrePrepare(uint64_t seq, const SecureHash& digest, BatchBody
   Slot& s = slot(seq);
   s.has_pp = true;
   s.digest = digest;
+  s.accepted_at = clock_.nowMicros();
   s.q[digest] = view_;
   while (s.q.size() > q_digests_per_slot_max) {
     auto lowest = std::min_element(s.q.begin(), s.q.end(),
@@ -983,6 +987,7 @@ void Replica::checkPrepared(Slot& s) {
   }
   if (votes < 2 * f()) return;
   s.prepared = true;
+  s.prepared_at = clock_.nowMicros();
   s.has_p = true;
   s.p_view = view_;
   s.p_digest = s.digest;
@@ -995,6 +1000,7 @@ void Replica::checkPrepared(Slot& s) {
     auto it = slots_.find(seq);
     if (it == slots_.end() || !it->second.prepared || it->second.digest != digest) return;
     it->second.commit_sent = true;
+    it->second.commit_sent_at = clock_.nowMicros();
     it->second.commits[config_.self_index] = digest;
     broadcast(Message(Commit{{v, seq, digest}}));
     checkCommitted(it->second);
@@ -1009,6 +1015,7 @@ void Replica::checkCommitted(Slot& s) {
   }
   if (votes < 2 * f() + 1) return;
   s.committed = true;
+  s.committed_at = clock_.nowMicros();
   tryExecute();
 }
 
@@ -1054,14 +1061,25 @@ void Replica::tryExecute() {
     // its replies wait for done.
     std::function<void(const Executed&)> decided;
     if (f() >= 1) {
-      decided = [this, ex = &executor_, alive = std::weak_ptr<int>(alive_), next,
-                 batch](const Executed& executed) {
+      // (A slot that went through every phase in this view, in order, is timed.)
+      std::array<int64_t, 4> at{s.accepted_at, s.prepared_at, s.commit_sent_at, s.committed_at};
+      if (!s.committed || !std::is_sorted(at.begin(), at.end()) || at[0] == 0) at.fill(0);
+      decided = [this, ex = &executor_, alive = std::weak_ptr<int>(alive_), next, batch,
+                 at](const Executed& executed) {
         CCAL_ASSERT(executed.replies.size() == batch->requests.size());
-        ex->post([this, alive, next, batch, replies = executed.replies] {
+        ex->post([this, alive, next, batch, at, replies = executed.replies] {
           if (alive.expired()) return;
+          const int64_t now = clock_.nowMicros();
+          if (at[0] != 0 && now >= at[3]) {
+            ++stats_.batches_timed;
+            stats_.phase_prepare_micros += static_cast<uint64_t>(at[1] - at[0]);
+            stats_.phase_prepared_durable_micros += static_cast<uint64_t>(at[2] - at[1]);
+            stats_.phase_commit_micros += static_cast<uint64_t>(at[3] - at[2]);
+            stats_.phase_execute_micros += static_cast<uint64_t>(now - at[3]);
+          }
           replies_sent_through_ = std::max(replies_sent_through_, next);
           ++stats_.batches_replied_early;
-          replied_early_at_.emplace_back(next, clock_.nowMicros());
+          replied_early_at_.emplace_back(next, now);
           sendBatchReplies(*batch, replies);
         });
       };

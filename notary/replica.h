@@ -109,6 +109,17 @@ class Replica final : public flows::LinkHandler {
     // Summed over those batches: how long before their write was durable
     // (done) the replies went out.
     uint64_t replied_early_lead_micros = 0;
+    // Where a batch's time goes here, summed over the batches replied to
+    // early that went through every phase in one view (batches_timed): its
+    // pre-prepare accepted -> prepared (the prepares) -> commit sent (its P
+    // durable) -> committed (the commits) -> replies sent (execution settled
+    // and signed).
+    uint64_t batches_timed = 0;
+    uint64_t phase_prepare_micros = 0, phase_prepared_durable_micros = 0, phase_commit_micros = 0,
+             phase_execute_micros = 0;
+    // The primary: requests proposed, and their wait from arrival here to
+    // their batch's proposal, summed.
+    uint64_t requests_proposed = 0, request_wait_micros = 0;
   };
 
   // Opens from the store's recovered state (view, log, checkpoint, replies)
@@ -174,6 +185,8 @@ class Replica final : public flows::LinkHandler {
     std::map<SecureHash, Bytes> frames;
     std::map<uint32_t, SecureHash> prepares, commits;   // current view's votes, by replica
     bool prepared = false, commit_sent = false, committed = false;
+    // When (this replica's clock) each step above was reached (Stats' phases).
+    int64_t accepted_at = 0, prepared_at = 0, commit_sent_at = 0, committed_at = 0;
     bool has_p = false;  // P entry (durable once prepared)
     uint64_t p_view = 0;
     SecureHash p_digest;

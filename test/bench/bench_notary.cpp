@@ -235,6 +235,11 @@ struct ClusterFigures {
   // once their execution was settled, and how long (mean) before the batch
   // was durable.
   double at80_replied_early_share = 0, at80_replied_early_lead_ms = 0;
+  // r1 (the primary) during the latency run, means: a request's wait for its
+  // batch, then the batch's phases (Replica::Stats): prepares, P durable,
+  // commits, execution until the replies go out.
+  double at80_request_wait_ms = 0, at80_prepare_ms = 0, at80_prepared_durable_ms = 0,
+         at80_commit_ms = 0, at80_execute_ms = 0;
 };
 
 // A counter of r1's notary status (group.key) between two readings.
@@ -359,6 +364,15 @@ ClusterFigures runCluster(const Args& args, int n) {
       f.at80_replied_early_share = early / batches;
       if (early > 0)
         f.at80_replied_early_lead_ms = delta("stats", "replied_early_lead_micros") / early / 1000.0;
+    }
+    if (const double proposed = delta("stats", "requests_proposed"); proposed > 0) {
+      f.at80_request_wait_ms = delta("stats", "request_wait_micros") / proposed / 1000.0;
+    }
+    if (const double timed = delta("stats", "batches_timed"); timed > 0) {
+      f.at80_prepare_ms = delta("stats", "phase_prepare_micros") / timed / 1000.0;
+      f.at80_prepared_durable_ms = delta("stats", "phase_prepared_durable_micros") / timed / 1000.0;
+      f.at80_commit_ms = delta("stats", "phase_commit_micros") / timed / 1000.0;
+      f.at80_execute_ms = delta("stats", "phase_execute_micros") / timed / 1000.0;
     }
     if (f.at80.seconds > 0) f.at80_batches_per_second = batches / f.at80.seconds;
   }
@@ -508,6 +522,13 @@ int main(int argc, char** argv) {
         "settled, %.2f ms (mean) before it was durable\n",
         100 * f.at80_replied_early_share, f.at80_replied_early_lead_ms);
     std::printf(
+        "    during the latency run, r1 (primary), means: a request waits %.2f ms for its batch; a "
+        "batch takes %.2f ms to prepare, %.2f ms until its P is durable, %.2f ms to commit, %.2f "
+        "ms "
+        "to execute until its replies go out\n",
+        f.at80_request_wait_ms, f.at80_prepare_ms, f.at80_prepared_durable_ms, f.at80_commit_ms,
+        f.at80_execute_ms);
+    std::printf(
         "    replica r1 during the peak: %.2f durable commits per batch, %.1f requests per batch,"
         " %.0f%% of batches executed overlapped, %.1f us writer CPU per request, %.0f view changes,"
         " %.0f frames rejected\n",
@@ -542,6 +563,11 @@ int main(int argc, char** argv) {
                                {"at80_cores_busy", f.at80_cores_busy},
                                {"at80_replied_early_share", f.at80_replied_early_share},
                                {"at80_replied_early_lead_ms", f.at80_replied_early_lead_ms},
+                               {"at80_request_wait_ms", f.at80_request_wait_ms},
+                               {"at80_phase_prepare_ms", f.at80_prepare_ms},
+                               {"at80_phase_prepared_durable_ms", f.at80_prepared_durable_ms},
+                               {"at80_phase_commit_ms", f.at80_commit_ms},
+                               {"at80_phase_execute_ms", f.at80_execute_ms},
                                {"at80_members_cpu_us_per_notarisation", f.at80_members_cpu_us},
                                {"at80_replicas_cpu_us_per_notarisation", f.at80_replicas_cpu_us},
                                {"requests_per_batch", f.requests_per_batch},
