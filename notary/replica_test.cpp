@@ -68,17 +68,25 @@ struct Cluster {
       Member m;
       m.dir = std::make_unique<ccal::testing::TempDir>("ccal-replica");
       m.clock = std::make_unique<SkewedClock>(loop, skews[i]);
+      members.push_back(std::move(m));
+      open(i, true);
+    }
+    for (auto& m : members) REQUIRE(m.replica->start().ok());
+  }
+  // Replica i's state machine and protocol over its store (opened first
+  // when `store`), not yet started.
+  void open(uint32_t i, bool store) {
+    Member& m = members[i];
+    if (store) {
       m.store = UniquenessStateMachine::openStore(TestReplica::storeConfig(m.dir->path, false),
                                                   pbft::ReplicaStore::dbNames())
                     .value();
-      UniquenessConfig uc = keys.config();
-      uc.complete_on = &loop;
-      m.machine = UniquenessStateMachine::open(*m.store, uc, keys.replica_keys[i]).value();
-      m.replica = std::make_unique<Replica>(config(i), keys.replica_keys[i], hub.link(replicaName(i)), loop,
-                                            *m.clock, *m.store, *m.machine);
-      members.push_back(std::move(m));
     }
-    for (auto& m : members) REQUIRE(m.replica->start().ok());
+    UniquenessConfig uc = keys.config();
+    uc.complete_on = &loop;
+    m.machine = UniquenessStateMachine::open(*m.store, uc, keys.replica_keys[i]).value();
+    m.replica = std::make_unique<Replica>(config(i), keys.replica_keys[i], hub.link(replicaName(i)),
+                                          loop, *m.clock, *m.store, *m.machine);
   }
   ~Cluster() {
     settle();
@@ -97,11 +105,7 @@ struct Cluster {
     if (clean) m.replica->recordCleanStop();
     m.replica.reset();
     m.machine.reset();
-    UniquenessConfig uc = keys.config();
-    uc.complete_on = &loop;
-    m.machine = UniquenessStateMachine::open(*m.store, uc, keys.replica_keys[i]).value();
-    m.replica = std::make_unique<Replica>(config(i), keys.replica_keys[i], hub.link(replicaName(i)),
-                                          loop, *m.clock, *m.store, *m.machine);
+    open(i, false);
     REQUIRE(m.replica->start().ok());
   }
 
@@ -129,18 +133,7 @@ struct Cluster {
       std::filesystem::copy_file(copies[i], m.dir->path + "/data.mdb",
                                  std::filesystem::copy_options::overwrite_existing);
     }
-    for (uint32_t i = 0; i < members.size(); ++i) {
-      Member& m = members[i];
-      m.store = UniquenessStateMachine::openStore(TestReplica::storeConfig(m.dir->path, false),
-                                                  pbft::ReplicaStore::dbNames())
-                    .value();
-      UniquenessConfig uc = keys.config();
-      uc.complete_on = &loop;
-      m.machine = UniquenessStateMachine::open(*m.store, uc, keys.replica_keys[i]).value();
-      m.replica =
-          std::make_unique<Replica>(config(i), keys.replica_keys[i], hub.link(replicaName(i)), loop,
-                                    *m.clock, *m.store, *m.machine);
-    }
+    for (uint32_t i = 0; i < members.size(); ++i) open(i, true);
     for (auto& m : members) REQUIRE(m.replica->start().ok());
   }
 
