@@ -1068,19 +1068,7 @@ void Replica::tryExecute() {
                  at](const Executed& executed) {
         CCAL_ASSERT(executed.replies.size() == batch->requests.size());
         ex->post([this, alive, next, batch, at, replies = executed.replies] {
-          if (alive.expired()) return;
-          const int64_t now = clock_.nowMicros();
-          if (at[0] != 0 && now >= at[3]) {
-            ++stats_.batches_timed;
-            stats_.phase_prepare_micros += static_cast<uint64_t>(at[1] - at[0]);
-            stats_.phase_prepared_durable_micros += static_cast<uint64_t>(at[2] - at[1]);
-            stats_.phase_commit_micros += static_cast<uint64_t>(at[3] - at[2]);
-            stats_.phase_execute_micros += static_cast<uint64_t>(now - at[3]);
-          }
-          replies_sent_through_ = std::max(replies_sent_through_, next);
-          ++stats_.batches_replied_early;
-          replied_early_at_.emplace_back(next, now);
-          sendBatchReplies(*batch, replies);
+          if (!alive.expired()) onSettled(next, *batch, at, replies);
         });
       };
     }
@@ -1096,6 +1084,21 @@ void Replica::tryExecute() {
         },
         std::move(decided));
   }
+}
+
+void Replica::onSettled(uint64_t seq, const Batch& batch, const std::array<int64_t, 4>& at,
+                        const std::vector<Bytes>& replies) {
+  const int64_t now = clock_.nowMicros();
+  if (at[0] != 0 && now >= at[3]) {
+    ++stats_.batches_timed;
+    stats_.phase_prepare_micros += static_cast<uint64_t>(at[1] - at[0]);
+    stats_.phase_prepared_durable_micros += static_cast<uint64_t>(at[2] - at[1]);
+    stats_.phase_commit_micros += static_cast<uint64_t>(at[3] - at[2]);
+    stats_.phase_execute_micros += static_cast<uint64_t>(now - at[3]);
+  }
+  ++stats_.batches_replied_early;
+  replied_early_at_.emplace_back(seq, now);
+  sendBatchReplies(batch, replies);
 }
 
 void Replica::onExecuted(uint64_t seq, const Batch& batch, const std::vector<SecureHash>& request_digests,
@@ -1139,13 +1142,15 @@ void Replica::onExecuted(uint64_t seq, const Batch& batch, const std::vector<Sec
   // writer before this batch's replies go out, so the writer works while
   // they are sent.
   tryExecute();
-  if (seq > replies_sent_through_) sendBatchReplies(batch, result->replies);
-  while (!replied_early_at_.empty() && replied_early_at_.front().first <= seq) {
-    if (replied_early_at_.front().first == seq) {
-      stats_.replied_early_lead_micros += static_cast<uint64_t>(
-          std::max<int64_t>(0, clock_.nowMicros() - replied_early_at_.front().second));
-    }
+  // (Settled batches are replied to in order, each before its own done.)
+  while (!replied_early_at_.empty() && replied_early_at_.front().first < seq)
     replied_early_at_.pop_front();
+  if (!replied_early_at_.empty() && replied_early_at_.front().first == seq) {
+    stats_.replied_early_lead_micros += static_cast<uint64_t>(
+        std::max<int64_t>(0, clock_.nowMicros() - replied_early_at_.front().second));
+    replied_early_at_.pop_front();
+  } else {
+    sendBatchReplies(batch, result->replies);
   }
   for (size_t i = 0; i < batch.requests.size(); ++i) {
     const Request& r = batch.requests[i];

@@ -13,6 +13,7 @@
 // completions are posted back to it. The Replica sets itself as the link's
 // handler. quiesceStore() is for the simulator (see test/sim/sim.h).
 
+#include <array>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -280,6 +281,10 @@ class Replica final : public flows::LinkHandler {
 
   // Execution and checkpoints.
   void tryExecute();
+  // A batch's execution is settled (f >= 1): its replies go out; `at` its
+  // phases' times (Slot::accepted_at...committed_at), or zeros.
+  void onSettled(uint64_t seq, const Batch& batch, const std::array<int64_t, 4>& at,
+                 const std::vector<Bytes>& replies);
   void onExecuted(uint64_t seq, const Batch& batch, const std::vector<SecureHash>& request_digests,
                   Result<Executed> result);
   void afterBatchApplied(uint64_t seq, ByteView effects);
@@ -393,11 +398,10 @@ class Replica final : public flows::LinkHandler {
   bool started_ = false;  // start() succeeded: recordCleanStop() may record one
   std::optional<pbft::Step> step_;
   std::vector<std::function<void()>> after_durable_;
-  // The last batch whose replies went out when its execution was settled,
-  // before it was durable (StateMachine::execute's decided).
-  uint64_t replies_sent_through_ = 0;
-  // When those replies went out, for batches not yet durable (at most
-  // executing_batches_max): Stats::replied_early_lead_micros.
+  // Batches whose replies went out when their execution was settled
+  // (StateMachine::execute's decided), not yet durable, in order (at most
+  // executing_batches_max), and when: onExecuted does not send them again
+  // (Stats::replied_early_lead_micros).
   std::deque<std::pair<uint64_t, int64_t>> replied_early_at_;
   bool flush_posted_ = false;
 
