@@ -87,6 +87,7 @@ struct NodeConfig {
   uint32_t notary_batch_size_max = 1024;
   uint64_t notary_batch_delay_micros = 2'000;
   uint32_t notary_batches_in_flight_max = 4;
+  uint32_t notary_batches_in_flight_at_once_max = 1;
   uint64_t notary_view_change_timeout_micros = 2'000'000;
 
   // [flows] (members only: a notary replica runs no flows and must not have the table).

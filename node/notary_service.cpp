@@ -266,6 +266,7 @@ Status NotaryService::Impl::openReplica() {
   rc.batch_size_max = config.notary_batch_size_max;
   rc.batch_delay_micros = static_cast<int64_t>(config.notary_batch_delay_micros);
   rc.batches_in_flight_max = config.notary_batches_in_flight_max;
+  rc.batches_in_flight_at_once_max = config.notary_batches_in_flight_at_once_max;
   rc.view_change_timeout_micros = static_cast<int64_t>(config.notary_view_change_timeout_micros);
   rc.view_change_timeout_micros_max =
       std::max(rc.view_change_timeout_micros, rc.view_change_timeout_micros_max);

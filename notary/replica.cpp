@@ -616,11 +616,13 @@ void Replica::proposeNow() {
 void Replica::scheduleBatch() {
   if (pending_.size() >= config_.batch_size_max || config_.batch_delay_micros == 0)
     return proposeNow();
-  // An idle pipeline (every batch proposed has executed): a request need not
-  // wait for company, so it goes out after the requests that arrived with
-  // it (the current burst of frames); while batches are in flight, requests
-  // gather for up to batch_delay_micros, so the batches grow with the load.
-  if (next_seq_ == machine_.lastExecuted() + 1 && isPrimary()) {
+  // A pipeline with at most batches_in_flight_at_once_max batches proposed
+  // and not executed: a request need not wait for company, so it goes out
+  // after the requests that arrived with it (the current burst of frames);
+  // while more are in flight, requests gather for up to batch_delay_micros,
+  // so the batches grow with the load.
+  if (next_seq_ <= machine_.lastExecuted() + 1 + config_.batches_in_flight_at_once_max &&
+      isPrimary()) {
     if (propose_posted_) return;
     propose_posted_ = true;
     postBack([this] {

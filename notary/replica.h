@@ -64,6 +64,13 @@ struct ReplicaConfig {
   // few in flight keep the stages (durable write, network, execution)
   // overlapped, and the batches grow with the load instead of the pipeline.
   uint32_t batches_in_flight_max = 4;
+  // While at most this many batches are in flight, a new request is
+  // proposed at once (after the burst of frames it came with) instead of
+  // gathering for batch_delay_micros (notary.batches_in_flight_at_once_max).
+  // 0: only an idle pipeline proposes at once; 1 (default): a request that
+  // comes while one batch is in flight need not wait for that batch's
+  // durable execution, which at a light load was most of its wait.
+  uint32_t batches_in_flight_at_once_max = 1;
   // Committed batches handed to the state machine, not yet durable: batch
   // s+1 is handed before s's write commits (the Store's writer runs them in
   // order, in one transaction when they meet), so the execution of a

@@ -425,6 +425,45 @@ TEST_CASE(
 }
 
 TEST_CASE(
+    "replica: a request that comes while at most batches_in_flight_at_once_max batches are in "
+    "flight is "
+    "proposed at once; beyond that it gathers for batch_delay_micros") {
+  for (uint32_t at_once : {0u, 1u, 2u}) {
+    CAPTURE(at_once);
+    Cluster c({0, 0, 0, 0}, [at_once](ReplicaConfig& rc) {
+      rc.batch_delay_micros = 500'000;  // the four requests take well under the view timer (10 s)
+      rc.batches_in_flight_at_once_max = at_once;
+    });
+    // Commits held back: no batch executes, each proposed one stays in flight.
+    c.hub.setFilter([](const std::string&, const std::string&, ByteView frame) {
+      auto m = pbft::decodeFrame(frame, pbft::PbftLimits{});
+      return !(m && std::holds_alternative<pbft::Commit>(*m));
+    });
+    const Replica& primary = *c.members[0].replica;
+    // The k-th request comes while k - 1 batches are in flight: at once for
+    // k - 1 <= at_once, after the batch delay otherwise.
+    for (uint64_t k = 1; k <= 4; ++k) {
+      CAPTURE(k);
+      c.send(c.request(spendBody(c.keys, "s" + std::to_string(k)), k));
+      c.runFor(100'000);
+      const uint64_t in_flight_before = k - 1;
+      if (in_flight_before <= at_once) {
+        CHECK(primary.stats().batches_proposed == k);
+      } else {
+        CHECK(primary.stats().batches_proposed == k - 1);
+        c.runFor(500'000);
+        CHECK(primary.stats().batches_proposed == k);
+      }
+    }
+    CHECK(c.executedEverywhere() == 0);
+    c.hub.setFilter(nullptr);  // (the dropped commits come again with the status rounds)
+    // (Resent a batch or all of them per status round to a stalled peer.)
+    REQUIRE(c.runUntil([&] { return c.executedEverywhere() == 4; }, 30'000'000));
+    for (uint64_t k = 1; k <= 4; ++k) CHECK(c.client.repliesFor(k) >= 3);
+  }
+}
+
+TEST_CASE(
     "replica: replies sent before their execution was durable are given again, byte for byte, "
     "after a power loss of the whole cluster lost every execution of their batch") {
   Cluster c;
