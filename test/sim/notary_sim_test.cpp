@@ -123,20 +123,28 @@ struct ReplicaInstance {
     CCAL_ASSERT_MSG(started.ok(), started.ok() ? "" : started.error().toString().c_str());
   }
   ~ReplicaInstance() {
+    held.reset();
     replica.reset();
     machine.reset();
     store.reset();
   }
+  // The event's writes share one commit (sim.h).
+  void beginEvent() {
+    if (!held) held.emplace(store->hold());
+  }
   void quiesce() {
+    held.reset();
     replica->quiesceStore();
     machine->quiesce();
   }
+  std::optional<vault::Store::Hold> held;
 };
 
 class ReplicaNode final : public sim::Node {
  public:
   ReplicaNode(sim::MemberEnv& env, const Plan& plan, uint32_t index)
       : instance(env.dir, replicaConfig(plan, index), env.link, env.executor, env.clock) {}
+  void beginEvent() override { instance.beginEvent(); }
   void quiesce() override { instance.quiesce(); }
   ReplicaInstance instance;
 };
@@ -189,6 +197,10 @@ class TwinNode final : public sim::Node, public flows::LinkHandler {
   ~TwinNode() override {
     twin_a_.reset();
     twin_b_.reset();
+  }
+  void beginEvent() override {
+    twin_a_->beginEvent();
+    twin_b_->beginEvent();
   }
   void quiesce() override {
     twin_a_->quiesce();
@@ -641,11 +653,17 @@ class NotaryReplicaNode final : public sim::Node {
     CCAL_ASSERT_MSG(started.ok(), started.ok() ? "" : started.error().toString().c_str());
   }
   ~NotaryReplicaNode() override {
+    held.reset();
     replica.reset();
     machine.reset();
     store.reset();
   }
+  // The event's writes share one commit (sim.h).
+  void beginEvent() override {
+    if (!held) held.emplace(store->hold());
+  }
   void quiesce() override {
+    held.reset();
     replica->quiesceStore();
     // A barrier: the writer runs requests and their completions in order.
     CCAL_ASSERT(store->write([](vault::WriteTxn&) { return Status(); }).ok());
@@ -654,6 +672,7 @@ class NotaryReplicaNode final : public sim::Node {
   std::unique_ptr<vault::Store> store;
   std::unique_ptr<UniquenessStateMachine> machine;
   std::unique_ptr<Replica> replica;
+  std::optional<vault::Store::Hold> held;
 };
 
 class NotaryClientNode final : public sim::Node {

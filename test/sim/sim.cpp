@@ -104,7 +104,8 @@ void Scheduler::takeForeign() {
   }
 }
 
-bool Scheduler::step(int64_t deadline_micros, const std::function<void(int member)>& after) {
+bool Scheduler::step(int64_t deadline_micros, const std::function<void(int member)>& after,
+                     const std::function<void(int member)>& before) {
   takeForeign();
   if (events_.empty() || events_.begin()->first.first > deadline_micros) {
     now_ = std::max(now_, deadline_micros);
@@ -119,6 +120,7 @@ bool Scheduler::step(int64_t deadline_micros, const std::function<void(int membe
   ++events_run_;
   trace(static_cast<uint64_t>(now_));
   trace(static_cast<uint64_t>(static_cast<int64_t>(event.member)));
+  if (before) before(event.member);
   event.fn();
   if (after) after(event.member);
   takeForeign();
@@ -364,6 +366,17 @@ Status Simulation::sendFrame(int from, std::string_view peer, Bytes frame) {
   return {};
 }
 
+void Simulation::beginEvent(int member) {
+  if (member == Scheduler::global_member) {
+    for (auto& m : members_) {
+      if (m->current && m->current->node) m->current->node->beginEvent();
+    }
+    return;
+  }
+  auto& m = *members_[static_cast<size_t>(member)];
+  if (m.current && m.current->node) m.current->node->beginEvent();
+}
+
 void Simulation::quiesce(int member) {
   if (member == Scheduler::global_member) {
     for (auto& m : members_) {
@@ -383,7 +396,10 @@ bool Simulation::runUntil(const std::function<bool()>& pred, int64_t deadline_mi
   const int64_t end = scheduler_.now() + deadline_micros;
   for (;;) {
     if (pred()) return true;
-    if (!scheduler_.step(end, [this](int member) { quiesce(member); })) return pred();
+    if (!scheduler_.step(
+            end, [this](int member) { quiesce(member); },
+            [this](int member) { beginEvent(member); }))
+      return pred();
   }
 }
 

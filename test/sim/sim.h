@@ -18,7 +18,12 @@
 // completion (a barrier write on the store does this: its writer runs
 // requests and their done() in order). Completions posted from other
 // threads are then queued in the order they were posted, after the event's
-// own posts, at the current virtual time.
+// own posts, at the current virtual time. Before every event the simulator
+// calls Node::beginEvent(), where a node may hold its store's writer
+// (vault::Store::Hold, released in quiesce()): the writes one event queues
+// then always share one commit, instead of sharing it or not as the writer
+// thread happens to wake, which would order a write's early completion
+// (Store::submit's decided) and another's done() either way.
 //
 // What a crash means: the node's objects are destroyed at once; storage
 // requests already queued still complete (the store drains on close) but
@@ -104,8 +109,10 @@ class Scheduler {
 
   // Runs one event: false when none is due by deadline_micros (virtual,
   // absolute), after moving time on to the deadline.
-  // `after` runs after the event, before foreign posts are taken in.
-  bool step(int64_t deadline_micros, const std::function<void(int member)>& after);
+  // `before` runs before the event, `after` after it, before foreign posts
+  // are taken in.
+  bool step(int64_t deadline_micros, const std::function<void(int member)>& after,
+            const std::function<void(int member)>& before = nullptr);
   size_t pending() const { return events_.size(); }
   uint64_t eventsRun() const { return events_run_; }
 
@@ -173,6 +180,7 @@ struct MemberEnv {
 class Node {
  public:
   virtual ~Node() = default;
+  virtual void beginEvent() {}  // before each event (see the file comment)
   virtual void quiesce() {}
 };
 
@@ -238,6 +246,7 @@ class Simulation {
 
   int indexOf(std::string_view name) const;
   void start(int index);
+  void beginEvent(int member);
   void quiesce(int member);
   void updateLinks();
   // A frame from member `from` sent on its link.
