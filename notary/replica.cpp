@@ -620,9 +620,10 @@ void Replica::scheduleBatch() {
   // and not executed: a request need not wait for company, so it goes out
   // after the requests that arrived with it (the current burst of frames);
   // while more are in flight, requests gather for up to batch_delay_micros,
-  // so the batches grow with the load.
-  if (next_seq_ <= machine_.lastExecuted() + 1 + config_.batches_in_flight_at_once_max &&
-      isPrimary()) {
+  // so the batches grow with the load. (Executed as this thread has seen it,
+  // not machine_.lastExecuted(), which the Store's writer moves meanwhile:
+  // the simulator replays a seed exactly.)
+  if (next_seq_ <= state_digest_seq_ + 1 + config_.batches_in_flight_at_once_max && isPrimary()) {
     if (propose_posted_) return;
     propose_posted_ = true;
     postBack([this] {
