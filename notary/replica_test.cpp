@@ -189,7 +189,10 @@ struct Cluster {
   void send(const WireRequest& r, std::set<uint32_t> to = {0, 1, 2, 3}) {
     for (uint32_t i : to) REQUIRE(hub.link(client_name).send(replicaName(i), pbft::encodeFrame(pbft::Message(r))).ok());
   }
-  uint64_t executedEverywhere() const {
+  // After settle(): replies go out before their batch's write is durable,
+  // and lastExecuted() moves when it is.
+  uint64_t executedEverywhere() {
+    settle();
     uint64_t lo = UINT64_MAX;
     for (const auto& m : members) lo = std::min(lo, m.replica->lastExecuted());
     return lo;
