@@ -75,6 +75,7 @@ Replica::Replica(ReplicaConfig config, KeyPair identity, flows::Link& link,
   view_timeout_micros_ = config_.view_change_timeout_micros;
   peer_executed_at_status_.assign(config_.replicas.size(), UINT64_MAX);
   peer_stalled_statuses_.assign(config_.replicas.size(), 0);
+  peer_resent_batches_.assign(config_.replicas.size(), 0);
   link_.setHandler(this);
 }
 
@@ -1663,9 +1664,18 @@ void Replica::onStatus(uint32_t from, const StatusMsg& st) {
   // (a durable commit, a busy core): it gets the one batch it needs next
   // (execution is in order, so a single loss stops it there); a peer
   // stalled for two intervals or more gets every batch in flight.
+  //
+  // A peer that executed no more batches than it was resent at its previous
+  // status lives on what is resent (every commit of a stretch lost, say):
+  // it is still stalled, so the resending grows to every batch in flight
+  // instead of starting over at one batch every other status.
   uint64_t& previous = peer_executed_at_status_[from];
-  const bool stalled = previous == st.last_executed;
+  uint32_t& resent = peer_resent_batches_[from];
+  const uint64_t progress =
+      previous != UINT64_MAX && st.last_executed > previous ? st.last_executed - previous : 0;
+  const bool stalled = previous != UINT64_MAX && (progress == 0 || progress <= resent);
   previous = st.last_executed;
+  resent = 0;
   uint32_t& stalled_statuses = peer_stalled_statuses_[from];
   stalled_statuses = stalled ? stalled_statuses + 1 : 0;
   if (!stalled) return;
@@ -1689,6 +1699,7 @@ void Replica::onStatus(uint32_t from, const StatusMsg& st) {
     }
     if (s.commit_sent) send(from, Message(Commit{{view_, s.seq, s.digest}}));
   }
+  resent = sent;
 }
 
 void Replica::requestMissingBatches() {

@@ -347,8 +347,11 @@ class Replica final : public flows::LinkHandler {
   uint64_t next_seq_ = 1;  // the primary's next sequence number to propose
   // Per replica: last_executed in its previous status (UINT64_MAX: none yet).
   std::vector<uint64_t> peer_executed_at_status_;
-  // Per replica: consecutive statuses in which it executed nothing.
+  // Per replica: consecutive statuses in which it executed nothing, or no
+  // more batches than it was resent at the status before.
   std::vector<uint32_t> peer_stalled_statuses_;
+  // Per replica: batches resent to it at its previous status.
+  std::vector<uint32_t> peer_resent_batches_;
 
   // Execution. Batches (lastExecuted(), executing_through_] are handed to
   // the state machine and not yet answered (executing_batches_ of them).

@@ -474,6 +474,32 @@ TEST_CASE(
 }
 
 TEST_CASE(
+    "replica: peers that lost the commits of several batches get them all resent within a few "
+    "status rounds, not one batch every other round") {
+  Cluster c({0, 0, 0, 0}, [](ReplicaConfig& rc) {
+    rc.checkpoint_interval_batches = 8;  // no checkpoint among the batches below
+  });
+  // Every commit lost for a moment (shorter than a status interval, 1 s):
+  // four batches prepare everywhere and execute nowhere.
+  c.hub.setFilter([](const std::string&, const std::string&, ByteView frame) {
+    auto m = pbft::decodeFrame(frame, pbft::PbftLimits{});
+    return !(m && std::holds_alternative<pbft::Commit>(*m));
+  });
+  for (uint64_t k = 1; k <= 4; ++k)
+    c.send(c.request(spendBody(c.keys, "lost" + std::to_string(k)), k));
+  c.runFor(400'000);
+  CHECK(c.members[0].replica->stats().batches_proposed == 4);
+  CHECK(c.executedEverywhere() == 0);
+  c.hub.setFilter(nullptr);
+  // One status round resends one batch (a peer that executed nothing in an
+  // interval is often only slow); the peers then execute no more than that,
+  // so the next round resends every batch in flight.
+  REQUIRE(c.runUntil([&] { return c.executedEverywhere() == 4; }, 3'500'000));
+  for (uint64_t k = 1; k <= 4; ++k) CHECK(c.client.repliesFor(k) >= 3);
+  for (auto& m : c.members) CHECK(m.replica->view() == 0);
+}
+
+TEST_CASE(
     "replica: replies sent before their execution was durable are given again, byte for byte, "
     "after a power loss of the whole cluster lost every execution of their batch") {
   Cluster c;
