@@ -366,26 +366,20 @@ Status Simulation::sendFrame(int from, std::string_view peer, Bytes frame) {
   return {};
 }
 
-void Simulation::beginEvent(int member) {
-  if (member == Scheduler::global_member) {
-    for (auto& m : members_) {
-      if (m->current && m->current->node) m->current->node->beginEvent();
-    }
-    return;
+void Simulation::forNodes(int member, const std::function<void(Node&)>& fn) {
+  for (size_t i = 0; i < members_.size(); ++i) {
+    if (member != Scheduler::global_member && static_cast<size_t>(member) != i) continue;
+    auto& m = *members_[i];
+    if (m.current && m.current->node) fn(*m.current->node);
   }
-  auto& m = *members_[static_cast<size_t>(member)];
-  if (m.current && m.current->node) m.current->node->beginEvent();
+}
+
+void Simulation::beginEvent(int member) {
+  forNodes(member, [](Node& n) { n.beginEvent(); });
 }
 
 void Simulation::quiesce(int member) {
-  if (member == Scheduler::global_member) {
-    for (auto& m : members_) {
-      if (m->current && m->current->node) m->current->node->quiesce();
-    }
-    return;
-  }
-  auto& m = *members_[static_cast<size_t>(member)];
-  if (m.current && m.current->node) m.current->node->quiesce();
+  forNodes(member, [](Node& n) { n.quiesce(); });
 }
 
 void Simulation::at(int64_t delay_micros, std::function<void()> fn) {

@@ -246,6 +246,8 @@ class Simulation {
 
   int indexOf(std::string_view name) const;
   void start(int index);
+  // `member`'s node, or every member's for Scheduler::global_member.
+  void forNodes(int member, const std::function<void(Node&)>& fn);
   void beginEvent(int member);
   void quiesce(int member);
   void updateLinks();
