@@ -84,6 +84,7 @@ json statusOfReplica(const notary::Replica& r, const NotaryInfo& cluster, uint32
             {"frames_rejected", s.frames_rejected},
             {"store_writes", s.store_writes},
             {"batches_fetched", s.batches_fetched},
+            {"batches_decided_by_commits", s.batches_decided_by_commits},
             {"batches_overlapped", s.batches_overlapped},
             {"votes_early", s.votes_early},
             {"votes_abstained", s.votes_abstained},

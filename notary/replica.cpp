@@ -1012,7 +1012,9 @@ void Replica::checkPrepared(Slot& s) {
 }
 
 void Replica::checkCommitted(Slot& s) {
-  if (!s.prepared || !s.commit_sent || s.committed) return;
+  if (s.decided) return;
+  if (!s.prepared) return decideOnCommits(s);
+  if (!s.commit_sent || s.committed) return;
   uint32_t votes = 0;
   for (const auto& [r, d] : s.commits) {
     if (d == s.digest) ++votes;
@@ -1021,6 +1023,25 @@ void Replica::checkCommitted(Slot& s) {
   s.committed = true;
   s.committed_at = clock_.nowMicros();
   tryExecute();
+}
+
+// A slot that did not prepare here (its pre-prepare lost, or refused when
+// resent after the allowed drift) is decided by 2f+1 commits of this view
+// for one digest: at least f+1 honest replicas prepared that batch at this
+// seq, so every later view keeps it there (observeCommit's argument, across
+// views). It executes once its batch is here (fetched if not), instead of
+// waiting for a view change or a state transfer.
+void Replica::decideOnCommits(Slot& s) {
+  std::map<SecureHash, uint32_t> votes;
+  for (const auto& [r, d] : s.commits) {
+    if (++votes[d] < 2 * f() + 1) continue;
+    s.decided = true;
+    s.decided_digest = d;
+    if (d.isZero()) s.batches[d] = BatchBody{};
+    ++stats_.batches_decided_by_commits;
+    tryExecute();
+    return;
+  }
 }
 
 // --- execution -----------------------------------------------------------------------

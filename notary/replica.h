@@ -99,6 +99,8 @@ class Replica final : public flows::LinkHandler {
     uint64_t replies_from_cache = 0, view_changes = 0, new_views = 0, checkpoints_stable = 0;
     uint64_t state_transfers = 0, effects_applied = 0, frames_rejected = 0, store_writes = 0;
     uint64_t batches_fetched = 0;
+    // Not prepared here, decided by 2f+1 commits of the view (decideOnCommits).
+    uint64_t batches_decided_by_commits = 0;
     // Handed to the state machine while an earlier batch's execution was not
     // yet durable (pipelined execution, executing_batches_max).
     uint64_t batches_overlapped = 0;
@@ -277,6 +279,7 @@ class Replica final : public flows::LinkHandler {
   void onCommit(uint32_t from, const pbft::VoteMsg& m);
   void checkPrepared(Slot& s);
   void checkCommitted(Slot& s);
+  void decideOnCommits(Slot& s);
   void observeCommit(uint32_t from, const pbft::VoteMsg& m);
   bool inWindow(uint64_t seq) const;
   // Votes are taken inside the window and for batches kept past a stable

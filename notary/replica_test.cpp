@@ -500,6 +500,33 @@ TEST_CASE(
 }
 
 TEST_CASE(
+    "replica: a backup that never gets a batch's pre-prepare executes it on 2f+1 commits of the "
+    "view, "
+    "fetching the batch") {
+  Cluster c;
+  // Every pre-prepare to backup 3 is lost (the status rounds' resends too).
+  c.hub.setFilter([](const std::string&, const std::string& to, ByteView frame) {
+    if (to != replicaName(3)) return true;
+    auto m = pbft::decodeFrame(frame, pbft::PbftLimits{});
+    return !(m && std::holds_alternative<pbft::PrePrepareMsg>(*m));
+  });
+  const WireTransaction tx = spend(c.keys.party, {stateRef("unseen")});
+  c.send(c.request(nonValidatingRequest(tx, c.keys.party.name), 1));
+  // Well within a status interval (1 s) and the view timer (10 s).
+  REQUIRE(c.runUntil([&] { return c.executedEverywhere() == 1; }, 500'000));
+  const Replica& r3 = *c.members[3].replica;
+  CHECK(r3.stats().batches_decided_by_commits == 1);
+  CHECK(r3.stats().batches_fetched == 1);
+  CHECK(r3.view() == 0);
+  CHECK(c.members[3].machine->consumedBy(stateRef("unseen")).value() == tx.id());
+  for (uint32_t i = 0; i < 3; ++i)
+    CHECK(c.members[i].replica->stats().batches_decided_by_commits == 0);
+  REQUIRE(c.runUntil([&] { return c.client.repliesFor(1) == 4; }, 500'000));
+  for (const auto& r : c.client.replies)
+    CHECK(replyOf(r.body).outcome == NotarisationReply::Outcome::success);
+}
+
+TEST_CASE(
     "replica: replies sent before their execution was durable are given again, byte for byte, "
     "after a power loss of the whole cluster lost every execution of their batch") {
   Cluster c;
@@ -713,11 +740,18 @@ TEST_CASE("replica: backups refuse a batch whose timestamp is outside the allowe
   // The backups' view timers expire: replica 1 becomes primary and its
   // batch commits with replicas 1, 2, 3 (replica 0 refuses its timestamp too).
   REQUIRE(c.runUntil([&] { return c.client.repliesFor(3) >= 3; }, 60'000'000));
+  c.settle();  // (replies go out before the write is durable; lastExecuted() moves when it is)
   for (uint32_t i = 1; i < 4; ++i) {
     CHECK(c.members[i].replica->view() >= 1);
     CHECK(c.members[i].replica->lastExecuted() >= 1);  // (a null batch may come first)
     CHECK(c.members[i].machine->consumedBy(stateRef("late")).value().has_value());
   }
+  // Replica 0 refuses the new primary's timestamp (its own clock is the one
+  // off) and still follows: the others' 2f+1 commits decide the batch there.
+  REQUIRE(c.runUntil(
+      [&] { return c.members[0].machine->consumedBy(stateRef("late")).value().has_value(); },
+      5'000'000));
+  CHECK(c.members[0].replica->stats().batches_decided_by_commits >= 1);
 }
 
 TEST_CASE("replica: a request the state machine refuses is answered with its signed error, unordered and not cached") {

@@ -560,7 +560,7 @@ Outcome runSeeds(const std::string& what, Plan plan, uint64_t ci_seeds, uint64_t
 TEST_CASE("notary sim: 4 replicas under loss, duplication, reordering, partitions, crashes, skew") {
   Plan plan;
   plan.requests = 150;
-  const Outcome total = runSeeds("4 replicas", plan, 5, 1);
+  const Outcome total = runSeeds("4 replicas", plan, 10, 1);
   // Not vacuous: some batches went to the state machine while the one
   // before was still executing (several committed at once); votes went out
   // before their writes were durable, and replicas restarted after a crash
