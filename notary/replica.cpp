@@ -1367,7 +1367,9 @@ void Replica::startViewChange(uint64_t new_view) {
   view_ = new_view;
   view_changing_ = true;
   ++stats_.view_changes;
-  if (::getenv("PBFT_TRACE")) log("view change to " + std::to_string(new_view) + " at " + std::to_string(clock_.nowMicros() / 1000));
+  // (Bounded: view changes back off, view_change_timeout_micros doubling.)
+  log("starting a view change to view " + std::to_string(new_view) + " (last executed " +
+      std::to_string(machine_.lastExecuted()) + ")");
   new_view_msg_.reset();
   if (batch_timer_) {
     executor_.cancel(batch_timer_);
@@ -1533,7 +1535,7 @@ void Replica::installNewView(const NewViewMsg& nv, const Decision& d) {
   CCAL_ASSERT(nv.view == view_ && view_changing_);
   view_changing_ = false;
   ++stats_.new_views;
-  if (::getenv("PBFT_TRACE")) log("new view " + std::to_string(view_) + " at " + std::to_string(clock_.nowMicros() / 1000));
+  log("in view " + std::to_string(view_) + ", primary " + config_.replicas[primaryOf(view_)].name);
   if (view_timer_) {
     executor_.cancel(view_timer_);
     view_timer_ = 0;
