@@ -364,9 +364,8 @@ const std::vector<KeySpec>& keySpecs() {
         [](NodeConfig& c) -> uint32_t& { return c.notary_batches_in_flight_max; }, 1, 64));
     k.push_back(integer<uint32_t>(
         "notary.batches_in_flight_at_once_max",
-        "While at most this many batches are in flight, a new request is proposed at once rather "
-        "than "
-        "gathering for notary.batch_delay_micros",
+        "While at most this many batches are in flight, a new request is proposed at once "
+        "rather than gathering for notary.batch_delay_micros",
         [](NodeConfig& c) -> uint32_t& { return c.notary_batches_in_flight_at_once_max; }, 0, 64));
     k.push_back(integer<uint64_t>(
         "notary.view_change_timeout_micros",

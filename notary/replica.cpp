@@ -980,6 +980,7 @@ void Replica::onCommit(uint32_t from, const VoteMsg& m) {
   if (!takesVotes(m.seq)) return;
   Slot& s = slot(m.seq);
   s.commits.emplace(from, m.digest);
+  if (!s.prepared) return decideOnCommits(s, m.digest);
   checkCommitted(s);
 }
 
@@ -1012,9 +1013,7 @@ void Replica::checkPrepared(Slot& s) {
 }
 
 void Replica::checkCommitted(Slot& s) {
-  if (s.decided) return;
-  if (!s.prepared) return decideOnCommits(s);
-  if (!s.commit_sent || s.committed) return;
+  if (!s.prepared || !s.commit_sent || s.committed || s.decided) return;
   uint32_t votes = 0;
   for (const auto& [r, d] : s.commits) {
     if (d == s.digest) ++votes;
@@ -1027,21 +1026,22 @@ void Replica::checkCommitted(Slot& s) {
 
 // A slot that did not prepare here (its pre-prepare lost, or refused when
 // resent after the allowed drift) is decided by 2f+1 commits of this view
-// for one digest: at least f+1 honest replicas prepared that batch at this
-// seq, so every later view keeps it there (observeCommit's argument, across
-// views). It executes once its batch is here (fetched if not), instead of
-// waiting for a view change or a state transfer.
-void Replica::decideOnCommits(Slot& s) {
-  std::map<SecureHash, uint32_t> votes;
+// for one digest (only the digest of the commit just taken can reach it): at least f+1 honest
+// replicas prepared that batch at this seq, so every later view keeps it there (observeCommit's
+// argument, across views). It executes once its batch is here (fetched if not), instead of waiting
+// for a view change or a state transfer.
+void Replica::decideOnCommits(Slot& s, const SecureHash& digest) {
+  if (s.decided) return;
+  uint32_t votes = 0;
   for (const auto& [r, d] : s.commits) {
-    if (++votes[d] < 2 * f() + 1) continue;
-    s.decided = true;
-    s.decided_digest = d;
-    if (d.isZero()) s.batches[d] = BatchBody{};
-    ++stats_.batches_decided_by_commits;
-    tryExecute();
-    return;
+    if (d == digest) ++votes;
   }
+  if (votes < 2 * f() + 1) return;
+  s.decided = true;
+  s.decided_digest = digest;
+  if (digest.isZero()) s.batches[digest] = BatchBody{};
+  ++stats_.batches_decided_by_commits;
+  tryExecute();
 }
 
 // --- execution -----------------------------------------------------------------------
@@ -1694,9 +1694,8 @@ void Replica::onStatus(uint32_t from, const StatusMsg& st) {
   // instead of starting over at one batch every other status.
   uint64_t& previous = peer_executed_at_status_[from];
   uint32_t& resent = peer_resent_batches_[from];
-  const uint64_t progress =
-      previous != UINT64_MAX && st.last_executed > previous ? st.last_executed - previous : 0;
-  const bool stalled = previous != UINT64_MAX && (progress == 0 || progress <= resent);
+  const bool stalled = previous != UINT64_MAX &&
+                       (st.last_executed <= previous || st.last_executed - previous <= resent);
   previous = st.last_executed;
   resent = 0;
   uint32_t& stalled_statuses = peer_stalled_statuses_[from];

@@ -279,7 +279,7 @@ class Replica final : public flows::LinkHandler {
   void onCommit(uint32_t from, const pbft::VoteMsg& m);
   void checkPrepared(Slot& s);
   void checkCommitted(Slot& s);
-  void decideOnCommits(Slot& s);
+  void decideOnCommits(Slot& s, const SecureHash& digest);
   void observeCommit(uint32_t from, const pbft::VoteMsg& m);
   bool inWindow(uint64_t seq) const;
   // Votes are taken inside the window and for batches kept past a stable

@@ -100,6 +100,16 @@ ReplicaConfig replicaConfig(const Plan& plan, uint32_t index) {
   return c;
 }
 
+// Holds a store's writer from the start of an event to its quiesce, so the
+// event's writes share one commit (sim.h); released before the store closes.
+struct EventHold {
+  std::optional<vault::Store::Hold> held;
+  void begin(vault::Store& store) {
+    if (!held) held.emplace(store.hold());
+  }
+  void end() { held.reset(); }
+};
+
 // One replica instance over its own store directory.
 struct ReplicaInstance {
   std::unique_ptr<vault::Store> store;
@@ -123,21 +133,18 @@ struct ReplicaInstance {
     CCAL_ASSERT_MSG(started.ok(), started.ok() ? "" : started.error().toString().c_str());
   }
   ~ReplicaInstance() {
-    held.reset();
+    hold.end();
     replica.reset();
     machine.reset();
     store.reset();
   }
-  // The event's writes share one commit (sim.h).
-  void beginEvent() {
-    if (!held) held.emplace(store->hold());
-  }
+  void beginEvent() { hold.begin(*store); }
   void quiesce() {
-    held.reset();
+    hold.end();
     replica->quiesceStore();
     machine->quiesce();
   }
-  std::optional<vault::Store::Hold> held;
+  EventHold hold;
 };
 
 class ReplicaNode final : public sim::Node {
@@ -653,17 +660,14 @@ class NotaryReplicaNode final : public sim::Node {
     CCAL_ASSERT_MSG(started.ok(), started.ok() ? "" : started.error().toString().c_str());
   }
   ~NotaryReplicaNode() override {
-    held.reset();
+    hold.end();
     replica.reset();
     machine.reset();
     store.reset();
   }
-  // The event's writes share one commit (sim.h).
-  void beginEvent() override {
-    if (!held) held.emplace(store->hold());
-  }
+  void beginEvent() override { hold.begin(*store); }
   void quiesce() override {
-    held.reset();
+    hold.end();
     replica->quiesceStore();
     // A barrier: the writer runs requests and their completions in order.
     CCAL_ASSERT(store->write([](vault::WriteTxn&) { return Status(); }).ok());
@@ -672,7 +676,7 @@ class NotaryReplicaNode final : public sim::Node {
   std::unique_ptr<vault::Store> store;
   std::unique_ptr<UniquenessStateMachine> machine;
   std::unique_ptr<Replica> replica;
-  std::optional<vault::Store::Hold> held;
+  EventHold hold;
 };
 
 class NotaryClientNode final : public sim::Node {
