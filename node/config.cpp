@@ -367,6 +367,17 @@ const std::vector<KeySpec>& keySpecs() {
         "While at most this many batches are in flight, a new request is proposed at once "
         "rather than gathering for notary.batch_delay_micros",
         [](NodeConfig& c) -> uint32_t& { return c.notary_batches_in_flight_at_once_max; }, 0, 64));
+    k.push_back(integer<uint32_t>(
+        "notary.vote_log_mb",
+        "The vote log's size (pbft_votes.log beside the store): a prepared certificate is made "
+        "durable there with one write before the replica's commit; 0 writes it to the store",
+        [](NodeConfig& c) -> uint32_t& { return c.notary_vote_log_mb; }, 0, 1024));
+    k.push_back(integer<uint32_t>(
+        "notary.vote_log_record_bytes_max",
+        "Only a prepared certificate whose batch is at most this large goes to the vote log "
+        "(larger ones come with loads where writes queue anyway); 0 logs none",
+        [](NodeConfig& c) -> uint32_t& { return c.notary_vote_log_record_bytes_max; }, 0,
+        16u << 20));
     k.push_back(integer<uint64_t>(
         "notary.view_change_timeout_micros",
         "Replicas start a view change when the primary makes no progress for this long",

@@ -88,6 +88,8 @@ struct NodeConfig {
   uint64_t notary_batch_delay_micros = 2'000;
   uint32_t notary_batches_in_flight_max = 4;
   uint32_t notary_batches_in_flight_at_once_max = 1;
+  uint32_t notary_vote_log_mb = 16;
+  uint32_t notary_vote_log_record_bytes_max = 16384;
   uint64_t notary_view_change_timeout_micros = 2'000'000;
 
   // [flows] (members only: a notary replica runs no flows and must not have the table).

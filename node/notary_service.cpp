@@ -85,6 +85,8 @@ json statusOfReplica(const notary::Replica& r, const NotaryInfo& cluster, uint32
             {"store_writes", s.store_writes},
             {"batches_fetched", s.batches_fetched},
             {"batches_decided_by_commits", s.batches_decided_by_commits},
+            {"prepared_logged", s.prepared_logged},
+            {"prepared_log_full", s.prepared_log_full},
             {"batches_overlapped", s.batches_overlapped},
             {"votes_early", s.votes_early},
             {"votes_abstained", s.votes_abstained},
@@ -268,6 +270,8 @@ Status NotaryService::Impl::openReplica() {
   rc.batch_delay_micros = static_cast<int64_t>(config.notary_batch_delay_micros);
   rc.batches_in_flight_max = config.notary_batches_in_flight_max;
   rc.batches_in_flight_at_once_max = config.notary_batches_in_flight_at_once_max;
+  rc.vote_log_bytes = uint64_t{config.notary_vote_log_mb} << 20;
+  rc.vote_log_record_bytes_max = config.notary_vote_log_record_bytes_max;
   rc.view_change_timeout_micros = static_cast<int64_t>(config.notary_view_change_timeout_micros);
   rc.view_change_timeout_micros_max =
       std::max(rc.view_change_timeout_micros, rc.view_change_timeout_micros_max);

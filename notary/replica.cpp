@@ -12,7 +12,6 @@ using namespace pbft;
 
 namespace {
 
-constexpr size_t q_digests_per_slot_max = 4;    // Q entries kept per sequence number
 constexpr uint32_t fetch_batches_per_round_max = 32;
 constexpr size_t effects_frame_overhead_bytes = 4096;
 // A replies frame: its fixed part, and each entry's beyond its body (list
@@ -20,6 +19,9 @@ constexpr size_t effects_frame_overhead_bytes = 4096;
 constexpr size_t replies_frame_overhead_bytes = 4096;
 constexpr size_t replies_entry_overhead_bytes = 32;
 constexpr int64_t transfer_stall_rounds_max = 10;  // status intervals without progress
+// Slots whose prepared certificate is in the vote log only, before a store
+// write is started to take them (at a steady load, every 32 batches).
+constexpr size_t logged_slots_unstored_max = 32;
 
 SecureHash chainDigest(const SecureHash& prev, ByteView effects) {
   Sha256 h;
@@ -204,6 +206,19 @@ Status Replica::start() {
   } else if (abstain_view_ == view_ && primaryOf(view_) == config_.self_index) {
     startViewChange(view_ + 1);
   }
+  if (f() > 0 && config_.vote_log_bytes > 0) {
+    auto opened = VoteLog::open({ReplicaStore::voteLogPath(store_.store()), config_.vote_log_bytes,
+                                 store_.store().config().durable});
+    if (!opened) return opened.error();
+    vote_log_ = std::move(*opened);
+    if (const uint64_t last = vote_log_->lastLsn(); last > 0) {
+      // Records of the runs before (load() merged them): the store takes
+      // them, then the ring is free.
+      for (auto& [seq, s] : slots_) persistSlot(s);
+      afterDurable([this, last] { vote_log_->releaseThrough(last); });
+      log_appended_lsn_ = log_durable_lsn_ = last;
+    }
+  }
   status_timer_ = executor_.runAfter(config_.status_interval_micros, [this] { onStatusTimer(); });
   maybeStartStateTransfer();
   tryExecute();
@@ -244,6 +259,18 @@ struct Replica::StoreRequests {
   std::condition_variable drained;
   uint64_t in_flight = 0;
   bool failed = false;  // a protocol write failed: no clean stop is recorded
+};
+
+// Counts a store (or vote log) request done when destroyed: after the
+// request's completion is posted, so quiesceStore() sees it queued.
+struct Replica::StoreRequestDone {
+  std::shared_ptr<StoreRequests> r;
+  bool failed;
+  ~StoreRequestDone() {
+    std::lock_guard lock(r->mutex);
+    if (failed) r->failed = true;
+    if (--r->in_flight == 0) r->drained.notify_all();
+  }
 };
 
 void Replica::quiesceStore() {
@@ -401,6 +428,15 @@ void Replica::persistSlot(Slot& s) {
 
 void Replica::flush() {
   if (!step_) return;
+  // Slots whose prepared certificate is in the vote log only: recorded here
+  // too, and the log's space released once this write is durable.
+  std::vector<uint64_t> release;
+  for (const auto& [seq, lsn] : logged_) {
+    auto it = slots_.find(seq);
+    if (it != slots_.end()) persistSlot(it->second);
+    release.push_back(lsn);
+  }
+  logged_.clear();
   Step s = std::move(*step_);
   step_.reset();
   s.reply_batches.merge(replies_unwritten_.reply_batches);
@@ -420,19 +456,12 @@ void Replica::flush() {
   std::optional<uint64_t> normal_view;
   if (s.meta && !s.meta->view_changing) normal_view = s.meta->view;
   // The executor outlives this object's queued requests; this object may not.
+  const uint64_t log_lsn = log_appended_lsn_;
   store_.write(std::move(s), [this, ex = &executor_, alive = std::weak_ptr<int>(alive_), fns,
-                              requests = store_requests_, normal_view](const Status& st) {
-    // Posted before the count drops, so quiesceStore() sees it queued.
-    struct Done {
-      std::shared_ptr<StoreRequests> r;
-      bool failed;
-      ~Done() {
-        std::lock_guard lock(r->mutex);
-        if (failed) r->failed = true;
-        if (--r->in_flight == 0) r->drained.notify_all();
-      }
-    } done{requests, !st};
-    ex->post([this, alive, fns, st, normal_view] {
+                              requests = store_requests_, normal_view, log_lsn,
+                              release = std::move(release)](const Status& st) mutable {
+    StoreRequestDone done{requests, !st};
+    ex->post([this, alive, fns, st, normal_view, log_lsn, release = std::move(release)] {
       if (alive.expired()) return;
       if (st && normal_view && (!durable_view_ || *durable_view_ < *normal_view)) {
         durable_view_ = normal_view;
@@ -441,6 +470,12 @@ void Replica::flush() {
         // What depended on this write is not sent: the protocol state it
         // records may be lost, so acting on it could equivocate.
         log("writing protocol state failed: " + st.error().toString());
+        return;
+      }
+      for (uint64_t lsn : release) vote_log_->release(lsn);
+      // The vote log's records appended before this write are durable first.
+      if (log_lsn > log_durable_lsn_) {
+        waiting_for_log_.emplace_back(log_lsn, fns);
         return;
       }
       for (auto& fn : *fns) fn();
@@ -996,20 +1031,85 @@ void Replica::checkPrepared(Slot& s) {
   s.has_p = true;
   s.p_view = view_;
   s.p_digest = s.digest;
+  if (logPrepared(s)) return;
   persistSlot(s);
   step().meta = meta();  // (the last batch timestamp of a pre-prepare recorded only now)
   const uint64_t v = view_, seq = s.seq;
   const SecureHash digest = s.digest;
-  afterDurable([this, v, seq, digest] {
-    if (view_ != v || view_changing_) return;
-    auto it = slots_.find(seq);
-    if (it == slots_.end() || !it->second.prepared || it->second.digest != digest) return;
-    it->second.commit_sent = true;
-    it->second.commit_sent_at = clock_.nowMicros();
-    it->second.commits[config_.self_index] = digest;
-    broadcast(Message(Commit{{v, seq, digest}}));
-    checkCommitted(it->second);
-  });
+  afterDurable([this, v, seq, digest] { sendCommit(v, seq, digest); });
+}
+
+void Replica::sendCommit(uint64_t v, uint64_t seq, const SecureHash& digest) {
+  if (view_ != v || view_changing_) return;
+  auto it = slots_.find(seq);
+  if (it == slots_.end() || !it->second.prepared || it->second.digest != digest) return;
+  it->second.commit_sent = true;
+  it->second.commit_sent_at = clock_.nowMicros();
+  it->second.commits[config_.self_index] = digest;
+  broadcast(Message(Commit{{v, seq, digest}}));
+  checkCommitted(it->second);
+}
+
+bool Replica::logPrepared(Slot& s) {
+  if (!vote_log_) return false;
+  size_t record_bytes = 0;
+  for (const auto& [d, fr] : s.frames) {
+    if (s.q.count(d) || d == s.p_digest) record_bytes += fr.size();
+  }
+  if (record_bytes > config_.vote_log_record_bytes_max) return false;
+  SlotRecord r;
+  r.seq = s.seq;
+  r.pre_prepared = s.q;
+  r.has_prepared = true;
+  r.prepared_view = s.p_view;
+  r.prepared_digest = s.p_digest;
+  for (const auto& [d, b] : s.batches) {
+    if (!s.q.count(d) && d != s.p_digest) continue;
+    auto fr = s.frames.find(d);
+    r.batches[d] = fr != s.frames.end() ? fr->second : encodeBatch(b);
+  }
+  {
+    std::lock_guard lock(store_requests_->mutex);
+    ++store_requests_->in_flight;
+  }
+  const uint64_t v = view_, seq = s.seq;
+  const SecureHash digest = s.digest;
+  auto appended = vote_log_->append(
+      ReplicaStore::encodeLoggedSlot(r, last_batch_time_micros_),
+      [this, ex = &executor_, alive = std::weak_ptr<int>(alive_), requests = store_requests_, v,
+       seq, digest](const Status& st, uint64_t lsn) {
+        StoreRequestDone done{requests, !st};
+        ex->post([this, alive, st, lsn, v, seq, digest] {
+          if (alive.expired()) return;
+          if (!st) {
+            // No commit: the prepared certificate may be lost (safety 2).
+            log("writing a prepared certificate to the vote log failed: " + st.error().toString());
+            return;
+          }
+          onLogged(lsn);
+          sendCommit(v, seq, digest);
+        });
+      });
+  if (!appended) {
+    StoreRequestDone undo{store_requests_, false};
+    ++stats_.prepared_log_full;
+    return false;
+  }
+  ++stats_.prepared_logged;
+  log_appended_lsn_ = *appended;
+  logged_.emplace_back(seq, *appended);
+  if (logged_.size() >= logged_slots_unstored_max) step();  // (the store takes them)
+  s.unrecorded = false;                                     // the record has the slot's Q and batch
+  return true;
+}
+
+void Replica::onLogged(uint64_t lsn) {
+  log_durable_lsn_ = std::max(log_durable_lsn_, lsn);
+  while (!waiting_for_log_.empty() && waiting_for_log_.front().first <= log_durable_lsn_) {
+    auto fns = std::move(waiting_for_log_.front().second);
+    waiting_for_log_.pop_front();
+    for (auto& fn : *fns) fn();
+  }
 }
 
 void Replica::checkCommitted(Slot& s) {
@@ -1207,13 +1307,14 @@ void Replica::onExecuted(uint64_t seq, const Batch& batch, const std::vector<Sec
     view_timer_ = 0;
   }
   armViewTimer();
-  // Nothing more to execute now: if no other write takes the replies along
-  // soon (the next batch's, at a steady load), they get one of their own.
-  if (executing_batches_ == 0 && !replies_unwritten_.reply_batches.empty() &&
+  // Nothing more to execute now: if no other write takes the replies (and
+  // the slots in the vote log only) along soon (the next batch's, at a
+  // steady load), they get one of their own.
+  if (executing_batches_ == 0 && (!replies_unwritten_.reply_batches.empty() || !logged_.empty()) &&
       reply_write_timer_ == 0) {
     reply_write_timer_ = executor_.runAfter(replies_idle_write_delay_micros, [this] {
       reply_write_timer_ = 0;
-      if (!replies_unwritten_.reply_batches.empty()) step();
+      if (!replies_unwritten_.reply_batches.empty() || !logged_.empty()) step();
     });
   }
   if (isPrimary()) scheduleBatch();

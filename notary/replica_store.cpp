@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "notary/record_reader.h"
+#include "notary/vote_log.h"
 
 namespace ccal::notary::pbft {
 
@@ -130,6 +131,71 @@ Result<SlotRecord> ReplicaStore::decodeSlot(uint64_t seq, ByteView bytes) {
   return r;
 }
 
+std::string ReplicaStore::voteLogPath(const vault::Store& store) {
+  return store.config().path + "/pbft_votes.log";
+}
+
+Bytes ReplicaStore::encodeLoggedSlot(const SlotRecord& r, int64_t last_batch_time_micros) {
+  size_t total = 8 + 8 + 1 + 4 + r.pre_prepared.size() * 40 + 4 + 1 + 8 + 32;
+  for (const auto& [d, b] : r.batches) total += 32 + 4 + b.size();
+  Bytes out = seqKey(r.seq);
+  out.reserve(total);
+  appendU64(out, static_cast<uint64_t>(last_batch_time_micros));
+  out.push_back(slot_format_inline);
+  appendU32(out, static_cast<uint32_t>(r.pre_prepared.size()));
+  for (const auto& [d, v] : r.pre_prepared) {
+    append(out, d.view());
+    appendU64(out, v);
+  }
+  appendU32(out, static_cast<uint32_t>(r.batches.size()));
+  for (const auto& [d, b] : r.batches) {
+    append(out, d.view());
+    appendBytes(out, b);
+  }
+  out.push_back(r.has_prepared ? 1 : 0);
+  appendU64(out, r.prepared_view);
+  append(out, r.prepared_digest.view());
+  return out;
+}
+
+Result<std::pair<SlotRecord, int64_t>> ReplicaStore::decodeLoggedSlot(ByteView bytes) {
+  Reader rd(bytes);
+  uint64_t time = 0;
+  if (bytes.size() < 17 || !rd.u64(time) || !rd.u64(time) || bytes[16] != slot_format_inline) {
+    return corrupt("vote log record");
+  }
+  const uint64_t seq = seqOfKey(bytes);
+  auto slot = decodeSlot(seq, bytes.subspan(16));
+  if (!slot) return slot.error();
+  return std::make_pair(std::move(*slot), static_cast<int64_t>(time));
+}
+
+void ReplicaStore::mergeSlot(SlotRecord& into, SlotRecord from) {
+  for (const auto& [d, v] : from.pre_prepared) {
+    auto [it, added] = into.pre_prepared.emplace(d, v);
+    if (!added) it->second = std::max(it->second, v);
+  }
+  if (from.has_prepared && (!into.has_prepared || from.prepared_view > into.prepared_view)) {
+    into.has_prepared = true;
+    into.prepared_view = from.prepared_view;
+    into.prepared_digest = from.prepared_digest;
+  }
+  for (auto& [d, b] : from.batches) into.batches.emplace(d, std::move(b));
+  while (into.pre_prepared.size() > q_digests_per_slot_max) {
+    auto lowest = into.pre_prepared.end();
+    for (auto it = into.pre_prepared.begin(); it != into.pre_prepared.end(); ++it) {
+      if (into.has_prepared && it->first == into.prepared_digest) continue;
+      if (lowest == into.pre_prepared.end() || it->second < lowest->second) lowest = it;
+    }
+    into.pre_prepared.erase(lowest);
+  }
+  for (auto it = into.batches.begin(); it != into.batches.end();) {
+    const bool kept = into.pre_prepared.count(it->first) ||
+                      (into.has_prepared && into.prepared_digest == it->first);
+    it = kept ? std::next(it) : into.batches.erase(it);
+  }
+}
+
 Bytes ReplicaStore::encodeMeta(const MetaRecord& r) {
   Bytes out{meta_format};
   appendU64(out, r.view);
@@ -200,6 +266,24 @@ Result<Recovered> ReplicaStore::load() const {
     if (!slot) return slot.error();
     out.slots[seq] = std::move(*slot);
     if (!c.next()) break;
+  }
+  // Prepared certificates the vote log holds, some perhaps not in the store
+  // yet (the newest), some older than it (released records of a lap
+  // before): merged, those at or below the stable checkpoint left out.
+  auto logged = VoteLog::read(voteLogPath(store_));
+  if (!logged) return logged.error();
+  for (auto& record : *logged) {
+    auto slot = decodeLoggedSlot(record.payload);
+    if (!slot) {
+      return makeError(Errc::storage_error, "vote log record " + std::to_string(record.lsn) + ": " +
+                                                slot.error().message);
+    }
+    auto& [r, time] = *slot;
+    out.meta.last_batch_time_micros = std::max(out.meta.last_batch_time_micros, time);
+    if (r.seq <= out.meta.stable_seq) continue;
+    auto [it, added] = out.slots.try_emplace(r.seq);
+    if (added) it->second.seq = r.seq;
+    mergeSlot(it->second, std::move(r));
   }
   for (auto c = txn.cursor(store_.db("pbft_digests")); c.valid() || c.first();) {
     if (!c.valid()) break;

@@ -46,6 +46,9 @@
 
 namespace ccal::notary::pbft {
 
+// Q entries kept per sequence number (the newest views'; P's digest always).
+constexpr size_t q_digests_per_slot_max = 4;
+
 struct SlotRecord {
   uint64_t seq = 0;
   std::map<SecureHash, uint64_t> pre_prepared;  // Q: digest -> latest view
@@ -123,8 +126,13 @@ class ReplicaStore {
  public:
   // The sub-databases to open the Store with (beside the state machine's).
   static const std::vector<std::string>& dbNames();
+  // The vote log (vote_log.h) beside the store's files: load() merges its
+  // records, the replica appends prepared certificates to it.
+  static std::string voteLogPath(const vault::Store& store);
 
   explicit ReplicaStore(vault::Store& store) : store_(store) {}
+  // The store's records merged with the vote log's (those above the
+  // stable checkpoint).
   Result<Recovered> load() const;
   // One write request; done runs on the writer thread after the commit.
   void write(Step step, std::function<void(const Status&)> done);
@@ -133,6 +141,14 @@ class ReplicaStore {
   // Record codecs, public for tests.
   static Bytes encodeSlot(const SlotRecord& r);
   static Result<SlotRecord> decodeSlot(uint64_t seq, ByteView bytes);
+  // A vote log record: the slot with its batches inline, and the replica's
+  // last batch timestamp when it was made.
+  static Bytes encodeLoggedSlot(const SlotRecord& r, int64_t last_batch_time_micros);
+  static Result<std::pair<SlotRecord, int64_t>> decodeLoggedSlot(ByteView bytes);
+  // Merges a logged slot into the one recovered so far for its seq: each Q
+  // digest at its highest view (at most q_digests_per_slot_max, the
+  // newest, and P's), P of the higher view, the batches of Q and P.
+  static void mergeSlot(SlotRecord& into, SlotRecord from);
   static Bytes encodeMeta(const MetaRecord& r);
   static Result<MetaRecord> decodeMeta(ByteView bytes);
 

@@ -109,15 +109,18 @@ struct Cluster {
     REQUIRE(m.replica->start().ok());
   }
 
-  // Every replica's store file as it is now (settled): what a power loss
-  // now would leave. Returns the copies' paths.
+  // Every replica's store file and vote log as they are now (settled): what
+  // a power loss now would leave. Returns the copies' directories.
   std::vector<std::string> snapshot() {
     settle();
     std::vector<std::string> copies;
     for (auto& m : members) {
-      copies.push_back(m.dir->path + "/snapshot.mdb");
-      std::filesystem::copy_file(m.dir->path + "/data.mdb", copies.back(),
-                                 std::filesystem::copy_options::overwrite_existing);
+      copies.push_back(m.dir->path + "/../snapshot");
+      std::filesystem::create_directories(copies.back());
+      for (const char* file : {"data.mdb", "pbft_votes.log"}) {
+        std::filesystem::copy_file(m.dir->path + "/" + file, copies.back() + "/" + file,
+                                   std::filesystem::copy_options::overwrite_existing);
+      }
     }
     return copies;
   }
@@ -130,8 +133,10 @@ struct Cluster {
       m.replica.reset();
       m.machine.reset();
       m.store.reset();
-      std::filesystem::copy_file(copies[i], m.dir->path + "/data.mdb",
-                                 std::filesystem::copy_options::overwrite_existing);
+      for (const char* file : {"data.mdb", "pbft_votes.log"}) {
+        std::filesystem::copy_file(copies[i] + "/" + file, m.dir->path + "/" + file,
+                                   std::filesystem::copy_options::overwrite_existing);
+      }
     }
     for (uint32_t i = 0; i < members.size(); ++i) open(i, true);
     for (auto& m : members) REQUIRE(m.replica->start().ok());
@@ -544,6 +549,7 @@ TEST_CASE(
     REQUIRE(stored.slots.count(1));
     CHECK(stored.slots.at(1).has_prepared);
     CHECK(m.machine->lastExecuted() == 0);
+    CHECK(m.replica->stats().prepared_logged == 1);  // P durable in the vote log
   }
   // What a power loss would leave of every replica from here on: the P
   // certificates, nothing of the execution.
@@ -587,6 +593,75 @@ TEST_CASE(
     CHECK(m.machine->consumedBy(stateRef("lost")).value() == first.id());
     CHECK_FALSE(m.machine->consumedBy(stateRef("other")).value().has_value());
     CHECK(m.replica->view() >= 1);
+  }
+}
+
+TEST_CASE(
+    "replica: a prepared certificate durable only in the vote log survives a crash; the store "
+    "takes it with the batch's execution and the log's space is released") {
+  Cluster c({0, 0, 0, 0},
+            [](ReplicaConfig& rc) { rc.vote_log_bytes = pbft::VoteLog::capacity_bytes_min; });
+  // Commits held back: every replica prepares batch 1, none executes it.
+  c.hub.setFilter([](const std::string&, const std::string&, ByteView frame) {
+    auto m = pbft::decodeFrame(frame, pbft::PbftLimits{});
+    return !(m && std::holds_alternative<pbft::Commit>(*m));
+  });
+  const WireTransaction tx = spend(c.keys.party, {stateRef("logged")});
+  c.send(c.request(nonValidatingRequest(tx, c.keys.party.name), 1));
+  c.runFor(500'000);
+  REQUIRE(c.client.replies.empty());
+  auto& m = c.members[1];
+  const std::string log_path = pbft::ReplicaStore::voteLogPath(*m.store);
+  {
+    const auto stored = pbft::ReplicaStore(*m.store).load().value();
+    REQUIRE(stored.slots.count(1));
+    CHECK(stored.slots.at(1).has_prepared);
+    CHECK(m.replica->stats().prepared_logged == 1);
+    auto records = pbft::VoteLog::read(log_path).value();
+    REQUIRE(records.size() == 1);
+    auto logged = pbft::ReplicaStore::decodeLoggedSlot(records[0].payload).value();
+    CHECK(logged.first.seq == 1);
+    CHECK(logged.first.has_prepared);
+    CHECK(logged.first.batches.count(logged.first.prepared_digest) == 1);  // the batch inline
+  }
+  // The store alone does not have it: P is durable in the log only.
+  const std::string aside = log_path + ".aside";
+  std::filesystem::rename(log_path, aside);
+  {
+    const auto stored = pbft::ReplicaStore(*m.store).load().value();
+    CHECK((!stored.slots.count(1) || !stored.slots.at(1).has_prepared));
+  }
+  std::filesystem::rename(aside, log_path);
+  // A crash (no clean stop): the restarted replica has P from the log,
+  // and the store takes the recovered records before the ring is reused.
+  c.restart(1);
+  c.runFor(100'000);
+  {
+    std::filesystem::rename(log_path, aside);
+    const auto stored = pbft::ReplicaStore(*m.store).load().value();
+    REQUIRE(stored.slots.count(1));
+    CHECK(stored.slots.at(1).has_prepared);
+    std::filesystem::rename(aside, log_path);
+  }
+  c.hub.setFilter(nullptr);
+  REQUIRE(c.runUntil([&] { return c.client.repliesFor(1) >= 3; }, 10'000'000));
+  REQUIRE(c.runUntil([&] { return c.executedEverywhere() == 1; }, 10'000'000));
+  // Each execution takes its slot's record to the store and the log's space
+  // is released: many more batches than the ring (16 blocks) holds at once
+  // are all logged.
+  for (uint64_t k = 2; k <= 41; ++k) {
+    const std::string name = "next" + std::to_string(k);
+    c.send(c.request(nonValidatingRequest(spend(c.keys.party, {stateRef(name)}), c.keys.party.name),
+                     k));
+    REQUIRE(c.runUntil([&] { return c.executedEverywhere() == k; }, 10'000'000));
+  }
+  for (uint32_t i = 0; i < 4; ++i) {
+    CAPTURE(i);
+    const auto& st = c.members[i].replica->stats();
+    CHECK(st.prepared_log_full == 0);
+    // (The restarted replica abstains in view 0: it may decide a batch on
+    // the others' commits before the prepares it needs are in.)
+    CHECK(st.prepared_logged + st.batches_decided_by_commits >= (i == 1 ? 40 : 41));
   }
 }
 

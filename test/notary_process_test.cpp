@@ -307,6 +307,15 @@ TEST_CASE("a real notary cluster: kill -9 and restart of a replica, two down, co
     CHECK(result["notarised"] == count);
     CHECK(result["errors"] == 0);
     CHECK(result["conflicts"] == 0);
+    // The restarted r3 hears the others again (they reconnect with a backoff
+    // that grew while it was down): it has caught up with r1. Otherwise the
+    // stream below could end before any of its pre-prepares reached r3.
+    CHECK(waitUntil(
+        [&] {
+          json r1 = replicaStatus(replicas[0]), r3 = replicaStatus(replicas[2]);
+          return !r1.is_null() && !r3.is_null() && r3["last_executed"] == r1["last_executed"];
+        },
+        30s));
     // More after the restart, from the other member, built before the
     // clock starts and started at an agreed instant, open loop: 500/s, the
     // generator waking every 2 ms (so the last is due 198 ms in).
