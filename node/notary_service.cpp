@@ -347,6 +347,13 @@ json NotaryService::Impl::status() const {
                       {"run_micros", st.run_micros},
                       {"commit_micros", st.commit_micros}};
     }
+    // The vote log's records (prepared certificates) and its flushes,
+    // durable writes besides the store's commits.
+    const auto vl = replica->voteLogStats();
+    out["vote_log"] = {{"records", vl.records},
+                       {"flushes", vl.flushes},
+                       {"bytes", vl.bytes},
+                       {"refused_full", vl.refused_full}};
     return out;
   }
   json out = json::array();

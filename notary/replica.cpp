@@ -82,6 +82,7 @@ Replica::Replica(ReplicaConfig config, KeyPair identity, flows::Link& link,
 }
 
 Replica::~Replica() {
+  alive_.reset();  // completions still to come (the vote log drains below) find it gone
   if (view_timer_) executor_.cancel(view_timer_);
   if (batch_timer_) executor_.cancel(batch_timer_);
   if (status_timer_) executor_.cancel(status_timer_);
@@ -475,7 +476,7 @@ void Replica::flush() {
       for (uint64_t lsn : release) vote_log_->release(lsn);
       // The vote log's records appended before this write are durable first.
       if (log_lsn > log_durable_lsn_) {
-        waiting_for_log_.emplace_back(log_lsn, fns);
+        if (!log_failed_) waiting_for_log_.emplace_back(log_lsn, fns);
         return;
       }
       for (auto& fn : *fns) fn();
@@ -1051,22 +1052,20 @@ void Replica::sendCommit(uint64_t v, uint64_t seq, const SecureHash& digest) {
 }
 
 bool Replica::logPrepared(Slot& s) {
-  if (!vote_log_) return false;
-  size_t record_bytes = 0;
-  for (const auto& [d, fr] : s.frames) {
-    if (s.q.count(d) || d == s.p_digest) record_bytes += fr.size();
-  }
-  if (record_bytes > config_.vote_log_record_bytes_max) return false;
+  if (!vote_log_ || log_failed_) return false;
   SlotRecord r;
   r.seq = s.seq;
   r.pre_prepared = s.q;
   r.has_prepared = true;
   r.prepared_view = s.p_view;
   r.prepared_digest = s.p_digest;
+  size_t record_bytes = 0;
   for (const auto& [d, b] : s.batches) {
     if (!s.q.count(d) && d != s.p_digest) continue;
     auto fr = s.frames.find(d);
-    r.batches[d] = fr != s.frames.end() ? fr->second : encodeBatch(b);
+    const Bytes& bytes = r.batches[d] = fr != s.frames.end() ? fr->second : encodeBatch(b);
+    record_bytes += bytes.size();
+    if (record_bytes > config_.vote_log_record_bytes_max) return false;
   }
   {
     std::lock_guard lock(store_requests_->mutex);
@@ -1082,8 +1081,16 @@ bool Replica::logPrepared(Slot& s) {
         ex->post([this, alive, st, lsn, v, seq, digest] {
           if (alive.expired()) return;
           if (!st) {
-            // No commit: the prepared certificate may be lost (safety 2).
-            log("writing a prepared certificate to the vote log failed: " + st.error().toString());
+            // No commit: the prepared certificate may be lost (safety 2);
+            // nor anything a store write queued after it depends on (a
+            // view-change could report it). The replica stops acting on
+            // its protocol state, as after a failed store write.
+            if (!log_failed_) {
+              log("writing a prepared certificate to the vote log failed: " +
+                  st.error().toString() + "; this replica sends no more votes that depend on it");
+            }
+            log_failed_ = true;
+            waiting_for_log_.clear();
             return;
           }
           onLogged(lsn);

@@ -172,6 +172,10 @@ class Replica final : public flows::LinkHandler {
   const SecureHash& stateDigest() const { return state_digest_; }
   uint64_t stateDigestSeq() const { return state_digest_seq_; }
   const Stats& stats() const { return stats_; }
+  // The vote log's counters (zeros without one).
+  pbft::VoteLog::Stats voteLogStats() const {
+    return vote_log_ ? vote_log_->stats() : pbft::VoteLog::Stats{};
+  }
   // Blocks until every store request queued so far has completed (posted).
   void quiesceStore();
   // A clean stop, once the executor no longer runs: writes what is queued,
@@ -445,6 +449,7 @@ class Replica final : public flows::LinkHandler {
   // appended before it, so that the vote log is durable in the order of the
   // store's writes (a view-change reports only what is durable).
   uint64_t log_appended_lsn_ = 0, log_durable_lsn_ = 0;
+  bool log_failed_ = false;  // a record's write failed: nothing more waits for the log
   std::deque<std::pair<uint64_t, std::shared_ptr<std::vector<std::function<void()>>>>>
       waiting_for_log_;
   // Batches whose replies went out when their execution was settled

@@ -327,9 +327,16 @@ TEST_CASE(
     c.send(c.request(spendBody(c.keys, state), cs));
     REQUIRE(c.runUntil([&] { return c.client.repliesFor(cs) >= 3; }, 60'000'000));
   };
-  for (int i = 0; i < 4; ++i) notarise("early" + std::to_string(i));
   // The first vote of the view waits for a durable record of the view; the
-  // later ones go out with their slot's write queued.
+  // later ones go out with their slot's write queued. (Settled after the
+  // first: a member whose writer lags could otherwise take every
+  // pre-prepare before its first record is durable.)
+  notarise("early0");
+  REQUIRE(c.runUntil([&] { return c.executedEverywhere() == 1; }, 10'000'000));
+  c.runFor(100'000);
+  for (int i = 1; i < 4; ++i) notarise("early" + std::to_string(i));
+  REQUIRE(c.runUntil([&] { return c.executedEverywhere() == 4; }, 10'000'000));
+  c.runFor(100'000);
   for (auto& m : c.members) {
     CHECK(m.replica->stats().votes_early >= 2);
     CHECK(m.replica->stats().votes_abstained == 0);
@@ -342,6 +349,7 @@ TEST_CASE(
   // (The client's three replies need not include backup 2's: it has seen
   // every pre-prepare once it has executed every batch.)
   REQUIRE(c.runUntil([&] { return c.executedEverywhere() == 7; }, 10'000'000));
+  c.runFor(100'000);  // (lastExecuted() moves on the writer thread; completions may be queued)
   Replica& b = *c.members[2].replica;
   CHECK(b.view() == 0);
   CHECK(b.stats().votes_early == 0);
@@ -350,6 +358,7 @@ TEST_CASE(
   c.restart(2);
   notarise("abstain-again");
   REQUIRE(c.runUntil([&] { return c.executedEverywhere() == 8; }, 10'000'000));
+  c.runFor(100'000);  // (lastExecuted() moves on the writer thread; completions may be queued)
   CHECK(c.members[2].replica->stats().votes_abstained == 1);
   // A clean stop while withholding is not one: a vote of the crashed run in
   // view 0 may still be lost, so it withholds in view 0 after it as well.
@@ -358,6 +367,7 @@ TEST_CASE(
   CHECK(c.logged("no clean stop is recorded"));
   for (int i = 0; i < 2; ++i) notarise("still" + std::to_string(i));
   REQUIRE(c.runUntil([&] { return c.executedEverywhere() == 10; }, 10'000'000));
+  c.runFor(100'000);  // (lastExecuted() moves on the writer thread; completions may be queued)
   CHECK(c.members[2].replica->stats().votes_abstained == 2);
 
   // The primary restarted as after a crash may have proposed batches its

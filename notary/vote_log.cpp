@@ -22,6 +22,7 @@ constexpr uint32_t file_format = 1;
 constexpr size_t mac_bytes = 32;
 // magic, format u32, capacity u64, key, BLAKE2b-256 of what precedes it.
 constexpr size_t file_header_bytes = 8 + 4 + 8 + 32 + mac_bytes;
+static_assert(file_header_bytes <= VoteLog::block_bytes);
 // magic, lsn u64, payload length u32, reserved u32 (0), MAC.
 constexpr size_t record_header_bytes = 8 + 8 + 4 + 4 + mac_bytes;
 constexpr size_t fill_chunk_bytes = 1 << 20;
