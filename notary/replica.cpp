@@ -1138,7 +1138,10 @@ void Replica::checkCommitted(Slot& s) {
 // argument, across views). It executes once its batch is here (fetched if not), instead of waiting
 // for a view change or a state transfer.
 void Replica::decideOnCommits(Slot& s, const SecureHash& digest) {
-  if (s.decided) return;
+  // (Commits for a batch executed here already, or handed to execution —
+  // after a state transfer covered it —, decide nothing.)
+  const uint64_t handed = executing_batches_ == 0 ? machine_.lastExecuted() : executing_through_;
+  if (s.decided || s.seq <= handed) return;
   uint32_t votes = 0;
   for (const auto& [r, d] : s.commits) {
     if (d == digest) ++votes;
