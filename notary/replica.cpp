@@ -1822,8 +1822,14 @@ void Replica::onStatus(uint32_t from, const StatusMsg& st) {
     if (!s.has_pp || !s.pp_durable || s.digest.isZero()) continue;
     ++sent;
     if (primary) {
+      // A pre-prepare whose timestamp is beyond the allowed drift by this
+      // clock is not resent: the peer would refuse it (it checks the
+      // timestamp whenever the frame comes) and decides the batch on the
+      // commits below instead, fetching its body (decideOnCommits).
       auto b = s.batches.find(s.digest);
-      if (b != s.batches.end() && from != config_.self_index) {
+      const bool stale = b != s.batches.end() &&
+                         b->second.time_micros < clock_.nowMicros() - config_.time_drift_micros_max;
+      if (b != s.batches.end() && from != config_.self_index && !stale) {
         Status sent_ok = link_.send(config_.replicas[from].name, encodePrePrepareFrame(view_, s.seq, b->second));
         if (!sent_ok) log("sending a pre-prepare to '" + config_.replicas[from].name + "': " + sent_ok.error().toString());
       }

@@ -359,7 +359,18 @@ TEST_CASE(
   notarise("abstain-again");
   REQUIRE(c.runUntil([&] { return c.executedEverywhere() == 8; }, 10'000'000));
   c.runFor(100'000);  // (lastExecuted() moves on the writer thread; completions may be queued)
-  CHECK(c.members[2].replica->stats().votes_abstained == 1);
+  {
+    // (Seen once as 0 under a loaded ctest run, not reproduced in 80 stressed
+    // runs: what replica 2 did, should it recur.)
+    std::string all;
+    for (const auto& l : c.logs) all += l + "\n";
+    const auto& st2 = c.members[2].replica->stats();
+    INFO(all);
+    INFO("replica 2: decided by commits " << st2.batches_decided_by_commits << ", executed "
+                                          << st2.batches_executed << ", frames rejected "
+                                          << st2.frames_rejected);
+    CHECK(st2.votes_abstained == 1);
+  }
   // A clean stop while withholding is not one: a vote of the crashed run in
   // view 0 may still be lost, so it withholds in view 0 after it as well.
   c.restart(2, true);
@@ -377,7 +388,11 @@ TEST_CASE(
   CHECK(c.members[0].replica->viewChanging());
   notarise("new-view");
   for (auto& m : c.members) CHECK(m.replica->view() == 1);
-  // View 0 is behind backup 2 now: in view 1 it votes, early once the view is recorded.
+  // View 0 is behind backup 2 now: in view 1 it votes, early once the view
+  // is recorded (settled first, as above: it could lag behind the others).
+  REQUIRE(c.runUntil([&] { return c.executedEverywhere() == c.members[0].replica->lastExecuted(); },
+                     10'000'000));
+  c.runFor(100'000);
   for (int i = 0; i < 3; ++i) notarise("view1-" + std::to_string(i));
   CHECK(c.members[2].replica->stats().votes_early >= 2);
   // A clean stop now is one: the next start votes at once.
@@ -837,6 +852,30 @@ TEST_CASE("replica: backups refuse a batch whose timestamp is outside the allowe
       [&] { return c.members[0].machine->consumedBy(stateRef("late")).value().has_value(); },
       5'000'000));
   CHECK(c.members[0].replica->stats().batches_decided_by_commits >= 1);
+}
+
+TEST_CASE(
+    "replica: a backup cut off for longer than the allowed drift catches up on commits; the "
+    "primary does not resend it pre-prepares it would refuse") {
+  Cluster c;
+  const std::string cut = replicaName(3);
+  bool cut_off = true;
+  c.hub.setFilter(
+      [&](const std::string&, const std::string& to, ByteView) { return !(cut_off && to == cut); });
+  c.send(c.request(spendBody(c.keys, "while cut off"), 1));
+  REQUIRE(c.runUntil([&] { return c.client.repliesFor(1) >= 3; }, 5'000'000));
+  c.runFor(7'000'000);  // the batch's timestamp is now beyond the 5 s drift
+  CHECK(c.members[3].replica->lastExecuted() == 0);
+  cut_off = false;
+  REQUIRE(c.runUntil(
+      [&] {
+        return c.members[3].machine->consumedBy(stateRef("while cut off")).value().has_value();
+      },
+      10'000'000));
+  const auto& st = c.members[3].replica->stats();
+  CHECK(st.batches_decided_by_commits >= 1);
+  CHECK(st.frames_rejected == 0);  // (before: the resent pre-prepare, refused for its timestamp)
+  CHECK(!c.logged("3: rejected"));
 }
 
 TEST_CASE("replica: a request the state machine refuses is answered with its signed error, unordered and not cached") {
