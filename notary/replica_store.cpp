@@ -89,17 +89,33 @@ const std::vector<std::string>& ReplicaStore::dbNames() {
   return names;
 }
 
-Bytes ReplicaStore::encodeSlot(const SlotRecord& r) {
-  Bytes out{slot_format};
+namespace {
+
+// A slot record: Q, the batches when inline (the vote log's records), P.
+Bytes encodeSlotRecord(Bytes out, const SlotRecord& r, bool inline_batches) {
+  out.push_back(inline_batches ? slot_format_inline : slot_format);
   appendU32(out, static_cast<uint32_t>(r.pre_prepared.size()));
   for (const auto& [d, v] : r.pre_prepared) {
     append(out, d.view());
     appendU64(out, v);
   }
+  if (inline_batches) {
+    appendU32(out, static_cast<uint32_t>(r.batches.size()));
+    for (const auto& [d, b] : r.batches) {
+      append(out, d.view());
+      appendBytes(out, b);
+    }
+  }
   out.push_back(r.has_prepared ? 1 : 0);
   appendU64(out, r.prepared_view);
   append(out, r.prepared_digest.view());
   return out;
+}
+
+}  // namespace
+
+Bytes ReplicaStore::encodeSlot(const SlotRecord& r) {
+  return encodeSlotRecord({}, r, false);
 }
 
 Result<SlotRecord> ReplicaStore::decodeSlot(uint64_t seq, ByteView bytes) {
@@ -138,33 +154,19 @@ std::string ReplicaStore::voteLogPath(const vault::Store& store) {
 Bytes ReplicaStore::encodeLoggedSlot(const SlotRecord& r, int64_t last_batch_time_micros) {
   size_t total = 8 + 8 + 1 + 4 + r.pre_prepared.size() * 40 + 4 + 1 + 8 + 32;
   for (const auto& [d, b] : r.batches) total += 32 + 4 + b.size();
-  Bytes out = seqKey(r.seq);
+  Bytes out;
   out.reserve(total);
+  appendU64(out, r.seq);
   appendU64(out, static_cast<uint64_t>(last_batch_time_micros));
-  out.push_back(slot_format_inline);
-  appendU32(out, static_cast<uint32_t>(r.pre_prepared.size()));
-  for (const auto& [d, v] : r.pre_prepared) {
-    append(out, d.view());
-    appendU64(out, v);
-  }
-  appendU32(out, static_cast<uint32_t>(r.batches.size()));
-  for (const auto& [d, b] : r.batches) {
-    append(out, d.view());
-    appendBytes(out, b);
-  }
-  out.push_back(r.has_prepared ? 1 : 0);
-  appendU64(out, r.prepared_view);
-  append(out, r.prepared_digest.view());
-  return out;
+  return encodeSlotRecord(std::move(out), r, true);
 }
 
 Result<std::pair<SlotRecord, int64_t>> ReplicaStore::decodeLoggedSlot(ByteView bytes) {
   Reader rd(bytes);
-  uint64_t time = 0;
-  if (bytes.size() < 17 || !rd.u64(time) || !rd.u64(time) || bytes[16] != slot_format_inline) {
+  uint64_t seq = 0, time = 0;
+  if (!rd.u64(seq) || !rd.u64(time) || bytes.size() < 17 || bytes[16] != slot_format_inline) {
     return corrupt("vote log record");
   }
-  const uint64_t seq = seqOfKey(bytes);
   auto slot = decodeSlot(seq, bytes.subspan(16));
   if (!slot) return slot.error();
   return std::make_pair(std::move(*slot), static_cast<int64_t>(time));

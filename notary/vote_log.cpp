@@ -11,6 +11,7 @@
 #include <filesystem>
 
 #include "ledger/assert.h"
+#include "notary/record_reader.h"
 
 namespace ccal::notary::pbft {
 
@@ -26,23 +27,6 @@ static_assert(file_header_bytes <= VoteLog::block_bytes);
 // magic, lsn u64, payload length u32, reserved u32 (0), MAC.
 constexpr size_t record_header_bytes = 8 + 8 + 4 + 4 + mac_bytes;
 constexpr size_t fill_chunk_bytes = 1 << 20;
-
-void putU32(uint8_t* p, uint32_t v) {
-  for (int i = 0; i < 4; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
-}
-void putU64(uint8_t* p, uint64_t v) {
-  for (int i = 0; i < 8; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
-}
-uint32_t getU32(const uint8_t* p) {
-  uint32_t v = 0;
-  for (int i = 3; i >= 0; --i) v = v << 8 | p[i];
-  return v;
-}
-uint64_t getU64(const uint8_t* p) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = v << 8 | p[i];
-  return v;
-}
 
 uint64_t alignedBytes(uint64_t payload_bytes) {
   const uint64_t b = VoteLog::block_bytes;
@@ -97,11 +81,11 @@ struct Header {
 };
 
 Bytes encodeHeader(const Header& h) {
-  Bytes b(VoteLog::block_bytes, 0);
-  std::memcpy(b.data(), file_magic, 8);
-  putU32(b.data() + 8, file_format);
-  putU64(b.data() + 12, h.capacity);
-  std::memcpy(b.data() + 20, h.key, 32);
+  Bytes b(file_magic, file_magic + 8);
+  appendU32(b, file_format);
+  appendU64(b, h.capacity);
+  append(b, ByteView(h.key, sizeof h.key));
+  b.resize(VoteLog::block_bytes, 0);
   crypto_generichash(b.data() + 52, mac_bytes, b.data(), 52, nullptr, 0);
   return b;
 }
@@ -114,12 +98,15 @@ Result<Header> decodeHeader(const uint8_t* b, uint64_t file_bytes, const std::st
   uint8_t mac[mac_bytes];
   crypto_generichash(mac, mac_bytes, b, 52, nullptr, 0);
   if (sodium_memcmp(mac, b + 52, mac_bytes) != 0) return bad("has a damaged header");
-  if (getU32(b + 8) != file_format) {
-    return bad("has format " + std::to_string(getU32(b + 8)) + ", this build reads " +
+  RecordReader rd(ByteView(b + 8, 12));
+  uint32_t format = 0;
+  Header h;
+  rd.u32(format);
+  rd.u64(h.capacity);
+  if (format != file_format) {
+    return bad("has format " + std::to_string(format) + ", this build reads " +
                std::to_string(file_format));
   }
-  Header h;
-  h.capacity = getU64(b + 12);
   if (h.capacity < VoteLog::capacity_bytes_min || h.capacity > VoteLog::capacity_bytes_max ||
       h.capacity % VoteLog::block_bytes != 0) {
     return bad("has a capacity of " + std::to_string(h.capacity) + " bytes");
@@ -152,14 +139,18 @@ Result<std::pair<Header, std::vector<VoteLog::Record>>> scan(int fd, const std::
   uint64_t off = 0;
   while (off + record_header_bytes <= h->capacity) {
     const uint8_t* p = ring.data() + off;
-    if (std::memcmp(p, record_magic, 8) == 0 && getU32(p + 20) == 0) {
-      const uint64_t len = getU32(p + 16);
+    RecordReader rd(ByteView(p + 8, 16));
+    uint64_t lsn = 0;
+    uint32_t len = 0, reserved = 1;
+    rd.u64(lsn);
+    rd.u32(len);
+    rd.u32(reserved);
+    if (std::memcmp(p, record_magic, 8) == 0 && reserved == 0) {
       if (len <= h->capacity - off - record_header_bytes) {
         uint8_t mac[mac_bytes];
         recordMac(h->key, p, len, mac);
         if (sodium_memcmp(mac, p + 24, mac_bytes) == 0) {
-          out.push_back(
-              {getU64(p + 8), Bytes(p + record_header_bytes, p + record_header_bytes + len)});
+          out.push_back({lsn, Bytes(p + record_header_bytes, p + record_header_bytes + len)});
           off += alignedBytes(len);
           continue;
         }
@@ -318,13 +309,13 @@ std::optional<uint64_t> VoteLog::append(Bytes payload, Done done) {
     ++stats_.records;
     stats_.bytes += bytes;
   }
-  p.payload.resize(record_header_bytes + payload.size());
-  std::memcpy(p.payload.data(), record_magic, 8);
-  putU64(p.payload.data() + 8, p.lsn);
-  putU32(p.payload.data() + 16, static_cast<uint32_t>(payload.size()));
-  putU32(p.payload.data() + 20, 0);
-  if (!payload.empty())
-    std::memcpy(p.payload.data() + record_header_bytes, payload.data(), payload.size());
+  p.payload.reserve(record_header_bytes + payload.size());
+  ccal::append(p.payload, ByteView(reinterpret_cast<const uint8_t*>(record_magic), 8));
+  appendU64(p.payload, p.lsn);
+  appendU32(p.payload, static_cast<uint32_t>(payload.size()));
+  appendU32(p.payload, 0);
+  p.payload.resize(record_header_bytes);  // the MAC, filled in by writeRecord
+  ccal::append(p.payload, payload);
   const uint64_t lsn = p.lsn;
   if (!config_.durable) {
     Status st = writeRecord(p);
