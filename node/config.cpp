@@ -13,6 +13,9 @@
 #include <sstream>
 
 #include "ledger/pki.h"
+#include "node/file_io.h"
+#include "notary/pbft_messages.h"
+#include "notary/vote_log.h"
 
 namespace ccal::node {
 
@@ -352,8 +355,11 @@ const std::vector<KeySpec>& keySpecs() {
         "notary.replica_index", "This replica's index in the cluster, 0 to 3f",
         [](NodeConfig& c) -> uint32_t& { return c.notary_replica_index; }, 0, 1023));
     k.push_back(integer<uint32_t>(
-        "notary.batch_size_max", "Notarisation requests ordered in one consensus batch",
-        [](NodeConfig& c) -> uint32_t& { return c.notary_batch_size_max; }, 1, 65536));
+        "notary.batch_size_max",
+        "Notarisation requests ordered in one consensus batch (at most the protocol's "
+        "limit of a batch, PbftLimits::batch_requests_max)",
+        [](NodeConfig& c) -> uint32_t& { return c.notary_batch_size_max; }, 1,
+        notary::pbft::PbftLimits{}.batch_requests_max));
     k.push_back(integer<uint64_t>(
         "notary.batch_delay_micros", "Longest wait to fill a batch",
         [](NodeConfig& c) -> uint64_t& { return c.notary_batch_delay_micros; }, 0, 10'000'000));
@@ -377,7 +383,7 @@ const std::vector<KeySpec>& keySpecs() {
         "Only a prepared certificate whose batch is at most this large goes to the vote log "
         "(larger ones come with loads where writes queue anyway); 0 logs none",
         [](NodeConfig& c) -> uint32_t& { return c.notary_vote_log_record_bytes_max; }, 0,
-        16u << 20));
+        static_cast<uint32_t>(notary::pbft::VoteLog::payload_bytes_max)));
     k.push_back(integer<uint64_t>(
         "notary.view_change_timeout_micros",
         "Replicas start a view change when the primary makes no progress for this long",

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "flows/flow_runtime.h"
+#include "notary/vote_log.h"
 #include "test/support/temp_dir.h"
 
 using namespace ccal;
@@ -194,6 +195,13 @@ TEST_CASE("notary settings belong to notary replicas only") {
   CHECK(c.notary_cluster == "notary");
   CHECK(c.notary_replica_index == 2);
   CHECK(c.notary_batch_size_max == NodeConfig{}.notary_batch_size_max);
+  // Limits the replica would assert on are refused here, by key.
+  CHECK_HAS(failure(replica + "[notary]\ncluster = \"notary\"\nbatch_size_max = 5000\n"),
+            "key 'notary.batch_size_max': 5000 is outside the range 1 to 4096");
+  CHECK_HAS(
+      failure(replica + "[notary]\ncluster = \"notary\"\nvote_log_record_bytes_max = 2000000\n"),
+      "key 'notary.vote_log_record_bytes_max': 2000000 is outside the range 0 to " +
+          std::to_string(notary::pbft::VoteLog::payload_bytes_max));
   CHECK_HAS(failure(minimal + "[notary]\ncluster = \"notary\"\n"),
             "key 'notary' is only for node.role = \"notary-replica\"");
 }

@@ -344,16 +344,16 @@ json NotaryService::Impl::status() const {
       out["store"] = {{"commits", st.commits},
                       {"requests", st.requests},
                       {"writer_cpu_micros", st.writer_cpu_micros},
+                      {"queued_micros", st.queued_micros},
                       {"run_micros", st.run_micros},
                       {"commit_micros", st.commit_micros}};
     }
     // The vote log's records (prepared certificates) and its flushes,
     // durable writes besides the store's commits.
     const auto vl = replica->voteLogStats();
-    out["vote_log"] = {{"records", vl.records},
-                       {"flushes", vl.flushes},
-                       {"bytes", vl.bytes},
-                       {"refused_full", vl.refused_full}};
+    out["vote_log"] = {{"records", vl.records},     {"flushes", vl.flushes},
+                       {"bytes", vl.bytes},         {"refused_full", vl.refused_full},
+                       {"direct_io", vl.direct_io}, {"failed", vl.failed}};
     return out;
   }
   json out = json::array();

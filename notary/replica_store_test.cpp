@@ -273,3 +273,42 @@ TEST_CASE("replica store: batches are written once under their own keys; dropped
   // The current format holds no batches inline.
   CHECK(ReplicaStore::decodeSlot(9, ReplicaStore::encodeSlot(*old))->batches.empty());
 }
+
+TEST_CASE(
+    "replica store: merging a logged slot keeps the higher view's P and the union of Q, in either "
+    "order") {
+  const SecureHash a = SecureHash::of(asBytes("batch a")), b = SecureHash::of(asBytes("batch b"));
+  SlotRecord store_slot;  // P of view 2 (the store, written after a view change)
+  store_slot.seq = 7;
+  store_slot.pre_prepared = {{b, 2}};
+  store_slot.batches[b] = Bytes{2};
+  store_slot.has_prepared = true;
+  store_slot.prepared_view = 2;
+  store_slot.prepared_digest = b;
+  SlotRecord log_slot;  // P of view 1 (a record of an earlier lap, still whole)
+  log_slot.seq = 7;
+  log_slot.pre_prepared = {{a, 1}, {b, 1}};
+  log_slot.batches[a] = Bytes{1};
+  log_slot.has_prepared = true;
+  log_slot.prepared_view = 1;
+  log_slot.prepared_digest = a;
+  for (bool log_first : {false, true}) {
+    CAPTURE(log_first);
+    SlotRecord into = log_first ? log_slot : store_slot;
+    ReplicaStore::mergeSlot(into, log_first ? store_slot : log_slot);
+    CHECK(into.has_prepared);
+    CHECK(into.prepared_view == 2);
+    CHECK(into.prepared_digest == b);
+    CHECK(into.pre_prepared.size() == 2);
+    CHECK(into.pre_prepared.at(b) == 2);  // the latest view for a digest
+    CHECK(into.pre_prepared.at(a) == 1);
+    CHECK(into.batches.size() == 2);
+  }
+  // A slot with no P takes the other's.
+  SlotRecord bare;
+  bare.seq = 7;
+  ReplicaStore::mergeSlot(bare, log_slot);
+  CHECK(bare.has_prepared);
+  CHECK(bare.prepared_view == 1);
+  CHECK(bare.prepared_digest == a);
+}

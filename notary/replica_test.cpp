@@ -691,6 +691,63 @@ TEST_CASE(
 }
 
 TEST_CASE(
+    "replica: a vote log record is released only once the store write holding its slot is "
+    "durable") {
+  Cluster c({0, 0, 0, 0},
+            [](ReplicaConfig& rc) { rc.vote_log_bytes = pbft::VoteLog::capacity_bytes_min; });
+  auto sendSpend = [&](uint64_t k) {
+    c.send(
+        c.request(nonValidatingRequest(spend(c.keys.party, {stateRef("held" + std::to_string(k))}),
+                                       c.keys.party.name),
+                  k));
+  };
+  sendSpend(1);
+  REQUIRE(c.runUntil([&] { return c.executedEverywhere() == 1; }, 10'000'000));
+  auto& m = c.members[1];
+  const uint64_t logged_before = m.replica->stats().prepared_logged;
+  CHECK(logged_before >= 1);
+  // Replica 1's store writer held: none of its writes becomes durable, so
+  // none of its records may be released; its 16-block ring fills and further
+  // prepared certificates go to the (held) store. The others go on.
+  std::optional<vault::Store::Hold> hold(m.store->hold());
+  auto settleOthers = [&] {
+    for (uint32_t i : {0u, 2u, 3u}) {
+      c.members[i].replica->quiesceStore();
+      REQUIRE(c.members[i].store->write([](vault::WriteTxn&) { return Status(); }).ok());
+    }
+  };
+  auto othersExecuted = [&](uint64_t k) {
+    for (uint32_t i : {0u, 2u, 3u}) {
+      if (c.members[i].machine->lastExecuted() < k) return false;
+    }
+    return true;
+  };
+  const uint64_t held_batches = 24;
+  for (uint64_t k = 2; k <= 1 + held_batches; ++k) {
+    sendSpend(k);
+    REQUIRE(c.loop.runUntil([&] { return othersExecuted(k); }, 10'000'000, settleOthers));
+    // (Replica 1's timers run: its slots' store write is queued, and held.)
+    c.loop.runUntil([] { return false; }, 50'000, settleOthers);
+  }
+  const auto held = m.replica->stats();
+  CHECK(held.prepared_logged - logged_before >= 8);
+  // (Released when the write is queued rather than durable, the ring never
+  // fills: 24 logged, none refused.)
+  CHECK(held.prepared_log_full > 0);
+  CHECK(m.machine->lastExecuted() == 1);
+  // The writer goes on: everything queued becomes durable, the records are
+  // released, and the ring takes new records again.
+  hold.reset();
+  REQUIRE(c.runUntil([&] { return c.executedEverywhere() == 1 + held_batches; }, 20'000'000));
+  const uint64_t logged_after_hold = m.replica->stats().prepared_logged;
+  for (uint64_t k = 2 + held_batches; k <= 1 + held_batches + 20; ++k) {
+    sendSpend(k);
+    REQUIRE(c.runUntil([&] { return c.executedEverywhere() == k; }, 10'000'000));
+  }
+  CHECK(m.replica->stats().prepared_logged - logged_after_hold >= 20);
+}
+
+TEST_CASE(
     "replica: a batch's replies to a client go in one frame, split to stay within the frame "
     "limit") {
   Cluster c;

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 
@@ -19,25 +20,41 @@ namespace {
 
 constexpr char file_magic[8] = {'C', 'C', 'A', 'L', 'V', 'L', 'O', 'G'};
 constexpr char record_magic[8] = {'C', 'C', 'A', 'L', 'V', 'R', 'E', 'C'};
-constexpr uint32_t file_format = 1;
+// 2: each record's header has its own MAC (format 1 had none, and a logged
+// slot's seq was big-endian; never released).
+constexpr uint32_t file_format = 2;
 constexpr size_t mac_bytes = 32;
 // magic, format u32, capacity u64, key, BLAKE2b-256 of what precedes it.
 constexpr size_t file_header_bytes = 8 + 4 + 8 + 32 + mac_bytes;
 static_assert(file_header_bytes <= VoteLog::block_bytes);
-// magic, lsn u64, payload length u32, reserved u32 (0), MAC.
-constexpr size_t record_header_bytes = 8 + 8 + 4 + 4 + mac_bytes;
+// magic, lsn u64, payload length u32, reserved u32 (0), the header's MAC
+// (keyed BLAKE2b-128 of lsn, length, reserved: a scan rejects bytes that only
+// look like a header at once, without hashing the length they claim), the
+// record's MAC (keyed BLAKE2b-256 of lsn, length and payload).
+constexpr size_t header_mac_bytes = 16;
+constexpr size_t header_mac_at = 24;
+constexpr size_t record_mac_at = header_mac_at + header_mac_bytes;
+constexpr size_t record_header_bytes = record_mac_at + mac_bytes;
 constexpr size_t fill_chunk_bytes = 1 << 20;
+// The log thread's write buffer (direct I/O needs aligned memory): a run of
+// consecutive records is written in pieces of at most this many bytes.
+constexpr size_t direct_write_bytes_max = VoteLog::record_bytes_max;
 
-uint64_t alignedBytes(uint64_t payload_bytes) {
+constexpr uint64_t alignedBytes(uint64_t payload_bytes) {
   const uint64_t b = VoteLog::block_bytes;
   return (record_header_bytes + payload_bytes + b - 1) / b * b;
 }
 
-// The MAC of a record whose header (without its MAC) and payload are at p.
+static_assert(alignedBytes(VoteLog::payload_bytes_max) <= VoteLog::record_bytes_max);
+
+// The MACs of a record whose header (without its MACs) and payload are at p.
+void headerMac(const uint8_t* key, const uint8_t* p, uint8_t* out) {
+  crypto_generichash(out, header_mac_bytes, p + 8, 16, key, 32);  // lsn, length, reserved
+}
 void recordMac(const uint8_t* key, const uint8_t* p, size_t payload_bytes, uint8_t* out) {
   crypto_generichash_state st;
   crypto_generichash_init(&st, key, 32, mac_bytes);
-  crypto_generichash_update(&st, p + 8, 16);  // lsn, length
+  crypto_generichash_update(&st, p + 8, 16);  // lsn, length, reserved
   crypto_generichash_update(&st, p + record_header_bytes, payload_bytes);
   crypto_generichash_final(&st, out, mac_bytes);
 }
@@ -146,10 +163,13 @@ Result<std::pair<Header, std::vector<VoteLog::Record>>> scan(int fd, const std::
     rd.u32(len);
     rd.u32(reserved);
     if (std::memcmp(p, record_magic, 8) == 0 && reserved == 0) {
-      if (len <= h->capacity - off - record_header_bytes) {
+      uint8_t hmac[header_mac_bytes];
+      headerMac(h->key, p, hmac);
+      if (sodium_memcmp(hmac, p + header_mac_at, header_mac_bytes) == 0 &&
+          len <= h->capacity - off - record_header_bytes) {
         uint8_t mac[mac_bytes];
         recordMac(h->key, p, len, mac);
-        if (sodium_memcmp(mac, p + 24, mac_bytes) == 0) {
+        if (sodium_memcmp(mac, p + record_mac_at, mac_bytes) == 0) {
           out.push_back({lsn, Bytes(p + record_header_bytes, p + record_header_bytes + len)});
           off += alignedBytes(len);
           continue;
@@ -219,7 +239,9 @@ Result<std::unique_ptr<VoteLog>> VoteLog::open(const VoteLogConfig& config) {
     if (made && config.durable) {
       const std::string dir = std::filesystem::path(config.path).parent_path().string();
       int d = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-      if (d >= 0) {
+      if (d < 0) {
+        made = ioError("opening the directory of " + config.path + " to sync it", errno);
+      } else {
         if (::fsync(d) != 0) made = ioError("syncing the directory of " + config.path, errno);
         ::close(d);
       }
@@ -236,8 +258,24 @@ Result<std::unique_ptr<VoteLog>> VoteLog::open(const VoteLogConfig& config) {
     ::close(fd);
     return scanned.error();
   }
+  // Durable: records are written through a second descriptor that bypasses
+  // the page cache and is synchronous (O_DIRECT | O_DSYNC: one write to the
+  // device and its flush, no writeback of cached pages; about half the CPU
+  // and two thirds of the wall clock of pwrite + fdatasync here). A file
+  // system without direct I/O (tmpfs) keeps pwrite + fdatasync.
+  int direct_fd = -1;
+  if (config.durable) {
+    direct_fd = ::open(config.path.c_str(), O_RDWR | O_CLOEXEC | O_DIRECT | O_DSYNC);
+    struct stat a {
+    }, b{};
+    if (direct_fd >= 0 && (::fstat(fd, &a) != 0 || ::fstat(direct_fd, &b) != 0 ||
+                           a.st_dev != b.st_dev || a.st_ino != b.st_ino)) {
+      ::close(direct_fd);  // (not the file scanned: renamed meanwhile)
+      direct_fd = -1;
+    }
+  }
   std::unique_ptr<VoteLog> log(
-      new VoteLog(config, fd, scanned->first.capacity, scanned->first.key));
+      new VoteLog(config, fd, direct_fd, scanned->first.capacity, scanned->first.key));
   if (!scanned->second.empty()) {
     // Until released, the records read occupy the ring as a whole.
     const uint64_t last = scanned->second.back().lsn;
@@ -247,9 +285,16 @@ Result<std::unique_ptr<VoteLog>> VoteLog::open(const VoteLogConfig& config) {
   return log;
 }
 
-VoteLog::VoteLog(const VoteLogConfig& config, int fd, uint64_t capacity, const uint8_t* key)
-    : config_(config), fd_(fd), capacity_(capacity) {
+VoteLog::VoteLog(const VoteLogConfig& config, int fd, int direct_fd, uint64_t capacity,
+                 const uint8_t* key)
+    : config_(config), fd_(fd), direct_fd_(direct_fd), capacity_(capacity) {
   std::memcpy(key_, key, sizeof key_);
+  if (direct_fd_ >= 0) {
+    direct_buffer_.reset(
+        static_cast<uint8_t*>(std::aligned_alloc(block_bytes, direct_write_bytes_max)));
+    CCAL_ASSERT(direct_buffer_ != nullptr);
+  }
+  stats_.direct_io = direct_fd_ >= 0;
   if (config_.durable) thread_ = std::thread([this] { run(); });
 }
 
@@ -260,6 +305,7 @@ VoteLog::~VoteLog() {
   }
   wake_.notify_all();
   if (thread_.joinable()) thread_.join();
+  if (direct_fd_ >= 0) ::close(direct_fd_);
   ::close(fd_);
 }
 
@@ -293,52 +339,97 @@ void VoteLog::dropReleased() {
 }
 
 std::optional<uint64_t> VoteLog::append(Bytes payload, Done done) {
-  CCAL_ASSERT(payload.size() <= UINT32_MAX);
+  if (payload.size() > payload_bytes_max) return std::nullopt;
   Pending p;
-  {
-    std::lock_guard lock(mutex_);
-    const uint64_t bytes = alignedBytes(payload.size());
-    auto at = failed_ ? std::nullopt : place(bytes);
-    if (!at) {
-      ++stats_.refused_full;
-      return std::nullopt;
-    }
-    p.lsn = next_lsn_++;
-    p.offset = *at;
-    entries_.push_back({p.lsn, p.offset, bytes, false});
-    ++stats_.records;
-    stats_.bytes += bytes;
-  }
   p.payload.reserve(record_header_bytes + payload.size());
   ccal::append(p.payload, ByteView(reinterpret_cast<const uint8_t*>(record_magic), 8));
-  appendU64(p.payload, p.lsn);
+  appendU64(p.payload, 0);  // the lsn, below
   appendU32(p.payload, static_cast<uint32_t>(payload.size()));
   appendU32(p.payload, 0);
-  p.payload.resize(record_header_bytes);  // the MAC, filled in by writeRecord
+  p.payload.resize(record_header_bytes);  // the MACs, filled in by seal
   ccal::append(p.payload, payload);
+  std::unique_lock lock(mutex_);
+  if (failed_) return std::nullopt;
+  const uint64_t bytes = alignedBytes(payload.size());
+  auto at = place(bytes);
+  if (!at) {
+    ++stats_.refused_full;
+    return std::nullopt;
+  }
+  p.lsn = next_lsn_++;
+  p.offset = *at;
+  entries_.push_back({p.lsn, p.offset, bytes, false});
+  ++stats_.records;
+  stats_.bytes += bytes;
+  for (int i = 0; i < 8; ++i) p.payload[8 + i] = static_cast<uint8_t>(p.lsn >> (8 * i));
   const uint64_t lsn = p.lsn;
   if (!config_.durable) {
+    lock.unlock();
     Status st = writeRecord(p);
     if (!st) {
-      std::lock_guard lock(mutex_);
-      failed_ = true;
+      lock.lock();
+      failed_ = stats_.failed = true;
+      failure_ = st;
+      lock.unlock();
     }
     done(st, lsn);
     return lsn;
   }
+  // (Queued under the lock that gave the lsn: the queue is in lsn order.)
   p.done = std::move(done);
-  {
-    std::lock_guard lock(mutex_);
-    queue_.push_back(std::move(p));
-  }
+  queue_.push_back(std::move(p));
+  lock.unlock();
   wake_.notify_one();
   return lsn;
 }
 
-Status VoteLog::writeRecord(const Pending& p) const {
-  uint8_t* h = const_cast<uint8_t*>(p.payload.data());
-  recordMac(key_, h, p.payload.size() - record_header_bytes, h + 24);
+void VoteLog::seal(Pending& p) const {
+  uint8_t* h = p.payload.data();
+  headerMac(key_, h, h + header_mac_at);
+  recordMac(key_, h, p.payload.size() - record_header_bytes, h + record_mac_at);
+}
+
+Status VoteLog::injectedFailure(uint64_t lsn) const {
+  if (config_.fail_write_for_testing && config_.fail_write_for_testing(lsn)) {
+    return ioError("writing the vote log " + config_.path, EIO);
+  }
+  return Status();
+}
+
+Status VoteLog::writeRecord(Pending& p) const {
+  seal(p);
+  CCAL_TRY(injectedFailure(p.lsn));
   return writeAll(fd_, p.payload.data(), p.payload.size(), block_bytes + p.offset, config_.path);
+}
+
+Status VoteLog::writeGroupDirect(std::vector<Pending>& group) {
+  // Consecutive records go in one write (a lap's wrap, or a full buffer,
+  // starts another); each record padded with zeros to its blocks.
+  uint64_t run_offset = 0;
+  size_t run_bytes = 0;
+  auto flush = [&]() -> Status {
+    if (run_bytes == 0) return Status();
+    Status st = writeAll(direct_fd_, direct_buffer_.get(), run_bytes, block_bytes + run_offset,
+                         config_.path);
+    run_bytes = 0;
+    return st;
+  };
+  for (Pending& p : group) {
+    seal(p);
+    CCAL_TRY(injectedFailure(p.lsn));
+    const size_t bytes = alignedBytes(p.payload.size() - record_header_bytes);
+    CCAL_ASSERT(bytes <= direct_write_bytes_max);  // (records are bounded far below)
+    if (run_bytes > 0 &&
+        (p.offset != run_offset + run_bytes || run_bytes + bytes > direct_write_bytes_max)) {
+      CCAL_TRY(flush());
+    }
+    if (run_bytes == 0) run_offset = p.offset;
+    uint8_t* at = direct_buffer_.get() + run_bytes;
+    std::memcpy(at, p.payload.data(), p.payload.size());
+    std::memset(at + p.payload.size(), 0, bytes - p.payload.size());
+    run_bytes += bytes;
+  }
+  return flush();
 }
 
 void VoteLog::release(uint64_t lsn) {
@@ -360,22 +451,34 @@ void VoteLog::releaseThrough(uint64_t lsn) {
 void VoteLog::run() {
   for (;;) {
     std::vector<Pending> group;
+    Status st;
     {
       std::unique_lock lock(mutex_);
       wake_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
       if (queue_.empty()) return;
       group.swap(queue_);
+      if (failed_) st = failure_;  // stopped: nothing more is written
     }
-    Status st;
-    for (const auto& p : group) {
-      st = writeRecord(p);
-      if (!st) break;
+    if (!st) {
+      // (answered below with the first failure)
+    } else if (direct_fd_ >= 0) {
+      st = writeGroupDirect(group);  // durable once written (O_DSYNC)
+    } else {
+      for (auto& p : group) {
+        st = writeRecord(p);
+        if (!st) break;
+      }
+      if (st && ::fdatasync(fd_) != 0) st = ioError("syncing the vote log " + config_.path, errno);
     }
-    if (st && ::fdatasync(fd_) != 0) st = ioError("syncing the vote log " + config_.path, errno);
     {
       std::lock_guard lock(mutex_);
-      ++stats_.flushes;
-      if (!st) failed_ = true;
+      if (!failed_) {
+        ++stats_.flushes;
+        if (!st) {
+          failed_ = stats_.failed = true;
+          failure_ = st;
+        }
+      }
     }
     for (auto& p : group) p.done(st, p.lsn);
   }

@@ -19,16 +19,20 @@
 // (or older than it), which the merge tolerates (max view per P, Q union).
 //
 // Durable (the store's durability): the file is filled with zeros when made,
-// so that a write overwrites allocated blocks and its fdatasync is one data
+// so that a write overwrites allocated blocks and its flush is one data
 // flush, with no file-system metadata; records are written by the log's own
 // thread, which takes every record queued while it flushed into its next
-// flush (group commit), and done() runs there. Not durable (tests and the
+// flush (group commit), and done() runs there. The thread writes with direct,
+// synchronous I/O (O_DIRECT | O_DSYNC: consecutive records, padded to their
+// blocks, in one write that is durable when it returns), or, where the file
+// system has no direct I/O, with pwrite and fdatasync. Not durable (tests and the
 // simulator, which restart from the files without losing the page cache):
 // written at once on the caller's thread, no flush, done() before append()
 // returns — deterministic.
 
 #include <condition_variable>
 #include <cstdint>
+#include <cstdlib>
 #include <deque>
 #include <functional>
 #include <memory>
@@ -36,6 +40,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "ledger/bytes.h"
@@ -44,9 +49,15 @@
 namespace ccal::notary::pbft {
 
 struct VoteLogConfig {
+  VoteLogConfig() = default;
+  VoteLogConfig(std::string path_, uint64_t capacity_bytes_, bool durable_)
+      : path(std::move(path_)), capacity_bytes(capacity_bytes_), durable(durable_) {}
   std::string path;
   uint64_t capacity_bytes = 16ull << 20;  // the ring, header block excluded
   bool durable = true;
+  // Tests: a write that includes a record for which this returns true fails
+  // with EIO, as a failing disk's would.
+  std::function<bool(uint64_t lsn)> fail_write_for_testing;
 };
 
 class VoteLog {
@@ -58,6 +69,10 @@ class VoteLog {
   static constexpr uint64_t block_bytes = 4096;
   static constexpr uint64_t capacity_bytes_min = 16 * block_bytes;
   static constexpr uint64_t capacity_bytes_max = 1ull << 30;
+  // The largest record (its header included, padded to blocks: one direct
+  // write); append refuses a larger payload.
+  static constexpr uint64_t record_bytes_max = 1ull << 20;
+  static constexpr uint64_t payload_bytes_max = record_bytes_max - 128;
 
   // The whole records a log file holds, in lsn order; none if the file does
   // not exist. An error if it exists but is not a vote log (or its header is
@@ -76,8 +91,10 @@ class VoteLog {
   // Queues a record; done(status, lsn) runs once it is durable (on the
   // log's thread), or with the error of its write or flush; records are
   // answered in lsn order. Returns its lsn, or nullopt without calling done
-  // when the ring has no room for it now (the caller records it another
-  // way) or the log failed before.
+  // when the ring has no room for it now or it is over payload_bytes_max
+  // (the caller records it another way), or the log failed before. After a
+  // failed write or flush every record queued is answered with that error,
+  // unwritten: the log stops.
   using Done = std::function<void(const Status&, uint64_t lsn)>;
   std::optional<uint64_t> append(Bytes payload, Done done);
   // The record's space may be reused (what it records is durable elsewhere).
@@ -89,6 +106,8 @@ class VoteLog {
   uint64_t lastLsn() const;
   struct Stats {
     uint64_t records = 0, flushes = 0, bytes = 0, refused_full = 0;
+    bool direct_io = false;  // written with O_DIRECT | O_DSYNC
+    bool failed = false;     // a write or flush failed: the log stopped
   };
   Stats stats() const;
 
@@ -102,14 +121,23 @@ class VoteLog {
     Bytes payload;
     Done done;
   };
-  VoteLog(const VoteLogConfig& config, int fd, uint64_t capacity, const uint8_t* key);
+  struct FreeDeleter {
+    void operator()(uint8_t* p) const { std::free(p); }
+  };
+  VoteLog(const VoteLogConfig& config, int fd, int direct_fd, uint64_t capacity,
+          const uint8_t* key);
   std::optional<uint64_t> place(uint64_t bytes) const;  // needs mutex_
   void dropReleased();                                  // needs mutex_
-  Status writeRecord(const Pending& p) const;
+  void seal(Pending& p) const;                          // fills in the record's MAC
+  Status injectedFailure(uint64_t lsn) const;
+  Status writeRecord(Pending& p) const;
+  Status writeGroupDirect(std::vector<Pending>& group);  // the log's thread only
   void run();
 
   VoteLogConfig config_;
   int fd_ = -1;
+  int direct_fd_ = -1;  // durable, where the file system has direct I/O
+  std::unique_ptr<uint8_t, FreeDeleter> direct_buffer_;  // direct_write_bytes_max, block-aligned
   uint64_t capacity_ = 0;
   uint8_t key_[32] = {};
 
@@ -119,6 +147,7 @@ class VoteLog {
   std::vector<Pending> queue_;
   uint64_t next_lsn_ = 1;
   bool failed_ = false, stopping_ = false;
+  Status failure_;  // the first failed write or flush
   Stats stats_;
   std::thread thread_;
 };
