@@ -250,8 +250,8 @@ Status Node::Impl::open() {
   CCAL_TRY(link_options.loadPemFiles(config.network_root_file.string(),
                                      config.tls_chain_file.string(),
                                      config.tls_key_file.string()));
-  link_options.frame_bytes_max =
-      std::min<size_t>(config.frame_bytes_max, map->parameters().max_message_bytes);
+  link_options.setFrameBytesMax(
+      std::min<size_t>(config.frame_bytes_max, map->parameters().max_message_bytes));
   link_options.peer_frames_per_second_max = config.inbound_messages_per_second_max;
   link_options.peer_frames_burst_max = config.inbound_burst_messages_max;
   link_options.reconnect_delay_micros_min = static_cast<int64_t>(config.reconnect_delay_micros_min);

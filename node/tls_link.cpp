@@ -420,6 +420,7 @@ struct Conn : std::enable_shared_from_this<Conn> {
     frames_bucket.refill(now);
     bytes_bucket.refill(now);
     const size_t max = link->options.frame_bytes_max;
+    size_t incomplete_whole = 0;  // a frame whose header is in, its bytes not all
     while (read_end - read_begin >= frame_header_bytes) {
       const uint8_t* p = read_buffer.data() + read_begin;
       uint32_t len = getBigEndian32(p);
@@ -434,6 +435,7 @@ struct Conn : std::enable_shared_from_this<Conn> {
       }
       size_t whole = frame_header_bytes + len;
       if (read_end - read_begin < whole) {
+        incomplete_whole = whole;
         // Make room for the whole frame (at most frame_bytes_max + 4).
         if (read_buffer.size() - read_begin < whole) {
           std::memmove(read_buffer.data(), p, read_end - read_begin);
@@ -462,8 +464,11 @@ struct Conn : std::enable_shared_from_this<Conn> {
       if (closed) return;  // the handler stopped the link
     }
     if (read_begin == read_end) read_begin = read_end = 0;
-    // A big frame grew the buffer; give the memory back once it is consumed.
-    if (read_buffer.size() > 4 * read_chunk_bytes && read_end - read_begin < read_chunk_bytes) {
+    // A big frame grew the buffer; give the memory back once it is consumed
+    // (not while one still arrives: a peer sending a big frame in tiny
+    // records would have the buffer shrunk and grown again at every read).
+    if (read_buffer.size() > 4 * read_chunk_bytes && read_end - read_begin < read_chunk_bytes &&
+        incomplete_whole <= read_chunk_bytes) {
       std::memmove(read_buffer.data(), read_buffer.data() + read_begin, read_end - read_begin);
       read_end -= read_begin;
       read_begin = 0;

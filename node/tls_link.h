@@ -35,6 +35,7 @@
 // LinkHandler callback happen on its thread. counters() and peers() may be
 // called from any thread.
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstdint>
@@ -75,6 +76,14 @@ struct TlsLinkOptions {
 
   // The network parameters' maximum message size.
   size_t frame_bytes_max = 10 * 1024 * 1024;
+  // Sets frame_bytes_max and raises the send queue's bytes and the peers'
+  // byte burst where they could not hold two frames of it (a node
+  // configured for frames over their defaults' half).
+  void setFrameBytesMax(size_t bytes) {
+    frame_bytes_max = bytes;
+    send_queue_bytes_max = std::max(send_queue_bytes_max, 2 * bytes);
+    peer_bytes_burst_max = std::max(peer_bytes_burst_max, 2.0 * static_cast<double>(bytes + 4));
+  }
   // Per peer, frames waiting to be written (beyond it, frames are dropped).
   size_t send_queue_frames_max = 65'536;
   size_t send_queue_bytes_max = 64 * 1024 * 1024;
