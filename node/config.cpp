@@ -514,14 +514,14 @@ Result<NodeConfig> parseNodeConfig(std::string_view toml_text, const fs::path& f
 }
 
 Result<NodeConfig> loadNodeConfig(const fs::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) {
-    return makeError(Errc::not_found, file.string() + ": cannot read the config file: " +
-                                          std::string(std::strerror(errno)));
+  auto text = readFileBounded(file, node_config_bytes_max);
+  if (!text) {
+    std::string why = text.error().message;  // "<file>: <reason>"
+    if (const std::string prefix = file.string() + ": "; why.rfind(prefix, 0) == 0)
+      why.erase(0, prefix.size());
+    return makeError(text.error().code, file.string() + ": cannot read the config file: " + why);
   }
-  std::stringstream text;
-  text << in.rdbuf();
-  return parseNodeConfig(text.str(), file);
+  return parseNodeConfig(*text, file);
 }
 
 std::vector<ConfigKeyDoc> configKeyDocs() {

@@ -105,6 +105,9 @@ struct NodeConfig {
   std::filesystem::path source_file;
 };
 
+// A node.toml is a regular file of at most this many bytes.
+inline constexpr size_t node_config_bytes_max = 1u << 20;
+
 // Reads and checks a node.toml. Errors (Errc::malformed unless said): the file cannot be read
 // (not_found), TOML syntax (with line and column), an unknown key or table, a value of the
 // wrong type or out of range, a missing required key, cross-key rules (a notary replica needs

@@ -267,4 +267,21 @@ TEST_CASE("a rendered config reads back equal, from a real file") {
   REQUIRE(!missing.ok());
   CHECK(missing.error().code == Errc::not_found);
   CHECK_HAS(missing.error().message, "absent.toml: cannot read the config file");
+  // Not a regular file, or too large: refused by name, nothing read.
+  auto folder = loadNodeConfig(fs::path(dir.path));
+  REQUIRE(!folder.ok());
+  CHECK_HAS(folder.error().message,
+            "cannot read the config file: not a regular file (a directory)");
+  auto device = loadNodeConfig("/dev/zero");
+  REQUIRE(!device.ok());
+  CHECK_HAS(device.error().message, "/dev/zero: cannot read the config file: not a regular file");
+  const fs::path big = fs::path(dir.path) / "big.toml";
+  {
+    std::ofstream out(big);
+    out << "# " << std::string(node_config_bytes_max, 'x') << "\n";
+  }
+  auto too_big = loadNodeConfig(big);
+  REQUIRE(!too_big.ok());
+  CHECK(too_big.error().code == Errc::too_large);
+  CHECK_HAS(too_big.error().message, "over the limit of 1048576");
 }

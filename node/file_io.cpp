@@ -74,18 +74,42 @@ Status writeFileAtomically(const fs::path& file, std::string_view text, mode_t m
 }
 
 Result<std::string> readFileBounded(const std::filesystem::path& file, size_t bytes_max) {
-  std::error_code ec;
-  const auto size = std::filesystem::file_size(file, ec);
-  if (ec) return makeError(Errc::not_found, file.string() + ": " + ec.message());
-  if (size > bytes_max) {
+  // Opened first, then what was opened is checked and read: a regular file,
+  // read up to one byte past the limit (a file that grows meanwhile is
+  // refused too, not read without end).
+  int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return makeError(Errc::not_found, file.string() + ": " + std::strerror(errno));
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0)
+    return makeError(Errc::io_error, file.string() + ": " + std::strerror(errno));
+  if (!S_ISREG(st.st_mode)) {
+    return makeError(Errc::malformed,
+                     file.string() + ": not a regular file (" +
+                         (S_ISDIR(st.st_mode) ? "a directory" : "a device, pipe or socket") + ")");
+  }
+  auto tooLarge = [&](uint64_t size) {
     return makeError(Errc::too_large, file.string() + ": " + std::to_string(size) +
                                           " bytes, over the limit of " + std::to_string(bytes_max));
+  };
+  if (static_cast<uint64_t>(st.st_size) > bytes_max)
+    return tooLarge(static_cast<uint64_t>(st.st_size));
+  std::string text;
+  char buffer[8192];
+  for (;;) {
+    ssize_t n = ::read(fd, buffer, sizeof buffer);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return makeError(Errc::io_error, file.string() + ": " + std::strerror(errno));
+    }
+    if (n == 0) break;
+    text.append(buffer, static_cast<size_t>(n));
+    if (text.size() > bytes_max) return tooLarge(text.size());
   }
-  std::ifstream in(file, std::ios::binary);
-  if (!in) return makeError(Errc::not_found, file.string() + ": cannot be read");
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
+  return text;
 }
 
 }  // namespace ccal::node
