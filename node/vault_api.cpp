@@ -78,6 +78,9 @@ Result<FieldValue> fieldValueOf(const json& value, const FieldDecl& field, const
   const std::string where = "field '" + field.name + "' (" + fieldTypeName(field.type) + ")";
   switch (field.type) {
     case FieldType::int64:
+      if (value.is_number_unsigned() && value.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) {
+        return badQuery(where + ": " + value.dump() + " is above the largest int64");
+      }
       if (value.is_number_integer()) return FieldValue(value.get<int64_t>());
       if (value.is_string()) {
         if (auto n = parseInt(value.get<std::string>())) return FieldValue(*n);
@@ -87,6 +90,9 @@ Result<FieldValue> fieldValueOf(const json& value, const FieldDecl& field, const
       if (value.is_string()) return FieldValue(value.get<std::string>());
       return badQuery(where + ": " + value.dump() + " is not a string");
     case FieldType::time:
+      if (value.is_number_unsigned() && value.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) {
+        return badQuery(where + ": " + value.dump() + " is above the largest time in microseconds");
+      }
       if (value.is_number_integer()) return FieldValue(value.get<int64_t>());
       if (value.is_string()) {
         auto micros = parseTimeMicros(value.get<std::string>());
@@ -215,7 +221,13 @@ Result<int64_t> parseTimeMicros(std::string_view text) {
   if (text.size() != 10 && text.size() != 20) return bad();
   if (text[4] != '-' || text[7] != '-') return bad();
   auto y = parseInt(text.substr(0, 4)), m = parseInt(text.substr(5, 2)), d = parseInt(text.substr(8, 2));
-  if (!y || !m || !d || *m < 1 || *m > 12 || *d < 1 || *d > 31) return bad();
+  if (!y || !m || !d || *m < 1 || *m > 12 || *d < 1) return bad();
+  const bool leap = (*y % 4 == 0 && *y % 100 != 0) || *y % 400 == 0;
+  static constexpr int64_t month_days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+  if (*d > month_days[*m - 1] + (*m == 2 && leap ? 1 : 0)) {
+    return badQuery("'" + std::string(text) + "': " + std::to_string(*y) + "-" +
+                    std::string(text.substr(5, 2)) + " has no day " + std::to_string(*d));
+  }
   int64_t micros = daysFromCivil(*y, *m, *d) * 86'400'000'000LL;
   if (text.size() == 20) {
     if (text[10] != 'T' || text[13] != ':' || text[16] != ':' || text[19] != 'Z') return bad();

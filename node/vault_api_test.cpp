@@ -219,13 +219,21 @@ TEST_CASE("vault query API: bad queries are refused with 400 naming what is wron
   const std::vector<Case> cases = {
       {{{"type", "ccal.token.Nothing"}}, "unknown state type 'ccal.token.Nothing'"},
       {{{"type", "mortgage"}}, "unknown state type 'mortgage' (known: ccal.lc.LetterOfCreditState"},
-      {{{"type", "token"}, {"fields", {{{"name", "colour"}, {"value", "red"}}}}}, "unknown field 'colour'"},
-      {{{"type", "token"}, {"fields", {{{"name", "colour"}, {"value", "red"}}}}}, "declared: amount, currency"},
-      {{{"type", "token"}, {"fields", {{{"name", "amount"}, {"op", "~"}, {"value", 1}}}}}, "unknown op '~'"},
-      {{{"type", "token"}, {"fields", {{{"name", "amount"}, {"value", "lots"}}}}}, "field 'amount' (int64)"},
+      {{{"type", "token"}, {"fields", {{{"name", "colour"}, {"value", "red"}}}}},
+       "unknown field 'colour'"},
+      {{{"type", "token"}, {"fields", {{{"name", "colour"}, {"value", "red"}}}}},
+       "declared: amount, currency"},
+      {{{"type", "token"}, {"fields", {{{"name", "amount"}, {"op", "~"}, {"value", 1}}}}},
+       "unknown op '~'"},
+      {{{"type", "token"}, {"fields", {{{"name", "amount"}, {"value", "lots"}}}}},
+       "field 'amount' (int64)"},
       {{{"type", "token"}, {"fields", {{{"name", "currency"}, {"value", 5}}}}}, "is not a string"},
-      {{{"type", "token"}, {"fields", {{{"name", "owner"}, {"value", "O=Nobody, C=CN"}}}}}, "O=Nobody, C=CN"},
-      {{{"type", "token"}, {"fields", {{{"name", "amount"}, {"op", "between"}, {"values", {1}}}}}}, "two values"},
+      {{{"type", "token"}, {"fields", {{{"name", "amount"}, {"value", 18446744073709551615ull}}}}},
+       "18446744073709551615 is above the largest int64"},
+      {{{"type", "token"}, {"fields", {{{"name", "owner"}, {"value", "O=Nobody, C=CN"}}}}},
+       "O=Nobody, C=CN"},
+      {{{"type", "token"}, {"fields", {{{"name", "amount"}, {"op", "between"}, {"values", {1}}}}}},
+       "two values"},
       {{{"fields", {{{"name", "amount"}, {"value", 1}}}}}, "needs a 'type'"},
       {{{"type", "token"}, {"status", "spent"}}, "unknown status 'spent'"},
       {{{"relevance", "mine"}}, "unknown relevance 'mine'"},
@@ -269,6 +277,16 @@ TEST_CASE("vault query API: times in and out, type aliases") {
   CHECK(parseTimeMicros("2027-01-15").value() == 1'799'971'200'000'000);
   CHECK(parseTimeMicros("42").value() == 42);
   CHECK_FALSE(parseTimeMicros("2027-13-01"));
+  // Days the month has (leap years by the Gregorian rule), not any 1..31.
+  CHECK(parseTimeMicros("2024-02-29").value() ==
+        parseTimeMicros("2024-03-01").value() - 86'400'000'000LL);
+  CHECK(parseTimeMicros("2000-02-29"));
+  CHECK(parseTimeMicros("2027-01-31"));
+  CHECK(parseTimeMicros("2024-02-31").error().message.find("2024-02 has no day 31") !=
+        std::string::npos);
+  CHECK_FALSE(parseTimeMicros("2023-02-29"));
+  CHECK_FALSE(parseTimeMicros("1900-02-29"));
+  CHECK_FALSE(parseTimeMicros("2027-04-31T00:00:00Z"));
   CHECK_FALSE(parseTimeMicros("yesterday"));
   ContractRegistry registry;
   contracts::registerDealContracts(registry);
