@@ -240,6 +240,7 @@ Status Node::Impl::open() {
   }
   vault = std::move(*opened);
   messages = std::make_unique<vault::MessageStore>(vault->store());
+  messages->setOutboxMessagesPerPeerMax(config.outbox_messages_per_peer_max);
 
   executor.start();
 

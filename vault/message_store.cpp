@@ -268,6 +268,12 @@ int64_t MessageStore::now() const {
 
 // --- outbox -------------------------------------------------------------------
 
+void MessageStore::setOutboxMessagesPerPeerMax(uint64_t messages) {
+  CCAL_ASSERT(messages >= 1);
+  std::lock_guard lock(pending_mutex_);
+  outbox_per_peer_max_ = messages;
+}
+
 void MessageStore::enqueueBatchAsync(std::vector<OutgoingMessage> messages, EnqueueFn done) {
   Status valid = checkBatch(messages.size(), "an enqueue batch");
   for (size_t i = 0; valid && i < messages.size(); ++i) {
@@ -338,6 +344,14 @@ void MessageStore::enqueueBatchAsync(std::vector<OutgoingMessage> messages, Enqu
             }
             // A stale hint (its enqueue was rolled back): forget it.
             work->ids->erase(hint);
+          }
+          if (work->ids->size() >= outbox_per_peer_max_) {
+            results->push_back(makeError(
+                Errc::too_large, messageLabel(m.peer, m.id) +
+                                     " refused: " + std::to_string(work->ids->size()) +
+                                     " messages for '" + m.peer +
+                                     "' are pending, the limit (outbox messages per peer)"));
+            continue;
           }
           if (!work->stream) {
             auto stream = readStream(w, outbox_, m.peer);

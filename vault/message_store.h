@@ -71,6 +71,7 @@ inline constexpr size_t peer_name_bytes_max = 448;
 inline constexpr size_t message_payload_bytes_max = 1u << 20;
 inline constexpr uint32_t message_listing_max = 10'000;  // messages or peers per listing
 inline constexpr uint32_t message_batch_max = 4096;      // messages per batch request
+inline constexpr uint64_t outbox_messages_per_peer_default = 1'000'000;  // pending for one peer
 // Seqs above a peer's watermark that may be stored (received out of order):
 // a message further ahead is refused until earlier ones arrive. Bounds the
 // sparse set of received seqs above the watermark.
@@ -196,10 +197,15 @@ class MessageStore {
   MessageStore& operator=(const MessageStore&) = delete;
 
   // --- outbox -----------------------------------------------------------------
+  // Messages pending for one peer (queued, not yet acknowledged): a new one
+  // over it is refused (too_large, naming the peer and the limit), so a peer
+  // that stays away cannot fill the store. The node sets it from
+  // messaging.outbox_messages_per_peer_max.
+  void setOutboxMessagesPerPeerMax(uint64_t messages);
   // Queues a message for `peer`, durable before it is sent, as the next seq
   // of the peer's stream. True when queued; false when a message with this
   // id is already pending for the peer with the same payload (a different
-  // payload is a conflict naming both sizes).
+  // payload is a conflict naming both sizes; over the peer's limit, too_large).
   Result<bool> enqueue(std::string_view peer, const MessageId& id, ByteView payload);
   void enqueueAsync(std::string_view peer, const MessageId& id, ByteView payload, ChangedFn done);
   // Many messages (any peers) in one request, at most message_batch_max;
@@ -280,8 +286,9 @@ class MessageStore {
   // outbox before it is believed (a rolled-back enqueue leaves a stale one);
   // entries are added by enqueue requests and removed after an
   // acknowledgement's commit, so no pending id is ever missing.
-  mutable std::mutex pending_mutex_;  // guards pending_ids_
+  mutable std::mutex pending_mutex_;  // guards pending_ids_ and outbox_per_peer_max_
   std::unordered_map<std::string, PendingIds> pending_ids_;
+  uint64_t outbox_per_peer_max_ = outbox_messages_per_peer_default;
 };
 
 }  // namespace ccal::vault

@@ -225,6 +225,36 @@ TEST_CASE_FIXTURE(Fixture, "outbox: acknowledging by seq removes; twice or unkno
   CHECK_FALSE(enqueue(alice, "a1", "1"));
 }
 
+TEST_CASE_FIXTURE(Fixture,
+                  "outbox: a peer's pending messages are bounded; others' are not affected") {
+  messages->setOutboxMessagesPerPeerMax(3);
+  enqueue(alice, "a1", "1");
+  enqueue(alice, "a2", "2");
+  enqueue(alice, "a3", "3");
+  auto over = messages->enqueue(alice, msgId("a4"), asBytes("4"));
+  REQUIRE(!over);
+  CHECK(over.error().code == Errc::too_large);
+  CHECK(over.error().message.find("3 messages for '" + alice + "' are pending, the limit") !=
+        std::string::npos);
+  CHECK_FALSE(enqueue(alice, "a1", "1"));  // a pending one is still a no-op, not refused
+  CHECK(enqueue(bob, "b1", "1"));          // another peer's outbox has room
+  CHECK(acknowledge(alice, {1}) == 1);
+  CHECK(enqueue(alice, "a4", "4"));  // room again
+  CHECK(payloads(pending(alice)) == list({"2", "3", "4"}));
+  // In a batch, the messages over the limit are refused, the others queued.
+  std::vector<OutgoingMessage> batch;
+  for (const char* id : {"b2", "b3", "b4"}) batch.push_back({bob, msgId(id), Bytes{1}});
+  std::promise<std::vector<Result<Enqueued>>> got;
+  messages->enqueueBatchAsync(
+      std::move(batch),
+      [&](const Result<std::vector<Result<Enqueued>>>& r) { got.set_value(r.value()); });
+  auto results = got.get_future().get();
+  REQUIRE(results.size() == 3);
+  CHECK(results[0].ok());
+  CHECK(results[1].ok());
+  CHECK(!results[2].ok());
+}
+
 TEST_CASE_FIXTURE(Fixture, "outbox: peers with pending messages, in name order, paged") {
   CHECK(messages->outboxPeers(10).value().empty());
   // Names that are prefixes of one another are still separate peers.
