@@ -1,5 +1,7 @@
 #include "node/tls_link.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
@@ -31,6 +33,25 @@ constexpr size_t frame_header_bytes = 4;
 constexpr size_t read_chunk_bytes = 64 * 1024;
 // Frame lengths travel in 4 bytes; keep well inside them.
 constexpr size_t frame_bytes_limit = size_t{1} << 30;
+
+// No delay; keepalive probes after keepalive_idle_seconds of silence (a peer
+// that vanished is noticed in about idle + 3 intervals, not the kernel's two
+// hours); and data unacknowledged for tcp_user_timeout_micros — a peer that
+// stopped reading, or whose host stopped answering — ends the connection
+// (then redialled), instead of holding it up until TCP gives up (~15 min).
+template <class Socket>
+void tuneSocket(Socket& socket, const TlsLinkOptions& o) {
+  boost::system::error_code ignored;
+  socket.set_option(tcp::no_delay(true), ignored);
+  socket.set_option(asio::socket_base::keep_alive(true), ignored);
+  const int fd = socket.native_handle();
+  const int idle = static_cast<int>(o.keepalive_idle_seconds), interval = 5, count = 3;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+  ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval);
+  ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count);
+  const unsigned timeout_ms = static_cast<unsigned>(o.tcp_user_timeout_micros / 1000);
+  ::setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &timeout_ms, sizeof timeout_ms);
+}
 // The byte an accepting member writes once it has identified the dialler:
 // the dialler counts its connection as up only then, so a refusal (which in
 // TLS 1.3 reaches a client only after its side of the handshake is done)
@@ -499,6 +520,10 @@ Status TlsLink::Impl::setUp() {
   if (o.reconnect_delay_micros_min <= 0 || o.reconnect_delay_micros_max < o.reconnect_delay_micros_min)
     return bad("reconnect delays must satisfy 0 < reconnect_delay_micros_min <= reconnect_delay_micros_max");
   if (o.handshake_timeout_micros <= 0) return bad("handshake_timeout_micros must be positive");
+  if (o.tcp_user_timeout_micros < 1000 || o.tcp_user_timeout_micros > 3'600'000'000)
+    return bad("tcp_user_timeout_micros must be between 1 ms and 1 hour");
+  if (o.keepalive_idle_seconds < 1 || o.keepalive_idle_seconds > 7200)
+    return bad("keepalive_idle_seconds must be between 1 and 7200");
   if (o.inbound_connections_max == 0) return bad("inbound_connections_max must be at least 1");
 
   // Check the PEM with our own decoders first, for errors that name the problem.
@@ -587,8 +612,7 @@ void TlsLink::Impl::onAccept(const boost::system::error_code& ec, tcp::socket so
     startAccept();
     return;
   }
-  socket.set_option(tcp::no_delay(true), ignored);
-  socket.set_option(asio::socket_base::keep_alive(true), ignored);
+  tuneSocket(socket, options);
   auto conn = std::make_shared<Conn>(shared_from_this(), Conn::Side::inbound, std::move(socket), next_conn_id++);
   conn->remote = std::move(remote);
   inbound.emplace(conn->id, conn);
@@ -709,9 +733,7 @@ void TlsLink::Impl::dial(Peer& peer) {
             [conn, failed](const boost::system::error_code& cec, const tcp::endpoint&) {
               if (conn->closed) return;
               if (cec || conn->timed_out) return failed("connecting: " + cec.message());
-              boost::system::error_code ignored;
-              conn->stream.lowest_layer().set_option(tcp::no_delay(true), ignored);
-              conn->stream.lowest_layer().set_option(asio::socket_base::keep_alive(true), ignored);
+              tuneSocket(conn->stream.lowest_layer(), conn->link->options);
               conn->stream.async_handshake(ssl::stream_base::client, [conn](const boost::system::error_code& hec) {
                 auto& link = *conn->link;
                 if (conn->closed) return;

@@ -102,6 +102,11 @@ struct TlsLinkOptions {
   int64_t reconnect_delay_micros_max = 30'000'000;
   // TCP connect plus TLS handshake must finish within this time.
   int64_t handshake_timeout_micros = 10'000'000;
+  // A connection whose sent data stays unacknowledged this long (a peer that
+  // stopped reading or answering) is closed and redialled (TCP_USER_TIMEOUT).
+  int64_t tcp_user_timeout_micros = 30'000'000;
+  // Keepalive probes start after this much silence on a connection.
+  int64_t keepalive_idle_seconds = 10;
   // Inbound connections at once (handshaking or up); beyond, new ones are closed.
   size_t inbound_connections_max = 1024;
 

@@ -17,6 +17,7 @@
 
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -712,6 +713,94 @@ TEST_CASE(
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   CHECK(b.recorder.frames().back().second.size() == len);
   CHECK(seconds < 5.0);  // (linear: well under a second here)
+}
+
+// A member's listener that accepts one connection, completes the TLS
+// handshake and the acceptance byte, then never reads again.
+class DeafTlsServer {
+ public:
+  DeafTlsServer(const std::string& chain_pem, const std::string& key_pem) {
+    ctx_ = SSL_CTX_new(TLS_server_method());
+    SSL_CTX_set_min_proto_version(ctx_, TLS1_3_VERSION);
+    BIO* bio = BIO_new_mem_buf(chain_pem.data(), static_cast<int>(chain_pem.size()));
+    X509* leaf = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr);
+    SSL_CTX_use_certificate(ctx_, leaf);
+    X509_free(leaf);
+    while (X509* extra = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr))
+      SSL_CTX_add0_chain_cert(ctx_, extra);
+    ERR_clear_error();
+    BIO_free(bio);
+    bio = BIO_new_mem_buf(key_pem.data(), static_cast<int>(key_pem.size()));
+    EVP_PKEY* key = PEM_read_bio_PrivateKey(bio, nullptr, nullptr, nullptr);
+    SSL_CTX_use_PrivateKey(ctx_, key);
+    EVP_PKEY_free(key);
+    BIO_free(bio);
+    SSL_CTX_set_verify(ctx_, SSL_VERIFY_PEER, [](int, X509_STORE_CTX*) { return 1; });
+    listen_fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    int small = 64 * 1024;  // small buffers: the sender's window closes soon
+    ::setsockopt(listen_fd_, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    socklen_t len = sizeof addr;
+    REQUIRE(::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+    port_ = ntohs(addr.sin_port);
+    REQUIRE(::listen(listen_fd_, 4) == 0);
+    thread_ = std::thread([this] {
+      fd_ = ::accept(listen_fd_, nullptr, nullptr);
+      if (fd_ < 0) return;
+      ssl_ = SSL_new(ctx_);
+      SSL_set_fd(ssl_, fd_);
+      if (SSL_accept(ssl_) != 1) return;
+      const uint8_t accept = 1;
+      accepted_ = SSL_write(ssl_, &accept, 1) == 1;
+    });
+  }
+  ~DeafTlsServer() {
+    ::shutdown(listen_fd_, SHUT_RDWR);
+    if (thread_.joinable()) thread_.join();
+    if (ssl_ != nullptr) SSL_free(ssl_);
+    if (fd_ >= 0) ::close(fd_);
+    ::close(listen_fd_);
+    SSL_CTX_free(ctx_);
+  }
+  uint16_t port() const { return port_; }
+  bool accepted() const { return accepted_; }
+
+ private:
+  SSL_CTX* ctx_ = nullptr;
+  SSL* ssl_ = nullptr;
+  int listen_fd_ = -1, fd_ = -1;
+  uint16_t port_ = 0;
+  std::atomic<bool> accepted_{false};
+  std::thread thread_;
+};
+
+TEST_CASE(
+    "TlsLink: a peer that stops reading is disconnected after the TCP user timeout, not held up") {
+  TestPki pki;
+  TestDirectory directory(pki.root());
+  Member b(pki, directory, pki.issue("Hainan Rural Bank"));
+  b.options.tcp_user_timeout_micros = 1'000'000;
+  b.options.reconnect_delay_micros_min = 60'000'000;  // (no redial within the test)
+  b.options.reconnect_delay_micros_max = 60'000'000;
+  b.start();
+  auto deaf_creds = pki.issue("Deaf Member Cooperative");
+  DeafTlsServer deaf(deaf_creds.chain_pem, deaf_creds.key_pem);
+  directory.setMember(deaf_creds.name, Endpoint{"127.0.0.1", deaf.port()});
+  REQUIRE(b.send(deaf_creds.name, frameOf("hello")).ok());
+  REQUIRE(b.recorder.waitFor([&](Recorder& r) { return r.upCount(deaf_creds.name) == 1; }));
+  CHECK(deaf.accepted());
+  // Far more than the socket buffers hold: the deaf peer's window closes,
+  // nothing more is acknowledged, and after ~1 s the connection ends.
+  const auto started = std::chrono::steady_clock::now();
+  for (int i = 0; i < 64; ++i)
+    REQUIRE(b.send(deaf_creds.name, numbered(static_cast<uint32_t>(i), 512 * 1024)).ok());
+  REQUIRE(b.recorder.waitFor([&](Recorder& r) { return r.downCount(deaf_creds.name) == 1; }, 20s));
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  CHECK(seconds < 15.0);  // (~1-3 s; without the timeout TCP holds on for ~15 minutes)
 }
 
 TEST_CASE("TlsLink: a peer over its rate is disconnected; others are not") {
