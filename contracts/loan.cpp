@@ -278,10 +278,27 @@ int64_t cumulativeDue(const Loan& l, uint32_t i) {
   return static_cast<int64_t>(static_cast<__int128>(total) * i / l.instalments);
 }
 
+// The times a disbursement or a credit record states are those of its
+// window, which the notary checks against its clock: a window of at most a
+// day keeps them near the truth (a committee could otherwise date a
+// disbursement decades back and declare a default at once).
+Verdict windowAtMostADay(const TimeWindow& tw, const std::string& what) {
+  const uint64_t width =
+      static_cast<uint64_t>(*tw.untilMicros) - static_cast<uint64_t>(*tw.fromMicros);
+  if (*tw.untilMicros > *tw.fromMicros && width > static_cast<uint64_t>(loan_window_micros_max)) {
+    return Verdict::reject("time_window_too_wide", what + "'s time window spans " +
+                                                       std::to_string(width) + " us, over one day");
+  }
+  return Verdict::accept();
+}
+
 int64_t instalmentDueMicros(const Loan& l, uint32_t i) {
   if (l.instalments == 0) return l.disbursedMicros;
   const __int128 offset = static_cast<__int128>(l.termDays) * loan_day_micros * i / l.instalments;
-  return static_cast<int64_t>(l.disbursedMicros + offset);
+  // (Bounded below the largest int64, so that due + 1 is defined whatever a
+  // hand-built state says.)
+  const __int128 due = static_cast<__int128>(l.disbursedMicros) + offset;
+  return static_cast<int64_t>(std::clamp<__int128>(due, INT64_MIN, INT64_MAX - 1));
 }
 
 std::optional<uint32_t> nextUnpaidInstalment(const Loan& l) {
@@ -587,6 +604,9 @@ Verdict LoanContract::verify(const LedgerTransaction& tx) const {
       if (i < before.contributions.size() && before.contributions[i].contributor != c.contributor) {
         return reject("bad_contribution", "a contribution keeps the earlier contributors in order");
       }
+      if (i >= before.contributions.size() && c.amountMinor <= 0) {
+        return reject("bad_contribution", "a new contributor joins with a positive contribution");
+      }
       if (c.amountMinor == was) continue;
       if (c.amountMinor < was || raised) {
         return reject("bad_contribution", "a contribution raises exactly one contributor's total");
@@ -692,6 +712,7 @@ Verdict LoanContract::verify(const LedgerTransaction& tx) const {
     if (!tw.fromMicros || !tw.untilMicros) {
       return reject("time_window_missing", "a disbursement needs a time window bounded on both sides");
     }
+    if (auto v = windowAtMostADay(tw, "a disbursement"); !v.accepted) return v;
     if (!tw.contains(l.disbursedMicros)) {
       return reject("not_disbursed_in_window", "the disbursement time must be within the time window");
     }
@@ -721,6 +742,7 @@ Verdict LoanContract::verify(const LedgerTransaction& tx) const {
     if (!tw.fromMicros || !tw.untilMicros) {
       return reject("time_window_missing", "repayments and defaults need a time window bounded on both sides");
     }
+    if (auto v = windowAtMostADay(tw, repay ? "a repayment" : "a default"); !v.accepted) return v;
     const auto total = loanTotalDue(l);
     if (!total) return reject("overflow", "the loan's total due overflows int64");
     const auto next = nextUnpaidInstalment(before);

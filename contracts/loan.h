@@ -23,8 +23,8 @@
 //    principal limit; at most members_max members; every committee member
 //    signs (consents to serve).
 //  - Contribute: one fund in, the same fund out with one contributor's total
-//    raised by X > 0, and the fund key receives exactly X net tokens of the
-//    fund's currency in the same transaction; the contributor signs.
+//    raised by X > 0 (a new contributor joins with X > 0), and the fund key receives exactly X net
+//    tokens of the fund's currency in the same transaction; the contributor signs.
 //  - Request: no loan inputs; one LoanState out (status requested, nothing
 //    repaid, no approvals); references the fund state (its committee, k and
 //    currency copied into the loan; principal, interest, term within the
@@ -34,7 +34,8 @@
 //  - Approve: a requested loan in, the same loan out approved, with
 //    approvals = at least k distinct committee members, each of whom signs.
 //  - Disburse: an approved loan in, the same loan out disbursed at a time
-//    within the time window; the borrower receives exactly the principal in
+//    within the time window (of at most loan_window_micros_max, as for
+//    Repay and Default: time_window_too_wide); the borrower receives exactly the principal in
 //    tokens of the loan's currency and the fund key pays exactly that, in
 //    the same transaction (so the token move is signed by k of n); at
 //    least k committee members sign the Disburse command.
@@ -62,7 +63,8 @@
 // payment_mismatch, fund_missing, fund_mismatch, outside_limits,
 // bad_schedule, time_window_missing, not_member, approvals_below_threshold,
 // not_committee, not_disbursed_in_window, record_missing, record_mismatch,
-// overpaid, time_window_straddles_due, not_overdue, record_consumed.
+// overpaid, time_window_straddles_due, not_overdue, record_consumed,
+// time_window_too_wide.
 //
 // Declared fields: ccal.loan.FundState (linear id = fund id): name,
 // currency (text), fund_key (hash), contributed (int64).
@@ -101,6 +103,9 @@ inline constexpr uint32_t instalments_max = 120;
 inline constexpr size_t contributors_max = 256;
 inline constexpr size_t members_max = 256;
 inline constexpr int64_t loan_day_micros = 86'400'000'000;
+// The widest time window of a disbursement, repayment or default (whose
+// times and credit records come from it).
+inline constexpr int64_t loan_window_micros_max = loan_day_micros;
 
 struct FundContribution {
   Key contributor;

@@ -255,6 +255,15 @@ TEST_CASE("loan Contribute: the fund key receives exactly the contribution, the 
         .fails("bad_contribution");
     Fund dropped = f.fund;
     f.deal().fundIn(two).fundOut(dropped).command(loan_contribute_command, {a}).fails("bad_contribution");
+    // Nobody joins with nothing (a participant of every later fund transaction).
+    Fund outsider = more;
+    outsider.contributions.push_back({f.l.coopB.key(), 0});
+    f.deal()
+        .fundIn(two)
+        .fundOut(outsider)
+        .command(loan_contribute_command, {a})
+        .pays(a, f.fkey, 1)
+        .fails("bad_contribution");
   }
   {
     Fund joined = f.funded();
@@ -352,7 +361,10 @@ TEST_CASE("loan Disburse: the fund key pays the principal to the borrower, k of 
   Fixture f;
   const Key a = f.l.coopA.key(), b = f.l.coopB.key(), cc = f.l.coopC.key();
   auto disburse = [&](const Loan& out) {
-    return std::move(f.deal().loanIn(f.approved()).loanOut(out).window(t0_micros - 10, t0_micros + day_micros)
+    return std::move(f.deal()
+                         .loanIn(f.approved())
+                         .loanOut(out)
+                         .window(t0_micros - 10, t0_micros + day_micros - 10)
                          .command(loan_disburse_command, {a, b}));
   };
   // Exact principal from the fund key, and with change back to the fund.
@@ -360,8 +372,13 @@ TEST_CASE("loan Disburse: the fund key pays the principal to the borrower, k of 
   disburse(f.disbursed()).tokenIn(f.fkey, 700'000).tokenOut(cc, 100'000).tokenOut(f.fkey, 600'000)
       .command(token_move_command, {f.fkey}).verifies();
   // Only k-1 committee members on the loan command.
-  f.deal().loanIn(f.approved()).loanOut(f.disbursed()).window(t0_micros - 10, t0_micros + day_micros)
-      .command(loan_disburse_command, {a, cc}).pays(f.fkey, cc, 100'000).fails("approvals_below_threshold");
+  f.deal()
+      .loanIn(f.approved())
+      .loanOut(f.disbursed())
+      .window(t0_micros - 10, t0_micros + day_micros - 10)
+      .command(loan_disburse_command, {a, cc})
+      .pays(f.fkey, cc, 100'000)
+      .fails("approvals_below_threshold");
   // Not from the fund, not the principal.
   disburse(f.disbursed()).pays(a, cc, 100'000).fails("payment_mismatch");
   disburse(f.disbursed()).pays(f.fkey, cc, 99'999).fails("payment_mismatch");
@@ -376,9 +393,31 @@ TEST_CASE("loan Disburse: the fund key pays the principal to the borrower, k of 
   disburse(late).pays(f.fkey, cc, 100'000).fails("not_disbursed_in_window");
   f.deal().loanIn(f.approved()).loanOut(f.disbursed()).window(t0_micros, std::nullopt)
       .command(loan_disburse_command, {a, b}).pays(f.fkey, cc, 100'000).fails("time_window_missing");
+  // Dated anywhere in a window of decades: refused (a default could follow at once).
+  Loan ancient = f.disbursed();
+  ancient.disbursedMicros = 0;
+  f.deal()
+      .loanIn(f.approved())
+      .loanOut(ancient)
+      .window(0, INT64_MAX)
+      .command(loan_disburse_command, {a, b})
+      .pays(f.fkey, cc, 100'000)
+      .fails("time_window_too_wide");
+  f.deal()
+      .loanIn(f.approved())
+      .loanOut(f.disbursed())
+      .window(t0_micros - 10, t0_micros + day_micros - 9)
+      .command(loan_disburse_command, {a, b})
+      .pays(f.fkey, cc, 100'000)
+      .fails("time_window_too_wide");
   // Lifecycle.
-  f.deal().loanIn(f.requested).loanOut(f.disbursed()).window(t0_micros - 10, t0_micros + day_micros)
-      .command(loan_disburse_command, {a, b}).pays(f.fkey, cc, 100'000).fails("illegal_step");
+  f.deal()
+      .loanIn(f.requested)
+      .loanOut(f.disbursed())
+      .window(t0_micros - 10, t0_micros + day_micros - 10)
+      .command(loan_disburse_command, {a, b})
+      .pays(f.fkey, cc, 100'000)
+      .fails("illegal_step");
   Loan paid = f.disbursed();
   paid.repaidMinor = 1;
   disburse(paid).pays(f.fkey, cc, 100'000).fails("illegal_step");
@@ -473,6 +512,13 @@ TEST_CASE("loan Default: after the due date, by k of n of the committee, with a 
       .record(f.rec(CreditEvent::loan_default, 70'667, at), f.committee).verifies();
   f.deal().loanIn(d).loanOut(def).window(due2 - 10, due2 + 10).command(loan_default_command, {a, b})
       .record(f.rec(CreditEvent::loan_default, 70'667, due2), f.committee).fails("not_overdue");
+  f.deal()
+      .loanIn(d)
+      .loanOut(def)
+      .window(at - 10, at + 2 * day_micros)
+      .command(loan_default_command, {a, b})
+      .record(f.rec(CreditEvent::loan_default, 70'667, at), f.committee)
+      .fails("time_window_too_wide");
   f.deal().loanIn(d).loanOut(def).window(at - 10, at + 10).command(loan_default_command, {a, cc})
       .record(f.rec(CreditEvent::loan_default, 70'667, at), f.committee).fails("approvals_below_threshold");
   f.deal().loanIn(d).loanOut(def).window(at - 10, at + 10).command(loan_default_command, {a, b})
