@@ -6,7 +6,9 @@
 #include <memory>
 #include <mutex>
 #include <set>
+#include <tuple>
 
+#include "contracts/token.h"
 #include "ledger/capnp_io.h"
 #include "schemas/builtin_flows.capnp.h"
 
@@ -563,6 +565,51 @@ Flow<SignedTransaction> collectSignaturesBody(FlowContext& ctx, const FlowServic
   co_return stx;
 }
 
+// What signing would give away. A deal's check looks at the deal's states;
+// the same transaction could also move tokens this node signs for (its own,
+// or a fund's it holds a share of) to the initiator: refused, unless the
+// deal's allowance covers it (services.h, OutflowAllowance). Per owner and
+// currency, every issuer's tokens lost count, whatever else comes in (an
+// issuer's tokens swapped for another's are a loss too).
+Status checkNothingGivenAway(const FlowServices& svc, const LedgerTransaction& ltx,
+                             const std::string& check) {
+  auto signsFor = [&](const Key& owner) {
+    return std::any_of(svc.keys.begin(), svc.keys.end(),
+                       [&](const KeyPair& k) { return owner.contains(k.publicKey()); });
+  };
+  // (owner, currency, issuer) -> net change, in 128 bits (sums of int64s).
+  std::map<std::tuple<Key, std::string, Key>, __int128> net;
+  for (bool in : {true, false}) {
+    for (const TransactionState* st :
+         in ? ltx.inputsOf(contracts::token_contract) : ltx.outputsOf(contracts::token_contract)) {
+      auto t = contracts::decodeToken(st->data);
+      if (!t) return Error{Errc::malformed, "a token state does not decode: " + t.error().message};
+      if (!signsFor(t->owner)) continue;
+      __int128& n = net[{t->owner, t->currency, t->issuer}];
+      n += in ? -static_cast<__int128>(t->amountMinor) : static_cast<__int128>(t->amountMinor);
+    }
+  }
+  std::map<std::pair<Key, std::string>, __int128> lost;
+  for (const auto& [k, n] : net) {
+    if (n < 0) lost[{std::get<0>(k), std::get<1>(k)}] += -n;
+  }
+  if (lost.empty()) return {};
+  std::map<std::pair<Key, std::string>, __int128> allowed;
+  if (auto a = svc.outflows.find(check); a != svc.outflows.end()) {
+    for (const TokenOutflow& o : a->second(ltx)) allowed[{o.owner, o.currency}] += o.amountMinor;
+  }
+  for (const auto& [k, amount] : lost) {
+    const __int128 may = allowed.count(k) ? allowed[k] : 0;
+    if (amount > may) {
+      return Error{Errc::forbidden,
+                   "it would take " + std::to_string(static_cast<int64_t>(amount - may)) + " " +
+                       k.second + " of tokens owned by " + k.first.describe() +
+                       " (this node signs for it) beyond what deal " + quoted(check) + " pays"};
+    }
+  }
+  return {};
+}
+
 Flow<Bytes> signTransactionResponder(FlowContext& ctx, const FlowServices* svc, Bytes) {
   Session s = *ctx.counterparty();
   std::vector<Kind> accepted{Kind::sign_request};
@@ -603,6 +650,10 @@ Flow<Bytes> signTransactionResponder(FlowContext& ctx, const FlowServices* svc, 
   if (auto st = check->second(ltx, s.peer()); !st) {
     fail(st.error(), "business check " + quoted(request.check) + " refused transaction " +
                          stx.id().hex());
+  }
+  if (auto st = checkNothingGivenAway(*svc, ltx, request.check); !st) {
+    fail(st.error(),
+         "transaction " + stx.id().hex() + " from " + quoted(s.peer()) + " is not signed");
   }
   co_await recordAll(ctx, *svc, std::move(resolved.chain), vault::RecordMode::only_relevant);
   BuiltinMessage reply;

@@ -203,6 +203,95 @@ TEST_CASE("responders refuse what their node does not agree to, and the initiato
   CHECK(a.states(receivable_state_type).size() == 1);
 }
 
+namespace {
+
+// A dishonest seller: invoices the buyer 1 CNY (a deal the buyer's check
+// accepts) and, in the same transaction, moves the buyer's `victim` token
+// to itself, asking the buyer to sign under the receivable.issue check.
+Flow<Bytes> issueAndTakeToken(FlowContext& ctx, FlowServices* svc, StateRef victim_ref) {
+  const Key me = svc->identity.owningKey;
+  const Party buyer = svc->partyByName(coopB).value();
+  const Party notary = svc->partyByName(deal_test_notary).value();
+  const int64_t now = co_await ctx.now();
+  vault::Criteria crit =
+      vault::Criteria::field(std::string(member_state_type), std::string("member"),
+                             vault::FieldOp::eq, {buyer.owningKey.hash()});
+  auto creds = co_await queryStates(ctx, *svc, std::string("vault.credentials"), crit);
+  if (creds.empty()) failFlow(Errc::not_found, "no credential");
+  std::vector<SecureHash> ids{victim_ref.txId};
+  auto txs = co_await loadTransactions(ctx, *svc, ids);
+  const Token victim = decodeToken(txs[0]->tx().outputs()[victim_ref.index].data).value();
+  SignedTransaction reg(registrationTransaction(me, std::string("EVIL-1"), notary).value());
+  for (const KeyPair* k : svc->keysFor(reg.tx().requiredSigningKeys())) reg.signWith(*k);
+  vault::Vault* v = svc->vault;
+  ccal::flows::detail::CallOp op = [v, reg](ccal::flows::detail::CallDone done) {
+    v->recordAsync(reg, vault::RecordMode::only_relevant, [done](const Status& st) {
+      if (!st.ok()) return done(st.error());
+      done(Bytes{});
+    });
+  };
+  co_await ctx.call(std::string("vault.reg"), std::move(op));
+  Receivable r{me,
+               buyer.owningKey,
+               me,
+               std::string("CNY"),
+               1,
+               now + 30 * 86'400'000'000LL,
+               std::string("EVIL-1"),
+               receivableLinearId(me, std::string("EVIL-1"))};
+  TransactionBuilder b(notary);
+  b.addInput(StateRef{reg.id(), 0});
+  b.addReference(creds[0].ref);
+  b.addOutput(receivableState(notary, r));
+  b.addInput(victim_ref);
+  b.addOutput(tokenState(notary, Token{me, victim.issuer, victim.currency, victim.amountMinor}));
+  b.addCommand(Command{std::string(receivable_issue_command), {}, {me, buyer.owningKey}});
+  b.addCommand(Command{std::string(token_move_command), {}, {buyer.owningKey}});
+  TimeWindow window;
+  window.fromMicros =
+      std::max(now - 60'000'000, decodeMember(creds[0].state.data)->validFromMicros);
+  window.untilMicros = now + 600'000'000;
+  b.setTimeWindow(window);
+  SignedTransaction stx =
+      co_await signAndFinalise(ctx, *svc, std::move(b), std::string(receivable_issue_deal), {});
+  co_return Bytes(stx.id().bytes().begin(), stx.id().bytes().end());
+}
+
+}  // namespace
+
+TEST_CASE("a co-signer does not sign away its own tokens bundled into a deal its check accepts") {
+  World w;
+  TNode& b = w.add(bank, 1);
+  TNode& a = w.add(coopA, 2);
+  TNode& h = w.add(coopB, 3);
+  TNode& c = w.add(coopC, 4);
+  w.ok(b, token_issue_deal, {"to=" + coopA, "amount=1000", "currency=USD"});
+  w.ok(a, token_move_deal, {"to=" + coopB, "amount=1000", "currency=USD"});
+  w.ok(c, member_issue_deal,
+       {"member=" + coopB, "name=Sanya", "role=member", "days=365", "observers=" + coopA});
+  REQUIRE(h.balance("USD") == 1000);
+  StateRef victim;
+  for (const auto& st : h.states(token_state_type)) {
+    if (decodeToken(st.state.data)->currency == "USD") victim = st.ref;
+  }
+  a.extra_flows = [victim](FlowRuntime& rt, FlowServices& svc) {
+    FlowServices* sp = &svc;
+    REQUIRE(rt.registerFlow("test.issue_and_take", [sp, victim](FlowContext& ctx, Bytes) {
+                return issueAndTakeToken(ctx, sp, victim);
+              }).ok());
+  };
+  a.restart();
+  auto id = a.runtime->startFlow("test.issue_and_take", {});
+  REQUIRE(id);
+  FlowInfo info = w.await(a, *id);
+  REQUIRE(w.quiet());
+  // Before: signed (the invoice was fine), and the buyer's 1000 USD went to the seller.
+  CHECK(info.outcome == vault::FlowOutcome::failed);
+  CHECK(errorOf(info).find("would take 1000 USD of tokens owned by") != std::string::npos);
+  CHECK(h.balance("USD") == 1000);
+  CHECK(a.balance("USD") == 0);
+}
+
 TEST_CASE("a revoked credential: the notary refuses the invoice that references it") {
   Deal d;
   World& w = d.w;

@@ -53,6 +53,9 @@ struct DealTestNode {
   std::unique_ptr<Delivery> delivery;
   std::unique_ptr<FlowRuntime> runtime;
   std::map<FlowId, FlowInfo> finished;
+  // Registers flows of a test's own (a dishonest node's) at each open,
+  // after the deal flows; set it, then restart().
+  std::function<void(FlowRuntime&, FlowServices&)> extra_flows;
 
   DealTestNode(std::string n, uint8_t seed, DealTestWorld& w, DealPolicy p, NodeSetup s)
       : name(std::move(n)), key(ccal::testing::testKey(seed)), world(w), policy(p), setup(std::move(s)) {
@@ -215,6 +218,7 @@ inline void DealTestNode::open() {
   config.notary = deal_test_notary;
   config.policy = policy;
   REQUIRE(registerDealFlows(*runtime, svc, config).ok());
+  if (extra_flows) extra_flows(*runtime, svc);
   FlowRuntime::Hooks hooks;
   hooks.finished = [this](const FlowInfo& info) { finished[info.id] = info; };
   runtime->setHooks(std::move(hooks));

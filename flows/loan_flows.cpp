@@ -808,6 +808,16 @@ void addLoanChecks(FlowServices& svc, const LoanPolicy& policy) {
     }
     return {};
   };
+  // A disbursement: the fund pays the borrower the principal (the contract
+  // checks the fund's net payment is exactly that).
+  svc.outflows[std::string(loan_disburse_deal)] = [](const LedgerTransaction& tx) {
+    std::vector<TokenOutflow> out;
+    auto after = onlyLoan(tx.outputsOf(loan_contract));
+    if (!after) return out;
+    auto key = fundKey(after->committee, after->threshold);
+    if (key) out.push_back({*key, after->currency, after->principalMinor});
+    return out;
+  };
   svc.checks[std::string(loan_default_deal)] = [s](const LedgerTransaction& tx,
                                                    const std::string& initiator) -> Status {
     auto who = initiatorKey(*s, initiator);

@@ -149,6 +149,19 @@ int64_t observedAmount(const LedgerTransaction& tx, const ContractRegistry& regi
 using BusinessCheck =
     std::function<Status(const LedgerTransaction& tx, const std::string& initiator)>;
 
+// What a deal lets an owner this node signs for pay: SignTransaction refuses
+// a transaction that leaves any such owner (one of this node's keys, or a
+// composite key with one of them as a leaf — a fund) with less of a currency
+// than it had, beyond what the deal's allowance (registered under the check's
+// name) returns for that owner and currency. Most deals allow nothing: the
+// payer builds the transaction and the others only receive.
+struct TokenOutflow {
+  Key owner;
+  std::string currency;
+  int64_t amountMinor = 0;
+};
+using OutflowAllowance = std::function<std::vector<TokenOutflow>(const LedgerTransaction& tx)>;
+
 // Runs independent, pure jobs (backchain verification) on several threads.
 // forEach returns once fn(0) .. fn(count - 1) have all run; the calling
 // thread takes part. fn must not throw and must write only its own index's
@@ -172,6 +185,7 @@ struct FlowServices {
   NotaryGateway* notary = nullptr;
   std::vector<ObserverRule> observer_rules;
   std::map<std::string, BusinessCheck, std::less<>> checks;
+  std::map<std::string, OutflowAllowance, std::less<>> outflows;  // by check name
   BackchainLimits limits;
   // Where independent backchain transactions are verified at once; null:
   // one after another on the flow's thread (the simulator's choice).
