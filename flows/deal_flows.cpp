@@ -357,6 +357,25 @@ Flow<Bytes> releasingLocks(FlowContext& ctx, const FlowServices& svc, Flow<Bytes
   co_return std::move(r).value();
 }
 
+std::function<void(const FlowId&)> lockReleaser(vault::Vault& vault,
+                                                std::function<void(std::string_view)> log) {
+  vault::Vault* v = &vault;
+  return [v, log = std::move(log)](const FlowId& id) {
+    v->releaseAsync(id, {}, [log, id](const Status& st) {
+      if (!st && log)
+        log("releasing the soft locks of ended flow " + id.hex() + ": " + st.error().toString());
+    });
+  };
+}
+
+Result<uint64_t> releaseLocksOfEndedFlows(const FlowRuntime& runtime, vault::Vault& vault) {
+  std::vector<vault::LockId> live;
+  for (const FlowInfo& f : runtime.list()) {
+    if (f.phase != FlowPhase::finished) live.push_back(f.id);
+  }
+  return vault.releaseAllExcept(live);
+}
+
 bool holdsKey(const FlowServices& svc, const Key& k) { return !svc.keysFor({k}).empty(); }
 
 Status refusal(const std::string& why) { return makeError(Errc::forbidden, "refused: " + why); }

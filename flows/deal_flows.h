@@ -157,6 +157,15 @@ std::vector<TransactionState> payOutputs(const std::vector<StateAndRef>& selecte
                                          const Party& notary);
 // Runs `body` and releases this flow's soft locks whatever its outcome.
 Flow<Bytes> releasingLocks(FlowContext& ctx, const FlowServices& svc, Flow<Bytes> body);
+// ... but a flow killed or timed out never runs its own code again: the
+// runtime's `ended` callback (FlowRuntimeConfig) releases what its id holds
+// once its end is durable — this one, on the vault's writer (a failure is
+// logged; the next start releases it) — and at start, once the runtime has
+// resumed its flows, releaseLocksOfEndedFlows frees the locks of every holder
+// not running (a node stopped between a flow's end and the release).
+std::function<void(const FlowId&)> lockReleaser(vault::Vault& vault,
+                                                std::function<void(std::string_view)> log);
+Result<uint64_t> releaseLocksOfEndedFlows(const FlowRuntime& runtime, vault::Vault& vault);
 
 // For the responders' business checks:
 bool holdsKey(const FlowServices& svc, const Key& k);  // a key this node signs with

@@ -292,6 +292,57 @@ TEST_CASE("a co-signer does not sign away its own tokens bundled into a deal its
   CHECK(a.balance("USD") == 0);
 }
 
+TEST_CASE("a flow killed or timed out lets go of its soft locks") {
+  World w;
+  TNode& b = w.add(bank, 1);
+  TNode& a = w.add(coopA, 2);
+  TNode& c = w.add(coopC, 4);
+  w.add(coopB, 3);
+  w.ok(b, token_issue_deal, {"to=" + bank, "amount=100000", "currency=CNY"});
+  w.ok(c, member_issue_deal,
+       {"member=" + coopB, "name=Sanya", "role=member", "days=365", "observers=" + coopA});
+  w.ok(a, receivable_issue_deal,
+       {"buyer=" + coopB, "amount=100000", "currency=CNY", "invoice=INV-1", "due=2024-06-30"});
+  // The financier locks its tokens for the advance, then waits for the
+  // holder's signature, which never comes (the holder is gone).
+  w.start(a, receivable_finance_deal, {"invoice=INV-1", "financier=" + bank, "advance=90000"});
+  std::optional<FlowId> responder;
+  REQUIRE(w.run([&] {
+    for (const auto& f : b.runtime->list()) {
+      if (f.name == std::string(receivable_finance_responder) &&
+          f.step.find("collecting the signature") != std::string::npos) {
+        responder = f.id;
+        return true;
+      }
+    }
+    return false;
+  }));
+  auto locked = [&] {
+    int64_t t = 0;
+    for (const auto& st : b.states(token_state_type)) {
+      if (st.lock && decodeToken(st.state.data)->owner == b.owningKey())
+        t += decodeToken(st.state.data)->amountMinor;
+    }
+    return t;
+  };
+  CHECK(locked() == 100000);
+  a.close();
+  w.executor.runUntil([] { return false; }, 1'000'000, [&] { b.quiesce(); });
+  REQUIRE(b.runtime->kill(*responder, "timed out").ok());  // (what flow_timeout_micros does)
+  w.executor.runUntil([&] { return b.runtime->running() == 0; }, 60'000'000, [&] { b.quiesce(); });
+  b.quiesce();
+  CHECK(locked() == 0);  // before: 100000, locked for good, across restarts too
+  // A lock left by a flow that is not running (a stop between its end and
+  // the release) goes at the next start.
+  const FlowId ghost = SecureHash::of(asBytes("a flow that ended"));
+  std::vector<StateRef> refs;
+  for (const auto& st : b.states(token_state_type)) refs.push_back(st.ref);
+  REQUIRE(b.vault->lock(ghost, refs).ok());
+  CHECK(locked() == 100000);
+  b.restart();
+  CHECK(locked() == 0);
+}
+
 TEST_CASE("a revoked credential: the notary refuses the invoice that references it") {
   Deal d;
   World& w = d.w;

@@ -200,6 +200,7 @@ inline void DealTestNode::open() {
   uint64_t counter = key.publicKey().bytes()[0];
   fc.random_u64 = [counter]() mutable { return ++counter * 0x9e3779b97f4a7c15ull; };
   fc.log = [](std::string_view) {};
+  fc.ended = lockReleaser(*vault, {});
   runtime = std::make_unique<FlowRuntime>(*delivery, world.executor, world.executor, *flowStore, fc);
   svc = FlowServices{};
   svc.identity = party();
@@ -223,6 +224,7 @@ inline void DealTestNode::open() {
   hooks.finished = [this](const FlowInfo& info) { finished[info.id] = info; };
   runtime->setHooks(std::move(hooks));
   REQUIRE(runtime->start().ok());
+  REQUIRE(releaseLocksOfEndedFlows(*runtime, *vault).ok());
   REQUIRE(delivery->start().ok());
 }
 

@@ -1570,6 +1570,7 @@ void FlowRuntime::endSessions(FlowState& f, EndInfo end) {
       FlowInfo info = infoOf(*done);
       info.phase = FlowPhase::finished;
       flows_.erase(id);
+      if (status && config_.ended) config_.ended(info.id);
       if (status && hooks_.finished) hooks_.finished(info);
       remember(std::move(info));
     }));

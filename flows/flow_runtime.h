@@ -125,6 +125,11 @@ struct FlowRuntimeConfig {
   std::function<uint64_t()> random_u64;
   // Protocol errors of peers and failed consumptions; empty: stderr.
   std::function<void(std::string_view)> log;
+  // Called once a flow's end is durable, however it ended (returned,
+  // failed, killed, timed out): what it holds outside the runtime — the
+  // vault's soft locks, held under the flow's id — is let go here, since a
+  // killed or timed-out flow's own code never runs again to release it.
+  std::function<void(const FlowId&)> ended;
 };
 
 enum class FlowPhase : uint8_t { starting, replaying, running, parked, finishing, finished };

@@ -383,6 +383,8 @@ Status Node::Impl::openFlows() {
   options.runtime.flow_timeout_micros = static_cast<int64_t>(config.flows_timeout_micros);
   options.runtime.finished_flows_listed_max = config.flows_finished_listed_max;
   options.runtime.log = [this](std::string_view line) { log->warn("flows: {}", line); };
+  options.runtime.ended =
+      flows::lockReleaser(*vault, [this](std::string_view line) { log->warn("flows: {}", line); });
   flows = std::make_unique<FlowService>(std::move(options));
   // Every flow this member runs, responders before the flows that initiate them.
   CCAL_TRY(registerDiagnosticFlows(*flows));
@@ -419,6 +421,14 @@ Status Node::Impl::openFlows() {
                                            config.vault_dir.string() + ": " +
                                            started.error().message};
   }
+  auto released = flows::releaseLocksOfEndedFlows(flows->runtime(), *vault);
+  if (!released) {
+    return Error{released.error().code, "releasing the soft locks of ended flows in " +
+                                            config.vault_dir.string() + ": " +
+                                            released.error().message};
+  }
+  if (*released > 0)
+    log->info("flows: released {} soft locks held by flows no longer running", *released);
   const auto& stats = flows->runtime().stats();
   if (stats.flows_resumed > 0) {
     log->info("flows: resumed {} unfinished flows ({} journaled events replayed)",
