@@ -1818,10 +1818,12 @@ void Replica::onStatus(uint32_t from, const StatusMsg& st) {
   for (auto it = slots_.upper_bound(std::max(st.last_executed, stable_seq_));
        it != slots_.end() && sent < batches_max; ++it) {
     Slot& s = it->second;
-    // Null batches come with the new-view, which the peer has (or gets above).
-    if (!s.has_pp || !s.pp_durable || s.digest.isZero()) continue;
+    // A null batch's pre-prepare comes with the new-view, which the peer has
+    // (or gets above); its prepares and commits are resent like any (a
+    // backup that lost them would wait for its view timer otherwise).
+    if (!s.has_pp || !s.pp_durable) continue;
     ++sent;
-    if (primary) {
+    if (primary && !s.digest.isZero()) {
       // A pre-prepare whose timestamp is beyond the allowed drift by this
       // clock is not resent: the peer would refuse it (it checks the
       // timestamp whenever the frame comes) and decides the batch on the
@@ -1845,7 +1847,9 @@ void Replica::requestMissingBatches() {
   uint32_t asked = 0;
   for (auto& [seq, s] : slots_) {
     if (asked >= fetch_batches_per_round_max) break;
-    const SecureHash d = s.has_pp ? s.digest : s.decided_digest;
+    // (A slot decided on commits for another digest than the pre-prepare it
+    // accepted — an equivocating primary's — fetches the decided batch.)
+    const SecureHash d = s.decided && !s.committed ? s.decided_digest : s.digest;
     if (!(s.has_pp || s.decided) || d.isZero() || s.batches.count(d)) continue;
     broadcast(Message(FetchBatchMsg{seq, d}));
     ++asked;
@@ -1940,12 +1944,16 @@ void Replica::onEffectsData(uint32_t from, EffectsDataMsg m) {
   Transfer& t = *transfer_;
   if (machine_.lastExecuted() + 1 != t.from_seq) return;  // the status timer restarts it
   if (m.from_seq != t.from_seq + t.effects.size()) return;
+  const size_t had = t.effects.size();
   for (auto& e : m.effects) {
     if (t.from_seq + t.effects.size() > t.target_seq) break;
     if (t.effects.size() >= config_.state_transfer_batches_max) break;
     t.effects.push_back(std::move(e));
   }
-  t.last_progress_micros = clock_.nowMicros();
+  // Only effects taken count as progress: a source answering with none
+  // would otherwise hold the transfer for good (the status timer moves to
+  // the next source when a source makes no progress).
+  if (t.effects.size() > had) t.last_progress_micros = clock_.nowMicros();
   const uint64_t have_through = t.from_seq + t.effects.size() - 1;
   if (have_through < t.target_seq && t.effects.size() < config_.state_transfer_batches_max) {
     const uint64_t want = t.target_seq - have_through;
