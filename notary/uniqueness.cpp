@@ -780,7 +780,10 @@ void UniquenessStateMachine::execute(const Batch& batch, std::function<void(Resu
     settled->replies = std::move(run->replies);
     settled->replyBytes = std::move(run->replyBytes);
     settled->effects = std::move(run->effects);
-    auto sign = [this, settled, seq, executed, decided] {
+    auto sign = [this, alive = std::weak_ptr<int>(alive_), settled, seq, executed, decided] {
+      // (Posted: the machine may be gone by then — its replica stopped —,
+      // and so is whoever waits for the replies.)
+      if (alive.expired()) return;
       executed->emplace(signReplies(seq, *settled));
       if (decided) decided(**executed);
     };
@@ -812,7 +815,8 @@ void UniquenessStateMachine::execute(const Batch& batch, std::function<void(Resu
     // Written and durable: the entries of this pass leave memory.
     if (run->merged) dropUnmerged([seq](uint64_t s) { return s <= seq; });
     last_executed_.store(seq);
-    auto finish = [executed, done] {
+    auto finish = [alive = std::weak_ptr<int>(alive_), executed, done] {
+      if (alive.expired()) return;  // (its sign did not run either)
       CCAL_ASSERT_MSG(executed->has_value(),
                       "a durable batch's replies were signed when it was decided");
       done(std::move(**executed));

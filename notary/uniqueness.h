@@ -165,6 +165,9 @@ class UniquenessStateMachine final : public StateMachine {
   // The last batch handed to the Store: advanced on the caller's thread,
   // wound back from the writer's when a batch fails.
   std::atomic<uint64_t> last_queued_;
+  // Completions posted to config_.complete_on that need this object check
+  // it first: the machine may be destroyed (its replica stopped) with them queued.
+  std::shared_ptr<int> alive_ = std::make_shared<int>(0);
   void rewindQueued(uint64_t failed_seq);
 
   // States consumed by executed batches and not yet written to

@@ -749,6 +749,30 @@ TEST_CASE(
   CHECK(replica.sm->lastExecuted() == 2);
 }
 
+TEST_CASE(
+    "completions still queued when the machine is destroyed do nothing (its replica stopped)") {
+  TestCluster cluster;
+  QueueExecutor executor;
+  UniquenessConfig config = cluster.config();
+  config.complete_on = &executor;
+  TestReplica replica(config, cluster.replica_keys[0], true);
+  Batch batch;
+  batch.seq = 1;
+  batch.time_micros = 1;
+  batch.requests = {request(nonValidatingRequest(spend(cluster.party, {stateRef("gone")})))};
+  bool called = false;
+  replica.sm->execute(
+      batch, [&](Result<Executed>) { called = true; }, [&](const Executed&) { called = true; });
+  // The write is durable, the signing and done are posted, not run; then the
+  // machine goes (a replica's restart). Before: the signing used the freed
+  // machine (ASan: heap-use-after-free, seen in replica_test under CI).
+  REQUIRE(replica.store->write([](vault::WriteTxn&) { return Status(); }).ok());
+  replica.sm.reset();
+  REQUIRE(executor.runOne());
+  REQUIRE(executor.runOne());
+  CHECK_FALSE(called);
+}
+
 TEST_CASE("requests and batches over their limits are refused") {
   TestCluster cluster;
   UniquenessConfig config = cluster.config();
