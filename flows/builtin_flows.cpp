@@ -812,19 +812,27 @@ Flow<Bytes> receiveFinalityResponder(FlowContext& ctx, const FlowServices* svc, 
   SignedTransaction stx = std::move(*m.stx);
   std::vector<SecureHash> self_id{stx.id()};
   std::vector<SecureHash> missing = co_await missingOf(ctx, *svc, self_id);
-  std::map<std::string, bool> skipped;  // observers our rules require that it did not go to
+  std::map<std::string, bool> skipped;  // observers our rules require (sent on by a participant)
   if (!missing.empty()) {
     ctx.step("resolving the backchain of " + stx.id().hex());
     Resolved resolved = co_await ctx.subFlow(std::string(resolve_transactions_flow),
                                              resolveBackchain(ctx, *svc, s, stx));
     ctx.step("verifying " + stx.id().hex());
     const LedgerTransaction ltx = verifyContracts(*svc, stx, resolved.known);
-    if (!m.observer) {
-      const std::set<std::string> listed(m.recipients.begin(), m.recipients.end());
+    // A participant sends the transaction on to every observer its rules
+    // require. Whether it is one is read from its own keys, and the sender's
+    // recipient list is not trusted (a sender could list an observer it
+    // never sent to, or call this node an observer): observers record a
+    // transaction once, however many send it.
+    bool participant = false;
+    auto note = [&](const TransactionState& state) {
+      if (!svc->keysFor(state.participants).empty()) participant = true;
+    };
+    for (const StateAndRef& in : ltx.inputs()) note(in.state);
+    for (const TransactionState& out : ltx.outputs()) note(out);
+    if (participant) {
       for (const RequiredObserver& r : requiredOf(*svc, ltx)) {
-        if (r.observer != ctx.self() && r.observer != s.peer() && !listed.count(r.observer)) {
-          skipped.emplace(r.observer, true);
-        }
+        if (r.observer != ctx.self() && r.observer != s.peer()) skipped.emplace(r.observer, true);
       }
     }
     // Verified once here; the vault takes it without verifying it again.
@@ -840,10 +848,10 @@ Flow<Bytes> receiveFinalityResponder(FlowContext& ctx, const FlowServices* svc, 
   ack.kind = Kind::recorded;
   co_await sendMessage(s, std::move(ack));
   if (!skipped.empty()) {
-    // The sender's finality skipped observers our rules require: send it on
-    // to them ourselves (they record it once, however many send it).
+    // Send it on to the observers our rules require ourselves (they record
+    // it once, however many send it).
     ctx.step("sending " + stx.id().hex() + " on to " + std::to_string(skipped.size()) +
-             " observers the finality of " + quoted(s.peer()) + " skipped");
+             " observers our rules require");
     co_await ctx.subFlow(std::string(finality_flow),
                          distribute(ctx, *svc, stx, std::move(skipped), m.recipients));
   }

@@ -25,6 +25,7 @@ const std::string bank = "O=Bank of Hainan, L=Haikou, C=CN";
 const std::string coopA = "O=Haikou Fishing Cooperative, L=Haikou, C=CN";
 const std::string coopB = "O=Sanya Tea Cooperative, L=Sanya, C=CN";
 const std::string coopC = "O=Wenchang Coconut Cooperative, L=Wenchang, C=CN";
+const std::string regulator_name = "O=Regulator, L=Haikou, C=CN";
 
 using TNode = DealTestNode;
 using World = DealTestWorld;
@@ -341,6 +342,92 @@ TEST_CASE("a flow killed or timed out lets go of its soft locks") {
   CHECK(locked() == 100000);
   b.restart();
   CHECK(locked() == 0);
+}
+
+namespace {
+
+// A dishonest initiator's finality: a token move to the buyer, sent only to
+// it, with a recipient list that names the regulator (variant 1) or with the
+// buyer called an observer (variant 2); variant 0 lists honestly.
+Flow<bool> sendOnlyToBuyer(FlowContext& ctx, FlowServices* svc, SignedTransaction stx,
+                           int variant) {
+  using Kind = BuiltinMessage::Kind;
+  Session s = co_await ctx.initiate(coopB);
+  BuiltinMessage m;
+  m.kind = Kind::finality;
+  m.stx = stx;
+  m.observer = variant == 2;
+  m.recipients = {coopA, coopB};
+  if (variant == 1) m.recipients.push_back(regulator_name);
+  co_await s.send(encodeBuiltinMessage(m));
+  for (;;) {
+    std::vector<Kind> accepted{Kind::fetch, Kind::recorded};
+    auto decode = [accepted](ByteView bytes) { return decodeBuiltinMessage(bytes, accepted); };
+    BuiltinMessage got = co_await s.receive<BuiltinMessage>(decode, std::string("finality answer"));
+    if (got.kind == Kind::recorded) co_return true;
+    auto txs = co_await loadTransactions(ctx, *svc, got.ids);
+    BuiltinMessage reply;
+    reply.kind = Kind::transactions;
+    for (auto& t : txs) reply.transactions.push_back(t->encode());
+    co_await s.send(encodeBuiltinMessage(reply));
+  }
+}
+
+Flow<Bytes> moveSkippingRegulator(FlowContext& ctx, FlowServices* svc, int variant) {
+  const Key me = svc->identity.owningKey;
+  const Party buyer = svc->partyByName(coopB).value();
+  vault::Criteria crit = vault::Criteria::field(std::string(token_state_type), std::string("owner"),
+                                                vault::FieldOp::eq, {me.hash()});
+  auto mine = co_await queryStates(ctx, *svc, std::string("vault.mine"), crit);
+  const Token t = decodeToken(mine.at(0).state.data).value();
+  TransactionBuilder b(mine[0].state.notary);
+  b.addInput(mine[0].ref);
+  b.addOutput(tokenState(mine[0].state.notary,
+                         Token{buyer.owningKey, t.issuer, t.currency, t.amountMinor}));
+  b.addCommand(Command{std::string(token_move_command), {}, {me}});
+  Bytes salt = co_await privacySalt(ctx);
+  b.setPrivacySalt(salt);
+  SignedTransaction stx(b.build().value());
+  stx = co_await collectSignatures(ctx, *svc, std::move(stx), std::string("none"));
+  stx = co_await notarise(ctx, *svc, std::move(stx));
+  co_await ctx.subFlow(std::string("test.send_only_to_buyer"),
+                       sendOnlyToBuyer(ctx, svc, stx, variant));
+  co_return idBytes(stx.id());
+}
+
+}  // namespace
+
+TEST_CASE(
+    "a participant sends a transaction on to the observers its rules require, whatever the sender "
+    "lists") {
+  for (int variant : {0, 1, 2}) {
+    CAPTURE(variant);
+    World w;
+    w.observer_rules = {ObserverRule(regulator_name, {std::string(token_contract)})};
+    TNode& b = w.add(bank, 1);
+    TNode& a = w.add(coopA, 2);
+    TNode& h = w.add(coopB, 3);
+    TNode& r = w.add(regulator_name, 5);
+    w.ok(b, token_issue_deal, {"to=" + coopA, "amount=1000", "currency=CNY"});
+    a.extra_flows = [variant](FlowRuntime& rt, FlowServices& svc) {
+      FlowServices* sp = &svc;
+      REQUIRE(
+          rt.registerFlow("test.move_skipping_regulator", [sp, variant](FlowContext& ctx, Bytes) {
+              return moveSkippingRegulator(ctx, sp, variant);
+            }).ok());
+      REQUIRE(rt.registerInitiating("test.send_only_to_buyer", std::string(receive_finality_flow))
+                  .ok());
+    };
+    a.restart();
+    auto id = a.runtime->startFlow("test.move_skipping_regulator", {});
+    REQUIRE(id);
+    FlowInfo info = w.await(a, *id);
+    REQUIRE(w.quiet());
+    REQUIRE_MESSAGE(info.outcome == vault::FlowOutcome::ok, errorOf(info));
+    const SecureHash tx = idOf(info.result);
+    CHECK(h.vault->hasTransaction(tx));
+    CHECK(r.vault->hasTransaction(tx));  // before: not in variants 1 and 2
+  }
 }
 
 TEST_CASE("a revoked credential: the notary refuses the invoice that references it") {
