@@ -54,7 +54,7 @@ struct DealTestNode {
   std::unique_ptr<FlowRuntime> runtime;
   std::map<FlowId, FlowInfo> finished;
   // Registers flows of a test's own (a dishonest node's) at each open,
-  // after the deal flows; set it, then restart().
+  // after the deal flows (DealTestWorld::add, or set it and restart()).
   std::function<void(FlowRuntime&, FlowServices&)> extra_flows;
 
   DealTestNode(std::string n, uint8_t seed, DealTestWorld& w, DealPolicy p, NodeSetup s)
@@ -113,9 +113,12 @@ struct DealTestWorld {
     directory.parties[deal_test_notary] = notaryParty;
   }
   ~DealTestWorld() { nodes.clear(); }
-  DealTestNode& add(const std::string& name, uint8_t seed, DealPolicy policy = {}, NodeSetup setup = {}) {
+  DealTestNode& add(const std::string& name, uint8_t seed, DealPolicy policy = {},
+                    NodeSetup setup = {},
+                    std::function<void(FlowRuntime&, FlowServices&)> extra_flows = {}) {
     hub.names.insert(name);
     auto node = std::make_unique<DealTestNode>(name, seed, *this, policy, std::move(setup));
+    node->extra_flows = std::move(extra_flows);
     directory.parties[name] = node->party();
     node->open();
     DealTestNode& ref = *node;

@@ -377,7 +377,10 @@ struct FlowRuntime::FlowState final : detail::FlowCore {
 
   std::vector<SessionState> sessions;
   std::map<SessionKey, uint32_t> session_of;
-  std::map<SessionKey, std::map<uint64_t, Waiting>> inbox;
+  // By session, then seq; a session not opened yet may hold one message per
+  // seq from each peer (who the session is with is known once it opens: a
+  // peer sending first must not push the right one's message out).
+  std::map<SessionKey, std::multimap<uint64_t, Waiting>> inbox;
   size_t inbox_messages = 0;
 
   std::vector<std::string> names;  // running subflows, innermost last
@@ -922,18 +925,24 @@ struct FlowRuntime::FlowState final : detail::FlowCore {
     SessionState& s = sessions[index];
     auto q = inbox.find(s.key);
     if (q == inbox.end()) return;
-    auto m = q->second.find(s.received);
-    if (m == q->second.end()) return;
-    const Waiting& w = m->second;
-    if (w.peer != s.peer) {  // arrived before the session was opened, from someone else
-      rt.log("dropped a message from " + quoted(w.peer) + " on a session of " + label() +
+    // Messages for this seq that arrived before the session was opened, from
+    // someone else than its peer, are dropped.
+    auto [first, last] = q->second.equal_range(s.received);
+    auto m = q->second.end();
+    for (auto it = first; it != last;) {
+      if (it->second.peer == s.peer) {
+        m = it++;
+        continue;
+      }
+      rt.log("dropped a message from " + quoted(it->second.peer) + " on a session of " + label() +
              " with " + quoted(s.peer));
       ++rt.stats_.messages_dropped;
-      if (w.id) rt.consume(w.peer, *w.id);
-      q->second.erase(m);
+      if (it->second.id) rt.consume(it->second.peer, *it->second.id);
+      it = q->second.erase(it);
       --inbox_messages;
-      return;
     }
+    if (m == q->second.end()) return;
+    const Waiting& w = m->second;
     receiving.reset();
     Event e;
     e.kind = EventKind::received;
@@ -957,7 +966,8 @@ struct FlowRuntime::FlowState final : detail::FlowCore {
     auto q = inbox.find(key);
     CCAL_ASSERT(q != inbox.end());
     auto m = q->second.find(seq);
-    CCAL_ASSERT(m != q->second.end() && seq == s.received);
+    while (m != q->second.end() && m->first == seq && m->second.peer != s.peer) ++m;
+    CCAL_ASSERT(m != q->second.end() && m->first == seq && seq == s.received);
     Waiting w = std::move(m->second);
     q->second.erase(m);
     --inbox_messages;
@@ -1001,9 +1011,12 @@ struct FlowRuntime::FlowState final : detail::FlowCore {
       return;
     }
     auto& q = inbox[d.key];
-    if (q.count(d.seq)) {  // the same message again while it waits
-      ++rt.stats_.messages_duplicate;
-      return;
+    auto [same_first, same_last] = q.equal_range(d.seq);
+    for (auto it = same_first; it != same_last; ++it) {
+      if (it->second.peer == peer) {  // the same message again while it waits
+        ++rt.stats_.messages_duplicate;
+        return;
+      }
     }
     if (inbox_messages >= rt.config_.messages_waiting_per_flow_max) {
       // Left unconsumed: dropped (and consumed) once the flow has finished.
