@@ -138,6 +138,15 @@ Verdict TokenContract::verify(const LedgerTransaction& tx) const {
   TokenTotals in, out;
   if (auto v = sumTokens(inputs, in); !v.accepted) return v;
   if (auto v = sumTokens(outputs, out); !v.accepted) return v;
+  // A token is shared with its owner alone (tokenState): an owner left out
+  // would not record what it received (a repayment to a fund that its
+  // committee's vaults never see), another party would see it needlessly.
+  for (const auto* s : outputs) {
+    auto t = decodeToken(s->data).value();  // (sumTokens decoded it)
+    if (s->participants.size() != 1 || !(s->participants[0] == t.owner)) {
+      return Verdict::reject("wrong_participants", "a token's participants are its owner alone");
+    }
+  }
 
   if (cmd.type == token_issue_command) {
     if (!inputs.empty()) return Verdict::reject("issue_has_inputs", "an issue consumes no tokens");

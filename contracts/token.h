@@ -11,7 +11,8 @@
 //    sum to less than the inputs; every input's owner and the issuer sign.
 // Rejection codes: one_command, bad_state, bad_currency, non_positive,
 // overflow, issue_has_inputs, no_inputs, mixed_tokens, not_conserved,
-// nothing_redeemed, missing_signature.
+// nothing_redeemed, missing_signature, wrong_participants (a token output's
+// participants are its owner alone, as tokenState() makes them).
 //
 // Declared fields of ccal.token.TokenState: amount (int64), currency (text),
 // issuer (hash), owner (hash); fungible (currency, issuer, amount), so the

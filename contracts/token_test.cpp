@@ -75,6 +75,14 @@ TEST_CASE("token move: owners sign, amounts conserved per currency and issuer") 
       .fails("one_command");
   l.deal().tokenIn(coopA, 100_EUR).tokenOut(coopB, 100_EUR).command("ccal.token.Split")
       .signedBy(coopA).fails("unknown_command");
+  // A token shared with its owner alone: not hidden from it, not shown to another.
+  for (const std::vector<Key>& participants :
+       {std::vector<Key>{coopA.key()}, std::vector<Key>{coopB.key(), coopA.key()}, std::vector<Key>{}}) {
+    TransactionState out = tokenState(l.notary.party(), Token{coopB.key(), bank.key(), "EUR", 100});
+    out.participants = participants;
+    l.deal().tokenIn(coopA, 100_EUR).output(out).command(token_move_command).signedBy(coopA)
+        .fails("wrong_participants");
+  }
 }
 
 TEST_CASE("token redeem: owner and issuer sign, less change than spent, one token") {
