@@ -1,5 +1,7 @@
 #include "contracts/receivable.h"
 
+#include <set>
+
 #include "contracts/contracts.h"
 #include "ledger/capnp_io.h"
 #include "schemas/contracts.capnp.h"
@@ -218,6 +220,18 @@ Verdict ReceivableContract::verify(const LedgerTransaction& tx) const {
   const Command& cmd = *commands[0];
   Decoded d;
   if (auto v = decodeStates(tx, d); !v.accepted) return v;
+  // A receivable is shared with its holder and its buyer (receivableState):
+  // the buyer learns whom to pay, the holder records what it holds.
+  for (const auto* s : tx.outputsOf(receivable_contract)) {
+    if (s->stateType != receivable_state_type) continue;
+    auto r = decodeReceivable(s->data).value();  // (decodeStates decoded it)
+    if (std::set<Key>(s->participants.begin(), s->participants.end()) !=
+            std::set<Key>{r.holder, r.buyer} ||
+        s->participants.size() > 2) {
+      return Verdict::reject("wrong_participants",
+                             "a receivable's participants are its holder and its buyer");
+    }
+  }
 
   if (cmd.type == receivable_register_command) {
     if (!d.regIn.empty() || !d.recIn.empty()) {

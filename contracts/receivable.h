@@ -40,7 +40,8 @@
 // registration_not_canonical, registration_mismatch, illegal_step,
 // non_positive, bad_currency, same_party, time_window_missing, due_in_past,
 // not_member, changed_terms, same_holder, advance_missing, wrong_currency,
-// underpaid, unknown_command.
+// underpaid, unknown_command, wrong_participants (a receivable output's
+// participants are its holder and buyer, as receivableState() makes them).
 //
 // Declared fields of ccal.receivable.ReceivableState: amount (int64),
 // currency, invoice (text), due (time), seller, buyer, holder (hash);

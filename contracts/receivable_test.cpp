@@ -113,6 +113,21 @@ TEST_CASE("receivable finance: assignment against an advance in the same transac
   Receivable r = l.invoice(coopA, coopB, 500_EUR, "INV-1");
   l.deal().finances(r, bank).signedBy(coopA, bank).moves(450_EUR, from(bank), to(coopA)).signedBy(bank)
       .verifies();
+  // The assigned receivable stays shared with the buyer (who learns whom to pay).
+  {
+    Receivable after = r;
+    after.holder = bank.key();
+    TransactionState out = receivableState(l.notary.party(), after);
+    out.participants = {bank.key()};
+    l.deal()
+        .input(receivableState(l.notary.party(), r))
+        .output(out)
+        .command(receivable_finance_command)
+        .signedBy(coopA, bank)
+        .moves(450_EUR, from(bank), to(coopA))
+        .signedBy(bank)
+        .fails("wrong_participants");
+  }
   // The advance with change back to the financier.
   l.deal().finances(r, bank).signedBy(coopA, bank).tokenIn(bank, 1000_EUR).tokenOut(coopA, 450_EUR)
       .tokenOut(bank, 550_EUR).command(token_move_command).signedBy(bank).verifies();
